@@ -1,0 +1,47 @@
+//! SCSI sense data as key/ASC/ASCQ triples, shared by the PR arbiter and the SCSI device.
+//!
+//! The arbiter speaks in SCSI outcomes (GOOD, RESERVATION CONFLICT, CHECK CONDITION with sense)
+//! because that is the language of SPC-4; the blk path maps any non-GOOD outcome to IOERR.
+
+/// One sense triple, reported in fixed format (SPC-4 §4.5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sense {
+    pub key: u8,
+    pub asc: u8,
+    pub ascq: u8,
+}
+
+impl Sense {
+    pub const fn new(key: u8, asc: u8, ascq: u8) -> Self {
+        Sense { key, asc, ascq }
+    }
+
+    /// Fixed-format sense data (response code 0x70, 18 bytes).
+    pub fn to_fixed(self) -> [u8; 18] {
+        let mut b = [0u8; 18];
+        b[0] = 0x70;
+        b[2] = self.key & 0x0f;
+        b[7] = 10; // ADDITIONAL SENSE LENGTH: bytes 8..18
+        b[12] = self.asc;
+        b[13] = self.ascq;
+        b
+    }
+}
+
+pub const NO_SENSE: Sense = Sense::new(0x00, 0x00, 0x00);
+pub const INVALID_OPCODE: Sense = Sense::new(0x05, 0x20, 0x00);
+pub const LBA_OUT_OF_RANGE: Sense = Sense::new(0x05, 0x21, 0x00);
+pub const INVALID_FIELD_IN_CDB: Sense = Sense::new(0x05, 0x24, 0x00);
+pub const LUN_NOT_SUPPORTED: Sense = Sense::new(0x05, 0x25, 0x00);
+pub const INVALID_FIELD_IN_PARAM_LIST: Sense = Sense::new(0x05, 0x26, 0x00);
+pub const INVALID_RELEASE_OF_PR: Sense = Sense::new(0x05, 0x26, 0x04);
+pub const PARAM_LIST_LENGTH_ERROR: Sense = Sense::new(0x05, 0x1a, 0x00);
+pub const INSUFFICIENT_REGISTRATION_RESOURCES: Sense = Sense::new(0x05, 0x55, 0x04);
+pub const WRITE_PROTECTED: Sense = Sense::new(0x07, 0x27, 0x00);
+pub const MEDIUM_ERROR_UNRECOVERED_READ: Sense = Sense::new(0x03, 0x11, 0x00);
+pub const WRITE_ERROR: Sense = Sense::new(0x03, 0x0c, 0x00);
+pub const POWER_ON_RESET: Sense = Sense::new(0x06, 0x29, 0x00);
+pub const RESERVATIONS_PREEMPTED: Sense = Sense::new(0x06, 0x2a, 0x03);
+pub const RESERVATIONS_RELEASED: Sense = Sense::new(0x06, 0x2a, 0x04);
+pub const REGISTRATIONS_PREEMPTED: Sense = Sense::new(0x06, 0x2a, 0x05);
+pub const PARAMETERS_CHANGED: Sense = Sense::new(0x06, 0x2a, 0x00);
