@@ -15,3 +15,4 @@ pub enum Access {
     /// SYNCHRONIZE CACHE, virtio-blk FLUSH: gated exactly like a write.
     Flush,
 }
+pub use arbiter::*;

@@ -1,0 +1,126 @@
+#!/bin/bash
+# Boot one sharedisk test guest (kernel + initramfs from images/build-guest.sh) in QEMU.
+#
+# Usage: qemu-scripts/run-guest.sh [options] [-- extra QEMU args...]
+#   --name NAME        guest name (QEMU -name, guest hostname; default "guest")
+#   --blk SOCK         vhost-user-blk socket  -> guest /dev/vda  (optional)
+#   --scsi SOCK        vhost-user-scsi socket -> guest /dev/sda  (optional)
+#   --memory SIZE      guest RAM = memfd backend size (default 512M)
+#   --serial stdio|unix:PATH
+#                      serial console on stdio (default) or on a unix server socket PATH
+#                      (QEMU does not wait for a client; attach with
+#                       `socat -,raw,echo=0 UNIX-CONNECT:PATH`)
+#   --cache DIR        guest image dir (default ${SHAREDISK_CACHE:-$HOME/.cache/sharedisk}/guest)
+#   --reconnect        let QEMU reconnect the vhost-user chardevs when the daemon restarts
+#                      (reconnect=1 on QEMU <= 9.1, reconnect-ms=1000 on newer)
+#   --append ARGS      extra kernel command line arguments
+#   --                 everything after is passed to QEMU verbatim
+#
+# The guest prints "@@READY@@ ..." on the serial console when booted, then runs each line it
+# reads as `sh -c LINE` and prints "@@RC=<status>@@" after the output.  "poweroff" ends it.
+# QEMU runs with -no-reboot, so a guest panic ends QEMU too.  Accelerator: see accel.sh
+# (SHAREDISK_ACCEL=kvm|tcg forces).
+#
+# Example without the daemon (QEMU's own emulated disks):
+#   truncate -s 64M /tmp/d.img
+#   qemu-scripts/run-guest.sh --name t -- \
+#     -drive file=/tmp/d.img,if=none,id=d0,format=raw,file.locking=off -device virtio-blk-pci,drive=d0 \
+#     -drive file=/tmp/d.img,if=none,id=d1,format=raw,file.locking=off -device virtio-scsi-pci \
+#     -device scsi-hd,drive=d1
+set -euo pipefail
+
+SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPTS/.." && pwd)
+
+NAME=guest
+BLK=
+SCSI=
+MEM=512M
+SERIAL=stdio
+CACHE=${SHAREDISK_CACHE:-$HOME/.cache/sharedisk}/guest
+RECONNECT=0
+APPEND_EXTRA=
+EXTRA=()
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+need_arg() { [ $# -ge 2 ] || { echo "run-guest: $1 needs an argument" >&2; exit 2; }; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --name) need_arg "$@"; NAME=$2; shift 2 ;;
+        --blk) need_arg "$@"; BLK=$2; shift 2 ;;
+        --scsi) need_arg "$@"; SCSI=$2; shift 2 ;;
+        --memory) need_arg "$@"; MEM=$2; shift 2 ;;
+        --serial) need_arg "$@"; SERIAL=$2; shift 2 ;;
+        --cache) need_arg "$@"; CACHE=$2; shift 2 ;;
+        --append) need_arg "$@"; APPEND_EXTRA="$APPEND_EXTRA $2"; shift 2 ;;
+        --reconnect) RECONNECT=1; shift ;;
+        --) shift; EXTRA=("$@"); break ;;
+        -h|--help) usage ;;
+        *) echo "run-guest: unknown option $1" >&2; usage ;;
+    esac
+done
+
+case "$NAME" in
+    *[!A-Za-z0-9_.-]*|"") echo "run-guest: --name must match [A-Za-z0-9_.-]+" >&2; exit 2 ;;
+esac
+
+if [ ! -s "$CACHE/vmlinuz" ] || [ ! -s "$CACHE/initramfs.img" ]; then
+    echo "run-guest: guest images missing in $CACHE, building" >&2
+    "$REPO/images/build-guest.sh" "$CACHE" >&2
+fi
+
+QEMU=${QEMU:-qemu-system-x86_64}
+command -v "$QEMU" >/dev/null || {
+    echo "run-guest: $QEMU not found (apt-get install qemu-system-x86, or run images/build-guest.sh)" >&2
+    exit 127
+}
+
+# shellcheck source=accel.sh
+source "$SCRIPTS/accel.sh"
+
+RECONNECT_OPT=
+if [ $RECONNECT = 1 ]; then
+    ver=$("$QEMU" --version | sed -n 's/.*version \([0-9][0-9]*\)\.\([0-9][0-9]*\).*/\1 \2/p' | head -n1)
+    read -r major minor <<<"${ver:-0 0}"
+    if [ "$major" -gt 9 ] || { [ "$major" -eq 9 ] && [ "$minor" -ge 2 ]; }; then
+        RECONNECT_OPT=",reconnect-ms=1000"
+    else
+        RECONNECT_OPT=",reconnect=1"
+    fi
+fi
+
+ARGS=(
+    -name "$NAME"
+    "${SHAREDISK_ACCEL_ARGS[@]}"
+    -machine q35,memory-backend=mem
+    -object "memory-backend-memfd,id=mem,size=$MEM,share=on"
+    -m "$MEM"
+    -smp 1
+    -nodefaults -no-user-config
+    -display none
+    -no-reboot
+    -kernel "$CACHE/vmlinuz"
+    -initrd "$CACHE/initramfs.img"
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 sharedisk.name=$NAME mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable$APPEND_EXTRA"
+)
+
+if [ -n "$BLK" ]; then
+    ARGS+=(-chardev "socket,id=blk0,path=$BLK$RECONNECT_OPT"
+        -device vhost-user-blk-pci,chardev=blk0,num-queues=1)
+fi
+if [ -n "$SCSI" ]; then
+    ARGS+=(-chardev "socket,id=scsi0,path=$SCSI$RECONNECT_OPT"
+        -device vhost-user-scsi-pci,chardev=scsi0,num_queues=1)
+fi
+
+case "$SERIAL" in
+    stdio) ARGS+=(-serial stdio -monitor none) ;;
+    unix:?*)
+        path=${SERIAL#unix:}
+        ARGS+=(-chardev "socket,id=ser0,path=$path,server=on,wait=off" -serial chardev:ser0 -monitor none)
+        ;;
+    *) echo "run-guest: --serial must be stdio or unix:PATH" >&2; exit 2 ;;
+esac
+
+exec "$QEMU" "${ARGS[@]}" "${EXTRA[@]}"

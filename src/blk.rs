@@ -1,0 +1,400 @@
+//! The vhost-user-blk device: a thin translator from virtio-blk requests (virtio 1.2 §5.2) to the
+//! arbiter and the image.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::VhostUserBackend;
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::DescriptorChain;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::image::range_ok;
+use crate::lun::{Lun, SERIAL_LEN};
+use crate::pr::Access;
+use crate::virtio::{self, AtomicMem, Chain, Mem, Vring};
+
+/// Queues we advertise; the frontend enables however many it wants, one worker thread each.
+pub const MAX_QUEUES: usize = 16;
+/// Largest ring the frontend may set (QEMU uses 128 by default, libblkio 256).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+
+const SECTOR: u64 = 512;
+/// Segments per request (virtio_blk_config.seg_max); indirect descriptors make more useless.
+const SEG_MAX: u32 = 254;
+/// Largest single segment, in bytes (virtio_blk_config.size_max).
+const SIZE_MAX: u32 = 1 << 20;
+/// DISCARD/WRITE_ZEROES limits: 1 GiB per segment, 32 segments per request.
+const MAX_DWZ_SECTORS: u32 = 1 << 21;
+const MAX_DWZ_SEG: u32 = 32;
+const DWZ_SEG_LEN: usize = 16;
+const HEADER_LEN: usize = 16;
+
+/// Byte offset of `writeback` in virtio_blk_config; the only field a driver may write.
+const CONFIG_WCE_OFFSET: usize = 32;
+const CONFIG_LEN: usize = 60;
+
+pub struct BlkDevice {
+    lun: Arc<Lun>,
+    initiator: Arc<str>,
+    mem: AtomicMem,
+    event_idx: AtomicBool,
+    /// virtio_blk_config.writeback: with 0 every write is made durable before completion.
+    writeback: AtomicBool,
+    acked_features: AtomicU64,
+    exit: Vec<(EventConsumer, EventNotifier)>,
+}
+
+/// The backend handed to vhost-user-backend: cheap to clone, `&self` everywhere so that queue
+/// threads run in parallel.
+#[derive(Clone)]
+pub struct BlkBackend(Arc<BlkDevice>);
+
+impl BlkBackend {
+    pub fn new(lun: Arc<Lun>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
+        let exit = (0..MAX_QUEUES)
+            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(BlkBackend(Arc::new(BlkDevice {
+            lun,
+            initiator,
+            mem,
+            event_idx: AtomicBool::new(false),
+            writeback: AtomicBool::new(true),
+            acked_features: AtomicU64::new(0),
+            exit,
+        })))
+    }
+}
+
+fn bit(b: u32) -> u64 {
+    1u64 << b
+}
+
+impl BlkDevice {
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        let sectors = self.lun.image.size() / SECTOR;
+        c[0..8].copy_from_slice(&sectors.to_le_bytes());
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        // 16..20 geometry: unused (no VIRTIO_BLK_F_GEOMETRY).
+        c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        // 24 physical_block_exp, 25 alignment_offset, 26..28 min_io_size, 28..32 opt_io_size.
+        c[26..28].copy_from_slice(&1u16.to_le_bytes());
+        c[CONFIG_WCE_OFFSET] = self.writeback.load(Ordering::Relaxed) as u8;
+        c[34..36].copy_from_slice(&(MAX_QUEUES as u16).to_le_bytes());
+        c[36..40].copy_from_slice(&MAX_DWZ_SECTORS.to_le_bytes());
+        c[40..44].copy_from_slice(&MAX_DWZ_SEG.to_le_bytes());
+        c[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
+        c[48..52].copy_from_slice(&MAX_DWZ_SECTORS.to_le_bytes());
+        c[52..56].copy_from_slice(&MAX_DWZ_SEG.to_le_bytes());
+        c[56] = 1; // write_zeroes_may_unmap
+        c
+    }
+
+    /// Handles one request and returns the number of bytes written into the chain.
+    fn process(&self, mem: &Mem, chain: DescriptorChain<&Mem>) -> u32 {
+        let chain = match Chain::parse(mem, chain) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("{}: blk: dropping request: {e}", self.initiator);
+                return 0;
+            }
+        };
+        // The status byte is the last device-writable byte (virtio 1.2 §5.2.6).
+        let in_len = virtio::total(&chain.writable);
+        let Some((data_in, status)) = in_len
+            .checked_sub(1)
+            .and_then(|n| virtio::split_at(&chain.writable, n))
+        else {
+            log::warn!("{}: blk: request without a status byte", self.initiator);
+            return 0;
+        };
+        let (code, written) = self.execute(&chain.readable, &data_in);
+        virtio::write_bytes(&status, &[code]);
+        // `written` never exceeds data_in, which is below the 4 GiB chain limit.
+        (written + 1) as u32
+    }
+
+    /// Returns the status and the number of data bytes written to `data_in`.
+    fn execute(
+        &self,
+        readable: &[crate::image::Buf],
+        data_in: &[crate::image::Buf],
+    ) -> (u8, usize) {
+        const OK: u8 = VIRTIO_BLK_S_OK as u8;
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+        const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+        let mut header = [0u8; HEADER_LEN];
+        if virtio::read_bytes(readable, &mut header) < HEADER_LEN {
+            return (IOERR, 0);
+        }
+        let Some((_, data_out)) = virtio::split_at(readable, HEADER_LEN) else {
+            return (IOERR, 0);
+        };
+        let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        let out_len = virtio::total(&data_out);
+        let in_len = virtio::total(data_in);
+        let image = &self.lun.image;
+        let io = |r: io::Result<()>, what: &str| match r {
+            Ok(()) => OK,
+            Err(e) => {
+                log::warn!("{}: blk {what}: {e}", self.initiator);
+                IOERR
+            }
+        };
+
+        match req_type {
+            VIRTIO_BLK_T_IN => {
+                let Some(offset) = self.data_range(sector, in_len, out_len) else {
+                    return (IOERR, 0);
+                };
+                let Some(_admitted) = self.admit(Access::Read) else {
+                    return (IOERR, 0);
+                };
+                match io(image.read_at(data_in, offset), "read") {
+                    OK => (OK, in_len),
+                    s => (s, 0),
+                }
+            }
+            VIRTIO_BLK_T_OUT => {
+                let Some(offset) = self.data_range(sector, out_len, in_len) else {
+                    return (IOERR, 0);
+                };
+                if image.read_only() {
+                    return (IOERR, 0);
+                }
+                let Some(_admitted) = self.admit(Access::Write) else {
+                    return (IOERR, 0);
+                };
+                let fua = !self.writeback.load(Ordering::Relaxed);
+                (io(image.write_at(&data_out, offset, fua), "write"), 0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                let Some(_admitted) = self.admit(Access::Flush) else {
+                    return (IOERR, 0);
+                };
+                (io(image.flush(), "flush"), 0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                // Always allowed: identification is not gated (reference access table).
+                let mut id = [0u8; SERIAL_LEN];
+                let serial = self.lun.serial.as_bytes();
+                let n = serial.len().min(SERIAL_LEN);
+                id[..n].copy_from_slice(&serial[..n]);
+                (OK, virtio::write_bytes(data_in, &id))
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                let discard = req_type == VIRTIO_BLK_T_DISCARD;
+                (self.discard_write_zeroes(discard, &data_out, in_len), 0)
+            }
+            _ => (UNSUPP, 0),
+        }
+    }
+
+    /// Validates a data request: no buffers in the wrong direction, whole sectors, inside the
+    /// image. Returns the byte offset.
+    fn data_range(&self, sector: u64, len: usize, wrong_way: usize) -> Option<u64> {
+        if wrong_way != 0 || !(len as u64).is_multiple_of(SECTOR) {
+            return None;
+        }
+        let offset = sector.checked_mul(SECTOR)?;
+        range_ok(offset, len as u64, self.lun.image.size()).then_some(offset)
+    }
+
+    fn admit(&self, access: Access) -> Option<crate::reservations::Admitted<'_>> {
+        let admitted = self.lun.reservations.admit(&self.initiator, access);
+        if admitted.is_none() {
+            log::debug!(
+                "{}: blk {access:?} refused: reservation conflict",
+                self.initiator
+            );
+        }
+        admitted
+    }
+
+    /// DISCARD and WRITE_ZEROES (virtio 1.2 §5.2.6.2): every segment is validated before any is
+    /// applied, so a bad request changes nothing.
+    fn discard_write_zeroes(
+        &self,
+        discard: bool,
+        data_out: &[crate::image::Buf],
+        in_len: usize,
+    ) -> u8 {
+        const OK: u8 = VIRTIO_BLK_S_OK as u8;
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+        const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+        let len = virtio::total(data_out);
+        if in_len != 0 || len == 0 || !len.is_multiple_of(DWZ_SEG_LEN) {
+            return IOERR;
+        }
+        if len / DWZ_SEG_LEN > MAX_DWZ_SEG as usize {
+            return UNSUPP;
+        }
+        let mut raw = [0u8; DWZ_SEG_LEN * MAX_DWZ_SEG as usize];
+        let raw = &mut raw[..len];
+        virtio::read_bytes(data_out, raw);
+        let size = self.lun.image.size();
+        let mut segments = smallvec::SmallVec::<[(u64, u64, bool); 4]>::new();
+        for seg in raw.chunks_exact(DWZ_SEG_LEN) {
+            let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
+            let num = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
+            let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
+            let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+            // Unknown flags, and UNMAP on a DISCARD, are UNSUPP.
+            if (discard && flags != 0) || flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
+                return UNSUPP;
+            }
+            if num > MAX_DWZ_SECTORS {
+                return IOERR;
+            }
+            let Some(offset) = sector.checked_mul(SECTOR) else {
+                return IOERR;
+            };
+            let bytes = u64::from(num) * SECTOR;
+            if !range_ok(offset, bytes, size) {
+                return IOERR;
+            }
+            segments.push((offset, bytes, unmap));
+        }
+        if self.lun.image.read_only() {
+            return IOERR;
+        }
+        let Some(_admitted) = self.admit(Access::Write) else {
+            return IOERR;
+        };
+        for (offset, bytes, unmap) in segments {
+            let r = if discard {
+                self.lun.image.discard(offset, bytes)
+            } else {
+                self.lun.image.write_zeroes(offset, bytes, unmap)
+            };
+            if let Err(e) = r {
+                log::warn!("{}: blk discard/write-zeroes: {e}", self.initiator);
+                return IOERR;
+            }
+        }
+        OK
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        MAX_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = bit(VIRTIO_F_VERSION_1)
+            | bit(VIRTIO_RING_F_EVENT_IDX)
+            | bit(VIRTIO_RING_F_INDIRECT_DESC)
+            | bit(VIRTIO_BLK_F_SEG_MAX)
+            | bit(VIRTIO_BLK_F_SIZE_MAX)
+            | bit(VIRTIO_BLK_F_BLK_SIZE)
+            | bit(VIRTIO_BLK_F_FLUSH)
+            | bit(VIRTIO_BLK_F_CONFIG_WCE)
+            | bit(VIRTIO_BLK_F_TOPOLOGY)
+            | bit(VIRTIO_BLK_F_MQ)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.0.lun.image.read_only() {
+            f |= bit(VIRTIO_BLK_F_RO);
+        } else {
+            f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        f
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.0.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.0.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // Frontends may ask for a newer, larger config struct: pad with zeroes.
+        let config = self.0.config();
+        let mut out = vec![0u8; size.min(256) as usize];
+        let start = (offset as usize).min(CONFIG_LEN);
+        let end = (start + out.len()).min(CONFIG_LEN);
+        out[..end - start].copy_from_slice(&config[start..end]);
+        out
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only `writeback` is writable (virtio 1.2 §5.2.5, VIRTIO_BLK_F_CONFIG_WCE).
+        let offset = offset as usize;
+        if offset <= CONFIG_WCE_OFFSET && CONFIG_WCE_OFFSET < offset + buf.len() {
+            let wce = buf[CONFIG_WCE_OFFSET - offset] != 0;
+            self.0.writeback.store(wce, Ordering::Relaxed);
+            log::info!(
+                "{}: blk write cache {}",
+                self.0.initiator,
+                if wce { "write-back" } else { "write-through" }
+            );
+        }
+        Ok(())
+    }
+
+    fn update_memory(&self, _mem: AtomicMem) -> io::Result<()> {
+        // We hold a clone of the same `GuestMemoryAtomic`, which the handler updates in place.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..MAX_QUEUES).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (c, n) = self.0.exit.get(thread_index)?;
+        Some((c.try_clone().ok()?, n.try_clone().ok()?))
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Ok(());
+        }
+        // One queue per thread, so `device_event` is 0: the thread's only ring.
+        let Some(vring) = vrings.get(device_event as usize) else {
+            return Ok(());
+        };
+        let d = &self.0;
+        virtio::drain_queue(
+            vring,
+            &d.mem,
+            d.event_idx.load(Ordering::Relaxed),
+            |mem, chain| d.process(mem, chain),
+        )
+    }
+}

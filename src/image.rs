@@ -1,0 +1,380 @@
+//! The backing image: the one small interface every device path goes through.
+//!
+//! Devices never touch the file directly. [`Image`] validates every range against the image size
+//! itself, so a bug in a device's parsing cannot turn into a read or write outside the image.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use smallvec::SmallVec;
+use vm_memory::VolatileSlice;
+
+/// A block of guest (or host) memory the image reads into or writes from.
+pub type Buf<'a> = VolatileSlice<'a>;
+
+/// What the device paths need from storage.
+pub trait Image: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    fn read_only(&self) -> bool;
+    /// Fills `bufs`, in order, from `offset`.
+    fn read_at(&self, bufs: &[Buf], offset: u64) -> io::Result<()>;
+    /// Writes `bufs`, in order, at `offset`; with `fua` the data is durable on return.
+    fn write_at(&self, bufs: &[Buf], offset: u64, fua: bool) -> io::Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Deallocates a range; it reads back as zeroes afterwards (we advertise LBPRZ).
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Zeroes a range, deallocating it when `unmap` allows.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+}
+
+/// Checks `offset..offset+len` against `size`, overflow included.
+pub fn range_ok(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
+fn out_of_range() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "range outside the image")
+}
+
+fn total_len(bufs: &[Buf]) -> u64 {
+    bufs.iter().map(|b| b.len() as u64).sum()
+}
+
+/// A raw image file.
+pub struct FileImage {
+    file: File,
+    size: u64,
+    read_only: bool,
+}
+
+impl FileImage {
+    /// Opens `path`, creating it with `create_size` bytes when it is missing and a size is given.
+    ///
+    /// The image is locked (`flock`) so that two daemons can never arbitrate the same disk with
+    /// two separate reservation states.
+    pub fn open(path: &Path, create_size: Option<u64>, read_only: bool) -> io::Result<Self> {
+        let exists = path.exists();
+        if !exists {
+            let Some(size) = create_size else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "image {} does not exist (pass --size to create it)",
+                        path.display()
+                    ),
+                ));
+            };
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            f.set_len(size)?;
+            f.sync_all()?;
+        }
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            return Err(io::Error::new(
+                err.kind(),
+                format!(
+                    "image {} is locked by another process ({err}); is another sharedisk serving it?",
+                    path.display()
+                ),
+            ));
+        }
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        let size = meta.len();
+        if exists {
+            if let Some(want) = create_size {
+                if want != size {
+                    log::warn!(
+                        "image {} exists with {} bytes; ignoring --size {}",
+                        path.display(),
+                        size,
+                        want
+                    );
+                }
+            }
+        }
+        if size % 512 != 0 {
+            log::warn!(
+                "image size {size} is not a multiple of 512; the last partial sector is not served"
+            );
+        }
+        Ok(FileImage {
+            file,
+            size: size & !511,
+            read_only,
+        })
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: fallocate on a descriptor we own with a validated range; no memory is involved.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Writes zeroes by hand, for file systems without fallocate zeroing.
+    fn write_zeroes_slow(&self, mut offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeroes = vec![0u8; CHUNK.min(len) as usize];
+        let end = offset + len;
+        while offset < end {
+            let n = CHUNK.min(end - offset) as usize;
+            self.file.write_all_at(&zeroes[..n], offset)?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if !range_ok(offset, len, self.size) {
+            return Err(out_of_range());
+        }
+        Ok(())
+    }
+}
+
+/// Runs preadv/pwritev2 over `bufs`, continuing after short transfers.
+fn vectored_io(
+    fd: libc::c_int,
+    bufs: &[Buf],
+    mut offset: u64,
+    write: bool,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    let mut iov: SmallVec<[libc::iovec; 16]> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.ptr_guard_mut().as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut start = 0;
+    while start < iov.len() {
+        let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize);
+        // SAFETY: every iovec points into a VolatileSlice of guest or host memory that stays
+        // mapped for the duration of this call (the slices borrow the memory); the kernel
+        // reads or writes at most iov_len bytes of each.
+        let r = unsafe {
+            if write {
+                libc::pwritev2(
+                    fd,
+                    iov[start..].as_ptr(),
+                    cnt as libc::c_int,
+                    offset as libc::off_t,
+                    flags,
+                )
+            } else {
+                libc::preadv(
+                    fd,
+                    iov[start..].as_ptr(),
+                    cnt as libc::c_int,
+                    offset as libc::off_t,
+                )
+            }
+        };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if r == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short transfer at end of file",
+            ));
+        }
+        let mut done = r as usize;
+        offset += done as u64;
+        while start < iov.len() && done >= iov[start].iov_len {
+            done -= iov[start].iov_len;
+            start += 1;
+        }
+        if done > 0 {
+            let v = &mut iov[start];
+            // SAFETY: `done < iov_len`, so the advanced pointer stays inside the same buffer.
+            v.iov_base = unsafe { (v.iov_base as *mut u8).add(done) } as *mut libc::c_void;
+            v.iov_len -= done;
+        }
+    }
+    Ok(())
+}
+
+impl Image for FileImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&self, bufs: &[Buf], offset: u64) -> io::Result<()> {
+        if !range_ok(offset, total_len(bufs), self.size) {
+            return Err(out_of_range());
+        }
+        vectored_io(self.file.as_raw_fd(), bufs, offset, false, 0)
+    }
+
+    fn write_at(&self, bufs: &[Buf], offset: u64, fua: bool) -> io::Result<()> {
+        self.check_writable(offset, total_len(bufs))?;
+        let flags = if fua { libc::RWF_DSYNC } else { 0 };
+        vectored_io(self.file.as_raw_fd(), bufs, offset, true, flags)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len, true)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.check_writable(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        let first = if unmap {
+            libc::FALLOC_FL_PUNCH_HOLE | keep
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | keep
+        };
+        // Try the cheapest exact method first, then the other one, then plain writes.
+        for mode in [
+            first,
+            libc::FALLOC_FL_ZERO_RANGE | keep,
+            libc::FALLOC_FL_PUNCH_HOLE | keep,
+        ] {
+            match self.fallocate(mode, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_zeroes_slow(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(size: u64) -> (tempfile::TempDir, FileImage) {
+        let dir = tempfile::tempdir().unwrap();
+        let img = FileImage::open(&dir.path().join("d.img"), Some(size), false).unwrap();
+        (dir, img)
+    }
+
+    #[test]
+    fn missing_image_without_size_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = FileImage::open(&dir.path().join("nope.img"), None, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--size"), "{err}");
+    }
+
+    #[test]
+    fn second_open_is_refused_by_the_lock() {
+        let (dir, _img) = image(4096);
+        let err = FileImage::open(&dir.path().join("d.img"), None, false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("locked"), "{err}");
+    }
+
+    #[test]
+    fn vectored_write_then_read() {
+        let (_d, img) = image(1 << 20);
+        let mut a = vec![1u8; 512];
+        let mut b = vec![2u8; 1024];
+        img.write_at(&[Buf::from(&mut a[..]), Buf::from(&mut b[..])], 4096, false)
+            .unwrap();
+        let mut out = vec![0u8; 1536];
+        img.read_at(&[Buf::from(&mut out[..])], 4096).unwrap();
+        assert!(out[..512].iter().all(|&x| x == 1));
+        assert!(out[512..].iter().all(|&x| x == 2));
+    }
+
+    #[test]
+    fn out_of_range_and_overflow_are_refused() {
+        let (_d, img) = image(8192);
+        let mut buf = vec![0u8; 512];
+        assert!(img.read_at(&[Buf::from(&mut buf[..])], 8192 - 256).is_err());
+        assert!(img
+            .write_at(&[Buf::from(&mut buf[..])], u64::MAX - 10, false)
+            .is_err());
+        assert!(img.write_zeroes(4096, u64::MAX, false).is_err());
+        assert!(img.discard(8192, 1).is_err());
+    }
+
+    #[test]
+    fn zeroes_and_discard_read_back_as_zero() {
+        let (_d, img) = image(1 << 20);
+        let mut data = vec![0xabu8; 65536];
+        img.write_at(&[Buf::from(&mut data[..])], 0, false).unwrap();
+        img.write_zeroes(0, 4096, false).unwrap();
+        img.discard(8192, 8192).unwrap();
+        let mut out = vec![0u8; 65536];
+        img.read_at(&[Buf::from(&mut out[..])], 0).unwrap();
+        assert!(out[..4096].iter().all(|&x| x == 0));
+        assert!(out[4096..8192].iter().all(|&x| x == 0xab));
+        assert!(out[8192..16384].iter().all(|&x| x == 0));
+        assert!(out[16384..].iter().all(|&x| x == 0xab));
+    }
+
+    #[test]
+    fn read_only_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ro.img");
+        drop(FileImage::open(&p, Some(4096), false).unwrap());
+        let img = FileImage::open(&p, None, true).unwrap();
+        let mut buf = vec![0u8; 512];
+        assert!(img.write_at(&[Buf::from(&mut buf[..])], 0, false).is_err());
+        assert!(img.write_zeroes(0, 512, true).is_err());
+        img.read_at(&[Buf::from(&mut buf[..])], 0).unwrap();
+    }
+}

@@ -1,0 +1,295 @@
+//! The daemon: one logical unit, and for every guest a listening socket per device type.
+//!
+//! Each socket has its own thread. vhost-user-backend's `VhostUserDaemon` serves exactly one
+//! connection, so the thread builds a fresh backend and daemon for every connection, which lets a
+//! guest disconnect and reconnect (a reboot, a QEMU restart) any number of times. While a
+//! connection is active the thread keeps accepting, only to refuse and log a second one.
+
+use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::blk::BlkBackend;
+use crate::config::{Config, ConfigError};
+use crate::image::FileImage;
+use crate::lun::Lun;
+use crate::pr::Arbiter;
+use crate::reservations::Reservations;
+use crate::state::{ImageIdentity, StateError, StateStore};
+use crate::virtio::{AtomicMem, Vring};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("image {path}: {source}")]
+    Image { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("socket {path}: {source}")]
+    Socket { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// A running daemon. Dropping it (or [`Server::shutdown`]) stops every socket thread, closes the
+/// guests' connections and removes the sockets.
+pub struct Server {
+    lun: Arc<Lun>,
+    config: Config,
+    stop: Arc<EventFd>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let image_err = |source| ServerError::Image {
+            path: config.image.clone(),
+            source,
+        };
+        let image =
+            FileImage::open(&config.image, config.size, config.read_only).map_err(image_err)?;
+        let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
+        let store = StateStore::new(config.state_path(), identity.clone());
+        let initiators = config.guests.iter().cloned();
+        let arbiter = if config.reset_reservations {
+            log::warn!(
+                "--reset-reservations: starting with no registrations; {} is overwritten",
+                store.path().display()
+            );
+            let arbiter = Arbiter::new(initiators);
+            store.save(arbiter.state())?;
+            arbiter
+        } else {
+            match store.load()? {
+                Some(state) => {
+                    log::info!(
+                        "reservations restored from {}: generation {}, {} registration(s), {}",
+                        store.path().display(),
+                        state.generation,
+                        state.registrations.len(),
+                        match &state.reservation {
+                            Some(r) => format!("reserved ({:?})", r.res_type),
+                            None => "not reserved".into(),
+                        }
+                    );
+                    Arbiter::from_state(state, initiators)
+                }
+                None => Arbiter::new(initiators),
+            }
+        };
+        let lun = Arc::new(Lun::new(
+            Box::new(image),
+            Reservations::new(arbiter, Some(store)),
+            &identity.path,
+        ));
+        log::info!(
+            "serving {} ({} bytes{}), serial {}, to {}",
+            config.image.display(),
+            lun.image.size(),
+            if config.read_only { ", read-only" } else { "" },
+            lun.serial,
+            config.guests.join(", ")
+        );
+
+        std::fs::create_dir_all(&config.socket_dir).map_err(|source| ServerError::Socket {
+            path: config.socket_dir.clone(),
+            source,
+        })?;
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let mut server = Server {
+            lun,
+            config,
+            stop,
+            threads: Vec::new(),
+        };
+        for guest in server.config.guests.clone() {
+            let initiator: Arc<str> = guest.as_str().into();
+            let lun = server.lun.clone();
+            server.listen(server.config.blk_socket(&guest), move |mem| {
+                BlkBackend::new(lun.clone(), initiator.clone(), mem)
+            })?;
+        }
+        Ok(server)
+    }
+
+    /// Starts the thread serving one socket with backends built by `make`.
+    fn listen<B, F>(&mut self, path: PathBuf, make: F) -> Result<(), ServerError>
+    where
+        B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+        F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
+    {
+        let listener = Listener::new(&path, true).map_err(|e| ServerError::Socket {
+            path: path.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        log::info!("listening on {}", path.display());
+        let stop = self.stop.clone();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let handle = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || serve_socket(&name, listener, &stop, make))?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    pub fn lun(&self) -> &Arc<Lun> {
+        &self.lun
+    }
+
+    /// The shared arbiter: tests act as initiators through it.
+    pub fn arbiter(&self) -> &Reservations {
+        &self.lun.reservations
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stops serving, waiting for every connection to wind down.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        let _ = self.stop.write(1);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// Waits until one of `fds` is readable; returns their readiness.
+fn poll_readable<const N: usize>(fds: [RawFd; N]) -> io::Result<[bool; N]> {
+    poll_timeout(fds, -1)
+}
+
+/// Like [`poll_readable`], giving up after `timeout_ms` (all `false`).
+fn poll_timeout<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<[bool; N]> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `pfds` is a valid array of N pollfd structures for the duration of the call.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
+        if r >= 0 {
+            return Ok(pfds.map(|p| p.revents != 0));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Serves one socket until `stop` fires: one connection at a time, for ever.
+fn serve_socket<B, F>(name: &str, mut listener: Listener, stop: &EventFd, make: F)
+where
+    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+    F: Fn(AtomicMem) -> io::Result<B>,
+{
+    loop {
+        match poll_readable([listener.as_raw_fd(), stop.as_raw_fd()]) {
+            Ok([_, true]) => return,
+            Ok([true, false]) => {}
+            Ok(_) => continue,
+            Err(e) => {
+                log::error!("{name}: poll: {e}");
+                return;
+            }
+        }
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let daemon = make(mem.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|backend| {
+                VhostUserDaemon::new(name.to_string(), backend, mem).map_err(|e| e.to_string())
+            });
+        let mut daemon = match daemon {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("{name}: cannot create a device: {e}");
+                return;
+            }
+        };
+        if let Err(e) = daemon.start(&mut listener) {
+            log::warn!("{name}: accepting a connection failed: {e}");
+            continue;
+        }
+        log::info!("{name}: frontend connected");
+        let Some(shutdown) = daemon.shutdown_handle() else {
+            continue;
+        };
+        let done = match EventFd::new(EFD_NONBLOCK) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                log::error!("{name}: eventfd: {e}");
+                shutdown.shutdown();
+                let _ = daemon.wait();
+                return;
+            }
+        };
+        let done_w = done.clone();
+        let conn_name = name.to_string();
+        let waiter = thread::spawn(move || {
+            match daemon.wait() {
+                Ok(()) => log::info!("{conn_name}: frontend disconnected"),
+                Err(e) => log::warn!("{conn_name}: connection ended: {e}"),
+            }
+            // Dropping the daemon stops and joins the queue threads.
+            drop(daemon);
+            let _ = done_w.write(1);
+        });
+        let stopping = loop {
+            match poll_readable([listener.as_raw_fd(), done.as_raw_fd(), stop.as_raw_fd()]) {
+                Ok([_, _, true]) => break true,
+                Ok([_, true, _]) => break false,
+                Ok([true, _, _]) => {
+                    // A frontend that just went away may not have been noticed yet (a quick
+                    // reconnect): give the old connection a moment to end before refusing.
+                    match poll_timeout([done.as_raw_fd(), stop.as_raw_fd()], 1000) {
+                        Ok([false, false]) => {}
+                        _ => continue,
+                    }
+                    if let Ok(Some(extra)) = listener.accept() {
+                        log::warn!(
+                            "{name}: refusing a second connection while one is active (is another \
+                             QEMU using this guest's socket?)"
+                        );
+                        drop(extra);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("{name}: poll: {e}");
+                    break true;
+                }
+            }
+        };
+        if stopping {
+            shutdown.shutdown();
+        }
+        let _ = waiter.join();
+        if stopping {
+            return;
+        }
+    }
+}

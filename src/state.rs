@@ -1,0 +1,213 @@
+//! The persistent reservation state file (`<image>.pr` by default).
+//!
+//! SPC-4 §5.9.4 lets a target keep registrations across power loss (APTPL); like Elastic SAN we do
+//! it always. The file is replaced atomically (temp file, fsync, rename, fsync of the directory)
+//! before a PR OUT is acknowledged, and it names the image it belongs to, so a state file can
+//! never be applied to the wrong disk and is never reset silently.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pr::PrState;
+
+const FORMAT: u32 = 1;
+
+/// What identifies the image a state file belongs to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ImageIdentity {
+    /// Canonical path of the image.
+    pub path: PathBuf,
+    /// Inode number: a different file at the same path is a different disk.
+    pub inode: u64,
+}
+
+impl ImageIdentity {
+    pub fn of(image: &Path) -> io::Result<Self> {
+        let path = fs::canonicalize(image)?;
+        let inode = fs::metadata(&path)?.ino();
+        Ok(ImageIdentity { path, inode })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    format: u32,
+    image: ImageIdentity,
+    reservations: PrState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read reservation state {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "reservation state {path} is corrupt ({reason}); refusing to start rather than drop \
+         reservations. Inspect or move the file, or pass --reset-reservations to start empty"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "reservation state {path} belongs to image {theirs} (inode {their_inode}), not to \
+         {ours} (inode {our_inode}); pass --state to use another file, or --reset-reservations \
+         to start empty"
+    )]
+    OtherImage {
+        path: PathBuf,
+        theirs: String,
+        their_inode: u64,
+        ours: String,
+        our_inode: u64,
+    },
+    #[error("cannot write reservation state {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// Reads and atomically replaces one state file.
+pub struct StateStore {
+    path: PathBuf,
+    identity: ImageIdentity,
+}
+
+impl StateStore {
+    pub fn new(path: PathBuf, identity: ImageIdentity) -> Self {
+        StateStore { path, identity }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads the saved state: `None` when there is no file yet.
+    pub fn load(&self) -> Result<Option<PrState>, StateError> {
+        let text = match fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        let disk: OnDisk = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+        if disk.format != FORMAT {
+            return Err(corrupt(format!("unknown format version {}", disk.format)));
+        }
+        if disk.image != self.identity {
+            return Err(StateError::OtherImage {
+                path: self.path.clone(),
+                theirs: disk.image.path.display().to_string(),
+                their_inode: disk.image.inode,
+                ours: self.identity.path.display().to_string(),
+                our_inode: self.identity.inode,
+            });
+        }
+        Ok(Some(disk.reservations))
+    }
+
+    /// Replaces the file with `state`, durably, before returning.
+    pub fn save(&self, state: &PrState) -> Result<(), StateError> {
+        self.save_inner(state).map_err(|source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn save_inner(&self, state: &PrState) -> io::Result<()> {
+        let disk = OnDisk {
+            format: FORMAT,
+            image: self.identity.clone(),
+            reservations: state.clone(),
+        };
+        let mut bytes = serde_json::to_vec_pretty(&disk).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let mut tmp_name = self.path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pr::Registration;
+
+    fn setup() -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        fs::write(&img, b"").unwrap();
+        let store = StateStore::new(
+            dir.path().join("d.img.pr"),
+            ImageIdentity::of(&img).unwrap(),
+        );
+        (dir, store)
+    }
+
+    #[test]
+    fn missing_file_loads_as_none() {
+        let (_d, store) = setup();
+        assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let (_d, store) = setup();
+        let state = PrState {
+            generation: 7,
+            registrations: vec![Registration {
+                initiator: "vm1".into(),
+                key: 0xabc,
+            }],
+            ..Default::default()
+        };
+        store.save(&state).unwrap();
+        assert_eq!(store.load().unwrap(), Some(state));
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_never_a_reset() {
+        let (_d, store) = setup();
+        fs::write(store.path(), b"{ not json").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("--reset-reservations"));
+    }
+
+    #[test]
+    fn state_of_another_image_is_refused() {
+        let (d, store) = setup();
+        store.save(&PrState::default()).unwrap();
+        let other = d.path().join("other.img");
+        fs::write(&other, b"").unwrap();
+        let foreign = StateStore::new(
+            store.path().to_path_buf(),
+            ImageIdentity::of(&other).unwrap(),
+        );
+        assert!(matches!(
+            foreign.load().unwrap_err(),
+            StateError::OtherImage { .. }
+        ));
+    }
+}

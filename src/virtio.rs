@@ -1,0 +1,152 @@
+//! Shared virtqueue plumbing for both devices: turning a guest's descriptor chain into bounded
+//! lists of memory slices, and the drain/notify loop of a queue.
+//!
+//! Descriptor chains are hostile input. Every address is resolved through `GuestMemory`, which
+//! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
+
+use std::io;
+
+use smallvec::SmallVec;
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, Permissions};
+
+use crate::image::Buf;
+
+pub type Mem = GuestMemoryMmap<()>;
+pub type AtomicMem = GuestMemoryAtomic<Mem>;
+pub type Vring = VringRwLock<AtomicMem>;
+pub type Bufs<'m> = SmallVec<[Buf<'m>; 8]>;
+
+/// Why a chain could not be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("descriptor points outside guest memory")]
+    BadAddress,
+    #[error("device-readable descriptor after a device-writable one")]
+    Order,
+}
+
+/// A chain split into what the device reads (driver -> device) and writes (device -> driver).
+pub struct Chain<'m> {
+    pub readable: Bufs<'m>,
+    pub writable: Bufs<'m>,
+}
+
+impl<'m> Chain<'m> {
+    pub fn parse(mem: &'m Mem, chain: DescriptorChain<&'m Mem>) -> Result<Self, ChainError> {
+        let mut readable = Bufs::new();
+        let mut writable = Bufs::new();
+        for desc in chain {
+            // virtio 1.2 §2.7.4.2: all device-readable descriptors come first.
+            let list = if desc.is_write_only() {
+                &mut writable
+            } else if writable.is_empty() {
+                &mut readable
+            } else {
+                return Err(ChainError::Order);
+            };
+            let access = if desc.is_write_only() {
+                Permissions::Write
+            } else {
+                Permissions::Read
+            };
+            let slices = mem
+                .get_slices(desc.addr(), desc.len() as usize, access)
+                .map_err(|_| ChainError::BadAddress)?;
+            for slice in slices {
+                list.push(slice.map_err(|_| ChainError::BadAddress)?);
+            }
+        }
+        Ok(Chain { readable, writable })
+    }
+}
+
+/// Total byte length of a slice list.
+pub fn total(bufs: &[Buf]) -> usize {
+    bufs.iter().map(|b| b.len()).sum()
+}
+
+/// Splits a slice list after `n` bytes. `None` when the list is shorter than `n`.
+pub fn split_at<'m>(bufs: &[Buf<'m>], mut n: usize) -> Option<(Bufs<'m>, Bufs<'m>)> {
+    let mut head = Bufs::new();
+    let mut tail = Bufs::new();
+    for b in bufs {
+        if n == 0 {
+            tail.push(*b);
+        } else if b.len() <= n {
+            n -= b.len();
+            head.push(*b);
+        } else {
+            head.push(b.subslice(0, n).ok()?);
+            tail.push(b.offset(n).ok()?);
+            n = 0;
+        }
+    }
+    (n == 0).then_some((head, tail))
+}
+
+/// Copies the first `out.len()` bytes of `bufs` into `out`; returns how many were available.
+pub fn read_bytes(bufs: &[Buf], out: &mut [u8]) -> usize {
+    let mut done = 0;
+    for b in bufs {
+        if done == out.len() {
+            break;
+        }
+        done += b.copy_to(&mut out[done..]);
+    }
+    done
+}
+
+/// Copies `data` into the front of `bufs`; returns how many bytes fitted.
+pub fn write_bytes(bufs: &[Buf], data: &[u8]) -> usize {
+    let mut done = 0;
+    for b in bufs {
+        if done == data.len() {
+            break;
+        }
+        let n = b.len().min(data.len() - done);
+        b.copy_from(&data[done..done + n]);
+        done += n;
+    }
+    done
+}
+
+/// Pops and completes every available chain of `vring`, then notifies the driver if it wants.
+///
+/// The vring lock is held while requests are processed, so a GET_VRING_BASE (the frontend
+/// stopping the ring) never observes a popped but uncompleted request.
+pub fn drain_queue(
+    vring: &Vring,
+    mem: &AtomicMem,
+    event_idx: bool,
+    mut process: impl for<'m> FnMut(&'m Mem, DescriptorChain<&'m Mem>) -> u32,
+) -> io::Result<()> {
+    let guard = mem.memory();
+    let mem: &Mem = &guard;
+    loop {
+        if event_idx {
+            vring.disable_notification().map_err(io::Error::other)?;
+        }
+        let mut completed = false;
+        {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let len = process(mem, chain);
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    log::warn!("cannot complete descriptor {head}: {e}");
+                }
+                completed = true;
+            }
+        }
+        if completed && vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        // virtio 1.2 §2.7.10: re-check after re-enabling so that no kick is lost.
+        if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The vhost-user-blk device through libblkio, a real independent client.
+
+mod common;
+
+use common::blkio_client::BlkClient;
+use common::daemon::{TestDaemon, IMAGE_SIZE};
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+#[test]
+fn three_clients_share_data() {
+    let d = TestDaemon::start(&["vm1", "vm2", "vm3"]);
+    let mut c: Vec<BlkClient> = ["vm1", "vm2", "vm3"]
+        .iter()
+        .map(|g| BlkClient::connect(&d.blk(g)).expect("connect"))
+        .collect();
+    assert_eq!(c[0].capacity(), IMAGE_SIZE);
+    for (i, off) in [(0usize, 0u64), (1, 1 << 20), (2, 7 << 20)] {
+        c[i].write(off, &pattern(i as u8 + 1, 65536)).unwrap();
+    }
+    for (reader, client) in c.iter_mut().enumerate() {
+        for (i, off) in [(0usize, 0u64), (1, 1 << 20), (2, 7 << 20)] {
+            assert_eq!(
+                client.read(off, 65536).unwrap(),
+                pattern(i as u8 + 1, 65536),
+                "client {reader} reads what client {i} wrote"
+            );
+        }
+    }
+}
+
+#[test]
+fn discard_and_write_zeroes_read_back_as_zeroes_and_flush_works() {
+    let d = TestDaemon::start(&["vm1", "vm2"]);
+    let mut a = BlkClient::connect(&d.blk("vm1")).unwrap();
+    let mut b = BlkClient::connect(&d.blk("vm2")).unwrap();
+    a.write(0, &pattern(9, 1 << 20)).unwrap();
+    a.flush().unwrap();
+    a.discard(0, 65536).unwrap();
+    a.write_zeroes(131072, 65536, false).unwrap();
+    a.write_zeroes(262144, 4096, true).unwrap();
+    let data = b.read(0, 1 << 20).unwrap();
+    let expect = pattern(9, 1 << 20);
+    for (i, (&got, &want)) in data.iter().zip(&expect).enumerate() {
+        let zeroed = i < 65536 || (131072..196608).contains(&i) || (262144..266240).contains(&i);
+        assert_eq!(got, if zeroed { 0 } else { want }, "byte {i}");
+    }
+    b.flush().unwrap();
+}
+
+#[test]
+fn out_of_range_requests_fail_and_the_device_keeps_serving() {
+    let d = TestDaemon::start(&["vm1"]);
+    let mut a = BlkClient::connect(&d.blk("vm1")).unwrap();
+    assert!(a.read(IMAGE_SIZE - 512, 1024).is_err());
+    assert!(a.write(IMAGE_SIZE, &[1u8; 512]).is_err());
+    assert!(a.discard(IMAGE_SIZE - 512, 1024).is_err());
+    a.write(IMAGE_SIZE - 512, &[7u8; 512]).unwrap();
+    assert_eq!(a.read(IMAGE_SIZE - 512, 512).unwrap(), vec![7u8; 512]);
+}
+
+#[test]
+fn reconnect_while_others_keep_doing_io() {
+    let d = TestDaemon::start(&["vm1", "vm2", "vm3"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = ["vm2", "vm3"]
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let sock = d.blk(g);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = BlkClient::connect(&sock).unwrap();
+                let off = (i as u64 + 1) << 20;
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let data = pattern(n as u8, 4096);
+                    c.write(off, &data).unwrap();
+                    assert_eq!(c.read(off, 4096).unwrap(), data);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for round in 0..5u8 {
+        let mut c = BlkClient::connect(&d.blk("vm1")).expect("reconnect");
+        c.write(0, &pattern(round, 4096)).unwrap();
+        assert_eq!(c.read(0, 4096).unwrap(), pattern(round, 4096));
+        drop(c);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        assert!(w.join().unwrap() > 0, "the other clients kept doing I/O");
+    }
+}
+
+#[test]
+fn second_connection_to_an_active_socket_is_refused() {
+    let d = TestDaemon::start(&["vm1"]);
+    let mut a = BlkClient::connect(&d.blk("vm1")).unwrap();
+    assert!(BlkClient::connect(&d.blk("vm1")).is_err());
+    a.write(0, &[1u8; 512]).unwrap();
+    drop(a);
+    BlkClient::connect(&d.blk("vm1")).expect("connect after the first one left");
+}
+
+#[test]
+fn read_only_image_refuses_writes() {
+    let mut d = TestDaemon::start(&["vm1"]);
+    d.stop();
+    let mut cfg = d.config.clone();
+    cfg.read_only = true;
+    cfg.size = None;
+    d.server = Some(sharedisk::server::Server::start(cfg).unwrap());
+    assert!(
+        BlkClient::connect(&d.blk("vm1")).is_err(),
+        "a read-write open of a read-only device is refused"
+    );
+    let mut a = BlkClient::connect_read_only(&d.blk("vm1")).unwrap();
+    assert!(a.read_only());
+    assert!(a.write(0, &[1u8; 512]).is_err());
+    assert_eq!(a.read(0, 512).unwrap(), vec![0u8; 512]);
+}

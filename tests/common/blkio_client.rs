@@ -1,0 +1,149 @@
+//! A synchronous vhost-user-blk client built on libblkio, an independent implementation of the
+//! protocol: what the daemon must interoperate with, besides QEMU.
+
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::time::Duration;
+
+use blkio::{Blkio, Blkioq, MemoryRegion, ReqFlags};
+
+pub struct BlkClient {
+    // Field order matters: the queue must go before the instance that owns its memory.
+    queue: Blkioq,
+    region: MemoryRegion,
+    blkio: Blkio,
+}
+
+/// The buffer region each client maps once; requests use its front.
+pub const REGION_LEN: usize = 8 << 20;
+
+impl BlkClient {
+    pub fn connect(socket: &Path) -> Result<Self, blkio::Error> {
+        Self::connect_queues(socket, 1)
+    }
+
+    pub fn connect_read_only(socket: &Path) -> Result<Self, blkio::Error> {
+        Self::open(socket, 1, true)
+    }
+
+    pub fn connect_queues(socket: &Path, queues: i32) -> Result<Self, blkio::Error> {
+        Self::open(socket, queues, false)
+    }
+
+    fn open(socket: &Path, queues: i32, read_only: bool) -> Result<Self, blkio::Error> {
+        let mut blkio = Blkio::new("virtio-blk-vhost-user")?;
+        blkio.set_str("path", socket.to_str().unwrap())?;
+        blkio.set_bool("read-only", read_only)?;
+        blkio.connect()?;
+        blkio.set_i32("num-queues", queues)?;
+        let mut started = blkio.start()?;
+        let region = blkio.alloc_mem_region(REGION_LEN)?;
+        blkio.map_mem_region(&region)?;
+        let queue = started.queues.remove(0);
+        Ok(BlkClient {
+            queue,
+            region,
+            blkio,
+        })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.blkio.get_u64("capacity").unwrap()
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.blkio.get_bool("read-only").unwrap()
+    }
+
+    pub fn buf(&mut self, len: usize) -> &mut [u8] {
+        assert!(len <= REGION_LEN);
+        // SAFETY: the region is mapped for REGION_LEN bytes while `self` lives.
+        unsafe { std::slice::from_raw_parts_mut(self.region.addr as *mut u8, len) }
+    }
+
+    /// Waits for one completion; returns its `ret` (0 or -errno).
+    fn complete(&mut self) -> i32 {
+        let mut c = [MaybeUninit::uninit()];
+        let mut timeout = Duration::from_secs(30);
+        let n = self
+            .queue
+            .do_io(&mut c, 1, Some(&mut timeout), None)
+            .expect("do_io");
+        assert_eq!(n, 1, "request timed out");
+        // SAFETY: do_io initialised `n` completions.
+        unsafe { c[0].assume_init_read() }.ret
+    }
+
+    fn check(ret: i32) -> Result<(), i32> {
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(ret)
+        }
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), i32> {
+        self.buf(data.len()).copy_from_slice(data);
+        let ptr = self.region.addr as *const u8;
+        self.queue
+            .write(offset, ptr, data.len(), 0, ReqFlags::empty());
+        Self::check(self.complete())
+    }
+
+    pub fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
+        let ptr = self.region.addr as *mut u8;
+        self.queue.read(offset, ptr, len, 0, ReqFlags::empty());
+        Self::check(self.complete())?;
+        Ok(self.buf(len).to_vec())
+    }
+
+    pub fn flush(&mut self) -> Result<(), i32> {
+        self.queue.flush(0, ReqFlags::empty());
+        Self::check(self.complete())
+    }
+
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), i32> {
+        self.queue.discard(offset, len, 0, ReqFlags::empty());
+        Self::check(self.complete())
+    }
+
+    pub fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<(), i32> {
+        let flags = if unmap {
+            ReqFlags::empty()
+        } else {
+            ReqFlags::NO_UNMAP
+        };
+        self.queue.write_zeroes(offset, len, 0, flags);
+        Self::check(self.complete())
+    }
+
+    /// Submits `count` writes of `block` bytes at random aligned offsets below `span`, keeping
+    /// `depth` in flight; returns the number completed with an error.
+    pub fn random_writes(&mut self, count: usize, block: usize, depth: usize, span: u64) -> usize {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        let blocks = span / block as u64;
+        let ptr = self.region.addr as *const u8;
+        let mut submitted = 0;
+        let mut done = 0;
+        let mut errors = 0;
+        let mut comps: Vec<MaybeUninit<blkio::Completion>> =
+            (0..depth).map(|_| MaybeUninit::uninit()).collect();
+        while done < count {
+            while submitted < count && submitted - done < depth {
+                let off = rng.gen_range(0..blocks) * block as u64;
+                self.queue.write(off, ptr, block, 0, ReqFlags::empty());
+                submitted += 1;
+            }
+            let n = self.queue.do_io(&mut comps, 1, None, None).expect("do_io");
+            for c in &comps[..n] {
+                // SAFETY: do_io initialised the first `n` completions.
+                if unsafe { c.assume_init_ref() }.ret != 0 {
+                    errors += 1;
+                }
+            }
+            done += n;
+        }
+        errors
+    }
+}

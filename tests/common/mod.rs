@@ -1,0 +1,4 @@
+#![allow(dead_code)]
+pub mod blkio_client;
+pub mod daemon;
+pub mod guest;
