@@ -100,6 +100,7 @@ impl StateStore {
         if disk.format != FORMAT {
             return Err(corrupt(format!("unknown format version {}", disk.format)));
         }
+        disk.reservations.validate().map_err(corrupt)?;
         if disk.image != self.identity {
             return Err(StateError::OtherImage {
                 path: self.path.clone(),

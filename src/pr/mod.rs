@@ -1,6 +1,11 @@
 //! SCSI-3 persistent reservations (SPC-4 §5.9), as pure logic: no I/O, no virtio.
 
 pub mod arbiter;
+#[cfg(test)]
+mod tests;
+pub mod wire;
+
+pub use arbiter::*;
 
 /// What a command does to the medium, for the access check of SPC-4 §5.9.1 / SBC-3 table 13.
 ///
@@ -15,4 +20,3 @@ pub enum Access {
     /// SYNCHRONIZE CACHE, virtio-blk FLUSH: gated exactly like a write.
     Flush,
 }
-pub use arbiter::*;

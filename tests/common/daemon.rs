@@ -11,7 +11,7 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
 }
 
-pub const IMAGE_SIZE: u64 = 64 << 20;
+pub const IMAGE_SIZE: u64 = 64 << 20; // 131072 sectors
 
 pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
