@@ -8,6 +8,7 @@ pub mod lun;
 pub mod pr;
 pub mod qemu;
 pub mod reservations;
+pub mod scsi;
 pub mod sense;
 pub mod server;
 pub mod state;

@@ -22,6 +22,8 @@ use crate::image::FileImage;
 use crate::lun::Lun;
 use crate::pr::Arbiter;
 use crate::reservations::Reservations;
+use crate::scsi::device::ScsiBackend;
+use crate::scsi::target::Target;
 use crate::state::{ImageIdentity, StateError, StateStore};
 use crate::virtio::{AtomicMem, Vring};
 
@@ -111,12 +113,20 @@ impl Server {
             stop,
             threads: Vec::new(),
         };
+        let target = Arc::new(Target::new(server.lun.clone()));
         for guest in server.config.guests.clone() {
             let initiator: Arc<str> = guest.as_str().into();
             let lun = server.lun.clone();
+            let name = initiator.clone();
             server.listen(server.config.blk_socket(&guest), move |mem| {
-                BlkBackend::new(lun.clone(), initiator.clone(), mem)
+                BlkBackend::new(lun.clone(), name.clone(), mem)
             })?;
+            if server.config.scsi {
+                let target = target.clone();
+                server.listen(server.config.scsi_socket(&guest), move |mem| {
+                    ScsiBackend::new(target.clone(), initiator.clone(), mem)
+                })?;
+            }
         }
         Ok(server)
     }

@@ -147,3 +147,61 @@ impl BlkClient {
         errors
     }
 }
+
+/// Outcome of one sequence-numbered write of [`BlkClient::flood`].
+pub struct FloodResult {
+    /// `ok[seq]`: whether write `seq` completed successfully.
+    pub ok: Vec<bool>,
+}
+
+impl BlkClient {
+    /// Writes 4 KiB block `seq` (its LBA is `seq`, its content the seq number) for seq = 0, 1, ...
+    /// with `depth` requests in flight, until `stop` is set or `max` blocks were issued.
+    pub fn flood(
+        &mut self,
+        depth: usize,
+        max: usize,
+        stop: &std::sync::atomic::AtomicBool,
+        progress: &std::sync::atomic::AtomicUsize,
+    ) -> FloodResult {
+        let mut free: Vec<usize> = (0..depth).collect();
+        let mut slot_of = vec![usize::MAX; max];
+        let mut ok = Vec::new();
+        let mut in_flight = 0;
+        let mut comps: Vec<MaybeUninit<blkio::Completion>> =
+            (0..depth).map(|_| MaybeUninit::uninit()).collect();
+        loop {
+            let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+            while !stopping && ok.len() < max {
+                let Some(slot) = free.pop() else { break };
+                let seq = ok.len();
+                ok.push(false);
+                slot_of[seq] = slot;
+                let buf = &mut self.buf((slot + 1) * 4096)[slot * 4096..];
+                buf.fill(0);
+                buf[..8].copy_from_slice(&(seq as u64 + 1).to_le_bytes());
+                let ptr = self.region.addr as usize + slot * 4096;
+                self.queue.write(
+                    seq as u64 * 4096,
+                    ptr as *const u8,
+                    4096,
+                    seq,
+                    ReqFlags::empty(),
+                );
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                return FloodResult { ok };
+            }
+            let n = self.queue.do_io(&mut comps, 1, None, None).expect("do_io");
+            for c in &comps[..n] {
+                // SAFETY: do_io initialised the first `n` completions.
+                let c = unsafe { c.assume_init_ref() };
+                ok[c.user_data] = c.ret == 0;
+                free.push(slot_of[c.user_data]);
+                in_flight -= 1;
+            }
+            progress.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

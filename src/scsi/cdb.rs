@@ -1,0 +1,1210 @@
+//! CDB decoding (SPC-4 §4.2, SBC-3 §5).
+//!
+//! Every CDB comes from a guest, so `parse` is total: it never panics, and any CDB it does not
+//! understand becomes CHECK CONDITION sense. The set of supported commands lives in one table,
+//! [`SUPPORTED_OPS`], which `parse` consults first and REPORT SUPPORTED OPERATION CODES reports,
+//! so the two cannot drift apart.
+
+use crate::pr::Access;
+use crate::scsi::pages;
+use crate::sense::{Sense, INVALID_FIELD_IN_CDB, INVALID_OPCODE, SAVING_PARAMETERS_NOT_SUPPORTED};
+
+/// Operation codes (SPC-4 §D.3.1, SBC-3 §5).
+pub mod op {
+    pub const TEST_UNIT_READY: u8 = 0x00;
+    pub const REQUEST_SENSE: u8 = 0x03;
+    pub const READ_6: u8 = 0x08;
+    pub const WRITE_6: u8 = 0x0a;
+    pub const INQUIRY: u8 = 0x12;
+    pub const MODE_SELECT_6: u8 = 0x15;
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
+    pub const MODE_SENSE_6: u8 = 0x1a;
+    pub const START_STOP_UNIT: u8 = 0x1b;
+    pub const READ_CAPACITY_10: u8 = 0x25;
+    pub const READ_10: u8 = 0x28;
+    pub const WRITE_10: u8 = 0x2a;
+    pub const VERIFY_10: u8 = 0x2f;
+    pub const PRE_FETCH_10: u8 = 0x34;
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const WRITE_SAME_10: u8 = 0x41;
+    pub const UNMAP: u8 = 0x42;
+    pub const MODE_SELECT_10: u8 = 0x55;
+    pub const MODE_SENSE_10: u8 = 0x5a;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
+    pub const READ_16: u8 = 0x88;
+    pub const WRITE_16: u8 = 0x8a;
+    pub const VERIFY_16: u8 = 0x8f;
+    pub const PRE_FETCH_16: u8 = 0x90;
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    pub const WRITE_SAME_16: u8 = 0x93;
+    /// SERVICE ACTION IN(16); READ CAPACITY(16) is its service action 0x10.
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
+    pub const REPORT_LUNS: u8 = 0xa0;
+    /// MAINTENANCE IN; REPORT SUPPORTED OPERATION CODES is its service action 0x0c.
+    pub const MAINTENANCE_IN: u8 = 0xa3;
+    pub const READ_12: u8 = 0xa8;
+    pub const WRITE_12: u8 = 0xaa;
+
+    pub const SA_READ_CAPACITY_16: u16 = 0x10;
+    pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0c;
+}
+
+/// One supported command: what REPORT SUPPORTED OPERATION CODES says about it, and what `parse`
+/// accepts.
+#[derive(Debug)]
+pub struct OpInfo {
+    pub opcode: u8,
+    /// `Some` for opcodes that multiplex service actions in byte 1 bits 4:0.
+    pub service_action: Option<u16>,
+    /// CDB USAGE DATA (SPC-4 §6.35.3): its length is the CDB length, byte 0 is the opcode, and a
+    /// bit is set only where the device server looks at that bit. `parse` rejects any CDB with a
+    /// bit set outside this map (except the control byte, see [`CONTROL_NACA`]), so the map is
+    /// also the reserved-bit check.
+    pub usage: &'static [u8],
+    /// Only offered when the disk supports unmapping (LBPU=1); SBC-3 §5.28 ties UNMAP to it.
+    pub needs_unmap: bool,
+}
+
+/// NACA in the control byte (SAM-5 §5.2). We do not implement ACA, so NACA=1 is rejected
+/// (SPC-4 §4.2.5.3); the vendor-specific and obsolete LINK bits are ignored.
+pub const CONTROL_NACA: u8 = 0x04;
+const C: u8 = CONTROL_NACA;
+const FF: u8 = 0xff;
+
+const fn entry(opcode: u8, usage: &'static [u8]) -> OpInfo {
+    OpInfo {
+        opcode,
+        service_action: None,
+        usage,
+        needs_unmap: false,
+    }
+}
+
+const fn entry_sa(opcode: u8, sa: u16, usage: &'static [u8]) -> OpInfo {
+    OpInfo {
+        opcode,
+        service_action: Some(sa),
+        usage,
+        needs_unmap: false,
+    }
+}
+
+// Byte 1 of the read/write family: RDPROTECT/WRPROTECT (7:5) are absent since the disk has no
+// protection information (SBC-3 §4.22: non-zero => INVALID FIELD IN CDB); DPO, FUA, RARC (reads)
+// and the SBC-3 FUA_NV bit are accepted; the obsolete RELADR bit 0 is rejected.
+const RD1: u8 = 0x1e;
+const WR1: u8 = 0x1a;
+const PR_IN_USAGE: &[u8] = &[op::PERSISTENT_RESERVE_IN, 0x1f, 0, 0, 0, 0, 0, FF, FF, C];
+const PR_OUT_USAGE: &[u8] = &[
+    op::PERSISTENT_RESERVE_OUT,
+    0x1f,
+    FF,
+    0,
+    0,
+    FF,
+    FF,
+    FF,
+    FF,
+    C,
+];
+
+/// Every command the disk implements, sorted by opcode then service action.
+pub static SUPPORTED_OPS: &[OpInfo] = &[
+    entry(op::TEST_UNIT_READY, &[0x00, 0, 0, 0, 0, C]),
+    entry(op::REQUEST_SENSE, &[0x03, 0x01, 0, 0, FF, C]),
+    entry(op::READ_6, &[0x08, 0x1f, FF, FF, FF, C]),
+    entry(op::WRITE_6, &[0x0a, 0x1f, FF, FF, FF, C]),
+    entry(op::INQUIRY, &[0x12, 0x01, FF, FF, FF, C]),
+    entry(op::MODE_SELECT_6, &[0x15, 0x11, 0, 0, FF, C]),
+    entry(op::RESERVE_6, &[0x16, 0, 0, 0, 0, C]),
+    entry(op::RELEASE_6, &[0x17, 0, 0, 0, 0, C]),
+    entry(op::MODE_SENSE_6, &[0x1a, 0x08, FF, FF, FF, C]),
+    entry(op::START_STOP_UNIT, &[0x1b, 0x01, 0, 0x0f, 0xf7, C]),
+    entry(
+        op::READ_CAPACITY_10,
+        &[0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, C],
+    ),
+    entry(op::READ_10, &[0x28, RD1, FF, FF, FF, FF, 0x1f, FF, FF, C]),
+    entry(op::WRITE_10, &[0x2a, WR1, FF, FF, FF, FF, 0x1f, FF, FF, C]),
+    entry(
+        op::VERIFY_10,
+        &[0x2f, 0x16, FF, FF, FF, FF, 0x1f, FF, FF, C],
+    ),
+    entry(
+        op::PRE_FETCH_10,
+        &[0x34, 0x02, FF, FF, FF, FF, 0x1f, FF, FF, C],
+    ),
+    entry(
+        op::SYNCHRONIZE_CACHE_10,
+        &[0x35, 0x06, FF, FF, FF, FF, 0x1f, FF, FF, C],
+    ),
+    entry(
+        op::WRITE_SAME_10,
+        &[0x41, 0x08, FF, FF, FF, FF, 0x1f, FF, FF, C],
+    ),
+    OpInfo {
+        opcode: op::UNMAP,
+        service_action: None,
+        usage: &[0x42, 0, 0, 0, 0, 0, 0x1f, FF, FF, C],
+        needs_unmap: true,
+    },
+    entry(op::MODE_SELECT_10, &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, C]),
+    entry(op::MODE_SENSE_10, &[0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, C]),
+    entry_sa(op::PERSISTENT_RESERVE_IN, 0x00, PR_IN_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_IN, 0x01, PR_IN_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_IN, 0x02, PR_IN_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_IN, 0x03, PR_IN_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_OUT, 0x00, PR_OUT_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_OUT, 0x01, PR_OUT_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_OUT, 0x02, PR_OUT_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_OUT, 0x03, PR_OUT_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_OUT, 0x04, PR_OUT_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_OUT, 0x05, PR_OUT_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_OUT, 0x06, PR_OUT_USAGE),
+    entry_sa(op::PERSISTENT_RESERVE_OUT, 0x07, PR_OUT_USAGE),
+    entry(
+        op::READ_16,
+        &[
+            0x88, RD1, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C,
+        ],
+    ),
+    entry(
+        op::WRITE_16,
+        &[
+            0x8a, WR1, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C,
+        ],
+    ),
+    entry(
+        op::VERIFY_16,
+        &[
+            0x8f, 0x16, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C,
+        ],
+    ),
+    entry(
+        op::PRE_FETCH_16,
+        &[
+            0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C,
+        ],
+    ),
+    entry(
+        op::SYNCHRONIZE_CACHE_16,
+        &[
+            0x91, 0x06, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C,
+        ],
+    ),
+    entry(
+        op::WRITE_SAME_16,
+        &[
+            0x93, 0x09, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C,
+        ],
+    ),
+    entry_sa(
+        op::SERVICE_ACTION_IN_16,
+        op::SA_READ_CAPACITY_16,
+        &[
+            0x9e, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x01, C,
+        ],
+    ),
+    entry(
+        op::REPORT_LUNS,
+        &[0xa0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, C],
+    ),
+    entry_sa(
+        op::MAINTENANCE_IN,
+        op::SA_REPORT_SUPPORTED_OPCODES,
+        &[0xa3, 0x1f, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, C],
+    ),
+    entry(
+        op::READ_12,
+        &[0xa8, RD1, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C],
+    ),
+    entry(
+        op::WRITE_12,
+        &[0xaa, WR1, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C],
+    ),
+];
+
+/// Whether `opcode` multiplexes service actions (so its identity needs byte 1 too).
+pub fn has_service_actions(opcode: u8) -> bool {
+    SUPPORTED_OPS
+        .iter()
+        .any(|e| e.opcode == opcode && e.service_action.is_some())
+}
+
+/// Whether any entry of the table has this opcode.
+pub fn opcode_known(opcode: u8) -> bool {
+    SUPPORTED_OPS.iter().any(|e| e.opcode == opcode)
+}
+
+/// The table entry for `opcode` (and `sa`, only looked at for opcodes with service actions).
+pub fn lookup(opcode: u8, sa: u16) -> Option<&'static OpInfo> {
+    SUPPORTED_OPS
+        .iter()
+        .find(|e| e.opcode == opcode && e.service_action.is_none_or(|s| s == sa))
+}
+
+/// PC field of MODE SENSE (SPC-4 §6.11, table 154).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageControl {
+    Current,
+    Changeable,
+    Default,
+    Saved,
+}
+
+/// A medium access: READ/WRITE of any size (SBC-3 §5.8–5.11, §5.38–5.41).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rw {
+    pub lba: u64,
+    /// Already expanded: READ(6)/WRITE(6) length 0 is 256 here; for the others 0 means no
+    /// transfer, which is not an error (SBC-3 §5.8) but the LBA is still range-checked.
+    pub blocks: u32,
+    pub fua: bool,
+    pub dpo: bool,
+}
+
+/// MODE SENSE(6)/(10) fields (SPC-4 §6.11, §6.12), already validated against the pages we have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModeSense {
+    pub ten: bool,
+    pub dbd: bool,
+    /// Only settable in MODE SENSE(10): asks for the 16-byte block descriptor.
+    pub llbaa: bool,
+    pub pc: PageControl,
+    pub page: u8,
+    pub subpage: u8,
+    pub alloc_len: u32,
+}
+
+/// REPORT SUPPORTED OPERATION CODES fields (SPC-4 §6.35).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportOpcodes {
+    /// Append a command timeouts descriptor to each entry.
+    pub rctd: bool,
+    /// REPORTING OPTIONS, 0..=3.
+    pub options: u8,
+    pub opcode: u8,
+    pub service_action: u16,
+    pub alloc_len: u32,
+}
+
+/// A decoded, field-checked CDB. Capacity checks are left to the caller (see
+/// [`pages::check_range`]) because the decoder does not know the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    TestUnitReady,
+    /// DESC asks for descriptor-format sense (SPC-4 §6.39).
+    RequestSense {
+        desc: bool,
+        alloc_len: u32,
+    },
+    /// `page_code` is only non-zero with `evpd`, and then names a page we have.
+    Inquiry {
+        evpd: bool,
+        page_code: u8,
+        alloc_len: u32,
+    },
+    /// `select_report` is 0, 1 or 2 (SPC-4 §6.33).
+    ReportLuns {
+        select_report: u8,
+        alloc_len: u32,
+    },
+    ReadCapacity10,
+    ReadCapacity16 {
+        alloc_len: u32,
+    },
+    ModeSense(ModeSense),
+    /// SP=1 is rejected (no saved pages); PF is informational only.
+    ModeSelect {
+        ten: bool,
+        pf: bool,
+        param_len: u32,
+    },
+    Read(Rw),
+    Write(Rw),
+    /// `blocks` 0 means through the last LBA (SBC-3 §5.22).
+    SynchronizeCache {
+        lba: u64,
+        blocks: u32,
+        immed: bool,
+    },
+    /// `blocks` is never 0: we report WSNZ=1 (SBC-3 §6.6.4). With UNMAP set but no unmap support
+    /// the caller writes the block instead, which SBC-3 §5.45 allows. ANCHOR is rejected because
+    /// ANC_SUP=0.
+    WriteSame {
+        lba: u64,
+        blocks: u32,
+        unmap: bool,
+        ndob: bool,
+        sixteen: bool,
+    },
+    /// ANCHOR is rejected because ANC_SUP=0 (SBC-3 §5.28).
+    Unmap {
+        param_len: u32,
+    },
+    /// `bytchk` is 0 (medium check only), 1 (compare `blocks` blocks) or 3 (compare one block
+    /// against each); 2 is reserved and rejected (SBC-3 §5.33).
+    Verify {
+        lba: u64,
+        blocks: u32,
+        bytchk: u8,
+        dpo: bool,
+    },
+    PreFetch {
+        lba: u64,
+        blocks: u32,
+        immed: bool,
+    },
+    StartStopUnit {
+        immed: bool,
+        power_condition: u8,
+        no_flush: bool,
+        loej: bool,
+        start: bool,
+    },
+    /// Raw CDB, decoded by the PR module.
+    PersistentReserveIn {
+        cdb: [u8; 10],
+    },
+    /// Raw CDB, decoded by the PR module.
+    PersistentReserveOut {
+        cdb: [u8; 10],
+    },
+    Reserve6,
+    Release6,
+    ReportOpcodes(ReportOpcodes),
+}
+
+/// Decode one CDB. `cdb` may be the whole 32-byte virtio-scsi field; bytes past the command's
+/// CDB length are ignored.
+///
+/// Errors: unknown opcode => 05/20/00; CDB shorter than the command, unknown service action,
+/// reserved bit set, or a bad field => 05/24/00; MODE SENSE of saved values => 05/39/00.
+pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
+    let &opcode = cdb.first().ok_or(INVALID_FIELD_IN_CDB)?;
+    if !opcode_known(opcode) {
+        return Err(INVALID_OPCODE);
+    }
+    let sa = if has_service_actions(opcode) {
+        u16::from(cdb.get(1).ok_or(INVALID_FIELD_IN_CDB)? & 0x1f)
+    } else {
+        0
+    };
+    // SPC-4 §4.2.5.1: an unsupported service action of a supported opcode is INVALID FIELD.
+    let info = lookup(opcode, sa).ok_or(INVALID_FIELD_IN_CDB)?;
+    let n = info.usage.len();
+    let given = cdb.get(..n).ok_or(INVALID_FIELD_IN_CDB)?;
+    // A fixed 32-byte copy: every field access below uses a constant index below 32, so none can
+    // be out of bounds, whatever the command.
+    let mut c = [0u8; 32];
+    c.get_mut(..n)
+        .ok_or(INVALID_FIELD_IN_CDB)?
+        .copy_from_slice(given);
+    let (body, control) = match given.split_last() {
+        Some((&control, body)) => (body, control),
+        None => return Err(INVALID_FIELD_IN_CDB),
+    };
+    if control & CONTROL_NACA != 0 {
+        return Err(INVALID_FIELD_IN_CDB);
+    }
+    if body
+        .iter()
+        .zip(info.usage)
+        .skip(1)
+        .any(|(b, u)| b & !u != 0)
+    {
+        return Err(INVALID_FIELD_IN_CDB);
+    }
+    decode(&c)
+}
+
+fn be16(c: &[u8; 32], i: usize) -> u32 {
+    u32::from(u16::from_be_bytes([c[i], c[i + 1]]))
+}
+
+fn be32(c: &[u8; 32], i: usize) -> u32 {
+    u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]])
+}
+
+fn be64(c: &[u8; 32], i: usize) -> u64 {
+    u64::from_be_bytes([
+        c[i],
+        c[i + 1],
+        c[i + 2],
+        c[i + 3],
+        c[i + 4],
+        c[i + 5],
+        c[i + 6],
+        c[i + 7],
+    ])
+}
+
+fn bit(c: &[u8; 32], i: usize, mask: u8) -> bool {
+    c[i] & mask != 0
+}
+
+fn rw(c: &[u8; 32], lba: u64, blocks: u32) -> Rw {
+    Rw {
+        lba,
+        blocks,
+        fua: bit(c, 1, 0x08),
+        dpo: bit(c, 1, 0x10),
+    }
+}
+
+/// Field decoding proper; reserved bits were already rejected by `parse` via the usage map.
+fn decode(c: &[u8; 32]) -> Result<Command, Sense> {
+    Ok(match c[0] {
+        op::TEST_UNIT_READY => Command::TestUnitReady,
+        op::REQUEST_SENSE => Command::RequestSense {
+            desc: bit(c, 1, 0x01),
+            alloc_len: u32::from(c[4]),
+        },
+        op::INQUIRY => {
+            let evpd = bit(c, 1, 0x01);
+            let page_code = c[2];
+            // SPC-4 §6.6: a page code without EVPD is invalid; CMDDT is not in the usage map.
+            if evpd {
+                pages::check_vpd_page(page_code)?;
+            } else if page_code != 0 {
+                return Err(INVALID_FIELD_IN_CDB);
+            }
+            Command::Inquiry {
+                evpd,
+                page_code,
+                alloc_len: be16(c, 3),
+            }
+        }
+        op::REPORT_LUNS => {
+            let select_report = c[2];
+            // 0x10..0x12 concern administrative LUs, which we do not have (SPC-4 table 282).
+            if select_report > 2 {
+                return Err(INVALID_FIELD_IN_CDB);
+            }
+            Command::ReportLuns {
+                select_report,
+                alloc_len: be32(c, 6),
+            }
+        }
+        op::READ_CAPACITY_10 => {
+            // SBC-3 §5.15: with PMI=0 the LOGICAL BLOCK ADDRESS field must be zero.
+            if !bit(c, 8, 0x01) && be32(c, 2) != 0 {
+                return Err(INVALID_FIELD_IN_CDB);
+            }
+            Command::ReadCapacity10
+        }
+        op::SERVICE_ACTION_IN_16 => {
+            if !bit(c, 14, 0x01) && be64(c, 2) != 0 {
+                return Err(INVALID_FIELD_IN_CDB);
+            }
+            Command::ReadCapacity16 {
+                alloc_len: be32(c, 10),
+            }
+        }
+        op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
+            let ten = c[0] == op::MODE_SENSE_10;
+            let pc = match c[2] >> 6 {
+                0 => PageControl::Current,
+                1 => PageControl::Changeable,
+                2 => PageControl::Default,
+                _ => PageControl::Saved,
+            };
+            let page = c[2] & 0x3f;
+            let subpage = c[3];
+            pages::check_mode_page(page, subpage)?;
+            if pc == PageControl::Saved {
+                return Err(SAVING_PARAMETERS_NOT_SUPPORTED);
+            }
+            Command::ModeSense(ModeSense {
+                ten,
+                dbd: bit(c, 1, 0x08),
+                llbaa: ten && bit(c, 1, 0x10),
+                pc,
+                page,
+                subpage,
+                alloc_len: if ten { be16(c, 7) } else { u32::from(c[4]) },
+            })
+        }
+        op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
+            let ten = c[0] == op::MODE_SELECT_10;
+            // SPC-4 §6.9: SP=1 without saved pages is INVALID FIELD IN CDB.
+            if bit(c, 1, 0x01) {
+                return Err(INVALID_FIELD_IN_CDB);
+            }
+            Command::ModeSelect {
+                ten,
+                pf: bit(c, 1, 0x10),
+                param_len: if ten { be16(c, 7) } else { u32::from(c[4]) },
+            }
+        }
+        op::READ_6 | op::WRITE_6 => {
+            let lba = u64::from(u32::from_be_bytes([0, c[1] & 0x1f, c[2], c[3]]));
+            // SBC-3 §5.7: a TRANSFER LENGTH of 0 means 256 blocks.
+            let blocks = if c[4] == 0 { 256 } else { u32::from(c[4]) };
+            // FUA/DPO do not exist in the 6-byte CDBs; byte 1 holds the LBA.
+            let r = Rw {
+                lba,
+                blocks,
+                fua: false,
+                dpo: false,
+            };
+            if c[0] == op::READ_6 {
+                Command::Read(r)
+            } else {
+                Command::Write(r)
+            }
+        }
+        op::READ_10 => Command::Read(rw(c, u64::from(be32(c, 2)), be16(c, 7))),
+        op::WRITE_10 => Command::Write(rw(c, u64::from(be32(c, 2)), be16(c, 7))),
+        op::READ_12 => Command::Read(rw(c, u64::from(be32(c, 2)), be32(c, 6))),
+        op::WRITE_12 => Command::Write(rw(c, u64::from(be32(c, 2)), be32(c, 6))),
+        op::READ_16 => Command::Read(rw(c, be64(c, 2), be32(c, 10))),
+        op::WRITE_16 => Command::Write(rw(c, be64(c, 2), be32(c, 10))),
+        op::SYNCHRONIZE_CACHE_10 => Command::SynchronizeCache {
+            lba: u64::from(be32(c, 2)),
+            blocks: be16(c, 7),
+            immed: bit(c, 1, 0x02),
+        },
+        op::SYNCHRONIZE_CACHE_16 => Command::SynchronizeCache {
+            lba: be64(c, 2),
+            blocks: be32(c, 10),
+            immed: bit(c, 1, 0x02),
+        },
+        op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
+            let sixteen = c[0] == op::WRITE_SAME_16;
+            let (lba, blocks) = if sixteen {
+                (be64(c, 2), be32(c, 10))
+            } else {
+                (u64::from(be32(c, 2)), be16(c, 7))
+            };
+            if blocks == 0 {
+                return Err(INVALID_FIELD_IN_CDB);
+            }
+            Command::WriteSame {
+                lba,
+                blocks,
+                unmap: bit(c, 1, 0x08),
+                ndob: sixteen && bit(c, 1, 0x01),
+                sixteen,
+            }
+        }
+        op::UNMAP => Command::Unmap {
+            param_len: be16(c, 7),
+        },
+        op::VERIFY_10 | op::VERIFY_16 => {
+            let bytchk = (c[1] >> 1) & 0x03;
+            if bytchk == 2 {
+                return Err(INVALID_FIELD_IN_CDB);
+            }
+            let (lba, blocks) = if c[0] == op::VERIFY_16 {
+                (be64(c, 2), be32(c, 10))
+            } else {
+                (u64::from(be32(c, 2)), be16(c, 7))
+            };
+            Command::Verify {
+                lba,
+                blocks,
+                bytchk,
+                dpo: bit(c, 1, 0x10),
+            }
+        }
+        op::PRE_FETCH_10 => Command::PreFetch {
+            lba: u64::from(be32(c, 2)),
+            blocks: be16(c, 7),
+            immed: bit(c, 1, 0x02),
+        },
+        op::PRE_FETCH_16 => Command::PreFetch {
+            lba: be64(c, 2),
+            blocks: be32(c, 10),
+            immed: bit(c, 1, 0x02),
+        },
+        op::START_STOP_UNIT => Command::StartStopUnit {
+            immed: bit(c, 1, 0x01),
+            power_condition: c[4] >> 4,
+            no_flush: bit(c, 4, 0x04),
+            loej: bit(c, 4, 0x02),
+            start: bit(c, 4, 0x01),
+        },
+        op::PERSISTENT_RESERVE_IN => Command::PersistentReserveIn { cdb: raw10(c) },
+        op::PERSISTENT_RESERVE_OUT => Command::PersistentReserveOut { cdb: raw10(c) },
+        op::RESERVE_6 => Command::Reserve6,
+        op::RELEASE_6 => Command::Release6,
+        op::MAINTENANCE_IN => {
+            let r = ReportOpcodes {
+                rctd: bit(c, 2, 0x80),
+                options: c[2] & 0x07,
+                opcode: c[3],
+                service_action: u16::from_be_bytes([c[4], c[5]]),
+                alloc_len: be32(c, 6),
+            };
+            check_report_opcodes(&r)?;
+            Command::ReportOpcodes(r)
+        }
+        // Unreachable while the table and this match agree; the consistency test checks that.
+        _ => return Err(INVALID_OPCODE),
+    })
+}
+
+fn raw10(c: &[u8; 32]) -> [u8; 10] {
+    let mut r = [0u8; 10];
+    r.copy_from_slice(&c[..10]);
+    r
+}
+
+/// REPORTING OPTIONS checks of SPC-4 §6.35.1 that do not depend on the disk.
+pub fn check_report_opcodes(r: &ReportOpcodes) -> Result<(), Sense> {
+    match r.options {
+        0 | 3 => Ok(()),
+        // "One command, no service action" for an opcode that has them is an error, and so is
+        // "one command with service action" for an opcode we know has none.
+        1 if !has_service_actions(r.opcode) => Ok(()),
+        2 if has_service_actions(r.opcode) || !opcode_known(r.opcode) => Ok(()),
+        _ => Err(INVALID_FIELD_IN_CDB),
+    }
+}
+
+impl Command {
+    /// The PR access class of SBC-3 §4.17.2 table 13 (see `/reference/scsi-pr.md`), or `None`
+    /// when the command is always allowed or the arbiter decides itself (PR OUT, RESERVE(6),
+    /// RELEASE(6)).
+    ///
+    /// START STOP UNIT: SBC-3 table 13 allows START=1 with POWER CONDITION 0 to everyone and
+    /// gives every other form the same column pattern as a write, so it is classed as Write.
+    pub fn access(&self) -> Option<Access> {
+        match self {
+            Command::Read(_)
+            | Command::Verify { .. }
+            | Command::PreFetch { .. }
+            | Command::ModeSense(_) => Some(Access::Read),
+            Command::Write(_)
+            | Command::WriteSame { .. }
+            | Command::Unmap { .. }
+            | Command::ModeSelect { .. } => Some(Access::Write),
+            Command::SynchronizeCache { .. } => Some(Access::Flush),
+            Command::StartStopUnit {
+                start: true,
+                power_condition: 0,
+                ..
+            } => None,
+            Command::StartStopUnit { .. } => Some(Access::Write),
+            Command::TestUnitReady
+            | Command::RequestSense { .. }
+            | Command::Inquiry { .. }
+            | Command::ReportLuns { .. }
+            | Command::ReadCapacity10
+            | Command::ReadCapacity16 { .. }
+            | Command::PersistentReserveIn { .. }
+            | Command::PersistentReserveOut { .. }
+            | Command::Reserve6
+            | Command::Release6
+            | Command::ReportOpcodes(_) => None,
+        }
+    }
+
+    /// Commands that neither fail with nor consume a pending unit attention (SAM-5 §5.14,
+    /// SPC-4 §5.14): INQUIRY, REPORT LUNS and REQUEST SENSE.
+    pub fn ua_exempt(&self) -> bool {
+        matches!(
+            self,
+            Command::Inquiry { .. } | Command::ReportLuns { .. } | Command::RequestSense { .. }
+        )
+    }
+
+    /// ALLOCATION LENGTH for data-in commands: the caller truncates the built data to it.
+    pub fn alloc_len(&self) -> Option<u32> {
+        match *self {
+            Command::RequestSense { alloc_len, .. }
+            | Command::Inquiry { alloc_len, .. }
+            | Command::ReportLuns { alloc_len, .. }
+            | Command::ReadCapacity16 { alloc_len } => Some(alloc_len),
+            Command::ModeSense(m) => Some(m.alloc_len),
+            Command::ReportOpcodes(r) => Some(r.alloc_len),
+            // READ CAPACITY(10) has no allocation length; its data is always 8 bytes.
+            Command::ReadCapacity10 => Some(8),
+            _ => None,
+        }
+    }
+
+    /// The LBA range a medium command addresses, for [`pages::check_range`]. SYNCHRONIZE CACHE
+    /// with 0 blocks covers `lba..` to the end, so it is reported as zero blocks at `lba`.
+    pub fn lba_range(&self) -> Option<(u64, u64)> {
+        match *self {
+            Command::Read(r) | Command::Write(r) => Some((r.lba, u64::from(r.blocks))),
+            Command::SynchronizeCache { lba, blocks, .. }
+            | Command::WriteSame { lba, blocks, .. }
+            | Command::Verify { lba, blocks, .. }
+            | Command::PreFetch { lba, blocks, .. } => Some((lba, u64::from(blocks))),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::sense::*;
+
+    /// A CDB for `e` that parses: zeros plus whatever fields must be non-zero.
+    pub(crate) fn sample_cdb(e: &OpInfo) -> [u8; 32] {
+        let mut c = [0u8; 32];
+        c[0] = e.opcode;
+        if let Some(sa) = e.service_action {
+            c[1] = sa as u8;
+        }
+        match e.opcode {
+            op::MODE_SENSE_6 | op::MODE_SENSE_10 => c[2] = 0x3f,
+            op::WRITE_SAME_10 => c[8] = 1,
+            op::WRITE_SAME_16 => c[13] = 1,
+            _ => {}
+        }
+        c
+    }
+
+    fn p(bytes: &[u8]) -> Result<Command, Sense> {
+        let mut c = [0u8; 32];
+        c[..bytes.len()].copy_from_slice(bytes);
+        parse(&c)
+    }
+
+    #[test]
+    fn table_is_sorted_and_unique() {
+        for w in SUPPORTED_OPS.windows(2) {
+            let a = (w[0].opcode, w[0].service_action);
+            let b = (w[1].opcode, w[1].service_action);
+            assert!(a < b, "{a:?} !< {b:?}");
+        }
+        for e in SUPPORTED_OPS {
+            assert_eq!(e.usage[0], e.opcode);
+            assert!(matches!(e.usage.len(), 6 | 10 | 12 | 16));
+            // Mixed SA / non-SA entries for one opcode would make lookup ambiguous.
+            assert_eq!(e.service_action.is_some(), has_service_actions(e.opcode));
+        }
+    }
+
+    #[test]
+    fn every_entry_parses_and_rejects_truncation_and_stray_bits() {
+        for e in SUPPORTED_OPS {
+            let c = sample_cdb(e);
+            let n = e.usage.len();
+            assert!(parse(&c).is_ok(), "{:02x}", e.opcode);
+            assert!(parse(&c[..n]).is_ok(), "exact length {:02x}", e.opcode);
+            for len in 0..n {
+                assert_eq!(
+                    parse(&c[..len]),
+                    Err(INVALID_FIELD_IN_CDB),
+                    "{:02x} len {len}",
+                    e.opcode
+                );
+            }
+            for i in 1..n - 1 {
+                for b in 0..8 {
+                    let m = 1u8 << b;
+                    if e.usage[i] & m == 0 {
+                        let mut x = c;
+                        x[i] |= m;
+                        assert_eq!(
+                            parse(&x),
+                            Err(INVALID_FIELD_IN_CDB),
+                            "{:02x} byte {i} bit {b}",
+                            e.opcode
+                        );
+                    }
+                }
+            }
+            let mut x = c;
+            x[n - 1] = CONTROL_NACA;
+            assert_eq!(parse(&x), Err(INVALID_FIELD_IN_CDB));
+            // Vendor-specific and LINK bits are ignored; bytes past the CDB too.
+            x[n - 1] = 0xc3;
+            x[n..].fill(0xff);
+            assert!(parse(&x).is_ok(), "{:02x}", e.opcode);
+        }
+    }
+
+    #[test]
+    fn unknown_opcodes_and_service_actions() {
+        assert_eq!(parse(&[]), Err(INVALID_FIELD_IN_CDB));
+        for opc in 0..=255u8 {
+            for sa in 0..32u8 {
+                let r = p(&[opc, sa]);
+                if !opcode_known(opc) {
+                    assert_eq!(r, Err(INVALID_OPCODE));
+                    assert_eq!(parse(&[opc]), Err(INVALID_OPCODE));
+                } else if has_service_actions(opc) && lookup(opc, sa.into()).is_none() {
+                    assert_eq!(r, Err(INVALID_FIELD_IN_CDB), "{opc:02x}/{sa:02x}");
+                }
+            }
+        }
+        // GET LBA STATUS is SERVICE ACTION IN(16) SA 0x12: not supported.
+        assert_eq!(p(&[0x9e, 0x12]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(p(&[0xa3, 0x0a]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(p(&[0x5e, 0x04]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(parse(&[0x9e]), Err(INVALID_FIELD_IN_CDB));
+    }
+
+    #[test]
+    fn read_write_decoding() {
+        let r = |lba, blocks, fua, dpo| Rw {
+            lba,
+            blocks,
+            fua,
+            dpo,
+        };
+        assert_eq!(
+            p(&[0x08, 0x1f, 0xff, 0xfe, 0, 0]),
+            Ok(Command::Read(r(0x1f_fffe, 256, false, false)))
+        );
+        assert_eq!(
+            p(&[0x0a, 0, 0, 7, 3, 0]),
+            Ok(Command::Write(r(7, 3, false, false)))
+        );
+        assert_eq!(p(&[0x08, 0x20, 0, 0, 1, 0]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            p(&[0x28, 0x18, 0x12, 0x34, 0x56, 0x78, 0, 0xab, 0xcd, 0]),
+            Ok(Command::Read(r(0x1234_5678, 0xabcd, true, true)))
+        );
+        assert_eq!(
+            p(&[0x2a, 0x08, 0, 0, 0, 1, 0, 0, 0, 0]),
+            Ok(Command::Write(r(1, 0, true, false)))
+        );
+        // RDPROTECT / WRPROTECT without protection information.
+        assert_eq!(p(&[0x28, 0x20]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(p(&[0x2a, 0x04]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            p(&[0xa8, 0, 0, 0, 0, 9, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+            Ok(Command::Read(r(9, u32::MAX, false, false)))
+        );
+        assert_eq!(
+            p(&[0xaa, 0x10, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0]),
+            Ok(Command::Write(r(9, 2, false, true)))
+        );
+        let mut c = [0u8; 16];
+        c[0] = 0x88;
+        c[2..10].fill(0xff);
+        c[10..14].copy_from_slice(&[0xff; 4]);
+        let cmd = parse(&c).unwrap();
+        assert_eq!(cmd, Command::Read(r(u64::MAX, u32::MAX, false, false)));
+        let (lba, n) = cmd.lba_range().unwrap();
+        assert_eq!(
+            crate::scsi::pages::check_range(lba, n, u64::MAX),
+            Err(LBA_OUT_OF_RANGE)
+        );
+        c[0] = 0x8a;
+        c[1] = 0x08;
+        assert_eq!(
+            parse(&c),
+            Ok(Command::Write(r(u64::MAX, u32::MAX, true, false)))
+        );
+    }
+
+    #[test]
+    fn other_medium_commands() {
+        assert_eq!(
+            p(&[0x35, 0x02, 0, 0, 1, 0, 0, 0, 8, 0]),
+            Ok(Command::SynchronizeCache {
+                lba: 256,
+                blocks: 8,
+                immed: true
+            })
+        );
+        let mut c = [0u8; 16];
+        c[0] = 0x91;
+        c[9] = 5;
+        assert_eq!(
+            parse(&c),
+            Ok(Command::SynchronizeCache {
+                lba: 5,
+                blocks: 0,
+                immed: false
+            })
+        );
+        assert_eq!(
+            p(&[0x41, 0x08, 0, 0, 0, 4, 0, 0, 0, 0]),
+            Err(INVALID_FIELD_IN_CDB)
+        ); // WSNZ
+        assert_eq!(
+            p(&[0x41, 0x08, 0, 0, 0, 4, 0, 0, 2, 0]),
+            Ok(Command::WriteSame {
+                lba: 4,
+                blocks: 2,
+                unmap: true,
+                ndob: false,
+                sixteen: false
+            })
+        );
+        assert_eq!(
+            p(&[0x41, 0x10, 0, 0, 0, 4, 0, 0, 2, 0]),
+            Err(INVALID_FIELD_IN_CDB)
+        ); // ANCHOR
+        assert_eq!(
+            p(&[0x41, 0x01, 0, 0, 0, 4, 0, 0, 2, 0]),
+            Err(INVALID_FIELD_IN_CDB)
+        ); // no NDOB in 10
+        let mut c = [0u8; 16];
+        c[0] = 0x93;
+        c[1] = 0x09;
+        c[13] = 3;
+        assert_eq!(
+            parse(&c),
+            Ok(Command::WriteSame {
+                lba: 0,
+                blocks: 3,
+                unmap: true,
+                ndob: true,
+                sixteen: true
+            })
+        );
+        c[1] = 0x06; // PBDATA/LBDATA
+        assert_eq!(parse(&c), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            p(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]),
+            Ok(Command::Unmap { param_len: 24 })
+        );
+        assert_eq!(
+            p(&[0x42, 1, 0, 0, 0, 0, 0, 0, 24, 0]),
+            Err(INVALID_FIELD_IN_CDB)
+        );
+        for (b1, ok) in [
+            (0x00, true),
+            (0x02, true),
+            (0x04, false),
+            (0x06, true),
+            (0x10, true),
+        ] {
+            let r = p(&[0x2f, b1, 0, 0, 0, 1, 0, 0, 1, 0]);
+            assert_eq!(r.is_ok(), ok, "{b1:02x}");
+        }
+        assert_eq!(
+            p(&[0x2f, 0x12, 0, 0, 0, 1, 0, 0, 1, 0]),
+            Ok(Command::Verify {
+                lba: 1,
+                blocks: 1,
+                bytchk: 1,
+                dpo: true
+            })
+        );
+        assert_eq!(
+            p(&[0x34, 0x02, 0, 0, 0, 1, 0, 0, 1, 0]),
+            Ok(Command::PreFetch {
+                lba: 1,
+                blocks: 1,
+                immed: true
+            })
+        );
+        assert_eq!(
+            p(&[0x1b, 1, 0, 0, 0x23, 0]),
+            Ok(Command::StartStopUnit {
+                immed: true,
+                power_condition: 2,
+                no_flush: false,
+                loej: true,
+                start: true
+            })
+        );
+        assert_eq!(p(&[0x1b, 0, 0, 0, 0x08, 0]), Err(INVALID_FIELD_IN_CDB));
+    }
+
+    #[test]
+    fn informational_commands() {
+        assert_eq!(p(&[0x00]), Ok(Command::TestUnitReady));
+        assert_eq!(p(&[0x00, 1]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            p(&[0x03, 1, 0, 0, 252, 0]),
+            Ok(Command::RequestSense {
+                desc: true,
+                alloc_len: 252
+            })
+        );
+        assert_eq!(
+            p(&[0x12, 0, 0, 0x01, 0x00, 0]),
+            Ok(Command::Inquiry {
+                evpd: false,
+                page_code: 0,
+                alloc_len: 256
+            })
+        );
+        assert_eq!(
+            p(&[0x12, 1, 0x83, 0, 0xff, 0]),
+            Ok(Command::Inquiry {
+                evpd: true,
+                page_code: 0x83,
+                alloc_len: 255
+            })
+        );
+        assert_eq!(p(&[0x12, 0, 0x83, 0, 0xff, 0]), Err(INVALID_FIELD_IN_CDB)); // page w/o EVPD
+        assert_eq!(p(&[0x12, 2, 0, 0, 0xff, 0]), Err(INVALID_FIELD_IN_CDB)); // CMDDT
+        assert_eq!(p(&[0x12, 1, 0x89, 0, 0xff, 0]), Err(INVALID_FIELD_IN_CDB)); // unknown VPD
+        assert_eq!(
+            p(&[0xa0, 0, 2, 0, 0, 0, 0, 0, 0x10, 0, 0, 0]),
+            Ok(Command::ReportLuns {
+                select_report: 2,
+                alloc_len: 4096
+            })
+        );
+        assert_eq!(
+            p(&[0xa0, 0, 3, 0, 0, 0, 0, 0, 0x10, 0, 0, 0]),
+            Err(INVALID_FIELD_IN_CDB)
+        );
+        assert_eq!(p(&[0x25]), Ok(Command::ReadCapacity10));
+        assert_eq!(
+            p(&[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            Err(INVALID_FIELD_IN_CDB)
+        );
+        assert_eq!(
+            p(&[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0]),
+            Ok(Command::ReadCapacity10)
+        );
+        let mut c = [0u8; 16];
+        c[0] = 0x9e;
+        c[1] = 0x10;
+        c[13] = 32;
+        assert_eq!(parse(&c), Ok(Command::ReadCapacity16 { alloc_len: 32 }));
+        c[9] = 1;
+        assert_eq!(parse(&c), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(p(&[0x16]), Ok(Command::Reserve6));
+        assert_eq!(p(&[0x17]), Ok(Command::Release6));
+        assert_eq!(p(&[0x16, 0x10]), Err(INVALID_FIELD_IN_CDB)); // 3RDPTY
+        let pr = [0x5f, 0x01, 0x05, 0, 0, 0, 0, 0, 24, 0];
+        assert_eq!(p(&pr), Ok(Command::PersistentReserveOut { cdb: pr }));
+        let pr = [0x5e, 0x03, 0, 0, 0, 0, 0, 0x10, 0, 0];
+        assert_eq!(p(&pr), Ok(Command::PersistentReserveIn { cdb: pr }));
+    }
+
+    #[test]
+    fn mode_commands() {
+        let ms = |ten, dbd, llbaa, pc, page, subpage, alloc_len| {
+            Ok(Command::ModeSense(ModeSense {
+                ten,
+                dbd,
+                llbaa,
+                pc,
+                page,
+                subpage,
+                alloc_len,
+            }))
+        };
+        assert_eq!(
+            p(&[0x1a, 0x08, 0x3f, 0, 0xff, 0]),
+            ms(false, true, false, PageControl::Current, 0x3f, 0, 255)
+        );
+        assert_eq!(
+            p(&[0x1a, 0x10, 0x3f, 0, 0xff, 0]),
+            Err(INVALID_FIELD_IN_CDB)
+        ); // LLBAA in (6)
+        assert_eq!(
+            p(&[0x5a, 0x10, 0x48, 0, 0, 0, 0, 1, 0, 0]),
+            ms(true, false, true, PageControl::Changeable, 0x08, 0, 256)
+        );
+        assert_eq!(
+            p(&[0x5a, 0, 0xbf, 0xff, 0, 0, 0, 1, 0, 0]),
+            ms(true, false, false, PageControl::Default, 0x3f, 0xff, 256)
+        );
+        assert_eq!(
+            p(&[0x1a, 0, 0xc8, 0, 0xff, 0]),
+            Err(SAVING_PARAMETERS_NOT_SUPPORTED)
+        );
+        assert_eq!(p(&[0x1a, 0, 0x01, 0, 0xff, 0]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(p(&[0x1a, 0, 0x08, 1, 0xff, 0]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            p(&[0x1a, 0, 0x08, 0xff, 0xff, 0]),
+            Err(INVALID_FIELD_IN_CDB)
+        );
+        assert_eq!(p(&[0x1a, 0, 0x3f, 1, 0xff, 0]), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(
+            p(&[0x15, 0x10, 0, 0, 24, 0]),
+            Ok(Command::ModeSelect {
+                ten: false,
+                pf: true,
+                param_len: 24
+            })
+        );
+        assert_eq!(p(&[0x15, 0x11, 0, 0, 24, 0]), Err(INVALID_FIELD_IN_CDB)); // SP
+        assert_eq!(
+            p(&[0x55, 0x10, 0, 0, 0, 0, 0, 1, 2, 0]),
+            Ok(Command::ModeSelect {
+                ten: true,
+                pf: true,
+                param_len: 258
+            })
+        );
+    }
+
+    #[test]
+    fn report_opcodes_cdb() {
+        let rsoc = |b2: u8, opc: u8, sa: u16| {
+            p(&[
+                0xa3,
+                0x0c,
+                b2,
+                opc,
+                (sa >> 8) as u8,
+                sa as u8,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+            ])
+        };
+        assert_eq!(
+            rsoc(0x80, 0, 0),
+            Ok(Command::ReportOpcodes(ReportOpcodes {
+                rctd: true,
+                options: 0,
+                opcode: 0,
+                service_action: 0,
+                alloc_len: 256
+            }))
+        );
+        for o in 4..8 {
+            assert_eq!(rsoc(o, 0x28, 0), Err(INVALID_FIELD_IN_CDB));
+        }
+        assert!(rsoc(1, 0x28, 0).is_ok());
+        assert_eq!(rsoc(1, 0x5e, 0), Err(INVALID_FIELD_IN_CDB));
+        assert_eq!(rsoc(2, 0x28, 0), Err(INVALID_FIELD_IN_CDB));
+        assert!(rsoc(2, 0x5e, 1).is_ok());
+        assert!(rsoc(2, 0xc0, 1).is_ok()); // unknown opcode: reported as not supported
+        assert!(rsoc(3, 0x28, 7).is_ok());
+        assert_eq!(rsoc(0x08, 0, 0), Err(INVALID_FIELD_IN_CDB)); // reserved bit
+    }
+
+    #[test]
+    fn access_classes() {
+        let cases: &[(&[u8], Option<Access>, bool)] = &[
+            (&[0x00], None, false),
+            (&[0x03], None, true),
+            (&[0x12], None, true),
+            (&[0xa0], None, true),
+            (&[0x25], None, false),
+            (&[0x9e, 0x10], None, false),
+            (&[0xa3, 0x0c], None, false),
+            (&[0x5e, 0x00], None, false),
+            (&[0x5f, 0x00], None, false),
+            (&[0x16], None, false),
+            (&[0x17], None, false),
+            (&[0x28], Some(Access::Read), false),
+            (&[0x08, 0, 0, 0, 1], Some(Access::Read), false),
+            (&[0x2f], Some(Access::Read), false),
+            (&[0x90], Some(Access::Read), false),
+            (&[0x1a, 0, 0x3f], Some(Access::Read), false),
+            (&[0x2a], Some(Access::Write), false),
+            (&[0x8a], Some(Access::Write), false),
+            (&[0x41, 0, 0, 0, 0, 0, 0, 0, 1], Some(Access::Write), false),
+            (&[0x42], Some(Access::Write), false),
+            (&[0x55], Some(Access::Write), false),
+            (&[0x35], Some(Access::Flush), false),
+            (&[0x91], Some(Access::Flush), false),
+            (&[0x1b, 0, 0, 0, 0x01], None, false),
+            (&[0x1b, 0, 0, 0, 0x00], Some(Access::Write), false),
+            (&[0x1b, 0, 0, 0, 0x31], Some(Access::Write), false),
+        ];
+        for (c, access, exempt) in cases {
+            let cmd = p(c).unwrap();
+            assert_eq!(cmd.access(), *access, "{cmd:?}");
+            assert_eq!(cmd.ua_exempt(), *exempt, "{cmd:?}");
+        }
+    }
+}

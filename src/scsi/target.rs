@@ -1,0 +1,442 @@
+//! The SCSI logical unit: executes one decoded command against the arbiter and the image.
+//!
+//! Order of checks for every command, as LIO does it (SPC-4 §5.14, §5.9.1):
+//! 1. a pending unit attention (except INQUIRY, REPORT LUNS, REQUEST SENSE);
+//! 2. CDB decoding (05/20/00, 05/24/00);
+//! 3. LBA range (05/21/00);
+//! 4. the reservation access check (RESERVATION CONFLICT), whose admission is held until the
+//!    command's I/O is complete (see [`crate::reservations`]);
+//! 5. write protection (07/27/00), then execution.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::image::Buf;
+use crate::lun::Lun;
+use crate::pr::{wire, PrStatus};
+use crate::scsi::cdb::{self, Command, Rw};
+use crate::scsi::pages::{self, DiskInfo};
+use crate::sense::{self, Sense};
+use crate::virtio;
+
+pub const GOOD: u8 = 0x00;
+pub const CHECK_CONDITION: u8 = 0x02;
+pub const RESERVATION_CONFLICT: u8 = 0x18;
+
+const BLOCK: u64 = 512;
+/// MAXIMUM TRANSFER LENGTH in VPD 0xB0: 4 MiB, as a typical SAN LUN.
+const MAX_TRANSFER_BLOCKS: u32 = 8192;
+/// Largest parameter list we read (MODE SELECT, UNMAP, PR OUT); anything longer is an error
+/// further down, so there is no reason to copy more of it.
+const MAX_PARAM_LEN: usize = 8192;
+/// UNMAP limits advertised in VPD 0xB0.
+const MAX_UNMAP_LBAS: u32 = 1 << 21;
+const MAX_UNMAP_DESCRIPTORS: u32 = 32;
+
+/// What a command produced: SCSI status, sense, and how much of each buffer it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: u8,
+    pub sense: Option<Sense>,
+    /// Bytes written to the data-in buffer.
+    pub data_in: usize,
+}
+
+impl Outcome {
+    fn good(data_in: usize) -> Self {
+        Outcome {
+            status: GOOD,
+            sense: None,
+            data_in,
+        }
+    }
+
+    fn check(sense: Sense) -> Self {
+        Outcome {
+            status: CHECK_CONDITION,
+            sense: Some(sense),
+            data_in: 0,
+        }
+    }
+
+    fn conflict() -> Self {
+        Outcome {
+            status: RESERVATION_CONFLICT,
+            sense: None,
+            data_in: 0,
+        }
+    }
+
+    fn from_pr(status: PrStatus) -> Self {
+        match status {
+            PrStatus::Good => Outcome::good(0),
+            PrStatus::Conflict => Outcome::conflict(),
+            PrStatus::CheckCondition(s) => Outcome::check(s),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Outcome>;
+
+impl From<Sense> for Outcome {
+    fn from(s: Sense) -> Self {
+        Outcome::check(s)
+    }
+}
+
+/// LU state shared by every initiator's scsi connection.
+pub struct Target {
+    lun: Arc<Lun>,
+    /// WCE of the caching mode page; MODE SELECT changes it for every initiator, as on a real LU.
+    write_cache: AtomicBool,
+}
+
+impl Target {
+    pub fn new(lun: Arc<Lun>) -> Self {
+        Target {
+            lun,
+            write_cache: AtomicBool::new(true),
+        }
+    }
+
+    pub fn lun(&self) -> &Arc<Lun> {
+        &self.lun
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.lun.image.size() / BLOCK
+    }
+
+    fn info(&self) -> DiskInfo {
+        DiskInfo {
+            num_blocks: self.num_blocks(),
+            block_size: BLOCK as u32,
+            read_only: self.lun.image.read_only(),
+            write_cache: self.write_cache.load(Ordering::Relaxed),
+            serial: self.lun.serial.clone(),
+            naa: pages::naa_from_serial(&self.lun.serial),
+            unmap: !self.lun.image.read_only(),
+            max_unmap_lbas: MAX_UNMAP_LBAS,
+            max_unmap_descriptors: MAX_UNMAP_DESCRIPTORS,
+            max_transfer_blocks: MAX_TRANSFER_BLOCKS,
+            optimal_transfer_blocks: 0,
+        }
+    }
+
+    /// Commands addressed to a LUN that does not exist (SPC-4 §5.10): INQUIRY reports
+    /// "no device", REPORT LUNS and REQUEST SENSE work, everything else is 05/25/00.
+    pub fn execute_missing_lun(&self, cdb: &[u8], data_in: &[Buf]) -> Outcome {
+        match cdb::parse(cdb) {
+            Ok(Command::Inquiry {
+                evpd: false,
+                alloc_len,
+                ..
+            }) => reply(data_in, &pages::inquiry_no_lun(), alloc_len),
+            Ok(Command::ReportLuns {
+                select_report,
+                alloc_len,
+            }) => reply(data_in, &pages::report_luns(select_report), alloc_len),
+            Ok(Command::RequestSense { desc, alloc_len }) => reply(
+                data_in,
+                &pages::request_sense(Some(sense::LUN_NOT_SUPPORTED), desc),
+                alloc_len,
+            ),
+            _ => Outcome::check(sense::LUN_NOT_SUPPORTED),
+        }
+    }
+
+    /// Executes one command from `initiator` on LUN 0.
+    pub fn execute(
+        &self,
+        initiator: &str,
+        cdb: &[u8],
+        data_out: &[Buf],
+        data_in: &[Buf],
+    ) -> Outcome {
+        self.try_execute(initiator, cdb, data_out, data_in)
+            .unwrap_or_else(|o| o)
+    }
+
+    fn try_execute(
+        &self,
+        initiator: &str,
+        cdb: &[u8],
+        data_out: &[Buf],
+        data_in: &[Buf],
+    ) -> Result<Outcome> {
+        let res = &self.lun.reservations;
+        // SPC-4 §5.14: a pending UA terminates any command but these three, before decoding.
+        let exempt = matches!(
+            cdb.first(),
+            Some(&cdb::op::INQUIRY) | Some(&cdb::op::REPORT_LUNS) | Some(&cdb::op::REQUEST_SENSE)
+        );
+        if !exempt {
+            if let Some(ua) = res.take_unit_attention(initiator) {
+                return Err(Outcome::check(ua));
+            }
+        }
+        let cmd = cdb::parse(cdb)?;
+        if let Some((lba, blocks)) = cmd.lba_range() {
+            pages::check_range(lba, blocks, self.num_blocks())?;
+        }
+        // SPC-4 §5.9.1, SBC-3 table 13: the access check; the admission is held through the I/O.
+        let _admitted = match cmd.access() {
+            Some(access) => Some(res.admit(initiator, access).ok_or_else(Outcome::conflict)?),
+            None => {
+                // SPC-2 §5.5.1: under an SPC-2 reservation only a few commands pass.
+                let passes = cmd.ua_exempt()
+                    || matches!(
+                        cmd,
+                        Command::Release6
+                            | Command::Reserve6
+                            | Command::PersistentReserveOut { .. }
+                    );
+                if !passes && res.with(|a| a.spc2_conflicts(initiator)) {
+                    return Err(Outcome::conflict());
+                }
+                None
+            }
+        };
+        let read_only = self.lun.image.read_only();
+        let image = &self.lun.image;
+        Ok(match cmd {
+            Command::TestUnitReady => Outcome::good(0),
+            // The reference keeps UAs queued across REQUEST SENSE; report "no sense".
+            Command::RequestSense { desc, alloc_len } => {
+                reply(data_in, &pages::request_sense(None, desc), alloc_len)
+            }
+            Command::Inquiry {
+                evpd,
+                page_code,
+                alloc_len,
+            } => reply(
+                data_in,
+                &pages::inquiry(&self.info(), evpd, page_code)?,
+                alloc_len,
+            ),
+            Command::ReportLuns {
+                select_report,
+                alloc_len,
+            } => reply(data_in, &pages::report_luns(select_report), alloc_len),
+            Command::ReadCapacity10 => reply(data_in, &pages::read_capacity_10(&self.info()), 8),
+            Command::ReadCapacity16 { alloc_len } => {
+                reply(data_in, &pages::read_capacity_16(&self.info()), alloc_len)
+            }
+            Command::ModeSense(m) => {
+                reply(data_in, &pages::mode_sense(&self.info(), &m)?, m.alloc_len)
+            }
+            Command::ModeSelect { ten, param_len, .. } => {
+                let params = param_list(data_out, param_len)?;
+                let change = pages::parse_mode_select(ten, &params, &self.info())?;
+                if let Some(wce) = change.wce {
+                    if wce != self.write_cache.swap(wce, Ordering::Relaxed) {
+                        log::info!("{initiator}: MODE SELECT sets WCE={}", wce as u8);
+                        if !wce {
+                            // Turning the cache off must not strand data written before.
+                            image
+                                .flush()
+                                .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+                        }
+                    }
+                }
+                Outcome::good(0)
+            }
+            Command::Read(rw) => self.read(rw, data_in)?,
+            Command::Write(rw) => {
+                if read_only {
+                    return Err(Outcome::check(sense::WRITE_PROTECTED));
+                }
+                self.write(rw, data_out)?
+            }
+            Command::SynchronizeCache { .. } => {
+                image
+                    .flush()
+                    .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+                Outcome::good(0)
+            }
+            Command::WriteSame {
+                lba,
+                blocks,
+                unmap,
+                ndob,
+                ..
+            } => {
+                if read_only {
+                    return Err(Outcome::check(sense::WRITE_PROTECTED));
+                }
+                self.write_same(lba, blocks, unmap, ndob, data_out)?
+            }
+            Command::Unmap { param_len } => {
+                if read_only {
+                    return Err(Outcome::check(sense::WRITE_PROTECTED));
+                }
+                let params = param_list(data_out, param_len)?;
+                let ranges = pages::parse_unmap(&params, &self.info())?;
+                // SBC-3 §5.28: validate every descriptor before changing anything.
+                for &(lba, blocks) in &ranges {
+                    pages::check_range(lba, u64::from(blocks), self.num_blocks())?;
+                }
+                for (lba, blocks) in ranges {
+                    image
+                        .discard(lba * BLOCK, u64::from(blocks) * BLOCK)
+                        .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+                }
+                Outcome::good(0)
+            }
+            Command::Verify {
+                lba,
+                blocks,
+                bytchk,
+                ..
+            } => self.verify(lba, blocks, bytchk, data_out)?,
+            // PRE-FETCH: GOOD means "not all blocks fit the cache" (SBC-3 §5.12); nothing to do.
+            Command::PreFetch { .. } => Outcome::good(0),
+            Command::StartStopUnit {
+                start, no_flush, ..
+            } => {
+                // A stop flushes the cache first unless NO_FLUSH (SBC-3 §5.25).
+                if !start && !no_flush && !read_only {
+                    image
+                        .flush()
+                        .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+                }
+                Outcome::good(0)
+            }
+            Command::PersistentReserveIn { cdb } => {
+                let data = res.with(|a| wire::prin(a, &cdb))?;
+                // `prin` already cut the data to the ALLOCATION LENGTH, never ADDITIONAL LENGTH.
+                reply(data_in, &data, u32::MAX)
+            }
+            Command::PersistentReserveOut { cdb } => {
+                let param_len = u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]);
+                let params = param_list(data_out, param_len)?;
+                let req = wire::parse_prout(&cdb, &params, |name| {
+                    res.with(|a| a.is_known(name) || a.is_registered(name))
+                        .then(|| name.to_string())
+                })?;
+                Outcome::from_pr(res.prout(initiator, &req))
+            }
+            Command::Reserve6 => Outcome::from_pr(res.with_mut(|a| a.spc2_reserve(initiator))),
+            Command::Release6 => Outcome::from_pr(res.with_mut(|a| a.spc2_release(initiator))),
+            Command::ReportOpcodes(r) => reply(
+                data_in,
+                &pages::report_supported_opcodes(&self.info(), &r)?,
+                r.alloc_len,
+            ),
+        })
+    }
+
+    fn read(&self, rw: Rw, data_in: &[Buf]) -> Result<Outcome> {
+        let bytes = self.transfer_len(rw.blocks)?;
+        // A buffer shorter than the transfer gets what fits (the residual tells the initiator).
+        let len = bytes.min(virtio::total(data_in) as u64 / BLOCK * BLOCK) as usize;
+        let (bufs, _) = virtio::split_at(data_in, len).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+        self.lun
+            .image
+            .read_at(&bufs, rw.lba * BLOCK)
+            .map_err(|_| Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ))?;
+        Ok(Outcome::good(len))
+    }
+
+    fn write(&self, rw: Rw, data_out: &[Buf]) -> Result<Outcome> {
+        let bytes = self.transfer_len(rw.blocks)? as usize;
+        // Less data than the CDB announces: refuse rather than write a torn, partial command.
+        let (bufs, _) = virtio::split_at(data_out, bytes).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+        let fua = rw.fua || !self.write_cache.load(Ordering::Relaxed);
+        self.lun
+            .image
+            .write_at(&bufs, rw.lba * BLOCK, fua)
+            .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+        Ok(Outcome::good(0))
+    }
+
+    /// Bytes of a READ/WRITE, bounded by MAXIMUM TRANSFER LENGTH (SBC-3 §6.6.4: 05/24/00).
+    fn transfer_len(&self, blocks: u32) -> Result<u64> {
+        if blocks > MAX_TRANSFER_BLOCKS {
+            return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
+        }
+        Ok(u64::from(blocks) * BLOCK)
+    }
+
+    fn write_same(
+        &self,
+        lba: u64,
+        blocks: u32,
+        unmap: bool,
+        ndob: bool,
+        data_out: &[Buf],
+    ) -> Result<Outcome> {
+        if u64::from(blocks) > pages::max_write_same_blocks(&self.info()) {
+            return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
+        }
+        let mut block = [0u8; BLOCK as usize];
+        if !ndob && virtio::read_bytes(data_out, &mut block) < block.len() {
+            return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
+        }
+        let (offset, len) = (lba * BLOCK, u64::from(blocks) * BLOCK);
+        let image = &self.lun.image;
+        let r = if block.iter().all(|&b| b == 0) {
+            // Zeroes, with or without UNMAP: LBPRZ=1 makes both read back as zeroes.
+            image.write_zeroes(offset, len, unmap)
+        } else {
+            // Replicate the block into a 64 KiB chunk and write it out chunk by chunk.
+            let mut chunk = vec![0u8; (64 << 10).min(len as usize)];
+            for c in chunk.chunks_mut(BLOCK as usize) {
+                c.copy_from_slice(&block[..c.len()]);
+            }
+            let fua = !self.write_cache.load(Ordering::Relaxed);
+            let mut done = 0;
+            let mut r = Ok(());
+            while done < len && r.is_ok() {
+                let n = (len - done).min(chunk.len() as u64) as usize;
+                r = image.write_at(&[Buf::from(&mut chunk[..n])], offset + done, fua);
+                done += n as u64;
+            }
+            r
+        };
+        r.map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+        Ok(Outcome::good(0))
+    }
+
+    /// VERIFY (SBC-3 §5.33): BYTCHK=0 checks the medium (always readable here); 1 compares the
+    /// data-out with the medium; 3 compares one block with every block.
+    fn verify(&self, lba: u64, blocks: u32, bytchk: u8, data_out: &[Buf]) -> Result<Outcome> {
+        if bytchk == 0 || blocks == 0 {
+            return Ok(Outcome::good(0));
+        }
+        let bytes = self.transfer_len(blocks)? as usize;
+        let want_len = if bytchk == 3 { BLOCK as usize } else { bytes };
+        let mut want = vec![0u8; want_len];
+        if virtio::read_bytes(data_out, &mut want) < want_len {
+            return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
+        }
+        let mut have = vec![0u8; bytes];
+        self.lun
+            .image
+            .read_at(&[Buf::from(&mut have[..])], lba * BLOCK)
+            .map_err(|_| Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ))?;
+        let same = have.chunks(want_len).all(|c| c == &want[..c.len()]);
+        if same {
+            Ok(Outcome::good(0))
+        } else {
+            Err(Outcome::check(sense::MISCOMPARE_DURING_VERIFY))
+        }
+    }
+}
+
+/// Copies the PARAMETER LIST LENGTH bytes of a parameter list (at most what the buffer holds and
+/// [`MAX_PARAM_LEN`]); the parsers report a list shorter than announced.
+fn param_list(data_out: &[Buf], param_len: u32) -> Result<Vec<u8>> {
+    let want = (param_len as usize)
+        .min(MAX_PARAM_LEN)
+        .min(virtio::total(data_out));
+    let mut params = vec![0u8; want];
+    virtio::read_bytes(data_out, &mut params);
+    Ok(params)
+}
+
+/// Returns `data` cut to the allocation length and the buffer (SPC-4 §4.2.5.6).
+fn reply(data_in: &[Buf], data: &[u8], alloc_len: u32) -> Outcome {
+    let n = data.len().min(alloc_len as usize);
+    Outcome::good(virtio::write_bytes(data_in, &data[..n]))
+}

@@ -1,0 +1,588 @@
+//! A minimal, fully controllable vhost-user frontend (the driver side) for tests.
+//!
+//! Guest memory is one shared memfd region; the split virtqueues live at its start and a bump
+//! allocator hands out buffers after them. Descriptors, the available ring and its index are
+//! written by hand, so tests can submit arbitrary, malformed chains (virtio 1.2 §2.7).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Guest-physical address of the start of guest memory. Not zero, so that both low and high
+/// addresses fall outside it.
+pub const MEM_BASE: u64 = 0x4000_0000;
+/// Size of the guest memory region.
+pub const MEM_SIZE: usize = 16 << 20;
+/// Bytes reserved for each queue's rings at the start of guest memory (enough for 1024 entries).
+const RING_AREA: u64 = 32 << 10;
+
+/// Descriptor flags (virtio 1.2 §2.7.5).
+pub const VRING_DESC_F_NEXT: u16 = 1;
+pub const VRING_DESC_F_WRITE: u16 = 2;
+pub const VRING_DESC_F_INDIRECT: u16 = 4;
+
+/// virtio-blk request types and status codes (virtio 1.2 §5.2.6).
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+
+/// How long the convenience helpers wait for a completion.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One descriptor of a well-formed chain: `submit` links them with NEXT flags.
+#[derive(Clone, Copy, Debug)]
+pub struct Desc {
+    pub addr: u64,
+    pub len: u32,
+    /// Device-writable (VRING_DESC_F_WRITE).
+    pub write: bool,
+}
+
+impl Desc {
+    pub fn r(addr: u64, len: u32) -> Desc {
+        Desc {
+            addr,
+            len,
+            write: false,
+        }
+    }
+
+    pub fn w(addr: u64, len: u32) -> Desc {
+        Desc {
+            addr,
+            len,
+            write: true,
+        }
+    }
+}
+
+/// A descriptor table entry exactly as written, for pathological chains.
+#[derive(Clone, Copy, Debug)]
+pub struct RawDesc {
+    pub addr: u64,
+    pub len: u32,
+    pub flags: u16,
+    pub next: u16,
+}
+
+struct Queue {
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    /// Next descriptor table slot `submit` uses (wraps around).
+    next_desc: u16,
+    /// Shadow of avail->idx.
+    avail_idx: u16,
+    /// Next used ring entry to consume.
+    last_used: u16,
+    kick: EventFd,
+    call: EventFd,
+}
+
+pub struct VuFrontend {
+    // Field order: the connection closes before the memory goes away.
+    frontend: Frontend,
+    queues: Vec<Queue>,
+    mem: *mut u8,
+    _memfd: File,
+    /// Bump allocator cursor, as an offset into guest memory.
+    alloc_start: u64,
+    alloc_next: u64,
+    protocol_features: VhostUserProtocolFeatures,
+    acked_features: u64,
+}
+
+// SAFETY: `mem` is a private shared mapping owned by this value; nothing else aliases it in this
+// process.
+unsafe impl Send for VuFrontend {}
+
+impl VuFrontend {
+    /// Connects, negotiates and starts `num_queues` rings of `queue_size` entries; panics on any
+    /// failure.
+    pub fn connect(socket: &Path, num_queues: usize, queue_size: u16) -> VuFrontend {
+        Self::try_connect(socket, num_queues, queue_size)
+            .unwrap_or_else(|e| panic!("vhost-user frontend setup on {}: {e}", socket.display()))
+    }
+
+    /// Like [`VuFrontend::connect`], returning setup errors instead.
+    pub fn try_connect(
+        socket: &Path,
+        num_queues: usize,
+        queue_size: u16,
+    ) -> Result<VuFrontend, String> {
+        assert!(queue_size.is_power_of_two() && queue_size as u64 * 16 <= RING_AREA / 2);
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: vhost::Error| format!("{what}: {e}")
+        };
+        let mut frontend = Frontend::connect(socket, num_queues as u64).map_err(err("connect"))?;
+        frontend.set_owner().map_err(err("SET_OWNER"))?;
+        let offered = frontend.get_features().map_err(err("GET_FEATURES"))?;
+        let version_1 = 1u64 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+        let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if offered & version_1 == 0 || offered & protocol == 0 {
+            return Err(format!(
+                "backend features {offered:#x} lack VERSION_1 or PROTOCOL_FEATURES"
+            ));
+        }
+        // Device-specific bits 0..24, VERSION_1 and PROTOCOL_FEATURES; no EVENT_IDX, no
+        // INDIRECT_DESC, no packed ring.
+        let acked_features = offered & ((1u64 << 24) - 1 | version_1 | protocol);
+
+        let offered_pf = frontend
+            .get_protocol_features()
+            .map_err(err("GET_PROTOCOL_FEATURES"))?;
+        let protocol_features = offered_pf
+            & (VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+                | VhostUserProtocolFeatures::CONFIG);
+        frontend
+            .set_protocol_features(protocol_features)
+            .map_err(err("SET_PROTOCOL_FEATURES"))?;
+        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Every message is acknowledged: when a call returns, the backend has acted on it.
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
+            let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
+            if (num_queues as u64) > max {
+                return Err(format!("backend has {max} queues, {num_queues} wanted"));
+            }
+        } else if num_queues > 1 {
+            return Err("backend lacks MQ".into());
+        }
+        frontend
+            .set_features(acked_features)
+            .map_err(err("SET_FEATURES"))?;
+
+        // Guest memory: one memfd, mapped shared here and by the backend.
+        // SAFETY: plain syscalls on a fresh fd we own; results are checked.
+        let (memfd, mem) = unsafe {
+            let fd = libc::memfd_create(c"vu-frontend".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+            }
+            let file = File::from_raw_fd(fd);
+            file.set_len(MEM_SIZE as u64)
+                .map_err(|e| format!("ftruncate: {e}"))?;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                MEM_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+            }
+            (file, p as *mut u8)
+        };
+        let ring_bytes = RING_AREA * num_queues as u64;
+        let mut fe = VuFrontend {
+            frontend,
+            queues: Vec::new(),
+            mem,
+            _memfd: memfd,
+            alloc_start: ring_bytes,
+            alloc_next: ring_bytes,
+            protocol_features,
+            acked_features,
+        };
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: MEM_BASE,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: mem as u64,
+            mmap_offset: 0,
+            mmap_handle: fe._memfd.as_raw_fd(),
+        };
+        fe.frontend
+            .set_mem_table(&[region])
+            .map_err(err("SET_MEM_TABLE"))?;
+
+        for q in 0..num_queues {
+            let base = MEM_BASE + RING_AREA * q as u64;
+            let n = queue_size as u64;
+            let desc = base;
+            let avail = desc + 16 * n;
+            // The used ring is 4-byte aligned; start it on its own page-ish boundary.
+            let used = (avail + 6 + 2 * n + 63) & !63;
+            assert!(used + 6 + 8 * n <= base + RING_AREA);
+            let queue = Queue {
+                size: queue_size,
+                desc,
+                avail,
+                used,
+                next_desc: 0,
+                avail_idx: 0,
+                last_used: 0,
+                kick: EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?,
+                call: EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?,
+            };
+            let config = VringConfigData {
+                queue_max_size: queue_size,
+                queue_size,
+                flags: 0,
+                // Ring addresses are frontend virtual addresses (vhost-user spec).
+                desc_table_addr: fe.hva(desc),
+                used_ring_addr: fe.hva(used),
+                avail_ring_addr: fe.hva(avail),
+                log_addr: None,
+            };
+            fe.frontend
+                .set_vring_num(q, queue_size)
+                .map_err(err("SET_VRING_NUM"))?;
+            fe.frontend
+                .set_vring_base(q, 0)
+                .map_err(err("SET_VRING_BASE"))?;
+            fe.frontend
+                .set_vring_addr(q, &config)
+                .map_err(err("SET_VRING_ADDR"))?;
+            fe.frontend
+                .set_vring_call(q, &queue.call)
+                .map_err(err("SET_VRING_CALL"))?;
+            fe.frontend
+                .set_vring_kick(q, &queue.kick)
+                .map_err(err("SET_VRING_KICK"))?;
+            fe.queues.push(queue);
+        }
+        for q in 0..num_queues {
+            fe.frontend
+                .set_vring_enable(q, true)
+                .map_err(err("SET_VRING_ENABLE"))?;
+        }
+        Ok(fe)
+    }
+
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol_features
+    }
+
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// The underlying connection, for raw vhost-user messages.
+    pub fn frontend(&mut self) -> &mut Frontend {
+        &mut self.frontend
+    }
+
+    pub fn queue_size(&self, queue: usize) -> u16 {
+        self.queues[queue].size
+    }
+
+    // ---- guest memory ----
+
+    fn offset(&self, gpa: u64, len: usize) -> usize {
+        let off = gpa.checked_sub(MEM_BASE).filter(|o| {
+            o.checked_add(len as u64)
+                .is_some_and(|e| e <= MEM_SIZE as u64)
+        });
+        match off {
+            Some(o) => o as usize,
+            None => panic!("guest range {gpa:#x}+{len:#x} outside guest memory"),
+        }
+    }
+
+    fn hva(&self, gpa: u64) -> u64 {
+        self.mem as u64 + self.offset(gpa, 0) as u64
+    }
+
+    /// A fresh zeroed buffer of `len` bytes (512-byte aligned); returns its guest address.
+    pub fn alloc(&mut self, len: usize) -> u64 {
+        let start = (self.alloc_next + 511) & !511;
+        let end = start + len.max(1) as u64;
+        assert!(end <= MEM_SIZE as u64, "guest memory exhausted");
+        self.alloc_next = end;
+        let gpa = MEM_BASE + start;
+        self.write_mem(gpa, &vec![0u8; len]);
+        gpa
+    }
+
+    /// Frees every buffer `alloc` handed out.
+    pub fn reset(&mut self) {
+        self.alloc_next = self.alloc_start;
+    }
+
+    pub fn write_mem(&self, gpa: u64, data: &[u8]) {
+        let off = self.offset(gpa, data.len());
+        // SAFETY: the range is inside our mapping (checked by `offset`).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.mem.add(off), data.len()) };
+        fence(Ordering::SeqCst);
+    }
+
+    pub fn read_mem(&self, gpa: u64, len: usize) -> Vec<u8> {
+        fence(Ordering::SeqCst);
+        let off = self.offset(gpa, len);
+        let mut out = vec![0u8; len];
+        // SAFETY: the range is inside our mapping (checked by `offset`).
+        unsafe { std::ptr::copy_nonoverlapping(self.mem.add(off), out.as_mut_ptr(), len) };
+        out
+    }
+
+    fn u16_at(&self, gpa: u64) -> &AtomicU16 {
+        let off = self.offset(gpa, 2);
+        assert!(off % 2 == 0);
+        // SAFETY: aligned, inside our mapping, which lives as long as `self`.
+        unsafe { &*(self.mem.add(off) as *const AtomicU16) }
+    }
+
+    // ---- virtqueues ----
+
+    /// Writes descriptor table entry `index` of `queue` verbatim.
+    pub fn write_desc(&self, queue: usize, index: u16, d: RawDesc) {
+        let q = &self.queues[queue];
+        assert!(index < q.size, "descriptor {index} outside the table");
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&d.addr.to_le_bytes());
+        b[8..12].copy_from_slice(&d.len.to_le_bytes());
+        b[12..14].copy_from_slice(&d.flags.to_le_bytes());
+        b[14..16].copy_from_slice(&d.next.to_le_bytes());
+        self.write_mem(q.desc + 16 * index as u64, &b);
+    }
+
+    /// Publishes `head` in the next available ring slot, bumps avail->idx by one and kicks.
+    pub fn push_avail(&mut self, queue: usize, head: u16) {
+        let (slot, avail, idx) = {
+            let q = &self.queues[queue];
+            (q.avail_idx % q.size, q.avail, q.avail_idx.wrapping_add(1))
+        };
+        self.write_mem(avail + 4 + 2 * slot as u64, &head.to_le_bytes());
+        self.set_avail_idx(queue, idx);
+        self.kick(queue);
+    }
+
+    /// Stores avail->idx as is (no kick): any value, including jumps beyond the queue size.
+    pub fn set_avail_idx(&mut self, queue: usize, idx: u16) {
+        let avail = self.queues[queue].avail;
+        self.queues[queue].avail_idx = idx;
+        fence(Ordering::SeqCst);
+        self.u16_at(avail + 2).store(idx, Ordering::Release);
+        fence(Ordering::SeqCst);
+    }
+
+    pub fn avail_idx(&self, queue: usize) -> u16 {
+        self.queues[queue].avail_idx
+    }
+
+    pub fn kick(&self, queue: usize) {
+        self.queues[queue].kick.write(1).expect("kick");
+    }
+
+    /// Builds a well-formed chain from `descs` (linked with NEXT), makes it available and kicks.
+    /// Returns the head index.
+    pub fn submit(&mut self, queue: usize, descs: &[Desc]) -> u16 {
+        assert!(!descs.is_empty());
+        let size = self.queues[queue].size;
+        assert!(descs.len() <= size as usize, "chain longer than the queue");
+        let first = self.queues[queue].next_desc;
+        for (i, d) in descs.iter().enumerate() {
+            let index = (first as usize + i) as u16 % size;
+            let last = i + 1 == descs.len();
+            let flags = if d.write { VRING_DESC_F_WRITE } else { 0 }
+                | if last { 0 } else { VRING_DESC_F_NEXT };
+            let next = if last { 0 } else { (index + 1) % size };
+            self.write_desc(
+                queue,
+                index,
+                RawDesc {
+                    addr: d.addr,
+                    len: d.len,
+                    flags,
+                    next,
+                },
+            );
+        }
+        self.queues[queue].next_desc = (first as usize + descs.len()) as u16 % size;
+        self.push_avail(queue, first);
+        first
+    }
+
+    /// Writes `descs` into the descriptor table at the given indices verbatim, then publishes
+    /// `head` and kicks. For chains with arbitrary flags and `next` links.
+    pub fn submit_raw(&mut self, queue: usize, descs: &[(u16, RawDesc)], head: u16) {
+        for &(index, d) in descs {
+            self.write_desc(queue, index, d);
+        }
+        self.push_avail(queue, head);
+    }
+
+    /// The device's used->idx.
+    pub fn used_idx(&self, queue: usize) -> u16 {
+        fence(Ordering::SeqCst);
+        self.u16_at(self.queues[queue].used + 2)
+            .load(Ordering::Acquire)
+    }
+
+    /// Takes the next used element, if the device has published one.
+    pub fn try_used(&mut self, queue: usize) -> Option<(u16, u32)> {
+        if self.used_idx(queue) == self.queues[queue].last_used {
+            return None;
+        }
+        fence(Ordering::SeqCst);
+        let q = &self.queues[queue];
+        let elem = self.read_mem(q.used + 4 + 8 * (q.last_used % q.size) as u64, 8);
+        let id = u32::from_le_bytes(elem[0..4].try_into().unwrap());
+        let len = u32::from_le_bytes(elem[4..8].try_into().unwrap());
+        self.queues[queue].last_used = q.last_used.wrapping_add(1);
+        Some((id as u16, len))
+    }
+
+    /// Waits up to `timeout` for the next used element: `(descriptor id, written length)`.
+    pub fn wait_used(&mut self, queue: usize, timeout: Duration) -> Option<(u16, u32)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(u) = self.try_used(queue) {
+                return Some(u);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            // Wait for the call eventfd, but never rely on it alone.
+            let ms = (deadline - now).as_millis().clamp(1, 20) as i32;
+            let mut pfd = libc::pollfd {
+                fd: self.queues[queue].call.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+            let _ = self.queues[queue].call.read();
+        }
+    }
+
+    // ---- device configuration ----
+
+    /// GET_CONFIG; panics if the backend did not offer the CONFIG protocol feature.
+    pub fn get_config(&mut self, offset: u32, len: u32) -> Vec<u8> {
+        let buf = vec![0u8; len as usize];
+        let (_, payload) = self
+            .frontend
+            .get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
+            .expect("GET_CONFIG");
+        payload
+    }
+
+    // ---- virtio-blk convenience ----
+
+    /// virtio-blk capacity in 512-byte sectors.
+    pub fn blk_capacity(&mut self) -> u64 {
+        u64::from_le_bytes(self.get_config(0, 8).try_into().unwrap())
+    }
+
+    /// A well-formed virtio-blk request on queue 0: header (16 bytes), then `data_out` as one
+    /// readable descriptor if not empty, then `data_in_len` writable bytes if not zero, then the
+    /// status byte. Returns the status and the data read. Panics unless the device completes it
+    /// with the right id within [`TIMEOUT`].
+    pub fn blk_request(
+        &mut self,
+        type_: u32,
+        sector: u64,
+        data_out: &[u8],
+        data_in_len: usize,
+    ) -> (u8, Vec<u8>) {
+        let (status, data, used_len) = self.blk_request_on(0, type_, sector, data_out, data_in_len);
+        if status != 0xff {
+            assert!(
+                used_len as usize >= 1 && used_len as usize <= data_in_len + 1,
+                "used length {used_len} for {data_in_len} data bytes"
+            );
+        }
+        (status, data)
+    }
+
+    /// [`VuFrontend::blk_request`] on any queue, also returning the used length. The status is
+    /// 0xff if the device did not write it.
+    pub fn blk_request_on(
+        &mut self,
+        queue: usize,
+        type_: u32,
+        sector: u64,
+        data_out: &[u8],
+        data_in_len: usize,
+    ) -> (u8, Vec<u8>, u32) {
+        let mark = self.alloc_next;
+        let hdr = self.alloc(16);
+        self.write_mem(hdr, &blk_header(type_, sector));
+        let mut descs = vec![Desc::r(hdr, 16)];
+        if !data_out.is_empty() {
+            let out = self.alloc(data_out.len());
+            self.write_mem(out, data_out);
+            descs.push(Desc::r(out, data_out.len() as u32));
+        }
+        let data_in = self.alloc(data_in_len);
+        if data_in_len > 0 {
+            descs.push(Desc::w(data_in, data_in_len as u32));
+        }
+        let status = self.alloc(1);
+        self.write_mem(status, &[0xff]);
+        descs.push(Desc::w(status, 1));
+        let head = self.submit(queue, &descs);
+        let (id, len) = self
+            .wait_used(queue, TIMEOUT)
+            .expect("virtio-blk request not completed");
+        assert_eq!(id, head, "completion for another chain");
+        let s = self.read_mem(status, 1)[0];
+        let data = self.read_mem(data_in, data_in_len);
+        self.alloc_next = mark;
+        (s, data, len)
+    }
+
+    /// Writes whole sectors; panics unless the status is OK.
+    pub fn blk_write(&mut self, sector: u64, data: &[u8]) {
+        let (s, _) = self.blk_request(VIRTIO_BLK_T_OUT, sector, data, 0);
+        assert_eq!(s, VIRTIO_BLK_S_OK, "write at sector {sector}");
+    }
+
+    /// Reads whole sectors; panics unless the status is OK.
+    pub fn blk_read(&mut self, sector: u64, len: usize) -> Vec<u8> {
+        let (s, data) = self.blk_request(VIRTIO_BLK_T_IN, sector, &[], len);
+        assert_eq!(s, VIRTIO_BLK_S_OK, "read at sector {sector}");
+        data
+    }
+}
+
+impl Drop for VuFrontend {
+    fn drop(&mut self) {
+        // The socket closes when `frontend` drops (right after this); the backend has its own
+        // mapping of the memfd, so unmapping ours first is harmless.
+        // SAFETY: `mem` is our mapping of MEM_SIZE bytes, no longer used after this.
+        unsafe { libc::munmap(self.mem as *mut libc::c_void, MEM_SIZE) };
+    }
+}
+
+/// The 16-byte virtio_blk_req header: type, reserved, sector.
+pub fn blk_header(type_: u32, sector: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&type_.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    h
+}
+
+/// One 16-byte DISCARD / WRITE_ZEROES segment: sector, num_sectors, flags.
+pub fn dwz_segment(sector: u64, num_sectors: u32, flags: u32) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    s[0..8].copy_from_slice(&sector.to_le_bytes());
+    s[8..12].copy_from_slice(&num_sectors.to_le_bytes());
+    s[12..16].copy_from_slice(&flags.to_le_bytes());
+    s
+}
