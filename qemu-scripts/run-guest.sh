@@ -80,6 +80,7 @@ command -v "$QEMU" >/dev/null || {
 source "$SCRIPTS/accel.sh"
 
 RECONNECT_OPT=
+SCSI_RECONNECT_OPT=
 if [ $RECONNECT = 1 ]; then
     ver=$("$QEMU" --version | sed -n 's/.*version \([0-9][0-9]*\)\.\([0-9][0-9]*\).*/\1 \2/p' | head -n1)
     read -r major minor <<<"${ver:-0 0}"
@@ -87,6 +88,11 @@ if [ $RECONNECT = 1 ]; then
         RECONNECT_OPT=",reconnect-ms=1000"
     else
         RECONNECT_OPT=",reconnect=1"
+    fi
+    # vhost-user-scsi learnt to reconnect in QEMU 8.2; before that a reconnecting chardev makes
+    # the device fail to realize ("Failed to set msg fds"), so it keeps a plain connection.
+    if [ "$major" -gt 8 ] || { [ "$major" -eq 8 ] && [ "$minor" -ge 2 ]; }; then
+        SCSI_RECONNECT_OPT=$RECONNECT_OPT
     fi
 fi
 
@@ -110,7 +116,7 @@ if [ -n "$BLK" ]; then
         -device vhost-user-blk-pci,chardev=blk0,num-queues=1)
 fi
 if [ -n "$SCSI" ]; then
-    ARGS+=(-chardev "socket,id=scsi0,path=$SCSI$RECONNECT_OPT"
+    ARGS+=(-chardev "socket,id=scsi0,path=$SCSI$SCSI_RECONNECT_OPT"
         -device vhost-user-scsi-pci,chardev=scsi0,num_queues=1)
 fi
 

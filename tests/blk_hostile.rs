@@ -141,6 +141,9 @@ fn segments(segs: &[[u8; 16]]) -> Vec<u8> {
     segs.concat()
 }
 
+/// Descriptor table entries (index, descriptor) of a hand-made chain.
+type RawChain = Vec<(u16, RawDesc)>;
+
 // ---- cases ----
 
 #[test]
@@ -495,7 +498,7 @@ fn looping_and_dangling_chains_do_not_hang() {
     };
     let n = VRING_DESC_F_NEXT;
     let w = VRING_DESC_F_WRITE;
-    let chains: Vec<(&str, Vec<(u16, RawDesc)>, u16)> = vec![
+    let chains: Vec<(&str, RawChain, u16)> = vec![
         ("readable self-loop", vec![(10, d_(h, 16, n, 10))], 10),
         (
             "writable self-loop",

@@ -180,7 +180,7 @@ impl BlkClient {
                 let buf = &mut self.buf((slot + 1) * 4096)[slot * 4096..];
                 buf.fill(0);
                 buf[..8].copy_from_slice(&(seq as u64 + 1).to_le_bytes());
-                let ptr = self.region.addr as usize + slot * 4096;
+                let ptr = self.region.addr + slot * 4096;
                 self.queue.write(
                     seq as u64 * 4096,
                     ptr as *const u8,

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod blkio_client;
+pub mod cluster;
 pub mod daemon;
 pub mod guest;
 pub mod vu_frontend;

@@ -144,7 +144,7 @@ impl VuFrontend {
         }
         // Device-specific bits 0..24, VERSION_1 and PROTOCOL_FEATURES; no EVENT_IDX, no
         // INDIRECT_DESC, no packed ring.
-        let acked_features = offered & ((1u64 << 24) - 1 | version_1 | protocol);
+        let acked_features = offered & (((1u64 << 24) - 1) | version_1 | protocol);
 
         let offered_pf = frontend
             .get_protocol_features()
@@ -340,7 +340,7 @@ impl VuFrontend {
 
     fn u16_at(&self, gpa: u64) -> &AtomicU16 {
         let off = self.offset(gpa, 2);
-        assert!(off % 2 == 0);
+        assert!(off.is_multiple_of(2));
         // SAFETY: aligned, inside our mapping, which lives as long as `self`.
         unsafe { &*(self.mem.add(off) as *const AtomicU16) }
     }

@@ -1,0 +1,77 @@
+//! Several QEMU guests on one daemon, each with its blk (/dev/vda) and scsi (/dev/sda) device,
+//! and the guest-side commands the PR tests use.
+
+use super::daemon::TestDaemon;
+use super::guest::{Guest, GuestOpts};
+
+/// Boots `names` in parallel, each attached to both of its sockets.
+pub fn boot(d: &TestDaemon, names: &[&'static str]) -> Vec<Guest> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|&name| {
+                let blk = d.blk(name);
+                let scsi = d.scsi(name);
+                s.spawn(move || {
+                    let mut o = GuestOpts::new(name);
+                    o.blk = Some(blk);
+                    o.scsi = Some(scsi);
+                    o.reconnect = true;
+                    let g = Guest::boot(o);
+                    g.sh("ls /dev/vda /dev/sda");
+                    g
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// `sg_persist` exit status for RESERVATION CONFLICT.
+pub const SG_RC: i32 = 24;
+
+pub trait GuestPr {
+    /// Drains pending unit attentions the way fence_scsi does (`sg_turs` until it passes).
+    fn drain_ua(&self);
+    /// Runs `sg_persist -n ARGS /dev/sda` after draining UAs; returns (exit status, output).
+    fn pr(&self, args: &str) -> (i32, String);
+    /// Like [`GuestPr::pr`], asserting success.
+    fn pr_ok(&self, args: &str) -> String;
+    /// One direct 4 KiB write of a recognisable block to `dev` at 4 KiB block `block`.
+    fn dd_write(&self, dev: &str, block: u64) -> bool;
+    /// One direct 4 KiB read from `dev`.
+    fn dd_read(&self, dev: &str, block: u64) -> bool;
+}
+
+impl GuestPr for Guest {
+    fn drain_ua(&self) {
+        self.run("for i in 1 2 3 4 5 6 7 8; do sg_turs /dev/sda >/dev/null 2>&1 && break; done");
+    }
+
+    fn pr(&self, args: &str) -> (i32, String) {
+        self.drain_ua();
+        self.run(&format!("sg_persist -n {args} /dev/sda"))
+    }
+
+    fn pr_ok(&self, args: &str) -> String {
+        let (rc, out) = self.pr(args);
+        assert_eq!(rc, 0, "[{}] sg_persist {args} failed: {out}", self.name());
+        out
+    }
+
+    fn dd_write(&self, dev: &str, block: u64) -> bool {
+        let name = self.name().to_string();
+        self.run(&format!(
+            "yes {name}-{block} | head -c 4096 > /tmp/w && \
+             dd if=/tmp/w of={dev} bs=4096 count=1 seek={block} oflag=direct 2>/dev/null"
+        ))
+        .0 == 0
+    }
+
+    fn dd_read(&self, dev: &str, block: u64) -> bool {
+        self.run(&format!(
+            "dd if={dev} of=/dev/null bs=4096 count=1 skip={block} iflag=direct 2>/dev/null"
+        ))
+        .0 == 0
+    }
+}

@@ -1,0 +1,101 @@
+//! The seed's type table, from inside real guests: vm1 holds each reservation type in turn, vm2
+//! is registered, vm3 is not; every guest reads and writes through both /dev/vda (vhost-user-blk)
+//! and /dev/sda (vhost-user-scsi), and the image afterwards holds exactly the allowed writes.
+
+mod common;
+
+use common::cluster::{self, GuestPr};
+use common::daemon::TestDaemon;
+
+/// (type code, name in sg_persist output, [registered, other] x (read, write)).
+const ROWS: [(u8, &str, [(bool, bool); 2]); 7] = [
+    (0, "NO RESERVATION", [(true, true), (true, true)]),
+    (1, "Write Exclusive", [(true, false), (true, false)]),
+    (3, "Exclusive Access", [(false, false), (false, false)]),
+    (
+        5,
+        "Write Exclusive, registrants only",
+        [(true, true), (true, false)],
+    ),
+    (
+        6,
+        "Exclusive Access, registrants only",
+        [(true, true), (false, false)],
+    ),
+    (
+        7,
+        "Write Exclusive, all registrants",
+        [(true, true), (true, false)],
+    ),
+    (
+        8,
+        "Exclusive Access, all registrants",
+        [(true, true), (false, false)],
+    ),
+];
+
+#[test]
+fn seed_type_table_on_both_devices() {
+    let d = TestDaemon::start(&["vm1", "vm2", "vm3"]);
+    let g = cluster::boot(&d, &["vm1", "vm2", "vm3"]);
+    let (holder, registered, other) = (&g[0], &g[1], &g[2]);
+    // (block, guest, whether the write must have landed)
+    let mut writes: Vec<(u64, &str, bool)> = Vec::new();
+    let mut block = 16u64;
+    let mut checks = 0;
+    for (row, (code, name, expect)) in ROWS.iter().enumerate() {
+        eprintln!("=== row {row}: {name}");
+        holder.pr_ok("-o -I -S 0x11");
+        registered.pr_ok("-o -I -S 0x22");
+        if *code != 0 {
+            holder.pr_ok(&format!("-o -R -K 0x11 -T {code}"));
+            let out = registered.pr_ok("-i -r");
+            assert!(out.contains(&format!("type: {name}")), "{out}");
+            let key = if *code >= 7 { "Key=0x0" } else { "Key=0x11" };
+            assert!(out.contains(key), "{out}");
+        } else {
+            assert!(registered
+                .pr_ok("-i -r")
+                .contains("there is NO reservation held"));
+        }
+        for dev in ["/dev/vda", "/dev/sda"] {
+            assert!(holder.dd_read(dev, 0), "holder reads {dev} under {name}");
+            assert!(
+                holder.dd_write(dev, block),
+                "holder writes {dev} under {name}"
+            );
+            writes.push((block, "vm1", true));
+            block += 1;
+            checks += 2;
+            for (guest, (read, write)) in [registered, other].into_iter().zip(expect) {
+                guest.drain_ua();
+                assert_eq!(
+                    guest.dd_read(dev, 0),
+                    *read,
+                    "[{}] read {dev} under {name}",
+                    guest.name()
+                );
+                assert_eq!(
+                    guest.dd_write(dev, block),
+                    *write,
+                    "[{}] write {dev} under {name}",
+                    guest.name()
+                );
+                writes.push((block, guest.name(), *write));
+                block += 1;
+                checks += 2;
+            }
+        }
+        holder.pr_ok("-o -C -K 0x11");
+    }
+    eprintln!("{checks} checks passed (7 rows x 3 guests x read/write x 2 devices)");
+    assert_eq!(checks, 2 * 42);
+    for g in &g {
+        g.poweroff();
+    }
+    let image = std::fs::read(d.image()).unwrap();
+    for (block, guest, landed) in writes {
+        let at = &image[block as usize * 4096..][..guest.len()];
+        assert_eq!(at == guest.as_bytes(), landed, "block {block} by {guest}");
+    }
+}
