@@ -14,6 +14,7 @@
 #   --reconnect        let QEMU reconnect the vhost-user chardevs when the daemon restarts
 #                      (reconnect=1 on QEMU <= 9.1, reconnect-ms=1000 on newer)
 #   --append ARGS      extra kernel command line arguments
+#   --allow-reboot     a guest reboot stays inside QEMU (default: QEMU exits on reboot/panic)
 #   --                 everything after is passed to QEMU verbatim
 #
 # The guest prints "@@READY@@ ..." on the serial console when booted, then runs each line it
@@ -40,6 +41,7 @@ SERIAL=stdio
 CACHE=${SHAREDISK_CACHE:-$HOME/.cache/sharedisk}/guest
 RECONNECT=0
 APPEND_EXTRA=
+NO_REBOOT=-no-reboot
 EXTRA=()
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -55,6 +57,7 @@ while [ $# -gt 0 ]; do
         --cache) need_arg "$@"; CACHE=$2; shift 2 ;;
         --append) need_arg "$@"; APPEND_EXTRA="$APPEND_EXTRA $2"; shift 2 ;;
         --reconnect) RECONNECT=1; shift ;;
+        --allow-reboot) NO_REBOOT=; shift ;;
         --) shift; EXTRA=("$@"); break ;;
         -h|--help) usage ;;
         *) echo "run-guest: unknown option $1" >&2; usage ;;
@@ -105,7 +108,7 @@ ARGS=(
     -smp 1
     -nodefaults -no-user-config
     -display none
-    -no-reboot
+    $NO_REBOOT
     -kernel "$CACHE/vmlinuz"
     -initrd "$CACHE/initramfs.img"
     -append "console=ttyS0 panic=-1 quiet loglevel=3 sharedisk.name=$NAME mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable$APPEND_EXTRA"

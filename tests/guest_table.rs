@@ -7,8 +7,11 @@ mod common;
 use common::cluster::{self, GuestPr};
 use common::daemon::TestDaemon;
 
-/// (type code, name in sg_persist output, [registered, other] x (read, write)).
-const ROWS: [(u8, &str, [(bool, bool); 2]); 7] = [
+/// (read allowed, write allowed) for the registered guest, then the other one.
+type Expect = [(bool, bool); 2];
+
+/// (type code, name in sg_persist output, expectations).
+const ROWS: [(u8, &str, Expect); 7] = [
     (0, "NO RESERVATION", [(true, true), (true, true)]),
     (1, "Write Exclusive", [(true, false), (true, false)]),
     (3, "Exclusive Access", [(false, false), (false, false)]),

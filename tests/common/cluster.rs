@@ -17,6 +17,7 @@ pub fn boot(d: &TestDaemon, names: &[&'static str]) -> Vec<Guest> {
                     o.blk = Some(blk);
                     o.scsi = Some(scsi);
                     o.reconnect = true;
+                    o.allow_reboot = true;
                     let g = Guest::boot(o);
                     g.sh("ls /dev/vda /dev/sda");
                     g

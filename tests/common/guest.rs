@@ -126,6 +126,8 @@ pub struct GuestOpts<'a> {
     pub extra_args: Vec<String>,
     /// Add the chardev reconnect option to the vhost-user sockets.
     pub reconnect: bool,
+    /// Let a guest reboot stay inside QEMU (no `-no-reboot`), for [`Guest::reboot`].
+    pub allow_reboot: bool,
 }
 
 impl Default for GuestOpts<'static> {
@@ -137,6 +139,7 @@ impl Default for GuestOpts<'static> {
             memory: "512M",
             extra_args: Vec::new(),
             reconnect: false,
+            allow_reboot: false,
         }
     }
 }
@@ -150,6 +153,7 @@ impl<'a> GuestOpts<'a> {
             memory: "512M",
             extra_args: Vec::new(),
             reconnect: false,
+            allow_reboot: false,
         }
     }
 }
@@ -231,6 +235,9 @@ impl Guest {
         }
         if opts.reconnect {
             cmd.arg("--reconnect");
+        }
+        if opts.allow_reboot {
+            cmd.arg("--allow-reboot");
         }
         if !opts.extra_args.is_empty() {
             cmd.arg("--").args(&opts.extra_args);
@@ -471,6 +478,30 @@ impl Guest {
                 }
             }
         }
+    }
+
+    /// Reboots the guest inside the same QEMU (needs `GuestOpts::allow_reboot`): the firmware
+    /// and the kernel drive the devices again, on the same vhost-user connections.
+    pub fn reboot(&self) {
+        let name = &self.name;
+        let mut s = self.session.lock().unwrap();
+        eprintln!("[{name}] $ (reboot)");
+        let stdin = s.stdin.as_mut().expect("console input");
+        stdin
+            .write_all(b"echo b > /proc/sysrq-trigger\n")
+            .and_then(|_| stdin.flush())
+            .expect("write to the guest console");
+        let started = Instant::now();
+        let deadline = started + env_secs("SHAREDISK_BOOT_TIMEOUT", DEFAULT_BOOT_TIMEOUT);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match s.rx.recv_timeout(left) {
+                Ok(Msg::Line(l)) if l.contains(READY_MARKER) => break,
+                Ok(Msg::Line(_)) => {}
+                other => panic!("[{name}] reboot failed: {:?}", other.is_ok()),
+            }
+        }
+        eprintln!("[{name}] rebooted in {:.2}s", started.elapsed().as_secs_f64());
     }
 
     /// Status of QEMU if it has exited (non-blocking).

@@ -1,0 +1,116 @@
+//! Persistent reservations driven from real guests: sg_persist, the Linux IOC_PR_* ioctls, the
+//! fencing of a preempted guest on both devices, and what survives resets and restarts.
+
+mod common;
+
+use common::cluster::{self, GuestPr, SG_RC};
+use common::daemon::TestDaemon;
+use common::guest::{Guest, GuestOpts};
+
+fn reboot(d: &TestDaemon, g: Guest) -> Guest {
+    let name: &'static str = Box::leak(g.name().to_string().into_boxed_str());
+    g.kill();
+    drop(g);
+    let mut o = GuestOpts::new(name);
+    o.blk = Some(d.blk(name));
+    o.scsi = Some(d.scsi(name));
+    o.reconnect = true;
+    o.allow_reboot = true;
+    Guest::boot(o)
+}
+
+#[test]
+fn sg_persist_preempt_ioctls_and_persistence() {
+    let mut d = TestDaemon::start(&["vm1", "vm2"]);
+    let mut g = cluster::boot(&d, &["vm1", "vm2"]);
+
+    eprintln!("=== vm1 registers and takes Write Exclusive; vm2 is fenced on both devices");
+    g[0].pr_ok("-o -I -S 0x1");
+    g[1].pr_ok("-o -G -S 0x2");
+    g[0].pr_ok("-o -R -K 0x1 -T 1");
+    for dev in ["/dev/vda", "/dev/sda"] {
+        assert!(g[0].dd_write(dev, 100), "vm1 writes {dev}");
+        assert!(!g[1].dd_write(dev, 101), "vm2's write to {dev} is refused");
+        assert!(g[1].dd_read(dev, 100), "vm2 still reads {dev}");
+    }
+    let keys = g[1].pr_ok("-i -k");
+    assert!(keys.contains("PR generation=0x2"), "{keys}");
+    assert!(keys.contains("0x1") && keys.contains("0x2"), "{keys}");
+    let (rc, _) = g[1].pr("-o -R -K 0x2 -T 1");
+    assert_eq!(rc, SG_RC, "a second reservation is a conflict");
+    let (rc, _) = g[1].pr("-o -R -K 0x9 -T 1");
+    assert_eq!(rc, SG_RC, "a wrong key is a conflict");
+
+    eprintln!("=== vm2 preempts and aborts vm1, then writes; vm1 is fenced");
+    g[1].pr_ok("-o -A -K 0x2 -S 0x1 -T 1");
+    for dev in ["/dev/vda", "/dev/sda"] {
+        assert!(g[1].dd_write(dev, 102), "vm2 writes {dev} after preempting");
+        g[0].drain_ua();
+        assert!(!g[0].dd_write(dev, 103), "preempted vm1's write to {dev} is refused");
+    }
+    let keys = g[0].pr_ok("-i -k");
+    assert!(keys.contains("PR generation=0x3"), "{keys}");
+    assert!(keys.contains("0x2") && !keys.contains("    0x1"), "{keys}");
+    let res = g[0].pr_ok("-i -r");
+    assert!(res.contains("Key=0x2") && res.contains("type: Write Exclusive"), "{res}");
+    let status = g[0].pr_ok("-i -s");
+    assert!(status.contains("iqn.2026-11.io.sharedisk:vm2"), "{status}");
+    assert!(status.contains("Reservation holder"), "{status}");
+    let caps = g[0].pr_ok("-i -c");
+    for line in [
+        "Compatible Reservation Handling(CRH): 1",
+        "Specify Initiator Ports Capable(SIP_C): 0",
+        "All Target Ports Capable(ATP_C): 1",
+        "Persist Through Power Loss Capable(PTPL_C): 1",
+        "Type Mask Valid(TMV): 1",
+        "Exclusive Access, all registrants: 1",
+    ] {
+        assert!(caps.contains(line), "{line} in {caps}");
+    }
+    let (rc, _) = g[0].pr("-o -R -K 0x1 -T 1");
+    assert_eq!(rc, SG_RC, "an unregistered initiator cannot reserve");
+
+    eprintln!("=== the reservation survives a LUN reset, a guest reboot, a QEMU restart, a daemon restart");
+    let before = g[1].pr_ok("-i -s");
+    g[1].sh("sg_reset -d /dev/sda");
+    assert_eq!(g[1].pr_ok("-i -s"), before, "after a LUN reset");
+    g[0].reboot();
+    assert_eq!(g[0].pr_ok("-i -s"), before, "after vm1 rebooted");
+    assert!(!g[0].dd_write("/dev/sda", 109), "vm1 is still fenced after its reboot");
+    let vm1 = g.remove(0);
+    let vm1 = reboot(&d, vm1);
+    assert_eq!(vm1.pr_ok("-i -s"), before, "after vm1's QEMU restarted");
+    assert!(!vm1.dd_write("/dev/vda", 104), "vm1 is still fenced");
+    for g in [vm1, g.remove(0)] {
+        g.kill();
+    }
+    d.restart();
+    let g = cluster::boot(&d, &["vm1", "vm2"]);
+    assert_eq!(g[0].pr_ok("-i -s"), before, "after a daemon restart");
+    assert!(g[1].dd_write("/dev/sda", 105), "the holder still writes");
+    assert!(!g[0].dd_write("/dev/sda", 106), "vm1 is still fenced");
+
+    eprintln!("=== the Linux PR ioctls (APTPL=1) on /dev/sda");
+    g[1].pr_ok("-o -C -K 0x2");
+    g[0].sh("pr-ioctl /dev/sda register 0 0xa1");
+    g[0].sh("pr-ioctl /dev/sda reserve 0xa1 1");
+    g[1].drain_ua();
+    g[1].sh("pr-ioctl /dev/sda register 0 0xb2");
+    let (rc, _) = g[1].run("pr-ioctl /dev/sda reserve 0xb2 1");
+    assert_eq!(rc, 24, "IOC_PR_RESERVE of a reserved LU is a conflict");
+    g[1].sh("pr-ioctl /dev/sda preempt 0xb2 0xa1 1");
+    let res = g[1].pr_ok("-i -r");
+    assert!(res.contains("Key=0xb2"), "{res}");
+    let caps = g[1].pr_ok("-i -c");
+    assert!(caps.contains("Persist Through Power Loss Active(PTPL_A): 1"), "APTPL accepted: {caps}");
+    g[0].drain_ua();
+    assert!(!g[0].dd_write("/dev/sda", 107), "vm1 preempted through the ioctl");
+    g[1].sh("pr-ioctl /dev/sda release 0xb2 1");
+    g[1].sh("pr-ioctl /dev/sda clear 0xb2");
+    assert!(g[1].pr_ok("-i -k").contains("there are NO registered reservation keys"));
+    g[0].drain_ua();
+    assert!(g[0].dd_write("/dev/sda", 108), "vm1 writes again once cleared");
+    for g in g {
+        g.poweroff();
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test of sharedisk, on a fresh Debian 12 machine too: installs the packages the tests
+# need (QEMU, busybox, sg3-utils, ...), builds the test guest, then runs the format and lint
+# checks and the whole cargo test suite (unit, libblkio, raw-virtqueue and QEMU guest tests).
+# Tests that need QEMU fail, never skip, when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc libc6-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "run: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "run: building the test guest"
+images/build-guest.sh
+
+echo "run: cargo fmt --check"
+cargo fmt --check
+echo "run: cargo clippy"
+cargo clippy --all-targets -- -D warnings
+echo "run: cargo test"
+# libtest keeps a passing test's output to itself and prints a failing one's: every guest command
+# and its result, prefixed with the guest's name.
+cargo test --all-targets
