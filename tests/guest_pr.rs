@@ -46,13 +46,19 @@ fn sg_persist_preempt_ioctls_and_persistence() {
     for dev in ["/dev/vda", "/dev/sda"] {
         assert!(g[1].dd_write(dev, 102), "vm2 writes {dev} after preempting");
         g[0].drain_ua();
-        assert!(!g[0].dd_write(dev, 103), "preempted vm1's write to {dev} is refused");
+        assert!(
+            !g[0].dd_write(dev, 103),
+            "preempted vm1's write to {dev} is refused"
+        );
     }
     let keys = g[0].pr_ok("-i -k");
     assert!(keys.contains("PR generation=0x3"), "{keys}");
     assert!(keys.contains("0x2") && !keys.contains("    0x1"), "{keys}");
     let res = g[0].pr_ok("-i -r");
-    assert!(res.contains("Key=0x2") && res.contains("type: Write Exclusive"), "{res}");
+    assert!(
+        res.contains("Key=0x2") && res.contains("type: Write Exclusive"),
+        "{res}"
+    );
     let status = g[0].pr_ok("-i -s");
     assert!(status.contains("iqn.2026-11.io.sharedisk:vm2"), "{status}");
     assert!(status.contains("Reservation holder"), "{status}");
@@ -76,7 +82,10 @@ fn sg_persist_preempt_ioctls_and_persistence() {
     assert_eq!(g[1].pr_ok("-i -s"), before, "after a LUN reset");
     g[0].reboot();
     assert_eq!(g[0].pr_ok("-i -s"), before, "after vm1 rebooted");
-    assert!(!g[0].dd_write("/dev/sda", 109), "vm1 is still fenced after its reboot");
+    assert!(
+        !g[0].dd_write("/dev/sda", 109),
+        "vm1 is still fenced after its reboot"
+    );
     let vm1 = g.remove(0);
     let vm1 = reboot(&d, vm1);
     assert_eq!(vm1.pr_ok("-i -s"), before, "after vm1's QEMU restarted");
@@ -102,14 +111,25 @@ fn sg_persist_preempt_ioctls_and_persistence() {
     let res = g[1].pr_ok("-i -r");
     assert!(res.contains("Key=0xb2"), "{res}");
     let caps = g[1].pr_ok("-i -c");
-    assert!(caps.contains("Persist Through Power Loss Active(PTPL_A): 1"), "APTPL accepted: {caps}");
+    assert!(
+        caps.contains("Persist Through Power Loss Active(PTPL_A): 1"),
+        "APTPL accepted: {caps}"
+    );
     g[0].drain_ua();
-    assert!(!g[0].dd_write("/dev/sda", 107), "vm1 preempted through the ioctl");
+    assert!(
+        !g[0].dd_write("/dev/sda", 107),
+        "vm1 preempted through the ioctl"
+    );
     g[1].sh("pr-ioctl /dev/sda release 0xb2 1");
     g[1].sh("pr-ioctl /dev/sda clear 0xb2");
-    assert!(g[1].pr_ok("-i -k").contains("there are NO registered reservation keys"));
+    assert!(g[1]
+        .pr_ok("-i -k")
+        .contains("there are NO registered reservation keys"));
     g[0].drain_ua();
-    assert!(g[0].dd_write("/dev/sda", 108), "vm1 writes again once cleared");
+    assert!(
+        g[0].dd_write("/dev/sda", 108),
+        "vm1 writes again once cleared"
+    );
     for g in g {
         g.poweroff();
     }

@@ -6,18 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=
-[ "$(id -u)" = 0 ] || SUDO=sudo
-packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc libc6-dev)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "run: installing ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+images/install-deps.sh
 
 echo "run: building the test guest"
 images/build-guest.sh

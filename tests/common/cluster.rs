@@ -1,31 +1,43 @@
 //! Several QEMU guests on one daemon, each with its blk (/dev/vda) and scsi (/dev/sda) device,
 //! and the guest-side commands the PR tests use.
 
+use std::path::PathBuf;
+
 use super::daemon::TestDaemon;
 use super::guest::{Guest, GuestOpts};
 
 /// Boots `names` in parallel, each attached to both of its sockets.
 pub fn boot(d: &TestDaemon, names: &[&'static str]) -> Vec<Guest> {
+    boot_with(names, |n| (d.blk(n), d.scsi(n)))
+}
+
+/// Boots `names` in parallel; `sockets` gives each guest's (blk, scsi) socket.
+pub fn boot_with(
+    names: &[&'static str],
+    sockets: impl Fn(&str) -> (PathBuf, PathBuf) + Sync,
+) -> Vec<Guest> {
     std::thread::scope(|s| {
         let handles: Vec<_> = names
             .iter()
             .map(|&name| {
-                let blk = d.blk(name);
-                let scsi = d.scsi(name);
-                s.spawn(move || {
-                    let mut o = GuestOpts::new(name);
-                    o.blk = Some(blk);
-                    o.scsi = Some(scsi);
-                    o.reconnect = true;
-                    o.allow_reboot = true;
-                    let g = Guest::boot(o);
-                    g.sh("ls /dev/vda /dev/sda");
-                    g
-                })
+                let (blk, scsi) = sockets(name);
+                s.spawn(move || boot_one(name, blk, scsi))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// Boots one guest on its sockets and checks that both disks appeared.
+pub fn boot_one(name: &'static str, blk: PathBuf, scsi: PathBuf) -> Guest {
+    let mut o = GuestOpts::new(name);
+    o.blk = Some(blk);
+    o.scsi = Some(scsi);
+    o.reconnect = true;
+    o.allow_reboot = true;
+    let g = Guest::boot(o);
+    g.sh("ls /dev/vda /dev/sda");
+    g
 }
 
 /// `sg_persist` exit status for RESERVATION CONFLICT.

@@ -501,7 +501,10 @@ impl Guest {
                 other => panic!("[{name}] reboot failed: {:?}", other.is_ok()),
             }
         }
-        eprintln!("[{name}] rebooted in {:.2}s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "[{name}] rebooted in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     /// Status of QEMU if it has exited (non-blocking).
@@ -600,6 +603,8 @@ pub fn sparse_image(path: &Path, size: u64) {
 
 #[cfg(test)]
 mod tests {
+    // The demo is built with cfg(test) but without the test harness.
+    #[allow(unused_imports)]
     use super::parse_rc;
 
     #[test]

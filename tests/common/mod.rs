@@ -2,5 +2,7 @@
 pub mod blkio_client;
 pub mod cluster;
 pub mod daemon;
+pub mod flows;
 pub mod guest;
+pub mod process;
 pub mod vu_frontend;

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the test guest, the tests, the demo and the lab need, if any
+# are missing (as root, or through sudo).
+set -euo pipefail
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc libc6-dev socat)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,123 @@
+//! The `sharedisk` binary run as a separate process, as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct DaemonProcess {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub image: PathBuf,
+    pub socket_dir: PathBuf,
+    pub guests: Vec<String>,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `sharedisk serve` on `dir/disk.img` (created with `size` if missing).
+    pub fn start(dir: &Path, guests: &[&str], size: &str) -> Self {
+        let mut d = DaemonProcess {
+            child: None,
+            dir: dir.to_path_buf(),
+            image: dir.join("disk.img"),
+            socket_dir: dir.join("sock"),
+            guests: guests.iter().map(|g| g.to_string()).collect(),
+            log: dir.join("daemon.log"),
+        };
+        d.spawn(Some(size));
+        d
+    }
+
+    fn spawn(&mut self, size: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sharedisk"));
+        cmd.arg("serve")
+            .arg("--image")
+            .arg(&self.image)
+            .arg("--socket-dir")
+            .arg(&self.socket_dir)
+            .arg("--guests")
+            .arg(self.guests.join(","))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(size) = size {
+            cmd.arg("--size").arg(size);
+        }
+        self.child = Some(cmd.spawn().expect("spawn sharedisk"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .guests
+            .iter()
+            .all(|g| self.blk(g).exists() && self.scsi(g).exists())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "daemon sockets never appeared: {}",
+                self.log()
+            );
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {st}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn blk(&self, guest: &str) -> PathBuf {
+        self.socket_dir.join(format!("{guest}-blk.sock"))
+    }
+
+    pub fn scsi(&self, guest: &str) -> PathBuf {
+        self.socket_dir.join(format!("{guest}-scsi.sock"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait: the daemon must exit 0 and remove its sockets.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(st.success(), "daemon exit status {st}: {}", self.log());
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon did not stop on SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for g in &self.guests {
+            assert!(
+                !self.blk(g).exists(),
+                "{} removed on exit",
+                self.blk(g).display()
+            );
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn(None);
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
