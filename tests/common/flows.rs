@@ -84,9 +84,13 @@ fn boot(d: &DaemonProcess, names: &[&'static str]) -> Vec<Guest> {
 }
 
 /// Writes a text record to 4 KiB block `block` of `dev`; true on success.
+///
+/// The block is built whole first: busybox dd drops O_DIRECT for a short last input block, and
+/// a buffered write would hide the device's answer.
 fn write_record(g: &Guest, dev: &str, block: u64, text: &str) -> bool {
     g.run(&format!(
-        "printf '%s' '{text}' | dd of={dev} bs=4096 count=1 seek={block} conv=sync oflag=direct 2>/dev/null"
+        "(printf '%s' '{text}'; head -c 4096 /dev/zero) | head -c 4096 > /tmp/rec && \
+         dd if=/tmp/rec of={dev} bs=4096 count=1 seek={block} oflag=direct 2>/dev/null"
     ))
     .0 == 0
 }

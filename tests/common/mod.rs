@@ -5,4 +5,5 @@ pub mod daemon;
 pub mod flows;
 pub mod guest;
 pub mod process;
+pub mod scsi_client;
 pub mod vu_frontend;

@@ -42,6 +42,10 @@ impl DaemonProcess {
             .arg(&self.socket_dir)
             .arg("--guests")
             .arg(self.guests.join(","))
+            .env(
+                "RUST_LOG",
+                std::env::var("SHAREDISK_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
