@@ -424,12 +424,14 @@ impl Target {
     }
 }
 
-/// Copies the PARAMETER LIST LENGTH bytes of a parameter list (at most what the buffer holds and
-/// [`MAX_PARAM_LEN`]); the parsers report a list shorter than announced.
+/// Copies the PARAMETER LIST LENGTH bytes of a parameter list, at most [`MAX_PARAM_LEN`] (the
+/// parsers reject a longer list as such). A data-out buffer shorter than the announced length is
+/// 05/1A/00 PARAMETER LIST LENGTH ERROR, even when it is empty.
 fn param_list(data_out: &[Buf], param_len: u32) -> Result<Vec<u8>> {
-    let want = (param_len as usize)
-        .min(MAX_PARAM_LEN)
-        .min(virtio::total(data_out));
+    let want = (param_len as usize).min(MAX_PARAM_LEN);
+    if virtio::total(data_out) < want {
+        return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
+    }
     let mut params = vec![0u8; want];
     virtio::read_bytes(data_out, &mut params);
     Ok(params)
