@@ -47,6 +47,11 @@ impl BlkClient {
         })
     }
 
+    /// The queue, for callers that drive it themselves (benchmarks).
+    pub fn queue_and_region(&mut self) -> (&mut Blkioq, &MemoryRegion) {
+        (&mut self.queue, &self.region)
+    }
+
     pub fn capacity(&self) -> u64 {
         self.blkio.get_u64("capacity").unwrap()
     }

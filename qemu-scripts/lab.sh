@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# A shared-disk lab: the daemon and N guests (1 to 8) on one image, each guest with its
+# vhost-user-blk (/dev/vda) and vhost-user-scsi (/dev/sda) device and a root shell on a serial
+# console you can attach to.
+#
+#   qemu-scripts/lab.sh N [--size 1G] [--dir DIR] [--tmux]
+#
+# Consoles are Unix sockets (DIR/vmK.console): attach with
+#   socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:DIR/vmK.console     (Ctrl-] detaches)
+# With --tmux (and tmux installed) a tmux session "sharedisk-lab" gets one window per guest.
+# Stop everything with Ctrl-C here, or `kill $(cat DIR/lab.pid)` from elsewhere. The image and
+# its reservation state stay in DIR, so the next lab starts where this one stopped.
+# SHAREDISK_ACCEL=kvm|tcg forces the accelerator (see accel.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+N=${1:-}
+[[ "$N" =~ ^[1-8]$ ]] || usage
+shift
+SIZE=1G
+DIR=${TMPDIR:-/tmp}/sharedisk-lab
+TMUX_MODE=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --size) SIZE=$2; shift 2 ;;
+        --dir) DIR=$2; shift 2 ;;
+        --tmux) TMUX_MODE=1; shift ;;
+        *) usage ;;
+    esac
+done
+
+images/install-deps.sh
+images/build-guest.sh >/dev/null
+cargo build --release --quiet
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+echo $$ > "$DIR/lab.pid"
+
+# shellcheck source=accel.sh
+source qemu-scripts/accel.sh
+
+guests=()
+for i in $(seq 1 "$N"); do guests+=("vm$i"); done
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    echo
+    echo "lab: stopping ${#pids[@]} processes"
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ "$TMUX_MODE" = 1 ] && tmux kill-session -t sharedisk-lab 2>/dev/null || true
+    rm -f "$DIR/lab.pid"
+    echo "lab: stopped; image and reservations kept in $DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+RUST_LOG=${RUST_LOG:-info} target/release/sharedisk serve --image "$DIR/disk.img" --size "$SIZE" \
+    --socket-dir "$DIR/sock" --guests "$(IFS=,; echo "${guests[*]}")" >"$DIR/daemon.log" 2>&1 &
+daemon=$!
+for _ in $(seq 1 100); do
+    [ -S "$DIR/sock/vm$N-scsi.sock" ] && break
+    kill -0 $daemon 2>/dev/null || { cat "$DIR/daemon.log"; exit 1; }
+    sleep 0.1
+done
+
+for g in "${guests[@]}"; do
+    qemu-scripts/run-guest.sh --name "$g" --blk "$DIR/sock/$g-blk.sock" --scsi "$DIR/sock/$g-scsi.sock" \
+        --serial "unix:$DIR/$g.console" --reconnect --allow-reboot --append sharedisk.interactive \
+        >"$DIR/$g.qemu.log" 2>&1 &
+    pids+=($!)
+done
+pids+=($daemon)
+
+echo "sharedisk lab: $N guests on $DIR/disk.img ($SHAREDISK_ACCEL_NAME)"
+echo "  daemon log: $DIR/daemon.log"
+for g in "${guests[@]}"; do
+    echo "  $g console: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:$DIR/$g.console   (Ctrl-] detaches)"
+done
+if [ "$TMUX_MODE" = 1 ] && command -v tmux >/dev/null; then
+    sleep 1
+    tmux new-session -d -s sharedisk-lab -n "${guests[0]}" \
+        "socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:$DIR/${guests[0]}.console"
+    for g in "${guests[@]:1}"; do
+        tmux new-window -t sharedisk-lab -n "$g" "socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:$DIR/$g.console"
+    done
+    echo "  tmux: tmux attach -t sharedisk-lab"
+fi
+echo "  stop: Ctrl-C here, or kill \$(cat $DIR/lab.pid)"
+wait $daemon
