@@ -2,6 +2,7 @@
 //! one queue, 10 s each (SHAREDISK_BENCH_SECS changes it). It prints figures; it asserts nothing
 //! about speed. Run: `cargo bench --bench blk`.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::mem::MaybeUninit;
