@@ -13,8 +13,6 @@ pub struct Lun {
     pub reservations: Reservations,
     /// The disk's identity, identical for every guest and stable across restarts.
     pub serial: String,
-    /// A 64-bit identifier derived like the serial, for the SCSI NAA designator.
-    pub id: u64,
 }
 
 impl Lun {
@@ -24,7 +22,6 @@ impl Lun {
             image,
             reservations,
             serial: serial_for(id),
-            id,
         }
     }
 }

@@ -124,14 +124,33 @@ pub fn drain_queue(
 ) -> io::Result<()> {
     let guard = mem.memory();
     let mem: &Mem = &guard;
+    // Errors here come from rings the driver placed in bad memory. Returning them would end the
+    // queue's worker thread; log and wait for the next kick (or the next ring setup) instead.
+    let broken = |e: virtio_queue::Error| {
+        log::warn!("virtqueue: {e}");
+        Ok(())
+    };
     loop {
         if event_idx {
-            vring.disable_notification().map_err(io::Error::other)?;
+            if let Err(e) = vring.disable_notification() {
+                return broken(e);
+            }
         }
         let mut completed = false;
         {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
+            // virtio 1.2 §2.7.13.3: a driver never makes more than the queue size available. A
+            // ring that claims otherwise is broken; leave it alone instead of tripping over it
+            // (and logging) at every kick.
+            let avail = match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+                Ok(a) => a,
+                Err(e) => return broken(e),
+            };
+            if avail.0.wrapping_sub(queue.next_avail()) > queue.size() {
+                log::debug!("ignoring a ring whose avail index jumped by more than its size");
+                return Ok(());
+            }
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 let len = process(mem, chain);
@@ -141,12 +160,21 @@ pub fn drain_queue(
                 completed = true;
             }
         }
-        if completed && vring.needs_notification().map_err(io::Error::other)? {
-            vring.signal_used_queue()?;
+        if completed {
+            match vring.needs_notification() {
+                Ok(true) => vring.signal_used_queue()?,
+                Ok(false) => {}
+                Err(e) => return broken(e),
+            }
         }
         // virtio 1.2 §2.7.10: re-check after re-enabling so that no kick is lost.
-        if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+        if !event_idx {
             return Ok(());
+        }
+        match vring.enable_notification() {
+            Ok(true) => continue,
+            Ok(false) => return Ok(()),
+            Err(e) => return broken(e),
         }
     }
 }

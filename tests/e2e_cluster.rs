@@ -39,7 +39,9 @@ fn start_writer(g: &Guest, base: u64) {
 }
 
 fn writer_log(g: &Guest) -> Vec<(bool, String, u64)> {
-    g.sh("cat /tmp/wlog")
+    // The log may not exist yet right after the writer started.
+    g.run("cat /tmp/wlog 2>/dev/null")
+        .1
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
