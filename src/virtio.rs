@@ -5,6 +5,7 @@
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 use vhost_user_backend::{VringRwLock, VringT};
@@ -112,6 +113,30 @@ pub fn write_bytes(bufs: &[Buf], data: &[u8]) -> usize {
     done
 }
 
+/// Interrupts the driver about completed requests.
+///
+/// A frontend sends SET_VRING_CALL right after SET_VRING_KICK without waiting for us, so on a ring
+/// that stayed enabled across a device restart (QEMU, when the kernel takes over from the
+/// firmware) a request can complete before the call eventfd arrives. vhost-user-backend would drop
+/// that interrupt silently and the driver would wait for ever; wait for the eventfd instead.
+fn signal(vring: &Vring) -> io::Result<()> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(5);
+    loop {
+        if vring.get_ref().get_call().is_some() {
+            if start.elapsed() >= Duration::from_millis(1) {
+                log::debug!("waited {:?} for the ring's call eventfd", start.elapsed());
+            }
+            return vring.signal_used_queue();
+        }
+        if Instant::now() > deadline {
+            log::warn!("requests completed, but the frontend never set the ring's call eventfd");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Pops and completes every available chain of `vring`, then notifies the driver if it wants.
 ///
 /// The vring lock is held while requests are processed, so a GET_VRING_BASE (the frontend
@@ -162,7 +187,7 @@ pub fn drain_queue(
         }
         if completed {
             match vring.needs_notification() {
-                Ok(true) => vring.signal_used_queue()?,
+                Ok(true) => signal(vring)?,
                 Ok(false) => {}
                 Err(e) => return broken(e),
             }
