@@ -12,14 +12,12 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::image::range_ok;
 use crate::lun::{Lun, SERIAL_LEN};
 use crate::pr::Access;
-use crate::virtio::{self, AtomicMem, Chain, Mem, Vring};
+use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Mem, Vring};
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
 pub const MAX_QUEUES: usize = 16;
@@ -49,7 +47,7 @@ pub struct BlkDevice {
     /// virtio_blk_config.writeback: with 0 every write is made durable before completion.
     writeback: AtomicBool,
     acked_features: AtomicU64,
-    exit: Vec<(EventConsumer, EventNotifier)>,
+    exit: ExitEvents,
 }
 
 /// The backend handed to vhost-user-backend: cheap to clone, `&self` everywhere so that queue
@@ -59,9 +57,7 @@ pub struct BlkBackend(Arc<BlkDevice>);
 
 impl BlkBackend {
     pub fn new(lun: Arc<Lun>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        let exit = (0..MAX_QUEUES)
-            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
-            .collect::<io::Result<Vec<_>>>()?;
+        let exit = ExitEvents::new(MAX_QUEUES)?;
         Ok(BlkBackend(Arc::new(BlkDevice {
             lun,
             initiator,
@@ -371,8 +367,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (c, n) = self.0.exit.get(thread_index)?;
-        Some((c.try_clone().ok()?, n.try_clone().ok()?))
+        self.0.exit.get(thread_index)
     }
 
     fn handle_event(

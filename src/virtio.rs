@@ -11,6 +11,9 @@ use smallvec::SmallVec;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, Permissions};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::image::Buf;
 
@@ -18,6 +21,25 @@ pub type Mem = GuestMemoryMmap<()>;
 pub type AtomicMem = GuestMemoryAtomic<Mem>;
 pub type Vring = VringRwLock<AtomicMem>;
 pub type Bufs<'m> = SmallVec<[Buf<'m>; 8]>;
+
+/// One exit eventfd per worker thread: vhost-user-backend joins its threads when a connection
+/// ends, and a thread without one would never leave its epoll loop.
+pub struct ExitEvents(Vec<(EventConsumer, EventNotifier)>);
+
+impl ExitEvents {
+    pub fn new(threads: usize) -> io::Result<Self> {
+        (0..threads)
+            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()
+            .map(ExitEvents)
+    }
+
+    /// What `VhostUserBackend::exit_event` returns for `thread`.
+    pub fn get(&self, thread: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (c, n) = self.0.get(thread)?;
+        Some((c.try_clone().ok()?, n.try_clone().ok()?))
+    }
+}
 
 /// Why a chain could not be used at all.
 #[derive(Debug, thiserror::Error)]

@@ -12,12 +12,10 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_bindings::virtio_scsi::*;
 use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::scsi::target::{Outcome, Target};
-use crate::virtio::{self, AtomicMem, Chain, Mem, Vring};
+use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Mem, Vring};
 
 /// Request queues we advertise, on top of the control and event queues.
 pub const MAX_REQUEST_QUEUES: usize = 16;
@@ -60,7 +58,7 @@ pub struct ScsiDevice {
     initiator: Arc<str>,
     mem: AtomicMem,
     event_idx: AtomicBool,
-    exit: Vec<(EventConsumer, EventNotifier)>,
+    exit: ExitEvents,
 }
 
 #[derive(Clone)]
@@ -68,9 +66,7 @@ pub struct ScsiBackend(Arc<ScsiDevice>);
 
 impl ScsiBackend {
     pub fn new(target: Arc<Target>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        let exit = (0..=MAX_REQUEST_QUEUES)
-            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
-            .collect::<io::Result<Vec<_>>>()?;
+        let exit = ExitEvents::new(MAX_REQUEST_QUEUES + 1)?;
         Ok(ScsiBackend(Arc::new(ScsiDevice {
             target,
             initiator,
@@ -263,8 +259,7 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (c, n) = self.0.exit.get(thread_index)?;
-        Some((c.try_clone().ok()?, n.try_clone().ok()?))
+        self.0.exit.get(thread_index)
     }
 
     fn handle_event(
