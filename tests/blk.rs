@@ -126,3 +126,21 @@ fn read_only_image_refuses_writes() {
     assert!(a.write(0, &[1u8; 512]).is_err());
     assert_eq!(a.read(0, 512).unwrap(), vec![0u8; 512]);
 }
+
+#[test]
+fn every_queue_the_client_enables_is_served() {
+    let d = TestDaemon::start(&["vm1"]);
+    let mut c = BlkClient::connect_queues(&d.blk("vm1"), 4).unwrap();
+    for q in 0..4 {
+        c.use_queue(q);
+        c.write(q as u64 * 65536, &pattern(q as u8, 4096)).unwrap();
+        c.use_queue(q);
+    }
+    for q in 0..4 {
+        assert_eq!(
+            c.read(q as u64 * 65536, 4096).unwrap(),
+            pattern(q as u8, 4096),
+            "queue {q}"
+        );
+    }
+}

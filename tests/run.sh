@@ -18,4 +18,4 @@ cargo clippy --all-targets -- -D warnings
 echo "run: cargo test"
 # libtest keeps a passing test's output to itself and prints a failing one's: every guest command
 # and its result, prefixed with the guest's name.
-cargo test --all-targets
+cargo test --lib --bins --tests

@@ -8,8 +8,10 @@ use std::time::Duration;
 use blkio::{Blkio, Blkioq, MemoryRegion, ReqFlags};
 
 pub struct BlkClient {
-    // Field order matters: the queue must go before the instance that owns its memory.
+    // Field order matters: the queues must go before the instance that owns their memory.
     queue: Blkioq,
+    /// Queues 1.. when connected with several.
+    others: Vec<Blkioq>,
     region: MemoryRegion,
     blkio: Blkio,
 }
@@ -42,9 +44,17 @@ impl BlkClient {
         let queue = started.queues.remove(0);
         Ok(BlkClient {
             queue,
+            others: started.queues,
             region,
             blkio,
         })
+    }
+
+    /// Makes queue `q` (0-based) the one later requests use.
+    pub fn use_queue(&mut self, q: usize) {
+        if q > 0 {
+            std::mem::swap(&mut self.queue, &mut self.others[q - 1]);
+        }
     }
 
     /// The queue, for callers that drive it themselves (benchmarks).
