@@ -63,10 +63,7 @@ impl FileImage {
             let Some(size) = create_size else {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
-                    format!(
-                        "image {} does not exist (pass --size to create it)",
-                        path.display()
-                    ),
+                    "does not exist (pass --size to create it)",
                 ));
             };
             let f = OpenOptions::new()
@@ -83,17 +80,14 @@ impl FileImage {
             let err = io::Error::last_os_error();
             return Err(io::Error::new(
                 err.kind(),
-                format!(
-                    "image {} is locked by another process ({err}); is another sharedisk serving it?",
-                    path.display()
-                ),
+                format!("locked by another process ({err}); is another sharedisk serving it?"),
             ));
         }
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", path.display()),
+                "not a regular file",
             ));
         }
         let size = meta.len();

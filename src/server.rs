@@ -137,6 +137,17 @@ impl Server {
         B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
         F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
     {
+        // A socket someone still answers on belongs to a live daemon: never steal it. A stale one
+        // (left by a crash) is replaced.
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(ServerError::Socket {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on it (is another sharedisk running?)",
+                ),
+            });
+        }
         let listener = Listener::new(&path, true).map_err(|e| ServerError::Socket {
             path: path.clone(),
             source: io::Error::other(e.to_string()),
