@@ -5,6 +5,7 @@
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
@@ -169,8 +170,6 @@ pub fn drain_queue(
     event_idx: bool,
     mut process: impl for<'m> FnMut(&'m Mem, DescriptorChain<&'m Mem>) -> u32,
 ) -> io::Result<()> {
-    let guard = mem.memory();
-    let mem: &Mem = &guard;
     // Errors here come from rings the driver placed in bad memory. Returning them would end the
     // queue's worker thread; log and wait for the next kick (or the next ring setup) instead.
     let broken = |e: virtio_queue::Error| {
@@ -187,21 +186,30 @@ pub fn drain_queue(
         {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
-            // virtio 1.2 §2.7.13.3: a driver never makes more than the queue size available. A
-            // ring that claims otherwise is broken; leave it alone instead of tripping over it
-            // (and logging) at every kick.
-            let avail = match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+            let avail = match queue.avail_idx(&*mem.memory(), Ordering::Acquire) {
                 Ok(a) => a,
                 Err(e) => return broken(e),
             };
-            if avail.0.wrapping_sub(queue.next_avail()) > queue.size() {
+            // virtio 1.2 §2.7.13.3: a driver never makes more than the queue size available. A
+            // ring that claims otherwise is broken; leave it alone instead of tripping over it
+            // (and logging) at every kick.
+            let pending = avail.0.wrapping_sub(queue.next_avail());
+            if pending > queue.size() {
                 log::debug!("ignoring a ring whose avail index jumped by more than its size");
                 return Ok(());
             }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            // Take the memory map only now, after the avail index: a driver that added a memory
+            // region (ADD_MEM_REG) and then queued a request into it is then always seen with
+            // that region. Requests queued after this point wait for the next round.
+            let guard = mem.memory();
+            let m: &Mem = &guard;
+            for _ in 0..pending {
+                let Some(chain) = queue.pop_descriptor_chain(m) else {
+                    break;
+                };
                 let head = chain.head_index();
-                let len = process(mem, chain);
-                if let Err(e) = queue.add_used(mem, head, len) {
+                let len = process(m, chain);
+                if let Err(e) = queue.add_used(m, head, len) {
                     log::warn!("cannot complete descriptor {head}: {e}");
                 }
                 completed = true;
@@ -214,11 +222,23 @@ pub fn drain_queue(
                 Err(e) => return broken(e),
             }
         }
-        // virtio 1.2 §2.7.10: re-check after re-enabling so that no kick is lost.
-        if !event_idx {
-            return Ok(());
+        // virtio 1.2 §2.7.10: re-check after re-enabling so that no kick is lost; without
+        // EVENT_IDX, also come back for requests queued while this round ran.
+        if event_idx {
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(e) => return broken(e),
+            }
         }
-        match vring.enable_notification() {
+        let more = {
+            let state = vring.get_ref();
+            let queue = state.get_queue();
+            queue
+                .avail_idx(&*mem.memory(), Ordering::Acquire)
+                .map(|a| a.0 != queue.next_avail())
+        };
+        match more {
             Ok(true) => continue,
             Ok(false) => return Ok(()),
             Err(e) => return broken(e),

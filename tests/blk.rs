@@ -1,9 +1,32 @@
-//! The vhost-user-blk device through libblkio, a real independent client.
+//! The vhost-user-blk device through libblkio, a real independent client, against the daemon
+//! binary in its own process (as in production: a client can never corrupt the daemon's memory
+//! or file descriptors, nor the other way round).
 
 mod common;
 
 use common::blkio_client::BlkClient;
-use common::daemon::{TestDaemon, IMAGE_SIZE};
+use common::process::DaemonProcess;
+
+const IMAGE_SIZE: u64 = 64 << 20;
+
+struct TestDaemon {
+    d: DaemonProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    fn start(guests: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        TestDaemon {
+            d: DaemonProcess::start(dir.path(), guests, "64M"),
+            _dir: dir,
+        }
+    }
+
+    fn blk(&self, guest: &str) -> std::path::PathBuf {
+        self.d.blk(guest)
+    }
+}
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
@@ -112,11 +135,8 @@ fn second_connection_to_an_active_socket_is_refused() {
 #[test]
 fn read_only_image_refuses_writes() {
     let mut d = TestDaemon::start(&["vm1"]);
-    d.stop();
-    let mut cfg = d.config.clone();
-    cfg.read_only = true;
-    cfg.size = None;
-    d.server = Some(sharedisk::server::Server::start(cfg).unwrap());
+    d.d.extra.push("--read-only".into());
+    d.d.restart();
     assert!(
         BlkClient::connect(&d.blk("vm1")).is_err(),
         "a read-write open of a read-only device is refused"

@@ -12,6 +12,8 @@ pub struct BlkClient {
     queue: Blkioq,
     /// Queues 1.. when connected with several.
     others: Vec<Blkioq>,
+    /// user_data of the request in flight, checked against its completion.
+    tag: usize,
     region: MemoryRegion,
     blkio: Blkio,
 }
@@ -45,6 +47,7 @@ impl BlkClient {
         Ok(BlkClient {
             queue,
             others: started.queues,
+            tag: 0,
             region,
             blkio,
         })
@@ -76,7 +79,7 @@ impl BlkClient {
         unsafe { std::slice::from_raw_parts_mut(self.region.addr as *mut u8, len) }
     }
 
-    /// Waits for one completion; returns its `ret` (0 or -errno).
+    /// Waits for the completion of the one request in flight; returns its `ret` (0 or -errno).
     fn complete(&mut self) -> i32 {
         let mut c = [MaybeUninit::uninit()];
         let mut timeout = Duration::from_secs(30);
@@ -86,7 +89,12 @@ impl BlkClient {
             .expect("do_io");
         assert_eq!(n, 1, "request timed out");
         // SAFETY: do_io initialised `n` completions.
-        unsafe { c[0].assume_init_read() }.ret
+        let c = unsafe { c[0].assume_init_read() };
+        assert_eq!(
+            c.user_data, self.tag,
+            "the completion is for the request in flight"
+        );
+        c.ret
     }
 
     fn check(ret: i32) -> Result<(), i32> {
@@ -97,28 +105,37 @@ impl BlkClient {
         }
     }
 
+    fn next_tag(&mut self) -> usize {
+        self.tag += 1;
+        self.tag
+    }
+
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), i32> {
         self.buf(data.len()).copy_from_slice(data);
         let ptr = self.region.addr as *const u8;
+        let tag = self.next_tag();
         self.queue
-            .write(offset, ptr, data.len(), 0, ReqFlags::empty());
+            .write(offset, ptr, data.len(), tag, ReqFlags::empty());
         Self::check(self.complete())
     }
 
     pub fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, i32> {
         let ptr = self.region.addr as *mut u8;
-        self.queue.read(offset, ptr, len, 0, ReqFlags::empty());
+        let tag = self.next_tag();
+        self.queue.read(offset, ptr, len, tag, ReqFlags::empty());
         Self::check(self.complete())?;
         Ok(self.buf(len).to_vec())
     }
 
     pub fn flush(&mut self) -> Result<(), i32> {
-        self.queue.flush(0, ReqFlags::empty());
+        let tag = self.next_tag();
+        self.queue.flush(tag, ReqFlags::empty());
         Self::check(self.complete())
     }
 
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), i32> {
-        self.queue.discard(offset, len, 0, ReqFlags::empty());
+        let tag = self.next_tag();
+        self.queue.discard(offset, len, tag, ReqFlags::empty());
         Self::check(self.complete())
     }
 
@@ -128,7 +145,8 @@ impl BlkClient {
         } else {
             ReqFlags::NO_UNMAP
         };
-        self.queue.write_zeroes(offset, len, 0, flags);
+        let tag = self.next_tag();
+        self.queue.write_zeroes(offset, len, tag, flags);
         Self::check(self.complete())
     }
 

@@ -11,6 +11,8 @@ pub struct DaemonProcess {
     pub socket_dir: PathBuf,
     pub guests: Vec<String>,
     log: PathBuf,
+    /// Extra `serve` arguments (e.g. `--read-only`).
+    pub extra: Vec<String>,
 }
 
 impl DaemonProcess {
@@ -23,6 +25,7 @@ impl DaemonProcess {
             socket_dir: dir.join("sock"),
             guests: guests.iter().map(|g| g.to_string()).collect(),
             log: dir.join("daemon.log"),
+            extra: Vec::new(),
         };
         d.spawn(Some(size));
         d
@@ -52,6 +55,7 @@ impl DaemonProcess {
         if let Some(size) = size {
             cmd.arg("--size").arg(size);
         }
+        cmd.args(&self.extra);
         self.child = Some(cmd.spawn().expect("spawn sharedisk"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self
