@@ -1,25 +1,64 @@
 //! The QEMU command-line fragment that attaches one guest to the daemon.
 
 use std::path::Path;
+use std::process::Command;
 
 use crate::config::{parse_size, socket_path, valid_guest_name};
 
+/// QEMU's version as (major, minor), from `qemu-system-x86_64 --version`.
+pub fn installed_version() -> Option<(u32, u32)> {
+    let out = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split("version ").nth(1)?;
+    let mut it = v.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// The chardev options that let QEMU reconnect after a daemon restart, per device: `reconnect=`
+/// became `reconnect-ms=` in QEMU 9.2, and vhost-user-scsi only reconnects from QEMU 8.2 on (on
+/// older QEMU a reconnecting chardev keeps the device from starting at all).
+fn reconnect_options(version: Option<(u32, u32)>) -> (&'static str, &'static str) {
+    let v = version.unwrap_or((7, 2));
+    let opt = if v >= (9, 2) {
+        ",reconnect-ms=1000"
+    } else {
+        ",reconnect=1"
+    };
+    (opt, if v >= (8, 2) { opt } else { "" })
+}
+
 /// Flags for one guest: the shared memory backend vhost-user needs, and both devices.
 pub fn args(socket_dir: &Path, guest: &str, memory: &str) -> Result<String, String> {
+    args_for(socket_dir, guest, memory, installed_version())
+}
+
+fn args_for(
+    socket_dir: &Path,
+    guest: &str,
+    memory: &str,
+    version: Option<(u32, u32)>,
+) -> Result<String, String> {
     if !valid_guest_name(guest) {
         return Err(format!("invalid guest name {guest:?}: use [A-Za-z0-9_.-]"));
     }
     let bytes = parse_size(memory)?;
-    if bytes % (1 << 20) != 0 {
+    if !bytes.is_multiple_of(1 << 20) {
         return Err(format!("memory {memory:?} must be a whole number of MiB"));
     }
     let mib = bytes >> 20;
     let blk = socket_path(socket_dir, guest, "blk");
     let scsi = socket_path(socket_dir, guest, "scsi");
+    let (blk_rc, scsi_rc) = reconnect_options(version);
     Ok(format!(
         "-m {mib}M -object memory-backend-memfd,id=mem,size={mib}M,share=on -machine memory-backend=mem \
-         -chardev socket,id=sd-blk,path={} -device vhost-user-blk-pci,chardev=sd-blk,num-queues=1 \
-         -chardev socket,id=sd-scsi,path={} -device vhost-user-scsi-pci,chardev=sd-scsi,num_queues=1",
+         -chardev socket,id=sd-blk,path={}{blk_rc} -device vhost-user-blk-pci,chardev=sd-blk,num-queues=1 \
+         -chardev socket,id=sd-scsi,path={}{scsi_rc} -device vhost-user-scsi-pci,chardev=sd-scsi,num_queues=1",
         blk.display(),
         scsi.display()
     ))
@@ -31,11 +70,28 @@ mod tests {
 
     #[test]
     fn args_name_both_sockets_and_the_shared_memory() {
-        let a = args(Path::new("/run/sd"), "vm1", "1G").unwrap();
+        let a = args_for(Path::new("/run/sd"), "vm1", "1G", Some((7, 2))).unwrap();
         assert!(a.contains("size=1024M,share=on"));
-        assert!(a.contains("path=/run/sd/vm1-blk.sock"));
-        assert!(a.contains("path=/run/sd/vm1-scsi.sock"));
+        assert!(a.contains("path=/run/sd/vm1-blk.sock,reconnect=1 "));
+        assert!(a.contains("path=/run/sd/vm1-scsi.sock -device"));
         assert!(args(Path::new("/x"), "a b", "1G").is_err());
         assert!(args(Path::new("/x"), "vm1", "1000K").is_err());
+    }
+
+    #[test]
+    fn reconnect_syntax_follows_the_qemu_version() {
+        assert_eq!(reconnect_options(Some((7, 2))), (",reconnect=1", ""));
+        assert_eq!(
+            reconnect_options(Some((8, 2))),
+            (",reconnect=1", ",reconnect=1")
+        );
+        assert_eq!(
+            reconnect_options(Some((10, 0))),
+            (",reconnect-ms=1000", ",reconnect-ms=1000")
+        );
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)"),
+            Some((7, 2))
+        );
     }
 }
