@@ -39,14 +39,5 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serial_is_twenty_bytes_and_stable() {
-        let s = serial_for(fnv1a(b"/var/lib/disk.img"));
-        assert_eq!(s.len(), SERIAL_LEN);
-        assert_eq!(s, serial_for(fnv1a(b"/var/lib/disk.img")));
-        assert_ne!(s, serial_for(fnv1a(b"/var/lib/other.img")));
-    }
-}
+#[path = "tests/lun.rs"]
+mod tests;

@@ -1,0 +1,30 @@
+//! Unit tests of `qemu`.
+
+use super::*;
+
+#[test]
+fn args_name_both_sockets_and_the_shared_memory() {
+    let a = args_for(Path::new("/run/sd"), "vm1", "1G", Some((7, 2))).unwrap();
+    assert!(a.contains("size=1024M,share=on"));
+    assert!(a.contains("path=/run/sd/vm1-blk.sock,reconnect=1 "));
+    assert!(a.contains("path=/run/sd/vm1-scsi.sock -device"));
+    assert!(args(Path::new("/x"), "a b", "1G").is_err());
+    assert!(args(Path::new("/x"), "vm1", "1000K").is_err());
+}
+
+#[test]
+fn reconnect_syntax_follows_the_qemu_version() {
+    assert_eq!(reconnect_options(Some((7, 2))), (",reconnect=1", ""));
+    assert_eq!(
+        reconnect_options(Some((8, 2))),
+        (",reconnect=1", ",reconnect=1")
+    );
+    assert_eq!(
+        reconnect_options(Some((10, 0))),
+        (",reconnect-ms=1000", ",reconnect-ms=1000")
+    );
+    assert_eq!(
+        parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)"),
+        Some((7, 2))
+    );
+}
