@@ -377,11 +377,8 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Ok(());
-        }
         // One queue per thread, so `device_event` is 0: the thread's only ring.
-        let Some(vring) = vrings.get(device_event as usize) else {
+        let Some(vring) = virtio::kicked_ring(evset, device_event, vrings) else {
             return Ok(());
         };
         let d = &self.0;

@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, Permissions};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
@@ -134,6 +135,15 @@ pub fn write_bytes(bufs: &[Buf], data: &[u8]) -> usize {
         done += n;
     }
     done
+}
+
+/// The ring a `handle_event` call is about: `device_event` indexes the worker thread's own rings
+/// (vhost-user-backend numbers them per thread). `None` for anything but a readable kick.
+pub fn kicked_ring(evset: EventSet, device_event: u16, vrings: &[Vring]) -> Option<&Vring> {
+    if evset != EventSet::IN {
+        return None;
+    }
+    vrings.get(device_event as usize)
 }
 
 /// Interrupts the driver about completed requests.

@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::cell::Cell;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
 use std::time::Duration;
 
 use common::daemon::{TestDaemon, IMAGE_SIZE};
@@ -23,35 +20,6 @@ const GUARD_LEN: usize = 128 << 10;
 const SCRATCH: u64 = 100_000;
 const SCRATCH_LEN: usize = 8192;
 
-// ---- panic detection: a panic on any thread that is not a test thread is the daemon's ----
-
-static DAEMON_PANICS: AtomicUsize = AtomicUsize::new(0);
-static HOOK: Once = Once::new();
-thread_local! {
-    static TEST_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-fn watch_panics() {
-    TEST_THREAD.with(|t| t.set(true));
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !TEST_THREAD.with(|t| t.get()) {
-                DAEMON_PANICS.fetch_add(1, Ordering::SeqCst);
-            }
-            previous(info);
-        }));
-    });
-}
-
-fn assert_no_daemon_panic() {
-    assert_eq!(
-        DAEMON_PANICS.load(Ordering::SeqCst),
-        0,
-        "a daemon thread panicked"
-    );
-}
-
 // ---- helpers ----
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -62,7 +30,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 /// A daemon with one guest and a connected frontend; the guard pattern is written.
 fn setup() -> (TestDaemon, VuFrontend) {
-    watch_panics();
+    common::panics::watch();
     let d = TestDaemon::start(&["vm1"]);
     let mut fe = VuFrontend::connect(&d.blk("vm1"), 1, QSIZE);
     assert_eq!(fe.blk_capacity(), CAPACITY);
@@ -87,7 +55,7 @@ fn assert_serving(d: &TestDaemon, fe: &mut VuFrontend, seed: u8) {
         pattern(7, GUARD_LEN),
         "guard area changed"
     );
-    assert_no_daemon_panic();
+    common::panics::assert_none();
 }
 
 /// Drops `fe`, connects a new frontend and checks it serves; then checks that the image holds
@@ -106,7 +74,7 @@ fn finish(d: &TestDaemon, fe: VuFrontend) {
         .enumerate()
         .find(|&(i, &b)| b != 0 && i >= GUARD_LEN && !scratch.contains(&i));
     assert_eq!(stray, None, "image changed outside the tested ranges");
-    assert_no_daemon_panic();
+    common::panics::assert_none();
 }
 
 /// Submits `descs` on queue 0 and returns the used length; panics on a timeout or a foreign id.
@@ -568,7 +536,7 @@ fn avail_index_jump_does_not_crash_the_daemon() {
     fe.kick(0);
     std::thread::sleep(Duration::from_millis(300));
     // The device may refuse to go on with this ring; a request is at least not answered wrongly.
-    assert_no_daemon_panic();
+    common::panics::assert_none();
     drop(fe);
     // A new connection works.
     let mut fe = VuFrontend::connect(&d.blk("vm1"), 1, QSIZE);
@@ -577,7 +545,7 @@ fn avail_index_jump_does_not_crash_the_daemon() {
     fe.set_avail_idx(0, 0xfff0);
     fe.kick(0);
     std::thread::sleep(Duration::from_millis(300));
-    assert_no_daemon_panic();
+    common::panics::assert_none();
     finish(&d, fe);
 }
 

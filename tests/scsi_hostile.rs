@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::cell::Cell;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
 
 use common::daemon::{TestDaemon, IMAGE_SIZE};
 use common::scsi_client::*;
@@ -24,27 +21,6 @@ const INVALID_FIELD_PARAM: SenseTriple = (0x05, 0x26, 0x00);
 const LBA_OUT_OF_RANGE: SenseTriple = (0x05, 0x21, 0x00);
 const INVALID_FIELD_CDB: SenseTriple = (0x05, 0x24, 0x00);
 
-// ---- panic detection: a panic on any thread that is not a test thread is the daemon's ----
-
-static DAEMON_PANICS: AtomicUsize = AtomicUsize::new(0);
-static HOOK: Once = Once::new();
-thread_local! {
-    static TEST_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-fn watch_panics() {
-    TEST_THREAD.with(|t| t.set(true));
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !TEST_THREAD.with(|t| t.get()) {
-                DAEMON_PANICS.fetch_add(1, Ordering::SeqCst);
-            }
-            previous(info);
-        }));
-    });
-}
-
 // ---- helpers ----
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -54,7 +30,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 }
 
 fn setup() -> (TestDaemon, ScsiClient) {
-    watch_panics();
+    common::panics::watch();
     let d = TestDaemon::start(&["vm1"]);
     let mut c = ScsiClient::connect(&d.scsi("vm1"));
     c.drain_ua();
@@ -85,21 +61,7 @@ fn assert_serving(d: &TestDaemon, c: &mut ScsiClient, seed: u8) {
         pattern(7, GUARD_BLOCKS as usize * 512),
         "guard area changed"
     );
-    assert_eq!(
-        DAEMON_PANICS.load(Ordering::SeqCst),
-        0,
-        "a daemon thread panicked"
-    );
-}
-
-#[track_caller]
-fn check(r: &ScsiResult, s: SenseTriple, what: &str) {
-    assert_eq!(r.response, VIRTIO_SCSI_S_OK, "{what}: {r:?}");
-    assert_eq!(
-        (r.status, r.sense),
-        (CHECK_CONDITION, Some(s)),
-        "{what}: expected {s:02x?}, got {r:?}"
-    );
+    common::panics::assert_none();
 }
 
 /// Submits `descs` on the request queue; returns the used length.

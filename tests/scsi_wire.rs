@@ -67,16 +67,6 @@ fn rc(r: &ScsiResult, what: &str) {
     assert_eq!(r.sense, None, "{what}: RC carries no sense");
 }
 
-#[track_caller]
-fn check(r: &ScsiResult, s: SenseTriple, what: &str) {
-    assert_eq!(r.response, VIRTIO_SCSI_S_OK, "{what}: {r:?}");
-    assert_eq!(
-        (r.status, r.sense),
-        (CHECK_CONDITION, Some(s)),
-        "{what}: expected CHECK CONDITION {s:02x?}, got {r:?}"
-    );
-}
-
 /// The initiator's next command reports exactly `s`.
 #[track_caller]
 fn ua(c: &mut ScsiClient, s: SenseTriple, what: &str) {

@@ -269,10 +269,7 @@ impl VhostUserBackend for ScsiBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Ok(());
-        }
-        let Some(vring) = vrings.get(device_event as usize) else {
+        let Some(vring) = virtio::kicked_ring(evset, device_event, vrings) else {
             return Ok(());
         };
         let d = &self.0;

@@ -84,12 +84,7 @@ fn get64(b: &[u8], i: usize) -> Option<u64> {
 /// A stable locally assigned NAA (type 3h, SPC-4 §7.8.6.6.5) from the serial: FNV-1a, so every
 /// daemon serving the same image reports the same identity, across builds.
 pub fn naa_from_serial(serial: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in serial.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (3u64 << 60) | (h >> 4)
+    (3u64 << 60) | (crate::lun::fnv1a(serial.as_bytes()) >> 4)
 }
 
 /// The serial as reported: printable ASCII only, at most 20 bytes (the virtio-blk ID size).

@@ -132,15 +132,7 @@ pub struct GuestOpts<'a> {
 
 impl Default for GuestOpts<'static> {
     fn default() -> Self {
-        GuestOpts {
-            name: "guest",
-            blk: None,
-            scsi: None,
-            memory: "512M",
-            extra_args: Vec::new(),
-            reconnect: false,
-            allow_reboot: false,
-        }
+        GuestOpts::new("guest")
     }
 }
 

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod flows;
 pub mod guest;
+pub mod panics;
 pub mod process;
 pub mod scsi_client;
 pub mod vu_frontend;

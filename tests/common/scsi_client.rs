@@ -85,6 +85,17 @@ impl ScsiResult {
 }
 
 /// Decodes a 108-byte virtio_scsi_cmd_resp.
+/// Asserts CHECK CONDITION with sense `s` (and a normal transport response).
+#[track_caller]
+pub fn check(r: &ScsiResult, s: SenseTriple, what: &str) {
+    assert_eq!(r.response, VIRTIO_SCSI_S_OK, "{what}: {r:?}");
+    assert_eq!(
+        (r.status, r.sense),
+        (CHECK_CONDITION, Some(s)),
+        "{what}: expected CHECK CONDITION {s:02x?}, got {r:?}"
+    );
+}
+
 pub fn parse_resp(resp: &[u8]) -> (u8, u8, Option<SenseTriple>, u32) {
     let sense_len = u32::from_le_bytes(resp[0..4].try_into().unwrap()) as usize;
     let resid = u32::from_le_bytes(resp[4..8].try_into().unwrap());
