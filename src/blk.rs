@@ -386,7 +386,7 @@ impl VhostUserBackend for BlkBackend {
             vring,
             &d.mem,
             d.event_idx.load(Ordering::Relaxed),
-            |mem, chain| d.process(mem, chain),
+            |mem, chain, _slot| d.process(mem, chain),
         )
     }
 }

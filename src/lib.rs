@@ -3,16 +3,19 @@
 
 pub mod blk;
 pub mod config;
+pub mod failpoint;
 pub mod image;
 pub mod lun;
 pub mod pr;
 pub mod qemu;
+pub mod replay;
 pub mod reservations;
 pub mod scsi;
 pub mod sense;
 pub mod server;
 pub mod state;
 pub mod virtio;
+pub mod vring;
 
 /// Runs `server` until SIGINT or SIGTERM, then shuts it down cleanly (sockets removed).
 pub fn run_until_signal(server: server::Server) -> std::io::Result<()> {

@@ -7,10 +7,16 @@
 //! the new state. Hence, once GOOD reaches the preempting initiator, no write of a preempted
 //! initiator (in flight or queued, on any queue of either device) can still reach the image.
 //! std's `RwLock` prefers waiting writers, so a flood of I/O cannot starve a preempt.
+//!
+//! **Exactly once.** A PR OUT that QEMU replays after a reconnection is answered from the
+//! [`ReplayLog`] with its first execution's status instead of running again; its record is saved
+//! with the state change it made, in the same atomic write.
 
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::failpoint;
 use crate::pr::{Access, Arbiter, PrStatus, ProutRequest};
+use crate::replay::{Origin, ReplayLog};
 use crate::sense::Sense;
 use crate::state::StateStore;
 
@@ -19,6 +25,8 @@ const INTERNAL_TARGET_FAILURE: Sense = Sense::new(0x04, 0x44, 0x00);
 
 pub struct Reservations {
     arbiter: RwLock<Arbiter>,
+    /// Taken only with the arbiter's write lock held, or on its own for bookkeeping.
+    replay: Mutex<ReplayLog>,
     store: Option<StateStore>,
 }
 
@@ -30,8 +38,21 @@ impl Reservations {
     pub fn new(arbiter: Arbiter, store: Option<StateStore>) -> Self {
         Reservations {
             arbiter: RwLock::new(arbiter),
+            replay: Mutex::new(ReplayLog::default()),
             store,
         }
+    }
+
+    /// Starts with the PR OUT records saved in the state file.
+    pub fn with_replay_log(self, replay: ReplayLog) -> Self {
+        Reservations {
+            replay: Mutex::new(replay),
+            ..self
+        }
+    }
+
+    fn replay_log(&self) -> std::sync::MutexGuard<'_, ReplayLog> {
+        self.replay.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read_lock(&self) -> RwLockReadGuard<'_, Arbiter> {
@@ -54,18 +75,41 @@ impl Reservations {
         }
     }
 
+    /// The status a PR OUT got the first time, if `origin` is its replay after a reconnection
+    /// (`replay.rs`); the replay is then not to be executed.
+    pub fn replayed(&self, initiator: &str, origin: &Origin) -> Option<PrStatus> {
+        let status = self.replay_log().replay(initiator, origin)?;
+        log::info!(
+            "{initiator}: PR OUT replayed after a reconnection (ring {}, index {}): answered \
+             {status:?} from its first execution",
+            origin.ring,
+            origin.slot.position
+        );
+        Some(status)
+    }
+
     /// Applies a PERSISTENT RESERVE OUT and makes it durable before returning its status.
-    pub fn prout(&self, initiator: &str, req: &ProutRequest) -> PrStatus {
+    /// `origin` identifies a request from a virtqueue: its outcome is recorded, so that a replay
+    /// gets the same answer (see [`Reservations::replayed`]).
+    pub fn prout(&self, initiator: &str, req: &ProutRequest, origin: Option<&Origin>) -> PrStatus {
         let mut arb = self.write_lock();
+        let mut replay = self.replay_log();
         let before = arb.clone();
         let outcome = arb.prout(initiator, req);
+        if let Some(o) = origin {
+            replay.record(initiator, o, outcome.status.clone());
+        }
         if outcome.changed {
             if let Some(store) = &self.store {
-                if let Err(e) = store.save(arb.state()) {
+                if let Err(e) = store.save(arb.state(), replay.records()) {
                     log::error!("{e}; {initiator}'s {:?} is undone", req.action);
                     *arb = before;
+                    if let Some(o) = origin {
+                        replay.forget(initiator, o);
+                    }
                     return PrStatus::CheckCondition(INTERNAL_TARGET_FAILURE);
                 }
+                failpoint::hit("prout-persisted");
             }
             log::info!(
                 "{initiator}: PR OUT {:?} type {} -> {:?}, generation {}{}",
@@ -87,6 +131,12 @@ impl Reservations {
             );
         }
         outcome.status
+    }
+
+    /// Every request `initiator` took from `ring` so far is completed (its used entry is in the
+    /// ring): none of them can be replayed any more.
+    pub fn completed(&self, initiator: &str, ring: u16) {
+        self.replay_log().completed(initiator, ring);
     }
 
     /// Runs `f` on a consistent view of the arbiter (PR IN, tests).

@@ -21,10 +21,11 @@ use crate::config::{Config, ConfigError};
 use crate::image::FileImage;
 use crate::lun::Lun;
 use crate::pr::Arbiter;
+use crate::replay::ReplayLog;
 use crate::reservations::Reservations;
 use crate::scsi::device::ScsiBackend;
 use crate::scsi::target::Target;
-use crate::state::{ImageIdentity, StateError, StateStore};
+use crate::state::{ImageIdentity, Saved, StateError, StateStore};
 use crate::virtio::{AtomicMem, Vring};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,17 +63,20 @@ impl Server {
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
         let store = StateStore::new(config.state_path(), identity.clone());
         let initiators = config.guests.iter().cloned();
-        let arbiter = if config.reset_reservations {
+        let (arbiter, replay) = if config.reset_reservations {
             log::warn!(
                 "--reset-reservations: starting with no registrations; {} is overwritten",
                 store.path().display()
             );
             let arbiter = Arbiter::new(initiators);
-            store.save(arbiter.state())?;
-            arbiter
+            store.save(arbiter.state(), &[])?;
+            (arbiter, ReplayLog::default())
         } else {
             match store.load()? {
-                Some(state) => {
+                Some(Saved {
+                    reservations: state,
+                    replay,
+                }) => {
                     log::info!(
                         "reservations restored from {}: generation {}, {} registration(s), {}",
                         store.path().display(),
@@ -83,14 +87,17 @@ impl Server {
                             None => "not reserved".into(),
                         }
                     );
-                    Arbiter::from_state(state, initiators)
+                    (
+                        Arbiter::from_state(state, initiators),
+                        ReplayLog::from_saved(replay),
+                    )
                 }
-                None => Arbiter::new(initiators),
+                None => (Arbiter::new(initiators), ReplayLog::default()),
             }
         };
         let lun = Arc::new(Lun::new(
             Box::new(image),
-            Reservations::new(arbiter, Some(store)),
+            Reservations::new(arbiter, Some(store)).with_replay_log(replay),
             &identity.path,
         ));
         log::info!(

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::failpoint;
 use crate::pr::PrState;
+use crate::replay::Record;
 
 const FORMAT: u32 = 1;
 
@@ -38,6 +40,16 @@ struct OnDisk {
     format: u32,
     image: ImageIdentity,
     reservations: PrState,
+    /// Executed PR OUTs that QEMU may still replay (`replay.rs`); absent in older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replay: Vec<Record>,
+}
+
+/// What a state file holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Saved {
+    pub reservations: PrState,
+    pub replay: Vec<Record>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +93,7 @@ impl StateStore {
     }
 
     /// Loads the saved state: `None` when there is no file yet.
-    pub fn load(&self) -> Result<Option<PrState>, StateError> {
+    pub fn load(&self) -> Result<Option<Saved>, StateError> {
         let text = match fs::read(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -110,22 +122,27 @@ impl StateStore {
                 our_inode: self.identity.inode,
             });
         }
-        Ok(Some(disk.reservations))
+        Ok(Some(Saved {
+            reservations: disk.reservations,
+            replay: disk.replay,
+        }))
     }
 
     /// Replaces the file with `state`, durably, before returning.
-    pub fn save(&self, state: &PrState) -> Result<(), StateError> {
-        self.save_inner(state).map_err(|source| StateError::Write {
-            path: self.path.clone(),
-            source,
-        })
+    pub fn save(&self, state: &PrState, replay: &[Record]) -> Result<(), StateError> {
+        self.save_inner(state, replay)
+            .map_err(|source| StateError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
 
-    fn save_inner(&self, state: &PrState) -> io::Result<()> {
+    fn save_inner(&self, state: &PrState, replay: &[Record]) -> io::Result<()> {
         let disk = OnDisk {
             format: FORMAT,
             image: self.identity.clone(),
             reservations: state.clone(),
+            replay: replay.to_vec(),
         };
         let mut bytes = serde_json::to_vec_pretty(&disk).map_err(io::Error::other)?;
         bytes.push(b'\n');
@@ -139,14 +156,19 @@ impl StateStore {
                 .truncate(true)
                 .open(&tmp)?;
             f.write_all(&bytes)?;
+            failpoint::hit("state-tmp-written");
             f.sync_all()?;
+            failpoint::hit("state-tmp-synced");
         }
         fs::rename(&tmp, &self.path)?;
+        failpoint::hit("state-renamed");
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        File::open(dir)?.sync_all()
+        File::open(dir)?.sync_all()?;
+        failpoint::hit("state-dir-synced");
+        Ok(())
     }
 }
 

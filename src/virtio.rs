@@ -6,10 +6,9 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::EventSet;
@@ -18,10 +17,11 @@ use vmm_sys_util::event::{
 };
 
 use crate::image::Buf;
+pub use crate::replay::Slot;
 
 pub type Mem = GuestMemoryMmap<()>;
 pub type AtomicMem = GuestMemoryAtomic<Mem>;
-pub type Vring = VringRwLock<AtomicMem>;
+pub use crate::vring::Vring;
 pub type Bufs<'m> = SmallVec<[Buf<'m>; 8]>;
 
 /// One exit eventfd per worker thread: vhost-user-backend joins its threads when a connection
@@ -146,30 +146,6 @@ pub fn kicked_ring(evset: EventSet, device_event: u16, vrings: &[Vring]) -> Opti
     vrings.get(device_event as usize)
 }
 
-/// Interrupts the driver about completed requests.
-///
-/// A frontend sends SET_VRING_CALL right after SET_VRING_KICK without waiting for us, so on a ring
-/// that stayed enabled across a device restart (QEMU, when the kernel takes over from the
-/// firmware) a request can complete before the call eventfd arrives. vhost-user-backend would drop
-/// that interrupt silently and the driver would wait for ever; wait for the eventfd instead.
-fn signal(vring: &Vring) -> io::Result<()> {
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(5);
-    loop {
-        if vring.get_ref().get_call().is_some() {
-            if start.elapsed() >= Duration::from_millis(1) {
-                log::debug!("waited {:?} for the ring's call eventfd", start.elapsed());
-            }
-            return vring.signal_used_queue();
-        }
-        if Instant::now() > deadline {
-            log::warn!("requests completed, but the frontend never set the ring's call eventfd");
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Pops and completes every available chain of `vring`, then notifies the driver if it wants.
 ///
 /// The vring lock is held while requests are processed, so a GET_VRING_BASE (the frontend
@@ -178,7 +154,7 @@ pub fn drain_queue(
     vring: &Vring,
     mem: &AtomicMem,
     event_idx: bool,
-    mut process: impl for<'m> FnMut(&'m Mem, DescriptorChain<&'m Mem>) -> u32,
+    mut process: impl for<'m> FnMut(&'m Mem, DescriptorChain<&'m Mem>, Slot) -> u32,
 ) -> io::Result<()> {
     // Errors here come from rings the driver placed in bad memory. Returning them would end the
     // queue's worker thread; log and wait for the next kick (or the next ring setup) instead.
@@ -213,12 +189,23 @@ pub fn drain_queue(
             // that region. Requests queued after this point wait for the next round.
             let guard = mem.memory();
             let m: &Mem = &guard;
+            let (base, first_start) = (vring.base(), vring.first_start());
             for _ in 0..pending {
+                let position = queue.next_avail();
+                let used = queue.next_used();
                 let Some(chain) = queue.pop_descriptor_chain(m) else {
                     break;
                 };
                 let head = chain.head_index();
-                let len = process(m, chain);
+                let slot = Slot {
+                    position,
+                    head,
+                    used,
+                    base,
+                    size: queue.size(),
+                    first_start,
+                };
+                let len = process(m, chain, slot);
                 if let Err(e) = queue.add_used(m, head, len) {
                     log::warn!("cannot complete descriptor {head}: {e}");
                 }
@@ -227,7 +214,9 @@ pub fn drain_queue(
         }
         if completed {
             match vring.needs_notification() {
-                Ok(true) => signal(vring)?,
+                // With no call eventfd yet, the one the frontend installs is signalled then
+                // (`vring.rs`).
+                Ok(true) => vring.signal_used_queue()?,
                 Ok(false) => {}
                 Err(e) => return broken(e),
             }

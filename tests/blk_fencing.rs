@@ -12,7 +12,7 @@ use sharedisk::pr::{PrStatus, ProutRequest, ResType, ServiceAction};
 
 fn prout(d: &TestDaemon, who: &str, req: ProutRequest) {
     assert_eq!(
-        d.server().arbiter().prout(who, &req),
+        d.server().arbiter().prout(who, &req, None),
         PrStatus::Good,
         "{who}: {req:?}"
     );

@@ -13,7 +13,7 @@ const OTHER: &str = "other";
 
 fn prout(d: &TestDaemon, who: &str, req: ProutRequest) {
     assert_eq!(
-        d.server().arbiter().prout(who, &req),
+        d.server().arbiter().prout(who, &req, None),
         PrStatus::Good,
         "{who}: {req:?}"
     );

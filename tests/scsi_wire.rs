@@ -1181,11 +1181,11 @@ fn a_reservation_taken_over_scsi_fences_blk_and_one_taken_via_the_arbiter_fences
     // A reservation through the arbiter API (as a blk-only guest's would be) fences SCSI.
     let arb = d.server().arbiter();
     let req = ProutRequest::new(ServiceAction::RegisterAndIgnore).sa_key(K_A);
-    assert_eq!(arb.prout("a", &req), PrStatus::Good);
+    assert_eq!(arb.prout("a", &req, None), PrStatus::Good);
     let req = ProutRequest::new(ServiceAction::Reserve)
         .key(K_A)
         .typ(ResType::WriteExclusive);
-    assert_eq!(arb.prout("a", &req), PrStatus::Good);
+    assert_eq!(arb.prout("a", &req, None), PrStatus::Good);
     rc(&c[1].write16(0, &[1; 512]), "b's scsi write fenced");
     good(&c[1].read16(0, 1), "WE lets b read");
     good(&c[0].write16(0, &[1; 512]), "a's scsi write");

@@ -2,7 +2,7 @@
 //! the [`Target`]. QEMU builds the config space itself, so this backend has no CONFIG feature.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -14,8 +14,11 @@ use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::lun::fnv1a;
+use crate::replay::Origin;
+use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
 use crate::scsi::target::{Outcome, Target};
-use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Mem, Vring};
+use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Mem, Slot, Vring};
 
 /// Request queues we advertise, on top of the control and event queues.
 pub const MAX_REQUEST_QUEUES: usize = 16;
@@ -53,9 +56,18 @@ fn decode_lun(lun: &[u8]) -> Address {
     }
 }
 
+/// Bytes of a PR OUT's parameter list that go into its replay digest; SPC-4 lists are far
+/// shorter.
+const DIGEST_PARAM_BYTES: usize = 8192;
+
+/// Numbers the vhost-user connections of this daemon run, for the replay records.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+
 pub struct ScsiDevice {
     target: Arc<Target>,
     initiator: Arc<str>,
+    /// This connection's number (each connection gets a fresh backend).
+    connection: u64,
     mem: AtomicMem,
     event_idx: AtomicBool,
     exit: ExitEvents,
@@ -70,6 +82,7 @@ impl ScsiBackend {
         Ok(ScsiBackend(Arc::new(ScsiDevice {
             target,
             initiator,
+            connection: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
             mem,
             event_idx: AtomicBool::new(false),
             exit,
@@ -78,13 +91,20 @@ impl ScsiBackend {
 }
 
 impl ScsiDevice {
-    /// One command on a request queue; returns the bytes written into the chain.
-    fn process_request(&self, mem: &Mem, chain: DescriptorChain<&Mem>) -> u32 {
+    /// One command on request queue `ring`; returns the bytes written into the chain and whether
+    /// it was a PR OUT.
+    fn process_request(
+        &self,
+        mem: &Mem,
+        chain: DescriptorChain<&Mem>,
+        ring: u16,
+        slot: Slot,
+    ) -> (u32, bool) {
         let chain = match Chain::parse(mem, chain) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("{}: scsi: dropping request: {e}", self.initiator);
-                return 0;
+                return (0, false);
             }
         };
         let Some((resp_buf, data_in)) = virtio::split_at(&chain.writable, RESP_LEN) else {
@@ -92,7 +112,7 @@ impl ScsiDevice {
                 "{}: scsi: request without room for a response",
                 self.initiator
             );
-            return 0;
+            return (0, false);
         };
         let mut resp = [0u8; RESP_LEN];
         let mut header = [0u8; REQ_HEADER_LEN];
@@ -104,22 +124,31 @@ impl ScsiDevice {
             None => {
                 resp[11] = VIRTIO_SCSI_S_FAILURE as u8;
                 virtio::write_bytes(&resp_buf, &resp);
-                return RESP_LEN as u32;
+                return (RESP_LEN as u32, false);
             }
         };
         let in_cap = virtio::total(&data_in);
         let out_len = virtio::total(&data_out);
         let cdb = &header[19..19 + CDB_SIZE];
+        // PR OUT is the one command whose replay after a reconnection must not run again.
+        let is_prout = cdb[0] == PERSISTENT_RESERVE_OUT;
         let outcome = match decode_lun(&header[..8]) {
             Address::BadTarget => {
                 resp[11] = VIRTIO_SCSI_S_BAD_TARGET as u8;
                 virtio::write_bytes(&resp_buf, &resp);
-                return RESP_LEN as u32;
+                return (RESP_LEN as u32, false);
             }
             Address::MissingLun => self.target.execute_missing_lun(cdb, &data_in),
-            Address::Lun0 => self
-                .target
-                .execute(&self.initiator, cdb, &data_out, &data_in),
+            Address::Lun0 => {
+                let origin = is_prout.then(|| Origin {
+                    connection: self.connection,
+                    ring,
+                    slot,
+                    digest: request_digest(&header, &data_out),
+                });
+                self.target
+                    .execute(&self.initiator, cdb, &data_out, &data_in, origin.as_ref())
+            }
         };
         let Outcome {
             status,
@@ -143,7 +172,7 @@ impl ScsiDevice {
         resp[10] = status;
         resp[11] = VIRTIO_SCSI_S_OK as u8;
         virtio::write_bytes(&resp_buf, &resp);
-        (RESP_LEN + written) as u32
+        ((RESP_LEN + written) as u32, is_prout)
     }
 
     /// Task management and asynchronous notification (virtio 1.2 §5.6.6.2). Commands complete
@@ -204,6 +233,16 @@ impl ScsiDevice {
             _ => VIRTIO_SCSI_S_FUNCTION_REJECTED,
         }
     }
+}
+
+/// What identifies a request's bytes: the virtio-scsi header (LUN, tag, attributes, CDB) and the
+/// start of its data-out buffer.
+fn request_digest(header: &[u8], data_out: &[crate::image::Buf]) -> u64 {
+    let mut bytes = header.to_vec();
+    let mut params = vec![0u8; virtio::total(data_out).min(DIGEST_PARAM_BYTES)];
+    virtio::read_bytes(data_out, &mut params);
+    bytes.extend_from_slice(&params);
+    fnv1a(&bytes)
 }
 
 fn bit(b: u32) -> u64 {
@@ -277,10 +316,24 @@ impl VhostUserBackend for ScsiBackend {
         if thread_id == 0 {
             // Event-queue buffers are left in the ring: there are no events to report.
             if device_event == CONTROL_QUEUE {
-                virtio::drain_queue(vring, &d.mem, event_idx, |mem, c| d.process_control(mem, c))?;
+                virtio::drain_queue(vring, &d.mem, event_idx, |mem, c, _| {
+                    d.process_control(mem, c)
+                })?;
             }
             return Ok(());
         }
-        virtio::drain_queue(vring, &d.mem, event_idx, |mem, c| d.process_request(mem, c))
+        // Request queue `thread_id` is ring `thread_id + 1` (see `queues_per_thread`).
+        let ring = thread_id as u16 + 1;
+        let mut prout = false;
+        let drained = virtio::drain_queue(vring, &d.mem, event_idx, |mem, c, slot| {
+            let (len, was_prout) = d.process_request(mem, c, ring, slot);
+            prout |= was_prout;
+            len
+        });
+        if prout {
+            // Their completions are in the used ring now: QEMU will not replay them.
+            d.target.lun().reservations.completed(&d.initiator, ring);
+        }
+        drained
     }
 }

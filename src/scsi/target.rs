@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::image::Buf;
 use crate::lun::Lun;
 use crate::pr::{wire, PrStatus};
+use crate::replay::Origin;
 use crate::scsi::cdb::{self, Command, Rw};
 use crate::scsi::pages::{self, DiskInfo};
 use crate::sense::{self, Sense};
@@ -145,15 +146,17 @@ impl Target {
         }
     }
 
-    /// Executes one command from `initiator` on LUN 0.
+    /// Executes one command from `initiator` on LUN 0. `origin` identifies a PR OUT's request
+    /// in its virtqueue, so that a replay of it is not executed twice (`replay.rs`).
     pub fn execute(
         &self,
         initiator: &str,
         cdb: &[u8],
         data_out: &[Buf],
         data_in: &[Buf],
+        origin: Option<&Origin>,
     ) -> Outcome {
-        self.try_execute(initiator, cdb, data_out, data_in)
+        self.try_execute(initiator, cdb, data_out, data_in, origin)
             .unwrap_or_else(|o| o)
     }
 
@@ -163,8 +166,14 @@ impl Target {
         cdb: &[u8],
         data_out: &[Buf],
         data_in: &[Buf],
+        origin: Option<&Origin>,
     ) -> Result<Outcome> {
         let res = &self.lun.reservations;
+        // A PR OUT that QEMU presents again after a reconnection already passed every check
+        // below, unit attentions included, and ran: it gets its first answer, and runs no more.
+        if let Some(status) = origin.and_then(|o| res.replayed(initiator, o)) {
+            return Ok(Outcome::from_pr(status));
+        }
         // SPC-4 §5.14: a pending UA terminates any command but these three, before decoding.
         let exempt = matches!(
             cdb.first(),
@@ -314,7 +323,7 @@ impl Target {
                     res.with(|a| a.is_known(name) || a.is_registered(name))
                         .then(|| name.to_string())
                 })?;
-                Outcome::from_pr(res.prout(initiator, &req))
+                Outcome::from_pr(res.prout(initiator, &req, origin))
             }
             Command::Reserve6 => Outcome::from_pr(res.with_mut(|a| a.spc2_reserve(initiator))),
             Command::Release6 => Outcome::from_pr(res.with_mut(|a| a.spc2_release(initiator))),

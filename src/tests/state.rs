@@ -31,8 +31,36 @@ fn save_then_load_round_trips() {
         }],
         ..Default::default()
     };
-    store.save(&state).unwrap();
-    assert_eq!(store.load().unwrap(), Some(state));
+    let mut replay = crate::replay::ReplayLog::default();
+    let origin = crate::replay::Origin {
+        connection: 3,
+        ring: 2,
+        slot: crate::replay::Slot {
+            position: 5,
+            head: 5,
+            used: 4,
+            base: 0,
+            size: 128,
+            first_start: true,
+        },
+        digest: 42,
+    };
+    replay.record("vm1", &origin, crate::pr::PrStatus::Good);
+    store.save(&state, replay.records()).unwrap();
+    let loaded = store.load().unwrap().expect("saved state");
+    assert_eq!(loaded.reservations, state);
+    // What was saved is what a restarted daemon starts with.
+    let expected = crate::replay::ReplayLog::from_saved(replay.records().to_vec());
+    assert_eq!(loaded.replay, expected.records());
+}
+
+#[test]
+fn a_file_without_replay_records_loads() {
+    let (_d, store) = setup();
+    store.save(&PrState::default(), &[]).unwrap();
+    let text = fs::read_to_string(store.path()).unwrap();
+    assert!(!text.contains("replay"), "{text}");
+    assert_eq!(store.load().unwrap().map(|s| s.replay), Some(vec![]));
 }
 
 #[test]
@@ -47,7 +75,7 @@ fn corrupt_file_is_an_error_never_a_reset() {
 #[test]
 fn state_of_another_image_is_refused() {
     let (d, store) = setup();
-    store.save(&PrState::default()).unwrap();
+    store.save(&PrState::default(), &[]).unwrap();
     let other = d.path().join("other.img");
     fs::write(&other, b"").unwrap();
     let foreign = StateStore::new(

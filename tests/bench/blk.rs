@@ -84,13 +84,13 @@ fn main() {
         if reserved {
             let a = d.server().arbiter();
             let reg = ProutRequest::new(ServiceAction::RegisterAndIgnore).sa_key(1);
-            assert_eq!(a.prout("bench", &reg), PrStatus::Good);
+            assert_eq!(a.prout("bench", &reg, None), PrStatus::Good);
             let reg = ProutRequest::new(ServiceAction::RegisterAndIgnore).sa_key(2);
-            assert_eq!(a.prout("other", &reg), PrStatus::Good);
+            assert_eq!(a.prout("other", &reg, None), PrStatus::Good);
             let res = ProutRequest::new(ServiceAction::Reserve)
                 .key(2)
                 .typ(ResType::WriteExclusiveRegistrantsOnly);
-            assert_eq!(a.prout("other", &res), PrStatus::Good);
+            assert_eq!(a.prout("other", &res, None), PrStatus::Good);
         }
         let (wiops, wmib) = run(&mut c, true, secs);
         let (riops, rmib) = run(&mut c, false, secs);

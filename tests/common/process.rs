@@ -13,6 +13,8 @@ pub struct DaemonProcess {
     log: PathBuf,
     /// Extra `serve` arguments (e.g. `--read-only`).
     pub extra: Vec<String>,
+    /// Extra environment (e.g. `SHAREDISK_FAILPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonProcess {
@@ -26,6 +28,26 @@ impl DaemonProcess {
             guests: guests.iter().map(|g| g.to_string()).collect(),
             log: dir.join("daemon.log"),
             extra: Vec::new(),
+            env: Vec::new(),
+        };
+        d.spawn(Some(size));
+        d
+    }
+
+    /// Like [`DaemonProcess::start`], with extra environment for the daemon.
+    pub fn start_env(dir: &Path, guests: &[&str], size: &str, env: &[(&str, &str)]) -> Self {
+        let mut d = DaemonProcess {
+            child: None,
+            dir: dir.to_path_buf(),
+            image: dir.join("disk.img"),
+            socket_dir: dir.join("sock"),
+            guests: guests.iter().map(|g| g.to_string()).collect(),
+            log: dir.join("daemon.log"),
+            extra: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn(Some(size));
         d
@@ -56,6 +78,7 @@ impl DaemonProcess {
             cmd.arg("--size").arg(size);
         }
         cmd.args(&self.extra);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(cmd.spawn().expect("spawn sharedisk"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self
@@ -117,6 +140,42 @@ impl DaemonProcess {
 
     pub fn restart(&mut self) {
         self.stop();
+        self.spawn(None);
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own (a failpoint, a crash).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Ends the daemon with `signal` (SIGKILL: a crash) and reaps it.
+    pub fn kill(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again after it died. The sockets a killed daemon left behind are
+    /// removed first, so that the wait for the new ones means the new daemon listens.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "respawn of a running daemon");
+        for g in self.guests.clone() {
+            let _ = std::fs::remove_file(self.blk(&g));
+            let _ = std::fs::remove_file(self.scsi(&g));
+        }
         self.spawn(None);
     }
 }

@@ -3,6 +3,7 @@
 //! status, fixed-format sense and data-in, plus task management on the control queue.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::vu_frontend::{Desc, VuFrontend, TIMEOUT};
 
@@ -190,6 +191,15 @@ pub fn write16_cdb(lba: u64, blocks: u32) -> [u8; 16] {
     c
 }
 
+/// A command made available but not yet completed (see [`ScsiClient::submit`]).
+pub struct Pending {
+    cdb: Vec<u8>,
+    head: u16,
+    resp: u64,
+    data_in: u64,
+    data_in_len: usize,
+}
+
 pub struct ScsiClient {
     pub fe: VuFrontend,
     tag: u64,
@@ -226,9 +236,27 @@ impl ScsiClient {
         data_out: &[u8],
         data_in_len: usize,
     ) -> ScsiResult {
+        self.fe.reset();
+        let p = self.submit(lun, cdb, data_out, data_in_len, true);
+        let r = self
+            .finish(&p, TIMEOUT)
+            .unwrap_or_else(|| panic!("SCSI command {cdb:02x?} not completed"));
+        self.fe.reset();
+        r
+    }
+
+    /// Builds a command in fresh buffers and makes it available on the request queue, with a
+    /// kick or without one (then it waits in the ring until the backend looks).
+    pub fn submit(
+        &mut self,
+        lun: &[u8; 8],
+        cdb: &[u8],
+        data_out: &[u8],
+        data_in_len: usize,
+        kick: bool,
+    ) -> Pending {
         let tag = self.next_tag();
         let fe = &mut self.fe;
-        fe.reset();
         let hdr = fe.alloc(REQ_HEADER_LEN);
         fe.write_mem(hdr, &req_header(lun, tag, cdb));
         let mut descs = vec![Desc::r(hdr, REQ_HEADER_LEN as u32)];
@@ -244,26 +272,41 @@ impl ScsiClient {
         if data_in_len > 0 {
             descs.push(Desc::w(data_in, data_in_len as u32));
         }
-        let head = fe.submit(REQUEST_Q, &descs);
-        let (id, used_len) = fe
-            .wait_used(REQUEST_Q, TIMEOUT)
-            .unwrap_or_else(|| panic!("SCSI command {cdb:02x?} not completed"));
-        assert_eq!(id, head, "completion for another chain");
+        let head = if kick {
+            fe.submit(REQUEST_Q, &descs)
+        } else {
+            fe.submit_without_kick(REQUEST_Q, &descs)
+        };
+        Pending {
+            cdb: cdb.to_vec(),
+            head,
+            resp,
+            data_in,
+            data_in_len,
+        }
+    }
+
+    /// Waits up to `timeout` for the completion of `p`, the oldest command in flight.
+    pub fn finish(&mut self, p: &Pending, timeout: Duration) -> Option<ScsiResult> {
+        let (id, used_len) = self.fe.wait_used(REQUEST_Q, timeout)?;
+        let fe = &self.fe;
+        assert_eq!(id, p.head, "completion for another chain");
         assert!(
-            used_len as usize >= RESP_LEN && used_len as usize <= RESP_LEN + data_in_len,
-            "used length {used_len} for {data_in_len} data-in bytes ({cdb:02x?})"
+            used_len as usize >= RESP_LEN && used_len as usize <= RESP_LEN + p.data_in_len,
+            "used length {used_len} for {} data-in bytes ({:02x?})",
+            p.data_in_len,
+            p.cdb
         );
-        let (response, status, sense, resid) = parse_resp(&fe.read_mem(resp, RESP_LEN));
-        let data = fe.read_mem(data_in, used_len as usize - RESP_LEN);
-        fe.reset();
-        ScsiResult {
+        let (response, status, sense, resid) = parse_resp(&fe.read_mem(p.resp, RESP_LEN));
+        let data = fe.read_mem(p.data_in, used_len as usize - RESP_LEN);
+        Some(ScsiResult {
             response,
             status,
             sense,
             resid,
             data,
             used_len,
-        }
+        })
     }
 
     pub fn tur(&mut self) -> ScsiResult {

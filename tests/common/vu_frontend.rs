@@ -128,50 +128,7 @@ impl VuFrontend {
         queue_size: u16,
     ) -> Result<VuFrontend, String> {
         assert!(queue_size.is_power_of_two() && queue_size as u64 * 16 <= RING_AREA / 2);
-        let err = |what: &str| {
-            let what = what.to_string();
-            move |e: vhost::Error| format!("{what}: {e}")
-        };
-        let mut frontend = Frontend::connect(socket, num_queues as u64).map_err(err("connect"))?;
-        frontend.set_owner().map_err(err("SET_OWNER"))?;
-        let offered = frontend.get_features().map_err(err("GET_FEATURES"))?;
-        let version_1 = 1u64 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-        let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if offered & version_1 == 0 || offered & protocol == 0 {
-            return Err(format!(
-                "backend features {offered:#x} lack VERSION_1 or PROTOCOL_FEATURES"
-            ));
-        }
-        // Device-specific bits 0..24, VERSION_1 and PROTOCOL_FEATURES; no EVENT_IDX, no
-        // INDIRECT_DESC, no packed ring.
-        let acked_features = offered & (((1u64 << 24) - 1) | version_1 | protocol);
-
-        let offered_pf = frontend
-            .get_protocol_features()
-            .map_err(err("GET_PROTOCOL_FEATURES"))?;
-        let protocol_features = offered_pf
-            & (VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-                | VhostUserProtocolFeatures::CONFIG);
-        frontend
-            .set_protocol_features(protocol_features)
-            .map_err(err("SET_PROTOCOL_FEATURES"))?;
-        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            // Every message is acknowledged: when a call returns, the backend has acted on it.
-            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
-        if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
-            let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
-            if (num_queues as u64) > max {
-                return Err(format!("backend has {max} queues, {num_queues} wanted"));
-            }
-        } else if num_queues > 1 {
-            return Err("backend lacks MQ".into());
-        }
-        frontend
-            .set_features(acked_features)
-            .map_err(err("SET_FEATURES"))?;
+        let (frontend, protocol_features, acked_features) = negotiate(socket, num_queues)?;
 
         // Guest memory: one memfd, mapped shared here and by the backend.
         // SAFETY: plain syscalls on a fresh fd we own; results are checked.
@@ -207,17 +164,6 @@ impl VuFrontend {
             protocol_features,
             acked_features,
         };
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: MEM_BASE,
-            memory_size: MEM_SIZE as u64,
-            userspace_addr: mem as u64,
-            mmap_offset: 0,
-            mmap_handle: fe._memfd.as_raw_fd(),
-        };
-        fe.frontend
-            .set_mem_table(&[region])
-            .map_err(err("SET_MEM_TABLE"))?;
-
         for q in 0..num_queues {
             let base = MEM_BASE + RING_AREA * q as u64;
             let n = queue_size as u64;
@@ -226,7 +172,7 @@ impl VuFrontend {
             // The used ring is 4-byte aligned; start it on its own page-ish boundary.
             let used = (avail + 6 + 2 * n + 63) & !63;
             assert!(used + 6 + 8 * n <= base + RING_AREA);
-            let queue = Queue {
+            fe.queues.push(Queue {
                 size: queue_size,
                 desc,
                 avail,
@@ -236,40 +182,123 @@ impl VuFrontend {
                 last_used: 0,
                 kick: EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?,
                 call: EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?,
+            });
+        }
+        fe.start_rings(StartOrder::CallFirst)?;
+        Ok(fe)
+    }
+
+    /// Connects again to `socket`, with the same guest memory and rings, as QEMU does after the
+    /// backend went away: every ring restarts at its used index (SET_VRING_BASE), so requests
+    /// that were available but not completed are presented again, and a fresh kick eventfd
+    /// starts signalled. `order` chooses when the call eventfd is installed.
+    pub fn reconnect(&mut self, socket: &Path, order: StartOrder) -> Result<(), String> {
+        let (frontend, protocol_features, acked_features) = negotiate(socket, self.queues.len())?;
+        // The old connection closes here.
+        self.frontend = frontend;
+        self.protocol_features = protocol_features;
+        self.acked_features = acked_features;
+        for q in &mut self.queues {
+            q.kick = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+            q.call = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+            q.kick.write(1).map_err(|e| format!("eventfd: {e}"))?;
+        }
+        self.start_rings(order)
+    }
+
+    /// SET_MEM_TABLE and every ring's setup, ending with all rings enabled.
+    fn start_rings(&mut self, order: StartOrder) -> Result<(), String> {
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: vhost::Error| format!("{what}: {e}")
+        };
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: MEM_BASE,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: self.mem as u64,
+            mmap_offset: 0,
+            mmap_handle: self._memfd.as_raw_fd(),
+        };
+        self.frontend
+            .set_mem_table(&[region])
+            .map_err(err("SET_MEM_TABLE"))?;
+        // QEMU's vhost_dev_init gives every ring a placeholder call eventfd it never forwards.
+        let placeholders = if order == StartOrder::CallLast {
+            let mut p = Vec::new();
+            for q in 0..self.queues.len() {
+                let fd = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+                self.frontend
+                    .set_vring_call(q, &fd)
+                    .map_err(err("SET_VRING_CALL"))?;
+                p.push(fd);
+            }
+            p
+        } else {
+            Vec::new()
+        };
+        for q in 0..self.queues.len() {
+            let (size, desc, avail, used) = {
+                let r = &self.queues[q];
+                (r.size, r.desc, r.avail, r.used)
             };
             let config = VringConfigData {
-                queue_max_size: queue_size,
-                queue_size,
+                queue_max_size: size,
+                queue_size: size,
                 flags: 0,
                 // Ring addresses are frontend virtual addresses (vhost-user spec).
-                desc_table_addr: fe.hva(desc),
-                used_ring_addr: fe.hva(used),
-                avail_ring_addr: fe.hva(avail),
+                desc_table_addr: self.hva(desc),
+                used_ring_addr: self.hva(used),
+                avail_ring_addr: self.hva(avail),
                 log_addr: None,
             };
-            fe.frontend
-                .set_vring_num(q, queue_size)
+            // Restart from the used index, as QEMU does after a disconnection (0 at first).
+            let base = self.used_idx(q);
+            self.frontend
+                .set_vring_num(q, size)
                 .map_err(err("SET_VRING_NUM"))?;
-            fe.frontend
-                .set_vring_base(q, 0)
+            self.frontend
+                .set_vring_base(q, base)
                 .map_err(err("SET_VRING_BASE"))?;
-            fe.frontend
+            self.frontend
                 .set_vring_addr(q, &config)
                 .map_err(err("SET_VRING_ADDR"))?;
-            fe.frontend
-                .set_vring_call(q, &queue.call)
-                .map_err(err("SET_VRING_CALL"))?;
-            fe.frontend
-                .set_vring_kick(q, &queue.kick)
+            if order == StartOrder::CallFirst {
+                self.frontend
+                    .set_vring_call(q, &self.queues[q].call)
+                    .map_err(err("SET_VRING_CALL"))?;
+            }
+            self.frontend
+                .set_vring_kick(q, &self.queues[q].kick)
                 .map_err(err("SET_VRING_KICK"))?;
-            fe.queues.push(queue);
         }
-        for q in 0..num_queues {
-            fe.frontend
+        for q in 0..self.queues.len() {
+            self.frontend
                 .set_vring_enable(q, true)
                 .map_err(err("SET_VRING_ENABLE"))?;
         }
-        Ok(fe)
+        if order == StartOrder::CallLast {
+            for q in 0..self.queues.len() {
+                self.frontend
+                    .set_vring_call(q, &self.queues[q].call)
+                    .map_err(err("SET_VRING_CALL"))?;
+            }
+        }
+        drop(placeholders);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for an interrupt on `queue`'s call eventfd, consuming it. Unlike
+    /// [`VuFrontend::wait_used`], this does not look at the used ring: it tells whether the
+    /// backend signalled the eventfd the frontend installed last.
+    pub fn wait_interrupt(&self, queue: usize, timeout: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.queues[queue].call.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        n == 1 && self.queues[queue].call.read().is_ok()
     }
 
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -361,13 +390,18 @@ impl VuFrontend {
 
     /// Publishes `head` in the next available ring slot, bumps avail->idx by one and kicks.
     pub fn push_avail(&mut self, queue: usize, head: u16) {
+        self.publish(queue, head);
+        self.kick(queue);
+    }
+
+    /// Publishes `head` in the next available ring slot and bumps avail->idx, without a kick.
+    pub fn publish(&mut self, queue: usize, head: u16) {
         let (slot, avail, idx) = {
             let q = &self.queues[queue];
             (q.avail_idx % q.size, q.avail, q.avail_idx.wrapping_add(1))
         };
         self.write_mem(avail + 4 + 2 * slot as u64, &head.to_le_bytes());
         self.set_avail_idx(queue, idx);
-        self.kick(queue);
     }
 
     /// Stores avail->idx as is (no kick): any value, including jumps beyond the queue size.
@@ -390,6 +424,13 @@ impl VuFrontend {
     /// Builds a well-formed chain from `descs` (linked with NEXT), makes it available and kicks.
     /// Returns the head index.
     pub fn submit(&mut self, queue: usize, descs: &[Desc]) -> u16 {
+        let head = self.submit_without_kick(queue, descs);
+        self.kick(queue);
+        head
+    }
+
+    /// Like [`VuFrontend::submit`], without the kick: the request waits in the ring.
+    pub fn submit_without_kick(&mut self, queue: usize, descs: &[Desc]) -> u16 {
         assert!(!descs.is_empty());
         let size = self.queues[queue].size;
         assert!(descs.len() <= size as usize, "chain longer than the queue");
@@ -412,7 +453,7 @@ impl VuFrontend {
             );
         }
         self.queues[queue].next_desc = (first as usize + descs.len()) as u16 % size;
-        self.push_avail(queue, first);
+        self.publish(queue, first);
         first
     }
 
@@ -568,6 +609,68 @@ impl Drop for VuFrontend {
         // SAFETY: `mem` is our mapping of MEM_SIZE bytes, no longer used after this.
         unsafe { libc::munmap(self.mem as *mut libc::c_void, MEM_SIZE) };
     }
+}
+
+/// When a ring's call eventfd is installed during its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOrder {
+    /// SET_VRING_CALL before SET_VRING_KICK, as QEMU's vhost-user-blk and libblkio do.
+    CallFirst,
+    /// A placeholder call eventfd first, the real one only after every SET_VRING_KICK and
+    /// SET_VRING_ENABLE: QEMU's vhost-user-scsi (`vhost_scsi_common_start`).
+    CallLast,
+}
+
+/// Connects and negotiates features: SET_OWNER, GET/SET_FEATURES and protocol features.
+fn negotiate(
+    socket: &Path,
+    num_queues: usize,
+) -> Result<(Frontend, VhostUserProtocolFeatures, u64), String> {
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: vhost::Error| format!("{what}: {e}")
+    };
+    let mut frontend = Frontend::connect(socket, num_queues as u64).map_err(err("connect"))?;
+    frontend.set_owner().map_err(err("SET_OWNER"))?;
+    let offered = frontend.get_features().map_err(err("GET_FEATURES"))?;
+    let version_1 = 1u64 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    if offered & version_1 == 0 || offered & protocol == 0 {
+        return Err(format!(
+            "backend features {offered:#x} lack VERSION_1 or PROTOCOL_FEATURES"
+        ));
+    }
+    // Device-specific bits 0..24, VERSION_1 and PROTOCOL_FEATURES; no EVENT_IDX, no
+    // INDIRECT_DESC, no packed ring.
+    let acked_features = offered & (((1u64 << 24) - 1) | version_1 | protocol);
+
+    let offered_pf = frontend
+        .get_protocol_features()
+        .map_err(err("GET_PROTOCOL_FEATURES"))?;
+    let protocol_features = offered_pf
+        & (VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIG);
+    frontend
+        .set_protocol_features(protocol_features)
+        .map_err(err("SET_PROTOCOL_FEATURES"))?;
+    if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+        // Every message is acknowledged: when a call returns, the backend has acted on it.
+        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    }
+    if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
+        let max = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
+        if (num_queues as u64) > max {
+            return Err(format!("backend has {max} queues, {num_queues} wanted"));
+        }
+    } else if num_queues > 1 {
+        return Err("backend lacks MQ".into());
+    }
+    frontend
+        .set_features(acked_features)
+        .map_err(err("SET_FEATURES"))?;
+    Ok((frontend, protocol_features, acked_features))
 }
 
 /// The 16-byte virtio_blk_req header: type, reserved, sector.

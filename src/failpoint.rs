@@ -1,0 +1,33 @@
+//! Test-only crash points: `SHAREDISK_FAILPOINT=NAME` makes the daemon kill itself with SIGKILL
+//! the first time it reaches the point called NAME, as a power cut or `kill -9` would. Unset, a
+//! point costs one relaxed load. The points (each marks the moment right after the step):
+//!
+//! | name | where |
+//! |---|---|
+//! | `state-tmp-written` | the new state file's temporary copy is written, not yet synced |
+//! | `state-tmp-synced` | the temporary copy is synced |
+//! | `state-renamed` | the temporary copy has replaced the state file |
+//! | `state-dir-synced` | the directory is synced: the change is durable |
+//! | `prout-persisted` | a PR OUT's change is durable, its completion not yet sent |
+
+use std::sync::OnceLock;
+
+fn armed() -> Option<&'static str> {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            std::env::var("SHAREDISK_FAILPOINT")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .as_deref()
+}
+
+/// Kills the process if `SHAREDISK_FAILPOINT` names this point.
+pub fn hit(name: &str) {
+    if armed() == Some(name) {
+        log::warn!("failpoint {name}: killing the daemon");
+        // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, nothing runs after it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}

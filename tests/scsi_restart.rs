@@ -1,0 +1,219 @@
+//! Reconnections and daemon crashes through a raw vhost-user frontend that behaves as QEMU does
+//! after the backend went away: same guest memory, every ring restarted at its used index, a fresh
+//! kick eventfd that starts signalled, and (vhost-user-scsi) the real call eventfd installed only
+//! after every ring was started and enabled.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::DaemonProcess;
+use common::scsi_client::*;
+use common::vu_frontend::{blk_header, Desc, StartOrder, VuFrontend, VIRTIO_BLK_T_IN};
+
+const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `/dev/sda` hang after a daemon restart: a request that is already available when the
+/// ring starts completes before QEMU installs the call eventfd that reaches the guest. Its
+/// interrupt must reach that eventfd all the same.
+#[test]
+fn a_replayed_scsi_request_interrupts_the_call_eventfd_installed_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = DaemonProcess::start(dir.path(), &["vm1"], "16M");
+    let mut c = ScsiClient::connect(&d.scsi("vm1"));
+    c.drain_ua();
+    for round in 0..5 {
+        // In flight when the daemon dies: available, never kicked.
+        let p = c.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, false);
+        d.kill(libc::SIGKILL);
+        d.respawn();
+        c.fe.reconnect(&d.scsi("vm1"), StartOrder::CallLast)
+            .expect("reconnect");
+        assert!(
+            c.fe.wait_interrupt(REQUEST_Q, INTERRUPT_TIMEOUT),
+            "round {round}: the replayed request completed without an interrupt on the call \
+             eventfd the frontend installed last"
+        );
+        let r = c
+            .finish(&p, INTERRUPT_TIMEOUT)
+            .expect("replayed request completed");
+        // The new daemon's first command reports its power-on.
+        assert_eq!(r.status, CHECK_CONDITION, "round {round}: {r:?}");
+        assert_eq!(r.sense, Some((6, 0x29, 0)), "round {round}: {r:?}");
+        c.fe.reset();
+        c.drain_ua();
+    }
+    assert!(!d.log().contains("panicked"), "{}", d.log());
+}
+
+/// The same on the blk device, whose rings share the code.
+#[test]
+fn a_replayed_blk_request_interrupts_the_call_eventfd_installed_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = DaemonProcess::start(dir.path(), &["vm1"], "16M");
+    let mut fe = VuFrontend::connect(&d.blk("vm1"), 1, 128);
+    for round in 0..5 {
+        let hdr = fe.alloc(16);
+        fe.write_mem(hdr, &blk_header(VIRTIO_BLK_T_IN, 8));
+        let data = fe.alloc(512);
+        let status = fe.alloc(1);
+        fe.write_mem(status, &[0xff]);
+        let head = fe.submit_without_kick(
+            0,
+            &[Desc::r(hdr, 16), Desc::w(data, 512), Desc::w(status, 1)],
+        );
+        d.kill(libc::SIGKILL);
+        d.respawn();
+        fe.reconnect(&d.blk("vm1"), StartOrder::CallLast)
+            .expect("reconnect");
+        assert!(
+            fe.wait_interrupt(0, INTERRUPT_TIMEOUT),
+            "round {round}: no interrupt on the call eventfd installed last"
+        );
+        let (id, _) = fe.wait_used(0, INTERRUPT_TIMEOUT).expect("completed");
+        assert_eq!(id, head);
+        assert_eq!(fe.read_mem(status, 1), [0], "round {round}: status");
+        fe.reset();
+    }
+}
+
+/// Kills per run of [`a_pr_out_persisted_before_a_crash_is_executed_once`]
+/// (`SHAREDISK_REPLAY_KILLS`, default 20).
+fn kills() -> u32 {
+    std::env::var("SHAREDISK_REPLAY_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+/// The daemon dies right after a PR OUT's change is durable and before its completion is sent
+/// (the `prout-persisted` failpoint), every time. The frontend reconnects as QEMU does and so
+/// presents the same request again: it must get GOOD, the change must have happened once, and
+/// PRgeneration must count exactly one change per command.
+#[test]
+fn a_pr_out_persisted_before_a_crash_is_executed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = DaemonProcess::start_env(
+        dir.path(),
+        &["vm1", "vm2"],
+        "16M",
+        &[("SHAREDISK_FAILPOINT", "prout-persisted")],
+    );
+    let mut c = ScsiClient::connect(&d.scsi("vm1"));
+    c.drain_ua();
+    let g0 = c.generation();
+    let key = |i: u32| 0x5d00_0000_0000_0000 + u64::from(i);
+    let (mut spurious, mut kills_seen) = (0, 0);
+    for i in 0..kills() {
+        // REGISTER from the previous key to the next one: run twice, the second answers
+        // RESERVATION CONFLICT (its RESERVATION KEY is no longer registered).
+        let old = if i == 0 { 0 } else { key(i) };
+        let p = c.submit(
+            &LUN0,
+            &prout_cdb(SA_REGISTER, 0, 24),
+            &prout_params(old, key(i + 1), 0),
+            0,
+            true,
+        );
+        let st = d
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("round {i}: the failpoint never fired: {}", d.log()));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL),
+            "round {i}"
+        );
+        kills_seen += 1;
+        d.respawn();
+        c.fe.reconnect(&d.scsi("vm1"), StartOrder::CallLast)
+            .expect("reconnect");
+        let r = c
+            .finish(&p, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("round {i}: the replayed PR OUT never completed"));
+        c.fe.reset();
+        if r.status == RESERVATION_CONFLICT {
+            spurious += 1;
+        }
+        assert!(r.is_good(), "round {i}: replayed REGISTER answered {r:?}");
+        c.drain_ua();
+        let (generation, keys) = c.read_keys();
+        assert_eq!(keys, vec![key(i + 1)], "round {i}: registered keys");
+        assert_eq!(
+            generation,
+            g0 + i + 1,
+            "round {i}: PRgeneration counts one change per command"
+        );
+    }
+    eprintln!(
+        "exactly-once: {kills_seen} kills between persist and completion, {spurious} spurious \
+         conflicts, generation {} -> {}",
+        g0,
+        g0 + kills()
+    );
+    // A genuinely repeated command (a new request) still gets its SPC outcome.
+    let r = c.prout(SA_REGISTER, 0, key(kills()), key(kills()), false);
+    assert!(r.is_good(), "{r:?}");
+    let r = c.prout(SA_REGISTER, 0, 0, 0x77, false);
+    assert_eq!(
+        r.status, RESERVATION_CONFLICT,
+        "a new REGISTER with the wrong key"
+    );
+    assert!(!d.log().contains("panicked"), "{}", d.log());
+}
+
+/// The daemon dies at every step of saving the state file: after writing the temporary copy,
+/// after syncing it, after the rename, after syncing the directory. After each restart the state
+/// is the old or the new one, never corrupt, never reset, and every acknowledged change is there.
+#[test]
+fn a_crash_at_any_step_of_a_save_keeps_the_old_or_the_new_state() {
+    let steps = [
+        ("state-tmp-written", false),
+        ("state-tmp-synced", false),
+        ("state-renamed", true),
+        ("state-dir-synced", true),
+    ];
+    for (step, new_state) in steps {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DaemonProcess::start(dir.path(), &["vm1", "vm2"], "16M");
+        // An acknowledged change before the crash.
+        let mut c2 = ScsiClient::connect(&d.scsi("vm2"));
+        c2.drain_ua();
+        assert!(c2.prout(SA_REGISTER, 0, 0, 0x22, false).is_good());
+        drop(c2);
+        d.stop();
+        d.env = vec![("SHAREDISK_FAILPOINT".into(), step.into())];
+        d.respawn();
+        let mut c1 = ScsiClient::connect(&d.scsi("vm1"));
+        c1.drain_ua();
+        let _unacknowledged = c1.submit(
+            &LUN0,
+            &prout_cdb(SA_REGISTER, 0, 24),
+            &prout_params(0, 0x11, 0),
+            0,
+            true,
+        );
+        let st = d
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{step}: the failpoint never fired: {}", d.log()));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL),
+            "{step}"
+        );
+        drop(c1);
+        d.env.clear();
+        d.respawn();
+        let mut c = ScsiClient::connect(&d.scsi("vm2"));
+        c.drain_ua();
+        let (generation, mut keys) = c.read_keys();
+        keys.sort();
+        let want: Vec<u64> = if new_state {
+            vec![0x11, 0x22]
+        } else {
+            vec![0x22]
+        };
+        assert_eq!(keys, want, "{step}: registrations after the restart");
+        assert_eq!(generation as usize, want.len(), "{step}: PRgeneration");
+        assert!(!d.log().contains("corrupt"), "{step}: {}", d.log());
+    }
+}
