@@ -3,7 +3,8 @@
 # the daemon and a tiny test guest, starts the daemon on a fresh image and plays the seeds' two
 # persistent reservation flows (failover with 2 guests; one writer, many readers with 3 guests),
 # one line per step with ✔/✘. Exits non-zero if any step does not behave as the seed says.
-# Everything is cleaned up at the end, and on Ctrl-C.
+# Everything is cleaned up at the end, and on Ctrl-C. SHAREDISK_QEMU names the QEMU binary
+# (default: qemu-system-x86_64 on the PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

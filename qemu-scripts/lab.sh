@@ -10,7 +10,8 @@
 # With --tmux (and tmux installed) a tmux session "sharedisk-lab" gets one window per guest.
 # Stop everything with Ctrl-C here, or `kill $(cat DIR/lab.pid)` from elsewhere. The image and
 # its reservation state stay in DIR, so the next lab starts where this one stopped.
-# SHAREDISK_ACCEL=kvm|tcg forces the accelerator (see accel.sh).
+# SHAREDISK_ACCEL=kvm|tcg forces the accelerator (see accel.sh); SHAREDISK_QEMU names the QEMU
+# binary (default: qemu-system-x86_64 on the PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,7 +74,7 @@ for g in "${guests[@]}"; do
 done
 pids+=($daemon)
 
-echo "sharedisk lab: $N guests on $DIR/disk.img ($SHAREDISK_ACCEL_NAME)"
+echo "sharedisk lab: $N guests on $DIR/disk.img ($SHAREDISK_ACCEL_NAME, $("${SHAREDISK_QEMU:-qemu-system-x86_64}" --version | head -n1))"
 echo "  daemon log: $DIR/daemon.log"
 for g in "${guests[@]}"; do
     echo "  $g console: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:$DIR/$g.console   (Ctrl-] detaches)"

@@ -20,7 +20,8 @@
 # The guest prints "@@READY@@ ..." on the serial console when booted, then runs each line it
 # reads as `sh -c LINE` and prints "@@RC=<status>@@" after the output.  "poweroff" ends it.
 # QEMU runs with -no-reboot, so a guest panic ends QEMU too.  Accelerator: see accel.sh
-# (SHAREDISK_ACCEL=kvm|tcg forces).
+# (SHAREDISK_ACCEL=kvm|tcg forces).  The QEMU binary is $SHAREDISK_QEMU (default:
+# qemu-system-x86_64 on the PATH; images/install-qemu10.sh prints a QEMU 10.0 to use here).
 #
 # Example without the daemon (QEMU's own emulated disks):
 #   truncate -s 64M /tmp/d.img
@@ -73,9 +74,9 @@ if [ ! -s "$CACHE/vmlinuz" ] || [ ! -s "$CACHE/initramfs.img" ]; then
     "$REPO/images/build-guest.sh" "$CACHE" >&2
 fi
 
-QEMU=${QEMU:-qemu-system-x86_64}
+QEMU=${SHAREDISK_QEMU:-qemu-system-x86_64}
 command -v "$QEMU" >/dev/null || {
-    echo "run-guest: $QEMU not found (apt-get install qemu-system-x86, or run images/build-guest.sh)" >&2
+    echo "run-guest: $QEMU not found (images/install-deps.sh installs qemu-system-x86; SHAREDISK_QEMU names another)" >&2
     exit 127
 }
 

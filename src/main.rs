@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Serve an image to the named guests until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
-    /// Print the QEMU flags that attach one guest to a running daemon.
+    /// Print the QEMU flags that attach one guest to a running daemon, for the QEMU named by
+    /// $SHAREDISK_QEMU (default: qemu-system-x86_64 on the PATH).
     QemuArgs {
         #[arg(long)]
         socket_dir: PathBuf,

@@ -1,20 +1,27 @@
 //! The QEMU command-line fragment that attaches one guest to the daemon.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
 use crate::config::{parse_size, socket_path, valid_guest_name};
 
-/// QEMU's version as (major, minor), from `qemu-system-x86_64 --version`.
+/// The QEMU binary: `$SHAREDISK_QEMU`, else `qemu-system-x86_64` on the PATH (the scripts and
+/// the tests use the same variable).
+pub fn binary() -> OsString {
+    std::env::var_os("SHAREDISK_QEMU")
+        .filter(|q| !q.is_empty())
+        .unwrap_or_else(|| "qemu-system-x86_64".into())
+}
+
+/// That QEMU's version as (major, minor), from its `--version`; `None` if it does not run.
 pub fn installed_version() -> Option<(u32, u32)> {
-    let out = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .ok()?;
+    let out = Command::new(binary()).arg("--version").output().ok()?;
     parse_version(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn parse_version(text: &str) -> Option<(u32, u32)> {
+/// (major, minor) from `QEMU emulator version 10.0.2 (...)`.
+pub fn parse_version(text: &str) -> Option<(u32, u32)> {
     let v = text.split("version ").nth(1)?;
     let mut it = v.split(|c: char| !c.is_ascii_digit());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
@@ -33,9 +40,17 @@ fn reconnect_options(version: Option<(u32, u32)>) -> (&'static str, &'static str
     (opt, if v >= (8, 2) { opt } else { "" })
 }
 
-/// Flags for one guest: the shared memory backend vhost-user needs, and both devices.
+/// Flags for one guest: the shared memory backend vhost-user needs, and both devices, with the
+/// reconnect options of the QEMU [`binary`].
 pub fn args(socket_dir: &Path, guest: &str, memory: &str) -> Result<String, String> {
-    args_for(socket_dir, guest, memory, installed_version())
+    let version = installed_version();
+    if version.is_none() {
+        log::warn!(
+            "cannot run `{} --version`; printing the flags for QEMU 7.2",
+            binary().to_string_lossy()
+        );
+    }
+    args_for(socket_dir, guest, memory, version)
 }
 
 fn args_for(

@@ -34,6 +34,11 @@ fn main() -> ExitCode {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("  accelerator: {accel} (SHAREDISK_ACCEL=kvm|tcg forces one)");
+    let (major, minor) = common::guest::qemu_version();
+    println!(
+        "  QEMU: {} ({major}.{minor}; SHAREDISK_QEMU names another)",
+        common::guest::qemu_binary()
+    );
 
     let mut d = DaemonProcess::start(&dir, &["vm1", "vm2", "vm3"], "256M");
     println!(

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{self, GuestPr};
-use common::guest::Guest;
+use common::guest::{qemu_version, Guest};
 use common::process::DaemonProcess;
 
 /// fence_scsi "on" for one node: drain UAs, register the node's key, reserve type 5 (WE-RO) if
@@ -141,19 +141,6 @@ fn fence_scsi_sequences_and_a_guest_writing_while_fenced() {
         g.kill();
     }
     d.stop();
-}
-
-fn qemu_version() -> (u32, u32) {
-    let out = std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .expect("qemu-system-x86_64 is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text.split("version ").nth(1).unwrap_or("0.0");
-    let mut it = v
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|x| x.parse().ok());
-    (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
 #[test]

@@ -27,4 +27,8 @@ fn reconnect_syntax_follows_the_qemu_version() {
         parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)"),
         Some((7, 2))
     );
+    assert_eq!(
+        parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"),
+        Some((10, 0))
+    );
 }

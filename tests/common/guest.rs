@@ -12,7 +12,8 @@
 //!
 //! Only std is used.  Tests FAIL (panic), never skip, when QEMU or the images are unavailable.
 //!
-//! Environment knobs: `SHAREDISK_CACHE` (cache root, default `~/.cache/sharedisk`),
+//! Environment knobs: `SHAREDISK_QEMU` (the QEMU binary, default `qemu-system-x86_64` on the
+//! PATH), `SHAREDISK_CACHE` (cache root, default `~/.cache/sharedisk`),
 //! `SHAREDISK_ACCEL=kvm|tcg`, `SHAREDISK_BOOT_TIMEOUT` / `SHAREDISK_RUN_TIMEOUT` (seconds).
 #![allow(dead_code)]
 
@@ -47,6 +48,26 @@ pub fn guest_cache_dir() -> PathBuf {
         }
     };
     root.join("guest")
+}
+
+/// The QEMU the guests run on (`$SHAREDISK_QEMU`, the variable `run-guest.sh` reads too), as
+/// `qemu-args` sees it.
+pub fn qemu_binary() -> String {
+    sharedisk::qemu::binary().to_string_lossy().into_owned()
+}
+
+/// That QEMU's (major, minor) version.  Panics when it does not run: tests need it.
+pub fn qemu_version() -> (u32, u32) {
+    static VERSION: OnceLock<Option<(u32, u32)>> = OnceLock::new();
+    VERSION
+        .get_or_init(sharedisk::qemu::installed_version)
+        .unwrap_or_else(|| {
+            panic!(
+                "`{} --version` does not run: install qemu-system-x86 (images/install-deps.sh) or \
+                 point SHAREDISK_QEMU at a QEMU",
+                qemu_binary()
+            )
+        })
 }
 
 fn env_secs(var: &str, default: Duration) -> Duration {
@@ -237,9 +258,16 @@ impl Guest {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let (major, minor) = qemu_version();
         eprintln!(
-            "[{name}] booting: blk={:?} scsi={:?} memory={} reconnect={} extra={:?}",
-            opts.blk, opts.scsi, opts.memory, opts.reconnect, opts.extra_args
+            "[{name}] booting on {} ({major}.{minor}): blk={:?} scsi={:?} memory={} reconnect={} \
+             extra={:?}",
+            qemu_binary(),
+            opts.blk,
+            opts.scsi,
+            opts.memory,
+            opts.reconnect,
+            opts.extra_args
         );
         let started = Instant::now();
         let mut child = cmd
