@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test of sharedisk, on a fresh Debian 12 machine too: installs the packages the tests
-# need (QEMU, busybox, sg3-utils, ...), builds the test guest, then runs the format and lint
-# checks and the whole cargo test suite (unit, libblkio, raw-virtqueue and QEMU guest tests).
+# need (QEMU, busybox, sg3-utils, ...) and QEMU 10.0 from backports beside the system's 7.2,
+# builds the test guest, then runs the format and lint checks, the whole cargo test suite (unit,
+# libblkio, raw-virtqueue and QEMU guest tests) on the system QEMU, and the QEMU guest tests
+# (tests/guest_*.rs, tests/e2e_*.rs) again on QEMU 10.0. SHAREDISK_QEMU names the QEMU of a pass.
 # Tests that need QEMU fail, never skip, when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 images/install-deps.sh
+qemu10=$(images/install-qemu10.sh)
 
 echo "run: building the test guest"
 images/build-guest.sh
@@ -15,7 +18,15 @@ echo "run: cargo fmt --check"
 cargo fmt --check
 echo "run: cargo clippy"
 cargo clippy --all-targets -- -D warnings
-echo "run: cargo test"
 # libtest keeps a passing test's output to itself and prints a failing one's: every guest command
 # and its result, prefixed with the guest's name.
-cargo test --lib --bins --tests
+qemu7=$(command -v qemu-system-x86_64)
+echo "run: cargo test, guests on $qemu7 ($("$qemu7" --version | head -n1))"
+SHAREDISK_QEMU=$qemu7 cargo test --lib --bins --tests
+
+guest_tests=()
+for t in tests/guest_*.rs tests/e2e_*.rs; do
+    guest_tests+=(--test "$(basename "$t" .rs)")
+done
+echo "run: the guest tests again, on $qemu10 ($("$qemu10" --version | head -n1))"
+SHAREDISK_QEMU=$qemu10 cargo test "${guest_tests[@]}"
