@@ -217,3 +217,39 @@ fn a_crash_at_any_step_of_a_save_keeps_the_old_or_the_new_state() {
         assert!(!d.log().contains("corrupt"), "{step}: {}", d.log());
     }
 }
+
+/// Requests that are already available when a ring starts are processed without a kick: a
+/// driver that notified before the daemon came back (or, under EVENT_IDX, will not notify
+/// again) must not be left waiting.
+#[test]
+fn requests_available_at_ring_start_need_no_kick() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = DaemonProcess::start(dir.path(), &["vm1"], "16M");
+    let mut c = ScsiClient::connect(&d.scsi("vm1"));
+    c.drain_ua();
+    let mut fe = VuFrontend::connect(&d.blk("vm1"), 1, 128);
+    let p = c.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, false);
+    let hdr = fe.alloc(16);
+    fe.write_mem(hdr, &blk_header(VIRTIO_BLK_T_IN, 0));
+    let data = fe.alloc(512);
+    let status = fe.alloc(1);
+    let head = fe.submit_without_kick(
+        0,
+        &[Desc::r(hdr, 16), Desc::w(data, 512), Desc::w(status, 1)],
+    );
+    d.kill(libc::SIGKILL);
+    d.respawn();
+    c.fe.reconnect_with(&d.scsi("vm1"), StartOrder::CallFirst, false)
+        .expect("reconnect scsi");
+    fe.reconnect_with(&d.blk("vm1"), StartOrder::CallFirst, false)
+        .expect("reconnect blk");
+    let r = c
+        .finish(&p, INTERRUPT_TIMEOUT)
+        .expect("the scsi request waiting in the ring was processed without a kick");
+    assert_eq!(r.sense, Some((6, 0x29, 0)), "{r:?}");
+    let (id, _) = fe
+        .wait_used(0, INTERRUPT_TIMEOUT)
+        .expect("the blk request waiting in the ring was processed without a kick");
+    assert_eq!(id, head);
+    assert_eq!(fe.read_mem(status, 1), [0]);
+}

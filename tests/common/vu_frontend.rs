@@ -193,6 +193,17 @@ impl VuFrontend {
     /// that were available but not completed are presented again, and a fresh kick eventfd
     /// starts signalled. `order` chooses when the call eventfd is installed.
     pub fn reconnect(&mut self, socket: &Path, order: StartOrder) -> Result<(), String> {
+        self.reconnect_with(socket, order, true)
+    }
+
+    /// Like [`VuFrontend::reconnect`]; with `kick` false the fresh kick eventfd starts quiet,
+    /// as from a frontend that never notifies again for requests it already made available.
+    pub fn reconnect_with(
+        &mut self,
+        socket: &Path,
+        order: StartOrder,
+        kick: bool,
+    ) -> Result<(), String> {
         let (frontend, protocol_features, acked_features) = negotiate(socket, self.queues.len())?;
         // The old connection closes here.
         self.frontend = frontend;
@@ -201,7 +212,9 @@ impl VuFrontend {
         for q in &mut self.queues {
             q.kick = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
             q.call = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
-            q.kick.write(1).map_err(|e| format!("eventfd: {e}"))?;
+            if kick {
+                q.kick.write(1).map_err(|e| format!("eventfd: {e}"))?;
+            }
         }
         self.start_rings(order)
     }
