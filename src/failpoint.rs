@@ -1,6 +1,7 @@
-//! Test-only crash points: `SHAREDISK_FAILPOINT=NAME` makes the daemon kill itself with SIGKILL
-//! the first time it reaches the point called NAME, as a power cut or `kill -9` would. Unset, a
-//! point costs one relaxed load. The points (each marks the moment right after the step):
+//! Test-only crash and error points: `SHAREDISK_FAILPOINT=NAME` makes the daemon kill itself with
+//! SIGKILL the first time it reaches the crash point called NAME, as `kill -9` would, or makes the
+//! step called NAME fail every time, as a full or broken disk would. Unset, a point costs one
+//! load of a once-initialised value. Crash points (each marks the moment right after the step):
 //!
 //! | name | where |
 //! |---|---|
@@ -9,7 +10,15 @@
 //! | `state-renamed` | the temporary copy has replaced the state file |
 //! | `state-dir-synced` | the directory is synced: the change is durable |
 //! | `prout-persisted` | a PR OUT's change is durable, its completion not yet sent |
+//!
+//! Error points:
+//!
+//! | name | what fails |
+//! |---|---|
+//! | `state-write-error` | writing the temporary copy of the state file |
+//! | `state-dir-sync-error` | syncing the directory after the rename |
 
+use std::io;
 use std::sync::OnceLock;
 
 fn armed() -> Option<&'static str> {
@@ -30,4 +39,13 @@ pub fn hit(name: &str) {
         // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, nothing runs after it.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
+}
+
+/// Fails with an I/O error if `SHAREDISK_FAILPOINT` names this error point.
+pub fn error(name: &str) -> io::Result<()> {
+    if armed() == Some(name) {
+        log::warn!("failpoint {name}: failing the step");
+        return Err(io::Error::other(format!("failpoint {name}")));
+    }
+    Ok(())
 }

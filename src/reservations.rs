@@ -18,7 +18,7 @@ use crate::failpoint;
 use crate::pr::{Access, Arbiter, PrStatus, ProutRequest};
 use crate::replay::{Origin, ReplayLog};
 use crate::sense::Sense;
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore};
 
 /// INTERNAL TARGET FAILURE: the change could not be made durable, so it was not made.
 const INTERNAL_TARGET_FAILURE: Sense = Sense::new(0x04, 0x44, 0x00);
@@ -102,10 +102,31 @@ impl Reservations {
         if outcome.changed {
             if let Some(store) = &self.store {
                 if let Err(e) = store.save(arb.state(), replay.records()) {
-                    log::error!("{e}; {initiator}'s {:?} is undone", req.action);
-                    *arb = before;
                     if let Some(o) = origin {
                         replay.forget(initiator, o);
+                    }
+                    // What the guest is told and what a restart finds must agree: a change that
+                    // reached the file without being made durable is taken out of it again.
+                    let undone = match &e {
+                        StateError::NotDurable { .. } => {
+                            match store.save(before.state(), replay.records()) {
+                                Ok(()) | Err(StateError::NotDurable { .. }) => true,
+                                Err(e2) => {
+                                    log::error!("{e2}: the change cannot be taken out again");
+                                    false
+                                }
+                            }
+                        }
+                        _ => true,
+                    };
+                    if undone {
+                        log::error!("{e}; {initiator}'s {:?} is undone", req.action);
+                        *arb = before;
+                    } else {
+                        log::error!(
+                            "{e}; {initiator}'s {:?} stays in effect: the file holds it",
+                            req.action
+                        );
                     }
                     return PrStatus::CheckCondition(INTERNAL_TARGET_FAILURE);
                 }

@@ -73,8 +73,13 @@ pub enum StateError {
         ours: String,
         our_inode: u64,
     },
+    /// The state file was left as it was.
     #[error("cannot write reservation state {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    /// The state file was replaced, but its directory could not be synced: the new state is in
+    /// the file and may or may not survive a power loss.
+    #[error("reservation state {path} was replaced but not made durable: {source}")]
+    NotDurable { path: PathBuf, source: io::Error },
 }
 
 /// Reads and atomically replaces one state file.
@@ -128,16 +133,22 @@ impl StateStore {
         }))
     }
 
-    /// Replaces the file with `state`, durably, before returning.
+    /// Replaces the file with `state`, durably, before returning. On `Write` errors the file is
+    /// unchanged; on `NotDurable` it holds the new state.
     pub fn save(&self, state: &PrState, replay: &[Record]) -> Result<(), StateError> {
-        self.save_inner(state, replay)
+        self.replace(state, replay)
             .map_err(|source| StateError::Write {
                 path: self.path.clone(),
                 source,
-            })
+            })?;
+        self.sync_dir().map_err(|source| StateError::NotDurable {
+            path: self.path.clone(),
+            source,
+        })
     }
 
-    fn save_inner(&self, state: &PrState, replay: &[Record]) -> io::Result<()> {
+    /// Writes and syncs a temporary copy, then renames it over the file.
+    fn replace(&self, state: &PrState, replay: &[Record]) -> io::Result<()> {
         let disk = OnDisk {
             format: FORMAT,
             image: self.identity.clone(),
@@ -155,6 +166,7 @@ impl StateStore {
                 .create(true)
                 .truncate(true)
                 .open(&tmp)?;
+            failpoint::error("state-write-error")?;
             f.write_all(&bytes)?;
             failpoint::hit("state-tmp-written");
             f.sync_all()?;
@@ -162,10 +174,16 @@ impl StateStore {
         }
         fs::rename(&tmp, &self.path)?;
         failpoint::hit("state-renamed");
+        Ok(())
+    }
+
+    /// Makes the rename durable.
+    fn sync_dir(&self) -> io::Result<()> {
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
+        failpoint::error("state-dir-sync-error")?;
         File::open(dir)?.sync_all()?;
         failpoint::hit("state-dir-synced");
         Ok(())

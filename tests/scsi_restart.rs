@@ -253,3 +253,36 @@ fn requests_available_at_ring_start_need_no_kick() {
     assert_eq!(id, head);
     assert_eq!(fe.read_mem(status, 1), [0]);
 }
+
+/// A state file that cannot be written, or whose directory cannot be synced after the rename:
+/// the PR OUT fails with 04/44/00, and neither the running daemon nor a restarted one has the
+/// change: what the guest was told and what the disk holds agree.
+#[test]
+fn a_change_that_cannot_be_made_durable_is_nowhere() {
+    for step in ["state-write-error", "state-dir-sync-error"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DaemonProcess::start(dir.path(), &["vm1"], "16M");
+        let mut c = ScsiClient::connect(&d.scsi("vm1"));
+        c.drain_ua();
+        assert!(c.prout(SA_REGISTER, 0, 0, 0x11, false).is_good());
+        drop(c);
+        d.stop();
+        d.env = vec![("SHAREDISK_FAILPOINT".into(), step.into())];
+        d.respawn();
+        let mut c = ScsiClient::connect(&d.scsi("vm1"));
+        c.drain_ua();
+        let r = c.prout(SA_REGISTER, 0, 0x11, 0x22, false);
+        assert_eq!(r.status, CHECK_CONDITION, "{step}: {r:?}");
+        assert_eq!(r.sense, Some((4, 0x44, 0)), "{step}: {r:?}");
+        assert_eq!(c.read_keys(), (1, vec![0x11]), "{step}: running daemon");
+        drop(c);
+        d.stop();
+        d.env.clear();
+        d.respawn();
+        let mut c = ScsiClient::connect(&d.scsi("vm1"));
+        c.drain_ua();
+        assert_eq!(c.read_keys(), (1, vec![0x11]), "{step}: after a restart");
+        assert!(c.prout(SA_REGISTER, 0, 0x11, 0x22, false).is_good());
+        assert_eq!(c.read_keys(), (2, vec![0x22]), "{step}: a later change");
+    }
+}
