@@ -17,7 +17,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use crate::image::range_ok;
 use crate::lun::{Lun, SERIAL_LEN};
 use crate::pr::Access;
-use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Mem, Vring};
+use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Vring};
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
 pub const MAX_QUEUES: usize = 16;
@@ -48,6 +48,8 @@ pub struct BlkDevice {
     writeback: AtomicBool,
     acked_features: AtomicU64,
     exit: ExitEvents,
+    /// Closed before the daemon ends this connection.
+    gate: Gate,
 }
 
 /// The backend handed to vhost-user-backend: cheap to clone, `&self` everywhere so that queue
@@ -66,6 +68,7 @@ impl BlkBackend {
             writeback: AtomicBool::new(true),
             acked_features: AtomicU64::new(0),
             exit,
+            gate: Gate::default(),
         })))
     }
 }
@@ -285,6 +288,12 @@ impl BlkDevice {
     }
 }
 
+impl Quiesce for BlkBackend {
+    fn quiesce(&self) {
+        self.0.gate.close();
+    }
+}
+
 impl VhostUserBackend for BlkBackend {
     type Bitmap = ();
     type Vring = Vring;
@@ -382,6 +391,9 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         };
         let d = &self.0;
+        let Some(_open) = d.gate.enter() else {
+            return Ok(());
+        };
         virtio::drain_queue(
             vring,
             &d.mem,

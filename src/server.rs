@@ -26,7 +26,7 @@ use crate::reservations::Reservations;
 use crate::scsi::device::ScsiBackend;
 use crate::scsi::target::Target;
 use crate::state::{ImageIdentity, Saved, StateError, StateStore};
-use crate::virtio::{AtomicMem, Vring};
+use crate::virtio::{AtomicMem, Quiesce, Vring};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -141,7 +141,7 @@ impl Server {
     /// Starts the thread serving one socket with backends built by `make`.
     fn listen<B, F>(&mut self, path: PathBuf, make: F) -> Result<(), ServerError>
     where
-        B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+        B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
         F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
     {
         // A socket someone still answers on belongs to a live daemon: never steal it. A stale one
@@ -232,7 +232,7 @@ fn poll_timeout<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<
 /// Serves one socket until `stop` fires: one connection at a time, for ever.
 fn serve_socket<B, F>(name: &str, mut listener: Listener, stop: &EventFd, make: F)
 where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
     F: Fn(AtomicMem) -> io::Result<B>,
 {
     loop {
@@ -249,9 +249,12 @@ where
         let daemon = make(mem.clone())
             .map_err(|e| e.to_string())
             .and_then(|backend| {
-                VhostUserDaemon::new(name.to_string(), backend, mem).map_err(|e| e.to_string())
+                let device = backend.clone();
+                VhostUserDaemon::new(name.to_string(), backend, mem)
+                    .map(|d| (d, device))
+                    .map_err(|e| e.to_string())
             });
-        let mut daemon = match daemon {
+        let (mut daemon, device) = match daemon {
             Ok(d) => d,
             Err(e) => {
                 log::error!("{name}: cannot create a device: {e}");
@@ -313,6 +316,8 @@ where
             }
         };
         if stopping {
+            // Every completion reaches guest memory before the frontend sees the connection end.
+            device.quiesce();
             shutdown.shutdown();
         }
         let _ = waiter.join();

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use smallvec::SmallVec;
 use vhost_user_backend::VringT;
@@ -41,6 +42,31 @@ impl ExitEvents {
         let (c, n) = self.0.get(thread)?;
         Some((c.try_clone().ok()?, n.try_clone().ok()?))
     }
+}
+
+/// Whether a connection's rings may still be served. A daemon that ends a connection itself
+/// (SIGTERM) closes the gate first: it waits for the requests being processed and takes no more,
+/// so no completion reaches guest memory after the frontend saw the connection go (QEMU then
+/// reads each ring's used index and restarts the ring from it on the next connection).
+#[derive(Default)]
+pub struct Gate(RwLock<bool>);
+
+impl Gate {
+    /// Held while a ring is served; `None` once the gate is closed.
+    pub fn enter(&self) -> Option<RwLockReadGuard<'_, bool>> {
+        let open = self.0.read().unwrap_or_else(|e| e.into_inner());
+        (!*open).then_some(open)
+    }
+
+    pub fn close(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// A device whose connection the daemon can end cleanly (see [`Gate`]).
+pub trait Quiesce {
+    /// Waits for the requests being processed; serves none after.
+    fn quiesce(&self);
 }
 
 /// Why a chain could not be used at all.
@@ -146,6 +172,25 @@ pub fn kicked_ring(evset: EventSet, device_event: u16, vrings: &[Vring]) -> Opti
     vrings.get(device_event as usize)
 }
 
+/// At a ring's (re)start, requests whose completions are already in the used ring are not
+/// served again. The frontend restarts a ring at the used index it last read; if the previous
+/// connection completed more after that read (its worker raced the frontend noticing the
+/// disconnection), those requests would run twice and the driver would see one descriptor
+/// completed twice, which breaks a virtqueue for good. Requests complete in order here, so the
+/// used index says exactly how many of them are done.
+fn skip_completed(queue: &mut virtio_queue::Queue) {
+    let ahead = queue.next_used().wrapping_sub(queue.next_avail());
+    if ahead != 0 && ahead <= queue.size() {
+        log::warn!(
+            "ring restarted at {} but its used index is {}: not serving {ahead} completed \
+             request(s) again",
+            queue.next_avail(),
+            queue.next_used()
+        );
+        queue.set_next_avail(queue.next_used());
+    }
+}
+
 /// Pops and completes every available chain of `vring`, then notifies the driver if it wants.
 ///
 /// The vring lock is held while requests are processed, so a GET_VRING_BASE (the frontend
@@ -172,6 +217,9 @@ pub fn drain_queue(
         {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
+            if vring.take_started() {
+                skip_completed(queue);
+            }
             let avail = match queue.avail_idx(&*mem.memory(), Ordering::Acquire) {
                 Ok(a) => a,
                 Err(e) => return broken(e),

@@ -28,7 +28,7 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
@@ -42,6 +42,8 @@ pub struct Vring {
     base: Arc<AtomicU16>,
     /// SET_VRING_BASE messages on this connection: each precedes a start of the ring.
     starts: Arc<AtomicU32>,
+    /// Set by SET_VRING_BASE, taken by the first drain after it.
+    started: Arc<AtomicBool>,
 }
 
 impl Vring {
@@ -55,6 +57,11 @@ impl Vring {
     /// SET_VRING_BASE starts it once).
     pub fn first_start(&self) -> bool {
         self.starts.load(Ordering::Acquire) <= 1
+    }
+
+    /// Whether the ring was (re)started since the last call (SET_VRING_BASE).
+    pub fn take_started(&self) -> bool {
+        self.started.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -72,6 +79,7 @@ impl VringT<AtomicMem> for Vring {
             inner: VringRwLock::new(mem, max_queue_size)?,
             base: Arc::new(AtomicU16::new(0)),
             starts: Arc::new(AtomicU32::new(0)),
+            started: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -124,6 +132,7 @@ impl VringT<AtomicMem> for Vring {
         self.inner.set_queue_next_avail(base);
         self.base.store(base, Ordering::Release);
         self.starts.fetch_add(1, Ordering::AcqRel);
+        self.started.store(true, Ordering::Release);
     }
 
     fn set_queue_next_used(&self, idx: u16) {

@@ -286,3 +286,26 @@ fn a_change_that_cannot_be_made_durable_is_nowhere() {
         assert_eq!(c.read_keys(), (2, vec![0x22]), "{step}: a later change");
     }
 }
+
+/// QEMU restarts a ring at the used index it read when the connection went; a completion the
+/// old daemon wrote after that read must not make the request run (and complete) a second time.
+#[test]
+fn a_ring_restarted_behind_its_used_index_serves_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = DaemonProcess::start(dir.path(), &["vm1"], "16M");
+    let mut c = ScsiClient::connect(&d.scsi("vm1"));
+    c.drain_ua();
+    assert!(c.prout(SA_REGISTER, 0, 0, 0x11, false).is_good());
+    d.kill(libc::SIGKILL);
+    d.respawn();
+    c.fe.reconnect_lagging(&d.scsi("vm1"), StartOrder::CallFirst, 1)
+        .expect("reconnect");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        c.fe.try_used(REQUEST_Q),
+        None,
+        "a completed request was served again"
+    );
+    c.drain_ua();
+    assert_eq!(c.read_keys(), (1, vec![0x11]));
+}

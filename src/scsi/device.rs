@@ -18,7 +18,7 @@ use crate::lun::fnv1a;
 use crate::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
 use crate::scsi::target::{Outcome, Target};
-use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Mem, Slot, Vring};
+use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Slot, Vring};
 
 /// Request queues we advertise, on top of the control and event queues.
 pub const MAX_REQUEST_QUEUES: usize = 16;
@@ -71,6 +71,8 @@ pub struct ScsiDevice {
     mem: AtomicMem,
     event_idx: AtomicBool,
     exit: ExitEvents,
+    /// Closed before the daemon ends this connection.
+    gate: Gate,
 }
 
 #[derive(Clone)]
@@ -86,6 +88,7 @@ impl ScsiBackend {
             mem,
             event_idx: AtomicBool::new(false),
             exit,
+            gate: Gate::default(),
         })))
     }
 }
@@ -249,6 +252,12 @@ fn bit(b: u32) -> u64 {
     1u64 << b
 }
 
+impl Quiesce for ScsiBackend {
+    fn quiesce(&self) {
+        self.0.gate.close();
+    }
+}
+
 impl VhostUserBackend for ScsiBackend {
     type Bitmap = ();
     type Vring = Vring;
@@ -312,6 +321,9 @@ impl VhostUserBackend for ScsiBackend {
             return Ok(());
         };
         let d = &self.0;
+        let Some(_open) = d.gate.enter() else {
+            return Ok(());
+        };
         let event_idx = d.event_idx.load(Ordering::Relaxed);
         if thread_id == 0 {
             // Event-queue buffers are left in the ring: there are no events to report.

@@ -107,6 +107,8 @@ pub struct VuFrontend {
     alloc_next: u64,
     protocol_features: VhostUserProtocolFeatures,
     acked_features: u64,
+    /// How far behind the used index rings restart (see `reconnect_lagging`).
+    base_lag: u16,
 }
 
 // SAFETY: `mem` is a private shared mapping owned by this value; nothing else aliases it in this
@@ -163,6 +165,7 @@ impl VuFrontend {
             alloc_next: ring_bytes,
             protocol_features,
             acked_features,
+            base_lag: 0,
         };
         for q in 0..num_queues {
             let base = MEM_BASE + RING_AREA * q as u64;
@@ -194,6 +197,20 @@ impl VuFrontend {
     /// starts signalled. `order` chooses when the call eventfd is installed.
     pub fn reconnect(&mut self, socket: &Path, order: StartOrder) -> Result<(), String> {
         self.reconnect_with(socket, order, true)
+    }
+
+    /// Like [`VuFrontend::reconnect`], restarting every ring `lag` entries before its used index,
+    /// as QEMU does when it read the used index before the backend's last completions landed.
+    pub fn reconnect_lagging(
+        &mut self,
+        socket: &Path,
+        order: StartOrder,
+        lag: u16,
+    ) -> Result<(), String> {
+        self.base_lag = lag;
+        let r = self.reconnect_with(socket, order, true);
+        self.base_lag = 0;
+        r
     }
 
     /// Like [`VuFrontend::reconnect`]; with `kick` false the fresh kick eventfd starts quiet,
@@ -265,7 +282,7 @@ impl VuFrontend {
                 log_addr: None,
             };
             // Restart from the used index, as QEMU does after a disconnection (0 at first).
-            let base = self.used_idx(q);
+            let base = self.used_idx(q).wrapping_sub(self.base_lag);
             self.frontend
                 .set_vring_num(q, size)
                 .map_err(err("SET_VRING_NUM"))?;
