@@ -616,7 +616,10 @@ impl Arbiter {
         }
     }
 
-    /// SCOPE and TYPE of RESERVE/RELEASE/PREEMPT/PAA.
+    /// SCOPE and TYPE where SPC-4 §6.16.2 (table "PERSISTENT RESERVE OUT service actions and
+    /// valid parameters") validates them: RESERVE, RELEASE, and a PREEMPT or PREEMPT AND ABORT
+    /// that preempts the reservation. REGISTER, REGISTER AND IGNORE EXISTING KEY, CLEAR,
+    /// REGISTER AND MOVE (§5.9.8 b) and a PREEMPT that only removes registrations ignore both.
     fn scope_and_type(req: &ProutRequest) -> Result<ResType, Sense> {
         // House rule (SPC-4 §6.16.2 leaves ELEMENT scope obsolete): scope ≠ LU_SCOPE is an
         // invalid CDB field.
@@ -801,10 +804,6 @@ impl Arbiter {
     /// registration work for both; aborting the preempted initiators' tasks is the caller's,
     /// driven by `preempted`.
     fn preempt(&mut self, initiator: &str, req: &ProutRequest) -> ProutOutcome {
-        let t = match Self::scope_and_type(req) {
-            Ok(t) => t,
-            Err(s) => return ProutOutcome::check(s),
-        };
         // SPC-4 §5.9.11.4.1: the caller must be registered with its own key; else RC.
         match self.key_of(initiator) {
             Some(k) if k == req.key => {}
@@ -839,6 +838,18 @@ impl Arbiter {
             }) => self.key_of(h) == Some(sark),
             Some(_) => false,
         };
+        // SCOPE and TYPE only matter when the reservation is preempted: SPC-4 §5.9.11.4.3 c)
+        // establishes the new one from them, so they must be valid (05/24/00 before anything
+        // changes). A PREEMPT that only removes registrations (no reservation, or SARK not the
+        // holder's key, or SARK≠0 under types 7/8) ignores both (SPC-4 §5.9.11.4.4 b).
+        let new_type = if takes_over {
+            match Self::scope_and_type(req) {
+                Ok(t) => Some(t),
+                Err(s) => return ProutOutcome::check(s),
+            }
+        } else {
+            None
+        };
 
         let mut preempted = Vec::new();
         self.state.registrations.retain(|r| {
@@ -854,7 +865,7 @@ impl Arbiter {
             self.queue_ua(p, sense::REGISTRATIONS_PREEMPTED);
         }
 
-        if takes_over {
+        if let Some(t) = new_type {
             let old_type = res.as_ref().map(|r| r.res_type);
             self.state.reservation = Some(Reservation {
                 holder: if t.all_registrants() {
