@@ -1217,7 +1217,7 @@ fn prin_service_action_above_3_is_05_24_00() {
     }
 }
 
-// ---- unit attentions and task management ----
+// ---- unit attentions (task management: scsi_tmf.rs) ----
 
 #[test]
 fn unit_attentions_queue_per_initiator_one_per_command() {
@@ -1250,23 +1250,6 @@ fn unit_attentions_queue_per_initiator_one_per_command() {
     // Other initiators saw none of it.
     no_ua(&mut c[0], "a");
     no_ua(&mut c[2], "c");
-}
-
-#[test]
-fn lun_reset_and_i_t_nexus_reset_leave_pr_state_untouched() {
-    let (_d, mut c) = four();
-    reg(&mut c[0], K_A);
-    reg(&mut c[1], K_B);
-    reserve(&mut c[0], K_A, 1);
-    let keys = c[0].read_keys();
-    assert_eq!(c[0].tmf(TMF_LOGICAL_UNIT_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(c[1].tmf(TMF_LOGICAL_UNIT_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(c[0].tmf(TMF_I_T_NEXUS_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(c[1].tmf(TMF_I_T_NEXUS_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(c[0].read_keys(), keys);
-    assert_eq!(reservation(&mut c[0]), Some((K_A, 1)));
-    rc(&c[1].write16(0, &[1; 512]), "still fenced");
-    good(&c[0].write16(0, &[1; 512]), "holder writes");
 }
 
 #[test]
@@ -1682,23 +1665,4 @@ fn other_targets_are_bad_target_and_other_luns_not_supported() {
         assert_eq!(r.data[0] >> 5, 3, "PERIPHERAL QUALIFIER 3");
     }
     good(&c[0].tur(), "LUN 0 still fine");
-}
-
-#[test]
-fn task_management_responses() {
-    let (_d, mut c) = setup(&["a"]);
-    let a = &mut c[0];
-    assert_eq!(a.tmf(TMF_ABORT_TASK, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_ABORT_TASK_SET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_CLEAR_TASK_SET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_I_T_NEXUS_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_QUERY_TASK, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_CLEAR_ACA, &LUN0), VIRTIO_SCSI_S_FUNCTION_REJECTED);
-    assert_eq!(a.tmf(99, &LUN0), VIRTIO_SCSI_S_FUNCTION_REJECTED);
-    assert_eq!(
-        a.tmf(TMF_LOGICAL_UNIT_RESET, &lun_bytes(1, 0)),
-        VIRTIO_SCSI_S_BAD_TARGET
-    );
-    good(&a.tur(), "still serving");
 }

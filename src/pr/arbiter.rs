@@ -543,10 +543,28 @@ impl Arbiter {
         PrStatus::Good
     }
 
-    /// LUN RESET / I_T NEXUS RESET (SAM-5 §5.12, SPC-2 §5.5.1): drops the SPC-2 reservation
-    /// only; persistent reservations survive resets (SPC-4 §5.9.1).
-    pub fn reset_spc2(&mut self) {
+    /// LOGICAL UNIT RESET (SAM-5 §7.7, §6.3.3): releases the SPC-2 reservation (reservations
+    /// made with RESERVE/RELEASE do not survive a LU reset) and establishes 29/03 BUS DEVICE
+    /// RESET FUNCTION OCCURRED for every I_T nexus, the one that asked included. Registrations,
+    /// the persistent reservation and the UAs already pending all survive (SPC-4 §5.9.1).
+    pub fn logical_unit_reset(&mut self) {
         self.spc2 = None;
+        let all: Vec<String> = self.known.iter().cloned().collect();
+        for i in all {
+            self.queue_ua(&i, sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+        }
+    }
+
+    /// I_T NEXUS RESET (SAM-5 §7.6): an I_T nexus loss for `initiator` alone (SAM-5 §6.3.4).
+    /// Its SPC-2 reservation, if it holds one, is released, and it gets 29/07 I_T NEXUS LOSS
+    /// OCCURRED; no other initiator notices. PR state survives (SPC-4 §5.9.1).
+    pub fn i_t_nexus_reset(&mut self, initiator: &str) {
+        if self.spc2.as_deref() == Some(initiator) {
+            self.spc2 = None;
+        }
+        if self.is_known(initiator) {
+            self.queue_ua(initiator, sense::I_T_NEXUS_LOSS_OCCURRED);
+        }
     }
 
     /// Executes one PERSISTENT RESERVE OUT from `initiator` (SPC-4 §6.16).
@@ -586,20 +604,28 @@ impl Arbiter {
             .position(|r| r.initiator == initiator)
     }
 
-    /// Queues a UA, skipping an immediate duplicate and dropping the oldest on overflow (the
-    /// newest conditions are the ones the guest must act on).
+    /// Queues a UA behind every pending one of the same or a higher priority (SAM-5 §5.14: the
+    /// 29h power-on and reset conditions are reported before any other; the rest in the order
+    /// they arose). A pending reset is not queued twice, nor is anything else right after
+    /// itself. On overflow the oldest of the lowest priority goes (the newest conditions are
+    /// the ones the guest must act on).
     fn queue_ua(&mut self, initiator: &str, s: Sense) {
         let q = match self.uas.get_mut(initiator) {
             Some(q) => q,
             None => self.uas.entry(initiator.to_owned()).or_default(),
         };
-        if q.back() == Some(&s) {
+        if q.back() == Some(&s) || (s.asc == 0x29 && q.contains(&s)) {
             return;
         }
-        if q.len() >= UA_QUEUE_LIMIT {
-            q.pop_front();
+        let rank = ua_rank(s);
+        let at = q.iter().position(|&u| ua_rank(u) > rank).unwrap_or(q.len());
+        q.insert(at, s);
+        if q.len() > UA_QUEUE_LIMIT {
+            let lowest = q.iter().map(|&u| ua_rank(u)).max().unwrap_or(rank);
+            if let Some(i) = q.iter().position(|&u| ua_rank(u) == lowest) {
+                q.remove(i);
+            }
         }
-        q.push_back(s);
     }
 
     /// UA `s` to every registrant except `except`.
@@ -958,5 +984,20 @@ impl Arbiter {
         }
         self.state.aptpl = req.aptpl;
         ProutOutcome::good(true)
+    }
+}
+
+/// Reporting priority of a unit attention, lowest first: SAM-5 §5.14 reports the 29h conditions
+/// before all others, power on before a LU reset before an I_T nexus loss (LIO orders them the
+/// same way). Every other condition shares the last rank.
+fn ua_rank(s: Sense) -> u8 {
+    match (s.asc, s.ascq) {
+        (0x29, 0x00) => 0,
+        (0x29, 0x01 | 0x04) => 1,
+        (0x29, 0x02 | 0x05 | 0x06) => 2,
+        (0x29, 0x03) => 3,
+        (0x29, 0x07) => 4,
+        (0x29, _) => 5,
+        _ => 6,
     }
 }

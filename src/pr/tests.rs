@@ -1275,13 +1275,14 @@ fn spc2_is_not_persisted_and_reset_clears_only_spc2() {
     // The SPC-2 holder may still register; it can then release its SPC-2 reservation.
     reg(&mut a, A, 1);
     assert_eq!(a.state().registrations.len(), 1);
-    a.reset_spc2();
+    a.logical_unit_reset();
     assert_eq!(a.spc2_holder(), None);
     assert_eq!(a.key_of(A), Some(1));
     reserve(&mut a, A, 1, ResType::WriteExclusive);
     let st = a.snapshot();
     a.spc2_reserve(A);
-    a.reset_spc2();
+    a.logical_unit_reset();
+    assert_eq!(a.spc2_holder(), None);
     assert_eq!(a.snapshot(), st, "LUN reset leaves PR state untouched");
 }
 
@@ -1364,14 +1365,113 @@ fn ua_queue_is_bounded() {
     );
 }
 
+// ---------------------------------------------------------------- resets
+
+const LU_RESET: Sense = BUS_DEVICE_RESET_FUNCTION_OCCURRED;
+const NEXUS_LOSS: Sense = I_T_NEXUS_LOSS_OCCURRED;
+
 #[test]
-fn lun_reset_leaves_pr_state_and_uas_untouched() {
+fn logical_unit_reset_gives_every_known_initiator_29_03_and_keeps_pr_state() {
+    let mut a = Arbiter::new([A, B, C, D].map(String::from));
+    reg(&mut a, A, 1);
+    reg(&mut a, B, 2);
+    reserve(&mut a, A, 1, ResType::ExclusiveAccessRegistrantsOnly);
+    let st = a.snapshot();
+    a.logical_unit_reset();
+    assert_eq!(a.snapshot(), st, "registrations and reservation survive");
+    assert!(a.is_holder(A) && !a.check(C, Access::Read), "still fenced");
+    // The power-on UA of `new` comes first, then the reset; the caller is one of "every".
+    for i in [A, B, C, D] {
+        assert_eq!(uas(&mut a, i), vec![POWER_ON_RESET, LU_RESET], "{i}");
+    }
+    assert!(
+        !a.has_unit_attention("stranger"),
+        "only configured initiators"
+    );
+}
+
+#[test]
+fn logical_unit_reset_releases_an_spc2_reservation() {
+    let mut a = arb();
+    assert_eq!(a.spc2_reserve(B), PrStatus::Good);
+    assert!(!a.check(A, Access::Write));
+    a.logical_unit_reset();
+    assert_eq!(a.spc2_holder(), None);
+    assert!(a.check(A, Access::Write));
+}
+
+#[test]
+fn i_t_nexus_reset_gives_only_that_initiator_29_07() {
+    let mut a = arb();
+    reg(&mut a, A, 1);
+    reserve(&mut a, A, 1, ResType::WriteExclusive);
+    let st = a.snapshot();
+    a.i_t_nexus_reset(A);
+    assert_eq!(a.snapshot(), st, "PR state survives an I_T nexus loss");
+    assert_eq!(uas(&mut a, A), vec![NEXUS_LOSS]);
+    for i in [B, C, D] {
+        assert!(uas(&mut a, i).is_empty(), "{i}");
+    }
+    a.i_t_nexus_reset("stranger");
+    assert!(!a.has_unit_attention("stranger"));
+}
+
+#[test]
+fn i_t_nexus_reset_releases_only_its_own_spc2_reservation() {
+    let mut a = arb();
+    assert_eq!(a.spc2_reserve(B), PrStatus::Good);
+    a.i_t_nexus_reset(A);
+    assert_eq!(
+        a.spc2_holder(),
+        Some(B),
+        "another initiator's reservation stays"
+    );
+    a.i_t_nexus_reset(B);
+    assert_eq!(a.spc2_holder(), None);
+}
+
+#[test]
+fn reset_uas_are_reported_before_older_ones_and_never_twice() {
     let mut a = arb();
     reg(&mut a, A, 1);
     reg(&mut a, B, 2);
-    good(&a.prout(A, &req(Clear).key(1)));
-    a.reset_spc2();
-    assert_eq!(a.pop_unit_attention(B), Some(RESERVATIONS_PREEMPTED));
+    let t = ResType::WriteExclusiveRegistrantsOnly;
+    reserve(&mut a, A, 1, t);
+    good(&a.prout(A, &req(Release).key(1).typ(t))); // B: 2A/04
+    good(&a.prout(A, &req(Clear).key(1))); // B: 2A/03
+    a.i_t_nexus_reset(B);
+    a.logical_unit_reset();
+    a.logical_unit_reset();
+    a.i_t_nexus_reset(B);
+    assert_eq!(
+        uas(&mut a, B),
+        vec![
+            LU_RESET,
+            NEXUS_LOSS,
+            RESERVATIONS_RELEASED,
+            RESERVATIONS_PREEMPTED
+        ],
+        "SAM-5 §5.14 order, each reset once, the PR UAs kept"
+    );
+    assert_eq!(uas(&mut a, A), vec![LU_RESET]);
+}
+
+#[test]
+fn a_reset_ua_enters_a_full_queue_at_the_front() {
+    let mut a = arb();
+    let t = ResType::WriteExclusiveRegistrantsOnly;
+    for _ in 0..20 {
+        good(&a.prout(A, &req(RegisterAndIgnore).sa_key(1)));
+        good(&a.prout(B, &req(RegisterAndIgnore).sa_key(2)));
+        reserve(&mut a, A, 1, t);
+        good(&a.prout(A, &req(Release).key(1).typ(t))); // B: 2A/04
+        good(&a.prout(A, &req(Clear).key(1))); // B: 2A/03
+    }
+    a.logical_unit_reset();
+    let q = uas(&mut a, B);
+    assert_eq!(q.len(), UA_QUEUE_LIMIT);
+    assert_eq!(q[0], LU_RESET);
+    assert_eq!(q.last(), Some(&RESERVATIONS_PREEMPTED), "the newest kept");
 }
 
 // ---------------------------------------------------------------- wire: PR OUT
@@ -1818,14 +1918,15 @@ fn randomized_model_keeps_invariants() {
             let me = who[rng.gen_range(0..4)];
             // Occasionally exercise SPC-2 and resets.
             if rng.gen_ratio(1, 50) {
-                match rng.gen_range(0..3) {
+                match rng.gen_range(0..4) {
                     0 => {
                         a.spc2_reserve(me);
                     }
                     1 => {
                         a.spc2_release(me);
                     }
-                    _ => a.reset_spc2(),
+                    2 => a.i_t_nexus_reset(me),
+                    _ => a.logical_unit_reset(),
                 }
                 continue;
             }
