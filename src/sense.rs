@@ -41,6 +41,10 @@ pub const WRITE_PROTECTED: Sense = Sense::new(0x07, 0x27, 0x00);
 pub const MEDIUM_ERROR_UNRECOVERED_READ: Sense = Sense::new(0x03, 0x11, 0x00);
 pub const WRITE_ERROR: Sense = Sense::new(0x03, 0x0c, 0x00);
 pub const POWER_ON_RESET: Sense = Sense::new(0x06, 0x29, 0x00);
+/// LOGICAL UNIT RESET, for every I_T nexus (SAM-5 §6.3.3).
+pub const BUS_DEVICE_RESET_FUNCTION_OCCURRED: Sense = Sense::new(0x06, 0x29, 0x03);
+/// I_T NEXUS RESET, for that I_T nexus (SAM-5 §6.3.4).
+pub const I_T_NEXUS_LOSS_OCCURRED: Sense = Sense::new(0x06, 0x29, 0x07);
 pub const RESERVATIONS_PREEMPTED: Sense = Sense::new(0x06, 0x2a, 0x03);
 pub const RESERVATIONS_RELEASED: Sense = Sense::new(0x06, 0x2a, 0x04);
 pub const REGISTRATIONS_PREEMPTED: Sense = Sense::new(0x06, 0x2a, 0x05);

@@ -134,3 +134,78 @@ fn sg_persist_preempt_ioctls_and_persistence() {
         g.poweroff();
     }
 }
+
+/// The 29h UAs a guest kernel has seen on /dev/sda: it logs this line for each one, whether its
+/// own I/O or a tool's SG_IO command reported it.
+fn reset_uas_logged(g: &Guest) -> usize {
+    let (_, out) = g.run("dmesg | grep -c 'Power-on or device reset occurred'");
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("[{}] grep -c printed {out:?}", g.name()))
+}
+
+/// `sg_turs -v` until it passes; returns every sense description it printed on the way.
+fn turs_until_ready(g: &Guest) -> String {
+    g.sh("for i in 1 2 3 4 5 6; do sg_turs -v /dev/sda 2>&1 && break; done; true")
+}
+
+/// A LOGICAL UNIT RESET from one guest (`sg_reset -d`, which the Linux virtio-scsi driver sends
+/// as the TMF) gives every guest's I_T nexus one 06/29/03 and releases an SPC-2 reservation.
+/// A guest kernel may meet a UA before the tools do (it may retry quietly after a reset it asked
+/// for), so what is asserted holds whoever consumes it: each guest logged exactly one new reset
+/// UA, its tools saw no UA but 29/03, and the guest that did not ask sees 29/03 in sg_turs.
+#[test]
+fn lun_reset_from_one_guest_gives_every_guest_one_29_03() {
+    let d = TestDaemon::start(&["vm1", "vm2"]);
+    let g = cluster::boot(&d, &["vm1", "vm2"]);
+    for x in &g {
+        x.drain_ua();
+    }
+
+    eprintln!("=== vm2 takes an SPC-2 reservation (RESERVE(6)); vm1 is shut out");
+    g[1].sh("sg_raw -v /dev/sda 16 00 00 00 00 00");
+    assert!(
+        !g[0].dd_write("/dev/sda", 200),
+        "vm1 shut out by RESERVE(6)"
+    );
+    assert!(g[1].dd_write("/dev/sda", 201), "vm2 holds the LU");
+    let before = [reset_uas_logged(&g[0]), reset_uas_logged(&g[1])];
+
+    eprintln!("=== vm1 resets the LU; both guests see one BUS DEVICE RESET FUNCTION OCCURRED");
+    let out = g[0].sh("sg_reset -v -d /dev/sda");
+    assert!(out.contains("completed device"), "{out}");
+    let seen = [turs_until_ready(&g[0]), turs_until_ready(&g[1])];
+    for (i, out) in seen.iter().enumerate() {
+        assert_eq!(
+            out.matches("Additional sense:").count(),
+            out.matches("Bus device reset function occurred").count(),
+            "vm{}: a UA other than 29/03: {out}",
+            i + 1
+        );
+        assert!(
+            out.matches("Bus device reset function occurred").count() <= 1,
+            "vm{}: reported more than once: {out}",
+            i + 1
+        );
+        assert_eq!(
+            reset_uas_logged(&g[i]),
+            before[i] + 1,
+            "vm{}: exactly one reset UA since the reset",
+            i + 1
+        );
+    }
+    assert!(
+        seen[1].contains("Bus device reset function occurred"),
+        "vm2's sg_turs reports 06/29/03: {}",
+        seen[1]
+    );
+
+    eprintln!("=== the reset released vm2's RESERVE(6): vm1 writes");
+    assert!(
+        g[0].dd_write("/dev/sda", 202),
+        "vm1 writes after the LUN reset"
+    );
+    for x in &g {
+        x.poweroff();
+    }
+}

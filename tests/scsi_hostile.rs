@@ -557,6 +557,13 @@ fn short_or_malformed_control_requests() {
     );
     assert_eq!(c.fe.read_mem(w, 5), [0, 0, 0, 0, VIRTIO_SCSI_S_OK]);
     c.fe.reset();
+    // None of the malformed LU resets above was carried out: no 29/03 is pending.
+    assert_eq!(c.drain_ua(), vec![], "a malformed TMF did something");
     assert_eq!(c.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0), VIRTIO_SCSI_S_OK);
+    assert_eq!(
+        c.drain_ua(),
+        vec![(0x06, 0x29, 0x03)],
+        "the well-formed one"
+    );
     assert_serving(&d, &mut c, 13);
 }

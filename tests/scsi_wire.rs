@@ -131,14 +131,46 @@ fn power_on_ua_is_reported_on_each_initiators_first_command_after_start() {
 
 // ---- PR OUT: common rules ----
 
+/// The PR OUT service actions with the basic 24-byte parameter list.
+const BASIC_ACTIONS: [u8; 7] = [
+    SA_REGISTER,
+    SA_RESERVE,
+    SA_RELEASE,
+    SA_CLEAR,
+    SA_PREEMPT,
+    SA_PREEMPT_AND_ABORT,
+    SA_REGISTER_AND_IGNORE,
+];
+
+/// a (K_A) holds type 5, b (K_B) is registered: the state the validation tests start from, in
+/// which every service action would otherwise do something.
+fn a_holds_5() -> (TestDaemon, Vec<ScsiClient>) {
+    let (d, mut c) = four();
+    reg(&mut c[0], K_A);
+    reg(&mut c[1], K_B);
+    reserve(&mut c[0], K_A, 5);
+    (d, c)
+}
+
+/// Nothing changed since `a_holds_5`, and nobody has a UA.
+#[track_caller]
+fn unchanged(c: &mut [ScsiClient], what: &str) {
+    assert_eq!(c[0].read_keys(), (2, vec![K_A, K_B]), "{what}");
+    assert_eq!(reservation(&mut c[0]), Some((K_A, 5)), "{what}");
+    for x in c.iter_mut() {
+        no_ua(x, what);
+    }
+}
+
 #[test]
 fn prout_parameter_list_length_other_than_24_is_05_1a_00() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = a_holds_5();
     for len in [0usize, 1, 8, 16, 23, 25, 28, 32, 48] {
-        for sa in [SA_REGISTER, SA_REGISTER_AND_IGNORE, SA_RESERVE, SA_CLEAR] {
+        for sa in BASIC_ACTIONS {
             let mut params = vec![0u8; len];
             if len >= 16 {
-                params[8..16].copy_from_slice(&K_A.to_be_bytes());
+                params[0..8].copy_from_slice(&K_A.to_be_bytes());
+                params[8..16].copy_from_slice(&K_B.to_be_bytes());
             }
             let r = c[0].prout_raw(&prout_cdb(sa, 5, len as u32), &params);
             check(
@@ -149,74 +181,373 @@ fn prout_parameter_list_length_other_than_24_is_05_1a_00() {
         }
     }
     // Announced 24, but only 16 sent.
-    let r = c[0].prout_raw(&prout_cdb(SA_REGISTER, 0, 24), &[0; 16]);
+    let r = c[2].prout_raw(&prout_cdb(SA_REGISTER, 0, 24), &[0; 16]);
     check(
         &r,
         PARAM_LIST_LENGTH,
         "data-out shorter than the announced list",
     );
-    assert_eq!(c[0].read_keys(), (0, vec![]), "nothing registered");
+    // REGISTER AND MOVE: 24 bytes plus exactly the TransportID it announces (SPC-4 §6.16.4).
+    let tid = iscsi_tid(&guest_iqn("c"));
+    let good_list = register_and_move_params(K_A, K_C, false, false, &tid);
+    for (what, list) in [
+        ("header cut to 23 bytes", good_list[..23].to_vec()),
+        (
+            "TransportID cut short",
+            good_list[..good_list.len() - 4].to_vec(),
+        ),
+        ("list padded past the TransportID", {
+            let mut l = good_list.clone();
+            l.extend_from_slice(&[0; 4]);
+            l
+        }),
+    ] {
+        let r = c[0].prout_raw(
+            &prout_cdb(SA_REGISTER_AND_MOVE, 0, list.len() as u32),
+            &list,
+        );
+        check(&r, PARAM_LIST_LENGTH, &format!("REGISTER AND MOVE, {what}"));
+    }
+    unchanged(&mut c, "after the length errors");
 }
 
+/// SPC-4 §6.16.2: SCOPE must be LU_SCOPE and TYPE one of table 187's where they are used:
+/// RESERVE, RELEASE, and a PREEMPT (AND ABORT) that preempts the reservation.
 #[test]
-fn prout_scope_other_than_lu_scope_is_05_24_00() {
-    let (_d, mut c) = four();
-    reg(&mut c[0], K_A);
-    let gen = c[0].generation();
-    for scope in 1..=15u8 {
-        for sa in [SA_RESERVE, SA_RELEASE, SA_PREEMPT, SA_PREEMPT_AND_ABORT] {
-            let r = c[0].prout(sa, (scope << 4) | 5, K_A, K_A, false);
-            check(&r, INVALID_FIELD_CDB, &format!("SA {sa} scope {scope}"));
+fn prout_scope_and_type_are_validated_where_they_are_used() {
+    let bad: Vec<u8> = (1..=15u8)
+        .map(|scope| (scope << 4) | 5)
+        .chain([0u8, 2, 4, 9, 10, 11, 12, 13, 14, 15])
+        .collect();
+    let (_d, mut c) = a_holds_5();
+    for &st in &bad {
+        let what = format!("scope/type {st:#04x}");
+        for sa in [SA_RESERVE, SA_RELEASE] {
+            let r = c[0].prout(sa, st, K_A, 0, false);
+            check(&r, INVALID_FIELD_CDB, &format!("holder's SA {sa}, {what}"));
+            let r = c[1].prout(sa, st, K_B, 0, false);
+            check(&r, INVALID_FIELD_CDB, &format!("other's SA {sa}, {what}"));
+        }
+        for sa in PREEMPTS {
+            // b preempts the holder's key; a preempts its own reservation.
+            let r = c[1].prout(sa, st, K_B, K_A, false);
+            check(&r, INVALID_FIELD_CDB, &format!("SA {sa} of a, {what}"));
+            let r = c[0].prout(sa, st, K_A, K_A, false);
+            check(&r, INVALID_FIELD_CDB, &format!("SA {sa} of itself, {what}"));
         }
     }
-    assert_eq!(c[0].generation(), gen);
+    unchanged(&mut c, "after the invalid fields");
+    // With no reservation: RESERVE and RELEASE still validate them.
+    good(&c[0].prout(SA_RELEASE, 5, K_A, 0, false), "release");
+    ua(&mut c[1], RES_RELEASED, "b");
+    for &st in &bad {
+        for sa in [SA_RESERVE, SA_RELEASE] {
+            let r = c[0].prout(sa, st, K_A, 0, false);
+            check(&r, INVALID_FIELD_CDB, &format!("SA {sa}, {st:#04x}"));
+        }
+    }
     assert_eq!(reservation(&mut c[0]), None);
+    // Under an all-registrants type, PREEMPT with SARK=0 preempts the reservation.
+    reserve(&mut c[0], K_A, 7);
+    for &st in &bad {
+        for sa in PREEMPTS {
+            let r = c[1].prout(sa, st, K_B, 0, false);
+            check(&r, INVALID_FIELD_CDB, &format!("SA {sa} SARK=0, {st:#04x}"));
+        }
+    }
+    assert_eq!(c[0].read_keys(), (2, vec![K_A, K_B]));
+    assert_eq!(reservation(&mut c[0]), Some((0, 7)));
+    for x in c.iter_mut() {
+        no_ua(x, "nobody was preempted");
+    }
+}
+
+/// The fault of issue 7: a PREEMPT that only removes registrations (no reservation, or SARK not
+/// the holder's key, or SARK≠0 under an all-registrants type) ignores SCOPE and TYPE
+/// (SPC-4 §5.9.11.4.4 b), so TYPE = 0 must not be 05/24/00.
+#[test]
+fn preempt_that_only_removes_registrations_ignores_scope_and_type() {
+    for sa in PREEMPTS {
+        for (held, st) in [
+            (None, 0x00u8),
+            (Some(1u8), 0x00),
+            (Some(7), 0x00),
+            (Some(5), 0xf9),
+        ] {
+            let what = format!("SA {sa} under {held:?} with scope/type {st:#04x}");
+            let (_d, mut c) = four();
+            reg(&mut c[0], K_A);
+            reg(&mut c[1], K_B);
+            reg(&mut c[2], K_C);
+            if let Some(t) = held {
+                reserve(&mut c[1], K_B, t);
+            }
+            let before = c[0].read_reservation();
+            good(&c[0].prout(sa, st, K_A, K_C, false), &what);
+            assert_eq!(c[0].read_keys(), (before.0 + 1, vec![K_A, K_B]), "{what}");
+            assert_eq!(c[0].read_reservation().1, before.1, "{what}: kept");
+            ua(&mut c[2], REG_PREEMPTED, &what);
+            no_ua(&mut c[1], &what);
+            no_ua(&mut c[0], &what);
+        }
+    }
+}
+
+/// Everything one PR OUT from a changed, as the four initiators see it afterwards.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u8,
+    sense: Option<SenseTriple>,
+    /// Each initiator's unit attentions, in the order they are reported.
+    uas: Vec<Vec<SenseTriple>>,
+    keys: (u32, Vec<u64>),
+    reservation: Option<(u64, u8)>,
+    ptpl_a: bool,
+}
+
+type Setup = fn(&mut [ScsiClient]);
+
+/// On a fresh daemon: `setup`, then a's PR OUT `cdb` with `params`.
+fn prout_seen(setup: Setup, cdb: &[u8], params: &[u8]) -> Seen {
+    let (_d, mut c) = four();
+    setup(&mut c);
+    for x in c.iter_mut() {
+        x.drain_ua();
+    }
+    let r = c[0].prout_raw(cdb, params);
+    assert_eq!(r.response, VIRTIO_SCSI_S_OK, "{r:?}");
+    let uas = c.iter_mut().map(|x| x.drain_ua()).collect();
+    let caps = c[0].prin(PRIN_REPORT_CAPABILITIES, 8);
+    good(&caps, "REPORT CAPABILITIES");
+    Seen {
+        status: r.status,
+        sense: r.sense,
+        uas,
+        keys: c[0].read_keys(),
+        reservation: reservation(&mut c[0]),
+        ptpl_a: caps.data[3] & 1 == 1,
+    }
+}
+
+/// Changes one field of a PR OUT CDB or parameter list.
+type Mutation = (&'static str, fn(&mut [u8; 10], &mut [u8]));
+
+const SCOPE: Mutation = ("SCOPE 15", |cdb, _| cdb[2] |= 0xf0);
+const TYPE_0: Mutation = ("TYPE 0", |cdb, _| cdb[2] &= 0xf0);
+const TYPE_9: Mutation = ("TYPE 9", |cdb, _| cdb[2] = (cdb[2] & 0xf0) | 9);
+const RK: Mutation = ("RESERVATION KEY", |_, p| p[0..8].fill(0xee));
+const SARK: Mutation = ("SERVICE ACTION RESERVATION KEY", |_, p| p[8..16].fill(0xee));
+const APTPL: Mutation = ("APTPL", |_, p| p[20] |= FLAG_APTPL);
+const ALL_TG_PT: Mutation = ("ALL_TG_PT", |_, p| p[20] |= FLAG_ALL_TG_PT);
+/// Obsolete bytes 16-19 and 22-23, reserved byte 21 and the reserved bits of byte 20.
+const RESERVED: Mutation = ("reserved and obsolete parameter bytes", |_, p| {
+    p[16..20].fill(0xff);
+    p[20] |= 0xf2;
+    p[21] = 0xff;
+    p[22..24].fill(0xff);
+});
+/// REGISTER AND MOVE: reserved byte 16 and the reserved bits of byte 17.
+const RM_RESERVED: Mutation = ("reserved parameter bytes", |_, p| {
+    p[16] = 0xff;
+    p[17] |= 0xfc;
+});
+
+/// A PR OUT CDB and its parameter list.
+type Prout = ([u8; 10], Vec<u8>);
+
+fn basic(sa: u8, scope_type: u8, rk: u64, sark: u64) -> Prout {
+    (
+        prout_cdb(sa, scope_type, 24),
+        prout_params(rk, sark, 0).to_vec(),
+    )
+}
+
+/// SPC-4 §6.16.2 (table "PERSISTENT RESERVE OUT service actions and valid parameters"),
+/// §6.16.3, §6.16.4: for every service action, each field it ignores can hold anything without
+/// changing what the command does, as the initiators see it.
+#[test]
+fn fields_a_service_action_ignores_change_nothing() {
+    let none: Setup = |_| {};
+    let a_b: Setup = |c| {
+        reg(&mut c[0], K_A);
+        reg(&mut c[1], K_B);
+    };
+    let a_b_c: Setup = |c| {
+        reg(&mut c[0], K_A);
+        reg(&mut c[1], K_B);
+        reg(&mut c[2], K_C);
+    };
+    let a_holds: Setup = |c| {
+        reg(&mut c[0], K_A);
+        reg(&mut c[1], K_B);
+        reserve(&mut c[0], K_A, 5);
+    };
+    let b_holds_1: Setup = |c| {
+        reg(&mut c[0], K_A);
+        reg(&mut c[1], K_B);
+        reg(&mut c[2], K_C);
+        reserve(&mut c[1], K_B, 1);
+    };
+    let b_holds_7: Setup = |c| {
+        reg(&mut c[0], K_A);
+        reg(&mut c[1], K_B);
+        reg(&mut c[2], K_C);
+        reserve(&mut c[1], K_B, 7);
+    };
+    let rm = {
+        let tid = iscsi_tid(&guest_iqn("c"));
+        let p = register_and_move_params(K_A, K_D, false, false, &tid);
+        (prout_cdb(SA_REGISTER_AND_MOVE, 5, p.len() as u32), p)
+    };
+    let registers = vec![SCOPE, TYPE_9, ALL_TG_PT, RESERVED];
+    let mut cases: Vec<(&str, Setup, Prout, Vec<Mutation>)> = vec![
+        (
+            "REGISTER",
+            none,
+            basic(SA_REGISTER, 0, 0, K_A),
+            registers.clone(),
+        ),
+        (
+            "REGISTER, new key",
+            a_b,
+            basic(SA_REGISTER, 0, K_A, K_D),
+            registers.clone(),
+        ),
+        (
+            "REGISTER, the holder unregisters",
+            a_holds,
+            basic(SA_REGISTER, 5, K_A, 0),
+            vec![SCOPE, TYPE_0, ALL_TG_PT, RESERVED],
+        ),
+        (
+            "REGISTER AND IGNORE EXISTING KEY",
+            a_b,
+            basic(SA_REGISTER_AND_IGNORE, 0, 0, K_D),
+            vec![SCOPE, TYPE_9, RK, ALL_TG_PT, RESERVED],
+        ),
+        (
+            "RESERVE",
+            a_b,
+            basic(SA_RESERVE, 5, K_A, 0),
+            vec![SARK, APTPL, ALL_TG_PT, RESERVED],
+        ),
+        (
+            "RELEASE",
+            a_holds,
+            basic(SA_RELEASE, 5, K_A, 0),
+            vec![SARK, APTPL, ALL_TG_PT, RESERVED],
+        ),
+        (
+            "CLEAR",
+            a_holds,
+            basic(SA_CLEAR, 0, K_A, 0),
+            vec![SCOPE, TYPE_0, TYPE_9, SARK, APTPL, ALL_TG_PT, RESERVED],
+        ),
+        (
+            "REGISTER AND MOVE",
+            a_holds,
+            rm,
+            vec![SCOPE, TYPE_0, TYPE_9, RM_RESERVED],
+        ),
+    ];
+    let removal = vec![SCOPE, TYPE_0, TYPE_9, APTPL, ALL_TG_PT, RESERVED];
+    let takeover = vec![APTPL, ALL_TG_PT, RESERVED];
+    for sa in PREEMPTS {
+        cases.extend([
+            (
+                "PREEMPT, no reservation",
+                a_b_c,
+                basic(sa, 1, K_A, K_C),
+                removal.clone(),
+            ),
+            (
+                "PREEMPT of a non-holder",
+                b_holds_1,
+                basic(sa, 1, K_A, K_C),
+                removal.clone(),
+            ),
+            (
+                "PREEMPT under type 7, SARK≠0",
+                b_holds_7,
+                basic(sa, 1, K_A, K_C),
+                removal.clone(),
+            ),
+            (
+                "PREEMPT of the holder",
+                b_holds_1,
+                basic(sa, 3, K_A, K_B),
+                takeover.clone(),
+            ),
+            (
+                "PREEMPT of type 7, SARK=0",
+                b_holds_7,
+                basic(sa, 3, K_A, 0),
+                takeover.clone(),
+            ),
+        ]);
+    }
+    for (what, setup, (cdb, params), mutations) in cases {
+        let want = prout_seen(setup, &cdb, &params);
+        assert_eq!((want.status, want.sense), (GOOD, None), "{what}: {want:?}");
+        for (field, mutate) in mutations {
+            let (mut cdb, mut params) = (cdb, params.clone());
+            mutate(&mut cdb, &mut params);
+            let got = prout_seen(setup, &cdb, &params);
+            assert_eq!(got, want, "{what}: {field} must be ignored");
+        }
+    }
 }
 
 #[test]
-fn prout_invalid_types_are_05_24_00() {
-    let (_d, mut c) = four();
-    reg(&mut c[0], K_A);
-    reg(&mut c[1], K_B);
-    let gen = c[0].generation();
-    for typ in [0u8, 2, 4, 9, 10, 11, 12, 13, 14, 15] {
-        for sa in [SA_RESERVE, SA_RELEASE, SA_PREEMPT, SA_PREEMPT_AND_ABORT] {
-            let r = c[0].prout(sa, typ, K_A, K_B, false);
-            check(&r, INVALID_FIELD_CDB, &format!("SA {sa} type {typ}"));
-        }
+fn spec_i_pt_is_05_26_00_for_every_service_action() {
+    let (_d, mut c) = a_holds_5();
+    for sa in BASIC_ACTIONS {
+        let r = c[0].prout_flags(sa, 5, K_A, K_B, FLAG_SPEC_I_PT);
+        check(&r, INVALID_FIELD_PARAM, &format!("SA {sa} SPEC_I_PT"));
     }
-    // Also with a reservation in place.
-    reserve(&mut c[0], K_A, 5);
-    for typ in [0u8, 2, 4, 9, 15] {
-        for sa in [SA_RESERVE, SA_RELEASE, SA_PREEMPT, SA_PREEMPT_AND_ABORT] {
-            let r = c[0].prout(sa, typ, K_A, K_B, false);
+    let r = c[2].prout_flags(SA_REGISTER, 0, 0, K_C, FLAG_SPEC_I_PT);
+    check(&r, INVALID_FIELD_PARAM, "unregistered REGISTER SPEC_I_PT");
+    // With a TransportID list after the 24 bytes, as SPEC_I_PT would carry.
+    let tid = iscsi_tid(&guest_iqn("d"));
+    let mut p = prout_params(0, K_C, FLAG_SPEC_I_PT).to_vec();
+    p.extend_from_slice(&(tid.len() as u32).to_be_bytes());
+    p.extend_from_slice(&tid);
+    let r = c[2].prout_raw(&prout_cdb(SA_REGISTER, 0, p.len() as u32), &p);
+    check(&r, INVALID_FIELD_PARAM, "SPEC_I_PT with a TransportID list");
+    unchanged(&mut c, "after SPEC_I_PT");
+}
+
+/// SPC-4 §6.16.1: reserved CDB bits and NACA (ACA is not supported) are 05/24/00; so are the
+/// service actions we do not implement, REPLACE LOST RESERVATION (08h) among them (§6.16.2).
+#[test]
+fn prout_cdb_reserved_bits_and_unsupported_service_actions_are_05_24_00() {
+    let (_d, mut c) = a_holds_5();
+    let params = prout_params(K_A, K_B, 0);
+    for sa in BASIC_ACTIONS {
+        for (what, byte, bits) in [
+            ("byte 1 bit 5", 1, 0x20u8),
+            ("byte 1 bit 7", 1, 0x80),
+            ("byte 3", 3, 0x01),
+            ("byte 4", 4, 0x80),
+            ("NACA", 9, 0x04),
+        ] {
+            let mut cdb = prout_cdb(sa, 5, 24);
+            cdb[byte] |= bits;
             check(
-                &r,
+                &c[0].prout_raw(&cdb, &params),
                 INVALID_FIELD_CDB,
-                &format!("SA {sa} type {typ} reserved"),
+                &format!("SA {sa}, {what}"),
             );
         }
     }
-    assert_eq!(c[0].generation(), gen);
-    assert_eq!(reservation(&mut c[0]), Some((K_A, 5)));
-    assert_eq!(sorted(c[0].read_keys().1), sorted(vec![K_A, K_B]));
-}
-
-#[test]
-fn spec_i_pt_is_05_26_00() {
-    let (_d, mut c) = four();
-    for sa in [SA_REGISTER, SA_REGISTER_AND_IGNORE] {
-        let r = c[0].prout_flags(sa, 0, 0, K_A, FLAG_SPEC_I_PT);
-        check(&r, INVALID_FIELD_PARAM, &format!("SA {sa} SPEC_I_PT"));
+    for sa in 8..=0x1fu8 {
+        check(
+            &c[0].prout_raw(&prout_cdb(sa, 5, 24), &params),
+            INVALID_FIELD_CDB,
+            &format!("SA {sa:#04x}"),
+        );
     }
-    // With a TransportID list after the 24 bytes, as SPEC_I_PT would carry.
-    let tid = iscsi_tid(&guest_iqn("b"));
-    let mut p = prout_params(0, K_A, FLAG_SPEC_I_PT).to_vec();
-    p.extend_from_slice(&(tid.len() as u32).to_be_bytes());
-    p.extend_from_slice(&tid);
-    let r = c[0].prout_raw(&prout_cdb(SA_REGISTER, 0, p.len() as u32), &p);
-    check(&r, INVALID_FIELD_PARAM, "SPEC_I_PT with a TransportID list");
-    assert_eq!(c[0].read_keys(), (0, vec![]));
+    unchanged(&mut c, "after the invalid CDBs");
 }
 
 #[test]
@@ -886,7 +1217,7 @@ fn prin_service_action_above_3_is_05_24_00() {
     }
 }
 
-// ---- unit attentions and task management ----
+// ---- unit attentions (task management: scsi_tmf.rs) ----
 
 #[test]
 fn unit_attentions_queue_per_initiator_one_per_command() {
@@ -919,23 +1250,6 @@ fn unit_attentions_queue_per_initiator_one_per_command() {
     // Other initiators saw none of it.
     no_ua(&mut c[0], "a");
     no_ua(&mut c[2], "c");
-}
-
-#[test]
-fn lun_reset_and_i_t_nexus_reset_leave_pr_state_untouched() {
-    let (_d, mut c) = four();
-    reg(&mut c[0], K_A);
-    reg(&mut c[1], K_B);
-    reserve(&mut c[0], K_A, 1);
-    let keys = c[0].read_keys();
-    assert_eq!(c[0].tmf(TMF_LOGICAL_UNIT_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(c[1].tmf(TMF_LOGICAL_UNIT_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(c[0].tmf(TMF_I_T_NEXUS_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(c[1].tmf(TMF_I_T_NEXUS_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(c[0].read_keys(), keys);
-    assert_eq!(reservation(&mut c[0]), Some((K_A, 1)));
-    rc(&c[1].write16(0, &[1; 512]), "still fenced");
-    good(&c[0].write16(0, &[1; 512]), "holder writes");
 }
 
 #[test]
@@ -1351,23 +1665,4 @@ fn other_targets_are_bad_target_and_other_luns_not_supported() {
         assert_eq!(r.data[0] >> 5, 3, "PERIPHERAL QUALIFIER 3");
     }
     good(&c[0].tur(), "LUN 0 still fine");
-}
-
-#[test]
-fn task_management_responses() {
-    let (_d, mut c) = setup(&["a"]);
-    let a = &mut c[0];
-    assert_eq!(a.tmf(TMF_ABORT_TASK, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_ABORT_TASK_SET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_CLEAR_TASK_SET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_I_T_NEXUS_RESET, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_QUERY_TASK, &LUN0), VIRTIO_SCSI_S_OK);
-    assert_eq!(a.tmf(TMF_CLEAR_ACA, &LUN0), VIRTIO_SCSI_S_FUNCTION_REJECTED);
-    assert_eq!(a.tmf(99, &LUN0), VIRTIO_SCSI_S_FUNCTION_REJECTED);
-    assert_eq!(
-        a.tmf(TMF_LOGICAL_UNIT_RESET, &lun_bytes(1, 0)),
-        VIRTIO_SCSI_S_BAD_TARGET
-    );
-    good(&a.tur(), "still serving");
 }

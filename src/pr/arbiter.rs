@@ -543,10 +543,28 @@ impl Arbiter {
         PrStatus::Good
     }
 
-    /// LUN RESET / I_T NEXUS RESET (SAM-5 §5.12, SPC-2 §5.5.1): drops the SPC-2 reservation
-    /// only; persistent reservations survive resets (SPC-4 §5.9.1).
-    pub fn reset_spc2(&mut self) {
+    /// LOGICAL UNIT RESET (SAM-5 §7.7, §6.3.3): releases the SPC-2 reservation (reservations
+    /// made with RESERVE/RELEASE do not survive a LU reset) and establishes 29/03 BUS DEVICE
+    /// RESET FUNCTION OCCURRED for every I_T nexus, the one that asked included. Registrations,
+    /// the persistent reservation and the UAs already pending all survive (SPC-4 §5.9.1).
+    pub fn logical_unit_reset(&mut self) {
         self.spc2 = None;
+        let all: Vec<String> = self.known.iter().cloned().collect();
+        for i in all {
+            self.queue_ua(&i, sense::BUS_DEVICE_RESET_FUNCTION_OCCURRED);
+        }
+    }
+
+    /// I_T NEXUS RESET (SAM-5 §7.6): an I_T nexus loss for `initiator` alone (SAM-5 §6.3.4).
+    /// Its SPC-2 reservation, if it holds one, is released, and it gets 29/07 I_T NEXUS LOSS
+    /// OCCURRED; no other initiator notices. PR state survives (SPC-4 §5.9.1).
+    pub fn i_t_nexus_reset(&mut self, initiator: &str) {
+        if self.spc2.as_deref() == Some(initiator) {
+            self.spc2 = None;
+        }
+        if self.is_known(initiator) {
+            self.queue_ua(initiator, sense::I_T_NEXUS_LOSS_OCCURRED);
+        }
     }
 
     /// Executes one PERSISTENT RESERVE OUT from `initiator` (SPC-4 §6.16).
@@ -586,20 +604,28 @@ impl Arbiter {
             .position(|r| r.initiator == initiator)
     }
 
-    /// Queues a UA, skipping an immediate duplicate and dropping the oldest on overflow (the
-    /// newest conditions are the ones the guest must act on).
+    /// Queues a UA behind every pending one of the same or a higher priority (SAM-5 §5.14: the
+    /// 29h power-on and reset conditions are reported before any other; the rest in the order
+    /// they arose). A pending reset is not queued twice, nor is anything else right after
+    /// itself. On overflow the oldest of the lowest priority goes (the newest conditions are
+    /// the ones the guest must act on).
     fn queue_ua(&mut self, initiator: &str, s: Sense) {
         let q = match self.uas.get_mut(initiator) {
             Some(q) => q,
             None => self.uas.entry(initiator.to_owned()).or_default(),
         };
-        if q.back() == Some(&s) {
+        if q.back() == Some(&s) || (s.asc == 0x29 && q.contains(&s)) {
             return;
         }
-        if q.len() >= UA_QUEUE_LIMIT {
-            q.pop_front();
+        let rank = ua_rank(s);
+        let at = q.iter().position(|&u| ua_rank(u) > rank).unwrap_or(q.len());
+        q.insert(at, s);
+        if q.len() > UA_QUEUE_LIMIT {
+            let lowest = q.iter().map(|&u| ua_rank(u)).max().unwrap_or(rank);
+            if let Some(i) = q.iter().position(|&u| ua_rank(u) == lowest) {
+                q.remove(i);
+            }
         }
-        q.push_back(s);
     }
 
     /// UA `s` to every registrant except `except`.
@@ -616,7 +642,10 @@ impl Arbiter {
         }
     }
 
-    /// SCOPE and TYPE of RESERVE/RELEASE/PREEMPT/PAA.
+    /// SCOPE and TYPE where SPC-4 §6.16.2 (table "PERSISTENT RESERVE OUT service actions and
+    /// valid parameters") validates them: RESERVE, RELEASE, and a PREEMPT or PREEMPT AND ABORT
+    /// that preempts the reservation. REGISTER, REGISTER AND IGNORE EXISTING KEY, CLEAR,
+    /// REGISTER AND MOVE (§5.9.8 b) and a PREEMPT that only removes registrations ignore both.
     fn scope_and_type(req: &ProutRequest) -> Result<ResType, Sense> {
         // House rule (SPC-4 §6.16.2 leaves ELEMENT scope obsolete): scope ≠ LU_SCOPE is an
         // invalid CDB field.
@@ -801,10 +830,6 @@ impl Arbiter {
     /// registration work for both; aborting the preempted initiators' tasks is the caller's,
     /// driven by `preempted`.
     fn preempt(&mut self, initiator: &str, req: &ProutRequest) -> ProutOutcome {
-        let t = match Self::scope_and_type(req) {
-            Ok(t) => t,
-            Err(s) => return ProutOutcome::check(s),
-        };
         // SPC-4 §5.9.11.4.1: the caller must be registered with its own key; else RC.
         match self.key_of(initiator) {
             Some(k) if k == req.key => {}
@@ -839,6 +864,18 @@ impl Arbiter {
             }) => self.key_of(h) == Some(sark),
             Some(_) => false,
         };
+        // SCOPE and TYPE only matter when the reservation is preempted: SPC-4 §5.9.11.4.3 c)
+        // establishes the new one from them, so they must be valid (05/24/00 before anything
+        // changes). A PREEMPT that only removes registrations (no reservation, or SARK not the
+        // holder's key, or SARK≠0 under types 7/8) ignores both (SPC-4 §5.9.11.4.4 b).
+        let new_type = if takes_over {
+            match Self::scope_and_type(req) {
+                Ok(t) => Some(t),
+                Err(s) => return ProutOutcome::check(s),
+            }
+        } else {
+            None
+        };
 
         let mut preempted = Vec::new();
         self.state.registrations.retain(|r| {
@@ -854,7 +891,7 @@ impl Arbiter {
             self.queue_ua(p, sense::REGISTRATIONS_PREEMPTED);
         }
 
-        if takes_over {
+        if let Some(t) = new_type {
             let old_type = res.as_ref().map(|r| r.res_type);
             self.state.reservation = Some(Reservation {
                 holder: if t.all_registrants() {
@@ -947,5 +984,20 @@ impl Arbiter {
         }
         self.state.aptpl = req.aptpl;
         ProutOutcome::good(true)
+    }
+}
+
+/// Reporting priority of a unit attention, lowest first: SAM-5 §5.14 reports the 29h conditions
+/// before all others, power on before a LU reset before an I_T nexus loss (LIO orders them the
+/// same way). Every other condition shares the last rank.
+fn ua_rank(s: Sense) -> u8 {
+    match (s.asc, s.ascq) {
+        (0x29, 0x00) => 0,
+        (0x29, 0x01 | 0x04) => 1,
+        (0x29, 0x02 | 0x05 | 0x06) => 2,
+        (0x29, 0x03) => 3,
+        (0x29, 0x07) => 4,
+        (0x29, _) => 5,
+        _ => 6,
     }
 }

@@ -257,34 +257,129 @@ fn spec_i_pt_is_invalid_field_in_parameter_list() {
 fn scope_nonzero_is_invalid_field_in_cdb() {
     let mut a = arb();
     reg(&mut a, A, 1);
-    for action in [Reserve, Release, Preempt, PreemptAndAbort] {
-        let o = a.prout(
-            A,
-            &req(action)
+    reg(&mut a, B, 2);
+    let check = |a: &mut Arbiter, action: ServiceAction, sark: Key| {
+        let before = a.snapshot();
+        for scope in 1..=15 {
+            let r = req(action)
                 .key(1)
-                .sa_key(1)
+                .sa_key(sark)
                 .typ(ResType::WriteExclusive)
-                .scope(1),
-        );
-        assert_eq!(o.status, cc(INVALID_FIELD_IN_CDB), "{action:?}");
-    }
+                .scope(scope);
+            let o = a.prout(A, &r);
+            assert_eq!(o.status, cc(INVALID_FIELD_IN_CDB), "{action:?} {scope}");
+            assert!(!o.changed);
+        }
+        assert_eq!(a.snapshot(), before, "{action:?}: nothing changed");
+    };
+    // RESERVE and RELEASE always validate SCOPE (with or without a reservation).
+    check(&mut a, Reserve, 0);
+    check(&mut a, Release, 0);
+    reserve(&mut a, A, 1, ResType::WriteExclusive);
+    check(&mut a, Reserve, 0);
+    check(&mut a, Release, 0);
+    // A PREEMPT that preempts the reservation (SARK = the holder's key, its own here) too.
+    check(&mut a, Preempt, 1);
+    check(&mut a, PreemptAndAbort, 1);
+    assert!(uas(&mut a, B).is_empty());
     // REGISTER ignores scope.
-    good(&a.prout(B, &req(Register).sa_key(2).scope(2)));
+    good(&a.prout(C, &req(Register).sa_key(3).scope(2)));
 }
 
 #[test]
 fn invalid_type_is_invalid_field_in_cdb() {
     let mut a = arb();
     reg(&mut a, A, 1);
-    for t in [0u8, 2, 4, 9, 10, 15] {
-        for action in [Reserve, Release, Preempt, PreemptAndAbort] {
-            let o = a.prout(A, &req(action).key(1).sa_key(1).res_type(t));
+    reg(&mut a, B, 2);
+    let check = |a: &mut Arbiter, action: ServiceAction, sark: Key| {
+        let before = a.snapshot();
+        for t in [0u8, 2, 4, 9, 10, 15] {
+            let o = a.prout(A, &req(action).key(1).sa_key(sark).res_type(t));
             assert_eq!(o.status, cc(INVALID_FIELD_IN_CDB), "{action:?} {t}");
+            assert!(!o.changed);
         }
-    }
-    assert_eq!(a.reservation(), None);
+        assert_eq!(a.snapshot(), before, "{action:?}: nothing changed");
+    };
+    check(&mut a, Reserve, 0);
+    check(&mut a, Release, 0);
+    reserve(&mut a, B, 2, ResType::WriteExclusive);
+    check(&mut a, Reserve, 0);
+    // A PREEMPT of the holder's key takes the reservation over with the CDB's TYPE.
+    check(&mut a, Preempt, 2);
+    check(&mut a, PreemptAndAbort, 2);
+    assert!(uas(&mut a, B).is_empty(), "nobody was preempted");
     // CLEAR and REGISTER ignore TYPE.
     good(&a.prout(A, &req(Register).key(1).sa_key(2).res_type(0)));
+}
+
+/// SPC-4 §5.9.11.4.4 b): a PREEMPT that only removes registrations ignores SCOPE and TYPE,
+/// whatever they hold, in each of the three situations where it only removes registrations.
+#[test]
+fn preempt_that_only_removes_registrations_ignores_scope_and_type() {
+    // (reservation before, SARK): no reservation; SARK ≠ the holder's key; SARK≠0 under 7/8.
+    let cases = [
+        (None, 3),
+        (Some(ResType::WriteExclusive), 3),
+        (Some(ResType::ExclusiveAccessRegistrantsOnly), 3),
+        (Some(ResType::WriteExclusiveAllRegistrants), 3),
+        (Some(ResType::ExclusiveAccessAllRegistrants), 3),
+    ];
+    for action in [Preempt, PreemptAndAbort] {
+        for (res, sark) in cases {
+            for (scope, t) in [(0u8, 0u8), (0, 2), (0, 4), (0, 9), (0, 15), (1, 5), (15, 0)] {
+                let what = format!("{action:?} under {res:?}, scope {scope} type {t}");
+                let mut a = arb();
+                reg(&mut a, A, 1);
+                reg(&mut a, B, 2);
+                reg(&mut a, C, 3);
+                if let Some(rt) = res {
+                    reserve(&mut a, B, 2, rt);
+                }
+                let before = a.reservation().cloned();
+                let gen = a.generation();
+                let r = req(action).key(1).sa_key(sark).scope(scope).res_type(t);
+                let o = a.prout(A, &r);
+                assert_eq!(o.status, PrStatus::Good, "{what}");
+                assert_eq!(o.preempted, vec![C.to_string()], "{what}");
+                assert_eq!(a.generation(), gen + 1, "{what}");
+                assert_eq!(a.key_of(C), None, "{what}: C's key removed");
+                assert_eq!(a.reservation(), before.as_ref(), "{what}: reservation kept");
+                assert_eq!(uas(&mut a, C), vec![REGISTRATIONS_PREEMPTED], "{what}");
+                assert!(uas(&mut a, B).is_empty(), "{what}");
+            }
+        }
+    }
+}
+
+/// SPC-4 §5.9.11.4.3 c): a PREEMPT that preempts the reservation (SARK = the holder's key, or
+/// SARK=0 under types 7/8) establishes the new one from SCOPE and TYPE, which are validated
+/// before anything changes.
+#[test]
+fn preempt_that_preempts_the_reservation_validates_scope_and_type() {
+    let cases = [
+        (ResType::WriteExclusive, 2),
+        (ResType::ExclusiveAccessRegistrantsOnly, 2),
+        (ResType::WriteExclusiveAllRegistrants, 0),
+        (ResType::ExclusiveAccessAllRegistrants, 0),
+    ];
+    for action in [Preempt, PreemptAndAbort] {
+        for (rt, sark) in cases {
+            for (scope, t) in [(0u8, 0u8), (0, 2), (0, 4), (0, 9), (0, 15), (1, 5), (15, 1)] {
+                let what = format!("{action:?} of {rt:?}, scope {scope} type {t}");
+                let mut a = arb();
+                reg(&mut a, A, 1);
+                reg(&mut a, B, 2);
+                reserve(&mut a, B, 2, rt);
+                let before = a.snapshot();
+                let r = req(action).key(1).sa_key(sark).scope(scope).res_type(t);
+                let o = a.prout(A, &r);
+                assert_eq!(o.status, cc(INVALID_FIELD_IN_CDB), "{what}");
+                assert!(!o.changed && o.preempted.is_empty(), "{what}");
+                assert_eq!(a.snapshot(), before, "{what}");
+                assert!(uas(&mut a, B).is_empty(), "{what}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -903,6 +998,164 @@ fn register_and_move_zero_sark_is_invalid_field() {
     assert_eq!(o.status, cc(INVALID_FIELD_IN_PARAM_LIST));
 }
 
+// ---------------------------------------------------------------- fields each action ignores
+
+type Setup = fn(&mut Arbiter);
+type Vary = fn(ProutRequest) -> ProutRequest;
+/// Named variations of one kind of field.
+type Fields<'a> = &'a [(&'a str, Vary)];
+
+/// Everything a PR OUT can affect: its outcome, the persistent state, every initiator's UAs.
+fn run_prout(
+    setup: Setup,
+    who: &str,
+    r: &ProutRequest,
+) -> (ProutOutcome, PrState, Vec<Vec<Sense>>) {
+    let mut a = arb();
+    setup(&mut a);
+    let o = a.prout(who, r);
+    let uas = [A, B, C, D].map(|i| uas(&mut a, i)).to_vec();
+    (o, a.snapshot(), uas)
+}
+
+/// SPC-4 §6.16.2 (table "PERSISTENT RESERVE OUT service actions and valid parameters") and
+/// §6.16.3: a field a service action ignores leaves its outcome unchanged, whatever it holds.
+/// Validated fields have their own tests (scope, type, SPEC_I_PT, RK, SARK).
+#[test]
+fn fields_a_service_action_ignores_change_nothing() {
+    let scope: Fields = &[("SCOPE 1", |r| r.scope(1)), ("SCOPE 15", |r| r.scope(15))];
+    let typ: Fields = &[
+        ("TYPE 0", |r| r.res_type(0)),
+        ("TYPE 9", |r| r.res_type(9)),
+        ("TYPE 15", |r| r.res_type(15)),
+        ("TYPE 6", |r| r.res_type(6)),
+    ];
+    let rk: Fields = &[("RK", |r| r.key(0xdead))];
+    let sark: Fields = &[("SARK", |r| r.sa_key(0xdead))];
+    let aptpl: Fields = &[("APTPL", |r| r.aptpl(true))];
+    let atp: Fields = &[("ALL_TG_PT", |r| r.all_tg_pt(true))];
+    let we = ResType::WriteExclusive;
+    let wero = ResType::WriteExclusiveRegistrantsOnly;
+
+    let mut cases: Vec<(String, Setup, ProutRequest, Vec<Fields>)> = vec![
+        (
+            "REGISTER (new key)".into(),
+            |a| reg(a, A, 1),
+            req(Register).key(1).sa_key(5),
+            vec![scope, typ, atp],
+        ),
+        (
+            "REGISTER (unregistered)".into(),
+            |_| {},
+            req(Register).sa_key(5),
+            vec![scope, typ, atp],
+        ),
+        (
+            "REGISTER (unregister a holder)".into(),
+            |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+                reserve(a, A, 1, ResType::WriteExclusiveRegistrantsOnly);
+            },
+            req(Register).key(1),
+            vec![scope, typ, atp],
+        ),
+        (
+            "REGISTER AND IGNORE EXISTING KEY".into(),
+            |a| reg(a, A, 1),
+            req(RegisterAndIgnore).sa_key(6),
+            vec![scope, typ, rk, atp],
+        ),
+        (
+            "RESERVE".into(),
+            |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+            },
+            req(Reserve).key(1).typ(wero),
+            vec![sark, aptpl, atp],
+        ),
+        (
+            "RELEASE".into(),
+            |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+                reserve(a, A, 1, ResType::WriteExclusiveRegistrantsOnly);
+            },
+            req(Release).key(1).typ(wero),
+            vec![sark, aptpl, atp],
+        ),
+        (
+            "CLEAR".into(),
+            |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+                reserve(a, B, 2, ResType::ExclusiveAccess);
+            },
+            req(Clear).key(1),
+            vec![scope, typ, sark, aptpl, atp],
+        ),
+        (
+            "REGISTER AND MOVE".into(),
+            |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+                reserve(a, A, 1, ResType::WriteExclusiveRegistrantsOnly);
+            },
+            req(RegisterAndMove).key(1).sa_key(7).move_to(Some(C)),
+            vec![scope, typ],
+        ),
+    ];
+    for action in [Preempt, PreemptAndAbort] {
+        let removal: [(&str, Setup); 3] = [
+            ("no reservation", |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+                reg(a, C, 3);
+            }),
+            ("SARK not the holder's", |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+                reg(a, C, 3);
+                reserve(a, B, 2, ResType::WriteExclusive);
+            }),
+            ("SARK≠0 under type 7", |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+                reg(a, C, 3);
+                reserve(a, B, 2, ResType::WriteExclusiveAllRegistrants);
+            }),
+        ];
+        for (what, setup) in removal {
+            cases.push((
+                format!("{action:?}, {what}"),
+                setup,
+                req(action).key(1).sa_key(3).typ(we),
+                vec![scope, typ, aptpl, atp],
+            ));
+        }
+        cases.push((
+            format!("{action:?} of the holder"),
+            |a| {
+                reg(a, A, 1);
+                reg(a, B, 2);
+                reserve(a, B, 2, ResType::WriteExclusive);
+            },
+            req(action).key(1).sa_key(2).typ(we),
+            vec![aptpl, atp],
+        ));
+    }
+
+    for (what, setup, base, varies) in cases {
+        let want = run_prout(setup, A, &base);
+        assert_eq!(want.0.status, PrStatus::Good, "{what}: baseline");
+        for (field, vary) in varies.into_iter().flatten() {
+            let got = run_prout(setup, A, &vary(base.clone()));
+            assert_eq!(got, want, "{what}: {field} must be ignored");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- access table
 
 /// The reference table, independently: (type, registered, access) -> allowed for a non-holder.
@@ -1022,13 +1275,14 @@ fn spc2_is_not_persisted_and_reset_clears_only_spc2() {
     // The SPC-2 holder may still register; it can then release its SPC-2 reservation.
     reg(&mut a, A, 1);
     assert_eq!(a.state().registrations.len(), 1);
-    a.reset_spc2();
+    a.logical_unit_reset();
     assert_eq!(a.spc2_holder(), None);
     assert_eq!(a.key_of(A), Some(1));
     reserve(&mut a, A, 1, ResType::WriteExclusive);
     let st = a.snapshot();
     a.spc2_reserve(A);
-    a.reset_spc2();
+    a.logical_unit_reset();
+    assert_eq!(a.spc2_holder(), None);
     assert_eq!(a.snapshot(), st, "LUN reset leaves PR state untouched");
 }
 
@@ -1111,14 +1365,113 @@ fn ua_queue_is_bounded() {
     );
 }
 
+// ---------------------------------------------------------------- resets
+
+const LU_RESET: Sense = BUS_DEVICE_RESET_FUNCTION_OCCURRED;
+const NEXUS_LOSS: Sense = I_T_NEXUS_LOSS_OCCURRED;
+
 #[test]
-fn lun_reset_leaves_pr_state_and_uas_untouched() {
+fn logical_unit_reset_gives_every_known_initiator_29_03_and_keeps_pr_state() {
+    let mut a = Arbiter::new([A, B, C, D].map(String::from));
+    reg(&mut a, A, 1);
+    reg(&mut a, B, 2);
+    reserve(&mut a, A, 1, ResType::ExclusiveAccessRegistrantsOnly);
+    let st = a.snapshot();
+    a.logical_unit_reset();
+    assert_eq!(a.snapshot(), st, "registrations and reservation survive");
+    assert!(a.is_holder(A) && !a.check(C, Access::Read), "still fenced");
+    // The power-on UA of `new` comes first, then the reset; the caller is one of "every".
+    for i in [A, B, C, D] {
+        assert_eq!(uas(&mut a, i), vec![POWER_ON_RESET, LU_RESET], "{i}");
+    }
+    assert!(
+        !a.has_unit_attention("stranger"),
+        "only configured initiators"
+    );
+}
+
+#[test]
+fn logical_unit_reset_releases_an_spc2_reservation() {
+    let mut a = arb();
+    assert_eq!(a.spc2_reserve(B), PrStatus::Good);
+    assert!(!a.check(A, Access::Write));
+    a.logical_unit_reset();
+    assert_eq!(a.spc2_holder(), None);
+    assert!(a.check(A, Access::Write));
+}
+
+#[test]
+fn i_t_nexus_reset_gives_only_that_initiator_29_07() {
+    let mut a = arb();
+    reg(&mut a, A, 1);
+    reserve(&mut a, A, 1, ResType::WriteExclusive);
+    let st = a.snapshot();
+    a.i_t_nexus_reset(A);
+    assert_eq!(a.snapshot(), st, "PR state survives an I_T nexus loss");
+    assert_eq!(uas(&mut a, A), vec![NEXUS_LOSS]);
+    for i in [B, C, D] {
+        assert!(uas(&mut a, i).is_empty(), "{i}");
+    }
+    a.i_t_nexus_reset("stranger");
+    assert!(!a.has_unit_attention("stranger"));
+}
+
+#[test]
+fn i_t_nexus_reset_releases_only_its_own_spc2_reservation() {
+    let mut a = arb();
+    assert_eq!(a.spc2_reserve(B), PrStatus::Good);
+    a.i_t_nexus_reset(A);
+    assert_eq!(
+        a.spc2_holder(),
+        Some(B),
+        "another initiator's reservation stays"
+    );
+    a.i_t_nexus_reset(B);
+    assert_eq!(a.spc2_holder(), None);
+}
+
+#[test]
+fn reset_uas_are_reported_before_older_ones_and_never_twice() {
     let mut a = arb();
     reg(&mut a, A, 1);
     reg(&mut a, B, 2);
-    good(&a.prout(A, &req(Clear).key(1)));
-    a.reset_spc2();
-    assert_eq!(a.pop_unit_attention(B), Some(RESERVATIONS_PREEMPTED));
+    let t = ResType::WriteExclusiveRegistrantsOnly;
+    reserve(&mut a, A, 1, t);
+    good(&a.prout(A, &req(Release).key(1).typ(t))); // B: 2A/04
+    good(&a.prout(A, &req(Clear).key(1))); // B: 2A/03
+    a.i_t_nexus_reset(B);
+    a.logical_unit_reset();
+    a.logical_unit_reset();
+    a.i_t_nexus_reset(B);
+    assert_eq!(
+        uas(&mut a, B),
+        vec![
+            LU_RESET,
+            NEXUS_LOSS,
+            RESERVATIONS_RELEASED,
+            RESERVATIONS_PREEMPTED
+        ],
+        "SAM-5 §5.14 order, each reset once, the PR UAs kept"
+    );
+    assert_eq!(uas(&mut a, A), vec![LU_RESET]);
+}
+
+#[test]
+fn a_reset_ua_enters_a_full_queue_at_the_front() {
+    let mut a = arb();
+    let t = ResType::WriteExclusiveRegistrantsOnly;
+    for _ in 0..20 {
+        good(&a.prout(A, &req(RegisterAndIgnore).sa_key(1)));
+        good(&a.prout(B, &req(RegisterAndIgnore).sa_key(2)));
+        reserve(&mut a, A, 1, t);
+        good(&a.prout(A, &req(Release).key(1).typ(t))); // B: 2A/04
+        good(&a.prout(A, &req(Clear).key(1))); // B: 2A/03
+    }
+    a.logical_unit_reset();
+    let q = uas(&mut a, B);
+    assert_eq!(q.len(), UA_QUEUE_LIMIT);
+    assert_eq!(q[0], LU_RESET);
+    assert_eq!(q.last(), Some(&RESERVATIONS_PREEMPTED), "the newest kept");
 }
 
 // ---------------------------------------------------------------- wire: PR OUT
@@ -1565,14 +1918,15 @@ fn randomized_model_keeps_invariants() {
             let me = who[rng.gen_range(0..4)];
             // Occasionally exercise SPC-2 and resets.
             if rng.gen_ratio(1, 50) {
-                match rng.gen_range(0..3) {
+                match rng.gen_range(0..4) {
                     0 => {
                         a.spc2_reserve(me);
                     }
                     1 => {
                         a.spc2_release(me);
                     }
-                    _ => a.reset_spc2(),
+                    2 => a.i_t_nexus_reset(me),
+                    _ => a.logical_unit_reset(),
                 }
                 continue;
             }

@@ -188,12 +188,18 @@ impl ScsiDevice {
         let n = virtio::read_bytes(&chain.readable, &mut req);
         let kind = u32::from_le_bytes([req[0], req[1], req[2], req[3]]);
         match kind {
-            VIRTIO_SCSI_T_TMF if n >= 24 => {
+            // A TMF without room for its response is malformed: it is not carried out, since
+            // the driver could never learn that it was.
+            VIRTIO_SCSI_T_TMF if n >= 24 && virtio::total(&chain.writable) > 0 => {
                 let subtype = u32::from_le_bytes([req[4], req[5], req[6], req[7]]);
                 let response = match decode_lun(&req[8..16]) {
                     Address::BadTarget => VIRTIO_SCSI_S_BAD_TARGET,
-                    Address::MissingLun => VIRTIO_SCSI_S_INCORRECT_LUN,
-                    Address::Lun0 => self.tmf(subtype),
+                    // An I_T NEXUS RESET names the target only (QEMU reads just lun[1]): the
+                    // nexus is the whole connection, whatever LUN the rest of the field names.
+                    Address::MissingLun if subtype != VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
+                        VIRTIO_SCSI_S_INCORRECT_LUN
+                    }
+                    Address::MissingLun | Address::Lun0 => self.tmf(subtype),
                 };
                 virtio::write_bytes(&chain.writable, &[response as u8]) as u32
             }
@@ -210,29 +216,40 @@ impl ScsiDevice {
         }
     }
 
+    /// One task management function on LUN 0 (SAM-5 §7; virtio 1.2 §5.6.6.2 maps the
+    /// responses). What each does here, and why, is the "Task management" table of the README.
     fn tmf(&self, subtype: u32) -> u32 {
         let res = &self.target.lun().reservations;
         match subtype {
+            // SAM-5 §7.2, §7.3, §7.5: ABORT TASK, ABORT TASK SET and CLEAR TASK SET abort
+            // commands, and a queue thread completes each command before it takes the next, so
+            // there is none to abort: FUNCTION COMPLETE, with no UA (§5.6: only an initiator
+            // whose commands another one aborted gets 2F/00) and nothing else changed.
+            // §7.9, §7.10: QUERY TASK and QUERY TASK SET answer FUNCTION COMPLETE when the
+            // command, or any command, is not in the task set.
             VIRTIO_SCSI_T_TMF_ABORT_TASK
             | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
             | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
             | VIRTIO_SCSI_T_TMF_QUERY_TASK
             | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+            // SAM-5 §7.7, §6.3.3: every I_T nexus gets 29/03, the SPC-2 reservation goes, PR
+            // state stays (SPC-4 §5.9.1).
             VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => {
-                // A LU reset drops an SPC-2 reservation; PR state is untouched (SPC-4 §5.9.1).
-                log::info!("{}: scsi: LUN reset", self.initiator);
-                res.with_mut(|a| a.reset_spc2());
+                log::info!("{}: scsi: logical unit reset", self.initiator);
+                res.with_mut(|a| a.logical_unit_reset());
                 VIRTIO_SCSI_S_FUNCTION_COMPLETE
             }
+            // SAM-5 §7.6, §6.3.4: an I_T nexus loss for this initiator only: 29/07 for it, its
+            // SPC-2 reservation goes, PR state stays.
             VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
                 log::info!("{}: scsi: I_T nexus reset", self.initiator);
-                res.with_mut(|a| {
-                    if a.spc2_holder() == Some(&*self.initiator) {
-                        a.reset_spc2();
-                    }
-                });
+                res.with_mut(|a| a.i_t_nexus_reset(&self.initiator));
                 VIRTIO_SCSI_S_FUNCTION_COMPLETE
             }
+            // SAM-5 §7.4: CLEAR ACA is only for a LU with NormACA=1. Ours reports NormACA=0 and
+            // refuses NACA=1, so no ACA ever exists: the function is not supported, which is
+            // FUNCTION REJECTED (virtio: "always a no-operation"; LIO and QEMU answer the same).
+            // So is any subtype virtio does not define.
             _ => VIRTIO_SCSI_S_FUNCTION_REJECTED,
         }
     }

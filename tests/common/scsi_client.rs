@@ -15,6 +15,9 @@ pub const RESERVATION_CONFLICT: u8 = 0x18;
 pub const VIRTIO_SCSI_S_OK: u8 = 0;
 pub const VIRTIO_SCSI_S_BAD_TARGET: u8 = 3;
 pub const VIRTIO_SCSI_S_FAILURE: u8 = 9;
+/// TMF responses (virtio 1.2 §5.6.6.2): FUNCTION COMPLETE shares the value of S_OK.
+pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = 0;
+pub const VIRTIO_SCSI_S_FUNCTION_SUCCEEDED: u8 = 10;
 pub const VIRTIO_SCSI_S_FUNCTION_REJECTED: u8 = 11;
 pub const VIRTIO_SCSI_S_INCORRECT_LUN: u8 = 12;
 
@@ -26,6 +29,7 @@ pub const TMF_CLEAR_TASK_SET: u32 = 3;
 pub const TMF_I_T_NEXUS_RESET: u32 = 4;
 pub const TMF_LOGICAL_UNIT_RESET: u32 = 5;
 pub const TMF_QUERY_TASK: u32 = 6;
+pub const TMF_QUERY_TASK_SET: u32 = 7;
 
 /// PR OUT service actions (SPC-4 §6.16.2).
 pub const SA_REGISTER: u8 = 0;
