@@ -2,6 +2,7 @@
 //! reservations arbitrating who may read and write.
 
 pub mod blk;
+pub mod cli;
 pub mod config;
 pub mod failpoint;
 pub mod image;

@@ -214,6 +214,7 @@ pub fn drain_queue(
             }
         }
         let mut completed = false;
+        let mut unreadable = false;
         {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
@@ -242,6 +243,12 @@ pub fn drain_queue(
                 let position = queue.next_avail();
                 let used = queue.next_used();
                 let Some(chain) = queue.pop_descriptor_chain(m) else {
+                    // The avail index promises chains that virtio-queue cannot hand out: the
+                    // avail ring is at guest address 0 (which it takes for "not set up") or its
+                    // entries lie outside guest RAM. The index stays ahead of us, so looping
+                    // back for those chains would keep a host core busy for ever (found by
+                    // fuzzing). Give up on this kick instead; the next kick or ring setup retries.
+                    unreadable = true;
                     break;
                 };
                 let head = chain.head_index();
@@ -268,6 +275,12 @@ pub fn drain_queue(
                 Ok(false) => {}
                 Err(e) => return broken(e),
             }
+        }
+        if unreadable {
+            log::warn!(
+                "virtqueue: the avail ring's entries cannot be read; waiting for the next kick"
+            );
+            return Ok(());
         }
         // virtio 1.2 §2.7.10: re-check after re-enabling so that no kick is lost; without
         // EVENT_IDX, also come back for requests queued while this round ran.

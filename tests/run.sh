@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of sharedisk, on a fresh Debian 12 machine too: installs the packages the tests
 # need (QEMU, busybox, sg3-utils, ...) and QEMU 10.0 from backports beside the system's 7.2,
-# builds the test guest, then runs the format and lint checks, the whole cargo test suite (unit,
-# libblkio, raw-virtqueue and QEMU guest tests) on the system QEMU, and the QEMU guest tests
-# (tests/guest_*.rs, tests/e2e_*.rs) again on QEMU 10.0. SHAREDISK_QEMU names the QEMU of a pass.
+# builds the test guest, then runs the format and lint checks, every fuzz target for 30 s
+# (fuzz/run.sh), the whole cargo test suite (unit, libblkio, raw-virtqueue, fuzz regression and
+# QEMU guest tests) on the system QEMU, and the QEMU guest tests (tests/guest_*.rs,
+# tests/e2e_*.rs) again on QEMU 10.0. SHAREDISK_QEMU names the QEMU of a pass.
 # Tests that need QEMU fail, never skip, when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ echo "run: cargo fmt --check"
 cargo fmt --check
 echo "run: cargo clippy"
 cargo clippy --all-targets -- -D warnings
+echo "run: fuzzing, 30 s per target"
+fuzz/run.sh 30
 # libtest keeps a passing test's output to itself and prints a failing one's: every guest command
 # and its result, prefixed with the guest's name.
 qemu7=$(command -v qemu-system-x86_64)
