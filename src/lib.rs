@@ -13,7 +13,10 @@ pub mod reservations;
 pub mod scsi;
 pub mod sense;
 pub mod server;
+pub mod service;
+pub mod sockets;
 pub mod state;
+pub mod stats;
 pub mod virtio;
 pub mod vring;
 

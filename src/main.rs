@@ -1,11 +1,12 @@
 //! Command line: parse arguments and hand them to the library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use sharedisk::config::{parse_size, Config, DEFAULT_MAX_SHARES};
-use sharedisk::{qemu, server::Server};
+use sharedisk::config::{self, parse_mode, parse_size, Flags};
+use sharedisk::qemu;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +22,11 @@ struct Cli {
 enum Command {
     /// Serve an image to the named guests until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
+    /// Check a configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print the QEMU flags that attach one guest to a running daemon, for the QEMU named by
     /// $SHAREDISK_QEMU (default: qemu-system-x86_64 on the PATH).
     QemuArgs {
@@ -34,56 +40,93 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE and print what the daemon would serve.
+    Check { file: PathBuf },
+}
+
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML configuration file; the flags below are shorthand for its settings and may not
+    /// contradict it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The raw disk image.
     #[arg(long)]
-    image: PathBuf,
+    image: Option<PathBuf>,
     /// Create the image with this size (e.g. 1G) if it does not exist.
     #[arg(long, value_parser = parse_size)]
     size: Option<u64>,
-    /// Where DIR/<guest>-blk.sock and DIR/<guest>-scsi.sock are created.
+    /// Where DIR/<guest>-blk.sock and DIR/<guest>-scsi.sock are created (default /run/sharedisk).
     #[arg(long)]
-    socket_dir: PathBuf,
+    socket_dir: Option<PathBuf>,
     /// Comma-separated guest names; each is one initiator ([A-Za-z0-9_.-]).
-    #[arg(long, value_delimiter = ',', required = true)]
-    guests: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    guests: Option<Vec<String>>,
     /// Serve the image read-only.
     #[arg(long)]
     read_only: bool,
-    /// Maximum number of guests (like Azure's maxShares).
-    #[arg(long, default_value_t = DEFAULT_MAX_SHARES)]
-    max_shares: usize,
+    /// Maximum number of guests (like Azure's maxShares; default 16).
+    #[arg(long)]
+    max_shares: Option<usize>,
     /// Reservation state file (default: <image>.pr).
     #[arg(long)]
     state: Option<PathBuf>,
     /// Start with no registrations or reservation, overwriting the state file.
     #[arg(long)]
     reset_reservations: bool,
+    /// Group owning the guests' sockets.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Mode of the guests' sockets, in octal (e.g. 0660).
+    #[arg(long, value_parser = parse_mode)]
+    socket_mode: Option<u32>,
+    /// The control socket (default: <socket-dir>/control.sock).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
-impl From<ServeArgs> for Config {
-    fn from(a: ServeArgs) -> Self {
-        Config {
-            image: a.image,
-            size: a.size,
-            socket_dir: a.socket_dir,
-            guests: a.guests,
-            read_only: a.read_only,
-            max_shares: a.max_shares,
-            state: a.state,
-            reset_reservations: a.reset_reservations,
-            scsi: true,
-        }
+impl ServeArgs {
+    fn flags(self) -> (Option<PathBuf>, Flags) {
+        (
+            self.config,
+            Flags {
+                image: self.image,
+                size: self.size,
+                socket_dir: self.socket_dir,
+                guests: self.guests,
+                read_only: self.read_only,
+                max_shares: self.max_shares,
+                state: self.state,
+                reset_reservations: self.reset_reservations,
+                socket_group: self.socket_group,
+                socket_mode: self.socket_mode,
+                control_socket: self.control_socket,
+                metrics_listen: self.metrics_listen,
+            },
+        )
     }
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => Server::start(args.into())
-            .map_err(|e| e.to_string())
-            .and_then(|server| sharedisk::run_until_signal(server).map_err(|e| e.to_string())),
+        Command::Serve(args) => {
+            let (file, flags) = args.flags();
+            flags
+                .resolve(file.as_deref())
+                .map_err(|e| e.to_string())
+                .and_then(|config| sharedisk::service::run(config).map_err(|e| e.to_string()))
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config::load_file(&file)
+            .map(|c| print!("{}: OK\n{}", file.display(), c.describe()))
+            .map_err(|e| e.to_string()),
         Command::QemuArgs {
             socket_dir,
             guest,
