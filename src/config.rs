@@ -21,7 +21,7 @@ pub const MAX_GUEST_QUEUES: u16 = 16;
 
 /// One guest: one SCSI initiator, owning `<name>-blk.sock` and, unless `scsi` is off,
 /// `<name>-scsi.sock`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct GuestConfig {
     pub name: String,
     /// This guest alone sees a write-protected disk on both devices.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use sharedisk::config::{self, parse_mode, parse_size, Flags};
+use sharedisk::control::client::{self, CtlCommand};
 use sharedisk::qemu;
 
 #[derive(Parser)]
@@ -22,6 +23,13 @@ struct Cli {
 enum Command {
     /// Serve an image to the named guests until Ctrl-C or SIGTERM.
     Serve(ServeArgs),
+    /// Ask a running daemon (its control socket), or change it.
+    Ctl(CtlArgs),
+    /// Persistent reservation state with the daemon stopped.
+    Pr {
+        #[command(subcommand)]
+        command: PrOffline,
+    },
     /// Check a configuration file.
     Config {
         #[command(subcommand)]
@@ -38,6 +46,126 @@ enum Command {
         #[arg(long, default_value = "512M")]
         memory: String,
     },
+}
+
+#[derive(Subcommand)]
+enum PrOffline {
+    /// Print the registrations and reservation a state file holds.
+    Show {
+        /// The state file (`<image>.pr` unless configured otherwise).
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = "/run/sharedisk/control.sock")]
+    socket: PathBuf,
+    /// Print the daemon's JSON answer (schema 1) instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCmd,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Image, size, serial, uptime, version, max-shares, state file.
+    Status,
+    /// Every guest: devices connected, queues, read-only, reconnects, initiator.
+    Guests,
+    /// Persistent reservations: generation, holder, type, registrations.
+    Pr {
+        #[command(subcommand)]
+        command: CtlPr,
+    },
+    /// Per guest and device: requests, bytes, conflicts, errors, latency; PR OUT by result.
+    Stats,
+    /// The Prometheus text exposition.
+    Metrics,
+    /// Add or remove a guest at run time (kept across restarts).
+    Guest {
+        #[command(subcommand)]
+        command: CtlGuest,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlPr {
+    /// Show the PR state (as `sg_persist -i -s`, with guest names).
+    Show,
+    /// Drop every registration and the reservation (unit attention 2A/03 to the registrants).
+    Clear {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Remove GUEST's registration, and its reservation if it holds one.
+    Preempt {
+        #[arg(long)]
+        victim: String,
+        /// PREEMPT AND ABORT.
+        #[arg(long)]
+        abort: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlGuest {
+    /// Serve a new guest (up to max-shares).
+    Add {
+        name: String,
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long)]
+        queues: Option<u16>,
+        /// Serve only the vhost-user-blk device.
+        #[arg(long)]
+        no_scsi: bool,
+    },
+    /// Stop serving a guest; a connected one only with --force, which disconnects it.
+    Remove {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+impl CtlCmd {
+    fn into_command(self) -> CtlCommand {
+        match self {
+            CtlCmd::Status => CtlCommand::Status,
+            CtlCmd::Guests => CtlCommand::Guests,
+            CtlCmd::Stats => CtlCommand::Stats,
+            CtlCmd::Metrics => CtlCommand::Metrics,
+            CtlCmd::Pr { command } => match command {
+                CtlPr::Show => CtlCommand::PrShow,
+                CtlPr::Clear { yes } => CtlCommand::PrClear { yes },
+                CtlPr::Preempt { victim, abort, yes } => {
+                    CtlCommand::PrPreempt { victim, abort, yes }
+                }
+            },
+            CtlCmd::Guest { command } => match command {
+                CtlGuest::Add {
+                    name,
+                    read_only,
+                    queues,
+                    no_scsi,
+                } => CtlCommand::GuestAdd {
+                    name,
+                    read_only,
+                    queues,
+                    no_scsi,
+                },
+                CtlGuest::Remove { name, force } => CtlCommand::GuestRemove { name, force },
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -115,6 +243,16 @@ impl ServeArgs {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
+        Command::Ctl(args) => {
+            return ExitCode::from(client::run(
+                &args.socket,
+                args.json,
+                args.command.into_command(),
+            ))
+        }
+        Command::Pr {
+            command: PrOffline::Show { state, json },
+        } => return ExitCode::from(client::show_state_file(&state, json)),
         Command::Serve(args) => {
             let (file, flags) = args.flags();
             flags

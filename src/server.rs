@@ -51,8 +51,32 @@ pub struct Server {
     target: Arc<Target>,
     stats: Arc<Stats>,
     config: Config,
+    sockets: Vec<GuestSockets>,
+}
+
+/// The socket threads of one guest, stopped together.
+struct GuestSockets {
+    name: String,
     stop: Arc<EventFd>,
     threads: Vec<JoinHandle<()>>,
+}
+
+impl GuestSockets {
+    fn new(name: &str) -> io::Result<Self> {
+        Ok(GuestSockets {
+            name: name.to_string(),
+            stop: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+            threads: Vec::new(),
+        })
+    }
+
+    /// Stops serving: connections are quiesced and closed, the sockets removed.
+    fn stop(&mut self) {
+        let _ = self.stop.write(1);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Server {
@@ -117,15 +141,13 @@ impl Server {
             path: config.socket_dir.clone(),
             source,
         })?;
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let target = Arc::new(Target::new(lun.clone()));
         let mut server = Server {
             lun,
             target,
             stats: Arc::default(),
             config,
-            stop,
-            threads: Vec::new(),
+            sockets: Vec::new(),
         };
         for guest in server.config.guests.clone() {
             server.serve_guest(&guest)?;
@@ -135,6 +157,46 @@ impl Server {
 
     /// Starts the sockets of one guest.
     fn serve_guest(&mut self, guest: &GuestConfig) -> Result<(), ServerError> {
+        let mut sockets = GuestSockets::new(&guest.name)?;
+        let r = self.listen_guest(guest, &mut sockets);
+        if r.is_err() {
+            sockets.stop();
+        } else {
+            self.sockets.push(sockets);
+        }
+        r
+    }
+
+    /// Serves a guest that is not in the configuration yet (run-time `guest add`).
+    pub fn add_guest(&mut self, guest: GuestConfig) -> Result<(), ServerError> {
+        let mut config = self.config.clone();
+        config.guests.push(guest.clone());
+        config.validate()?;
+        self.serve_guest(&guest)?;
+        self.config = config;
+        // A new initiator: known for REGISTER AND MOVE, and told of the power on.
+        self.lun
+            .reservations
+            .with_mut(|a| a.add_initiator(guest.name.clone()));
+        Ok(())
+    }
+
+    /// Stops serving `name`: its connections are closed and its sockets removed. Its
+    /// registrations are PR state and stay.
+    pub fn remove_guest(&mut self, name: &str) -> bool {
+        let Some(i) = self.sockets.iter().position(|s| s.name == name) else {
+            return false;
+        };
+        self.sockets.remove(i).stop();
+        self.config.guests.retain(|g| g.name != name);
+        true
+    }
+
+    fn listen_guest(
+        &mut self,
+        guest: &GuestConfig,
+        sockets: &mut GuestSockets,
+    ) -> Result<(), ServerError> {
         let initiator: Arc<str> = guest.name.as_str().into();
         let stats = self.stats.guest(&guest.name);
         let lun = self.lun.clone();
@@ -142,6 +204,7 @@ impl Server {
         let read_only = guest.read_only;
         let blk = stats.blk.clone();
         self.listen(
+            sockets,
             self.config.blk_socket(&guest.name),
             stats.blk.clone(),
             move |mem| {
@@ -152,6 +215,7 @@ impl Server {
             let target = self.target.clone();
             let scsi = stats.scsi.clone();
             self.listen(
+                sockets,
                 self.config.scsi_socket(&guest.name),
                 stats.scsi.clone(),
                 move |mem| {
@@ -170,7 +234,8 @@ impl Server {
 
     /// Starts the thread serving one socket with backends built by `make`.
     fn listen<B, F>(
-        &mut self,
+        &self,
+        sockets: &mut GuestSockets,
         path: PathBuf,
         stats: Arc<DeviceStats>,
         make: F,
@@ -204,7 +269,7 @@ impl Server {
             source,
         })?;
         log::info!("listening on {}", path.display());
-        let stop = self.stop.clone();
+        let stop = sockets.stop.clone();
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -212,7 +277,7 @@ impl Server {
         let handle = thread::Builder::new()
             .name(name.clone())
             .spawn(move || serve_socket(&name, listener, &stop, &stats, make))?;
-        self.threads.push(handle);
+        sockets.threads.push(handle);
         Ok(())
     }
 
@@ -239,15 +304,28 @@ impl Server {
         &self.stats
     }
 
+    /// Stops serving every guest, waiting for every connection to wind down.
+    pub fn stop(&mut self) {
+        self.stop_threads();
+    }
+
+    /// Whether either device of `guest` has a frontend connected.
+    pub fn guest_connected(&self, guest: &str) -> bool {
+        let s = self.stats.guest(guest);
+        s.blk.connected.load(Ordering::Relaxed) || s.scsi.connected.load(Ordering::Relaxed)
+    }
+
     /// Stops serving, waiting for every connection to wind down.
     pub fn shutdown(mut self) {
         self.stop_threads();
     }
 
     fn stop_threads(&mut self) {
-        let _ = self.stop.write(1);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        for s in &self.sockets {
+            let _ = s.stop.write(1);
+        }
+        for mut s in self.sockets.drain(..) {
+            s.stop();
         }
     }
 }

@@ -286,6 +286,25 @@ pub fn take_conflict() -> bool {
     CONFLICT.with(|c| c.replace(false))
 }
 
+/// The op of a SCSI command, and for a WRITE the bytes its CDB transfers.
+pub fn scsi_op(cdb: &[u8]) -> (Op, u64) {
+    use crate::scsi::cdb::op;
+    let be = |r: std::ops::Range<usize>| {
+        cdb.get(r)
+            .map_or(0, |b| b.iter().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
+    };
+    match cdb.first().copied().unwrap_or(0xff) {
+        op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => (Op::Read, 0),
+        op::WRITE_6 => (Op::Write, if be(4..5) == 0 { 256 } else { be(4..5) } * 512),
+        op::WRITE_10 => (Op::Write, be(7..9) * 512),
+        op::WRITE_12 => (Op::Write, be(6..10) * 512),
+        op::WRITE_16 => (Op::Write, be(10..14) * 512),
+        op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => (Op::Flush, 0),
+        op::UNMAP | op::WRITE_SAME_10 | op::WRITE_SAME_16 => (Op::Discard, 0),
+        _ => (Op::Other, 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,24 +345,5 @@ mod tests {
         d.record_prout(5, Result::Ok);
         d.record_prout(99, Result::Ok);
         assert_eq!(d.prout_count(5, Result::Ok), 1);
-    }
-}
-
-/// The op of a SCSI command, and for a WRITE the bytes its CDB transfers.
-pub fn scsi_op(cdb: &[u8]) -> (Op, u64) {
-    use crate::scsi::cdb::op;
-    let be = |r: std::ops::Range<usize>| {
-        cdb.get(r)
-            .map_or(0, |b| b.iter().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
-    };
-    match cdb.first().copied().unwrap_or(0xff) {
-        op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => (Op::Read, 0),
-        op::WRITE_6 => (Op::Write, if be(4..5) == 0 { 256 } else { be(4..5) } * 512),
-        op::WRITE_10 => (Op::Write, be(7..9) * 512),
-        op::WRITE_12 => (Op::Write, be(6..10) * 512),
-        op::WRITE_16 => (Op::Write, be(10..14) * 512),
-        op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => (Op::Flush, 0),
-        op::UNMAP | op::WRITE_SAME_10 | op::WRITE_SAME_16 => (Op::Discard, 0),
-        _ => (Op::Other, 0),
     }
 }
