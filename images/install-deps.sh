@@ -4,7 +4,8 @@
 set -euo pipefail
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
-packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc libc6-dev socat)
+# prometheus: promtool and a real server for tests/metrics.rs.
+packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc libc6-dev socat prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

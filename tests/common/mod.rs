@@ -5,6 +5,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod flows;
 pub mod guest;
+pub mod http;
 pub mod panics;
 pub mod process;
 pub mod scsi_client;
