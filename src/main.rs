@@ -35,17 +35,57 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Print the QEMU flags that attach one guest to a running daemon, for the QEMU named by
-    /// $SHAREDISK_QEMU (default: qemu-system-x86_64 on the PATH).
-    QemuArgs {
-        #[arg(long)]
-        socket_dir: PathBuf,
-        #[arg(long)]
-        guest: String,
-        /// Guest RAM (must equal QEMU's -m).
-        #[arg(long, default_value = "512M")]
-        memory: String,
-    },
+    /// Print what attaches one guest to a running daemon: QEMU flags for the QEMU named by
+    /// $SHAREDISK_QEMU (default: qemu-system-x86_64 on the PATH), or libvirt domain XML.
+    QemuArgs(QemuArgsArgs),
+}
+
+#[derive(Args)]
+struct QemuArgsArgs {
+    /// Take the socket directory and the guest's queues and devices from this file.
+    #[arg(long, conflicts_with = "socket_dir")]
+    config: Option<PathBuf>,
+    #[arg(long, required_unless_present = "config")]
+    socket_dir: Option<PathBuf>,
+    #[arg(long)]
+    guest: String,
+    /// Guest RAM (must equal QEMU's -m; not used by the libvirt format).
+    #[arg(long, default_value = "512M")]
+    memory: String,
+    #[arg(long, value_enum, default_value = "qemu")]
+    format: QemuFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum QemuFormat {
+    Qemu,
+    Libvirt,
+}
+
+impl QemuArgsArgs {
+    fn run(self) -> Result<(), String> {
+        let (socket_dir, guest) = match (&self.config, &self.socket_dir) {
+            (Some(file), _) => {
+                let c = config::load_file(file).map_err(|e| e.to_string())?;
+                let g = c.guest(&self.guest).cloned().ok_or_else(|| {
+                    format!("{}: no guest named {:?}", file.display(), self.guest)
+                })?;
+                (c.socket_dir.clone(), g)
+            }
+            (None, Some(dir)) => (dir.clone(), config::GuestConfig::new(&self.guest)),
+            (None, None) => return Err("--socket-dir or --config is required".into()),
+        };
+        let format = match self.format {
+            QemuFormat::Qemu => qemu::Format::Qemu,
+            QemuFormat::Libvirt => qemu::Format::Libvirt,
+        };
+        let out = qemu::guest_args(&socket_dir, &guest, &self.memory, format)?;
+        match format {
+            qemu::Format::Qemu => println!("{out}"),
+            qemu::Format::Libvirt => print!("{out}"),
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -265,11 +305,7 @@ fn main() -> ExitCode {
         } => config::load_file(&file)
             .map(|c| print!("{}: OK\n{}", file.display(), c.describe()))
             .map_err(|e| e.to_string()),
-        Command::QemuArgs {
-            socket_dir,
-            guest,
-            memory,
-        } => qemu::args(&socket_dir, &guest, &memory).map(|args| println!("{args}")),
+        Command::QemuArgs(args) => args.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
