@@ -126,8 +126,8 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// The libvirt XML for one guest: shared memfd memory, the vhost-user-blk `<disk>` (libvirt
-/// >= 7.1), and the vhost-user-scsi device through `<qemu:commandline>` (libvirt has no element
-/// for it). Each fragment starts with a comment saying where it goes.
+/// 7.1 and later), and the vhost-user-scsi device through `<qemu:commandline>` (libvirt has no
+/// element for it). Each fragment starts with a comment saying where it goes.
 fn libvirt_for(
     socket_dir: &Path,
     guest: &GuestConfig,
