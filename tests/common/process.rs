@@ -203,6 +203,7 @@ impl DaemonProcess {
             let _ = std::fs::remove_file(self.blk(&g));
             let _ = std::fs::remove_file(self.scsi(&g));
         }
+        let _ = std::fs::remove_file(self.control());
         self.spawn(None);
     }
 }
