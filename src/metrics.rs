@@ -280,6 +280,9 @@ impl Collector for SharediskCollector {
     }
 }
 
+/// Requests the metrics listener serves at once.
+const MAX_HTTP_CLIENTS: usize = 8;
+
 /// The optional `GET /metrics` endpoint: a plain std listener, one short-lived thread per
 /// request, no HTTP library.
 pub struct HttpEndpoint {
@@ -298,19 +301,31 @@ impl HttpEndpoint {
         let thread = thread::Builder::new()
             .name("metrics-http".into())
             .spawn(move || {
+                let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 for conn in listener.incoming() {
                     if stop2.load(Relaxed) {
                         return;
                     }
                     let Ok(conn) = conn else { continue };
-                    let metrics = metrics.clone();
-                    let _ = thread::Builder::new()
-                        .name("metrics-req".into())
-                        .spawn(move || {
-                            if let Err(e) = answer(conn, &metrics) {
-                                log::debug!("metrics request: {e}");
-                            }
-                        });
+                    // A few scrapers at once at most; more are turned away, not queued.
+                    if busy.load(Relaxed) >= MAX_HTTP_CLIENTS {
+                        drop(conn);
+                        continue;
+                    }
+                    busy.fetch_add(1, Relaxed);
+                    let (metrics, done) = (metrics.clone(), busy.clone());
+                    let spawned =
+                        thread::Builder::new()
+                            .name("metrics-req".into())
+                            .spawn(move || {
+                                if let Err(e) = answer(conn, &metrics) {
+                                    log::debug!("metrics request: {e}");
+                                }
+                                done.fetch_sub(1, Relaxed);
+                            });
+                    if spawned.is_err() {
+                        busy.fetch_sub(1, Relaxed);
+                    }
                 }
             })?;
         Ok(HttpEndpoint {

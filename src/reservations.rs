@@ -34,6 +34,19 @@ pub enum HostAction {
     Preempt { victim: String, abort: bool },
 }
 
+impl std::fmt::Display for HostAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAction::Clear => write!(f, "host CLEAR"),
+            HostAction::Preempt { victim, abort } => write!(
+                f,
+                "host PREEMPT{} of {victim}",
+                if *abort { " AND ABORT" } else { "" }
+            ),
+        }
+    }
+}
+
 pub struct Reservations {
     arbiter: RwLock<Arbiter>,
     /// Taken only with the arbiter's write lock held, or on its own for bookkeeping.
@@ -112,14 +125,7 @@ impl Reservations {
     /// (the fencing guarantee), queues the unit attentions, counts in PRgeneration and is saved
     /// durably before this returns; the log names it a host action.
     pub fn host(&self, action: &HostAction) -> PrStatus {
-        let what = match action {
-            HostAction::Clear => "host CLEAR".to_string(),
-            HostAction::Preempt { victim, abort } => format!(
-                "host PREEMPT{} of {victim}",
-                if *abort { " AND ABORT" } else { "" }
-            ),
-        };
-        self.change("host", &what, None, |arb| match action {
+        self.change("host", &action.to_string(), None, |arb| match action {
             HostAction::Clear => arb.host_clear(),
             HostAction::Preempt { victim, .. } => arb.host_preempt(victim),
         })

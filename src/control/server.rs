@@ -335,7 +335,7 @@ fn host_action(
 ) -> Result<Value, Failure> {
     let lun = daemon.lun();
     let res = &lun.reservations;
-    log::warn!("host action{}: {action:?}", by(peer));
+    log::warn!("host action{}: {action}", by(peer));
     match res.host(action) {
         PrStatus::Good => Ok(res.with(|a| view::pr(a.state()))),
         PrStatus::Conflict => Err(fail(
