@@ -4,7 +4,10 @@
 set -euo pipefail
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
-packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc g++ libc6-dev socat)
+# g++: libFuzzer (fuzz/run.sh) is C++. prometheus: promtool and a real server for
+# tests/metrics.rs; libvirt (and xmllint for virt-xml-validate) for tests/libvirt.rs.
+packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc g++ libc6-dev socat prometheus
+          libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

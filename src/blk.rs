@@ -17,6 +17,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use crate::image::range_ok;
 use crate::lun::{Lun, SERIAL_LEN};
 use crate::pr::Access;
+use crate::stats::{self, DeviceStats, Op};
 use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Vring};
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
@@ -50,6 +51,9 @@ pub struct BlkDevice {
     exit: ExitEvents,
     /// Closed before the daemon ends this connection.
     gate: Gate,
+    /// This guest alone sees a read-only disk (`guest.read_only` in the configuration).
+    guest_read_only: bool,
+    stats: Arc<DeviceStats>,
 }
 
 /// The backend handed to vhost-user-backend: cheap to clone, `&self` everywhere so that queue
@@ -59,6 +63,17 @@ pub struct BlkBackend(Arc<BlkDevice>);
 
 impl BlkBackend {
     pub fn new(lun: Arc<Lun>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
+        Self::with_options(lun, initiator, mem, false, Arc::default())
+    }
+
+    /// A device for a guest that may be read-only on its own, counting into `stats`.
+    pub fn with_options(
+        lun: Arc<Lun>,
+        initiator: Arc<str>,
+        mem: AtomicMem,
+        read_only: bool,
+        stats: Arc<DeviceStats>,
+    ) -> io::Result<Self> {
         let exit = ExitEvents::new(MAX_QUEUES)?;
         Ok(BlkBackend(Arc::new(BlkDevice {
             lun,
@@ -69,6 +84,8 @@ impl BlkBackend {
             acked_features: AtomicU64::new(0),
             exit,
             gate: Gate::default(),
+            guest_read_only: read_only,
+            stats,
         })))
     }
 }
@@ -78,6 +95,11 @@ fn bit(b: u32) -> u64 {
 }
 
 impl BlkDevice {
+    /// Read-only for this guest: the whole image, or this guest alone.
+    fn read_only(&self) -> bool {
+        self.guest_read_only || self.lun.image.read_only()
+    }
+
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         let sectors = self.lun.image.size() / SECTOR;
@@ -117,10 +139,43 @@ impl BlkDevice {
             log::warn!("{}: blk: request without a status byte", self.initiator);
             return 0;
         };
+        let start = std::time::Instant::now();
+        stats::take_conflict();
         let (code, written) = self.execute(&chain.readable, &data_in);
+        self.count(&chain.readable, code, written, start.elapsed());
         virtio::write_bytes(&status, &[code]);
         // `written` never exceeds data_in, which is below the 4 GiB chain limit.
         (written + 1) as u32
+    }
+
+    /// Counts a completed request (see `stats.rs`).
+    fn count(
+        &self,
+        readable: &[crate::image::Buf],
+        code: u8,
+        written: usize,
+        took: std::time::Duration,
+    ) {
+        let mut header = [0u8; 4];
+        virtio::read_bytes(readable, &mut header);
+        let (op, bytes) = match u32::from_le_bytes(header) {
+            VIRTIO_BLK_T_IN => (Op::Read, written as u64),
+            VIRTIO_BLK_T_OUT => (
+                Op::Write,
+                virtio::total(readable).saturating_sub(HEADER_LEN) as u64,
+            ),
+            VIRTIO_BLK_T_FLUSH => (Op::Flush, 0),
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => (Op::Discard, 0),
+            _ => (Op::Other, 0),
+        };
+        let result = if code == VIRTIO_BLK_S_OK as u8 {
+            stats::Result::Ok
+        } else if stats::take_conflict() {
+            stats::Result::Conflict
+        } else {
+            stats::Result::Error
+        };
+        self.stats.record(op, result, bytes, took);
     }
 
     /// Returns the status and the number of data bytes written to `data_in`.
@@ -170,7 +225,7 @@ impl BlkDevice {
                 let Some(offset) = self.data_range(sector, out_len, in_len) else {
                     return (IOERR, 0);
                 };
-                if image.read_only() {
+                if self.read_only() {
                     return (IOERR, 0);
                 }
                 let Some(_admitted) = self.admit(Access::Write) else {
@@ -214,6 +269,7 @@ impl BlkDevice {
     fn admit(&self, access: Access) -> Option<crate::reservations::Admitted<'_>> {
         let admitted = self.lun.reservations.admit(&self.initiator, access);
         if admitted.is_none() {
+            stats::note_conflict();
             log::debug!(
                 "{}: blk {access:?} refused: reservation conflict",
                 self.initiator
@@ -267,7 +323,7 @@ impl BlkDevice {
             }
             segments.push((offset, bytes, unmap));
         }
-        if self.lun.image.read_only() {
+        if self.read_only() {
             return IOERR;
         }
         let Some(_admitted) = self.admit(Access::Write) else {
@@ -318,7 +374,7 @@ impl VhostUserBackend for BlkBackend {
             | bit(VIRTIO_BLK_F_TOPOLOGY)
             | bit(VIRTIO_BLK_F_MQ)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if self.0.lun.image.read_only() {
+        if self.0.read_only() {
             f |= bit(VIRTIO_BLK_F_RO);
         } else {
             f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);

@@ -4,17 +4,23 @@
 pub mod blk;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod failpoint;
 pub mod image;
 pub mod lun;
+pub mod metrics;
 pub mod pr;
 pub mod qemu;
 pub mod replay;
 pub mod reservations;
+pub mod runtime_guests;
 pub mod scsi;
 pub mod sense;
 pub mod server;
+pub mod service;
+pub mod sockets;
 pub mod state;
+pub mod stats;
 pub mod virtio;
 pub mod vring;
 

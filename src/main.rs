@@ -3,20 +3,36 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sharedisk::cli::{Cli, Command};
-use sharedisk::{qemu, server::Server};
+use sharedisk::cli::{Cli, Command, ConfigCommand, PrOffline};
+use sharedisk::config;
+use sharedisk::control::client;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => Server::start(args.into())
-            .map_err(|e| e.to_string())
-            .and_then(|server| sharedisk::run_until_signal(server).map_err(|e| e.to_string())),
-        Command::QemuArgs {
-            socket_dir,
-            guest,
-            memory,
-        } => qemu::args(&socket_dir, &guest, &memory).map(|args| println!("{args}")),
+        Command::Ctl(args) => {
+            return ExitCode::from(client::run(
+                &args.socket,
+                args.json,
+                args.command.into_command(),
+            ))
+        }
+        Command::Pr {
+            command: PrOffline::Show { state, json },
+        } => return ExitCode::from(client::show_state_file(&state, json)),
+        Command::Serve(args) => {
+            let (file, flags) = args.flags();
+            flags
+                .resolve(file.as_deref())
+                .map_err(|e| e.to_string())
+                .and_then(|config| sharedisk::service::run(config).map_err(|e| e.to_string()))
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config::load_file(&file)
+            .map(|c| print!("{}: OK\n{}", file.display(), c.describe()))
+            .map_err(|e| e.to_string()),
+        Command::QemuArgs(args) => args.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

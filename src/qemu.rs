@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
-use crate::config::{parse_size, socket_path, valid_guest_name};
+use crate::config::{parse_size, socket_path, valid_guest_name, GuestConfig};
 
 /// The QEMU binary: `$SHAREDISK_QEMU`, else `qemu-system-x86_64` on the PATH (the scripts and
 /// the tests use the same variable).
@@ -77,6 +77,102 @@ fn args_for(
         blk.display(),
         scsi.display()
     ))
+}
+
+/// What `qemu-args` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// QEMU command-line flags.
+    Qemu,
+    /// libvirt domain XML fragments.
+    Libvirt,
+}
+
+/// The attachment of `guest` (its queues and devices from the configuration), in `format`, for
+/// the QEMU [`binary`].
+pub fn guest_args(
+    socket_dir: &Path,
+    guest: &GuestConfig,
+    memory: &str,
+    format: Format,
+) -> Result<String, String> {
+    let version = installed_version();
+    if version.is_none() {
+        log::warn!(
+            "cannot run `{} --version`; printing for QEMU 7.2",
+            binary().to_string_lossy()
+        );
+    }
+    match format {
+        Format::Qemu => {
+            let mut a = args_for(socket_dir, &guest.name, memory, version)?;
+            a = a.replace("num-queues=1", &format!("num-queues={}", guest.queues));
+            a = a.replace("num_queues=1", &format!("num_queues={}", guest.queues));
+            if !guest.scsi {
+                a = a[..a.find(" -chardev socket,id=sd-scsi").unwrap_or(a.len())].to_string();
+            }
+            Ok(a)
+        }
+        Format::Libvirt => libvirt_for(socket_dir, guest, version),
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// The libvirt XML for one guest: shared memfd memory, the vhost-user-blk `<disk>` (libvirt
+/// 7.1 and later), and the vhost-user-scsi device through `<qemu:commandline>` (libvirt has no
+/// element for it). Each fragment starts with a comment saying where it goes.
+fn libvirt_for(
+    socket_dir: &Path,
+    guest: &GuestConfig,
+    version: Option<(u32, u32)>,
+) -> Result<String, String> {
+    if !valid_guest_name(&guest.name) {
+        return Err(format!(
+            "invalid guest name {:?}: use [A-Za-z0-9_.-]",
+            guest.name
+        ));
+    }
+    let blk = socket_path(socket_dir, &guest.name, "blk");
+    let scsi = socket_path(socket_dir, &guest.name, "scsi");
+    let blk = xml_escape(&blk.to_string_lossy());
+    let mut out = format!(
+        "<!-- sharedisk: guest {name}. Declare the qemu namespace on the domain:\n     \
+         <domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'> -->\n\
+         <!-- in <domain>: vhost-user needs guest RAM that is shared and fd-backed -->\n\
+         <memoryBacking>\n  <source type='memfd'/>\n  <access mode='shared'/>\n</memoryBacking>\n\
+         <!-- in <devices>: vhost-user-blk; sharedisk supplies the serial and read-only, which \
+         libvirt refuses on this disk type -->\n\
+         <disk type='vhostuser' device='disk'>\n  \
+         <driver name='qemu' type='raw' queues='{queues}'/>\n  \
+         <source type='unix' path='{blk}'>\n    <reconnect enabled='yes' timeout='1'/>\n  </source>\n  \
+         <target dev='vdb' bus='virtio'/>\n</disk>\n",
+        name = xml_escape(&guest.name),
+        queues = guest.queues,
+    );
+    if guest.scsi {
+        let (_, scsi_reconnect) = reconnect_options(version);
+        let chardev = xml_escape(&format!(
+            "socket,id=sd-scsi,path={}{scsi_reconnect}",
+            scsi.to_string_lossy().replace(',', ",,")
+        ));
+        out.push_str(&format!(
+            "<!-- in <domain>: vhost-user-scsi, which libvirt has no element for. Its PCI address \
+             keeps it off the slots libvirt assigns (on q35 use bus=pcie.0) -->\n\
+             <qemu:commandline>\n  <qemu:arg value='-chardev'/>\n  <qemu:arg value='{chardev}'/>\n  \
+             <qemu:arg value='-device'/>\n  \
+             <qemu:arg value='vhost-user-scsi-pci,id=sd-scsi,chardev=sd-scsi,num_queues={q},bus=pci.0,addr=0x10'/>\n\
+             </qemu:commandline>\n",
+            q = guest.queues
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -15,13 +15,37 @@
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::failpoint;
-use crate::pr::{Access, Arbiter, PrStatus, ProutRequest};
+use crate::pr::{Access, Arbiter, PrStatus, ProutOutcome, ProutRequest};
 use crate::replay::{Origin, ReplayLog};
 use crate::sense::Sense;
 use crate::state::{StateError, StateStore};
 
 /// INTERNAL TARGET FAILURE: the change could not be made durable, so it was not made.
 const INTERNAL_TARGET_FAILURE: Sense = Sense::new(0x04, 0x44, 0x00);
+
+/// A PR change made from the host rather than by an initiator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostAction {
+    /// Drop every registration and the reservation.
+    Clear,
+    /// Remove `victim`'s registration (and its reservation). `abort` is PREEMPT AND ABORT:
+    /// commands complete before a PR change is applied, so both wait for every admitted
+    /// command of the victim to finish; `abort` only names the action in the log.
+    Preempt { victim: String, abort: bool },
+}
+
+impl std::fmt::Display for HostAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAction::Clear => write!(f, "host CLEAR"),
+            HostAction::Preempt { victim, abort } => write!(
+                f,
+                "host PREEMPT{} of {victim}",
+                if *abort { " AND ABORT" } else { "" }
+            ),
+        }
+    }
+}
 
 pub struct Reservations {
     arbiter: RwLock<Arbiter>,
@@ -92,10 +116,34 @@ impl Reservations {
     /// `origin` identifies a request from a virtqueue: its outcome is recorded, so that a replay
     /// gets the same answer (see [`Reservations::replayed`]).
     pub fn prout(&self, initiator: &str, req: &ProutRequest, origin: Option<&Origin>) -> PrStatus {
+        let what = format!("PR OUT {:?} type {}", req.action, req.res_type);
+        self.change(initiator, &what, origin, |arb| arb.prout(initiator, req))
+    }
+
+    /// A PR change made by the host (`sharedisk ctl pr clear|preempt`), not by an initiator. It
+    /// takes the same path as a guest's PR OUT: it waits for every admitted command to finish
+    /// (the fencing guarantee), queues the unit attentions, counts in PRgeneration and is saved
+    /// durably before this returns; the log names it a host action.
+    pub fn host(&self, action: &HostAction) -> PrStatus {
+        self.change("host", &action.to_string(), None, |arb| match action {
+            HostAction::Clear => arb.host_clear(),
+            HostAction::Preempt { victim, .. } => arb.host_preempt(victim),
+        })
+    }
+
+    /// Applies one PR change with `apply` under the write lock and makes it durable before
+    /// returning its status; undone if it cannot be saved.
+    fn change(
+        &self,
+        initiator: &str,
+        what: &str,
+        origin: Option<&Origin>,
+        apply: impl FnOnce(&mut Arbiter) -> ProutOutcome,
+    ) -> PrStatus {
         let mut arb = self.write_lock();
         let mut replay = self.replay_log();
         let before = arb.clone();
-        let outcome = arb.prout(initiator, req);
+        let outcome = apply(&mut arb);
         if let Some(o) = origin {
             replay.record(initiator, o, outcome.status.clone());
         }
@@ -120,22 +168,17 @@ impl Reservations {
                         _ => true,
                     };
                     if undone {
-                        log::error!("{e}; {initiator}'s {:?} is undone", req.action);
+                        log::error!("{e}; {initiator}'s {what} is undone");
                         *arb = before;
                     } else {
-                        log::error!(
-                            "{e}; {initiator}'s {:?} stays in effect: the file holds it",
-                            req.action
-                        );
+                        log::error!("{e}; {initiator}'s {what} stays in effect: the file holds it");
                     }
                     return PrStatus::CheckCondition(INTERNAL_TARGET_FAILURE);
                 }
                 failpoint::hit("prout-persisted");
             }
             log::info!(
-                "{initiator}: PR OUT {:?} type {} -> {:?}, generation {}{}",
-                req.action,
-                req.res_type,
+                "{initiator}: {what} -> {:?}, generation {}{}",
                 outcome.status,
                 arb.state().generation,
                 if outcome.preempted.is_empty() {
@@ -145,11 +188,7 @@ impl Reservations {
                 }
             );
         } else {
-            log::debug!(
-                "{initiator}: PR OUT {:?} -> {:?}",
-                req.action,
-                outcome.status
-            );
+            log::debug!("{initiator}: {what} -> {:?}", outcome.status);
         }
         outcome.status
     }
@@ -180,3 +219,7 @@ impl Reservations {
         self.write_lock().pop_unit_attention(initiator)
     }
 }
+
+#[cfg(test)]
+#[path = "tests/reservations.rs"]
+mod tests;

@@ -8,6 +8,7 @@
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
@@ -17,7 +18,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::BlkBackend;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, GuestConfig};
 use crate::image::FileImage;
 use crate::lun::Lun;
 use crate::pr::Arbiter;
@@ -26,6 +27,7 @@ use crate::reservations::Reservations;
 use crate::scsi::device::ScsiBackend;
 use crate::scsi::target::Target;
 use crate::state::{ImageIdentity, Saved, StateError, StateStore};
+use crate::stats::{DeviceStats, Stats};
 use crate::virtio::{AtomicMem, Quiesce, Vring};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +48,35 @@ pub enum ServerError {
 /// guests' connections and removes the sockets.
 pub struct Server {
     lun: Arc<Lun>,
+    target: Arc<Target>,
+    stats: Arc<Stats>,
     config: Config,
+    sockets: Vec<GuestSockets>,
+}
+
+/// The socket threads of one guest, stopped together.
+struct GuestSockets {
+    name: String,
     stop: Arc<EventFd>,
     threads: Vec<JoinHandle<()>>,
+}
+
+impl GuestSockets {
+    fn new(name: &str) -> io::Result<Self> {
+        Ok(GuestSockets {
+            name: name.to_string(),
+            stop: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+            threads: Vec::new(),
+        })
+    }
+
+    /// Stops serving: connections are quiesced and closed, the sockets removed.
+    fn stop(&mut self) {
+        let _ = self.stop.write(1);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Server {
@@ -62,7 +90,7 @@ impl Server {
             FileImage::open(&config.image, config.size, config.read_only).map_err(image_err)?;
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
         let store = StateStore::new(config.state_path(), identity.clone());
-        let initiators = config.guests.iter().cloned();
+        let initiators = config.guest_names().into_iter();
         let (arbiter, replay) = if config.reset_reservations {
             log::warn!(
                 "--reset-reservations: starting with no registrations; {} is overwritten",
@@ -106,40 +134,112 @@ impl Server {
             lun.image.size(),
             if config.read_only { ", read-only" } else { "" },
             lun.serial,
-            config.guests.join(", ")
+            config.guest_names().join(", ")
         );
 
-        std::fs::create_dir_all(&config.socket_dir).map_err(|source| ServerError::Socket {
+        crate::sockets::create_dir(&config.socket_dir).map_err(|source| ServerError::Socket {
             path: config.socket_dir.clone(),
             source,
         })?;
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let target = Arc::new(Target::new(lun.clone()));
         let mut server = Server {
             lun,
+            target,
+            stats: Arc::default(),
             config,
-            stop,
-            threads: Vec::new(),
+            sockets: Vec::new(),
         };
-        let target = Arc::new(Target::new(server.lun.clone()));
         for guest in server.config.guests.clone() {
-            let initiator: Arc<str> = guest.as_str().into();
-            let lun = server.lun.clone();
-            let name = initiator.clone();
-            server.listen(server.config.blk_socket(&guest), move |mem| {
-                BlkBackend::new(lun.clone(), name.clone(), mem)
-            })?;
-            if server.config.scsi {
-                let target = target.clone();
-                server.listen(server.config.scsi_socket(&guest), move |mem| {
-                    ScsiBackend::new(target.clone(), initiator.clone(), mem)
-                })?;
-            }
+            server.serve_guest(&guest)?;
         }
         Ok(server)
     }
 
+    /// Starts the sockets of one guest.
+    fn serve_guest(&mut self, guest: &GuestConfig) -> Result<(), ServerError> {
+        let mut sockets = GuestSockets::new(&guest.name)?;
+        let r = self.listen_guest(guest, &mut sockets);
+        if r.is_err() {
+            sockets.stop();
+        } else {
+            self.sockets.push(sockets);
+        }
+        r
+    }
+
+    /// Serves a guest that is not in the configuration yet (run-time `guest add`).
+    pub fn add_guest(&mut self, guest: GuestConfig) -> Result<(), ServerError> {
+        let mut config = self.config.clone();
+        config.guests.push(guest.clone());
+        config.validate()?;
+        self.serve_guest(&guest)?;
+        self.config = config;
+        // A new initiator: known for REGISTER AND MOVE, and told of the power on.
+        self.lun
+            .reservations
+            .with_mut(|a| a.add_initiator(guest.name.clone()));
+        Ok(())
+    }
+
+    /// Stops serving `name`: its connections are closed and its sockets removed. Its
+    /// registrations are PR state and stay.
+    pub fn remove_guest(&mut self, name: &str) -> bool {
+        let Some(i) = self.sockets.iter().position(|s| s.name == name) else {
+            return false;
+        };
+        self.sockets.remove(i).stop();
+        self.config.guests.retain(|g| g.name != name);
+        true
+    }
+
+    fn listen_guest(
+        &mut self,
+        guest: &GuestConfig,
+        sockets: &mut GuestSockets,
+    ) -> Result<(), ServerError> {
+        let initiator: Arc<str> = guest.name.as_str().into();
+        let stats = self.stats.guest(&guest.name);
+        let lun = self.lun.clone();
+        let name = initiator.clone();
+        let read_only = guest.read_only;
+        let blk = stats.blk.clone();
+        self.listen(
+            sockets,
+            self.config.blk_socket(&guest.name),
+            stats.blk.clone(),
+            move |mem| {
+                BlkBackend::with_options(lun.clone(), name.clone(), mem, read_only, blk.clone())
+            },
+        )?;
+        if self.config.scsi && guest.scsi {
+            let target = self.target.clone();
+            let scsi = stats.scsi.clone();
+            self.listen(
+                sockets,
+                self.config.scsi_socket(&guest.name),
+                stats.scsi.clone(),
+                move |mem| {
+                    ScsiBackend::with_options(
+                        target.clone(),
+                        initiator.clone(),
+                        mem,
+                        read_only,
+                        scsi.clone(),
+                    )
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Starts the thread serving one socket with backends built by `make`.
-    fn listen<B, F>(&mut self, path: PathBuf, make: F) -> Result<(), ServerError>
+    fn listen<B, F>(
+        &self,
+        sockets: &mut GuestSockets,
+        path: PathBuf,
+        stats: Arc<DeviceStats>,
+        make: F,
+    ) -> Result<(), ServerError>
     where
         B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
         F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
@@ -159,16 +259,25 @@ impl Server {
             path: path.clone(),
             source: io::Error::other(e.to_string()),
         })?;
+        crate::sockets::restrict(
+            &path,
+            self.config.socket_group.as_deref(),
+            self.config.socket_mode,
+        )
+        .map_err(|source| ServerError::Socket {
+            path: path.clone(),
+            source,
+        })?;
         log::info!("listening on {}", path.display());
-        let stop = self.stop.clone();
+        let stop = sockets.stop.clone();
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let handle = thread::Builder::new()
             .name(name.clone())
-            .spawn(move || serve_socket(&name, listener, &stop, make))?;
-        self.threads.push(handle);
+            .spawn(move || serve_socket(&name, listener, &stop, &stats, make))?;
+        sockets.threads.push(handle);
         Ok(())
     }
 
@@ -185,15 +294,38 @@ impl Server {
         &self.config
     }
 
+    /// The SCSI target every guest's scsi device shares.
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
+    /// Every guest's I/O counters and connection state.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Stops serving every guest, waiting for every connection to wind down.
+    pub fn stop(&mut self) {
+        self.stop_threads();
+    }
+
+    /// Whether either device of `guest` has a frontend connected.
+    pub fn guest_connected(&self, guest: &str) -> bool {
+        let s = self.stats.guest(guest);
+        s.blk.connected.load(Ordering::Relaxed) || s.scsi.connected.load(Ordering::Relaxed)
+    }
+
     /// Stops serving, waiting for every connection to wind down.
     pub fn shutdown(mut self) {
         self.stop_threads();
     }
 
     fn stop_threads(&mut self) {
-        let _ = self.stop.write(1);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        for s in &self.sockets {
+            let _ = s.stop.write(1);
+        }
+        for mut s in self.sockets.drain(..) {
+            s.stop();
         }
     }
 }
@@ -230,8 +362,13 @@ fn poll_timeout<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<
 }
 
 /// Serves one socket until `stop` fires: one connection at a time, for ever.
-fn serve_socket<B, F>(name: &str, mut listener: Listener, stop: &EventFd, make: F)
-where
+fn serve_socket<B, F>(
+    name: &str,
+    mut listener: Listener,
+    stop: &EventFd,
+    stats: &DeviceStats,
+    make: F,
+) where
     B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
     F: Fn(AtomicMem) -> io::Result<B>,
 {
@@ -278,6 +415,8 @@ where
                 return;
             }
         };
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        stats.connected.store(true, Ordering::Relaxed);
         let done_w = done.clone();
         let conn_name = name.to_string();
         let waiter = thread::spawn(move || {
@@ -321,6 +460,7 @@ where
             shutdown.shutdown();
         }
         let _ = waiter.join();
+        stats.connected.store(false, Ordering::Relaxed);
         if stopping {
             return;
         }

@@ -82,6 +82,31 @@ pub enum StateError {
     NotDurable { path: PathBuf, source: io::Error },
 }
 
+/// Reads a state file without checking which image it belongs to (`sharedisk pr show --state`,
+/// with the daemon stopped): the image it names, and what it holds.
+pub fn inspect(path: &Path) -> Result<(ImageIdentity, Saved), StateError> {
+    let text = fs::read(path).map_err(|source| StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let disk: OnDisk = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    if disk.format != FORMAT {
+        return Err(corrupt(format!("unknown format version {}", disk.format)));
+    }
+    disk.reservations.validate().map_err(corrupt)?;
+    Ok((
+        disk.image,
+        Saved {
+            reservations: disk.reservations,
+            replay: disk.replay,
+        },
+    ))
+}
+
 /// Reads and atomically replaces one state file.
 pub struct StateStore {
     path: PathBuf,

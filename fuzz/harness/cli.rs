@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use clap::Parser;
 use sharedisk::cli::{Cli, Command};
-use sharedisk::config::{parse_size, valid_guest_name, Config};
+use sharedisk::config::{parse_size, valid_guest_name};
 
 /// One fuzz input; panics on a finding.
 pub fn run(data: &[u8]) {
@@ -38,22 +38,27 @@ pub fn run(data: &[u8]) {
         Ok(Cli {
             command: Command::Serve(serve),
         }) => {
-            let config = Config::from(serve);
-            if config.validate().is_ok() {
+            // Flags alone (a config file would be read from disk).
+            let (None, flags) = serve.flags() else {
+                return;
+            };
+            if let Ok(config) = flags.resolve(None) {
+                assert!(config.validate().is_ok());
                 assert!(!config.guests.is_empty() && config.guests.len() <= config.max_shares);
-                for g in &config.guests {
-                    assert!(valid_guest_name(g));
-                    let sock = config.blk_socket(g);
+                for g in config.guest_names() {
+                    assert!(valid_guest_name(&g));
+                    let sock = config.blk_socket(&g);
                     assert_eq!(sock.parent(), Some(config.socket_dir.as_path()), "{g:?}");
                 }
                 let _ = config.state_path();
             }
         }
         Ok(Cli {
-            command: Command::QemuArgs { guest, memory, .. },
+            command: Command::QemuArgs(q),
         }) => {
-            let _ = (valid_guest_name(&guest), parse_size(&memory));
+            let _ = (valid_guest_name(&q.guest), parse_size(&q.memory));
         }
+        Ok(_) => {}
         Err(e) => {
             let _ = e.render().to_string();
         }

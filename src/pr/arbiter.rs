@@ -919,6 +919,46 @@ impl Arbiter {
         }
     }
 
+    /// Host-side CLEAR: the disk's owner, not an initiator, drops every registration and the
+    /// reservation, with CLEAR's side effects (SPC-4 §5.9.11.6): every registrant gets 2A/03
+    /// RESERVATIONS PREEMPTED and PRgeneration counts it. Nothing registered: nothing changes.
+    pub fn host_clear(&mut self) -> ProutOutcome {
+        if self.state.registrations.is_empty() && self.state.reservation.is_none() {
+            return ProutOutcome::good(false);
+        }
+        let regs = std::mem::take(&mut self.state.registrations);
+        self.state.reservation = None;
+        let preempted: Vec<String> = regs.into_iter().map(|r| r.initiator).collect();
+        for p in &preempted {
+            self.queue_ua(p, sense::RESERVATIONS_PREEMPTED);
+        }
+        self.state.generation = self.state.generation.wrapping_add(1);
+        ProutOutcome {
+            status: PrStatus::Good,
+            changed: true,
+            preempted,
+        }
+    }
+
+    /// Host-side PREEMPT of `victim`'s registration, as another registrant's PREEMPT with the
+    /// victim's key would remove it (SPC-4 §5.9.11.4): the victim gets 2A/05 REGISTRATIONS
+    /// PREEMPTED, and if it held the reservation, the reservation is released as when a holder's
+    /// registration goes (2A/04 to the others for types 5 and 6). PRgeneration counts it. An
+    /// unregistered victim is a conflict, as a SERVICE ACTION RESERVATION KEY matching nobody.
+    pub fn host_preempt(&mut self, victim: &str) -> ProutOutcome {
+        let Some(idx) = self.reg_index(victim) else {
+            return ProutOutcome::conflict();
+        };
+        self.remove_registration(idx);
+        self.queue_ua(victim, sense::REGISTRATIONS_PREEMPTED);
+        self.state.generation = self.state.generation.wrapping_add(1);
+        ProutOutcome {
+            status: PrStatus::Good,
+            changed: true,
+            preempted: vec![victim.to_string()],
+        }
+    }
+
     /// REGISTER AND MOVE (SPC-4 §5.9.8), checks in LIO's order: registration, key, SARK,
     /// TransportID, then holdership.
     fn register_and_move(&mut self, initiator: &str, req: &ProutRequest) -> ProutOutcome {

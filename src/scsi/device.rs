@@ -17,7 +17,8 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use crate::lun::fnv1a;
 use crate::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
-use crate::scsi::target::{Outcome, Target};
+use crate::scsi::target::{Outcome, Target, GOOD, RESERVATION_CONFLICT};
+use crate::stats::{self, DeviceStats, Op};
 use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Slot, Vring};
 
 /// Request queues we advertise, on top of the control and event queues.
@@ -73,6 +74,9 @@ pub struct ScsiDevice {
     exit: ExitEvents,
     /// Closed before the daemon ends this connection.
     gate: Gate,
+    /// This guest alone sees a write-protected disk (`guest.read_only` in the configuration).
+    guest_read_only: bool,
+    stats: Arc<DeviceStats>,
 }
 
 #[derive(Clone)]
@@ -80,6 +84,17 @@ pub struct ScsiBackend(Arc<ScsiDevice>);
 
 impl ScsiBackend {
     pub fn new(target: Arc<Target>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
+        Self::with_options(target, initiator, mem, false, Arc::default())
+    }
+
+    /// A device for a guest that may be read-only on its own, counting into `stats`.
+    pub fn with_options(
+        target: Arc<Target>,
+        initiator: Arc<str>,
+        mem: AtomicMem,
+        read_only: bool,
+        stats: Arc<DeviceStats>,
+    ) -> io::Result<Self> {
         let exit = ExitEvents::new(MAX_REQUEST_QUEUES + 1)?;
         Ok(ScsiBackend(Arc::new(ScsiDevice {
             target,
@@ -89,6 +104,8 @@ impl ScsiBackend {
             event_idx: AtomicBool::new(false),
             exit,
             gate: Gate::default(),
+            guest_read_only: read_only,
+            stats,
         })))
     }
 }
@@ -135,6 +152,7 @@ impl ScsiDevice {
         let cdb = &header[19..19 + CDB_SIZE];
         // PR OUT is the one command whose replay after a reconnection must not run again.
         let is_prout = cdb[0] == PERSISTENT_RESERVE_OUT;
+        let start = std::time::Instant::now();
         let outcome = match decode_lun(&header[..8]) {
             Address::BadTarget => {
                 resp[11] = VIRTIO_SCSI_S_BAD_TARGET as u8;
@@ -149,10 +167,17 @@ impl ScsiDevice {
                     slot,
                     digest: request_digest(&header, &data_out),
                 });
-                self.target
-                    .execute(&self.initiator, cdb, &data_out, &data_in, origin.as_ref())
+                self.target.execute_for(
+                    &self.initiator,
+                    self.guest_read_only,
+                    cdb,
+                    &data_out,
+                    &data_in,
+                    origin.as_ref(),
+                )
             }
         };
+        self.count(cdb, &outcome, start.elapsed());
         let Outcome {
             status,
             sense,
@@ -176,6 +201,25 @@ impl ScsiDevice {
         resp[11] = VIRTIO_SCSI_S_OK as u8;
         virtio::write_bytes(&resp_buf, &resp);
         ((RESP_LEN + written) as u32, is_prout)
+    }
+
+    /// Counts a completed command (see `stats.rs`).
+    fn count(&self, cdb: &[u8], outcome: &Outcome, took: std::time::Duration) {
+        let (op, written) = stats::scsi_op(cdb);
+        let result = match outcome.status {
+            GOOD => stats::Result::Ok,
+            RESERVATION_CONFLICT => stats::Result::Conflict,
+            _ => stats::Result::Error,
+        };
+        let bytes = match op {
+            Op::Read => outcome.data_in as u64,
+            Op::Write => written,
+            _ => 0,
+        };
+        self.stats.record(op, result, bytes, took);
+        if cdb[0] == PERSISTENT_RESERVE_OUT {
+            self.stats.record_prout(cdb[1] & 0x1f, result);
+        }
     }
 
     /// Task management and asynchronous notification (virtio 1.2 §5.6.6.2). Commands complete

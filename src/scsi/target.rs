@@ -109,14 +109,19 @@ impl Target {
     }
 
     fn info(&self) -> DiskInfo {
+        self.info_for(self.lun.image.read_only())
+    }
+
+    /// What `read_only` (the image's or one guest's) makes of the LU's description.
+    fn info_for(&self, read_only: bool) -> DiskInfo {
         DiskInfo {
             num_blocks: self.num_blocks(),
             block_size: BLOCK as u32,
-            read_only: self.lun.image.read_only(),
+            read_only,
             write_cache: self.write_cache.load(Ordering::Relaxed),
             serial: self.lun.serial.clone(),
             naa: pages::naa_from_serial(&self.lun.serial),
-            unmap: !self.lun.image.read_only(),
+            unmap: !read_only,
             max_unmap_lbas: MAX_UNMAP_LBAS,
             max_unmap_descriptors: MAX_UNMAP_DESCRIPTORS,
             max_transfer_blocks: MAX_TRANSFER_BLOCKS,
@@ -156,13 +161,28 @@ impl Target {
         data_in: &[Buf],
         origin: Option<&Origin>,
     ) -> Outcome {
-        self.try_execute(initiator, cdb, data_out, data_in, origin)
+        self.execute_for(initiator, false, cdb, data_out, data_in, origin)
+    }
+
+    /// Like [`Target::execute`], for an initiator that may be read-only on its own: it sees
+    /// MODE SENSE WP and its writes fail with 07/27/00, whoever else writes.
+    pub fn execute_for(
+        &self,
+        initiator: &str,
+        guest_read_only: bool,
+        cdb: &[u8],
+        data_out: &[Buf],
+        data_in: &[Buf],
+        origin: Option<&Origin>,
+    ) -> Outcome {
+        self.try_execute(initiator, guest_read_only, cdb, data_out, data_in, origin)
             .unwrap_or_else(|o| o)
     }
 
     fn try_execute(
         &self,
         initiator: &str,
+        guest_read_only: bool,
         cdb: &[u8],
         data_out: &[Buf],
         data_in: &[Buf],
@@ -206,7 +226,8 @@ impl Target {
                 None
             }
         };
-        let read_only = self.lun.image.read_only();
+        let read_only = guest_read_only || self.lun.image.read_only();
+        let info = || self.info_for(read_only);
         let image = &self.lun.image;
         Ok(match cmd {
             Command::TestUnitReady => Outcome::good(0),
@@ -220,23 +241,21 @@ impl Target {
                 alloc_len,
             } => reply(
                 data_in,
-                &pages::inquiry(&self.info(), evpd, page_code)?,
+                &pages::inquiry(&info(), evpd, page_code)?,
                 alloc_len,
             ),
             Command::ReportLuns {
                 select_report,
                 alloc_len,
             } => reply(data_in, &pages::report_luns(select_report), alloc_len),
-            Command::ReadCapacity10 => reply(data_in, &pages::read_capacity_10(&self.info()), 8),
+            Command::ReadCapacity10 => reply(data_in, &pages::read_capacity_10(&info()), 8),
             Command::ReadCapacity16 { alloc_len } => {
-                reply(data_in, &pages::read_capacity_16(&self.info()), alloc_len)
+                reply(data_in, &pages::read_capacity_16(&info()), alloc_len)
             }
-            Command::ModeSense(m) => {
-                reply(data_in, &pages::mode_sense(&self.info(), &m)?, m.alloc_len)
-            }
+            Command::ModeSense(m) => reply(data_in, &pages::mode_sense(&info(), &m)?, m.alloc_len),
             Command::ModeSelect { ten, param_len, .. } => {
                 let params = param_list(data_out, param_len)?;
-                let change = pages::parse_mode_select(ten, &params, &self.info())?;
+                let change = pages::parse_mode_select(ten, &params, &info())?;
                 if let Some(wce) = change.wce {
                     if wce != self.write_cache.swap(wce, Ordering::Relaxed) {
                         log::info!("{initiator}: MODE SELECT sets WCE={}", wce as u8);
@@ -280,7 +299,7 @@ impl Target {
                     return Err(Outcome::check(sense::WRITE_PROTECTED));
                 }
                 let params = param_list(data_out, param_len)?;
-                let ranges = pages::parse_unmap(&params, &self.info())?;
+                let ranges = pages::parse_unmap(&params, &info())?;
                 // SBC-3 §5.28: validate every descriptor before changing anything.
                 for &(lba, blocks) in &ranges {
                     pages::check_range(lba, u64::from(blocks), self.num_blocks())?;
@@ -329,7 +348,7 @@ impl Target {
             Command::Release6 => Outcome::from_pr(res.with_mut(|a| a.spc2_release(initiator))),
             Command::ReportOpcodes(r) => reply(
                 data_in,
-                &pages::report_supported_opcodes(&self.info(), &r)?,
+                &pages::report_supported_opcodes(&info(), &r)?,
                 r.alloc_len,
             ),
         })

@@ -27,9 +27,11 @@ fn serve_arguments_become_a_config() {
     let Command::Serve(args) = cli.command else {
         panic!("not serve");
     };
-    let c = Config::from(args);
-    assert_eq!(c.guests, ["vm1", "vm2"]);
+    let (file, flags) = args.flags();
+    assert_eq!(file, None);
+    let c = flags.resolve(None).expect("a valid configuration");
+    assert_eq!(c.guest_names(), ["vm1", "vm2"]);
     assert_eq!(c.size, Some(1 << 20));
-    assert_eq!(c.max_shares, DEFAULT_MAX_SHARES);
+    assert_eq!(c.max_shares, crate::config::DEFAULT_MAX_SHARES);
     assert_eq!(c.validate(), Ok(()));
 }

@@ -16,6 +16,15 @@ fn sizes() {
 }
 
 #[test]
+fn modes() {
+    assert_eq!(parse_mode("0660"), Ok(0o660));
+    assert_eq!(parse_mode("600"), Ok(0o600));
+    assert!(parse_mode("0999").is_err());
+    assert!(parse_mode("01777").is_err());
+    assert!(parse_mode("").is_err());
+}
+
+#[test]
 fn guest_names() {
     assert!(valid_guest_name("vm1"));
     assert!(valid_guest_name("node-a.b_c"));
@@ -32,7 +41,192 @@ fn validation() {
     assert_eq!(c.validate(), Ok(()));
     c.max_shares = 1;
     assert!(matches!(c.validate(), Err(ConfigError::TooMany { .. })));
-    c.guests = vec!["a/b".into()];
+    c.guests = vec![GuestConfig::new("a/b")];
     assert!(matches!(c.validate(), Err(ConfigError::BadName(_))));
     assert_eq!(c.state_path(), PathBuf::from("d.img.pr"));
+    assert_eq!(
+        c.control_socket_path(),
+        PathBuf::from("/tmp").join(CONTROL_SOCKET_NAME)
+    );
+}
+
+const GOOD: &str = r#"
+[image]
+path = "/srv/disk.img"
+size = "1G"
+state = "/var/lib/sharedisk/disk.pr"
+max_shares = 4
+
+[server]
+socket_dir = "/run/sharedisk/lab"
+socket_group = "kvm"
+socket_mode = "0660"
+metrics_listen = "127.0.0.1:9464"
+
+[[guest]]
+name = "vm1"
+
+[[guest]]
+name = "vm2"
+read_only = true
+queues = 4
+scsi = false
+"#;
+
+fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// The error for `text`, asserted to name the file.
+fn error(text: &str) -> String {
+    let (_d, path) = write(text);
+    let e = load_file(&path).unwrap_err().to_string();
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    e
+}
+
+#[test]
+fn file_with_every_setting() {
+    let (_d, path) = write(GOOD);
+    let c = load_file(&path).unwrap();
+    assert_eq!(c.image, PathBuf::from("/srv/disk.img"));
+    assert_eq!(c.size, Some(1 << 30));
+    assert_eq!(c.state_path(), PathBuf::from("/var/lib/sharedisk/disk.pr"));
+    assert_eq!(c.max_shares, 4);
+    assert_eq!(c.socket_group.as_deref(), Some("kvm"));
+    assert_eq!(c.socket_mode, Some(0o660));
+    assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(
+        c.control_socket_path(),
+        PathBuf::from("/run/sharedisk/lab/control.sock")
+    );
+    assert_eq!(c.guests[0], GuestConfig::new("vm1"));
+    assert_eq!(
+        c.guests[1],
+        GuestConfig {
+            name: "vm2".into(),
+            read_only: true,
+            queues: 4,
+            scsi: false
+        }
+    );
+    let d = c.describe();
+    assert!(d.contains("vm2"), "{d}");
+    assert!(d.contains("read-only"), "{d}");
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_file() {
+    let (dir, path) = write("[image]\npath = \"disk.img\"\n[[guest]]\nname = \"a\"\n");
+    let c = load_file(&path).unwrap();
+    assert_eq!(c.image, dir.path().join("disk.img"));
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let e = error("[image]\npath = \"/d\"\nsize = \"1X\"\n[[guest]]\nname = \"a\"\n");
+    assert!(e.contains(":3:") && e.contains("`image.size`"), "{e}");
+    assert!(e.contains("unknown unit"), "{e}");
+
+    let e = error("[image]\npath = \"/d\"\n\n[server]\nsocket_mod = \"0660\"\n");
+    assert!(e.contains(":5:") && e.contains("socket_mod"), "{e}");
+    assert!(e.contains("unknown field"), "{e}");
+
+    let e = error("[image]\npath = \"/d\"\n[server]\nsocket_mode = \"0999\"\n");
+    assert!(
+        e.contains(":4:") && e.contains("`server.socket_mode`"),
+        "{e}"
+    );
+
+    let e = error("[image]\npath = \"/d\"\n[[guest]]\nname = \"a b\"\n");
+    assert!(e.contains(":4:") && e.contains("`guest.name`"), "{e}");
+
+    let e = error("[image]\npath = \"/d\"\n[[guest]]\nname = \"a\"\n[[guest]]\nname = \"a\"\n");
+    assert!(e.contains(":6:") && e.contains("named twice"), "{e}");
+
+    let e = error("[image]\npath = \"/d\"\nmax_shares = 1\n[[guest]]\nname = \"a\"\n[[guest]]\nname = \"b\"\n");
+    assert!(e.contains(":3:") && e.contains("`image.max_shares`"), "{e}");
+
+    let e = error("[image]\npath = \"/d\"\nread_only = \"yes\"\n");
+    assert!(e.contains(":3:") && e.contains("`image.read_only`"), "{e}");
+
+    let e = error("[server]\nsocket_dir = \"/x\"\n");
+    assert!(e.contains("[image]"), "{e}");
+
+    let e = error("[image\npath = 1\n");
+    assert!(e.contains(":1:"), "{e}");
+}
+
+#[test]
+fn flags_fill_in_and_never_contradict_the_file() {
+    let (_d, path) = write(GOOD);
+    // Agreeing or new settings are fine.
+    let flags = Flags {
+        image: Some("/srv/disk.img".into()),
+        control_socket: Some("/run/ctl.sock".into()),
+        ..Flags::default()
+    };
+    let c = flags.resolve(Some(&path)).unwrap();
+    assert_eq!(c.control_socket_path(), PathBuf::from("/run/ctl.sock"));
+    // A contradiction names the flag, the file, the line and the key.
+    let flags = Flags {
+        image: Some("/other.img".into()),
+        ..Flags::default()
+    };
+    let e = flags.resolve(Some(&path)).unwrap_err().to_string();
+    assert!(e.contains("--image /other.img"), "{e}");
+    assert!(
+        e.contains(&format!("{}:3", path.display())) && e.contains("`image.path`"),
+        "{e}"
+    );
+    for (flags, what) in [
+        (
+            Flags {
+                guests: Some(vec!["vm1".into()]),
+                ..Flags::default()
+            },
+            "--guests",
+        ),
+        (
+            Flags {
+                socket_dir: Some("/elsewhere".into()),
+                ..Flags::default()
+            },
+            "--socket-dir",
+        ),
+        (
+            Flags {
+                max_shares: Some(8),
+                ..Flags::default()
+            },
+            "--max-shares",
+        ),
+        (
+            Flags {
+                socket_mode: Some(0o600),
+                ..Flags::default()
+            },
+            "--socket-mode",
+        ),
+    ] {
+        let e = flags.resolve(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains(what) && e.contains("disagrees"), "{e}");
+    }
+}
+
+#[test]
+fn flags_alone() {
+    let flags = Flags {
+        image: Some("/d.img".into()),
+        guests: Some(vec!["a".into(), "b".into()]),
+        ..Flags::default()
+    };
+    let c = flags.into_config().unwrap();
+    assert_eq!(c.guest_names(), ["a", "b"]);
+    assert_eq!(c.socket_dir, PathBuf::from(DEFAULT_SOCKET_DIR));
+    let e = Flags::default().into_config().unwrap_err().to_string();
+    assert!(e.contains("--image"), "{e}");
 }

@@ -32,3 +32,25 @@ fn reconnect_syntax_follows_the_qemu_version() {
         Some((10, 0))
     );
 }
+
+#[test]
+fn libvirt_fragments() {
+    let mut g = GuestConfig::new("vm1");
+    g.queues = 2;
+    let x = libvirt_for(Path::new("/run/sd"), &g, Some((7, 2))).unwrap();
+    assert!(x.contains("<source type='memfd'/>") && x.contains("<access mode='shared'/>"));
+    assert!(x.contains("<disk type='vhostuser' device='disk'>"));
+    assert!(x.contains("path='/run/sd/vm1-blk.sock'"));
+    assert!(x.contains("queues='2'"));
+    assert!(
+        x.contains("value='socket,id=sd-scsi,path=/run/sd/vm1-scsi.sock'"),
+        "{x}"
+    );
+    assert!(x.contains("num_queues=2,bus=pci.0,addr=0x10"));
+    let x = libvirt_for(Path::new("/run/sd"), &g, Some((10, 0))).unwrap();
+    assert!(x.contains("vm1-scsi.sock,reconnect-ms=1000'"), "{x}");
+    g.scsi = false;
+    let x = libvirt_for(Path::new("/run/a&b"), &g, None).unwrap();
+    assert!(!x.contains("qemu:commandline"));
+    assert!(x.contains("/run/a&amp;b/vm1-blk.sock"));
+}

@@ -1,9 +1,11 @@
 #![allow(dead_code)]
 pub mod blkio_client;
 pub mod cluster;
+pub mod ctl;
 pub mod daemon;
 pub mod flows;
 pub mod guest;
+pub mod http;
 pub mod panics;
 pub mod process;
 pub mod scsi_client;

@@ -53,6 +53,32 @@ impl DaemonProcess {
         d
     }
 
+    /// Like [`DaemonProcess::start`], with extra `serve` arguments (e.g. `--config FILE`).
+    pub fn start_args(dir: &Path, guests: &[&str], size: &str, extra: &[&str]) -> Self {
+        let mut d = DaemonProcess {
+            child: None,
+            dir: dir.to_path_buf(),
+            image: dir.join("disk.img"),
+            socket_dir: dir.join("sock"),
+            guests: guests.iter().map(|g| g.to_string()).collect(),
+            log: dir.join("daemon.log"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+        };
+        d.spawn(Some(size));
+        d
+    }
+
+    /// The daemon's control socket (the default one, in the socket directory).
+    pub fn control(&self) -> PathBuf {
+        self.socket_dir.join("control.sock")
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     fn spawn(&mut self, size: Option<&str>) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -85,6 +111,7 @@ impl DaemonProcess {
             .guests
             .iter()
             .all(|g| self.blk(g).exists() && self.scsi(g).exists())
+            || !self.control().exists()
         {
             assert!(
                 Instant::now() < deadline,
@@ -176,6 +203,7 @@ impl DaemonProcess {
             let _ = std::fs::remove_file(self.blk(&g));
             let _ = std::fs::remove_file(self.scsi(&g));
         }
+        let _ = std::fs::remove_file(self.control());
         self.spawn(None);
     }
 }
