@@ -6,6 +6,7 @@ pub mod config;
 pub mod image;
 pub mod lun;
 pub mod pr;
+pub mod probe;
 pub mod qemu;
 pub mod reservations;
 pub mod scsi;

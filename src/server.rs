@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::BlkBackend;
 use crate::config::{Config, ConfigError};
-use crate::image::FileImage;
+use crate::image::{FileImage, Image};
 use crate::lun::Lun;
 use crate::pr::Arbiter;
 use crate::reservations::Reservations;
@@ -52,6 +52,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: Config) -> Result<Server, ServerError> {
+        Self::start_wrapped(config, |image| image)
+    }
+
+    /// Like [`Server::start`], serving the image through `wrap` (tests put a
+    /// [`crate::probe::Probe`] there).
+    pub fn start_wrapped(
+        config: Config,
+        wrap: impl FnOnce(Box<dyn Image>) -> Box<dyn Image>,
+    ) -> Result<Server, ServerError> {
         config.validate()?;
         let image_err = |source| ServerError::Image {
             path: config.image.clone(),
@@ -89,7 +98,7 @@ impl Server {
             }
         };
         let lun = Arc::new(Lun::new(
-            Box::new(image),
+            wrap(Box::new(image)),
             Reservations::new(arbiter, Some(store)),
             &identity.path,
         ));

@@ -2,6 +2,8 @@
 pub mod blkio_client;
 pub mod cluster;
 pub mod daemon;
+pub mod deadline;
+pub mod fencing;
 pub mod flows;
 pub mod guest;
 pub mod panics;
