@@ -105,6 +105,30 @@ fn a_chain_without_room_for_the_response_completes_with_used_length_0() {
 }
 
 #[test]
+fn a_chain_of_4_gib_or_more_completes_with_used_length_0() {
+    common::panics::watch();
+    let d = TestDaemon::start(&["vm1"]);
+    let mut c = ScsiClient::connect_queues(&d.scsi("vm1"), 1, 512);
+    c.drain_ua();
+    // A READ(16) of one block whose data-in is 300 descriptors of 15 MiB, all over the same
+    // guest memory: 4.4 GiB, more than a used length can count.
+    let h = header(&mut c, &read16_cdb(0, 1));
+    let resp = c.fe.alloc(RESP_LEN);
+    let big = c.fe.alloc(15 << 20);
+    let mut descs = vec![
+        Desc::r(h, REQ_HEADER_LEN as u32),
+        Desc::w(resp, RESP_LEN as u32),
+    ];
+    descs.extend((0..300).map(|_| Desc::w(big, 15 << 20)));
+    assert_eq!(used_len(&mut c, REQUEST_Q, &descs), 0, "4.4 GiB chain");
+    c.fe.reset();
+    let r = c.tur();
+    assert!(r.is_good(), "{r:?}");
+    assert!(c.read16(0, 8).is_good());
+    common::panics::assert_none();
+}
+
+#[test]
 fn a_request_header_shorter_than_51_bytes_is_virtio_scsi_failure() {
     let (d, mut c) = setup();
     for short in [0usize, 1, 8, 19, 50] {
