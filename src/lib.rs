@@ -16,12 +16,27 @@ pub mod state;
 pub mod virtio;
 
 /// Runs `server` until SIGINT or SIGTERM, then shuts it down cleanly (sockets removed).
+///
+/// A panic on any daemon thread fails the run, even though the thread's owner (vhost-user-backend
+/// for queue threads) only logs it and the daemon keeps serving: the exit status tells.
 pub fn run_until_signal(server: server::Server) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        previous(info);
+    }));
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: shutting down");
     }
     server.shutdown();
-    Ok(())
+    match PANICS.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        n => Err(std::io::Error::other(format!(
+            "{n} daemon thread(s) panicked while serving (see the log)"
+        ))),
+    }
 }

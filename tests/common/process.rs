@@ -87,11 +87,20 @@ impl DaemonProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Fails the test if a daemon thread panicked: vhost-user-backend only logs a queue
+    /// thread's panic and the daemon keeps serving.
+    #[track_caller]
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "a daemon thread panicked: {log}");
+    }
+
     /// SIGTERM, then wait: the daemon must exit 0 and remove its sockets.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        self.assert_no_panic();
         // SAFETY: kill(2) on the pid of a child we own and have not reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -123,7 +132,11 @@ impl DaemonProcess {
 
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        // A test that did not stop the daemon itself still stops it cleanly, so that it fails on
+        // a daemon panic or a bad exit; after a failure, just kill it.
+        if !std::thread::panicking() {
+            self.stop();
+        } else if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
