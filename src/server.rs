@@ -231,12 +231,35 @@ fn poll_timeout<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<
     }
 }
 
+/// The pause before retrying a connection we could not serve, doubling up to 5 s.
+struct Backoff {
+    delay: std::time::Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay: std::time::Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    /// Waits for the current delay, or until `stop` fires (then returns true).
+    fn wait(&mut self, stop: &EventFd) -> bool {
+        let ms = self.delay.as_millis() as i32;
+        self.delay = (self.delay * 2).min(std::time::Duration::from_secs(5));
+        !matches!(poll_timeout([stop.as_raw_fd()], ms), Ok([false]))
+    }
+}
+
 /// Serves one socket until `stop` fires: one connection at a time, for ever.
 fn serve_socket<B, F>(name: &str, mut listener: Listener, stop: &EventFd, make: F)
 where
     B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
     F: Fn(AtomicMem) -> io::Result<B>,
 {
+    let mut backoff = Backoff::default();
     loop {
         match poll_readable([listener.as_raw_fd(), stop.as_raw_fd()]) {
             Ok([_, true]) => return,
@@ -253,17 +276,32 @@ where
             .and_then(|backend| {
                 VhostUserDaemon::new(name.to_string(), backend, mem).map_err(|e| e.to_string())
             });
+        // A failure here is a lack of resources (file descriptors, memory): the waiting frontend
+        // stays in the listen queue, and is served once we have them again.
         let mut daemon = match daemon {
             Ok(d) => d,
             Err(e) => {
-                log::error!("{name}: cannot create a device: {e}");
-                return;
+                log::error!(
+                    "{name}: cannot create a device: {e}; retrying in {:?}",
+                    backoff.delay
+                );
+                if backoff.wait(stop) {
+                    return;
+                }
+                continue;
             }
         };
         if let Err(e) = daemon.start(&mut listener) {
-            log::warn!("{name}: accepting a connection failed: {e}");
+            log::warn!(
+                "{name}: accepting a connection failed: {e}; retrying in {:?}",
+                backoff.delay
+            );
+            if backoff.wait(stop) {
+                return;
+            }
             continue;
         }
+        backoff = Backoff::default();
         log::info!("{name}: frontend connected");
         let Some(shutdown) = daemon.shutdown_handle() else {
             continue;

@@ -75,6 +75,11 @@ impl DaemonProcess {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
     pub fn blk(&self, guest: &str) -> PathBuf {
         self.socket_dir.join(format!("{guest}-blk.sock"))
     }
