@@ -15,6 +15,28 @@ pub mod server;
 pub mod state;
 pub mod virtio;
 
+/// Starts the daemon as `sharedisk serve` does.
+///
+/// Test hook: with `SHAREDISK_TEST_WRITE_DELAY_MS=N` in the environment every change to the
+/// image waits N ms after its admission before it reaches the image (a [`probe::Probe`]), so
+/// that end-to-end tests can tell a write fenced by its admission from one that slipped past it.
+pub fn start_server(config: config::Config) -> Result<server::Server, server::ServerError> {
+    let delay = std::env::var("SHAREDISK_TEST_WRITE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    match delay {
+        None => server::Server::start(config),
+        Some(ms) => {
+            log::warn!("test hook: every write to the image is delayed by {ms} ms");
+            let recorder = probe::Recorder::new();
+            recorder.set_write_delay(std::time::Duration::from_millis(ms));
+            server::Server::start_wrapped(config, move |image| {
+                Box::new(probe::Probe::new(image, recorder))
+            })
+        }
+    }
+}
+
 /// Runs `server` until SIGINT or SIGTERM, then shuts it down cleanly (sockets removed).
 ///
 /// A panic on any daemon thread fails the run, even though the thread's owner (vhost-user-backend

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use sharedisk::config::{parse_size, Config, DEFAULT_MAX_SHARES};
-use sharedisk::{qemu, server::Server};
+use sharedisk::qemu;
 
 #[derive(Parser)]
 #[command(
@@ -80,7 +80,7 @@ impl From<ServeArgs> for Config {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => Server::start(args.into())
+        Command::Serve(args) => sharedisk::start_server(args.into())
             .map_err(|e| e.to_string())
             .and_then(|server| sharedisk::run_until_signal(server).map_err(|e| e.to_string())),
         Command::QemuArgs {

@@ -13,11 +13,18 @@ pub struct DaemonProcess {
     log: PathBuf,
     /// Extra `serve` arguments (e.g. `--read-only`).
     pub extra: Vec<String>,
+    /// Extra environment of the daemon (e.g. its test hooks).
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonProcess {
     /// Starts `sharedisk serve` on `dir/disk.img` (created with `size` if missing).
     pub fn start(dir: &Path, guests: &[&str], size: &str) -> Self {
+        Self::start_env(dir, guests, size, &[])
+    }
+
+    /// Like [`DaemonProcess::start`], with `env` added to the daemon's environment.
+    pub fn start_env(dir: &Path, guests: &[&str], size: &str, env: &[(&str, &str)]) -> Self {
         let mut d = DaemonProcess {
             child: None,
             dir: dir.to_path_buf(),
@@ -26,6 +33,10 @@ impl DaemonProcess {
             guests: guests.iter().map(|g| g.to_string()).collect(),
             log: dir.join("daemon.log"),
             extra: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn(Some(size));
         d
@@ -56,6 +67,7 @@ impl DaemonProcess {
             cmd.arg("--size").arg(size);
         }
         cmd.args(&self.extra);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(cmd.spawn().expect("spawn sharedisk"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self
