@@ -14,8 +14,8 @@ use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use crate::image::range_ok;
-use crate::lun::{Lun, SERIAL_LEN};
+use crate::image::{range_ok, Buf};
+use crate::lun::{ChunkError, Lun, SERIAL_LEN};
 use crate::pr::Access;
 use crate::stats::{self, DeviceStats, Op};
 use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Vring};
@@ -26,11 +26,14 @@ pub const MAX_QUEUES: usize = 16;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
 const SECTOR: u64 = 512;
-/// Segments per request (virtio_blk_config.seg_max); indirect descriptors make more useless.
+/// Data segments per request (virtio_blk_config.seg_max); indirect descriptors make more
+/// useless. A chain may hold two more descriptors: the header and the status.
 const SEG_MAX: u32 = 254;
-/// Largest single segment, in bytes (virtio_blk_config.size_max).
+/// Largest single segment, in bytes (virtio_blk_config.size_max). With SEG_MAX this bounds a
+/// request at 254 MiB, and any chain well below the 4 GiB a used length can express; longer
+/// requests are done in [`crate::lun::ADMISSION_CHUNK`] pieces.
 const SIZE_MAX: u32 = 1 << 20;
-/// DISCARD/WRITE_ZEROES limits: 1 GiB per segment, 32 segments per request.
+/// DISCARD/WRITE_ZEROES limits: 1 GiB per segment, 32 segments per request (done in pieces).
 const MAX_DWZ_SECTORS: u32 = 1 << 21;
 const MAX_DWZ_SEG: u32 = 32;
 const DWZ_SEG_LEN: usize = 16;
@@ -45,8 +48,6 @@ pub struct BlkDevice {
     initiator: Arc<str>,
     mem: AtomicMem,
     event_idx: AtomicBool,
-    /// virtio_blk_config.writeback: with 0 every write is made durable before completion.
-    writeback: AtomicBool,
     acked_features: AtomicU64,
     exit: ExitEvents,
     /// Closed before the daemon ends this connection.
@@ -80,7 +81,6 @@ impl BlkBackend {
             initiator,
             mem,
             event_idx: AtomicBool::new(false),
-            writeback: AtomicBool::new(true),
             acked_features: AtomicU64::new(0),
             exit,
             gate: Gate::default(),
@@ -110,7 +110,8 @@ impl BlkDevice {
         c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         // 24 physical_block_exp, 25 alignment_offset, 26..28 min_io_size, 28..32 opt_io_size.
         c[26..28].copy_from_slice(&1u16.to_le_bytes());
-        c[CONFIG_WCE_OFFSET] = self.writeback.load(Ordering::Relaxed) as u8;
+        // writeback: the LU's write cache; with 0 every write is durable before completion.
+        c[CONFIG_WCE_OFFSET] = self.lun.write_cache() as u8;
         c[34..36].copy_from_slice(&(MAX_QUEUES as u16).to_le_bytes());
         c[36..40].copy_from_slice(&MAX_DWZ_SECTORS.to_le_bytes());
         c[40..44].copy_from_slice(&MAX_DWZ_SEG.to_le_bytes());
@@ -123,6 +124,7 @@ impl BlkDevice {
 
     /// Handles one request and returns the number of bytes written into the chain.
     fn process(&self, mem: &Mem, chain: DescriptorChain<&Mem>) -> u32 {
+        let within_limits = within_limits(&chain);
         let chain = match Chain::parse(mem, chain) {
             Ok(c) => c,
             Err(e) => {
@@ -141,10 +143,18 @@ impl BlkDevice {
         };
         let start = std::time::Instant::now();
         stats::take_conflict();
-        let (code, written) = self.execute(&chain.readable, &data_in);
+        let (code, written) = if within_limits {
+            self.execute(&chain.readable, &data_in)
+        } else {
+            log::warn!(
+                "{}: blk: request beyond seg_max {SEG_MAX} / size_max {SIZE_MAX}",
+                self.initiator
+            );
+            (VIRTIO_BLK_S_IOERR as u8, 0)
+        };
         self.count(&chain.readable, code, written, start.elapsed());
         virtio::write_bytes(&status, &[code]);
-        // `written` never exceeds data_in, which is below the 4 GiB chain limit.
+        // `written` never exceeds data_in, which the limits keep far below 4 GiB.
         (written + 1) as u32
     }
 
@@ -213,10 +223,10 @@ impl BlkDevice {
                 let Some(offset) = self.data_range(sector, in_len, out_len) else {
                     return (IOERR, 0);
                 };
-                let Some(_admitted) = self.admit(Access::Read) else {
-                    return (IOERR, 0);
-                };
-                match io(image.read_at(data_in, offset), "read") {
+                let r = self.chunked_io(Access::Read, data_in, |bufs, done| {
+                    image.read_at(bufs, offset + done)
+                });
+                match self.status(r, "read") {
                     OK => (OK, in_len),
                     s => (s, 0),
                 }
@@ -228,16 +238,18 @@ impl BlkDevice {
                 if self.read_only() {
                     return (IOERR, 0);
                 }
-                let Some(_admitted) = self.admit(Access::Write) else {
-                    return (IOERR, 0);
-                };
-                let fua = !self.writeback.load(Ordering::Relaxed);
-                (io(image.write_at(&data_out, offset, fua), "write"), 0)
+                let durable = !self.lun.write_cache();
+                let r = self.chunked_io(Access::Write, &data_out, |bufs, done| {
+                    image.write_at(bufs, offset + done, durable)
+                });
+                (self.status(r, "write"), 0)
             }
             VIRTIO_BLK_T_FLUSH => {
-                let Some(_admitted) = self.admit(Access::Flush) else {
+                if self.admit(Access::Flush).is_none() {
                     return (IOERR, 0);
-                };
+                }
+                // The flush itself changes no data, so it runs outside the admission: a PR OUT
+                // never waits for a file system sync.
                 (io(image.flush(), "flush"), 0)
             }
             VIRTIO_BLK_T_GET_ID => {
@@ -326,22 +338,81 @@ impl BlkDevice {
         if self.read_only() {
             return IOERR;
         }
-        let Some(_admitted) = self.admit(Access::Write) else {
-            return IOERR;
-        };
+        let what = if discard { "discard" } else { "write-zeroes" };
         for (offset, bytes, unmap) in segments {
-            let r = if discard {
-                self.lun.image.discard(offset, bytes)
-            } else {
-                self.lun.image.write_zeroes(offset, bytes, unmap)
-            };
-            if let Err(e) = r {
-                log::warn!("{}: blk discard/write-zeroes: {e}", self.initiator);
+            let image = &self.lun.image;
+            let r = self
+                .lun
+                .admitted_chunks(&self.initiator, Access::Write, bytes, |done, n| {
+                    if discard {
+                        image.discard(offset + done, n)
+                    } else {
+                        image.write_zeroes(offset + done, n, unmap)
+                    }
+                });
+            if self.status(r, what) != OK {
                 return IOERR;
             }
         }
-        OK
+        match self.lun.sync_if_write_through() {
+            Ok(()) => OK,
+            Err(e) => {
+                log::warn!("{}: blk {what}: sync: {e}", self.initiator);
+                IOERR
+            }
+        }
     }
+
+    /// Runs `io` over `bufs` in pieces of at most [`crate::lun::ADMISSION_CHUNK`] bytes, each
+    /// under its own admission; `io(piece, done)` handles the piece starting `done` bytes in.
+    fn chunked_io(
+        &self,
+        access: Access,
+        bufs: &[Buf],
+        mut op: impl FnMut(&[Buf], u64) -> io::Result<()>,
+    ) -> Result<(), ChunkError> {
+        let mut rest: virtio::Bufs = bufs.iter().copied().collect();
+        let len = virtio::total(bufs) as u64;
+        self.lun
+            .admitted_chunks(&self.initiator, access, len, |done, n| {
+                let (piece, tail) = virtio::split_at(&rest, n as usize)
+                    .ok_or_else(|| io::Error::other("buffer shorter than the request"))?;
+                rest = tail;
+                op(&piece, done)
+            })
+    }
+
+    /// The status of a chunked operation, logging what went wrong.
+    fn status(&self, r: Result<(), ChunkError>, what: &str) -> u8 {
+        match r {
+            Ok(()) => VIRTIO_BLK_S_OK as u8,
+            Err(ChunkError::Conflict { done }) => {
+                stats::note_conflict();
+                log::debug!(
+                    "{}: blk {what} refused after {done} bytes: reservation conflict",
+                    self.initiator
+                );
+                VIRTIO_BLK_S_IOERR as u8
+            }
+            Err(ChunkError::Io(e)) => {
+                log::warn!("{}: blk {what}: {e}", self.initiator);
+                VIRTIO_BLK_S_IOERR as u8
+            }
+        }
+    }
+}
+
+/// Whether a chain respects what we advertise: at most SEG_MAX data segments (plus header and
+/// status) of at most SIZE_MAX bytes each. Counted on the descriptors themselves.
+fn within_limits(chain: &DescriptorChain<&Mem>) -> bool {
+    let mut count = 0u32;
+    for desc in chain.clone() {
+        count += 1;
+        if count > SEG_MAX + 2 || desc.len() > SIZE_MAX {
+            return false;
+        }
+    }
+    true
 }
 
 impl Quiesce for BlkBackend {
@@ -412,12 +483,7 @@ impl VhostUserBackend for BlkBackend {
         let offset = offset as usize;
         if offset <= CONFIG_WCE_OFFSET && CONFIG_WCE_OFFSET < offset + buf.len() {
             let wce = buf[CONFIG_WCE_OFFSET - offset] != 0;
-            self.0.writeback.store(wce, Ordering::Relaxed);
-            log::info!(
-                "{}: blk write cache {}",
-                self.0.initiator,
-                if wce { "write-back" } else { "write-through" }
-            );
+            self.0.lun.set_write_cache(&self.0.initiator, wce)?;
         }
         Ok(())
     }

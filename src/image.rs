@@ -243,8 +243,7 @@ impl Image for FileImage {
 
     fn write_at(&self, bufs: &[Buf], offset: u64, fua: bool) -> io::Result<()> {
         self.check_writable(offset, total_len(bufs))?;
-        let flags = if fua { libc::RWF_DSYNC } else { 0 };
-        vectored_io(self.file.as_raw_fd(), bufs, offset, true, flags)
+        vectored_io(self.file.as_raw_fd(), bufs, offset, true, write_flags(fua))
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -263,19 +262,8 @@ impl Image for FileImage {
         if len == 0 {
             return Ok(());
         }
-        let keep = libc::FALLOC_FL_KEEP_SIZE;
-        let first = if unmap {
-            libc::FALLOC_FL_PUNCH_HOLE | keep
-        } else {
-            libc::FALLOC_FL_ZERO_RANGE | keep
-        };
-        // Try the cheapest exact method first, then the other one, then plain writes.
-        for mode in [
-            first,
-            libc::FALLOC_FL_ZERO_RANGE | keep,
-            libc::FALLOC_FL_PUNCH_HOLE | keep,
-        ] {
-            match self.fallocate(mode, offset, len) {
+        for mode in zeroing_modes(unmap) {
+            match self.fallocate(*mode, offset, len) {
                 Ok(()) => return Ok(()),
                 Err(e)
                     if matches!(
@@ -289,6 +277,30 @@ impl Image for FileImage {
             }
         }
         self.write_zeroes_slow(offset, len)
+    }
+}
+
+/// The pwritev2 flags of a write: RWF_DSYNC when it must be durable on return (FUA, or no
+/// write cache).
+fn write_flags(durable: bool) -> libc::c_int {
+    if durable {
+        libc::RWF_DSYNC
+    } else {
+        0
+    }
+}
+
+/// The fallocate modes to try for zeroing, cheapest exact one first; plain writes come last.
+/// Only `unmap` may deallocate: without it the range stays allocated (FALLOC_FL_ZERO_RANGE keeps
+/// the blocks, as SBC-3 WRITE SAME with UNMAP=0 and virtio-blk WRITE_ZEROES without the UNMAP
+/// flag require), so a hole is never punched.
+fn zeroing_modes(unmap: bool) -> &'static [libc::c_int] {
+    const PUNCH: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    const ZERO: libc::c_int = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    if unmap {
+        &[PUNCH, ZERO]
+    } else {
+        &[ZERO]
     }
 }
 

@@ -1,18 +1,39 @@
 //! The logical unit: the one disk every guest and both device types share.
 
+use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::image::Image;
+use crate::pr::Access;
 use crate::reservations::Reservations;
+use crate::sense;
 
 /// Length of the virtio-blk serial (VIRTIO_BLK_ID_BYTES), also used as the SCSI unit serial.
 pub const SERIAL_LEN: usize = 20;
+
+/// The most image I/O done under one admission (see [`Lun::admitted_chunks`]): a PREEMPT waits
+/// for at most this much I/O per busy queue, whatever the size of the commands in flight.
+pub const ADMISSION_CHUNK: u64 = 4 << 20;
 
 pub struct Lun {
     pub image: Box<dyn Image>,
     pub reservations: Reservations,
     /// The disk's identity, identical for every guest and stable across restarts.
     pub serial: String,
+    /// The volatile write cache (SCSI WCE, virtio-blk `writeback`): one setting for the LU,
+    /// whichever device and guest changes it, kept across reconnects.
+    write_cache: AtomicBool,
+}
+
+/// Why a chunked operation stopped early.
+#[derive(Debug)]
+pub enum ChunkError {
+    /// The initiator lost access after `done` bytes (which are on the image).
+    Conflict {
+        done: u64,
+    },
+    Io(io::Error),
 }
 
 impl Lun {
@@ -22,7 +43,73 @@ impl Lun {
             image,
             reservations,
             serial: serial_for(id),
+            write_cache: AtomicBool::new(true),
         }
+    }
+
+    /// Whether completed writes may sit in a volatile cache (WCE=1).
+    pub fn write_cache(&self) -> bool {
+        self.write_cache.load(Ordering::Relaxed)
+    }
+
+    /// Changes the LU's write cache for every guest (MODE SELECT, or a virtio-blk driver writing
+    /// `writeback`). Turning it off first makes every earlier write durable; a change queues
+    /// 2A/01 MODE PARAMETERS CHANGED for every other initiator (SPC-4 §7.5.2). Returns whether
+    /// the setting changed.
+    pub fn set_write_cache(&self, initiator: &str, on: bool) -> io::Result<bool> {
+        if on == self.write_cache.swap(on, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        log::info!(
+            "{initiator}: write cache {} for the LU",
+            if on {
+                "on (write-back)"
+            } else {
+                "off (write-through)"
+            }
+        );
+        self.reservations
+            .with_mut(|a| a.ua_all_except(initiator, sense::MODE_PARAMETERS_CHANGED));
+        if !on {
+            self.image.flush()?;
+        }
+        Ok(true)
+    }
+
+    /// Makes data written by a command durable on completion when the write cache is off: the
+    /// zeroing and deallocating commands, which have no per-write DSYNC. Runs outside any
+    /// admission (a flush changes no data, so fencing does not need it).
+    pub fn sync_if_write_through(&self) -> io::Result<()> {
+        if self.write_cache() {
+            Ok(())
+        } else {
+            self.image.flush()
+        }
+    }
+
+    /// Runs a long command as `len` bytes of work in pieces of at most [`ADMISSION_CHUNK`],
+    /// each under its own admission: `step(done, n)` does bytes `done..done + n` of it.
+    ///
+    /// A PR OUT waits only for the piece in progress, and once it has returned the next piece
+    /// is checked against the new state: a fenced initiator's command stops there, with its
+    /// earlier pieces on the image (as when a real target aborts a command part way).
+    pub fn admitted_chunks(
+        &self,
+        initiator: &str,
+        access: Access,
+        len: u64,
+        mut step: impl FnMut(u64, u64) -> io::Result<()>,
+    ) -> Result<(), ChunkError> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ADMISSION_CHUNK);
+            let Some(_admitted) = self.reservations.admit(initiator, access) else {
+                return Err(ChunkError::Conflict { done });
+            };
+            step(done, n).map_err(ChunkError::Io)?;
+            done += n;
+        }
+        Ok(())
     }
 }
 

@@ -6,7 +6,14 @@
 //! waits for every admitted command to finish, and every command admitted after it returns sees
 //! the new state. Hence, once GOOD reaches the preempting initiator, no write of a preempted
 //! initiator (in flight or queued, on any queue of either device) can still reach the image.
-//! std's `RwLock` prefers waiting writers, so a flood of I/O cannot starve a preempt.
+//!
+//! **No starvation.** A writer must not wait for ever behind readers that keep coming back:
+//! std's `RwLock` stops admitting readers while a writer waits, but when the last reader leaves
+//! it hands over by clearing the waiting flag and waking the writer, and a queue thread that
+//! re-admits its next request (or its next piece, see [`crate::lun::Lun::admitted_chunks`]) in
+//! that window wins again and again. So a writer passes a turnstile first, and holds it until it
+//! has the lock; every reader passes the same turnstile, and cannot overtake a waiting writer.
+//! A PR OUT thus waits for the admissions in progress only.
 //!
 //! **Exactly once.** A PR OUT that QEMU replays after a reconnection is answered from the
 //! [`ReplayLog`] with its first execution's status instead of running again; its record is saved
@@ -51,6 +58,8 @@ pub struct Reservations {
     arbiter: RwLock<Arbiter>,
     /// Taken only with the arbiter's write lock held, or on its own for bookkeeping.
     replay: Mutex<ReplayLog>,
+    /// Passed by every reader and held by a writer until it has the lock (see above).
+    turnstile: Mutex<()>,
     store: Option<StateStore>,
 }
 
@@ -63,6 +72,7 @@ impl Reservations {
         Reservations {
             arbiter: RwLock::new(arbiter),
             replay: Mutex::new(ReplayLog::default()),
+            turnstile: Mutex::new(()),
             store,
         }
     }
@@ -82,10 +92,12 @@ impl Reservations {
     fn read_lock(&self) -> RwLockReadGuard<'_, Arbiter> {
         // A poisoned lock only means another thread panicked; the arbiter itself is consistent
         // after every call, so keep serving.
+        drop(self.turnstile.lock().unwrap_or_else(|e| e.into_inner()));
         self.arbiter.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write_lock(&self) -> RwLockWriteGuard<'_, Arbiter> {
+        let _turn = self.turnstile.lock().unwrap_or_else(|e| e.into_inner());
         self.arbiter.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -223,3 +235,7 @@ impl Reservations {
 #[cfg(test)]
 #[path = "tests/reservations.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "tests/reservations_lock.rs"]
+mod lock_tests;

@@ -49,6 +49,7 @@ pub const RESERVATIONS_PREEMPTED: Sense = Sense::new(0x06, 0x2a, 0x03);
 pub const RESERVATIONS_RELEASED: Sense = Sense::new(0x06, 0x2a, 0x04);
 pub const REGISTRATIONS_PREEMPTED: Sense = Sense::new(0x06, 0x2a, 0x05);
 pub const PARAMETERS_CHANGED: Sense = Sense::new(0x06, 0x2a, 0x00);
+pub const MODE_PARAMETERS_CHANGED: Sense = Sense::new(0x06, 0x2a, 0x01);
 /// PC = 11b in MODE SENSE when saved pages are not implemented (SPC-4 §6.11).
 pub const SAVING_PARAMETERS_NOT_SUPPORTED: Sense = Sense::new(0x05, 0x39, 0x00);
 /// VERIFY with BYTCHK when the medium differs from the data-out buffer (SBC-3 §5.33).

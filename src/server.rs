@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::BlkBackend;
 use crate::config::{Config, ConfigError, GuestConfig};
-use crate::image::FileImage;
+use crate::image::{FileImage, Image};
 use crate::lun::Lun;
 use crate::pr::Arbiter;
 use crate::replay::ReplayLog;
@@ -81,6 +81,15 @@ impl GuestSockets {
 
 impl Server {
     pub fn start(config: Config) -> Result<Server, ServerError> {
+        Self::start_wrapped(config, |image| image)
+    }
+
+    /// Like [`Server::start`], serving the image through `wrap` (tests put a
+    /// [`crate::probe::Probe`] there).
+    pub fn start_wrapped(
+        config: Config,
+        wrap: impl FnOnce(Box<dyn Image>) -> Box<dyn Image>,
+    ) -> Result<Server, ServerError> {
         config.validate()?;
         let image_err = |source| ServerError::Image {
             path: config.image.clone(),
@@ -124,7 +133,7 @@ impl Server {
             }
         };
         let lun = Arc::new(Lun::new(
-            Box::new(image),
+            wrap(Box::new(image)),
             Reservations::new(arbiter, Some(store)).with_replay_log(replay),
             &identity.path,
         ));
@@ -361,6 +370,28 @@ fn poll_timeout<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<
     }
 }
 
+/// The pause before retrying a connection we could not serve, doubling up to 5 s.
+struct Backoff {
+    delay: std::time::Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay: std::time::Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    /// Waits for the current delay, or until `stop` fires (then returns true).
+    fn wait(&mut self, stop: &EventFd) -> bool {
+        let ms = self.delay.as_millis() as i32;
+        self.delay = (self.delay * 2).min(std::time::Duration::from_secs(5));
+        !matches!(poll_timeout([stop.as_raw_fd()], ms), Ok([false]))
+    }
+}
+
 /// Serves one socket until `stop` fires: one connection at a time, for ever.
 fn serve_socket<B, F>(
     name: &str,
@@ -372,6 +403,7 @@ fn serve_socket<B, F>(
     B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
     F: Fn(AtomicMem) -> io::Result<B>,
 {
+    let mut backoff = Backoff::default();
     loop {
         match poll_readable([listener.as_raw_fd(), stop.as_raw_fd()]) {
             Ok([_, true]) => return,
@@ -391,17 +423,32 @@ fn serve_socket<B, F>(
                     .map(|d| (d, device))
                     .map_err(|e| e.to_string())
             });
+        // A failure here is a lack of resources (file descriptors, memory): the waiting frontend
+        // stays in the listen queue, and is served once we have them again.
         let (mut daemon, device) = match daemon {
             Ok(d) => d,
             Err(e) => {
-                log::error!("{name}: cannot create a device: {e}");
-                return;
+                log::error!(
+                    "{name}: cannot create a device: {e}; retrying in {:?}",
+                    backoff.delay
+                );
+                if backoff.wait(stop) {
+                    return;
+                }
+                continue;
             }
         };
         if let Err(e) = daemon.start(&mut listener) {
-            log::warn!("{name}: accepting a connection failed: {e}");
+            log::warn!(
+                "{name}: accepting a connection failed: {e}; retrying in {:?}",
+                backoff.delay
+            );
+            if backoff.wait(stop) {
+                return;
+            }
             continue;
         }
+        backoff = Backoff::default();
         log::info!("{name}: frontend connected");
         let Some(shutdown) = daemon.shutdown_handle() else {
             continue;

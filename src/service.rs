@@ -155,7 +155,8 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
             config.guest_names().join(", ")
         );
     }
-    let server = Server::start(config)?;
+    let panics = crate::count_panics();
+    let server = crate::start_server(config)?;
     let lun = server.lun().clone();
     let stats = server.stats().clone();
     let config = server.config().clone();
@@ -215,5 +216,12 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
         h.stop();
     }
     service.server().stop();
-    Ok(())
+    // A panic on a queue thread is only logged by vhost-user-backend and the daemon keeps
+    // serving; the exit status tells.
+    match panics.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => Ok(()),
+        n => Err(ServerError::Io(std::io::Error::other(format!(
+            "{n} daemon thread(s) panicked while serving (see the log)"
+        )))),
+    }
 }

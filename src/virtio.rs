@@ -76,6 +76,10 @@ pub enum ChainError {
     BadAddress,
     #[error("device-readable descriptor after a device-writable one")]
     Order,
+    /// virtio-queue ends a chain silently where it loops, leaves the table, or reaches 4 GiB
+    /// (which a used length could not count); the last descriptor then still says NEXT.
+    #[error("chain broken off (a loop, a next index outside the table, or 4 GiB or more)")]
+    BrokenOff,
 }
 
 /// A chain split into what the device reads (driver -> device) and writes (device -> driver).
@@ -88,7 +92,9 @@ impl<'m> Chain<'m> {
     pub fn parse(mem: &'m Mem, chain: DescriptorChain<&'m Mem>) -> Result<Self, ChainError> {
         let mut readable = Bufs::new();
         let mut writable = Bufs::new();
+        let mut more = false;
         for desc in chain {
+            more = desc.has_next();
             // virtio 1.2 §2.7.4.2: all device-readable descriptors come first.
             let list = if desc.is_write_only() {
                 &mut writable
@@ -108,6 +114,9 @@ impl<'m> Chain<'m> {
             for slice in slices {
                 list.push(slice.map_err(|_| ChainError::BadAddress)?);
             }
+        }
+        if more {
+            return Err(ChainError::BrokenOff);
         }
         Ok(Chain { readable, writable })
     }

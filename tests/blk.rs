@@ -164,3 +164,69 @@ fn every_queue_the_client_enables_is_served() {
         );
     }
 }
+
+/// Sets the daemon's soft RLIMIT_NOFILE; returns the previous limits.
+fn set_fd_limit(pid: i32, soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads the current limits into `old`; both pointers are valid.
+    assert_eq!(
+        unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) },
+        0
+    );
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above, with a valid new limit.
+    assert_eq!(
+        unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) },
+        0
+    );
+    old
+}
+
+#[test]
+fn a_guest_connects_again_after_the_daemon_ran_out_of_file_descriptors() {
+    use common::vu_frontend::VuFrontend;
+    use std::time::{Duration, Instant};
+    let d = TestDaemon::start(&["vm1"]);
+    let pid = d.d.pid().expect("the daemon runs") as i32;
+    // No descriptor left for a new connection's eventfds.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let old = set_fd_limit(pid, open);
+    let sock = d.blk("vm1");
+    let client = std::thread::spawn(move || {
+        let mut fe = VuFrontend::try_connect(&sock, 1, 128)?;
+        fe.blk_write(0, &[0x42; 4096]);
+        Ok::<_, String>(fe.blk_read(0, 4096))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.d.log().contains("cannot create a device") {
+        assert!(
+            Instant::now() < deadline,
+            "the failure was never logged: {}",
+            d.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Resources come back: the waiting guest is served, without anyone restarting anything.
+    set_fd_limit(pid, old.rlim_cur);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !client.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the guest was never served: {}",
+            d.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client.join().unwrap().unwrap(), vec![0x42; 4096]);
+    // And it can leave and come back as usual.
+    let mut again = BlkClient::connect(&d.blk("vm1")).expect("reconnect");
+    assert_eq!(again.read(0, 4096).unwrap(), vec![0x42; 4096]);
+}

@@ -4,10 +4,12 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::blkio_client::BlkClient;
 use common::daemon::TestDaemon;
+use common::deadline::{Deadline, SetOnDrop};
+use common::fencing::{assert_writes_ended_before, WRITE_DELAY};
 use sharedisk::pr::{PrStatus, ProutRequest, ResType, ServiceAction};
 
 fn prout(d: &TestDaemon, who: &str, req: ProutRequest) {
@@ -24,7 +26,7 @@ fn block_seq(image: &[u8], seq: usize) -> u64 {
 
 #[test]
 fn no_write_of_the_preempted_lands_after_preempt_and_abort_returns() {
-    let d = TestDaemon::start(&["victim", "survivor"]);
+    let d = TestDaemon::start_probed(&["victim", "survivor"], |_| {});
     prout(
         &d,
         "victim",
@@ -42,16 +44,21 @@ fn no_write_of_the_preempted_lands_after_preempt_and_abort_returns() {
             .key(0xdead)
             .typ(ResType::WriteExclusiveRegistrantsOnly),
     );
+    d.probe().set_write_delay(WRITE_DELAY);
+    d.probe().clear();
     let stop = AtomicBool::new(false);
     let progress = AtomicUsize::new(0);
     let max = (common::daemon::IMAGE_SIZE / 4096) as usize;
     let sock = d.blk("victim");
-    let (result, snapshot) = std::thread::scope(|s| {
+    let _deadline = Deadline::start("the fencing test", Duration::from_secs(120));
+    let (result, snapshot, returned) = std::thread::scope(|s| {
+        let _stop_on_panic = SetOnDrop(&stop);
         let flood = s.spawn(|| {
             let mut c = BlkClient::connect(&sock).unwrap();
             c.flood(32, max, &stop, &progress)
         });
-        while progress.load(Ordering::Relaxed) < 1000 {
+        while progress.load(Ordering::Relaxed) < 10 {
+            assert!(!flood.is_finished(), "the flood ended early");
             std::thread::sleep(Duration::from_millis(1));
         }
         prout(
@@ -62,12 +69,14 @@ fn no_write_of_the_preempted_lands_after_preempt_and_abort_returns() {
                 .sa_key(0xdead)
                 .typ(ResType::WriteExclusiveRegistrantsOnly),
         );
+        let returned = Instant::now();
         // GOOD has returned: from here on the image must not change.
         let snapshot = std::fs::read(d.image()).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
-        (flood.join().unwrap(), snapshot)
+        (flood.join().unwrap(), snapshot, returned)
     });
+    assert_writes_ended_before(d.probe(), returned);
     let fin = std::fs::read(d.image()).unwrap();
     let landed = result.ok.iter().filter(|&&ok| ok).count();
     let refused = result.ok.len() - landed;

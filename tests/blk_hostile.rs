@@ -506,6 +506,7 @@ fn looping_and_dangling_chains_do_not_hang() {
         if let Some((id, _)) = fe.wait_used(0, Duration::from_secs(2)) {
             assert_eq!(id, head, "{what}");
         }
+        assert!(!fe.kick_pending(0), "{what}: the kick was consumed");
         assert_serving(&d, &mut fe, 8);
     }
     // A self-referencing indirect table: its one descriptor is itself INDIRECT.
@@ -519,10 +520,18 @@ fn looping_and_dangling_chains_do_not_hang() {
     if let Some((id, _)) = fe.wait_used(0, Duration::from_secs(2)) {
         assert_eq!(id, 70, "nested indirect table");
     }
+    assert!(
+        !fe.kick_pending(0),
+        "nested indirect table: the kick was consumed"
+    );
     assert_serving(&d, &mut fe, 9);
     // A head index outside the descriptor table.
     fe.push_avail(0, QSIZE + 3);
     let _ = fe.wait_used(0, Duration::from_secs(2));
+    assert!(
+        !fe.kick_pending(0),
+        "head outside the table: the kick was consumed"
+    );
     let _ = fe.blk_request_on(0, VIRTIO_BLK_T_FLUSH, 0, &[], 0);
     finish(&d, fe);
 }
@@ -535,7 +544,9 @@ fn avail_index_jump_does_not_crash_the_daemon() {
     fe.set_avail_idx(0, idx.wrapping_add(QSIZE + 5));
     fe.kick(0);
     std::thread::sleep(Duration::from_millis(300));
-    // The device may refuse to go on with this ring; a request is at least not answered wrongly.
+    // The device may refuse to go on with this ring, but it read the kick and answered nothing.
+    assert!(!fe.kick_pending(0), "the kick was consumed");
+    assert_eq!(fe.try_used(0), None, "nothing completed on the broken ring");
     common::panics::assert_none();
     drop(fe);
     // A new connection works.
@@ -545,6 +556,8 @@ fn avail_index_jump_does_not_crash_the_daemon() {
     fe.set_avail_idx(0, 0xfff0);
     fe.kick(0);
     std::thread::sleep(Duration::from_millis(300));
+    assert!(!fe.kick_pending(0), "the kick was consumed");
+    assert_eq!(fe.try_used(0), None, "nothing completed on the broken ring");
     common::panics::assert_none();
     finish(&d, fe);
 }
@@ -566,4 +579,51 @@ fn two_queues_and_reconnects() {
         }
     }
     finish(&d, VuFrontend::connect(&d.blk("vm1"), 1, QSIZE));
+}
+
+#[test]
+fn chains_beyond_seg_max_or_size_max_are_ioerr_and_write_nothing() {
+    common::panics::watch();
+    let d = TestDaemon::start(&["vm1"]);
+    let mut fe = VuFrontend::connect(&d.blk("vm1"), 1, 512);
+    fe.blk_write(0, &pattern(7, GUARD_LEN));
+    // What the device advertises: seg_max 254, size_max 1 MiB.
+    let cfg = fe.get_config(8, 8);
+    let size_max = u32::from_le_bytes(cfg[0..4].try_into().unwrap());
+    let seg_max = u32::from_le_bytes(cfg[4..8].try_into().unwrap());
+    assert_eq!((size_max, seg_max), (1 << 20, 254));
+    let buf = fe.alloc(size_max as usize + 512);
+    fe.write_mem(buf, &vec![0x66; size_max as usize + 512]);
+    let st = status(&mut fe);
+    let out = |fe: &mut VuFrontend, segs: &[u32]| {
+        let h = header(fe, VIRTIO_BLK_T_OUT, 0);
+        let mut descs = vec![Desc::r(h, 16)];
+        descs.extend(segs.iter().map(|&len| Desc::r(buf, len)));
+        descs.push(Desc::w(st, 1));
+        fe.write_mem(st, &[0xff]);
+        request(fe, &descs, st)
+    };
+    // seg_max + 1 segments of 512 bytes; one segment of size_max + 512 bytes.
+    let too_many = vec![512; seg_max as usize + 1];
+    assert_eq!(
+        out(&mut fe, &too_many),
+        (VIRTIO_BLK_S_IOERR, 1),
+        "seg_max + 1"
+    );
+    assert_eq!(
+        out(&mut fe, &[size_max + 512]),
+        (VIRTIO_BLK_S_IOERR, 1),
+        "size_max + 512"
+    );
+    assert_eq!(
+        read_image(&d, 0, GUARD_LEN),
+        pattern(7, GUARD_LEN),
+        "nothing written"
+    );
+    // At the limits, it is served.
+    let at_limit = vec![512; seg_max as usize];
+    assert_eq!(out(&mut fe, &at_limit), (VIRTIO_BLK_S_OK, 1), "seg_max");
+    assert_eq!(out(&mut fe, &[size_max]), (VIRTIO_BLK_S_OK, 1), "size_max");
+    assert_eq!(read_image(&d, 0, 4096), vec![0x66; 4096]);
+    common::panics::assert_none();
 }

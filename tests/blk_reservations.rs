@@ -61,6 +61,8 @@ fn every_type_gates_reads_writes_and_flushes_as_the_table_says() {
         holder.read(0, 4096).expect("the holder reads");
         holder.flush().expect("the holder flushes");
         for ((who, c), (read, write)) in clients.iter_mut().zip(expected(t)) {
+            // A pattern where the others aim, so that a refused discard or zeroing would show.
+            holder.write(8192, &[9u8; 4096]).expect("the holder writes");
             assert_eq!(c.read(0, 4096).is_ok(), read, "{who} read under {t:?}");
             assert_eq!(
                 c.write(8192, &[2u8; 4096]).is_ok(),
@@ -79,8 +81,12 @@ fn every_type_gates_reads_writes_and_flushes_as_the_table_says() {
                 "{who} write-zeroes under {t:?}"
             );
             if !write {
-                // A refused write never reaches the image.
-                assert_eq!(holder.read(8192, 4096).unwrap(), vec![0u8; 4096]);
+                // Refused writes, discards and zeroings never reach the image.
+                assert_eq!(
+                    holder.read(8192, 4096).unwrap(),
+                    vec![9u8; 4096],
+                    "{who} under {t:?}"
+                );
             }
         }
         prout(

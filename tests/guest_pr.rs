@@ -30,7 +30,12 @@ fn sg_persist_preempt_ioctls_and_persistence() {
     g[0].pr_ok("-o -R -K 0x1 -T 1");
     for dev in ["/dev/vda", "/dev/sda"] {
         assert!(g[0].dd_write(dev, 100), "vm1 writes {dev}");
-        assert!(!g[1].dd_write(dev, 101), "vm2's write to {dev} is refused");
+        g[1].assert_write_refused(
+            dev,
+            101,
+            d.image(),
+            &format!("vm2's write to {dev} is refused"),
+        );
         assert!(g[1].dd_read(dev, 100), "vm2 still reads {dev}");
     }
     let keys = g[1].pr_ok("-i -k");
@@ -46,9 +51,11 @@ fn sg_persist_preempt_ioctls_and_persistence() {
     for dev in ["/dev/vda", "/dev/sda"] {
         assert!(g[1].dd_write(dev, 102), "vm2 writes {dev} after preempting");
         g[0].drain_ua();
-        assert!(
-            !g[0].dd_write(dev, 103),
-            "preempted vm1's write to {dev} is refused"
+        g[0].assert_write_refused(
+            dev,
+            103,
+            d.image(),
+            &format!("preempted vm1's write to {dev} is refused"),
         );
     }
     let keys = g[0].pr_ok("-i -k");
@@ -82,14 +89,16 @@ fn sg_persist_preempt_ioctls_and_persistence() {
     assert_eq!(g[1].pr_ok("-i -s"), before, "after a LUN reset");
     g[0].reboot();
     assert_eq!(g[0].pr_ok("-i -s"), before, "after vm1 rebooted");
-    assert!(
-        !g[0].dd_write("/dev/sda", 109),
-        "vm1 is still fenced after its reboot"
+    g[0].assert_write_refused(
+        "/dev/sda",
+        109,
+        d.image(),
+        "vm1 is still fenced after its reboot",
     );
     let vm1 = g.remove(0);
     let vm1 = reboot(&d, vm1);
     assert_eq!(vm1.pr_ok("-i -s"), before, "after vm1's QEMU restarted");
-    assert!(!vm1.dd_write("/dev/vda", 104), "vm1 is still fenced");
+    vm1.assert_write_refused("/dev/vda", 104, d.image(), "vm1 is still fenced");
     for g in [vm1, g.remove(0)] {
         g.kill();
     }
@@ -97,7 +106,7 @@ fn sg_persist_preempt_ioctls_and_persistence() {
     let g = cluster::boot(&d, &["vm1", "vm2"]);
     assert_eq!(g[0].pr_ok("-i -s"), before, "after a daemon restart");
     assert!(g[1].dd_write("/dev/sda", 105), "the holder still writes");
-    assert!(!g[0].dd_write("/dev/sda", 106), "vm1 is still fenced");
+    g[0].assert_write_refused("/dev/sda", 106, d.image(), "vm1 is still fenced");
 
     eprintln!("=== the Linux PR ioctls (APTPL=1) on /dev/sda");
     g[1].pr_ok("-o -C -K 0x2");
@@ -116,9 +125,11 @@ fn sg_persist_preempt_ioctls_and_persistence() {
         "APTPL accepted: {caps}"
     );
     g[0].drain_ua();
-    assert!(
-        !g[0].dd_write("/dev/sda", 107),
-        "vm1 preempted through the ioctl"
+    g[0].assert_write_refused(
+        "/dev/sda",
+        107,
+        d.image(),
+        "vm1 preempted through the ioctl",
     );
     g[1].sh("pr-ioctl /dev/sda release 0xb2 1");
     g[1].sh("pr-ioctl /dev/sda clear 0xb2");

@@ -6,9 +6,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::daemon::{TestDaemon, IMAGE_SIZE};
+use common::deadline::{Deadline, SetOnDrop};
+use common::fencing::{assert_writes_ended_before, WRITE_DELAY};
 use common::scsi_client::*;
 use common::vu_frontend::Desc;
 
@@ -111,7 +113,7 @@ fn block_seq(image: &[u8], seq: usize) -> u64 {
 
 #[test]
 fn no_scsi_write_of_the_preempted_lands_after_preempt_and_abort_returns() {
-    let d = TestDaemon::start(&["victim", "survivor"]);
+    let d = TestDaemon::start_probed(&["victim", "survivor"], |_| {});
     let mut victim = ScsiClient::connect_queues(&d.scsi("victim"), QUEUES, 256);
     let mut survivor = ScsiClient::connect(&d.scsi("survivor"));
     victim.drain_ua();
@@ -123,27 +125,35 @@ fn no_scsi_write_of_the_preempted_lands_after_preempt_and_abort_returns() {
     let r = victim.prout(SA_RESERVE, WE_RO, VICTIM_KEY, 0, false);
     assert!(r.is_good(), "{r:?}");
 
+    // Every write takes WRITE_DELAY between its admission and the moment it reaches the image:
+    // a write that was not fenced by the admission would land well after the preempt returns.
+    d.probe().set_write_delay(WRITE_DELAY);
+    d.probe().clear();
     let stop = AtomicBool::new(false);
     let progress = AtomicUsize::new(0);
-    let (fates, snapshot) = std::thread::scope(|s| {
+    let _deadline = Deadline::start("the fencing test", Duration::from_secs(120));
+    let (fates, snapshot, returned) = std::thread::scope(|s| {
+        let _stop_on_panic = SetOnDrop(&stop);
         let flooder = s.spawn(|| flood(&mut victim, &stop, &progress));
-        while progress.load(Ordering::Relaxed) < 1000 {
+        while progress.load(Ordering::Relaxed) < 10 {
             assert!(!flooder.is_finished(), "the flood ended early");
             std::thread::sleep(Duration::from_millis(1));
         }
         let r = survivor.prout(SA_PREEMPT_AND_ABORT, WE_RO, SURVIVOR_KEY, VICTIM_KEY, false);
+        let returned = Instant::now();
         assert!(r.is_good(), "PREEMPT AND ABORT: {r:?}");
         // GOOD has returned: from here on the image must not change.
         let snapshot = std::fs::read(d.image()).unwrap();
+        // Let the flood run into the fence for a while (it may also run out of blocks).
         let at_preempt = progress.load(Ordering::Relaxed);
-        while progress.load(Ordering::Relaxed) < at_preempt + 500 {
-            assert!(!flooder.is_finished(), "the flood ended early");
+        while progress.load(Ordering::Relaxed) < at_preempt + 500 && !flooder.is_finished() {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(100));
         stop.store(true, Ordering::Relaxed);
-        (flooder.join().unwrap(), snapshot)
+        (flooder.join().unwrap(), snapshot, returned)
     });
+    assert_writes_ended_before(d.probe(), returned);
     let fin = std::fs::read(d.image()).unwrap();
     let landed = fates.iter().filter(|&&f| f == Fate::Good).count();
     let refused = fates.iter().filter(|&&f| f == Fate::Refused).count();

@@ -30,6 +30,7 @@ fn disk(num_blocks: u64) -> DiskInfo {
         max_unmap_descriptors: 32,
         max_transfer_blocks: 8192,
         optimal_transfer_blocks: 0,
+        max_write_same_blocks: 1 << 16,
     }
 }
 

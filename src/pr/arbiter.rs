@@ -501,6 +501,21 @@ impl Arbiter {
         s
     }
 
+    /// Queues UA `s` for every known initiator but `except`: a change of LU-wide state made
+    /// through one I_T nexus, such as mode parameters (SPC-4 §7.5.2, 2A/01).
+    pub fn ua_all_except(&mut self, except: &str, s: Sense) {
+        let mut others: Vec<String> = self
+            .known
+            .iter()
+            .filter(|i| *i != except)
+            .cloned()
+            .collect();
+        others.sort();
+        for o in others {
+            self.queue_ua(&o, s);
+        }
+    }
+
     /// SPC-2 RESERVE(6) (SPC-2 §7.21), with CRH=1 semantics when PRs are in use
     /// (SPC-4 §5.9.3, "exceptions to SPC-2 RESERVE and RELEASE behavior").
     pub fn spc2_reserve(&mut self, initiator: &str) -> PrStatus {

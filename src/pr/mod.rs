@@ -2,6 +2,9 @@
 
 pub mod arbiter;
 #[cfg(test)]
+#[path = "tests/model.rs"]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 pub mod wire;
 

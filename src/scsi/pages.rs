@@ -33,6 +33,8 @@ pub struct DiskInfo {
     pub max_unmap_descriptors: u32,
     pub max_transfer_blocks: u32,
     pub optimal_transfer_blocks: u32,
+    /// MAXIMUM WRITE SAME LENGTH.
+    pub max_write_same_blocks: u32,
 }
 
 /// T10 vendor identification (SPC-4 §6.4.2): 8 ASCII bytes.
@@ -239,12 +241,7 @@ pub fn vpd_page(info: &DiskInfo, page: u8) -> Result<Vec<u8>, Sense> {
 /// MAXIMUM WRITE SAME LENGTH as reported in VPD 0xB0; the caller rejects longer WRITE SAMEs with
 /// 05/24/00 (SBC-3 §5.45).
 pub fn max_write_same_blocks(info: &DiskInfo) -> u64 {
-    let m = if info.unmap {
-        info.max_unmap_lbas.max(info.max_transfer_blocks)
-    } else {
-        info.max_transfer_blocks
-    };
-    u64::from(m)
+    u64::from(info.max_write_same_blocks)
 }
 
 fn last_lba(info: &DiskInfo) -> u64 {

@@ -5,14 +5,16 @@
 //! 2. CDB decoding (05/20/00, 05/24/00);
 //! 3. LBA range (05/21/00);
 //! 4. the reservation access check (RESERVATION CONFLICT), whose admission is held until the
-//!    command's I/O is complete (see [`crate::reservations`]);
+//!    command's I/O is complete (see [`crate::reservations`]); commands longer than
+//!    [`crate::lun::ADMISSION_CHUNK`] (WRITE SAME, UNMAP) are re-admitted for every piece, so a
+//!    preempt stops them part way with RESERVATION CONFLICT;
 //! 5. write protection (07/27/00), then execution.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::image::Buf;
-use crate::lun::Lun;
+use crate::lun::{ChunkError, Lun};
+use crate::pr::Access;
 use crate::pr::{wire, PrStatus};
 use crate::replay::Origin;
 use crate::scsi::cdb::{self, Command, Rw};
@@ -33,6 +35,10 @@ const MAX_PARAM_LEN: usize = 8192;
 /// UNMAP limits advertised in VPD 0xB0.
 const MAX_UNMAP_LBAS: u32 = 1 << 21;
 const MAX_UNMAP_DESCRIPTORS: u32 = 32;
+/// MAXIMUM WRITE SAME LENGTH in VPD 0xB0: 32 MiB, like LIO's 0xFFFF blocks.
+const MAX_WRITE_SAME_BLOCKS: u32 = 1 << 16;
+/// The pattern buffer a WRITE SAME writes from, repeated as often as a piece needs.
+const WRITE_SAME_BUF: usize = 1 << 20;
 
 /// What a command produced: SCSI status, sense, and how much of each buffer it used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,16 +94,11 @@ impl From<Sense> for Outcome {
 /// LU state shared by every initiator's scsi connection.
 pub struct Target {
     lun: Arc<Lun>,
-    /// WCE of the caching mode page; MODE SELECT changes it for every initiator, as on a real LU.
-    write_cache: AtomicBool,
 }
 
 impl Target {
     pub fn new(lun: Arc<Lun>) -> Self {
-        Target {
-            lun,
-            write_cache: AtomicBool::new(true),
-        }
+        Target { lun }
     }
 
     pub fn lun(&self) -> &Arc<Lun> {
@@ -108,17 +109,13 @@ impl Target {
         self.lun.image.size() / BLOCK
     }
 
-    fn info(&self) -> DiskInfo {
-        self.info_for(self.lun.image.read_only())
-    }
-
     /// What `read_only` (the image's or one guest's) makes of the LU's description.
     fn info_for(&self, read_only: bool) -> DiskInfo {
         DiskInfo {
             num_blocks: self.num_blocks(),
             block_size: BLOCK as u32,
             read_only,
-            write_cache: self.write_cache.load(Ordering::Relaxed),
+            write_cache: self.lun.write_cache(),
             serial: self.lun.serial.clone(),
             naa: pages::naa_from_serial(&self.lun.serial),
             unmap: !read_only,
@@ -126,6 +123,7 @@ impl Target {
             max_unmap_descriptors: MAX_UNMAP_DESCRIPTORS,
             max_transfer_blocks: MAX_TRANSFER_BLOCKS,
             optimal_transfer_blocks: 0,
+            max_write_same_blocks: MAX_WRITE_SAME_BLOCKS,
         }
     }
 
@@ -208,8 +206,9 @@ impl Target {
         if let Some((lba, blocks)) = cmd.lba_range() {
             pages::check_range(lba, blocks, self.num_blocks())?;
         }
-        // SPC-4 §5.9.1, SBC-3 table 13: the access check; the admission is held through the I/O.
-        let _admitted = match cmd.access() {
+        // SPC-4 §5.9.1, SBC-3 table 13: the access check; the admission is held through the I/O,
+        // except by the commands below that drop it to work in pieces or to flush.
+        let admitted = match cmd.access() {
             Some(access) => Some(res.admit(initiator, access).ok_or_else(Outcome::conflict)?),
             None => {
                 // SPC-2 §5.5.1: under an SPC-2 reservation only a few commands pass.
@@ -256,16 +255,12 @@ impl Target {
             Command::ModeSelect { ten, param_len, .. } => {
                 let params = param_list(data_out, param_len)?;
                 let change = pages::parse_mode_select(ten, &params, &info())?;
+                // The change queues unit attentions, which needs the arbiter exclusively.
+                drop(admitted);
                 if let Some(wce) = change.wce {
-                    if wce != self.write_cache.swap(wce, Ordering::Relaxed) {
-                        log::info!("{initiator}: MODE SELECT sets WCE={}", wce as u8);
-                        if !wce {
-                            // Turning the cache off must not strand data written before.
-                            image
-                                .flush()
-                                .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
-                        }
-                    }
+                    self.lun
+                        .set_write_cache(initiator, wce)
+                        .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
                 }
                 Outcome::good(0)
             }
@@ -277,6 +272,8 @@ impl Target {
                 self.write(rw, data_out)?
             }
             Command::SynchronizeCache { .. } => {
+                // A flush changes no data: no PR OUT has to wait for it.
+                drop(admitted);
                 image
                     .flush()
                     .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
@@ -292,7 +289,8 @@ impl Target {
                 if read_only {
                     return Err(Outcome::check(sense::WRITE_PROTECTED));
                 }
-                self.write_same(lba, blocks, unmap, ndob, data_out)?
+                drop(admitted);
+                self.write_same(initiator, lba, blocks, unmap, ndob, data_out)?
             }
             Command::Unmap { param_len } => {
                 if read_only {
@@ -304,11 +302,19 @@ impl Target {
                 for &(lba, blocks) in &ranges {
                     pages::check_range(lba, u64::from(blocks), self.num_blocks())?;
                 }
+                drop(admitted);
                 for (lba, blocks) in ranges {
-                    image
-                        .discard(lba * BLOCK, u64::from(blocks) * BLOCK)
-                        .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+                    let offset = lba * BLOCK;
+                    self.lun
+                        .admitted_chunks(
+                            initiator,
+                            Access::Write,
+                            u64::from(blocks) * BLOCK,
+                            |done, n| image.discard(offset + done, n),
+                        )
+                        .map_err(chunk_outcome)?;
                 }
+                self.sync_if_write_through()?;
                 Outcome::good(0)
             }
             Command::Verify {
@@ -323,6 +329,7 @@ impl Target {
                 start, no_flush, ..
             } => {
                 // A stop flushes the cache first unless NO_FLUSH (SBC-3 §5.25).
+                drop(admitted);
                 if !start && !no_flush && !read_only {
                     image
                         .flush()
@@ -370,7 +377,7 @@ impl Target {
         let bytes = self.transfer_len(rw.blocks)? as usize;
         // Less data than the CDB announces: refuse rather than write a torn, partial command.
         let (bufs, _) = virtio::split_at(data_out, bytes).ok_or(sense::INVALID_FIELD_IN_CDB)?;
-        let fua = rw.fua || !self.write_cache.load(Ordering::Relaxed);
+        let fua = rw.fua || !self.lun.write_cache();
         self.lun
             .image
             .write_at(&bufs, rw.lba * BLOCK, fua)
@@ -386,15 +393,20 @@ impl Target {
         Ok(u64::from(blocks) * BLOCK)
     }
 
+    /// WRITE SAME (SBC-3 §5.42-5.44), in [`crate::lun::ADMISSION_CHUNK`] pieces each admitted
+    /// on its own: a preempt between two pieces ends the command with RESERVATION CONFLICT and
+    /// the pieces before it written (the range is then indeterminate, as after any failed
+    /// write).
     fn write_same(
         &self,
+        initiator: &str,
         lba: u64,
         blocks: u32,
         unmap: bool,
         ndob: bool,
         data_out: &[Buf],
     ) -> Result<Outcome> {
-        if u64::from(blocks) > pages::max_write_same_blocks(&self.info()) {
+        if blocks > MAX_WRITE_SAME_BLOCKS {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
         }
         let mut block = [0u8; BLOCK as usize];
@@ -403,27 +415,44 @@ impl Target {
         }
         let (offset, len) = (lba * BLOCK, u64::from(blocks) * BLOCK);
         let image = &self.lun.image;
-        let r = if block.iter().all(|&b| b == 0) {
-            // Zeroes, with or without UNMAP: LBPRZ=1 makes both read back as zeroes.
-            image.write_zeroes(offset, len, unmap)
+        if block.iter().all(|&b| b == 0) {
+            // Zeroes, with or without UNMAP: LBPRZ=1 makes both read back as zeroes; only
+            // UNMAP=1 may deallocate.
+            self.lun
+                .admitted_chunks(initiator, Access::Write, len, |done, n| {
+                    image.write_zeroes(offset + done, n, unmap)
+                })
+                .map_err(chunk_outcome)?;
+            self.sync_if_write_through()?;
         } else {
-            // Replicate the block into a 64 KiB chunk and write it out chunk by chunk.
-            let mut chunk = vec![0u8; (64 << 10).min(len as usize)];
-            for c in chunk.chunks_mut(BLOCK as usize) {
+            // One buffer of the block repeated, written as many times as a piece needs.
+            let mut pattern = vec![0u8; WRITE_SAME_BUF.min(len as usize)];
+            for c in pattern.chunks_mut(BLOCK as usize) {
                 c.copy_from_slice(&block[..c.len()]);
             }
-            let fua = !self.write_cache.load(Ordering::Relaxed);
-            let mut done = 0;
-            let mut r = Ok(());
-            while done < len && r.is_ok() {
-                let n = (len - done).min(chunk.len() as u64) as usize;
-                r = image.write_at(&[Buf::from(&mut chunk[..n])], offset + done, fua);
-                done += n as u64;
-            }
-            r
-        };
-        r.map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+            let durable = !self.lun.write_cache();
+            self.lun
+                .admitted_chunks(initiator, Access::Write, len, |done, mut n| {
+                    let buf = Buf::from(&mut pattern[..]);
+                    let mut bufs = virtio::Bufs::new();
+                    while n > 0 {
+                        let m = n.min(buf.len() as u64);
+                        bufs.push(buf.subslice(0, m as usize).map_err(std::io::Error::other)?);
+                        n -= m;
+                    }
+                    image.write_at(&bufs, offset + done, durable)
+                })
+                .map_err(chunk_outcome)?;
+        }
         Ok(Outcome::good(0))
+    }
+
+    /// Zeroing and unmapping have no per-write DSYNC: with the write cache off, sync before
+    /// GOOD.
+    fn sync_if_write_through(&self) -> Result<()> {
+        self.lun
+            .sync_if_write_through()
+            .map_err(|_| Outcome::check(sense::WRITE_ERROR))
     }
 
     /// VERIFY (SBC-3 §5.33): BYTCHK=0 checks the medium (always readable here); 1 compares the
@@ -449,6 +478,14 @@ impl Target {
         } else {
             Err(Outcome::check(sense::MISCOMPARE_DURING_VERIFY))
         }
+    }
+}
+
+/// How a command done in admitted pieces ended early.
+fn chunk_outcome(e: ChunkError) -> Outcome {
+    match e {
+        ChunkError::Conflict { .. } => Outcome::conflict(),
+        ChunkError::Io(_) => Outcome::check(sense::WRITE_ERROR),
     }
 }
 

@@ -77,3 +77,40 @@ fn read_only_refuses_writes() {
     assert!(img.write_zeroes(0, 512, true).is_err());
     img.read_at(&[Buf::from(&mut buf[..])], 0).unwrap();
 }
+
+#[test]
+fn durable_writes_use_dsync() {
+    assert_eq!(write_flags(true), libc::RWF_DSYNC);
+    assert_eq!(write_flags(false), 0);
+}
+
+#[test]
+fn zeroing_without_unmap_never_punches_a_hole() {
+    assert!(zeroing_modes(false)
+        .iter()
+        .all(|m| m & libc::FALLOC_FL_PUNCH_HOLE == 0));
+    assert_eq!(
+        zeroing_modes(true)[0] & libc::FALLOC_FL_PUNCH_HOLE,
+        libc::FALLOC_FL_PUNCH_HOLE
+    );
+}
+
+#[test]
+fn write_zeroes_without_unmap_keeps_the_blocks_allocated() {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, img) = image(8 << 20);
+    let mut data = vec![0x5au8; 4 << 20];
+    img.write_at(&[Buf::from(&mut data[..])], 0, true).unwrap();
+    let path = dir.path().join("d.img");
+    let blocks = || std::fs::metadata(&path).unwrap().blocks();
+    let allocated = blocks();
+    assert!(allocated >= (4 << 20) / 512, "{allocated}");
+    img.write_zeroes(0, 2 << 20, false).unwrap();
+    assert_eq!(blocks(), allocated, "zeroing without unmap deallocated");
+    img.write_zeroes(2 << 20, 1 << 20, true).unwrap();
+    assert!(blocks() < allocated, "zeroing with unmap deallocates");
+    let mut out = vec![0xffu8; 4 << 20];
+    img.read_at(&[Buf::from(&mut out[..])], 0).unwrap();
+    assert!(out[..3 << 20].iter().all(|&b| b == 0));
+    assert!(out[3 << 20..].iter().all(|&b| b == 0x5a));
+}

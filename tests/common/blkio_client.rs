@@ -69,6 +69,11 @@ impl BlkClient {
         self.blkio.get_u64("capacity").unwrap()
     }
 
+    /// An integer property of the connected device (`max-segments`, `max-segment-len`, ...).
+    pub fn property(&self, name: &str) -> i32 {
+        self.blkio.get_i32(name).unwrap()
+    }
+
     pub fn read_only(&self) -> bool {
         self.blkio.get_bool("read-only").unwrap()
     }

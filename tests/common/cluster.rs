@@ -1,7 +1,8 @@
 //! Several QEMU guests on one daemon, each with its blk (/dev/vda) and scsi (/dev/sda) device,
 //! and the guest-side commands the PR tests use.
 
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use super::daemon::TestDaemon;
 use super::guest::{Guest, GuestOpts};
@@ -54,6 +55,34 @@ pub trait GuestPr {
     fn dd_write(&self, dev: &str, block: u64) -> bool;
     /// One direct 4 KiB read from `dev`.
     fn dd_read(&self, dev: &str, block: u64) -> bool;
+    /// How many RESERVATION CONFLICT statuses the guest kernel has logged ("reservation
+    /// conflict", from the SCSI midlayer).
+    fn conflicts(&self) -> usize;
+    /// Asserts that [`GuestPr::dd_write`] of `block` fails, that the host `image` does not
+    /// change there (the record is absent), and on a SCSI disk that the guest saw a RESERVATION
+    /// CONFLICT (a blk IOERR says no more than "failed").
+    #[track_caller]
+    fn assert_write_refused(&self, dev: &str, block: u64, image: &Path, what: &str);
+}
+
+/// The 4 KiB that [`GuestPr::dd_write`] writes: `yes NAME-BLOCK`, cut.
+pub fn dd_record(name: &str, block: u64) -> Vec<u8> {
+    format!("{name}-{block}\n")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(4096)
+        .collect()
+}
+
+/// 4 KiB block `block` of the host image.
+pub fn host_block(image: &Path, block: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    std::fs::File::open(image)
+        .unwrap()
+        .read_exact_at(&mut buf, block * 4096)
+        .unwrap();
+    buf
 }
 
 impl GuestPr for Guest {
@@ -79,6 +108,40 @@ impl GuestPr for Guest {
              dd if=/tmp/w of={dev} bs=4096 count=1 seek={block} oflag=direct 2>/dev/null"
         ))
         .0 == 0
+    }
+
+    fn conflicts(&self) -> usize {
+        self.sh("dmesg")
+            .lines()
+            .filter(|l| l.contains("reservation conflict"))
+            .count()
+    }
+
+    #[track_caller]
+    fn assert_write_refused(&self, dev: &str, block: u64, image: &Path, what: &str) {
+        let scsi = dev.contains("sd");
+        let before = host_block(image, block);
+        let conflicts = if scsi { self.conflicts() } else { 0 };
+        assert!(
+            !self.dd_write(dev, block),
+            "[{}] {what}: the write succeeded",
+            self.name()
+        );
+        let after = host_block(image, block);
+        assert_eq!(after, before, "[{}] {what}: the image changed", self.name());
+        assert_ne!(
+            after,
+            dd_record(self.name(), block),
+            "[{}] {what}: the record is on the image",
+            self.name()
+        );
+        if scsi {
+            assert!(
+                self.conflicts() > conflicts,
+                "[{}] {what}: the failure was not a reservation conflict",
+                self.name()
+            );
+        }
     }
 
     fn dd_read(&self, dev: &str, block: u64) -> bool {

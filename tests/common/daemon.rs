@@ -2,13 +2,18 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use sharedisk::config::Config;
+use sharedisk::probe::{Probe, Recorder};
 use sharedisk::server::Server;
 
 pub struct TestDaemon {
     pub server: Option<Server>,
     pub config: Config,
     pub dir: tempfile::TempDir,
+    /// What the image saw, when started with [`TestDaemon::start_probed`].
+    pub probe: Option<Arc<Recorder>>,
 }
 
 pub const IMAGE_SIZE: u64 = 64 << 20; // 131072 sectors
@@ -25,17 +30,49 @@ impl TestDaemon {
     }
 
     pub fn start_with(guests: &[&str], tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_inner(guests, tweak, None)
+    }
+
+    /// Serves the image through a [`Probe`]: `d.probe()` records (and can slow) every call.
+    pub fn start_probed(guests: &[&str], tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_inner(guests, tweak, Some(Recorder::new()))
+    }
+
+    fn start_inner(
+        guests: &[&str],
+        tweak: impl FnOnce(&mut Config),
+        probe: Option<Arc<Recorder>>,
+    ) -> Self {
         init_logging();
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(dir.path().join("disk.img"), dir.path().join("sock"), guests);
         config.size = Some(IMAGE_SIZE);
         tweak(&mut config);
-        let server = Server::start(config.clone()).expect("daemon starts");
+        let server = Self::serve(config.clone(), &probe).expect("daemon starts");
         TestDaemon {
             server: Some(server),
             config,
             dir,
+            probe,
         }
+    }
+
+    fn serve(
+        config: Config,
+        probe: &Option<Arc<Recorder>>,
+    ) -> Result<Server, sharedisk::server::ServerError> {
+        match probe {
+            None => Server::start(config),
+            Some(rec) => {
+                let rec = rec.clone();
+                Server::start_wrapped(config, move |image| Box::new(Probe::new(image, rec)))
+            }
+        }
+    }
+
+    /// The probe's recorder; panics unless started with [`TestDaemon::start_probed`].
+    pub fn probe(&self) -> &Recorder {
+        self.probe.as_ref().expect("started with start_probed")
     }
 
     pub fn server(&self) -> &Server {
@@ -66,6 +103,6 @@ impl TestDaemon {
         self.stop();
         let mut config = self.config.clone();
         config.size = None;
-        self.server = Some(Server::start(config).expect("daemon restarts"));
+        self.server = Some(Self::serve(config, &self.probe).expect("daemon restarts"));
     }
 }

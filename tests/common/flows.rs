@@ -105,6 +105,23 @@ fn read_record(g: &Guest, dev: &str, block: u64) -> Option<String> {
 
 const DEVS: [(&str, &str); 2] = [("/dev/vda", "blk"), ("/dev/sda", "scsi")];
 
+/// The text record at 4 KiB block `block` of the host image.
+fn host_record(d: &DaemonProcess, block: u64) -> String {
+    let raw = cluster::host_block(&d.image, block);
+    String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// A write that must fail: it fails, the image does not hold its record afterwards, and on the
+/// SCSI disk the guest saw a reservation conflict.
+fn refused_record(g: &Guest, d: &DaemonProcess, dev: &str, block: u64, text: &str) -> bool {
+    let scsi = dev.contains("sd");
+    let conflicts = if scsi { g.conflicts() } else { 0 };
+    let failed = !write_record(g, dev, block, text);
+    failed && host_record(d, block) != text && (!scsi || g.conflicts() > conflicts)
+}
+
 /// Flow 1, failover: VM1 holds the disk, dies, and VM2 takes it over and fences VM1.
 pub fn failover(n: &mut Narrator, d: &DaemonProcess) {
     n.section("Flow 1: failover (2 guests)");
@@ -132,7 +149,7 @@ pub fn failover(n: &mut Narrator, d: &DaemonProcess) {
     for (dev, kind) in DEVS {
         n.check(
             format!("3. vm2's write to {dev} ({kind}) fails"),
-            !write_record(&g[1], dev, 11, "vm2-was-here"),
+            refused_record(&g[1], d, dev, 11, "vm2-was-here"),
         );
     }
     for (dev, kind) in DEVS {
@@ -171,7 +188,7 @@ pub fn failover(n: &mut Narrator, d: &DaemonProcess) {
     for (dev, kind) in DEVS {
         n.check(
             format!("6. vm1's write to {dev} ({kind}) fails: it was fenced"),
-            !write_record(&vm1, dev, 13, "vm1-after-fencing"),
+            refused_record(&vm1, d, dev, 13, "vm1-after-fencing"),
         );
     }
     let cleared = g[0].pr("-o -C -K 0x2").0 == 0;
@@ -218,15 +235,19 @@ pub fn one_writer(n: &mut Narrator, d: &DaemonProcess) {
     }
     for g in &g {
         for (dev, kind) in DEVS {
-            let wrote = write_record(g, dev, 21, g.name());
             let holder = g.name() == "vm1";
+            let ok = if holder {
+                write_record(g, dev, 21, g.name()) && host_record(d, 21) == g.name()
+            } else {
+                refused_record(g, d, dev, 21, g.name())
+            };
             n.check(
                 format!(
                     "4. {}'s write to {dev} ({kind}) {}",
                     g.name(),
                     if holder { "succeeds" } else { "fails" }
                 ),
-                wrote == holder,
+                ok,
             );
         }
     }

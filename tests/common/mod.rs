@@ -3,6 +3,8 @@ pub mod blkio_client;
 pub mod cluster;
 pub mod ctl;
 pub mod daemon;
+pub mod deadline;
+pub mod fencing;
 pub mod flows;
 pub mod guest;
 pub mod http;

@@ -13,28 +13,17 @@ pub struct DaemonProcess {
     log: PathBuf,
     /// Extra `serve` arguments (e.g. `--read-only`).
     pub extra: Vec<String>,
-    /// Extra environment (e.g. `SHAREDISK_FAILPOINT`).
+    /// Extra environment of the daemon (e.g. `SHAREDISK_FAILPOINT`, its test hooks).
     pub env: Vec<(String, String)>,
 }
 
 impl DaemonProcess {
     /// Starts `sharedisk serve` on `dir/disk.img` (created with `size` if missing).
     pub fn start(dir: &Path, guests: &[&str], size: &str) -> Self {
-        let mut d = DaemonProcess {
-            child: None,
-            dir: dir.to_path_buf(),
-            image: dir.join("disk.img"),
-            socket_dir: dir.join("sock"),
-            guests: guests.iter().map(|g| g.to_string()).collect(),
-            log: dir.join("daemon.log"),
-            extra: Vec::new(),
-            env: Vec::new(),
-        };
-        d.spawn(Some(size));
-        d
+        Self::start_env(dir, guests, size, &[])
     }
 
-    /// Like [`DaemonProcess::start`], with extra environment for the daemon.
+    /// Like [`DaemonProcess::start`], with `env` added to the daemon's environment.
     pub fn start_env(dir: &Path, guests: &[&str], size: &str, env: &[(&str, &str)]) -> Self {
         let mut d = DaemonProcess {
             child: None,
@@ -137,11 +126,20 @@ impl DaemonProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Fails the test if a daemon thread panicked: vhost-user-backend only logs a queue
+    /// thread's panic and the daemon keeps serving.
+    #[track_caller]
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "a daemon thread panicked: {log}");
+    }
+
     /// SIGTERM, then wait: the daemon must exit 0 and remove its sockets.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        self.assert_no_panic();
         // SAFETY: kill(2) on the pid of a child we own and have not reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -210,7 +208,11 @@ impl DaemonProcess {
 
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        // A test that did not stop the daemon itself still stops it cleanly, so that it fails on
+        // a daemon panic or a bad exit; after a failure, just kill it.
+        if !std::thread::panicking() {
+            self.stop();
+        } else if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }

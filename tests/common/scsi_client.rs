@@ -189,6 +189,14 @@ pub fn read16_cdb(lba: u64, blocks: u32) -> [u8; 16] {
     c
 }
 
+/// WRITE SAME(16) (SBC-3 §5.44): one block of data-out unless NDOB.
+pub fn write_same16_cdb(lba: u64, blocks: u32, unmap: bool, ndob: bool) -> [u8; 16] {
+    let mut c = read16_cdb(lba, blocks);
+    c[0] = 0x93;
+    c[1] = if unmap { 0x08 } else { 0 } | if ndob { 0x01 } else { 0 };
+    c
+}
+
 pub fn write16_cdb(lba: u64, blocks: u32) -> [u8; 16] {
     let mut c = read16_cdb(lba, blocks);
     c[0] = 0x8a;
@@ -438,6 +446,30 @@ impl ScsiClient {
     pub fn write16(&mut self, lba: u64, data: &[u8]) -> ScsiResult {
         assert_eq!(data.len() % 512, 0);
         self.cmd(&write16_cdb(lba, (data.len() / 512) as u32), data, 0)
+    }
+
+    /// The caching mode page (08h) as MODE SENSE(6) reports it (current values).
+    pub fn caching_page(&mut self) -> Vec<u8> {
+        let r = self.cmd(&[0x1a, 0x08, 0x08, 0, 255, 0], &[], 255);
+        assert!(r.is_good(), "MODE SENSE caching page: {r:?}");
+        assert!(r.data.len() >= 4 + 20, "MODE SENSE data: {:02x?}", r.data);
+        assert_eq!(r.data[3], 0, "DBD=1: no block descriptors");
+        r.data[4..4 + 2 + r.data[5] as usize].to_vec()
+    }
+
+    /// WCE of the caching mode page.
+    pub fn wce(&mut self) -> bool {
+        self.caching_page()[2] & 0x04 != 0
+    }
+
+    /// MODE SELECT(6), PF=1, of the caching page with WCE set to `on`.
+    pub fn mode_select_wce(&mut self, on: bool) -> ScsiResult {
+        let mut page = self.caching_page();
+        page[0] &= 0x3f; // PS is reserved in MODE SELECT
+        page[2] = (page[2] & !0x04) | if on { 0x04 } else { 0 };
+        let mut list = vec![0u8; 4];
+        list.extend_from_slice(&page);
+        self.cmd(&[0x15, 0x10, 0, 0, list.len() as u8, 0], &list, 0)
     }
 
     /// One TMF request on the control queue; returns the response byte.

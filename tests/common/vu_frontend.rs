@@ -553,6 +553,25 @@ impl VuFrontend {
         payload
     }
 
+    /// SET_CONFIG of `buf` at `offset` (a driver writing the device's config space).
+    pub fn set_config(&mut self, offset: u32, buf: &[u8]) {
+        self.frontend
+            .set_config(offset, VhostUserConfigFlags::WRITABLE, buf)
+            .expect("SET_CONFIG");
+    }
+
+    /// Whether the last kick of `queue` is still unread by the backend (its eventfd is set).
+    pub fn kick_pending(&self, queue: usize) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.queues[queue].kick.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call; zero timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) };
+        pfd.revents & libc::POLLIN != 0
+    }
+
     // ---- virtio-blk convenience ----
 
     /// virtio-blk capacity in 512-byte sectors.

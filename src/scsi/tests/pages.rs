@@ -18,6 +18,7 @@ fn info() -> DiskInfo {
         max_unmap_descriptors: 4,
         max_transfer_blocks: 4096,
         optimal_transfer_blocks: 128,
+        max_write_same_blocks: 1 << 16,
     }
 }
 
@@ -83,14 +84,14 @@ fn vpd_pages() {
     assert_eq!(be32(&b0, 20), 1 << 20);
     assert_eq!(be32(&b0, 24), 4);
     assert_eq!(be32(&b0, 28), 8);
-    assert_eq!(u64::from_be_bytes(b0[36..44].try_into().unwrap()), 1 << 20);
+    assert_eq!(u64::from_be_bytes(b0[36..44].try_into().unwrap()), 1 << 16);
     let no = DiskInfo {
         unmap: false,
         ..info()
     };
     let b0 = vpd_page(&no, 0xb0).unwrap();
     assert_eq!(&b0[20..36], &[0; 16]);
-    assert_eq!(u64::from_be_bytes(b0[36..44].try_into().unwrap()), 4096);
+    assert_eq!(u64::from_be_bytes(b0[36..44].try_into().unwrap()), 1 << 16);
 
     let b1 = vpd_page(&i, 0xb1).unwrap();
     assert_eq!((b1.len(), &b1[4..6]), (64, &[0, 1][..]));

@@ -1,0 +1,257 @@
+//! One guest must not delay its own fencing: a PREEMPT AND ABORT returns within a bounded time
+//! while the initiator it fences streams the largest requests the device accepts, with the write
+//! cache off (every write synchronous). The daemon re-admits long requests every
+//! `ADMISSION_CHUNK` (4 MiB), so a PR OUT waits for at most one such piece per busy queue.
+
+mod common;
+
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use blkio::ReqFlags;
+use common::blkio_client::BlkClient;
+use common::daemon::TestDaemon;
+use common::deadline::{Deadline, SetOnDrop};
+use common::scsi_client::*;
+use common::vu_frontend::Desc;
+
+const VICTIM_KEY: u64 = 0xdead;
+const SURVIVOR_KEY: u64 = 0xbeef;
+const WE_RO: u8 = 5;
+/// The image is made as slow as a 25 MB/s disk (the test probe delays every write by its
+/// length), so that one 4 MiB piece takes about 170 ms whatever the machine's real disk does.
+const DISK_BYTES_PER_SEC: u64 = 25_000_000;
+/// What a PREEMPT may take under this load: one 4 MiB piece per busy queue (they run in
+/// parallel), plus the state file's fsync and scheduling on a loaded 2-core CI machine. Without
+/// the per-piece admission it waits for the rest of a 32 MiB (scsi, 1.3 s) or 254 MiB (blk, 10 s)
+/// request.
+const BOUND: Duration = Duration::from_millis(700);
+/// When the survivor preempts, counted from the start of the victim's first requests.
+const PREEMPT_AFTER: Duration = Duration::from_millis(100);
+
+/// Creates the image fully written, so that the synchronous writes under test overwrite
+/// allocated blocks and the time they take does not depend on the file system's allocator.
+fn allocated_image(path: &std::path::Path, size: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..size / chunk.len() as u64 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// Registers both, reserves Write Exclusive - Registrants Only for the victim, and turns the
+/// LU's write cache off from the victim's scsi connection (every write is then synchronous).
+fn setup(victim: &mut ScsiClient, survivor: &mut ScsiClient) {
+    victim.drain_ua();
+    survivor.drain_ua();
+    assert!(victim
+        .prout(SA_REGISTER_AND_IGNORE, 0, 0, VICTIM_KEY, false)
+        .is_good());
+    assert!(survivor
+        .prout(SA_REGISTER_AND_IGNORE, 0, 0, SURVIVOR_KEY, false)
+        .is_good());
+    assert!(victim
+        .prout(SA_RESERVE, WE_RO, VICTIM_KEY, 0, false)
+        .is_good());
+    let r = victim.mode_select_wce(false);
+    assert!(r.is_good(), "MODE SELECT WCE=0: {r:?}");
+    assert!(!victim.wce());
+    // The survivor takes its 2A/01 MODE PARAMETERS CHANGED now, so that its PREEMPT is the
+    // first command it sends under load.
+    assert_eq!(survivor.drain_ua(), vec![(6, 0x2a, 1)]);
+}
+
+/// The survivor's PREEMPT AND ABORT of the victim, under a deadline; returns how long it took.
+fn preempt(survivor: &mut ScsiClient) -> Duration {
+    let _deadline = Deadline::start("PREEMPT AND ABORT under load", Duration::from_secs(120));
+    let t = Instant::now();
+    let r = survivor.prout(SA_PREEMPT_AND_ABORT, WE_RO, SURVIVOR_KEY, VICTIM_KEY, false);
+    let took = t.elapsed();
+    assert!(r.is_good(), "PREEMPT AND ABORT: {r:?}");
+    took
+}
+
+/// MAXIMUM WRITE SAME LENGTH from VPD page B0h.
+fn max_write_same(c: &mut ScsiClient) -> u64 {
+    let r = c.cmd(&[0x12, 0x01, 0xb0, 0, 64, 0], &[], 64);
+    assert!(r.is_good(), "VPD B0: {r:?}");
+    u64::from_be_bytes(r.data[36..44].try_into().unwrap())
+}
+
+#[test]
+fn preempt_is_quick_while_the_victim_streams_maximal_write_sames() {
+    const QUEUES: usize = 2;
+    let d = TestDaemon::start_probed(&["victim", "survivor"], |c| {
+        allocated_image(&c.image, common::daemon::IMAGE_SIZE);
+    });
+    let mut victim = ScsiClient::connect_queues(&d.scsi("victim"), QUEUES, 128);
+    let mut survivor = ScsiClient::connect(&d.scsi("survivor"));
+    setup(&mut victim, &mut survivor);
+    d.probe().set_write_bandwidth(Some(DISK_BYTES_PER_SEC));
+    // Each queue streams WRITE SAME(16)s of the largest length, with a non-zero pattern, over
+    // its own half of the image.
+    let blocks = max_write_same(&mut victim).min(common::daemon::IMAGE_SIZE / 512 / QUEUES as u64);
+    assert!(blocks >= 8192, "MAXIMUM WRITE SAME LENGTH {blocks}");
+    let stop = AtomicBool::new(false);
+    let started = AtomicUsize::new(0);
+    let _deadline = Deadline::start("the test", Duration::from_secs(240));
+    let took = std::thread::scope(|s| {
+        let _stop_on_panic = SetOnDrop(&stop);
+        let stream = s.spawn(|| {
+            let c = &mut victim;
+            let slots: Vec<(u64, u64, u64)> = (0..QUEUES)
+                .map(|_| {
+                    (
+                        c.fe.alloc(REQ_HEADER_LEN),
+                        c.fe.alloc(512),
+                        c.fe.alloc(RESP_LEN),
+                    )
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            let mut busy = [false; QUEUES];
+            loop {
+                for q in 0..QUEUES {
+                    if !busy[q] && !stop.load(Ordering::Relaxed) {
+                        let (hdr, data, resp) = slots[q];
+                        let tag = c.next_tag();
+                        let cdb = write_same16_cdb(q as u64 * blocks, blocks as u32, false, false);
+                        c.fe.write_mem(hdr, &req_header(&LUN0, tag, &cdb));
+                        c.fe.write_mem(data, &[0x5a; 512]);
+                        c.fe.submit(
+                            REQUEST_Q + q,
+                            &[
+                                Desc::r(hdr, REQ_HEADER_LEN as u32),
+                                Desc::r(data, 512),
+                                Desc::w(resp, RESP_LEN as u32),
+                            ],
+                        );
+                        busy[q] = true;
+                        started.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if busy[q] && c.fe.try_used(REQUEST_Q + q).is_some() {
+                        let (_, status, sense, _) =
+                            parse_resp(&c.fe.read_mem(slots[q].2, RESP_LEN));
+                        outcomes.push((status, sense));
+                        busy[q] = false;
+                    }
+                }
+                if stop.load(Ordering::Relaxed) && !busy.iter().any(|&b| b) {
+                    return outcomes;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        while started.load(Ordering::Relaxed) < QUEUES {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(PREEMPT_AFTER);
+        let took = preempt(&mut survivor);
+        stop.store(true, Ordering::Relaxed);
+        let _deadline = Deadline::start("the victim's stream to end", Duration::from_secs(120));
+        let outcomes = stream.join().unwrap();
+        eprintln!(
+            "scsi: PREEMPT AND ABORT took {took:?}; the victim's WRITE SAMEs: {outcomes:02x?}"
+        );
+        for (status, sense) in &outcomes {
+            assert!(
+                matches!(
+                    (*status, *sense),
+                    (GOOD, None)
+                        | (RESERVATION_CONFLICT, None)
+                        | (CHECK_CONDITION, Some((6, 0x2a, 5)))
+                ),
+                "unexpected WRITE SAME outcome {status:02x} {sense:02x?}"
+            );
+        }
+        assert!(
+            outcomes.iter().any(|&(st, _)| st == RESERVATION_CONFLICT),
+            "a WRITE SAME in flight at the preempt was stopped part way"
+        );
+        took
+    });
+    assert!(
+        took < BOUND,
+        "PREEMPT AND ABORT took {took:?} (bound {BOUND:?})"
+    );
+}
+
+#[test]
+fn preempt_is_quick_while_the_victim_streams_maximal_blk_writes() {
+    const IMAGE: u64 = 256 << 20;
+    let d = TestDaemon::start_probed(&["victim", "survivor"], |c| {
+        c.size = Some(IMAGE);
+        allocated_image(&c.image, IMAGE);
+    });
+    let mut victim_scsi = ScsiClient::connect(&d.scsi("victim"));
+    let mut survivor = ScsiClient::connect(&d.scsi("survivor"));
+    setup(&mut victim_scsi, &mut survivor);
+    d.probe().set_write_bandwidth(Some(DISK_BYTES_PER_SEC));
+    let stop = AtomicBool::new(false);
+    let started = AtomicUsize::new(0);
+    let sock = d.blk("victim");
+    let _deadline = Deadline::start("the test", Duration::from_secs(240));
+    let took = std::thread::scope(|s| {
+        let _stop_on_panic = SetOnDrop(&stop);
+        let stream = s.spawn(|| {
+            let mut c = BlkClient::connect(&sock).unwrap();
+            // seg_max segments of size_max bytes: the largest request the device advertises.
+            let seg_len = c.property("max-segment-len") as usize;
+            let segs = c.property("max-segments") as usize;
+            assert_eq!((seg_len, segs), (1 << 20, 254), "advertised limits");
+            c.buf(seg_len).fill(0x6b);
+            let (q, region) = c.queue_and_region();
+            let iov: Vec<libc::iovec> = (0..segs)
+                .map(|_| libc::iovec {
+                    iov_base: region.addr as *mut libc::c_void,
+                    iov_len: seg_len,
+                })
+                .collect();
+            const DEPTH: usize = 2;
+            let mut comps: Vec<MaybeUninit<blkio::Completion>> =
+                (0..DEPTH).map(|_| MaybeUninit::uninit()).collect();
+            let (mut in_flight, mut results) = (0, Vec::new());
+            loop {
+                while in_flight < DEPTH && !stop.load(Ordering::Relaxed) {
+                    q.writev(0, iov.as_ptr(), segs as u32, 0, ReqFlags::empty());
+                    in_flight += 1;
+                    started.fetch_add(1, Ordering::Relaxed);
+                }
+                if in_flight == 0 {
+                    return results;
+                }
+                let mut timeout = Duration::from_millis(50);
+                let n = q
+                    .do_io(&mut comps, 0, Some(&mut timeout), None)
+                    .unwrap_or(0);
+                for c in &comps[..n] {
+                    // SAFETY: do_io initialised the first `n` completions.
+                    results.push(unsafe { c.assume_init_ref() }.ret);
+                }
+                in_flight -= n;
+            }
+        });
+        while started.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(PREEMPT_AFTER);
+        let took = preempt(&mut survivor);
+        stop.store(true, Ordering::Relaxed);
+        let _deadline = Deadline::start("the victim's stream to end", Duration::from_secs(120));
+        let results = stream.join().unwrap();
+        eprintln!("blk: PREEMPT AND ABORT took {took:?}; the victim's writes: {results:?}");
+
+        assert!(
+            results.iter().any(|&r| r != 0),
+            "a write in flight at the preempt failed part way"
+        );
+        took
+    });
+    assert!(
+        took < BOUND,
+        "PREEMPT AND ABORT took {took:?} (bound {BOUND:?})"
+    );
+}
