@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds every fuzz target and runs each for SECONDS (default 30) with a fixed seed, over a
-# temporary copy of its committed corpus (fuzz/corpus/<target>, left untouched). Fails if any
-# target crashes, panics, leaks, hangs (10 s per input) or runs out of memory; the input that did
-# it is kept in fuzz/artifacts/<target>/ (`cargo fuzz run <target> <file>` replays it).
+# Builds every fuzz target and runs each for SECONDS (default 30) with a fixed seed, starting from
+# its committed inputs, which it only reads: fuzz/corpus/<target>, the seeds of make_seeds.py,
+# and fuzz/grown/<target>, what a 30-minute campaign added, cut down to the inputs that reach new
+# code. New inputs go to a temporary directory. Fails if any target crashes, panics, leaks, hangs
+# (10 s per input) or runs out of memory; the input that did it is kept in
+# fuzz/artifacts/<target>/ (`cargo fuzz run <target> <file>` replays it).
 #
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 # Long campaigns: fuzz/run.sh 1800 under `nice -n 19`, or `cargo fuzz run <target>` by hand.
@@ -24,17 +26,17 @@ trap 'rm -rf "$work"' EXIT
 failed=()
 for target in $(cargo fuzz list); do
     echo "fuzz: $target for ${secs}s"
-    cp -r "fuzz/corpus/$target" "$work/$target"
-    mkdir -p "fuzz/artifacts/$target"
-    if ! cargo fuzz run "$target" "$work/$target" -- \
+    # New inputs go to the first directory, a temporary one; the committed ones are only read.
+    mkdir -p "$work/$target" "fuzz/artifacts/$target"
+    if ! cargo fuzz run "$target" "$work/$target" "fuzz/corpus/$target" "fuzz/grown/$target" -- \
         -seed=1 -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 2>"$work/$target.log"; then
         failed+=("$target")
         tail -n 60 "$work/$target.log"
     fi
     # What the run did: libFuzzer's last status line (coverage, corpus) and its final stats.
-    { grep -E '^#[0-9]+' "$work/$target.log" | tail -n 1
-      grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' \
+    { grep -aE '^#[0-9]+' "$work/$target.log" | tail -n 1
+      grep -aE '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' \
           "$work/$target.log"
     } | sed "s/^/fuzz: $target: /" || true
 done

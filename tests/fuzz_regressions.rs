@@ -1,6 +1,7 @@
-//! The fuzz harnesses (`fuzz/harness/`) under plain `cargo test`: every committed seed of every
-//! target, and each finding's minimized input (`fuzz/regressions/<target>/`) as its own test. A
-//! harness panics on a finding; a hang is one too, so every replay runs against a deadline.
+//! The fuzz harnesses (`fuzz/harness/`) under plain `cargo test`: every committed input of every
+//! target (`fuzz/corpus/`, `fuzz/grown/`), and each finding's minimized input
+//! (`fuzz/regressions/<target>/`) as its own test. A harness panics on a finding; a hang is one
+//! too, so every replay runs against a deadline.
 
 #[path = "../fuzz/harness/mod.rs"]
 mod harness;
@@ -65,6 +66,11 @@ fn replay_all(dir: &str) -> usize {
 #[test]
 fn every_seed_runs_clean() {
     assert!(replay_all("corpus") > 100);
+}
+
+#[test]
+fn every_grown_input_runs_clean() {
+    assert!(replay_all("grown") > 100);
 }
 
 #[test]

@@ -7,31 +7,27 @@
 //! generation at u32::MAX or keys shared between initiators).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use sharedisk::pr::{Arbiter, ProutRequest, ResType, ServiceAction};
 use sharedisk::state::{ImageIdentity, StateStore};
 
 use super::{INITIATORS, KNOWN};
 
-/// One state file per fuzzing process, on tmpfs when there is one.
-fn path() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
-        if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("temp dir")
-    })
-    .path()
+/// A fresh directory per input (on tmpfs when there is one): inputs never see each other's
+/// files, harnesses on parallel test threads never race, and nothing outlives the input.
+fn temp_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("temp dir")
 }
 
-fn store(name: &str) -> StateStore {
+fn store(dir: &Path, name: &str) -> StateStore {
     StateStore::new(
-        path().join(name),
+        dir.join(name),
         ImageIdentity {
             path: PathBuf::from("/fuzz/disk.img"),
             inode: 42,
@@ -87,7 +83,8 @@ fn exercise(arb: &mut Arbiter) {
 
 /// One fuzz input; panics on a finding.
 pub fn run(data: &[u8]) {
-    let s = store("disk.img.pr");
+    let dir = temp_dir();
+    let s = store(dir.path(), "disk.img.pr");
     std::fs::write(s.path(), data).expect("write state file");
     let loaded = s.load();
     if super::tracing() {
@@ -99,7 +96,7 @@ pub fn run(data: &[u8]) {
     let state = saved.reservations;
     state.validate().expect("load returned an invalid state");
 
-    let copy = store("copy.pr");
+    let copy = store(dir.path(), "copy.pr");
     copy.save(&state, &saved.replay).expect("save");
     let reloaded = copy.load().expect("reload").expect("a saved state");
     assert_eq!(reloaded.reservations, state);
