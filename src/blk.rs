@@ -520,6 +520,7 @@ impl VhostUserBackend for BlkBackend {
             vring,
             &d.mem,
             d.event_idx.load(Ordering::Relaxed),
+            &d.gate,
             |mem, chain, _slot| d.process(mem, chain),
         )
     }

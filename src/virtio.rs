@@ -5,7 +5,7 @@
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use smallvec::SmallVec;
@@ -49,17 +49,28 @@ impl ExitEvents {
 /// so no completion reaches guest memory after the frontend saw the connection go (QEMU then
 /// reads each ring's used index and restarts the ring from it on the next connection).
 #[derive(Default)]
-pub struct Gate(RwLock<bool>);
+pub struct Gate {
+    closed: RwLock<bool>,
+    /// Set before the write lock is taken: a drain in progress stops between batches instead of
+    /// serving a guest that keeps queueing for ever.
+    closing: AtomicBool,
+}
 
 impl Gate {
     /// Held while a ring is served; `None` once the gate is closed.
     pub fn enter(&self) -> Option<RwLockReadGuard<'_, bool>> {
-        let open = self.0.read().unwrap_or_else(|e| e.into_inner());
-        (!*open).then_some(open)
+        let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+        (!*closed).then_some(closed)
+    }
+
+    /// Whether a drain should stop at its next batch.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     pub fn close(&self) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = true;
+        self.closing.store(true, Ordering::Release);
+        *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
     }
 }
 
@@ -187,9 +198,10 @@ pub fn kicked_ring(evset: EventSet, device_event: u16, vrings: &[Vring]) -> Opti
 /// disconnection), those requests would run twice and the driver would see one descriptor
 /// completed twice, which breaks a virtqueue for good. Requests complete in order here, so the
 /// used index says exactly how many of them are done.
-fn skip_completed(queue: &mut virtio_queue::Queue) {
+fn skip_completed(queue: &mut virtio_queue::Queue) -> bool {
     let ahead = queue.next_used().wrapping_sub(queue.next_avail());
-    if ahead != 0 && ahead <= queue.size() {
+    let skip = ahead != 0 && ahead <= queue.size();
+    if skip {
         log::warn!(
             "ring restarted at {} but its used index is {}: not serving {ahead} completed \
              request(s) again",
@@ -198,6 +210,7 @@ fn skip_completed(queue: &mut virtio_queue::Queue) {
         );
         queue.set_next_avail(queue.next_used());
     }
+    skip
 }
 
 /// Pops and completes every available chain of `vring`, then notifies the driver if it wants.
@@ -208,6 +221,7 @@ pub fn drain_queue(
     vring: &Vring,
     mem: &AtomicMem,
     event_idx: bool,
+    gate: &Gate,
     mut process: impl for<'m> FnMut(&'m Mem, DescriptorChain<&'m Mem>, Slot) -> u32,
 ) -> io::Result<()> {
     // Errors here come from rings the driver placed in bad memory. Returning them would end the
@@ -217,6 +231,9 @@ pub fn drain_queue(
         Ok(())
     };
     loop {
+        if gate.closing() {
+            return Ok(());
+        }
         if event_idx {
             if let Err(e) = vring.disable_notification() {
                 return broken(e);
@@ -224,11 +241,12 @@ pub fn drain_queue(
         }
         let mut completed = false;
         let mut unreadable = false;
+        let mut skipped = false;
         {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
             if vring.take_started() {
-                skip_completed(queue);
+                skipped = skip_completed(queue);
             }
             let avail = match queue.avail_idx(&*mem.memory(), Ordering::Acquire) {
                 Ok(a) => a,
@@ -275,6 +293,12 @@ pub fn drain_queue(
                 }
                 completed = true;
             }
+        }
+        if skipped {
+            // The previous connection wrote those used entries, perhaps after the frontend had
+            // stopped listening: interrupt the driver for them (a spurious interrupt is
+            // harmless; EVENT_IDX's bookkeeping knows nothing of them).
+            vring.signal_used_queue()?;
         }
         if completed {
             match vring.needs_notification() {

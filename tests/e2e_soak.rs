@@ -214,13 +214,29 @@ fn guests_ride_through_daemon_crashes_on_both_devices() {
             .filter(|l| l.split_whitespace().nth(1) == Some("24"))
             .count();
         let keys = g.sh("sg_turs /dev/sda >/dev/null 2>&1; sg_turs /dev/sda >/dev/null 2>&1; sg_persist -n -i -k /dev/sda");
-        assert!(
-            keys.contains(&format!("0x{last_key:x}")),
-            "the registered key is the last acknowledged one ({last_key:#x}): {keys}"
+        // sg_persist -i -k: "PR generation=0xN, K registered reservation keys follow:" and a
+        // line per key.
+        let generation = keys
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("PR generation=0x"))
+            .and_then(|l| l.split(',').next())
+            .and_then(|g| u64::from_str_radix(g, 16).ok())
+            .unwrap_or_else(|| panic!("no PR generation in: {keys}"));
+        let registered: Vec<u64> = keys
+            .lines()
+            .skip_while(|l| !l.contains("follow"))
+            .skip(1)
+            .filter_map(|l| l.trim().strip_prefix("0x"))
+            .filter_map(|k| u64::from_str_radix(k, 16).ok())
+            .collect();
+        assert_eq!(
+            registered,
+            vec![last_key],
+            "the registered key is the last acknowledged one: {keys}"
         );
-        assert!(
-            keys.contains(&format!("PR generation=0x{key_changes:x}")),
-            "PRgeneration counts exactly the {key_changes} acknowledged changes: {keys}"
+        assert_eq!(
+            generation, key_changes,
+            "PRgeneration counts exactly the acknowledged changes: {keys}"
         );
     }
     drop(guests);

@@ -300,6 +300,11 @@ fn a_ring_restarted_behind_its_used_index_serves_nothing_twice() {
     d.respawn();
     c.fe.reconnect_lagging(&d.scsi("vm1"), StartOrder::CallFirst, 1)
         .expect("reconnect");
+    // The entry the frontend did not see yet is signalled, on the eventfd installed first too.
+    assert!(
+        c.fe.wait_interrupt(REQUEST_Q, INTERRUPT_TIMEOUT),
+        "no interrupt for the used entry the ring restarted behind"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         c.fe.try_used(REQUEST_Q),

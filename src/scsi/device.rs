@@ -111,20 +111,19 @@ impl ScsiBackend {
 }
 
 impl ScsiDevice {
-    /// One command on request queue `ring`; returns the bytes written into the chain and whether
-    /// it was a PR OUT.
+    /// One command on request queue `ring`; returns the bytes written into the chain.
     fn process_request(
         &self,
         mem: &Mem,
         chain: DescriptorChain<&Mem>,
         ring: u16,
         slot: Slot,
-    ) -> (u32, bool) {
+    ) -> u32 {
         let chain = match Chain::parse(mem, chain) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("{}: scsi: dropping request: {e}", self.initiator);
-                return (0, false);
+                return 0;
             }
         };
         let Some((resp_buf, data_in)) = virtio::split_at(&chain.writable, RESP_LEN) else {
@@ -132,7 +131,7 @@ impl ScsiDevice {
                 "{}: scsi: request without room for a response",
                 self.initiator
             );
-            return (0, false);
+            return 0;
         };
         let mut resp = [0u8; RESP_LEN];
         let mut header = [0u8; REQ_HEADER_LEN];
@@ -144,7 +143,7 @@ impl ScsiDevice {
             None => {
                 resp[11] = VIRTIO_SCSI_S_FAILURE as u8;
                 virtio::write_bytes(&resp_buf, &resp);
-                return (RESP_LEN as u32, false);
+                return RESP_LEN as u32;
             }
         };
         let in_cap = virtio::total(&data_in);
@@ -157,7 +156,7 @@ impl ScsiDevice {
             Address::BadTarget => {
                 resp[11] = VIRTIO_SCSI_S_BAD_TARGET as u8;
                 virtio::write_bytes(&resp_buf, &resp);
-                return (RESP_LEN as u32, false);
+                return RESP_LEN as u32;
             }
             Address::MissingLun => self.target.execute_missing_lun(cdb, &data_in),
             Address::Lun0 => {
@@ -200,7 +199,7 @@ impl ScsiDevice {
         resp[10] = status;
         resp[11] = VIRTIO_SCSI_S_OK as u8;
         virtio::write_bytes(&resp_buf, &resp);
-        ((RESP_LEN + written) as u32, is_prout)
+        (RESP_LEN + written) as u32
     }
 
     /// Counts a completed command (see `stats.rs`).
@@ -389,7 +388,7 @@ impl VhostUserBackend for ScsiBackend {
         if thread_id == 0 {
             // Event-queue buffers are left in the ring: there are no events to report.
             if device_event == CONTROL_QUEUE {
-                virtio::drain_queue(vring, &d.mem, event_idx, |mem, c, _| {
+                virtio::drain_queue(vring, &d.mem, event_idx, &d.gate, |mem, c, _| {
                     d.process_control(mem, c)
                 })?;
             }
@@ -397,14 +396,14 @@ impl VhostUserBackend for ScsiBackend {
         }
         // Request queue `thread_id` is ring `thread_id + 1` (see `queues_per_thread`).
         let ring = thread_id as u16 + 1;
-        let mut prout = false;
-        let drained = virtio::drain_queue(vring, &d.mem, event_idx, |mem, c, slot| {
-            let (len, was_prout) = d.process_request(mem, c, ring, slot);
-            prout |= was_prout;
-            len
+        let mut served = false;
+        let drained = virtio::drain_queue(vring, &d.mem, event_idx, &d.gate, |mem, c, slot| {
+            served = true;
+            d.process_request(mem, c, ring, slot)
         });
-        if prout {
-            // Their completions are in the used ring now: QEMU will not replay them.
+        if served {
+            // Every request taken so far is completed in the used ring, and replays (the first
+            // requests after a start) are over: no record of this ring can match again.
             d.target.lun().reservations.completed(&d.initiator, ring);
         }
         drained

@@ -117,3 +117,17 @@ fn records_per_ring_are_bounded_and_one_per_slot() {
     assert_eq!(log.records().last().map(|r| r.status), Some(0x18));
     assert_eq!(log.records().iter().filter(|r| r.position == 19).count(), 1);
 }
+
+/// As requests complete in order, a request is always taken at `used == position`; a record then
+/// matches only a ring restarted exactly at its position, never one restarted behind or ahead.
+#[test]
+fn the_real_case_matches_only_a_restart_at_the_request() {
+    let mut log = ReplayLog::default();
+    log.record("vm1", &origin(1, 40, 40, 0), PrStatus::Good);
+    assert_eq!(log.replay("vm1", &origin(2, 40, 40, 39)), None);
+    assert_eq!(log.replay("vm1", &origin(2, 40, 40, 41)), None);
+    assert_eq!(
+        log.replay("vm1", &origin(2, 40, 40, 40)),
+        Some(PrStatus::Good)
+    );
+}

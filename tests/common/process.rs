@@ -185,11 +185,31 @@ impl DaemonProcess {
     }
 
     /// Ends the daemon with `signal` (SIGKILL: a crash) and reaps it.
+    /// A daemon that does not end within 20 s fails the test; one that ends on SIGTERM must exit
+    /// cleanly (status 0).
     pub fn kill(&mut self, signal: i32) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on the pid of a child we own and have not reaped.
             unsafe { libc::kill(child.id() as i32, signal) };
-            let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("daemon did not end on signal {signal}: {}", self.log());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            if signal == libc::SIGTERM {
+                assert!(
+                    status.success(),
+                    "daemon exit status {status}: {}",
+                    self.log()
+                );
+            }
         }
     }
 
