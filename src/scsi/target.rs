@@ -355,7 +355,7 @@ impl Target {
             Command::Release6 => Outcome::from_pr(res.with_mut(|a| a.spc2_release(initiator))),
             Command::ReportOpcodes(r) => reply(
                 data_in,
-                &pages::report_supported_opcodes(&info(), &r)?,
+                &cdb::report_supported_opcodes(info().unmap, &r)?,
                 r.alloc_len,
             ),
         })
