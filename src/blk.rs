@@ -15,7 +15,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::image::{range_ok, Buf};
-use crate::lun::{ChunkError, Lun, SERIAL_LEN};
+use crate::lun::{ChunkError, Lun, SECTOR, SERIAL_LEN};
 use crate::pr::Access;
 use crate::stats::{self, DeviceStats, Op};
 use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Vring};
@@ -25,7 +25,6 @@ pub const MAX_QUEUES: usize = 16;
 /// Largest ring the frontend may set (QEMU uses 128 by default, libblkio 256).
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
-const SECTOR: u64 = 512;
 /// Data segments per request (virtio_blk_config.seg_max); indirect descriptors make more
 /// useless. A chain may hold two more descriptors: the header and the status.
 const SEG_MAX: u32 = 254;

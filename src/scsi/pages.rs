@@ -6,6 +6,8 @@
 //! §4.2.5.6 says must never change the length fields inside. Parsers take guest bytes and bound
 //! every loop and allocation by the bytes actually present.
 
+pub use crate::lun::naa_from_serial;
+use crate::lun::SERIAL_LEN;
 use crate::scsi::cdb::{
     check_mode_page, check_vpd_page, ModeSense, PageControl, ALL_PAGES, MODE_PAGES, VPD_PAGES,
 };
@@ -78,18 +80,13 @@ fn get64(b: &[u8], i: usize) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
-/// A stable locally assigned NAA (type 3h, SPC-4 §7.8.6.6.5) from the serial: FNV-1a, so every
-/// daemon serving the same image reports the same identity, across builds.
-pub fn naa_from_serial(serial: &str) -> u64 {
-    (3u64 << 60) | (crate::lun::fnv1a(serial.as_bytes()) >> 4)
-}
-
-/// The serial as reported: printable ASCII only, at most 20 bytes (the virtio-blk ID size).
+/// The serial as reported: printable ASCII only, at most [`SERIAL_LEN`] bytes (the virtio-blk ID
+/// size).
 fn serial_bytes(info: &DiskInfo) -> Vec<u8> {
     info.serial
         .bytes()
         .filter(|b| (0x20..0x7f).contains(b))
-        .take(20)
+        .take(SERIAL_LEN)
         .collect()
 }
 

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crate::image::Buf;
-use crate::lun::{ChunkError, Lun};
+use crate::lun::{ChunkError, Lun, SECTOR};
 use crate::pr::Access;
 use crate::pr::{wire, PrStatus};
 use crate::replay::Origin;
@@ -26,7 +26,6 @@ pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
 pub const RESERVATION_CONFLICT: u8 = 0x18;
 
-const BLOCK: u64 = 512;
 /// MAXIMUM TRANSFER LENGTH in VPD 0xB0: 4 MiB, as a typical SAN LUN.
 const MAX_TRANSFER_BLOCKS: u32 = 8192;
 /// Largest parameter list we read (MODE SELECT, UNMAP, PR OUT); anything longer is an error
@@ -126,18 +125,18 @@ impl Target {
     }
 
     fn num_blocks(&self) -> u64 {
-        self.lun.image.size() / BLOCK
+        self.lun.image.size() / SECTOR
     }
 
     /// What `read_only` (the image's or one guest's) makes of the LU's description.
     fn info_for(&self, read_only: bool) -> DiskInfo {
         DiskInfo {
             num_blocks: self.num_blocks(),
-            block_size: BLOCK as u32,
+            block_size: SECTOR as u32,
             read_only,
             write_cache: self.lun.write_cache(),
             serial: self.lun.serial.clone(),
-            naa: pages::naa_from_serial(&self.lun.serial),
+            naa: crate::lun::naa_from_serial(&self.lun.serial),
             unmap: !read_only,
             max_unmap_lbas: MAX_UNMAP_LBAS,
             max_unmap_descriptors: MAX_UNMAP_DESCRIPTORS,
@@ -399,12 +398,12 @@ impl Target {
         drop(admitted);
         let image = &self.lun.image;
         for (lba, blocks) in ranges {
-            let offset = lba * BLOCK;
+            let offset = lba * SECTOR;
             self.lun
                 .admitted_chunks(
                     req.initiator,
                     Access::Write,
-                    u64::from(blocks) * BLOCK,
+                    u64::from(blocks) * SECTOR,
                     |done, n| image.discard(offset + done, n),
                 )
                 .map_err(chunk_outcome)?;
@@ -454,11 +453,11 @@ impl Target {
     fn read(&self, rw: Rw, data_in: &[Buf]) -> Result<Outcome> {
         let bytes = self.transfer_len(rw.blocks)?;
         // A buffer shorter than the transfer gets what fits (the residual tells the initiator).
-        let len = bytes.min(virtio::total(data_in) as u64 / BLOCK * BLOCK) as usize;
+        let len = bytes.min(virtio::total(data_in) as u64 / SECTOR * SECTOR) as usize;
         let (bufs, _) = virtio::split_at(data_in, len).ok_or(sense::INVALID_FIELD_IN_CDB)?;
         self.lun
             .image
-            .read_at(&bufs, rw.lba * BLOCK)
+            .read_at(&bufs, rw.lba * SECTOR)
             .map_err(|_| Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ))?;
         Ok(Outcome::good(len))
     }
@@ -470,7 +469,7 @@ impl Target {
         let fua = rw.fua || !self.lun.write_cache();
         self.lun
             .image
-            .write_at(&bufs, rw.lba * BLOCK, fua)
+            .write_at(&bufs, rw.lba * SECTOR, fua)
             .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
         Ok(Outcome::good(0))
     }
@@ -480,7 +479,7 @@ impl Target {
         if blocks > MAX_TRANSFER_BLOCKS {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
         }
-        Ok(u64::from(blocks) * BLOCK)
+        Ok(u64::from(blocks) * SECTOR)
     }
 
     /// WRITE SAME (SBC-3 §5.42-5.44), in [`crate::lun::ADMISSION_CHUNK`] pieces each admitted
@@ -499,11 +498,11 @@ impl Target {
         if blocks > MAX_WRITE_SAME_BLOCKS {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
         }
-        let mut block = [0u8; BLOCK as usize];
+        let mut block = [0u8; SECTOR as usize];
         if !ndob && virtio::read_bytes(data_out, &mut block) < block.len() {
             return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
         }
-        let (offset, len) = (lba * BLOCK, u64::from(blocks) * BLOCK);
+        let (offset, len) = (lba * SECTOR, u64::from(blocks) * SECTOR);
         let image = &self.lun.image;
         if block.iter().all(|&b| b == 0) {
             // Zeroes, with or without UNMAP: LBPRZ=1 makes both read back as zeroes; only
@@ -517,7 +516,7 @@ impl Target {
         } else {
             // One buffer of the block repeated, written as many times as a piece needs.
             let mut pattern = vec![0u8; WRITE_SAME_BUF.min(len as usize)];
-            for c in pattern.chunks_mut(BLOCK as usize) {
+            for c in pattern.chunks_mut(SECTOR as usize) {
                 c.copy_from_slice(&block[..c.len()]);
             }
             let durable = !self.lun.write_cache();
@@ -552,7 +551,7 @@ impl Target {
             return Ok(Outcome::good(0));
         }
         let bytes = self.transfer_len(blocks)? as usize;
-        let want_len = if bytchk == 3 { BLOCK as usize } else { bytes };
+        let want_len = if bytchk == 3 { SECTOR as usize } else { bytes };
         let mut want = vec![0u8; want_len];
         if virtio::read_bytes(data_out, &mut want) < want_len {
             return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
@@ -560,7 +559,7 @@ impl Target {
         let mut have = vec![0u8; bytes];
         self.lun
             .image
-            .read_at(&[Buf::from(&mut have[..])], lba * BLOCK)
+            .read_at(&[Buf::from(&mut have[..])], lba * SECTOR)
             .map_err(|_| Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ))?;
         let same = have.chunks(want_len).all(|c| c == &want[..c.len()]);
         if same {
