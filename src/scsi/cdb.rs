@@ -5,6 +5,7 @@
 //! [`SUPPORTED_OPS`], which `parse` consults first and REPORT SUPPORTED OPERATION CODES reports,
 //! so the two cannot drift apart.
 
+use crate::be::{get16, get32, get64, put16, put32, sat16, sat32};
 use crate::pr::Access;
 use crate::sense::{Sense, INVALID_FIELD_IN_CDB, INVALID_OPCODE, SAVING_PARAMETERS_NOT_SUPPORTED};
 
@@ -449,25 +450,17 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
     decode(&c)
 }
 
+// CDB fields: the CDB is padded to 32 bytes, so every field `decode` reads is present.
 fn be16(c: &[u8; 32], i: usize) -> u32 {
-    u32::from(u16::from_be_bytes([c[i], c[i + 1]]))
+    get16(c, i).map_or(0, u32::from)
 }
 
 fn be32(c: &[u8; 32], i: usize) -> u32 {
-    u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]])
+    get32(c, i).unwrap_or(0)
 }
 
 fn be64(c: &[u8; 32], i: usize) -> u64 {
-    u64::from_be_bytes([
-        c[i],
-        c[i + 1],
-        c[i + 2],
-        c[i + 3],
-        c[i + 4],
-        c[i + 5],
-        c[i + 6],
-        c[i + 7],
-    ])
+    get64(c, i).unwrap_or(0)
 }
 
 fn bit(c: &[u8; 32], i: usize, mask: u8) -> bool {
@@ -699,11 +692,6 @@ pub fn op_enabled(e: &OpInfo, unmap: bool) -> bool {
     !e.needs_unmap || unmap
 }
 
-/// `x` as a 16-bit field, saturated.
-fn sat16(x: usize) -> u16 {
-    u16::try_from(x).unwrap_or(u16::MAX)
-}
-
 /// Command timeouts descriptor (SPC-4 §6.35.4): length 0Ah, timeouts 0 = not specified.
 const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
@@ -715,19 +703,19 @@ pub fn report_supported_opcodes(unmap: bool, r: &ReportOpcodes) -> Result<Vec<u8
     let mut v = Vec::new();
     if r.options == 0 {
         // All commands: COMMAND DATA LENGTH, then one descriptor per (opcode, service action).
-        v.extend_from_slice(&0u32.to_be_bytes());
+        put32(&mut v, 0);
         for e in enabled {
             v.push(e.opcode);
             v.push(0);
-            v.extend_from_slice(&e.service_action.unwrap_or(0).to_be_bytes());
+            put16(&mut v, e.service_action.unwrap_or(0));
             v.push(0);
             v.push(if r.rctd { 0x02 } else { 0 } | u8::from(e.service_action.is_some()));
-            v.extend_from_slice(&sat16(e.usage.len()).to_be_bytes());
+            put16(&mut v, sat16(e.usage.len()));
             if r.rctd {
                 v.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
             }
         }
-        let len = u32::try_from(v.len() - 4).unwrap_or(u32::MAX).to_be_bytes();
+        let len = sat32(v.len() - 4).to_be_bytes();
         v[..4].copy_from_slice(&len);
         return Ok(v);
     }
@@ -745,7 +733,7 @@ pub fn report_supported_opcodes(unmap: bool, r: &ReportOpcodes) -> Result<Vec<u8
         Some(e) => {
             v.push(0);
             v.push(if r.rctd { 0x80 } else { 0 } | 0x03); // CTDP, SUPPORT 011b.
-            v.extend_from_slice(&sat16(e.usage.len()).to_be_bytes());
+            put16(&mut v, sat16(e.usage.len()));
             v.extend_from_slice(e.usage);
             if r.rctd {
                 v.extend_from_slice(&TIMEOUTS_DESCRIPTOR);

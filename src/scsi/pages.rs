@@ -6,6 +6,7 @@
 //! §4.2.5.6 says must never change the length fields inside. Parsers take guest bytes and bound
 //! every loop and allocation by the bytes actually present.
 
+use crate::be::{get16, get32, get64, put16, put32, put64, sat16, sat32};
 pub use crate::lun::naa_from_serial;
 use crate::lun::SERIAL_LEN;
 use crate::scsi::cdb::{
@@ -47,38 +48,6 @@ pub const PRODUCT: &[u8; 16] = b"sharedisk       ";
 
 /// Peripheral device type 0: direct access block device (SPC-4 table 139).
 const PDT_DISK: u8 = 0x00;
-
-fn put16(v: &mut Vec<u8>, x: u16) {
-    v.extend_from_slice(&x.to_be_bytes());
-}
-fn put32(v: &mut Vec<u8>, x: u32) {
-    v.extend_from_slice(&x.to_be_bytes());
-}
-fn put64(v: &mut Vec<u8>, x: u64) {
-    v.extend_from_slice(&x.to_be_bytes());
-}
-fn sat16(x: usize) -> u16 {
-    u16::try_from(x).unwrap_or(u16::MAX)
-}
-fn sat32(x: usize) -> u32 {
-    u32::try_from(x).unwrap_or(u32::MAX)
-}
-fn get16(b: &[u8], i: usize) -> Option<usize> {
-    let s = b.get(i..i.checked_add(2)?)?;
-    Some(usize::from(u16::from_be_bytes([s[0], s[1]])))
-}
-fn get32(b: &[u8], i: usize) -> Option<u32> {
-    b.get(i..i.checked_add(4)?)?
-        .try_into()
-        .ok()
-        .map(u32::from_be_bytes)
-}
-fn get64(b: &[u8], i: usize) -> Option<u64> {
-    b.get(i..i.checked_add(8)?)?
-        .try_into()
-        .ok()
-        .map(u64::from_be_bytes)
-}
 
 /// The serial as reported: printable ASCII only, at most [`SERIAL_LEN`] bytes (the virtio-blk ID
 /// size).
@@ -381,7 +350,7 @@ pub fn parse_mode_select(
         (
             header[2],
             header[4] & 0x01 != 0,
-            get16(header, 6).unwrap_or(0),
+            get16(header, 6).map(usize::from).unwrap_or(0),
         )
     } else {
         (header[1], false, usize::from(header[3]))
@@ -494,7 +463,9 @@ pub fn parse_unmap(params: &[u8], info: &DiskInfo) -> Result<Vec<(u64, u32)>, Se
         return Ok(Vec::new());
     }
     // UNMAP DATA LENGTH (bytes 0-1) is informational only; SBC-3 only says it "should" match.
-    let bd_len = get16(params, 2).ok_or(PARAM_LIST_LENGTH_ERROR)?;
+    let bd_len = get16(params, 2)
+        .map(usize::from)
+        .ok_or(PARAM_LIST_LENGTH_ERROR)?;
     if params.len() < 8 {
         return Err(PARAM_LIST_LENGTH_ERROR);
     }
