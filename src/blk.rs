@@ -15,7 +15,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::image::{range_ok, Buf};
-use crate::lun::{ChunkError, Lun, SERIAL_LEN};
+use crate::lun::{ChunkError, Lun, SECTOR, SERIAL_LEN};
 use crate::pr::Access;
 use crate::stats::{self, DeviceStats, Op};
 use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Vring};
@@ -25,7 +25,6 @@ pub const MAX_QUEUES: usize = 16;
 /// Largest ring the frontend may set (QEMU uses 128 by default, libblkio 256).
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
-const SECTOR: u64 = 512;
 /// Data segments per request (virtio_blk_config.seg_max); indirect descriptors make more
 /// useless. A chain may hold two more descriptors: the header and the status.
 const SEG_MAX: u32 = 254;
@@ -196,7 +195,6 @@ impl BlkDevice {
     ) -> (u8, usize) {
         const OK: u8 = VIRTIO_BLK_S_OK as u8;
         const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-        const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
         let mut header = [0u8; HEADER_LEN];
         if virtio::read_bytes(readable, &mut header) < HEADER_LEN {
@@ -205,11 +203,13 @@ impl BlkDevice {
         let Some((_, data_out)) = virtio::split_at(readable, HEADER_LEN) else {
             return (IOERR, 0);
         };
-        let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-        let out_len = virtio::total(&data_out);
         let in_len = virtio::total(data_in);
         let image = &self.lun.image;
+        let req =
+            match BlkRequest::parse(&header, &data_out, in_len, image.size(), self.read_only()) {
+                Ok(req) => req,
+                Err(status) => return (status, 0),
+            };
         let io = |r: io::Result<()>, what: &str| match r {
             Ok(()) => OK,
             Err(e) => {
@@ -218,11 +218,8 @@ impl BlkDevice {
             }
         };
 
-        match req_type {
-            VIRTIO_BLK_T_IN => {
-                let Some(offset) = self.data_range(sector, in_len, out_len) else {
-                    return (IOERR, 0);
-                };
+        match req {
+            BlkRequest::Read { offset } => {
                 let r = self.chunked_io(Access::Read, data_in, |bufs, done| {
                     image.read_at(bufs, offset + done)
                 });
@@ -231,20 +228,14 @@ impl BlkDevice {
                     s => (s, 0),
                 }
             }
-            VIRTIO_BLK_T_OUT => {
-                let Some(offset) = self.data_range(sector, out_len, in_len) else {
-                    return (IOERR, 0);
-                };
-                if self.read_only() {
-                    return (IOERR, 0);
-                }
+            BlkRequest::Write { offset } => {
                 let durable = !self.lun.write_cache();
                 let r = self.chunked_io(Access::Write, &data_out, |bufs, done| {
                     image.write_at(bufs, offset + done, durable)
                 });
                 (self.status(r, "write"), 0)
             }
-            VIRTIO_BLK_T_FLUSH => {
+            BlkRequest::Flush => {
                 if self.admit(Access::Flush).is_none() {
                     return (IOERR, 0);
                 }
@@ -252,7 +243,7 @@ impl BlkDevice {
                 // never waits for a file system sync.
                 (io(image.flush(), "flush"), 0)
             }
-            VIRTIO_BLK_T_GET_ID => {
+            BlkRequest::GetId => {
                 // Always allowed: identification is not gated (reference access table).
                 let mut id = [0u8; SERIAL_LEN];
                 let serial = self.lun.serial.as_bytes();
@@ -260,22 +251,10 @@ impl BlkDevice {
                 id[..n].copy_from_slice(&serial[..n]);
                 (OK, virtio::write_bytes(data_in, &id))
             }
-            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-                let discard = req_type == VIRTIO_BLK_T_DISCARD;
-                (self.discard_write_zeroes(discard, &data_out, in_len), 0)
+            BlkRequest::DiscardWriteZeroes { discard, segments } => {
+                (self.discard_write_zeroes(discard, segments), 0)
             }
-            _ => (UNSUPP, 0),
         }
-    }
-
-    /// Validates a data request: no buffers in the wrong direction, whole sectors, inside the
-    /// image. Returns the byte offset.
-    fn data_range(&self, sector: u64, len: usize, wrong_way: usize) -> Option<u64> {
-        if wrong_way != 0 || !(len as u64).is_multiple_of(SECTOR) {
-            return None;
-        }
-        let offset = sector.checked_mul(SECTOR)?;
-        range_ok(offset, len as u64, self.lun.image.size()).then_some(offset)
     }
 
     fn admit(&self, access: Access) -> Option<crate::reservations::Admitted<'_>> {
@@ -290,54 +269,12 @@ impl BlkDevice {
         admitted
     }
 
-    /// DISCARD and WRITE_ZEROES (virtio 1.2 §5.2.6.2): every segment is validated before any is
-    /// applied, so a bad request changes nothing.
-    fn discard_write_zeroes(
-        &self,
-        discard: bool,
-        data_out: &[crate::image::Buf],
-        in_len: usize,
-    ) -> u8 {
+    /// DISCARD and WRITE_ZEROES (virtio 1.2 §5.2.6.2) of segments [`BlkRequest::parse`] has
+    /// validated, all of them before any is applied, so a bad request changes nothing.
+    fn discard_write_zeroes(&self, discard: bool, segments: Segments) -> u8 {
         const OK: u8 = VIRTIO_BLK_S_OK as u8;
         const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-        const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
-        let len = virtio::total(data_out);
-        if in_len != 0 || len == 0 || !len.is_multiple_of(DWZ_SEG_LEN) {
-            return IOERR;
-        }
-        if len / DWZ_SEG_LEN > MAX_DWZ_SEG as usize {
-            return UNSUPP;
-        }
-        let mut raw = [0u8; DWZ_SEG_LEN * MAX_DWZ_SEG as usize];
-        let raw = &mut raw[..len];
-        virtio::read_bytes(data_out, raw);
-        let size = self.lun.image.size();
-        let mut segments = smallvec::SmallVec::<[(u64, u64, bool); 4]>::new();
-        for seg in raw.chunks_exact(DWZ_SEG_LEN) {
-            let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
-            let num = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
-            let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
-            let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
-            // Unknown flags, and UNMAP on a DISCARD, are UNSUPP.
-            if (discard && flags != 0) || flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
-                return UNSUPP;
-            }
-            if num > MAX_DWZ_SECTORS {
-                return IOERR;
-            }
-            let Some(offset) = sector.checked_mul(SECTOR) else {
-                return IOERR;
-            };
-            let bytes = u64::from(num) * SECTOR;
-            if !range_ok(offset, bytes, size) {
-                return IOERR;
-            }
-            segments.push((offset, bytes, unmap));
-        }
-        if self.read_only() {
-            return IOERR;
-        }
         let what = if discard { "discard" } else { "write-zeroes" };
         for (offset, bytes, unmap) in segments {
             let image = &self.lun.image;
@@ -400,6 +337,111 @@ impl BlkDevice {
             }
         }
     }
+}
+
+/// DISCARD / WRITE_ZEROES segments: (byte offset, byte length, UNMAP flag).
+type Segments = smallvec::SmallVec<[(u64, u64, bool); 4]>;
+
+/// A virtio-blk request (virtio 1.2 §5.2.6), decoded and checked against the disk before
+/// anything runs: a request that parses only needs its admission and its I/O.
+#[derive(Debug, PartialEq, Eq)]
+enum BlkRequest {
+    Read { offset: u64 },
+    Write { offset: u64 },
+    Flush,
+    GetId,
+    DiscardWriteZeroes { discard: bool, segments: Segments },
+}
+
+impl BlkRequest {
+    /// Decodes the request whose `header` was followed by `data_out` and that has `in_len`
+    /// device-writable data bytes, for an image of `size` bytes. `Err` is the status to return.
+    fn parse(
+        header: &[u8; HEADER_LEN],
+        data_out: &[Buf],
+        in_len: usize,
+        size: u64,
+        read_only: bool,
+    ) -> Result<Self, u8> {
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+        const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+        let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        let out_len = virtio::total(data_out);
+        match req_type {
+            VIRTIO_BLK_T_IN => {
+                let offset = data_range(sector, in_len, out_len, size).ok_or(IOERR)?;
+                Ok(Self::Read { offset })
+            }
+            VIRTIO_BLK_T_OUT => {
+                let offset = data_range(sector, out_len, in_len, size).ok_or(IOERR)?;
+                if read_only {
+                    return Err(IOERR);
+                }
+                Ok(Self::Write { offset })
+            }
+            VIRTIO_BLK_T_FLUSH => Ok(Self::Flush),
+            VIRTIO_BLK_T_GET_ID => Ok(Self::GetId),
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                let discard = req_type == VIRTIO_BLK_T_DISCARD;
+                let segments = dwz_segments(discard, data_out, in_len, size)?;
+                if read_only {
+                    return Err(IOERR);
+                }
+                Ok(Self::DiscardWriteZeroes { discard, segments })
+            }
+            _ => Err(UNSUPP),
+        }
+    }
+}
+
+/// Validates a data request: no buffers in the wrong direction, whole sectors, inside an image
+/// of `size` bytes. Returns the byte offset.
+fn data_range(sector: u64, len: usize, wrong_way: usize, size: u64) -> Option<u64> {
+    if wrong_way != 0 || !(len as u64).is_multiple_of(SECTOR) {
+        return None;
+    }
+    let offset = sector.checked_mul(SECTOR)?;
+    range_ok(offset, len as u64, size).then_some(offset)
+}
+
+/// The segments of a DISCARD or WRITE_ZEROES (virtio 1.2 §5.2.6.2), every one validated.
+fn dwz_segments(discard: bool, data_out: &[Buf], in_len: usize, size: u64) -> Result<Segments, u8> {
+    const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+    const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+    let len = virtio::total(data_out);
+    if in_len != 0 || len == 0 || !len.is_multiple_of(DWZ_SEG_LEN) {
+        return Err(IOERR);
+    }
+    if len / DWZ_SEG_LEN > MAX_DWZ_SEG as usize {
+        return Err(UNSUPP);
+    }
+    let mut raw = [0u8; DWZ_SEG_LEN * MAX_DWZ_SEG as usize];
+    let raw = &mut raw[..len];
+    virtio::read_bytes(data_out, raw);
+    let mut segments = Segments::new();
+    for seg in raw.chunks_exact(DWZ_SEG_LEN) {
+        let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
+        let num = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
+        let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
+        let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+        // Unknown flags, and UNMAP on a DISCARD, are UNSUPP.
+        if (discard && flags != 0) || flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
+            return Err(UNSUPP);
+        }
+        if num > MAX_DWZ_SECTORS {
+            return Err(IOERR);
+        }
+        let offset = sector.checked_mul(SECTOR).ok_or(IOERR)?;
+        let bytes = u64::from(num) * SECTOR;
+        if !range_ok(offset, bytes, size) {
+            return Err(IOERR);
+        }
+        segments.push((offset, bytes, unmap));
+    }
+    Ok(segments)
 }
 
 /// Whether a chain respects what we advertise: at most SEG_MAX data segments (plus header and
@@ -525,3 +567,7 @@ impl VhostUserBackend for BlkBackend {
         )
     }
 }
+
+#[cfg(test)]
+#[path = "tests/blk.rs"]
+mod tests;

@@ -103,7 +103,7 @@ impl FileImage {
                 }
             }
         }
-        if size % 512 != 0 {
+        if size % crate::lun::SECTOR != 0 {
             log::warn!(
                 "image size {size} is not a multiple of 512; the last partial sector is not served"
             );

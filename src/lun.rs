@@ -12,6 +12,9 @@ use crate::sense;
 /// Length of the virtio-blk serial (VIRTIO_BLK_ID_BYTES), also used as the SCSI unit serial.
 pub const SERIAL_LEN: usize = 20;
 
+/// The sector, and the SCSI logical block: 512 bytes on both devices.
+pub const SECTOR: u64 = 512;
+
 /// The most image I/O done under one admission (see [`Lun::admitted_chunks`]): a PREEMPT waits
 /// for at most this much I/O per busy queue, whatever the size of the commands in flight.
 pub const ADMISSION_CHUNK: u64 = 4 << 20;
@@ -116,6 +119,12 @@ impl Lun {
 /// `sharedisk-` and ten hex digits: exactly 20 bytes, printable, stable for a given image path.
 pub fn serial_for(id: u64) -> String {
     format!("sharedisk-{:010x}", id & 0xff_ffff_ffff)
+}
+
+/// A stable locally assigned NAA (type 3h, SPC-4 §7.8.6.6.5) from the serial: FNV-1a, so every
+/// daemon serving the same image reports the same identity, across builds.
+pub fn naa_from_serial(serial: &str) -> u64 {
+    (3u64 << 60) | (fnv1a(serial.as_bytes()) >> 4)
 }
 
 /// FNV-1a: a stable hash that does not change between Rust releases, unlike `DefaultHasher`.

@@ -295,10 +295,13 @@ pub fn scsi_op(cdb: &[u8]) -> (Op, u64) {
     };
     match cdb.first().copied().unwrap_or(0xff) {
         op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => (Op::Read, 0),
-        op::WRITE_6 => (Op::Write, if be(4..5) == 0 { 256 } else { be(4..5) } * 512),
-        op::WRITE_10 => (Op::Write, be(7..9) * 512),
-        op::WRITE_12 => (Op::Write, be(6..10) * 512),
-        op::WRITE_16 => (Op::Write, be(10..14) * 512),
+        op::WRITE_6 => (
+            Op::Write,
+            if be(4..5) == 0 { 256 } else { be(4..5) } * crate::lun::SECTOR,
+        ),
+        op::WRITE_10 => (Op::Write, be(7..9) * crate::lun::SECTOR),
+        op::WRITE_12 => (Op::Write, be(6..10) * crate::lun::SECTOR),
+        op::WRITE_16 => (Op::Write, be(10..14) * crate::lun::SECTOR),
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => (Op::Flush, 0),
         op::UNMAP | op::WRITE_SAME_10 | op::WRITE_SAME_16 => (Op::Discard, 0),
         _ => (Op::Other, 0),

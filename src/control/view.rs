@@ -33,7 +33,7 @@ pub fn status(config: &Config, lun: &Lun, uptime: Duration) -> Value {
         "schema": SCHEMA,
         "image": config.image,
         "size_bytes": lun.image.size(),
-        "block_size": 512,
+        "block_size": crate::lun::SECTOR,
         "serial": lun.serial,
         "read_only": config.read_only,
         "state_file": config.state_path(),

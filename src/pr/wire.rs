@@ -3,6 +3,7 @@
 //! before it is used, so hostile input yields sense data, never a panic.
 
 use super::arbiter::{Arbiter, Holder, ProutRequest, ServiceAction};
+use crate::be::{get16, get32, get64};
 use crate::sense::{self, Sense};
 
 pub const PRIN_OPCODE: u8 = 0x5e;
@@ -20,23 +21,6 @@ const BASIC_LIST_LEN: usize = 24;
 
 /// The relative target port identifier of our one and only target port.
 const RELATIVE_TARGET_PORT: u16 = 1;
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([s[0], s[1]]))
-}
-
-fn be32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-fn be64(b: &[u8], at: usize) -> Option<u64> {
-    let s = b.get(at..at.checked_add(8)?)?;
-    let mut a = [0u8; 8];
-    a.copy_from_slice(s);
-    Some(u64::from_be_bytes(a))
-}
 
 /// Decodes a PERSISTENT RESERVE OUT CDB and its data-out buffer (SPC-4 §6.16).
 ///
@@ -59,7 +43,7 @@ pub fn parse_prout(
     let action = ServiceAction::from_code(cdb[1] & 0x1f).ok_or(sense::INVALID_FIELD_IN_CDB)?;
     let scope = cdb[2] >> 4;
     let res_type = cdb[2] & 0x0f;
-    let plen = be32(cdb, 5).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+    let plen = get32(cdb, 5).ok_or(sense::INVALID_FIELD_IN_CDB)?;
     // SPC-4 §6.16.1: the initiator must actually send PARAMETER LIST LENGTH bytes.
     let plen = usize::try_from(plen).map_err(|_| sense::PARAM_LIST_LENGTH_ERROR)?;
     let list = params.get(..plen).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
@@ -78,8 +62,8 @@ pub fn parse_prout(
         if list.len() != BASIC_LIST_LEN && !spec_i_pt {
             return Err(sense::PARAM_LIST_LENGTH_ERROR);
         }
-        req.key = be64(list, 0).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
-        req.sa_key = be64(list, 8).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
+        req.key = get64(list, 0).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
+        req.sa_key = get64(list, 8).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
         req.spec_i_pt = spec_i_pt;
         req.all_tg_pt = flags & 0x04 != 0;
         req.aptpl = flags & 0x01 != 0;
@@ -90,13 +74,13 @@ pub fn parse_prout(
     if list.len() < BASIC_LIST_LEN {
         return Err(sense::PARAM_LIST_LENGTH_ERROR);
     }
-    req.key = be64(list, 0).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
-    req.sa_key = be64(list, 8).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
+    req.key = get64(list, 0).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
+    req.sa_key = get64(list, 8).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
     req.unreg = list[17] & 0x02 != 0;
     req.aptpl = list[17] & 0x01 != 0;
     // Bytes 18-19, RELATIVE TARGET PORT IDENTIFIER: with a single target port any value
     // names it (sg_persist sends 0 unless told otherwise), so it is not checked.
-    let tid_len = be32(list, 20).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
+    let tid_len = get32(list, 20).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?;
     // SPC-4 §6.16.4: TRANSPORTID PARAMETER DATA LENGTH must account for exactly the rest of
     // the list; a TransportID truncated (or padded) by the list length is a length error.
     // Compared in u64 so a hostile 0xFFFF_FFFF cannot overflow.
@@ -139,7 +123,7 @@ pub fn parse_transport_id(bytes: &[u8]) -> Option<String> {
         return None;
     }
     let format = head[0] >> 6;
-    let addl = usize::from(be16(head, 2)?);
+    let addl = usize::from(get16(head, 2)?);
     // SPC-4 §7.6.4.6: ADDITIONAL LENGTH is a multiple of 4 and lies within the TransportID.
     if !addl.is_multiple_of(4) {
         return None;
@@ -178,7 +162,7 @@ pub fn prin(arb: &Arbiter, cdb: &[u8]) -> Result<Vec<u8>, Sense> {
     if cdb[0] != PRIN_OPCODE {
         return Err(sense::INVALID_OPCODE);
     }
-    let alloc = usize::from(be16(cdb, 7).ok_or(sense::INVALID_FIELD_IN_CDB)?);
+    let alloc = usize::from(get16(cdb, 7).ok_or(sense::INVALID_FIELD_IN_CDB)?);
     let mut out = match cdb[1] & 0x1f {
         0 => read_keys(arb),
         1 => read_reservation(arb),

@@ -5,8 +5,8 @@
 //! [`SUPPORTED_OPS`], which `parse` consults first and REPORT SUPPORTED OPERATION CODES reports,
 //! so the two cannot drift apart.
 
+use crate::be::{get16, get32, get64, put16, put32, sat16, sat32};
 use crate::pr::Access;
-use crate::scsi::pages;
 use crate::sense::{Sense, INVALID_FIELD_IN_CDB, INVALID_OPCODE, SAVING_PARAMETERS_NOT_SUPPORTED};
 
 /// Operation codes (SPC-4 §D.3.1, SBC-3 §5).
@@ -245,6 +245,36 @@ pub fn lookup(opcode: u8, sa: u16) -> Option<&'static OpInfo> {
         .find(|e| e.opcode == opcode && e.service_action.is_none_or(|s| s == sa))
 }
 
+/// VPD pages we implement, in ascending order as VPD page 0x00 must list them (SPC-4 §7.8.13).
+pub const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+/// Mode pages we implement: caching, control, informational exceptions control.
+pub const MODE_PAGES: [u8; 3] = [0x08, 0x0a, 0x1c];
+/// Page code meaning "all pages" (SPC-4 §6.11).
+pub const ALL_PAGES: u8 = 0x3f;
+
+/// 05/24/00 for a VPD page we do not implement (SPC-4 §6.6.1).
+pub fn check_vpd_page(page: u8) -> Result<(), Sense> {
+    if VPD_PAGES.contains(&page) {
+        Ok(())
+    } else {
+        Err(INVALID_FIELD_IN_CDB)
+    }
+}
+
+/// 05/24/00 unless the page/subpage pair names something we have (SPC-4 §6.11): one of
+/// [`MODE_PAGES`] with subpage 0, or all pages with subpage 0 or FFh.
+pub fn check_mode_page(page: u8, subpage: u8) -> Result<(), Sense> {
+    let ok = match page {
+        ALL_PAGES => subpage == 0 || subpage == 0xff,
+        p => MODE_PAGES.contains(&p) && subpage == 0,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(INVALID_FIELD_IN_CDB)
+    }
+}
+
 /// PC field of MODE SENSE (SPC-4 §6.11, table 154).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageControl {
@@ -291,7 +321,7 @@ pub struct ReportOpcodes {
 }
 
 /// A decoded, field-checked CDB. Capacity checks are left to the caller (see
-/// [`pages::check_range`]) because the decoder does not know the disk.
+/// [`check_range`](crate::scsi::pages::check_range)) because the decoder does not know the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     TestUnitReady,
@@ -420,25 +450,17 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
     decode(&c)
 }
 
+// CDB fields: the CDB is padded to 32 bytes, so every field `decode` reads is present.
 fn be16(c: &[u8; 32], i: usize) -> u32 {
-    u32::from(u16::from_be_bytes([c[i], c[i + 1]]))
+    get16(c, i).map_or(0, u32::from)
 }
 
 fn be32(c: &[u8; 32], i: usize) -> u32 {
-    u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]])
+    get32(c, i).unwrap_or(0)
 }
 
 fn be64(c: &[u8; 32], i: usize) -> u64 {
-    u64::from_be_bytes([
-        c[i],
-        c[i + 1],
-        c[i + 2],
-        c[i + 3],
-        c[i + 4],
-        c[i + 5],
-        c[i + 6],
-        c[i + 7],
-    ])
+    get64(c, i).unwrap_or(0)
 }
 
 fn bit(c: &[u8; 32], i: usize, mask: u8) -> bool {
@@ -467,7 +489,7 @@ fn decode(c: &[u8; 32]) -> Result<Command, Sense> {
             let page_code = c[2];
             // SPC-4 §6.6: a page code without EVPD is invalid; CMDDT is not in the usage map.
             if evpd {
-                pages::check_vpd_page(page_code)?;
+                check_vpd_page(page_code)?;
             } else if page_code != 0 {
                 return Err(INVALID_FIELD_IN_CDB);
             }
@@ -513,7 +535,7 @@ fn decode(c: &[u8; 32]) -> Result<Command, Sense> {
             };
             let page = c[2] & 0x3f;
             let subpage = c[3];
-            pages::check_mode_page(page, subpage)?;
+            check_mode_page(page, subpage)?;
             if pc == PageControl::Saved {
                 return Err(SAVING_PARAMETERS_NOT_SUPPORTED);
             }
@@ -665,6 +687,64 @@ pub fn check_report_opcodes(r: &ReportOpcodes) -> Result<(), Sense> {
     }
 }
 
+/// Whether the disk offers this command (UNMAP only when the disk supports unmap).
+pub fn op_enabled(e: &OpInfo, unmap: bool) -> bool {
+    !e.needs_unmap || unmap
+}
+
+/// Command timeouts descriptor (SPC-4 §6.35.4): length 0Ah, timeouts 0 = not specified.
+const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// REPORT SUPPORTED OPERATION CODES data (SPC-4 §6.35), from the same table `parse` uses;
+/// `unmap` says whether the disk offers UNMAP.
+pub fn report_supported_opcodes(unmap: bool, r: &ReportOpcodes) -> Result<Vec<u8>, Sense> {
+    check_report_opcodes(r)?;
+    let enabled = SUPPORTED_OPS.iter().filter(|e| op_enabled(e, unmap));
+    let mut v = Vec::new();
+    if r.options == 0 {
+        // All commands: COMMAND DATA LENGTH, then one descriptor per (opcode, service action).
+        put32(&mut v, 0);
+        for e in enabled {
+            v.push(e.opcode);
+            v.push(0);
+            put16(&mut v, e.service_action.unwrap_or(0));
+            v.push(0);
+            v.push(if r.rctd { 0x02 } else { 0 } | u8::from(e.service_action.is_some()));
+            put16(&mut v, sat16(e.usage.len()));
+            if r.rctd {
+                v.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
+            }
+        }
+        let len = sat32(v.len() - 4).to_be_bytes();
+        v[..4].copy_from_slice(&len);
+        return Ok(v);
+    }
+    let sa = r.service_action;
+    let found = enabled.into_iter().find(|e| {
+        e.opcode == r.opcode
+            && match (r.options, e.service_action) {
+                (1, s) => s.is_none(),
+                (2, s) => s == Some(sa),
+                // Option 3 ignores the service action of opcodes that have none.
+                (_, s) => s.is_none_or(|s| s == sa),
+            }
+    });
+    match found {
+        Some(e) => {
+            v.push(0);
+            v.push(if r.rctd { 0x80 } else { 0 } | 0x03); // CTDP, SUPPORT 011b.
+            put16(&mut v, sat16(e.usage.len()));
+            v.extend_from_slice(e.usage);
+            if r.rctd {
+                v.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
+            }
+        }
+        // SUPPORT 001b: not supported; no usage data.
+        None => v.extend_from_slice(&[0, 0x01, 0, 0]),
+    }
+    Ok(v)
+}
+
 impl Command {
     /// The PR access class of SBC-3 §4.17.2 table 13 (see `/reference/scsi-pr.md`), or `None`
     /// when the command is always allowed or the arbiter decides itself (PR OUT, RESERVE(6),
@@ -727,7 +807,7 @@ impl Command {
         }
     }
 
-    /// The LBA range a medium command addresses, for [`pages::check_range`]. SYNCHRONIZE CACHE
+    /// The LBA range a medium command addresses, for [`check_range`](crate::scsi::pages::check_range). SYNCHRONIZE CACHE
     /// with 0 blocks covers `lba..` to the end, so it is reported as zero blocks at `lba`.
     pub fn lba_range(&self) -> Option<(u64, u64)> {
         match *self {

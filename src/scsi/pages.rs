@@ -1,12 +1,16 @@
-//! Data-in builders (INQUIRY, VPD, READ CAPACITY, MODE SENSE, REPORT LUNS, REPORT SUPPORTED
-//! OPERATION CODES, REQUEST SENSE) and data-out parsers (MODE SELECT, UNMAP).
+//! Data-in builders (INQUIRY, VPD, READ CAPACITY, MODE SENSE, REPORT LUNS, REQUEST SENSE) and
+//! data-out parsers (MODE SELECT, UNMAP). The tables of the pages we implement, and their
+//! checks, are the decoder's (`cdb`); the builders check again because they are public.
 //!
 //! Builders return the full data; the caller truncates it to the ALLOCATION LENGTH, which SPC-4
 //! §4.2.5.6 says must never change the length fields inside. Parsers take guest bytes and bound
 //! every loop and allocation by the bytes actually present.
 
+use crate::be::{get16, get32, get64, put16, put32, put64, sat16, sat32};
+pub use crate::lun::naa_from_serial;
+use crate::lun::SERIAL_LEN;
 use crate::scsi::cdb::{
-    check_report_opcodes, ModeSense, OpInfo, PageControl, ReportOpcodes, SUPPORTED_OPS,
+    check_mode_page, check_vpd_page, ModeSense, PageControl, ALL_PAGES, MODE_PAGES, VPD_PAGES,
 };
 use crate::sense::{
     Sense, INVALID_FIELD_IN_CDB, INVALID_FIELD_IN_PARAM_LIST, INVALID_OPCODE, LBA_OUT_OF_RANGE,
@@ -41,60 +45,17 @@ pub struct DiskInfo {
 pub const VENDOR: &[u8; 8] = b"SHAREDSK";
 /// PRODUCT IDENTIFICATION: 16 ASCII bytes, space padded.
 pub const PRODUCT: &[u8; 16] = b"sharedisk       ";
-/// VPD pages we implement, in ascending order as VPD page 0x00 must list them (SPC-4 §7.8.13).
-pub const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
-/// Mode pages we implement: caching, control, informational exceptions control.
-pub const MODE_PAGES: [u8; 3] = [0x08, 0x0a, 0x1c];
-/// Page code meaning "all pages" (SPC-4 §6.11).
-pub const ALL_PAGES: u8 = 0x3f;
 
 /// Peripheral device type 0: direct access block device (SPC-4 table 139).
 const PDT_DISK: u8 = 0x00;
 
-fn put16(v: &mut Vec<u8>, x: u16) {
-    v.extend_from_slice(&x.to_be_bytes());
-}
-fn put32(v: &mut Vec<u8>, x: u32) {
-    v.extend_from_slice(&x.to_be_bytes());
-}
-fn put64(v: &mut Vec<u8>, x: u64) {
-    v.extend_from_slice(&x.to_be_bytes());
-}
-fn sat16(x: usize) -> u16 {
-    u16::try_from(x).unwrap_or(u16::MAX)
-}
-fn sat32(x: usize) -> u32 {
-    u32::try_from(x).unwrap_or(u32::MAX)
-}
-fn get16(b: &[u8], i: usize) -> Option<usize> {
-    let s = b.get(i..i.checked_add(2)?)?;
-    Some(usize::from(u16::from_be_bytes([s[0], s[1]])))
-}
-fn get32(b: &[u8], i: usize) -> Option<u32> {
-    b.get(i..i.checked_add(4)?)?
-        .try_into()
-        .ok()
-        .map(u32::from_be_bytes)
-}
-fn get64(b: &[u8], i: usize) -> Option<u64> {
-    b.get(i..i.checked_add(8)?)?
-        .try_into()
-        .ok()
-        .map(u64::from_be_bytes)
-}
-
-/// A stable locally assigned NAA (type 3h, SPC-4 §7.8.6.6.5) from the serial: FNV-1a, so every
-/// daemon serving the same image reports the same identity, across builds.
-pub fn naa_from_serial(serial: &str) -> u64 {
-    (3u64 << 60) | (crate::lun::fnv1a(serial.as_bytes()) >> 4)
-}
-
-/// The serial as reported: printable ASCII only, at most 20 bytes (the virtio-blk ID size).
+/// The serial as reported: printable ASCII only, at most [`SERIAL_LEN`] bytes (the virtio-blk ID
+/// size).
 fn serial_bytes(info: &DiskInfo) -> Vec<u8> {
     info.serial
         .bytes()
         .filter(|b| (0x20..0x7f).contains(b))
-        .take(20)
+        .take(SERIAL_LEN)
         .collect()
 }
 
@@ -143,15 +104,6 @@ pub fn inquiry(info: &DiskInfo, evpd: bool, page_code: u8) -> Result<Vec<u8>, Se
         (false, 0) => Ok(standard_inquiry()),
         (false, _) => Err(INVALID_FIELD_IN_CDB),
         (true, page) => vpd_page(info, page),
-    }
-}
-
-/// 05/24/00 for a VPD page we do not implement (SPC-4 §6.6.1).
-pub fn check_vpd_page(page: u8) -> Result<(), Sense> {
-    if VPD_PAGES.contains(&page) {
-        Ok(())
-    } else {
-        Err(INVALID_FIELD_IN_CDB)
     }
 }
 
@@ -268,20 +220,6 @@ pub fn read_capacity_16(info: &DiskInfo) -> Vec<u8> {
     v.push(0);
     v.resize(32, 0);
     v
-}
-
-/// 05/24/00 unless the page/subpage pair names something we have (SPC-4 §6.11): one of
-/// [`MODE_PAGES`] with subpage 0, or all pages with subpage 0 or FFh.
-pub fn check_mode_page(page: u8, subpage: u8) -> Result<(), Sense> {
-    let ok = match page {
-        ALL_PAGES => subpage == 0 || subpage == 0xff,
-        p => MODE_PAGES.contains(&p) && subpage == 0,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(INVALID_FIELD_IN_CDB)
-    }
 }
 
 /// One mode page in the form selected by `pc`. Pages report PS=0: nothing can be saved.
@@ -412,7 +350,7 @@ pub fn parse_mode_select(
         (
             header[2],
             header[4] & 0x01 != 0,
-            get16(header, 6).unwrap_or(0),
+            get16(header, 6).map(usize::from).unwrap_or(0),
         )
     } else {
         (header[1], false, usize::from(header[3]))
@@ -499,63 +437,6 @@ pub fn report_luns(select_report: u8) -> Vec<u8> {
     v
 }
 
-/// Whether the disk offers this command (UNMAP only with unmap support).
-pub fn op_enabled(e: &OpInfo, info: &DiskInfo) -> bool {
-    !e.needs_unmap || info.unmap
-}
-
-/// Command timeouts descriptor (SPC-4 §6.35.4): length 0Ah, timeouts 0 = not specified.
-const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-
-/// REPORT SUPPORTED OPERATION CODES data (SPC-4 §6.35), from the same table `parse` uses.
-pub fn report_supported_opcodes(info: &DiskInfo, r: &ReportOpcodes) -> Result<Vec<u8>, Sense> {
-    check_report_opcodes(r)?;
-    let enabled = SUPPORTED_OPS.iter().filter(|e| op_enabled(e, info));
-    let mut v = Vec::new();
-    if r.options == 0 {
-        // All commands: COMMAND DATA LENGTH, then one descriptor per (opcode, service action).
-        put32(&mut v, 0);
-        for e in enabled {
-            v.push(e.opcode);
-            v.push(0);
-            put16(&mut v, e.service_action.unwrap_or(0));
-            v.push(0);
-            v.push(if r.rctd { 0x02 } else { 0 } | u8::from(e.service_action.is_some()));
-            put16(&mut v, sat16(e.usage.len()));
-            if r.rctd {
-                v.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
-            }
-        }
-        let len = sat32(v.len() - 4).to_be_bytes();
-        v[..4].copy_from_slice(&len);
-        return Ok(v);
-    }
-    let sa = r.service_action;
-    let found = enabled.into_iter().find(|e| {
-        e.opcode == r.opcode
-            && match (r.options, e.service_action) {
-                (1, s) => s.is_none(),
-                (2, s) => s == Some(sa),
-                // Option 3 ignores the service action of opcodes that have none.
-                (_, s) => s.is_none_or(|s| s == sa),
-            }
-    });
-    match found {
-        Some(e) => {
-            v.push(0);
-            v.push(if r.rctd { 0x80 } else { 0 } | 0x03); // CTDP, SUPPORT 011b.
-            put16(&mut v, sat16(e.usage.len()));
-            v.extend_from_slice(e.usage);
-            if r.rctd {
-                v.extend_from_slice(&TIMEOUTS_DESCRIPTOR);
-            }
-        }
-        // SUPPORT 001b: not supported; no usage data.
-        None => v.extend_from_slice(&[0, 0x01, 0, 0]),
-    }
-    Ok(v)
-}
-
 /// REQUEST SENSE data (SPC-4 §6.39): the pending sense, or NO SENSE; fixed format (70h) unless
 /// DESC=1 asks for descriptor format (72h, SPC-4 §4.5.2) with no descriptors.
 pub fn request_sense(pending: Option<Sense>, desc: bool) -> Vec<u8> {
@@ -582,7 +463,9 @@ pub fn parse_unmap(params: &[u8], info: &DiskInfo) -> Result<Vec<(u64, u32)>, Se
         return Ok(Vec::new());
     }
     // UNMAP DATA LENGTH (bytes 0-1) is informational only; SBC-3 only says it "should" match.
-    let bd_len = get16(params, 2).ok_or(PARAM_LIST_LENGTH_ERROR)?;
+    let bd_len = get16(params, 2)
+        .map(usize::from)
+        .ok_or(PARAM_LIST_LENGTH_ERROR)?;
     if params.len() < 8 {
         return Err(PARAM_LIST_LENGTH_ERROR);
     }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crate::image::Buf;
-use crate::lun::{ChunkError, Lun};
+use crate::lun::{ChunkError, Lun, SECTOR};
 use crate::pr::Access;
 use crate::pr::{wire, PrStatus};
 use crate::replay::Origin;
@@ -26,7 +26,6 @@ pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
 pub const RESERVATION_CONFLICT: u8 = 0x18;
 
-const BLOCK: u64 = 512;
 /// MAXIMUM TRANSFER LENGTH in VPD 0xB0: 4 MiB, as a typical SAN LUN.
 const MAX_TRANSFER_BLOCKS: u32 = 8192;
 /// Largest parameter list we read (MODE SELECT, UNMAP, PR OUT); anything longer is an error
@@ -85,6 +84,26 @@ impl Outcome {
 
 type Result<T> = std::result::Result<T, Outcome>;
 
+/// A command's admission, when the access check gated it (see [`crate::reservations`]).
+type Admission<'a> = crate::reservations::Admitted<'a>;
+
+/// What the gate decided: answer a replayed PR OUT from its record, or run the command with
+/// its admission.
+enum Gate<'a> {
+    Replayed(PrStatus),
+    Run(Command, Option<Admission<'a>>),
+}
+
+/// One command's initiator and buffers, as the dispatch sees them.
+struct Request<'r, 'm> {
+    initiator: &'r str,
+    /// The image's or this guest's read-only.
+    read_only: bool,
+    data_out: &'r [Buf<'m>],
+    data_in: &'r [Buf<'m>],
+    origin: Option<&'r Origin>,
+}
+
 impl From<Sense> for Outcome {
     fn from(s: Sense) -> Self {
         Outcome::check(s)
@@ -106,18 +125,18 @@ impl Target {
     }
 
     fn num_blocks(&self) -> u64 {
-        self.lun.image.size() / BLOCK
+        self.lun.image.size() / SECTOR
     }
 
     /// What `read_only` (the image's or one guest's) makes of the LU's description.
     fn info_for(&self, read_only: bool) -> DiskInfo {
         DiskInfo {
             num_blocks: self.num_blocks(),
-            block_size: BLOCK as u32,
+            block_size: SECTOR as u32,
             read_only,
             write_cache: self.lun.write_cache(),
             serial: self.lun.serial.clone(),
-            naa: pages::naa_from_serial(&self.lun.serial),
+            naa: crate::lun::naa_from_serial(&self.lun.serial),
             unmap: !read_only,
             max_unmap_lbas: MAX_UNMAP_LBAS,
             max_unmap_descriptors: MAX_UNMAP_DESCRIPTORS,
@@ -186,11 +205,28 @@ impl Target {
         data_in: &[Buf],
         origin: Option<&Origin>,
     ) -> Result<Outcome> {
+        let (cmd, admitted) = match self.gate(initiator, cdb, origin)? {
+            Gate::Replayed(status) => return Ok(Outcome::from_pr(status)),
+            Gate::Run(cmd, admitted) => (cmd, admitted),
+        };
+        let req = Request {
+            initiator,
+            read_only: guest_read_only || self.lun.image.read_only(),
+            data_out,
+            data_in,
+            origin,
+        };
+        self.dispatch(&req, cmd, admitted)
+    }
+
+    /// Decodes, checks and admits one command (steps 1 to 4 of the module's order), after the
+    /// replay check, which comes before everything.
+    fn gate(&self, initiator: &str, cdb: &[u8], origin: Option<&Origin>) -> Result<Gate<'_>> {
         let res = &self.lun.reservations;
         // A PR OUT that QEMU presents again after a reconnection already passed every check
         // below, unit attentions included, and ran: it gets its first answer, and runs no more.
         if let Some(status) = origin.and_then(|o| res.replayed(initiator, o)) {
-            return Ok(Outcome::from_pr(status));
+            return Ok(Gate::Replayed(status));
         }
         // SPC-4 §5.14: a pending UA terminates any command but these three, before decoding.
         let exempt = matches!(
@@ -207,7 +243,7 @@ impl Target {
             pages::check_range(lba, blocks, self.num_blocks())?;
         }
         // SPC-4 §5.9.1, SBC-3 table 13: the access check; the admission is held through the I/O,
-        // except by the commands below that drop it to work in pieces or to flush.
+        // except by the commands that drop it to work in pieces or to flush.
         let admitted = match cmd.access() {
             Some(access) => Some(res.admit(initiator, access).ok_or_else(Outcome::conflict)?),
             None => {
@@ -225,9 +261,20 @@ impl Target {
                 None
             }
         };
-        let read_only = guest_read_only || self.lun.image.read_only();
-        let info = || self.info_for(read_only);
-        let image = &self.lun.image;
+        Ok(Gate::Run(cmd, admitted))
+    }
+
+    /// Executes a command the gate let through (step 5). `admitted` is held until the command
+    /// is done, unless its function drops it first; a command that has an admission never calls
+    /// into the arbiter while it holds it.
+    fn dispatch(
+        &self,
+        req: &Request,
+        cmd: Command,
+        admitted: Option<Admission>,
+    ) -> Result<Outcome> {
+        let (data_in, data_out) = (req.data_in, req.data_out);
+        let info = || self.info_for(req.read_only);
         Ok(match cmd {
             Command::TestUnitReady => Outcome::good(0),
             // The reference keeps UAs queued across REQUEST SENSE; report "no sense".
@@ -253,32 +300,16 @@ impl Target {
             }
             Command::ModeSense(m) => reply(data_in, &pages::mode_sense(&info(), &m)?, m.alloc_len),
             Command::ModeSelect { ten, param_len, .. } => {
-                let params = param_list(data_out, param_len)?;
-                let change = pages::parse_mode_select(ten, &params, &info())?;
-                // The change queues unit attentions, which needs the arbiter exclusively.
-                drop(admitted);
-                if let Some(wce) = change.wce {
-                    self.lun
-                        .set_write_cache(initiator, wce)
-                        .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
-                }
-                Outcome::good(0)
+                self.mode_select(req, ten, param_len, admitted)?
             }
             Command::Read(rw) => self.read(rw, data_in)?,
             Command::Write(rw) => {
-                if read_only {
+                if req.read_only {
                     return Err(Outcome::check(sense::WRITE_PROTECTED));
                 }
                 self.write(rw, data_out)?
             }
-            Command::SynchronizeCache { .. } => {
-                // A flush changes no data: no PR OUT has to wait for it.
-                drop(admitted);
-                image
-                    .flush()
-                    .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
-                Outcome::good(0)
-            }
+            Command::SynchronizeCache { .. } => self.synchronize_cache(admitted)?,
             Command::WriteSame {
                 lba,
                 blocks,
@@ -286,37 +317,13 @@ impl Target {
                 ndob,
                 ..
             } => {
-                if read_only {
+                if req.read_only {
                     return Err(Outcome::check(sense::WRITE_PROTECTED));
                 }
                 drop(admitted);
-                self.write_same(initiator, lba, blocks, unmap, ndob, data_out)?
+                self.write_same(req.initiator, lba, blocks, unmap, ndob, data_out)?
             }
-            Command::Unmap { param_len } => {
-                if read_only {
-                    return Err(Outcome::check(sense::WRITE_PROTECTED));
-                }
-                let params = param_list(data_out, param_len)?;
-                let ranges = pages::parse_unmap(&params, &info())?;
-                // SBC-3 §5.28: validate every descriptor before changing anything.
-                for &(lba, blocks) in &ranges {
-                    pages::check_range(lba, u64::from(blocks), self.num_blocks())?;
-                }
-                drop(admitted);
-                for (lba, blocks) in ranges {
-                    let offset = lba * BLOCK;
-                    self.lun
-                        .admitted_chunks(
-                            initiator,
-                            Access::Write,
-                            u64::from(blocks) * BLOCK,
-                            |done, n| image.discard(offset + done, n),
-                        )
-                        .map_err(chunk_outcome)?;
-                }
-                self.sync_if_write_through()?;
-                Outcome::good(0)
-            }
+            Command::Unmap { param_len } => self.unmap(req, param_len, admitted)?,
             Command::Verify {
                 lba,
                 blocks,
@@ -327,48 +334,130 @@ impl Target {
             Command::PreFetch { .. } => Outcome::good(0),
             Command::StartStopUnit {
                 start, no_flush, ..
-            } => {
-                // A stop flushes the cache first unless NO_FLUSH (SBC-3 §5.25).
-                drop(admitted);
-                if !start && !no_flush && !read_only {
-                    image
-                        .flush()
-                        .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
-                }
-                Outcome::good(0)
+            } => self.start_stop_unit(req, start, no_flush, admitted)?,
+            Command::PersistentReserveIn { cdb } => self.persistent_reserve_in(req, &cdb)?,
+            Command::PersistentReserveOut { cdb } => self.persistent_reserve_out(req, &cdb)?,
+            Command::Reserve6 => {
+                let res = &self.lun.reservations;
+                Outcome::from_pr(res.with_mut(|a| a.spc2_reserve(req.initiator)))
             }
-            Command::PersistentReserveIn { cdb } => {
-                let data = res.with(|a| wire::prin(a, &cdb))?;
-                // `prin` already cut the data to the ALLOCATION LENGTH, never ADDITIONAL LENGTH.
-                reply(data_in, &data, u32::MAX)
+            Command::Release6 => {
+                let res = &self.lun.reservations;
+                Outcome::from_pr(res.with_mut(|a| a.spc2_release(req.initiator)))
             }
-            Command::PersistentReserveOut { cdb } => {
-                let param_len = u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]);
-                let params = param_list(data_out, param_len)?;
-                let req = wire::parse_prout(&cdb, &params, |name| {
-                    res.with(|a| a.is_known(name) || a.is_registered(name))
-                        .then(|| name.to_string())
-                })?;
-                Outcome::from_pr(res.prout(initiator, &req, origin))
-            }
-            Command::Reserve6 => Outcome::from_pr(res.with_mut(|a| a.spc2_reserve(initiator))),
-            Command::Release6 => Outcome::from_pr(res.with_mut(|a| a.spc2_release(initiator))),
             Command::ReportOpcodes(r) => reply(
                 data_in,
-                &pages::report_supported_opcodes(&info(), &r)?,
+                &cdb::report_supported_opcodes(info().unmap, &r)?,
                 r.alloc_len,
             ),
         })
     }
 
+    /// MODE SELECT (SPC-4 §6.9, §6.10): only WCE of the caching page can change.
+    fn mode_select(
+        &self,
+        req: &Request,
+        ten: bool,
+        param_len: u32,
+        admitted: Option<Admission>,
+    ) -> Result<Outcome> {
+        let params = param_list(req.data_out, param_len)?;
+        let change = pages::parse_mode_select(ten, &params, &self.info_for(req.read_only))?;
+        // The change queues unit attentions, which needs the arbiter exclusively.
+        drop(admitted);
+        if let Some(wce) = change.wce {
+            self.lun
+                .set_write_cache(req.initiator, wce)
+                .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+        }
+        Ok(Outcome::good(0))
+    }
+
+    /// SYNCHRONIZE CACHE (SBC-3 §5.22, §5.23).
+    fn synchronize_cache(&self, admitted: Option<Admission>) -> Result<Outcome> {
+        // A flush changes no data: no PR OUT has to wait for it.
+        drop(admitted);
+        self.lun
+            .image
+            .flush()
+            .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+        Ok(Outcome::good(0))
+    }
+
+    /// UNMAP (SBC-3 §5.28), in pieces each admitted on its own.
+    fn unmap(&self, req: &Request, param_len: u32, admitted: Option<Admission>) -> Result<Outcome> {
+        if req.read_only {
+            return Err(Outcome::check(sense::WRITE_PROTECTED));
+        }
+        let params = param_list(req.data_out, param_len)?;
+        let ranges = pages::parse_unmap(&params, &self.info_for(req.read_only))?;
+        // SBC-3 §5.28: validate every descriptor before changing anything.
+        for &(lba, blocks) in &ranges {
+            pages::check_range(lba, u64::from(blocks), self.num_blocks())?;
+        }
+        drop(admitted);
+        let image = &self.lun.image;
+        for (lba, blocks) in ranges {
+            let offset = lba * SECTOR;
+            self.lun
+                .admitted_chunks(
+                    req.initiator,
+                    Access::Write,
+                    u64::from(blocks) * SECTOR,
+                    |done, n| image.discard(offset + done, n),
+                )
+                .map_err(chunk_outcome)?;
+        }
+        self.sync_if_write_through()?;
+        Ok(Outcome::good(0))
+    }
+
+    /// START STOP UNIT (SBC-3 §5.25).
+    fn start_stop_unit(
+        &self,
+        req: &Request,
+        start: bool,
+        no_flush: bool,
+        admitted: Option<Admission>,
+    ) -> Result<Outcome> {
+        // A stop flushes the cache first unless NO_FLUSH (SBC-3 §5.25).
+        drop(admitted);
+        if !start && !no_flush && !req.read_only {
+            self.lun
+                .image
+                .flush()
+                .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+        }
+        Ok(Outcome::good(0))
+    }
+
+    /// PERSISTENT RESERVE IN (SPC-4 §6.15); never admitted, so it may read the arbiter.
+    fn persistent_reserve_in(&self, req: &Request, cdb: &[u8; 10]) -> Result<Outcome> {
+        let data = self.lun.reservations.with(|a| wire::prin(a, cdb))?;
+        // `prin` already cut the data to the ALLOCATION LENGTH, never ADDITIONAL LENGTH.
+        Ok(reply(req.data_in, &data, u32::MAX))
+    }
+
+    /// PERSISTENT RESERVE OUT (SPC-4 §6.16); never admitted: the arbiter decides.
+    fn persistent_reserve_out(&self, req: &Request, cdb: &[u8; 10]) -> Result<Outcome> {
+        let res = &self.lun.reservations;
+        let param_len = u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]]);
+        let params = param_list(req.data_out, param_len)?;
+        let pr = wire::parse_prout(cdb, &params, |name| {
+            res.with(|a| a.is_known(name) || a.is_registered(name))
+                .then(|| name.to_string())
+        })?;
+        Ok(Outcome::from_pr(res.prout(req.initiator, &pr, req.origin)))
+    }
+
     fn read(&self, rw: Rw, data_in: &[Buf]) -> Result<Outcome> {
         let bytes = self.transfer_len(rw.blocks)?;
         // A buffer shorter than the transfer gets what fits (the residual tells the initiator).
-        let len = bytes.min(virtio::total(data_in) as u64 / BLOCK * BLOCK) as usize;
+        let len = bytes.min(virtio::total(data_in) as u64 / SECTOR * SECTOR) as usize;
         let (bufs, _) = virtio::split_at(data_in, len).ok_or(sense::INVALID_FIELD_IN_CDB)?;
         self.lun
             .image
-            .read_at(&bufs, rw.lba * BLOCK)
+            .read_at(&bufs, rw.lba * SECTOR)
             .map_err(|_| Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ))?;
         Ok(Outcome::good(len))
     }
@@ -380,7 +469,7 @@ impl Target {
         let fua = rw.fua || !self.lun.write_cache();
         self.lun
             .image
-            .write_at(&bufs, rw.lba * BLOCK, fua)
+            .write_at(&bufs, rw.lba * SECTOR, fua)
             .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
         Ok(Outcome::good(0))
     }
@@ -390,7 +479,7 @@ impl Target {
         if blocks > MAX_TRANSFER_BLOCKS {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
         }
-        Ok(u64::from(blocks) * BLOCK)
+        Ok(u64::from(blocks) * SECTOR)
     }
 
     /// WRITE SAME (SBC-3 §5.42-5.44), in [`crate::lun::ADMISSION_CHUNK`] pieces each admitted
@@ -409,11 +498,11 @@ impl Target {
         if blocks > MAX_WRITE_SAME_BLOCKS {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
         }
-        let mut block = [0u8; BLOCK as usize];
+        let mut block = [0u8; SECTOR as usize];
         if !ndob && virtio::read_bytes(data_out, &mut block) < block.len() {
             return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
         }
-        let (offset, len) = (lba * BLOCK, u64::from(blocks) * BLOCK);
+        let (offset, len) = (lba * SECTOR, u64::from(blocks) * SECTOR);
         let image = &self.lun.image;
         if block.iter().all(|&b| b == 0) {
             // Zeroes, with or without UNMAP: LBPRZ=1 makes both read back as zeroes; only
@@ -427,7 +516,7 @@ impl Target {
         } else {
             // One buffer of the block repeated, written as many times as a piece needs.
             let mut pattern = vec![0u8; WRITE_SAME_BUF.min(len as usize)];
-            for c in pattern.chunks_mut(BLOCK as usize) {
+            for c in pattern.chunks_mut(SECTOR as usize) {
                 c.copy_from_slice(&block[..c.len()]);
             }
             let durable = !self.lun.write_cache();
@@ -462,7 +551,7 @@ impl Target {
             return Ok(Outcome::good(0));
         }
         let bytes = self.transfer_len(blocks)? as usize;
-        let want_len = if bytchk == 3 { BLOCK as usize } else { bytes };
+        let want_len = if bytchk == 3 { SECTOR as usize } else { bytes };
         let mut want = vec![0u8; want_len];
         if virtio::read_bytes(data_out, &mut want) < want_len {
             return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
@@ -470,7 +559,7 @@ impl Target {
         let mut have = vec![0u8; bytes];
         self.lun
             .image
-            .read_at(&[Buf::from(&mut have[..])], lba * BLOCK)
+            .read_at(&[Buf::from(&mut have[..])], lba * SECTOR)
             .map_err(|_| Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ))?;
         let same = have.chunks(want_len).all(|c| c == &want[..c.len()]);
         if same {

@@ -361,7 +361,7 @@ fn rsoc(info: &DiskInfo, rctd: bool, options: u8, opcode: u8, sa: u16) -> Result
         service_action: sa,
         alloc_len: 0,
     };
-    report_supported_opcodes(info, &r)
+    cdb::report_supported_opcodes(info.unmap, &r)
 }
 
 #[test]
@@ -585,7 +585,7 @@ fn fuzz_no_panic() {
                     let _ = parse_mode_select(m.ten, &v, i);
                 }
                 Command::ReportOpcodes(r) => {
-                    report_supported_opcodes(i, &r).unwrap();
+                    cdb::report_supported_opcodes(i.unmap, &r).unwrap();
                 }
                 Command::ReportLuns { select_report, .. } => {
                     report_luns(select_report);
@@ -644,6 +644,6 @@ fn fuzz_no_panic() {
             service_action: rng.gen(),
             alloc_len: 0,
         };
-        let _ = report_supported_opcodes(i, &r);
+        let _ = cdb::report_supported_opcodes(i.unmap, &r);
     }
 }
