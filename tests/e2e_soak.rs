@@ -207,7 +207,8 @@ fn guests_ride_through_daemon_crashes_on_both_devices() {
     if scsi {
         let g = &guests[1];
         key_changes = count(g, "/tmp/ack-key");
-        last_key = g.sh("tail -n 1 /tmp/ack-key").trim().parse().unwrap();
+        // sg_persist reads -K/-S as hex: the loop's decimal counter names hex keys.
+        last_key = u64::from_str_radix(g.sh("tail -n 1 /tmp/ack-key").trim(), 16).unwrap();
         key_errors = g.sh("cat /tmp/err-key");
         conflicts = key_errors
             .lines()
