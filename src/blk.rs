@@ -14,11 +14,17 @@ use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use crate::image::{range_ok, Buf};
-use crate::lun::{ChunkError, Lun, SECTOR, SERIAL_LEN};
+use std::time::{Duration, Instant};
+
+use smallvec::SmallVec;
+
+use crate::image::{range_ok, Buf, IoOp};
+use crate::lun::{ChunkError, Lun, ADMISSION_CHUNK, SECTOR, SERIAL_LEN};
 use crate::pr::Access;
 use crate::stats::{self, DeviceStats, Op};
-use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Vring};
+use crate::virtio::{
+    self, AtomicMem, Chain, ExitEvents, Gate, Handler, Mem, Quiesce, Reply, Slot, UsedLens, Vring,
+};
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
 pub const MAX_QUEUES: usize = 16;
@@ -54,6 +60,8 @@ pub struct BlkDevice {
     /// This guest alone sees a read-only disk (`guest.read_only` in the configuration).
     guest_read_only: bool,
     stats: Arc<DeviceStats>,
+    /// How long a queue thread watches its ring after a round (`--poll-us`).
+    poll: Duration,
 }
 
 /// The backend handed to vhost-user-backend: cheap to clone, `&self` everywhere so that queue
@@ -63,7 +71,7 @@ pub struct BlkBackend(Arc<BlkDevice>);
 
 impl BlkBackend {
     pub fn new(lun: Arc<Lun>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        Self::with_options(lun, initiator, mem, false, Arc::default())
+        Self::with_options(lun, initiator, mem, false, Arc::default(), Duration::ZERO)
     }
 
     /// A device for a guest that may be read-only on its own, counting into `stats`.
@@ -73,6 +81,7 @@ impl BlkBackend {
         mem: AtomicMem,
         read_only: bool,
         stats: Arc<DeviceStats>,
+        poll: Duration,
     ) -> io::Result<Self> {
         let exit = ExitEvents::new(MAX_QUEUES)?;
         Ok(BlkBackend(Arc::new(BlkDevice {
@@ -85,6 +94,7 @@ impl BlkBackend {
             gate: Gate::default(),
             guest_read_only: read_only,
             stats,
+            poll,
         })))
     }
 }
@@ -121,14 +131,20 @@ impl BlkDevice {
         c
     }
 
-    /// Handles one request and returns the number of bytes written into the chain.
-    fn process(&self, mem: &Mem, chain: DescriptorChain<&Mem>) -> u32 {
+    /// Handles one request: a read or write joins `batch` (see [`BlkQueue`]); anything else
+    /// completes here.
+    fn process<'m>(
+        &self,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
+        batch: &mut BlkBatch<'m>,
+    ) -> Reply {
         let within_limits = within_limits(&chain);
         let chain = match Chain::parse(mem, chain) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("{}: blk: dropping request: {e}", self.initiator);
-                return 0;
+                return Reply::Done(0);
             }
         };
         // The status byte is the last device-writable byte (virtio 1.2 §5.2.6).
@@ -138,9 +154,15 @@ impl BlkDevice {
             .and_then(|n| virtio::split_at(&chain.writable, n))
         else {
             log::warn!("{}: blk: request without a status byte", self.initiator);
-            return 0;
+            return Reply::Done(0);
         };
-        let start = std::time::Instant::now();
+        let start = Instant::now();
+        if within_limits {
+            if let Some(io) = self.batchable(&chain.readable, &data_in) {
+                batch.push(io, status, start);
+                return Reply::Deferred;
+            }
+        }
         stats::take_conflict();
         let (code, written) = if within_limits {
             self.execute(&chain.readable, &data_in)
@@ -154,7 +176,89 @@ impl BlkDevice {
         self.count(&chain.readable, code, written, start.elapsed());
         virtio::write_bytes(&status, &[code]);
         // `written` never exceeds data_in, which the limits keep far below 4 GiB.
-        (written + 1) as u32
+        Reply::Done((written + 1) as u32)
+    }
+
+    /// The image I/O of a read or write small enough for one admission, if the request is one.
+    fn batchable<'m>(&self, readable: &[Buf<'m>], data_in: &[Buf<'m>]) -> Option<IoOp<'m>> {
+        let mut header = [0u8; HEADER_LEN];
+        if virtio::read_bytes(readable, &mut header) < HEADER_LEN {
+            return None;
+        }
+        let (_, data_out) = virtio::split_at(readable, HEADER_LEN)?;
+        let in_len = virtio::total(data_in);
+        let size = self.lun.image.size();
+        let (write, offset, bufs) =
+            match BlkRequest::parse(&header, &data_out, in_len, size, self.read_only()) {
+                Ok(BlkRequest::Read { offset }) => {
+                    (false, offset, data_in.iter().copied().collect())
+                }
+                Ok(BlkRequest::Write { offset }) => (true, offset, data_out),
+                _ => return None,
+            };
+        (virtio::total(&bufs) as u64 <= ADMISSION_CHUNK)
+            .then(|| IoOp::new(write, offset, bufs, write && !self.lun.write_cache()))
+    }
+
+    /// Completes a round's reads and writes: admitted together under one hold of the
+    /// reservation lock (`reservations.rs`), which stays held until the image has done all of
+    /// them, so a PR OUT waits for the batch and no refused request touches the image.
+    fn complete(&self, batch: &mut BlkBatch, lens: &mut UsedLens) {
+        const OK: u8 = VIRTIO_BLK_S_OK as u8;
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+        if batch.ops.is_empty() {
+            return;
+        }
+        let mut admitted = Vec::with_capacity(batch.ops.len());
+        let mut allowed: SmallVec<[bool; 64]> = SmallVec::new();
+        {
+            let admission = self.lun.reservations.admission();
+            for op in batch.ops.drain(..) {
+                let access = if op.write {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                let ok = admission.allows(&self.initiator, access);
+                allowed.push(ok);
+                if ok {
+                    admitted.push(op);
+                }
+            }
+            self.lun.image.run_batch(&mut admitted);
+        }
+        let mut results = admitted.into_iter().map(|op| op.result);
+        for (done, allowed) in batch.done.drain(..).zip(allowed) {
+            let what = if done.write { "write" } else { "read" };
+            let (result, code) = match allowed.then(|| results.next()).flatten() {
+                None => {
+                    log::debug!(
+                        "{}: blk {what} refused: reservation conflict",
+                        self.initiator
+                    );
+                    (stats::Result::Conflict, IOERR)
+                }
+                Some(Err(e)) => {
+                    log::warn!("{}: blk {what}: {e}", self.initiator);
+                    (stats::Result::Error, IOERR)
+                }
+                Some(Ok(())) => (stats::Result::Ok, OK),
+            };
+            let (kind, bytes) = if done.write {
+                (Op::Write, done.len)
+            } else {
+                (Op::Read, if code == OK { done.len } else { 0 })
+            };
+            self.stats.record(kind, result, bytes, done.start.elapsed());
+            virtio::write_bytes(&done.status, &[code]);
+            let written = if code == OK && !done.write {
+                done.len
+            } else {
+                0
+            };
+            // A batched request is at most ADMISSION_CHUNK long.
+            lens.push(written as u32 + 1);
+        }
     }
 
     /// Counts a completed request (see `stats.rs`).
@@ -563,8 +667,61 @@ impl VhostUserBackend for BlkBackend {
             &d.mem,
             d.event_idx.load(Ordering::Relaxed),
             &d.gate,
-            |mem, chain, _slot| d.process(mem, chain),
+            d.poll,
+            &mut BlkQueue(d),
         )
+    }
+}
+
+/// A round's reads and writes, done together at its end.
+#[derive(Default)]
+struct BlkBatch<'m> {
+    ops: Vec<IoOp<'m>>,
+    /// For each op: where its status goes, its length and when it arrived.
+    done: Vec<Pending<'m>>,
+}
+
+struct Pending<'m> {
+    status: virtio::Bufs<'m>,
+    write: bool,
+    len: u64,
+    start: Instant,
+}
+
+impl<'m> BlkBatch<'m> {
+    fn push(&mut self, op: IoOp<'m>, status: virtio::Bufs<'m>, start: Instant) {
+        let len = virtio::total(&op.bufs) as u64;
+        let write = op.write;
+        self.ops.push(op);
+        self.done.push(Pending {
+            status,
+            write,
+            len,
+            start,
+        });
+    }
+}
+
+/// One request queue of a blk device, as [`virtio::drain_queue`] serves it: the reads and writes
+/// of a round become one batch of image I/O (one io_uring submission), everything else is done
+/// as it comes.
+struct BlkQueue<'d>(&'d BlkDevice);
+
+impl Handler for BlkQueue<'_> {
+    type Batch<'m> = BlkBatch<'m>;
+
+    fn request<'m>(
+        &mut self,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
+        _slot: Slot,
+        batch: &mut BlkBatch<'m>,
+    ) -> Reply {
+        self.0.process(mem, chain, batch)
+    }
+
+    fn complete(&mut self, batch: &mut BlkBatch<'_>, lens: &mut UsedLens) {
+        self.0.complete(batch, lens)
     }
 }
 

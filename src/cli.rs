@@ -257,6 +257,23 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Open the image with O_DIRECT, bypassing this host's page cache (for images that other
+    /// hosts also write; needs 512-byte direct I/O from the file system).
+    #[arg(long)]
+    pub direct: bool,
+    /// How reads and writes reach the image: io_uring (one submission per virtqueue round) or
+    /// sync (one system call per request). Default: io_uring with --direct, sync without.
+    #[arg(long, value_parser = crate::config::parse_aio)]
+    pub aio: Option<crate::image::Aio>,
+    /// Microseconds a queue thread keeps watching its ring after a round before sleeping on
+    /// the kick; 0 never polls (default 50, at most 1000).
+    #[arg(long, value_parser = parse_poll_us)]
+    pub poll_us: Option<u32>,
+}
+
+fn parse_poll_us(s: &str) -> Result<u32, String> {
+    let us: u32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    crate::config::check_poll_us(us)
 }
 
 impl ServeArgs {
@@ -276,6 +293,9 @@ impl ServeArgs {
                 socket_mode: self.socket_mode,
                 control_socket: self.control_socket,
                 metrics_listen: self.metrics_listen,
+                direct: self.direct,
+                aio: self.aio,
+                poll_us: self.poll_us,
             },
         )
     }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::image::Aio;
+
 /// Azure's default maxShares is small; 16 keeps thread counts sane on a laptop.
 pub const DEFAULT_MAX_SHARES: usize = 16;
 /// Where sockets go when neither a flag nor the file says (systemd's RuntimeDirectory).
@@ -70,7 +72,19 @@ pub struct Config {
     pub control_group: Option<String>,
     /// Serve `GET /metrics` on this TCP address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Open the image with O_DIRECT (bypassing this host's page cache).
+    pub direct: bool,
+    /// How reads and writes reach the image; `None` picks by `direct` (see [`Config::aio`]).
+    pub aio: Option<Aio>,
+    /// How long, in microseconds, a queue thread keeps watching its ring after a round before
+    /// it sleeps on the kick (0: never).
+    pub poll_us: u32,
 }
+
+/// The default of [`Config::poll_us`].
+pub const DEFAULT_POLL_US: u32 = 50;
+/// The largest [`Config::poll_us`]: a millisecond of a core per idle ring is plenty.
+pub const MAX_POLL_US: u32 = 1000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -118,6 +132,9 @@ impl Config {
             control_socket: None,
             control_group: None,
             metrics_listen: None,
+            direct: false,
+            aio: None,
+            poll_us: DEFAULT_POLL_US,
         }
     }
 
@@ -178,6 +195,14 @@ impl Config {
         socket_path(&self.socket_dir, guest, "scsi")
     }
 
+    /// The I/O engine: as configured, else io_uring under O_DIRECT (where it gives the disk a
+    /// real queue depth) and synchronous calls on the page cache (where a call is a copy, and
+    /// io_uring measured slower: README, Benchmarks).
+    pub fn aio(&self) -> Aio {
+        self.aio
+            .unwrap_or(if self.direct { Aio::IoUring } else { Aio::Sync })
+    }
+
     /// What `config check` prints: every setting the daemon would use, defaults filled in.
     pub fn describe(&self) -> String {
         let mut s = String::new();
@@ -191,6 +216,9 @@ impl Config {
                 .unwrap_or_else(|| "the image must exist".into())
         );
         let _ = writeln!(s, "read-only:      {}", yes_no(self.read_only));
+        let _ = writeln!(s, "O_DIRECT:       {}", yes_no(self.direct));
+        let _ = writeln!(s, "aio:            {}", aio_name(self.aio()));
+        let _ = writeln!(s, "poll:           {} µs", self.poll_us);
         let _ = writeln!(s, "state file:     {}", self.state_path().display());
         let _ = writeln!(s, "max-shares:     {}", self.max_shares);
         let _ = writeln!(s, "socket dir:     {}", self.socket_dir.display());
@@ -325,6 +353,10 @@ struct ImageSection {
     #[serde(default)]
     read_only: bool,
     max_shares: Option<usize>,
+    #[serde(default)]
+    direct: bool,
+    #[serde(default, deserialize_with = "aio_value")]
+    aio: Option<Aio>,
 }
 
 #[derive(Deserialize, Default)]
@@ -337,6 +369,8 @@ struct ServerSection {
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "poll_value")]
+    poll_us: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +397,45 @@ fn size_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> 
         Size::Text(t) => t,
     };
     parse_size(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn aio_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Aio>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_aio(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn poll_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let us = u32::deserialize(d)?;
+    check_poll_us(us)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// `io_uring` or `sync`.
+pub fn parse_aio(s: &str) -> Result<Aio, String> {
+    match s {
+        "io_uring" => Ok(Aio::IoUring),
+        "sync" => Ok(Aio::Sync),
+        _ => Err(format!("{s:?} is not an I/O engine: use io_uring or sync")),
+    }
+}
+
+/// A poll window in microseconds, 0 to [`MAX_POLL_US`].
+pub fn check_poll_us(us: u32) -> Result<u32, String> {
+    if us <= MAX_POLL_US {
+        Ok(us)
+    } else {
+        Err(format!(
+            "poll_us {us} is above the limit of {MAX_POLL_US} µs"
+        ))
+    }
+}
+
+fn aio_name(aio: Aio) -> &'static str {
+    match aio {
+        Aio::IoUring => "io_uring",
+        Aio::Sync => "sync",
+    }
 }
 
 fn mode_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -396,6 +469,9 @@ pub struct Flags {
     pub socket_mode: Option<u32>,
     pub control_socket: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    pub direct: bool,
+    pub aio: Option<Aio>,
+    pub poll_us: Option<u32>,
 }
 
 impl Flags {
@@ -426,6 +502,8 @@ impl Flags {
                 .map(|g| GuestConfig::new(g))
                 .collect();
             c.max_shares = self.max_shares.unwrap_or(DEFAULT_MAX_SHARES);
+            c.aio = self.aio;
+            c.poll_us = self.poll_us.unwrap_or(DEFAULT_POLL_US);
             self.apply_rest(&mut c);
             c.validate()?;
             return Ok(c);
@@ -548,6 +626,40 @@ impl Flags {
                 ));
             }
         }
+        if self.direct && !c.direct && text_has_key(&text, "image", "direct") {
+            return Err(disagree(
+                "--direct",
+                "image.direct",
+                String::new(),
+                "false".into(),
+            ));
+        }
+        if let (Some(a), true) = (self.aio, text_has_key(&text, "image", "aio")) {
+            if Some(a) != c.aio {
+                return Err(disagree(
+                    "--aio",
+                    "image.aio",
+                    aio_name(a).into(),
+                    format!("{:?}", c.aio.map_or("", aio_name)),
+                ));
+            }
+        }
+        if let (Some(a), true) = (self.poll_us, text_has_key(&text, "server", "poll_us")) {
+            if a != c.poll_us {
+                return Err(disagree(
+                    "--poll-us",
+                    "server.poll_us",
+                    a.to_string(),
+                    c.poll_us.to_string(),
+                ));
+            }
+        }
+        if let (Some(a), false) = (self.aio, text_has_key(&text, "image", "aio")) {
+            c.aio = Some(a);
+        }
+        if let (Some(a), false) = (self.poll_us, text_has_key(&text, "server", "poll_us")) {
+            c.poll_us = a;
+        }
         if self.read_only && !c.read_only && text_has_key(&text, "image", "read_only") {
             return Err(disagree(
                 "--read-only",
@@ -602,6 +714,7 @@ impl Flags {
             .clone()
             .or_else(|| self.control_socket.clone());
         c.metrics_listen = c.metrics_listen.or(self.metrics_listen);
+        c.direct |= self.direct;
     }
 }
 
@@ -658,6 +771,9 @@ fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
         control_socket: server.control_socket.map(rel),
         control_group: server.control_group,
         metrics_listen: server.metrics_listen,
+        direct: image.direct,
+        aio: image.aio,
+        poll_us: server.poll_us.unwrap_or(DEFAULT_POLL_US),
     })
 }
 

@@ -12,8 +12,57 @@ use std::path::Path;
 use smallvec::SmallVec;
 use vm_memory::VolatileSlice;
 
+mod direct;
+mod uring;
+
+use direct::{Alignment, Bounce};
+
 /// A block of guest (or host) memory the image reads into or writes from.
 pub type Buf<'a> = VolatileSlice<'a>;
+/// The buffers of one request, in order.
+pub type Bufs<'a> = SmallVec<[Buf<'a>; 8]>;
+
+/// How the image file is read and written (`[image] aio`, `--aio`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Aio {
+    /// A batch of requests (a virtqueue round) is one io_uring submission.
+    IoUring,
+    /// One `preadv`/`pwritev2` per request, in order.
+    #[default]
+    Sync,
+}
+
+/// How [`FileImage::open_with`] opens the file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenMode {
+    pub read_only: bool,
+    /// O_DIRECT: bypass this host's page cache (for images other hosts also write).
+    pub direct: bool,
+    pub aio: Aio,
+}
+
+/// One read or write of a batch (see [`Image::run_batch`]).
+pub struct IoOp<'a> {
+    pub write: bool,
+    pub offset: u64,
+    pub bufs: Bufs<'a>,
+    /// Durable on completion (FUA, or no write cache).
+    pub fua: bool,
+    /// Set by [`Image::run_batch`].
+    pub result: io::Result<()>,
+}
+
+impl<'a> IoOp<'a> {
+    pub fn new(write: bool, offset: u64, bufs: Bufs<'a>, fua: bool) -> Self {
+        IoOp {
+            write,
+            offset,
+            bufs,
+            fua,
+            result: Ok(()),
+        }
+    }
+}
 
 /// What the device paths need from storage.
 pub trait Image: Send + Sync {
@@ -30,6 +79,18 @@ pub trait Image: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Zeroes a range, deallocating it when `unmap` allows.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// Runs every read and write of `ops`, setting each one's `result`. They may run
+    /// concurrently and complete in any order, like requests in flight on a disk; all are done
+    /// on return. By default one after another.
+    fn run_batch(&self, ops: &mut [IoOp]) {
+        for op in ops {
+            op.result = if op.write {
+                self.write_at(&op.bufs, op.offset, op.fua)
+            } else {
+                self.read_at(&op.bufs, op.offset)
+            };
+        }
+    }
 }
 
 /// Checks `offset..offset+len` against `size`, overflow included.
@@ -50,6 +111,9 @@ pub struct FileImage {
     file: File,
     size: u64,
     read_only: bool,
+    aio: Aio,
+    /// What O_DIRECT requires of buffers; `None` without it.
+    direct: Option<Alignment>,
 }
 
 impl FileImage {
@@ -58,6 +122,16 @@ impl FileImage {
     /// The image is locked (`flock`) so that two daemons can never arbitrate the same disk with
     /// two separate reservation states.
     pub fn open(path: &Path, create_size: Option<u64>, read_only: bool) -> io::Result<Self> {
+        let mode = OpenMode {
+            read_only,
+            ..OpenMode::default()
+        };
+        Self::open_with(path, create_size, mode)
+    }
+
+    /// Like [`FileImage::open`], with O_DIRECT and the I/O engine chosen by `mode`.
+    pub fn open_with(path: &Path, create_size: Option<u64>, mode: OpenMode) -> io::Result<Self> {
+        let read_only = mode.read_only;
         let exists = path.exists();
         if !exists {
             let Some(size) = create_size else {
@@ -74,7 +148,18 @@ impl FileImage {
             f.set_len(size)?;
             f.sync_all()?;
         }
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(if mode.direct { libc::O_DIRECT } else { 0 })
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) if mode.direct => io::Error::new(
+                    e.kind(),
+                    "the file system does not support O_DIRECT (--direct)",
+                ),
+                _ => e,
+            })?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
@@ -108,11 +193,33 @@ impl FileImage {
                 "image size {size} is not a multiple of 512; the last partial sector is not served"
             );
         }
+        let direct = if mode.direct {
+            Some(Alignment::probe(&file, size)?)
+        } else {
+            None
+        };
         Ok(FileImage {
             file,
             size: size & !511,
             read_only,
+            aio: mode.aio,
+            direct,
         })
+    }
+
+    /// Reads or writes one op synchronously, through an aligned bounce buffer when O_DIRECT
+    /// cannot take the op's own buffers.
+    fn sync_io(&self, bufs: &[Buf], offset: u64, write: bool, fua: bool) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        let flags = write_flags(fua);
+        match self.direct {
+            Some(a) if !a.takes(bufs) => Bounce::new(total_len(bufs) as usize)?.io(
+                bufs,
+                |b| vectored_io(fd, b, offset, write, flags),
+                write,
+            ),
+            _ => vectored_io(fd, bufs, offset, write, flags),
+        }
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -164,14 +271,7 @@ fn vectored_io(
     write: bool,
     flags: libc::c_int,
 ) -> io::Result<()> {
-    let mut iov: SmallVec<[libc::iovec; 16]> = bufs
-        .iter()
-        .filter(|b| !b.is_empty())
-        .map(|b| libc::iovec {
-            iov_base: b.ptr_guard_mut().as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
+    let mut iov: SmallVec<[libc::iovec; 4]> = iovecs(bufs);
     let mut start = 0;
     while start < iov.len() {
         let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize);
@@ -225,6 +325,31 @@ fn vectored_io(
     Ok(())
 }
 
+/// The iovecs of `bufs`, empty ones left out.
+fn iovecs(bufs: &[Buf]) -> SmallVec<[libc::iovec; 4]> {
+    bufs.iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.ptr_guard_mut().as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect()
+}
+
+/// `bufs` without their first `n` bytes.
+fn skip<'a>(bufs: &[Buf<'a>], mut n: usize) -> io::Result<Bufs<'a>> {
+    let mut rest = Bufs::new();
+    for b in bufs {
+        if n >= b.len() {
+            n -= b.len();
+        } else {
+            rest.push(b.offset(n).map_err(io::Error::other)?);
+            n = 0;
+        }
+    }
+    Ok(rest)
+}
+
 impl Image for FileImage {
     fn size(&self) -> u64 {
         self.size
@@ -238,12 +363,68 @@ impl Image for FileImage {
         if !range_ok(offset, total_len(bufs), self.size) {
             return Err(out_of_range());
         }
-        vectored_io(self.file.as_raw_fd(), bufs, offset, false, 0)
+        self.sync_io(bufs, offset, false, false)
     }
 
     fn write_at(&self, bufs: &[Buf], offset: u64, fua: bool) -> io::Result<()> {
         self.check_writable(offset, total_len(bufs))?;
-        vectored_io(self.file.as_raw_fd(), bufs, offset, true, write_flags(fua))
+        self.sync_io(bufs, offset, true, fua)
+    }
+
+    fn run_batch(&self, ops: &mut [IoOp]) {
+        // Ops the ring cannot take as they are run synchronously first: those out of range
+        // (refused), and under O_DIRECT those whose buffers need a bounce. Their buffers are
+        // then dropped, which takes them out of the ring's share.
+        let mut queued = 0;
+        for op in ops.iter_mut() {
+            let len = total_len(&op.bufs);
+            let checked = if op.write {
+                self.check_writable(op.offset, len)
+            } else if range_ok(op.offset, len, self.size) {
+                Ok(())
+            } else {
+                Err(out_of_range())
+            };
+            let ring_takes = self.aio == Aio::IoUring
+                && !op.bufs.is_empty()
+                && self.direct.is_none_or(|a| a.takes(&op.bufs));
+            op.result = match checked {
+                Ok(()) if ring_takes => {
+                    queued += 1;
+                    continue;
+                }
+                Ok(()) => self.sync_io(&op.bufs, op.offset, op.write, op.fua),
+                Err(e) => Err(e),
+            };
+            op.bufs.clear();
+        }
+        if queued == 0 {
+            return;
+        }
+        let mut done: SmallVec<[uring::Transferred; 32]> = ops.iter().map(|_| Ok(0)).collect();
+        let fd = self.file.as_raw_fd();
+        let ran = uring::run(fd, ops, |op| write_flags(op.fua), &mut done).is_ok();
+        for (op, done) in ops.iter_mut().zip(done) {
+            if op.bufs.is_empty() {
+                continue;
+            }
+            op.result = match done {
+                // io_uring is unavailable on this thread: do it here.
+                _ if !ran => self.sync_io(&op.bufs, op.offset, op.write, op.fua),
+                Ok(n) if n as u64 == total_len(&op.bufs) => Ok(()),
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "short transfer at end of file",
+                )),
+                // A short transfer: finish the rest here.
+                Ok(n) => skip(&op.bufs, n)
+                    .and_then(|rest| self.sync_io(&rest, op.offset + n as u64, op.write, op.fua)),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    self.sync_io(&op.bufs, op.offset, op.write, op.fua)
+                }
+                Err(e) => Err(e),
+            };
+        }
     }
 
     fn flush(&self) -> io::Result<()> {

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::image::{Buf, Image};
+use crate::image::{Buf, Image, IoOp};
 
 /// What one call on the image did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,5 +190,53 @@ impl Image for Probe {
         self.recorder.run(Op::Zeroes { unmap }, offset, len, || {
             self.inner.write_zeroes(offset, len, unmap)
         })
+    }
+
+    /// The whole batch goes to the inner image as one (so that its io_uring path is what the
+    /// tests see), slowed by the sum of its writes' delays; every op is recorded as running
+    /// from the batch's start to its end.
+    fn run_batch(&self, ops: &mut [IoOp]) {
+        let start = Instant::now();
+        let slowness = *self
+            .recorder
+            .slowness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let delay: Duration = ops
+            .iter()
+            .filter(|op| op.write)
+            .map(|op| slowness.delay(total(&op.bufs)))
+            .sum();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let shape: Vec<(Op, u64, u64)> = ops
+            .iter()
+            .map(|op| {
+                let kind = if op.write {
+                    Op::Write { durable: op.fua }
+                } else {
+                    Op::Read
+                };
+                (kind, op.offset, total(&op.bufs))
+            })
+            .collect();
+        self.inner.run_batch(ops);
+        let end = Instant::now();
+        let mut events = self
+            .recorder
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for ((op, offset, len), done) in shape.into_iter().zip(ops.iter()) {
+            events.push(Event {
+                op,
+                offset,
+                len,
+                start,
+                end,
+                ok: done.result.is_ok(),
+            });
+        }
     }
 }

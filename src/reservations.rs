@@ -66,6 +66,16 @@ pub struct Reservations {
 /// Proof that a data command was admitted; hold it until the command's I/O is done.
 pub struct Admitted<'a>(#[allow(dead_code)] RwLockReadGuard<'a, Arbiter>);
 
+/// One hold of the arbiter for a batch of data commands (see [`Reservations::admission`]).
+pub struct Admission<'a>(RwLockReadGuard<'a, Arbiter>);
+
+impl Admission<'_> {
+    /// Whether `initiator` may do `access` (the same rule as [`Reservations::admit`]).
+    pub fn allows(&self, initiator: &str, access: Access) -> bool {
+        self.0.check(initiator, access)
+    }
+}
+
 impl Reservations {
     /// `store` is `None` only for purely in-memory use (tests).
     pub fn new(arbiter: Arbiter, store: Option<StateStore>) -> Self {
@@ -109,6 +119,12 @@ impl Reservations {
         } else {
             None
         }
+    }
+
+    /// Holds the arbiter steady for a batch of data commands: each is admitted with
+    /// [`Admission::allows`], and all keep the guard until their I/O is done, like [`Admitted`].
+    pub fn admission(&self) -> Admission<'_> {
+        Admission(self.read_lock())
     }
 
     /// The status a PR OUT got the first time, if `origin` is its replay after a reconnection

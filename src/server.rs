@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::BlkBackend;
 use crate::config::{Config, ConfigError, GuestConfig};
-use crate::image::{FileImage, Image};
+use crate::image::{FileImage, Image, OpenMode};
 use crate::lun::Lun;
 use crate::pr::Arbiter;
 use crate::replay::ReplayLog;
@@ -95,8 +95,12 @@ impl Server {
             path: config.image.clone(),
             source,
         };
-        let image =
-            FileImage::open(&config.image, config.size, config.read_only).map_err(image_err)?;
+        let mode = OpenMode {
+            read_only: config.read_only,
+            direct: config.direct,
+            aio: config.aio(),
+        };
+        let image = FileImage::open_with(&config.image, config.size, mode).map_err(image_err)?;
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
         let store = StateStore::new(config.state_path(), identity.clone());
         let initiators = config.guest_names().into_iter();
@@ -211,13 +215,21 @@ impl Server {
         let lun = self.lun.clone();
         let name = initiator.clone();
         let read_only = guest.read_only;
+        let poll = std::time::Duration::from_micros(self.config.poll_us.into());
         let blk = stats.blk.clone();
         self.listen(
             sockets,
             self.config.blk_socket(&guest.name),
             stats.blk.clone(),
             move |mem| {
-                BlkBackend::with_options(lun.clone(), name.clone(), mem, read_only, blk.clone())
+                BlkBackend::with_options(
+                    lun.clone(),
+                    name.clone(),
+                    mem,
+                    read_only,
+                    blk.clone(),
+                    poll,
+                )
             },
         )?;
         if self.config.scsi && guest.scsi {
@@ -234,6 +246,7 @@ impl Server {
                         mem,
                         read_only,
                         scsi.clone(),
+                        poll,
                     )
                 },
             )?;

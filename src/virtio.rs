@@ -7,6 +7,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 use vhost_user_backend::VringT;
@@ -17,13 +18,76 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::image::Buf;
+pub use crate::image::{Buf, Bufs};
 pub use crate::replay::Slot;
 
 pub type Mem = GuestMemoryMmap<()>;
 pub type AtomicMem = GuestMemoryAtomic<Mem>;
 pub use crate::vring::Vring;
-pub type Bufs<'m> = SmallVec<[Buf<'m>; 8]>;
+
+/// What became of a request when its handler returned.
+pub enum Reply {
+    /// Completed: this many bytes were written into the chain.
+    Done(u32),
+    /// Left in the round's batch; [`Handler::complete`] completes it.
+    Deferred,
+}
+
+/// Serves the requests of one ring, a round at a time: every request available when the round
+/// starts goes through [`Handler::request`], which completes it or defers it into the round's
+/// batch; [`Handler::complete`] then completes the deferred ones together, and the used ring
+/// gets every request of the round in the order the driver queued them.
+pub trait Handler {
+    /// The requests deferred in a round (and whatever their completion needs).
+    type Batch<'m>: Default;
+
+    fn request<'m>(
+        &mut self,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
+        slot: Slot,
+        batch: &mut Self::Batch<'m>,
+    ) -> Reply;
+
+    /// Completes the round's deferred requests, pushing their used lengths onto `lens` in the
+    /// order they were deferred.
+    fn complete(&mut self, batch: &mut Self::Batch<'_>, lens: &mut UsedLens);
+}
+
+/// Used lengths of a round's deferred requests.
+pub type UsedLens = SmallVec<[u32; 64]>;
+
+/// A [`Handler`] that completes every request at once: `f(mem, chain, slot)` returns its used
+/// length.
+pub struct EachAtOnce<F>(F);
+
+impl<F> EachAtOnce<F>
+where
+    F: for<'m> FnMut(&'m Mem, DescriptorChain<&'m Mem>, Slot) -> u32,
+{
+    pub fn new(f: F) -> Self {
+        EachAtOnce(f)
+    }
+}
+
+impl<F> Handler for EachAtOnce<F>
+where
+    F: for<'m> FnMut(&'m Mem, DescriptorChain<&'m Mem>, Slot) -> u32,
+{
+    type Batch<'m> = ();
+
+    fn request<'m>(
+        &mut self,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
+        slot: Slot,
+        _: &mut (),
+    ) -> Reply {
+        Reply::Done((self.0)(mem, chain, slot))
+    }
+
+    fn complete(&mut self, _: &mut (), _: &mut UsedLens) {}
+}
 
 /// One exit eventfd per worker thread: vhost-user-backend joins its threads when a connection
 /// ends, and a thread without one would never leave its epoll loop.
@@ -213,16 +277,44 @@ fn skip_completed(queue: &mut virtio_queue::Queue) -> bool {
     skip
 }
 
-/// Pops and completes every available chain of `vring`, then notifies the driver if it wants.
+/// Spins for up to `window` until the driver makes a request available on `vring`; `false`
+/// when none came (or the ring stopped, or the gate is closing). Notifications stay disabled
+/// meanwhile (with EVENT_IDX, `avail_event` stays behind), so the driver does not kick.
+fn poll_avail(vring: &Vring, mem: &AtomicMem, gate: &Gate, window: Duration) -> bool {
+    let deadline = Instant::now() + window;
+    let guard = mem.memory();
+    loop {
+        let more = {
+            let state = vring.get_ref();
+            let queue = state.get_queue();
+            queue.ready()
+                && queue
+                    .avail_idx(&*guard, Ordering::Acquire)
+                    .is_ok_and(|a| a.0 != queue.next_avail())
+        };
+        if more {
+            return true;
+        }
+        if gate.closing() || Instant::now() >= deadline {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Pops and completes every available chain of `vring` through `handler`, a round at a time,
+/// then notifies the driver if it wants. After a round, the ring is watched for up to `poll`
+/// before the thread goes back to sleep on the kick.
 ///
 /// The vring lock is held while requests are processed, so a GET_VRING_BASE (the frontend
 /// stopping the ring) never observes a popped but uncompleted request.
-pub fn drain_queue(
+pub fn drain_queue<H: Handler>(
     vring: &Vring,
     mem: &AtomicMem,
     event_idx: bool,
     gate: &Gate,
-    mut process: impl for<'m> FnMut(&'m Mem, DescriptorChain<&'m Mem>, Slot) -> u32,
+    poll: Duration,
+    handler: &mut H,
 ) -> io::Result<()> {
     // Errors here come from rings the driver placed in bad memory. Returning them would end the
     // queue's worker thread; log and wait for the next kick (or the next ring setup) instead.
@@ -266,6 +358,8 @@ pub fn drain_queue(
             let guard = mem.memory();
             let m: &Mem = &guard;
             let (base, first_start) = (vring.base(), vring.first_start());
+            let mut batch = H::Batch::default();
+            let mut replies: SmallVec<[(u16, Reply); 64]> = SmallVec::new();
             for _ in 0..pending {
                 let position = queue.next_avail();
                 let used = queue.next_used();
@@ -287,7 +381,16 @@ pub fn drain_queue(
                     size: queue.size(),
                     first_start,
                 };
-                let len = process(m, chain, slot);
+                replies.push((head, handler.request(m, chain, slot, &mut batch)));
+            }
+            let mut lens = UsedLens::new();
+            handler.complete(&mut batch, &mut lens);
+            let mut deferred = lens.into_iter();
+            for (head, reply) in replies {
+                let len = match reply {
+                    Reply::Done(len) => len,
+                    Reply::Deferred => deferred.next().unwrap_or(0),
+                };
                 if let Err(e) = queue.add_used(m, head, len) {
                     log::warn!("cannot complete descriptor {head}: {e}");
                 }
@@ -314,6 +417,11 @@ pub fn drain_queue(
                 "virtqueue: the avail ring's entries cannot be read; waiting for the next kick"
             );
             return Ok(());
+        }
+        // After a burst, watch the ring a little longer before sleeping on the kick: a driver
+        // that is about to queue its next request then neither kicks nor waits for a wake-up.
+        if completed && !poll.is_zero() && poll_avail(vring, mem, gate, poll) {
+            continue;
         }
         // virtio 1.2 §2.7.10: re-check after re-enabling so that no kick is lost; without
         // EVENT_IDX, also come back for requests queued while this round ran.

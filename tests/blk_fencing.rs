@@ -10,6 +10,7 @@ use common::blkio_client::BlkClient;
 use common::daemon::TestDaemon;
 use common::deadline::{Deadline, SetOnDrop};
 use common::fencing::{assert_writes_ended_before, WRITE_DELAY};
+use sharedisk::config::{Aio, Config};
 use sharedisk::pr::{PrStatus, ProutRequest, ResType, ServiceAction};
 
 fn prout(d: &TestDaemon, who: &str, req: ProutRequest) {
@@ -26,7 +27,21 @@ fn block_seq(image: &[u8], seq: usize) -> u64 {
 
 #[test]
 fn no_write_of_the_preempted_lands_after_preempt_and_abort_returns() {
-    let d = TestDaemon::start_probed(&["victim", "survivor"], |_| {});
+    preempt_and_abort_under_a_write_flood(|_| {});
+}
+
+/// The same with the image under O_DIRECT and io_uring: a round's writes are in flight in the
+/// kernel together, and the PREEMPT must still wait for all of them.
+#[test]
+fn the_guarantee_holds_with_direct_io_and_io_uring_batches() {
+    preempt_and_abort_under_a_write_flood(|c| {
+        c.direct = true;
+        c.aio = Some(Aio::IoUring);
+    });
+}
+
+fn preempt_and_abort_under_a_write_flood(tweak: impl FnOnce(&mut Config)) {
+    let d = TestDaemon::start_probed(&["victim", "survivor"], tweak);
     prout(
         &d,
         "victim",

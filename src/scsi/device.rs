@@ -4,6 +4,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
@@ -19,7 +20,9 @@ use crate::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
 use crate::scsi::target::{Outcome, Target, GOOD, RESERVATION_CONFLICT};
 use crate::stats::{self, DeviceStats, Op};
-use crate::virtio::{self, AtomicMem, Chain, ExitEvents, Gate, Mem, Quiesce, Slot, Vring};
+use crate::virtio::{
+    self, AtomicMem, Chain, EachAtOnce, ExitEvents, Gate, Mem, Quiesce, Slot, Vring,
+};
 
 /// Request queues we advertise, on top of the control and event queues.
 pub const MAX_REQUEST_QUEUES: usize = 16;
@@ -77,6 +80,8 @@ pub struct ScsiDevice {
     /// This guest alone sees a write-protected disk (`guest.read_only` in the configuration).
     guest_read_only: bool,
     stats: Arc<DeviceStats>,
+    /// How long a request queue thread watches its ring after a round (`--poll-us`).
+    poll: Duration,
 }
 
 #[derive(Clone)]
@@ -84,7 +89,14 @@ pub struct ScsiBackend(Arc<ScsiDevice>);
 
 impl ScsiBackend {
     pub fn new(target: Arc<Target>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        Self::with_options(target, initiator, mem, false, Arc::default())
+        Self::with_options(
+            target,
+            initiator,
+            mem,
+            false,
+            Arc::default(),
+            Duration::ZERO,
+        )
     }
 
     /// A device for a guest that may be read-only on its own, counting into `stats`.
@@ -94,6 +106,7 @@ impl ScsiBackend {
         mem: AtomicMem,
         read_only: bool,
         stats: Arc<DeviceStats>,
+        poll: Duration,
     ) -> io::Result<Self> {
         let exit = ExitEvents::new(MAX_REQUEST_QUEUES + 1)?;
         Ok(ScsiBackend(Arc::new(ScsiDevice {
@@ -106,6 +119,7 @@ impl ScsiBackend {
             gate: Gate::default(),
             guest_read_only: read_only,
             stats,
+            poll,
         })))
     }
 }
@@ -388,19 +402,26 @@ impl VhostUserBackend for ScsiBackend {
         if thread_id == 0 {
             // Event-queue buffers are left in the ring: there are no events to report.
             if device_event == CONTROL_QUEUE {
-                virtio::drain_queue(vring, &d.mem, event_idx, &d.gate, |mem, c, _| {
-                    d.process_control(mem, c)
-                })?;
+                let mut control = EachAtOnce::new(|mem, c, _| d.process_control(mem, c));
+                virtio::drain_queue(
+                    vring,
+                    &d.mem,
+                    event_idx,
+                    &d.gate,
+                    Duration::ZERO,
+                    &mut control,
+                )?;
             }
             return Ok(());
         }
         // Request queue `thread_id` is ring `thread_id + 1` (see `queues_per_thread`).
         let ring = thread_id as u16 + 1;
         let mut served = false;
-        let drained = virtio::drain_queue(vring, &d.mem, event_idx, &d.gate, |mem, c, slot| {
+        let mut requests = EachAtOnce::new(|mem, c, slot| {
             served = true;
             d.process_request(mem, c, ring, slot)
         });
+        let drained = virtio::drain_queue(vring, &d.mem, event_idx, &d.gate, d.poll, &mut requests);
         if served {
             // Every request taken so far is completed in the used ring, and replays (the first
             // requests after a start) are over: no record of this ring can match again.

@@ -230,3 +230,65 @@ fn flags_alone() {
     let e = Flags::default().into_config().unwrap_err().to_string();
     assert!(e.contains("--image"), "{e}");
 }
+
+#[test]
+fn data_path_settings() {
+    // Defaults: the page cache with synchronous calls, a 50 µs poll.
+    let (_d, path) = write("[image]\npath = \"/d\"\n[[guest]]\nname = \"a\"\n");
+    let c = load_file(&path).unwrap();
+    assert!(!c.direct);
+    assert_eq!((c.aio(), c.poll_us), (Aio::Sync, DEFAULT_POLL_US));
+    // O_DIRECT brings io_uring with it unless told otherwise.
+    let (_d, path) = write("[image]\npath = \"/d\"\ndirect = true\n[[guest]]\nname = \"a\"\n");
+    let c = load_file(&path).unwrap();
+    assert!(c.direct);
+    assert_eq!(c.aio(), Aio::IoUring);
+    assert!(
+        c.describe().contains("O_DIRECT:       yes"),
+        "{}",
+        c.describe()
+    );
+    let text = "[image]\npath = \"/d\"\ndirect = true\naio = \"sync\"\n\
+                [server]\npoll_us = 0\n[[guest]]\nname = \"a\"\n";
+    let (_d, path) = write(text);
+    let c = load_file(&path).unwrap();
+    assert_eq!((c.aio(), c.poll_us), (Aio::Sync, 0));
+    // Flags fill in what the file leaves out, and may not contradict it.
+    let flags = Flags {
+        aio: Some(Aio::IoUring),
+        ..Flags::default()
+    };
+    let e = flags.resolve(Some(&path)).unwrap_err().to_string();
+    assert!(
+        e.contains("--aio io_uring") && e.contains("`image.aio`"),
+        "{e}"
+    );
+    let flags = Flags {
+        poll_us: Some(10),
+        ..Flags::default()
+    };
+    let e = flags.resolve(Some(&path)).unwrap_err().to_string();
+    assert!(
+        e.contains("--poll-us 10") && e.contains("`server.poll_us`"),
+        "{e}"
+    );
+    let flags = Flags {
+        image: Some("/d.img".into()),
+        guests: Some(vec!["a".into()]),
+        direct: true,
+        poll_us: Some(200),
+        ..Flags::default()
+    };
+    let c = flags.into_config().unwrap();
+    assert_eq!((c.direct, c.aio(), c.poll_us), (true, Aio::IoUring, 200));
+}
+
+#[test]
+fn bad_data_path_settings_name_the_key() {
+    let e = error("[image]\npath = \"/d\"\naio = \"posix\"\n");
+    assert!(e.contains(":3:") && e.contains("io_uring or sync"), "{e}");
+    let e = error("[image]\npath = \"/d\"\n[server]\npoll_us = 5000\n");
+    assert!(e.contains(":4:") && e.contains("limit of 1000"), "{e}");
+    assert_eq!(parse_aio("io_uring"), Ok(Aio::IoUring));
+    assert!(check_poll_us(1001).is_err());
+}
