@@ -373,10 +373,9 @@ impl Image for FileImage {
 
     fn run_batch(&self, ops: &mut [IoOp]) {
         // Ops the ring cannot take as they are run synchronously first: those out of range
-        // (refused), and under O_DIRECT those whose buffers need a bounce. Their buffers are
-        // then dropped, which takes them out of the ring's share.
-        let mut queued = 0;
-        for op in ops.iter_mut() {
+        // (refused), and under O_DIRECT those whose buffers need a bounce.
+        let mut queued: SmallVec<[usize; 64]> = SmallVec::new();
+        for (i, op) in ops.iter_mut().enumerate() {
             let len = total_len(&op.bufs);
             let checked = if op.write {
                 self.check_writable(op.offset, len)
@@ -386,29 +385,27 @@ impl Image for FileImage {
                 Err(out_of_range())
             };
             let ring_takes = self.aio == Aio::IoUring
-                && !op.bufs.is_empty()
+                && len > 0
                 && self.direct.is_none_or(|a| a.takes(&op.bufs));
             op.result = match checked {
                 Ok(()) if ring_takes => {
-                    queued += 1;
+                    queued.push(i);
                     continue;
                 }
                 Ok(()) => self.sync_io(&op.bufs, op.offset, op.write, op.fua),
                 Err(e) => Err(e),
             };
-            op.bufs.clear();
         }
-        if queued == 0 {
+        if queued.is_empty() {
             return;
         }
-        let mut done: SmallVec<[uring::Transferred; 32]> = ops.iter().map(|_| Ok(0)).collect();
+        let mut done: SmallVec<[uring::Transferred; 64]> = ops.iter().map(|_| Ok(0)).collect();
         let fd = self.file.as_raw_fd();
-        let ran = uring::run(fd, ops, |op| write_flags(op.fua), &mut done).is_ok();
-        for (op, done) in ops.iter_mut().zip(done) {
-            if op.bufs.is_empty() {
-                continue;
-            }
-            op.result = match done {
+        let ran = uring::run(fd, ops, &queued, |op| write_flags(op.fua), &mut done).is_ok();
+        for &i in &queued {
+            let op = &mut ops[i];
+            let transferred = std::mem::replace(&mut done[i], Ok(0));
+            op.result = match transferred {
                 // io_uring is unavailable on this thread: do it here.
                 _ if !ran => self.sync_io(&op.bufs, op.offset, op.write, op.fua),
                 Ok(n) if n as u64 == total_len(&op.bufs) => Ok(()),

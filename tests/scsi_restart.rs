@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::process::DaemonProcess;
 use common::scsi_client::*;
-use common::vu_frontend::{blk_header, Desc, StartOrder, VuFrontend, VIRTIO_BLK_T_IN};
+use common::vu_frontend::{
+    blk_header, wait_out_poll, Desc, StartOrder, VuFrontend, VIRTIO_BLK_T_IN,
+};
 
 const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -24,6 +26,7 @@ fn a_replayed_scsi_request_interrupts_the_call_eventfd_installed_last() {
     c.drain_ua();
     for round in 0..5 {
         // In flight when the daemon dies: available, never kicked.
+        wait_out_poll();
         let p = c.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, false);
         d.kill(libc::SIGKILL);
         d.respawn();
@@ -228,6 +231,7 @@ fn requests_available_at_ring_start_need_no_kick() {
     let mut c = ScsiClient::connect(&d.scsi("vm1"));
     c.drain_ua();
     let mut fe = VuFrontend::connect(&d.blk("vm1"), 1, 128);
+    wait_out_poll();
     let p = c.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, false);
     let hdr = fe.alloc(16);
     fe.write_mem(hdr, &blk_header(VIRTIO_BLK_T_IN, 0));

@@ -26,12 +26,12 @@ thread_local! {
 /// What the kernel did with one op: bytes transferred (possibly fewer than asked) or the error.
 pub(super) type Transferred = io::Result<usize>;
 
-/// Runs the ops of `ops` that have buffers on `fd` through this thread's ring, setting
-/// `done[i]` for each (ops without buffers are left alone). `Err` when io_uring is
-/// unavailable; nothing was submitted then.
+/// Runs `ops[i]` for every `i` of `which` on `fd` through this thread's ring, setting `done[i]`
+/// for each. `Err` when io_uring is unavailable; nothing was submitted then.
 pub(super) fn run(
     fd: RawFd,
     ops: &[IoOp],
+    which: &[usize],
     rw_flags: impl Fn(&IoOp) -> i32,
     done: &mut [Transferred],
 ) -> io::Result<()> {
@@ -47,16 +47,8 @@ pub(super) fn run(
         let Some(ring) = ring.as_mut() else {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         };
-        let mut queued: SmallVec<[usize; 64]> = SmallVec::new();
-        for (i, _) in ops.iter().enumerate().filter(|(_, op)| !op.bufs.is_empty()) {
-            queued.push(i);
-            if queued.len() == ENTRIES as usize {
-                submit(ring, fd, ops, &queued, &rw_flags, done);
-                queued.clear();
-            }
-        }
-        if !queued.is_empty() {
-            submit(ring, fd, ops, &queued, &rw_flags, done);
+        for chunk in which.chunks(ENTRIES as usize) {
+            submit(ring, fd, ops, chunk, &rw_flags, done);
         }
         Ok(())
     })

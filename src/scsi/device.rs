@@ -15,14 +15,18 @@ use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::image::IoOp;
 use crate::lun::fnv1a;
+use crate::pr::Access;
 use crate::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
-use crate::scsi::target::{Outcome, Target, GOOD, RESERVATION_CONFLICT};
+use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
 use crate::stats::{self, DeviceStats, Op};
 use crate::virtio::{
-    self, AtomicMem, Chain, EachAtOnce, ExitEvents, Gate, Mem, Quiesce, Slot, Vring,
+    self, AtomicMem, Buf, Chain, EachAtOnce, ExitEvents, Gate, Handler, Mem, Quiesce, Reply, Slot,
+    UsedLens, Vring,
 };
+use smallvec::SmallVec;
 
 /// Request queues we advertise, on top of the control and event queues.
 pub const MAX_REQUEST_QUEUES: usize = 16;
@@ -125,19 +129,21 @@ impl ScsiBackend {
 }
 
 impl ScsiDevice {
-    /// One command on request queue `ring`; returns the bytes written into the chain.
-    fn process_request(
+    /// One command on request queue `ring`: a READ or WRITE that passes its checks joins
+    /// `batch` (see [`ScsiQueue`]); anything else completes here.
+    fn process_request<'m>(
         &self,
-        mem: &Mem,
-        chain: DescriptorChain<&Mem>,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
         ring: u16,
         slot: Slot,
-    ) -> u32 {
+        batch: &mut ScsiBatch<'m>,
+    ) -> Reply {
         let chain = match Chain::parse(mem, chain) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("{}: scsi: dropping request: {e}", self.initiator);
-                return 0;
+                return Reply::Done(0);
             }
         };
         let Some((resp_buf, data_in)) = virtio::split_at(&chain.writable, RESP_LEN) else {
@@ -145,7 +151,7 @@ impl ScsiDevice {
                 "{}: scsi: request without room for a response",
                 self.initiator
             );
-            return 0;
+            return Reply::Done(0);
         };
         let mut resp = [0u8; RESP_LEN];
         let mut header = [0u8; REQ_HEADER_LEN];
@@ -157,7 +163,7 @@ impl ScsiDevice {
             None => {
                 resp[11] = VIRTIO_SCSI_S_FAILURE as u8;
                 virtio::write_bytes(&resp_buf, &resp);
-                return RESP_LEN as u32;
+                return Reply::Done(RESP_LEN as u32);
             }
         };
         let in_cap = virtio::total(&data_in);
@@ -170,9 +176,33 @@ impl ScsiDevice {
             Address::BadTarget => {
                 resp[11] = VIRTIO_SCSI_S_BAD_TARGET as u8;
                 virtio::write_bytes(&resp_buf, &resp);
-                return RESP_LEN as u32;
+                return Reply::Done(RESP_LEN as u32);
             }
             Address::MissingLun => self.target.execute_missing_lun(cdb, &data_in),
+            Address::Lun0 if !is_prout => {
+                match self.target.start_for(
+                    &self.initiator,
+                    self.guest_read_only,
+                    cdb,
+                    &data_out,
+                    &data_in,
+                ) {
+                    Started::Done(outcome) => outcome,
+                    Started::Io(io) => {
+                        let mut cdb_copy = [0u8; CDB_SIZE];
+                        cdb_copy.copy_from_slice(cdb);
+                        batch.ops.push(io);
+                        batch.pending.push(PendingCommand {
+                            resp_buf,
+                            cdb: cdb_copy,
+                            in_cap,
+                            out_len,
+                            start,
+                        });
+                        return Reply::Deferred;
+                    }
+                }
+            }
             Address::Lun0 => {
                 let origin = is_prout.then(|| Origin {
                     connection: self.connection,
@@ -191,6 +221,13 @@ impl ScsiDevice {
             }
         };
         self.count(cdb, &outcome, start.elapsed());
+        Reply::Done(Self::respond(&resp_buf, outcome, in_cap, out_len))
+    }
+
+    /// Writes the response of a command (virtio 1.2 §5.6.6.1) into `resp_buf`; returns the
+    /// bytes written into the chain. `in_cap` and `out_len` are its data buffers' lengths.
+    fn respond(resp_buf: &[Buf], outcome: Outcome, in_cap: usize, out_len: usize) -> u32 {
+        let mut resp = [0u8; RESP_LEN];
         let Outcome {
             status,
             sense,
@@ -212,8 +249,50 @@ impl ScsiDevice {
         resp[4..8].copy_from_slice(&(resid.min(u32::MAX as usize) as u32).to_le_bytes());
         resp[10] = status;
         resp[11] = VIRTIO_SCSI_S_OK as u8;
-        virtio::write_bytes(&resp_buf, &resp);
+        virtio::write_bytes(resp_buf, &resp);
         (RESP_LEN + written) as u32
+    }
+
+    /// Completes a round's READs and WRITEs: admitted together under one hold of the reservation
+    /// lock, held until the image has done all of them (as on blk).
+    fn complete(&self, batch: &mut ScsiBatch, lens: &mut UsedLens) {
+        if batch.ops.is_empty() {
+            return;
+        }
+        let lun = self.target.lun();
+        let (mut admitted, mut refused) = (Vec::with_capacity(batch.ops.len()), Vec::new());
+        let mut allowed: SmallVec<[bool; 64]> = SmallVec::new();
+        {
+            let admission = lun.reservations.admission();
+            for io in batch.ops.drain(..) {
+                let access = if io.write {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                let ok = admission.allows(&self.initiator, access);
+                allowed.push(ok);
+                if ok { &mut admitted } else { &mut refused }.push(io);
+            }
+            lun.image.run_batch(&mut admitted);
+        }
+        let (mut admitted, mut refused) = (admitted.iter(), refused.iter());
+        for (pending, ok) in batch.pending.drain(..).zip(allowed) {
+            let io = if ok { admitted.next() } else { refused.next() };
+            let Some(io) = io else { break };
+            if let Err(e) = &io.result {
+                let what = if io.write { "write" } else { "read" };
+                log::warn!("{}: scsi {what}: {e}", self.initiator);
+            }
+            let outcome = self.target.finish_io(io, ok);
+            self.count(&pending.cdb, &outcome, pending.start.elapsed());
+            lens.push(Self::respond(
+                &pending.resp_buf,
+                outcome,
+                pending.in_cap,
+                pending.out_len,
+            ));
+        }
     }
 
     /// Counts a completed command (see `stats.rs`).
@@ -416,17 +495,62 @@ impl VhostUserBackend for ScsiBackend {
         }
         // Request queue `thread_id` is ring `thread_id + 1` (see `queues_per_thread`).
         let ring = thread_id as u16 + 1;
-        let mut served = false;
-        let mut requests = EachAtOnce::new(|mem, c, slot| {
-            served = true;
-            d.process_request(mem, c, ring, slot)
-        });
+        let mut requests = ScsiQueue {
+            device: d,
+            ring,
+            served: false,
+        };
         let drained = virtio::drain_queue(vring, &d.mem, event_idx, &d.gate, d.poll, &mut requests);
-        if served {
+        if requests.served {
             // Every request taken so far is completed in the used ring, and replays (the first
             // requests after a start) are over: no record of this ring can match again.
             d.target.lun().reservations.completed(&d.initiator, ring);
         }
         drained
+    }
+}
+
+/// A round's READs and WRITEs, done together at its end.
+#[derive(Default)]
+struct ScsiBatch<'m> {
+    ops: Vec<IoOp<'m>>,
+    /// For each op, what its response needs.
+    pending: Vec<PendingCommand<'m>>,
+}
+
+struct PendingCommand<'m> {
+    resp_buf: virtio::Bufs<'m>,
+    cdb: [u8; CDB_SIZE],
+    in_cap: usize,
+    out_len: usize,
+    start: std::time::Instant,
+}
+
+/// One request queue of a scsi device, as [`virtio::drain_queue`] serves it: the READs and
+/// WRITEs of a round become one batch of image I/O, everything else is done as it comes.
+struct ScsiQueue<'d> {
+    device: &'d ScsiDevice,
+    ring: u16,
+    /// Whether any request was taken (see `handle_event`).
+    served: bool,
+}
+
+impl Handler for ScsiQueue<'_> {
+    type Batch<'m> = ScsiBatch<'m>;
+
+    fn request<'m>(
+        &mut self,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
+        slot: Slot,
+        batch: &mut ScsiBatch<'m>,
+    ) -> Reply {
+        self.served = true;
+        self.device
+            .process_request(mem, chain, self.ring, slot, batch)
+    }
+
+    fn complete(&mut self, batch: &mut ScsiBatch<'_>, lens: &mut UsedLens) {
+        self.device.complete(batch, lens)
     }
 }

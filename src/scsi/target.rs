@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::image::Buf;
+use crate::image::{Buf, IoOp};
 use crate::lun::{ChunkError, Lun, SECTOR};
 use crate::pr::Access;
 use crate::pr::{wire, PrStatus};
@@ -83,6 +83,15 @@ impl Outcome {
 }
 
 type Result<T> = std::result::Result<T, Outcome>;
+
+/// What [`Target::start_for`] made of a command.
+// Moved once per command; boxing the I/O would allocate per request instead.
+#[allow(clippy::large_enum_variant)]
+pub enum Started<'m> {
+    Done(Outcome),
+    /// A READ or WRITE, checked but for its access: its image I/O.
+    Io(IoOp<'m>),
+}
 
 /// A command's admission, when the access check gated it (see [`crate::reservations`]).
 type Admission<'a> = crate::reservations::Admitted<'a>;
@@ -196,6 +205,69 @@ impl Target {
             .unwrap_or_else(|o| o)
     }
 
+    /// Like [`Target::execute_for`], except that a READ or WRITE that passes every check but
+    /// the access check comes back as [`Started::Io`]: its image I/O, for the caller to admit and
+    /// run in a batch with others and to finish with [`Target::finish_io`].
+    pub fn start_for<'m>(
+        &self,
+        initiator: &str,
+        guest_read_only: bool,
+        cdb: &[u8],
+        data_out: &[Buf<'m>],
+        data_in: &[Buf<'m>],
+    ) -> Started<'m> {
+        let data = matches!(
+            cdb.first().copied(),
+            Some(
+                cdb::op::READ_6
+                    | cdb::op::READ_10
+                    | cdb::op::READ_12
+                    | cdb::op::READ_16
+                    | cdb::op::WRITE_6
+                    | cdb::op::WRITE_10
+                    | cdb::op::WRITE_12
+                    | cdb::op::WRITE_16
+            )
+        );
+        if !data {
+            return Started::Done(self.execute_for(
+                initiator,
+                guest_read_only,
+                cdb,
+                data_out,
+                data_in,
+                None,
+            ));
+        }
+        let read_only = guest_read_only || self.lun.image.read_only();
+        let started = self
+            .gate(initiator, cdb, None, false)
+            .and_then(|gate| match gate {
+                Gate::Run(Command::Read(rw), _) => self.read_io(rw, data_in).map(Started::Io),
+                Gate::Run(Command::Write(_), _) if read_only => {
+                    Err(Outcome::check(sense::WRITE_PROTECTED))
+                }
+                Gate::Run(Command::Write(rw), _) => self.write_io(rw, data_out).map(Started::Io),
+                // Not reached: the opcodes above decode to READ or WRITE, or fail.
+                Gate::Run(..) | Gate::Replayed(_) => Err(Outcome::check(sense::INVALID_OPCODE)),
+            });
+        started.unwrap_or_else(Started::Done)
+    }
+
+    /// The outcome of a READ or WRITE that [`Target::start_for`] left to the caller: refused by
+    /// the access check (RESERVATION CONFLICT), or the result of its image I/O.
+    pub fn finish_io(&self, io: &IoOp, admitted: bool) -> Outcome {
+        if !admitted {
+            return Outcome::conflict();
+        }
+        match (&io.result, io.write) {
+            (Ok(()), false) => Outcome::good(virtio::total(&io.bufs)),
+            (Ok(()), true) => Outcome::good(0),
+            (Err(_), false) => Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ),
+            (Err(_), true) => Outcome::check(sense::WRITE_ERROR),
+        }
+    }
+
     fn try_execute(
         &self,
         initiator: &str,
@@ -205,7 +277,7 @@ impl Target {
         data_in: &[Buf],
         origin: Option<&Origin>,
     ) -> Result<Outcome> {
-        let (cmd, admitted) = match self.gate(initiator, cdb, origin)? {
+        let (cmd, admitted) = match self.gate(initiator, cdb, origin, true)? {
             Gate::Replayed(status) => return Ok(Outcome::from_pr(status)),
             Gate::Run(cmd, admitted) => (cmd, admitted),
         };
@@ -220,8 +292,16 @@ impl Target {
     }
 
     /// Decodes, checks and admits one command (steps 1 to 4 of the module's order), after the
-    /// replay check, which comes before everything.
-    fn gate(&self, initiator: &str, cdb: &[u8], origin: Option<&Origin>) -> Result<Gate<'_>> {
+    /// replay check, which comes before everything. Without `admit`, a command with an access
+    /// check (a data command) is let through unchecked: its caller does that check later, and
+    /// holds that admission through the I/O ([`Target::start_for`]).
+    fn gate(
+        &self,
+        initiator: &str,
+        cdb: &[u8],
+        origin: Option<&Origin>,
+        admit: bool,
+    ) -> Result<Gate<'_>> {
         let res = &self.lun.reservations;
         // A PR OUT that QEMU presents again after a reconnection already passed every check
         // below, unit attentions included, and ran: it gets its first answer, and runs no more.
@@ -245,6 +325,7 @@ impl Target {
         // SPC-4 §5.9.1, SBC-3 table 13: the access check; the admission is held through the I/O,
         // except by the commands that drop it to work in pieces or to flush.
         let admitted = match cmd.access() {
+            Some(_) if !admit => None,
             Some(access) => Some(res.admit(initiator, access).ok_or_else(Outcome::conflict)?),
             None => {
                 // SPC-2 §5.5.1: under an SPC-2 reservation only a few commands pass.
@@ -451,27 +532,33 @@ impl Target {
     }
 
     fn read(&self, rw: Rw, data_in: &[Buf]) -> Result<Outcome> {
+        let mut io = self.read_io(rw, data_in)?;
+        io.result = self.lun.image.read_at(&io.bufs, io.offset);
+        Ok(self.finish_io(&io, true))
+    }
+
+    fn write(&self, rw: Rw, data_out: &[Buf]) -> Result<Outcome> {
+        let mut io = self.write_io(rw, data_out)?;
+        io.result = self.lun.image.write_at(&io.bufs, io.offset, io.fua);
+        Ok(self.finish_io(&io, true))
+    }
+
+    /// The image read of a READ.
+    fn read_io<'m>(&self, rw: Rw, data_in: &[Buf<'m>]) -> Result<IoOp<'m>> {
         let bytes = self.transfer_len(rw.blocks)?;
         // A buffer shorter than the transfer gets what fits (the residual tells the initiator).
         let len = bytes.min(virtio::total(data_in) as u64 / SECTOR * SECTOR) as usize;
         let (bufs, _) = virtio::split_at(data_in, len).ok_or(sense::INVALID_FIELD_IN_CDB)?;
-        self.lun
-            .image
-            .read_at(&bufs, rw.lba * SECTOR)
-            .map_err(|_| Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ))?;
-        Ok(Outcome::good(len))
+        Ok(IoOp::new(false, rw.lba * SECTOR, bufs, false))
     }
 
-    fn write(&self, rw: Rw, data_out: &[Buf]) -> Result<Outcome> {
+    /// The image write of a WRITE.
+    fn write_io<'m>(&self, rw: Rw, data_out: &[Buf<'m>]) -> Result<IoOp<'m>> {
         let bytes = self.transfer_len(rw.blocks)? as usize;
         // Less data than the CDB announces: refuse rather than write a torn, partial command.
         let (bufs, _) = virtio::split_at(data_out, bytes).ok_or(sense::INVALID_FIELD_IN_CDB)?;
         let fua = rw.fua || !self.lun.write_cache();
-        self.lun
-            .image
-            .write_at(&bufs, rw.lba * SECTOR, fua)
-            .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
-        Ok(Outcome::good(0))
+        Ok(IoOp::new(true, rw.lba * SECTOR, bufs, fua))
     }
 
     /// Bytes of a READ/WRITE, bounded by MAXIMUM TRANSFER LENGTH (SBC-3 §6.6.4: 05/24/00).

@@ -738,3 +738,9 @@ pub fn dwz_segment(sector: u64, num_sectors: u32, flags: u32) -> [u8; 16] {
     s[12..16].copy_from_slice(&flags.to_le_bytes());
     s
 }
+
+/// Waits out the daemon's busy-poll after its last completion (`--poll-us`, at most 1 ms): a
+/// request queued next without a kick then stays in the ring.
+pub fn wait_out_poll() {
+    std::thread::sleep(Duration::from_millis(20));
+}
