@@ -304,7 +304,8 @@ fn poll_avail(vring: &Vring, mem: &AtomicMem, gate: &Gate, window: Duration) -> 
 
 /// Pops and completes every available chain of `vring` through `handler`, a round at a time,
 /// then notifies the driver if it wants. After a round, the ring is watched for up to `poll`
-/// before the thread goes back to sleep on the kick.
+/// (adapted to the driver: [`Vring::poll_window`]) before the thread goes back to sleep on the
+/// kick.
 ///
 /// The vring lock is held while requests are processed, so a GET_VRING_BASE (the frontend
 /// stopping the ring) never observes a popped but uncompleted request.
@@ -420,8 +421,13 @@ pub fn drain_queue<H: Handler>(
         }
         // After a burst, watch the ring a little longer before sleeping on the kick: a driver
         // that is about to queue its next request then neither kicks nor waits for a wake-up.
-        if completed && !poll.is_zero() && poll_avail(vring, mem, gate, poll) {
-            continue;
+        let window = vring.poll_window(poll);
+        if completed && !window.is_zero() {
+            let found = poll_avail(vring, mem, gate, window);
+            vring.poll_outcome(found, window, poll);
+            if found {
+                continue;
+            }
         }
         // virtio 1.2 §2.7.10: re-check after re-enabling so that no kick is lost; without
         // EVENT_IDX, also come back for requests queued while this round ran.

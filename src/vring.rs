@@ -30,6 +30,7 @@ use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_queue::{Error as VirtQueError, QueueT};
@@ -44,6 +45,9 @@ pub struct Vring {
     starts: Arc<AtomicU32>,
     /// Set by SET_VRING_BASE, taken by the first drain after it.
     started: Arc<AtomicBool>,
+    /// The busy-poll window this ring has earned, in µs (see [`Vring::poll_window`]); 0 until
+    /// its first poll.
+    poll_us: Arc<AtomicU32>,
 }
 
 impl Vring {
@@ -63,6 +67,30 @@ impl Vring {
     pub fn take_started(&self) -> bool {
         self.started.swap(false, Ordering::AcqRel)
     }
+
+    /// How long to busy-poll this ring after a round, at most `max`. The window adapts to the
+    /// driver: a poll that finds a request restores the whole window, one that times out halves
+    /// it, down to an eighth, so a ring whose driver pauses longer than the window costs little
+    /// while a busy one keeps the full window.
+    pub fn poll_window(&self, max: Duration) -> Duration {
+        let max_us = max.as_micros().min(u128::from(u32::MAX)) as u32;
+        match self.poll_us.load(Ordering::Relaxed) {
+            0 => max,
+            us => Duration::from_micros(u64::from(us.min(max_us))),
+        }
+    }
+
+    /// Records whether the last poll (of `window`, at most `max`) found a request.
+    pub fn poll_outcome(&self, found: bool, window: Duration, max: Duration) {
+        let max_us = max.as_micros().min(u128::from(u32::MAX)) as u32;
+        let next = if found {
+            max_us
+        } else {
+            let us = window.as_micros() as u32;
+            (us / 2).max(max_us / 8).max(1)
+        };
+        self.poll_us.store(next, Ordering::Relaxed);
+    }
 }
 
 impl<'a> VringStateGuard<'a, AtomicMem> for Vring {
@@ -80,6 +108,7 @@ impl VringT<AtomicMem> for Vring {
             base: Arc::new(AtomicU16::new(0)),
             starts: Arc::new(AtomicU32::new(0)),
             started: Arc::new(AtomicBool::new(false)),
+            poll_us: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -183,5 +212,38 @@ impl VringT<AtomicMem> for Vring {
 
     fn set_err(&self, file: Option<File>) {
         self.inner.set_err(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_window_halves_on_a_miss_to_an_eighth_and_recovers_on_a_hit() {
+        let mem = AtomicMem::new(crate::virtio::Mem::new());
+        let ring = Vring::new(mem, 256).unwrap();
+        let max = Duration::from_micros(64);
+        let us = |d: Duration| d.as_micros();
+        assert_eq!(
+            us(ring.poll_window(max)),
+            64,
+            "a new ring polls the whole window"
+        );
+        for want in [32, 16, 8, 8] {
+            let w = ring.poll_window(max);
+            ring.poll_outcome(false, w, max);
+            assert_eq!(us(ring.poll_window(max)), want);
+        }
+        let w = ring.poll_window(max);
+        ring.poll_outcome(true, w, max);
+        assert_eq!(
+            us(ring.poll_window(max)),
+            64,
+            "a hit restores the whole window"
+        );
+        // A smaller --poll-us caps what the ring earned.
+        assert_eq!(us(ring.poll_window(Duration::from_micros(10))), 10);
+        assert!(ring.poll_window(Duration::ZERO).is_zero());
     }
 }
