@@ -169,6 +169,8 @@ struct Sample {
     p99_us: f64,
     /// CPU seconds of the serving process (fio: fio itself) during the sample.
     cpu_s: f64,
+    /// CPU seconds of this process (the client) during the sample; fio: 0 (it is its own).
+    client_cpu_s: f64,
 }
 
 impl Sample {
@@ -177,6 +179,14 @@ impl Sample {
             0.0
         } else {
             self.cpu_s / self.ios as f64 * 1e6
+        }
+    }
+
+    fn client_per_mio(&self) -> f64 {
+        if self.ios == 0 {
+            0.0
+        } else {
+            self.client_cpu_s / self.ios as f64 * 1e6
         }
     }
 }
@@ -189,10 +199,11 @@ struct ThreadOut {
     lat_ns: Vec<u32>,
 }
 
-fn summarize(outs: Vec<ThreadOut>, bs: usize, cpu_s: f64) -> Sample {
+fn summarize(outs: Vec<ThreadOut>, bs: usize, cpu_s: f64, client_cpu_s: f64) -> Sample {
     let mut lat: Vec<u32> = Vec::new();
     let mut s = Sample {
         cpu_s,
+        client_cpu_s,
         ..Sample::default()
     };
     for o in outs {
@@ -441,10 +452,12 @@ fn run_blkio(socket: &Path, p: &Pattern, secs: f64, pid: u32, seed: u64) -> Samp
     }
     barrier.wait();
     let cpu0 = cpu_seconds(pid);
+    let client0 = cpu_seconds(std::process::id());
     let outs: Vec<ThreadOut> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let cpu = cpu_seconds(pid) - cpu0;
+    let client = cpu_seconds(std::process::id()) - client0;
     drop(b);
-    summarize(outs, p.bs, cpu)
+    summarize(outs, p.bs, cpu, client)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -717,6 +730,7 @@ fn run_raw(socket: &Path, wire: Wire, p: &Pattern, secs: f64, pid: u32, seed: u6
         .collect();
     barrier.wait();
     let cpu0 = cpu_seconds(pid);
+    let client0 = cpu_seconds(std::process::id());
     let mut outs = Vec::new();
     let mut rekicks = 0;
     for t in threads {
@@ -725,6 +739,7 @@ fn run_raw(socket: &Path, wire: Wire, p: &Pattern, secs: f64, pid: u32, seed: u6
         rekicks += k;
     }
     let cpu = cpu_seconds(pid) - cpu0;
+    let client = cpu_seconds(std::process::id()) - client0;
     if rekicks > 0 {
         eprintln!(
             "suite: {} {}: {rekicks} waits of 100 ms ended by a second kick",
@@ -733,7 +748,7 @@ fn run_raw(socket: &Path, wire: Wire, p: &Pattern, secs: f64, pid: u32, seed: u6
         );
     }
     drop(fe);
-    summarize(outs, p.bs, cpu)
+    summarize(outs, p.bs, cpu, client)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -816,6 +831,7 @@ fn run_fio(image: &Path, dir: &Path, engine: &str, p: &Pattern, secs: f64) -> Sa
         p50_us: pct("50.000000"),
         p99_us: pct("99.000000"),
         cpu_s: cpu,
+        client_cpu_s: 0.0,
     }
 }
 
@@ -854,6 +870,18 @@ fn reserve(d: &DaemonProcess) {
         WE_RO,
         OTHER_KEY,
         0,
+    );
+    let mut c = ScsiClient::connect(&d.scsi("bench"));
+    c.drain_ua();
+    let (_, res) = c.read_reservation();
+    assert_eq!(
+        res,
+        Some((OTHER_KEY, WE_RO)),
+        "the reservation of the gated run"
+    );
+    assert!(
+        c.read_keys().1.contains(&BENCH_KEY),
+        "bench is a registrant"
     );
 }
 
@@ -949,6 +977,7 @@ struct Med {
     p50: f64,
     p99: f64,
     cpu: f64,
+    client: f64,
     errors: u64,
 }
 
@@ -960,6 +989,7 @@ fn medians(samples: &[Sample]) -> Med {
         p50: m(|s| s.p50_us),
         p99: m(|s| s.p99_us),
         cpu: m(|s| s.cpu_per_mio()),
+        client: m(|s| s.client_per_mio()),
         errors: samples.iter().map(|s| s.errors).sum(),
     }
 }
@@ -1115,7 +1145,7 @@ fn main() {
     let stamp = utc_stamp();
     let csv_path = out.join(format!("suite-{stamp}.csv"));
     let mut csv = std::fs::File::create(&csv_path).unwrap();
-    writeln!(csv, "round,pattern,system,queues,qd,bs,secs,ios,errors,iops,mbps,p50_us,p99_us,cpu_s,cpu_s_per_mio_io,rss_kib,rss_anon_kib,rss_shmem_kib").unwrap();
+    writeln!(csv, "round,pattern,system,queues,qd,bs,secs,ios,errors,iops,mbps,p50_us,p99_us,cpu_s,cpu_s_per_mio_io,client_cpu_s,client_cpu_s_per_mio_io,rss_kib,rss_anon_kib,rss_shmem_kib").unwrap();
 
     let image = base.join("disk.img");
     println!(
@@ -1183,7 +1213,7 @@ fn main() {
                 };
                 writeln!(
                     csv,
-                    "{round},{},{},{},{},{},{:.3},{},{},{:.0},{:.1},{:.1},{:.1},{:.3},{:.3},,,",
+                    "{round},{},{},{},{},{},{:.3},{},{},{:.0},{:.1},{:.1},{:.1},{:.3},{:.3},{:.3},{:.3},,,",
                     p.name(),
                     sys.key(),
                     p.queues,
@@ -1197,7 +1227,9 @@ fn main() {
                     s.p50_us,
                     s.p99_us,
                     s.cpu_s,
-                    s.cpu_per_mio()
+                    s.cpu_per_mio(),
+                    s.client_cpu_s,
+                    s.client_per_mio()
                 )
                 .unwrap();
                 eprintln!(
@@ -1219,7 +1251,7 @@ fn main() {
     for r in &rss {
         writeln!(
             csv,
-            "1,rss-8-guests,{},1,,,,,,,,,,,,{},{},{}",
+            "1,rss-8-guests,{},1,,,,,,,,,,,,,,{},{},{}",
             r.system, r.vm_rss, r.anon, r.shmem
         )
         .unwrap();
@@ -1241,7 +1273,8 @@ fn main() {
     };
     println!();
     println!("Medians of {rounds} interleaved round(s), {secs} s per sample; 4 KiB patterns at QD1/QD32, 128 KiB sequential at QD{SEQ_QD}; Nq = queues (fio: jobs).");
-    println!("CPU = the serving process's utime+stime per million I/Os (fio: fio's own). Ratios: IOPS, p50, p99, CPU against the best qemu-storage-daemon (by IOPS) and the raw limit (the better fio).");
+    println!("CPU = the serving process's utime+stime per million I/Os (fio: fio's own); cli = the client's (this process's), same unit.");
+    println!("Ratios: IOPS, p50, p99, CPU against the best qemu-storage-daemon (by IOPS) and the raw limit (the better fio, by IOPS).");
     for s in &systems {
         println!("  {:18} {}", s.key(), s.describe());
     }
@@ -1252,15 +1285,16 @@ fn main() {
     {
         writeln!(
             table,
-            "\n{:24} {:>10} {:>8} {:>8} {:>8} {:>8}  {:>22}  {:>22}",
+            "\n{:24} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<23}  {:<23}",
             p.name(),
             "IOPS",
             "MB/s",
             "p50 us",
             "p99 us",
             "CPU s/M",
-            "x best QSD iops/50/99/cpu",
-            "x raw iops/50/99/cpu"
+            "cli s/M",
+            "xQSD iops p50 p99 cpu",
+            "xraw iops p50 p99 cpu"
         )
         .unwrap();
         let bq = best(p, System::is_qsd);
@@ -1282,9 +1316,14 @@ fn main() {
             } else {
                 String::new()
             };
+            let client = if s.is_fio() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", m.client)
+            };
             writeln!(
                 table,
-                "  {:22} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8.2}  {}  {}{err}",
+                "  {:22} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {client:>8}  {}  {}{err}",
                 s.key(),
                 m.iops,
                 m.mbps,
