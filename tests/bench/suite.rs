@@ -1140,6 +1140,8 @@ fn main() {
     let base = base_dir.join(format!("sharedisk-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
+    // The 1 GiB image goes with the directory, after a panic too.
+    let _cleanup = RemoveDir(base.clone());
     let out = out_dir();
     std::fs::create_dir_all(&out).unwrap();
     let stamp = utc_stamp();
@@ -1441,5 +1443,12 @@ fn main() {
     if !chart_systems.is_empty() {
         chart(&out, &chart_patterns, &chart_systems, &med);
     }
-    let _ = std::fs::remove_dir_all(&base);
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
