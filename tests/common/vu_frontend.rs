@@ -541,6 +541,32 @@ impl VuFrontend {
         }
     }
 
+    /// Raw pointers to `queue`'s rings and its eventfds, with the driver's current indices, for
+    /// benchmark drivers that run each queue on its own thread without this value's
+    /// bookkeeping. The handle is valid while `self` lives; the helpers of `self` must not be
+    /// used on that queue meanwhile (their shadow indices go stale).
+    pub fn ring_handle(&self, queue: usize) -> RingHandle {
+        let q = &self.queues[queue];
+        let n = q.size as usize;
+        RingHandle {
+            size: q.size,
+            desc: self.host_ptr(q.desc, 16 * n),
+            avail: self.host_ptr(q.avail, 4 + 2 * n),
+            used: self.host_ptr(q.used, 4 + 8 * n),
+            avail_idx: q.avail_idx,
+            last_used: q.last_used,
+            kick_fd: q.kick.as_raw_fd(),
+            call_fd: q.call.as_raw_fd(),
+        }
+    }
+
+    /// This process's address of guest range `gpa..gpa+len` (panics outside guest memory).
+    pub fn host_ptr(&self, gpa: u64, len: usize) -> *mut u8 {
+        let off = self.offset(gpa, len);
+        // SAFETY: inside our mapping (checked by `offset`).
+        unsafe { self.mem.add(off) }
+    }
+
     // ---- device configuration ----
 
     /// GET_CONFIG; panics if the backend did not offer the CONFIG protocol feature.
@@ -659,6 +685,24 @@ impl Drop for VuFrontend {
         unsafe { libc::munmap(self.mem as *mut libc::c_void, MEM_SIZE) };
     }
 }
+
+/// One split virtqueue as raw memory (see [`VuFrontend::ring_handle`]).
+pub struct RingHandle {
+    pub size: u16,
+    /// Descriptor table, available ring and used ring, in this process's mapping.
+    pub desc: *mut u8,
+    pub avail: *mut u8,
+    pub used: *mut u8,
+    /// The driver's avail->idx and next used entry when the handle was taken.
+    pub avail_idx: u16,
+    pub last_used: u16,
+    pub kick_fd: std::os::fd::RawFd,
+    pub call_fd: std::os::fd::RawFd,
+}
+
+// SAFETY: plain addresses into a shared mapping owned by the `VuFrontend` the handle came from;
+// the user keeps that alive and gives each ring to one thread.
+unsafe impl Send for RingHandle {}
 
 /// When a ring's call eventfd is installed during its start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
