@@ -156,13 +156,16 @@ impl BlkDevice {
             log::warn!("{}: blk: request without a status byte", self.initiator);
             return Reply::Done(0);
         };
-        let start = Instant::now();
         if within_limits {
             if let Some(io) = self.batchable(&chain.readable, &data_in) {
-                batch.push(io, status, start);
-                return Reply::Deferred;
+                // The status byte is in the one non-empty slice of the 1-byte tail.
+                if let Some(&status) = status.iter().find(|b| !b.is_empty()) {
+                    batch.push(io, status);
+                    return Reply::Deferred;
+                }
             }
         }
+        let start = Instant::now();
         stats::take_conflict();
         let (code, written) = if within_limits {
             self.execute(&chain.readable, &data_in)
@@ -227,6 +230,7 @@ impl BlkDevice {
             }
             self.lun.image.run_batch(&mut admitted);
         }
+        let took = batch.start.take().map_or(Duration::ZERO, |t| t.elapsed());
         let mut results = admitted.into_iter().map(|op| op.result);
         for (done, allowed) in batch.done.drain(..).zip(allowed) {
             let what = if done.write { "write" } else { "read" };
@@ -249,8 +253,8 @@ impl BlkDevice {
             } else {
                 (Op::Read, if code == OK { done.len } else { 0 })
             };
-            self.stats.record(kind, result, bytes, done.start.elapsed());
-            virtio::write_bytes(&done.status, &[code]);
+            self.stats.record(kind, result, bytes, took);
+            done.status.copy_from(&[code]);
             let written = if code == OK && !done.write {
                 done.len
             } else {
@@ -677,28 +681,26 @@ impl VhostUserBackend for BlkBackend {
 #[derive(Default)]
 struct BlkBatch<'m> {
     ops: Vec<IoOp<'m>>,
-    /// For each op: where its status goes, its length and when it arrived.
+    /// For each op: where its status goes and its length.
     done: Vec<Pending<'m>>,
+    /// When the first of them arrived: the counters time a batched request from its round's
+    /// start to its completion (one clock read per round, not two per request).
+    start: Option<Instant>,
 }
 
 struct Pending<'m> {
-    status: virtio::Bufs<'m>,
+    status: Buf<'m>,
     write: bool,
     len: u64,
-    start: Instant,
 }
 
 impl<'m> BlkBatch<'m> {
-    fn push(&mut self, op: IoOp<'m>, status: virtio::Bufs<'m>, start: Instant) {
+    fn push(&mut self, op: IoOp<'m>, status: Buf<'m>) {
+        self.start.get_or_insert_with(Instant::now);
         let len = virtio::total(&op.bufs) as u64;
         let write = op.write;
         self.ops.push(op);
-        self.done.push(Pending {
-            status,
-            write,
-            len,
-            start,
-        });
+        self.done.push(Pending { status, write, len });
     }
 }
 

@@ -276,6 +276,7 @@ impl ScsiDevice {
             }
             lun.image.run_batch(&mut admitted);
         }
+        let done = std::time::Instant::now();
         let (mut admitted, mut refused) = (admitted.iter(), refused.iter());
         for (pending, ok) in batch.pending.drain(..).zip(allowed) {
             let io = if ok { admitted.next() } else { refused.next() };
@@ -285,7 +286,7 @@ impl ScsiDevice {
                 log::warn!("{}: scsi {what}: {e}", self.initiator);
             }
             let outcome = self.target.finish_io(io, ok);
-            self.count(&pending.cdb, &outcome, pending.start.elapsed());
+            self.count(&pending.cdb, &outcome, done - pending.start);
             lens.push(Self::respond(
                 &pending.resp_buf,
                 outcome,

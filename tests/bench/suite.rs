@@ -9,7 +9,10 @@
 //! `cargo bench --bench suite`. Knobs: SHAREDISK_BENCH_SECS (per sample, 3),
 //! SHAREDISK_BENCH_ROUNDS (3), SHAREDISK_BENCH_DIR (/dev/shm), SHAREDISK_BENCH_PATTERNS and
 //! SHAREDISK_BENCH_SYSTEMS (comma-separated substrings of the names below; empty: all),
-//! SHAREDISK_BENCH_OUT (the CSV and PNG directory; default `<target>/bench`).
+//! SHAREDISK_BENCH_OUT (the CSV and PNG directory; default `<target>/bench`),
+//! SHAREDISK_BENCH_DIRECT=1 (O_DIRECT everywhere: `sharedisk --direct`, which brings io_uring,
+//! qemu-storage-daemon `cache.direct=on`, fio `--direct=1`; the image then defaults to the target
+//! directory's disk, since tmpfs takes no O_DIRECT).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -35,6 +38,12 @@ use common::vu_frontend::{
 };
 
 const SPAN: u64 = 1 << 30;
+
+/// SHAREDISK_BENCH_DIRECT=1: every system bypasses the page cache.
+fn direct() -> bool {
+    static DIRECT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DIRECT.get_or_init(|| std::env::var("SHAREDISK_BENCH_DIRECT").is_ok_and(|v| v == "1"))
+}
 const RING_SIZE: u16 = 128;
 /// libblkio's buffer region per connection (4 queues x QD32 x 4 KiB or 4 x QD8 x 128 KiB fit).
 const REGION: usize = 8 << 20;
@@ -328,8 +337,9 @@ impl Qsd {
     fn start(image: &Path, dir: &Path, aio: &str, exports: usize) -> Qsd {
         let mut cmd = Command::new("qemu-storage-daemon");
         cmd.arg("--blockdev").arg(format!(
-            "driver=file,node-name=disk,filename={},aio={aio},locking=off,cache.direct=off",
-            image.display()
+            "driver=file,node-name=disk,filename={},aio={aio},locking=off,cache.direct={}",
+            image.display(),
+            if direct() { "on" } else { "off" }
         ));
         let mut sockets = Vec::new();
         for i in 0..exports {
@@ -782,6 +792,7 @@ fn run_fio(image: &Path, dir: &Path, engine: &str, p: &Pattern, secs: f64) -> Sa
         .arg("--norandommap")
         .arg("--randrepeat=0")
         .arg("--invalidate=0")
+        .arg(format!("--direct={}", u8::from(direct())))
         .arg("--lat_percentiles=1")
         .arg("--output-format=json")
         .arg(format!("--output={}", out.display()))
@@ -1123,7 +1134,14 @@ fn main() {
     // `cargo bench` passes --bench; nothing else is taken from the command line.
     let secs: f64 = env_or("SHAREDISK_BENCH_SECS", 3.0);
     let rounds: usize = env_or("SHAREDISK_BENCH_ROUNDS", 3);
-    let base_dir: PathBuf = env_or("SHAREDISK_BENCH_DIR", PathBuf::from("/dev/shm"));
+    let base_dir: PathBuf = env_or(
+        "SHAREDISK_BENCH_DIR",
+        if direct() {
+            out_dir()
+        } else {
+            PathBuf::from("/dev/shm")
+        },
+    );
     let pat_ok = filter("SHAREDISK_BENCH_PATTERNS");
     let sys_ok = filter("SHAREDISK_BENCH_SYSTEMS");
     let patterns: Vec<Pattern> = Pattern::all()
@@ -1151,9 +1169,10 @@ fn main() {
 
     let image = base.join("disk.img");
     println!(
-        "sharedisk bench suite: {} round(s) x {secs} s per sample, image {} (1 GiB, non-zero data), {} cores",
+        "sharedisk bench suite: {} round(s) x {secs} s per sample, image {} (1 GiB, non-zero data{}), {} cores",
         rounds,
         image.display(),
+        if direct() { ", O_DIRECT everywhere" } else { "" },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     fill_image(&image);
@@ -1164,7 +1183,9 @@ fn main() {
             System::Sharedisk | System::SharediskGated | System::VuBlk | System::VuScsi
         )
     });
-    let daemon = need_sd.then(|| DaemonProcess::start(&base, &["bench", "other"], "1G"));
+    let flags: &[&str] = if direct() { &["--direct"] } else { &[] };
+    let daemon =
+        need_sd.then(|| DaemonProcess::start_args(&base, &["bench", "other"], "1G", flags));
     let qsd_threads = systems
         .contains(&System::QsdThreads)
         .then(|| Qsd::start(&image, &base, "threads", 1));
