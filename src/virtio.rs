@@ -298,7 +298,7 @@ fn poll_avail(vring: &Vring, mem: &AtomicMem, gate: &Gate, window: Duration) -> 
         }
         // The clock every few rounds only: reading it costs about as much as a look at the ring.
         spins = spins.wrapping_add(1);
-        if spins % 8 == 0 && (gate.closing() || Instant::now() >= deadline) {
+        if spins.is_multiple_of(8) && (gate.closing() || Instant::now() >= deadline) {
             return false;
         }
         std::hint::spin_loop();
