@@ -116,10 +116,14 @@ enum System {
     SharediskGated,
     VuBlk,
     VuScsi,
+    NoPoll,
+    AioUring,
+    AioSync,
+    Baseline,
 }
 
 impl System {
-    const ALL: [System; 8] = [
+    const ALL: [System; 12] = [
         System::FioUring,
         System::FioPsync,
         System::QsdThreads,
@@ -128,6 +132,10 @@ impl System {
         System::SharediskGated,
         System::VuBlk,
         System::VuScsi,
+        System::NoPoll,
+        System::AioUring,
+        System::AioSync,
+        System::Baseline,
     ];
 
     /// Short name: the filter's and the CSV's.
@@ -141,6 +149,10 @@ impl System {
             System::SharediskGated => "sharedisk-gated",
             System::VuBlk => "sharedisk-vu-blk",
             System::VuScsi => "sharedisk-vu-scsi",
+            System::NoPoll => "sharedisk-nopoll",
+            System::AioUring => "sharedisk-aio-io_uring",
+            System::AioSync => "sharedisk-aio-sync",
+            System::Baseline => "sharedisk-baseline",
         }
     }
 
@@ -154,6 +166,10 @@ impl System {
             System::SharediskGated => "sharedisk blk, libblkio, under WE-RO as a registrant",
             System::VuBlk => "sharedisk blk, raw vhost-user driver",
             System::VuScsi => "sharedisk scsi READ/WRITE(16), raw vhost-user driver",
+            System::NoPoll => "sharedisk blk, libblkio, --poll-us 0 (own image copy)",
+            System::AioUring => "sharedisk blk, libblkio, --aio io_uring (own image copy)",
+            System::AioSync => "sharedisk blk, libblkio, --aio sync (own image copy)",
+            System::Baseline => "$SHAREDISK_BENCH_BASELINE blk, libblkio (own image copy)",
         }
     }
 
@@ -324,6 +340,61 @@ fn wait_for_socket(path: &Path, child: &mut Child, what: &str) {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Another sharedisk on its own copy of the image (two daemons cannot lock one image): a step
+/// of the data path turned off, or another build (SHAREDISK_BENCH_BASELINE=path of a binary).
+struct Variant {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Variant {
+    fn start(bin: &Path, image: &Path, dir: &Path, extra: &[&str]) -> Variant {
+        std::fs::create_dir_all(dir).unwrap();
+        let copy = dir.join("disk.img");
+        std::fs::copy(image, &copy).expect("copy the image");
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--image")
+            .arg(&copy)
+            .arg("--socket-dir")
+            .arg(dir.join("sock"))
+            .arg("--guests")
+            .arg("bench,other")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let v = Variant {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !v.blk().exists() {
+            assert!(Instant::now() < deadline, "{} did not start", bin.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        v
+    }
+
+    fn blk(&self) -> PathBuf {
+        self.dir.join("sock/bench-blk.sock")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Variant {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -1148,9 +1219,14 @@ fn main() {
         .into_iter()
         .filter(|p| pat_ok(&p.name()))
         .collect();
+    let baseline = std::env::var_os("SHAREDISK_BENCH_BASELINE").map(PathBuf::from);
     let systems: Vec<System> = System::ALL
         .into_iter()
         .filter(|s| sys_ok(s.key()))
+        .filter(|s| *s != System::Baseline || baseline.is_some())
+        // The engine that is not the default: io_uring on the page cache, sync under O_DIRECT.
+        .filter(|s| *s != System::AioUring || !direct())
+        .filter(|s| *s != System::AioSync || direct())
         .collect();
     // The memory figures: "rss" in SHAREDISK_BENCH_SYSTEMS, or no filter.
     let want_rss = sys_ok("rss");
@@ -1186,6 +1262,20 @@ fn main() {
     let flags: &[&str] = if direct() { &["--direct"] } else { &[] };
     let daemon =
         need_sd.then(|| DaemonProcess::start_args(&base, &["bench", "other"], "1G", flags));
+    let variant = |sys: System, bin: &Path, extra: &[&str]| {
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend_from_slice(extra);
+        systems
+            .contains(&sys)
+            .then(|| Variant::start(bin, &image, &base.join(sys.key()), &args))
+    };
+    let this = Path::new(env!("CARGO_BIN_EXE_sharedisk"));
+    let no_poll = variant(System::NoPoll, this, &["--poll-us", "0"]);
+    let aio_uring = variant(System::AioUring, this, &["--aio", "io_uring"]);
+    let aio_sync = variant(System::AioSync, this, &["--aio", "sync"]);
+    let old = baseline
+        .as_deref()
+        .and_then(|bin| variant(System::Baseline, bin, &[]));
     let qsd_threads = systems
         .contains(&System::QsdThreads)
         .then(|| Qsd::start(&image, &base, "threads", 1));
@@ -1233,6 +1323,16 @@ fn main() {
                         let wire = Wire::Scsi { block: 0 };
                         run_raw(&d.scsi("bench"), wire, p, secs, d.pid().unwrap(), seed)
                     }
+                    System::NoPoll | System::AioUring | System::AioSync | System::Baseline => {
+                        let v = match sys {
+                            System::NoPoll => &no_poll,
+                            System::AioUring => &aio_uring,
+                            System::AioSync => &aio_sync,
+                            _ => &old,
+                        };
+                        let v = v.as_ref().unwrap();
+                        run_blkio(&v.blk(), p, secs, v.pid(), seed)
+                    }
                 };
                 writeln!(
                     csv,
@@ -1268,6 +1368,7 @@ fn main() {
     }
     drop(qsd_threads);
     drop(qsd_uring);
+    drop((no_poll, aio_uring, aio_sync, old));
     drop(daemon);
 
     let rss = if want_rss { memory(&base) } else { Vec::new() };
