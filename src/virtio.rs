@@ -277,6 +277,35 @@ fn skip_completed(queue: &mut virtio_queue::Queue) -> bool {
     skip
 }
 
+/// Queue threads of the whole daemon busy-polling right now.
+static POLLERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A turn at busy-polling. At most half the host's cores (at least one) poll at once: a
+/// spinning thread takes a core from the guests and their clients, and on a small host more
+/// pollers than that measured slower than none (README, Benchmarks).
+struct Poller;
+
+impl Poller {
+    fn take() -> Option<Poller> {
+        static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let limit = *LIMIT.get_or_init(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        });
+        let ok = POLLERS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        ok.then_some(Poller)
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        POLLERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Spins for up to `window` until the driver makes a request available on `vring`; `false`
 /// when none came (or the ring stopped, or the gate is closing). Notifications stay disabled
 /// meanwhile (with EVENT_IDX, `avail_event` stays behind), so the driver does not kick.
@@ -426,10 +455,12 @@ pub fn drain_queue<H: Handler>(
         // that is about to queue its next request then neither kicks nor waits for a wake-up.
         let window = vring.poll_window(poll);
         if completed && !window.is_zero() {
-            let found = poll_avail(vring, mem, gate, window);
-            vring.poll_outcome(found, window, poll);
-            if found {
-                continue;
+            if let Some(_turn) = Poller::take() {
+                let found = poll_avail(vring, mem, gate, window);
+                vring.poll_outcome(found, window, poll);
+                if found {
+                    continue;
+                }
             }
         }
         // virtio 1.2 §2.7.10: re-check after re-enabling so that no kick is lost; without
