@@ -296,7 +296,8 @@ impl Poller {
                 (n < limit).then_some(n + 1)
             })
             .is_ok();
-        ok.then_some(Poller)
+        // Built only with a turn taken: a `Poller` gives its turn back when dropped.
+        ok.then(|| Poller)
     }
 }
 
@@ -484,5 +485,24 @@ pub fn drain_queue<H: Handler>(
             Ok(false) => return Ok(()),
             Err(e) => return broken(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_turns_are_counted_exactly() {
+        let before = POLLERS.load(Ordering::Acquire);
+        let limit = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        let turns: Vec<Poller> = std::iter::from_fn(Poller::take).take(64).collect();
+        assert!(turns.len() <= limit);
+        // Refused turns leave the count alone (a refused `take` once gave one back anyway).
+        for _ in 0..4 {
+            assert!(Poller::take().is_none() || turns.len() < limit);
+        }
+        drop(turns);
+        assert_eq!(POLLERS.load(Ordering::Acquire), before);
     }
 }
