@@ -11,20 +11,23 @@
 #
 # Contents: debootstrap --variant=minbase bookworm, then apt-get install (no recommends) of
 # python3, fence-agents, sg3-utils, pacemaker, corosync, crmsh, resource-agents, multipath-tools,
-# e2fsprogs, util-linux, iproute2, udev, kmod, procps; the kernel's modules (depmod'ed); and
+# e2fsprogs, util-linux, iproute2, udev, kmod, procps, psmisc (fuser, for the Filesystem agent);
+# the kernel's modules (depmod'ed); and
 #   /sbin/sharedisk-init       images/cluster-init: PID 1, same serial command agent as images/init
 #   /usr/lib/ocf/resource.d/sharedisk/recorder   images/recorder.ocf: the test application
+#   /usr/share/sharedisk/cluster.crm             images/cluster.crm: the Pacemaker configuration
 # Nothing in the guest is patched or wrapped: the packages are Debian's, as installed.
 #
 # The kernel mounts the root directly (NVMe and ext4 are built into the cloud kernel), so there is
 # no initramfs: `root=/dev/nvme0n1 init=/sbin/sharedisk-init`. The root disk is an NVMe namespace
 # so that /dev/vda and /dev/sda stay sharedisk's devices.
 #
-# Idempotent: a fast no-op when the stamp (hash of this script, cluster-init, recorder.ocf and
-# the kernel version) matches. SHAREDISK_CLUSTER_FORCE=1 rebuilds. Downloaded .debs are kept in
-# CACHE_DIR/debs, so a rebuild does not download again. Needs root (debootstrap, chroot) and
-# network access to the Debian mirror (SHAREDISK_DEBIAN_MIRROR, default http://deb.debian.org/debian);
-# installs debootstrap and e2fsprogs on the host with apt-get when missing.
+# Idempotent: a fast no-op when the stamp (hash of this script, cluster-init, recorder.ocf,
+# cluster.crm and the kernel version) matches; the Debian userland (CACHE_DIR/base) is only
+# rebuilt when the package list changes, so other changes take about 20 s.
+# SHAREDISK_CLUSTER_FORCE=1 rebuilds both. Downloaded .debs are kept in CACHE_DIR/debs. Needs root (debootstrap, chroot; it runs
+# itself through sudo otherwise) and the Debian mirror (SHAREDISK_DEBIAN_MIRROR, default
+# http://deb.debian.org/debian); installs debootstrap and e2fsprogs with apt-get when missing.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,12 +40,17 @@ SUITE=bookworm
 ROOT_SIZE=3G
 
 PACKAGES="python3 fence-agents sg3-utils pacemaker corosync crmsh resource-agents multipath-tools
-e2fsprogs util-linux iproute2 udev kmod procps"
+e2fsprogs util-linux iproute2 udev kmod procps psmisc"
 
 msg() { echo "build-cluster-guest: $*" >&2; }
 die() { msg "ERROR: $*"; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "needs root (debootstrap and chroot)"
+if [ "$(id -u)" != 0 ]; then
+    # debootstrap and chroot need root: run this script again through sudo, on the same cache.
+    command -v sudo >/dev/null || die "needs root (debootstrap, chroot) and sudo is missing"
+    exec sudo env SHAREDISK_CACHE="$CACHE_ROOT" SHAREDISK_CLUSTER_FORCE="${SHAREDISK_CLUSTER_FORCE:-0}" \
+        SHAREDISK_DEBIAN_MIRROR="$MIRROR" bash "$0" "$CACHE"
+fi
 
 # The kernel: the small guest's build downloads and unpacks it (a no-op when done).
 SMALL_CACHE=$CACHE_ROOT/guest
@@ -54,7 +62,7 @@ MODDIR="$KDIR/lib/modules/$KVER"
 [ -d "$MODDIR" ] || die "no modules for $KVER in $KDIR"
 
 inputs_hash() {
-    cat "$HERE/build-cluster-guest.sh" "$HERE/cluster-init" "$HERE/recorder.ocf" | sha256sum | cut -d' ' -f1
+    cat "$HERE/build-cluster-guest.sh" "$HERE/cluster-init" "$HERE/recorder.ocf" "$HERE/cluster.crm" | sha256sum | cut -d' ' -f1
 }
 STAMP_WANT="inputs=$(inputs_hash) kernel=$KVER"
 
@@ -102,7 +110,8 @@ mkdir -p "$CACHE/debs/partial"
 # Stage 1, the Debian userland, kept in CACHE/base and rebuilt only when the package list or the
 # mirror changes (the slow part: a few minutes).
 BASE_STAMP="suite=$SUITE mirror=$MIRROR packages=$(echo $PACKAGES)"
-if [ ! -d "$CACHE/base" ] || [ ! -f "$CACHE/base.stamp" ] || [ "$(cat "$CACHE/base.stamp")" != "$BASE_STAMP" ]; then
+if [ "${SHAREDISK_CLUSTER_FORCE:-0}" = 1 ] || [ ! -d "$CACHE/base" ] || [ ! -f "$CACHE/base.stamp" ] ||
+    [ "$(cat "$CACHE/base.stamp")" != "$BASE_STAMP" ]; then
     msg "debootstrap $SUITE (minbase) from $MIRROR"
     debootstrap --variant=minbase --cache-dir="$CACHE/debs" "$SUITE" "$B" "$MIRROR" >"$STAGE/debootstrap.log" 2>&1 ||
         { tail -n 30 "$STAGE/debootstrap.log" >&2; die "debootstrap failed"; }
@@ -142,6 +151,8 @@ depmod -b "$R" "$KVER"
 
 install -m 0755 "$HERE/cluster-init" "$R/sbin/sharedisk-init"
 install -D -m 0755 "$HERE/recorder.ocf" "$R/usr/lib/ocf/resource.d/sharedisk/recorder"
+install -D -m 0644 "$HERE/cluster.crm" "$R/usr/share/sharedisk/cluster.crm"
+mkdir -p "$R/mnt/shared"
 echo "$KVER" >"$R/etc/sharedisk-kernel"
 # Root logs in without a password on the consoles (a lab machine without network access).
 sed -i 's/^root:[^:]*:/root::/' "$R/etc/shadow"

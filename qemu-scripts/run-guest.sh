@@ -149,7 +149,10 @@ if [ $CLUSTER = 1 ]; then
     # that /dev/vda and /dev/sda stay sharedisk's devices.
     ARGS+=(-drive "file=$CACHE/root.img,if=none,id=root,format=raw,snapshot=on"
         -device nvme,drive=root,serial=sharedisk-root)
-    APPEND="$APPEND root=/dev/nvme0n1 rw rootfstype=ext4 init=/sbin/sharedisk-init net.ifnames=0"
+    # clocksource=hpet: under TCG on a busy host the kernel can calibrate the TSC wrongly at boot,
+    # and a guest clock that runs fast makes corosync's and Pacemaker's timers fire early. The
+    # HPET counts QEMU's virtual clock, which follows the host's.
+    APPEND="$APPEND root=/dev/nvme0n1 rw rootfstype=ext4 init=/sbin/sharedisk-init net.ifnames=0 clocksource=hpet"
     [ -z "$IP" ] || APPEND="$APPEND sharedisk.ip=$IP"
     [ -z "$HOSTS" ] || APPEND="$APPEND sharedisk.hosts=$HOSTS"
     if [ -n "$NET" ]; then
