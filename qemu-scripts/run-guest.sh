@@ -15,6 +15,16 @@
 #                      (reconnect=1 on QEMU <= 9.1, reconnect-ms=1000 on newer)
 #   --append ARGS      extra kernel command line arguments
 #   --allow-reboot     a guest reboot stays inside QEMU (default: QEMU exits on reboot/panic)
+#   --cluster          boot the cluster guest (images/build-cluster-guest.sh: Debian 12 with
+#                      pacemaker, corosync, fence-agents, multipath-tools) instead of the small
+#                      one: its root.img as an NVMe disk with a private copy-on-write overlay
+#                      (snapshot=on: nothing is written back), default cache .../cluster, 1G RAM
+#   --net GROUP:PORT   (cluster) eth0 on a private guest network: a UDP multicast group on the
+#                      loopback interface, shared by the guests given the same GROUP:PORT
+#   --mac MAC          (cluster) eth0's MAC address (unique per guest on one network)
+#   --ip ADDR/PREFIX   (cluster) eth0's address
+#   --hosts N1=IP1,... (cluster) every node of the cluster: /etc/hosts and corosync.conf
+#   --ack FILE         (cluster) the guest's second serial port (/dev/ttyS1) is written to FILE
 #   --                 everything after is passed to QEMU verbatim
 #
 # The guest prints "@@READY@@ ..." on the serial console when booted, then runs each line it
@@ -38,11 +48,18 @@ NAME=guest
 BLK=
 SCSI=
 MEM=512M
+MEM_SET=0
 SERIAL=stdio
 CACHE=${SHAREDISK_CACHE:-$HOME/.cache/sharedisk}/guest
 RECONNECT=0
 APPEND_EXTRA=
 NO_REBOOT=-no-reboot
+CLUSTER=0
+NET=
+MAC=
+IP=
+HOSTS=
+ACK=
 EXTRA=()
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -53,12 +70,18 @@ while [ $# -gt 0 ]; do
         --name) need_arg "$@"; NAME=$2; shift 2 ;;
         --blk) need_arg "$@"; BLK=$2; shift 2 ;;
         --scsi) need_arg "$@"; SCSI=$2; shift 2 ;;
-        --memory) need_arg "$@"; MEM=$2; shift 2 ;;
+        --memory) need_arg "$@"; MEM=$2; MEM_SET=1; shift 2 ;;
         --serial) need_arg "$@"; SERIAL=$2; shift 2 ;;
         --cache) need_arg "$@"; CACHE=$2; shift 2 ;;
         --append) need_arg "$@"; APPEND_EXTRA="$APPEND_EXTRA $2"; shift 2 ;;
         --reconnect) RECONNECT=1; shift ;;
         --allow-reboot) NO_REBOOT=; shift ;;
+        --cluster) CLUSTER=1; shift ;;
+        --net) need_arg "$@"; NET=$2; shift 2 ;;
+        --mac) need_arg "$@"; MAC=$2; shift 2 ;;
+        --ip) need_arg "$@"; IP=$2; shift 2 ;;
+        --hosts) need_arg "$@"; HOSTS=$2; shift 2 ;;
+        --ack) need_arg "$@"; ACK=$2; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
         -h|--help) usage ;;
         *) echo "run-guest: unknown option $1" >&2; usage ;;
@@ -69,7 +92,15 @@ case "$NAME" in
     *[!A-Za-z0-9_.-]*|"") echo "run-guest: --name must match [A-Za-z0-9_.-]+" >&2; exit 2 ;;
 esac
 
-if [ ! -s "$CACHE/vmlinuz" ] || [ ! -s "$CACHE/initramfs.img" ]; then
+if [ $CLUSTER = 1 ]; then
+    [ "$CACHE" != "${SHAREDISK_CACHE:-$HOME/.cache/sharedisk}/guest" ] ||
+        CACHE=${SHAREDISK_CACHE:-$HOME/.cache/sharedisk}/cluster
+    [ "$MEM_SET" = 1 ] || MEM=1024M
+    if [ ! -s "$CACHE/vmlinuz" ] || [ ! -s "$CACHE/root.img" ]; then
+        echo "run-guest: cluster guest image missing in $CACHE, building" >&2
+        "$REPO/images/build-cluster-guest.sh" "$CACHE" >&2
+    fi
+elif [ ! -s "$CACHE/vmlinuz" ] || [ ! -s "$CACHE/initramfs.img" ]; then
     echo "run-guest: guest images missing in $CACHE, building" >&2
     "$REPO/images/build-guest.sh" "$CACHE" >&2
 fi
@@ -111,9 +142,28 @@ ARGS=(
     -display none
     $NO_REBOOT
     -kernel "$CACHE/vmlinuz"
-    -initrd "$CACHE/initramfs.img"
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 sharedisk.name=$NAME mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable$APPEND_EXTRA"
 )
+APPEND="console=ttyS0 panic=-1 quiet loglevel=3 sharedisk.name=$NAME mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable"
+if [ $CLUSTER = 1 ]; then
+    # NVMe and ext4 are built into the kernel: no initramfs. The root is an NVMe namespace so
+    # that /dev/vda and /dev/sda stay sharedisk's devices.
+    ARGS+=(-drive "file=$CACHE/root.img,if=none,id=root,format=raw,snapshot=on"
+        -device nvme,drive=root,serial=sharedisk-root)
+    # clocksource=hpet: under TCG on a busy host the kernel can calibrate the TSC wrongly at boot,
+    # and a guest clock that runs fast makes corosync's and Pacemaker's timers fire early. The
+    # HPET counts QEMU's virtual clock, which follows the host's.
+    APPEND="$APPEND root=/dev/nvme0n1 rw rootfstype=ext4 init=/sbin/sharedisk-init net.ifnames=0 clocksource=hpet"
+    [ -z "$IP" ] || APPEND="$APPEND sharedisk.ip=$IP"
+    [ -z "$HOSTS" ] || APPEND="$APPEND sharedisk.hosts=$HOSTS"
+    if [ -n "$NET" ]; then
+        # Multicast on 127.0.0.1: the datagrams never leave the loopback interface.
+        ARGS+=(-netdev "socket,id=net0,mcast=$NET,localaddr=127.0.0.1"
+            -device "virtio-net-pci,netdev=net0${MAC:+,mac=$MAC}")
+    fi
+else
+    ARGS+=(-initrd "$CACHE/initramfs.img")
+fi
+ARGS+=(-append "$APPEND$APPEND_EXTRA")
 
 if [ -n "$BLK" ]; then
     ARGS+=(-chardev "socket,id=blk0,path=$BLK$RECONNECT_OPT"
@@ -132,5 +182,8 @@ case "$SERIAL" in
         ;;
     *) echo "run-guest: --serial must be stdio or unix:PATH" >&2; exit 2 ;;
 esac
+if [ -n "$ACK" ]; then
+    ARGS+=(-chardev "file,id=ack0,path=$ACK" -serial chardev:ack0)
+fi
 
 exec "$QEMU" "${ARGS[@]}" "${EXTRA[@]}"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of sharedisk, on a fresh Debian 12 machine too: installs the packages the tests
 # need (QEMU, busybox, sg3-utils, ...) and QEMU 10.0 from backports beside the system's 7.2,
-# builds the test guest, then runs the format and lint checks, every fuzz target for 30 s
-# (fuzz/run.sh), the whole cargo test suite (unit, libblkio, raw-virtqueue, fuzz regression and
-# QEMU guest tests) on the system QEMU, and the QEMU guest tests (tests/guest_*.rs,
-# tests/e2e_*.rs) again on QEMU 10.0. SHAREDISK_QEMU names the QEMU of a pass.
+# builds the test guest and the cluster guest (Debian 12 with the cluster stack), then runs the
+# format and lint checks, every fuzz target for 30 s (fuzz/run.sh), the whole cargo test suite
+# (unit, libblkio, raw-virtqueue, fuzz regression and QEMU guest tests) on the system QEMU, and
+# the QEMU guest tests (tests/guest_*.rs, tests/e2e_*.rs) again on QEMU 10.0. SHAREDISK_QEMU
+# names the QEMU of a pass.
 # Tests that need QEMU fail, never skip, when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ qemu10=$(images/install-qemu10.sh)
 
 echo "run: building the test guest"
 images/build-guest.sh
+echo "run: building the cluster guest (Debian 12 with pacemaker, corosync, fence-agents, multipath-tools)"
+images/build-cluster-guest.sh
 
 echo "run: cargo fmt --check"
 cargo fmt --check

@@ -132,6 +132,45 @@ pub fn ensure_guest_images() -> PathBuf {
     }
 }
 
+/// Runs `images/build-cluster-guest.sh` once per process (a fast no-op when the image is up to
+/// date) and returns its directory. Panics with a clear message when it fails.
+pub fn ensure_cluster_images() -> PathBuf {
+    static RESULT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let res = RESULT.get_or_init(|| {
+        let dir = guest_cache_dir().with_file_name("cluster");
+        let script = repo_root().join("images/build-cluster-guest.sh");
+        let started = Instant::now();
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status();
+        match status {
+            Ok(s) if s.success() && dir.join("root.img").is_file() => {
+                eprintln!(
+                    "[cluster-images] ready in {:.1}s: {}",
+                    started.elapsed().as_secs_f64(),
+                    dir.display()
+                );
+                Ok(dir)
+            }
+            Ok(s) => Err(format!(
+                "building the cluster guest failed: `{} {}` exited with {s} (see its output \
+                 above; it needs root and the Debian mirror for debootstrap and apt-get)",
+                script.display(),
+                dir.display()
+            )),
+            Err(e) => Err(format!("cannot run {}: {e}", script.display())),
+        }
+    });
+    match res {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// Options for [`Guest::boot`].
 #[derive(Clone, Debug)]
 pub struct GuestOpts<'a> {
@@ -149,6 +188,23 @@ pub struct GuestOpts<'a> {
     pub reconnect: bool,
     /// Let a guest reboot stay inside QEMU (no `-no-reboot`), for [`Guest::reboot`].
     pub allow_reboot: bool,
+    /// Boot the cluster guest (Debian 12 with the cluster stack, `images/build-cluster-guest.sh`)
+    /// on this private network instead of the small guest.
+    pub cluster: Option<ClusterNet>,
+}
+
+/// Where a cluster guest sits on the private guest network (`run-guest.sh --cluster`).
+#[derive(Clone, Debug)]
+pub struct ClusterNet {
+    /// Multicast `GROUP:PORT` on the loopback interface shared by the cluster's guests.
+    pub net: String,
+    pub mac: String,
+    /// eth0's `ADDR/PREFIX`.
+    pub ip: String,
+    /// Every node, `NAME=IP,...` in node id order (`/etc/hosts`, `corosync.conf`).
+    pub hosts: String,
+    /// File that receives the guest's second serial port (`/dev/ttyS1`).
+    pub ack: Option<PathBuf>,
 }
 
 impl Default for GuestOpts<'static> {
@@ -167,6 +223,7 @@ impl<'a> GuestOpts<'a> {
             extra_args: Vec::new(),
             reconnect: false,
             allow_reboot: false,
+            cluster: None,
         }
     }
 }
@@ -220,7 +277,10 @@ impl Guest {
     }
 
     pub fn boot_with_timeout(opts: GuestOpts<'_>, boot_timeout: Duration) -> Guest {
-        let cache = ensure_guest_images();
+        let cache = match opts.cluster {
+            Some(_) => ensure_cluster_images(),
+            None => ensure_guest_images(),
+        };
         let name = opts.name.to_string();
         assert!(
             !name.is_empty()
@@ -251,6 +311,14 @@ impl Guest {
         }
         if opts.allow_reboot {
             cmd.arg("--allow-reboot");
+        }
+        if let Some(c) = &opts.cluster {
+            cmd.arg("--cluster").args([
+                "--net", &c.net, "--mac", &c.mac, "--ip", &c.ip, "--hosts", &c.hosts,
+            ]);
+            if let Some(ack) = &c.ack {
+                cmd.arg("--ack").arg(ack);
+            }
         }
         if !opts.extra_args.is_empty() {
             cmd.arg("--").args(&opts.extra_args);

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod blkio_client;
 pub mod cluster;
+pub mod cluster_vm;
 pub mod ctl;
 pub mod daemon;
 pub mod deadline;

@@ -1,0 +1,319 @@
+//! The unmodified `fence_scsi` agent (Debian's fence-agents 4.12) in three Debian guests on one
+//! image, each with /dev/sda (vhost-user-scsi) and /dev/vda (vhost-user-blk), corosync running
+//! (the agent derives its default key from corosync's cluster name and node list):
+//!
+//! 1. `fence_scsi -o on` on every node (default key derivation on node1 and node2, an explicit
+//!    `--key` on node3), then `-o status`, `-o list`, `-o monitor`;
+//! 2. node2 fences node1 (`-o off`: PREEMPT AND ABORT): node1's key is gone, the Write Exclusive
+//!    registrants-only reservation is held, node1's writes fail on both devices and do not reach
+//!    the image, node2's and node3's succeed;
+//! 3. `fence_scsi_check` (the watchdog's check, run by hand) reports the key missing on node1 and
+//!    present on node2;
+//! 4. `fence_scsi -o on` on node1 again: it is unfenced and writes;
+//! 5. the same with `--key-value=hash`, and on QEMU >= 8.2 (vhost-user-scsi reconnects) across a
+//!    restart of the daemon under the running guests.
+//!
+//! One cluster boot for the whole sequence; the wall time of each step is printed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cluster_vm::{image_bytes, keys, reservation, write_block, ClusterLab};
+use common::ctl::ctl;
+use common::guest::{qemu_version, Guest};
+
+const DEVS: &str = "--devices=/dev/sda";
+const WERO: &str = "Write Exclusive, registrants only";
+
+fn md5_hex(s: &str) -> String {
+    let out = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("md5sum runs");
+    String::from_utf8(out.stdout).unwrap()[..32].to_string()
+}
+
+/// The key `fence_scsi` derives: 4 hex digits of md5(cluster name), then the node's position in
+/// corosync's node list (`id`, 4 decimal digits) or 4 hex digits of md5(node name) (`hash`),
+/// without leading zeros, as sg_persist prints it.
+fn derived_key(node: usize, hash: bool) -> String {
+    let cluster = &md5_hex("sharedisk")[..4];
+    let k = if hash {
+        format!("{cluster}{}", &md5_hex(&format!("node{node}"))[..4])
+    } else {
+        format!("{cluster}{:04}", node - 1)
+    };
+    k.trim_start_matches('0').to_string()
+}
+
+struct Steps {
+    started: Instant,
+    last: Instant,
+    times: Vec<(String, Duration)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        let now = Instant::now();
+        Steps {
+            started: now,
+            last: now,
+            times: Vec::new(),
+        }
+    }
+    fn done(&mut self, what: &str) {
+        let d = self.last.elapsed();
+        eprintln!("[fence_scsi] step done in {:.1}s: {what}", d.as_secs_f64());
+        self.times.push((what.to_string(), d));
+        self.last = Instant::now();
+    }
+    fn print(&self) {
+        eprintln!("[fence_scsi] wall times:");
+        for (what, d) in &self.times {
+            eprintln!("  {:>6.1}s  {what}", d.as_secs_f64());
+        }
+        eprintln!("  {:>6.1}s  total", self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// `fence_scsi ARGS` on `g`: (exit status, output).
+fn agent(g: &Guest, args: &str) -> (i32, String) {
+    g.run(&format!("fence_scsi {args}"))
+}
+
+#[track_caller]
+fn agent_ok(g: &Guest, args: &str, want: &str) {
+    let (rc, out) = agent(g, args);
+    assert_eq!(rc, 0, "[{}] fence_scsi {args}: {out}", g.name());
+    assert!(
+        out.contains(want),
+        "[{}] fence_scsi {args}: {out}",
+        g.name()
+    );
+}
+
+/// Every block a test writes gets its own 4 KiB block number.
+struct Blocks(u64);
+impl Blocks {
+    fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// Node `g` writes a fresh block on both devices; asserts whether it may, in the guest and on
+/// the image.
+#[track_caller]
+fn check_writes(image: &Path, g: &Guest, blocks: &mut Blocks, allowed: bool, step: &str) {
+    for dev in ["/dev/sda", "/dev/vda"] {
+        let b = blocks.next();
+        let tag = format!("{}-{}-{step}", g.name(), &dev[5..]);
+        let ok = write_block(g, dev, b, &tag);
+        let on_image = image_bytes(image, b * 4096, tag.len()) == tag.as_bytes();
+        assert_eq!(
+            (ok, on_image),
+            (allowed, allowed),
+            "{step}: {}'s write to {dev} (block {b}): dd ok={ok}, on the image={on_image}, \
+             expected {allowed}",
+            g.name()
+        );
+    }
+}
+
+#[test]
+fn fence_scsi_agent_on_three_nodes() {
+    let mut steps = Steps::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = ClusterLab::start(dir.path(), 3, "256M");
+    lab.start_corosync();
+    steps.done("boot 3 nodes, corosync membership of 3");
+    let mut blocks = Blocks(16);
+    let image = lab.daemon.image.clone();
+    let image = image.as_path();
+    let nodes = &lab.nodes;
+    let node = |k: usize| nodes[k - 1].as_ref().unwrap();
+    let (n1, n2, n3) = (node(1), node(2), node(3));
+    let k1 = derived_key(1, false);
+    let k2 = derived_key(2, false);
+    let k3 = "3abc0003".to_string();
+
+    // 1. Unfence every node: register, and the first one reserves (WE-RO).
+    agent_ok(n1, &format!("-o on {DEVS} -n node1"), "Success: Powered ON");
+    agent_ok(n2, &format!("-o on {DEVS} -n node2"), "Success: Powered ON");
+    agent_ok(
+        n3,
+        &format!("-o on {DEVS} --key={k3}"),
+        "Success: Powered ON",
+    );
+    let mut want = vec![k1.clone(), k2.clone(), k3.clone()];
+    want.sort();
+    let mut got = keys(n2, "/dev/sda");
+    got.sort();
+    assert_eq!(got, want, "the three keys fence_scsi registered");
+    let (holder, ty) = reservation(n3, "/dev/sda").expect("a reservation");
+    assert_eq!(holder, k1, "node1 unfenced first and reserved");
+    assert!(ty.contains(WERO), "{ty}");
+    // The daemon agrees on who registered what.
+    let pr = ctl(&lab.daemon.control(), &["--json", "pr", "show"])
+        .ok()
+        .json();
+    let by_guest: Vec<(String, String)> = pr["registrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["guest"].as_str().unwrap().to_string(),
+                r["key"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("0x")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_guest,
+        vec![
+            ("node1".to_string(), k1.clone()),
+            ("node2".to_string(), k2.clone()),
+            ("node3".to_string(), k3.clone())
+        ]
+    );
+    agent_ok(n1, &format!("-o status {DEVS} -n node1"), "Status: ON");
+    agent_ok(n2, &format!("-o status {DEVS} -n node1"), "Status: ON");
+    agent_ok(n3, &format!("-o status {DEVS} --key={k3}"), "Status: ON");
+    let (rc, out) = agent(n1, &format!("-o status {DEVS} --key=99"));
+    assert!(rc == 2 && out.contains("Status: OFF"), "{rc}: {out}");
+    // The agent does not list nodes on SCSI devices; it says so and succeeds.
+    agent_ok(n2, &format!("-o list {DEVS} -n node2"), "");
+    agent_ok(n1, &format!("-o monitor {DEVS}"), "");
+    for g in [n1, n2, n3] {
+        check_writes(image, g, &mut blocks, true, "registered");
+    }
+    steps.done("1. fence_scsi -o on/status/list/monitor on 3 nodes");
+
+    // 2. node2 fences node1.
+    agent_ok(
+        n2,
+        &format!("-o off {DEVS} -n node1"),
+        "Success: Powered OFF",
+    );
+    let mut want = vec![k2.clone(), k3.clone()];
+    want.sort();
+    let mut got = keys(n3, "/dev/sda");
+    got.sort();
+    assert_eq!(got, want, "node1's key is gone");
+    let (holder, ty) = reservation(n1, "/dev/sda").expect("still reserved");
+    assert_eq!(holder, k2, "the fencing node took over node1's reservation");
+    assert!(ty.contains(WERO), "{ty}");
+    let (rc, out) = agent(n3, &format!("-o status {DEVS} -n node1"));
+    assert!(rc == 2 && out.contains("Status: OFF"), "{rc}: {out}");
+    check_writes(image, n1, &mut blocks, false, "fenced");
+    n1.sh("dd if=/dev/sda of=/dev/null bs=4096 count=1 iflag=direct && dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct");
+    check_writes(image, n2, &mut blocks, true, "fencer");
+    check_writes(image, n3, &mut blocks, true, "bystander");
+    steps.done("2. node2: fence_scsi -o off node1; writes checked");
+
+    // 3. The watchdog check, by hand (verbose through the agent's own configuration file).
+    for g in [n1, n2] {
+        g.sh("mkdir -p /etc/sysconfig && echo verbose=yes > /etc/sysconfig/stonith");
+    }
+    let (rc, out) = n1.run("/usr/share/cluster/fence_scsi_check");
+    assert_eq!(rc, 2, "fence_scsi_check on the fenced node1: {out}");
+    assert!(out.contains(&format!("key {k1} not registered")), "{out}");
+    let (rc, out) = n2.run("/usr/share/cluster/fence_scsi_check");
+    assert_eq!(rc, 0, "fence_scsi_check on node2: {out}");
+    assert!(out.contains(&format!("key {k2} registered")), "{out}");
+    steps.done("3. fence_scsi_check: missing on node1, present on node2");
+
+    // 4. node1 unfences itself.
+    agent_ok(n1, &format!("-o on {DEVS} -n node1"), "Success: Powered ON");
+    assert!(keys(n2, "/dev/sda").contains(&k1));
+    check_writes(image, n1, &mut blocks, true, "unfenced");
+    let (rc, out) = n1.run("/usr/share/cluster/fence_scsi_check");
+    assert_eq!(rc, 0, "{out}");
+    steps.done("4. node1: fence_scsi -o on again; writes");
+
+    // 5. key_value=hash, after the operator clears the old keys.
+    ctl(&lab.daemon.control(), &["pr", "clear", "--yes"]).ok();
+    let h: Vec<String> = (1..=3).map(|k| derived_key(k, true)).collect();
+    for (k, g) in [n1, n2, n3].into_iter().enumerate() {
+        agent_ok(
+            g,
+            &format!("-o on {DEVS} --key-value=hash -n node{}", k + 1),
+            "Success: Powered ON",
+        );
+    }
+    let mut want = h.clone();
+    want.sort();
+    let mut got = keys(n1, "/dev/sda");
+    got.sort();
+    assert_eq!(got, want, "the hash keys");
+    agent_ok(
+        n2,
+        &format!("-o off {DEVS} --key-value=hash -n node1"),
+        "Success: Powered OFF",
+    );
+    assert!(!keys(n3, "/dev/sda").contains(&h[0]));
+    check_writes(image, n1, &mut blocks, false, "hash-fenced");
+    check_writes(image, n3, &mut blocks, true, "hash-bystander");
+    let (rc, out) = n1.run("/usr/share/cluster/fence_scsi_check");
+    assert_eq!(rc, 2, "{out}");
+    steps.done("5. key_value=hash: on x3, node2 fences node1");
+
+    let (major, minor) = qemu_version();
+    if (major, minor) >= (8, 2) {
+        lab.daemon.restart();
+        for g in [n1, n2, n3] {
+            common::cluster_vm::wait_guest(
+                g,
+                "sg_persist -n -i -k /dev/sda >/dev/null && dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct",
+                Duration::from_secs(60),
+            );
+        }
+        let mut got = keys(n2, "/dev/sda");
+        got.sort();
+        let mut want = vec![h[1].clone(), h[2].clone()];
+        want.sort();
+        assert_eq!(got, want, "after the restart");
+        let (holder, ty) = reservation(n1, "/dev/sda").expect("still reserved");
+        assert!(ty.contains(WERO) && h.contains(&holder), "{holder} {ty}");
+        check_writes(image, n1, &mut blocks, false, "fenced-after-restart");
+        check_writes(image, n2, &mut blocks, true, "after-restart");
+        let (rc, out) = n1.run("/usr/share/cluster/fence_scsi_check");
+        assert_eq!(rc, 2, "{out}");
+        let (rc, out) = n2.run("/usr/share/cluster/fence_scsi_check");
+        assert_eq!(rc, 0, "{out}");
+        steps.done("5. daemon restart under the guests: the fence holds");
+    } else {
+        eprintln!(
+            "[fence_scsi] QEMU {major}.{minor}: vhost-user-scsi cannot reconnect before 8.2; the \
+             daemon restart part runs on QEMU 10 (tests/run.sh's second pass)"
+        );
+    }
+    agent_ok(
+        n1,
+        &format!("-o on {DEVS} --key-value=hash -n node1"),
+        "Success: Powered ON",
+    );
+    check_writes(image, n1, &mut blocks, true, "hash-unfenced");
+    let (rc, out) = n1.run("/usr/share/cluster/fence_scsi_check");
+    assert_eq!(rc, 0, "{out}");
+    steps.done("5. node1 unfenced with the hash key; writes");
+
+    for k in 1..=3 {
+        node(k).kill();
+    }
+    lab.daemon.stop();
+    steps.print();
+}
