@@ -16,8 +16,6 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use std::time::{Duration, Instant};
 
-use smallvec::SmallVec;
-
 use crate::image::{range_ok, Buf, IoOp};
 use crate::lun::{ChunkError, Lun, ADMISSION_CHUNK, SECTOR, SERIAL_LEN};
 use crate::pr::Access;
@@ -212,29 +210,12 @@ impl BlkDevice {
         if batch.ops.is_empty() {
             return;
         }
-        let mut admitted = Vec::with_capacity(batch.ops.len());
-        let mut allowed: SmallVec<[bool; 64]> = SmallVec::new();
-        {
-            let admission = self.lun.reservations.admission();
-            for op in batch.ops.drain(..) {
-                let access = if op.write {
-                    Access::Write
-                } else {
-                    Access::Read
-                };
-                let ok = admission.allows(&self.initiator, access);
-                allowed.push(ok);
-                if ok {
-                    admitted.push(op);
-                }
-            }
-            self.lun.image.run_batch(&mut admitted);
-        }
+        let allowed = self.lun.run_admitted(&self.initiator, &mut batch.ops);
         let took = batch.start.take().map_or(Duration::ZERO, |t| t.elapsed());
-        let mut results = admitted.into_iter().map(|op| op.result);
-        for (done, allowed) in batch.done.drain(..).zip(allowed) {
+        let ops = batch.ops.drain(..).zip(allowed);
+        for (done, (op, allowed)) in batch.done.drain(..).zip(ops) {
             let what = if done.write { "write" } else { "read" };
-            let (result, code) = match allowed.then(|| results.next()).flatten() {
+            let (result, code) = match allowed.then_some(op.result) {
                 None => {
                     log::debug!(
                         "{}: blk {what} refused: reservation conflict",

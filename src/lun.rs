@@ -4,7 +4,9 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::image::Image;
+use smallvec::SmallVec;
+
+use crate::image::{Image, IoOp};
 use crate::pr::Access;
 use crate::reservations::Reservations;
 use crate::sense;
@@ -88,6 +90,37 @@ impl Lun {
         } else {
             self.image.flush()
         }
+    }
+
+    /// Runs a batch of reads and writes of `initiator` (one virtqueue round): each op is
+    /// admitted under one hold of the reservation lock, the admitted ones run on the image
+    /// together, and the hold lasts until all of them are done (the fencing guarantee, as for
+    /// one command). `ops` keeps its order; the result says which ops were admitted, and a
+    /// refused op never reaches the image.
+    pub fn run_admitted(&self, initiator: &str, ops: &mut Vec<IoOp<'_>>) -> SmallVec<[bool; 64]> {
+        let mut allowed = SmallVec::new();
+        let (mut admitted, mut refused) = (Vec::with_capacity(ops.len()), Vec::new());
+        {
+            let admission = self.reservations.admission();
+            for op in ops.drain(..) {
+                let access = if op.write {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                let ok = admission.allows(initiator, access);
+                allowed.push(ok);
+                if ok { &mut admitted } else { &mut refused }.push(op);
+            }
+            self.image.run_batch(&mut admitted);
+        }
+        let (mut admitted, mut refused) = (admitted.into_iter(), refused.into_iter());
+        ops.extend(
+            allowed
+                .iter()
+                .filter_map(|&ok| if ok { admitted.next() } else { refused.next() }),
+        );
+        allowed
     }
 
     /// Runs a long command as `len` bytes of work in pieces of at most [`ADMISSION_CHUNK`],

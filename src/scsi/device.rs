@@ -17,7 +17,6 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::image::IoOp;
 use crate::lun::fnv1a;
-use crate::pr::Access;
 use crate::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
 use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
@@ -26,7 +25,6 @@ use crate::virtio::{
     self, AtomicMem, Buf, Chain, EachAtOnce, ExitEvents, Gate, Handler, Mem, Quiesce, Reply, Slot,
     UsedLens, Vring,
 };
-use smallvec::SmallVec;
 
 /// Request queues we advertise, on top of the control and event queues.
 pub const MAX_REQUEST_QUEUES: usize = 16;
@@ -259,33 +257,18 @@ impl ScsiDevice {
         if batch.ops.is_empty() {
             return;
         }
-        let lun = self.target.lun();
-        let (mut admitted, mut refused) = (Vec::with_capacity(batch.ops.len()), Vec::new());
-        let mut allowed: SmallVec<[bool; 64]> = SmallVec::new();
-        {
-            let admission = lun.reservations.admission();
-            for io in batch.ops.drain(..) {
-                let access = if io.write {
-                    Access::Write
-                } else {
-                    Access::Read
-                };
-                let ok = admission.allows(&self.initiator, access);
-                allowed.push(ok);
-                if ok { &mut admitted } else { &mut refused }.push(io);
-            }
-            lun.image.run_batch(&mut admitted);
-        }
+        let allowed = self
+            .target
+            .lun()
+            .run_admitted(&self.initiator, &mut batch.ops);
         let done = std::time::Instant::now();
-        let (mut admitted, mut refused) = (admitted.iter(), refused.iter());
-        for (pending, ok) in batch.pending.drain(..).zip(allowed) {
-            let io = if ok { admitted.next() } else { refused.next() };
-            let Some(io) = io else { break };
-            if let Err(e) = &io.result {
+        let ops = batch.ops.drain(..).zip(allowed);
+        for (pending, (io, ok)) in batch.pending.drain(..).zip(ops) {
+            if let (true, Err(e)) = (ok, &io.result) {
                 let what = if io.write { "write" } else { "read" };
                 log::warn!("{}: scsi {what}: {e}", self.initiator);
             }
-            let outcome = self.target.finish_io(io, ok);
+            let outcome = self.target.finish_io(&io, ok);
             self.count(&pending.cdb, &outcome, done - pending.start);
             lens.push(Self::respond(
                 &pending.resp_buf,
