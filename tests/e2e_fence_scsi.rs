@@ -430,6 +430,16 @@ fn refused_overwrite(g: &Guest, dev: &str, block: u64, image: &Path) {
     );
 }
 
+/// Runs `f` on each of `guests` at the same time, as a seed's parallel readers would.
+fn at_once(guests: [&Guest; 2], f: impl Fn(&Guest) + Sync) {
+    std::thread::scope(|s| {
+        for g in guests {
+            let f = &f;
+            s.spawn(move || f(g));
+        }
+    })
+}
+
 /// Seed flow 2, many readers and one writer, played by the cluster: node1 holds the reservation
 /// and writes results; node2 and node3 read them on both their devices; a reader's write fails.
 ///
@@ -443,11 +453,11 @@ fn refused_overwrite(g: &Guest, dev: &str, block: u64, image: &Path) {
 /// fenced node1 in step 5); its unregistering releases it, and node1's `-o on` reserves again.
 ///
 /// node1 makes an ext4 file system on /dev/vda and publishes results there, then a new version
-/// through /dev/sda; after each, the readers mount it read-only from each device and check the
-/// checksum node1 wrote against the data they read. Between the versions each reader tries to
-/// overwrite the results in place through each device: refused, and the image keeps them. The
-/// daemon refuses exactly those four writes and nothing else of the readers': mounting, reading
-/// and unmounting read-only write nothing, not even a cache flush.
+/// through /dev/sda; after each, the readers (both at once) mount it read-only from each device
+/// and check the checksum node1 wrote against the data they read. Between the versions each
+/// reader tries to overwrite the results in place through each device: refused, and the image
+/// keeps them. The daemon refuses exactly those four writes and nothing else of the readers':
+/// mounting, reading and unmounting read-only write nothing, not even a cache flush.
 fn seed_flow_2(lab: &ClusterLab, h: &[String], steps: &mut Steps) {
     let image = lab.daemon.image.as_path();
     let (n1, n2, n3) = (lab.node(1), lab.node(2), lab.node(3));
@@ -472,19 +482,15 @@ fn seed_flow_2(lab: &ClusterLab, h: &[String], steps: &mut Steps) {
     steps.done("6. flow 2: node1 reserves WE-RO (fence_scsi -o on), the readers unregister");
 
     let (v1, block) = publish(n1, "/dev/vda", true);
-    for g in [n2, n3] {
-        read_results(g, &v1, "results v1");
-    }
-    for g in [n2, n3] {
+    at_once([n2, n3], |g| read_results(g, &v1, "results v1"));
+    at_once([n2, n3], |g| {
         for dev in ["/dev/sda", "/dev/vda"] {
             refused_overwrite(g, dev, block, image);
         }
-    }
+    });
     let (v2, _) = publish(n1, "/dev/sda", false);
     assert_ne!(v1, v2);
-    for g in [n2, n3] {
-        read_results(g, &v2, "results v2");
-    }
+    at_once([n2, n3], |g| read_results(g, &v2, "results v2"));
     for (k, before) in [(2, conflicts_before[0]), (3, conflicts_before[1])] {
         let (blk, scsi) = conflicts(lab, &format!("node{k}"));
         assert_eq!(
