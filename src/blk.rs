@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crate::image::{range_ok, Buf, IoOp};
 use crate::lun::{ChunkError, Lun, ADMISSION_CHUNK, SECTOR, SERIAL_LEN};
-use crate::reservations::{Admitted, Refusal};
 use crate::pr::Access;
+use crate::reservations::{Admitted, Refusal};
 use crate::stats::{self, DeviceStats, Op};
 use crate::virtio::{
     self, AtomicMem, Chain, ExitEvents, Gate, Handler, Mem, Quiesce, Reply, Slot, UsedLens, Vring,

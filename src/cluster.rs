@@ -213,7 +213,8 @@ pub fn join(
 ) -> Result<Joined, String> {
     #[cfg(feature = "cluster")]
     {
-        let (state, remote) = etcd::EtcdState::join(cfg, guests, local).map_err(|e| e.to_string())?;
+        let (state, remote) =
+            etcd::EtcdState::join(cfg, guests, local).map_err(|e| e.to_string())?;
         Ok(Joined {
             shared: state.clone(),
             remote,
@@ -223,9 +224,11 @@ pub fn join(
     #[cfg(not(feature = "cluster"))]
     {
         let _ = (cfg, guests, local);
-        Err("this sharedisk was built without cluster support; build it with \
+        Err(
+            "this sharedisk was built without cluster support; build it with \
              `cargo build --release --features cluster` (which needs protoc) to use [cluster]"
-            .into())
+                .into(),
+        )
     }
 }
 

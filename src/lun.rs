@@ -137,11 +137,13 @@ impl Lun {
             self.image.run_batch(&mut admitted);
         }
         let (mut admitted, mut refused) = (admitted.into_iter(), refused.into_iter());
-        ops.extend(
-            allowed
-                .iter()
-                .filter_map(|v: &Result<(), Refusal>| if v.is_ok() { admitted.next() } else { refused.next() }),
-        );
+        ops.extend(allowed.iter().filter_map(|v: &Result<(), Refusal>| {
+            if v.is_ok() {
+                admitted.next()
+            } else {
+                refused.next()
+            }
+        }));
         allowed
     }
 

@@ -149,10 +149,8 @@ impl Server {
                 let local = reservations.with(|a| a.snapshot());
                 let joined = cluster::join(c, &config.guest_names(), &local)
                     .map_err(ServerError::Cluster)?;
-                let arbiter = Arbiter::from_state(
-                    joined.remote.state.clone(),
-                    config.guest_names().into_iter(),
-                );
+                let arbiter =
+                    Arbiter::from_state(joined.remote.state.clone(), config.guest_names());
                 reservations = reservations.with_arbiter(arbiter).shared(
                     joined.shared.clone(),
                     joined.remote.epoch,

@@ -2,7 +2,9 @@
 //! process sharing one image file. What one daemon commits the other holds by the time the
 //! PR OUT returns; unit attentions cross daemons; a daemon whose etcd stops answering stops
 //! admitting I/O at the end of its read lease and answers PR commands with BUSY, and comes
-//! back when etcd does. (`tests/cluster_etcd.rs` runs separate hosts in network namespaces.)
+//! back when etcd does. The pause gap: a daemon that stalls between admitting a write and
+//! issuing it longer than its lease lets the write land after another daemon's PREEMPT returned
+//! GOOD (soft mode, which the canary shows), unless strict mode's fence hook stops it first.
 
 mod common;
 
@@ -11,10 +13,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
 use sharedisk::cluster::ClusterConfig;
 use sharedisk::config::Config;
+use sharedisk::image::{Buf, IoOp};
 use sharedisk::pr::{Access, PrStatus, ProutRequest, ResType, ServiceAction};
-use sharedisk::reservations::Refusal;
+use sharedisk::reservations::{HostAction, Refusal};
 use sharedisk::sense;
 use sharedisk::server::Server;
 
@@ -41,7 +45,12 @@ impl Etcd {
         let child = Command::new("etcd")
             .args(["--name", "e1", "--data-dir"])
             .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("e1={peer_url}")])
@@ -138,10 +147,17 @@ fn two_daemons_share_one_state_and_fence_without_etcd() {
         rb.with(|s| s.generation()),
         "one PRgeneration"
     );
-    assert_eq!(rb.with(|s| s.generation()), 2, "REGISTER twice; RESERVE does not count");
+    assert_eq!(
+        rb.with(|s| s.generation()),
+        2,
+        "REGISTER twice; RESERVE does not count"
+    );
 
     // h2 cannot take the reservation h1 holds.
-    assert_eq!(rb.prout("b", &reserve.clone().key(0xb), None), PrStatus::Conflict);
+    assert_eq!(
+        rb.prout("b", &reserve.clone().key(0xb), None),
+        PrStatus::Conflict
+    );
 
     // PREEMPT from h2: h1's initiator is told (2A/05), then refused.
     let preempt = ProutRequest::new(ServiceAction::PreemptAndAbort)
@@ -174,7 +190,10 @@ fn two_daemons_share_one_state_and_fence_without_etcd() {
         lost <= Duration::from_millis(600 + 400 + 100) + Duration::from_millis(300),
         "I/O failed {lost:?} after etcd stopped: more than the lease and the hold"
     );
-    assert_eq!(rb.admit("b", Access::Read).err(), Some(Refusal::Unavailable));
+    assert_eq!(
+        rb.admit("b", Access::Read).err(),
+        Some(Refusal::Unavailable)
+    );
     assert_eq!(rb.prout("b", &register(0xc), None), PrStatus::Busy);
     assert!(!rb.current(), "PR IN gets BUSY too");
 
@@ -182,16 +201,162 @@ fn two_daemons_share_one_state_and_fence_without_etcd() {
     etcd.signal("-CONT");
     let back = Instant::now();
     while rb.admit("b", Access::Write).is_err() {
-        assert!(back.elapsed() < Duration::from_secs(10), "h2 never came back");
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "h2 never came back"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(rb.current());
     // h1 comes back on its own renewal; its initiator is still preempted.
     while ra.admit("a", Access::Read).is_err() {
-        assert!(back.elapsed() < Duration::from_secs(10), "h1 never came back");
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "h1 never came back"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(ra.admit("a", Access::Write).err(), Some(Refusal::Conflict));
     drop(a);
     drop(b);
+}
+
+/// A daemon process serving `guest` as `node`, every write delayed `delay_ms` after its
+/// admission (the test hook standing for a pause between admission and the write).
+fn serve_process(dir: &Path, etcd: &Etcd, node: &str, guest: &str, delay_ms: u64) -> Child {
+    let sock = dir.join(node);
+    let cfg = dir.join(format!("{node}.toml"));
+    let c = cluster(etcd, node);
+    std::fs::write(
+        &cfg,
+        format!(
+            "[image]\npath = {:?}\nsize = \"16M\"\n[server]\nsocket_dir = {:?}\n\
+             [[guest]]\nname = \"{guest}\"\n[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\n\
+             disk_id = \"{}\"\nlease_ms = {}\nmax_io_ms = {}\nhold_ms = {}\nbudget_ms = {}\n",
+            dir.join("disk.img"),
+            sock,
+            etcd.url,
+            c.disk_id,
+            c.lease_ms,
+            c.max_io_ms,
+            c.hold_ms,
+            c.budget_ms
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{node}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("SHAREDISK_TEST_WRITE_DELAY_MS", delay_ms.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let blk = sock.join(format!("{guest}-blk.sock"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while !blk.exists() {
+        assert!(Instant::now() < end, "{node} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Submits one 512-byte write of `byte` at `sector` and returns without waiting for it.
+fn submit_write(f: &mut VuFrontend, sector: u64, byte: u8) {
+    let hdr = f.alloc(16);
+    f.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
+    let data = f.alloc(512);
+    f.write_mem(data, &[byte; 512]);
+    let status = f.alloc(1);
+    f.write_mem(status, &[0xff]);
+    f.submit(
+        0,
+        &[Desc::r(hdr, 16), Desc::r(data, 512), Desc::w(status, 1)],
+    );
+}
+
+fn sector_of(image: &Path, sector: u64) -> Vec<u8> {
+    let all = std::fs::read(image).unwrap();
+    all[sector as usize * 512..][..512].to_vec()
+}
+
+/// The victim's write is admitted, then stalls 2.5 s (longer than lease + max_io); the issuer
+/// preempts and, as soon as GOOD returns, overwrites the block (the canary). Returns the status
+/// of the preempt and whether the block still holds the canary afterwards.
+fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Duration) {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let mut c = Config::new(dir.path().join("disk.img"), dir.path().join("h1"), &["a"]);
+    c.size = Some(16 << 20);
+    c.direct = true;
+    c.cluster = Some(ClusterConfig {
+        fence_hook: fence_hook.map(|h| h.replace("{dir}", &dir.path().display().to_string())),
+        ..cluster(&etcd, "h1")
+    });
+    let a = Server::start(c).expect("h1 joins");
+    let mut victim = serve_process(dir.path(), &etcd, "h2", "v", 2500);
+    std::fs::write(dir.path().join("h2.pid"), victim.id().to_string()).unwrap();
+    // v registers (through h1's arbiter, which any initiator's PR OUT may reach).
+    assert_eq!(
+        a.arbiter().prout("v", &register(0x77), None),
+        PrStatus::Good
+    );
+    let mut f = VuFrontend::connect(&dir.path().join("h2").join("v-blk.sock"), 1, 64);
+    const SECTOR: u64 = 100;
+    submit_write(&mut f, SECTOR, b'L');
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let status = a.arbiter().host(&HostAction::Preempt {
+        victim: "v".into(),
+        abort: true,
+    });
+    let took = start.elapsed();
+    if status == PrStatus::Good {
+        // The canary: the preemptor's own write right after GOOD.
+        let mut canary = vec![b'C'; 512];
+        let bufs = std::iter::once(Buf::from(&mut canary[..])).collect();
+        let mut ops = vec![IoOp::new(true, SECTOR * 512, bufs, true)];
+        let admitted = a.lun().run_admitted("a", &mut ops);
+        assert!(admitted[0].is_ok() && ops[0].result.is_ok());
+    }
+    std::thread::sleep(Duration::from_millis(3500));
+    let intact = sector_of(&dir.path().join("disk.img"), SECTOR) == vec![b'C'; 512];
+    let _ = victim.kill();
+    let _ = victim.wait();
+    drop(f);
+    drop(a);
+    (status, intact, took)
+}
+
+#[test]
+fn soft_mode_leaves_the_pause_gap_and_the_canary_sees_it() {
+    let (status, intact, took) = preempt_a_paused_victim(None);
+    assert_eq!(status, PrStatus::Good);
+    assert!(
+        took >= Duration::from_millis(600 + 300),
+        "GOOD only once the victim's lease surely ran out ({took:?})"
+    );
+    assert!(
+        !intact,
+        "the write admitted before the pause landed after GOOD: the documented gap"
+    );
+}
+
+#[test]
+fn strict_mode_fences_the_paused_member_before_good() {
+    let hook = "kill -9 \"$(cat {dir}/h2.pid)\" && [ \"$SHAREDISK_FENCE_NODE\" = h2 ]";
+    let (status, intact, took) = preempt_a_paused_victim(Some(hook.into()));
+    assert_eq!(status, PrStatus::Good, "the hook fenced h2");
+    assert!(took >= Duration::from_millis(900));
+    assert!(intact, "no write of the fenced member after GOOD");
+}
+
+#[test]
+fn strict_mode_answers_busy_when_the_fence_hook_fails() {
+    let (status, intact, _) = preempt_a_paused_victim(Some("exit 1".into()));
+    assert_eq!(status, PrStatus::Busy, "never GOOD without the fence");
+    let _ = intact;
 }

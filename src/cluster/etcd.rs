@@ -424,9 +424,11 @@ impl EtcdState {
                 ),
                 TxnOp::get(k.member.as_str(), None),
             ]);
-        let resp = match self.call(self.cfg.renew_every(), "renew the read lease", |mut c| async move {
-            c.txn(txn).await
-        }) {
+        let resp = match self.call(
+            self.cfg.renew_every(),
+            "renew the read lease",
+            |mut c| async move { c.txn(txn).await },
+        ) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("cluster: {e}");
@@ -893,19 +895,16 @@ async fn watch_state(shared: Arc<EtcdState>, key: String) {
         }
         let mut client = shared.client.clone();
         match client.watch(key.clone(), None).await {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(resp)) => {
-                        if !resp.events().is_empty() {
-                            shared.wake_renewer();
-                        }
-                        if resp.canceled() {
-                            break;
-                        }
+            Ok(mut stream) => {
+                while let Ok(Some(resp)) = stream.message().await {
+                    if !resp.events().is_empty() {
+                        shared.wake_renewer();
                     }
-                    Ok(None) | Err(_) => break,
+                    if resp.canceled() {
+                        break;
+                    }
                 }
-            },
+            }
             Err(e) => log::debug!("cluster: watch {key}: {e}"),
         }
         tokio::time::sleep(shared.cfg.renew_every() / 2).await;

@@ -114,7 +114,10 @@ mod tests {
         let start = std::time::Instant::now();
         assert!(!l.wait_held(Duration::from_millis(150)));
         let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(90), "held until the hold: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(90),
+            "held until the hold: {waited:?}"
+        );
         let start = std::time::Instant::now();
         assert!(!l.wait_held(Duration::from_millis(150)));
         assert!(
