@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::etcd::{ClusterDaemon, Etcd, FAST};
 use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
 use sharedisk::cluster::ClusterConfig;
 use sharedisk::config::Config;
@@ -22,82 +21,18 @@ use sharedisk::reservations::{HostAction, Refusal};
 use sharedisk::sense;
 use sharedisk::server::Server;
 
-/// A free loopback port (closed again; etcd binds it right after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Etcd {
-    child: Child,
-    url: String,
-}
-
-impl Etcd {
-    fn start(dir: &Path) -> Etcd {
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "e1", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("e1={peer_url}")])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd runs (Debian's etcd-server; tests/run.sh installs it)");
-        let e = Etcd { child, url };
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&e.url[7..]).is_err() {
-            assert!(Instant::now() < end, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        e
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn cluster(etcd: &Etcd, node: &str) -> ClusterConfig {
     ClusterConfig {
         etcd: vec![etcd.url.clone()],
         node: node.into(),
-        disk_id: "loopback-disk".into(),
+        disk_id: "test-disk".into(),
         prefix: "/sharedisk/v1".into(),
-        lease_ms: 600,
+        lease_ms: FAST.lease_ms,
         renew_ms: None,
         drift: 0.01,
-        max_io_ms: 300,
-        hold_ms: 400,
-        budget_ms: 5000,
+        max_io_ms: FAST.max_io_ms,
+        hold_ms: FAST.hold_ms,
+        budget_ms: FAST.budget_ms,
         fence_hook: None,
     }
 }
@@ -221,48 +156,6 @@ fn two_daemons_share_one_state_and_fence_without_etcd() {
     drop(b);
 }
 
-/// A daemon process serving `guest` as `node`, every write delayed `delay_ms` after its
-/// admission (the test hook standing for a pause between admission and the write).
-fn serve_process(dir: &Path, etcd: &Etcd, node: &str, guest: &str, delay_ms: u64) -> Child {
-    let sock = dir.join(node);
-    let cfg = dir.join(format!("{node}.toml"));
-    let c = cluster(etcd, node);
-    std::fs::write(
-        &cfg,
-        format!(
-            "[image]\npath = {:?}\nsize = \"16M\"\n[server]\nsocket_dir = {:?}\n\
-             [[guest]]\nname = \"{guest}\"\n[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\n\
-             disk_id = \"{}\"\nlease_ms = {}\nmax_io_ms = {}\nhold_ms = {}\nbudget_ms = {}\n",
-            dir.join("disk.img"),
-            sock,
-            etcd.url,
-            c.disk_id,
-            c.lease_ms,
-            c.max_io_ms,
-            c.hold_ms,
-            c.budget_ms
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join(format!("{node}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("SHAREDISK_TEST_WRITE_DELAY_MS", delay_ms.to_string())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let blk = sock.join(format!("{guest}-blk.sock"));
-    let end = Instant::now() + Duration::from_secs(20);
-    while !blk.exists() {
-        assert!(Instant::now() < end, "{node} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 /// Submits one 512-byte write of `byte` at `sector` and returns without waiting for it.
 fn submit_write(f: &mut VuFrontend, sector: u64, byte: u8) {
     let hdr = f.alloc(16);
@@ -297,14 +190,21 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Durat
         ..cluster(&etcd, "h1")
     });
     let a = Server::start(c).expect("h1 joins");
-    let mut victim = serve_process(dir.path(), &etcd, "h2", "v", 2500);
-    std::fs::write(dir.path().join("h2.pid"), victim.id().to_string()).unwrap();
+    let victim = ClusterDaemon::start(
+        dir.path(),
+        &etcd,
+        "h2",
+        &["v"],
+        &FAST,
+        &[("SHAREDISK_TEST_WRITE_DELAY_MS", "2500")],
+    );
+    std::fs::write(dir.path().join("h2.pid"), victim.child.id().to_string()).unwrap();
     // v registers (through h1's arbiter, which any initiator's PR OUT may reach).
     assert_eq!(
         a.arbiter().prout("v", &register(0x77), None),
         PrStatus::Good
     );
-    let mut f = VuFrontend::connect(&dir.path().join("h2").join("v-blk.sock"), 1, 64);
+    let mut f = VuFrontend::connect(&victim.blk("v"), 1, 64);
     const SECTOR: u64 = 100;
     submit_write(&mut f, SECTOR, b'L');
     std::thread::sleep(Duration::from_millis(200));
@@ -324,8 +224,7 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Durat
     }
     std::thread::sleep(Duration::from_millis(3500));
     let intact = sector_of(&dir.path().join("disk.img"), SECTOR) == vec![b'C'; 512];
-    let _ = victim.kill();
-    let _ = victim.wait();
+    drop(victim);
     drop(f);
     drop(a);
     (status, intact, took)
