@@ -114,6 +114,13 @@ pub struct Remote {
     pub unit_attentions: Vec<(String, Sense)>,
 }
 
+/// Cluster mode, as metrics show it.
+pub struct ClusterView {
+    pub epoch: u64,
+    pub lease_valid: bool,
+    pub lease_remaining: Duration,
+}
+
 /// What committing a PR change to the shared state gave (cluster mode).
 pub enum Commit {
     /// Committed as the shared state's `epoch`, stored as `version`.
@@ -195,6 +202,15 @@ impl Reservations {
             held: Mutex::new((epoch, version)),
             ..self
         }
+    }
+
+    /// Cluster mode: the epoch held and the read lease, for metrics; `None` on one host.
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        self.shared.as_ref().map(|s| ClusterView {
+            epoch: self.held().0,
+            lease_valid: s.lease().valid(),
+            lease_remaining: s.lease().remaining(),
+        })
     }
 
     /// Cluster mode: which shared state is held here, `(epoch, version)`.

@@ -58,6 +58,10 @@ fn seed_flow_1_across_two_daemons() {
     flows::failover(&mut n, &hosts);
     let s1 = ctl_json(&hosts.h1.control(), &["cluster", "status"]);
     let s2 = ctl_json(&hosts.h2.control(), &["cluster", "status"]);
+    let metrics = ctl_json(&hosts.h2.control(), &["metrics"])["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let ok = n.summary();
     assert!(
         ok,
@@ -72,5 +76,10 @@ fn seed_flow_1_across_two_daemons() {
     assert!(
         s1["epoch"].as_u64().unwrap() >= 5,
         "register ×2, reserve, preempt, clear: {s1}"
+    );
+    assert!(
+        metrics.contains(&format!("sharedisk_cluster_epoch {}", s2["epoch"]))
+            && metrics.contains("sharedisk_cluster_lease_valid 1"),
+        "{metrics}"
     );
 }

@@ -279,20 +279,27 @@ impl EtcdState {
         .unwrap_or_default();
         // One transaction: become the member, create the state from the local file if there is
         // none (the first daemon of this disk), and read it.
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                k.state.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([
-                TxnOp::put(k.member.as_str(), shared.member.clone(), None),
-                TxnOp::put(k.state.as_str(), first, None),
-            ])
-            .or_else([TxnOp::put(k.member.as_str(), shared.member.clone(), None)]);
+        // etcd may still be electing a leader (a cluster starting with this daemon): each step
+        // is tried again until the startup time is over.
+        let deadline = Instant::now() + startup;
         let sent = boottime_ns();
         let created = shared
-            .call(startup, "join", |mut c| async move { c.txn(txn).await })?
+            .retry(deadline, "join", || {
+                // One transaction: become the member, create the state from the local file if
+                // there is none (the first daemon of this disk).
+                let txn = Txn::new()
+                    .when([Compare::create_revision(
+                        k.state.as_str(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([
+                        TxnOp::put(k.member.as_str(), shared.member.clone(), None),
+                        TxnOp::put(k.state.as_str(), first.clone(), None),
+                    ])
+                    .or_else([TxnOp::put(k.member.as_str(), shared.member.clone(), None)]);
+                move |mut c: Client| async move { c.txn(txn).await }
+            })?
             .succeeded();
         if created {
             log::info!(
@@ -302,9 +309,9 @@ impl EtcdState {
                 local.registrations.len()
             );
         }
-        let state = shared.call(startup, "read the state", {
+        let state = shared.retry(deadline, "read the state", || {
             let key = k.state.clone();
-            |mut c| async move { c.get(key, None).await }
+            move |mut c: Client| async move { c.get(key, None).await }
         })?;
         let remote = remote_from(k, state.kvs().first(), &[])
             .map_err(|reason| ClusterError::Corrupt {
@@ -332,6 +339,29 @@ impl EtcdState {
             cfg.renew_every().as_millis()
         );
         Ok((shared, remote))
+    }
+
+    /// Runs `make()`'s call until it succeeds or `deadline` passes (startup only).
+    fn retry<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        what: &'static str,
+        make: impl Fn() -> F,
+    ) -> Result<T, ClusterError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        loop {
+            match self.call(self.cfg.lease(), what, make()) {
+                Ok(v) => return Ok(v),
+                Err(e) if Instant::now() + Duration::from_millis(200) < deadline => {
+                    log::info!("cluster: {e}; trying again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Runs one etcd call with a deadline.
