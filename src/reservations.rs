@@ -20,7 +20,7 @@
 //! with the state change it made, in the same atomic write.
 
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cluster::lease::ReadLease;
 use crate::failpoint;
@@ -142,6 +142,8 @@ pub trait SharedState: Send + Sync {
     fn lease(&self) -> &ReadLease;
     /// How long new I/O waits for a lost lease before it fails.
     fn hold(&self) -> Duration;
+    /// The most a PR command may take before it gets BUSY.
+    fn budget(&self) -> Duration;
     /// Whether `initiator` is one of this daemon's guests.
     fn hosts(&self, initiator: &str) -> bool;
     /// Commits `next` (computed from the state at `epoch`) with the unit attentions it queued
@@ -157,7 +159,8 @@ pub trait SharedState: Send + Sync {
     /// Returns once no other daemon can admit I/O under the state before `epoch`: each has
     /// acknowledged it or its lease has surely run out (strict mode: or it was fenced). An error
     /// means the change is committed but the wait failed; the command gets BUSY.
-    fn settle(&self, epoch: u64) -> Result<(), String>;
+    /// `deadline` is the command's budget: past it, the answer is BUSY.
+    fn settle(&self, epoch: u64, deadline: Instant) -> Result<(), String>;
 }
 
 /// BUSY: the target cannot serve the command now; the initiator retries (SAM-5 §5.3.1).
@@ -463,11 +466,15 @@ impl Reservations {
         origin: Option<&Origin>,
         mut apply: impl FnMut(&mut Arbiter) -> ProutOutcome,
     ) -> PrStatus {
+        let deadline = Instant::now() + shared.budget();
         if !self.serving() {
             log::warn!("{initiator}: {what}: the shared state is out of reach: BUSY");
             return BUSY;
         }
         for _ in 0..MAX_TRIES {
+            if Instant::now() >= deadline {
+                break;
+            }
             let mut arb = self.write_lock();
             let mut next = arb.clone();
             let outcome = apply(&mut next);
@@ -505,7 +512,7 @@ impl Reservations {
                         }
                     );
                     drop(arb);
-                    return match shared.settle(epoch) {
+                    return match shared.settle(epoch, deadline) {
                         Ok(()) => outcome.status,
                         Err(why) => {
                             log::error!(
@@ -526,7 +533,10 @@ impl Reservations {
                 }
             }
         }
-        log::warn!("{initiator}: {what}: the shared state kept changing under it: BUSY");
+        log::warn!(
+            "{initiator}: {what}: the shared state kept changing under it, or the command's \
+             budget is spent: BUSY"
+        );
         BUSY
     }
 

@@ -192,7 +192,7 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Durat
     let a = Server::start(c).expect("h1 joins");
     let victim = ClusterDaemon::start(
         dir.path(),
-        &etcd,
+        &etcd.endpoints(),
         "h2",
         &["v"],
         &FAST,

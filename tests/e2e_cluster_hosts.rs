@@ -47,8 +47,8 @@ fn seed_flow_1_across_two_daemons() {
     // O_DIRECT (cluster mode) needs a disk file system: the crate's directory is one.
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     let etcd = Etcd::start(dir.path());
-    let h1 = ClusterDaemon::start(dir.path(), &etcd, "h1", &["vm1"], &FAST, &[]);
-    let h2 = ClusterDaemon::start(dir.path(), &etcd, "h2", &["vm2"], &FAST, &[]);
+    let h1 = ClusterDaemon::start(dir.path(), &etcd.endpoints(), "h1", &["vm1"], &FAST, &[]);
+    let h2 = ClusterDaemon::start(dir.path(), &etcd.endpoints(), "h2", &["vm2"], &FAST, &[]);
     let hosts = TwoHosts {
         h1,
         h2,

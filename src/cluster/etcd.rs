@@ -689,6 +689,10 @@ impl SharedState for EtcdState {
         self.cfg.hold()
     }
 
+    fn budget(&self) -> Duration {
+        self.cfg.budget()
+    }
+
     fn hosts(&self, initiator: &str) -> bool {
         read(&self.hosted).contains(initiator)
     }
@@ -775,10 +779,9 @@ impl SharedState for EtcdState {
         }
     }
 
-    fn settle(&self, epoch: u64) -> Result<(), String> {
+    fn settle(&self, epoch: u64, budget_end: Instant) -> Result<(), String> {
         // Measured from the commit's answer, on this host's clock.
         let bound = boottime_ns().saturating_add(self.cfg.wait_bound().as_nanos() as u64);
-        let budget_end = Instant::now() + self.cfg.budget();
         loop {
             match self.peers() {
                 Ok(peers) => {
@@ -805,6 +808,9 @@ impl SharedState for EtcdState {
                         return Ok(());
                     }
                 }
+            }
+            if Instant::now() >= budget_end {
+                return Err("the command's budget ran out before every member was settled".into());
             }
             std::thread::sleep(Duration::from_millis(2));
         }

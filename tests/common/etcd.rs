@@ -53,6 +53,11 @@ impl Etcd {
         e
     }
 
+    /// The client URLs, for [`ClusterDaemon::start`].
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.url.clone()]
+    }
+
     /// Sends `sig` (`-STOP`, `-CONT`, ...) to etcd.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
@@ -100,7 +105,7 @@ pub struct ClusterDaemon {
 impl ClusterDaemon {
     pub fn start(
         dir: &Path,
-        etcd: &Etcd,
+        etcd: &[String],
         node: &str,
         guests: &[&str],
         timing: &Timing,
@@ -117,9 +122,9 @@ impl ClusterDaemon {
             text.push_str(&format!("[[guest]]\nname = \"{g}\"\n"));
         }
         text.push_str(&format!(
-            "[cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\ndisk_id = \"test-disk\"\n\
+            "[cluster]\netcd = {etcd:?}\nnode = \"{node}\"\ndisk_id = \"test-disk\"\n\
              lease_ms = {}\nmax_io_ms = {}\nhold_ms = {}\nbudget_ms = {}\n",
-            etcd.url, timing.lease_ms, timing.max_io_ms, timing.hold_ms, timing.budget_ms
+            timing.lease_ms, timing.max_io_ms, timing.hold_ms, timing.budget_ms
         ));
         std::fs::write(&cfg, text).unwrap();
         let log = dir.join(format!("{node}.log"));
@@ -186,5 +191,126 @@ impl Drop for ClusterDaemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`, `-KILL`, ...) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// A three-member etcd on loopback ports, each member restartable on its data.
+pub struct EtcdCluster {
+    dir: PathBuf,
+    clients: Vec<u16>,
+    peers: Vec<u16>,
+    members: Vec<Option<Child>>,
+}
+
+impl EtcdCluster {
+    pub fn start(dir: &Path, n: usize) -> EtcdCluster {
+        let mut c = EtcdCluster {
+            dir: dir.to_path_buf(),
+            clients: (0..n).map(|_| free_port()).collect(),
+            peers: (0..n).map(|_| free_port()).collect(),
+            members: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        let end = Instant::now() + Duration::from_secs(30);
+        while c.leader().is_none() {
+            assert!(Instant::now() < end, "etcd cluster never elected a leader");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let url = |p: u16| format!("http://127.0.0.1:{p}");
+        let initial: Vec<String> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("m{j}={}", url(*p)))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("etcd-m{i}.log")))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(self.dir.join(format!("etcd-m{i}")))
+            .args(["--listen-client-urls", &url(self.clients[i])])
+            .args(["--advertise-client-urls", &url(self.clients[i])])
+            .args(["--listen-peer-urls", &url(self.peers[i])])
+            .args(["--initial-advertise-peer-urls", &url(self.peers[i])])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd runs (Debian's etcd-server; tests/run.sh installs it)");
+        self.members[i] = Some(child);
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The member that leads now, as one of the running members reports it.
+    pub fn leader(&self) -> Option<usize> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--command-timeout=1s", "endpoint", "status", "-w", "json"])
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        for e in v.as_array()? {
+            let id = e["Status"]["header"]["member_id"].as_u64()?;
+            if id == e["Status"]["leader"].as_u64()? {
+                let ep = e["Endpoint"].as_str()?;
+                return self.endpoints().iter().position(|u| u == ep);
+            }
+        }
+        None
+    }
+
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].as_ref().map(Child::id)
+    }
+
+    /// SIGKILL of member `i` (its data stays for [`EtcdCluster::restart`]).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        if self.members[i].is_none() {
+            self.spawn(i);
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            if let Some(p) = self.pid(i) {
+                signal(p, "-CONT");
+            }
+            self.kill(i);
+        }
     }
 }
