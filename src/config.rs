@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::cluster::ClusterConfig;
 pub use crate::image::Aio;
 
 /// Azure's default maxShares is small; 16 keeps thread counts sane on a laptop.
@@ -79,6 +80,8 @@ pub struct Config {
     /// How long, in microseconds, a queue thread keeps watching its ring after a round before
     /// it sleeps on the kick (0: never).
     pub poll_us: u32,
+    /// Share the reservation state with daemons on other hosts through etcd (`cluster.rs`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The default of [`Config::poll_us`].
@@ -100,6 +103,8 @@ pub enum ConfigError {
     BadMaxShares,
     #[error("guest {0:?}: queues must be between 1 and {MAX_GUEST_QUEUES}")]
     BadQueues(String),
+    #[error("[cluster]: {0}")]
+    Cluster(String),
     /// A configuration file is unusable; the message names the file, line and key.
     #[error("{0}")]
     File(String),
@@ -135,6 +140,7 @@ impl Config {
             direct: false,
             aio: None,
             poll_us: DEFAULT_POLL_US,
+            cluster: None,
         }
     }
 
@@ -161,6 +167,16 @@ impl Config {
                 count: self.guests.len(),
                 max: self.max_shares,
             });
+        }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(ConfigError::Cluster)?;
+            if !self.direct {
+                return Err(ConfigError::Cluster(
+                    "cluster mode needs the image opened with O_DIRECT (`image.direct`): page \
+                     caches are per host"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -248,6 +264,44 @@ impl Config {
                 .map(|a| format!("http://{a}/metrics"))
                 .unwrap_or_else(|| "control socket only".into())
         );
+        match &self.cluster {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "cluster:        no (this daemon alone arbitrates the disk)"
+                );
+            }
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "cluster:        node {} of disk {} through etcd {}",
+                    c.node,
+                    c.disk_id,
+                    c.etcd.join(",")
+                );
+                let _ = writeln!(
+                    s,
+                    "  read lease {} ms renewed every {} ms, drift {}, max I/O {} ms: a PR OUT \
+                     waits at most {} ms for a member that does not acknowledge",
+                    c.lease_ms,
+                    c.renew_every().as_millis(),
+                    c.drift,
+                    c.max_io_ms,
+                    c.wait_bound().as_millis()
+                );
+                let _ = writeln!(
+                    s,
+                    "  lost lease: I/O held {} ms, then BUSY/IOERR; PR OUT budget {} ms; {}",
+                    c.hold_ms,
+                    c.budget_ms,
+                    if c.fence_hook.is_some() {
+                        "strict mode (fence hook)"
+                    } else {
+                        "soft mode (no fence hook)"
+                    }
+                );
+            }
+        }
         let _ = writeln!(s, "guests:         {}", self.guests.len());
         for g in &self.guests {
             let scsi = self.scsi && g.scsi;
@@ -341,6 +395,7 @@ struct File {
     server: ServerSection,
     #[serde(default)]
     guest: Vec<GuestEntry>,
+    cluster: Option<ClusterConfig>,
 }
 
 #[derive(Deserialize)]
@@ -771,9 +826,11 @@ fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
         control_socket: server.control_socket.map(rel),
         control_group: server.control_group,
         metrics_listen: server.metrics_listen,
-        direct: image.direct,
         aio: image.aio,
         poll_us: server.poll_us.unwrap_or(DEFAULT_POLL_US),
+        // Page caches are per host: in cluster mode every host must read the disk itself.
+        direct: image.direct || file.cluster.is_some(),
+        cluster: file.cluster,
     })
 }
 

@@ -267,6 +267,26 @@ impl Collector for SharediskCollector {
             "Registered reservation keys",
             &[([], registrations as f64)],
         )?;
+        if let Some(c) = self.lun.reservations.cluster_view() {
+            gauge(
+                &mut enc,
+                "cluster_epoch",
+                "Cluster mode: the epoch of the shared reservation state this daemon holds",
+                &[([], c.epoch as f64)],
+            )?;
+            gauge(
+                &mut enc,
+                "cluster_lease_valid",
+                "Cluster mode: 1 while the read lease is valid and I/O is admitted, else 0",
+                &[([], if c.lease_valid { 1.0 } else { 0.0 })],
+            )?;
+            gauge(
+                &mut enc,
+                "cluster_lease_remaining_seconds",
+                "Cluster mode: what is left of the read lease",
+                &[([], c.lease_remaining.as_secs_f64())],
+            )?;
+        }
         let mut m = enc.encode_descriptor(
             "pr_reservation",
             "The persistent reservation, while there is one: its holder and type code",

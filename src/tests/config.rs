@@ -292,3 +292,53 @@ fn bad_data_path_settings_name_the_key() {
     assert_eq!(parse_aio("io_uring"), Ok(Aio::IoUring));
     assert!(check_poll_us(1001).is_err());
 }
+
+const CLUSTER: &str = "[image]\npath = \"d.img\"\n[[guest]]\nname = \"vm1\"\n[cluster]\n\
+                       etcd = [\"http://10.0.0.1:2379\"]\nnode = \"host1\"\ndisk_id = \"disk-a\"\n";
+
+#[test]
+fn a_cluster_section_shares_the_state_and_opens_the_image_directly() {
+    let (_d, path) = write(CLUSTER);
+    let c = load_file(&path).unwrap();
+    let cl = c.cluster.as_ref().expect("cluster mode");
+    assert!(
+        c.direct,
+        "page caches are per host: O_DIRECT in cluster mode"
+    );
+    assert_eq!(cl.node, "host1");
+    assert_eq!(cl.lease_ms, 5000);
+    assert_eq!(cl.renew_every(), std::time::Duration::from_millis(1666));
+    // V(1+ε) + D_io with the defaults: 5.05 s + 10 s.
+    assert_eq!(cl.wait_bound(), std::time::Duration::from_millis(15_050));
+    assert_eq!(cl.disk_prefix(), "/sharedisk/v1/disk-a/");
+    let (_d, path) = write("[image]\npath = \"d.img\"\n[[guest]]\nname = \"vm1\"\n");
+    assert!(load_file(&path).unwrap().cluster.is_none());
+}
+
+#[test]
+fn cluster_mistakes_are_named() {
+    for (extra, want) in [
+        ("lease_ms = 50\n", "`cluster.lease_ms` 50 is out of range"),
+        ("renew_ms = 4000\n", "`cluster.renew_ms` 4000 must be"),
+        (
+            "budget_ms = 12000\n",
+            "must exceed lease_ms × (1 + drift) + max_io_ms",
+        ),
+        ("drift = 0.7\n", "`cluster.drift`"),
+        ("max_io_ms = 0\n", "`cluster.max_io_ms` must be above 0"),
+        ("prefix = \"x/\"\n", "`cluster.prefix`"),
+        ("leese_ms = 5\n", "unknown field `leese_ms`"),
+    ] {
+        let e = error(&format!("{CLUSTER}{extra}"));
+        assert!(e.contains(want), "{extra:?}: {e}");
+    }
+    let e = error(&CLUSTER.replace("http://10.0.0.1:2379", "https://10.0.0.1:2379"));
+    assert!(
+        e.contains("not an http:// URL (TLS to etcd is not supported yet)"),
+        "{e}"
+    );
+    let e = error(&CLUSTER.replace("\"host1\"", "\"host 1\""));
+    assert!(e.contains("`cluster.node`"), "{e}");
+    let e = error(&CLUSTER.replace("etcd = [\"http://10.0.0.1:2379\"]", "etcd = []"));
+    assert!(e.contains("lists no endpoint"), "{e}");
+}

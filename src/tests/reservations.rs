@@ -111,14 +111,14 @@ fn host_preempt_fences_a_non_holder_under_registrants_only() {
     register(&res, "vm1", 1);
     register(&res, "vm2", 2);
     reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
-    assert!(res.admit("vm2", Access::Write).is_some());
+    assert!(res.admit("vm2", Access::Write).is_ok());
     let victim = HostAction::Preempt {
         victim: "vm2".into(),
         abort: false,
     };
     assert_eq!(res.host(&victim), PrStatus::Good);
-    assert!(res.admit("vm2", Access::Write).is_none());
-    assert!(res.admit("vm1", Access::Write).is_some());
+    assert!(res.admit("vm2", Access::Write).is_err());
+    assert!(res.admit("vm1", Access::Write).is_ok());
 }
 
 #[test]

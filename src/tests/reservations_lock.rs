@@ -37,12 +37,12 @@ fn preempt_a() -> ProutRequest {
 #[test]
 fn admission_follows_the_arbiter() {
     let r = res();
-    assert!(r.admit("a", Access::Write).is_some());
-    assert!(r.admit("b", Access::Write).is_some());
+    assert!(r.admit("a", Access::Write).is_ok());
+    assert!(r.admit("b", Access::Write).is_ok());
     assert_eq!(r.prout("b", &preempt_a(), None), PrStatus::Good);
-    assert!(r.admit("a", Access::Write).is_none());
-    assert!(r.admit("a", Access::Read).is_some());
-    assert!(r.admit("b", Access::Write).is_some());
+    assert!(r.admit("a", Access::Write).is_err());
+    assert!(r.admit("a", Access::Read).is_ok());
+    assert!(r.admit("b", Access::Write).is_ok());
 }
 
 /// A PR OUT returns only after every admission taken before it has been dropped, and no
@@ -68,7 +68,7 @@ fn a_pr_out_waits_for_the_admissions_in_progress() {
         assert!(returned >= released);
         assert_eq!(waiter.join().unwrap(), PrStatus::Good);
     });
-    assert!(r.admit("a", Access::Write).is_none());
+    assert!(r.admit("a", Access::Write).is_err());
 }
 
 /// An initiator that re-admits as soon as it drops an admission (a queue thread doing a long
@@ -85,7 +85,7 @@ fn back_to_back_admissions_cannot_starve_a_pr_out() {
             // Runs until the preempt refuses it (at most 25 s, should the preempt never come).
             s.spawn(|| {
                 for _ in 0..500 {
-                    let Some(_admitted) = r.admit("a", Access::Write) else {
+                    let Ok(_admitted) = r.admit("a", Access::Write) else {
                         refused.store(true, Ordering::Relaxed);
                         return;
                     };
@@ -122,7 +122,7 @@ fn with_mut_waits_like_a_pr_out_and_is_not_starved_either() {
     std::thread::scope(|s| {
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                if let Some(_a) = r.admit("b", Access::Write) {
+                if let Ok(_a) = r.admit("b", Access::Write) {
                     pieces.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(50));
                 }

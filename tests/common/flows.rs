@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use super::cluster::{self, GuestPr};
 use super::guest::Guest;
+use std::path::{Path, PathBuf};
+
 use super::process::DaemonProcess;
 
 /// Prints one line per step with ✔/✘ and counts them.
@@ -79,7 +81,27 @@ impl Narrator {
     }
 }
 
-fn boot(d: &DaemonProcess, names: &[&'static str]) -> Vec<Guest> {
+/// Where the flows find each guest's sockets and the image: one daemon, or several daemons of a
+/// cluster sharing the image.
+pub trait Served: Sync {
+    fn blk(&self, guest: &str) -> PathBuf;
+    fn scsi(&self, guest: &str) -> PathBuf;
+    fn image(&self) -> &Path;
+}
+
+impl Served for DaemonProcess {
+    fn blk(&self, guest: &str) -> PathBuf {
+        DaemonProcess::blk(self, guest)
+    }
+    fn scsi(&self, guest: &str) -> PathBuf {
+        DaemonProcess::scsi(self, guest)
+    }
+    fn image(&self) -> &Path {
+        &self.image
+    }
+}
+
+fn boot(d: &dyn Served, names: &[&'static str]) -> Vec<Guest> {
     cluster::boot_with(names, |n| (d.blk(n), d.scsi(n)))
 }
 
@@ -106,8 +128,8 @@ fn read_record(g: &Guest, dev: &str, block: u64) -> Option<String> {
 const DEVS: [(&str, &str); 2] = [("/dev/vda", "blk"), ("/dev/sda", "scsi")];
 
 /// The text record at 4 KiB block `block` of the host image.
-fn host_record(d: &DaemonProcess, block: u64) -> String {
-    let raw = cluster::host_block(&d.image, block);
+fn host_record(d: &dyn Served, block: u64) -> String {
+    let raw = cluster::host_block(d.image(), block);
     String::from_utf8_lossy(&raw)
         .trim_end_matches('\0')
         .to_string()
@@ -115,7 +137,7 @@ fn host_record(d: &DaemonProcess, block: u64) -> String {
 
 /// A write that must fail: it fails, the image does not hold its record afterwards, and on the
 /// SCSI disk the guest saw a reservation conflict.
-fn refused_record(g: &Guest, d: &DaemonProcess, dev: &str, block: u64, text: &str) -> bool {
+fn refused_record(g: &Guest, d: &dyn Served, dev: &str, block: u64, text: &str) -> bool {
     let scsi = dev.contains("sd");
     let conflicts = if scsi { g.conflicts() } else { 0 };
     let failed = !write_record(g, dev, block, text);
@@ -123,7 +145,7 @@ fn refused_record(g: &Guest, d: &DaemonProcess, dev: &str, block: u64, text: &st
 }
 
 /// Flow 1, failover: VM1 holds the disk, dies, and VM2 takes it over and fences VM1.
-pub fn failover(n: &mut Narrator, d: &DaemonProcess) {
+pub fn failover(n: &mut Narrator, d: &dyn Served) {
     n.section("Flow 1: failover (2 guests)");
     let mut g = boot(d, &["vm1", "vm2"]);
     n.note(
@@ -203,7 +225,7 @@ pub fn failover(n: &mut Narrator, d: &DaemonProcess) {
 }
 
 /// Flow 2, many readers and one writer (the machine-learning flow of the seeds).
-pub fn one_writer(n: &mut Narrator, d: &DaemonProcess) {
+pub fn one_writer(n: &mut Narrator, d: &dyn Served) {
     n.section("Flow 2: many readers, one writer (3 guests)");
     let g = boot(d, &["vm1", "vm2", "vm3"]);
     n.note("vm1, vm2 and vm3 are up");

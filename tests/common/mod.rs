@@ -5,6 +5,7 @@ pub mod cluster_vm;
 pub mod ctl;
 pub mod daemon;
 pub mod deadline;
+pub mod etcd;
 pub mod fencing;
 pub mod flows;
 pub mod guest;

@@ -10,6 +10,7 @@ use super::vu_frontend::{Desc, VuFrontend, TIMEOUT};
 pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
 pub const RESERVATION_CONFLICT: u8 = 0x18;
+pub const BUSY: u8 = 0x08;
 
 /// virtio-scsi response codes (virtio 1.2 §5.6.6.1).
 pub const VIRTIO_SCSI_S_OK: u8 = 0;

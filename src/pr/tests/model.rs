@@ -260,6 +260,7 @@ fn the_arbiter_agrees_with_an_independent_model_after_every_step() {
                 PrStatus::Good => Answer::Good,
                 PrStatus::Conflict => Answer::Conflict,
                 PrStatus::CheckCondition(_) => Answer::Check,
+                PrStatus::Busy => panic!("the arbiter alone never answers BUSY"),
             };
             let ctx = format!("seed {seed} step {step}: {who} {r:?}\nbefore {before:?}");
             assert_eq!(got, want, "{ctx}");

@@ -1,0 +1,261 @@
+//! Cluster mode on one machine, quickly: one real etcd on loopback and two daemons in this
+//! process sharing one image file. What one daemon commits the other holds by the time the
+//! PR OUT returns; unit attentions cross daemons; a daemon whose etcd stops answering stops
+//! admitting I/O at the end of its read lease and answers PR commands with BUSY, and comes
+//! back when etcd does. The pause gap: a daemon that stalls between admitting a write and
+//! issuing it longer than its lease lets the write land after another daemon's PREEMPT returned
+//! GOOD (soft mode, which the canary shows), unless strict mode's fence hook stops it first.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::etcd::{ClusterDaemon, Etcd, FAST};
+use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
+use sharedisk::cluster::ClusterConfig;
+use sharedisk::config::Config;
+use sharedisk::image::{Buf, IoOp};
+use sharedisk::pr::{Access, PrStatus, ProutRequest, ResType, ServiceAction};
+use sharedisk::reservations::{HostAction, Refusal};
+use sharedisk::sense;
+use sharedisk::server::Server;
+
+fn cluster(etcd: &Etcd, node: &str) -> ClusterConfig {
+    ClusterConfig {
+        etcd: vec![etcd.url.clone()],
+        node: node.into(),
+        disk_id: "test-disk".into(),
+        prefix: "/sharedisk/v1".into(),
+        lease_ms: FAST.lease_ms,
+        renew_ms: None,
+        drift: 0.01,
+        max_io_ms: FAST.max_io_ms,
+        hold_ms: FAST.hold_ms,
+        budget_ms: FAST.budget_ms,
+        fence_hook: None,
+    }
+}
+
+fn serve(dir: &Path, etcd: &Etcd, node: &str, guest: &str) -> Server {
+    let mut c = Config::new(dir.join("disk.img"), dir.join(node), &[guest]);
+    c.size = Some(16 << 20);
+    c.direct = true;
+    c.cluster = Some(cluster(etcd, node));
+    Server::start(c).expect("the daemon joins the cluster")
+}
+
+fn register(key: u64) -> ProutRequest {
+    ProutRequest::new(ServiceAction::Register).sa_key(key)
+}
+
+#[test]
+fn two_daemons_share_one_state_and_fence_without_etcd() {
+    common::daemon::init_logging();
+    // O_DIRECT needs a disk file system; the crate's directory is one.
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let a = serve(dir.path(), &etcd, "h1", "a");
+    let b = serve(dir.path(), &etcd, "h2", "b");
+    let (ra, rb) = (a.arbiter(), b.arbiter());
+    // Both start with the POWER ON RESET of a new nexus.
+    assert_eq!(ra.take_unit_attention("a"), Some(sense::POWER_ON_RESET));
+    assert_eq!(rb.take_unit_attention("b"), Some(sense::POWER_ON_RESET));
+
+    // What h1 commits, h2 holds when the PR OUT returns (it acknowledged before GOOD).
+    assert_eq!(ra.prout("a", &register(0xa), None), PrStatus::Good);
+    assert!(rb.with(|s| s.is_registered("a")), "h2 holds h1's change");
+    assert_eq!(rb.prout("b", &register(0xb), None), PrStatus::Good);
+    let reserve = ProutRequest::new(ServiceAction::Reserve)
+        .key(0xa)
+        .typ(ResType::WriteExclusive);
+    assert_eq!(ra.prout("a", &reserve, None), PrStatus::Good);
+    assert_eq!(
+        rb.admit("b", Access::Write).err(),
+        Some(Refusal::Conflict),
+        "Write Exclusive held on h1 refuses h2's writes"
+    );
+    assert!(rb.admit("b", Access::Read).is_ok());
+    assert!(ra.admit("a", Access::Write).is_ok());
+    assert_eq!(
+        ra.with(|s| s.generation()),
+        rb.with(|s| s.generation()),
+        "one PRgeneration"
+    );
+    assert_eq!(
+        rb.with(|s| s.generation()),
+        2,
+        "REGISTER twice; RESERVE does not count"
+    );
+
+    // h2 cannot take the reservation h1 holds.
+    assert_eq!(
+        rb.prout("b", &reserve.clone().key(0xb), None),
+        PrStatus::Conflict
+    );
+
+    // PREEMPT from h2: h1's initiator is told (2A/05), then refused.
+    let preempt = ProutRequest::new(ServiceAction::PreemptAndAbort)
+        .key(0xb)
+        .sa_key(0xa)
+        .typ(ResType::WriteExclusive);
+    assert_eq!(rb.prout("b", &preempt, None), PrStatus::Good);
+    assert!(!ra.with(|s| s.is_registered("a")));
+    assert_eq!(
+        ra.take_unit_attention("a"),
+        Some(sense::REGISTRATIONS_PREEMPTED),
+        "the unit attention crossed to h1"
+    );
+    assert_eq!(ra.admit("a", Access::Write).err(), Some(Refusal::Conflict));
+    assert!(rb.admit("b", Access::Write).is_ok());
+    let (ea, eb) = (ra.held().0, rb.held().0);
+    assert_eq!(ea, eb, "both daemons hold the same epoch");
+
+    // etcd stops answering: each daemon admits until its lease ends, holds new I/O for
+    // hold_ms, then refuses it as unavailable; PR commands get BUSY.
+    etcd.signal("-STOP");
+    let stopped = Instant::now();
+    let end = stopped + Duration::from_secs(5);
+    while rb.admit("b", Access::Write).is_ok() {
+        assert!(Instant::now() < end, "h2 kept admitting without etcd");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lost = stopped.elapsed();
+    assert!(
+        lost <= Duration::from_millis(600 + 400 + 100) + Duration::from_millis(300),
+        "I/O failed {lost:?} after etcd stopped: more than the lease and the hold"
+    );
+    assert_eq!(
+        rb.admit("b", Access::Read).err(),
+        Some(Refusal::Unavailable)
+    );
+    assert_eq!(rb.prout("b", &register(0xc), None), PrStatus::Busy);
+    assert!(!rb.current(), "PR IN gets BUSY too");
+
+    // etcd is back: the lease is renewed and I/O flows again.
+    etcd.signal("-CONT");
+    let back = Instant::now();
+    while rb.admit("b", Access::Write).is_err() {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "h2 never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(rb.current());
+    // h1 comes back on its own renewal; its initiator is still preempted.
+    while ra.admit("a", Access::Read).is_err() {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "h1 never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ra.admit("a", Access::Write).err(), Some(Refusal::Conflict));
+    drop(a);
+    drop(b);
+}
+
+/// Submits one 512-byte write of `byte` at `sector` and returns without waiting for it.
+fn submit_write(f: &mut VuFrontend, sector: u64, byte: u8) {
+    let hdr = f.alloc(16);
+    f.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
+    let data = f.alloc(512);
+    f.write_mem(data, &[byte; 512]);
+    let status = f.alloc(1);
+    f.write_mem(status, &[0xff]);
+    f.submit(
+        0,
+        &[Desc::r(hdr, 16), Desc::r(data, 512), Desc::w(status, 1)],
+    );
+}
+
+fn sector_of(image: &Path, sector: u64) -> Vec<u8> {
+    let all = std::fs::read(image).unwrap();
+    all[sector as usize * 512..][..512].to_vec()
+}
+
+/// The victim's write is admitted, then stalls 2.5 s (longer than lease + max_io); the issuer
+/// preempts and, as soon as GOOD returns, overwrites the block (the canary). Returns the status
+/// of the preempt and whether the block still holds the canary afterwards.
+fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Duration) {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let mut c = Config::new(dir.path().join("disk.img"), dir.path().join("h1"), &["a"]);
+    c.size = Some(16 << 20);
+    c.direct = true;
+    c.cluster = Some(ClusterConfig {
+        fence_hook: fence_hook.map(|h| h.replace("{dir}", &dir.path().display().to_string())),
+        ..cluster(&etcd, "h1")
+    });
+    let a = Server::start(c).expect("h1 joins");
+    let victim = ClusterDaemon::start(
+        dir.path(),
+        &etcd.endpoints(),
+        "h2",
+        &["v"],
+        &FAST,
+        &[("SHAREDISK_TEST_WRITE_DELAY_MS", "2500")],
+    );
+    std::fs::write(dir.path().join("h2.pid"), victim.child.id().to_string()).unwrap();
+    // v registers (through h1's arbiter, which any initiator's PR OUT may reach).
+    assert_eq!(
+        a.arbiter().prout("v", &register(0x77), None),
+        PrStatus::Good
+    );
+    let mut f = VuFrontend::connect(&victim.blk("v"), 1, 64);
+    const SECTOR: u64 = 100;
+    submit_write(&mut f, SECTOR, b'L');
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let status = a.arbiter().host(&HostAction::Preempt {
+        victim: "v".into(),
+        abort: true,
+    });
+    let took = start.elapsed();
+    if status == PrStatus::Good {
+        // The canary: the preemptor's own write right after GOOD.
+        let mut canary = vec![b'C'; 512];
+        let bufs = std::iter::once(Buf::from(&mut canary[..])).collect();
+        let mut ops = vec![IoOp::new(true, SECTOR * 512, bufs, true)];
+        let admitted = a.lun().run_admitted("a", &mut ops);
+        assert!(admitted[0].is_ok() && ops[0].result.is_ok());
+    }
+    std::thread::sleep(Duration::from_millis(3500));
+    let intact = sector_of(&dir.path().join("disk.img"), SECTOR) == vec![b'C'; 512];
+    drop(victim);
+    drop(f);
+    drop(a);
+    (status, intact, took)
+}
+
+#[test]
+fn soft_mode_leaves_the_pause_gap_and_the_canary_sees_it() {
+    let (status, intact, took) = preempt_a_paused_victim(None);
+    assert_eq!(status, PrStatus::Good);
+    assert!(
+        took >= Duration::from_millis(600 + 300),
+        "GOOD only once the victim's lease surely ran out ({took:?})"
+    );
+    assert!(
+        !intact,
+        "the write admitted before the pause landed after GOOD: the documented gap"
+    );
+}
+
+#[test]
+fn strict_mode_fences_the_paused_member_before_good() {
+    let hook = "kill -9 \"$(cat {dir}/h2.pid)\" && [ \"$SHAREDISK_FENCE_NODE\" = h2 ]";
+    let (status, intact, took) = preempt_a_paused_victim(Some(hook.into()));
+    assert_eq!(status, PrStatus::Good, "the hook fenced h2");
+    assert!(took >= Duration::from_millis(900));
+    assert!(intact, "no write of the fenced member after GOOD");
+}
+
+#[test]
+fn strict_mode_answers_busy_when_the_fence_hook_fails() {
+    let (status, intact, _) = preempt_a_paused_victim(Some("exit 1".into()));
+    assert_eq!(status, PrStatus::Busy, "never GOOD without the fence");
+    let _ = intact;
+}
