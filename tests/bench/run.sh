@@ -5,8 +5,14 @@
 # <target>/bench/suite-<UTC timestamp>.csv (every sample) and <target>/bench/suite.png.
 # Knobs (environment): SHAREDISK_BENCH_SECS (per sample, 3), SHAREDISK_BENCH_ROUNDS (3),
 # SHAREDISK_BENCH_DIR (/dev/shm: the image lives on tmpfs), SHAREDISK_BENCH_PATTERNS and
-# SHAREDISK_BENCH_SYSTEMS (comma-separated substrings of pattern and system names, e.g.
-# SHAREDISK_BENCH_PATTERNS=4k-randwrite-qd32-1q SHAREDISK_BENCH_SYSTEMS=sharedisk,qsd).
+# SHAREDISK_BENCH_SYSTEMS (comma-separated substrings of pattern and system names, or `=name` for
+# that name alone, e.g. SHAREDISK_BENCH_PATTERNS=4k-randwrite-qd32-1q
+# SHAREDISK_BENCH_SYSTEMS=sharedisk,qsd; `=sharedisk` is the plain daemon without its variants),
+# SHAREDISK_BENCH_DIRECT=1 (O_DIRECT everywhere).
+# The system sharedisk-cluster (issue 11: cluster mode on a local single-member etcd, from
+# Debian's etcd-server) is in the run only with SHAREDISK_BENCH_DIRECT=1 and a build with the
+# cluster feature, which this script does not ask for: run
+# `SHAREDISK_BENCH_DIRECT=1 cargo bench --features cluster --bench suite` for it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

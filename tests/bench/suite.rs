@@ -1,14 +1,24 @@
-//! The comparison of issue 10, in one run on one image file: sharedisk against
+//! The comparison of issue 10, in one run on one image's data: sharedisk against
 //! qemu-storage-daemon (`aio=threads`, `aio=io_uring`) with the same in-process libblkio client,
 //! fio (`io_uring`, `psync`) directly on the file as the raw limit, the scsi path against the blk
 //! path through the same raw vhost-user driver, the cost of reservation gating, and the daemon's
-//! memory with 8 guests. Rounds are interleaved (round, pattern, system); the table shows medians.
+//! memory with 8 guests. fio and qemu-storage-daemon use the image itself; every sharedisk
+//! daemon (two cannot lock one image) serves its own copy, written back and dropped from the page
+//! cache like the image. Rounds are interleaved (round, pattern, system); the table shows medians.
 //! It prints figures and target lines; it asserts nothing about speed.
+//!
+//! Issue 11, the cost of cluster mode on the data path: `sharedisk-cluster` is the `sharedisk`
+//! daemon (same flags) plus `--config` with a `[cluster]` section pointing at a single-member etcd
+//! this bench starts on 127.0.0.1 (free ports, data under the scratch directory, killed at the
+//! end and after a panic). It is in the run only with SHAREDISK_BENCH_DIRECT=1 (cluster mode
+//! needs O_DIRECT) and in a build with `--features cluster`:
+//! `SHAREDISK_BENCH_DIRECT=1 cargo bench --features cluster --bench suite`.
 //!
 //! Run: `tests/bench/run.sh` (installs fio, gnuplot and qemu-storage-daemon, then this), or
 //! `cargo bench --bench suite`. Knobs: SHAREDISK_BENCH_SECS (per sample, 3),
 //! SHAREDISK_BENCH_ROUNDS (3), SHAREDISK_BENCH_DIR (/dev/shm), SHAREDISK_BENCH_PATTERNS and
-//! SHAREDISK_BENCH_SYSTEMS (comma-separated substrings of the names below; empty: all),
+//! SHAREDISK_BENCH_SYSTEMS (comma-separated substrings of the names below, or `=name` for that
+//! name alone: `sharedisk` also picks every `sharedisk-*`, `=sharedisk` only it; empty: all),
 //! SHAREDISK_BENCH_OUT (the CSV and PNG directory; default `<target>/bench`),
 //! SHAREDISK_BENCH_DIRECT=1 (O_DIRECT everywhere: `sharedisk --direct`, which brings io_uring,
 //! qemu-storage-daemon `cache.direct=on`, fio `--direct=1`; the image then defaults to the target
@@ -119,11 +129,12 @@ enum System {
     NoPoll,
     AioUring,
     AioSync,
+    Cluster,
     Baseline,
 }
 
 impl System {
-    const ALL: [System; 12] = [
+    const ALL: [System; 13] = [
         System::FioUring,
         System::FioPsync,
         System::QsdThreads,
@@ -135,6 +146,7 @@ impl System {
         System::NoPoll,
         System::AioUring,
         System::AioSync,
+        System::Cluster,
         System::Baseline,
     ];
 
@@ -152,6 +164,7 @@ impl System {
             System::NoPoll => "sharedisk-nopoll",
             System::AioUring => "sharedisk-aio-io_uring",
             System::AioSync => "sharedisk-aio-sync",
+            System::Cluster => "sharedisk-cluster",
             System::Baseline => "sharedisk-baseline",
         }
     }
@@ -169,6 +182,9 @@ impl System {
             System::NoPoll => "sharedisk blk, libblkio, --poll-us 0 (own image copy)",
             System::AioUring => "sharedisk blk, libblkio, --aio io_uring (own image copy)",
             System::AioSync => "sharedisk blk, libblkio, --aio sync (own image copy)",
+            System::Cluster => {
+                "sharedisk blk, libblkio, [cluster] on a local 1-member etcd (own image copy)"
+            }
             System::Baseline => "$SHAREDISK_BENCH_BASELINE blk, libblkio (own image copy)",
         }
     }
@@ -352,9 +368,7 @@ struct Variant {
 
 impl Variant {
     fn start(bin: &Path, image: &Path, dir: &Path, extra: &[&str]) -> Variant {
-        std::fs::create_dir_all(dir).unwrap();
-        let copy = dir.join("disk.img");
-        std::fs::copy(image, &copy).expect("copy the image");
+        let copy = copy_image(image, dir);
         let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
         let child = Command::new(bin)
             .arg("serve")
@@ -1106,7 +1120,13 @@ fn filter(name: &str) -> impl Fn(&str) -> bool {
         .map(|w| w.trim().to_string())
         .filter(|w| !w.is_empty())
         .collect();
-    move |s: &str| words.is_empty() || words.iter().any(|w| s.contains(w.as_str()))
+    move |s: &str| {
+        words.is_empty()
+            || words.iter().any(|w| match w.strip_prefix('=') {
+                Some(exact) => s == exact,
+                None => s.contains(w.as_str()),
+            })
+    }
 }
 
 fn utc_stamp() -> String {
@@ -1137,7 +1157,29 @@ fn fill_image(image: &Path) {
     for _ in 0..SPAN / chunk.len() as u64 {
         f.write_all(&chunk).unwrap();
     }
+    drop(f);
+    settle(image);
+}
+
+/// A copy of `image` as `dir/disk.img`, made the same way for every sharedisk daemon: on disk and
+/// out of the page cache, like the original after [`fill_image`].
+fn copy_image(image: &Path, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let copy = dir.join("disk.img");
+    std::fs::copy(image, &copy).expect("copy the image");
+    settle(&copy);
+    copy
+}
+
+/// Writes `image` back and drops its cached pages, so that the original and every variant's
+/// copy start alike: on disk, not in the page cache (with O_DIRECT no dirty page of a fresh
+/// copy is flushed by the first requests of whichever system happens to run first).
+fn settle(image: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(image).expect("open the image");
     f.sync_all().unwrap();
+    // SAFETY: a valid descriptor; the call only advises the kernel.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
 fn chart(
@@ -1199,6 +1241,79 @@ fn chart(
     }
 }
 
+/// A single-member etcd on 127.0.0.1 for `sharedisk-cluster`; killed when dropped (after a panic
+/// too).
+struct Etcd {
+    child: Child,
+    url: String,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Etcd {
+        std::fs::create_dir_all(dir).unwrap();
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap()
+        };
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &url])
+            .args(["--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("bench={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd runs (Debian's etcd-server)");
+        let mut e = Etcd { child, url };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            if let Ok(Some(st)) = e.child.try_wait() {
+                panic!(
+                    "etcd exited with {st}; see {}",
+                    dir.join("etcd.log").display()
+                );
+            }
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        e
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The configuration file of `sharedisk-cluster` in its variant directory `dir`: the paths and
+/// guests [`Variant::start`] also passes as flags (they must agree), and `[cluster]` on `etcd`.
+fn cluster_config(etcd: &Etcd, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("cluster.toml");
+    let text = format!(
+        "[image]\npath = {:?}\n[server]\nsocket_dir = {:?}\n\
+         [[guest]]\nname = \"bench\"\n[[guest]]\nname = \"other\"\n\
+         [cluster]\netcd = [{:?}]\nnode = \"bench\"\ndisk_id = \"bench-disk\"\n",
+        dir.join("disk.img").to_str().unwrap(),
+        dir.join("sock").to_str().unwrap(),
+        etcd.url,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
@@ -1227,6 +1342,8 @@ fn main() {
         // The engine that is not the default: io_uring on the page cache, sync under O_DIRECT.
         .filter(|s| *s != System::AioUring || !direct())
         .filter(|s| *s != System::AioSync || direct())
+        // Cluster mode needs O_DIRECT and a build with the `cluster` feature.
+        .filter(|s| *s != System::Cluster || (direct() && cfg!(feature = "cluster")))
         .collect();
     // The memory figures: "rss" in SHAREDISK_BENCH_SYSTEMS, or no filter.
     let want_rss = sys_ok("rss");
@@ -1234,6 +1351,8 @@ fn main() {
     let base = base_dir.join(format!("sharedisk-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
+    // Absolute: the cluster daemon's `--image` and `--socket-dir` must equal its file's paths.
+    let base = base.canonicalize().unwrap();
     // The 1 GiB image goes with the directory, after a panic too.
     let _cleanup = RemoveDir(base.clone());
     let out = out_dir();
@@ -1260,8 +1379,13 @@ fn main() {
         )
     });
     let flags: &[&str] = if direct() { &["--direct"] } else { &[] };
-    let daemon =
-        need_sd.then(|| DaemonProcess::start_args(&base, &["bench", "other"], "1G", flags));
+    // On its own copy like every variant, so that `sharedisk` and its variants (the cluster's
+    // included) serve the same kind of file; fio and qemu-storage-daemon use the original.
+    let daemon = need_sd.then(|| {
+        let dir = base.join(System::Sharedisk.key());
+        copy_image(&image, &dir);
+        DaemonProcess::start_args(&dir, &["bench", "other"], "1G", flags)
+    });
     let variant = |sys: System, bin: &Path, extra: &[&str]| {
         let mut args: Vec<&str> = flags.to_vec();
         args.extend_from_slice(extra);
@@ -1273,6 +1397,20 @@ fn main() {
     let no_poll = variant(System::NoPoll, this, &["--poll-us", "0"]);
     let aio_uring = variant(System::AioUring, this, &["--aio", "io_uring"]);
     let aio_sync = variant(System::AioSync, this, &["--aio", "sync"]);
+    // Declared before the cluster daemon and after `_cleanup`: after a panic the daemon goes
+    // first, then etcd, then the directory with etcd's data.
+    let etcd = systems
+        .contains(&System::Cluster)
+        .then(|| Etcd::start(&base.join("etcd")));
+    let cluster = etcd.as_ref().and_then(|e| {
+        let dir = base.join(System::Cluster.key());
+        let config = cluster_config(e, &dir);
+        variant(
+            System::Cluster,
+            this,
+            &["--config", config.to_str().unwrap()],
+        )
+    });
     let old = baseline
         .as_deref()
         .and_then(|bin| variant(System::Baseline, bin, &[]));
@@ -1323,11 +1461,16 @@ fn main() {
                         let wire = Wire::Scsi { block: 0 };
                         run_raw(&d.scsi("bench"), wire, p, secs, d.pid().unwrap(), seed)
                     }
-                    System::NoPoll | System::AioUring | System::AioSync | System::Baseline => {
+                    System::NoPoll
+                    | System::AioUring
+                    | System::AioSync
+                    | System::Cluster
+                    | System::Baseline => {
                         let v = match sys {
                             System::NoPoll => &no_poll,
                             System::AioUring => &aio_uring,
                             System::AioSync => &aio_sync,
+                            System::Cluster => &cluster,
                             _ => &old,
                         };
                         let v = v.as_ref().unwrap();
@@ -1368,7 +1511,8 @@ fn main() {
     }
     drop(qsd_threads);
     drop(qsd_uring);
-    drop((no_poll, aio_uring, aio_sync, old));
+    drop((no_poll, aio_uring, aio_sync, cluster, old));
+    drop(etcd);
     drop(daemon);
 
     let rss = if want_rss { memory(&base) } else { Vec::new() };
@@ -1547,6 +1691,24 @@ fn main() {
                 "  {} {} -> 4q: sharedisk x{sdr:.2}, raw x{raw:.2} (scales on the cores there are: >= 0.8 of raw's)",
                 mark(sdr >= 0.8 * raw),
                 one.name()
+            );
+        }
+    }
+    // Issue 11: what cluster mode costs on the data path (no target: the figure is the answer).
+    let both = |p: &&Pattern| get(p, System::Cluster).is_some() && get(p, sd).is_some();
+    if patterns.iter().any(|p| both(&p)) {
+        println!("\nCluster mode against sharedisk alone, same run (issue 11):");
+    }
+    for p in patterns.iter().filter(both) {
+        if let (Some(c), Some(m)) = (get(p, System::Cluster), get(p, sd)) {
+            println!(
+                "  {}: cluster mode {:.3}x plain IOPS, p50 {:.1} vs {:.1} us, CPU {:.2} vs {:.2} s/M",
+                p.name(),
+                c.iops / m.iops,
+                c.p50,
+                m.p50,
+                c.cpu,
+                m.cpu
             );
         }
     }
