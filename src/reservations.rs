@@ -315,11 +315,7 @@ impl Reservations {
             }
         }
         self.set_held(remote.epoch, remote.version);
-        if let Some(store) = &self.store {
-            if let Err(e) = store.save(arb.state(), self.replay_log().records()) {
-                log::warn!("{e} (a local copy only: the shared state is in etcd)");
-            }
-        }
+        self.save_local_copy(arb);
         log::info!(
             "adopted shared state {} (generation {}, {} registrations)",
             remote.epoch,
@@ -496,11 +492,7 @@ impl Reservations {
                     *arb = next;
                     self.set_held(epoch, version);
                     self.record(initiator, origin, &outcome.status);
-                    if let Some(store) = &self.store {
-                        if let Err(e) = store.save(arb.state(), self.replay_log().records()) {
-                            log::warn!("{e} (a local copy only: the shared state is in etcd)");
-                        }
-                    }
+                    self.save_local_copy(&arb);
                     log::info!(
                         "{initiator}: {what} -> {:?}, generation {}, shared state {epoch}{}",
                         outcome.status,
@@ -538,6 +530,16 @@ impl Reservations {
              budget is spent: BUSY"
         );
         BUSY
+    }
+
+    /// Cluster mode: the state file is a local copy of the shared state (etcd wins at start),
+    /// so a failure to write it is logged, not answered.
+    fn save_local_copy(&self, arb: &Arbiter) {
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save(arb.state(), self.replay_log().records()) {
+                log::warn!("{e} (a local copy only: the shared state is in etcd)");
+            }
+        }
     }
 
     fn record(&self, initiator: &str, origin: Option<&Origin>, status: &PrStatus) {
