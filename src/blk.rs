@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::image::{range_ok, Buf, IoOp};
 use crate::lun::{ChunkError, Lun, ADMISSION_CHUNK, SECTOR, SERIAL_LEN};
+use crate::reservations::{Admitted, Refusal};
 use crate::pr::Access;
 use crate::stats::{self, DeviceStats, Op};
 use crate::virtio::{
@@ -215,19 +216,26 @@ impl BlkDevice {
         let ops = batch.ops.drain(..).zip(allowed);
         for (done, (op, allowed)) in batch.done.drain(..).zip(ops) {
             let what = if done.write { "write" } else { "read" };
-            let (result, code) = match allowed.then_some(op.result) {
-                None => {
+            let (result, code) = match allowed.map(|()| op.result) {
+                Err(Refusal::Conflict) => {
                     log::debug!(
                         "{}: blk {what} refused: reservation conflict",
                         self.initiator
                     );
                     (stats::Result::Conflict, IOERR)
                 }
-                Some(Err(e)) => {
+                Err(Refusal::Unavailable) => {
+                    log::debug!(
+                        "{}: blk {what} failed: the shared reservation state is out of reach",
+                        self.initiator
+                    );
+                    (stats::Result::Error, IOERR)
+                }
+                Ok(Err(e)) => {
                     log::warn!("{}: blk {what}: {e}", self.initiator);
                     (stats::Result::Error, IOERR)
                 }
-                Some(Ok(())) => (stats::Result::Ok, OK),
+                Ok(Ok(())) => (stats::Result::Ok, OK),
             };
             let (kind, bytes) = if done.write {
                 (Op::Write, done.len)
@@ -325,7 +333,7 @@ impl BlkDevice {
                 (self.status(r, "write"), 0)
             }
             BlkRequest::Flush => {
-                if self.admit(Access::Flush).is_none() {
+                if self.admit(Access::Flush).is_err() {
                     return (IOERR, 0);
                 }
                 // The flush itself changes no data, so it runs outside the admission: a PR OUT
@@ -346,14 +354,21 @@ impl BlkDevice {
         }
     }
 
-    fn admit(&self, access: Access) -> Option<crate::reservations::Admitted<'_>> {
+    fn admit(&self, access: Access) -> Result<Admitted<'_>, Refusal> {
         let admitted = self.lun.reservations.admit(&self.initiator, access);
-        if admitted.is_none() {
-            stats::note_conflict();
-            log::debug!(
-                "{}: blk {access:?} refused: reservation conflict",
+        match admitted {
+            Err(Refusal::Conflict) => {
+                stats::note_conflict();
+                log::debug!(
+                    "{}: blk {access:?} refused: reservation conflict",
+                    self.initiator
+                );
+            }
+            Err(Refusal::Unavailable) => log::debug!(
+                "{}: blk {access:?} failed: the shared reservation state is out of reach",
                 self.initiator
-            );
+            ),
+            Ok(_) => {}
         }
         admitted
     }
@@ -416,6 +431,14 @@ impl BlkDevice {
                 stats::note_conflict();
                 log::debug!(
                     "{}: blk {what} refused after {done} bytes: reservation conflict",
+                    self.initiator
+                );
+                VIRTIO_BLK_S_IOERR as u8
+            }
+            Err(ChunkError::Unavailable { done }) => {
+                log::debug!(
+                    "{}: blk {what} failed after {done} bytes: the shared reservation state is \
+                     out of reach",
                     self.initiator
                 );
                 VIRTIO_BLK_S_IOERR as u8

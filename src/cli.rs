@@ -133,6 +133,11 @@ pub enum CtlCmd {
         #[command(subcommand)]
         command: CtlGuest,
     },
+    /// Cluster mode: the members sharing this disk's reservation state through etcd.
+    Cluster {
+        #[command(subcommand)]
+        command: CtlCluster,
+    },
 }
 
 #[derive(Subcommand)]
@@ -177,6 +182,12 @@ pub enum CtlGuest {
     },
 }
 
+#[derive(Subcommand)]
+pub enum CtlCluster {
+    /// This member's read lease and epoch; every member's acknowledged epoch and initiators.
+    Status,
+}
+
 impl CtlCmd {
     pub fn into_command(self) -> CtlCommand {
         match self {
@@ -184,6 +195,9 @@ impl CtlCmd {
             CtlCmd::Guests => CtlCommand::Guests,
             CtlCmd::Stats => CtlCommand::Stats,
             CtlCmd::Metrics => CtlCommand::Metrics,
+            CtlCmd::Cluster {
+                command: CtlCluster::Status,
+            } => CtlCommand::ClusterStatus,
             CtlCmd::Pr { command } => match command {
                 CtlPr::Show => CtlCommand::PrShow,
                 CtlPr::Clear { yes } => CtlCommand::PrClear { yes },

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::cluster::ClusterConfig;
 pub use crate::image::Aio;
 
 /// Azure's default maxShares is small; 16 keeps thread counts sane on a laptop.
@@ -79,6 +80,8 @@ pub struct Config {
     /// How long, in microseconds, a queue thread keeps watching its ring after a round before
     /// it sleeps on the kick (0: never).
     pub poll_us: u32,
+    /// Share the reservation state with daemons on other hosts through etcd (`cluster.rs`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The default of [`Config::poll_us`].
@@ -100,6 +103,8 @@ pub enum ConfigError {
     BadMaxShares,
     #[error("guest {0:?}: queues must be between 1 and {MAX_GUEST_QUEUES}")]
     BadQueues(String),
+    #[error("[cluster]: {0}")]
+    Cluster(String),
     /// A configuration file is unusable; the message names the file, line and key.
     #[error("{0}")]
     File(String),
@@ -135,6 +140,7 @@ impl Config {
             direct: false,
             aio: None,
             poll_us: DEFAULT_POLL_US,
+            cluster: None,
         }
     }
 
@@ -161,6 +167,16 @@ impl Config {
                 count: self.guests.len(),
                 max: self.max_shares,
             });
+        }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(ConfigError::Cluster)?;
+            if !self.direct {
+                return Err(ConfigError::Cluster(
+                    "cluster mode needs the image opened with O_DIRECT (`image.direct`): page \
+                     caches are per host"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -341,6 +357,7 @@ struct File {
     server: ServerSection,
     #[serde(default)]
     guest: Vec<GuestEntry>,
+    cluster: Option<ClusterConfig>,
 }
 
 #[derive(Deserialize)]
@@ -771,9 +788,11 @@ fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
         control_socket: server.control_socket.map(rel),
         control_group: server.control_group,
         metrics_listen: server.metrics_listen,
-        direct: image.direct,
         aio: image.aio,
         poll_us: server.poll_us.unwrap_or(DEFAULT_POLL_US),
+        // Page caches are per host: in cluster mode every host must read the disk itself.
+        direct: image.direct || file.cluster.is_some(),
+        cluster: file.cluster,
     })
 }
 

@@ -39,6 +39,10 @@ pub struct OpenMode {
     /// O_DIRECT: bypass this host's page cache (for images other hosts also write).
     pub direct: bool,
     pub aio: Aio,
+    /// Cluster mode: daemons on other hosts (or on this one) serve the image too, under one
+    /// shared reservation state. The lock is then shared: cluster daemons coexist, and a
+    /// single-host daemon, which locks exclusively, is kept out (and keeps them out).
+    pub shared: bool,
 }
 
 /// One read or write of a batch (see [`Image::run_batch`]).
@@ -160,12 +164,24 @@ impl FileImage {
                 ),
                 _ => e,
             })?;
+        let lock = if mode.shared {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
         // SAFETY: flock on a file descriptor we own; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), lock | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
             return Err(io::Error::new(
                 err.kind(),
-                format!("locked by another process ({err}); is another sharedisk serving it?"),
+                format!(
+                    "locked by another process ({err}); is another sharedisk serving it{}?",
+                    if mode.shared {
+                        " without [cluster]"
+                    } else {
+                        ""
+                    }
+                ),
             ));
         }
         let meta = file.metadata()?;

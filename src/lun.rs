@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use crate::image::{Image, IoOp};
 use crate::pr::Access;
-use crate::reservations::Reservations;
+use crate::reservations::{Refusal, Reservations};
 use crate::sense;
 
 /// Length of the virtio-blk serial (VIRTIO_BLK_ID_BYTES), also used as the SCSI unit serial.
@@ -38,6 +38,10 @@ pub enum ChunkError {
     Conflict {
         done: u64,
     },
+    /// Cluster mode: this daemon could not know the shared state after `done` bytes.
+    Unavailable {
+        done: u64,
+    },
     Io(io::Error),
 }
 
@@ -49,6 +53,15 @@ impl Lun {
             reservations,
             serial: serial_for(id),
             write_cache: AtomicBool::new(true),
+        }
+    }
+
+    /// Cluster mode: the disk's identity (serial, NAA) comes from its configured id, the same on
+    /// every host, instead of this host's path to it.
+    pub fn identified_by(self, disk_id: &str) -> Self {
+        Lun {
+            serial: serial_for(fnv1a(disk_id.as_bytes())),
+            ..self
         }
     }
 
@@ -95,9 +108,13 @@ impl Lun {
     /// Runs a batch of reads and writes of `initiator` (one virtqueue round): each op is
     /// admitted under one hold of the reservation lock, the admitted ones run on the image
     /// together, and the hold lasts until all of them are done (the fencing guarantee, as for
-    /// one command). `ops` keeps its order; the result says which ops were admitted, and a
-    /// refused op never reaches the image.
-    pub fn run_admitted(&self, initiator: &str, ops: &mut Vec<IoOp<'_>>) -> SmallVec<[bool; 64]> {
+    /// one command). `ops` keeps its order; the result says which ops were admitted (or why
+    /// not), and a refused op never reaches the image.
+    pub fn run_admitted(
+        &self,
+        initiator: &str,
+        ops: &mut Vec<IoOp<'_>>,
+    ) -> SmallVec<[Result<(), Refusal>; 64]> {
         let mut allowed = SmallVec::new();
         let (mut admitted, mut refused) = (Vec::with_capacity(ops.len()), Vec::new());
         {
@@ -108,9 +125,14 @@ impl Lun {
                 } else {
                     Access::Read
                 };
-                let ok = admission.allows(initiator, access);
-                allowed.push(ok);
-                if ok { &mut admitted } else { &mut refused }.push(op);
+                let verdict = admission.allows(initiator, access);
+                allowed.push(verdict);
+                if verdict.is_ok() {
+                    &mut admitted
+                } else {
+                    &mut refused
+                }
+                .push(op);
             }
             self.image.run_batch(&mut admitted);
         }
@@ -118,7 +140,7 @@ impl Lun {
         ops.extend(
             allowed
                 .iter()
-                .filter_map(|&ok| if ok { admitted.next() } else { refused.next() }),
+                .filter_map(|v: &Result<(), Refusal>| if v.is_ok() { admitted.next() } else { refused.next() }),
         );
         allowed
     }
@@ -139,8 +161,10 @@ impl Lun {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(ADMISSION_CHUNK);
-            let Some(_admitted) = self.reservations.admit(initiator, access) else {
-                return Err(ChunkError::Conflict { done });
+            let _admitted = match self.reservations.admit(initiator, access) {
+                Ok(a) => a,
+                Err(Refusal::Conflict) => return Err(ChunkError::Conflict { done }),
+                Err(Refusal::Unavailable) => return Err(ChunkError::Unavailable { done }),
             };
             step(done, n).map_err(ChunkError::Io)?;
             done += n;

@@ -84,6 +84,7 @@ impl Record {
         match (self.status, self.sense) {
             (0x00, _) => PrStatus::Good,
             (0x18, _) => PrStatus::Conflict,
+            (0x08, _) => PrStatus::Busy,
             (_, Some([key, asc, ascq])) => PrStatus::CheckCondition(Sense::new(key, asc, ascq)),
             // A check condition without sense cannot be saved by `record`; answer as a target
             // that lost track of it would.
@@ -147,6 +148,7 @@ impl ReplayLog {
         let (status, sense) = match status {
             PrStatus::Good => (0x00, None),
             PrStatus::Conflict => (0x18, None),
+            PrStatus::Busy => (0x08, None),
             PrStatus::CheckCondition(s) => (0x02, Some([s.key, s.asc, s.ascq])),
         };
         let same_ring = |r: &Record| r.initiator == initiator && r.ring == origin.ring;

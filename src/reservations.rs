@@ -19,10 +19,12 @@
 //! [`ReplayLog`] with its first execution's status instead of running again; its record is saved
 //! with the state change it made, in the same atomic write.
 
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
+use crate::cluster::lease::ReadLease;
 use crate::failpoint;
-use crate::pr::{Access, Arbiter, PrStatus, ProutOutcome, ProutRequest};
+use crate::pr::{Access, Arbiter, PrState, PrStatus, ProutOutcome, ProutRequest};
 use crate::replay::{Origin, ReplayLog};
 use crate::sense::Sense;
 use crate::state::{StateError, StateStore};
@@ -56,6 +58,11 @@ impl std::fmt::Display for HostAction {
 
 pub struct Reservations {
     arbiter: RwLock<Arbiter>,
+    /// Cluster mode: the state is shared with daemons on other hosts (`cluster.rs`).
+    shared: Option<Arc<dyn SharedState>>,
+    /// Cluster mode: which shared state the arbiter holds, `(epoch, version)`; changed only
+    /// with the write lock held.
+    held: Mutex<(u64, i64)>,
     /// Taken only with the arbiter's write lock held, or on its own for bookkeeping.
     replay: Mutex<ReplayLog>,
     /// Passed by every reader and held by a writer until it has the lock (see above).
@@ -66,24 +73,110 @@ pub struct Reservations {
 /// Proof that a data command was admitted; hold it until the command's I/O is done.
 pub struct Admitted<'a>(#[allow(dead_code)] RwLockReadGuard<'a, Arbiter>);
 
+/// Why a data command was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The reservation rules refuse it: RESERVATION CONFLICT on scsi, IOERR on blk.
+    Conflict,
+    /// Cluster mode: this daemon cannot know the current state (its read lease ran out and did
+    /// not come back within the hold time): BUSY on scsi, IOERR on blk.
+    Unavailable,
+}
+
 /// One hold of the arbiter for a batch of data commands (see [`Reservations::admission`]).
-pub struct Admission<'a>(RwLockReadGuard<'a, Arbiter>);
+pub struct Admission<'a> {
+    arb: RwLockReadGuard<'a, Arbiter>,
+    available: bool,
+}
 
 impl Admission<'_> {
     /// Whether `initiator` may do `access` (the same rule as [`Reservations::admit`]).
-    pub fn allows(&self, initiator: &str, access: Access) -> bool {
-        self.0.check(initiator, access)
+    pub fn allows(&self, initiator: &str, access: Access) -> Result<(), Refusal> {
+        if !self.available {
+            Err(Refusal::Unavailable)
+        } else if self.arb.check(initiator, access) {
+            Ok(())
+        } else {
+            Err(Refusal::Conflict)
+        }
     }
 }
+
+/// A state another daemon committed (cluster mode), for [`Reservations::adopt`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// The shared state's sequence number: one more for every committed change.
+    pub epoch: u64,
+    /// The shared state's version in the store (etcd's `mod_revision`), which a commit names.
+    pub version: i64,
+    pub state: PrState,
+    /// The unit attentions the changes since our epoch queued, per initiator.
+    pub unit_attentions: Vec<(String, Sense)>,
+}
+
+/// What committing a PR change to the shared state gave (cluster mode).
+pub enum Commit {
+    /// Committed as the shared state's `epoch`, stored as `version`.
+    Done { epoch: u64, version: i64 },
+    /// Nothing to change, and the state this daemon holds was still the newest: the outcome
+    /// stands as computed.
+    Confirmed,
+    /// Another daemon changed the state first: here it is, to adopt and compute again.
+    Stale(Remote),
+    /// No answer that proves either; the command gets BUSY and nothing was changed, or the
+    /// change is resolved later (see `cluster::etcd`).
+    Unavailable(String),
+}
+
+/// The shared state of cluster mode, as the arbiter's lock sees it (implemented by
+/// `cluster::etcd`). Every call but the lease's blocks on the network.
+pub trait SharedState: Send + Sync {
+    /// Whether this daemon may admit I/O now.
+    fn lease(&self) -> &ReadLease;
+    /// How long new I/O waits for a lost lease before it fails.
+    fn hold(&self) -> Duration;
+    /// Whether `initiator` is one of this daemon's guests.
+    fn hosts(&self, initiator: &str) -> bool;
+    /// Commits `next` (computed from the state at `epoch`) with the unit attentions it queued
+    /// for other daemons' initiators, or, for `None`, confirms that `epoch` is still the newest.
+    /// Called with the arbiter's write lock held.
+    fn commit(
+        &self,
+        epoch: u64,
+        version: i64,
+        next: Option<&PrState>,
+        unit_attentions: &[(String, Sense)],
+    ) -> Commit;
+    /// Returns once no other daemon can admit I/O under the state before `epoch`: each has
+    /// acknowledged it or its lease has surely run out (strict mode: or it was fenced). An error
+    /// means the change is committed but the wait failed; the command gets BUSY.
+    fn settle(&self, epoch: u64) -> Result<(), String>;
+}
+
+/// BUSY: the target cannot serve the command now; the initiator retries (SAM-5 §5.3.1).
+const BUSY: PrStatus = PrStatus::Busy;
+
+/// How often a PR command computes again after losing a compare-and-swap race.
+const MAX_TRIES: usize = 8;
 
 impl Reservations {
     /// `store` is `None` only for purely in-memory use (tests).
     pub fn new(arbiter: Arbiter, store: Option<StateStore>) -> Self {
         Reservations {
             arbiter: RwLock::new(arbiter),
+            shared: None,
+            held: Mutex::new((0, 0)),
             replay: Mutex::new(ReplayLog::default()),
             turnstile: Mutex::new(()),
             store,
+        }
+    }
+
+    /// Starts from `arbiter` instead (cluster mode: the shared state replaces the local file's).
+    pub fn with_arbiter(self, arbiter: Arbiter) -> Self {
+        Reservations {
+            arbiter: RwLock::new(arbiter),
+            ..self
         }
     }
 
@@ -93,6 +186,24 @@ impl Reservations {
             replay: Mutex::new(replay),
             ..self
         }
+    }
+
+    /// Shares the state with other daemons (cluster mode), starting at `epoch` and `version`.
+    pub fn shared(self, shared: Arc<dyn SharedState>, epoch: u64, version: i64) -> Self {
+        Reservations {
+            shared: Some(shared),
+            held: Mutex::new((epoch, version)),
+            ..self
+        }
+    }
+
+    /// Cluster mode: which shared state is held here, `(epoch, version)`.
+    pub fn held(&self) -> (u64, i64) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_held(&self, epoch: u64, version: i64) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = (epoch, version);
     }
 
     fn replay_log(&self) -> std::sync::MutexGuard<'_, ReplayLog> {
@@ -111,20 +222,92 @@ impl Reservations {
         self.arbiter.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a data command of `initiator`, or `None` on a reservation conflict.
-    pub fn admit(&self, initiator: &str, access: Access) -> Option<Admitted<'_>> {
-        let arb = self.read_lock();
-        if arb.check(initiator, access) {
-            Some(Admitted(arb))
+    /// Admits a data command of `initiator`, or says why not.
+    pub fn admit(&self, initiator: &str, access: Access) -> Result<Admitted<'_>, Refusal> {
+        let Admission { arb, available } = self.admission();
+        if !available {
+            Err(Refusal::Unavailable)
+        } else if arb.check(initiator, access) {
+            Ok(Admitted(arb))
         } else {
-            None
+            Err(Refusal::Conflict)
         }
     }
 
     /// Holds the arbiter steady for a batch of data commands: each is admitted with
     /// [`Admission::allows`], and all keep the guard until their I/O is done, like [`Admitted`].
+    ///
+    /// Cluster mode: the state held here counts only while the read lease is valid; while it
+    /// is not, this waits for it until the hold time after the lease's end has passed, and then
+    /// admits nothing ([`Refusal::Unavailable`]).
     pub fn admission(&self) -> Admission<'_> {
-        Admission(self.read_lock())
+        let Some(shared) = &self.shared else {
+            return Admission {
+                arb: self.read_lock(),
+                available: true,
+            };
+        };
+        loop {
+            let arb = self.read_lock();
+            // Checked with the guard held: a state change waits for this admission to end.
+            if shared.lease().valid() {
+                return Admission {
+                    arb,
+                    available: true,
+                };
+            }
+            drop(arb);
+            if !shared.lease().wait_held(shared.hold()) {
+                return Admission {
+                    arb: self.read_lock(),
+                    available: false,
+                };
+            }
+        }
+    }
+
+    /// Cluster mode: whether PR commands can be served now (the lease is valid, or comes back
+    /// within the hold time); they get BUSY otherwise. Always true on one host.
+    pub fn serving(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|s| s.lease().wait_held(s.hold()))
+    }
+
+    /// Cluster mode: takes in a state another daemon committed. Like a PR OUT it waits for every
+    /// admitted command to finish; then the state is replaced and the unit attentions for this
+    /// daemon's initiators are queued. Returns false (and changes nothing) for a state that is
+    /// not newer than the one held.
+    pub fn adopt(&self, remote: Remote) -> bool {
+        let mut arb = self.write_lock();
+        self.adopt_locked(&mut arb, remote)
+    }
+
+    fn adopt_locked(&self, arb: &mut Arbiter, remote: Remote) -> bool {
+        let (held, _) = self.held();
+        if remote.epoch <= held {
+            return false;
+        }
+        let hosts = |i: &str| self.shared.as_ref().is_some_and(|s| s.hosts(i));
+        arb.replace_state(remote.state);
+        for (initiator, sense) in &remote.unit_attentions {
+            if hosts(initiator) {
+                arb.queue_unit_attention(initiator, *sense);
+            }
+        }
+        self.set_held(remote.epoch, remote.version);
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save(arb.state(), self.replay_log().records()) {
+                log::warn!("{e} (a local copy only: the shared state is in etcd)");
+            }
+        }
+        log::info!(
+            "adopted shared state {} (generation {}, {} registrations)",
+            remote.epoch,
+            arb.state().generation,
+            arb.state().registrations.len()
+        );
+        true
     }
 
     /// The status a PR OUT got the first time, if `origin` is its replay after a reconnection
@@ -159,6 +342,32 @@ impl Reservations {
         })
     }
 
+    /// Whether the state held here may answer a PR IN now. Always on one host; in cluster mode
+    /// once a linearizable check has confirmed it is the newest, after adopting a newer one if
+    /// there is. False: the command gets BUSY.
+    pub fn current(&self) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        if !self.serving() {
+            return false;
+        }
+        for _ in 0..MAX_TRIES {
+            let (epoch, version) = self.held();
+            match shared.commit(epoch, version, None, &[]) {
+                Commit::Confirmed | Commit::Done { .. } => return true,
+                Commit::Stale(remote) => {
+                    self.adopt(remote);
+                }
+                Commit::Unavailable(why) => {
+                    log::warn!("PR IN: {why}: BUSY");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
     /// Applies one PR change with `apply` under the write lock and makes it durable before
     /// returning its status; undone if it cannot be saved.
     fn change(
@@ -166,8 +375,11 @@ impl Reservations {
         initiator: &str,
         what: &str,
         origin: Option<&Origin>,
-        apply: impl FnOnce(&mut Arbiter) -> ProutOutcome,
+        mut apply: impl FnMut(&mut Arbiter) -> ProutOutcome,
     ) -> PrStatus {
+        if let Some(shared) = &self.shared {
+            return self.change_shared(shared.as_ref(), initiator, what, origin, apply);
+        }
         let mut arb = self.write_lock();
         let mut replay = self.replay_log();
         let before = arb.clone();
@@ -219,6 +431,93 @@ impl Reservations {
             log::debug!("{initiator}: {what} -> {:?}", outcome.status);
         }
         outcome.status
+    }
+
+    /// Cluster mode: a PR change is computed on a copy of the state held here and committed to
+    /// the shared state by compare-and-swap on its epoch; when another daemon changed it first,
+    /// that state is adopted and the change computed again. Once committed, the change is
+    /// applied here (under the write lock, so I/O admitted under the old state has finished)
+    /// and then settled: the status is returned only when no other daemon can still admit I/O
+    /// under the old state. Anything that cannot be proven in time gets BUSY, never GOOD.
+    fn change_shared(
+        &self,
+        shared: &dyn SharedState,
+        initiator: &str,
+        what: &str,
+        origin: Option<&Origin>,
+        mut apply: impl FnMut(&mut Arbiter) -> ProutOutcome,
+    ) -> PrStatus {
+        if !self.serving() {
+            log::warn!("{initiator}: {what}: the shared state is out of reach: BUSY");
+            return BUSY;
+        }
+        for _ in 0..MAX_TRIES {
+            let mut arb = self.write_lock();
+            let mut next = arb.clone();
+            let outcome = apply(&mut next);
+            // The unit attentions for other daemons' initiators travel with the change; each
+            // daemon queues those of its own guests when it adopts it.
+            let theirs = next.take_unit_attentions(|i| !shared.hosts(i));
+            let (epoch, version) = self.held();
+            let proposed = outcome.changed.then(|| next.state());
+            match shared.commit(epoch, version, proposed, &theirs) {
+                Commit::Confirmed => {
+                    // Nothing changed in the shared state; unit attentions of a failed command
+                    // (none today) would still be local.
+                    *arb = next;
+                    self.record(initiator, origin, &outcome.status);
+                    log::debug!("{initiator}: {what} -> {:?}", outcome.status);
+                    return outcome.status;
+                }
+                Commit::Done { epoch, version } => {
+                    *arb = next;
+                    self.set_held(epoch, version);
+                    self.record(initiator, origin, &outcome.status);
+                    if let Some(store) = &self.store {
+                        if let Err(e) = store.save(arb.state(), self.replay_log().records()) {
+                            log::warn!("{e} (a local copy only: the shared state is in etcd)");
+                        }
+                    }
+                    log::info!(
+                        "{initiator}: {what} -> {:?}, generation {}, shared state {epoch}{}",
+                        outcome.status,
+                        arb.state().generation,
+                        if outcome.preempted.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", preempted {}", outcome.preempted.join(","))
+                        }
+                    );
+                    drop(arb);
+                    return match shared.settle(epoch) {
+                        Ok(()) => outcome.status,
+                        Err(why) => {
+                            log::error!(
+                                "{initiator}: {what} is committed (shared state {epoch}) but not \
+                                 settled: {why}: BUSY"
+                            );
+                            self.record(initiator, origin, &BUSY);
+                            BUSY
+                        }
+                    };
+                }
+                Commit::Stale(remote) => {
+                    self.adopt_locked(&mut arb, remote);
+                }
+                Commit::Unavailable(why) => {
+                    log::warn!("{initiator}: {what}: {why}: BUSY");
+                    return BUSY;
+                }
+            }
+        }
+        log::warn!("{initiator}: {what}: the shared state kept changing under it: BUSY");
+        BUSY
+    }
+
+    fn record(&self, initiator: &str, origin: Option<&Origin>, status: &PrStatus) {
+        if let Some(o) = origin {
+            self.replay_log().record(initiator, o, status.clone());
+        }
     }
 
     /// Every request `initiator` took from `ring` so far is completed (its used entry is in the

@@ -18,6 +18,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::BlkBackend;
+use crate::cluster::{self, Membership};
 use crate::config::{Config, ConfigError, GuestConfig};
 use crate::image::{FileImage, Image, OpenMode};
 use crate::lun::Lun;
@@ -42,6 +43,8 @@ pub enum ServerError {
     Socket { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// A running daemon. Dropping it (or [`Server::shutdown`]) stops every socket thread, closes the
@@ -52,6 +55,8 @@ pub struct Server {
     stats: Arc<Stats>,
     config: Config,
     sockets: Vec<GuestSockets>,
+    /// Cluster mode: this daemon's membership (it keeps the read lease).
+    cluster: Option<Membership>,
 }
 
 /// The socket threads of one guest, stopped together.
@@ -99,6 +104,7 @@ impl Server {
             read_only: config.read_only,
             direct: config.direct,
             aio: config.aio(),
+            shared: config.cluster.is_some(),
         };
         let image = FileImage::open_with(&config.image, config.size, mode).map_err(image_err)?;
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
@@ -136,11 +142,31 @@ impl Server {
                 None => (Arbiter::new(initiators), ReplayLog::default()),
             }
         };
-        let lun = Arc::new(Lun::new(
-            wrap(Box::new(image)),
-            Reservations::new(arbiter, Some(store)).with_replay_log(replay),
-            &identity.path,
-        ));
+        let mut reservations = Reservations::new(arbiter, Some(store)).with_replay_log(replay);
+        let joined = match &config.cluster {
+            None => None,
+            Some(c) => {
+                let local = reservations.with(|a| a.snapshot());
+                let joined = cluster::join(c, &config.guest_names(), &local)
+                    .map_err(ServerError::Cluster)?;
+                let arbiter = Arbiter::from_state(
+                    joined.remote.state.clone(),
+                    config.guest_names().into_iter(),
+                );
+                reservations = reservations.with_arbiter(arbiter).shared(
+                    joined.shared.clone(),
+                    joined.remote.epoch,
+                    joined.remote.version,
+                );
+                Some(joined)
+            }
+        };
+        let mut lun = Lun::new(wrap(Box::new(image)), reservations, &identity.path);
+        if let Some(c) = &config.cluster {
+            lun = lun.identified_by(&c.disk_id);
+        }
+        let lun = Arc::new(lun);
+        let cluster = joined.map(|j| j.start(lun.clone()));
         log::info!(
             "serving {} ({} bytes{}), serial {}, to {}",
             config.image.display(),
@@ -161,6 +187,7 @@ impl Server {
             stats: Arc::default(),
             config,
             sockets: Vec::new(),
+            cluster,
         };
         for guest in server.config.guests.clone() {
             server.serve_guest(&guest)?;
@@ -187,6 +214,9 @@ impl Server {
         config.validate()?;
         self.serve_guest(&guest)?;
         self.config = config;
+        if let Some(c) = &self.cluster {
+            c.host(&guest.name);
+        }
         // A new initiator: known for REGISTER AND MOVE, and told of the power on.
         self.lun
             .reservations
@@ -202,6 +232,9 @@ impl Server {
         };
         self.sockets.remove(i).stop();
         self.config.guests.retain(|g| g.name != name);
+        if let Some(c) = &self.cluster {
+            c.unhost(name);
+        }
         true
     }
 
@@ -349,6 +382,14 @@ impl Server {
         for mut s in self.sockets.drain(..) {
             s.stop();
         }
+        if let Some(c) = &mut self.cluster {
+            c.stop();
+        }
+    }
+
+    /// Cluster mode: `sharedisk ctl cluster status`; `None` on one host.
+    pub fn cluster_status(&self) -> Option<serde_json::Value> {
+        self.cluster.as_ref().map(|c| c.status(&self.lun))
     }
 }
 

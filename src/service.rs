@@ -91,6 +91,10 @@ impl Daemon for Service {
         self.started.elapsed()
     }
 
+    fn cluster_status(&self) -> Option<serde_json::Value> {
+        self.server().cluster_status()
+    }
+
     fn add_guest(&self, guest: GuestConfig) -> Result<(), String> {
         let mut server = self.server();
         if server.config().guest(&guest.name).is_some() {

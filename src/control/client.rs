@@ -45,6 +45,7 @@ pub enum CtlCommand {
         name: String,
         force: bool,
     },
+    ClusterStatus,
 }
 
 impl CtlCommand {
@@ -74,6 +75,7 @@ impl CtlCommand {
                 )
             }
             CtlCommand::Stats => ("stats", json!({})),
+            CtlCommand::ClusterStatus => ("cluster.status", json!({})),
             CtlCommand::Metrics => ("metrics", json!({})),
             CtlCommand::GuestAdd {
                 name,
@@ -176,6 +178,7 @@ pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
             render_pr(&result)
         }
         CtlCommand::Stats => render_stats(&result),
+        CtlCommand::ClusterStatus => render_cluster(&result),
         CtlCommand::Metrics => result
             .get("text")
             .and_then(Value::as_str)
@@ -184,6 +187,65 @@ pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
     };
     print!("{text}");
     exit::OK
+}
+
+/// `ctl cluster status` as text: this member, then one line per member.
+fn render_cluster(v: &Value) -> String {
+    let s = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+    let mut out = format!(
+        "Node: {}  disk: {}  {}\nEpoch: {} here, {} in etcd\nRead lease: {} of {} ms left{}\n",
+        s("node").as_str().unwrap_or("?"),
+        s("disk_id").as_str().unwrap_or("?"),
+        if s("serving").as_bool() == Some(true) {
+            "serving"
+        } else {
+            "NOT serving (no valid read lease)"
+        },
+        s("epoch"),
+        s("shared_epoch"),
+        s("lease_remaining_ms"),
+        s("lease_ms"),
+        if s("strict").as_bool() == Some(true) {
+            ", strict mode (fence hook)"
+        } else {
+            ""
+        }
+    );
+    if let Some(e) = s("error").as_str() {
+        out.push_str(&format!("etcd: {e}\n"));
+    }
+    out.push_str(&format!(
+        "{:<16} {:<16} {:>8} {:>12}  initiators\n",
+        "MEMBER", "HOST", "PID", "ACKED EPOCH"
+    ));
+    for m in s("members").as_array().into_iter().flatten() {
+        let f = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
+        let name = format!(
+            "{}{}",
+            f("node").as_str().unwrap_or("?"),
+            if f("this_daemon").as_bool() == Some(true) {
+                " *"
+            } else {
+                ""
+            }
+        );
+        let list = f("initiators");
+        let initiators: Vec<&str> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "{:<16} {:<16} {:>8} {:>12}  {}\n",
+            name,
+            f("host").as_str().unwrap_or("-"),
+            f("pid"),
+            f("acked_epoch"),
+            initiators.join(",")
+        ));
+    }
+    out
 }
 
 /// `sharedisk pr show --state FILE`: the state file of a stopped daemon.

@@ -36,6 +36,8 @@ pub trait Daemon: Send + Sync + 'static {
     /// The Prometheus text exposition.
     fn metrics(&self) -> String;
     fn uptime(&self) -> Duration;
+    /// Cluster mode: the members and their acknowledged state; `None` on one host.
+    fn cluster_status(&self) -> Option<serde_json::Value>;
     /// Adds a guest at run time (its sockets listen when this returns); persisted.
     fn add_guest(&self, guest: GuestConfig) -> Result<(), String>;
     /// Removes a guest at run time; a connected one only with `force`, which disconnects it.

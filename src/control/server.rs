@@ -258,6 +258,12 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
         "status" => Ok(view::status(&daemon.config(), &lun, daemon.uptime())),
         "guests" => Ok(view::guests(&daemon.config(), &daemon.stats())),
         "pr.show" => Ok(res.with(|a| view::pr(a.state()))),
+        "cluster.status" => daemon.cluster_status().ok_or_else(|| {
+            fail(
+                code::FAILED,
+                "this daemon is not in a cluster (no [cluster] section)".to_string(),
+            )
+        }),
         "stats" => Ok(view::stats(&daemon.config(), &daemon.stats())),
         "metrics" => Ok(json!({ "schema": view::SCHEMA, "text": daemon.metrics() })),
         "pr.clear" => {
@@ -346,6 +352,12 @@ fn host_action(
                 ),
                 HostAction::Clear => "reservation conflict".to_string(),
             },
+        )),
+        PrStatus::Busy => Err(fail(
+            code::FAILED,
+            "busy: the shared state (etcd) cannot be reached or the change could not be settled \
+             in time; see the daemon's log"
+                .to_string(),
         )),
         PrStatus::CheckCondition(s) => Err(fail(
             code::FAILED,

@@ -225,6 +225,9 @@ pub enum PrStatus {
     /// RESERVATION CONFLICT (status 0x18), no sense data.
     Conflict,
     CheckCondition(Sense),
+    /// BUSY (status 0x08): cluster mode, the shared state could not be reached or the change
+    /// could not be settled in time; nothing was changed, or nothing the initiator was told of.
+    Busy,
 }
 
 /// What a PERSISTENT RESERVE OUT did.
@@ -624,6 +627,36 @@ impl Arbiter {
     /// they arose). A pending reset is not queued twice, nor is anything else right after
     /// itself. On overflow the oldest of the lowest priority goes (the newest conditions are
     /// the ones the guest must act on).
+    /// Takes in a state committed elsewhere (cluster mode: another daemon's PR OUT), keeping
+    /// the unit attentions and known initiators of this LU. An SPC-2 reservation gives way to
+    /// registrations, as it does to a local REGISTER.
+    pub fn replace_state(&mut self, state: PrState) {
+        if !state.registrations.is_empty() {
+            self.spc2 = None;
+        }
+        self.state = state;
+    }
+
+    /// Queues UA `s` for `initiator` (cluster mode: a unit attention another daemon's PR OUT
+    /// established for one of this daemon's initiators, SPC-4 §5.9.6).
+    pub fn queue_unit_attention(&mut self, initiator: &str, s: Sense) {
+        self.queue_ua(initiator, s);
+    }
+
+    /// Removes and returns the unit attentions pending for the initiators `pick` selects,
+    /// oldest first per initiator, initiators in name order.
+    pub fn take_unit_attentions(&mut self, pick: impl Fn(&str) -> bool) -> Vec<(String, Sense)> {
+        let mut names: Vec<String> = self.uas.keys().filter(|i| pick(i)).cloned().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(q) = self.uas.remove(&n) {
+                out.extend(q.into_iter().map(|s| (n.clone(), s)));
+            }
+        }
+        out
+    }
+
     fn queue_ua(&mut self, initiator: &str, s: Sense) {
         let q = match self.uas.get_mut(initiator) {
             Some(q) => q,

@@ -264,7 +264,7 @@ impl ScsiDevice {
         let done = std::time::Instant::now();
         let ops = batch.ops.drain(..).zip(allowed);
         for (pending, (io, ok)) in batch.pending.drain(..).zip(ops) {
-            if let (true, Err(e)) = (ok, &io.result) {
+            if let (Ok(()), Err(e)) = (ok, &io.result) {
                 let what = if io.write { "write" } else { "read" };
                 log::warn!("{}: scsi {what}: {e}", self.initiator);
             }

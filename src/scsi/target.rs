@@ -17,6 +17,7 @@ use crate::lun::{ChunkError, Lun, SECTOR};
 use crate::pr::Access;
 use crate::pr::{wire, PrStatus};
 use crate::replay::Origin;
+use crate::reservations::Refusal;
 use crate::scsi::cdb::{self, Command, Rw};
 use crate::scsi::pages::{self, DiskInfo};
 use crate::sense::{self, Sense};
@@ -25,6 +26,7 @@ use crate::virtio;
 pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
 pub const RESERVATION_CONFLICT: u8 = 0x18;
+pub const BUSY: u8 = 0x08;
 
 /// MAXIMUM TRANSFER LENGTH in VPD 0xB0: 4 MiB, as a typical SAN LUN.
 const MAX_TRANSFER_BLOCKS: u32 = 8192;
@@ -65,6 +67,15 @@ impl Outcome {
         }
     }
 
+    /// BUSY (SAM-5 §5.3.1): cluster mode, this daemon cannot know the shared state now.
+    fn busy() -> Self {
+        Outcome {
+            status: BUSY,
+            sense: None,
+            data_in: 0,
+        }
+    }
+
     fn conflict() -> Self {
         Outcome {
             status: RESERVATION_CONFLICT,
@@ -73,11 +84,19 @@ impl Outcome {
         }
     }
 
+    fn refused(why: Refusal) -> Self {
+        match why {
+            Refusal::Conflict => Outcome::conflict(),
+            Refusal::Unavailable => Outcome::busy(),
+        }
+    }
+
     fn from_pr(status: PrStatus) -> Self {
         match status {
             PrStatus::Good => Outcome::good(0),
             PrStatus::Conflict => Outcome::conflict(),
             PrStatus::CheckCondition(s) => Outcome::check(s),
+            PrStatus::Busy => Outcome::busy(),
         }
     }
 }
@@ -256,9 +275,9 @@ impl Target {
 
     /// The outcome of a READ or WRITE that [`Target::start_for`] left to the caller: refused by
     /// the access check (RESERVATION CONFLICT), or the result of its image I/O.
-    pub fn finish_io(&self, io: &IoOp, admitted: bool) -> Outcome {
-        if !admitted {
-            return Outcome::conflict();
+    pub fn finish_io(&self, io: &IoOp, admitted: std::result::Result<(), Refusal>) -> Outcome {
+        if let Err(why) = admitted {
+            return Outcome::refused(why);
         }
         match (&io.result, io.write) {
             (Ok(()), false) => Outcome::good(virtio::total(&io.bufs)),
@@ -326,7 +345,7 @@ impl Target {
         // except by the commands that drop it to work in pieces or to flush.
         let admitted = match cmd.access() {
             Some(_) if !admit => None,
-            Some(access) => Some(res.admit(initiator, access).ok_or_else(Outcome::conflict)?),
+            Some(access) => Some(res.admit(initiator, access).map_err(Outcome::refused)?),
             None => {
                 // SPC-2 §5.5.1: under an SPC-2 reservation only a few commands pass.
                 let passes = cmd.ua_exempt()
@@ -514,6 +533,9 @@ impl Target {
 
     /// PERSISTENT RESERVE IN (SPC-4 §6.15); never admitted, so it may read the arbiter.
     fn persistent_reserve_in(&self, req: &Request, cdb: &[u8; 10]) -> Result<Outcome> {
+        if !self.lun.reservations.current() {
+            return Err(Outcome::busy());
+        }
         let data = self.lun.reservations.with(|a| wire::prin(a, cdb))?;
         // `prin` already cut the data to the ALLOCATION LENGTH, never ADDITIONAL LENGTH.
         Ok(reply(req.data_in, &data, u32::MAX))
@@ -534,13 +556,13 @@ impl Target {
     fn read(&self, rw: Rw, data_in: &[Buf]) -> Result<Outcome> {
         let mut io = self.read_io(rw, data_in)?;
         io.result = self.lun.image.read_at(&io.bufs, io.offset);
-        Ok(self.finish_io(&io, true))
+        Ok(self.finish_io(&io, Ok(())))
     }
 
     fn write(&self, rw: Rw, data_out: &[Buf]) -> Result<Outcome> {
         let mut io = self.write_io(rw, data_out)?;
         io.result = self.lun.image.write_at(&io.bufs, io.offset, io.fua);
-        Ok(self.finish_io(&io, true))
+        Ok(self.finish_io(&io, Ok(())))
     }
 
     /// The image read of a READ.
@@ -661,6 +683,7 @@ impl Target {
 fn chunk_outcome(e: ChunkError) -> Outcome {
     match e {
         ChunkError::Conflict { .. } => Outcome::conflict(),
+        ChunkError::Unavailable { .. } => Outcome::busy(),
         ChunkError::Io(_) => Outcome::check(sense::WRITE_ERROR),
     }
 }

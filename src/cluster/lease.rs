@@ -1,0 +1,132 @@
+//! The read lease: whether this daemon may admit I/O now.
+//!
+//! The deadline is a point on this host's `CLOCK_BOOTTIME`, which keeps counting through a
+//! suspend (`CLOCK_MONOTONIC`, Rust's `Instant`, stops then, and a suspended host must come back
+//! with its lease already over). No other clock is compared with it: etcd's lease TTLs restart
+//! on a leader change and are never used for safety.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Nanoseconds on `CLOCK_BOOTTIME`.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on every Linux since
+    // 2.6.39, so the call cannot fail and only writes `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// When the lease ends, on [`boottime_ns`]; 0 while it is not held.
+#[derive(Debug, Default)]
+pub struct ReadLease {
+    valid_until: AtomicU64,
+}
+
+impl ReadLease {
+    /// A lease not held yet: nothing is admitted until the first renewal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether I/O may be admitted now.
+    pub fn valid(&self) -> bool {
+        boottime_ns() < self.valid_until.load(Ordering::Acquire)
+    }
+
+    /// What is left of the lease (zero when it is over).
+    pub fn remaining(&self) -> Duration {
+        Duration::from_nanos(
+            self.valid_until
+                .load(Ordering::Acquire)
+                .saturating_sub(boottime_ns()),
+        )
+    }
+
+    /// A renewal sent at `sent_ns` proved this daemon current: the lease holds until
+    /// `sent_ns + lease`. Never moves the deadline back (an older renewal answered late).
+    pub fn renewed(&self, sent_ns: u64, lease: Duration) {
+        let until = sent_ns.saturating_add(lease.as_nanos() as u64);
+        self.valid_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Ends the lease now (a graceful leave, or the state was found replaced).
+    pub fn revoke(&self) {
+        self.valid_until.store(0, Ordering::Release);
+    }
+
+    /// Waits for the lease to be valid, but only until `hold` after it ran out (so a long
+    /// outage fails each new command at once rather than one hold after another); whether it is
+    /// valid. A lease never held is not waited for.
+    pub fn wait_held(&self, hold: Duration) -> bool {
+        loop {
+            let now = boottime_ns();
+            let until = self.valid_until.load(Ordering::Acquire);
+            if now < until {
+                return true;
+            }
+            if until == 0 || now >= until.saturating_add(hold.as_nanos() as u64) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_valid_from_its_renewal_until_it_runs_out() {
+        let l = ReadLease::new();
+        assert!(!l.valid(), "nothing is admitted before the first renewal");
+        l.renewed(boottime_ns(), Duration::from_millis(300));
+        assert!(l.valid());
+        assert!(l.remaining() > Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(!l.valid(), "the lease ran out");
+        assert_eq!(l.remaining(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_late_answer_to_an_older_renewal_does_not_shorten_the_lease() {
+        let l = ReadLease::new();
+        let now = boottime_ns();
+        l.renewed(now, Duration::from_secs(10));
+        l.renewed(now - 9_000_000_000, Duration::from_secs(10));
+        assert!(l.remaining() > Duration::from_secs(9));
+        l.revoke();
+        assert!(!l.valid());
+    }
+
+    #[test]
+    fn io_waits_for_a_lost_lease_only_until_the_hold_after_its_end() {
+        let l = std::sync::Arc::new(ReadLease::new());
+        assert!(!l.wait_held(Duration::from_secs(5)), "a lease never held");
+        l.renewed(boottime_ns(), Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(30));
+        let start = std::time::Instant::now();
+        assert!(!l.wait_held(Duration::from_millis(150)));
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(90), "held until the hold: {waited:?}");
+        let start = std::time::Instant::now();
+        assert!(!l.wait_held(Duration::from_millis(150)));
+        assert!(
+            start.elapsed() < Duration::from_millis(20),
+            "once the hold is over, fails at once"
+        );
+        let l2 = l.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            l2.renewed(boottime_ns(), Duration::from_secs(5));
+        });
+        assert!(l.wait_held(Duration::from_secs(60)), "renewed while held");
+        t.join().unwrap();
+    }
+}
