@@ -10,6 +10,7 @@ pub mod fencing;
 pub mod flows;
 pub mod guest;
 pub mod http;
+pub mod netlab;
 pub mod panics;
 pub mod process;
 pub mod scsi_client;

@@ -1,0 +1,759 @@
+//! Cluster mode across hosts: three daemons, each in its own network namespace with its own etcd
+//! member (tests/common/netlab.rs), serving one image file. The guarantee under test: once a
+//! PREEMPT (AND ABORT) returns GOOD, no write of the preempted initiator reaches the disk, on
+//! whichever host it runs, healthy or cut off; a daemon without etcd stops admitting I/O at the
+//! end of its read lease; and the state, its unit attentions and `ctl cluster status` are shared.
+//!
+//! The oracle (the canary): a victim writes blocks tagged with its initiator, round and sequence
+//! number into region i with several writes in flight; right after PREEMPT AND ABORT returns
+//! GOOD the preemptor overwrites region i with a pattern; at the end every region must hold only
+//! its pattern (read from the image file with O_DIRECT, not through a daemon).
+//!
+//! `SHAREDISK_CLUSTER_ROUNDS` (default 30) sets the healthy preempts, `SHAREDISK_CLUSTER_CUT_ROUNDS`
+//! (default 2) the preempts with the victim's host cut off. Needs root, `ip`, `nft`, `etcd`,
+//! `etcdctl`. The tests take turns (timing assertions on 2 cores).
+
+mod common;
+
+use std::mem::MaybeUninit;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use blkio::ReqFlags;
+use serde_json::Value;
+
+use common::blkio_client::BlkClient;
+use common::ctl::ctl;
+use common::deadline::SetOnDrop;
+use common::netlab::{ClusterOpts, DaemonConfig, NetLab};
+use common::scsi_client::*;
+use common::vu_frontend::{VuFrontend, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
+
+const BUSY: u8 = 0x08;
+const WRITE_EXCLUSIVE: u8 = 1;
+const WRITE_EXCLUSIVE_RO: u8 = 5;
+/// The PR key of host k's guest.
+fn key(k: usize) -> u64 {
+    0x5eed_0000 + k as u64
+}
+fn guest(k: usize) -> String {
+    format!("g{k}")
+}
+
+/// One test at a time: each brings up its own lab, and the timing bounds assume an idle machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A lab with one daemon per host, each serving guest `g<k>`, all serving.
+struct Cluster {
+    lab: NetLab,
+    cfg: Vec<DaemonConfig>,
+    opts: ClusterOpts,
+}
+
+impl Cluster {
+    fn start(opts: ClusterOpts) -> Cluster {
+        let mut lab = NetLab::new();
+        let mut cfg = Vec::new();
+        // One after the other: the first creates the image, the others open it.
+        for k in 1..=lab.n {
+            let c = lab.daemon_config(k, &[&guest(k)], &opts);
+            lab.start_daemon(&c);
+            cfg.push(c);
+        }
+        let c = Cluster { lab, cfg, opts };
+        for k in 1..=c.lab.n {
+            c.wait_serving(k, true, Duration::from_secs(20));
+        }
+        c
+    }
+
+    fn cfg(&self, k: usize) -> &DaemonConfig {
+        &self.cfg[k - 1]
+    }
+
+    fn status(&self, k: usize) -> Value {
+        let out = ctl(&self.cfg(k).control, &["--json", "cluster", "status"]);
+        assert_eq!(
+            out.code, 0,
+            "ctl cluster status on h{k}: {}{}",
+            out.stdout, out.stderr
+        );
+        out.json()
+    }
+
+    #[track_caller]
+    fn wait_serving(&self, k: usize, serving: bool, timeout: Duration) -> Duration {
+        let t = Instant::now();
+        loop {
+            let s = self.status(k);
+            if s["serving"] == serving {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "h{k} serving != {serving} after {timeout:?}: {s}\n{}",
+                self.lab.logs_summary()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn scsi(&self, k: usize) -> ScsiClient {
+        let mut c = ScsiClient::connect(&self.cfg(k).scsi(&guest(k)));
+        c.drain_ua();
+        c
+    }
+
+    fn blk(&self, k: usize) -> VuFrontend {
+        VuFrontend::connect(&self.cfg(k).blk(&guest(k)), 1, 128)
+    }
+
+    fn blkio(&self, k: usize) -> BlkClient {
+        BlkClient::connect(&self.cfg(k).blk(&guest(k))).expect("libblkio connects")
+    }
+}
+
+/// Asserts a PR OUT answered GOOD.
+#[track_caller]
+fn good(r: ScsiResult, what: &str) {
+    assert!(r.is_good(), "{what}: {r:?}");
+}
+
+// ---- the canary ----
+
+const REGION_SECTORS: u64 = 64;
+/// Regions start here (sector), clear of the sectors the other tests scribble on.
+const REGIONS_START: u64 = 2048;
+const REQ_SECTORS: u64 = 8;
+
+fn region_sector(i: usize) -> u64 {
+    REGIONS_START + i as u64 * REGION_SECTORS
+}
+
+/// The pattern the preemptor writes over region `i`.
+fn pattern(i: usize) -> Vec<u8> {
+    let mut v = vec![0u8; (REGION_SECTORS * 512) as usize];
+    for (s, block) in v.chunks_mut(512).enumerate() {
+        block[..8].copy_from_slice(b"PATTERN!");
+        block[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+        block[16..24].copy_from_slice(&(s as u64).to_le_bytes());
+    }
+    v
+}
+
+/// A victim's block: initiator, round, sequence number.
+fn tag_block(block: &mut [u8], initiator: u64, round: u64, seq: u64) {
+    block.fill(0);
+    block[..8].copy_from_slice(b"VICTIM!!");
+    block[8..16].copy_from_slice(&initiator.to_le_bytes());
+    block[16..24].copy_from_slice(&round.to_le_bytes());
+    block[24..32].copy_from_slice(&seq.to_le_bytes());
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Rec {
+    submitted: Instant,
+    done: Instant,
+    ret: i32,
+}
+
+/// Writes tagged 4 KiB requests into region `round` with `depth` in flight until `stop` is set,
+/// then waits for those in flight. Returns every request's outcome.
+fn tagged_writes(
+    c: &mut BlkClient,
+    initiator: u64,
+    round: usize,
+    depth: usize,
+    stop: &AtomicBool,
+    ok: &AtomicUsize,
+    failed: &AtomicUsize,
+) -> Vec<Rec> {
+    let (q, region) = c.queue_and_region();
+    let base = region.addr;
+    let mut free: Vec<usize> = (0..depth).collect();
+    let mut inflight: Vec<Option<Instant>> = vec![None; depth];
+    let mut recs = Vec::new();
+    let mut comps: Vec<MaybeUninit<blkio::Completion>> =
+        (0..depth).map(|_| MaybeUninit::uninit()).collect();
+    let mut seq = 0u64;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        while !stopping {
+            let Some(slot) = free.pop() else { break };
+            let pos = (seq * REQ_SECTORS) % REGION_SECTORS;
+            // SAFETY: the region is mapped for REGION_LEN bytes; slot buffers do not overlap.
+            let buf =
+                unsafe { std::slice::from_raw_parts_mut((base + slot * 4096) as *mut u8, 4096) };
+            for (s, b) in buf.chunks_mut(512).enumerate() {
+                tag_block(b, initiator, round as u64, seq * 8 + s as u64);
+            }
+            let sector = region_sector(round) + pos;
+            q.write(
+                sector * 512,
+                (base + slot * 4096) as *const u8,
+                4096,
+                slot,
+                ReqFlags::empty(),
+            );
+            inflight[slot] = Some(Instant::now());
+            seq += 1;
+        }
+        if free.len() == depth {
+            return recs;
+        }
+        let mut timeout = Duration::from_secs(30);
+        let n = q
+            .do_io(&mut comps, 1, Some(&mut timeout), None)
+            .expect("do_io");
+        assert!(n > 0, "victim writes not completed within 30 s");
+        let now = Instant::now();
+        for comp in &comps[..n] {
+            // SAFETY: do_io initialised the first `n` completions.
+            let comp = unsafe { comp.assume_init_ref() };
+            let slot = comp.user_data;
+            recs.push(Rec {
+                submitted: inflight[slot].take().expect("completion of a free slot"),
+                done: now,
+                ret: comp.ret,
+            });
+            if comp.ret == 0 { ok } else { failed }.fetch_add(1, Ordering::Relaxed);
+            free.push(slot);
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` of the image with O_DIRECT (no page cache of this process).
+fn read_direct(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap();
+    let layout = std::alloc::Layout::from_size_align(len, 4096).unwrap();
+    // SAFETY: a fresh allocation of `len` bytes, freed below; read_exact_at fills it.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout);
+        let buf = std::slice::from_raw_parts_mut(p, len);
+        f.read_exact_at(buf, offset).unwrap();
+        let v = buf.to_vec();
+        std::alloc::dealloc(p, layout);
+        v
+    }
+}
+
+/// Blocks of regions `0..rounds` that do not hold their pattern: (region, sector, what is there).
+fn late_blocks(image: &Path, rounds: usize) -> Vec<(usize, u64, String)> {
+    let mut late = Vec::new();
+    for i in 0..rounds {
+        let got = read_direct(
+            image,
+            region_sector(i) * 512,
+            (REGION_SECTORS * 512) as usize,
+        );
+        let want = pattern(i);
+        for (s, (g, w)) in got.chunks(512).zip(want.chunks(512)).enumerate() {
+            if g != w {
+                let what = if &g[..8] == b"VICTIM!!" {
+                    format!(
+                        "victim block: initiator {} round {} seq {}",
+                        u64::from_le_bytes(g[8..16].try_into().unwrap()),
+                        u64::from_le_bytes(g[16..24].try_into().unwrap()),
+                        u64::from_le_bytes(g[24..32].try_into().unwrap())
+                    )
+                } else {
+                    format!("{:02x?}", &g[..32])
+                };
+                late.push((i, s as u64, what));
+            }
+        }
+    }
+    late
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+/// Sets up the canary: h1's guest holds Write Exclusive – Registrants Only, h2's guest (the
+/// victim) is registered and may write.
+fn canary_setup(c: &Cluster) -> (ScsiClient, VuFrontend, ScsiClient, BlkClient) {
+    let mut s1 = c.scsi(1);
+    good(s1.prout(SA_REGISTER, 0, 0, key(1), false), "h1 REGISTER");
+    good(
+        s1.prout(SA_RESERVE, WRITE_EXCLUSIVE_RO, key(1), 0, false),
+        "h1 RESERVE WERO",
+    );
+    let mut s2 = c.scsi(2);
+    good(s2.prout(SA_REGISTER, 0, 0, key(2), false), "h2 REGISTER");
+    (s1, c.blk(1), s2, c.blkio(2))
+}
+
+/// The victim (h2) re-registers after a preempt: its first commands (with the UAs in `seen`
+/// that the caller took already) must report REGISTRATIONS PREEMPTED (the unit attention crossed hosts), then a write gets RESERVATION CONFLICT, then
+/// REGISTER succeeds.
+#[track_caller]
+fn victim_rejoins(s2: &mut ScsiClient, round: usize, seen: &[SenseTriple]) {
+    let mut ua = seen.to_vec();
+    ua.extend(s2.drain_ua());
+    assert!(
+        ua.contains(&(6, 0x2a, 0x05)),
+        "round {round}: the victim's UAs {ua:02x?} lack 2A/05 REGISTRATIONS PREEMPTED"
+    );
+    let w = s2.write16(region_sector(round), &[0u8; 512]);
+    assert_eq!(
+        w.status, RESERVATION_CONFLICT,
+        "round {round}: write of a preempted initiator: {w:?}"
+    );
+    good(
+        s2.prout(SA_REGISTER, 0, 0, key(2), false),
+        "victim REGISTER again",
+    );
+}
+
+struct Round {
+    /// From the first PREEMPT AND ABORT sent to GOOD.
+    latency: Duration,
+    /// The victim's writes.
+    recs: Vec<Rec>,
+    /// When the first PREEMPT AND ABORT was sent.
+    sent: Instant,
+    /// How many times it got BUSY first.
+    busy: usize,
+}
+
+/// One canary round: the victim writes into region `round` while `before_preempt` runs, the
+/// preempt is sent and the preemptor overwrites the region, then for `keep_writing` more.
+#[allow(clippy::too_many_arguments)]
+fn canary_round(
+    c: &Cluster,
+    round: usize,
+    s1: &mut ScsiClient,
+    b1: &mut VuFrontend,
+    b2: &mut BlkClient,
+    before_preempt: &(dyn Fn() + Sync),
+    keep_writing: Duration,
+) -> Round {
+    let stop = AtomicBool::new(false);
+    let ok = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let preemptor = s.spawn(|| {
+            // The victim stops writing also when this thread fails.
+            let _stop = SetOnDrop(&stop);
+            // The victim has writes in flight and completing before the preempt.
+            let t = Instant::now();
+            while ok.load(Ordering::Relaxed) < 16 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "round {round}: victim writes do not complete ({} failed)\n{}",
+                    failed.load(Ordering::Relaxed),
+                    c.lab.logs_summary()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            before_preempt();
+            let sent = Instant::now();
+            // BUSY is retried as an initiator would; the caller decides whether it may happen.
+            let mut busy = 0;
+            let r = loop {
+                let r = s1.prout(
+                    SA_PREEMPT_AND_ABORT,
+                    WRITE_EXCLUSIVE_RO,
+                    key(1),
+                    key(2),
+                    false,
+                );
+                if r.status != BUSY || busy == 5 {
+                    break r;
+                }
+                busy += 1;
+            };
+            let latency = sent.elapsed();
+            good(r, "PREEMPT AND ABORT");
+            // Right after GOOD: the preemptor owns the region.
+            let (st, _) =
+                b1.blk_request(VIRTIO_BLK_T_OUT, region_sector(round), &pattern(round), 0);
+            assert_eq!(
+                st, VIRTIO_BLK_S_OK,
+                "round {round}: the preemptor's overwrite"
+            );
+            std::thread::sleep(keep_writing);
+            (latency, sent, busy)
+        });
+        let recs = tagged_writes(b2, 2, round, 8, &stop, &ok, &failed);
+        let (latency, sent, busy) = preemptor.join().unwrap();
+        Round {
+            latency,
+            recs,
+            sent,
+            busy,
+        }
+    })
+}
+
+/// (a) What h1's guest commits, h2's guest sees and obeys.
+#[test]
+fn shared_state_across_hosts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start(ClusterOpts::default());
+    let mut s1 = c.scsi(1);
+    let mut s2 = c.scsi(2);
+    let (gen0, keys0) = s2.read_keys();
+    assert!(keys0.is_empty(), "fresh disk has keys {keys0:x?}");
+
+    good(s1.prout(SA_REGISTER, 0, 0, key(1), false), "h1 REGISTER");
+    good(
+        s1.prout(SA_RESERVE, WRITE_EXCLUSIVE, key(1), 0, false),
+        "h1 RESERVE WE",
+    );
+    // No wait: by the time h1's PR OUT returned, h2's daemon must answer from the new state.
+    let (gen, keys) = s2.read_keys();
+    assert_eq!(keys, vec![key(1)], "h2 sees h1's key");
+    assert_eq!(gen, gen0 + 1, "PRgeneration counts the REGISTER only");
+    assert_eq!(
+        s2.read_reservation(),
+        (gen, Some((key(1), WRITE_EXCLUSIVE))),
+        "h2 sees h1's reservation"
+    );
+    assert_eq!(s1.read_keys(), (gen, vec![key(1)]));
+
+    // h2's guest is not the holder: its writes conflict on both paths, its reads pass.
+    let mut b2 = c.blk(2);
+    let (st, _) = b2.blk_request(VIRTIO_BLK_T_OUT, 100, &[0x22; 512], 0);
+    assert_eq!(st, VIRTIO_BLK_S_IOERR, "blk write of a non-holder on h2");
+    let w = s2.write16(100, &[0x22; 512]);
+    assert_eq!(w.status, RESERVATION_CONFLICT, "scsi write on h2: {w:?}");
+    assert_eq!(b2.blk_read(100, 512), vec![0u8; 512], "reads pass under WE");
+
+    // The holder's succeed, on both paths.
+    let mut b1 = c.blk(1);
+    b1.blk_write(100, &[0x11; 512]);
+    good(s1.write16(101, &[0x12; 512]), "holder's scsi write");
+    assert_eq!(b2.blk_read(100, 1024)[..512], [0x11; 512]);
+    assert_eq!(b2.blk_read(101, 512), vec![0x12; 512]);
+
+    // A third host joins the view too, and after the holder releases, h2 may write.
+    let mut s3 = c.scsi(3);
+    assert_eq!(s3.read_reservation().1, Some((key(1), WRITE_EXCLUSIVE)));
+    good(
+        s1.prout(SA_RELEASE, WRITE_EXCLUSIVE, key(1), 0, false),
+        "RELEASE",
+    );
+    assert_eq!(s2.read_reservation().1, None);
+    let (st, _) = b2.blk_request(VIRTIO_BLK_T_OUT, 100, &[0x22; 512], 0);
+    assert_eq!(
+        st, VIRTIO_BLK_S_OK,
+        "h2 writes once the reservation is gone"
+    );
+}
+
+/// (b) Healthy preempts under the victim's write load: no victim block after the pattern.
+#[test]
+fn canary_healthy_preempts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rounds = env_usize("SHAREDISK_CLUSTER_ROUNDS", 30);
+    let c = Cluster::start(ClusterOpts::default());
+    let (mut s1, mut b1, mut s2, mut b2) = canary_setup(&c);
+    let mut lat = Vec::new();
+    let mut failed_writes = 0;
+    let mut busy = 0;
+    for round in 0..rounds {
+        let Round {
+            latency: l,
+            recs,
+            sent,
+            busy: b,
+        } = canary_round(
+            &c,
+            round,
+            &mut s1,
+            &mut b1,
+            &mut b2,
+            &|| {},
+            Duration::from_millis(20),
+        );
+        lat.push(l);
+        busy += b;
+        // After GOOD no victim write may succeed; before the preempt, they all did.
+        let returned = sent + l;
+        for r in &recs {
+            if r.submitted > returned {
+                assert_ne!(
+                    r.ret, 0,
+                    "round {round}: a victim write sent after GOOD succeeded"
+                );
+            }
+            if r.done < sent {
+                assert_eq!(
+                    r.ret, 0,
+                    "round {round}: a victim write failed before the preempt"
+                );
+            }
+        }
+        failed_writes += recs.iter().filter(|r| r.ret != 0).count();
+        victim_rejoins(&mut s2, round, &[]);
+    }
+    assert!(failed_writes > 0, "the victim never wrote after a preempt");
+    assert_eq!(busy, 0, "healthy PREEMPTs answered BUSY");
+    let late = late_blocks(&c.lab.image(), rounds);
+    assert!(late.is_empty(), "late blocks: {late:?}");
+    lat.sort();
+    println!(
+        "healthy PREEMPT AND ABORT x{rounds}: p50 {:?}, p99 {:?}, max {:?}; 0 late blocks",
+        percentile(&lat, 50),
+        percentile(&lat, 99),
+        lat.last().unwrap()
+    );
+    // No victim or wait for a lease: the wait is one ack round trip.
+    assert!(
+        percentile(&lat, 50) < c.opts.lease(),
+        "healthy preempts wait for acks, not for leases: {lat:?}"
+    );
+}
+
+/// (c) The victim's host is cut off just before the preempt.
+#[test]
+fn canary_victim_cut_off() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rounds = env_usize("SHAREDISK_CLUSTER_CUT_ROUNDS", 2);
+    let c = Cluster::start(ClusterOpts::default());
+    let bound = c.opts.fence_bound() + Duration::from_millis(500);
+    let (mut s1, mut b1, mut s2, mut b2) = canary_setup(&c);
+    let mut lat = Vec::new();
+    let mut busy = 0;
+    for round in 0..rounds {
+        let cut = Mutex::new(None);
+        let Round {
+            latency: l,
+            recs,
+            sent,
+            busy: b,
+        } = canary_round(
+            &c,
+            round,
+            &mut s1,
+            &mut b1,
+            &mut b2,
+            &|| {
+                c.lab.link_down(2);
+                *cut.lock().unwrap() = Some(Instant::now());
+            },
+            // The victim keeps writing through its lease's end and a whole hold.
+            c.opts.hold() + Duration::from_millis(500),
+        );
+        let cut = cut.into_inner().unwrap().unwrap();
+        lat.push(l);
+        busy += b;
+        // Writes sent once the victim's lease surely ended fail, and so do writes sent after
+        // GOOD; the first ones after the lease's end were held for hold_ms before failing.
+        let lease_end =
+            cut + c.opts.lease().mul_f64(1.0 + c.opts.drift) + Duration::from_millis(100);
+        let returned = sent + l;
+        for r in &recs {
+            if r.submitted > lease_end.min(returned) {
+                assert_eq!(
+                    r.ret,
+                    -libc::EIO,
+                    "round {round}: a write after the lease: {r:?}"
+                );
+            }
+        }
+        let failed: Vec<&Rec> = recs.iter().filter(|r| r.ret != 0).collect();
+        assert!(!failed.is_empty(), "round {round}: no victim write failed");
+        assert!(failed.iter().all(|r| r.ret == -libc::EIO));
+        let held = failed.iter().map(|r| r.done - r.submitted).max().unwrap();
+        assert!(
+            held >= c.opts.hold().mul_f64(0.9) && held <= c.opts.hold() + Duration::from_secs(1),
+            "round {round}: writes without a lease were failed after at most {held:?}, not held \
+             for hold_ms ({:?})",
+            c.opts.hold()
+        );
+
+        c.lab.link_up(2);
+        let healed = Instant::now();
+        c.wait_serving(2, true, Duration::from_secs(10));
+        // After the heal: UA 2A/05 first (BUSY while still catching up), then conflict.
+        let ua = loop {
+            let r = s2.tur();
+            if r.status == BUSY {
+                assert!(
+                    healed.elapsed() < Duration::from_secs(5),
+                    "h2 BUSY 5 s after heal"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            break r;
+        };
+        assert_eq!(
+            (ua.status, ua.sense),
+            (CHECK_CONDITION, Some((6, 0x2a, 0x05))),
+            "round {round}: the victim's first command after the heal"
+        );
+        println!("round {round}: UA after the heal in {:?}", healed.elapsed());
+        victim_rejoins(&mut s2, round, &[ua.sense.unwrap()]);
+    }
+    let late = late_blocks(&c.lab.image(), rounds);
+    assert!(late.is_empty(), "late blocks: {late:?}");
+    lat.sort();
+    println!(
+        "PREEMPT AND ABORT with the victim cut off x{rounds}: p50 {:?}, max {:?} (bound {bound:?}), \
+         {busy} BUSY answers retried; 0 late blocks",
+        percentile(&lat, 50),
+        lat.last().unwrap()
+    );
+    // Checked last, so that a failure here comes with the figures above.
+    assert_eq!(busy, 0, "PREEMPT answered BUSY with the victim cut off");
+    assert!(
+        *lat.last().unwrap() <= bound,
+        "PREEMPT took up to {:?} with the victim cut off (bound {bound:?})",
+        lat.last().unwrap()
+    );
+}
+
+/// (d) etcd loses its quorum: every daemon stops admitting within its lease, PR OUT gets BUSY;
+/// with the quorum back, I/O and PR OUT work again.
+#[test]
+fn quorum_lost_fences_every_daemon() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::start(ClusterOpts::default());
+    let mut blks: Vec<VuFrontend> = (1..=3).map(|k| c.blk(k)).collect();
+    let mut s3 = c.scsi(3);
+    for (i, b) in blks.iter_mut().enumerate() {
+        b.blk_write(10 + i as u64, &[0xa0 + i as u8; 512]);
+    }
+    let leader = c.lab.leader();
+    let other = if leader == 1 { 2 } else { 1 };
+    c.lab.stop_etcd(leader);
+    c.lab.stop_etcd(other);
+    let stopped = Instant::now();
+    let lease_end = c.opts.lease().mul_f64(1.0 + c.opts.drift) + Duration::from_millis(200);
+    std::thread::sleep(lease_end);
+    // Writes sent now, on every host at once, are held until hold_ms after the lease ended
+    // (not before `stopped`), then fail.
+    let done: Vec<(u8, Instant)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = blks
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| {
+                sc.spawn(move || {
+                    let (st, _) = b.blk_request(VIRTIO_BLK_T_OUT, 10 + i as u64, &[0xee; 512], 0);
+                    (st, Instant::now())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (st, at)) in done.iter().enumerate() {
+        assert_eq!(
+            *st,
+            VIRTIO_BLK_S_IOERR,
+            "h{}: a write without a quorum",
+            i + 1
+        );
+        let after = *at - stopped;
+        assert!(
+            after >= c.opts.hold() && after <= lease_end + c.opts.hold() + Duration::from_secs(1),
+            "h{}: the write failed {after:?} after the quorum was lost; it should be held for \
+             hold_ms ({:?}) after the lease ended",
+            i + 1,
+            c.opts.hold()
+        );
+    }
+    for k in 1..=3 {
+        let s = c.status(k);
+        assert_eq!(s["serving"], false, "h{k} serves without a quorum: {s}");
+    }
+    let r = s3.prout(SA_REGISTER, 0, 0, key(3), false);
+    assert_eq!(r.status, BUSY, "PR OUT without a quorum: {r:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(30));
+
+    c.lab.cont_etcd(leader);
+    c.lab.cont_etcd(other);
+    c.lab.wait_healthy(Duration::from_secs(10));
+    for k in 1..=3 {
+        c.wait_serving(k, true, Duration::from_secs(10));
+    }
+    for (i, b) in blks.iter_mut().enumerate() {
+        b.blk_write(10 + i as u64, &[0xb0 + i as u8; 512]);
+    }
+    let r = s3.prout(SA_REGISTER, 0, 0, key(3), false);
+    // The BUSY one was never committed: the register is new now.
+    good(r, "PR OUT with the quorum back");
+    let mut s1 = c.scsi(1);
+    assert_eq!(s1.read_keys().1, vec![key(3)]);
+    // The failed writes did not land.
+    let got = read_direct(&c.lab.image(), 0, 8192);
+    for i in 0..3 {
+        let s = (10 + i) * 512;
+        assert_eq!(got[s..s + 512], [0xb0 + i as u8; 512], "sector {}", 10 + i);
+    }
+}
+
+/// (e) `ctl cluster status` lists the members with their initiators; a daemon that leaves
+/// cleanly is no longer listed.
+#[test]
+fn ctl_cluster_status_lists_members() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(ClusterOpts::default());
+    let mut s1 = c.scsi(1);
+    good(s1.prout(SA_REGISTER, 0, 0, key(1), false), "REGISTER");
+    let mut epochs = Vec::new();
+    for k in 1..=3 {
+        let s = c.status(k);
+        assert_eq!(s["node"], format!("h{k}"), "{s}");
+        assert_eq!(s["serving"], true, "{s}");
+        let lr = s["lease_remaining_ms"]
+            .as_u64()
+            .expect("lease_remaining_ms");
+        assert!(lr > 0 && lr <= c.opts.lease_ms, "{s}");
+        let members = s["members"].as_array().expect("members");
+        let mut nodes: Vec<(String, Vec<String>)> = members
+            .iter()
+            .map(|m| {
+                (
+                    m["node"].as_str().unwrap().to_string(),
+                    m["initiators"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i.as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+            .collect();
+        nodes.sort();
+        assert_eq!(
+            nodes,
+            (1..=3)
+                .map(|j| (format!("h{j}"), vec![guest(j)]))
+                .collect::<Vec<_>>(),
+            "h{k}'s view: {s}"
+        );
+        epochs.push(s["epoch"].as_u64().expect("epoch"));
+    }
+    // The REGISTER returned after every member acknowledged it: all apply the same epoch.
+    assert!(epochs.windows(2).all(|w| w[0] == w[1]), "epochs {epochs:?}");
+
+    c.lab.term_daemon(3);
+    let s = c.status(1);
+    let nodes: Vec<&str> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    assert!(!nodes.contains(&"h3"), "h3 left but is listed: {s}");
+    assert_eq!(nodes.len(), 2, "{s}");
+}
