@@ -18,6 +18,10 @@
 pub mod lease;
 
 #[cfg(feature = "cluster")]
+#[path = "cluster/endpoints.rs"]
+mod endpoints;
+
+#[cfg(feature = "cluster")]
 #[path = "cluster/etcd.rs"]
 pub mod etcd;
 

@@ -128,6 +128,14 @@ pub enum Commit {
     /// Nothing to change, and the state this daemon holds was still the newest: the outcome
     /// stands as computed.
     Confirmed,
+    /// Committed as `epoch` (`version`) by an attempt whose answer was lost, and another
+    /// daemon's change followed before the commit was sent again: apply this one, then adopt
+    /// `newer`.
+    Superseded {
+        epoch: u64,
+        version: i64,
+        newer: Remote,
+    },
     /// Another daemon changed the state first: here it is, to adopt and compute again.
     Stale(Remote),
     /// No answer that proves either; the command gets BUSY and nothing was changed, or the
@@ -370,7 +378,7 @@ impl Reservations {
         for _ in 0..MAX_TRIES {
             let (epoch, version) = self.held();
             match shared.commit(epoch, version, None, &[]) {
-                Commit::Confirmed | Commit::Done { .. } => return true,
+                Commit::Confirmed | Commit::Done { .. } | Commit::Superseded { .. } => return true,
                 Commit::Stale(remote) => {
                     self.adopt(remote);
                 }
@@ -479,7 +487,7 @@ impl Reservations {
             let theirs = next.take_unit_attentions(|i| !shared.hosts(i));
             let (epoch, version) = self.held();
             let proposed = outcome.changed.then(|| next.state());
-            match shared.commit(epoch, version, proposed, &theirs) {
+            let (epoch, version, newer) = match shared.commit(epoch, version, proposed, &theirs) {
                 Commit::Confirmed => {
                     // Nothing changed in the shared state; unit attentions of a failed command
                     // (none today) would still be local.
@@ -488,42 +496,50 @@ impl Reservations {
                     log::debug!("{initiator}: {what} -> {:?}", outcome.status);
                     return outcome.status;
                 }
-                Commit::Done { epoch, version } => {
-                    *arb = next;
-                    self.set_held(epoch, version);
-                    self.record(initiator, origin, &outcome.status);
-                    self.save_local_copy(&arb);
-                    log::info!(
-                        "{initiator}: {what} -> {:?}, generation {}, shared state {epoch}{}",
-                        outcome.status,
-                        arb.state().generation,
-                        if outcome.preempted.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", preempted {}", outcome.preempted.join(","))
-                        }
-                    );
-                    drop(arb);
-                    return match shared.settle(epoch, deadline) {
-                        Ok(()) => outcome.status,
-                        Err(why) => {
-                            log::error!(
-                                "{initiator}: {what} is committed (shared state {epoch}) but not \
-                                 settled: {why}: BUSY"
-                            );
-                            self.record(initiator, origin, &BUSY);
-                            BUSY
-                        }
-                    };
-                }
+                Commit::Done { epoch, version } => (epoch, version, None),
+                Commit::Superseded {
+                    epoch,
+                    version,
+                    newer,
+                } => (epoch, version, Some(newer)),
                 Commit::Stale(remote) => {
                     self.adopt_locked(&mut arb, remote);
+                    continue;
                 }
                 Commit::Unavailable(why) => {
                     log::warn!("{initiator}: {what}: {why}: BUSY");
                     return BUSY;
                 }
+            };
+            *arb = next;
+            self.set_held(epoch, version);
+            self.record(initiator, origin, &outcome.status);
+            self.save_local_copy(&arb);
+            log::info!(
+                "{initiator}: {what} -> {:?}, generation {}, shared state {epoch}{}",
+                outcome.status,
+                arb.state().generation,
+                if outcome.preempted.is_empty() {
+                    String::new()
+                } else {
+                    format!(", preempted {}", outcome.preempted.join(","))
+                }
+            );
+            if let Some(newer) = newer {
+                self.adopt_locked(&mut arb, newer);
             }
+            drop(arb);
+            return match shared.settle(epoch, deadline) {
+                Ok(()) => outcome.status,
+                Err(why) => {
+                    log::error!(
+                        "{initiator}: {what} is committed (shared state {epoch}) but not \
+                         settled: {why}: BUSY"
+                    );
+                    self.record(initiator, origin, &BUSY);
+                    BUSY
+                }
+            };
         }
         log::warn!(
             "{initiator}: {what}: the shared state kept changing under it, or the command's \

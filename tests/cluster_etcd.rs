@@ -188,8 +188,7 @@ fn tagged_writes(
     let mut seq = 0u64;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        while !stopping {
-            let Some(slot) = free.pop() else { break };
+        while let Some(slot) = (!stopping).then(|| free.pop()).flatten() {
             let pos = (seq * REQ_SECTORS) % REGION_SECTORS;
             // SAFETY: the region is mapped for REGION_LEN bytes; slot buffers do not overlap.
             let buf =

@@ -11,6 +11,10 @@
 //!   lease: a TTL is no proof that a daemon stopped (it restarts on every leader change).
 //! - `acks/<node>`: the epoch this daemon has applied (I/O admitted under older ones is
 //!   finished), its initiators and what was left of its read lease, rewritten on every renewal.
+//! - `commits/<node>`: the marker of this daemon's last commit (epoch, nonce), written in the
+//!   commit's transaction. A commit whose attempt got no answer is sent again (to the next etcd
+//!   member, `endpoints.rs`); when that one fails its compare, the marker tells whether the
+//!   first attempt landed (the command is then committed, once) or another daemon's did.
 //!
 //! **The read lease** ([`ReadLease`]). Every `renew_ms` the agent sends one transaction that
 //! succeeds only if the state's revision is the one applied here and this incarnation is still
@@ -33,9 +37,9 @@
 //! mode closes it by fencing the member outside sharedisk (killing its daemon, or cutting its
 //! storage path) before GOOD.
 //!
-//! An answer that does not come within its time (a partition, etcd without quorum) proves
-//! nothing: the command gets BUSY, the lease runs out, and a transaction whose fate is unknown is
-//! adopted later like any other daemon's change if it did commit.
+//! An answer that does not come within its time from any member (a partition, etcd without
+//! quorum) proves nothing: the command gets BUSY, the lease runs out, and a transaction whose
+//! fate is unknown is adopted later like any other daemon's change if it did commit.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,10 +48,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use serde::{Deserialize, Serialize};
 
+use super::endpoints::Endpoints;
 use super::lease::{boottime_ns, ReadLease};
 use super::ClusterConfig;
 use crate::lun::Lun;
@@ -64,11 +69,11 @@ pub enum ClusterError {
         what: &'static str,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("etcd ({endpoints}): {what}: no answer within {secs} s")]
+    #[error("etcd ({endpoints}): {what}: no answer within {ms} ms")]
     Timeout {
         endpoints: String,
         what: &'static str,
-        secs: u64,
+        ms: u64,
     },
     #[error("the shared state in etcd under {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
@@ -97,6 +102,15 @@ struct MemberValue {
     boot_id: String,
 }
 
+/// The `commits/<node>` key's value: written by each commit of this node with the state, so that
+/// a commit sent again after an unanswered attempt can tell whether that attempt landed.
+#[derive(Serialize)]
+struct CommitMarker {
+    epoch: u64,
+    nonce: u64,
+    pid: u32,
+}
+
 /// The `acks/<node>` key's value.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct AckValue {
@@ -111,7 +125,7 @@ struct AckValue {
 pub struct EtcdState {
     cfg: ClusterConfig,
     rt: tokio::runtime::Runtime,
-    client: Client,
+    endpoints: Endpoints,
     lease: ReadLease,
     hosted: RwLock<HashSet<String>>,
     member: Vec<u8>,
@@ -126,6 +140,7 @@ struct Keys {
     state: String,
     member: String,
     ack: String,
+    commit: String,
     members: String,
     acks: String,
     ua: String,
@@ -138,6 +153,7 @@ impl Keys {
             state: format!("{p}state"),
             member: format!("{p}members/{}", cfg.node),
             ack: format!("{p}acks/{}", cfg.node),
+            commit: format!("{p}commits/{}", cfg.node),
             members: format!("{p}members/"),
             acks: format!("{p}acks/"),
             ua: format!("{p}ua/"),
@@ -194,7 +210,7 @@ fn remote_from(
     }))
 }
 
-fn gets(resp: &etcd_client::TxnResponse) -> Vec<Vec<KeyValue>> {
+fn gets(resp: &TxnResponse) -> Vec<Vec<KeyValue>> {
     resp.op_responses()
         .into_iter()
         .filter_map(|r| match r {
@@ -231,27 +247,8 @@ impl EtcdState {
             .enable_all()
             .build()
             .map_err(ClusterError::Runtime)?;
-        let endpoints = cfg.etcd.join(",");
         let startup = Duration::from_millis(cfg.budget_ms.max(10_000));
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(cfg.lease())
-            .with_timeout(cfg.lease())
-            .with_keep_alive(cfg.renew_every(), cfg.lease())
-            .with_keep_alive_while_idle(true);
-        let client = rt
-            .block_on(async {
-                tokio::time::timeout(startup, Client::connect(&cfg.etcd, Some(opts))).await
-            })
-            .map_err(|_| ClusterError::Timeout {
-                endpoints: endpoints.clone(),
-                what: "connect",
-                secs: startup.as_secs(),
-            })?
-            .map_err(|e| ClusterError::Etcd {
-                endpoints: endpoints.clone(),
-                what: "connect",
-                source: Box::new(e),
-            })?;
+        let endpoints = Endpoints::new(&rt, cfg)?;
         let member = MemberValue {
             node: cfg.node.clone(),
             host: hostname(),
@@ -263,7 +260,7 @@ impl EtcdState {
         let shared = Arc::new(EtcdState {
             cfg: cfg.clone(),
             rt,
-            client,
+            endpoints,
             lease: ReadLease::new(),
             hosted: RwLock::new(guests.iter().cloned().collect()),
             member: serde_json::to_vec(&member).unwrap_or_default(),
@@ -278,29 +275,27 @@ impl EtcdState {
         })
         .unwrap_or_default();
         // One transaction: become the member, create the state from the local file if there is
-        // none (the first daemon of this disk), and read it.
-        // etcd may still be electing a leader (a cluster starting with this daemon): each step
-        // is tried again until the startup time is over.
+        // none (the first daemon of this disk), and read it. etcd may still be electing a leader
+        // (a cluster starting with this daemon): it is tried again until the startup time is over.
         let deadline = Instant::now() + startup;
         let sent = boottime_ns();
-        let created = shared
-            .retry(deadline, "join", || {
-                // One transaction: become the member, create the state from the local file if
-                // there is none (the first daemon of this disk).
-                let txn = Txn::new()
-                    .when([Compare::create_revision(
-                        k.state.as_str(),
-                        CompareOp::Equal,
-                        0,
-                    )])
-                    .and_then([
-                        TxnOp::put(k.member.as_str(), shared.member.clone(), None),
-                        TxnOp::put(k.state.as_str(), first.clone(), None),
-                    ])
-                    .or_else([TxnOp::put(k.member.as_str(), shared.member.clone(), None)]);
-                move |mut c: Client| async move { c.txn(txn).await }
-            })?
-            .succeeded();
+        let join = Txn::new()
+            .when([Compare::create_revision(
+                k.state.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                TxnOp::put(k.member.as_str(), shared.member.clone(), None),
+                TxnOp::put(k.state.as_str(), first, None),
+                TxnOp::get(k.state.as_str(), None),
+            ])
+            .or_else([
+                TxnOp::put(k.member.as_str(), shared.member.clone(), None),
+                TxnOp::get(k.state.as_str(), None),
+            ]);
+        let joined = shared.retry(deadline, "join", join)?;
+        let created = joined.succeeded();
         if created {
             log::info!(
                 "cluster: created the shared state of disk {:?} from the local state ({} \
@@ -309,11 +304,8 @@ impl EtcdState {
                 local.registrations.len()
             );
         }
-        let state = shared.retry(deadline, "read the state", || {
-            let key = k.state.clone();
-            move |mut c: Client| async move { c.get(key, None).await }
-        })?;
-        let remote = remote_from(k, state.kvs().first(), &[])
+        let state = gets(&joined).into_iter().next().unwrap_or_default();
+        let remote = remote_from(k, state.first(), &[])
             .map_err(|reason| ClusterError::Corrupt {
                 key: k.state.clone(),
                 reason,
@@ -341,19 +333,15 @@ impl EtcdState {
         Ok((shared, remote))
     }
 
-    /// Runs `make()`'s call until it succeeds or `deadline` passes (startup only).
-    fn retry<T, F, Fut>(
+    /// Runs `txn` until it gets an answer or `deadline` passes (startup only).
+    fn retry(
         &self,
         deadline: Instant,
         what: &'static str,
-        make: impl Fn() -> F,
-    ) -> Result<T, ClusterError>
-    where
-        F: FnOnce(Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-    {
+        txn: Txn,
+    ) -> Result<TxnResponse, ClusterError> {
         loop {
-            match self.call(self.cfg.lease(), what, make()) {
+            match self.txn(self.cfg.lease(), what, &txn) {
                 Ok(v) => return Ok(v),
                 Err(e) if Instant::now() + Duration::from_millis(200) < deadline => {
                     log::info!("cluster: {e}; trying again");
@@ -364,25 +352,14 @@ impl EtcdState {
         }
     }
 
-    /// Runs one etcd call with a deadline.
-    fn call<T, F, Fut>(&self, within: Duration, what: &'static str, f: F) -> Result<T, ClusterError>
-    where
-        F: FnOnce(Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let client = self.client.clone();
-        self.rt
-            .block_on(async { tokio::time::timeout(within, f(client)).await })
-            .map_err(|_| ClusterError::Timeout {
-                endpoints: self.cfg.etcd.join(","),
-                what,
-                secs: within.as_secs(),
-            })?
-            .map_err(|e| ClusterError::Etcd {
-                endpoints: self.cfg.etcd.join(","),
-                what,
-                source: Box::new(e),
-            })
+    /// Runs one transaction, answered within `within` (see [`Endpoints::txn`]).
+    fn txn(
+        &self,
+        within: Duration,
+        what: &'static str,
+        txn: &Txn,
+    ) -> Result<TxnResponse, ClusterError> {
+        self.endpoints.txn(&self.rt, within, what, txn)
     }
 
     /// A new guest at run time: its unit attentions are queued here from now on.
@@ -413,9 +390,7 @@ impl EtcdState {
                 self.member.clone(),
             )])
             .and_then([TxnOp::put(key, value, None)]);
-        match self.call(self.cfg.renew_every(), "acknowledge", |mut c| async move {
-            c.txn(txn).await
-        }) {
+        match self.txn(self.cfg.renew_every(), "acknowledge", &txn) {
             Ok(r) => r.succeeded(),
             Err(e) => {
                 log::debug!("cluster: {e}");
@@ -454,11 +429,7 @@ impl EtcdState {
                 ),
                 TxnOp::get(k.member.as_str(), None),
             ]);
-        let resp = match self.call(
-            self.cfg.renew_every(),
-            "renew the read lease",
-            |mut c| async move { c.txn(txn).await },
-        ) {
+        let resp = match self.txn(self.cfg.renew_every(), "renew the read lease", &txn) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("cluster: {e}");
@@ -483,11 +454,9 @@ impl EtcdState {
                  until it has joined again",
                 k.member
             );
-            let member = self.member.clone();
-            let key = k.member.clone();
-            let _ = self.call(self.cfg.renew_every(), "join again", |mut c| async move {
-                c.put(key, member, None).await
-            });
+            let again =
+                Txn::new().and_then([TxnOp::put(k.member.as_str(), self.member.clone(), None)]);
+            let _ = self.txn(self.cfg.renew_every(), "join again", &again);
             return false;
         }
         let remote = match remote_from(
@@ -527,9 +496,7 @@ impl EtcdState {
             TxnOp::get(k.members.as_str(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(k.acks.as_str(), Some(GetOptions::new().with_prefix())),
         ]);
-        let resp = self.call(self.cfg.lease(), "read the members", |mut c| async move {
-            c.txn(txn).await
-        })?;
+        let resp = self.txn(self.cfg.lease(), "read the members", &txn)?;
         let got = gets(&resp);
         let mut acks = BTreeMap::new();
         for kv in got.get(1).into_iter().flatten() {
@@ -605,9 +572,7 @@ impl EtcdState {
         let mut members = Vec::new();
         let mut shared_epoch = serde_json::Value::Null;
         let mut error = serde_json::Value::Null;
-        match self.call(self.cfg.lease(), "read the members", |mut c| async move {
-            c.txn(txn).await
-        }) {
+        match self.txn(self.cfg.lease(), "read the members", &txn) {
             Ok(resp) => {
                 let got = gets(&resp);
                 let mut acks = BTreeMap::new();
@@ -667,10 +632,9 @@ impl EtcdState {
             .and_then([
                 TxnOp::delete(k.member.as_str(), None),
                 TxnOp::delete(k.ack.as_str(), None),
+                TxnOp::delete(k.commit.as_str(), None),
             ]);
-        match self.call(self.cfg.lease(), "leave", |mut c| async move {
-            c.txn(txn).await
-        }) {
+        match self.txn(self.cfg.lease(), "leave", &txn) {
             Ok(_) => log::info!("cluster: node {:?} left", self.cfg.node),
             Err(e) => log::warn!(
                 "cluster: {e}; this member stays registered, and other daemons' PR OUTs wait \
@@ -716,7 +680,15 @@ impl SharedState for EtcdState {
                 Some(GetOptions::new().with_range(Keys::prefix_end(&k.ua))),
             ),
             TxnOp::get(k.member.as_str(), None),
+            TxnOp::get(k.commit.as_str(), None),
         ];
+        // What this commit writes as its marker: which attempt landed is read back from it.
+        let marker = serde_json::to_vec(&CommitMarker {
+            epoch: epoch + 1,
+            nonce: boottime_ns(),
+            pid: std::process::id(),
+        })
+        .unwrap_or_default();
         let txn = match next {
             None => Txn::new().when(conditions).or_else(stale),
             Some(state) => {
@@ -729,7 +701,10 @@ impl SharedState for EtcdState {
                     .iter()
                     .map(|(i, s)| (i.clone(), s.key, s.asc, s.ascq))
                     .collect();
-                let mut ops = vec![TxnOp::put(k.state.as_str(), value, None)];
+                let mut ops = vec![
+                    TxnOp::put(k.state.as_str(), value, None),
+                    TxnOp::put(k.commit.as_str(), marker.clone(), None),
+                ];
                 if !uas.is_empty() {
                     ops.push(TxnOp::put(
                         k.ua_at(epoch + 1),
@@ -740,11 +715,10 @@ impl SharedState for EtcdState {
                 Txn::new().when(conditions).and_then(ops).or_else(stale)
             }
         };
-        // A commit whose answer does not come within the lease is given up (BUSY); if it did
-        // commit, every daemon adopts it like any other change.
-        let resp = match self.call(self.cfg.lease(), "commit", |mut c| async move {
-            c.txn(txn).await
-        }) {
+        // Tried on each etcd member in turn (see `endpoints.rs`). A commit without any answer
+        // within the lease is given up (BUSY); if it did commit, every daemon (this one too)
+        // adopts it like any other change: PRgeneration counts it once.
+        let resp = match self.txn(self.cfg.lease(), "commit", &txn) {
             Ok(r) => r,
             Err(e) => return Commit::Unavailable(e.to_string()),
         };
@@ -768,14 +742,41 @@ impl SharedState for EtcdState {
             self.wake_renewer();
             return Commit::Unavailable("this daemon's membership was replaced".into());
         }
-        match remote_from(
+        let remote = match remote_from(
             k,
             got.first().and_then(|s| s.first()),
             got.get(1).map_or(&[][..], |v| &v[..]),
         ) {
-            Ok(Some(r)) => Commit::Stale(r),
-            Ok(None) => Commit::Unavailable("the shared state is gone".into()),
-            Err(e) => Commit::Unavailable(format!("the shared state is unreadable: {e}")),
+            Ok(Some(r)) => r,
+            Ok(None) => return Commit::Unavailable("the shared state is gone".into()),
+            Err(e) => return Commit::Unavailable(format!("the shared state is unreadable: {e}")),
+        };
+        // An earlier attempt of this very commit landed (its answer was lost, or came too late)
+        // when the marker is this commit's: it is committed at the marker's revision.
+        let landed = got
+            .get(3)
+            .and_then(|m| m.first())
+            .filter(|m| next.is_some() && m.value() == marker.as_slice())
+            .map(|m| m.mod_revision());
+        match landed {
+            Some(version) if version == remote.version => Commit::Done {
+                epoch: epoch + 1,
+                version,
+            },
+            Some(version) => {
+                log::info!(
+                    "cluster: commit of epoch {} landed on a retry's first attempt, and epoch {} \
+                     followed",
+                    epoch + 1,
+                    remote.epoch
+                );
+                Commit::Superseded {
+                    epoch: epoch + 1,
+                    version,
+                    newer: remote,
+                }
+            }
+            None => Commit::Stale(remote),
         }
     }
 
@@ -923,24 +924,29 @@ fn renew_loop(shared: &EtcdState, lun: &Lun) {
     }
 }
 
-/// Wakes the renewer whenever the state key changes; reconnects after any error.
+/// Wakes the renewer whenever the state key changes. Watches through the member that answers
+/// the calls, and moves when they move; reconnects after any error.
 async fn watch_state(shared: Arc<EtcdState>, key: String) {
-    loop {
-        if shared.stopping.load(Ordering::Acquire) {
-            return;
-        }
-        let mut client = shared.client.clone();
+    while !shared.stopping.load(Ordering::Acquire) {
+        let (at, mut client) = shared.endpoints.preferred();
         match client.watch(key.clone(), None).await {
-            Ok(mut stream) => {
-                while let Ok(Some(resp)) = stream.message().await {
-                    if !resp.events().is_empty() {
-                        shared.wake_renewer();
-                    }
-                    if resp.canceled() {
-                        break;
-                    }
+            Ok(mut stream) => loop {
+                if shared.stopping.load(Ordering::Acquire) || shared.endpoints.preferred().0 != at {
+                    break;
                 }
-            }
+                match tokio::time::timeout(shared.cfg.renew_every(), stream.message()).await {
+                    Ok(Ok(Some(resp))) => {
+                        if !resp.events().is_empty() {
+                            shared.wake_renewer();
+                        }
+                        if resp.canceled() {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(_) => {} // quiet: check the endpoint and go on
+                }
+            },
             Err(e) => log::debug!("cluster: watch {key}: {e}"),
         }
         tokio::time::sleep(shared.cfg.renew_every() / 2).await;
