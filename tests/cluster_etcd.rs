@@ -363,7 +363,8 @@ fn canary_round(
             }
             before_preempt();
             let sent = Instant::now();
-            // BUSY is retried as an initiator would; the caller decides whether it may happen.
+            // BUSY is retried as an initiator would (for up to 20 s); the caller decides
+            // whether it may happen.
             let mut busy = 0;
             let r = loop {
                 let r = s1.prout(
@@ -373,10 +374,11 @@ fn canary_round(
                     key(2),
                     false,
                 );
-                if r.status != BUSY || busy == 5 {
+                if r.status != BUSY || sent.elapsed() > Duration::from_secs(20) {
                     break r;
                 }
                 busy += 1;
+                std::thread::sleep(Duration::from_millis(50));
             };
             let latency = sent.elapsed();
             good(r, "PREEMPT AND ABORT");
@@ -755,4 +757,154 @@ fn ctl_cluster_status_lists_members() {
         .collect();
     assert!(!nodes.contains(&"h3"), "h3 left but is listed: {s}");
     assert_eq!(nodes.len(), 2, "{s}");
+}
+
+/// (f) The issuer's host is cut off while its PR OUT is on the way to etcd: the answer is GOOD
+/// only if the change committed, and PRgeneration moves by one or not at all, never more (a
+/// commit sent to another member after an unanswered attempt is the same commit).
+#[test]
+fn issuer_cut_off_mid_transaction() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rounds = env_usize("SHAREDISK_CLUSTER_ISSUER_ROUNDS", 8);
+    let c = Cluster::start(ClusterOpts::default());
+    let mut s1 = c.scsi(1);
+    let mut s2 = c.scsi(2);
+    let mut held = key(1) << 16;
+    good(s1.prout(SA_REGISTER, 0, 0, held, false), "h1 REGISTER");
+    let port = c.lab.port_switch(1);
+    // (GOOD, +1), (BUSY, +1), (BUSY, +0)
+    let mut seen = [0usize; 3];
+    for round in 0..rounds {
+        let (gen0, keys0) = s2.read_keys();
+        assert_eq!(keys0, vec![held], "round {round}: before");
+        let next = held + 1;
+        // The cut lands anywhere from before etcd got the transaction to after it answered.
+        let delay = Duration::from_micros((round as u64 * 700) % 6_000);
+        let r = std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(delay);
+                port.set(false);
+            });
+            s1.prout(SA_REGISTER, 0, held, next, false)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        port.set(true);
+        c.lab.wait_healthy(Duration::from_secs(15));
+        for k in 1..=3 {
+            c.wait_serving(k, true, Duration::from_secs(15));
+        }
+        let (gen1, keys1) = s2.read_keys();
+        let committed = match keys1.as_slice() {
+            [k] if *k == next => true,
+            [k] if *k == held => false,
+            other => panic!("round {round}: keys {other:x?} after REGISTER {held:x} -> {next:x}"),
+        };
+        assert_eq!(
+            gen1,
+            gen0 + committed as u32,
+            "round {round}: PRgeneration {gen0} -> {gen1} (committed: {committed}, answer {r:?})"
+        );
+        assert!(
+            r.is_good() || r.status == BUSY,
+            "round {round}: answer {r:?}"
+        );
+        assert!(
+            !r.is_good() || committed,
+            "round {round}: GOOD without a commit"
+        );
+        // h1 sees the same state once it serves again.
+        assert_eq!(
+            s1.read_keys(),
+            (gen1, keys1.clone()),
+            "round {round}: h1's view"
+        );
+        seen[match (r.is_good(), committed) {
+            (true, _) => 0,
+            (false, true) => 1,
+            (false, false) => 2,
+        }] += 1;
+        println!(
+            "round {round}: cut {delay:?} after sending: {}, PRgeneration +{}",
+            if r.is_good() { "GOOD" } else { "BUSY" },
+            committed as u32
+        );
+        if committed {
+            held = next;
+        }
+        s1.drain_ua();
+        s2.drain_ua();
+    }
+    println!(
+        "issuer cut off mid-transaction x{rounds}: GOOD +1: {}, BUSY +1: {}, BUSY +0: {}; never \
+         GOOD without a commit, never +2",
+        seen[0], seen[1], seen[2]
+    );
+}
+
+/// (g) The etcd leader is killed (SIGKILL, then restarted) or stopped (SIGSTOP, then SIGCONT)
+/// just before a PREEMPT AND ABORT: the PREEMPT may get BUSY while etcd elects, and once GOOD no
+/// write of the victim lands.
+#[test]
+fn leader_lost_during_preempt() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rounds = env_usize("SHAREDISK_CLUSTER_LEADER_ROUNDS", 4);
+    let mut c = Cluster::start(ClusterOpts::default());
+    let (mut s1, mut b1, mut s2, mut b2) = canary_setup(&c);
+    let mut lat = Vec::new();
+    let mut busy = 0;
+    for round in 0..rounds {
+        let leader = c.lab.leader();
+        let kill = round % 2 == 0;
+        let Round {
+            latency: l,
+            busy: b,
+            ..
+        } = canary_round(
+            &c,
+            round,
+            &mut s1,
+            &mut b1,
+            &mut b2,
+            &|| {
+                if kill {
+                    signal_etcd(&c, leader, libc::SIGKILL);
+                } else {
+                    c.lab.stop_etcd(leader);
+                }
+            },
+            Duration::from_millis(200),
+        );
+        lat.push(l);
+        busy += b;
+        if kill {
+            c.lab.restart_etcd(leader);
+        } else {
+            c.lab.cont_etcd(leader);
+        }
+        c.lab.wait_healthy(Duration::from_secs(15));
+        for k in 1..=3 {
+            c.wait_serving(k, true, Duration::from_secs(15));
+        }
+        println!(
+            "round {round}: leader h{leader} {}: PREEMPT AND ABORT GOOD after {l:?}, {b} BUSY",
+            if kill { "killed" } else { "stopped" }
+        );
+        victim_rejoins(&mut s2, round, &[]);
+    }
+    let late = late_blocks(&c.lab.image(), rounds);
+    assert!(late.is_empty(), "late blocks: {late:?}");
+    lat.sort();
+    println!(
+        "PREEMPT AND ABORT with the etcd leader lost x{rounds}: p50 {:?}, max {:?}, {busy} BUSY \
+         answers retried; 0 late blocks",
+        percentile(&lat, 50),
+        lat.last().unwrap()
+    );
+}
+
+/// SIGKILL of etcd member `k` without reaping it (the lab restarts it after the round).
+fn signal_etcd(c: &Cluster, k: usize, sig: i32) {
+    let pid = c.lab.etcd_pid(k);
+    // SAFETY: kill(2) of a child process of this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
 }

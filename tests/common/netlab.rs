@@ -501,7 +501,7 @@ impl NetLab {
         }
     }
 
-    fn etcd_pid(&self, k: usize) -> u32 {
+    pub fn etcd_pid(&self, k: usize) -> u32 {
         self.etcd[k - 1]
             .as_ref()
             .unwrap_or_else(|| panic!("etcd {k} is not running"))
@@ -618,6 +618,26 @@ impl NetLab {
             s["rx"]["packets"].as_u64().unwrap(),
             s["tx"]["packets"].as_u64().unwrap(),
         )
+    }
+
+    /// A switch for host `k`'s port that flips it in microseconds (an ioctl on a socket in the
+    /// switch's namespace), for faults timed inside one request; [`NetLab::link_down`] runs
+    /// `ip`, which takes milliseconds.
+    pub fn port_switch(&self, k: usize) -> PortSwitch {
+        let path = format!("/run/netns/{}", self.switch_ns());
+        let socket = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns(2) of this thread into a namespace file we opened.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            UdpSocket::bind("0.0.0.0:0").unwrap()
+        })
+        .join()
+        .unwrap();
+        PortSwitch {
+            socket,
+            port: format!("p{k}"),
+        }
     }
 
     // ---- daemons ----
@@ -894,6 +914,45 @@ impl Drop for NetLab {
                 let kept = dir.keep();
                 eprintln!("lab directory kept: {}", kept.display());
             }
+        }
+    }
+}
+
+/// See [`NetLab::port_switch`].
+pub struct PortSwitch {
+    socket: UdpSocket,
+    port: String,
+}
+
+impl PortSwitch {
+    /// Sets the port up or down (IFF_UP), as `ip link set pK up|down` does.
+    pub fn set(&self, up: bool) {
+        // SAFETY: ifreq is plain data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(self.port.bytes()) {
+            *d = s as libc::c_char;
+        }
+        let fd = self.socket.as_raw_fd();
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which lives across the calls.
+        unsafe {
+            assert_eq!(
+                libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req),
+                0,
+                "SIOCGIFFLAGS"
+            );
+            let flags = &mut req.ifr_ifru.ifru_flags;
+            if up {
+                *flags |= libc::IFF_UP as libc::c_short;
+            } else {
+                *flags &= !(libc::IFF_UP as libc::c_short);
+            }
+            assert_eq!(
+                libc::ioctl(fd, libc::SIOCSIFFLAGS, &req),
+                0,
+                "SIOCSIFFLAGS {}: {}",
+                self.port,
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
