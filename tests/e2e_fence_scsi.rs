@@ -22,42 +22,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster_vm::{image_bytes, keys, reservation, sg_persist, write_block, ClusterLab};
+use common::cluster_vm::{
+    agent, agent_ok, check_writes, derived_key, image_bytes, keys, reservation, sg_persist, Blocks,
+    ClusterLab,
+};
 use common::ctl::ctl;
 use common::guest::{qemu_version, Guest};
 
 const DEVS: &str = "--devices=/dev/sda";
 const WERO: &str = "Write Exclusive, registrants only";
-
-fn md5_hex(s: &str) -> String {
-    let out = Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(s.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("md5sum runs");
-    String::from_utf8(out.stdout).unwrap()[..32].to_string()
-}
-
-/// The key `fence_scsi` derives: 4 hex digits of md5(cluster name), then the node's position in
-/// corosync's node list (`id`, 4 decimal digits) or 4 hex digits of md5(node name) (`hash`),
-/// without leading zeros, as sg_persist prints it.
-fn derived_key(node: usize, hash: bool) -> String {
-    let cluster = &md5_hex("sharedisk")[..4];
-    let k = if hash {
-        format!("{cluster}{}", &md5_hex(&format!("node{node}"))[..4])
-    } else {
-        format!("{cluster}{:04}", node - 1)
-    };
-    k.trim_start_matches('0').to_string()
-}
 
 struct Steps {
     started: Instant,
@@ -86,50 +61,6 @@ impl Steps {
             eprintln!("  {:>6.1}s  {what}", d.as_secs_f64());
         }
         eprintln!("  {:>6.1}s  total", self.started.elapsed().as_secs_f64());
-    }
-}
-
-/// `fence_scsi ARGS` on `g`: (exit status, output).
-fn agent(g: &Guest, args: &str) -> (i32, String) {
-    g.run(&format!("fence_scsi {args}"))
-}
-
-#[track_caller]
-fn agent_ok(g: &Guest, args: &str, want: &str) {
-    let (rc, out) = agent(g, args);
-    assert_eq!(rc, 0, "[{}] fence_scsi {args}: {out}", g.name());
-    assert!(
-        out.contains(want),
-        "[{}] fence_scsi {args}: {out}",
-        g.name()
-    );
-}
-
-/// Every block a test writes gets its own 4 KiB block number.
-struct Blocks(u64);
-impl Blocks {
-    fn next(&mut self) -> u64 {
-        self.0 += 1;
-        self.0
-    }
-}
-
-/// Node `g` writes a fresh block on both devices; asserts whether it may, in the guest and on
-/// the image.
-#[track_caller]
-fn check_writes(image: &Path, g: &Guest, blocks: &mut Blocks, allowed: bool, step: &str) {
-    for dev in ["/dev/sda", "/dev/vda"] {
-        let b = blocks.next();
-        let tag = format!("{}-{}-{step}", g.name(), &dev[5..]);
-        let ok = write_block(g, dev, b, &tag);
-        let on_image = image_bytes(image, b * 4096, tag.len()) == tag.as_bytes();
-        assert_eq!(
-            (ok, on_image),
-            (allowed, allowed),
-            "{step}: {}'s write to {dev} (block {b}): dd ok={ok}, on the image={on_image}, \
-             expected {allowed}",
-            g.name()
-        );
     }
 }
 

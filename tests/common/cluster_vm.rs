@@ -5,6 +5,7 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ pub struct ClusterLab {
 
 /// A multicast port of this process's own, so that concurrent test processes (and labs) never
 /// share a network.
-fn net_addr() -> String {
+pub fn net_addr() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let port = 20000 + (std::process::id() % 2000) as u16 * 8 + n % 8;
@@ -36,12 +37,7 @@ impl ClusterLab {
     pub fn start(dir: &Path, n: usize, size: &str) -> ClusterLab {
         let names = &NODES[..n];
         let daemon = DaemonProcess::start(dir, names, size);
-        let hosts = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| format!("{name}=10.77.0.{}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let hosts = hosts_of(n);
         let mut lab = ClusterLab {
             daemon,
             nodes: Vec::new(),
@@ -74,22 +70,13 @@ impl ClusterLab {
 
     fn boot_node(&self, k: usize) -> Guest {
         let name = NODES[k - 1];
-        let mut o = GuestOpts::new(name);
-        o.blk = Some(self.daemon.blk(name));
-        o.scsi = Some(self.daemon.scsi(name));
-        o.memory = "1024M";
-        o.reconnect = true;
-        o.cluster = Some(ClusterNet {
-            net: self.net.clone(),
-            mac: format!("52:54:00:77:00:{k:02x}"),
-            ip: format!("10.77.0.{k}/24"),
-            hosts: self.hosts.clone(),
-            ack: Some(self.ack_file(k)),
-        });
-        let g = Guest::boot(o);
-        g.set_run_timeout(Duration::from_secs(120));
-        g.sh("test -b /dev/vda && test -b /dev/sda && ip -br addr show eth0");
-        g
+        boot_node(
+            k,
+            (self.daemon.blk(name), self.daemon.scsi(name)),
+            &self.net,
+            &self.hosts,
+            self.ack_file(k),
+        )
     }
 
     /// Boots node `k` (1-based) again after it went down.
@@ -118,19 +105,63 @@ impl ClusterLab {
 
     /// Starts corosync on every running node and waits until each sees all of them.
     pub fn start_corosync(&self) {
-        for g in self.nodes.iter().flatten() {
-            g.sh("corosync </dev/null >/var/log/corosync/start.log 2>&1");
-        }
-        let want = self.nodes.len();
-        for g in self.nodes.iter().flatten() {
-            wait_guest(
-                g,
-                &format!(
-                    "test $(corosync-quorumtool -l 2>/dev/null | grep -c ' node[0-9]') -eq {want}"
-                ),
-                Duration::from_secs(60),
-            );
-        }
+        start_corosync(&self.nodes.iter().flatten().collect::<Vec<_>>());
+    }
+}
+
+/// `/etc/hosts` of a cluster of `n` nodes: `nodeK=10.77.0.K`.
+pub fn hosts_of(n: usize) -> String {
+    NODES[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("{name}=10.77.0.{}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Boots node `k` (1-based) of a cluster on network `net` (see [`net_addr`]) with `/dev/vda` and
+/// `/dev/sda` on the `(blk, scsi)` sockets, whichever daemon serves them; its /dev/ttyS1 goes to
+/// `ack`.
+pub fn boot_node(
+    k: usize,
+    sockets: (PathBuf, PathBuf),
+    net: &str,
+    hosts: &str,
+    ack: PathBuf,
+) -> Guest {
+    let name = NODES[k - 1];
+    let mut o = GuestOpts::new(name);
+    o.blk = Some(sockets.0);
+    o.scsi = Some(sockets.1);
+    o.memory = "1024M";
+    o.reconnect = true;
+    o.cluster = Some(ClusterNet {
+        net: net.to_string(),
+        mac: format!("52:54:00:77:00:{k:02x}"),
+        ip: format!("10.77.0.{k}/24"),
+        hosts: hosts.to_string(),
+        ack: Some(ack),
+    });
+    let g = Guest::boot(o);
+    g.set_run_timeout(Duration::from_secs(120));
+    g.sh("test -b /dev/vda && test -b /dev/sda && ip -br addr show eth0");
+    g
+}
+
+/// Starts corosync on `nodes` and waits until each sees all of them.
+pub fn start_corosync(nodes: &[&Guest]) {
+    for g in nodes {
+        g.sh("corosync </dev/null >/var/log/corosync/start.log 2>&1");
+    }
+    let want = nodes.len();
+    for g in nodes {
+        wait_guest(
+            g,
+            &format!(
+                "test $(corosync-quorumtool -l 2>/dev/null | grep -c ' node[0-9]') -eq {want}"
+            ),
+            Duration::from_secs(60),
+        );
     }
 }
 
@@ -215,4 +246,77 @@ pub fn write_block(g: &Guest, dev: &str, block: u64, tag: &str) -> bool {
          iflag=fullblock 2>&1"
     ));
     rc == 0
+}
+
+// ---- fence_scsi ----
+
+pub fn md5_hex(s: &str) -> String {
+    let out = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("md5sum runs");
+    String::from_utf8(out.stdout).unwrap()[..32].to_string()
+}
+
+/// The key `fence_scsi` derives: 4 hex digits of md5(cluster name), then the node's position in
+/// corosync's node list (`id`, 4 decimal digits) or 4 hex digits of md5(node name) (`hash`),
+/// without leading zeros, as sg_persist prints it.
+pub fn derived_key(node: usize, hash: bool) -> String {
+    let cluster = &md5_hex("sharedisk")[..4];
+    let k = if hash {
+        format!("{cluster}{}", &md5_hex(&format!("node{node}"))[..4])
+    } else {
+        format!("{cluster}{:04}", node - 1)
+    };
+    k.trim_start_matches('0').to_string()
+}
+
+/// `fence_scsi ARGS` on `g`: (exit status, output).
+pub fn agent(g: &Guest, args: &str) -> (i32, String) {
+    g.run(&format!("fence_scsi {args}"))
+}
+
+#[track_caller]
+pub fn agent_ok(g: &Guest, args: &str, want: &str) {
+    let (rc, out) = agent(g, args);
+    assert_eq!(rc, 0, "[{}] fence_scsi {args}: {out}", g.name());
+    assert!(
+        out.contains(want),
+        "[{}] fence_scsi {args}: {out}",
+        g.name()
+    );
+}
+
+/// Every block a test writes gets its own 4 KiB block number.
+pub struct Blocks(pub u64);
+impl Blocks {
+    pub fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// Node `g` writes a fresh block on both devices; asserts whether it may, in the guest and on
+/// the image.
+#[track_caller]
+pub fn check_writes(image: &Path, g: &Guest, blocks: &mut Blocks, allowed: bool, step: &str) {
+    for dev in ["/dev/sda", "/dev/vda"] {
+        let b = blocks.next();
+        let tag = format!("{}-{}-{step}", g.name(), &dev[5..]);
+        let ok = write_block(g, dev, b, &tag);
+        let on_image = image_bytes(image, b * 4096, tag.len()) == tag.as_bytes();
+        assert_eq!(
+            (ok, on_image),
+            (allowed, allowed),
+            "{step}: {}'s write to {dev} (block {b}): dd ok={ok}, on the image={on_image}, \
+             expected {allowed}",
+            g.name()
+        );
+    }
 }
