@@ -309,15 +309,41 @@ fn victim_rejoins(s2: &mut ScsiClient, round: usize, seen: &[SenseTriple]) {
         ua.contains(&(6, 0x2a, 0x05)),
         "round {round}: the victim's UAs {ua:02x?} lack 2A/05 REGISTRATIONS PREEMPTED"
     );
-    let w = s2.write16(region_sector(round), &[0u8; 512]);
+    let w = retry_busy(|| s2.write16(region_sector(round), &[0u8; 512]));
     assert_eq!(
         w.status, RESERVATION_CONFLICT,
         "round {round}: write of a preempted initiator: {w:?}"
     );
     good(
-        s2.prout(SA_REGISTER, 0, 0, key(2), false),
+        retry_busy(|| s2.prout(SA_REGISTER, 0, 0, key(2), false)),
         "victim REGISTER again",
     );
+}
+
+/// READ KEYS, sent again while BUSY: (PRgeneration, keys).
+fn keys_of(s: &mut ScsiClient) -> (u32, Vec<u64>) {
+    let r = retry_busy(|| s.prin(PRIN_READ_KEYS, 8192));
+    assert!(r.is_good(), "READ KEYS: {r:?}");
+    let d = &r.data;
+    let keys = d[8..]
+        .chunks(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    (u32::from_be_bytes(d[0..4].try_into().unwrap()), keys)
+}
+
+/// Sends a command again while it gets BUSY, as an initiator does (etcd may still be electing a
+/// leader after a heal: a member that was cut off disrupts the term when it comes back), for up
+/// to 10 s.
+fn retry_busy(mut f: impl FnMut() -> ScsiResult) -> ScsiResult {
+    let t = Instant::now();
+    loop {
+        let r = f();
+        if r.status != BUSY || t.elapsed() > Duration::from_secs(10) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 struct Round {
@@ -775,7 +801,7 @@ fn issuer_cut_off_mid_transaction() {
     // (GOOD, +1), (BUSY, +1), (BUSY, +0)
     let mut seen = [0usize; 3];
     for round in 0..rounds {
-        let (gen0, keys0) = s2.read_keys();
+        let (gen0, keys0) = keys_of(&mut s2);
         assert_eq!(keys0, vec![held], "round {round}: before");
         let next = held + 1;
         // The cut lands anywhere from before etcd got the transaction to after it answered.
@@ -793,7 +819,7 @@ fn issuer_cut_off_mid_transaction() {
         for k in 1..=3 {
             c.wait_serving(k, true, Duration::from_secs(15));
         }
-        let (gen1, keys1) = s2.read_keys();
+        let (gen1, keys1) = keys_of(&mut s2);
         let committed = match keys1.as_slice() {
             [k] if *k == next => true,
             [k] if *k == held => false,
@@ -814,7 +840,7 @@ fn issuer_cut_off_mid_transaction() {
         );
         // h1 sees the same state once it serves again.
         assert_eq!(
-            s1.read_keys(),
+            keys_of(&mut s1),
             (gen1, keys1.clone()),
             "round {round}: h1's view"
         );

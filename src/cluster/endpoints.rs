@@ -73,6 +73,12 @@ impl Endpoints {
         (i, self.clients[i].1.clone())
     }
 
+    /// The URL of the member calls go to now.
+    pub fn answering(&self) -> &str {
+        let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
+        &self.clients[i].0
+    }
+
     /// Runs `txn` on the member that answered last, moving on to the next member when one
     /// fails or does not answer within its share of `within`: half of what is left, and all of
     /// it for the last member of a round. The error is the last member's.

@@ -111,6 +111,13 @@ struct CommitMarker {
     pid: u32,
 }
 
+/// One member as `members/` and `acks/` show it.
+struct Member {
+    node: String,
+    incarnation: Option<MemberValue>,
+    ack: Option<AckValue>,
+}
+
 /// The `acks/<node>` key's value.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct AckValue {
@@ -489,29 +496,51 @@ impl EtcdState {
         c.notify_all();
     }
 
-    /// Members other than this one and the epoch each acknowledged.
-    fn peers(&self) -> Result<BTreeMap<String, Option<AckValue>>, ClusterError> {
+    /// Every member (its incarnation and what it acknowledged) and the shared epoch, in one
+    /// read.
+    fn members(&self) -> Result<(Vec<Member>, Option<u64>), ClusterError> {
         let k = &self.keys;
         let txn = Txn::new().and_then([
             TxnOp::get(k.members.as_str(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(k.acks.as_str(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(k.state.as_str(), None),
         ]);
-        let resp = self.txn(self.cfg.lease(), "read the members", &txn)?;
-        let got = gets(&resp);
+        let got = gets(&self.txn(self.cfg.lease(), "read the members", &txn)?);
         let mut acks = BTreeMap::new();
         for kv in got.get(1).into_iter().flatten() {
             let node = String::from_utf8_lossy(&kv.key()[k.acks.len()..]).to_string();
             acks.insert(node, serde_json::from_slice::<AckValue>(kv.value()).ok());
         }
-        let mut out = BTreeMap::new();
-        for kv in got.first().into_iter().flatten() {
-            let node = String::from_utf8_lossy(&kv.key()[k.members.len()..]).to_string();
-            if node != self.cfg.node {
-                let ack = acks.remove(&node).flatten();
-                out.insert(node, ack);
-            }
-        }
-        Ok(out)
+        let members = got
+            .first()
+            .into_iter()
+            .flatten()
+            .map(|kv| {
+                let node = String::from_utf8_lossy(&kv.key()[k.members.len()..]).to_string();
+                Member {
+                    incarnation: serde_json::from_slice(kv.value()).ok(),
+                    ack: acks.remove(&node).flatten(),
+                    node,
+                }
+            })
+            .collect();
+        let epoch = got
+            .get(2)
+            .and_then(|s| s.first())
+            .and_then(|s| serde_json::from_slice::<StateValue>(s.value()).ok())
+            .map(|v| v.epoch);
+        Ok((members, epoch))
+    }
+
+    /// Members other than this one and the epoch each acknowledged.
+    fn peers(&self) -> Result<BTreeMap<String, Option<AckValue>>, ClusterError> {
+        Ok(self
+            .members()?
+            .0
+            .into_iter()
+            .filter(|m| m.node != self.cfg.node)
+            .map(|m| (m.node, m.ack))
+            .collect())
     }
 
     /// Runs the strict mode's fence hook for `node`; whether it succeeded within `within`.
@@ -563,49 +592,32 @@ impl EtcdState {
     /// What `sharedisk ctl cluster status` shows.
     pub fn status(&self, lun: &Lun) -> serde_json::Value {
         let (epoch, _) = lun.reservations.held();
-        let k = &self.keys;
-        let txn = Txn::new().and_then([
-            TxnOp::get(k.members.as_str(), Some(GetOptions::new().with_prefix())),
-            TxnOp::get(k.acks.as_str(), Some(GetOptions::new().with_prefix())),
-            TxnOp::get(k.state.as_str(), None),
-        ]);
         let mut members = Vec::new();
-        let mut shared_epoch = serde_json::Value::Null;
-        let mut error = serde_json::Value::Null;
-        match self.txn(self.cfg.lease(), "read the members", &txn) {
-            Ok(resp) => {
-                let got = gets(&resp);
-                let mut acks = BTreeMap::new();
-                for kv in got.get(1).into_iter().flatten() {
-                    let node = String::from_utf8_lossy(&kv.key()[k.acks.len()..]).to_string();
-                    acks.insert(node, serde_json::from_slice::<AckValue>(kv.value()).ok());
-                }
-                for kv in got.first().into_iter().flatten() {
-                    let node = String::from_utf8_lossy(&kv.key()[k.members.len()..]).to_string();
-                    let m: Option<MemberValue> = serde_json::from_slice(kv.value()).ok();
-                    let ack = acks.get(&node).cloned().flatten();
+        let mut shared_epoch = None;
+        let mut error = None;
+        match self.members() {
+            Ok((all, epoch)) => {
+                shared_epoch = epoch;
+                for m in all {
+                    let (i, a) = (m.incarnation.as_ref(), m.ack.as_ref());
                     members.push(serde_json::json!({
-                        "node": node,
-                        "host": m.as_ref().map(|m| m.host.clone()),
-                        "pid": m.as_ref().map(|m| m.pid),
-                        "acked_epoch": ack.as_ref().map(|a| a.epoch),
-                        "initiators": ack.as_ref().map(|a| a.initiators.clone()).unwrap_or_default(),
-                        "lease_ms_at_ack": ack.as_ref().map(|a| a.lease_remaining_ms),
-                        "this_daemon": node == self.cfg.node,
+                        "this_daemon": m.node == self.cfg.node,
+                        "node": m.node,
+                        "host": i.map(|i| i.host.clone()),
+                        "pid": i.map(|i| i.pid),
+                        "acked_epoch": a.map(|a| a.epoch),
+                        "initiators": a.map(|a| a.initiators.clone()).unwrap_or_default(),
+                        "lease_ms_at_ack": a.map(|a| a.lease_remaining_ms),
                     }));
                 }
-                if let Some(s) = got.get(2).and_then(|s| s.first()) {
-                    if let Ok(v) = serde_json::from_slice::<StateValue>(s.value()) {
-                        shared_epoch = v.epoch.into();
-                    }
-                }
             }
-            Err(e) => error = e.to_string().into(),
+            Err(e) => error = Some(e.to_string()),
         }
         serde_json::json!({
             "node": self.cfg.node,
             "disk_id": self.cfg.disk_id,
             "etcd": self.cfg.etcd,
+            "etcd_answering": self.endpoints.answering(),
             "serving": self.lease.valid(),
             "epoch": epoch,
             "shared_epoch": shared_epoch,

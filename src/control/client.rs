@@ -213,6 +213,8 @@ fn render_cluster(v: &Value) -> String {
     );
     if let Some(e) = s("error").as_str() {
         out.push_str(&format!("etcd: {e}\n"));
+    } else if let Some(at) = s("etcd_answering").as_str() {
+        out.push_str(&format!("etcd: calls go to {at}\n"));
     }
     out.push_str(&format!(
         "{:<16} {:<16} {:>8} {:>12}  initiators\n",
