@@ -156,6 +156,7 @@ pub trait SharedState: Send + Sync {
     fn hosts(&self, initiator: &str) -> bool;
     /// Commits `next` (computed from the state at `epoch`) with the unit attentions it queued
     /// for other daemons' initiators, or, for `None`, confirms that `epoch` is still the newest.
+    /// A change whose fate is unknown is sent again until it is known or `deadline` passes.
     /// Called with the arbiter's write lock held.
     fn commit(
         &self,
@@ -163,6 +164,7 @@ pub trait SharedState: Send + Sync {
         version: i64,
         next: Option<&PrState>,
         unit_attentions: &[(String, Sense)],
+        deadline: Instant,
     ) -> Commit;
     /// Returns once no other daemon can admit I/O under the state before `epoch`: each has
     /// acknowledged it or its lease has surely run out (strict mode: or it was fenced). An error
@@ -377,7 +379,7 @@ impl Reservations {
         }
         for _ in 0..MAX_TRIES {
             let (epoch, version) = self.held();
-            match shared.commit(epoch, version, None, &[]) {
+            match shared.commit(epoch, version, None, &[], Instant::now()) {
                 Commit::Confirmed | Commit::Done { .. } | Commit::Superseded { .. } => return true,
                 Commit::Stale(remote) => {
                     self.adopt(remote);
@@ -444,11 +446,7 @@ impl Reservations {
                 "{initiator}: {what} -> {:?}, generation {}{}",
                 outcome.status,
                 arb.state().generation,
-                if outcome.preempted.is_empty() {
-                    String::new()
-                } else {
-                    format!(", preempted {}", outcome.preempted.join(","))
-                }
+                preempted(&outcome)
             );
         } else {
             log::debug!("{initiator}: {what} -> {:?}", outcome.status);
@@ -487,30 +485,31 @@ impl Reservations {
             let theirs = next.take_unit_attentions(|i| !shared.hosts(i));
             let (epoch, version) = self.held();
             let proposed = outcome.changed.then(|| next.state());
-            let (epoch, version, newer) = match shared.commit(epoch, version, proposed, &theirs) {
-                Commit::Confirmed => {
-                    // Nothing changed in the shared state; unit attentions of a failed command
-                    // (none today) would still be local.
-                    *arb = next;
-                    self.record(initiator, origin, &outcome.status);
-                    log::debug!("{initiator}: {what} -> {:?}", outcome.status);
-                    return outcome.status;
-                }
-                Commit::Done { epoch, version } => (epoch, version, None),
-                Commit::Superseded {
-                    epoch,
-                    version,
-                    newer,
-                } => (epoch, version, Some(newer)),
-                Commit::Stale(remote) => {
-                    self.adopt_locked(&mut arb, remote);
-                    continue;
-                }
-                Commit::Unavailable(why) => {
-                    log::warn!("{initiator}: {what}: {why}: BUSY");
-                    return BUSY;
-                }
-            };
+            let (epoch, version, newer) =
+                match shared.commit(epoch, version, proposed, &theirs, deadline) {
+                    Commit::Confirmed => {
+                        // Nothing changed in the shared state; unit attentions of a failed command
+                        // (none today) would still be local.
+                        *arb = next;
+                        self.record(initiator, origin, &outcome.status);
+                        log::debug!("{initiator}: {what} -> {:?}", outcome.status);
+                        return outcome.status;
+                    }
+                    Commit::Done { epoch, version } => (epoch, version, None),
+                    Commit::Superseded {
+                        epoch,
+                        version,
+                        newer,
+                    } => (epoch, version, Some(newer)),
+                    Commit::Stale(remote) => {
+                        self.adopt_locked(&mut arb, remote);
+                        continue;
+                    }
+                    Commit::Unavailable(why) => {
+                        log::warn!("{initiator}: {what}: {why}: BUSY");
+                        return BUSY;
+                    }
+                };
             *arb = next;
             self.set_held(epoch, version);
             self.record(initiator, origin, &outcome.status);
@@ -519,11 +518,7 @@ impl Reservations {
                 "{initiator}: {what} -> {:?}, generation {}, shared state {epoch}{}",
                 outcome.status,
                 arb.state().generation,
-                if outcome.preempted.is_empty() {
-                    String::new()
-                } else {
-                    format!(", preempted {}", outcome.preempted.join(","))
-                }
+                preempted(&outcome)
             );
             if let Some(newer) = newer {
                 self.adopt_locked(&mut arb, newer);
@@ -588,6 +583,15 @@ impl Reservations {
             return None;
         }
         self.write_lock().pop_unit_attention(initiator)
+    }
+}
+
+/// ", preempted a,b" for the log line of a PR OUT that preempted someone.
+fn preempted(outcome: &ProutOutcome) -> String {
+    if outcome.preempted.is_empty() {
+        String::new()
+    } else {
+        format!(", preempted {}", outcome.preempted.join(","))
     }
 }
 

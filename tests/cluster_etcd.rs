@@ -785,14 +785,19 @@ fn ctl_cluster_status_lists_members() {
     assert_eq!(nodes.len(), 2, "{s}");
 }
 
-/// (f) The issuer's host is cut off while its PR OUT is on the way to etcd: the answer is GOOD
-/// only if the change committed, and PRgeneration moves by one or not at all, never more (a
-/// commit sent to another member after an unanswered attempt is the same commit).
+/// (f) The issuer's host is cut off (for longer than its lease) while its PR OUT is on the way
+/// to etcd: the answer is GOOD only if the change committed, and PRgeneration moves by one or
+/// not at all, never more (a commit sent again after an unanswered attempt is the same commit,
+/// and it is sent again until etcd tells whether it landed, within the command's budget).
 #[test]
 fn issuer_cut_off_mid_transaction() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rounds = env_usize("SHAREDISK_CLUSTER_ISSUER_ROUNDS", 8);
-    let c = Cluster::start(ClusterOpts::default());
+    let c = Cluster::start(ClusterOpts {
+        budget_ms: Some(3000),
+        ..ClusterOpts::default()
+    });
+    let budget = Duration::from_millis(3000);
     let mut s1 = c.scsi(1);
     let mut s2 = c.scsi(2);
     let mut held = key(1) << 16;
@@ -806,15 +811,22 @@ fn issuer_cut_off_mid_transaction() {
         let next = held + 1;
         // The cut lands anywhere from before etcd got the transaction to after it answered.
         let delay = Duration::from_micros((round as u64 * 700) % 6_000);
+        // Cut for longer than the lease (the daemon loses it while the command waits), and in
+        // odd rounds for longer than the command's budget too (then it cannot know: BUSY).
+        let cut = if round % 2 == 0 {
+            c.opts.lease() + Duration::from_millis(500)
+        } else {
+            budget + Duration::from_millis(1000)
+        };
         let r = std::thread::scope(|sc| {
             sc.spawn(|| {
                 std::thread::sleep(delay);
                 port.set(false);
+                std::thread::sleep(cut);
+                port.set(true);
             });
             s1.prout(SA_REGISTER, 0, held, next, false)
         });
-        std::thread::sleep(Duration::from_millis(300));
-        port.set(true);
         c.lab.wait_healthy(Duration::from_secs(15));
         for k in 1..=3 {
             c.wait_serving(k, true, Duration::from_secs(15));
@@ -850,7 +862,7 @@ fn issuer_cut_off_mid_transaction() {
             (false, false) => 2,
         }] += 1;
         println!(
-            "round {round}: cut {delay:?} after sending: {}, PRgeneration +{}",
+            "round {round}: cut {delay:?} after sending, for {cut:?}: {}, PRgeneration +{}",
             if r.is_good() { "GOOD" } else { "BUSY" },
             committed as u32
         );

@@ -20,10 +20,18 @@ use common::cluster_vm::{
     start_corosync, Blocks, NODES,
 };
 use common::ctl::ctl_json;
-use common::etcd::{ClusterDaemon, Etcd, FAST};
+use common::etcd::{ClusterDaemon, Etcd, Timing};
 use common::guest::Guest;
 
 const DEVS: &str = "--devices=/dev/sda";
+/// Roomy: three TCG guests keep both cores busy, and a lease lost to a slow etcd answer would
+/// fail guest I/O that the test expects to pass.
+const TIMING: Timing = Timing {
+    lease_ms: 3000,
+    max_io_ms: 1000,
+    hold_ms: 5000,
+    budget_ms: 20000,
+};
 const WERO: &str = "Write Exclusive, registrants only";
 
 #[test]
@@ -39,7 +47,7 @@ fn fence_scsi_across_three_daemons() {
                 &etcd.endpoints(),
                 &format!("h{k}"),
                 &[NODES[k - 1]],
-                &FAST,
+                &TIMING,
                 &[],
             )
         })

@@ -679,6 +679,7 @@ impl SharedState for EtcdState {
         version: i64,
         next: Option<&PrState>,
         unit_attentions: &[(String, Sense)],
+        deadline: Instant,
     ) -> Commit {
         let k = &self.keys;
         let conditions = [
@@ -727,12 +728,24 @@ impl SharedState for EtcdState {
                 Txn::new().when(conditions).and_then(ops).or_else(stale)
             }
         };
-        // Tried on each etcd member in turn (see `endpoints.rs`). A commit without any answer
-        // within the lease is given up (BUSY); if it did commit, every daemon (this one too)
-        // adopts it like any other change: PRgeneration counts it once.
-        let resp = match self.txn(self.cfg.lease(), "commit", &txn) {
-            Ok(r) => r,
-            Err(e) => return Commit::Unavailable(e.to_string()),
+        // Tried on each etcd member in turn (see `endpoints.rs`). A change without an answer
+        // may have landed: it is sent again (the same transaction, the same marker) until an
+        // answer tells, within the command's budget, so that BUSY means "not done" whenever
+        // that can be known. Past the budget it is BUSY; if it did commit, every daemon (this
+        // one too) adopts it like any other change: PRgeneration counts it once.
+        let resp = loop {
+            match self.txn(self.cfg.lease(), "commit", &txn) {
+                Ok(r) => break r,
+                Err(e) if next.is_some() && Instant::now() + self.cfg.renew_every() < deadline => {
+                    log::warn!(
+                        "cluster: {e}; the commit of epoch {} is sent again until etcd tells \
+                         whether it landed",
+                        epoch + 1
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Commit::Unavailable(e.to_string()),
+            }
         };
         if resp.succeeded() {
             return match (next, resp.header()) {

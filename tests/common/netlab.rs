@@ -165,6 +165,8 @@ pub struct ClusterOpts {
     pub max_io_ms: u64,
     pub hold_ms: u64,
     pub drift: f64,
+    /// `budget_ms`; the daemon's default when None.
+    pub budget_ms: Option<u64>,
 }
 
 impl Default for ClusterOpts {
@@ -176,6 +178,7 @@ impl Default for ClusterOpts {
             max_io_ms: 500,
             hold_ms: 2000,
             drift: 0.01,
+            budget_ms: None,
         }
     }
 }
@@ -535,25 +538,16 @@ impl NetLab {
 
     /// Host `k`'s switch port down: nothing passes to or from it, without an error.
     pub fn link_down(&self, k: usize) {
-        run(ip().args([
-            "-n",
-            &self.switch_ns(),
-            "link",
-            "set",
-            &format!("p{k}"),
-            "down",
-        ]));
+        self.set_port(k, "down");
     }
 
     pub fn link_up(&self, k: usize) {
-        run(ip().args([
-            "-n",
-            &self.switch_ns(),
-            "link",
-            "set",
-            &format!("p{k}"),
-            "up",
-        ]));
+        self.set_port(k, "up");
+    }
+
+    fn set_port(&self, k: usize, state: &str) {
+        let port = format!("p{k}");
+        run(ip().args(["-n", &self.switch_ns(), "link", "set", &port, state]));
     }
 
     fn drop_rule(&self, k: usize, chain: &str, on: bool) {
@@ -673,6 +667,9 @@ impl NetLab {
             opts.hold_ms,
             opts.drift
         );
+        if let Some(b) = opts.budget_ms {
+            toml += &format!("budget_ms = {b}\n");
+        }
         let path = hdir.join("sharedisk.toml");
         std::fs::write(&path, toml).unwrap();
         DaemonConfig {
