@@ -16,7 +16,7 @@ mod common;
 use std::time::Instant;
 
 use common::cluster_vm::{
-    agent_ok, boot_node, check_writes, derived_key, hosts_of, keys, net_addr, reservation,
+    agent, agent_ok, boot_node, check_writes, derived_key, hosts_of, keys, net_addr, reservation,
     start_corosync, Blocks, NODES,
 };
 use common::ctl::ctl_json;
@@ -133,7 +133,12 @@ fn fence_scsi_across_three_daemons() {
     );
     check_writes(&image, n2, &mut blocks, true, "node1 fenced");
     check_writes(&image, n3, &mut blocks, true, "node1 fenced");
-    agent_ok(n3, &format!("-o status {DEVS} -n node1"), "Status: OFF");
+    // Fence agents exit 2 for a node that is off.
+    let (rc, out) = agent(n3, &format!("-o status {DEVS} -n node1"));
+    assert!(
+        rc == 2 && out.contains("Status: OFF"),
+        "status on node3: {rc} {out}"
+    );
 
     // 3. node1 unfences itself again through h1.
     agent_ok(n1, &format!("-o on {DEVS} -n node1"), "Success: Powered ON");
