@@ -156,8 +156,8 @@ pub trait SharedState: Send + Sync {
     fn hosts(&self, initiator: &str) -> bool;
     /// Commits `next` (computed from the state at `epoch`) with the unit attentions it queued
     /// for other daemons' initiators, or, for `None`, confirms that `epoch` is still the newest.
-    /// A change whose fate is unknown is sent again until it is known or `deadline` passes.
-    /// Called with the arbiter's write lock held.
+    /// Every attempt ends by `deadline`; a change whose fate is unknown is sent again until it
+    /// is known, for at most the hold time. Called with the arbiter's write lock held.
     fn commit(
         &self,
         epoch: u64,
@@ -379,7 +379,7 @@ impl Reservations {
         }
         for _ in 0..MAX_TRIES {
             let (epoch, version) = self.held();
-            match shared.commit(epoch, version, None, &[], Instant::now()) {
+            match shared.commit(epoch, version, None, &[], Instant::now() + shared.budget()) {
                 Commit::Confirmed | Commit::Done { .. } | Commit::Superseded { .. } => return true,
                 Commit::Stale(remote) => {
                     self.adopt(remote);

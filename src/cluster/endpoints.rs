@@ -5,8 +5,10 @@
 //! time is up: one unreachable member out of three would cost healthy daemons their read leases
 //! and their PR OUTs a BUSY. Here each endpoint has its own client. A call goes to the member
 //! that answered the last one; when that member does not answer within its share of the call's
-//! time, the call goes to the next. A member without a leader (cut off from the others, or the
-//! cluster without quorum) refuses at once instead of waiting (`require_leader`).
+//! time, the call goes to the next, and so does the call after it: a member that failed is passed
+//! over until the others fail too, however short a call's time (a renewal may have less than one
+//! share). A member without a leader (cut off from the others, or the cluster without quorum)
+//! refuses at once instead of waiting (`require_leader`).
 //!
 //! Sending a transaction again to another member is safe because each one here is conditioned:
 //! on the state's revision and on this daemon's membership. A first attempt that did land
@@ -28,10 +30,12 @@ const MIN_SHARE: Duration = Duration::from_millis(100);
 /// The pause after every member refused at once (etcd electing a leader), before trying again.
 const ROUND_PAUSE: Duration = Duration::from_millis(20);
 
-/// One client per etcd member, and the member that answered last.
+/// One client per etcd member, the member the next call goes to first, and the member that
+/// answered last.
 pub struct Endpoints {
     clients: Vec<(String, Client)>,
     preferred: AtomicUsize,
+    answered: AtomicUsize,
 }
 
 impl Endpoints {
@@ -64,24 +68,27 @@ impl Endpoints {
         Ok(Endpoints {
             clients,
             preferred: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
         })
     }
 
-    /// The member that answered last, and its client (for the watch).
+    /// The member the next call goes to first, and its client (for the watch).
     pub fn preferred(&self) -> (usize, Client) {
         let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
         (i, self.clients[i].1.clone())
     }
 
-    /// The URL of the member calls go to now.
+    /// The URL of the member that answered the last call.
     pub fn answering(&self) -> &str {
-        let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
+        let i = self.answered.load(Ordering::Relaxed) % self.clients.len();
         &self.clients[i].0
     }
 
     /// Runs `txn` on the member that answered last, moving on to the next member when one
-    /// fails or does not answer within its share of `within`: half of what is left, and all of
-    /// it for the last member of a round. The error is the last member's.
+    /// fails or does not answer within its share of `within`: half of what is left but at
+    /// least 100 ms (all of it if less is left), and all of it for the last member of a round.
+    /// A member that failed is not asked first by the next call. The error is the last
+    /// member's.
     pub fn txn(
         &self,
         rt: &Runtime,
@@ -110,7 +117,7 @@ impl Endpoints {
             let txn = txn.clone();
             match rt.block_on(async { tokio::time::timeout(share, client.txn(txn)).await }) {
                 Ok(Ok(resp)) => {
-                    if i != first {
+                    if self.answered.swap(i, Ordering::Relaxed) != i {
                         log::info!("cluster: etcd {url} answers; calls go there now");
                     }
                     self.preferred.store(i, Ordering::Relaxed);
@@ -133,6 +140,13 @@ impl Endpoints {
                     });
                 }
             }
+            // The next call starts after this member, unless another call already moved on.
+            let _ = self.preferred.compare_exchange(
+                i,
+                (i + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             if last_of_round {
                 std::thread::sleep(ROUND_PAUSE.min(end.saturating_duration_since(Instant::now())));
             }

@@ -42,6 +42,7 @@
 //! fate is unknown is adopted later like any other daemon's change if it did commit.
 
 use std::collections::{BTreeMap, HashSet};
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -131,7 +132,8 @@ struct AckValue {
 /// [`SharedState`].
 pub struct EtcdState {
     cfg: ClusterConfig,
-    rt: tokio::runtime::Runtime,
+    /// Shut down in the background on drop: the last owner may be the watch, a task of it.
+    rt: ManuallyDrop<tokio::runtime::Runtime>,
     endpoints: Endpoints,
     lease: ReadLease,
     hosted: RwLock<HashSet<String>>,
@@ -266,7 +268,7 @@ impl EtcdState {
         let keys = Keys::new(cfg);
         let shared = Arc::new(EtcdState {
             cfg: cfg.clone(),
-            rt,
+            rt: ManuallyDrop::new(rt),
             endpoints,
             lease: ReadLease::new(),
             hosted: RwLock::new(guests.iter().cloned().collect()),
@@ -498,14 +500,14 @@ impl EtcdState {
 
     /// Every member (its incarnation and what it acknowledged) and the shared epoch, in one
     /// read.
-    fn members(&self) -> Result<(Vec<Member>, Option<u64>), ClusterError> {
+    fn members(&self, within: Duration) -> Result<(Vec<Member>, Option<u64>), ClusterError> {
         let k = &self.keys;
         let txn = Txn::new().and_then([
             TxnOp::get(k.members.as_str(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(k.acks.as_str(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(k.state.as_str(), None),
         ]);
-        let got = gets(&self.txn(self.cfg.lease(), "read the members", &txn)?);
+        let got = gets(&self.txn(within, "read the members", &txn)?);
         let mut acks = BTreeMap::new();
         for kv in got.get(1).into_iter().flatten() {
             let node = String::from_utf8_lossy(&kv.key()[k.acks.len()..]).to_string();
@@ -532,10 +534,10 @@ impl EtcdState {
         Ok((members, epoch))
     }
 
-    /// Members other than this one and the epoch each acknowledged.
-    fn peers(&self) -> Result<BTreeMap<String, Option<AckValue>>, ClusterError> {
+    /// Members other than this one and the epoch each acknowledged, read within `within`.
+    fn peers(&self, within: Duration) -> Result<BTreeMap<String, Option<AckValue>>, ClusterError> {
         Ok(self
-            .members()?
+            .members(within)?
             .0
             .into_iter()
             .filter(|m| m.node != self.cfg.node)
@@ -595,7 +597,7 @@ impl EtcdState {
         let mut members = Vec::new();
         let mut shared_epoch = None;
         let mut error = None;
-        match self.members() {
+        match self.members(self.cfg.lease()) {
             Ok((all, epoch)) => {
                 shared_epoch = epoch;
                 for m in all {
@@ -730,18 +732,33 @@ impl SharedState for EtcdState {
         };
         // Tried on each etcd member in turn (see `endpoints.rs`). A change without an answer
         // may have landed: it is sent again (the same transaction, the same marker) until an
-        // answer tells, within the command's budget, so that BUSY means "not done" whenever
-        // that can be known. Past the budget it is BUSY; if it did commit, every daemon (this
-        // one too) adopts it like any other change: PRgeneration counts it once.
+        // answer tells, so that BUSY means "not done" whenever that can be known. The arbiter's
+        // lock is held meanwhile, and I/O waits on it: the attempts end within the command's
+        // budget and `hold_ms`, leaving a renewal's time to settle. Then it is BUSY; if it did
+        // commit, every daemon (this one too) adopts it like any other change: PRgeneration
+        // counts it once.
+        let retries_end = deadline.min(Instant::now() + self.cfg.hold());
+        let mut end = deadline;
+        let mut told = false;
         let resp = loop {
-            match self.txn(self.cfg.lease(), "commit", &txn) {
+            let within = self
+                .cfg
+                .lease()
+                .min(end.saturating_duration_since(Instant::now()));
+            end = retries_end;
+            match self.txn(within, "commit", &txn) {
                 Ok(r) => break r,
-                Err(e) if next.is_some() && Instant::now() + self.cfg.renew_every() < deadline => {
-                    log::warn!(
-                        "cluster: {e}; the commit of epoch {} is sent again until etcd tells \
-                         whether it landed",
-                        epoch + 1
-                    );
+                Err(e)
+                    if next.is_some() && Instant::now() + self.cfg.renew_every() < retries_end =>
+                {
+                    if !told {
+                        log::warn!(
+                            "cluster: {e}; the commit of epoch {} is sent again until etcd \
+                             tells whether it landed",
+                            epoch + 1
+                        );
+                        told = true;
+                    }
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => return Commit::Unavailable(e.to_string()),
@@ -809,7 +826,11 @@ impl SharedState for EtcdState {
         // Measured from the commit's answer, on this host's clock.
         let bound = boottime_ns().saturating_add(self.cfg.wait_bound().as_nanos() as u64);
         loop {
-            match self.peers() {
+            let within = self
+                .cfg
+                .lease()
+                .min(budget_end.saturating_duration_since(Instant::now()));
+            match self.peers(within) {
                 Ok(peers) => {
                     let behind: Vec<&String> = peers
                         .iter()
@@ -988,6 +1009,16 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for EtcdState {
+    fn drop(&mut self) {
+        // SAFETY: `rt` is taken once, here, and `self` is not used after `drop`.
+        let rt = unsafe { ManuallyDrop::take(&mut self.rt) };
+        // Dropping a runtime waits for its blocking threads, which tokio forbids (a panic) on one
+        // of its own workers, where the watch task may drop the last `Arc` of this.
+        rt.shutdown_background();
+    }
 }
 
 impl std::fmt::Debug for EtcdState {
