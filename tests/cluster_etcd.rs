@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -28,7 +29,7 @@ use serde_json::Value;
 use common::blkio_client::BlkClient;
 use common::ctl::ctl;
 use common::deadline::SetOnDrop;
-use common::netlab::{ClusterOpts, DaemonConfig, NetLab};
+use common::netlab::{self, ClusterOpts, DaemonConfig, NetLab, ELECTION_TIMEOUT_MS};
 use common::scsi_client::*;
 use common::vu_frontend::{VuFrontend, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
 
@@ -556,11 +557,20 @@ fn canary_victim_cut_off() {
     let rounds = env_usize("SHAREDISK_CLUSTER_CUT_ROUNDS", 2);
     let c = Cluster::start(ClusterOpts::default());
     let bound = c.opts.fence_bound() + Duration::from_millis(500);
+    // Two things before the wait for the victim's lease can add to a PREEMPT: when the issuer's
+    // calls went to the victim's etcd member, the commit waits for that member's share of the
+    // call (half a lease) before it goes to another; when that member led etcd, the others
+    // elect a new leader first (one to two election timeouts).
+    let share = c.opts.lease() / 2;
+    let election = Duration::from_millis(2 * ELECTION_TIMEOUT_MS);
     let (mut s1, mut b1, mut s2, mut b2) = canary_setup(&c);
-    let mut lat = Vec::new();
+    // PREEMPT latencies by (issuer's calls went to the victim's member, that member led).
+    let mut lat: BTreeMap<(bool, bool), Vec<Duration>> = BTreeMap::new();
     let mut busy = 0;
     for round in 0..rounds {
         let cut = Mutex::new(None);
+        let led = AtomicBool::new(false);
+        let via = AtomicBool::new(false);
         let Round {
             latency: l,
             recs,
@@ -573,6 +583,9 @@ fn canary_victim_cut_off() {
             &mut b1,
             &mut b2,
             &|| {
+                led.store(c.lab.leader() == 2, Ordering::Relaxed);
+                let answering = c.status(1)["etcd_answering"].clone();
+                via.store(answering == netlab::client_url(2), Ordering::Relaxed);
                 c.lab.link_down(2);
                 *cut.lock().unwrap() = Some(Instant::now());
             },
@@ -580,7 +593,9 @@ fn canary_victim_cut_off() {
             c.opts.hold() + Duration::from_millis(500),
         );
         let cut = cut.into_inner().unwrap().unwrap();
-        lat.push(l);
+        lat.entry((via.into_inner(), led.into_inner()))
+            .or_default()
+            .push(l);
         busy += b;
         // Writes sent once the victim's lease surely ended fail, and so do writes sent after
         // GOOD; the first ones after the lease's end were held for hold_ms before failing.
@@ -633,19 +648,42 @@ fn canary_victim_cut_off() {
     }
     let late = late_blocks(&c.lab.image(), rounds);
     assert!(late.is_empty(), "late blocks: {late:?}");
-    lat.sort();
+    let mut worst = Duration::ZERO;
+    let mut report = Vec::new();
+    for (&(via, led), l) in lat.iter_mut() {
+        l.sort();
+        let limit = bound
+            + if via { share } else { Duration::ZERO }
+            + if led { election } else { Duration::ZERO };
+        let max = *l.last().unwrap();
+        report.push(format!(
+            "issuer {} the victim's member, which {}: x{} p50 {:?} max {max:?} (bound {limit:?})",
+            if via { "on" } else { "not on" },
+            if led { "led" } else { "followed" },
+            l.len(),
+            percentile(l, 50),
+        ));
+        if max > limit {
+            worst = worst.max(max - limit);
+        }
+    }
+    let all: Vec<Duration> = {
+        let mut v: Vec<Duration> = lat.values().flatten().copied().collect();
+        v.sort();
+        v
+    };
     println!(
-        "PREEMPT AND ABORT with the victim cut off x{rounds}: p50 {:?}, max {:?} (bound {bound:?}), \
-         {busy} BUSY answers retried; 0 late blocks",
-        percentile(&lat, 50),
-        lat.last().unwrap()
+        "PREEMPT AND ABORT with the victim cut off x{rounds}: p50 {:?}, max {:?}; {}; {busy} BUSY \
+         answers retried; 0 late blocks",
+        percentile(&all, 50),
+        all.last().unwrap(),
+        report.join("; ")
     );
     // Checked last, so that a failure here comes with the figures above.
     assert_eq!(busy, 0, "PREEMPT answered BUSY with the victim cut off");
     assert!(
-        *lat.last().unwrap() <= bound,
-        "PREEMPT took up to {:?} with the victim cut off (bound {bound:?})",
-        lat.last().unwrap()
+        worst.is_zero(),
+        "a PREEMPT with the victim cut off took {worst:?} longer than its bound"
     );
 }
 
@@ -991,4 +1029,81 @@ fn short_lease_outlives_a_silent_first_member() {
     let (_, keys) = keys_of(&mut s3);
     assert_eq!(keys.len(), 3, "every host's key: {keys:x?}");
     c.lab.cont_etcd(1);
+}
+
+/// (i) The victim's daemon crashes (SIGKILL: it leaves its member key behind) and is started
+/// again. The PREEMPT AND ABORT cannot have the dead member's acknowledgement: GOOD only once
+/// its lease has surely run out, within the bound. Nothing of the victim's gets through the
+/// restarted daemon, which catches up before it serves and acknowledges again (the next PR
+/// OUT does not wait).
+#[test]
+fn victim_daemon_killed_and_restarted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(ClusterOpts::default());
+    let (mut s1, mut b1, s2, _) = canary_setup(&c);
+    drop(s2);
+    let round = 0;
+    let mut v2 = c.blk(2);
+    v2.blk_write(region_sector(round), &[0x5a; 4096]);
+    c.lab.kill_daemon(2);
+    let sent = Instant::now();
+    good(
+        s1.prout(
+            SA_PREEMPT_AND_ABORT,
+            WRITE_EXCLUSIVE_RO,
+            key(1),
+            key(2),
+            false,
+        ),
+        "PREEMPT AND ABORT of the dead daemon's initiator",
+    );
+    let l = sent.elapsed();
+    assert!(
+        l >= c.opts.lease() && l <= c.opts.fence_bound() + Duration::from_secs(1),
+        "GOOD {l:?} after the PREEMPT was sent; the dead member's lease ({:?}) must have run out \
+         first, within the bound ({:?})",
+        c.opts.lease(),
+        c.opts.fence_bound()
+    );
+    let (st, _) = b1.blk_request(VIRTIO_BLK_T_OUT, region_sector(round), &pattern(round), 0);
+    assert_eq!(st, VIRTIO_BLK_S_OK, "the preemptor's overwrite");
+
+    c.lab.restart_daemon(2);
+    c.wait_serving(2, true, Duration::from_secs(20));
+    let mut s2 = ScsiClient::connect(&c.cfg(2).scsi(&guest(2)));
+    let first = retry_busy(|| s2.tur());
+    assert_eq!(
+        (first.status, first.sense.map(|s| s.0)),
+        (CHECK_CONDITION, Some(6)),
+        "the victim's first command on the restarted daemon: a unit attention"
+    );
+    s2.drain_ua();
+    let w = retry_busy(|| s2.write16(region_sector(round), &[0u8; 512]));
+    assert_eq!(
+        w.status, RESERVATION_CONFLICT,
+        "victim write on scsi: {w:?}"
+    );
+    let mut v2 = c.blk(2);
+    let (st, _) = v2.blk_request(VIRTIO_BLK_T_OUT, region_sector(round), &[0u8; 512], 0);
+    assert_eq!(st, VIRTIO_BLK_S_IOERR, "victim write on blk");
+    assert_eq!(
+        keys_of(&mut s2).1,
+        vec![key(1)],
+        "keys seen on the restarted daemon"
+    );
+    let late = late_blocks(&c.lab.image(), 1);
+    assert!(late.is_empty(), "late blocks: {late:?}");
+
+    // The restarted daemon acknowledges: a PR OUT from h3 settles without waiting for a lease.
+    let mut s3 = c.scsi(3);
+    let sent = Instant::now();
+    good(
+        retry_busy(|| s3.prout(SA_REGISTER, 0, 0, key(3), false)),
+        "h3 REGISTER",
+    );
+    assert!(
+        sent.elapsed() < c.opts.lease(),
+        "a PR OUT after the restart waited {:?}",
+        sent.elapsed()
+    );
 }

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use common::ctl::ctl;
+use common::deadline::SetOnDrop;
 use common::netlab::{ClusterOpts, NetLab};
 use common::scsi_client::*;
 use common::vu_frontend::{VuFrontend, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
@@ -244,7 +245,15 @@ impl History {
                 "{op:?} answered {status:#04x}, which no allowed state gives"
             ));
         }
-        assert!(next.len() < 10_000, "the model's state set exploded");
+        if next.len() >= 10_000 {
+            let from = self.log.len().saturating_sub(30);
+            panic!(
+                "{} states allowed after {op:?} -> {status:#04x}: too many to follow; last \
+                 commands:\n{}",
+                next.len(),
+                self.log[from..].join("\n")
+            );
+        }
         self.cands = next;
     }
 
@@ -516,7 +525,8 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
             tally
         });
 
-        // The PR driver, in this thread.
+        // The PR driver, in this thread. The writers and the nemesis stop when it ends, or fails.
+        let _stop = SetOnDrop(&stop);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut clients: Vec<ScsiClient> = cfgs
             .iter()
@@ -618,8 +628,24 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
                 }
             }
             if status == BUSY {
-                // As an initiator would: not at once.
-                std::thread::sleep(Duration::from_millis(50));
+                // As an initiator would (fence_scsi reads the keys after a failure): not at once,
+                // and only once the state can be read again. Each BUSY command may still take
+                // effect until the state changes; many in a row would leave the model too many
+                // states to follow.
+                let t = Instant::now();
+                loop {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let from = rng.gen_range(0..HOSTS);
+                    if let Some(obs) = observe(&mut clients[from]) {
+                        history.observe(&obs, from);
+                        observations += 1;
+                        break;
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(60),
+                        "no daemon answers PR IN 60 s after a BUSY"
+                    );
+                }
             }
             let name = format!("{op:?}");
             let name = name.split_whitespace().next().unwrap_or("?").to_string();

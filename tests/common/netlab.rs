@@ -35,6 +35,9 @@ pub const PREFIX: &str = "sdlab";
 /// The uplink of each host namespace.
 pub const UPLINK: &str = "eth0";
 const BRIDGE: &str = "br0";
+/// etcd's `--election-timeout` in the lab, milliseconds (heartbeats every 50 ms). Followers
+/// that lose the leader wait one to two of these before they elect another.
+pub const ELECTION_TIMEOUT_MS: u64 = 500;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -400,7 +403,8 @@ impl NetLab {
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.name])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--heartbeat-interval", "50"])
+            .args(["--election-timeout", &ELECTION_TIMEOUT_MS.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
