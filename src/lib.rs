@@ -1,49 +1,47 @@
-//! sharedisk: one disk image shared by many QEMU guests over vhost-user, with SCSI-3 persistent
-//! reservations arbitrating who may read and write.
+//! sharedisk: one disk image shared by many initiators, with SCSI-3 persistent reservations
+//! arbitrating who may read and write.
+//!
+//! The layers, from the wire down (docs/architecture.md):
+//! - [`transport`]: vhost-user-blk, virtio-scsi over vhost-user, and their shared virtqueue
+//!   plumbing;
+//! - [`scsi`]: the SCSI core, which knows no transport;
+//! - [`lun`] and [`pr`]: the logical unit, the reservation arbiter and the fencing that gates
+//!   every I/O by it, and where the reservation state lives;
+//! - [`image`]: the backing file.
+//!
+//! Beside them: [`config`], [`ops`] (statistics, metrics, the control socket), [`daemon`] (the
+//! assembly: listeners, runtime guests, signals, systemd) and [`cli`].
 
-pub mod be;
-pub mod blk;
 pub mod cli;
-pub mod cluster;
 pub mod config;
-pub mod control;
-pub mod failpoint;
+pub mod daemon;
 pub mod image;
 pub mod lun;
-pub mod metrics;
+pub mod ops;
 pub mod pr;
-pub mod probe;
-pub mod qemu;
-pub mod replay;
-pub mod reservations;
-pub mod runtime_guests;
 pub mod scsi;
-pub mod sense;
-pub mod server;
-pub mod service;
-pub mod sockets;
-pub mod state;
-pub mod stats;
-pub mod virtio;
-pub mod vring;
+pub mod testhooks;
+pub mod transport;
 
 /// Starts the daemon as `sharedisk serve` does.
 ///
 /// Test hook: with `SHAREDISK_TEST_WRITE_DELAY_MS=N` in the environment every change to the
-/// image waits N ms after its admission before it reaches the image (a [`probe::Probe`]), so
+/// image waits N ms after its admission before it reaches the image (a [`testhooks::probe::Probe`]), so
 /// that end-to-end tests can tell a write fenced by its admission from one that slipped past it.
-pub fn start_server(config: config::Config) -> Result<server::Server, server::ServerError> {
+pub fn start_server(
+    config: config::Config,
+) -> Result<daemon::server::Server, daemon::server::ServerError> {
     let delay = std::env::var("SHAREDISK_TEST_WRITE_DELAY_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
     match delay {
-        None => server::Server::start(config),
+        None => daemon::server::Server::start(config),
         Some(ms) => {
             log::warn!("test hook: every write to the image is delayed by {ms} ms");
-            let recorder = probe::Recorder::new();
+            let recorder = testhooks::probe::Recorder::new();
             recorder.set_write_delay(std::time::Duration::from_millis(ms));
-            server::Server::start_wrapped(config, move |image| {
-                Box::new(probe::Probe::new(image, recorder))
+            daemon::server::Server::start_wrapped(config, move |image| {
+                Box::new(testhooks::probe::Probe::new(image, recorder))
             })
         }
     }

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use smallvec::SmallVec;
 
 use crate::image::{Image, IoOp};
+use crate::pr::fencing::{Refusal, Reservations};
 use crate::pr::Access;
-use crate::reservations::{Refusal, Reservations};
-use crate::sense;
+use crate::scsi::sense;
 
 /// Length of the virtio-blk serial (VIRTIO_BLK_ID_BYTES), also used as the SCSI unit serial.
 pub const SERIAL_LEN: usize = 20;
@@ -194,5 +194,4 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-#[path = "tests/lun.rs"]
 mod tests;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sharedisk::cli::{Cli, Command, ConfigCommand, PrOffline};
 use sharedisk::config;
-use sharedisk::control::client;
+use sharedisk::ops::control::client;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             flags
                 .resolve(file.as_deref())
                 .map_err(|e| e.to_string())
-                .and_then(|config| sharedisk::service::run(config).map_err(|e| e.to_string()))
+                .and_then(|config| sharedisk::daemon::run(config).map_err(|e| e.to_string()))
         }
         Command::Config {
             command: ConfigCommand::Check { file },

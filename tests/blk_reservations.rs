@@ -146,7 +146,7 @@ fn a_corrupt_state_file_stops_the_start_with_a_clear_message() {
     std::fs::write(&state, b"{\"format\": 1, \"image\": ").unwrap();
     let mut config = d.config.clone();
     config.size = None;
-    let err = sharedisk::server::Server::start(config.clone())
+    let err = sharedisk::daemon::server::Server::start(config.clone())
         .err()
         .expect("start fails");
     let msg = err.to_string();
@@ -161,7 +161,7 @@ fn a_corrupt_state_file_stops_the_start_with_a_clear_message() {
         b"{\"format\": 1, \"image\": "
     );
     config.reset_reservations = true;
-    let server = sharedisk::server::Server::start(config).expect("explicit reset starts");
+    let server = sharedisk::daemon::server::Server::start(config).expect("explicit reset starts");
     assert_eq!(server.arbiter().with(|a| a.registrations().len()), 0);
 }
 
@@ -176,7 +176,7 @@ fn a_state_file_of_another_image_is_refused() {
     config.image = other;
     config.size = None;
     config.state = Some(d.config.state_path());
-    let msg = sharedisk::server::Server::start(config)
+    let msg = sharedisk::daemon::server::Server::start(config)
         .err()
         .expect("start fails")
         .to_string();

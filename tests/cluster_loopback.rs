@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::etcd::{ClusterDaemon, Etcd, FAST};
 use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
-use sharedisk::cluster::ClusterConfig;
 use sharedisk::config::Config;
+use sharedisk::daemon::server::Server;
 use sharedisk::image::{Buf, IoOp};
+use sharedisk::pr::cluster::ClusterConfig;
+use sharedisk::pr::fencing::{HostAction, Refusal};
 use sharedisk::pr::{Access, PrStatus, ProutRequest, ResType, ServiceAction};
-use sharedisk::reservations::{HostAction, Refusal};
-use sharedisk::sense;
-use sharedisk::server::Server;
+use sharedisk::scsi::sense;
 
 fn cluster(etcd: &Etcd, node: &str) -> ClusterConfig {
     ClusterConfig {

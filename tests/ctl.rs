@@ -66,7 +66,7 @@ fn ctl_reads_and_administers_a_running_daemon() {
 
     // The socket directory was created; guests' sockets get the configured group and mode, the
     // control socket stays the owner's.
-    let disk_gid = sharedisk::sockets::gid_of("disk").unwrap();
+    let disk_gid = sharedisk::daemon::sockets::gid_of("disk").unwrap();
     for g in ["vm1", "vm2", "vm3"] {
         for s in [d.blk(g), d.scsi(g)] {
             assert_eq!(mode(&s), 0o660, "{}", s.display());

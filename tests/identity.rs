@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use common::scsi_client::*;
 use common::vu_frontend::*;
 use sharedisk::config::Config;
+use sharedisk::daemon::server::Server;
 use sharedisk::pr::{PrStatus, ProutRequest, ServiceAction};
-use sharedisk::server::Server;
 
 const GOLDEN_DIR: &str = "/tmp/sharedisk-golden-identity";
 /// `sharedisk-` and the low 40 bits of FNV-1a-64 of "/tmp/sharedisk-golden-identity/disk.img"

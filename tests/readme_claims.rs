@@ -11,7 +11,7 @@ use std::path::Path;
 use common::daemon::{TestDaemon, IMAGE_SIZE};
 use common::scsi_client::*;
 use common::vu_frontend::*;
-use sharedisk::probe::{Event, Op};
+use sharedisk::testhooks::probe::{Event, Op};
 
 const WRITE_PROTECTED: SenseTriple = (0x07, 0x27, 0x00);
 const MODE_PARAMETERS_CHANGED: SenseTriple = (0x06, 0x2a, 0x01);

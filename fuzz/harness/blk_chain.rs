@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use sharedisk::blk::BlkBackend;
 use sharedisk::pr::Access;
+use sharedisk::transport::blk::BlkBackend;
 use vhost_user_backend::VhostUserBackend;
 use vmm_sys_util::epoll::EventSet;
 

@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 
 use sharedisk::image::{range_ok, Buf, Image};
 use sharedisk::lun::Lun;
+use sharedisk::pr::fencing::Reservations;
 use sharedisk::pr::{Arbiter, Holder, PrState, Registration, ResType, Reservation};
-use sharedisk::reservations::Reservations;
 
 pub mod blk_chain;
 pub mod cli;

@@ -18,7 +18,7 @@
 use std::fs::File;
 use std::os::fd::{FromRawFd, IntoRawFd};
 
-use sharedisk::virtio::{AtomicMem, Mem, Vring};
+use sharedisk::transport::virtqueue::{AtomicMem, Mem, Vring};
 use vhost_user_backend::VringT;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};

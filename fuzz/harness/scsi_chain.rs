@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use sharedisk::scsi::device::ScsiBackend;
 use sharedisk::scsi::target::Target;
+use sharedisk::transport::virtio_scsi::ScsiBackend;
 use vhost_user_backend::VhostUserBackend;
 use vmm_sys_util::epoll::EventSet;
 

@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use sharedisk::pr::state_file::{ImageIdentity, StateStore};
 use sharedisk::pr::{Arbiter, ProutRequest, ResType, ServiceAction};
-use sharedisk::state::{ImageIdentity, StateStore};
 
 use super::{INITIATORS, KNOWN};
 

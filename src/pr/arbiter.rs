@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::Access;
-use crate::sense::{self, Sense};
+use crate::scsi::sense::{self, Sense};
 
 /// A reservation key (SPC-4 §5.9.7). Zero never names a registration.
 pub type Key = u64;
@@ -1089,3 +1089,6 @@ fn ua_rank(s: Sense) -> u8 {
         _ => 6,
     }
 }
+
+#[cfg(test)]
+mod tests;

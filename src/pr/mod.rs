@@ -1,11 +1,11 @@
-//! SCSI-3 persistent reservations (SPC-4 §5.9), as pure logic: no I/O, no virtio.
+//! SCSI-3 persistent reservations (SPC-4 §5.9): the pure arbiter, the fencing that gates I/O by
+//! it, and where its state lives (a local state file, or etcd in cluster mode).
 
 pub mod arbiter;
-#[cfg(test)]
-#[path = "tests/model.rs"]
-mod model_tests;
-#[cfg(test)]
-mod tests;
+pub mod cluster;
+pub mod fencing;
+pub mod replay;
+pub mod state_file;
 pub mod wire;
 
 pub use arbiter::*;

@@ -3,8 +3,8 @@
 //! before it is used, so hostile input yields sense data, never a panic.
 
 use super::arbiter::{Arbiter, Holder, ProutRequest, ServiceAction};
-use crate::be::{get16, get32, get64};
-use crate::sense::{self, Sense};
+use crate::scsi::fields::{get16, get32, get64};
+use crate::scsi::sense::{self, Sense};
 
 pub const PRIN_OPCODE: u8 = 0x5e;
 pub const PROUT_OPCODE: u8 = 0x5f;

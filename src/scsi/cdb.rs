@@ -5,9 +5,11 @@
 //! [`SUPPORTED_OPS`], which `parse` consults first and REPORT SUPPORTED OPERATION CODES reports,
 //! so the two cannot drift apart.
 
-use crate::be::{get16, get32, get64, put16, put32, sat16, sat32};
 use crate::pr::Access;
-use crate::sense::{Sense, INVALID_FIELD_IN_CDB, INVALID_OPCODE, SAVING_PARAMETERS_NOT_SUPPORTED};
+use crate::scsi::fields::{get16, get32, get64, put16, put32, sat16, sat32};
+use crate::scsi::sense::{
+    Sense, INVALID_FIELD_IN_CDB, INVALID_OPCODE, SAVING_PARAMETERS_NOT_SUPPORTED,
+};
 
 /// Operation codes (SPC-4 §D.3.1, SBC-3 §5).
 pub mod op {
@@ -822,5 +824,4 @@ impl Command {
 }
 
 #[cfg(test)]
-#[path = "tests/cdb.rs"]
 pub(crate) mod tests;

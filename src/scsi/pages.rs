@@ -6,13 +6,13 @@
 //! §4.2.5.6 says must never change the length fields inside. Parsers take guest bytes and bound
 //! every loop and allocation by the bytes actually present.
 
-use crate::be::{get16, get32, get64, put16, put32, put64, sat16, sat32};
 pub use crate::lun::naa_from_serial;
 use crate::lun::SERIAL_LEN;
 use crate::scsi::cdb::{
     check_mode_page, check_vpd_page, ModeSense, PageControl, ALL_PAGES, MODE_PAGES, VPD_PAGES,
 };
-use crate::sense::{
+use crate::scsi::fields::{get16, get32, get64, put16, put32, put64, sat16, sat32};
+use crate::scsi::sense::{
     Sense, INVALID_FIELD_IN_CDB, INVALID_FIELD_IN_PARAM_LIST, INVALID_OPCODE, LBA_OUT_OF_RANGE,
     NO_SENSE, PARAM_LIST_LENGTH_ERROR, SAVING_PARAMETERS_NOT_SUPPORTED,
 };
@@ -500,5 +500,4 @@ pub fn check_range(lba: u64, blocks: u64, num_blocks: u64) -> Result<(), Sense> 
 }
 
 #[cfg(test)]
-#[path = "tests/pages.rs"]
 mod tests;

@@ -5,7 +5,7 @@
 //! 2. CDB decoding (05/20/00, 05/24/00);
 //! 3. LBA range (05/21/00);
 //! 4. the reservation access check (RESERVATION CONFLICT), whose admission is held until the
-//!    command's I/O is complete (see [`crate::reservations`]); commands longer than
+//!    command's I/O is complete (see [`crate::pr::fencing`]); commands longer than
 //!    [`crate::lun::ADMISSION_CHUNK`] (WRITE SAME, UNMAP) are re-admitted for every piece, so a
 //!    preempt stops them part way with RESERVATION CONFLICT;
 //! 5. write protection (07/27/00), then execution.
@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use crate::image::{Buf, IoOp};
 use crate::lun::{ChunkError, Lun, SECTOR};
+use crate::pr::fencing::Refusal;
+use crate::pr::replay::Origin;
 use crate::pr::Access;
 use crate::pr::{wire, PrStatus};
-use crate::replay::Origin;
-use crate::reservations::Refusal;
 use crate::scsi::cdb::{self, Command, Rw};
 use crate::scsi::pages::{self, DiskInfo};
-use crate::sense::{self, Sense};
-use crate::virtio;
+use crate::scsi::sense::{self, Sense};
+use crate::transport::virtqueue;
 
 pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
@@ -112,8 +112,8 @@ pub enum Started<'m> {
     Io(IoOp<'m>),
 }
 
-/// A command's admission, when the access check gated it (see [`crate::reservations`]).
-type Admission<'a> = crate::reservations::Admitted<'a>;
+/// A command's admission, when the access check gated it (see [`crate::pr::fencing`]).
+type Admission<'a> = crate::pr::fencing::Admitted<'a>;
 
 /// What the gate decided: answer a replayed PR OUT from its record, or run the command with
 /// its admission.
@@ -280,7 +280,7 @@ impl Target {
             return Outcome::refused(why);
         }
         match (&io.result, io.write) {
-            (Ok(()), false) => Outcome::good(virtio::total(&io.bufs)),
+            (Ok(()), false) => Outcome::good(virtqueue::total(&io.bufs)),
             (Ok(()), true) => Outcome::good(0),
             (Err(_), false) => Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ),
             (Err(_), true) => Outcome::check(sense::WRITE_ERROR),
@@ -569,8 +569,8 @@ impl Target {
     fn read_io<'m>(&self, rw: Rw, data_in: &[Buf<'m>]) -> Result<IoOp<'m>> {
         let bytes = self.transfer_len(rw.blocks)?;
         // A buffer shorter than the transfer gets what fits (the residual tells the initiator).
-        let len = bytes.min(virtio::total(data_in) as u64 / SECTOR * SECTOR) as usize;
-        let (bufs, _) = virtio::split_at(data_in, len).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+        let len = bytes.min(virtqueue::total(data_in) as u64 / SECTOR * SECTOR) as usize;
+        let (bufs, _) = virtqueue::split_at(data_in, len).ok_or(sense::INVALID_FIELD_IN_CDB)?;
         Ok(IoOp::new(false, rw.lba * SECTOR, bufs, false))
     }
 
@@ -578,7 +578,7 @@ impl Target {
     fn write_io<'m>(&self, rw: Rw, data_out: &[Buf<'m>]) -> Result<IoOp<'m>> {
         let bytes = self.transfer_len(rw.blocks)? as usize;
         // Less data than the CDB announces: refuse rather than write a torn, partial command.
-        let (bufs, _) = virtio::split_at(data_out, bytes).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+        let (bufs, _) = virtqueue::split_at(data_out, bytes).ok_or(sense::INVALID_FIELD_IN_CDB)?;
         let fua = rw.fua || !self.lun.write_cache();
         Ok(IoOp::new(true, rw.lba * SECTOR, bufs, fua))
     }
@@ -608,7 +608,7 @@ impl Target {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
         }
         let mut block = [0u8; SECTOR as usize];
-        if !ndob && virtio::read_bytes(data_out, &mut block) < block.len() {
+        if !ndob && virtqueue::read_bytes(data_out, &mut block) < block.len() {
             return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
         }
         let (offset, len) = (lba * SECTOR, u64::from(blocks) * SECTOR);
@@ -632,7 +632,7 @@ impl Target {
             self.lun
                 .admitted_chunks(initiator, Access::Write, len, |done, mut n| {
                     let buf = Buf::from(&mut pattern[..]);
-                    let mut bufs = virtio::Bufs::new();
+                    let mut bufs = virtqueue::Bufs::new();
                     while n > 0 {
                         let m = n.min(buf.len() as u64);
                         bufs.push(buf.subslice(0, m as usize).map_err(std::io::Error::other)?);
@@ -662,7 +662,7 @@ impl Target {
         let bytes = self.transfer_len(blocks)? as usize;
         let want_len = if bytchk == 3 { SECTOR as usize } else { bytes };
         let mut want = vec![0u8; want_len];
-        if virtio::read_bytes(data_out, &mut want) < want_len {
+        if virtqueue::read_bytes(data_out, &mut want) < want_len {
             return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
         }
         let mut have = vec![0u8; bytes];
@@ -693,16 +693,16 @@ fn chunk_outcome(e: ChunkError) -> Outcome {
 /// 05/1A/00 PARAMETER LIST LENGTH ERROR, even when it is empty.
 fn param_list(data_out: &[Buf], param_len: u32) -> Result<Vec<u8>> {
     let want = (param_len as usize).min(MAX_PARAM_LEN);
-    if virtio::total(data_out) < want {
+    if virtqueue::total(data_out) < want {
         return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
     }
     let mut params = vec![0u8; want];
-    virtio::read_bytes(data_out, &mut params);
+    virtqueue::read_bytes(data_out, &mut params);
     Ok(params)
 }
 
 /// Returns `data` cut to the allocation length and the buffer (SPC-4 §4.2.5.6).
 fn reply(data_in: &[Buf], data: &[u8], alloc_len: u32) -> Outcome {
     let n = data.len().min(alloc_len as usize);
-    Outcome::good(virtio::write_bytes(data_in, &data[..n]))
+    Outcome::good(virtqueue::write_bytes(data_in, &data[..n]))
 }

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sharedisk::stats::{self, DeviceStats, Op};
+use sharedisk::ops::stats::{self, DeviceStats, Op};
 
 const N: u64 = 5_000_000;
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sharedisk::config::Config;
-use sharedisk::probe::{Probe, Recorder};
-use sharedisk::server::Server;
+use sharedisk::daemon::server::Server;
+use sharedisk::testhooks::probe::{Probe, Recorder};
 
 pub struct TestDaemon {
     pub server: Option<Server>,
@@ -60,7 +60,7 @@ impl TestDaemon {
     fn serve(
         config: Config,
         probe: &Option<Arc<Recorder>>,
-    ) -> Result<Server, sharedisk::server::ServerError> {
+    ) -> Result<Server, sharedisk::daemon::server::ServerError> {
         match probe {
             None => Server::start(config),
             Some(rec) => {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use sharedisk::probe::Recorder;
+use sharedisk::testhooks::probe::Recorder;
 
 /// How long each write takes between its admission and the image (the probe sleeps first): a
 /// write the admission did not fence would end up to this long after the preempt returned.

@@ -53,14 +53,16 @@ pub fn guest_cache_dir() -> PathBuf {
 /// The QEMU the guests run on (`$SHAREDISK_QEMU`, the variable `run-guest.sh` reads too), as
 /// `qemu-args` sees it.
 pub fn qemu_binary() -> String {
-    sharedisk::qemu::binary().to_string_lossy().into_owned()
+    sharedisk::cli::qemu::binary()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// That QEMU's (major, minor) version.  Panics when it does not run: tests need it.
 pub fn qemu_version() -> (u32, u32) {
     static VERSION: OnceLock<Option<(u32, u32)>> = OnceLock::new();
     VERSION
-        .get_or_init(sharedisk::qemu::installed_version)
+        .get_or_init(sharedisk::cli::qemu::installed_version)
         .unwrap_or_else(|| {
             panic!(
                 "`{} --version` does not run: install qemu-system-x86 (images/install-deps.sh) or \

@@ -1,0 +1,235 @@
+//! The daemon as a service: the guests' sockets, then around them the control socket, the
+//! optional metrics endpoint and systemd's notifications, until SIGINT or SIGTERM.
+
+pub mod runtime_guests;
+pub mod server;
+pub mod sockets;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::{Config, GuestConfig};
+use crate::daemon::server::{Server, ServerError};
+use crate::lun::Lun;
+use crate::ops::control::server::ControlServer;
+use crate::ops::control::Daemon;
+use crate::ops::metrics::{HttpEndpoint, Metrics};
+use crate::ops::stats::Stats;
+use crate::pr::Holder;
+use runtime_guests::GuestChanges;
+
+/// The running daemon as the control plane sees it.
+pub struct Service {
+    server: Mutex<Server>,
+    lun: Arc<Lun>,
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    changes: Mutex<GuestChanges>,
+}
+
+impl Service {
+    fn server(&self) -> MutexGuard<'_, Server> {
+        self.server.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changes(&self) -> MutexGuard<'_, GuestChanges> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// systemd's STATUS= line: who is connected and who holds the disk.
+    fn status_line(&self) -> String {
+        let config = self.config();
+        let connected: Vec<String> = {
+            let server = self.server();
+            config
+                .guests
+                .iter()
+                .filter(|g| server.guest_connected(&g.name))
+                .map(|g| g.name.clone())
+                .collect()
+        };
+        let holder = self.lun.reservations.with(|a| {
+            a.reservation().map(|r| match &r.holder {
+                Holder::Initiator(h) => format!("{h} holds type {}", r.res_type.code()),
+                Holder::AllRegistrants => {
+                    format!("all registrants hold type {}", r.res_type.code())
+                }
+            })
+        });
+        format!(
+            "{}/{} guests connected{}; {}",
+            connected.len(),
+            config.guests.len(),
+            if connected.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", connected.join(","))
+            },
+            holder.unwrap_or_else(|| "no reservation".into())
+        )
+    }
+}
+
+impl Daemon for Service {
+    fn config(&self) -> Config {
+        self.server().config().clone()
+    }
+
+    fn lun(&self) -> Arc<Lun> {
+        self.lun.clone()
+    }
+
+    fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn cluster_status(&self) -> Option<serde_json::Value> {
+        self.server().cluster_status()
+    }
+
+    fn add_guest(&self, guest: GuestConfig) -> Result<(), String> {
+        let mut server = self.server();
+        if server.config().guest(&guest.name).is_some() {
+            return Err(format!("guest {:?} exists already", guest.name));
+        }
+        let max = server.config().max_shares;
+        if server.config().guests.len() >= max {
+            return Err(format!(
+                "max-shares is {max}: remove a guest first, or raise image.max_shares"
+            ));
+        }
+        let path = runtime_guests::path_for(server.config());
+        server.add_guest(guest.clone()).map_err(|e| e.to_string())?;
+        let mut changes = self.changes();
+        changes.note_added(&guest);
+        changes.save(&path).map_err(|e| {
+            format!(
+                "guest {} is served, but {}: {e}",
+                guest.name,
+                path.display()
+            )
+        })
+    }
+
+    fn remove_guest(&self, name: &str, force: bool) -> Result<(), String> {
+        let mut server = self.server();
+        if server.config().guest(name).is_none() {
+            return Err(format!("no guest named {name:?}"));
+        }
+        if server.guest_connected(name) && !force {
+            return Err(format!(
+                "guest {name} is connected: stop its QEMU first, or pass --force to disconnect it"
+            ));
+        }
+        let path = runtime_guests::path_for(server.config());
+        server.remove_guest(name);
+        let mut changes = self.changes();
+        changes.note_removed(name);
+        changes
+            .save(&path)
+            .map_err(|e| format!("guest {name} is removed, but {}: {e}", path.display()))
+    }
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        log::warn!("cannot notify the service manager: {e}");
+    }
+}
+
+/// Serves `config` until SIGINT or SIGTERM.
+pub fn run(mut config: Config) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let changes_path = runtime_guests::path_for(&config);
+    let changes = GuestChanges::load(&changes_path)
+        .map_err(|e| ServerError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    if changes != GuestChanges::default() {
+        changes.apply(&mut config);
+        log::info!(
+            "run-time guest changes from {} applied: guests are {}",
+            changes_path.display(),
+            config.guest_names().join(", ")
+        );
+    }
+    let panics = crate::count_panics();
+    let server = crate::start_server(config)?;
+    let lun = server.lun().clone();
+    let stats = server.stats().clone();
+    let config = server.config().clone();
+    let metrics = Arc::new(Metrics::new(lun.clone(), stats.clone()));
+    let service = Arc::new(Service {
+        server: Mutex::new(server),
+        lun,
+        stats,
+        metrics: metrics.clone(),
+        started,
+        changes: Mutex::new(changes),
+    });
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let mut control = ControlServer::start(
+        &config.control_socket_path(),
+        config.control_group.as_deref(),
+        service.clone(),
+    )?;
+    let mut http =
+        match config.metrics_listen {
+            Some(addr) => Some(HttpEndpoint::start(addr, metrics).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("metrics listener {addr}: {e}"))
+            })?),
+            None => None,
+        };
+    // Every socket listens and the PR state is loaded.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&service.status_line()),
+    ]);
+    let handle = signals.handle();
+    let status_service = service.clone();
+    let status_thread = thread::Builder::new()
+        .name("notify-status".into())
+        .spawn(move || {
+            let mut last = String::new();
+            while !handle.is_closed() {
+                let line = status_service.status_line();
+                if line != last {
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    last = line;
+                }
+                thread::sleep(Duration::from_millis(500));
+            }
+        })?;
+    if let Some(sig) = signals.forever().next() {
+        log::info!("signal {sig}: shutting down");
+    }
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping"),
+    ]);
+    signals.handle().close();
+    let _ = status_thread.join();
+    control.stop();
+    if let Some(h) = http.as_mut() {
+        h.stop();
+    }
+    service.server().stop();
+    // A panic on a queue thread is only logged by vhost-user-backend and the daemon keeps
+    // serving; the exit status tells.
+    match panics.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => Ok(()),
+        n => Err(ServerError::Io(std::io::Error::other(format!(
+            "{n} daemon thread(s) panicked while serving (see the log)"
+        )))),
+    }
+}

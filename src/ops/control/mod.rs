@@ -1,0 +1,45 @@
+//! The control plane: a Unix socket speaking newline-delimited JSON (one request, one response
+//! per line, JSON-RPC 2.0 shaped, so `socat` is a usable client), and `sharedisk ctl`.
+//!
+//! The control plane reads the daemon through [`Daemon`] and changes PR state only through
+//! `Reservations::host`, the same path as a guest's PR OUT.
+
+pub mod client;
+pub mod server;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, GuestConfig};
+use crate::lun::Lun;
+use crate::ops::stats::Stats;
+
+/// Error codes on the wire: JSON-RPC's own for malformed requests, and the application's.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The action failed (unknown guest, I/O error, ...).
+    pub const FAILED: i64 = 1;
+    /// Refused by the reservation rules (sg3_utils' SG_LIB_CAT_RES_CONFLICT).
+    pub const RESERVATION_CONFLICT: i64 = 24;
+}
+
+/// What the control plane needs from the running daemon.
+pub trait Daemon: Send + Sync + 'static {
+    /// The configuration in effect, runtime guest changes included.
+    fn config(&self) -> Config;
+    fn lun(&self) -> Arc<Lun>;
+    fn stats(&self) -> Arc<Stats>;
+    /// The Prometheus text exposition.
+    fn metrics(&self) -> String;
+    fn uptime(&self) -> Duration;
+    /// Cluster mode: the members and their acknowledged state; `None` on one host.
+    fn cluster_status(&self) -> Option<serde_json::Value>;
+    /// Adds a guest at run time (its sockets listen when this returns); persisted.
+    fn add_guest(&self, guest: GuestConfig) -> Result<(), String>;
+    /// Removes a guest at run time; a connected one only with `force`, which disconnects it.
+    fn remove_guest(&self, name: &str, force: bool) -> Result<(), String>;
+}

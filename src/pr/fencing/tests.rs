@@ -1,0 +1,146 @@
+//! Unit tests of `reservations`: the host-side PR actions.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::*;
+use crate::pr::state_file::ImageIdentity;
+use crate::pr::{ResType, ServiceAction};
+use crate::scsi::sense;
+
+fn setup() -> (tempfile::TempDir, Reservations) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.img");
+    std::fs::write(&img, b"").unwrap();
+    let store = StateStore::new(
+        dir.path().join("d.img.pr"),
+        ImageIdentity::of(&img).unwrap(),
+    );
+    let names = ["vm1", "vm2", "vm3"].map(String::from);
+    let res = Reservations::new(Arbiter::new(names), Some(store));
+    for n in ["vm1", "vm2", "vm3"] {
+        while res.take_unit_attention(n).is_some() {}
+    }
+    (dir, res)
+}
+
+fn register(res: &Reservations, who: &str, key: u64) {
+    let req = ProutRequest::new(ServiceAction::Register).sa_key(key);
+    assert_eq!(res.prout(who, &req, None), PrStatus::Good);
+}
+
+fn reserve(res: &Reservations, who: &str, key: u64, t: ResType) {
+    let req = ProutRequest::new(ServiceAction::Reserve).key(key).typ(t);
+    assert_eq!(res.prout(who, &req, None), PrStatus::Good);
+}
+
+fn saved(dir: &tempfile::TempDir) -> crate::pr::PrState {
+    let img = dir.path().join("d.img");
+    StateStore::new(
+        dir.path().join("d.img.pr"),
+        ImageIdentity::of(&img).unwrap(),
+    )
+    .load()
+    .unwrap()
+    .unwrap()
+    .reservations
+}
+
+#[test]
+fn host_clear_has_clears_side_effects_and_is_saved() {
+    let (dir, res) = setup();
+    register(&res, "vm1", 1);
+    register(&res, "vm2", 2);
+    reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
+    let gen = res.with(|a| a.generation());
+    assert_eq!(res.host(&HostAction::Clear), PrStatus::Good);
+    res.with(|a| {
+        assert_eq!(a.generation(), gen + 1);
+        assert!(a.registrations().is_empty());
+        assert!(a.reservation().is_none());
+    });
+    assert_eq!(saved(&dir).generation, gen + 1);
+    assert!(saved(&dir).registrations.is_empty());
+    for g in ["vm1", "vm2"] {
+        assert_eq!(
+            res.take_unit_attention(g),
+            Some(sense::RESERVATIONS_PREEMPTED)
+        );
+    }
+    assert_eq!(res.take_unit_attention("vm3"), None);
+    // Nothing left to clear: no change, no new generation.
+    assert_eq!(res.host(&HostAction::Clear), PrStatus::Good);
+    assert_eq!(res.with(|a| a.generation()), gen + 1);
+}
+
+#[test]
+fn host_preempt_removes_the_victim_and_its_reservation() {
+    let (dir, res) = setup();
+    register(&res, "vm1", 1);
+    register(&res, "vm2", 2);
+    reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
+    let gen = res.with(|a| a.generation());
+    let victim = HostAction::Preempt {
+        victim: "vm1".into(),
+        abort: true,
+    };
+    assert_eq!(res.host(&victim), PrStatus::Good);
+    res.with(|a| {
+        assert_eq!(a.generation(), gen + 1);
+        assert!(!a.is_registered("vm1"));
+        assert!(a.is_registered("vm2"));
+        assert!(a.reservation().is_none());
+    });
+    assert_eq!(saved(&dir).generation, gen + 1);
+    assert_eq!(
+        res.take_unit_attention("vm1"),
+        Some(sense::REGISTRATIONS_PREEMPTED)
+    );
+    assert_eq!(
+        res.take_unit_attention("vm2"),
+        Some(sense::RESERVATIONS_RELEASED)
+    );
+    // The victim is no longer registered: a second preempt is refused by the rules.
+    assert_eq!(res.host(&victim), PrStatus::Conflict);
+    assert_eq!(res.with(|a| a.generation()), gen + 1);
+}
+
+#[test]
+fn host_preempt_fences_a_non_holder_under_registrants_only() {
+    let (_dir, res) = setup();
+    register(&res, "vm1", 1);
+    register(&res, "vm2", 2);
+    reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
+    assert!(res.admit("vm2", Access::Write).is_ok());
+    let victim = HostAction::Preempt {
+        victim: "vm2".into(),
+        abort: false,
+    };
+    assert_eq!(res.host(&victim), PrStatus::Good);
+    assert!(res.admit("vm2", Access::Write).is_err());
+    assert!(res.admit("vm1", Access::Write).is_ok());
+}
+
+#[test]
+fn host_actions_wait_for_admitted_io() {
+    let (_dir, res) = setup();
+    register(&res, "vm1", 1);
+    let res = std::sync::Arc::new(res);
+    let admitted = res.admit("vm1", Access::Write).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let r = res.clone();
+    let t = std::thread::spawn(move || {
+        let status = r.host(&HostAction::Clear);
+        tx.send(status).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a host clear completed while a write was in flight"
+    );
+    drop(admitted);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        PrStatus::Good
+    );
+    t.join().unwrap();
+}

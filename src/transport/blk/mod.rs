@@ -1,0 +1,735 @@
+//! The vhost-user-blk device: a thin translator from virtio-blk requests (virtio 1.2 §5.2) to the
+//! arbiter and the image.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::VhostUserBackend;
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::DescriptorChain;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+
+use std::time::{Duration, Instant};
+
+use crate::image::{range_ok, Buf, IoOp};
+use crate::lun::{ChunkError, Lun, ADMISSION_CHUNK, SECTOR, SERIAL_LEN};
+use crate::ops::stats::{self, DeviceStats, Op};
+use crate::pr::fencing::{Admitted, Refusal};
+use crate::pr::Access;
+use crate::transport::virtqueue::{
+    self, AtomicMem, Chain, ExitEvents, Gate, Handler, Mem, Quiesce, Reply, Slot, UsedLens, Vring,
+};
+
+/// Queues we advertise; the frontend enables however many it wants, one worker thread each.
+pub const MAX_QUEUES: usize = 16;
+/// Largest ring the frontend may set (QEMU uses 128 by default, libblkio 256).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// Data segments per request (virtio_blk_config.seg_max); indirect descriptors make more
+/// useless. A chain may hold two more descriptors: the header and the status.
+const SEG_MAX: u32 = 254;
+/// Largest single segment, in bytes (virtio_blk_config.size_max). With SEG_MAX this bounds a
+/// request at 254 MiB, and any chain well below the 4 GiB a used length can express; longer
+/// requests are done in [`crate::lun::ADMISSION_CHUNK`] pieces.
+const SIZE_MAX: u32 = 1 << 20;
+/// DISCARD/WRITE_ZEROES limits: 1 GiB per segment, 32 segments per request (done in pieces).
+const MAX_DWZ_SECTORS: u32 = 1 << 21;
+const MAX_DWZ_SEG: u32 = 32;
+const DWZ_SEG_LEN: usize = 16;
+const HEADER_LEN: usize = 16;
+
+/// Byte offset of `writeback` in virtio_blk_config; the only field a driver may write.
+const CONFIG_WCE_OFFSET: usize = 32;
+const CONFIG_LEN: usize = 60;
+
+pub struct BlkDevice {
+    lun: Arc<Lun>,
+    initiator: Arc<str>,
+    mem: AtomicMem,
+    event_idx: AtomicBool,
+    acked_features: AtomicU64,
+    exit: ExitEvents,
+    /// Closed before the daemon ends this connection.
+    gate: Gate,
+    /// This guest alone sees a read-only disk (`guest.read_only` in the configuration).
+    guest_read_only: bool,
+    stats: Arc<DeviceStats>,
+    /// How long a queue thread watches its ring after a round (`--poll-us`).
+    poll: Duration,
+}
+
+/// The backend handed to vhost-user-backend: cheap to clone, `&self` everywhere so that queue
+/// threads run in parallel.
+#[derive(Clone)]
+pub struct BlkBackend(Arc<BlkDevice>);
+
+impl BlkBackend {
+    pub fn new(lun: Arc<Lun>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
+        Self::with_options(lun, initiator, mem, false, Arc::default(), Duration::ZERO)
+    }
+
+    /// A device for a guest that may be read-only on its own, counting into `stats`.
+    pub fn with_options(
+        lun: Arc<Lun>,
+        initiator: Arc<str>,
+        mem: AtomicMem,
+        read_only: bool,
+        stats: Arc<DeviceStats>,
+        poll: Duration,
+    ) -> io::Result<Self> {
+        let exit = ExitEvents::new(MAX_QUEUES)?;
+        Ok(BlkBackend(Arc::new(BlkDevice {
+            lun,
+            initiator,
+            mem,
+            event_idx: AtomicBool::new(false),
+            acked_features: AtomicU64::new(0),
+            exit,
+            gate: Gate::default(),
+            guest_read_only: read_only,
+            stats,
+            poll,
+        })))
+    }
+}
+
+fn bit(b: u32) -> u64 {
+    1u64 << b
+}
+
+impl BlkDevice {
+    /// Read-only for this guest: the whole image, or this guest alone.
+    fn read_only(&self) -> bool {
+        self.guest_read_only || self.lun.image.read_only()
+    }
+
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        let sectors = self.lun.image.size() / SECTOR;
+        c[0..8].copy_from_slice(&sectors.to_le_bytes());
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        // 16..20 geometry: unused (no VIRTIO_BLK_F_GEOMETRY).
+        c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        // 24 physical_block_exp, 25 alignment_offset, 26..28 min_io_size, 28..32 opt_io_size.
+        c[26..28].copy_from_slice(&1u16.to_le_bytes());
+        // writeback: the LU's write cache; with 0 every write is durable before completion.
+        c[CONFIG_WCE_OFFSET] = self.lun.write_cache() as u8;
+        c[34..36].copy_from_slice(&(MAX_QUEUES as u16).to_le_bytes());
+        c[36..40].copy_from_slice(&MAX_DWZ_SECTORS.to_le_bytes());
+        c[40..44].copy_from_slice(&MAX_DWZ_SEG.to_le_bytes());
+        c[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
+        c[48..52].copy_from_slice(&MAX_DWZ_SECTORS.to_le_bytes());
+        c[52..56].copy_from_slice(&MAX_DWZ_SEG.to_le_bytes());
+        c[56] = 1; // write_zeroes_may_unmap
+        c
+    }
+
+    /// Handles one request: a read or write joins `batch` (see [`BlkQueue`]); anything else
+    /// completes here.
+    fn process<'m>(
+        &self,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
+        batch: &mut BlkBatch<'m>,
+    ) -> Reply {
+        let within_limits = within_limits(&chain);
+        let chain = match Chain::parse(mem, chain) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("{}: blk: dropping request: {e}", self.initiator);
+                return Reply::Done(0);
+            }
+        };
+        // The status byte is the last device-writable byte (virtio 1.2 §5.2.6).
+        let in_len = virtqueue::total(&chain.writable);
+        let Some((data_in, status)) = in_len
+            .checked_sub(1)
+            .and_then(|n| virtqueue::split_at(&chain.writable, n))
+        else {
+            log::warn!("{}: blk: request without a status byte", self.initiator);
+            return Reply::Done(0);
+        };
+        if within_limits {
+            if let Some(io) = self.batchable(&chain.readable, &data_in) {
+                // The status byte is in the one non-empty slice of the 1-byte tail.
+                if let Some(&status) = status.iter().find(|b| !b.is_empty()) {
+                    batch.push(io, status);
+                    return Reply::Deferred;
+                }
+            }
+        }
+        let start = Instant::now();
+        stats::take_conflict();
+        let (code, written) = if within_limits {
+            self.execute(&chain.readable, &data_in)
+        } else {
+            log::warn!(
+                "{}: blk: request beyond seg_max {SEG_MAX} / size_max {SIZE_MAX}",
+                self.initiator
+            );
+            (VIRTIO_BLK_S_IOERR as u8, 0)
+        };
+        self.count(&chain.readable, code, written, start.elapsed());
+        virtqueue::write_bytes(&status, &[code]);
+        // `written` never exceeds data_in, which the limits keep far below 4 GiB.
+        Reply::Done((written + 1) as u32)
+    }
+
+    /// The image I/O of a read or write small enough for one admission, if the request is one.
+    fn batchable<'m>(&self, readable: &[Buf<'m>], data_in: &[Buf<'m>]) -> Option<IoOp<'m>> {
+        let mut header = [0u8; HEADER_LEN];
+        if virtqueue::read_bytes(readable, &mut header) < HEADER_LEN {
+            return None;
+        }
+        let (_, data_out) = virtqueue::split_at(readable, HEADER_LEN)?;
+        let in_len = virtqueue::total(data_in);
+        let size = self.lun.image.size();
+        let (write, offset, bufs) =
+            match BlkRequest::parse(&header, &data_out, in_len, size, self.read_only()) {
+                Ok(BlkRequest::Read { offset }) => {
+                    (false, offset, data_in.iter().copied().collect())
+                }
+                Ok(BlkRequest::Write { offset }) => (true, offset, data_out),
+                _ => return None,
+            };
+        (virtqueue::total(&bufs) as u64 <= ADMISSION_CHUNK)
+            .then(|| IoOp::new(write, offset, bufs, write && !self.lun.write_cache()))
+    }
+
+    /// Completes a round's reads and writes: admitted together under one hold of the
+    /// reservation lock (`reservations.rs`), which stays held until the image has done all of
+    /// them, so a PR OUT waits for the batch and no refused request touches the image.
+    fn complete(&self, batch: &mut BlkBatch, lens: &mut UsedLens) {
+        const OK: u8 = VIRTIO_BLK_S_OK as u8;
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+        if batch.ops.is_empty() {
+            return;
+        }
+        let allowed = self.lun.run_admitted(&self.initiator, &mut batch.ops);
+        let took = batch.start.take().map_or(Duration::ZERO, |t| t.elapsed());
+        let ops = batch.ops.drain(..).zip(allowed);
+        for (done, (op, allowed)) in batch.done.drain(..).zip(ops) {
+            let what = if done.write { "write" } else { "read" };
+            let (result, code) = match allowed.map(|()| op.result) {
+                Err(Refusal::Conflict) => {
+                    log::debug!(
+                        "{}: blk {what} refused: reservation conflict",
+                        self.initiator
+                    );
+                    (stats::Result::Conflict, IOERR)
+                }
+                Err(Refusal::Unavailable) => {
+                    log::debug!(
+                        "{}: blk {what} failed: the shared reservation state is out of reach",
+                        self.initiator
+                    );
+                    (stats::Result::Error, IOERR)
+                }
+                Ok(Err(e)) => {
+                    log::warn!("{}: blk {what}: {e}", self.initiator);
+                    (stats::Result::Error, IOERR)
+                }
+                Ok(Ok(())) => (stats::Result::Ok, OK),
+            };
+            let (kind, bytes) = if done.write {
+                (Op::Write, done.len)
+            } else {
+                (Op::Read, if code == OK { done.len } else { 0 })
+            };
+            self.stats.record(kind, result, bytes, took);
+            done.status.copy_from(&[code]);
+            let written = if code == OK && !done.write {
+                done.len
+            } else {
+                0
+            };
+            // A batched request is at most ADMISSION_CHUNK long.
+            lens.push(written as u32 + 1);
+        }
+    }
+
+    /// Counts a completed request (see `stats.rs`).
+    fn count(
+        &self,
+        readable: &[crate::image::Buf],
+        code: u8,
+        written: usize,
+        took: std::time::Duration,
+    ) {
+        let mut header = [0u8; 4];
+        virtqueue::read_bytes(readable, &mut header);
+        let (op, bytes) = match u32::from_le_bytes(header) {
+            VIRTIO_BLK_T_IN => (Op::Read, written as u64),
+            VIRTIO_BLK_T_OUT => (
+                Op::Write,
+                virtqueue::total(readable).saturating_sub(HEADER_LEN) as u64,
+            ),
+            VIRTIO_BLK_T_FLUSH => (Op::Flush, 0),
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => (Op::Discard, 0),
+            _ => (Op::Other, 0),
+        };
+        let result = if code == VIRTIO_BLK_S_OK as u8 {
+            stats::Result::Ok
+        } else if stats::take_conflict() {
+            stats::Result::Conflict
+        } else {
+            stats::Result::Error
+        };
+        self.stats.record(op, result, bytes, took);
+    }
+
+    /// Returns the status and the number of data bytes written to `data_in`.
+    fn execute(
+        &self,
+        readable: &[crate::image::Buf],
+        data_in: &[crate::image::Buf],
+    ) -> (u8, usize) {
+        const OK: u8 = VIRTIO_BLK_S_OK as u8;
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+
+        let mut header = [0u8; HEADER_LEN];
+        if virtqueue::read_bytes(readable, &mut header) < HEADER_LEN {
+            return (IOERR, 0);
+        }
+        let Some((_, data_out)) = virtqueue::split_at(readable, HEADER_LEN) else {
+            return (IOERR, 0);
+        };
+        let in_len = virtqueue::total(data_in);
+        let image = &self.lun.image;
+        let req =
+            match BlkRequest::parse(&header, &data_out, in_len, image.size(), self.read_only()) {
+                Ok(req) => req,
+                Err(status) => return (status, 0),
+            };
+        let io = |r: io::Result<()>, what: &str| match r {
+            Ok(()) => OK,
+            Err(e) => {
+                log::warn!("{}: blk {what}: {e}", self.initiator);
+                IOERR
+            }
+        };
+
+        match req {
+            BlkRequest::Read { offset } => {
+                let r = self.chunked_io(Access::Read, data_in, |bufs, done| {
+                    image.read_at(bufs, offset + done)
+                });
+                match self.status(r, "read") {
+                    OK => (OK, in_len),
+                    s => (s, 0),
+                }
+            }
+            BlkRequest::Write { offset } => {
+                let durable = !self.lun.write_cache();
+                let r = self.chunked_io(Access::Write, &data_out, |bufs, done| {
+                    image.write_at(bufs, offset + done, durable)
+                });
+                (self.status(r, "write"), 0)
+            }
+            BlkRequest::Flush => {
+                if self.admit(Access::Flush).is_err() {
+                    return (IOERR, 0);
+                }
+                // The flush itself changes no data, so it runs outside the admission: a PR OUT
+                // never waits for a file system sync.
+                (io(image.flush(), "flush"), 0)
+            }
+            BlkRequest::GetId => {
+                // Always allowed: identification is not gated (reference access table).
+                let mut id = [0u8; SERIAL_LEN];
+                let serial = self.lun.serial.as_bytes();
+                let n = serial.len().min(SERIAL_LEN);
+                id[..n].copy_from_slice(&serial[..n]);
+                (OK, virtqueue::write_bytes(data_in, &id))
+            }
+            BlkRequest::DiscardWriteZeroes { discard, segments } => {
+                (self.discard_write_zeroes(discard, segments), 0)
+            }
+        }
+    }
+
+    fn admit(&self, access: Access) -> Result<Admitted<'_>, Refusal> {
+        let admitted = self.lun.reservations.admit(&self.initiator, access);
+        match admitted {
+            Err(Refusal::Conflict) => {
+                stats::note_conflict();
+                log::debug!(
+                    "{}: blk {access:?} refused: reservation conflict",
+                    self.initiator
+                );
+            }
+            Err(Refusal::Unavailable) => log::debug!(
+                "{}: blk {access:?} failed: the shared reservation state is out of reach",
+                self.initiator
+            ),
+            Ok(_) => {}
+        }
+        admitted
+    }
+
+    /// DISCARD and WRITE_ZEROES (virtio 1.2 §5.2.6.2) of segments [`BlkRequest::parse`] has
+    /// validated, all of them before any is applied, so a bad request changes nothing.
+    fn discard_write_zeroes(&self, discard: bool, segments: Segments) -> u8 {
+        const OK: u8 = VIRTIO_BLK_S_OK as u8;
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+
+        let what = if discard { "discard" } else { "write-zeroes" };
+        for (offset, bytes, unmap) in segments {
+            let image = &self.lun.image;
+            let r = self
+                .lun
+                .admitted_chunks(&self.initiator, Access::Write, bytes, |done, n| {
+                    if discard {
+                        image.discard(offset + done, n)
+                    } else {
+                        image.write_zeroes(offset + done, n, unmap)
+                    }
+                });
+            if self.status(r, what) != OK {
+                return IOERR;
+            }
+        }
+        match self.lun.sync_if_write_through() {
+            Ok(()) => OK,
+            Err(e) => {
+                log::warn!("{}: blk {what}: sync: {e}", self.initiator);
+                IOERR
+            }
+        }
+    }
+
+    /// Runs `io` over `bufs` in pieces of at most [`crate::lun::ADMISSION_CHUNK`] bytes, each
+    /// under its own admission; `io(piece, done)` handles the piece starting `done` bytes in.
+    fn chunked_io(
+        &self,
+        access: Access,
+        bufs: &[Buf],
+        mut op: impl FnMut(&[Buf], u64) -> io::Result<()>,
+    ) -> Result<(), ChunkError> {
+        let mut rest: virtqueue::Bufs = bufs.iter().copied().collect();
+        let len = virtqueue::total(bufs) as u64;
+        self.lun
+            .admitted_chunks(&self.initiator, access, len, |done, n| {
+                let (piece, tail) = virtqueue::split_at(&rest, n as usize)
+                    .ok_or_else(|| io::Error::other("buffer shorter than the request"))?;
+                rest = tail;
+                op(&piece, done)
+            })
+    }
+
+    /// The status of a chunked operation, logging what went wrong.
+    fn status(&self, r: Result<(), ChunkError>, what: &str) -> u8 {
+        match r {
+            Ok(()) => VIRTIO_BLK_S_OK as u8,
+            Err(ChunkError::Conflict { done }) => {
+                stats::note_conflict();
+                log::debug!(
+                    "{}: blk {what} refused after {done} bytes: reservation conflict",
+                    self.initiator
+                );
+                VIRTIO_BLK_S_IOERR as u8
+            }
+            Err(ChunkError::Unavailable { done }) => {
+                log::debug!(
+                    "{}: blk {what} failed after {done} bytes: the shared reservation state is \
+                     out of reach",
+                    self.initiator
+                );
+                VIRTIO_BLK_S_IOERR as u8
+            }
+            Err(ChunkError::Io(e)) => {
+                log::warn!("{}: blk {what}: {e}", self.initiator);
+                VIRTIO_BLK_S_IOERR as u8
+            }
+        }
+    }
+}
+
+/// DISCARD / WRITE_ZEROES segments: (byte offset, byte length, UNMAP flag).
+type Segments = smallvec::SmallVec<[(u64, u64, bool); 4]>;
+
+/// A virtio-blk request (virtio 1.2 §5.2.6), decoded and checked against the disk before
+/// anything runs: a request that parses only needs its admission and its I/O.
+#[derive(Debug, PartialEq, Eq)]
+enum BlkRequest {
+    Read { offset: u64 },
+    Write { offset: u64 },
+    Flush,
+    GetId,
+    DiscardWriteZeroes { discard: bool, segments: Segments },
+}
+
+impl BlkRequest {
+    /// Decodes the request whose `header` was followed by `data_out` and that has `in_len`
+    /// device-writable data bytes, for an image of `size` bytes. `Err` is the status to return.
+    fn parse(
+        header: &[u8; HEADER_LEN],
+        data_out: &[Buf],
+        in_len: usize,
+        size: u64,
+        read_only: bool,
+    ) -> Result<Self, u8> {
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+        const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+        let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        let out_len = virtqueue::total(data_out);
+        match req_type {
+            VIRTIO_BLK_T_IN => {
+                let offset = data_range(sector, in_len, out_len, size).ok_or(IOERR)?;
+                Ok(Self::Read { offset })
+            }
+            VIRTIO_BLK_T_OUT => {
+                let offset = data_range(sector, out_len, in_len, size).ok_or(IOERR)?;
+                if read_only {
+                    return Err(IOERR);
+                }
+                Ok(Self::Write { offset })
+            }
+            VIRTIO_BLK_T_FLUSH => Ok(Self::Flush),
+            VIRTIO_BLK_T_GET_ID => Ok(Self::GetId),
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                let discard = req_type == VIRTIO_BLK_T_DISCARD;
+                let segments = dwz_segments(discard, data_out, in_len, size)?;
+                if read_only {
+                    return Err(IOERR);
+                }
+                Ok(Self::DiscardWriteZeroes { discard, segments })
+            }
+            _ => Err(UNSUPP),
+        }
+    }
+}
+
+/// Validates a data request: no buffers in the wrong direction, whole sectors, inside an image
+/// of `size` bytes. Returns the byte offset.
+fn data_range(sector: u64, len: usize, wrong_way: usize, size: u64) -> Option<u64> {
+    if wrong_way != 0 || !(len as u64).is_multiple_of(SECTOR) {
+        return None;
+    }
+    let offset = sector.checked_mul(SECTOR)?;
+    range_ok(offset, len as u64, size).then_some(offset)
+}
+
+/// The segments of a DISCARD or WRITE_ZEROES (virtio 1.2 §5.2.6.2), every one validated.
+fn dwz_segments(discard: bool, data_out: &[Buf], in_len: usize, size: u64) -> Result<Segments, u8> {
+    const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+    const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+    let len = virtqueue::total(data_out);
+    if in_len != 0 || len == 0 || !len.is_multiple_of(DWZ_SEG_LEN) {
+        return Err(IOERR);
+    }
+    if len / DWZ_SEG_LEN > MAX_DWZ_SEG as usize {
+        return Err(UNSUPP);
+    }
+    let mut raw = [0u8; DWZ_SEG_LEN * MAX_DWZ_SEG as usize];
+    let raw = &mut raw[..len];
+    virtqueue::read_bytes(data_out, raw);
+    let mut segments = Segments::new();
+    for seg in raw.chunks_exact(DWZ_SEG_LEN) {
+        let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
+        let num = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
+        let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
+        let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+        // Unknown flags, and UNMAP on a DISCARD, are UNSUPP.
+        if (discard && flags != 0) || flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
+            return Err(UNSUPP);
+        }
+        if num > MAX_DWZ_SECTORS {
+            return Err(IOERR);
+        }
+        let offset = sector.checked_mul(SECTOR).ok_or(IOERR)?;
+        let bytes = u64::from(num) * SECTOR;
+        if !range_ok(offset, bytes, size) {
+            return Err(IOERR);
+        }
+        segments.push((offset, bytes, unmap));
+    }
+    Ok(segments)
+}
+
+/// Whether a chain respects what we advertise: at most SEG_MAX data segments (plus header and
+/// status) of at most SIZE_MAX bytes each. Counted on the descriptors themselves.
+fn within_limits(chain: &DescriptorChain<&Mem>) -> bool {
+    let mut count = 0u32;
+    for desc in chain.clone() {
+        count += 1;
+        if count > SEG_MAX + 2 || desc.len() > SIZE_MAX {
+            return false;
+        }
+    }
+    true
+}
+
+impl Quiesce for BlkBackend {
+    fn quiesce(&self) {
+        self.0.gate.close();
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        MAX_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = bit(VIRTIO_F_VERSION_1)
+            | bit(VIRTIO_RING_F_EVENT_IDX)
+            | bit(VIRTIO_RING_F_INDIRECT_DESC)
+            | bit(VIRTIO_BLK_F_SEG_MAX)
+            | bit(VIRTIO_BLK_F_SIZE_MAX)
+            | bit(VIRTIO_BLK_F_BLK_SIZE)
+            | bit(VIRTIO_BLK_F_FLUSH)
+            | bit(VIRTIO_BLK_F_CONFIG_WCE)
+            | bit(VIRTIO_BLK_F_TOPOLOGY)
+            | bit(VIRTIO_BLK_F_MQ)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.0.read_only() {
+            f |= bit(VIRTIO_BLK_F_RO);
+        } else {
+            f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        f
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.0.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.0.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // Frontends may ask for a newer, larger config struct: pad with zeroes.
+        let config = self.0.config();
+        let mut out = vec![0u8; size.min(256) as usize];
+        let start = (offset as usize).min(CONFIG_LEN);
+        let end = (start + out.len()).min(CONFIG_LEN);
+        out[..end - start].copy_from_slice(&config[start..end]);
+        out
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only `writeback` is writable (virtio 1.2 §5.2.5, VIRTIO_BLK_F_CONFIG_WCE).
+        let offset = offset as usize;
+        if offset <= CONFIG_WCE_OFFSET && CONFIG_WCE_OFFSET < offset + buf.len() {
+            let wce = buf[CONFIG_WCE_OFFSET - offset] != 0;
+            self.0.lun.set_write_cache(&self.0.initiator, wce)?;
+        }
+        Ok(())
+    }
+
+    fn update_memory(&self, _mem: AtomicMem) -> io::Result<()> {
+        // We hold a clone of the same `GuestMemoryAtomic`, which the handler updates in place.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..MAX_QUEUES).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        self.0.exit.get(thread_index)
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        // One queue per thread, so `device_event` is 0: the thread's only ring.
+        let Some(vring) = virtqueue::kicked_ring(evset, device_event, vrings) else {
+            return Ok(());
+        };
+        let d = &self.0;
+        let Some(_open) = d.gate.enter() else {
+            return Ok(());
+        };
+        virtqueue::drain_queue(
+            vring,
+            &d.mem,
+            d.event_idx.load(Ordering::Relaxed),
+            &d.gate,
+            d.poll,
+            &mut BlkQueue(d),
+        )
+    }
+}
+
+/// A round's reads and writes, done together at its end.
+#[derive(Default)]
+struct BlkBatch<'m> {
+    ops: Vec<IoOp<'m>>,
+    /// For each op: where its status goes and its length.
+    done: Vec<Pending<'m>>,
+    /// When the first of them arrived: the counters time a batched request from its round's
+    /// start to its completion (one clock read per round, not two per request).
+    start: Option<Instant>,
+}
+
+struct Pending<'m> {
+    status: Buf<'m>,
+    write: bool,
+    len: u64,
+}
+
+impl<'m> BlkBatch<'m> {
+    fn push(&mut self, op: IoOp<'m>, status: Buf<'m>) {
+        self.start.get_or_insert_with(Instant::now);
+        let len = virtqueue::total(&op.bufs) as u64;
+        let write = op.write;
+        self.ops.push(op);
+        self.done.push(Pending { status, write, len });
+    }
+}
+
+/// One request queue of a blk device, as [`virtqueue::drain_queue`] serves it: the reads and writes
+/// of a round become one batch of image I/O (one io_uring submission), everything else is done
+/// as it comes.
+struct BlkQueue<'d>(&'d BlkDevice);
+
+impl Handler for BlkQueue<'_> {
+    type Batch<'m> = BlkBatch<'m>;
+
+    fn request<'m>(
+        &mut self,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
+        _slot: Slot,
+        batch: &mut BlkBatch<'m>,
+    ) -> Reply {
+        self.0.process(mem, chain, batch)
+    }
+
+    fn complete(&mut self, batch: &mut BlkBatch<'_>, lens: &mut UsedLens) {
+        self.0.complete(batch, lens)
+    }
+}
+
+#[cfg(test)]
+mod tests;
