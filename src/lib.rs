@@ -22,6 +22,7 @@ pub mod pr;
 pub mod scsi;
 pub mod testhooks;
 pub mod transport;
+pub mod util;
 
 /// Starts the daemon as `sharedisk serve` does.
 ///

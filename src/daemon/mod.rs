@@ -5,6 +5,7 @@ pub mod runtime_guests;
 pub mod server;
 pub mod sockets;
 
+use crate::util::lock::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,11 +34,11 @@ pub struct Service {
 
 impl Service {
     fn server(&self) -> MutexGuard<'_, Server> {
-        self.server.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.server)
     }
 
     fn changes(&self) -> MutexGuard<'_, GuestChanges> {
-        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.changes)
     }
 
     /// systemd's STATUS= line: who is connected and who holds the disk.

@@ -5,6 +5,7 @@
 //! (shared by that device's queue threads): no lock, no allocation, no lookup per request. The
 //! table of guests is locked only when a connection starts and when someone reads it.
 
+use crate::util::lock::{read, write};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
@@ -253,7 +254,7 @@ impl Stats {
         if let Some(g) = self.read().get(guest) {
             return g.clone();
         }
-        let mut w = self.guests.write().unwrap_or_else(|e| e.into_inner());
+        let mut w = write(&self.guests);
         w.entry(guest.to_string()).or_default().clone()
     }
 
@@ -265,7 +266,7 @@ impl Stats {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<GuestStats>>> {
-        self.guests.read().unwrap_or_else(|e| e.into_inner())
+        read(&self.guests)
     }
 }
 

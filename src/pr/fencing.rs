@@ -19,6 +19,7 @@
 //! [`ReplayLog`] with its first execution's status instead of running again; its record is saved
 //! with the state change it made, in the same atomic write.
 
+use crate::util::lock::{lock, read, write};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -228,27 +229,27 @@ impl Reservations {
 
     /// Cluster mode: which shared state is held here, `(epoch, version)`.
     pub fn held(&self) -> (u64, i64) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.held)
     }
 
     fn set_held(&self, epoch: u64, version: i64) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = (epoch, version);
+        *lock(&self.held) = (epoch, version);
     }
 
     fn replay_log(&self) -> std::sync::MutexGuard<'_, ReplayLog> {
-        self.replay.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.replay)
     }
 
     fn read_lock(&self) -> RwLockReadGuard<'_, Arbiter> {
         // A poisoned lock only means another thread panicked; the arbiter itself is consistent
         // after every call, so keep serving.
-        drop(self.turnstile.lock().unwrap_or_else(|e| e.into_inner()));
-        self.arbiter.read().unwrap_or_else(|e| e.into_inner())
+        drop(lock(&self.turnstile));
+        read(&self.arbiter)
     }
 
     fn write_lock(&self) -> RwLockWriteGuard<'_, Arbiter> {
-        let _turn = self.turnstile.lock().unwrap_or_else(|e| e.into_inner());
-        self.arbiter.write().unwrap_or_else(|e| e.into_inner())
+        let _turn = lock(&self.turnstile);
+        write(&self.arbiter)
     }
 
     /// Admits a data command of `initiator`, or says why not.

@@ -5,8 +5,8 @@
 //! before a PR OUT is acknowledged, and it names the image it belongs to, so a state file can
 //! never be applied to the wrong disk and is never reset silently.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pr::replay::Record;
 use crate::pr::PrState;
-use crate::testhooks::failpoint;
+use crate::util::atomic_file;
 
 const FORMAT: u32 = 1;
 
@@ -182,36 +182,12 @@ impl StateStore {
         };
         let mut bytes = serde_json::to_vec_pretty(&disk).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        let mut tmp_name = self.path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            failpoint::error("state-write-error")?;
-            f.write_all(&bytes)?;
-            failpoint::hit("state-tmp-written");
-            f.sync_all()?;
-            failpoint::hit("state-tmp-synced");
-        }
-        fs::rename(&tmp, &self.path)?;
-        failpoint::hit("state-renamed");
-        Ok(())
+        atomic_file::replace(&self.path, &bytes, "state")
     }
 
     /// Makes the rename durable.
     fn sync_dir(&self) -> io::Result<()> {
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        failpoint::error("state-dir-sync-error")?;
-        File::open(dir)?.sync_all()?;
-        failpoint::hit("state-dir-synced");
-        Ok(())
+        atomic_file::sync_dir(&self.path, "state")
     }
 }
 

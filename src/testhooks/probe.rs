@@ -6,6 +6,7 @@
 //! ended before a PREEMPT returned, that a write-through LU made every write durable. The daemon
 //! binary never uses it.
 
+use crate::util::lock::lock;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,34 +78,22 @@ impl Recorder {
 
     /// Every later data change waits `d` before it reaches the image.
     pub fn set_write_delay(&self, d: Duration) {
-        self.slowness
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .fixed = d;
+        lock(&self.slowness).fixed = d;
     }
 
     /// Every later data change also waits as long as moving its bytes at `bytes_per_sec` takes.
     pub fn set_write_bandwidth(&self, bytes_per_sec: Option<u64>) {
-        self.slowness
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .bytes_per_sec = bytes_per_sec;
+        lock(&self.slowness).bytes_per_sec = bytes_per_sec;
     }
 
     /// The calls so far, in the order they ended.
     pub fn events(&self) -> Vec<Event> {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.events).clone()
     }
 
     /// Forgets the calls so far.
     pub fn clear(&self) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        lock(&self.events).clear();
     }
 
     fn run(
@@ -116,7 +105,7 @@ impl Recorder {
     ) -> io::Result<()> {
         let start = Instant::now();
         if op.changes_data() {
-            let slowness = *self.slowness.lock().unwrap_or_else(|e| e.into_inner());
+            let slowness = *lock(&self.slowness);
             let delay = slowness.delay(len);
             if !delay.is_zero() {
                 std::thread::sleep(delay);
@@ -131,10 +120,7 @@ impl Recorder {
             end: Instant::now(),
             ok: r.is_ok(),
         };
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event);
+        lock(&self.events).push(event);
         r
     }
 }
@@ -197,11 +183,7 @@ impl Image for Probe {
     /// from the batch's start to its end.
     fn run_batch(&self, ops: &mut [IoOp]) {
         let start = Instant::now();
-        let slowness = *self
-            .recorder
-            .slowness
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let slowness = *lock(&self.recorder.slowness);
         let delay: Duration = ops
             .iter()
             .filter(|op| op.write)
@@ -223,11 +205,7 @@ impl Image for Probe {
             .collect();
         self.inner.run_batch(ops);
         let end = Instant::now();
-        let mut events = self
-            .recorder
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut events = lock(&self.recorder.events);
         for ((op, offset, len), done) in shape.into_iter().zip(ops.iter()) {
             events.push(Event {
                 op,

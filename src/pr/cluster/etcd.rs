@@ -41,6 +41,7 @@
 //! quorum) proves nothing: the command gets BUSY, the lease runs out, and a transaction whose
 //! fate is unknown is adopted later like any other daemon's change if it did commit.
 
+use crate::util::lock::{lock, read, write};
 use std::collections::{BTreeMap, HashSet};
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -997,18 +998,6 @@ async fn watch_state(shared: Arc<EtcdState>, key: String) {
         }
         tokio::time::sleep(shared.cfg.renew_every() / 2).await;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for EtcdState {

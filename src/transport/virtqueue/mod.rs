@@ -6,6 +6,7 @@
 
 pub mod vring;
 
+use crate::util::lock::{read, write};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
@@ -125,7 +126,7 @@ pub struct Gate {
 impl Gate {
     /// Held while a ring is served; `None` once the gate is closed.
     pub fn enter(&self) -> Option<RwLockReadGuard<'_, bool>> {
-        let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+        let closed = read(&self.closed);
         (!*closed).then_some(closed)
     }
 
@@ -136,7 +137,7 @@ impl Gate {
 
     pub fn close(&self) {
         self.closing.store(true, Ordering::Release);
-        *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
+        *write(&self.closed) = true;
     }
 }
 

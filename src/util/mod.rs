@@ -1,0 +1,5 @@
+//! Small helpers that several rooms need: locks that outlive a panicking holder, and files
+//! replaced atomically and durably.
+
+pub mod atomic_file;
+pub mod lock;
