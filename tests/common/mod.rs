@@ -6,6 +6,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod deadline;
 pub mod etcd;
+#[cfg(feature = "test-hooks")]
 pub mod fencing;
 pub mod flows;
 pub mod guest;
