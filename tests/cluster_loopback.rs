@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::etcd::{ClusterDaemon, Etcd, FAST};
+use common::image::image_bytes;
 use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
 use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
@@ -170,11 +171,6 @@ fn submit_write(f: &mut VuFrontend, sector: u64, byte: u8) {
     );
 }
 
-fn sector_of(image: &Path, sector: u64) -> Vec<u8> {
-    let all = std::fs::read(image).unwrap();
-    all[sector as usize * 512..][..512].to_vec()
-}
-
 /// What [`preempt_a_paused_victim`] saw.
 struct PausedPreempt {
     /// The PREEMPT AND ABORT's answer.
@@ -248,7 +244,7 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
         assert!(admitted[0].is_ok() && ops[0].result.is_ok());
     }
     std::thread::sleep(Duration::from_millis(3500));
-    let sector = sector_of(&dir.path().join("disk.img"), SECTOR);
+    let sector = image_bytes(&dir.path().join("disk.img"), SECTOR * 512, 512);
     let fenced = std::fs::read_to_string(dir.path().join("fenced")).unwrap_or_default();
     drop(victim);
     drop(f);
