@@ -26,9 +26,12 @@ pub mod util;
 
 /// Starts the daemon as `sharedisk serve` does.
 ///
-/// Test hook: with `SHAREDISK_TEST_WRITE_DELAY_MS=N` in the environment every change to the
-/// image waits N ms after its admission before it reaches the image (a [`testhooks::probe::Probe`]), so
-/// that end-to-end tests can tell a write fenced by its admission from one that slipped past it.
+/// Test hook, with the `test-hooks` feature only: with `SHAREDISK_TEST_WRITE_DELAY_MS=N` in the
+/// environment every change to the image waits N ms after its admission before it reaches the
+/// image (a `testhooks::probe::Probe`), so that end-to-end tests can tell a write fenced by its
+/// admission from one that slipped past it. Without the feature this is
+/// [`daemon::server::Server::start`].
+#[cfg(feature = "test-hooks")]
 pub fn start_server(
     config: config::Config,
 ) -> Result<daemon::server::Server, daemon::server::ServerError> {
@@ -46,6 +49,15 @@ pub fn start_server(
             })
         }
     }
+}
+
+/// Starts the daemon as `sharedisk serve` does (built without the `test-hooks` feature: no
+/// write delay).
+#[cfg(not(feature = "test-hooks"))]
+pub fn start_server(
+    config: config::Config,
+) -> Result<daemon::server::Server, daemon::server::ServerError> {
+    daemon::server::Server::start(config)
 }
 
 /// Counts the panics of every thread from now on (the previous panic hook still runs).

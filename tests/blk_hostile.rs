@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::daemon::{TestDaemon, IMAGE_SIZE};
+use common::image::{image_bytes, pattern};
 use common::vu_frontend::*;
 
 const QSIZE: u16 = 128;
@@ -22,12 +22,6 @@ const SCRATCH_LEN: usize = 8192;
 
 // ---- helpers ----
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| seed.wrapping_add((i % 251) as u8) | 1)
-        .collect()
-}
-
 /// A daemon with one guest and a connected frontend; the guard pattern is written.
 fn setup() -> (TestDaemon, VuFrontend) {
     common::panics::watch();
@@ -39,10 +33,7 @@ fn setup() -> (TestDaemon, VuFrontend) {
 }
 
 fn read_image(d: &TestDaemon, offset: u64, len: usize) -> Vec<u8> {
-    let f = std::fs::File::open(d.image()).unwrap();
-    let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, offset).unwrap();
-    buf
+    image_bytes(d.image(), offset, len)
 }
 
 /// A normal write + read round trip works and the guard area is intact.

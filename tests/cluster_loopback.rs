@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::etcd::{ClusterDaemon, Etcd, FAST};
+use common::image::image_bytes;
 use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
 use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
@@ -170,15 +171,31 @@ fn submit_write(f: &mut VuFrontend, sector: u64, byte: u8) {
     );
 }
 
-fn sector_of(image: &Path, sector: u64) -> Vec<u8> {
-    let all = std::fs::read(image).unwrap();
-    all[sector as usize * 512..][..512].to_vec()
+/// What [`preempt_a_paused_victim`] saw.
+struct PausedPreempt {
+    /// The PREEMPT AND ABORT's answer.
+    status: PrStatus,
+    /// How long it took, from its start (so at least its wait after the commit's answer).
+    took: Duration,
+    /// The documented wait after the commit's answer for a member that does not acknowledge:
+    /// V·(1+ε)+D_io of the issuer's configuration (`ClusterConfig::wait_bound`).
+    bound: Duration,
+    /// The block afterwards: the canary, or the victim's late write.
+    sector: Vec<u8>,
+    /// The nodes the fence hook was asked to fence, one a line (strict mode).
+    fenced: String,
+}
+
+impl PausedPreempt {
+    fn canary_intact(&self) -> bool {
+        self.sector == vec![b'C'; 512]
+    }
 }
 
 /// The victim's write is admitted, then stalls 2.5 s (longer than lease + max_io); the issuer
-/// preempts and, as soon as GOOD returns, overwrites the block (the canary). Returns the status
-/// of the preempt and whether the block still holds the canary afterwards.
-fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Duration) {
+/// preempts and, as soon as GOOD returns, overwrites the block (the canary). `fence_hook` may
+/// use `{dir}` (the test's directory); every node it is run for is also recorded.
+fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
     common::daemon::init_logging();
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     let etcd = Etcd::start(dir.path());
@@ -186,9 +203,13 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Durat
     c.size = Some(16 << 20);
     c.direct = true;
     c.cluster = Some(ClusterConfig {
-        fence_hook: fence_hook.map(|h| h.replace("{dir}", &dir.path().display().to_string())),
+        fence_hook: fence_hook.map(|h| {
+            let h = format!("echo \"$SHAREDISK_FENCE_NODE\" >> {{dir}}/fenced; {h}");
+            h.replace("{dir}", &dir.path().display().to_string())
+        }),
         ..cluster(&etcd, "h1")
     });
+    let bound = c.cluster.as_ref().unwrap().wait_bound();
     let a = Server::start(c).expect("h1 joins");
     let victim = ClusterDaemon::start(
         dir.path(),
@@ -223,39 +244,77 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Durat
         assert!(admitted[0].is_ok() && ops[0].result.is_ok());
     }
     std::thread::sleep(Duration::from_millis(3500));
-    let intact = sector_of(&dir.path().join("disk.img"), SECTOR) == vec![b'C'; 512];
+    let sector = image_bytes(&dir.path().join("disk.img"), SECTOR * 512, 512);
+    let fenced = std::fs::read_to_string(dir.path().join("fenced")).unwrap_or_default();
     drop(victim);
     drop(f);
     drop(a);
-    (status, intact, took)
+    PausedPreempt {
+        status,
+        took,
+        bound,
+        sector,
+        fenced,
+    }
 }
 
+/// What soft mode promises: a PREEMPT whose victim's daemon does not acknowledge (it is stuck
+/// in an admitted write) returns GOOD, and only once the documented bound V·(1+ε)+D_io has
+/// passed after the commit's answer, when the victim's lease has surely run out.
 #[test]
-fn soft_mode_leaves_the_pause_gap_and_the_canary_sees_it() {
-    let (status, intact, took) = preempt_a_paused_victim(None);
-    assert_eq!(status, PrStatus::Good);
+fn soft_mode_answers_good_only_after_the_wait_bound() {
+    let p = preempt_a_paused_victim(None);
+    assert_eq!(p.status, PrStatus::Good);
     assert!(
-        took >= Duration::from_millis(600 + 300),
-        "GOOD only once the victim's lease surely ran out ({took:?})"
+        p.took >= p.bound,
+        "GOOD after {:?}, before the victim's lease surely ran out ({:?})",
+        p.took,
+        p.bound
     );
-    assert!(
-        !intact,
-        "the write admitted before the pause landed after GOOD: the documented gap"
+}
+
+/// Known limit, not a promise: the pause gap (src/pr/cluster/etcd.rs, README). A daemon stalled
+/// between admitting a write and issuing it for longer than lease + D_io can issue it after
+/// another daemon's PREEMPT returned GOOD; soft mode cannot stop it (strict mode's fence hook
+/// does). This shows the gap and reports whether the late write landed over the canary; it
+/// asserts nothing about it, so that narrowing the gap never turns it red.
+#[test]
+fn known_limit_pause_gap_in_soft_mode() {
+    let p = preempt_a_paused_victim(None);
+    let seen = if p.status != PrStatus::Good {
+        "no GOOD, no canary written"
+    } else if p.canary_intact() {
+        "the canary is intact: no late write landed"
+    } else if p.sector == vec![b'L'; 512] {
+        "the write admitted before the pause landed after GOOD, over the canary: the gap"
+    } else {
+        "the block holds neither the canary nor the late write"
+    };
+    eprintln!(
+        "known limit (pause gap, soft mode): PREEMPT {:?} after {:?} (bound {:?}); {seen}",
+        p.status, p.took, p.bound
     );
 }
 
 #[test]
 fn strict_mode_fences_the_paused_member_before_good() {
     let hook = "kill -9 \"$(cat {dir}/h2.pid)\" && [ \"$SHAREDISK_FENCE_NODE\" = h2 ]";
-    let (status, intact, took) = preempt_a_paused_victim(Some(hook.into()));
-    assert_eq!(status, PrStatus::Good, "the hook fenced h2");
-    assert!(took >= Duration::from_millis(900));
-    assert!(intact, "no write of the fenced member after GOOD");
+    let p = preempt_a_paused_victim(Some(hook.into()));
+    assert_eq!(p.status, PrStatus::Good, "the hook fenced h2");
+    assert!(p.took >= p.bound, "{:?} < {:?}", p.took, p.bound);
+    assert!(
+        p.canary_intact(),
+        "no write of the fenced member after GOOD"
+    );
 }
 
 #[test]
 fn strict_mode_answers_busy_when_the_fence_hook_fails() {
-    let (status, intact, _) = preempt_a_paused_victim(Some("exit 1".into()));
-    assert_eq!(status, PrStatus::Busy, "never GOOD without the fence");
-    let _ = intact;
+    let p = preempt_a_paused_victim(Some("exit 1".into()));
+    assert_eq!(p.status, PrStatus::Busy, "never GOOD without the fence");
+    assert_eq!(
+        p.fenced.lines().collect::<Vec<_>>(),
+        ["h2"],
+        "BUSY because the fence of the member that did not acknowledge (h2) failed"
+    );
 }

@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use common::daemon::{TestDaemon, IMAGE_SIZE};
+use common::image::{image_bytes, pattern};
 use common::scsi_client::*;
 use common::vu_frontend::*;
 use sharedisk::testhooks::probe::{Event, Op};
@@ -21,21 +22,6 @@ const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 /// Offset of `writeback` in virtio_blk_config.
 const WRITEBACK: u32 = 32;
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| seed.wrapping_add((i % 251) as u8) | 1)
-        .collect()
-}
-
-fn read_host(path: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf
-}
 
 /// 512-byte blocks allocated to the image file.
 fn allocated(path: &Path) -> u64 {
@@ -128,7 +114,7 @@ fn read_only_refuses_every_change_on_both_devices_and_says_so() {
     }
     assert_eq!(fe.blk_read(0, 4096), original[..4096]);
     assert_eq!(
-        read_host(d.image(), 0, 1 << 20),
+        image_bytes(d.image(), 0, 1 << 20),
         original,
         "the image is intact"
     );
@@ -283,7 +269,7 @@ fn zeroing_without_unmap_keeps_the_blocks_allocated() {
     assert!(write_same(&mut c, 0, 4096, false, &[0; 512]).is_good());
     let seg = dwz_segment(4096, 2048, 0);
     assert_eq!(fe.blk_request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &seg, 0).0, 0);
-    assert_eq!(read_host(&img, 0, 3 << 20), vec![0; 3 << 20]);
+    assert_eq!(image_bytes(&img, 0, 3 << 20), vec![0; 3 << 20]);
     assert_eq!(allocated(&img), full, "zeroing without UNMAP deallocated");
 
     // With UNMAP it deallocates, and still reads back as zeroes.
@@ -296,9 +282,9 @@ fn zeroing_without_unmap_keeps_the_blocks_allocated() {
         allocated(&img) < after_ws,
         "WRITE_ZEROES with UNMAP deallocates"
     );
-    assert_eq!(read_host(&img, 0, 3 << 20), vec![0; 3 << 20]);
+    assert_eq!(image_bytes(&img, 0, 3 << 20), vec![0; 3 << 20]);
     assert_eq!(
-        read_host(&img, 3 << 20, 1 << 20),
+        image_bytes(&img, 3 << 20, 1 << 20),
         pattern(6144u64 as u8, 1 << 20)
     );
 }

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
-
 use common::daemon::{TestDaemon, IMAGE_SIZE};
+use common::image::{image_bytes, pattern};
 use common::scsi_client::*;
 use common::vu_frontend::{Desc, MEM_BASE, MEM_SIZE, TIMEOUT};
 
@@ -23,12 +22,6 @@ const INVALID_FIELD_CDB: SenseTriple = (0x05, 0x24, 0x00);
 
 // ---- helpers ----
 
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| seed.wrapping_add((i % 251) as u8) | 1)
-        .collect()
-}
-
 fn setup() -> (TestDaemon, ScsiClient) {
     common::panics::watch();
     let d = TestDaemon::start(&["vm1"]);
@@ -40,10 +33,7 @@ fn setup() -> (TestDaemon, ScsiClient) {
 }
 
 fn read_image(d: &TestDaemon, lba: u64, len: usize) -> Vec<u8> {
-    let f = std::fs::File::open(d.image()).unwrap();
-    let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, lba * 512).unwrap();
-    buf
+    image_bytes(d.image(), lba * 512, len)
 }
 
 /// A TUR plus a WRITE/READ round trip works, the guard is intact, no daemon thread panicked.

@@ -11,7 +11,6 @@ const K_A: u64 = 0xaaaa_0000_0000_00a1;
 const K_B: u64 = 0xbbbb_0000_0000_00b2;
 const K_C: u64 = 0xcccc_0000_0000_00c3;
 
-const POWER_ON: SenseTriple = (0x06, 0x29, 0x00);
 const LU_RESET: SenseTriple = (0x06, 0x29, 0x03);
 const NEXUS_LOSS: SenseTriple = (0x06, 0x29, 0x07);
 const REG_PREEMPTED: SenseTriple = (0x06, 0x2a, 0x05);
@@ -28,38 +27,6 @@ const NOTHING_TO_ABORT: [(u32, &str); 5] = [
     (TMF_QUERY_TASK, "QUERY TASK"),
     (TMF_QUERY_TASK_SET, "QUERY TASK SET"),
 ];
-
-/// A daemon for `guests` and one client per guest, each past its power-on UA.
-fn setup(guests: &[&str]) -> (TestDaemon, Vec<ScsiClient>) {
-    let d = TestDaemon::start(guests);
-    let clients = guests
-        .iter()
-        .map(|g| {
-            let mut c = ScsiClient::connect(&d.scsi(g));
-            assert_eq!(c.drain_ua(), vec![POWER_ON], "{g}: power-on UA");
-            c
-        })
-        .collect();
-    (d, clients)
-}
-
-fn four() -> (TestDaemon, Vec<ScsiClient>) {
-    setup(&["a", "b", "c", "d"])
-}
-
-#[track_caller]
-fn good(r: &ScsiResult, what: &str) {
-    assert!(
-        r.is_good() && r.sense.is_none(),
-        "{what}: expected GOOD, got {r:?}"
-    );
-}
-
-#[track_caller]
-fn rc(r: &ScsiResult, what: &str) {
-    assert_eq!(r.response, VIRTIO_SCSI_S_OK, "{what}: {r:?}");
-    assert_eq!(r.status, RESERVATION_CONFLICT, "{what}: {r:?}");
-}
 
 #[track_caller]
 fn tmf(c: &mut ScsiClient, subtype: u32, want: u8, what: &str) {
@@ -179,7 +146,7 @@ fn logical_unit_reset_gives_every_initiator_one_29_03() {
 /// pending; the reset's is reported first (SAM-5 §5.14).
 #[test]
 fn logical_unit_reset_keeps_pr_state_and_pending_uas() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     reg(&mut c[2], K_C);
@@ -202,16 +169,16 @@ fn logical_unit_reset_keeps_pr_state_and_pending_uas() {
         &c[1].write16(0, &[1; 512]),
         "a registrant writes under WE-RO",
     );
-    rc(&c[2].write16(0, &[1; 512]), "c, preempted, is still fenced");
-    rc(&c[3].write16(0, &[1; 512]), "d was never registered");
+    conflict(&c[2].write16(0, &[1; 512]), "c, preempted, is still fenced");
+    conflict(&c[3].write16(0, &[1; 512]), "d was never registered");
 }
 
 /// SAM-5 §6.3.3 c): a LU reset releases a reservation made with RESERVE(6).
 #[test]
 fn logical_unit_reset_releases_an_spc2_reservation() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     good(&c[1].cmd(&RESERVE6, &[], 0), "b RESERVE(6)");
-    rc(&c[0].write16(0, &[1; 512]), "a is shut out");
+    conflict(&c[0].write16(0, &[1; 512]), "a is shut out");
     tmf(
         &mut c[0],
         TMF_LOGICAL_UNIT_RESET,
@@ -223,7 +190,7 @@ fn logical_unit_reset_releases_an_spc2_reservation() {
     assert_eq!(pending(&mut c[2]), vec![LU_RESET]);
     good(&c[2].cmd(&RESERVE6, &[], 0), "the LU is free to reserve");
     assert_eq!(pending(&mut c[1]), vec![LU_RESET]);
-    rc(&c[1].write16(0, &[1; 512]), "b no longer holds it");
+    conflict(&c[1].write16(0, &[1; 512]), "b no longer holds it");
 }
 
 // ---- I_T NEXUS RESET ----
@@ -232,7 +199,7 @@ fn logical_unit_reset_releases_an_spc2_reservation() {
 /// survives. The LUN field beyond the target is not looked at; another target is BAD TARGET.
 #[test]
 fn i_t_nexus_reset_is_a_nexus_loss_for_its_initiator_only() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     good(&c[0].prout(SA_RESERVE, 1, K_A, 0, false), "reserve WE");
@@ -247,7 +214,7 @@ fn i_t_nexus_reset_is_a_nexus_loss_for_its_initiator_only() {
     no_ua(&mut c[1..], "only the sender");
     assert_eq!(pr_state(&mut c[2]), before);
     good(&c[0].write16(0, &[1; 512]), "a still holds");
-    rc(&c[1].write16(0, &[1; 512]), "b still fenced");
+    conflict(&c[1].write16(0, &[1; 512]), "b still fenced");
     // Any LUN of target 0 names the same nexus.
     for lun in [1u16, 0x3fff] {
         let r = c[1].tmf(TMF_I_T_NEXUS_RESET, &lun_bytes(0, lun));
@@ -263,7 +230,7 @@ fn i_t_nexus_reset_is_a_nexus_loss_for_its_initiator_only() {
 /// that one.
 #[test]
 fn i_t_nexus_reset_releases_only_its_own_spc2_reservation() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     good(&c[1].cmd(&RESERVE6, &[], 0), "b RESERVE(6)");
     tmf(
         &mut c[0],
@@ -272,7 +239,7 @@ fn i_t_nexus_reset_releases_only_its_own_spc2_reservation() {
         "a",
     );
     assert_eq!(pending(&mut c[0]), vec![NEXUS_LOSS]);
-    rc(&c[0].write16(0, &[1; 512]), "b's reservation stays");
+    conflict(&c[0].write16(0, &[1; 512]), "b's reservation stays");
     tmf(
         &mut c[1],
         TMF_I_T_NEXUS_RESET,
@@ -291,7 +258,7 @@ fn i_t_nexus_reset_releases_only_its_own_spc2_reservation() {
 /// QUERY TASK and QUERY TASK SET (§7.9, §7.10): FUNCTION COMPLETE, i.e. "not present".
 #[test]
 fn aborts_and_queries_complete_and_change_nothing() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     good(&c[0].prout(SA_RESERVE, 3, K_A, 0, false), "reserve EA");
@@ -308,9 +275,9 @@ fn aborts_and_queries_complete_and_change_nothing() {
         no_ua(&mut c, name);
     }
     assert_eq!(pr_state(&mut c[0]), before);
-    rc(&c[1].read16(0, 1), "EA still keeps b out");
+    conflict(&c[1].read16(0, 1), "EA still keeps b out");
     // An SPC-2 reservation survives them too.
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     good(&c[1].cmd(&RESERVE6, &[], 0), "b RESERVE(6)");
     for (subtype, name) in NOTHING_TO_ABORT {
         for x in c.iter_mut().take(2) {
@@ -318,7 +285,7 @@ fn aborts_and_queries_complete_and_change_nothing() {
         }
     }
     no_ua(&mut c, "after the aborts");
-    rc(&c[0].write16(0, &[1; 512]), "b still holds the LU");
+    conflict(&c[0].write16(0, &[1; 512]), "b still holds the LU");
     good(&c[1].cmd(&RELEASE6, &[], 0), "b releases");
     good(&c[0].write16(0, &[1; 512]), "then a writes");
 }
@@ -327,7 +294,7 @@ fn aborts_and_queries_complete_and_change_nothing() {
 /// FUNCTION REJECTED, as are subtypes virtio does not define. Neither does anything.
 #[test]
 fn clear_aca_and_unknown_functions_are_rejected() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     good(&c[1].cmd(&RESERVE6, &[], 0), "b RESERVE(6)");
     for subtype in [TMF_CLEAR_ACA, 8, 9, 99, u32::MAX] {
         tmf(
@@ -338,14 +305,14 @@ fn clear_aca_and_unknown_functions_are_rejected() {
         );
     }
     no_ua(&mut c, "nothing happened");
-    rc(&c[0].write16(0, &[1; 512]), "b still holds the LU");
+    conflict(&c[0].write16(0, &[1; 512]), "b still holds the LU");
 }
 
 /// TMFs other than I_T NEXUS RESET address LUN 0 of target 0: another LUN is INCORRECT LUN,
 /// another target BAD TARGET, and neither does anything.
 #[test]
 fn tmfs_for_another_lun_or_target_do_nothing() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     good(&c[1].cmd(&RESERVE6, &[], 0), "b RESERVE(6)");
     let subtypes = [
         TMF_ABORT_TASK,
@@ -366,7 +333,7 @@ fn tmfs_for_another_lun_or_target_do_nothing() {
         }
     }
     no_ua(&mut c, "nothing was reset");
-    rc(&c[0].write16(0, &[1; 512]), "b's RESERVE(6) stands");
+    conflict(&c[0].write16(0, &[1; 512]), "b's RESERVE(6) stands");
     let r = c[0].cmd_lun(&lun_bytes(0, 1), &[0; 6], &[], 0);
     check(&r, LUN_NOT_SUPPORTED, "LUN 1 is still absent");
 }

@@ -15,7 +15,6 @@ const K_C: u64 = 0xcccc_0000_0000_00c3;
 const K_D: u64 = 0xdddd_0000_0000_00d4;
 const NUM_BLOCKS: u64 = IMAGE_SIZE / 512;
 
-const POWER_ON: SenseTriple = (0x06, 0x29, 0x00);
 const RES_PREEMPTED: SenseTriple = (0x06, 0x2a, 0x03);
 const RES_RELEASED: SenseTriple = (0x06, 0x2a, 0x04);
 const REG_PREEMPTED: SenseTriple = (0x06, 0x2a, 0x05);
@@ -30,42 +29,6 @@ const PARAM_LIST_LENGTH: SenseTriple = (0x05, 0x1a, 0x00);
 const ALL_TYPES: [u8; 6] = [1, 3, 5, 6, 7, 8];
 
 // ---- helpers ----
-
-/// A daemon for `guests` and one drained client per guest (each saw exactly the power-on UA).
-fn setup(guests: &[&str]) -> (TestDaemon, Vec<ScsiClient>) {
-    let d = TestDaemon::start(guests);
-    let clients = guests
-        .iter()
-        .map(|g| {
-            let mut c = ScsiClient::connect(&d.scsi(g));
-            assert_eq!(c.drain_ua(), vec![POWER_ON], "{g}: power-on UA");
-            c
-        })
-        .collect();
-    (d, clients)
-}
-
-fn four() -> (TestDaemon, Vec<ScsiClient>) {
-    setup(&["a", "b", "c", "d"])
-}
-
-#[track_caller]
-fn good(r: &ScsiResult, what: &str) {
-    assert!(
-        r.is_good() && r.sense.is_none(),
-        "{what}: expected GOOD, got {r:?}"
-    );
-}
-
-#[track_caller]
-fn rc(r: &ScsiResult, what: &str) {
-    assert_eq!(r.response, VIRTIO_SCSI_S_OK, "{what}: {r:?}");
-    assert_eq!(
-        r.status, RESERVATION_CONFLICT,
-        "{what}: expected RESERVATION CONFLICT, got {r:?}"
-    );
-    assert_eq!(r.sense, None, "{what}: RC carries no sense");
-}
 
 /// The initiator's next command reports exactly `s`.
 #[track_caller]
@@ -145,7 +108,7 @@ const BASIC_ACTIONS: [u8; 7] = [
 /// a (K_A) holds type 5, b (K_B) is registered: the state the validation tests start from, in
 /// which every service action would otherwise do something.
 fn a_holds_5() -> (TestDaemon, Vec<ScsiClient>) {
-    let (d, mut c) = four();
+    let (d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     reserve(&mut c[0], K_A, 5);
@@ -275,7 +238,7 @@ fn preempt_that_only_removes_registrations_ignores_scope_and_type() {
             (Some(5), 0xf9),
         ] {
             let what = format!("SA {sa} under {held:?} with scope/type {st:#04x}");
-            let (_d, mut c) = four();
+            let (_d, mut c) = four_clients();
             reg(&mut c[0], K_A);
             reg(&mut c[1], K_B);
             reg(&mut c[2], K_C);
@@ -309,7 +272,7 @@ type Setup = fn(&mut [ScsiClient]);
 
 /// On a fresh daemon: `setup`, then a's PR OUT `cdb` with `params`.
 fn prout_seen(setup: Setup, cdb: &[u8], params: &[u8]) -> Seen {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     setup(&mut c);
     for x in c.iter_mut() {
         x.drain_ua();
@@ -552,7 +515,7 @@ fn prout_cdb_reserved_bits_and_unsupported_service_actions_are_05_24_00() {
 
 #[test]
 fn aptpl_is_accepted_and_reported_as_ptpl_a() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     let caps = |c: &mut ScsiClient| {
         let r = c.prin(PRIN_REPORT_CAPABILITIES, 8);
         good(&r, "REPORT CAPABILITIES");
@@ -579,7 +542,7 @@ fn aptpl_is_accepted_and_reported_as_ptpl_a() {
 
 #[test]
 fn report_capabilities_bits() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     let r = c[0].prin(PRIN_REPORT_CAPABILITIES, 8);
     good(&r, "REPORT CAPABILITIES");
     let d = &r.data;
@@ -598,7 +561,7 @@ fn report_capabilities_bits() {
 
 #[test]
 fn all_tg_pt_is_accepted() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     good(
         &c[0].prout_flags(SA_REGISTER, 0, 0, K_A, FLAG_ALL_TG_PT),
         "REGISTER ALL_TG_PT",
@@ -618,21 +581,21 @@ fn all_tg_pt_is_accepted() {
 
 #[test]
 fn unregistered_initiator_gets_reservation_conflict() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reserve(&mut c[0], K_A, 5);
     let gen = c[0].generation();
     let x = &mut c[2];
     for rk in [0, K_A, K_C] {
-        rc(&x.prout(SA_RESERVE, 5, rk, 0, false), "RESERVE");
-        rc(&x.prout(SA_RELEASE, 5, rk, 0, false), "RELEASE");
-        rc(&x.prout(SA_CLEAR, 0, rk, 0, false), "CLEAR");
-        rc(&x.prout(SA_PREEMPT, 5, rk, K_A, false), "PREEMPT");
-        rc(
+        conflict(&x.prout(SA_RESERVE, 5, rk, 0, false), "RESERVE");
+        conflict(&x.prout(SA_RELEASE, 5, rk, 0, false), "RELEASE");
+        conflict(&x.prout(SA_CLEAR, 0, rk, 0, false), "CLEAR");
+        conflict(&x.prout(SA_PREEMPT, 5, rk, K_A, false), "PREEMPT");
+        conflict(
             &x.prout(SA_PREEMPT_AND_ABORT, 5, rk, K_A, false),
             "PREEMPT AND ABORT",
         );
-        rc(
+        conflict(
             &x.register_and_move(rk, K_C, false, "b"),
             "REGISTER AND MOVE",
         );
@@ -647,7 +610,7 @@ fn unregistered_initiator_gets_reservation_conflict() {
 
 #[test]
 fn register_all_cases_and_generation() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     // Unregistered, SARK=0: GOOD no-op, no generation bump.
     good(&c[0].prout(SA_REGISTER, 0, 0, 0, false), "no-op REGISTER");
     good(
@@ -656,7 +619,7 @@ fn register_all_cases_and_generation() {
     );
     assert_eq!(c[0].read_keys(), (0, vec![]));
     // Unregistered, RK≠0: RC.
-    rc(
+    conflict(
         &c[0].prout(SA_REGISTER, 0, K_A, K_A, false),
         "RK≠0 unregistered",
     );
@@ -668,8 +631,8 @@ fn register_all_cases_and_generation() {
     good(&c[1].prout(SA_REGISTER, 0, 0, K_A, false), "same key");
     assert_eq!(c[0].read_keys(), (2, vec![K_A, K_A]));
     // Registered, RK ≠ its key: RC.
-    rc(&c[0].prout(SA_REGISTER, 0, K_B, K_C, false), "wrong RK");
-    rc(
+    conflict(&c[0].prout(SA_REGISTER, 0, K_B, K_C, false), "wrong RK");
+    conflict(
         &c[0].prout(SA_REGISTER, 0, 0, K_C, false),
         "RK=0 while registered",
     );
@@ -681,7 +644,7 @@ fn register_all_cases_and_generation() {
     assert_eq!(c[0].read_keys(), (3, vec![K_D, K_A]));
     assert_eq!(reservation(&mut c[0]), Some((K_D, 1)), "holder keeps it");
     good(&c[0].write16(5, &[1; 512]), "holder still writes");
-    rc(&c[1].write16(5, &[1; 512]), "other still fenced");
+    conflict(&c[1].write16(5, &[1; 512]), "other still fenced");
     // Registered, SARK=0: unregisters, +1.
     good(&c[1].prout(SA_REGISTER, 0, K_A, 0, false), "unregister");
     assert_eq!(c[0].read_keys(), (4, vec![K_D]));
@@ -710,7 +673,7 @@ fn register_all_cases_and_generation() {
 #[test]
 fn unregistering_a_we_or_ea_holder_releases_without_ua() {
     for typ in [1u8, 3] {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         reserve(&mut c[0], K_A, typ);
@@ -725,7 +688,7 @@ fn unregistering_a_we_or_ea_holder_releases_without_ua() {
 #[test]
 fn unregistering_a_registrants_only_holder_releases_with_2a04() {
     for typ in [5u8, 6] {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         reg(&mut c[2], K_C);
@@ -747,14 +710,14 @@ fn unregistering_a_registrants_only_holder_releases_with_2a04() {
 #[test]
 fn unregistering_under_all_registrants_keeps_the_reservation_until_the_last_leaves() {
     for typ in [7u8, 8] {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         reserve(&mut c[0], K_A, typ);
         good(&c[0].prout(SA_REGISTER, 0, K_A, 0, false), "a leaves");
         assert_eq!(reservation(&mut c[1]), Some((0, typ)), "stays with b");
         good(&c[1].write16(0, &[3; 512]), "b is a holder");
-        rc(&c[0].write16(0, &[3; 512]), "a is no longer a registrant");
+        conflict(&c[0].write16(0, &[3; 512]), "a is no longer a registrant");
         good(&c[1].prout(SA_REGISTER, 0, K_B, 0, false), "b leaves");
         assert_eq!(c[1].read_keys(), (4, vec![]));
         assert_eq!(
@@ -770,11 +733,11 @@ fn unregistering_under_all_registrants_keeps_the_reservation_until_the_last_leav
 
 #[test]
 fn reserve_all_cases() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     let gen = c[0].generation();
-    rc(
+    conflict(
         &c[0].prout(SA_RESERVE, 5, K_B, 0, false),
         "wrong RK, no reservation",
     );
@@ -785,19 +748,19 @@ fn reserve_all_cases() {
         &c[0].prout(SA_RESERVE, 5, K_A, 0, false),
         "holder, same type",
     );
-    rc(
+    conflict(
         &c[0].prout(SA_RESERVE, 6, K_A, 0, false),
         "holder, other type",
     );
-    rc(
+    conflict(
         &c[0].prout(SA_RESERVE, 5, K_B, 0, false),
         "holder, wrong RK",
     );
-    rc(
+    conflict(
         &c[1].prout(SA_RESERVE, 5, K_B, 0, false),
         "non-holder, same type",
     );
-    rc(
+    conflict(
         &c[1].prout(SA_RESERVE, 1, K_B, 0, false),
         "non-holder, other type",
     );
@@ -811,7 +774,7 @@ fn reserve_all_cases() {
         &c[1].prout(SA_RESERVE, 7, K_B, 0, false),
         "another holder of 7",
     );
-    rc(
+    conflict(
         &c[1].prout(SA_RESERVE, 8, K_B, 0, false),
         "other type under 7",
     );
@@ -821,7 +784,7 @@ fn reserve_all_cases() {
 #[test]
 fn release_all_cases() {
     for typ in ALL_TYPES {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         let gen = c[0].generation();
@@ -837,7 +800,7 @@ fn release_all_cases() {
             );
             assert_eq!(reservation(&mut c[0]), Some((K_A, typ)), "unchanged");
         }
-        rc(
+        conflict(
             &c[0].prout(SA_RELEASE, typ, K_B, 0, false),
             "holder, wrong RK",
         );
@@ -866,14 +829,14 @@ fn release_all_cases() {
 
 #[test]
 fn clear_removes_everything_and_reports_2a03_to_the_others() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     reg(&mut c[2], K_C);
     reserve(&mut c[1], K_B, 3);
     let gen = c[0].generation();
-    rc(&c[0].prout(SA_CLEAR, 0, K_B, 0, false), "wrong RK");
-    rc(&c[3].prout(SA_CLEAR, 0, 0, 0, false), "unregistered");
+    conflict(&c[0].prout(SA_CLEAR, 0, K_B, 0, false), "wrong RK");
+    conflict(&c[3].prout(SA_CLEAR, 0, 0, 0, false), "unregistered");
     assert_eq!(c[0].generation(), gen);
     good(&c[0].prout(SA_CLEAR, 0, K_A, 0, false), "CLEAR");
     assert_eq!(c[0].read_keys(), (gen + 1, vec![]), "exactly +1");
@@ -893,7 +856,7 @@ const PREEMPTS: [u8; 2] = [SA_PREEMPT, SA_PREEMPT_AND_ABORT];
 #[test]
 fn preempt_without_reservation_removes_the_key_and_reports_2a05() {
     for sa in PREEMPTS {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         reg(&mut c[2], K_B);
@@ -906,7 +869,7 @@ fn preempt_without_reservation_removes_the_key_and_reports_2a05() {
         ua(&mut c[2], REG_PREEMPTED, "c");
         no_ua(&mut c[3], "d kept its key");
         no_ua(&mut c[0], "caller");
-        rc(
+        conflict(
             &c[1].prout(SA_RESERVE, 5, K_B, 0, false),
             "b is unregistered now",
         );
@@ -918,7 +881,7 @@ fn preempt_of_the_holder_takes_over_with_2a05_and_2a04_on_type_change() {
     for sa in PREEMPTS {
         for (old, new) in [(5u8, 5u8), (5, 6), (1, 3), (6, 1), (3, 3)] {
             let what = format!("SA {sa} {old}->{new}");
-            let (_d, mut c) = four();
+            let (_d, mut c) = four_clients();
             reg(&mut c[0], K_A);
             reg(&mut c[1], K_B);
             reg(&mut c[2], K_C);
@@ -942,7 +905,7 @@ fn preempt_of_the_holder_takes_over_with_2a05_and_2a04_on_type_change() {
 #[test]
 fn preempt_of_a_non_holder_key_keeps_the_reservation() {
     for sa in PREEMPTS {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         reg(&mut c[2], K_C);
@@ -953,7 +916,7 @@ fn preempt_of_a_non_holder_key_keeps_the_reservation() {
         assert_eq!(reservation(&mut c[0]), Some((K_B, 5)), "unchanged");
         ua(&mut c[2], REG_PREEMPTED, "c");
         no_ua(&mut c[1], "holder");
-        rc(
+        conflict(
             &c[2].write16(0, &[1; 512]),
             "c is now unregistered under WE-RO",
         );
@@ -965,7 +928,7 @@ fn preempt_under_all_registrants() {
     for sa in PREEMPTS {
         for typ in [7u8, 8] {
             // SARK=0: every other registration goes; the caller holds with the CDB's type.
-            let (_d, mut c) = four();
+            let (_d, mut c) = four_clients();
             reg(&mut c[0], K_A);
             reg(&mut c[1], K_B);
             reg(&mut c[2], K_C);
@@ -979,7 +942,7 @@ fn preempt_under_all_registrants() {
             no_ua(&mut c[0], "caller");
 
             // SARK≠0: only that key goes; the reservation stays.
-            let (_d, mut c) = four();
+            let (_d, mut c) = four_clients();
             reg(&mut c[0], K_A);
             reg(&mut c[1], K_B);
             reg(&mut c[2], K_C);
@@ -991,7 +954,7 @@ fn preempt_under_all_registrants() {
             ua(&mut c[2], REG_PREEMPTED, "c");
             no_ua(&mut c[1], "b untouched");
             good(&c[1].write16(0, &[1; 512]), "b still a holder");
-            rc(&c[2].write16(0, &[1; 512]), "c no longer a registrant");
+            conflict(&c[2].write16(0, &[1; 512]), "c no longer a registrant");
         }
     }
 }
@@ -1000,7 +963,7 @@ fn preempt_under_all_registrants() {
 fn preempt_with_sark_0_under_single_holder_types_is_05_26_00() {
     for sa in PREEMPTS {
         for typ in [1u8, 3, 5, 6] {
-            let (_d, mut c) = four();
+            let (_d, mut c) = four_clients();
             reg(&mut c[0], K_A);
             reg(&mut c[1], K_B);
             reserve(&mut c[1], K_B, typ);
@@ -1016,20 +979,20 @@ fn preempt_with_sark_0_under_single_holder_types_is_05_26_00() {
 #[test]
 fn preempt_of_an_unknown_key_or_with_a_wrong_rk_is_rc() {
     for sa in PREEMPTS {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         let gen = c[0].generation();
-        rc(
+        conflict(
             &c[0].prout(sa, 5, K_A, K_D, false),
             "unknown SARK, no reservation",
         );
         reserve(&mut c[1], K_B, 5);
-        rc(
+        conflict(
             &c[0].prout(sa, 5, K_A, K_D, false),
             "unknown SARK, reserved",
         );
-        rc(&c[0].prout(sa, 5, K_C, K_B, false), "wrong RK");
+        conflict(&c[0].prout(sa, 5, K_C, K_B, false), "wrong RK");
         assert_eq!(c[0].read_keys(), (gen, vec![K_A, K_B]));
         assert_eq!(reservation(&mut c[0]), Some((K_B, 5)));
         no_ua(&mut c[1], "nothing happened");
@@ -1040,7 +1003,7 @@ fn preempt_of_an_unknown_key_or_with_a_wrong_rk_is_rc() {
 fn preempting_ones_own_key_keeps_the_registration() {
     for sa in PREEMPTS {
         // Without a reservation: the caller stays, another initiator with the same key goes.
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_A);
         let gen = c[0].generation();
@@ -1062,7 +1025,7 @@ fn preempting_ones_own_key_keeps_the_registration() {
 
 #[test]
 fn register_and_move_all_cases() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     reserve(&mut c[0], K_A, 5);
@@ -1078,7 +1041,7 @@ fn register_and_move_all_cases() {
         INVALID_FIELD_PARAM,
         "move to an unknown initiator",
     );
-    rc(&c[0].register_and_move(K_B, K_C, false, "c"), "wrong RK");
+    conflict(&c[0].register_and_move(K_B, K_C, false, "c"), "wrong RK");
     assert_eq!(c[0].generation(), gen);
     // Move to c (unregistered): c registered with SARK and holder; a stays registered.
     good(&c[0].register_and_move(K_A, K_C, false, "c"), "move to c");
@@ -1095,17 +1058,17 @@ fn register_and_move_all_cases() {
     assert_eq!(c[0].generation(), gen + 2);
     assert_eq!(reservation(&mut c[0]), Some((K_D, 5)));
     c[2].drain_ua();
-    rc(&c[2].write16(0, &[5; 512]), "c unregistered now");
+    conflict(&c[2].write16(0, &[5; 512]), "c unregistered now");
     // A non-holder (a) cannot move it.
-    rc(&c[0].register_and_move(K_A, K_C, false, "c"), "non-holder");
+    conflict(&c[0].register_and_move(K_A, K_C, false, "c"), "non-holder");
     // Types 7/8: RC.
     for typ in [7u8, 8] {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         reserve(&mut c[0], K_A, typ);
         let gen = c[0].generation();
-        rc(
+        conflict(
             &c[0].register_and_move(K_A, K_C, false, "c"),
             "all-registrants",
         );
@@ -1118,7 +1081,7 @@ fn register_and_move_all_cases() {
 
 #[test]
 fn read_keys_and_read_reservation() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     assert_eq!(c[0].read_keys(), (0, vec![]));
     assert_eq!(c[0].read_reservation(), (0, None));
     reg(&mut c[0], K_A);
@@ -1142,7 +1105,7 @@ fn full_status_of(c: &mut ScsiClient) -> Vec<FullStatus> {
 
 #[test]
 fn read_full_status_reports_keys_holders_ports_and_distinct_transport_ids() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     reg(&mut c[2], K_B);
@@ -1176,7 +1139,7 @@ fn read_full_status_reports_keys_holders_ports_and_distinct_transport_ids() {
 
 #[test]
 fn prin_allocation_length_truncates_the_data_never_the_additional_length() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     reg(&mut c[2], K_C);
@@ -1207,7 +1170,7 @@ fn prin_allocation_length_truncates_the_data_never_the_additional_length() {
 
 #[test]
 fn prin_service_action_above_3_is_05_24_00() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     for sa in 4..=0x1fu8 {
         check(
             &c[0].prin(sa, 64),
@@ -1221,7 +1184,7 @@ fn prin_service_action_above_3_is_05_24_00() {
 
 #[test]
 fn unit_attentions_queue_per_initiator_one_per_command() {
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     reserve(&mut c[0], K_A, 5);
@@ -1256,23 +1219,23 @@ fn unit_attentions_queue_per_initiator_one_per_command() {
 fn spc2_reserve_and_release_with_registrations() {
     let reserve6 = [0x16u8, 0, 0, 0, 0, 0];
     let release6 = [0x17u8, 0, 0, 0, 0, 0];
-    let (_d, mut c) = four();
+    let (_d, mut c) = four_clients();
     reg(&mut c[0], K_A);
     reg(&mut c[1], K_B);
     // Registrations alone: nobody holds, so RC for everyone.
-    rc(&c[0].cmd(&reserve6, &[], 0), "registered, no reservation");
+    conflict(&c[0].cmd(&reserve6, &[], 0), "registered, no reservation");
     reserve(&mut c[0], K_A, 5);
     let gen = c[0].generation();
-    rc(
+    conflict(
         &c[1].cmd(&reserve6, &[], 0),
         "registered non-holder RESERVE(6)",
     );
-    rc(
+    conflict(
         &c[1].cmd(&release6, &[], 0),
         "registered non-holder RELEASE(6)",
     );
-    rc(&c[2].cmd(&reserve6, &[], 0), "unregistered RESERVE(6)");
-    rc(&c[2].cmd(&release6, &[], 0), "unregistered RELEASE(6)");
+    conflict(&c[2].cmd(&reserve6, &[], 0), "unregistered RESERVE(6)");
+    conflict(&c[2].cmd(&release6, &[], 0), "unregistered RELEASE(6)");
     good(&c[0].cmd(&reserve6, &[], 0), "holder RESERVE(6)");
     good(&c[0].cmd(&release6, &[], 0), "holder RELEASE(6)");
     assert_eq!(c[0].generation(), gen);
@@ -1288,7 +1251,7 @@ fn spc2_reserve_and_release_with_registrations() {
     reserve(&mut c[0], K_A, 7);
     good(&c[1].cmd(&reserve6, &[], 0), "registrant of 7 is a holder");
     good(&c[1].cmd(&release6, &[], 0), "registrant of 7 is a holder");
-    rc(&c[2].cmd(&reserve6, &[], 0), "unregistered under 7");
+    conflict(&c[2].cmd(&reserve6, &[], 0), "unregistered under 7");
     assert_eq!(reservation(&mut c[0]), Some((0, 7)));
 }
 
@@ -1444,7 +1407,7 @@ fn allowed(typ: u8, registered: bool, class: Class) -> bool {
 fn access_table_for_every_type_holder_registered_and_unregistered() {
     let cmds = access_commands();
     for typ in ALL_TYPES {
-        let (_d, mut c) = four();
+        let (_d, mut c) = four_clients();
         reg(&mut c[0], K_A);
         reg(&mut c[1], K_B);
         reserve(&mut c[0], K_A, typ);
@@ -1456,7 +1419,7 @@ fn access_table_for_every_type_holder_registered_and_unregistered() {
                 if ok {
                     good(&r, &what);
                 } else {
-                    rc(&r, &what);
+                    conflict(&r, &what);
                 }
             }
         }
@@ -1478,7 +1441,7 @@ fn access_table_for_every_type_holder_registered_and_unregistered() {
 
 #[test]
 fn a_reservation_taken_over_scsi_fences_blk_and_one_taken_via_the_arbiter_fences_scsi() {
-    let (d, mut c) = setup(&["a", "b"]);
+    let (d, mut c) = daemon_with_clients(&["a", "b"]);
     reg(&mut c[0], K_A);
     reserve(&mut c[0], K_A, 5);
     let mut b_blk = BlkClient::connect(&d.blk("b")).unwrap();
@@ -1500,7 +1463,7 @@ fn a_reservation_taken_over_scsi_fences_blk_and_one_taken_via_the_arbiter_fences
         .key(K_A)
         .typ(ResType::WriteExclusive);
     assert_eq!(arb.prout("a", &req, None), PrStatus::Good);
-    rc(&c[1].write16(0, &[1; 512]), "b's scsi write fenced");
+    conflict(&c[1].write16(0, &[1; 512]), "b's scsi write fenced");
     good(&c[1].read16(0, 1), "WE lets b read");
     good(&c[0].write16(0, &[1; 512]), "a's scsi write");
     assert_eq!(c[1].read_reservation().1, Some((K_A, 1)));
@@ -1508,7 +1471,7 @@ fn a_reservation_taken_over_scsi_fences_blk_and_one_taken_via_the_arbiter_fences
 
 #[test]
 fn keys_generation_and_reservation_survive_a_restart() {
-    let (mut d, mut c) = setup(&["a", "b", "c"]);
+    let (mut d, mut c) = daemon_with_clients(&["a", "b", "c"]);
     good(&c[0].prout(SA_REGISTER, 0, 0, K_A, true), "register APTPL");
     reg(&mut c[1], K_B);
     reserve(&mut c[0], K_A, 5);
@@ -1531,7 +1494,7 @@ fn keys_generation_and_reservation_survive_a_restart() {
     assert_eq!(c[2].read_reservation(), res);
     assert_eq!(c[2].read_full_status(), full, "TransportIDs stable");
     assert_eq!(c[2].prin(PRIN_REPORT_CAPABILITIES, 8).data, caps);
-    rc(&c[2].write16(0, &[1; 512]), "still fenced");
+    conflict(&c[2].write16(0, &[1; 512]), "still fenced");
     good(&c[1].write16(0, &[1; 512]), "registrant writes");
 }
 
@@ -1539,7 +1502,7 @@ fn keys_generation_and_reservation_survive_a_restart() {
 
 #[test]
 fn unknown_opcode_bad_field_and_lba_out_of_range() {
-    let (_d, mut c) = setup(&["a"]);
+    let (_d, mut c) = daemon_with_clients(&["a"]);
     for opcode in [0x02u8, 0x0c, 0x3b, 0x7f, 0xc0, 0xff] {
         check(
             &c[0].cmd(&[opcode, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0),
@@ -1583,7 +1546,7 @@ fn unknown_opcode_bad_field_and_lba_out_of_range() {
 
 #[test]
 fn inquiry_allocation_length_truncates_with_residual() {
-    let (_d, mut c) = setup(&["a"]);
+    let (_d, mut c) = daemon_with_clients(&["a"]);
     let full = c[0].cmd(&[0x12, 0, 0, 0, 255, 0], &[], 255);
     good(&full, "INQUIRY");
     assert_eq!(full.data.len(), 96);
@@ -1602,7 +1565,7 @@ fn inquiry_allocation_length_truncates_with_residual() {
 
 #[test]
 fn read_capacity_values() {
-    let (_d, mut c) = setup(&["a"]);
+    let (_d, mut c) = daemon_with_clients(&["a"]);
     let r = c[0].cmd(
         &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
         &[],
@@ -1627,7 +1590,7 @@ fn read_capacity_values() {
 
 #[test]
 fn vpd_serial_matches_the_lun_and_device_id_is_the_same_for_every_guest() {
-    let (d, mut c) = setup(&["a", "b"]);
+    let (d, mut c) = daemon_with_clients(&["a", "b"]);
     let r = c[0].cmd(&[0x12, 1, 0x80, 0, 255, 0], &[], 255);
     good(&r, "VPD 0x80");
     assert_eq!(r.data[1], 0x80);
@@ -1645,7 +1608,7 @@ fn vpd_serial_matches_the_lun_and_device_id_is_the_same_for_every_guest() {
 
 #[test]
 fn other_targets_are_bad_target_and_other_luns_not_supported() {
-    let (_d, mut c) = setup(&["a"]);
+    let (_d, mut c) = daemon_with_clients(&["a"]);
     for target in [1u8, 2, 255] {
         let r = c[0].cmd_lun(&lun_bytes(target, 0), &[0x12, 0, 0, 0, 96, 0], &[], 96);
         assert_eq!(r.response, VIRTIO_SCSI_S_BAD_TARGET, "target {target}");

@@ -1,7 +1,10 @@
 //! Test-only crash and error points: `SHAREDISK_FAILPOINT=NAME` makes the daemon kill itself with
 //! SIGKILL the first time it reaches the crash point called NAME, as `kill -9` would, or makes the
-//! step called NAME fail every time, as a full or broken disk would. Unset, a point costs one
-//! load of a once-initialised value. Crash points (each marks the moment right after the step):
+//! step called NAME fail every time, as a full or broken disk would. Built only with the
+//! `test-hooks` feature: without it [`hit`] and [`error`] are inline no-ops (the release binary
+//! reads no `SHAREDISK_FAILPOINT`), so call sites need no `cfg`; a name given as
+//! `format_args!` is then never even formatted. With the feature, unset, a point costs one load
+//! of a once-initialised value. Crash points (each marks the moment right after the step):
 //!
 //! | name | where |
 //! |---|---|
@@ -18,10 +21,12 @@
 //! | `state-write-error` | writing the temporary copy of the state file |
 //! | `state-dir-sync-error` | syncing the directory after the rename |
 
+use std::fmt::Display;
 use std::io;
-use std::sync::OnceLock;
 
+#[cfg(feature = "test-hooks")]
 fn armed() -> Option<&'static str> {
+    use std::sync::OnceLock;
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     ARMED
         .get_or_init(|| {
@@ -32,9 +37,16 @@ fn armed() -> Option<&'static str> {
         .as_deref()
 }
 
+/// Whether `SHAREDISK_FAILPOINT` names the point `name` (formatted only when one is armed).
+#[cfg(feature = "test-hooks")]
+fn is_armed(name: &impl Display) -> bool {
+    armed().is_some_and(|armed| armed == name.to_string())
+}
+
 /// Kills the process if `SHAREDISK_FAILPOINT` names this point.
-pub fn hit(name: &str) {
-    if armed() == Some(name) {
+#[cfg(feature = "test-hooks")]
+pub fn hit(name: impl Display) {
+    if is_armed(&name) {
         log::warn!("failpoint {name}: killing the daemon");
         // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, nothing runs after it.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -42,10 +54,23 @@ pub fn hit(name: &str) {
 }
 
 /// Fails with an I/O error if `SHAREDISK_FAILPOINT` names this error point.
-pub fn error(name: &str) -> io::Result<()> {
-    if armed() == Some(name) {
+#[cfg(feature = "test-hooks")]
+pub fn error(name: impl Display) -> io::Result<()> {
+    if is_armed(&name) {
         log::warn!("failpoint {name}: failing the step");
         return Err(io::Error::other(format!("failpoint {name}")));
     }
+    Ok(())
+}
+
+/// Without the `test-hooks` feature: nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn hit(_name: impl Display) {}
+
+/// Without the `test-hooks` feature: never fails.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn error(_name: impl Display) -> io::Result<()> {
     Ok(())
 }

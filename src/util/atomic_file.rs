@@ -22,14 +22,14 @@ pub fn replace(path: &Path, bytes: &[u8], name: &str) -> io::Result<()> {
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        failpoint::error(&format!("{name}-write-error"))?;
+        failpoint::error(format_args!("{name}-write-error"))?;
         f.write_all(bytes)?;
-        failpoint::hit(&format!("{name}-tmp-written"));
+        failpoint::hit(format_args!("{name}-tmp-written"));
         f.sync_all()?;
-        failpoint::hit(&format!("{name}-tmp-synced"));
+        failpoint::hit(format_args!("{name}-tmp-synced"));
     }
     std::fs::rename(&tmp, path)?;
-    failpoint::hit(&format!("{name}-renamed"));
+    failpoint::hit(format_args!("{name}-renamed"));
     Ok(())
 }
 
@@ -39,9 +39,9 @@ pub fn sync_dir(path: &Path, name: &str) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    failpoint::error(&format!("{name}-dir-sync-error"))?;
+    failpoint::error(format_args!("{name}-dir-sync-error"))?;
     File::open(dir)?.sync_all()?;
-    failpoint::hit(&format!("{name}-dir-synced"));
+    failpoint::hit(format_args!("{name}-dir-synced"));
     Ok(())
 }
 

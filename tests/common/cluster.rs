@@ -1,7 +1,6 @@
 //! Several QEMU guests on one daemon, each with its blk (/dev/vda) and scsi (/dev/sda) device,
 //! and the guest-side commands the PR tests use.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::daemon::TestDaemon;
@@ -77,12 +76,7 @@ pub fn dd_record(name: &str, block: u64) -> Vec<u8> {
 
 /// 4 KiB block `block` of the host image.
 pub fn host_block(image: &Path, block: u64) -> Vec<u8> {
-    let mut buf = vec![0u8; 4096];
-    std::fs::File::open(image)
-        .unwrap()
-        .read_exact_at(&mut buf, block * 4096)
-        .unwrap();
-    buf
+    super::image::image_bytes(image, block * 4096, 4096)
 }
 
 impl GuestPr for Guest {

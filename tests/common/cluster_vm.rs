@@ -3,7 +3,6 @@
 //! /dev/vda (blk) and /dev/sda (scsi) on the shared image, eth0 10.77.0.K on a private multicast
 //! network of its own (loopback only), and its /dev/ttyS1 written to `DIR/nodeK.ack`.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -165,13 +164,7 @@ pub fn start_corosync(nodes: &[&Guest]) {
     }
 }
 
-/// Reads `len` bytes of `image` at byte `offset`.
-pub fn image_bytes(image: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let f = std::fs::File::open(image).unwrap();
-    let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, offset).unwrap();
-    buf
-}
+pub use super::image::image_bytes;
 
 /// Runs `cmd` on `g` until it exits 0, at most `timeout`.
 #[track_caller]

@@ -1,19 +1,28 @@
-//! Runs a daemon in-process on a fresh image in a temporary directory.
+//! Runs a daemon in-process on a fresh image in a temporary directory. With the `test-hooks`
+//! feature it can serve the image through the test probe ([`TestDaemon::start_probed`]).
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "test-hooks")]
 use std::sync::Arc;
 
 use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
+#[cfg(feature = "test-hooks")]
 use sharedisk::testhooks::probe::{Probe, Recorder};
+
+/// The probe's recorder, when the image is served through one: never without the feature.
+#[cfg(feature = "test-hooks")]
+type ProbeSlot = Option<Arc<Recorder>>;
+#[cfg(not(feature = "test-hooks"))]
+type ProbeSlot = Option<std::convert::Infallible>;
 
 pub struct TestDaemon {
     pub server: Option<Server>,
     pub config: Config,
     pub dir: tempfile::TempDir,
     /// What the image saw, when started with [`TestDaemon::start_probed`].
-    pub probe: Option<Arc<Recorder>>,
+    pub probe: ProbeSlot,
 }
 
 pub const IMAGE_SIZE: u64 = 64 << 20; // 131072 sectors
@@ -34,15 +43,12 @@ impl TestDaemon {
     }
 
     /// Serves the image through a [`Probe`]: `d.probe()` records (and can slow) every call.
+    #[cfg(feature = "test-hooks")]
     pub fn start_probed(guests: &[&str], tweak: impl FnOnce(&mut Config)) -> Self {
         Self::start_inner(guests, tweak, Some(Recorder::new()))
     }
 
-    fn start_inner(
-        guests: &[&str],
-        tweak: impl FnOnce(&mut Config),
-        probe: Option<Arc<Recorder>>,
-    ) -> Self {
+    fn start_inner(guests: &[&str], tweak: impl FnOnce(&mut Config), probe: ProbeSlot) -> Self {
         init_logging();
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(dir.path().join("disk.img"), dir.path().join("sock"), guests);
@@ -57,9 +63,18 @@ impl TestDaemon {
         }
     }
 
+    #[cfg(not(feature = "test-hooks"))]
     fn serve(
         config: Config,
-        probe: &Option<Arc<Recorder>>,
+        _probe: &ProbeSlot,
+    ) -> Result<Server, sharedisk::daemon::server::ServerError> {
+        Server::start(config)
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn serve(
+        config: Config,
+        probe: &ProbeSlot,
     ) -> Result<Server, sharedisk::daemon::server::ServerError> {
         match probe {
             None => Server::start(config),
@@ -71,6 +86,7 @@ impl TestDaemon {
     }
 
     /// The probe's recorder; panics unless started with [`TestDaemon::start_probed`].
+    #[cfg(feature = "test-hooks")]
     pub fn probe(&self) -> &Recorder {
         self.probe.as_ref().expect("started with start_probed")
     }

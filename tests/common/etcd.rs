@@ -146,16 +146,10 @@ impl ClusterDaemon {
             sockets,
             log,
         };
-        let end = Instant::now() + Duration::from_secs(20);
-        for g in guests {
-            while !d.blk(g).exists() {
-                if let Ok(Some(st)) = d.child.try_wait() {
-                    panic!("{node} exited ({st}):\n{}", d.log_text());
-                }
-                assert!(Instant::now() < end, "{node} did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let blk: Vec<PathBuf> = guests.iter().map(|g| d.blk(g)).collect();
+        let log = d.log.clone();
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        super::process::wait_for_sockets(&mut d.child, &blk, node, log_text);
         d
     }
 

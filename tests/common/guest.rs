@@ -81,96 +81,94 @@ fn env_secs(var: &str, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-/// Runs `images/build-guest.sh` once per process (a fast no-op when the images are up to
-/// date) and returns the image directory.  Panics with a clear message when it fails.
-pub fn ensure_guest_images() -> PathBuf {
-    static RESULT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let res = RESULT.get_or_init(|| {
-        let dir = guest_cache_dir();
-        let script = repo_root().join("images/build-guest.sh");
+/// An image build script (run as `bash SCRIPT DIR`) and what it must leave in DIR.
+struct ImageBuild {
+    /// What is built, in messages.
+    what: &'static str,
+    /// The prefix of its timing line.
+    tag: &'static str,
+    /// The script, from the repository's root.
+    script: &'static str,
+    /// The files DIR holds afterwards.
+    files: &'static [&'static str],
+    /// What the script needs, said when it fails.
+    needs: &'static str,
+}
+
+const TEST_GUEST: ImageBuild = ImageBuild {
+    what: "the test guest",
+    tag: "guest-images",
+    script: "images/build-guest.sh",
+    files: &["vmlinuz", "initramfs.img"],
+    needs: "it needs apt-get access to install qemu-system-x86, busybox-static, sg3-utils, \
+            cpio, kmod, gcc and to download the cloud kernel",
+};
+
+const CLUSTER_GUEST: ImageBuild = ImageBuild {
+    what: "the cluster guest",
+    tag: "cluster-images",
+    script: "images/build-cluster-guest.sh",
+    files: &["root.img"],
+    needs: "it needs root and the Debian mirror for debootstrap and apt-get",
+};
+
+impl ImageBuild {
+    /// Runs the script into `dir` (a fast no-op when the images are up to date); its output is
+    /// inherited so that a slow first build (apt-get, a kernel download) is visible.
+    fn run(&self, dir: PathBuf) -> Result<PathBuf, String> {
+        let script = repo_root().join(self.script);
         let started = Instant::now();
-        // stderr is inherited so that a slow first build (apt-get, kernel download) is visible.
         let status = Command::new("bash")
             .arg(&script)
             .arg(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
-            .status();
-        match status {
-            Ok(s) if s.success() => {
-                for f in ["vmlinuz", "initramfs.img"] {
-                    if !dir.join(f).is_file() {
-                        return Err(format!(
-                            "{} succeeded but {} is missing",
-                            script.display(),
-                            dir.join(f).display()
-                        ));
-                    }
-                }
-                let el = started.elapsed();
-                if el > Duration::from_secs(2) {
-                    eprintln!(
-                        "[guest-images] built in {:.1}s: {}",
-                        el.as_secs_f64(),
-                        dir.display()
-                    );
-                }
-                Ok(dir)
-            }
-            Ok(s) => Err(format!(
-                "building the test guest failed: `{} {}` exited with {s} (see its output above; \
-                 it needs apt-get access to install qemu-system-x86, busybox-static, sg3-utils, \
-                 cpio, kmod, gcc and to download the cloud kernel)",
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !status.success() {
+            return Err(format!(
+                "building {} failed: `{} {}` exited with {status} (see its output above; {})",
+                self.what,
                 script.display(),
-                dir.display()
-            )),
-            Err(e) => Err(format!("cannot run {}: {e}", script.display())),
+                dir.display(),
+                self.needs
+            ));
         }
-    });
-    match res {
-        Ok(p) => p.clone(),
-        Err(e) => panic!("{e}"),
+        if let Some(f) = self.files.iter().find(|f| !dir.join(f).is_file()) {
+            return Err(format!(
+                "{} succeeded but {} is missing",
+                script.display(),
+                dir.join(f).display()
+            ));
+        }
+        let el = started.elapsed();
+        if el > Duration::from_secs(2) {
+            eprintln!(
+                "[{}] built in {:.1}s: {}",
+                self.tag,
+                el.as_secs_f64(),
+                dir.display()
+            );
+        }
+        Ok(dir)
     }
+}
+
+/// Runs `images/build-guest.sh` once per process (a fast no-op when the images are up to
+/// date) and returns the image directory.  Panics with a clear message when it fails.
+pub fn ensure_guest_images() -> PathBuf {
+    static RESULT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let res = RESULT.get_or_init(|| TEST_GUEST.run(guest_cache_dir()));
+    res.clone().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `images/build-cluster-guest.sh` once per process (a fast no-op when the image is up to
 /// date) and returns its directory. Panics with a clear message when it fails.
 pub fn ensure_cluster_images() -> PathBuf {
     static RESULT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let res = RESULT.get_or_init(|| {
-        let dir = guest_cache_dir().with_file_name("cluster");
-        let script = repo_root().join("images/build-cluster-guest.sh");
-        let started = Instant::now();
-        let status = Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .status();
-        match status {
-            Ok(s) if s.success() && dir.join("root.img").is_file() => {
-                eprintln!(
-                    "[cluster-images] ready in {:.1}s: {}",
-                    started.elapsed().as_secs_f64(),
-                    dir.display()
-                );
-                Ok(dir)
-            }
-            Ok(s) => Err(format!(
-                "building the cluster guest failed: `{} {}` exited with {s} (see its output \
-                 above; it needs root and the Debian mirror for debootstrap and apt-get)",
-                script.display(),
-                dir.display()
-            )),
-            Err(e) => Err(format!("cannot run {}: {e}", script.display())),
-        }
-    });
-    match res {
-        Ok(p) => p.clone(),
-        Err(e) => panic!("{e}"),
-    }
+    let res = RESULT.get_or_init(|| CLUSTER_GUEST.run(guest_cache_dir().with_file_name("cluster")));
+    res.clone().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Options for [`Guest::boot`].

@@ -1,3 +1,13 @@
+//! Test layout. Unit tests sit beside their module as `<module>/tests.rs` (`#[cfg(test)] mod
+//! tests;`), testing private items. Integration tests are the files in `tests/`, one behaviour
+//! area per file (`scsi_*`, `blk_*`, `cluster_*`, `guest_*` for QEMU guests, `e2e_*` for whole
+//! scenarios on the daemon binary); tests that need the test hooks (the probe, failpoints, the
+//! write delay) or cluster mode name the feature in `required-features` in Cargo.toml. What
+//! several tests share lives here, once: the daemon in-process (`daemon`) or as a process
+//! (`process`, `etcd::ClusterDaemon`), the clients (`scsi_client`, `vu_frontend`,
+//! `blkio_client`), guests (`guest`, `cluster_vm`), etcd and the network lab (`etcd`,
+//! `netlab`), and reading the image (`image`). A setup that two tests repeat becomes a helper
+//! here instead of a copy.
 #![allow(dead_code)]
 pub mod blkio_client;
 pub mod cluster;
@@ -6,10 +16,12 @@ pub mod ctl;
 pub mod daemon;
 pub mod deadline;
 pub mod etcd;
+#[cfg(feature = "test-hooks")]
 pub mod fencing;
 pub mod flows;
 pub mod guest;
 pub mod http;
+pub mod image;
 pub mod netlab;
 pub mod panics;
 pub mod process;

@@ -25,34 +25,32 @@ impl DaemonProcess {
 
     /// Like [`DaemonProcess::start`], with `env` added to the daemon's environment.
     pub fn start_env(dir: &Path, guests: &[&str], size: &str, env: &[(&str, &str)]) -> Self {
-        let mut d = DaemonProcess {
-            child: None,
-            dir: dir.to_path_buf(),
-            image: dir.join("disk.img"),
-            socket_dir: dir.join("sock"),
-            guests: guests.iter().map(|g| g.to_string()).collect(),
-            log: dir.join("daemon.log"),
-            extra: Vec::new(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        d.spawn(Some(size));
-        d
+        Self::start_full(dir, guests, size, &[], env)
     }
 
     /// Like [`DaemonProcess::start`], with extra `serve` arguments (e.g. `--config FILE`).
     pub fn start_args(dir: &Path, guests: &[&str], size: &str, extra: &[&str]) -> Self {
+        Self::start_full(dir, guests, size, extra, &[])
+    }
+
+    /// Starts `sharedisk serve` with extra arguments `extra` and environment `env`.
+    fn start_full(
+        dir: &Path,
+        guests: &[&str],
+        size: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let owned = |s: &str| s.to_string();
         let mut d = DaemonProcess {
             child: None,
             dir: dir.to_path_buf(),
             image: dir.join("disk.img"),
             socket_dir: dir.join("sock"),
-            guests: guests.iter().map(|g| g.to_string()).collect(),
+            guests: guests.iter().copied().map(owned).collect(),
             log: dir.join("daemon.log"),
-            extra: extra.iter().map(|a| a.to_string()).collect(),
-            env: Vec::new(),
+            extra: extra.iter().copied().map(owned).collect(),
+            env: env.iter().map(|&(k, v)| (owned(k), owned(v))).collect(),
         };
         d.spawn(Some(size));
         d
@@ -94,24 +92,13 @@ impl DaemonProcess {
         }
         cmd.args(&self.extra);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        self.child = Some(cmd.spawn().expect("spawn sharedisk"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self
-            .guests
-            .iter()
-            .all(|g| self.blk(g).exists() && self.scsi(g).exists())
-            || !self.control().exists()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "daemon sockets never appeared: {}",
-                self.log()
-            );
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited with {st}: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut child = cmd.spawn().expect("spawn sharedisk");
+        let mut sockets = vec![self.control()];
+        for g in &self.guests {
+            sockets.extend([self.blk(g), self.scsi(g)]);
         }
+        wait_for_sockets(&mut child, &sockets, "daemon", || self.log());
+        self.child = Some(child);
     }
 
     pub fn blk(&self, guest: &str) -> PathBuf {
@@ -223,6 +210,29 @@ impl DaemonProcess {
         }
         let _ = std::fs::remove_file(self.control());
         self.spawn(None);
+    }
+}
+
+/// Waits up to 20 s until every one of `sockets` exists; fails the test, with `log()`, when it
+/// does not or when `child` (the daemon called `who`) exits first.
+#[track_caller]
+pub fn wait_for_sockets(
+    child: &mut Child,
+    sockets: &[PathBuf],
+    who: &str,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sockets.iter().all(|s| s.exists()) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("{who} exited with {st}: {}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who}: sockets never appeared: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::daemon::TestDaemon;
 use super::vu_frontend::{Desc, VuFrontend, TIMEOUT};
 
 pub const GOOD: u8 = 0x00;
@@ -88,6 +89,47 @@ impl ScsiResult {
     pub fn is_good(&self) -> bool {
         self.response == VIRTIO_SCSI_S_OK && self.status == GOOD
     }
+}
+
+/// UNIT ATTENTION, POWER ON, RESET, OR BUS DEVICE RESET OCCURRED: what a new nexus sees first.
+pub const POWER_ON: SenseTriple = (0x06, 0x29, 0x00);
+
+/// A daemon for `guests` and one client per guest, each past exactly the power-on UA.
+pub fn daemon_with_clients(guests: &[&str]) -> (TestDaemon, Vec<ScsiClient>) {
+    let d = TestDaemon::start(guests);
+    let clients = guests
+        .iter()
+        .map(|g| {
+            let mut c = ScsiClient::connect(&d.scsi(g));
+            assert_eq!(c.drain_ua(), vec![POWER_ON], "{g}: power-on UA");
+            c
+        })
+        .collect();
+    (d, clients)
+}
+
+/// [`daemon_with_clients`] for four initiators, `a` to `d`.
+pub fn four_clients() -> (TestDaemon, Vec<ScsiClient>) {
+    daemon_with_clients(&["a", "b", "c", "d"])
+}
+
+/// Asserts GOOD without sense.
+#[track_caller]
+pub fn good(r: &ScsiResult, what: &str) {
+    assert!(
+        r.is_good() && r.sense.is_none(),
+        "{what}: expected GOOD, got {r:?}"
+    );
+}
+
+/// Asserts RESERVATION CONFLICT (and a normal transport response).
+#[track_caller]
+pub fn conflict(r: &ScsiResult, what: &str) {
+    assert_eq!(r.response, VIRTIO_SCSI_S_OK, "{what}: {r:?}");
+    assert_eq!(
+        r.status, RESERVATION_CONFLICT,
+        "{what}: expected RESERVATION CONFLICT, got {r:?}"
+    );
 }
 
 /// Decodes a 108-byte virtio_scsi_cmd_resp.
