@@ -16,7 +16,7 @@ use crate::config::{Config, GuestConfig};
 use crate::daemon::server::{Server, ServerError};
 use crate::lun::Lun;
 use crate::ops::control::server::ControlServer;
-use crate::ops::control::Daemon;
+use crate::ops::control::{Daemon, GuestError};
 use crate::ops::metrics::Metrics;
 use crate::ops::metrics_http::HttpEndpoint;
 use crate::ops::stats::Stats;
@@ -101,39 +101,37 @@ impl Daemon for Service {
         self.server().cluster_status()
     }
 
-    fn add_guest(&self, guest: GuestConfig) -> Result<(), String> {
+    fn add_guest(&self, guest: GuestConfig) -> Result<(), GuestError> {
         let mut server = self.server();
         if server.config().guest(&guest.name).is_some() {
-            return Err(format!("guest {:?} exists already", guest.name));
+            return Err(GuestError::Exists(guest.name));
         }
         let max = server.config().max_shares;
         if server.config().guests.len() >= max {
-            return Err(format!(
-                "max-shares is {max}: remove a guest first, or raise image.max_shares"
-            ));
+            return Err(GuestError::Full(max));
         }
         let path = runtime_guests::path_for(server.config());
-        server.add_guest(guest.clone()).map_err(|e| e.to_string())?;
+        server
+            .add_guest(guest.clone())
+            .map_err(|e| GuestError::Serve(Box::new(e)))?;
         let mut changes = self.changes();
         changes.note_added(&guest);
-        changes.save(&path).map_err(|e| {
-            format!(
-                "guest {} is served, but {}: {e}",
-                guest.name,
-                path.display()
-            )
-        })
+        changes
+            .save(&path)
+            .map_err(|source| GuestError::AddedUnsaved {
+                name: guest.name,
+                path,
+                source,
+            })
     }
 
-    fn remove_guest(&self, name: &str, force: bool) -> Result<(), String> {
+    fn remove_guest(&self, name: &str, force: bool) -> Result<(), GuestError> {
         let mut server = self.server();
         if server.config().guest(name).is_none() {
-            return Err(format!("no guest named {name:?}"));
+            return Err(GuestError::Unknown(name.to_string()));
         }
         if server.guest_connected(name) && !force {
-            return Err(format!(
-                "guest {name} is connected: stop its QEMU first, or pass --force to disconnect it"
-            ));
+            return Err(GuestError::Connected(name.to_string()));
         }
         let path = runtime_guests::path_for(server.config());
         server.remove_guest(name);
@@ -141,7 +139,11 @@ impl Daemon for Service {
         changes.note_removed(name);
         changes
             .save(&path)
-            .map_err(|e| format!("guest {name} is removed, but {}: {e}", path.display()))
+            .map_err(|source| GuestError::RemovedUnsaved {
+                name: name.to_string(),
+                path,
+                source,
+            })
     }
 }
 
