@@ -1,13 +1,14 @@
 //! The daemon as a service: the guests' sockets, then around them the control socket, the
 //! optional metrics endpoint and systemd's notifications, until SIGINT or SIGTERM.
 
+mod listen;
+mod notify;
 pub mod runtime_guests;
 pub mod server;
 pub mod sockets;
 
 use crate::util::lock::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -21,6 +22,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::metrics_http::HttpEndpoint;
 use crate::ops::stats::Stats;
 use crate::pr::Holder;
+use notify::notify;
 use runtime_guests::GuestChanges;
 
 /// The running daemon as the control plane sees it.
@@ -147,12 +149,6 @@ impl Daemon for Service {
     }
 }
 
-fn notify(states: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        log::warn!("cannot notify the service manager: {e}");
-    }
-}
-
 /// Serves `config` until SIGINT or SIGTERM.
 pub fn run(mut config: Config) -> Result<(), ServerError> {
     let started = Instant::now();
@@ -199,21 +195,9 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&service.status_line()),
     ]);
-    let handle = signals.handle();
     let status_service = service.clone();
-    let status_thread = thread::Builder::new()
-        .name("notify-status".into())
-        .spawn(move || {
-            let mut last = String::new();
-            while !handle.is_closed() {
-                let line = status_service.status_line();
-                if line != last {
-                    notify(&[sd_notify::NotifyState::Status(&line)]);
-                    last = line;
-                }
-                thread::sleep(Duration::from_millis(500));
-            }
-        })?;
+    let status_thread =
+        notify::spawn_status(signals.handle(), move || status_service.status_line())?;
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: shutting down");
     }
