@@ -149,20 +149,27 @@ impl Daemon for Service {
     }
 }
 
-/// Serves `config` until SIGINT or SIGTERM.
-pub fn run(mut config: Config) -> Result<(), ServerError> {
-    let started = Instant::now();
-    let changes_path = runtime_guests::path_for(&config);
+/// Applies the run-time guest changes an earlier run saved (`guest add`, `guest remove`) to
+/// `config`, and returns them to be added to.
+fn apply_guest_changes(config: &mut Config) -> Result<GuestChanges, ServerError> {
+    let changes_path = runtime_guests::path_for(config);
     let changes = GuestChanges::load(&changes_path)
         .map_err(|e| ServerError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     if changes != GuestChanges::default() {
-        changes.apply(&mut config);
+        changes.apply(config);
         log::info!(
             "run-time guest changes from {} applied: guests are {}",
             changes_path.display(),
             config.guest_names().join(", ")
         );
     }
+    Ok(changes)
+}
+
+/// Serves `config` until SIGINT or SIGTERM.
+pub fn run(mut config: Config) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let changes = apply_guest_changes(&mut config)?;
     let panics = crate::count_panics();
     let server = crate::start_server(config)?;
     let lun = server.lun().clone();
