@@ -1,13 +1,14 @@
 //! The daemon as a service: the guests' sockets, then around them the control socket, the
 //! optional metrics endpoint and systemd's notifications, until SIGINT or SIGTERM.
 
+mod listen;
+mod notify;
 pub mod runtime_guests;
 pub mod server;
 pub mod sockets;
 
 use crate::util::lock::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -16,10 +17,12 @@ use crate::config::{Config, GuestConfig};
 use crate::daemon::server::{Server, ServerError};
 use crate::lun::Lun;
 use crate::ops::control::server::ControlServer;
-use crate::ops::control::Daemon;
-use crate::ops::metrics::{HttpEndpoint, Metrics};
+use crate::ops::control::{Daemon, GuestError};
+use crate::ops::metrics::Metrics;
+use crate::ops::metrics_http::HttpEndpoint;
 use crate::ops::stats::Stats;
 use crate::pr::Holder;
+use notify::notify;
 use runtime_guests::GuestChanges;
 
 /// The running daemon as the control plane sees it.
@@ -100,39 +103,37 @@ impl Daemon for Service {
         self.server().cluster_status()
     }
 
-    fn add_guest(&self, guest: GuestConfig) -> Result<(), String> {
+    fn add_guest(&self, guest: GuestConfig) -> Result<(), GuestError> {
         let mut server = self.server();
         if server.config().guest(&guest.name).is_some() {
-            return Err(format!("guest {:?} exists already", guest.name));
+            return Err(GuestError::Exists(guest.name));
         }
         let max = server.config().max_shares;
         if server.config().guests.len() >= max {
-            return Err(format!(
-                "max-shares is {max}: remove a guest first, or raise image.max_shares"
-            ));
+            return Err(GuestError::Full(max));
         }
         let path = runtime_guests::path_for(server.config());
-        server.add_guest(guest.clone()).map_err(|e| e.to_string())?;
+        server
+            .add_guest(guest.clone())
+            .map_err(|e| GuestError::Serve(Box::new(e)))?;
         let mut changes = self.changes();
         changes.note_added(&guest);
-        changes.save(&path).map_err(|e| {
-            format!(
-                "guest {} is served, but {}: {e}",
-                guest.name,
-                path.display()
-            )
-        })
+        changes
+            .save(&path)
+            .map_err(|source| GuestError::AddedUnsaved {
+                name: guest.name,
+                path,
+                source,
+            })
     }
 
-    fn remove_guest(&self, name: &str, force: bool) -> Result<(), String> {
+    fn remove_guest(&self, name: &str, force: bool) -> Result<(), GuestError> {
         let mut server = self.server();
         if server.config().guest(name).is_none() {
-            return Err(format!("no guest named {name:?}"));
+            return Err(GuestError::Unknown(name.to_string()));
         }
         if server.guest_connected(name) && !force {
-            return Err(format!(
-                "guest {name} is connected: stop its QEMU first, or pass --force to disconnect it"
-            ));
+            return Err(GuestError::Connected(name.to_string()));
         }
         let path = runtime_guests::path_for(server.config());
         server.remove_guest(name);
@@ -140,30 +141,35 @@ impl Daemon for Service {
         changes.note_removed(name);
         changes
             .save(&path)
-            .map_err(|e| format!("guest {name} is removed, but {}: {e}", path.display()))
+            .map_err(|source| GuestError::RemovedUnsaved {
+                name: name.to_string(),
+                path,
+                source,
+            })
     }
 }
 
-fn notify(states: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        log::warn!("cannot notify the service manager: {e}");
-    }
-}
-
-/// Serves `config` until SIGINT or SIGTERM.
-pub fn run(mut config: Config) -> Result<(), ServerError> {
-    let started = Instant::now();
-    let changes_path = runtime_guests::path_for(&config);
+/// Applies the run-time guest changes an earlier run saved (`guest add`, `guest remove`) to
+/// `config`, and returns them to be added to.
+fn apply_guest_changes(config: &mut Config) -> Result<GuestChanges, ServerError> {
+    let changes_path = runtime_guests::path_for(config);
     let changes = GuestChanges::load(&changes_path)
         .map_err(|e| ServerError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     if changes != GuestChanges::default() {
-        changes.apply(&mut config);
+        changes.apply(config);
         log::info!(
             "run-time guest changes from {} applied: guests are {}",
             changes_path.display(),
             config.guest_names().join(", ")
         );
     }
+    Ok(changes)
+}
+
+/// Serves `config` until SIGINT or SIGTERM.
+pub fn run(mut config: Config) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let changes = apply_guest_changes(&mut config)?;
     let panics = crate::count_panics();
     let server = crate::start_server(config)?;
     let lun = server.lun().clone();
@@ -196,21 +202,9 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&service.status_line()),
     ]);
-    let handle = signals.handle();
     let status_service = service.clone();
-    let status_thread = thread::Builder::new()
-        .name("notify-status".into())
-        .spawn(move || {
-            let mut last = String::new();
-            while !handle.is_closed() {
-                let line = status_service.status_line();
-                if line != last {
-                    notify(&[sd_notify::NotifyState::Status(&line)]);
-                    last = line;
-                }
-                thread::sleep(Duration::from_millis(500));
-            }
-        })?;
+    let status_thread =
+        notify::spawn_status(signals.handle(), move || status_service.status_line())?;
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: shutting down");
     }

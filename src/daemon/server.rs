@@ -1,27 +1,23 @@
 //! The daemon: one logical unit, and for every guest a listening socket per device type.
 //!
-//! Each socket has its own thread. vhost-user-backend's `VhostUserDaemon` serves exactly one
-//! connection, so the thread builds a fresh backend and daemon for every connection, which lets a
-//! guest disconnect and reconnect (a reboot, a QEMU restart) any number of times. While a
-//! connection is active the thread keeps accepting, only to refuse and log a second one.
+//! Each socket has its own thread, running `listen.rs`'s accept loop.
 
 use std::io;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::VhostUserBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{Config, ConfigError, GuestConfig};
+use crate::daemon::listen;
 use crate::image::{FileImage, Image, OpenMode};
 use crate::lun::Lun;
 use crate::ops::stats::{DeviceStats, Stats};
-use crate::pr::cluster::{self, Membership};
+use crate::pr::cluster::{self, Joined, Membership};
 use crate::pr::fencing::Reservations;
 use crate::pr::replay::ReplayLog;
 use crate::pr::state_file::{ImageIdentity, Saved, StateError, StateStore};
@@ -109,56 +105,9 @@ impl Server {
         let image = FileImage::open_with(&config.image, config.size, mode).map_err(image_err)?;
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
         let store = StateStore::new(config.state_path(), identity.clone());
-        let initiators = config.guest_names().into_iter();
-        let (arbiter, replay) = if config.reset_reservations {
-            log::warn!(
-                "--reset-reservations: starting with no registrations; {} is overwritten",
-                store.path().display()
-            );
-            let arbiter = Arbiter::new(initiators);
-            store.save(arbiter.state(), &[])?;
-            (arbiter, ReplayLog::default())
-        } else {
-            match store.load()? {
-                Some(Saved {
-                    reservations: state,
-                    replay,
-                }) => {
-                    log::info!(
-                        "reservations restored from {}: generation {}, {} registration(s), {}",
-                        store.path().display(),
-                        state.generation,
-                        state.registrations.len(),
-                        match &state.reservation {
-                            Some(r) => format!("reserved ({:?})", r.res_type),
-                            None => "not reserved".into(),
-                        }
-                    );
-                    (
-                        Arbiter::from_state(state, initiators),
-                        ReplayLog::from_saved(replay),
-                    )
-                }
-                None => (Arbiter::new(initiators), ReplayLog::default()),
-            }
-        };
-        let mut reservations = Reservations::new(arbiter, Some(store)).with_replay_log(replay);
-        let joined = match &config.cluster {
-            None => None,
-            Some(c) => {
-                let local = reservations.with(|a| a.snapshot());
-                let joined = cluster::join(c, &config.guest_names(), &local)
-                    .map_err(ServerError::Cluster)?;
-                let arbiter =
-                    Arbiter::from_state(joined.remote.state.clone(), config.guest_names());
-                reservations = reservations.with_arbiter(arbiter).shared(
-                    joined.shared.clone(),
-                    joined.remote.epoch,
-                    joined.remote.version,
-                );
-                Some(joined)
-            }
-        };
+        let (arbiter, replay) = restore(&config, &store)?;
+        let reservations = Reservations::new(arbiter, Some(store)).with_replay_log(replay);
+        let (reservations, joined) = join_cluster(&config, reservations)?;
         let mut lun = Lun::new(wrap(Box::new(image)), reservations, &identity.path);
         if let Some(c) = &config.cluster {
             lun = lun.identified_by(&c.disk_id);
@@ -331,7 +280,7 @@ impl Server {
             .unwrap_or_default();
         let handle = thread::Builder::new()
             .name(name.clone())
-            .spawn(move || serve_socket(&name, listener, &stop, &stats, make))?;
+            .spawn(move || listen::serve_socket(&name, listener, &stop, &stats, make))?;
         sockets.threads.push(handle);
         Ok(())
     }
@@ -393,177 +342,70 @@ impl Server {
     }
 }
 
+/// The PR state to start from: the state file's, or none with `--reset-reservations` (the file
+/// is then overwritten).
+fn restore(config: &Config, store: &StateStore) -> Result<(Arbiter, ReplayLog), ServerError> {
+    let initiators = config.guest_names().into_iter();
+    Ok(if config.reset_reservations {
+        log::warn!(
+            "--reset-reservations: starting with no registrations; {} is overwritten",
+            store.path().display()
+        );
+        let arbiter = Arbiter::new(initiators);
+        store.save(arbiter.state(), &[])?;
+        (arbiter, ReplayLog::default())
+    } else {
+        match store.load()? {
+            Some(Saved {
+                reservations: state,
+                replay,
+            }) => {
+                log::info!(
+                    "reservations restored from {}: generation {}, {} registration(s), {}",
+                    store.path().display(),
+                    state.generation,
+                    state.registrations.len(),
+                    match &state.reservation {
+                        Some(r) => format!("reserved ({:?})", r.res_type),
+                        None => "not reserved".into(),
+                    }
+                );
+                (
+                    Arbiter::from_state(state, initiators),
+                    ReplayLog::from_saved(replay),
+                )
+            }
+            None => (Arbiter::new(initiators), ReplayLog::default()),
+        }
+    })
+}
+
+/// Cluster mode: joins the cluster, whose shared state the reservations then start from and
+/// share; on one host the reservations as they are.
+fn join_cluster(
+    config: &Config,
+    mut reservations: Reservations,
+) -> Result<(Reservations, Option<Joined>), ServerError> {
+    let joined = match &config.cluster {
+        None => None,
+        Some(c) => {
+            let local = reservations.with(|a| a.snapshot());
+            let joined =
+                cluster::join(c, &config.guest_names(), &local).map_err(ServerError::Cluster)?;
+            let arbiter = Arbiter::from_state(joined.remote.state.clone(), config.guest_names());
+            reservations = reservations.with_arbiter(arbiter).shared(
+                joined.shared.clone(),
+                joined.remote.epoch,
+                joined.remote.version,
+            );
+            Some(joined)
+        }
+    };
+    Ok((reservations, joined))
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_threads();
-    }
-}
-
-/// Waits until one of `fds` is readable; returns their readiness.
-fn poll_readable<const N: usize>(fds: [RawFd; N]) -> io::Result<[bool; N]> {
-    poll_timeout(fds, -1)
-}
-
-/// Like [`poll_readable`], giving up after `timeout_ms` (all `false`).
-fn poll_timeout<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<[bool; N]> {
-    let mut pfds = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    loop {
-        // SAFETY: `pfds` is a valid array of N pollfd structures for the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
-        if r >= 0 {
-            return Ok(pfds.map(|p| p.revents != 0));
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// The pause before retrying a connection we could not serve, doubling up to 5 s.
-struct Backoff {
-    delay: std::time::Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            delay: std::time::Duration::from_millis(100),
-        }
-    }
-}
-
-impl Backoff {
-    /// Waits for the current delay, or until `stop` fires (then returns true).
-    fn wait(&mut self, stop: &EventFd) -> bool {
-        let ms = self.delay.as_millis() as i32;
-        self.delay = (self.delay * 2).min(std::time::Duration::from_secs(5));
-        !matches!(poll_timeout([stop.as_raw_fd()], ms), Ok([false]))
-    }
-}
-
-/// Serves one socket until `stop` fires: one connection at a time, for ever.
-fn serve_socket<B, F>(
-    name: &str,
-    mut listener: Listener,
-    stop: &EventFd,
-    stats: &DeviceStats,
-    make: F,
-) where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
-    F: Fn(AtomicMem) -> io::Result<B>,
-{
-    let mut backoff = Backoff::default();
-    loop {
-        match poll_readable([listener.as_raw_fd(), stop.as_raw_fd()]) {
-            Ok([_, true]) => return,
-            Ok([true, false]) => {}
-            Ok(_) => continue,
-            Err(e) => {
-                log::error!("{name}: poll: {e}");
-                return;
-            }
-        }
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let daemon = make(mem.clone())
-            .map_err(|e| e.to_string())
-            .and_then(|backend| {
-                let device = backend.clone();
-                VhostUserDaemon::new(name.to_string(), backend, mem)
-                    .map(|d| (d, device))
-                    .map_err(|e| e.to_string())
-            });
-        // A failure here is a lack of resources (file descriptors, memory): the waiting frontend
-        // stays in the listen queue, and is served once we have them again.
-        let (mut daemon, device) = match daemon {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!(
-                    "{name}: cannot create a device: {e}; retrying in {:?}",
-                    backoff.delay
-                );
-                if backoff.wait(stop) {
-                    return;
-                }
-                continue;
-            }
-        };
-        if let Err(e) = daemon.start(&mut listener) {
-            log::warn!(
-                "{name}: accepting a connection failed: {e}; retrying in {:?}",
-                backoff.delay
-            );
-            if backoff.wait(stop) {
-                return;
-            }
-            continue;
-        }
-        backoff = Backoff::default();
-        log::info!("{name}: frontend connected");
-        let Some(shutdown) = daemon.shutdown_handle() else {
-            continue;
-        };
-        let done = match EventFd::new(EFD_NONBLOCK) {
-            Ok(fd) => Arc::new(fd),
-            Err(e) => {
-                log::error!("{name}: eventfd: {e}");
-                shutdown.shutdown();
-                let _ = daemon.wait();
-                return;
-            }
-        };
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        stats.connected.store(true, Ordering::Relaxed);
-        let done_w = done.clone();
-        let conn_name = name.to_string();
-        let waiter = thread::spawn(move || {
-            match daemon.wait() {
-                Ok(()) => log::info!("{conn_name}: frontend disconnected"),
-                Err(e) => log::warn!("{conn_name}: connection ended: {e}"),
-            }
-            // Dropping the daemon stops and joins the queue threads.
-            drop(daemon);
-            let _ = done_w.write(1);
-        });
-        let stopping = loop {
-            match poll_readable([listener.as_raw_fd(), done.as_raw_fd(), stop.as_raw_fd()]) {
-                Ok([_, _, true]) => break true,
-                Ok([_, true, _]) => break false,
-                Ok([true, _, _]) => {
-                    // A frontend that just went away may not have been noticed yet (a quick
-                    // reconnect): give the old connection a moment to end before refusing.
-                    match poll_timeout([done.as_raw_fd(), stop.as_raw_fd()], 1000) {
-                        Ok([false, false]) => {}
-                        _ => continue,
-                    }
-                    if let Ok(Some(extra)) = listener.accept() {
-                        log::warn!(
-                            "{name}: refusing a second connection while one is active (is another \
-                             QEMU using this guest's socket?)"
-                        );
-                        drop(extra);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    log::error!("{name}: poll: {e}");
-                    break true;
-                }
-            }
-        };
-        if stopping {
-            // Every completion reaches guest memory before the frontend sees the connection end.
-            device.quiesce();
-            shutdown.shutdown();
-        }
-        let _ = waiter.join();
-        stats.connected.store(false, Ordering::Relaxed);
-        if stopping {
-            return;
-        }
     }
 }

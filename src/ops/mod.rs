@@ -3,4 +3,5 @@
 
 pub mod control;
 pub mod metrics;
+pub mod metrics_http;
 pub mod stats;

@@ -8,6 +8,8 @@ pub mod client;
 pub mod server;
 pub mod view;
 
+use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +41,42 @@ pub trait Daemon: Send + Sync + 'static {
     /// Cluster mode: the members and their acknowledged state; `None` on one host.
     fn cluster_status(&self) -> Option<serde_json::Value>;
     /// Adds a guest at run time (its sockets listen when this returns); persisted.
-    fn add_guest(&self, guest: GuestConfig) -> Result<(), String>;
+    fn add_guest(&self, guest: GuestConfig) -> Result<(), GuestError>;
     /// Removes a guest at run time; a connected one only with `force`, which disconnects it.
-    fn remove_guest(&self, name: &str, force: bool) -> Result<(), String>;
+    fn remove_guest(&self, name: &str, force: bool) -> Result<(), GuestError>;
+}
+
+/// Why a run-time guest change (`guest add`, `guest remove`) failed or was only half made. On
+/// the wire every one is [`code::FAILED`].
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// `guest add` of a name the daemon serves already.
+    #[error("guest {0:?} exists already")]
+    Exists(String),
+    /// `guest add` while as many guests as max-shares are served.
+    #[error("max-shares is {0}: remove a guest first, or raise image.max_shares")]
+    Full(usize),
+    /// `guest add`: the daemon could not serve the guest (the configuration, its sockets).
+    #[error(transparent)]
+    Serve(Box<dyn std::error::Error + Send + Sync>),
+    /// `guest remove` of a name the daemon does not serve.
+    #[error("no guest named {0:?}")]
+    Unknown(String),
+    /// `guest remove` of a connected guest without `force`.
+    #[error("guest {0} is connected: stop its QEMU first, or pass --force to disconnect it")]
+    Connected(String),
+    /// The guest is served, but the run-time guests file could not be written.
+    #[error("guest {name} is served, but {}: {source}", path.display())]
+    AddedUnsaved {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The guest is removed, but the run-time guests file could not be written.
+    #[error("guest {name} is removed, but {}: {source}", path.display())]
+    RemovedUnsaved {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
 }

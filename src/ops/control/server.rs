@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{code, view, Daemon};
-use crate::config::{valid_guest_name, GuestConfig, DEFAULT_QUEUES, MAX_GUEST_QUEUES};
+use crate::config::{valid_guest_name, ConfigError, GuestConfig, DEFAULT_QUEUES, MAX_GUEST_QUEUES};
 use crate::pr::fencing::HostAction;
 use crate::pr::PrStatus;
 
@@ -281,53 +281,61 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
             }
             host_action(daemon, &HostAction::Preempt { victim, abort }, peer)
         }
-        "guest.add" => {
-            let name = str_param(req, "name")?;
-            if !valid_guest_name(name) {
-                return Err(fail(
-                    code::INVALID_PARAMS,
-                    format!("guest name {name:?} is invalid: use 1 to 64 characters from [A-Za-z0-9_.-]"),
-                ));
-            }
-            let queues = match param(req, "queues") {
-                None | Some(Value::Null) => DEFAULT_QUEUES,
-                Some(v) => v
-                    .as_u64()
-                    .filter(|q| (1..=u64::from(MAX_GUEST_QUEUES)).contains(q))
-                    .ok_or_else(|| {
-                        fail(
-                            code::INVALID_PARAMS,
-                            format!("`queues` must be 1 to {MAX_GUEST_QUEUES}"),
-                        )
-                    })? as u16,
-            };
-            let guest = GuestConfig {
-                name: name.to_string(),
-                read_only: bool_param(req, "read_only")?,
-                queues,
-                scsi: match param(req, "scsi") {
-                    None | Some(Value::Null) => true,
-                    Some(_) => bool_param(req, "scsi")?,
-                },
-            };
-            daemon.add_guest(guest).map_err(|e| fail(code::FAILED, e))?;
-            log::warn!("host action{}: guest {name} added", by(peer));
-            Ok(view::guests(&daemon.config(), &daemon.stats()))
-        }
-        "guest.remove" => {
-            let name = str_param(req, "name")?;
-            let force = bool_param(req, "force")?;
-            daemon
-                .remove_guest(name, force)
-                .map_err(|e| fail(code::FAILED, e))?;
-            log::warn!("host action{}: guest {name} removed", by(peer));
-            Ok(view::guests(&daemon.config(), &daemon.stats()))
-        }
+        "guest.add" => guest_add(req, daemon, peer),
+        "guest.remove" => guest_remove(req, daemon, peer),
         other => Err(fail(
             code::METHOD_NOT_FOUND,
             format!("unknown method {other:?}"),
         )),
     }
+}
+
+/// `guest.add`: serves a new guest; answers the guests.
+fn guest_add(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Value, Failure> {
+    let name = str_param(req, "name")?;
+    if !valid_guest_name(name) {
+        return Err(fail(
+            code::INVALID_PARAMS,
+            ConfigError::BadName(name.to_string()).to_string(),
+        ));
+    }
+    let queues = match param(req, "queues") {
+        None | Some(Value::Null) => DEFAULT_QUEUES,
+        Some(v) => v
+            .as_u64()
+            .filter(|q| (1..=u64::from(MAX_GUEST_QUEUES)).contains(q))
+            .ok_or_else(|| {
+                fail(
+                    code::INVALID_PARAMS,
+                    format!("`queues` must be 1 to {MAX_GUEST_QUEUES}"),
+                )
+            })? as u16,
+    };
+    let guest = GuestConfig {
+        name: name.to_string(),
+        read_only: bool_param(req, "read_only")?,
+        queues,
+        scsi: match param(req, "scsi") {
+            None | Some(Value::Null) => true,
+            Some(_) => bool_param(req, "scsi")?,
+        },
+    };
+    daemon
+        .add_guest(guest)
+        .map_err(|e| fail(code::FAILED, e.to_string()))?;
+    log::warn!("host action{}: guest {name} added", by(peer));
+    Ok(view::guests(&daemon.config(), &daemon.stats()))
+}
+
+/// `guest.remove`: stops serving a guest; answers the guests.
+fn guest_remove(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Value, Failure> {
+    let name = str_param(req, "name")?;
+    let force = bool_param(req, "force")?;
+    daemon
+        .remove_guest(name, force)
+        .map_err(|e| fail(code::FAILED, e.to_string()))?;
+    log::warn!("host action{}: guest {name} removed", by(peer));
+    Ok(view::guests(&daemon.config(), &daemon.stats()))
 }
 
 fn by(peer: Option<u32>) -> String {

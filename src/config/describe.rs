@@ -1,0 +1,129 @@
+//! What `config check` prints: every setting the daemon would use, defaults filled in.
+
+use std::fmt::Write as _;
+
+use super::{aio_name, ClusterConfig, Config};
+
+impl Config {
+    /// What `config check` prints: every setting the daemon would use, defaults filled in.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let opt = |p: &Option<String>| p.clone().unwrap_or_else(|| "-".into());
+        let _ = writeln!(s, "image:          {}", self.image.display());
+        let _ = writeln!(
+            s,
+            "size:           {}",
+            self.size
+                .map(|b| format!("{b} bytes if missing"))
+                .unwrap_or_else(|| "the image must exist".into())
+        );
+        let _ = writeln!(s, "read-only:      {}", yes_no(self.read_only));
+        let _ = writeln!(s, "O_DIRECT:       {}", yes_no(self.direct));
+        let _ = writeln!(s, "aio:            {}", aio_name(self.aio()));
+        let _ = writeln!(s, "poll:           {} µs", self.poll_us);
+        let _ = writeln!(s, "state file:     {}", self.state_path().display());
+        let _ = writeln!(s, "max-shares:     {}", self.max_shares);
+        let _ = writeln!(s, "socket dir:     {}", self.socket_dir.display());
+        let _ = writeln!(s, "socket group:   {}", opt(&self.socket_group));
+        let _ = writeln!(
+            s,
+            "socket mode:    {}",
+            self.socket_mode
+                .map(|m| format!("{m:04o}"))
+                .unwrap_or_else(|| "umask".into())
+        );
+        let _ = writeln!(
+            s,
+            "control socket: {} (mode {}, group {})",
+            self.control_socket_path().display(),
+            if self.control_group.is_some() {
+                "0660"
+            } else {
+                "0600"
+            },
+            opt(&self.control_group)
+        );
+        let _ = writeln!(
+            s,
+            "metrics:        {}",
+            self.metrics_listen
+                .map(|a| format!("http://{a}/metrics"))
+                .unwrap_or_else(|| "control socket only".into())
+        );
+        describe_cluster(&mut s, self.cluster.as_ref());
+        self.describe_guests(&mut s);
+        s
+    }
+
+    /// The `guests:` count, then a line per guest: its sockets, queues and whether it writes.
+    fn describe_guests(&self, s: &mut String) {
+        let _ = writeln!(s, "guests:         {}", self.guests.len());
+        for g in &self.guests {
+            let scsi = self.scsi && g.scsi;
+            let _ = writeln!(
+                s,
+                "  {:<16} {}{} queues {}{}",
+                g.name,
+                self.blk_socket(&g.name).display(),
+                if scsi {
+                    format!(" {}", self.scsi_socket(&g.name).display())
+                } else {
+                    String::new()
+                },
+                g.queues,
+                if g.read_only || self.read_only {
+                    " read-only"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+}
+
+/// The `cluster:` line, and in cluster mode the lease and what a lost lease costs.
+fn describe_cluster(s: &mut String, cluster: Option<&ClusterConfig>) {
+    let Some(c) = cluster else {
+        let _ = writeln!(
+            s,
+            "cluster:        no (this daemon alone arbitrates the disk)"
+        );
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "cluster:        node {} of disk {} through etcd {}",
+        c.node,
+        c.disk_id,
+        c.etcd.join(",")
+    );
+    let _ = writeln!(
+        s,
+        "  read lease {} ms renewed every {} ms, drift {}, max I/O {} ms: a PR OUT \
+         waits at most {} ms for a member that does not acknowledge",
+        c.lease_ms,
+        c.renew_every().as_millis(),
+        c.drift,
+        c.max_io_ms,
+        c.wait_bound().as_millis()
+    );
+    let _ = writeln!(
+        s,
+        "  lost lease: I/O held {} ms, then BUSY/IOERR; PR OUT budget {} ms; {}",
+        c.hold_ms,
+        c.budget_ms,
+        if c.fence_hook.is_some() {
+            "strict mode (fence hook)"
+        } else {
+            "soft mode (no fence hook)"
+        }
+    );
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
