@@ -4,10 +4,11 @@
 //! `pages` builds the data the device returns, depending on `cdb` and not the reverse; both
 //! are pure logic over initiator-supplied bytes, so neither panics nor trusts a length.
 //! `target` executes a decoded command against the arbiter and the image. No transport lives
-//! here: the transports (`crate::transport`) hand in a CDB, an initiator and the data buffers,
+//! here: the transports hand in a CDB, an initiator and the data buffers (`data`),
 //! and carry the status, sense and data-in back.
 
 pub mod cdb;
+pub mod data;
 pub mod fields;
 pub mod pages;
 pub mod sense;
