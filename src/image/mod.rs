@@ -2,6 +2,10 @@
 //!
 //! Devices never touch the file directly. [`Image`] validates every range against the image size
 //! itself, so a bug in a device's parsing cannot turn into a read or write outside the image.
+//!
+//! Here: the [`Image`] trait and what goes through it ([`IoOp`], [`Aio`], [`OpenMode`]);
+//! `buffers` is the scatter list every I/O path shares, `file` the raw image file, `direct` its
+//! O_DIRECT alignment and bounce buffers, `uring` its io_uring batches.
 
 use std::io;
 

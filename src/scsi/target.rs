@@ -196,7 +196,7 @@ impl Target {
     }
 
     /// Executes one command from `initiator` on LUN 0. `origin` identifies a PR OUT's request
-    /// in its virtqueue, so that a replay of it is not executed twice (`replay.rs`).
+    /// in its transport queue, so that a replay of it is not executed twice (`replay.rs`).
     pub fn execute(
         &self,
         initiator: &str,
