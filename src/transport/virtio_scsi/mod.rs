@@ -233,7 +233,7 @@ impl ScsiDevice {
         // The residual counts what was not transferred in the command's data direction.
         let resid = if in_cap > 0 {
             in_cap - written
-        } else if status == crate::scsi::target::GOOD {
+        } else if status == GOOD {
             0
         } else {
             out_len
