@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use sharedisk::image::Buf;
 use sharedisk::pr::Access;
+use sharedisk::scsi::data::{DataIn, DataOut};
 use sharedisk::scsi::target::{Target, CHECK_CONDITION, GOOD, RESERVATION_CONFLICT};
 
 use super::{MemImage, Reader, INITIATORS};
@@ -84,9 +85,15 @@ pub fn run(data: &[u8]) {
         let mutations = image.mutations();
 
         let o = if kind == 2 {
-            target.execute_missing_lun(cdb, &data_in)
+            target.execute_missing_lun(cdb, DataIn::new(&data_in))
         } else {
-            target.execute(initiator, cdb, &data_out, &data_in, None)
+            target.execute(
+                initiator,
+                cdb,
+                DataOut::new(&data_out),
+                DataIn::new(&data_in),
+                None,
+            )
         };
 
         if super::tracing() {

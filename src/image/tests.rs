@@ -1,5 +1,6 @@
 //! Unit tests of `image`.
 
+use super::file::{write_flags, zeroing_modes};
 use super::*;
 
 fn image(size: u64) -> (tempfile::TempDir, FileImage) {

@@ -65,8 +65,10 @@ fn submit(
 ) {
     // The iovec arrays must stay put until the kernel has completed every entry: they are built
     // first and only read (by the kernel) until the wait below returns.
-    let iovecs: SmallVec<[SmallVec<[libc::iovec; 4]>; 32]> =
-        which.iter().map(|&i| super::iovecs(&ops[i].bufs)).collect();
+    let iovecs: SmallVec<[SmallVec<[libc::iovec; 4]>; 32]> = which
+        .iter()
+        .map(|&i| super::file::iovecs(&ops[i].bufs))
+        .collect();
     let mut left = 0;
     {
         let mut sq = ring.submission();

@@ -270,23 +270,6 @@ impl Stats {
     }
 }
 
-thread_local! {
-    /// Set when the request this thread is executing was refused by the reservation, so that
-    /// the device can count it as a conflict rather than an error (virtio-blk answers both with
-    /// IOERR).
-    static CONFLICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Notes that the current request was refused by the reservation.
-pub fn note_conflict() {
-    CONFLICT.with(|c| c.set(true));
-}
-
-/// Whether [`note_conflict`] was called since the last call; clears the note.
-pub fn take_conflict() -> bool {
-    CONFLICT.with(|c| c.replace(false))
-}
-
 /// The op of a SCSI command, and for a WRITE the bytes its CDB transfers.
 pub fn scsi_op(cdb: &[u8]) -> (Op, u64) {
     use crate::scsi::cdb::op;

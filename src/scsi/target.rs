@@ -12,16 +12,17 @@
 
 use std::sync::Arc;
 
-use crate::image::{Buf, IoOp};
+use crate::image::buffers::{self, Buf, Bufs};
+use crate::image::IoOp;
 use crate::lun::{ChunkError, Lun, SECTOR};
-use crate::pr::fencing::Refusal;
+use crate::pr::fencing::{Admitted, Refusal};
 use crate::pr::replay::Origin;
 use crate::pr::Access;
 use crate::pr::{wire, PrStatus};
 use crate::scsi::cdb::{self, Command, Rw};
+use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::pages::{self, DiskInfo};
 use crate::scsi::sense::{self, Sense};
-use crate::transport::virtqueue;
 
 pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
@@ -112,14 +113,12 @@ pub enum Started<'m> {
     Io(IoOp<'m>),
 }
 
-/// A command's admission, when the access check gated it (see [`crate::pr::fencing`]).
-type Admission<'a> = crate::pr::fencing::Admitted<'a>;
-
-/// What the gate decided: answer a replayed PR OUT from its record, or run the command with
-/// its admission.
-enum Gate<'a> {
+/// What [`Target::prepare`] made of a command: answer a replayed PR OUT from its record, or run
+/// the command with its admission (when the access check admitted it, see
+/// [`crate::pr::fencing`]).
+enum Prepared<'a> {
     Replayed(PrStatus),
-    Run(Command, Option<Admission<'a>>),
+    Run(Command, Option<Admitted<'a>>),
 }
 
 /// One command's initiator and buffers, as the dispatch sees them.
@@ -127,8 +126,8 @@ struct Request<'r, 'm> {
     initiator: &'r str,
     /// The image's or this guest's read-only.
     read_only: bool,
-    data_out: &'r [Buf<'m>],
-    data_in: &'r [Buf<'m>],
+    data_out: DataOut<'r, 'm>,
+    data_in: DataIn<'r, 'm>,
     origin: Option<&'r Origin>,
 }
 
@@ -176,7 +175,7 @@ impl Target {
 
     /// Commands addressed to a LUN that does not exist (SPC-4 §5.10): INQUIRY reports
     /// "no device", REPORT LUNS and REQUEST SENSE work, everything else is 05/25/00.
-    pub fn execute_missing_lun(&self, cdb: &[u8], data_in: &[Buf]) -> Outcome {
+    pub fn execute_missing_lun(&self, cdb: &[u8], data_in: DataIn) -> Outcome {
         match cdb::parse(cdb) {
             Ok(Command::Inquiry {
                 evpd: false,
@@ -197,13 +196,13 @@ impl Target {
     }
 
     /// Executes one command from `initiator` on LUN 0. `origin` identifies a PR OUT's request
-    /// in its virtqueue, so that a replay of it is not executed twice (`replay.rs`).
+    /// in its transport queue, so that a replay of it is not executed twice (`replay.rs`).
     pub fn execute(
         &self,
         initiator: &str,
         cdb: &[u8],
-        data_out: &[Buf],
-        data_in: &[Buf],
+        data_out: DataOut,
+        data_in: DataIn,
         origin: Option<&Origin>,
     ) -> Outcome {
         self.execute_for(initiator, false, cdb, data_out, data_in, origin)
@@ -216,8 +215,8 @@ impl Target {
         initiator: &str,
         guest_read_only: bool,
         cdb: &[u8],
-        data_out: &[Buf],
-        data_in: &[Buf],
+        data_out: DataOut,
+        data_in: DataIn,
         origin: Option<&Origin>,
     ) -> Outcome {
         self.try_execute(initiator, guest_read_only, cdb, data_out, data_in, origin)
@@ -232,8 +231,8 @@ impl Target {
         initiator: &str,
         guest_read_only: bool,
         cdb: &[u8],
-        data_out: &[Buf<'m>],
-        data_in: &[Buf<'m>],
+        data_out: DataOut<'_, 'm>,
+        data_in: DataIn<'_, 'm>,
     ) -> Started<'m> {
         let data = matches!(
             cdb.first().copied(),
@@ -259,17 +258,23 @@ impl Target {
             ));
         }
         let read_only = guest_read_only || self.lun.image.read_only();
-        let started = self
-            .gate(initiator, cdb, None, false)
-            .and_then(|gate| match gate {
-                Gate::Run(Command::Read(rw), _) => self.read_io(rw, data_in).map(Started::Io),
-                Gate::Run(Command::Write(_), _) if read_only => {
-                    Err(Outcome::check(sense::WRITE_PROTECTED))
-                }
-                Gate::Run(Command::Write(rw), _) => self.write_io(rw, data_out).map(Started::Io),
-                // Not reached: the opcodes above decode to READ or WRITE, or fail.
-                Gate::Run(..) | Gate::Replayed(_) => Err(Outcome::check(sense::INVALID_OPCODE)),
-            });
+        let started =
+            self.prepare(initiator, cdb, None, false)
+                .and_then(|prepared| match prepared {
+                    Prepared::Run(Command::Read(rw), _) => {
+                        self.read_io(rw, data_in).map(Started::Io)
+                    }
+                    Prepared::Run(Command::Write(_), _) if read_only => {
+                        Err(Outcome::check(sense::WRITE_PROTECTED))
+                    }
+                    Prepared::Run(Command::Write(rw), _) => {
+                        self.write_io(rw, data_out).map(Started::Io)
+                    }
+                    // Not reached: the opcodes above decode to READ or WRITE, or fail.
+                    Prepared::Run(..) | Prepared::Replayed(_) => {
+                        Err(Outcome::check(sense::INVALID_OPCODE))
+                    }
+                });
         started.unwrap_or_else(Started::Done)
     }
 
@@ -280,7 +285,7 @@ impl Target {
             return Outcome::refused(why);
         }
         match (&io.result, io.write) {
-            (Ok(()), false) => Outcome::good(virtqueue::total(&io.bufs)),
+            (Ok(()), false) => Outcome::good(buffers::total(&io.bufs)),
             (Ok(()), true) => Outcome::good(0),
             (Err(_), false) => Outcome::check(sense::MEDIUM_ERROR_UNRECOVERED_READ),
             (Err(_), true) => Outcome::check(sense::WRITE_ERROR),
@@ -292,13 +297,13 @@ impl Target {
         initiator: &str,
         guest_read_only: bool,
         cdb: &[u8],
-        data_out: &[Buf],
-        data_in: &[Buf],
+        data_out: DataOut,
+        data_in: DataIn,
         origin: Option<&Origin>,
     ) -> Result<Outcome> {
-        let (cmd, admitted) = match self.gate(initiator, cdb, origin, true)? {
-            Gate::Replayed(status) => return Ok(Outcome::from_pr(status)),
-            Gate::Run(cmd, admitted) => (cmd, admitted),
+        let (cmd, admitted) = match self.prepare(initiator, cdb, origin, true)? {
+            Prepared::Replayed(status) => return Ok(Outcome::from_pr(status)),
+            Prepared::Run(cmd, admitted) => (cmd, admitted),
         };
         let req = Request {
             initiator,
@@ -314,18 +319,18 @@ impl Target {
     /// replay check, which comes before everything. Without `admit`, a command with an access
     /// check (a data command) is let through unchecked: its caller does that check later, and
     /// holds that admission through the I/O ([`Target::start_for`]).
-    fn gate(
+    fn prepare(
         &self,
         initiator: &str,
         cdb: &[u8],
         origin: Option<&Origin>,
         admit: bool,
-    ) -> Result<Gate<'_>> {
+    ) -> Result<Prepared<'_>> {
         let res = &self.lun.reservations;
         // A PR OUT that QEMU presents again after a reconnection already passed every check
         // below, unit attentions included, and ran: it gets its first answer, and runs no more.
         if let Some(status) = origin.and_then(|o| res.replayed(initiator, o)) {
-            return Ok(Gate::Replayed(status));
+            return Ok(Prepared::Replayed(status));
         }
         // SPC-4 §5.14: a pending UA terminates any command but these three, before decoding.
         let exempt = matches!(
@@ -361,18 +366,13 @@ impl Target {
                 None
             }
         };
-        Ok(Gate::Run(cmd, admitted))
+        Ok(Prepared::Run(cmd, admitted))
     }
 
-    /// Executes a command the gate let through (step 5). `admitted` is held until the command
+    /// Executes a command [`Target::prepare`] let through (step 5). `admitted` is held until the command
     /// is done, unless its function drops it first; a command that has an admission never calls
     /// into the arbiter while it holds it.
-    fn dispatch(
-        &self,
-        req: &Request,
-        cmd: Command,
-        admitted: Option<Admission>,
-    ) -> Result<Outcome> {
+    fn dispatch(&self, req: &Request, cmd: Command, admitted: Option<Admitted>) -> Result<Outcome> {
         let (data_in, data_out) = (req.data_in, req.data_out);
         let info = || self.info_for(req.read_only);
         Ok(match cmd {
@@ -459,7 +459,7 @@ impl Target {
         req: &Request,
         ten: bool,
         param_len: u32,
-        admitted: Option<Admission>,
+        admitted: Option<Admitted>,
     ) -> Result<Outcome> {
         let params = param_list(req.data_out, param_len)?;
         let change = pages::parse_mode_select(ten, &params, &self.info_for(req.read_only))?;
@@ -474,7 +474,7 @@ impl Target {
     }
 
     /// SYNCHRONIZE CACHE (SBC-3 §5.22, §5.23).
-    fn synchronize_cache(&self, admitted: Option<Admission>) -> Result<Outcome> {
+    fn synchronize_cache(&self, admitted: Option<Admitted>) -> Result<Outcome> {
         // A flush changes no data: no PR OUT has to wait for it.
         drop(admitted);
         self.lun
@@ -485,7 +485,7 @@ impl Target {
     }
 
     /// UNMAP (SBC-3 §5.28), in pieces each admitted on its own.
-    fn unmap(&self, req: &Request, param_len: u32, admitted: Option<Admission>) -> Result<Outcome> {
+    fn unmap(&self, req: &Request, param_len: u32, admitted: Option<Admitted>) -> Result<Outcome> {
         if req.read_only {
             return Err(Outcome::check(sense::WRITE_PROTECTED));
         }
@@ -518,7 +518,7 @@ impl Target {
         req: &Request,
         start: bool,
         no_flush: bool,
-        admitted: Option<Admission>,
+        admitted: Option<Admitted>,
     ) -> Result<Outcome> {
         // A stop flushes the cache first unless NO_FLUSH (SBC-3 §5.25).
         drop(admitted);
@@ -553,32 +553,32 @@ impl Target {
         Ok(Outcome::from_pr(res.prout(req.initiator, &pr, req.origin)))
     }
 
-    fn read(&self, rw: Rw, data_in: &[Buf]) -> Result<Outcome> {
+    fn read(&self, rw: Rw, data_in: DataIn) -> Result<Outcome> {
         let mut io = self.read_io(rw, data_in)?;
         io.result = self.lun.image.read_at(&io.bufs, io.offset);
         Ok(self.finish_io(&io, Ok(())))
     }
 
-    fn write(&self, rw: Rw, data_out: &[Buf]) -> Result<Outcome> {
+    fn write(&self, rw: Rw, data_out: DataOut) -> Result<Outcome> {
         let mut io = self.write_io(rw, data_out)?;
         io.result = self.lun.image.write_at(&io.bufs, io.offset, io.fua);
         Ok(self.finish_io(&io, Ok(())))
     }
 
     /// The image read of a READ.
-    fn read_io<'m>(&self, rw: Rw, data_in: &[Buf<'m>]) -> Result<IoOp<'m>> {
+    fn read_io<'m>(&self, rw: Rw, data_in: DataIn<'_, 'm>) -> Result<IoOp<'m>> {
         let bytes = self.transfer_len(rw.blocks)?;
         // A buffer shorter than the transfer gets what fits (the residual tells the initiator).
-        let len = bytes.min(virtqueue::total(data_in) as u64 / SECTOR * SECTOR) as usize;
-        let (bufs, _) = virtqueue::split_at(data_in, len).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+        let len = bytes.min(data_in.capacity() as u64 / SECTOR * SECTOR) as usize;
+        let bufs = data_in.take(len).ok_or(sense::INVALID_FIELD_IN_CDB)?;
         Ok(IoOp::new(false, rw.lba * SECTOR, bufs, false))
     }
 
     /// The image write of a WRITE.
-    fn write_io<'m>(&self, rw: Rw, data_out: &[Buf<'m>]) -> Result<IoOp<'m>> {
+    fn write_io<'m>(&self, rw: Rw, data_out: DataOut<'_, 'm>) -> Result<IoOp<'m>> {
         let bytes = self.transfer_len(rw.blocks)? as usize;
         // Less data than the CDB announces: refuse rather than write a torn, partial command.
-        let (bufs, _) = virtqueue::split_at(data_out, bytes).ok_or(sense::INVALID_FIELD_IN_CDB)?;
+        let bufs = data_out.take(bytes).ok_or(sense::INVALID_FIELD_IN_CDB)?;
         let fua = rw.fua || !self.lun.write_cache();
         Ok(IoOp::new(true, rw.lba * SECTOR, bufs, fua))
     }
@@ -602,13 +602,13 @@ impl Target {
         blocks: u32,
         unmap: bool,
         ndob: bool,
-        data_out: &[Buf],
+        data_out: DataOut,
     ) -> Result<Outcome> {
         if blocks > MAX_WRITE_SAME_BLOCKS {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
         }
         let mut block = [0u8; SECTOR as usize];
-        if !ndob && virtqueue::read_bytes(data_out, &mut block) < block.len() {
+        if !ndob && data_out.read(&mut block) < block.len() {
             return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
         }
         let (offset, len) = (lba * SECTOR, u64::from(blocks) * SECTOR);
@@ -632,7 +632,7 @@ impl Target {
             self.lun
                 .admitted_chunks(initiator, Access::Write, len, |done, mut n| {
                     let buf = Buf::from(&mut pattern[..]);
-                    let mut bufs = virtqueue::Bufs::new();
+                    let mut bufs = Bufs::new();
                     while n > 0 {
                         let m = n.min(buf.len() as u64);
                         bufs.push(buf.subslice(0, m as usize).map_err(std::io::Error::other)?);
@@ -655,14 +655,14 @@ impl Target {
 
     /// VERIFY (SBC-3 §5.33): BYTCHK=0 checks the medium (always readable here); 1 compares the
     /// data-out with the medium; 3 compares one block with every block.
-    fn verify(&self, lba: u64, blocks: u32, bytchk: u8, data_out: &[Buf]) -> Result<Outcome> {
+    fn verify(&self, lba: u64, blocks: u32, bytchk: u8, data_out: DataOut) -> Result<Outcome> {
         if bytchk == 0 || blocks == 0 {
             return Ok(Outcome::good(0));
         }
         let bytes = self.transfer_len(blocks)? as usize;
         let want_len = if bytchk == 3 { SECTOR as usize } else { bytes };
         let mut want = vec![0u8; want_len];
-        if virtqueue::read_bytes(data_out, &mut want) < want_len {
+        if data_out.read(&mut want) < want_len {
             return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
         }
         let mut have = vec![0u8; bytes];
@@ -691,18 +691,18 @@ fn chunk_outcome(e: ChunkError) -> Outcome {
 /// Copies the PARAMETER LIST LENGTH bytes of a parameter list, at most [`MAX_PARAM_LEN`] (the
 /// parsers reject a longer list as such). A data-out buffer shorter than the announced length is
 /// 05/1A/00 PARAMETER LIST LENGTH ERROR, even when it is empty.
-fn param_list(data_out: &[Buf], param_len: u32) -> Result<Vec<u8>> {
+fn param_list(data_out: DataOut, param_len: u32) -> Result<Vec<u8>> {
     let want = (param_len as usize).min(MAX_PARAM_LEN);
-    if virtqueue::total(data_out) < want {
+    if data_out.len() < want {
         return Err(Outcome::check(sense::PARAM_LIST_LENGTH_ERROR));
     }
     let mut params = vec![0u8; want];
-    virtqueue::read_bytes(data_out, &mut params);
+    data_out.read(&mut params);
     Ok(params)
 }
 
 /// Returns `data` cut to the allocation length and the buffer (SPC-4 §4.2.5.6).
-fn reply(data_in: &[Buf], data: &[u8], alloc_len: u32) -> Outcome {
+fn reply(data_in: DataIn, data: &[u8], alloc_len: u32) -> Outcome {
     let n = data.len().min(alloc_len as usize);
-    Outcome::good(virtqueue::write_bytes(data_in, &data[..n]))
+    Outcome::good(data_in.write(&data[..n]))
 }

@@ -1,6 +1,7 @@
 //! The vhost-user-blk device: a thin translator from virtio-blk requests (virtio 1.2 §5.2) to the
 //! arbiter and the image.
 
+use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,13 +17,15 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use std::time::{Duration, Instant};
 
-use crate::image::{range_ok, Buf, IoOp};
+use crate::image::buffers::{self, Buf, Bufs};
+use crate::image::{range_ok, IoOp};
 use crate::lun::{ChunkError, Lun, ADMISSION_CHUNK, SECTOR, SERIAL_LEN};
 use crate::ops::stats::{self, DeviceStats, Op};
-use crate::pr::fencing::{Admitted, Refusal};
+use crate::pr::fencing::Refusal;
 use crate::pr::Access;
 use crate::transport::virtqueue::{
-    self, AtomicMem, Chain, ExitEvents, Gate, Handler, Mem, Quiesce, Reply, Slot, UsedLens, Vring,
+    self, feature, AtomicMem, Chain, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch, Reply, Slot,
+    UsedLens, Vring,
 };
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
@@ -55,7 +58,7 @@ pub struct BlkDevice {
     acked_features: AtomicU64,
     exit: ExitEvents,
     /// Closed before the daemon ends this connection.
-    gate: Gate,
+    latch: QuiesceLatch,
     /// This guest alone sees a read-only disk (`guest.read_only` in the configuration).
     guest_read_only: bool,
     stats: Arc<DeviceStats>,
@@ -90,16 +93,12 @@ impl BlkBackend {
             event_idx: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
             exit,
-            gate: Gate::default(),
+            latch: QuiesceLatch::default(),
             guest_read_only: read_only,
             stats,
             poll,
         })))
     }
-}
-
-fn bit(b: u32) -> u64 {
-    1u64 << b
 }
 
 impl BlkDevice {
@@ -147,10 +146,10 @@ impl BlkDevice {
             }
         };
         // The status byte is the last device-writable byte (virtio 1.2 §5.2.6).
-        let in_len = virtqueue::total(&chain.writable);
+        let in_len = buffers::total(&chain.writable);
         let Some((data_in, status)) = in_len
             .checked_sub(1)
-            .and_then(|n| virtqueue::split_at(&chain.writable, n))
+            .and_then(|n| buffers::split_at(&chain.writable, n))
         else {
             log::warn!("{}: blk: request without a status byte", self.initiator);
             return Reply::Done(0);
@@ -165,18 +164,17 @@ impl BlkDevice {
             }
         }
         let start = Instant::now();
-        stats::take_conflict();
-        let (code, written) = if within_limits {
+        let (end, written) = if within_limits {
             self.execute(&chain.readable, &data_in)
         } else {
             log::warn!(
                 "{}: blk: request beyond seg_max {SEG_MAX} / size_max {SIZE_MAX}",
                 self.initiator
             );
-            (VIRTIO_BLK_S_IOERR as u8, 0)
+            (Status::IOERR, 0)
         };
-        self.count(&chain.readable, code, written, start.elapsed());
-        virtqueue::write_bytes(&status, &[code]);
+        self.count(&chain.readable, end, written, start.elapsed());
+        buffers::write_bytes(&status, &[end.code]);
         // `written` never exceeds data_in, which the limits keep far below 4 GiB.
         Reply::Done((written + 1) as u32)
     }
@@ -184,11 +182,11 @@ impl BlkDevice {
     /// The image I/O of a read or write small enough for one admission, if the request is one.
     fn batchable<'m>(&self, readable: &[Buf<'m>], data_in: &[Buf<'m>]) -> Option<IoOp<'m>> {
         let mut header = [0u8; HEADER_LEN];
-        if virtqueue::read_bytes(readable, &mut header) < HEADER_LEN {
+        if buffers::read_bytes(readable, &mut header) < HEADER_LEN {
             return None;
         }
-        let (_, data_out) = virtqueue::split_at(readable, HEADER_LEN)?;
-        let in_len = virtqueue::total(data_in);
+        let (_, data_out) = buffers::split_at(readable, HEADER_LEN)?;
+        let in_len = buffers::total(data_in);
         let size = self.lun.image.size();
         let (write, offset, bufs) =
             match BlkRequest::parse(&header, &data_out, in_len, size, self.read_only()) {
@@ -198,7 +196,7 @@ impl BlkDevice {
                 Ok(BlkRequest::Write { offset }) => (true, offset, data_out),
                 _ => return None,
             };
-        (virtqueue::total(&bufs) as u64 <= ADMISSION_CHUNK)
+        (buffers::total(&bufs) as u64 <= ADMISSION_CHUNK)
             .then(|| IoOp::new(write, offset, bufs, write && !self.lun.write_cache()))
     }
 
@@ -206,8 +204,6 @@ impl BlkDevice {
     /// reservation lock (`reservations.rs`), which stays held until the image has done all of
     /// them, so a PR OUT waits for the batch and no refused request touches the image.
     fn complete(&self, batch: &mut BlkBatch, lens: &mut UsedLens) {
-        const OK: u8 = VIRTIO_BLK_S_OK as u8;
-        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
         if batch.ops.is_empty() {
             return;
         }
@@ -216,114 +212,68 @@ impl BlkDevice {
         let ops = batch.ops.drain(..).zip(allowed);
         for (done, (op, allowed)) in batch.done.drain(..).zip(ops) {
             let what = if done.write { "write" } else { "read" };
-            let (result, code) = match allowed.map(|()| op.result) {
-                Err(Refusal::Conflict) => {
-                    log::debug!(
-                        "{}: blk {what} refused: reservation conflict",
-                        self.initiator
-                    );
-                    (stats::Result::Conflict, IOERR)
-                }
-                Err(Refusal::Unavailable) => {
-                    log::debug!(
-                        "{}: blk {what} failed: the shared reservation state is out of reach",
-                        self.initiator
-                    );
-                    (stats::Result::Error, IOERR)
-                }
+            let end = match allowed.map(|()| op.result) {
+                Err(why) => self.refused(why, what, None),
                 Ok(Err(e)) => {
                     log::warn!("{}: blk {what}: {e}", self.initiator);
-                    (stats::Result::Error, IOERR)
+                    Status::IOERR
                 }
-                Ok(Ok(())) => (stats::Result::Ok, OK),
+                Ok(Ok(())) => Status::OK,
             };
+            let ok = end == Status::OK;
             let (kind, bytes) = if done.write {
                 (Op::Write, done.len)
             } else {
-                (Op::Read, if code == OK { done.len } else { 0 })
+                (Op::Read, if ok { done.len } else { 0 })
             };
-            self.stats.record(kind, result, bytes, took);
-            done.status.copy_from(&[code]);
-            let written = if code == OK && !done.write {
-                done.len
-            } else {
-                0
-            };
+            self.stats.record(kind, end.result(), bytes, took);
+            done.status.copy_from(&[end.code]);
+            let written = if ok && !done.write { done.len } else { 0 };
             // A batched request is at most ADMISSION_CHUNK long.
             lens.push(written as u32 + 1);
         }
     }
 
     /// Counts a completed request (see `stats.rs`).
-    fn count(
-        &self,
-        readable: &[crate::image::Buf],
-        code: u8,
-        written: usize,
-        took: std::time::Duration,
-    ) {
+    fn count(&self, readable: &[Buf], end: Status, written: usize, took: Duration) {
         let mut header = [0u8; 4];
-        virtqueue::read_bytes(readable, &mut header);
+        buffers::read_bytes(readable, &mut header);
         let (op, bytes) = match u32::from_le_bytes(header) {
             VIRTIO_BLK_T_IN => (Op::Read, written as u64),
             VIRTIO_BLK_T_OUT => (
                 Op::Write,
-                virtqueue::total(readable).saturating_sub(HEADER_LEN) as u64,
+                buffers::total(readable).saturating_sub(HEADER_LEN) as u64,
             ),
             VIRTIO_BLK_T_FLUSH => (Op::Flush, 0),
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => (Op::Discard, 0),
             _ => (Op::Other, 0),
         };
-        let result = if code == VIRTIO_BLK_S_OK as u8 {
-            stats::Result::Ok
-        } else if stats::take_conflict() {
-            stats::Result::Conflict
-        } else {
-            stats::Result::Error
-        };
-        self.stats.record(op, result, bytes, took);
+        self.stats.record(op, end.result(), bytes, took);
     }
 
     /// Returns the status and the number of data bytes written to `data_in`.
-    fn execute(
-        &self,
-        readable: &[crate::image::Buf],
-        data_in: &[crate::image::Buf],
-    ) -> (u8, usize) {
-        const OK: u8 = VIRTIO_BLK_S_OK as u8;
-        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-
+    fn execute(&self, readable: &[Buf], data_in: &[Buf]) -> (Status, usize) {
         let mut header = [0u8; HEADER_LEN];
-        if virtqueue::read_bytes(readable, &mut header) < HEADER_LEN {
-            return (IOERR, 0);
+        if buffers::read_bytes(readable, &mut header) < HEADER_LEN {
+            return (Status::IOERR, 0);
         }
-        let Some((_, data_out)) = virtqueue::split_at(readable, HEADER_LEN) else {
-            return (IOERR, 0);
+        let Some((_, data_out)) = buffers::split_at(readable, HEADER_LEN) else {
+            return (Status::IOERR, 0);
         };
-        let in_len = virtqueue::total(data_in);
+        let in_len = buffers::total(data_in);
         let image = &self.lun.image;
         let req =
             match BlkRequest::parse(&header, &data_out, in_len, image.size(), self.read_only()) {
                 Ok(req) => req,
-                Err(status) => return (status, 0),
+                Err(code) => return (Status::of(code), 0),
             };
-        let io = |r: io::Result<()>, what: &str| match r {
-            Ok(()) => OK,
-            Err(e) => {
-                log::warn!("{}: blk {what}: {e}", self.initiator);
-                IOERR
-            }
-        };
-
         match req {
             BlkRequest::Read { offset } => {
                 let r = self.chunked_io(Access::Read, data_in, |bufs, done| {
                     image.read_at(bufs, offset + done)
                 });
-                match self.status(r, "read") {
-                    OK => (OK, in_len),
-                    s => (s, 0),
-                }
+                let end = self.status(r, "read");
+                (end, if end == Status::OK { in_len } else { 0 })
             }
             BlkRequest::Write { offset } => {
                 let durable = !self.lun.write_cache();
@@ -332,21 +282,14 @@ impl BlkDevice {
                 });
                 (self.status(r, "write"), 0)
             }
-            BlkRequest::Flush => {
-                if self.admit(Access::Flush).is_err() {
-                    return (IOERR, 0);
-                }
-                // The flush itself changes no data, so it runs outside the admission: a PR OUT
-                // never waits for a file system sync.
-                (io(image.flush(), "flush"), 0)
-            }
+            BlkRequest::Flush => (self.flush(), 0),
             BlkRequest::GetId => {
                 // Always allowed: identification is not gated (reference access table).
                 let mut id = [0u8; SERIAL_LEN];
                 let serial = self.lun.serial.as_bytes();
                 let n = serial.len().min(SERIAL_LEN);
                 id[..n].copy_from_slice(&serial[..n]);
-                (OK, virtqueue::write_bytes(data_in, &id))
+                (Status::OK, buffers::write_bytes(data_in, &id))
             }
             BlkRequest::DiscardWriteZeroes { discard, segments } => {
                 (self.discard_write_zeroes(discard, segments), 0)
@@ -354,31 +297,26 @@ impl BlkDevice {
         }
     }
 
-    fn admit(&self, access: Access) -> Result<Admitted<'_>, Refusal> {
-        let admitted = self.lun.reservations.admit(&self.initiator, access);
-        match admitted {
-            Err(Refusal::Conflict) => {
-                stats::note_conflict();
-                log::debug!(
-                    "{}: blk {access:?} refused: reservation conflict",
-                    self.initiator
-                );
-            }
-            Err(Refusal::Unavailable) => log::debug!(
-                "{}: blk {access:?} failed: the shared reservation state is out of reach",
-                self.initiator
-            ),
-            Ok(_) => {}
+    /// FLUSH (virtio 1.2 §5.2.6.1), admitted like any access.
+    fn flush(&self) -> Status {
+        let access = Access::Flush;
+        if let Err(why) = self.lun.reservations.admit(&self.initiator, access) {
+            return self.refused(why, format_args!("{access:?}"), None);
         }
-        admitted
+        // The flush itself changes no data, so it runs outside the admission: a PR OUT never
+        // waits for a file system sync.
+        match self.lun.image.flush() {
+            Ok(()) => Status::OK,
+            Err(e) => {
+                log::warn!("{}: blk flush: {e}", self.initiator);
+                Status::IOERR
+            }
+        }
     }
 
     /// DISCARD and WRITE_ZEROES (virtio 1.2 §5.2.6.2) of segments [`BlkRequest::parse`] has
     /// validated, all of them before any is applied, so a bad request changes nothing.
-    fn discard_write_zeroes(&self, discard: bool, segments: Segments) -> u8 {
-        const OK: u8 = VIRTIO_BLK_S_OK as u8;
-        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-
+    fn discard_write_zeroes(&self, discard: bool, segments: Segments) -> Status {
         let what = if discard { "discard" } else { "write-zeroes" };
         for (offset, bytes, unmap) in segments {
             let image = &self.lun.image;
@@ -391,15 +329,16 @@ impl BlkDevice {
                         image.write_zeroes(offset + done, n, unmap)
                     }
                 });
-            if self.status(r, what) != OK {
-                return IOERR;
+            let end = self.status(r, what);
+            if end != Status::OK {
+                return end;
             }
         }
         match self.lun.sync_if_write_through() {
-            Ok(()) => OK,
+            Ok(()) => Status::OK,
             Err(e) => {
                 log::warn!("{}: blk {what}: sync: {e}", self.initiator);
-                IOERR
+                Status::IOERR
             }
         }
     }
@@ -412,11 +351,11 @@ impl BlkDevice {
         bufs: &[Buf],
         mut op: impl FnMut(&[Buf], u64) -> io::Result<()>,
     ) -> Result<(), ChunkError> {
-        let mut rest: virtqueue::Bufs = bufs.iter().copied().collect();
-        let len = virtqueue::total(bufs) as u64;
+        let mut rest: Bufs = bufs.iter().copied().collect();
+        let len = buffers::total(bufs) as u64;
         self.lun
             .admitted_chunks(&self.initiator, access, len, |done, n| {
-                let (piece, tail) = virtqueue::split_at(&rest, n as usize)
+                let (piece, tail) = buffers::split_at(&rest, n as usize)
                     .ok_or_else(|| io::Error::other("buffer shorter than the request"))?;
                 rest = tail;
                 op(&piece, done)
@@ -424,29 +363,87 @@ impl BlkDevice {
     }
 
     /// The status of a chunked operation, logging what went wrong.
-    fn status(&self, r: Result<(), ChunkError>, what: &str) -> u8 {
+    fn status(&self, r: Result<(), ChunkError>, what: &str) -> Status {
         match r {
-            Ok(()) => VIRTIO_BLK_S_OK as u8,
-            Err(ChunkError::Conflict { done }) => {
-                stats::note_conflict();
-                log::debug!(
-                    "{}: blk {what} refused after {done} bytes: reservation conflict",
-                    self.initiator
-                );
-                VIRTIO_BLK_S_IOERR as u8
-            }
+            Ok(()) => Status::OK,
+            Err(ChunkError::Conflict { done }) => self.refused(Refusal::Conflict, what, Some(done)),
             Err(ChunkError::Unavailable { done }) => {
-                log::debug!(
-                    "{}: blk {what} failed after {done} bytes: the shared reservation state is \
-                     out of reach",
-                    self.initiator
-                );
-                VIRTIO_BLK_S_IOERR as u8
+                self.refused(Refusal::Unavailable, what, Some(done))
             }
             Err(ChunkError::Io(e)) => {
                 log::warn!("{}: blk {what}: {e}", self.initiator);
-                VIRTIO_BLK_S_IOERR as u8
+                Status::IOERR
             }
+        }
+    }
+
+    /// The status of a request the reservation refused (`done` bytes in, for one done in
+    /// pieces), logged.
+    fn refused(&self, why: Refusal, what: impl fmt::Display, done: Option<u64>) -> Status {
+        let after = After(done);
+        match why {
+            Refusal::Conflict => {
+                log::debug!(
+                    "{}: blk {what} refused{after}: reservation conflict",
+                    self.initiator
+                );
+                Status::CONFLICT
+            }
+            Refusal::Unavailable => {
+                log::debug!(
+                    "{}: blk {what} failed{after}: the shared reservation state is out of reach",
+                    self.initiator
+                );
+                Status::IOERR
+            }
+        }
+    }
+}
+
+/// How a request ended: its status byte (virtio 1.2 §5.2.6), and whether the reservation refused
+/// it. virtio-blk answers a refusal with IOERR like any failure; the counters tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Status {
+    code: u8,
+    conflict: bool,
+}
+
+impl Status {
+    const OK: Status = Status::of(VIRTIO_BLK_S_OK as u8);
+    const IOERR: Status = Status::of(VIRTIO_BLK_S_IOERR as u8);
+    /// Refused by the reservation rules (RESERVATION CONFLICT on scsi).
+    const CONFLICT: Status = Status {
+        code: VIRTIO_BLK_S_IOERR as u8,
+        conflict: true,
+    };
+
+    const fn of(code: u8) -> Self {
+        Status {
+            code,
+            conflict: false,
+        }
+    }
+
+    /// What the counters make of it (see `stats.rs`).
+    fn result(self) -> stats::Result {
+        if self == Status::OK {
+            stats::Result::Ok
+        } else if self.conflict {
+            stats::Result::Conflict
+        } else {
+            stats::Result::Error
+        }
+    }
+}
+
+/// " after N bytes" in the log of a request refused part way through its pieces.
+struct After(Option<u64>);
+
+impl fmt::Display for After {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            Some(done) => write!(f, " after {done} bytes"),
+            None => Ok(()),
         }
     }
 }
@@ -480,7 +477,7 @@ impl BlkRequest {
 
         let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-        let out_len = virtqueue::total(data_out);
+        let out_len = buffers::total(data_out);
         match req_type {
             VIRTIO_BLK_T_IN => {
                 let offset = data_range(sector, in_len, out_len, size).ok_or(IOERR)?;
@@ -523,7 +520,7 @@ fn dwz_segments(discard: bool, data_out: &[Buf], in_len: usize, size: u64) -> Re
     const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
     const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
-    let len = virtqueue::total(data_out);
+    let len = buffers::total(data_out);
     if in_len != 0 || len == 0 || !len.is_multiple_of(DWZ_SEG_LEN) {
         return Err(IOERR);
     }
@@ -532,7 +529,7 @@ fn dwz_segments(discard: bool, data_out: &[Buf], in_len: usize, size: u64) -> Re
     }
     let mut raw = [0u8; DWZ_SEG_LEN * MAX_DWZ_SEG as usize];
     let raw = &mut raw[..len];
-    virtqueue::read_bytes(data_out, raw);
+    buffers::read_bytes(data_out, raw);
     let mut segments = Segments::new();
     for seg in raw.chunks_exact(DWZ_SEG_LEN) {
         let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
@@ -571,7 +568,7 @@ fn within_limits(chain: &DescriptorChain<&Mem>) -> bool {
 
 impl Quiesce for BlkBackend {
     fn quiesce(&self) {
-        self.0.gate.close();
+        self.0.latch.close();
     }
 }
 
@@ -588,21 +585,21 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn features(&self) -> u64 {
-        let mut f = bit(VIRTIO_F_VERSION_1)
-            | bit(VIRTIO_RING_F_EVENT_IDX)
-            | bit(VIRTIO_RING_F_INDIRECT_DESC)
-            | bit(VIRTIO_BLK_F_SEG_MAX)
-            | bit(VIRTIO_BLK_F_SIZE_MAX)
-            | bit(VIRTIO_BLK_F_BLK_SIZE)
-            | bit(VIRTIO_BLK_F_FLUSH)
-            | bit(VIRTIO_BLK_F_CONFIG_WCE)
-            | bit(VIRTIO_BLK_F_TOPOLOGY)
-            | bit(VIRTIO_BLK_F_MQ)
+        let mut f = feature(VIRTIO_F_VERSION_1)
+            | feature(VIRTIO_RING_F_EVENT_IDX)
+            | feature(VIRTIO_RING_F_INDIRECT_DESC)
+            | feature(VIRTIO_BLK_F_SEG_MAX)
+            | feature(VIRTIO_BLK_F_SIZE_MAX)
+            | feature(VIRTIO_BLK_F_BLK_SIZE)
+            | feature(VIRTIO_BLK_F_FLUSH)
+            | feature(VIRTIO_BLK_F_CONFIG_WCE)
+            | feature(VIRTIO_BLK_F_TOPOLOGY)
+            | feature(VIRTIO_BLK_F_MQ)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if self.0.read_only() {
-            f |= bit(VIRTIO_BLK_F_RO);
+            f |= feature(VIRTIO_BLK_F_RO);
         } else {
-            f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+            f |= feature(VIRTIO_BLK_F_DISCARD) | feature(VIRTIO_BLK_F_WRITE_ZEROES);
         }
         f
     }
@@ -667,14 +664,14 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         };
         let d = &self.0;
-        let Some(_open) = d.gate.enter() else {
+        let Some(_open) = d.latch.enter() else {
             return Ok(());
         };
         virtqueue::drain_queue(
             vring,
             &d.mem,
             d.event_idx.load(Ordering::Relaxed),
-            &d.gate,
+            &d.latch,
             d.poll,
             &mut BlkQueue(d),
         )
@@ -701,7 +698,7 @@ struct Pending<'m> {
 impl<'m> BlkBatch<'m> {
     fn push(&mut self, op: IoOp<'m>, status: Buf<'m>) {
         self.start.get_or_insert_with(Instant::now);
-        let len = virtqueue::total(&op.bufs) as u64;
+        let len = buffers::total(&op.bufs) as u64;
         let write = op.write;
         self.ops.push(op);
         self.done.push(Pending { status, write, len });

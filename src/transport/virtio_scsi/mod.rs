@@ -15,15 +15,17 @@ use virtio_queue::DescriptorChain;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::image::buffers::{self, Buf, Bufs};
 use crate::image::IoOp;
 use crate::lun::fnv1a;
 use crate::ops::stats::{self, DeviceStats, Op};
 use crate::pr::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
+use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
 use crate::transport::virtqueue::{
-    self, AtomicMem, Buf, Chain, EachAtOnce, ExitEvents, Gate, Handler, Mem, Quiesce, Reply, Slot,
-    UsedLens, Vring,
+    self, feature, AtomicMem, Chain, EachAtOnce, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch,
+    Reply, Slot, UsedLens, Vring,
 };
 
 /// Request queues we advertise, on top of the control and event queues.
@@ -78,7 +80,7 @@ pub struct ScsiDevice {
     event_idx: AtomicBool,
     exit: ExitEvents,
     /// Closed before the daemon ends this connection.
-    gate: Gate,
+    latch: QuiesceLatch,
     /// This guest alone sees a write-protected disk (`guest.read_only` in the configuration).
     guest_read_only: bool,
     stats: Arc<DeviceStats>,
@@ -118,7 +120,7 @@ impl ScsiBackend {
             mem,
             event_idx: AtomicBool::new(false),
             exit,
-            gate: Gate::default(),
+            latch: QuiesceLatch::default(),
             guest_read_only: read_only,
             stats,
             poll,
@@ -137,89 +139,86 @@ impl ScsiDevice {
         slot: Slot,
         batch: &mut ScsiBatch<'m>,
     ) -> Reply {
-        let chain = match Chain::parse(mem, chain) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("{}: scsi: dropping request: {e}", self.initiator);
-                return Reply::Done(0);
-            }
+        let req = match self.parse_request(mem, chain) {
+            Ok(req) => req,
+            Err(reply) => return reply,
         };
-        let Some((resp_buf, data_in)) = virtqueue::split_at(&chain.writable, RESP_LEN) else {
-            log::warn!(
-                "{}: scsi: request without room for a response",
-                self.initiator
-            );
-            return Reply::Done(0);
-        };
-        let mut resp = [0u8; RESP_LEN];
-        let mut header = [0u8; REQ_HEADER_LEN];
-        let data_out = match virtqueue::split_at(&chain.readable, REQ_HEADER_LEN) {
-            Some((_, out)) => {
-                virtqueue::read_bytes(&chain.readable, &mut header);
-                out
-            }
-            None => {
-                resp[11] = VIRTIO_SCSI_S_FAILURE as u8;
-                virtqueue::write_bytes(&resp_buf, &resp);
-                return Reply::Done(RESP_LEN as u32);
-            }
-        };
-        let in_cap = virtqueue::total(&data_in);
-        let out_len = virtqueue::total(&data_out);
-        let cdb = &header[19..19 + CDB_SIZE];
-        // PR OUT is the one command whose replay after a reconnection must not run again.
-        let is_prout = cdb[0] == PERSISTENT_RESERVE_OUT;
+        let (data_out, data_in) = (DataOut::new(&req.data_out), DataIn::new(&req.data_in));
+        let (in_cap, out_len) = (data_in.capacity(), data_out.len());
+        let cdb = req.cdb();
         let start = std::time::Instant::now();
-        let outcome = match decode_lun(&header[..8]) {
+        let outcome = match decode_lun(&req.header[..8]) {
             Address::BadTarget => {
-                resp[11] = VIRTIO_SCSI_S_BAD_TARGET as u8;
-                virtqueue::write_bytes(&resp_buf, &resp);
-                return Reply::Done(RESP_LEN as u32);
+                return Reply::Done(failure(&req.resp_buf, VIRTIO_SCSI_S_BAD_TARGET));
             }
-            Address::MissingLun => self.target.execute_missing_lun(cdb, &data_in),
-            Address::Lun0 if !is_prout => {
-                match self.target.start_for(
-                    &self.initiator,
-                    self.guest_read_only,
-                    cdb,
-                    &data_out,
-                    &data_in,
-                ) {
-                    Started::Done(outcome) => outcome,
-                    Started::Io(io) => {
-                        let mut cdb_copy = [0u8; CDB_SIZE];
-                        cdb_copy.copy_from_slice(cdb);
-                        batch.ops.push(io);
-                        batch.pending.push(PendingCommand {
-                            resp_buf,
-                            cdb: cdb_copy,
-                            in_cap,
-                            out_len,
-                            start,
-                        });
-                        return Reply::Deferred;
-                    }
-                }
-            }
-            Address::Lun0 => {
-                let origin = is_prout.then(|| Origin {
+            Address::MissingLun => self.target.execute_missing_lun(cdb, data_in),
+            // PR OUT is the one command whose replay after a reconnection must not run again.
+            Address::Lun0 if cdb[0] == PERSISTENT_RESERVE_OUT => {
+                let origin = Origin {
                     connection: self.connection,
                     ring,
                     slot,
-                    digest: request_digest(&header, &data_out),
-                });
+                    digest: request_digest(&req.header, &req.data_out),
+                };
                 self.target.execute_for(
                     &self.initiator,
                     self.guest_read_only,
                     cdb,
-                    &data_out,
-                    &data_in,
-                    origin.as_ref(),
+                    data_out,
+                    data_in,
+                    Some(&origin),
                 )
+            }
+            Address::Lun0 => {
+                let started = self.target.start_for(
+                    &self.initiator,
+                    self.guest_read_only,
+                    cdb,
+                    data_out,
+                    data_in,
+                );
+                match started {
+                    Started::Done(outcome) => outcome,
+                    Started::Io(io) => {
+                        batch.push(io, req, in_cap, out_len, start);
+                        return Reply::Deferred;
+                    }
+                }
             }
         };
         self.count(cdb, &outcome, start.elapsed());
-        Reply::Done(Self::respond(&resp_buf, outcome, in_cap, out_len))
+        Reply::Done(Self::respond(&req.resp_buf, outcome, in_cap, out_len))
+    }
+
+    /// Splits a command request's chain into its header, data and response buffers (virtio 1.2
+    /// §5.6.6.1). `Err` is the reply of a request that goes no further.
+    fn parse_request<'m>(
+        &self,
+        mem: &'m Mem,
+        chain: DescriptorChain<&'m Mem>,
+    ) -> Result<CmdRequest<'m>, Reply> {
+        let chain = Chain::parse(mem, chain).map_err(|e| {
+            log::warn!("{}: scsi: dropping request: {e}", self.initiator);
+            Reply::Done(0)
+        })?;
+        let Some((resp_buf, data_in)) = buffers::split_at(&chain.writable, RESP_LEN) else {
+            log::warn!(
+                "{}: scsi: request without room for a response",
+                self.initiator
+            );
+            return Err(Reply::Done(0));
+        };
+        let Some((_, data_out)) = buffers::split_at(&chain.readable, REQ_HEADER_LEN) else {
+            return Err(Reply::Done(failure(&resp_buf, VIRTIO_SCSI_S_FAILURE)));
+        };
+        let mut header = [0u8; REQ_HEADER_LEN];
+        buffers::read_bytes(&chain.readable, &mut header);
+        Ok(CmdRequest {
+            header,
+            resp_buf,
+            data_out,
+            data_in,
+        })
     }
 
     /// Writes the response of a command (virtio 1.2 §5.6.6.1) into `resp_buf`; returns the
@@ -234,7 +233,7 @@ impl ScsiDevice {
         // The residual counts what was not transferred in the command's data direction.
         let resid = if in_cap > 0 {
             in_cap - written
-        } else if status == crate::scsi::target::GOOD {
+        } else if status == GOOD {
             0
         } else {
             out_len
@@ -247,7 +246,7 @@ impl ScsiDevice {
         resp[4..8].copy_from_slice(&(resid.min(u32::MAX as usize) as u32).to_le_bytes());
         resp[10] = status;
         resp[11] = VIRTIO_SCSI_S_OK as u8;
-        virtqueue::write_bytes(resp_buf, &resp);
+        buffers::write_bytes(resp_buf, &resp);
         (RESP_LEN + written) as u32
     }
 
@@ -305,12 +304,12 @@ impl ScsiDevice {
             return 0;
         };
         let mut req = [0u8; 24];
-        let n = virtqueue::read_bytes(&chain.readable, &mut req);
+        let n = buffers::read_bytes(&chain.readable, &mut req);
         let kind = u32::from_le_bytes([req[0], req[1], req[2], req[3]]);
         match kind {
             // A TMF without room for its response is malformed: it is not carried out, since
             // the driver could never learn that it was.
-            VIRTIO_SCSI_T_TMF if n >= 24 && virtqueue::total(&chain.writable) > 0 => {
+            VIRTIO_SCSI_T_TMF if n >= 24 && buffers::total(&chain.writable) > 0 => {
                 let subtype = u32::from_le_bytes([req[4], req[5], req[6], req[7]]);
                 let response = match decode_lun(&req[8..16]) {
                     Address::BadTarget => VIRTIO_SCSI_S_BAD_TARGET,
@@ -321,13 +320,13 @@ impl ScsiDevice {
                     }
                     Address::MissingLun | Address::Lun0 => self.tmf(subtype),
                 };
-                virtqueue::write_bytes(&chain.writable, &[response as u8]) as u32
+                buffers::write_bytes(&chain.writable, &[response as u8]) as u32
             }
             VIRTIO_SCSI_T_AN_QUERY | VIRTIO_SCSI_T_AN_SUBSCRIBE if n >= 16 => {
                 // event_actual = 0: we report no asynchronous events.
                 let mut resp = [0u8; 5];
                 resp[4] = VIRTIO_SCSI_S_OK as u8;
-                virtqueue::write_bytes(&chain.writable, &resp) as u32
+                buffers::write_bytes(&chain.writable, &resp) as u32
             }
             _ => {
                 log::debug!("{}: scsi: malformed control request", self.initiator);
@@ -375,23 +374,44 @@ impl ScsiDevice {
     }
 }
 
+/// A command request's parts (virtio 1.2 §5.6.6.1): `virtio_scsi_cmd_req` and the buffers
+/// around it.
+struct CmdRequest<'m> {
+    header: [u8; REQ_HEADER_LEN],
+    /// Room for `virtio_scsi_cmd_resp`.
+    resp_buf: Bufs<'m>,
+    data_out: Bufs<'m>,
+    data_in: Bufs<'m>,
+}
+
+impl CmdRequest<'_> {
+    fn cdb(&self) -> &[u8] {
+        &self.header[19..19 + CDB_SIZE]
+    }
+}
+
+/// Writes a response that carries only `response` (a request that did not reach a LUN); returns
+/// the bytes written into the chain.
+fn failure(resp_buf: &[Buf], response: u32) -> u32 {
+    let mut resp = [0u8; RESP_LEN];
+    resp[11] = response as u8;
+    buffers::write_bytes(resp_buf, &resp);
+    RESP_LEN as u32
+}
+
 /// What identifies a request's bytes: the virtio-scsi header (LUN, tag, attributes, CDB) and the
 /// start of its data-out buffer.
-fn request_digest(header: &[u8], data_out: &[crate::image::Buf]) -> u64 {
+fn request_digest(header: &[u8], data_out: &[Buf]) -> u64 {
     let mut bytes = header.to_vec();
-    let mut params = vec![0u8; virtqueue::total(data_out).min(DIGEST_PARAM_BYTES)];
-    virtqueue::read_bytes(data_out, &mut params);
+    let mut params = vec![0u8; buffers::total(data_out).min(DIGEST_PARAM_BYTES)];
+    buffers::read_bytes(data_out, &mut params);
     bytes.extend_from_slice(&params);
     fnv1a(&bytes)
 }
 
-fn bit(b: u32) -> u64 {
-    1u64 << b
-}
-
 impl Quiesce for ScsiBackend {
     fn quiesce(&self) {
-        self.0.gate.close();
+        self.0.latch.close();
     }
 }
 
@@ -413,11 +433,11 @@ impl VhostUserBackend for ScsiBackend {
     /// firmware-then-kernel cycle on which vhost-device-scsi breaks. We list them; we simply never
     /// send such events.
     fn features(&self) -> u64 {
-        bit(VIRTIO_F_VERSION_1)
-            | bit(VIRTIO_RING_F_EVENT_IDX)
-            | bit(VIRTIO_RING_F_INDIRECT_DESC)
-            | bit(VIRTIO_SCSI_F_HOTPLUG)
-            | bit(VIRTIO_SCSI_F_CHANGE)
+        feature(VIRTIO_F_VERSION_1)
+            | feature(VIRTIO_RING_F_EVENT_IDX)
+            | feature(VIRTIO_RING_F_INDIRECT_DESC)
+            | feature(VIRTIO_SCSI_F_HOTPLUG)
+            | feature(VIRTIO_SCSI_F_CHANGE)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
@@ -458,7 +478,7 @@ impl VhostUserBackend for ScsiBackend {
             return Ok(());
         };
         let d = &self.0;
-        let Some(_open) = d.gate.enter() else {
+        let Some(_open) = d.latch.enter() else {
             return Ok(());
         };
         let event_idx = d.event_idx.load(Ordering::Relaxed);
@@ -470,7 +490,7 @@ impl VhostUserBackend for ScsiBackend {
                     vring,
                     &d.mem,
                     event_idx,
-                    &d.gate,
+                    &d.latch,
                     Duration::ZERO,
                     &mut control,
                 )?;
@@ -485,7 +505,7 @@ impl VhostUserBackend for ScsiBackend {
             served: false,
         };
         let drained =
-            virtqueue::drain_queue(vring, &d.mem, event_idx, &d.gate, d.poll, &mut requests);
+            virtqueue::drain_queue(vring, &d.mem, event_idx, &d.latch, d.poll, &mut requests);
         if requests.served {
             // Every request taken so far is completed in the used ring, and replays (the first
             // requests after a start) are over: no record of this ring can match again.
@@ -503,8 +523,32 @@ struct ScsiBatch<'m> {
     pending: Vec<PendingCommand<'m>>,
 }
 
+impl<'m> ScsiBatch<'m> {
+    /// Defers `io`, the image I/O of `req`, whose data buffers hold `in_cap` and `out_len`
+    /// bytes, to the end of the round.
+    fn push(
+        &mut self,
+        io: IoOp<'m>,
+        req: CmdRequest<'m>,
+        in_cap: usize,
+        out_len: usize,
+        start: std::time::Instant,
+    ) {
+        let mut cdb = [0u8; CDB_SIZE];
+        cdb.copy_from_slice(req.cdb());
+        self.ops.push(io);
+        self.pending.push(PendingCommand {
+            resp_buf: req.resp_buf,
+            cdb,
+            in_cap,
+            out_len,
+            start,
+        });
+    }
+}
+
 struct PendingCommand<'m> {
-    resp_buf: virtqueue::Bufs<'m>,
+    resp_buf: Bufs<'m>,
     cdb: [u8; CDB_SIZE],
     in_cap: usize,
     out_len: usize,

@@ -1,0 +1,65 @@
+//! Turning a guest's descriptor chain into bounded lists of memory slices.
+//!
+//! Descriptor chains are hostile input. Every address is resolved through `GuestMemory`, which
+//! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
+
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestMemory, Permissions};
+
+use super::Mem;
+use crate::image::Bufs;
+
+/// Why a chain could not be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// A descriptor names memory outside guest RAM.
+    #[error("descriptor points outside guest memory")]
+    BadAddress,
+    /// A device-readable descriptor follows a device-writable one (virtio 1.2 §2.7.4.2).
+    #[error("device-readable descriptor after a device-writable one")]
+    Order,
+    /// virtio-queue ends a chain silently where it loops, leaves the table, or reaches 4 GiB
+    /// (which a used length could not count); the last descriptor then still says NEXT.
+    #[error("chain broken off (a loop, a next index outside the table, or 4 GiB or more)")]
+    BrokenOff,
+}
+
+/// A chain split into what the device reads (driver -> device) and writes (device -> driver).
+pub struct Chain<'m> {
+    pub readable: Bufs<'m>,
+    pub writable: Bufs<'m>,
+}
+
+impl<'m> Chain<'m> {
+    pub fn parse(mem: &'m Mem, chain: DescriptorChain<&'m Mem>) -> Result<Self, ChainError> {
+        let mut readable = Bufs::new();
+        let mut writable = Bufs::new();
+        let mut more = false;
+        for desc in chain {
+            more = desc.has_next();
+            // virtio 1.2 §2.7.4.2: all device-readable descriptors come first.
+            let list = if desc.is_write_only() {
+                &mut writable
+            } else if writable.is_empty() {
+                &mut readable
+            } else {
+                return Err(ChainError::Order);
+            };
+            let access = if desc.is_write_only() {
+                Permissions::Write
+            } else {
+                Permissions::Read
+            };
+            let slices = mem
+                .get_slices(desc.addr(), desc.len() as usize, access)
+                .map_err(|_| ChainError::BadAddress)?;
+            for slice in slices {
+                list.push(slice.map_err(|_| ChainError::BadAddress)?);
+            }
+        }
+        if more {
+            return Err(ChainError::BrokenOff);
+        }
+        Ok(Chain { readable, writable })
+    }
+}
