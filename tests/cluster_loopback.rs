@@ -17,7 +17,7 @@ use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
 use sharedisk::image::{Buf, IoOp};
 use sharedisk::pr::cluster::ClusterConfig;
-use sharedisk::pr::fencing::{HostAction, Refusal};
+use sharedisk::pr::fencing::{OperatorAction, Refusal};
 use sharedisk::pr::{Access, PrStatus, ProutRequest, ResType, ServiceAction};
 use sharedisk::scsi::sense;
 
@@ -108,7 +108,8 @@ fn two_daemons_share_one_state_and_fence_without_etcd() {
     );
     assert_eq!(ra.admit("a", Access::Write).err(), Some(Refusal::Conflict));
     assert!(rb.admit("b", Access::Write).is_ok());
-    let (ea, eb) = (ra.held().0, rb.held().0);
+    let epoch = |r: &sharedisk::pr::fencing::Reservations| r.cluster_view().map(|v| v.epoch);
+    let (ea, eb) = (epoch(ra), epoch(rb));
     assert_eq!(ea, eb, "both daemons hold the same epoch");
 
     // etcd stops answering: each daemon admits until its lease ends, holds new I/O for
@@ -209,7 +210,7 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> (PrStatus, bool, Durat
     submit_write(&mut f, SECTOR, b'L');
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
-    let status = a.arbiter().host(&HostAction::Preempt {
+    let status = a.arbiter().operator(&OperatorAction::Preempt {
         victim: "v".into(),
         abort: true,
     });

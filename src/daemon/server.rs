@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError, GuestConfig};
 use crate::image::{FileImage, Image, OpenMode};
 use crate::lun::Lun;
 use crate::ops::stats::{DeviceStats, Stats};
-use crate::pr::cluster::{self, Membership};
+use crate::pr::backend;
 use crate::pr::fencing::Reservations;
 use crate::pr::replay::ReplayLog;
 use crate::pr::state_file::{ImageIdentity, Saved, StateError, StateStore};
@@ -55,8 +55,6 @@ pub struct Server {
     stats: Arc<Stats>,
     config: Config,
     sockets: Vec<GuestSockets>,
-    /// Cluster mode: this daemon's membership (it keeps the read lease).
-    cluster: Option<Membership>,
 }
 
 /// The socket threads of one guest, stopped together.
@@ -142,29 +140,21 @@ impl Server {
                 None => (Arbiter::new(initiators), ReplayLog::default()),
             }
         };
-        let mut reservations = Reservations::new(arbiter, Some(store)).with_replay_log(replay);
-        let joined = match &config.cluster {
-            None => None,
-            Some(c) => {
-                let local = reservations.with(|a| a.snapshot());
-                let joined = cluster::join(c, &config.guest_names(), &local)
-                    .map_err(ServerError::Cluster)?;
-                let arbiter =
-                    Arbiter::from_state(joined.remote.state.clone(), config.guest_names());
-                reservations = reservations.with_arbiter(arbiter).shared(
-                    joined.shared.clone(),
-                    joined.remote.epoch,
-                    joined.remote.version,
-                );
-                Some(joined)
-            }
-        };
+        let mut reservations =
+            Reservations::new(arbiter, Some(store.clone())).with_replay_log(replay);
+        if let Some(c) = &config.cluster {
+            let local = reservations.with(|a| a.snapshot());
+            let (shared, state) = backend::join(c, &config.guest_names(), &local, Some(store))
+                .map_err(|e| ServerError::Cluster(e.to_string()))?;
+            let arbiter = Arbiter::from_state(state, config.guest_names());
+            reservations = reservations.with_arbiter(arbiter).with_backend(shared);
+        }
         let mut lun = Lun::new(wrap(Box::new(image)), reservations, &identity.path);
         if let Some(c) = &config.cluster {
             lun = lun.identified_by(&c.disk_id);
         }
         let lun = Arc::new(lun);
-        let cluster = joined.map(|j| j.start(lun.clone()));
+        lun.reservations.start(lun.clone());
         log::info!(
             "serving {} ({} bytes{}), serial {}, to {}",
             config.image.display(),
@@ -187,7 +177,6 @@ impl Server {
             stats: Arc::default(),
             config,
             sockets: Vec::new(),
-            cluster,
         };
         for guest in server.config.guests.clone() {
             server.serve_guest(&guest)?;
@@ -214,9 +203,7 @@ impl Server {
         config.validate()?;
         self.serve_guest(&guest)?;
         self.config = config;
-        if let Some(c) = &self.cluster {
-            c.host(&guest.name);
-        }
+        self.lun.reservations.serve(&guest.name);
         // A new initiator: known for REGISTER AND MOVE, and told of the power on.
         self.lun
             .reservations
@@ -232,9 +219,7 @@ impl Server {
         };
         self.sockets.remove(i).stop();
         self.config.guests.retain(|g| g.name != name);
-        if let Some(c) = &self.cluster {
-            c.unhost(name);
-        }
+        self.lun.reservations.unserve(name);
         true
     }
 
@@ -382,14 +367,12 @@ impl Server {
         for mut s in self.sockets.drain(..) {
             s.stop();
         }
-        if let Some(c) = &mut self.cluster {
-            c.stop();
-        }
+        self.lun.reservations.stop();
     }
 
     /// Cluster mode: `sharedisk ctl cluster status`; `None` on one host.
     pub fn cluster_status(&self) -> Option<serde_json::Value> {
-        self.cluster.as_ref().map(|c| c.status(&self.lun))
+        self.lun.reservations.cluster_status()
     }
 }
 

@@ -14,14 +14,17 @@
 //!
 //! Without a `[cluster]` section none of this runs and nothing changes.
 
+#[cfg(feature = "cluster")]
+pub mod backend;
+#[cfg(feature = "cluster")]
+mod endpoints;
+#[cfg(feature = "cluster")]
+pub mod etcd;
+#[cfg(feature = "cluster")]
 pub mod lease;
 
 #[cfg(feature = "cluster")]
-mod endpoints;
-
-#[cfg(feature = "cluster")]
-pub mod etcd;
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -191,101 +194,16 @@ impl ClusterConfig {
     }
 }
 
-/// This daemon's place in the cluster once joined (see [`join`]); nothing on one host.
-pub struct Joined {
-    /// The arbiter's side of the shared state.
-    pub shared: std::sync::Arc<dyn crate::pr::fencing::SharedState>,
-    /// The newest shared state, to start from.
-    pub remote: crate::pr::fencing::Remote,
-    #[cfg(feature = "cluster")]
-    state: std::sync::Arc<etcd::EtcdState>,
-}
-
-/// The running membership: keeps the read lease until [`Membership::stop`].
-pub struct Membership {
-    #[cfg(feature = "cluster")]
-    agent: etcd::Agent,
-}
-
-/// Joins the cluster `cfg` names (see `etcd.rs`): the daemon then starts from the state the
-/// cluster holds, importing `local` if it is the first daemon of this disk.
+/// Joins the cluster `cfg` names (see `etcd.rs`): the daemon then starts from the newest shared
+/// state (returned with the backend), importing `local` if it is the first daemon of this disk.
+/// `store` keeps a local copy of the shared state.
+#[cfg(feature = "cluster")]
 pub fn join(
     cfg: &ClusterConfig,
     guests: &[String],
     local: &crate::pr::PrState,
-) -> Result<Joined, String> {
-    #[cfg(feature = "cluster")]
-    {
-        let (state, remote) =
-            etcd::EtcdState::join(cfg, guests, local).map_err(|e| e.to_string())?;
-        Ok(Joined {
-            shared: state.clone(),
-            remote,
-            state,
-        })
-    }
-    #[cfg(not(feature = "cluster"))]
-    {
-        let _ = (cfg, guests, local);
-        Err(
-            "this sharedisk was built without cluster support; build it with \
-             `cargo build --release --features cluster` (which needs protoc) to use [cluster]"
-                .into(),
-        )
-    }
-}
-
-impl Joined {
-    /// Starts keeping the lease for `lun`, whose reservations share [`Joined::shared`].
-    pub fn start(self, lun: std::sync::Arc<crate::lun::Lun>) -> Membership {
-        #[cfg(feature = "cluster")]
-        {
-            Membership {
-                agent: etcd::Agent::start(self.state, lun),
-            }
-        }
-        #[cfg(not(feature = "cluster"))]
-        {
-            let _ = lun;
-            Membership {}
-        }
-    }
-}
-
-impl Membership {
-    /// `sharedisk ctl cluster status`: this member, the shared epoch, every member's
-    /// acknowledged epoch and initiators.
-    pub fn status(&self, lun: &crate::lun::Lun) -> serde_json::Value {
-        #[cfg(feature = "cluster")]
-        {
-            self.agent.state().status(lun)
-        }
-        #[cfg(not(feature = "cluster"))]
-        {
-            let _ = lun;
-            serde_json::Value::Null
-        }
-    }
-
-    /// A guest added at run time is one of this daemon's initiators.
-    pub fn host(&self, initiator: &str) {
-        #[cfg(feature = "cluster")]
-        self.agent.state().host(initiator);
-        #[cfg(not(feature = "cluster"))]
-        let _ = initiator;
-    }
-
-    /// A guest removed at run time is not.
-    pub fn unhost(&self, initiator: &str) {
-        #[cfg(feature = "cluster")]
-        self.agent.state().unhost(initiator);
-        #[cfg(not(feature = "cluster"))]
-        let _ = initiator;
-    }
-
-    /// Stops renewing, waits for admitted I/O and leaves the cluster.
-    pub fn stop(&mut self) {
-        #[cfg(feature = "cluster")]
-        self.agent.stop();
-    }
+    store: Option<crate::pr::state_file::StateStore>,
+) -> Result<(Arc<backend::EtcdBackend>, backend::Remote), etcd::ClusterError> {
+    let (state, remote) = etcd::EtcdState::join(cfg, guests, local, store)?;
+    Ok((Arc::new(backend::EtcdBackend::new(state)), remote))
 }
