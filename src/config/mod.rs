@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 pub use crate::image::Aio;
-pub use crate::pr::cluster::ClusterConfig;
+pub use crate::pr::backend::ClusterConfig;
 
 /// Azure's default maxShares is small; 16 keeps thread counts sane on a laptop.
 pub const DEFAULT_MAX_SHARES: usize = 16;
@@ -169,7 +169,8 @@ impl Config {
             });
         }
         if let Some(c) = &self.cluster {
-            c.validate().map_err(ConfigError::Cluster)?;
+            c.validate()
+                .map_err(|e| ConfigError::Cluster(e.to_string()))?;
             if !self.direct {
                 return Err(ConfigError::Cluster(
                     "cluster mode needs the image opened with O_DIRECT (`image.direct`): page \
@@ -271,36 +272,7 @@ impl Config {
                     "cluster:        no (this daemon alone arbitrates the disk)"
                 );
             }
-            Some(c) => {
-                let _ = writeln!(
-                    s,
-                    "cluster:        node {} of disk {} through etcd {}",
-                    c.node,
-                    c.disk_id,
-                    c.etcd.join(",")
-                );
-                let _ = writeln!(
-                    s,
-                    "  read lease {} ms renewed every {} ms, drift {}, max I/O {} ms: a PR OUT \
-                     waits at most {} ms for a member that does not acknowledge",
-                    c.lease_ms,
-                    c.renew_every().as_millis(),
-                    c.drift,
-                    c.max_io_ms,
-                    c.wait_bound().as_millis()
-                );
-                let _ = writeln!(
-                    s,
-                    "  lost lease: I/O held {} ms, then BUSY/IOERR; PR OUT budget {} ms; {}",
-                    c.hold_ms,
-                    c.budget_ms,
-                    if c.fence_hook.is_some() {
-                        "strict mode (fence hook)"
-                    } else {
-                        "soft mode (no fence hook)"
-                    }
-                );
-            }
+            Some(c) => s.push_str(&c.describe()),
         }
         let _ = writeln!(s, "guests:         {}", self.guests.len());
         for g in &self.guests {

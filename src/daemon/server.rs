@@ -142,16 +142,20 @@ impl Server {
         };
         let mut reservations =
             Reservations::new(arbiter, Some(store.clone())).with_replay_log(replay);
+        let mut disk_id = None;
         if let Some(c) = &config.cluster {
             let local = reservations.with(|a| a.snapshot());
-            let (shared, state) = backend::join(c, &config.guest_names(), &local, Some(store))
+            let joined = backend::join(c, &config.guest_names(), &local, Some(store))
                 .map_err(|e| ServerError::Cluster(e.to_string()))?;
-            let arbiter = Arbiter::from_state(state, config.guest_names());
-            reservations = reservations.with_arbiter(arbiter).with_backend(shared);
+            let arbiter = Arbiter::from_state(joined.state, config.guest_names());
+            reservations = reservations
+                .with_arbiter(arbiter)
+                .with_backend(joined.backend);
+            disk_id = Some(joined.disk_id);
         }
         let mut lun = Lun::new(wrap(Box::new(image)), reservations, &identity.path);
-        if let Some(c) = &config.cluster {
-            lun = lun.identified_by(&c.disk_id);
+        if let Some(id) = &disk_id {
+            lun = lun.identified_by(id);
         }
         let lun = Arc::new(lun);
         lun.reservations.start(lun.clone());

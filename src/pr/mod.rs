@@ -3,6 +3,7 @@
 
 pub mod arbiter;
 pub mod backend;
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod fencing;
 pub mod replay;

@@ -19,7 +19,31 @@ use crate::pr::replay::Origin;
 use crate::pr::state_file::StateStore;
 use crate::pr::{Arbiter, PrState, PrStatus, ProutOutcome};
 
+#[cfg(feature = "cluster")]
 pub use crate::pr::cluster::ClusterConfig;
+
+/// `[cluster]` in a build without the `cluster` feature: read as an opaque table only so that
+/// [`join`] refuses it with a clear message when the daemon starts.
+#[cfg(not(feature = "cluster"))]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ClusterConfig(toml::Table);
+
+#[cfg(not(feature = "cluster"))]
+impl ClusterConfig {
+    /// Nothing to check: [`join`] refuses the section.
+    pub fn validate(&self) -> Result<(), JoinError> {
+        Ok(())
+    }
+
+    /// The line `sharedisk` shows for this section when it describes the configuration.
+    pub fn describe(&self) -> String {
+        format!(
+            "cluster:        [cluster] given, but {}\n",
+            JoinError::Unsupported
+        )
+    }
+}
 
 /// One PR change, as the fencing hands it to [`PrBackend::commit`].
 pub struct Change<'a> {
@@ -140,19 +164,32 @@ pub enum JoinError {
     Unsupported,
 }
 
-/// Joins the cluster `cfg` names: returns its backend and the newest shared state, which the
-/// daemon starts from (`local`, this host's state, is imported by the first daemon of a disk;
-/// `store` then keeps a local copy of the shared state).
+/// This daemon in the cluster, once joined (see [`join`]).
+pub struct Joined {
+    /// The shared state's backend, for [`Reservations::with_backend`].
+    pub backend: Arc<dyn PrBackend>,
+    /// The newest shared state, which the daemon starts from.
+    pub state: PrState,
+    /// The disk's id, the same on every host: the LU's identity comes from it.
+    pub disk_id: String,
+}
+
+/// Joins the cluster `cfg` names (`local`, this host's state, is imported by the first daemon of
+/// a disk; `store` then keeps a local copy of the shared state).
 pub fn join(
     cfg: &ClusterConfig,
     guests: &[String],
     local: &PrState,
     store: Option<StateStore>,
-) -> Result<(Arc<dyn PrBackend>, PrState), JoinError> {
+) -> Result<Joined, JoinError> {
     #[cfg(feature = "cluster")]
     {
         let (backend, remote) = crate::pr::cluster::join(cfg, guests, local, store)?;
-        Ok((backend, remote.state))
+        Ok(Joined {
+            backend,
+            state: remote.state,
+            disk_id: cfg.disk_id.clone(),
+        })
     }
     #[cfg(not(feature = "cluster"))]
     {
