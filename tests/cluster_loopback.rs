@@ -49,6 +49,37 @@ fn register(key: u64) -> ProutRequest {
     ProutRequest::new(ServiceAction::Register).sa_key(key)
 }
 
+/// The etcd backend keeps the guarantees every backend keeps (the local one is checked by the
+/// same cases in the unit tests): each case on a new disk in one etcd.
+#[test]
+fn the_etcd_backend_keeps_every_guarantee() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let mut n = 0;
+    sharedisk::pr::backend::conformance::run_all(&mut |case| {
+        n += 1;
+        let node = format!("c{n}");
+        let mut c = Config::new(
+            dir.path().join(format!("disk{n}.img")),
+            dir.path().join(&node),
+            &["a", "b"],
+        );
+        c.size = Some(16 << 20);
+        c.direct = true;
+        c.cluster = Some(ClusterConfig {
+            disk_id: format!("conformance-{n}"),
+            ..cluster(&etcd, &node)
+        });
+        let server = Server::start(c).expect("the daemon joins the cluster");
+        let res = server.arbiter();
+        for i in ["a", "b"] {
+            while res.take_unit_attention(i).is_some() {}
+        }
+        case(res);
+    });
+}
+
 #[test]
 fn two_daemons_share_one_state_and_fence_without_etcd() {
     common::daemon::init_logging();

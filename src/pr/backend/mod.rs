@@ -197,3 +197,9 @@ pub fn join(
         Err(JoinError::Unsupported)
     }
 }
+
+#[doc(hidden)]
+pub mod conformance;
+
+#[cfg(test)]
+mod tests;
