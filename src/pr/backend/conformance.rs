@@ -13,9 +13,12 @@ use crate::scsi::sense;
 /// Runs a case on fresh reservations.
 pub type Fresh<'a> = dyn FnMut(&mut dyn FnMut(&Reservations)) + 'a;
 
+/// One case: its name and its checks.
+type Case = (&'static str, fn(&Reservations));
+
 /// Every case, each on fresh reservations from `fresh`.
 pub fn run_all(fresh: &mut Fresh<'_>) {
-    let cases: [(&str, fn(&Reservations)); 5] = [
+    let cases: [Case; 5] = [
         ("a change is committed", a_change_is_committed),
         (
             "a refused command changes nothing",
