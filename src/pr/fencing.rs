@@ -1,5 +1,6 @@
 //! The arbiter as every device thread sees it: one lock that makes reservation changes and data
-//! I/O mutually exclusive, plus durable persistence of every change.
+//! I/O mutually exclusive. Where a change is made durable (a local state file, or the shared
+//! state of cluster mode) is its [`PrBackend`]'s business (`backend/`).
 //!
 //! **Fencing.** A data command is admitted by [`Reservations::admit`] and keeps the returned guard
 //! until its I/O on the image is complete. A PR OUT takes the write side of the same lock, so it
@@ -252,8 +253,8 @@ impl Reservations {
     /// PRgeneration and is saved durably before this returns; the log names it a host action.
     pub fn operator(&self, action: &OperatorAction) -> PrStatus {
         self.change("host", &action.to_string(), None, |arb| match action {
-            OperatorAction::Clear => arb.host_clear(),
-            OperatorAction::Preempt { victim, .. } => arb.host_preempt(victim),
+            OperatorAction::Clear => arb.operator_clear(),
+            OperatorAction::Preempt { victim, .. } => arb.operator_preempt(victim),
         })
     }
 

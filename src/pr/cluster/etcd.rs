@@ -161,7 +161,7 @@ pub struct EtcdState {
     rt: ManuallyDrop<tokio::runtime::Runtime>,
     endpoints: Endpoints,
     lease: ReadLease,
-    hosted: RwLock<HashSet<String>>,
+    served: RwLock<HashSet<String>>,
     member: Vec<u8>,
     keys: Keys,
     /// Wakes the renewer early (the watch saw a change, or the agent stops).
@@ -299,7 +299,7 @@ impl EtcdState {
             rt: ManuallyDrop::new(rt),
             endpoints,
             lease: ReadLease::new(),
-            hosted: RwLock::new(guests.iter().cloned().collect()),
+            served: RwLock::new(guests.iter().cloned().collect()),
             member: serde_json::to_vec(&member).unwrap_or_default(),
             keys,
             wake: (Mutex::new(false), Condvar::new()),
@@ -402,17 +402,17 @@ impl EtcdState {
 
     /// A new guest at run time: its unit attentions are queued here from now on.
     pub fn serve(&self, initiator: &str) {
-        write(&self.hosted).insert(initiator.to_string());
+        write(&self.served).insert(initiator.to_string());
     }
 
     /// A guest removed at run time.
     pub fn unserve(&self, initiator: &str) {
-        write(&self.hosted).remove(initiator);
+        write(&self.served).remove(initiator);
     }
 
     /// Whether `initiator` is one of this daemon's guests.
     pub fn serves(&self, initiator: &str) -> bool {
-        read(&self.hosted).contains(initiator)
+        read(&self.served).contains(initiator)
     }
 
     /// Which shared state is held here, `(epoch, version)`.
@@ -444,7 +444,7 @@ impl EtcdState {
     }
 
     fn put_ack(&self, epoch: u64) -> bool {
-        let mut initiators: Vec<String> = read(&self.hosted).iter().cloned().collect();
+        let mut initiators: Vec<String> = read(&self.served).iter().cloned().collect();
         initiators.sort();
         let ack = AckValue {
             epoch,
@@ -479,7 +479,7 @@ impl EtcdState {
         let ack = serde_json::to_vec(&AckValue {
             epoch,
             initiators: {
-                let mut v: Vec<String> = read(&self.hosted).iter().cloned().collect();
+                let mut v: Vec<String> = read(&self.served).iter().cloned().collect();
                 v.sort();
                 v
             },

@@ -1,4 +1,4 @@
-//! Unit tests of `reservations`: the host-side PR actions.
+//! Unit tests of `fencing`: the operator's PR actions (`sharedisk ctl pr`).
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -47,7 +47,7 @@ fn saved(dir: &tempfile::TempDir) -> crate::pr::PrState {
 }
 
 #[test]
-fn host_clear_has_clears_side_effects_and_is_saved() {
+fn operator_clear_has_clears_side_effects_and_is_saved() {
     let (dir, res) = setup();
     register(&res, "vm1", 1);
     register(&res, "vm2", 2);
@@ -74,7 +74,7 @@ fn host_clear_has_clears_side_effects_and_is_saved() {
 }
 
 #[test]
-fn host_preempt_removes_the_victim_and_its_reservation() {
+fn operator_preempt_removes_the_victim_and_its_reservation() {
     let (dir, res) = setup();
     register(&res, "vm1", 1);
     register(&res, "vm2", 2);
@@ -106,7 +106,7 @@ fn host_preempt_removes_the_victim_and_its_reservation() {
 }
 
 #[test]
-fn host_preempt_fences_a_non_holder_under_registrants_only() {
+fn operator_preempt_fences_a_non_holder_under_registrants_only() {
     let (_dir, res) = setup();
     register(&res, "vm1", 1);
     register(&res, "vm2", 2);
