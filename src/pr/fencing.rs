@@ -11,7 +11,7 @@
 //! **No starvation.** A writer must not wait for ever behind readers that keep coming back:
 //! std's `RwLock` stops admitting readers while a writer waits, but when the last reader leaves
 //! it hands over by clearing the waiting flag and waking the writer, and a queue thread that
-//! re-admits its next request (or its next piece, see [`crate::lun::Lun::admitted_chunks`]) in
+//! re-admits its next request (or its next piece, see [`Reservations::admitted_chunks`]) in
 //! that window wins again and again. So a writer passes a turnstile first, and holds it until it
 //! has the lock; every reader passes the same turnstile, and cannot overtake a waiting writer.
 //! A PR OUT thus waits for the admissions in progress only.
@@ -23,6 +23,9 @@
 use crate::util::lock::{lock, read, write};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use smallvec::SmallVec;
+
+use crate::image::IoOp;
 use crate::lun::Lun;
 use crate::pr::backend::local::LocalBackend;
 use crate::pr::backend::{Change, Committed, PrBackend, SharedView};
@@ -97,6 +100,22 @@ impl AdmissionBatch<'_> {
             Err(Refusal::Conflict)
         }
     }
+}
+
+/// The most image I/O done under one admission (see [`Reservations::admitted_chunks`]): a
+/// PREEMPT waits for at most this much I/O per busy queue, whatever the size of the commands in
+/// flight.
+pub const ADMISSION_CHUNK: u64 = 4 << 20;
+
+/// Why a chunked operation stopped early.
+#[derive(Debug)]
+pub enum ChunkError {
+    /// The initiator lost access after `done` bytes (which are on the image).
+    Conflict { done: u64 },
+    /// Cluster mode: this daemon could not know the shared state after `done` bytes.
+    Unavailable { done: u64 },
+    /// A piece failed on the image.
+    Io(std::io::Error),
 }
 
 /// BUSY: the target cannot serve the command now; the initiator retries (SAM-5 §5.3.1).
@@ -218,6 +237,76 @@ impl Reservations {
                 };
             }
         }
+    }
+
+    /// Runs a batch of reads and writes of `initiator` (one virtqueue round): each op is
+    /// admitted under one hold of the lock, `run` does the admitted ones on the image together,
+    /// and the hold lasts until all of them are done (the fencing guarantee, as for one
+    /// command). `ops` keeps its order; the result says which ops were admitted (or why not),
+    /// and a refused op never reaches `run`.
+    pub fn run_admitted<'o>(
+        &self,
+        initiator: &str,
+        ops: &mut Vec<IoOp<'o>>,
+        run: impl FnOnce(&mut [IoOp<'o>]),
+    ) -> SmallVec<[Result<(), Refusal>; 64]> {
+        let mut allowed = SmallVec::new();
+        let (mut admitted, mut refused) = (Vec::with_capacity(ops.len()), Vec::new());
+        {
+            let batch = self.admission();
+            for op in ops.drain(..) {
+                let access = if op.write {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                let verdict = batch.allows(initiator, access);
+                allowed.push(verdict);
+                if verdict.is_ok() {
+                    &mut admitted
+                } else {
+                    &mut refused
+                }
+                .push(op);
+            }
+            run(&mut admitted);
+        }
+        let (mut admitted, mut refused) = (admitted.into_iter(), refused.into_iter());
+        ops.extend(allowed.iter().filter_map(|v: &Result<(), Refusal>| {
+            if v.is_ok() {
+                admitted.next()
+            } else {
+                refused.next()
+            }
+        }));
+        allowed
+    }
+
+    /// Runs a long command as `len` bytes of work in pieces of at most [`ADMISSION_CHUNK`],
+    /// each under its own admission: `step(done, n)` does bytes `done..done + n` of it.
+    ///
+    /// A PR OUT waits only for the piece in progress, and once it has returned the next piece
+    /// is checked against the new state: a fenced initiator's command stops there, with its
+    /// earlier pieces on the image (as when a real target aborts a command part way).
+    pub fn admitted_chunks(
+        &self,
+        initiator: &str,
+        access: Access,
+        len: u64,
+        mut step: impl FnMut(u64, u64) -> std::io::Result<()>,
+    ) -> Result<(), ChunkError> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ADMISSION_CHUNK);
+            let _admitted = match self.admit(initiator, access) {
+                Ok(a) => a,
+                Err(Refusal::Conflict) => return Err(ChunkError::Conflict { done }),
+                Err(Refusal::Unavailable) => return Err(ChunkError::Unavailable { done }),
+            };
+            step(done, n).map_err(ChunkError::Io)?;
+            done += n;
+        }
+        Ok(())
     }
 
     /// Cluster mode: whether PR commands can be served now (the lease is valid, or comes back
