@@ -158,6 +158,7 @@ impl Server {
             lun = lun.identified_by(id);
         }
         let lun = Arc::new(lun);
+        // Cluster mode: keeps the read lease from here until `stop` (a failure below stops it).
         lun.reservations.start(lun.clone());
         log::info!(
             "serving {} ({} bytes{}), serial {}, to {}",
@@ -169,6 +170,7 @@ impl Server {
         );
 
         crate::daemon::sockets::create_dir(&config.socket_dir).map_err(|source| {
+            lun.reservations.stop();
             ServerError::Socket {
                 path: config.socket_dir.clone(),
                 source,
