@@ -11,15 +11,13 @@ use crate::pr::fencing::{Refusal, Reservations};
 use crate::pr::Access;
 use crate::scsi::sense;
 
+pub use crate::pr::fencing::{ChunkError, ADMISSION_CHUNK};
+
 /// Length of the virtio-blk serial (VIRTIO_BLK_ID_BYTES), also used as the SCSI unit serial.
 pub const SERIAL_LEN: usize = 20;
 
 /// The sector, and the SCSI logical block: 512 bytes on both devices.
 pub const SECTOR: u64 = 512;
-
-/// The most image I/O done under one admission (see [`Lun::admitted_chunks`]): a PREEMPT waits
-/// for at most this much I/O per busy queue, whatever the size of the commands in flight.
-pub const ADMISSION_CHUNK: u64 = 4 << 20;
 
 pub struct Lun {
     pub image: Box<dyn Image>,
@@ -29,20 +27,6 @@ pub struct Lun {
     /// The volatile write cache (SCSI WCE, virtio-blk `writeback`): one setting for the LU,
     /// whichever device and guest changes it, kept across reconnects.
     write_cache: AtomicBool,
-}
-
-/// Why a chunked operation stopped early.
-#[derive(Debug)]
-pub enum ChunkError {
-    /// The initiator lost access after `done` bytes (which are on the image).
-    Conflict {
-        done: u64,
-    },
-    /// Cluster mode: this daemon could not know the shared state after `done` bytes.
-    Unavailable {
-        done: u64,
-    },
-    Io(io::Error),
 }
 
 impl Lun {
@@ -105,73 +89,29 @@ impl Lun {
         }
     }
 
-    /// Runs a batch of reads and writes of `initiator` (one virtqueue round): each op is
-    /// admitted under one hold of the reservation lock, the admitted ones run on the image
-    /// together, and the hold lasts until all of them are done (the fencing guarantee, as for
-    /// one command). `ops` keeps its order; the result says which ops were admitted (or why
-    /// not), and a refused op never reaches the image.
+    /// Runs a batch of reads and writes of `initiator` (one virtqueue round) under one hold of
+    /// the reservation lock (see [`Reservations::run_admitted`]): the admitted ones run on the
+    /// image together, a refused op never reaches it.
     pub fn run_admitted(
         &self,
         initiator: &str,
         ops: &mut Vec<IoOp<'_>>,
     ) -> SmallVec<[Result<(), Refusal>; 64]> {
-        let mut allowed = SmallVec::new();
-        let (mut admitted, mut refused) = (Vec::with_capacity(ops.len()), Vec::new());
-        {
-            let admission = self.reservations.admission();
-            for op in ops.drain(..) {
-                let access = if op.write {
-                    Access::Write
-                } else {
-                    Access::Read
-                };
-                let verdict = admission.allows(initiator, access);
-                allowed.push(verdict);
-                if verdict.is_ok() {
-                    &mut admitted
-                } else {
-                    &mut refused
-                }
-                .push(op);
-            }
-            self.image.run_batch(&mut admitted);
-        }
-        let (mut admitted, mut refused) = (admitted.into_iter(), refused.into_iter());
-        ops.extend(allowed.iter().filter_map(|v: &Result<(), Refusal>| {
-            if v.is_ok() {
-                admitted.next()
-            } else {
-                refused.next()
-            }
-        }));
-        allowed
+        self.reservations
+            .run_admitted(initiator, ops, |admitted| self.image.run_batch(admitted))
     }
 
     /// Runs a long command as `len` bytes of work in pieces of at most [`ADMISSION_CHUNK`],
-    /// each under its own admission: `step(done, n)` does bytes `done..done + n` of it.
-    ///
-    /// A PR OUT waits only for the piece in progress, and once it has returned the next piece
-    /// is checked against the new state: a fenced initiator's command stops there, with its
-    /// earlier pieces on the image (as when a real target aborts a command part way).
+    /// each under its own admission (see [`Reservations::admitted_chunks`]).
     pub fn admitted_chunks(
         &self,
         initiator: &str,
         access: Access,
         len: u64,
-        mut step: impl FnMut(u64, u64) -> io::Result<()>,
+        step: impl FnMut(u64, u64) -> io::Result<()>,
     ) -> Result<(), ChunkError> {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(ADMISSION_CHUNK);
-            let _admitted = match self.reservations.admit(initiator, access) {
-                Ok(a) => a,
-                Err(Refusal::Conflict) => return Err(ChunkError::Conflict { done }),
-                Err(Refusal::Unavailable) => return Err(ChunkError::Unavailable { done }),
-            };
-            step(done, n).map_err(ChunkError::Io)?;
-            done += n;
-        }
-        Ok(())
+        self.reservations
+            .admitted_chunks(initiator, access, len, step)
     }
 }
 

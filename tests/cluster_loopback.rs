@@ -18,7 +18,7 @@ use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
 use sharedisk::image::{Buf, IoOp};
 use sharedisk::pr::cluster::ClusterConfig;
-use sharedisk::pr::fencing::{HostAction, Refusal};
+use sharedisk::pr::fencing::{OperatorAction, Refusal};
 use sharedisk::pr::{Access, PrStatus, ProutRequest, ResType, ServiceAction};
 use sharedisk::scsi::sense;
 
@@ -48,6 +48,37 @@ fn serve(dir: &Path, etcd: &Etcd, node: &str, guest: &str) -> Server {
 
 fn register(key: u64) -> ProutRequest {
     ProutRequest::new(ServiceAction::Register).sa_key(key)
+}
+
+/// The etcd backend keeps the guarantees every backend keeps (the local one is checked by the
+/// same cases in the unit tests): each case on a new disk in one etcd.
+#[test]
+fn the_etcd_backend_keeps_every_guarantee() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let mut n = 0;
+    sharedisk::pr::backend::conformance::run_all(&mut |case| {
+        n += 1;
+        let node = format!("c{n}");
+        let mut c = Config::new(
+            dir.path().join(format!("disk{n}.img")),
+            dir.path().join(&node),
+            &["a", "b"],
+        );
+        c.size = Some(16 << 20);
+        c.direct = true;
+        c.cluster = Some(ClusterConfig {
+            disk_id: format!("conformance-{n}"),
+            ..cluster(&etcd, &node)
+        });
+        let server = Server::start(c).expect("the daemon joins the cluster");
+        let res = server.arbiter();
+        for i in ["a", "b"] {
+            while res.take_unit_attention(i).is_some() {}
+        }
+        case(res);
+    });
 }
 
 #[test]
@@ -109,7 +140,8 @@ fn two_daemons_share_one_state_and_fence_without_etcd() {
     );
     assert_eq!(ra.admit("a", Access::Write).err(), Some(Refusal::Conflict));
     assert!(rb.admit("b", Access::Write).is_ok());
-    let (ea, eb) = (ra.held().0, rb.held().0);
+    let epoch = |r: &sharedisk::pr::fencing::Reservations| r.cluster_view().map(|v| v.epoch);
+    let (ea, eb) = (epoch(ra), epoch(rb));
     assert_eq!(ea, eb, "both daemons hold the same epoch");
 
     // etcd stops answering: each daemon admits until its lease ends, holds new I/O for
@@ -230,7 +262,7 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
     submit_write(&mut f, SECTOR, b'L');
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
-    let status = a.arbiter().host(&HostAction::Preempt {
+    let status = a.arbiter().operator(&OperatorAction::Preempt {
         victim: "v".into(),
         abort: true,
     });

@@ -83,41 +83,15 @@ impl Config {
 
 /// The `cluster:` line, and in cluster mode the lease and what a lost lease costs.
 fn describe_cluster(s: &mut String, cluster: Option<&ClusterConfig>) {
-    let Some(c) = cluster else {
-        let _ = writeln!(
-            s,
-            "cluster:        no (this daemon alone arbitrates the disk)"
-        );
-        return;
-    };
-    let _ = writeln!(
-        s,
-        "cluster:        node {} of disk {} through etcd {}",
-        c.node,
-        c.disk_id,
-        c.etcd.join(",")
-    );
-    let _ = writeln!(
-        s,
-        "  read lease {} ms renewed every {} ms, drift {}, max I/O {} ms: a PR OUT \
-         waits at most {} ms for a member that does not acknowledge",
-        c.lease_ms,
-        c.renew_every().as_millis(),
-        c.drift,
-        c.max_io_ms,
-        c.wait_bound().as_millis()
-    );
-    let _ = writeln!(
-        s,
-        "  lost lease: I/O held {} ms, then BUSY/IOERR; PR OUT budget {} ms; {}",
-        c.hold_ms,
-        c.budget_ms,
-        if c.fence_hook.is_some() {
-            "strict mode (fence hook)"
-        } else {
-            "soft mode (no fence hook)"
+    match cluster {
+        None => {
+            let _ = writeln!(
+                s,
+                "cluster:        no (this daemon alone arbitrates the disk)"
+            );
         }
-    );
+        Some(c) => s.push_str(&c.describe()),
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {

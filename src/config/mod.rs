@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use crate::image::Aio;
-pub use crate::pr::cluster::ClusterConfig;
+pub use crate::pr::backend::ClusterConfig;
 
 /// Azure's default maxShares is small; 16 keeps thread counts sane on a laptop.
 pub const DEFAULT_MAX_SHARES: usize = 16;
@@ -176,7 +176,8 @@ impl Config {
             });
         }
         if let Some(c) = &self.cluster {
-            c.validate().map_err(ConfigError::Cluster)?;
+            c.validate()
+                .map_err(|e| ConfigError::Cluster(e.to_string()))?;
             if !self.direct {
                 return Err(ConfigError::Cluster(
                     "cluster mode needs the image opened with O_DIRECT (`image.direct`): page \

@@ -293,10 +293,12 @@ fn bad_data_path_settings_name_the_key() {
     assert!(check_poll_us(1001).is_err());
 }
 
+#[cfg(feature = "cluster")]
 const CLUSTER: &str = "[image]\npath = \"d.img\"\n[[guest]]\nname = \"vm1\"\n[cluster]\n\
                        etcd = [\"http://10.0.0.1:2379\"]\nnode = \"host1\"\ndisk_id = \"disk-a\"\n";
 
 #[test]
+#[cfg(feature = "cluster")]
 fn a_cluster_section_shares_the_state_and_opens_the_image_directly() {
     let (_d, path) = write(CLUSTER);
     let c = load_file(&path).unwrap();
@@ -316,6 +318,7 @@ fn a_cluster_section_shares_the_state_and_opens_the_image_directly() {
 }
 
 #[test]
+#[cfg(feature = "cluster")]
 fn cluster_mistakes_are_named() {
     for (extra, want) in [
         ("lease_ms = 50\n", "`cluster.lease_ms` 50 is out of range"),

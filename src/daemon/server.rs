@@ -17,7 +17,7 @@ use crate::daemon::listen;
 use crate::image::{FileImage, Image, OpenMode};
 use crate::lun::Lun;
 use crate::ops::stats::{DeviceStats, Stats};
-use crate::pr::cluster::{self, Joined, Membership};
+use crate::pr::backend;
 use crate::pr::fencing::Reservations;
 use crate::pr::replay::ReplayLog;
 use crate::pr::state_file::{ImageIdentity, Saved, StateError, StateStore};
@@ -29,18 +29,24 @@ use crate::transport::virtqueue::{AtomicMem, Quiesce, Vring};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The configuration is not valid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The image cannot be opened or created.
     #[error("image {path}: {source}")]
     Image { path: PathBuf, source: io::Error },
+    /// The reservation state file cannot be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A guest's socket cannot be set up.
     #[error("socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
+    /// Another system call failed (threads, event fds, the socket directory).
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// Cluster mode: the cluster cannot be joined, or this build has no cluster support.
     #[error("cluster: {0}")]
-    Cluster(String),
+    Cluster(#[from] backend::JoinError),
 }
 
 /// A running daemon. Dropping it (or [`Server::shutdown`]) stops every socket thread, closes the
@@ -51,8 +57,6 @@ pub struct Server {
     stats: Arc<Stats>,
     config: Config,
     sockets: Vec<GuestSockets>,
-    /// Cluster mode: this daemon's membership (it keeps the read lease).
-    cluster: Option<Membership>,
 }
 
 /// The socket threads of one guest, stopped together.
@@ -106,14 +110,15 @@ impl Server {
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
         let store = StateStore::new(config.state_path(), identity.clone());
         let (arbiter, replay) = restore(&config, &store)?;
-        let reservations = Reservations::new(arbiter, Some(store)).with_replay_log(replay);
-        let (reservations, joined) = join_cluster(&config, reservations)?;
+        let reservations = Reservations::new(arbiter, Some(store.clone())).with_replay_log(replay);
+        let (reservations, disk_id) = join_cluster(&config, reservations, store)?;
         let mut lun = Lun::new(wrap(Box::new(image)), reservations, &identity.path);
-        if let Some(c) = &config.cluster {
-            lun = lun.identified_by(&c.disk_id);
+        if let Some(id) = &disk_id {
+            lun = lun.identified_by(id);
         }
         let lun = Arc::new(lun);
-        let cluster = joined.map(|j| j.start(lun.clone()));
+        // Cluster mode: keeps the read lease from here until `stop` (a failure below stops it).
+        lun.reservations.start(lun.clone());
         log::info!(
             "serving {} ({} bytes{}), serial {}, to {}",
             config.image.display(),
@@ -124,6 +129,7 @@ impl Server {
         );
 
         crate::daemon::sockets::create_dir(&config.socket_dir).map_err(|source| {
+            lun.reservations.stop();
             ServerError::Socket {
                 path: config.socket_dir.clone(),
                 source,
@@ -136,7 +142,6 @@ impl Server {
             stats: Arc::default(),
             config,
             sockets: Vec::new(),
-            cluster,
         };
         for guest in server.config.guests.clone() {
             server.serve_guest(&guest)?;
@@ -163,9 +168,7 @@ impl Server {
         config.validate()?;
         self.serve_guest(&guest)?;
         self.config = config;
-        if let Some(c) = &self.cluster {
-            c.host(&guest.name);
-        }
+        self.lun.reservations.serve(&guest.name);
         // A new initiator: known for REGISTER AND MOVE, and told of the power on.
         self.lun
             .reservations
@@ -181,9 +184,7 @@ impl Server {
         };
         self.sockets.remove(i).stop();
         self.config.guests.retain(|g| g.name != name);
-        if let Some(c) = &self.cluster {
-            c.unhost(name);
-        }
+        self.lun.reservations.unserve(name);
         true
     }
 
@@ -331,14 +332,12 @@ impl Server {
         for mut s in self.sockets.drain(..) {
             s.stop();
         }
-        if let Some(c) = &mut self.cluster {
-            c.stop();
-        }
+        self.lun.reservations.stop();
     }
 
     /// Cluster mode: `sharedisk ctl cluster status`; `None` on one host.
     pub fn cluster_status(&self) -> Option<serde_json::Value> {
-        self.cluster.as_ref().map(|c| c.status(&self.lun))
+        self.lun.reservations.cluster_status()
     }
 }
 
@@ -381,27 +380,23 @@ fn restore(config: &Config, store: &StateStore) -> Result<(Arbiter, ReplayLog), 
 }
 
 /// Cluster mode: joins the cluster, whose shared state the reservations then start from and
-/// share; on one host the reservations as they are.
+/// share through the etcd backend; returns the disk's id in the cluster. On one host the
+/// reservations stay as they are.
 fn join_cluster(
     config: &Config,
-    mut reservations: Reservations,
-) -> Result<(Reservations, Option<Joined>), ServerError> {
-    let joined = match &config.cluster {
-        None => None,
-        Some(c) => {
-            let local = reservations.with(|a| a.snapshot());
-            let joined =
-                cluster::join(c, &config.guest_names(), &local).map_err(ServerError::Cluster)?;
-            let arbiter = Arbiter::from_state(joined.remote.state.clone(), config.guest_names());
-            reservations = reservations.with_arbiter(arbiter).shared(
-                joined.shared.clone(),
-                joined.remote.epoch,
-                joined.remote.version,
-            );
-            Some(joined)
-        }
+    reservations: Reservations,
+    store: StateStore,
+) -> Result<(Reservations, Option<String>), ServerError> {
+    let Some(c) = &config.cluster else {
+        return Ok((reservations, None));
     };
-    Ok((reservations, joined))
+    let local = reservations.with(|a| a.snapshot());
+    let joined = backend::join(c, &config.guest_names(), &local, Some(store))?;
+    let arbiter = Arbiter::from_state(joined.state, config.guest_names());
+    let reservations = reservations
+        .with_arbiter(arbiter)
+        .with_backend(joined.backend);
+    Ok((reservations, Some(joined.disk_id)))
 }
 
 impl Drop for Server {

@@ -967,10 +967,10 @@ impl Arbiter {
         }
     }
 
-    /// Host-side CLEAR: the disk's owner, not an initiator, drops every registration and the
-    /// reservation, with CLEAR's side effects (SPC-4 §5.9.11.6): every registrant gets 2A/03
+    /// The operator's CLEAR (`sharedisk ctl pr clear`): the disk's owner, not an initiator,
+    /// drops every registration and the reservation, with CLEAR's side effects (SPC-4 §5.9.11.6): every registrant gets 2A/03
     /// RESERVATIONS PREEMPTED and PRgeneration counts it. Nothing registered: nothing changes.
-    pub fn host_clear(&mut self) -> ProutOutcome {
+    pub fn operator_clear(&mut self) -> ProutOutcome {
         if self.state.registrations.is_empty() && self.state.reservation.is_none() {
             return ProutOutcome::good(false);
         }
@@ -988,12 +988,12 @@ impl Arbiter {
         }
     }
 
-    /// Host-side PREEMPT of `victim`'s registration, as another registrant's PREEMPT with the
-    /// victim's key would remove it (SPC-4 §5.9.11.4): the victim gets 2A/05 REGISTRATIONS
+    /// The operator's PREEMPT (`sharedisk ctl pr preempt`) of `victim`'s registration, as
+    /// another registrant's PREEMPT with the victim's key would remove it (SPC-4 §5.9.11.4): the victim gets 2A/05 REGISTRATIONS
     /// PREEMPTED, and if it held the reservation, the reservation is released as when a holder's
     /// registration goes (2A/04 to the others for types 5 and 6). PRgeneration counts it. An
     /// unregistered victim is a conflict, as a SERVICE ACTION RESERVATION KEY matching nobody.
-    pub fn host_preempt(&mut self, victim: &str) -> ProutOutcome {
+    pub fn operator_preempt(&mut self, victim: &str) -> ProutOutcome {
         let Some(idx) = self.reg_index(victim) else {
             return ProutOutcome::conflict();
         };

@@ -2,6 +2,8 @@
 //! it, and where its state lives (a local state file, or etcd in cluster mode).
 
 pub mod arbiter;
+pub mod backend;
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod fencing;
 pub mod replay;

@@ -108,6 +108,7 @@ pub fn inspect(path: &Path) -> Result<(ImageIdentity, Saved), StateError> {
 }
 
 /// Reads and atomically replaces one state file.
+#[derive(Clone)]
 pub struct StateStore {
     path: PathBuf,
     identity: ImageIdentity,

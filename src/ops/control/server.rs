@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{code, view, Daemon};
 use crate::config::{valid_guest_name, ConfigError, GuestConfig, DEFAULT_QUEUES, MAX_GUEST_QUEUES};
-use crate::pr::fencing::HostAction;
+use crate::pr::fencing::OperatorAction;
 use crate::pr::PrStatus;
 
 /// Longest request line; anything longer is refused.
@@ -268,7 +268,7 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
         "metrics" => Ok(json!({ "schema": view::SCHEMA, "text": daemon.metrics() })),
         "pr.clear" => {
             confirmed(req)?;
-            host_action(daemon, &HostAction::Clear, peer)
+            host_action(daemon, &OperatorAction::Clear, peer)
         }
         "pr.preempt" => {
             confirmed(req)?;
@@ -279,7 +279,7 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
             {
                 return Err(fail(code::FAILED, format!("no guest named {victim:?}")));
             }
-            host_action(daemon, &HostAction::Preempt { victim, abort }, peer)
+            host_action(daemon, &OperatorAction::Preempt { victim, abort }, peer)
         }
         "guest.add" => guest_add(req, daemon, peer),
         "guest.remove" => guest_remove(req, daemon, peer),
@@ -344,21 +344,21 @@ fn by(peer: Option<u32>) -> String {
 
 fn host_action(
     daemon: &dyn Daemon,
-    action: &HostAction,
+    action: &OperatorAction,
     peer: Option<u32>,
 ) -> Result<Value, Failure> {
     let lun = daemon.lun();
     let res = &lun.reservations;
     log::warn!("host action{}: {action}", by(peer));
-    match res.host(action) {
+    match res.operator(action) {
         PrStatus::Good => Ok(res.with(|a| view::pr(a.state()))),
         PrStatus::Conflict => Err(fail(
             code::RESERVATION_CONFLICT,
             match action {
-                HostAction::Preempt { victim, .. } => format!(
+                OperatorAction::Preempt { victim, .. } => format!(
                     "reservation conflict: {victim} is not registered, there is nothing to preempt"
                 ),
-                HostAction::Clear => "reservation conflict".to_string(),
+                OperatorAction::Clear => "reservation conflict".to_string(),
             },
         )),
         PrStatus::Busy => Err(fail(

@@ -25,7 +25,7 @@
 //! stalls (etcd's watch delivery is unbounded on an unhealthy cluster).
 //!
 //! **A PR OUT** is computed on the state held here and committed by compare-and-swap
-//! (`Reservations::change_shared`); [`EtcdState::settle`] then waits until every other member
+//! (`EtcdState::commit_change`, `backend.rs`); [`EtcdState::settle`] then waits until every other member
 //! has acknowledged the new epoch, or `lease_ms × (1 + drift) + max_io_ms` has passed on this
 //! host's clock since the commit's answer: by then a member that did not see the change has no
 //! lease (its last renewal was sent before the commit) and its last admitted I/O has ended. In
@@ -54,33 +54,52 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::backend::{Commit, Remote};
 use super::endpoints::Endpoints;
 use super::lease::{boottime_ns, ReadLease};
 use super::ClusterConfig;
 use crate::lun::Lun;
-use crate::pr::fencing::{Commit, Remote, SharedState};
+use crate::pr::state_file::StateStore;
 use crate::pr::PrState;
 use crate::scsi::sense::Sense;
 
 /// What can stop the cluster from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// etcd answered `what` with an error.
     #[error("etcd ({endpoints}): {what}: {source}")]
     Etcd {
         endpoints: String,
         what: &'static str,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// No etcd member answered `what` in time.
     #[error("etcd ({endpoints}): {what}: no answer within {ms} ms")]
     Timeout {
         endpoints: String,
         what: &'static str,
         ms: u64,
     },
+    /// The shared state's key holds something that is not a valid state.
     #[error("the shared state in etcd under {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The agent's runtime could not be started.
     #[error("cannot start the cluster agent: {0}")]
     Runtime(std::io::Error),
+}
+
+/// Why a committed change could not be settled; the command gets BUSY.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// Strict mode: which members are behind is unknown, so they cannot be fenced.
+    #[error("the members cannot be read to fence them: {0}")]
+    MembersUnreadable(ClusterError),
+    /// The command's budget ended while a member was still behind.
+    #[error("the command's budget ran out before every member was settled")]
+    BudgetSpent,
+    /// Strict mode: the fence hook failed for this member.
+    #[error("the fence hook did not fence {0:?}")]
+    NotFenced(String),
 }
 
 /// The `state` key's value.
@@ -129,15 +148,20 @@ struct AckValue {
     lease_remaining_ms: u64,
 }
 
-/// The shared state as this daemon reaches it; the arbiter's side of it is
-/// [`SharedState`].
+/// The shared state as this daemon reaches it; the fencing's side of it is
+/// [`super::backend::EtcdBackend`].
 pub struct EtcdState {
     cfg: ClusterConfig,
+    /// Which shared state the arbiter holds, `(epoch, version)`; changed only with the
+    /// arbiter's write lock held.
+    held: Mutex<(u64, i64)>,
+    /// The local copy of the shared state (and the replay records), if any.
+    store: Option<StateStore>,
     /// Shut down in the background on drop: the last owner may be the watch, a task of it.
     rt: ManuallyDrop<tokio::runtime::Runtime>,
     endpoints: Endpoints,
     lease: ReadLease,
-    hosted: RwLock<HashSet<String>>,
+    served: RwLock<HashSet<String>>,
     member: Vec<u8>,
     keys: Keys,
     /// Wakes the renewer early (the watch saw a change, or the agent stops).
@@ -250,6 +274,7 @@ impl EtcdState {
         cfg: &ClusterConfig,
         guests: &[String],
         local: &PrState,
+        store: Option<StateStore>,
     ) -> Result<(Arc<EtcdState>, Remote), ClusterError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -269,10 +294,12 @@ impl EtcdState {
         let keys = Keys::new(cfg);
         let shared = Arc::new(EtcdState {
             cfg: cfg.clone(),
+            held: Mutex::new((0, 0)),
+            store,
             rt: ManuallyDrop::new(rt),
             endpoints,
             lease: ReadLease::new(),
-            hosted: RwLock::new(guests.iter().cloned().collect()),
+            served: RwLock::new(guests.iter().cloned().collect()),
             member: serde_json::to_vec(&member).unwrap_or_default(),
             keys,
             wake: (Mutex::new(false), Condvar::new()),
@@ -330,6 +357,7 @@ impl EtcdState {
                 remote.epoch
             );
         }
+        shared.set_held(remote.epoch, remote.version);
         shared.lease.renewed(sent, cfg.lease());
         shared.put_ack(remote.epoch);
         log::info!(
@@ -373,17 +401,50 @@ impl EtcdState {
     }
 
     /// A new guest at run time: its unit attentions are queued here from now on.
-    pub fn host(&self, initiator: &str) {
-        write(&self.hosted).insert(initiator.to_string());
+    pub fn serve(&self, initiator: &str) {
+        write(&self.served).insert(initiator.to_string());
     }
 
     /// A guest removed at run time.
-    pub fn unhost(&self, initiator: &str) {
-        write(&self.hosted).remove(initiator);
+    pub fn unserve(&self, initiator: &str) {
+        write(&self.served).remove(initiator);
+    }
+
+    /// Whether `initiator` is one of this daemon's guests.
+    pub fn serves(&self, initiator: &str) -> bool {
+        read(&self.served).contains(initiator)
+    }
+
+    /// Which shared state is held here, `(epoch, version)`.
+    pub fn held(&self) -> (u64, i64) {
+        *lock(&self.held)
+    }
+
+    pub(super) fn set_held(&self, epoch: u64, version: i64) {
+        *lock(&self.held) = (epoch, version);
+    }
+
+    pub(super) fn store(&self) -> Option<&StateStore> {
+        self.store.as_ref()
+    }
+
+    /// Whether this daemon may admit I/O now.
+    pub fn lease(&self) -> &ReadLease {
+        &self.lease
+    }
+
+    /// How long new I/O waits for a lost lease before it fails.
+    pub fn hold(&self) -> Duration {
+        self.cfg.hold()
+    }
+
+    /// The most a PR command may take before it gets BUSY.
+    pub fn budget(&self) -> Duration {
+        self.cfg.budget()
     }
 
     fn put_ack(&self, epoch: u64) -> bool {
-        let mut initiators: Vec<String> = read(&self.hosted).iter().cloned().collect();
+        let mut initiators: Vec<String> = read(&self.served).iter().cloned().collect();
         initiators.sort();
         let ack = AckValue {
             epoch,
@@ -412,13 +473,13 @@ impl EtcdState {
     /// One renewal of the read lease (see the module's documentation). Returns whether the
     /// lease was extended.
     fn renew(&self, lun: &Lun) -> bool {
-        let (epoch, version) = lun.reservations.held();
+        let (epoch, version) = self.held();
         let k = &self.keys;
         let sent = boottime_ns();
         let ack = serde_json::to_vec(&AckValue {
             epoch,
             initiators: {
-                let mut v: Vec<String> = read(&self.hosted).iter().cloned().collect();
+                let mut v: Vec<String> = read(&self.served).iter().cloned().collect();
                 v.sort();
                 v
             },
@@ -485,7 +546,7 @@ impl EtcdState {
             }
         };
         let adopted_epoch = remote.epoch;
-        lun.reservations.adopt(remote);
+        self.adopt(&lun.reservations, remote);
         // Acknowledge, then extend: the renewal read was linearizable and everything it
         // returned is applied now.
         self.put_ack(adopted_epoch);
@@ -593,8 +654,8 @@ impl EtcdState {
     }
 
     /// What `sharedisk ctl cluster status` shows.
-    pub fn status(&self, lun: &Lun) -> serde_json::Value {
-        let (epoch, _) = lun.reservations.held();
+    pub fn status(&self) -> serde_json::Value {
+        let (epoch, _) = self.held();
         let mut members = Vec::new();
         let mut shared_epoch = None;
         let mut error = None;
@@ -659,24 +720,12 @@ impl EtcdState {
     }
 }
 
-impl SharedState for EtcdState {
-    fn lease(&self) -> &ReadLease {
-        &self.lease
-    }
-
-    fn hold(&self) -> Duration {
-        self.cfg.hold()
-    }
-
-    fn budget(&self) -> Duration {
-        self.cfg.budget()
-    }
-
-    fn hosts(&self, initiator: &str) -> bool {
-        read(&self.hosted).contains(initiator)
-    }
-
-    fn commit(
+impl EtcdState {
+    /// Commits `next` (computed from the state at `epoch`) with the unit attentions it queued
+    /// for other daemons' initiators, or, for `None`, confirms that `epoch` is still the newest.
+    /// Every attempt ends by `deadline`; a change whose fate is unknown is sent again until it
+    /// is known, for at most the hold time. Called with the arbiter's write lock held.
+    pub(super) fn commit(
         &self,
         epoch: u64,
         version: i64,
@@ -684,6 +733,42 @@ impl SharedState for EtcdState {
         unit_attentions: &[(String, Sense)],
         deadline: Instant,
     ) -> Commit {
+        // What this commit writes as its marker: which attempt landed is read back from it.
+        let marker = serde_json::to_vec(&CommitMarker {
+            epoch: epoch + 1,
+            nonce: boottime_ns(),
+            pid: std::process::id(),
+        })
+        .unwrap_or_default();
+        let txn = self.commit_txn(epoch, version, next, unit_attentions, &marker);
+        let resp = match self.send_commit(epoch, next.is_some(), &txn, deadline) {
+            Ok(r) => r,
+            Err(e) => return Commit::Unavailable(e.to_string()),
+        };
+        if resp.succeeded() {
+            return match (next, resp.header()) {
+                (None, _) => Commit::Confirmed,
+                (Some(_), Some(h)) => Commit::Done {
+                    epoch: epoch + 1,
+                    version: h.revision(),
+                },
+                (Some(_), None) => Commit::Unavailable("etcd answered without a header".into()),
+            };
+        }
+        self.commit_refused(epoch, next.is_some(), &resp, &marker)
+    }
+
+    /// The commit's transaction: conditioned on the state's `version` and this incarnation
+    /// being the member; it writes `next` with its marker and unit attentions (nothing for a
+    /// confirmation), and otherwise reads what the refusal needs (`commit_refused`).
+    fn commit_txn(
+        &self,
+        epoch: u64,
+        version: i64,
+        next: Option<&PrState>,
+        unit_attentions: &[(String, Sense)],
+        marker: &[u8],
+    ) -> Txn {
         let k = &self.keys;
         let conditions = [
             Compare::mod_revision(k.state.as_str(), CompareOp::Equal, version),
@@ -698,84 +783,82 @@ impl SharedState for EtcdState {
             TxnOp::get(k.member.as_str(), None),
             TxnOp::get(k.commit.as_str(), None),
         ];
-        // What this commit writes as its marker: which attempt landed is read back from it.
-        let marker = serde_json::to_vec(&CommitMarker {
+        let Some(state) = next else {
+            return Txn::new().when(conditions).or_else(stale);
+        };
+        let value = serde_json::to_vec(&StateValue {
             epoch: epoch + 1,
-            nonce: boottime_ns(),
-            pid: std::process::id(),
+            state: state.clone(),
         })
         .unwrap_or_default();
-        let txn = match next {
-            None => Txn::new().when(conditions).or_else(stale),
-            Some(state) => {
-                let value = serde_json::to_vec(&StateValue {
-                    epoch: epoch + 1,
-                    state: state.clone(),
-                })
-                .unwrap_or_default();
-                let uas: Vec<UaValue> = unit_attentions
-                    .iter()
-                    .map(|(i, s)| (i.clone(), s.key, s.asc, s.ascq))
-                    .collect();
-                let mut ops = vec![
-                    TxnOp::put(k.state.as_str(), value, None),
-                    TxnOp::put(k.commit.as_str(), marker.clone(), None),
-                ];
-                if !uas.is_empty() {
-                    ops.push(TxnOp::put(
-                        k.ua_at(epoch + 1),
-                        serde_json::to_vec(&uas).unwrap_or_default(),
-                        None,
-                    ));
-                }
-                Txn::new().when(conditions).and_then(ops).or_else(stale)
-            }
-        };
-        // Tried on each etcd member in turn (see `endpoints.rs`). A change without an answer
-        // may have landed: it is sent again (the same transaction, the same marker) until an
-        // answer tells, so that BUSY means "not done" whenever that can be known. The arbiter's
-        // lock is held meanwhile, and I/O waits on it: the attempts end within the command's
-        // budget and `hold_ms`, leaving a renewal's time to settle. Then it is BUSY; if it did
-        // commit, every daemon (this one too) adopts it like any other change: PRgeneration
-        // counts it once.
+        let uas: Vec<UaValue> = unit_attentions
+            .iter()
+            .map(|(i, s)| (i.clone(), s.key, s.asc, s.ascq))
+            .collect();
+        let mut ops = vec![
+            TxnOp::put(k.state.as_str(), value, None),
+            TxnOp::put(k.commit.as_str(), marker.to_vec(), None),
+        ];
+        if !uas.is_empty() {
+            ops.push(TxnOp::put(
+                k.ua_at(epoch + 1),
+                serde_json::to_vec(&uas).unwrap_or_default(),
+                None,
+            ));
+        }
+        Txn::new().when(conditions).and_then(ops).or_else(stale)
+    }
+
+    /// Sends the commit's transaction until it is answered. Tried on each etcd member in turn
+    /// (see `endpoints.rs`). A change without an answer may have landed: it is sent again (the
+    /// same transaction, the same marker) until an answer tells, so that BUSY means "not done"
+    /// whenever that can be known. The arbiter's lock is held meanwhile, and I/O waits on it:
+    /// the attempts end within the command's budget and `hold_ms`, leaving a renewal's time to
+    /// settle. Then it is BUSY; if it did commit, every daemon (this one too) adopts it like any
+    /// other change: PRgeneration counts it once.
+    fn send_commit(
+        &self,
+        epoch: u64,
+        changes: bool,
+        txn: &Txn,
+        deadline: Instant,
+    ) -> Result<TxnResponse, ClusterError> {
         let retries_end = deadline.min(Instant::now() + self.cfg.hold());
         let mut end = deadline;
         let mut told = false;
-        let resp = loop {
+        loop {
             let within = self
                 .cfg
                 .lease()
                 .min(end.saturating_duration_since(Instant::now()));
             end = retries_end;
-            match self.txn(within, "commit", &txn) {
-                Ok(r) => break r,
-                Err(e)
-                    if next.is_some() && Instant::now() + self.cfg.renew_every() < retries_end =>
-                {
+            match self.txn(within, "commit", txn) {
+                Ok(r) => return Ok(r),
+                Err(e) if changes && Instant::now() + self.cfg.renew_every() < retries_end => {
                     if !told {
                         log::warn!(
-                            "cluster: {e}; the commit of epoch {} is sent again until etcd \
-                             tells whether it landed",
+                            "cluster: {e}; the commit of epoch {} is sent again until etcd                              tells whether it landed",
                             epoch + 1
                         );
                         told = true;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => return Commit::Unavailable(e.to_string()),
+                Err(e) => return Err(e),
             }
-        };
-        if resp.succeeded() {
-            return match (next, resp.header()) {
-                (None, _) => Commit::Confirmed,
-                (Some(_), Some(h)) => Commit::Done {
-                    epoch: epoch + 1,
-                    version: h.revision(),
-                },
-                (Some(_), None) => Commit::Unavailable("etcd answered without a header".into()),
-            };
         }
-        let got = gets(&resp);
+    }
+
+    /// What a refused commit means: this daemon was replaced, another daemon's change came
+    /// first (to adopt), or this very commit landed on an earlier attempt (its `marker`).
+    fn commit_refused(
+        &self,
+        epoch: u64,
+        changes: bool,
+        resp: &TxnResponse,
+        marker: &[u8],
+    ) -> Commit {
+        let got = gets(resp);
         let member_ok = got
             .get(2)
             .and_then(|m| m.first())
@@ -786,7 +869,7 @@ impl SharedState for EtcdState {
             return Commit::Unavailable("this daemon's membership was replaced".into());
         }
         let remote = match remote_from(
-            k,
+            &self.keys,
             got.first().and_then(|s| s.first()),
             got.get(1).map_or(&[][..], |v| &v[..]),
         ) {
@@ -799,7 +882,7 @@ impl SharedState for EtcdState {
         let landed = got
             .get(3)
             .and_then(|m| m.first())
-            .filter(|m| next.is_some() && m.value() == marker.as_slice())
+            .filter(|m| changes && m.value() == marker)
             .map(|m| m.mod_revision());
         match landed {
             Some(version) if version == remote.version => Commit::Done {
@@ -823,7 +906,11 @@ impl SharedState for EtcdState {
         }
     }
 
-    fn settle(&self, epoch: u64, budget_end: Instant) -> Result<(), String> {
+    /// Returns once no other daemon can admit I/O under the state before `epoch`: each has
+    /// acknowledged it or its lease has surely run out (strict mode: or it was fenced). An error
+    /// means the change is committed but the wait failed; the command gets BUSY.
+    /// `budget_end` is the command's budget: past it, the answer is BUSY.
+    pub(super) fn settle(&self, epoch: u64, budget_end: Instant) -> Result<(), SettleError> {
         // Measured from the commit's answer, on this host's clock.
         let bound = boottime_ns().saturating_add(self.cfg.wait_bound().as_nanos() as u64);
         loop {
@@ -851,14 +938,14 @@ impl SharedState for EtcdState {
                         // Which members are behind is unknown: in strict mode that is every
                         // member, which cannot be named; refuse.
                         if self.cfg.fence_hook.is_some() {
-                            return Err(format!("the members cannot be read to fence them: {e}"));
+                            return Err(SettleError::MembersUnreadable(e));
                         }
                         return Ok(());
                     }
                 }
             }
             if Instant::now() >= budget_end {
-                return Err("the command's budget ran out before every member was settled".into());
+                return Err(SettleError::BudgetSpent);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -868,7 +955,7 @@ impl SharedState for EtcdState {
 impl EtcdState {
     /// The wait is over for members that did not acknowledge: their leases have run out. In
     /// strict mode each of them must also be fenced.
-    fn settle_by_lease(&self, behind: &[&String], budget_end: Instant) -> Result<(), String> {
+    fn settle_by_lease(&self, behind: &[&String], budget_end: Instant) -> Result<(), SettleError> {
         log::warn!(
             "cluster: {} did not acknowledge; their read leases have run out",
             behind
@@ -880,7 +967,7 @@ impl EtcdState {
         for node in behind {
             let left = budget_end.saturating_duration_since(Instant::now());
             if !self.fence(node, left) {
-                return Err(format!("the fence hook did not fence {node:?}"));
+                return Err(SettleError::NotFenced(node.to_string()));
             }
         }
         Ok(())
@@ -913,10 +1000,6 @@ impl Agent {
             lun,
             renewer,
         }
-    }
-
-    pub fn state(&self) -> &Arc<EtcdState> {
-        &self.shared
     }
 
     /// Stops renewing and leaves the cluster.

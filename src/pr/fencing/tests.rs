@@ -1,4 +1,4 @@
-//! Unit tests of `reservations`: the host-side PR actions.
+//! Unit tests of `fencing`: the operator's PR actions (`sharedisk ctl pr`).
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -47,13 +47,13 @@ fn saved(dir: &tempfile::TempDir) -> crate::pr::PrState {
 }
 
 #[test]
-fn host_clear_has_clears_side_effects_and_is_saved() {
+fn operator_clear_has_clears_side_effects_and_is_saved() {
     let (dir, res) = setup();
     register(&res, "vm1", 1);
     register(&res, "vm2", 2);
     reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
     let gen = res.with(|a| a.generation());
-    assert_eq!(res.host(&HostAction::Clear), PrStatus::Good);
+    assert_eq!(res.operator(&OperatorAction::Clear), PrStatus::Good);
     res.with(|a| {
         assert_eq!(a.generation(), gen + 1);
         assert!(a.registrations().is_empty());
@@ -69,22 +69,22 @@ fn host_clear_has_clears_side_effects_and_is_saved() {
     }
     assert_eq!(res.take_unit_attention("vm3"), None);
     // Nothing left to clear: no change, no new generation.
-    assert_eq!(res.host(&HostAction::Clear), PrStatus::Good);
+    assert_eq!(res.operator(&OperatorAction::Clear), PrStatus::Good);
     assert_eq!(res.with(|a| a.generation()), gen + 1);
 }
 
 #[test]
-fn host_preempt_removes_the_victim_and_its_reservation() {
+fn operator_preempt_removes_the_victim_and_its_reservation() {
     let (dir, res) = setup();
     register(&res, "vm1", 1);
     register(&res, "vm2", 2);
     reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
     let gen = res.with(|a| a.generation());
-    let victim = HostAction::Preempt {
+    let victim = OperatorAction::Preempt {
         victim: "vm1".into(),
         abort: true,
     };
-    assert_eq!(res.host(&victim), PrStatus::Good);
+    assert_eq!(res.operator(&victim), PrStatus::Good);
     res.with(|a| {
         assert_eq!(a.generation(), gen + 1);
         assert!(!a.is_registered("vm1"));
@@ -101,22 +101,22 @@ fn host_preempt_removes_the_victim_and_its_reservation() {
         Some(sense::RESERVATIONS_RELEASED)
     );
     // The victim is no longer registered: a second preempt is refused by the rules.
-    assert_eq!(res.host(&victim), PrStatus::Conflict);
+    assert_eq!(res.operator(&victim), PrStatus::Conflict);
     assert_eq!(res.with(|a| a.generation()), gen + 1);
 }
 
 #[test]
-fn host_preempt_fences_a_non_holder_under_registrants_only() {
+fn operator_preempt_fences_a_non_holder_under_registrants_only() {
     let (_dir, res) = setup();
     register(&res, "vm1", 1);
     register(&res, "vm2", 2);
     reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
     assert!(res.admit("vm2", Access::Write).is_ok());
-    let victim = HostAction::Preempt {
+    let victim = OperatorAction::Preempt {
         victim: "vm2".into(),
         abort: false,
     };
-    assert_eq!(res.host(&victim), PrStatus::Good);
+    assert_eq!(res.operator(&victim), PrStatus::Good);
     assert!(res.admit("vm2", Access::Write).is_err());
     assert!(res.admit("vm1", Access::Write).is_ok());
 }
@@ -130,7 +130,7 @@ fn host_actions_wait_for_admitted_io() {
     let (tx, rx) = mpsc::channel();
     let r = res.clone();
     let t = std::thread::spawn(move || {
-        let status = r.host(&HostAction::Clear);
+        let status = r.operator(&OperatorAction::Clear);
         tx.send(status).unwrap();
     });
     assert!(

@@ -1,0 +1,268 @@
+//! The etcd backend: what the fencing asks of the shared state (see [`PrBackend`]), computed on
+//! the state held here and committed to etcd by compare-and-swap (`etcd.rs`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::etcd::{Agent, EtcdState};
+use crate::lun::Lun;
+use crate::pr::backend::{BackendError, Change, Committed, PrBackend, SharedView, Unsettled};
+use crate::pr::fencing::{preempted, Reservations, BUSY};
+use crate::pr::{Arbiter, PrState};
+use crate::scsi::sense::Sense;
+use crate::util::lock::lock;
+
+/// How often a PR command computes again after losing a compare-and-swap race.
+const MAX_TRIES: usize = 8;
+
+/// A state another daemon committed, for [`EtcdState::adopt`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// The shared state's sequence number: one more for every committed change.
+    pub epoch: u64,
+    /// The shared state's version in the store (etcd's `mod_revision`), which a commit names.
+    pub version: i64,
+    pub state: PrState,
+    /// The unit attentions the changes since our epoch queued, per initiator.
+    pub unit_attentions: Vec<(String, Sense)>,
+}
+
+/// What committing a PR change to the shared state gave.
+pub enum Commit {
+    /// Committed as the shared state's `epoch`, stored as `version`.
+    Done { epoch: u64, version: i64 },
+    /// Nothing to change, and the state this daemon holds was still the newest: the outcome
+    /// stands as computed.
+    Confirmed,
+    /// Committed as `epoch` (`version`) by an attempt whose answer was lost, and another
+    /// daemon's change followed before the commit was sent again: apply this one, then adopt
+    /// `newer`.
+    Superseded {
+        epoch: u64,
+        version: i64,
+        newer: Remote,
+    },
+    /// Another daemon changed the state first: here it is, to adopt and compute again.
+    Stale(Remote),
+    /// No answer that proves either; the command gets BUSY and nothing was changed, or the
+    /// change is resolved later (see `etcd.rs`).
+    Unavailable(String),
+}
+
+/// The shared state in etcd as the fencing's backend, with the agent that keeps the read lease
+/// once started.
+pub struct EtcdBackend {
+    state: Arc<EtcdState>,
+    agent: Mutex<Option<Agent>>,
+}
+
+impl EtcdBackend {
+    pub fn new(state: Arc<EtcdState>) -> Self {
+        EtcdBackend {
+            state,
+            agent: Mutex::new(None),
+        }
+    }
+}
+
+impl EtcdState {
+    /// Takes in a state another daemon committed. Like a PR OUT it waits for every admitted
+    /// command to finish; then the state is replaced and the unit attentions for this daemon's
+    /// initiators are queued. Returns false (and changes nothing) for a state that is not newer
+    /// than the one held.
+    pub fn adopt(&self, fencing: &Reservations, remote: Remote) -> bool {
+        let mut arb = fencing.write_lock();
+        self.adopt_locked(fencing, &mut arb, remote)
+    }
+
+    fn adopt_locked(&self, fencing: &Reservations, arb: &mut Arbiter, remote: Remote) -> bool {
+        let (held, _) = self.held();
+        if remote.epoch <= held {
+            return false;
+        }
+        arb.replace_state(remote.state);
+        for (initiator, sense) in &remote.unit_attentions {
+            if self.serves(initiator) {
+                arb.queue_unit_attention(initiator, *sense);
+            }
+        }
+        self.set_held(remote.epoch, remote.version);
+        self.save_local_copy(fencing, arb);
+        log::info!(
+            "adopted shared state {} (generation {}, {} registrations)",
+            remote.epoch,
+            arb.state().generation,
+            arb.state().registrations.len()
+        );
+        true
+    }
+
+    /// The state file is a local copy of the shared state (etcd wins at start), so a failure
+    /// to write it is logged, not answered.
+    fn save_local_copy(&self, fencing: &Reservations, arb: &Arbiter) {
+        if let Some(store) = self.store() {
+            if let Err(e) = store.save(arb.state(), fencing.replay_log().records()) {
+                log::warn!("{e} (a local copy only: the shared state is in etcd)");
+            }
+        }
+    }
+
+    /// A PR change is computed on a copy of the state held here and committed to the shared
+    /// state by compare-and-swap on its epoch; when another daemon changed it first, that state
+    /// is adopted and the change computed again. Once committed, the change is applied here
+    /// (under the write lock, so I/O admitted under the old state has finished); the fencing
+    /// then settles it. Anything that cannot be proven in time gets BUSY, never GOOD.
+    fn commit_change(&self, fencing: &Reservations, change: Change<'_>) -> Committed {
+        let Change {
+            initiator,
+            what,
+            origin,
+            apply,
+        } = change;
+        let deadline = Instant::now() + self.budget();
+        if !self.lease().wait_held(self.hold()) {
+            log::warn!("{initiator}: {what}: the shared state is out of reach: BUSY");
+            return Committed::Answered(BUSY);
+        }
+        for _ in 0..MAX_TRIES {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let mut arb = fencing.write_lock();
+            let mut next = arb.clone();
+            let outcome = apply(&mut next);
+            // The unit attentions for other daemons' initiators travel with the change; each
+            // daemon queues those of its own guests when it adopts it.
+            let theirs = next.take_unit_attentions(|i| !self.serves(i));
+            let (epoch, version) = self.held();
+            let proposed = outcome.changed.then(|| next.state());
+            let (epoch, version, newer) =
+                match self.commit(epoch, version, proposed, &theirs, deadline) {
+                    Commit::Confirmed => {
+                        // Nothing changed in the shared state; unit attentions of a failed command
+                        // (none today) would still be local.
+                        *arb = next;
+                        fencing.record(initiator, origin, &outcome.status);
+                        log::debug!("{initiator}: {what} -> {:?}", outcome.status);
+                        return Committed::Answered(outcome.status);
+                    }
+                    Commit::Done { epoch, version } => (epoch, version, None),
+                    Commit::Superseded {
+                        epoch,
+                        version,
+                        newer,
+                    } => (epoch, version, Some(newer)),
+                    Commit::Stale(remote) => {
+                        self.adopt_locked(fencing, &mut arb, remote);
+                        continue;
+                    }
+                    Commit::Unavailable(why) => {
+                        log::warn!("{initiator}: {what}: {why}: BUSY");
+                        return Committed::Answered(BUSY);
+                    }
+                };
+            *arb = next;
+            self.set_held(epoch, version);
+            fencing.record(initiator, origin, &outcome.status);
+            self.save_local_copy(fencing, &arb);
+            log::info!(
+                "{initiator}: {what} -> {:?}, generation {}, shared state {epoch}{}",
+                outcome.status,
+                arb.state().generation,
+                preempted(&outcome)
+            );
+            if let Some(newer) = newer {
+                self.adopt_locked(fencing, &mut arb, newer);
+            }
+            return Committed::Unsettled(Unsettled {
+                status: outcome.status,
+                epoch,
+                deadline,
+            });
+        }
+        log::warn!(
+            "{initiator}: {what}: the shared state kept changing under it, or the command's \
+             budget is spent: BUSY"
+        );
+        Committed::Answered(BUSY)
+    }
+
+    /// Whether the state held here is the newest, after adopting a newer one if there is.
+    fn confirm_current(&self, fencing: &Reservations) -> bool {
+        if !self.lease().wait_held(self.hold()) {
+            return false;
+        }
+        for _ in 0..MAX_TRIES {
+            let (epoch, version) = self.held();
+            match self.commit(epoch, version, None, &[], Instant::now() + self.budget()) {
+                Commit::Confirmed | Commit::Done { .. } | Commit::Superseded { .. } => return true,
+                Commit::Stale(remote) => {
+                    self.adopt(fencing, remote);
+                }
+                Commit::Unavailable(why) => {
+                    log::warn!("PR IN: {why}: BUSY");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+}
+
+impl PrBackend for EtcdBackend {
+    fn may_admit(&self) -> bool {
+        self.state.lease().valid()
+    }
+
+    fn wait_to_admit(&self) -> bool {
+        self.state.lease().wait_held(self.state.hold())
+    }
+
+    fn commit(&self, fencing: &Reservations, change: Change<'_>) -> Committed {
+        self.state.commit_change(fencing, change)
+    }
+
+    fn confirm_current(&self, fencing: &Reservations) -> bool {
+        self.state.confirm_current(fencing)
+    }
+
+    fn settle(&self, unsettled: &Unsettled) -> Result<(), BackendError> {
+        Ok(self.state.settle(unsettled.epoch, unsettled.deadline)?)
+    }
+
+    fn serves(&self, initiator: &str) -> bool {
+        self.state.serves(initiator)
+    }
+
+    fn serve(&self, initiator: &str) {
+        self.state.serve(initiator);
+    }
+
+    fn unserve(&self, initiator: &str) {
+        self.state.unserve(initiator);
+    }
+
+    fn start(&self, lun: Arc<Lun>) {
+        *lock(&self.agent) = Some(Agent::start(self.state.clone(), lun));
+    }
+
+    fn stop(&self) {
+        // Taken out first: stopping waits for admitted I/O, which must not wait on this lock.
+        let agent = lock(&self.agent).take();
+        if let Some(mut agent) = agent {
+            agent.stop();
+        }
+    }
+
+    fn view(&self) -> Option<SharedView> {
+        Some(SharedView {
+            epoch: self.state.held().0,
+            lease_valid: self.state.lease().valid(),
+            lease_remaining: self.state.lease().remaining(),
+        })
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        Some(self.state.status())
+    }
+}
