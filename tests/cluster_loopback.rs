@@ -305,7 +305,7 @@ fn soft_mode_answers_good_only_after_the_wait_bound() {
     );
 }
 
-/// Known limit, not a promise: the pause gap (src/pr/cluster/etcd.rs, README). A daemon stalled
+/// Known limit, not a promise: the pause gap (src/pr/cluster/etcd.rs, docs/cluster.md). A daemon stalled
 /// between admitting a write and issuing it for longer than lease + D_io can issue it after
 /// another daemon's PREEMPT returned GOOD; soft mode cannot stop it (strict mode's fence hook
 /// does). This shows the gap and reports whether the late write landed over the canary; it

@@ -1,4 +1,4 @@
-//! The disk's identity as the README states it: the serial (virtio-blk GET_ID, VPD 0x80) and the
+//! The disk's identity as docs/conformance.md states it: the serial (virtio-blk GET_ID, VPD 0x80) and the
 //! NAA designator (VPD 0x83) derive from the image's canonical path, and so stay the same across
 //! restarts and whatever path names the image; a different file at the same path is a different
 //! disk, whose reservation state is not applied.

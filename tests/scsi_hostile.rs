@@ -282,7 +282,7 @@ fn huge_transfer_lengths_are_refused_without_a_huge_allocation() {
 #[test]
 fn a_write_with_less_data_out_than_its_transfer_length_writes_nothing() {
     let (d, mut c) = setup();
-    // README: 05/24/00 and nothing written (assert_serving checks the guard area).
+    // docs/conformance.md: 05/24/00 and nothing written (assert_serving checks the guard area).
     for have in [0usize, 1, 511, 512, 1024, 4095] {
         let r = c.cmd(&write16_cdb(GUARD_LBA, 8), &pattern(99, have), 0);
         check(&r, INVALID_FIELD_CDB, &format!("{have} of 4096 bytes"));
@@ -303,7 +303,7 @@ fn a_read_into_a_smaller_data_in_buffer_does_not_overflow() {
         let used = used_len(&mut c, REQUEST_Q, &descs);
         let (response, status, sense, resid) = parse_resp(&c.fe.read_mem(resp, RESP_LEN));
         assert_eq!(response, VIRTIO_SCSI_S_OK);
-        // README: GOOD, the whole blocks that fit, and the residual says what was not used.
+        // docs/conformance.md: GOOD, the whole blocks that fit, and the residual says what was not used.
         assert_eq!((status, sense), (GOOD, None), "{room}");
         let written = used as usize - RESP_LEN;
         assert_eq!(written, room as usize / 512 * 512, "{room}: whole blocks");

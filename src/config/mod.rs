@@ -221,7 +221,7 @@ impl Config {
 
     /// The I/O engine: as configured, else io_uring under O_DIRECT (where it gives the disk a
     /// real queue depth) and synchronous calls on the page cache (where a call is a copy, and
-    /// io_uring measured slower: README, Benchmarks).
+    /// io_uring measured slower: docs/benchmarks.md).
     pub fn aio(&self) -> Aio {
         self.aio
             .unwrap_or(if self.direct { Aio::IoUring } else { Aio::Sync })

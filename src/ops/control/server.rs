@@ -268,7 +268,7 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
         "metrics" => Ok(json!({ "schema": view::SCHEMA, "text": daemon.metrics() })),
         "pr.clear" => {
             confirmed(req)?;
-            host_action(daemon, &OperatorAction::Clear, peer)
+            operator_action(daemon, &OperatorAction::Clear, peer)
         }
         "pr.preempt" => {
             confirmed(req)?;
@@ -279,7 +279,7 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
             {
                 return Err(fail(code::FAILED, format!("no guest named {victim:?}")));
             }
-            host_action(daemon, &OperatorAction::Preempt { victim, abort }, peer)
+            operator_action(daemon, &OperatorAction::Preempt { victim, abort }, peer)
         }
         "guest.add" => guest_add(req, daemon, peer),
         "guest.remove" => guest_remove(req, daemon, peer),
@@ -342,7 +342,7 @@ fn by(peer: Option<u32>) -> String {
     peer.map(|uid| format!(" (uid {uid})")).unwrap_or_default()
 }
 
-fn host_action(
+fn operator_action(
     daemon: &dyn Daemon,
     action: &OperatorAction,
     peer: Option<u32>,

@@ -336,7 +336,7 @@ impl ScsiDevice {
     }
 
     /// One task management function on LUN 0 (SAM-5 §7; virtio 1.2 §5.6.6.2 maps the
-    /// responses). What each does here, and why, is the "Task management" table of the README.
+    /// responses). What each does here, and why, is the "Task management" table of docs/conformance.md.
     fn tmf(&self, subtype: u32) -> u32 {
         let res = &self.target.lun().reservations;
         match subtype {

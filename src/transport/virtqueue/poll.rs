@@ -14,7 +14,7 @@ static POLLERS: AtomicUsize = AtomicUsize::new(0);
 
 /// A turn at busy-polling. At most half the host's cores (at least one) poll at once: a
 /// spinning thread takes a core from the guests and their clients, and on a small host more
-/// pollers than that measured slower than none (README, Benchmarks).
+/// pollers than that measured slower than none (docs/benchmarks.md).
 pub(super) struct Poller;
 
 impl Poller {
