@@ -75,6 +75,9 @@ step "cargo clippy, no features" cargo clippy --all-targets -- -D warnings
 step "cargo clippy --features $features" cargo clippy --all-targets --features "$features" -- -D warnings
 step "release build, no features" cargo build --release
 step "the release binary has no test hooks" release_has_no_test_hooks
+# The unit tests of the single-host build (some exist only without `cluster`, e.g. the refusal of
+# a [cluster] section by a build without cluster support).
+step "unit tests, no features" cargo test --lib
 step "fuzzing, 30 s per target" fuzz/run.sh 30
 
 # libtest keeps a passing test's output to itself and prints a failing one's: every guest command

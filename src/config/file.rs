@@ -223,6 +223,39 @@ impl<'a> Source<'a> {
         walk(&self.tables, offset, "")
     }
 
+    /// The key an error's line names when the parsed tables do not hold it (a syntax error, a
+    /// duplicate key, a table header): the header itself, or the nearest header above plus the
+    /// name before the `=`. Only for naming the key in a message; the tables are the truth.
+    fn key_on_line(&self, offset: usize) -> Option<String> {
+        let offset = offset.min(self.text.len());
+        let start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[start..].lines().next().unwrap_or("").trim();
+        let header = |l: &str| {
+            l.starts_with('[').then(|| {
+                l.split('#')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches(['[', ']'])
+                    .trim()
+                    .to_string()
+            })
+        };
+        if let Some(h) = header(line) {
+            return Some(h);
+        }
+        let key = line.split('=').next()?.trim().trim_matches('"');
+        let section = self.text[..start]
+            .lines()
+            .rev()
+            .find_map(|l| header(l.trim()));
+        match (section, key.is_empty()) {
+            (section, true) => section,
+            (Some(s), false) => Some(format!("{s}.{key}")),
+            (None, false) => Some(key.to_string()),
+        }
+    }
+
     /// `FILE:LINE: key `section.key`: what is wrong`, from a TOML or serde error and its span.
     fn error(&self, e: &toml::de::Error) -> ConfigError {
         let msg = e.message().trim().to_string();
@@ -231,6 +264,7 @@ impl<'a> Source<'a> {
         };
         let key = self
             .key_at(span.start)
+            .or_else(|| self.key_on_line(span.start))
             .map(|k| format!(" key `{k}`:"))
             .unwrap_or_default();
         ConfigError::File(format!(

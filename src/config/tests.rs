@@ -161,6 +161,34 @@ fn errors_name_file_line_and_key() {
 }
 
 #[test]
+fn errors_toml_cannot_table_still_name_the_key() {
+    // A later [[guest]] entry without its name, a duplicate key, syntax errors on a key's line
+    // and an unclosed header: the parsed tables do not hold the key, the line does.
+    for (text, want) in [
+        (
+            "[image]\npath = \"/d\"\n[[guest]]\nname = \"a\"\n[[guest]]\nqueues = 2\n",
+            ":5: key `guest`: missing field `name`",
+        ),
+        (
+            "[image]\npath = \"/d\"\npath = \"/e\"\n",
+            ":3: key `image.path`: duplicate key",
+        ),
+        (
+            "[image]\npath = \"/d\n",
+            ":2: key `image.path`: invalid basic string",
+        ),
+        (
+            "[image]\npath = \"/d\" x\n",
+            ":2: key `image.path`: unexpected key",
+        ),
+        ("[image\npath = \"/d\"\n", ":1: key `image`:"),
+    ] {
+        let e = error(text);
+        assert!(e.contains(want), "{text:?}: {e}");
+    }
+}
+
+#[test]
 fn flags_fill_in_and_never_contradict_the_file() {
     let (_d, path) = write(GOOD);
     // Agreeing or new settings are fine.

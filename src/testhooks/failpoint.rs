@@ -13,6 +13,7 @@
 //! | `state-renamed` | the temporary copy has replaced the state file |
 //! | `state-dir-synced` | the directory is synced: the change is durable |
 //! | `prout-persisted` | a PR OUT's change is durable, its completion not yet sent |
+//! | `guests-tmp-written`, `guests-tmp-synced`, `guests-renamed`, `guests-dir-synced` | the same steps for the runtime guests file (`<state>.guests`) |
 //!
 //! Error points:
 //!
@@ -20,6 +21,7 @@
 //! |---|---|
 //! | `state-write-error` | writing the temporary copy of the state file |
 //! | `state-dir-sync-error` | syncing the directory after the rename |
+//! | `guests-write-error`, `guests-dir-sync-error` | the same steps for the runtime guests file |
 
 use std::fmt::Display;
 use std::io;

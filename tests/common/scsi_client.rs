@@ -122,13 +122,17 @@ pub fn good(r: &ScsiResult, what: &str) {
     );
 }
 
-/// Asserts RESERVATION CONFLICT (and a normal transport response).
+/// Asserts RESERVATION CONFLICT (a normal transport response, and no sense: SAM-5 §5.3.1).
 #[track_caller]
 pub fn conflict(r: &ScsiResult, what: &str) {
     assert_eq!(r.response, VIRTIO_SCSI_S_OK, "{what}: {r:?}");
     assert_eq!(
         r.status, RESERVATION_CONFLICT,
         "{what}: expected RESERVATION CONFLICT, got {r:?}"
+    );
+    assert_eq!(
+        r.sense, None,
+        "{what}: RESERVATION CONFLICT carries no sense"
     );
 }
 

@@ -199,6 +199,7 @@ pub fn join(
 }
 
 #[doc(hidden)]
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod conformance;
 
 #[cfg(test)]

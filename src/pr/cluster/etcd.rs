@@ -45,7 +45,7 @@ use crate::util::lock::{lock, read, write};
 use std::collections::{BTreeMap, HashSet};
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -693,11 +693,14 @@ impl EtcdState {
         })
     }
 
-    /// Leaves the cluster cleanly: stops admitting, waits for admitted I/O, and removes this
-    /// member, so that other daemons' PR OUTs no longer wait for it.
-    fn leave(&self, lun: &Lun) {
+    /// Leaves the cluster cleanly: stops admitting, waits for admitted I/O (when the logical unit
+    /// is still there: a unit being dropped has none), and removes this member, so that other
+    /// daemons' PR OUTs no longer wait for it.
+    fn leave(&self, lun: Option<&Lun>) {
         self.lease.revoke();
-        lun.reservations.with_mut(|_| ());
+        if let Some(lun) = lun {
+            lun.reservations.with_mut(|_| ());
+        }
         let k = &self.keys;
         let txn = Txn::new()
             .when([Compare::value(
@@ -837,7 +840,8 @@ impl EtcdState {
                 Err(e) if changes && Instant::now() + self.cfg.renew_every() < retries_end => {
                     if !told {
                         log::warn!(
-                            "cluster: {e}; the commit of epoch {} is sent again until etcd                              tells whether it landed",
+                            "cluster: {e}; the commit of epoch {} is sent again until etcd \
+                             tells whether it landed",
                             epoch + 1
                         );
                         told = true;
@@ -976,9 +980,13 @@ impl EtcdState {
 
 /// The running agent: the renewer thread and the watch. Stops (and leaves the cluster) on
 /// [`Agent::stop`] or drop.
+///
+/// It holds the logical unit weakly: the unit owns its reservations, which own the backend and
+/// so this agent; a strong reference would keep a dropped unit, its renewer and its membership
+/// alive for ever.
 pub struct Agent {
     shared: Arc<EtcdState>,
-    lun: Arc<Lun>,
+    lun: Weak<Lun>,
     renewer: Option<JoinHandle<()>>,
 }
 
@@ -990,14 +998,14 @@ impl Agent {
         shared.rt.spawn(async move {
             watch_state(watch_shared, key).await;
         });
-        let (s, l) = (shared.clone(), lun.clone());
+        let (s, l) = (shared.clone(), Arc::downgrade(&lun));
         let renewer = std::thread::Builder::new()
             .name("cluster-renew".into())
             .spawn(move || renew_loop(&s, &l))
             .ok();
         Agent {
             shared,
-            lun,
+            lun: Arc::downgrade(&lun),
             renewer,
         }
     }
@@ -1009,8 +1017,12 @@ impl Agent {
         };
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.wake_renewer();
-        let _ = t.join();
-        self.shared.leave(&self.lun);
+        // The renewer itself may drop the last reference to the unit, and so this agent: it
+        // has stopped already, and cannot wait for itself.
+        if t.thread().id() != std::thread::current().id() {
+            let _ = t.join();
+        }
+        self.shared.leave(self.lun.upgrade().as_deref());
     }
 }
 
@@ -1020,7 +1032,7 @@ impl Drop for Agent {
     }
 }
 
-fn renew_loop(shared: &EtcdState, lun: &Lun) {
+fn renew_loop(shared: &EtcdState, lun: &Weak<Lun>) {
     let mut serving = true;
     loop {
         {
@@ -1037,7 +1049,11 @@ fn renew_loop(shared: &EtcdState, lun: &Lun) {
         if shared.stopping.load(Ordering::Acquire) {
             return;
         }
-        shared.renew(lun);
+        let Some(lun) = lun.upgrade() else {
+            return;
+        };
+        shared.renew(&lun);
+        drop(lun);
         let now = shared.lease.valid();
         if now != serving {
             if now {
