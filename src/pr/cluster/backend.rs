@@ -119,7 +119,7 @@ impl EtcdState {
             origin,
             apply,
         } = change;
-        let deadline = Instant::now() + self.budget();
+        let deadline = super::config::after(self.budget());
         if !self.lease().wait_held(self.hold()) {
             log::warn!("{initiator}: {what}: the shared state is out of reach: BUSY");
             return Committed::Answered(BUSY);
@@ -194,7 +194,13 @@ impl EtcdState {
         }
         for _ in 0..MAX_TRIES {
             let (epoch, version) = self.held();
-            match self.commit(epoch, version, None, &[], Instant::now() + self.budget()) {
+            match self.commit(
+                epoch,
+                version,
+                None,
+                &[],
+                super::config::after(self.budget()),
+            ) {
                 Commit::Confirmed | Commit::Done { .. } | Commit::Superseded { .. } => return true,
                 Commit::Stale(remote) => {
                     self.adopt(fencing, remote);

@@ -98,7 +98,7 @@ impl Endpoints {
     ) -> Result<TxnResponse, ClusterError> {
         let n = self.clients.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
-        let end = Instant::now() + within;
+        let end = super::config::after(within);
         let mut error = None;
         for attempt in 0.. {
             let left = end.saturating_duration_since(Instant::now());

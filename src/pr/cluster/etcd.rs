@@ -26,7 +26,7 @@
 //!
 //! **A PR OUT** is computed on the state held here and committed by compare-and-swap
 //! (`EtcdState::commit_change`, `backend.rs`); [`EtcdState::settle`] then waits until every other member
-//! has acknowledged the new epoch, or `lease_ms × (1 + drift) + max_io_ms` has passed on this
+//! has acknowledged the new epoch, or `lease_ms × (1 + drift) / (1 − drift) + max_io_ms` has passed on this
 //! host's clock since the commit's answer: by then a member that did not see the change has no
 //! lease (its last renewal was sent before the commit) and its last admitted I/O has ended. In
 //! strict mode such a member must also be fenced by `fence_hook` first.
@@ -314,7 +314,7 @@ impl EtcdState {
         // One transaction: become the member, create the state from the local file if there is
         // none (the first daemon of this disk), and read it. etcd may still be electing a leader
         // (a cluster starting with this daemon): it is tried again until the startup time is over.
-        let deadline = Instant::now() + startup;
+        let deadline = super::config::after(startup);
         let sent = boottime_ns();
         let join = Txn::new()
             .when([Compare::create_revision(
@@ -627,7 +627,7 @@ impl EtcdState {
                 return false;
             }
         };
-        let end = Instant::now() + within;
+        let end = super::config::after(within);
         loop {
             match child.try_wait() {
                 Ok(Some(st)) if st.success() => {
@@ -826,7 +826,7 @@ impl EtcdState {
         txn: &Txn,
         deadline: Instant,
     ) -> Result<TxnResponse, ClusterError> {
-        let retries_end = deadline.min(Instant::now() + self.cfg.hold());
+        let retries_end = deadline.min(super::config::after(self.cfg.hold()));
         let mut end = deadline;
         let mut told = false;
         loop {
@@ -837,7 +837,7 @@ impl EtcdState {
             end = retries_end;
             match self.txn(within, "commit", txn) {
                 Ok(r) => return Ok(r),
-                Err(e) if changes && Instant::now() + self.cfg.renew_every() < retries_end => {
+                Err(e) if changes && super::config::after(self.cfg.renew_every()) < retries_end => {
                     if !told {
                         log::warn!(
                             "cluster: {e}; the commit of epoch {} is sent again until etcd \
@@ -916,7 +916,7 @@ impl EtcdState {
     /// `budget_end` is the command's budget: past it, the answer is BUSY.
     pub(super) fn settle(&self, epoch: u64, budget_end: Instant) -> Result<(), SettleError> {
         // Measured from the commit's answer, on this host's clock.
-        let bound = boottime_ns().saturating_add(self.cfg.wait_bound().as_nanos() as u64);
+        let bound = boottime_ns().saturating_add(super::config::nanos(self.cfg.wait_bound()));
         loop {
             let within = self
                 .cfg

@@ -18,7 +18,7 @@
 //! nothing changes.
 
 pub mod backend;
-mod config;
+pub mod config;
 mod endpoints;
 pub mod etcd;
 pub mod lease;
