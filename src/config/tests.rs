@@ -453,3 +453,27 @@ fn every_millisecond_setting_is_bounded() {
     assert_eq!(c.validate(), Ok(()));
     assert!(c.wait_bound() < std::time::Duration::from_millis(86_400_000));
 }
+
+/// In cluster mode the state file is this node's host-local copy, never `<image>.pr` beside the
+/// shared image (every host wrote that one).
+#[test]
+#[cfg(feature = "cluster")]
+fn cluster_mode_keeps_a_local_copy_per_node() {
+    let (_d, path) = write(CLUSTER);
+    let c = load_file(&path).unwrap();
+    assert_eq!(
+        c.state_path(),
+        PathBuf::from("/var/lib/sharedisk/disk-a.host1.pr")
+    );
+    let (d, path) = write(&format!("{CLUSTER}state_dir = \"st\"\n"));
+    let c = load_file(&path).unwrap();
+    assert_eq!(c.state_path(), d.path().join("st/disk-a.host1.pr"));
+    let (_d, path) = write(&CLUSTER.replace(
+        "path = \"d.img\"\n",
+        "path = \"d.img\"\nstate = \"/x.pr\"\n",
+    ));
+    assert_eq!(
+        load_file(&path).unwrap().state_path(),
+        PathBuf::from("/x.pr")
+    );
+}

@@ -92,7 +92,18 @@ pub struct ClusterConfig {
     /// acknowledge it must be fenced by this command (run with `sh -c`, the member's node name in
     /// `$SHAREDISK_FENCE_NODE`); if the hook fails, the PR OUT gets BUSY, never GOOD.
     pub fence_hook: Option<String>,
+    /// The host-local directory of this node's local copy of the shared state,
+    /// `<state_dir>/<disk_id>.<node>.pr` (default [`DEFAULT_STATE_DIR`]). etcd holds the truth:
+    /// the copy is imported only by the first daemon of a disk, and a missing or unreadable one
+    /// never stops a daemon that etcd answers. `image.state` (`--state`), when set, names the
+    /// file instead: it must then be per node and host-local too.
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
+
+/// Where a node keeps its local copy of the shared state unless `state_dir` says otherwise:
+/// host-local, never beside the shared image (every host would write the same file).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sharedisk";
 
 /// `d` in nanoseconds, saturating at `u64::MAX` instead of wrapping (`as u64` would).
 pub fn nanos(d: Duration) -> u64 {
@@ -249,6 +260,14 @@ impl ClusterConfig {
         Duration::try_from_secs_f64(v)
             .unwrap_or(Duration::MAX)
             .saturating_add(Duration::from_millis(self.max_io_ms))
+    }
+
+    /// This node's local copy of the shared state: `<state_dir>/<disk_id>.<node>.pr`.
+    pub fn local_copy(&self) -> std::path::PathBuf {
+        self.state_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new(DEFAULT_STATE_DIR))
+            .join(format!("{}.{}.pr", self.disk_id, self.node))
     }
 
     /// The etcd key prefix of this disk, ending in '/'.

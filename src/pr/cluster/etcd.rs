@@ -86,6 +86,13 @@ pub enum ClusterError {
     /// The agent's runtime could not be started.
     #[error("cannot start the cluster agent: {0}")]
     Runtime(std::io::Error),
+    /// etcd holds no state for the disk and this node's local copy could not be read, so there
+    /// is nothing to start from.
+    #[error(
+        "etcd holds no state under {key} and the local copy of the state is unreadable: nothing \
+         to start from (`--reset-reservations` starts with no registrations)"
+    )]
+    NoState { key: String },
 }
 
 /// Why a committed change could not be settled; the command gets BUSY.
@@ -266,6 +273,30 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// The join's transaction: if the disk has no state yet, become a member and create it from
+/// `first` (the local copy; none: write nothing); else become a member. Either way, read it.
+fn join_txn(k: &Keys, member: &[u8], first: Option<Vec<u8>>) -> Txn {
+    Txn::new()
+        .when([Compare::create_revision(
+            k.state.as_str(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(match first {
+            // No local copy to import: nothing is written (not even the member key).
+            None => vec![],
+            Some(first) => vec![
+                TxnOp::put(k.member.as_str(), member.to_vec(), None),
+                TxnOp::put(k.state.as_str(), first, None),
+                TxnOp::get(k.state.as_str(), None),
+            ],
+        })
+        .or_else([
+            TxnOp::put(k.member.as_str(), member.to_vec(), None),
+            TxnOp::get(k.state.as_str(), None),
+        ])
+}
+
 impl EtcdState {
     /// Joins the cluster: registers this incarnation, imports `local` as the shared state if
     /// etcd has none yet (the first daemon of a disk), and reads the newest state, which the
@@ -273,7 +304,7 @@ impl EtcdState {
     pub fn join(
         cfg: &ClusterConfig,
         guests: &[String],
-        local: &PrState,
+        local: Option<&PrState>,
         store: Option<StateStore>,
     ) -> Result<(Arc<EtcdState>, Remote), ClusterError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -306,34 +337,27 @@ impl EtcdState {
             stopping: AtomicBool::new(false),
         });
         let k = &shared.keys;
-        let first = serde_json::to_vec(&StateValue {
-            epoch: 1,
-            state: local.clone(),
-        })
-        .unwrap_or_default();
+        let first = local.map(|local| {
+            serde_json::to_vec(&StateValue {
+                epoch: 1,
+                state: local.clone(),
+            })
+            .unwrap_or_default()
+        });
         // One transaction: become the member, create the state from the local file if there is
         // none (the first daemon of this disk), and read it. etcd may still be electing a leader
         // (a cluster starting with this daemon): it is tried again until the startup time is over.
         let deadline = super::config::after(startup);
         let sent = boottime_ns();
-        let join = Txn::new()
-            .when([Compare::create_revision(
-                k.state.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([
-                TxnOp::put(k.member.as_str(), shared.member.clone(), None),
-                TxnOp::put(k.state.as_str(), first, None),
-                TxnOp::get(k.state.as_str(), None),
-            ])
-            .or_else([
-                TxnOp::put(k.member.as_str(), shared.member.clone(), None),
-                TxnOp::get(k.state.as_str(), None),
-            ]);
+        let join = join_txn(k, &shared.member, first);
         let joined = shared.retry(deadline, "join", join)?;
         let created = joined.succeeded();
         if created {
+            let Some(local) = local else {
+                return Err(ClusterError::NoState {
+                    key: k.state.clone(),
+                });
+            };
             log::info!(
                 "cluster: created the shared state of disk {:?} from the local state ({} \
                  registrations)",
@@ -351,7 +375,7 @@ impl EtcdState {
                 key: k.state.clone(),
                 reason: "missing".into(),
             })?;
-        if !created && remote.state != *local {
+        if !created && local != Some(&remote.state) {
             log::info!(
                 "cluster: the shared state (epoch {}) replaces the local state file's",
                 remote.epoch
