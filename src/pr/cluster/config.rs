@@ -135,11 +135,17 @@ fn default_drift() -> f64 {
 fn default_max_io_ms() -> u64 {
     10_000
 }
+/// `hold_ms` unless configured. The systemd unit's `TimeoutStopSec` covers it plus
+/// [`DEFAULT_BUDGET_MS`] (a stop during an etcd outage may wait for both).
+pub const DEFAULT_HOLD_MS: u64 = 20_000;
+/// `budget_ms` unless configured.
+pub const DEFAULT_BUDGET_MS: u64 = 25_000;
+
 fn default_hold_ms() -> u64 {
-    20_000
+    DEFAULT_HOLD_MS
 }
 fn default_budget_ms() -> u64 {
-    25_000
+    DEFAULT_BUDGET_MS
 }
 
 impl ClusterConfig {
