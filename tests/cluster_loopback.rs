@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::{ClusterDaemon, Etcd, FAST};
 use common::image::image_bytes;
+use common::scsi_client::{ScsiClient, SA_REGISTER};
 use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
 use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
@@ -275,6 +276,42 @@ fn each_node_keeps_its_own_local_copy_and_a_broken_one_does_not_stop_it() {
         "{e}"
     );
     drop(a);
+}
+
+/// While etcd has no quorum every BUSY answer had its WARN line, and a Linux guest re-sends
+/// its PR OUT every few milliseconds (about 300 lines for one 7-second PR OUT): now the first,
+/// then one a second with the count left out.
+#[test]
+fn busy_answers_without_etcd_are_logged_at_most_once_a_second() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let d = ClusterDaemon::start(dir.path(), &etcd.endpoints(), "h1", &["a"], &FAST, &[]);
+    let mut s = ScsiClient::connect(&d.scsi("a"));
+    s.drain_ua();
+    etcd.signal("-STOP");
+    // The lease (600 ms) and the hold (400 ms) run out: each PR OUT then gets BUSY at once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let start = Instant::now();
+    let mut answers = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        let r = s.prout(SA_REGISTER, 0, 0, 0x1, false);
+        assert_eq!(r.status, 0x08, "BUSY without etcd");
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    etcd.signal("-CONT");
+    let log = d.log_text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("BUSY"))
+        .count();
+    assert!(answers >= 100, "only {answers} answers");
+    assert!(
+        (1..=4).contains(&warned),
+        "{warned} BUSY warnings for {answers} answers in 2.5 s:\n{log}"
+    );
+    assert!(log.contains("more like it not logged"), "{log}");
 }
 
 /// Submits one 512-byte write of `byte` at `sector` and returns without waiting for it.

@@ -56,6 +56,7 @@ fn verify(root: &Path) -> (bool, String) {
 }
 
 /// `TimeoutStopSec=` of the unit, in milliseconds (`60s`, `2min`, `90`).
+#[cfg(feature = "cluster")]
 fn timeout_stop_ms(unit: &str) -> u64 {
     let v = unit
         .lines()

@@ -425,7 +425,8 @@ fn the_wait_bound_covers_drift_on_both_clocks() {
 #[cfg(feature = "cluster")]
 fn every_millisecond_setting_is_bounded() {
     let base = cluster_config();
-    let set: [(&str, fn(&mut crate::pr::cluster::ClusterConfig, u64)); 5] = [
+    type Set = fn(&mut crate::pr::cluster::ClusterConfig, u64);
+    let set: [(&str, Set); 5] = [
         ("lease_ms", |c, v| c.lease_ms = v),
         ("renew_ms", |c, v| c.renew_ms = Some(v)),
         ("max_io_ms", |c, v| c.max_io_ms = v),

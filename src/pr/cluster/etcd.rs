@@ -174,6 +174,8 @@ pub struct EtcdState {
     /// Wakes the renewer early (the watch saw a change, or the agent stops).
     wake: (Mutex<bool>, Condvar),
     stopping: AtomicBool,
+    /// The BUSY answers' warnings, at most one a second (a guest re-sends every few ms).
+    pub(super) busy_log: super::ratelimit::RateLimited,
 }
 
 struct Keys {
@@ -335,6 +337,7 @@ impl EtcdState {
             keys,
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
+            busy_log: super::ratelimit::RateLimited::new(super::ratelimit::BUSY_LOG_EVERY),
         });
         let k = &shared.keys;
         let first = local.map(|local| {
@@ -1082,6 +1085,12 @@ fn renew_loop(shared: &EtcdState, lun: &Weak<Lun>) {
         if now != serving {
             if now {
                 log::warn!("cluster: read lease back; admitting I/O again");
+                let left_out = shared.busy_log.flush();
+                if left_out > 0 {
+                    log::warn!(
+                        "cluster: {left_out} BUSY answers while the lease was lost not logged"
+                    );
+                }
             } else {
                 log::error!(
                     "cluster: read lease lost (etcd out of reach or without quorum): new I/O \

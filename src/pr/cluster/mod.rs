@@ -22,6 +22,7 @@ pub mod config;
 mod endpoints;
 pub mod etcd;
 pub mod lease;
+mod ratelimit;
 
 use std::sync::Arc;
 
