@@ -476,7 +476,8 @@ impl EtcdState {
         let ack = AckValue {
             epoch,
             initiators,
-            lease_remaining_ms: self.lease.remaining().as_millis() as u64,
+            lease_remaining_ms: u64::try_from(self.lease.remaining().as_millis())
+                .unwrap_or(u64::MAX),
         };
         let value = serde_json::to_vec(&ack).unwrap_or_default();
         let key = self.keys.ack.clone();
@@ -713,7 +714,7 @@ impl EtcdState {
             "epoch": epoch,
             "shared_epoch": shared_epoch,
             "lease_ms": self.cfg.lease_ms,
-            "lease_remaining_ms": self.lease.remaining().as_millis() as u64,
+            "lease_remaining_ms": u64::try_from(self.lease.remaining().as_millis()).unwrap_or(u64::MAX),
             "strict": self.cfg.fence_hook.is_some(),
             "members": members,
             "error": error,
