@@ -289,6 +289,19 @@ fn busy_answers_without_etcd_are_logged_at_most_once_a_second() {
     let d = ClusterDaemon::start(dir.path(), &etcd.endpoints(), "h1", &["a"], &FAST, &[]);
     let mut s = ScsiClient::connect(&d.scsi("a"));
     s.drain_ua();
+    // `--json` after the subcommand (a usage error before).
+    let control = d.control();
+    let status = common::ctl::sharedisk(&[
+        "ctl",
+        "cluster",
+        "status",
+        "--json",
+        "--socket",
+        control.to_str().unwrap(),
+    ])
+    .ok()
+    .json();
+    assert!(status.to_string().contains("\"node\":\"h1\""), "{status}");
     etcd.signal("-STOP");
     // The lease (600 ms) and the hold (400 ms) run out: each PR OUT then gets BUSY at once.
     std::thread::sleep(Duration::from_millis(1500));
