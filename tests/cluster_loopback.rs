@@ -13,16 +13,19 @@ use std::time::{Duration, Instant};
 
 use common::etcd::{ClusterDaemon, Etcd, FAST};
 use common::image::image_bytes;
+use common::scsi_client::{ScsiClient, SA_REGISTER};
 use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
 use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
 use sharedisk::image::{Buf, IoOp};
 use sharedisk::pr::cluster::ClusterConfig;
 use sharedisk::pr::fencing::{OperatorAction, Refusal};
+use sharedisk::pr::state_file::{ImageIdentity, StateStore};
 use sharedisk::pr::{Access, PrStatus, ProutRequest, ResType, ServiceAction};
 use sharedisk::scsi::sense;
 
-fn cluster(etcd: &Etcd, node: &str) -> ClusterConfig {
+/// `dir/state` keeps the nodes' local copies (`/var/lib/sharedisk` by default).
+fn cluster(dir: &Path, etcd: &Etcd, node: &str) -> ClusterConfig {
     ClusterConfig {
         etcd: vec![etcd.url.clone()],
         node: node.into(),
@@ -35,6 +38,7 @@ fn cluster(etcd: &Etcd, node: &str) -> ClusterConfig {
         hold_ms: FAST.hold_ms,
         budget_ms: FAST.budget_ms,
         fence_hook: None,
+        state_dir: Some(dir.join("state")),
     }
 }
 
@@ -42,7 +46,7 @@ fn serve(dir: &Path, etcd: &Etcd, node: &str, guest: &str) -> Server {
     let mut c = Config::new(dir.join("disk.img"), dir.join(node), &[guest]);
     c.size = Some(16 << 20);
     c.direct = true;
-    c.cluster = Some(cluster(etcd, node));
+    c.cluster = Some(cluster(dir, etcd, node));
     Server::start(c).expect("the daemon joins the cluster")
 }
 
@@ -70,7 +74,7 @@ fn the_etcd_backend_keeps_every_guarantee() {
         c.direct = true;
         c.cluster = Some(ClusterConfig {
             disk_id: format!("conformance-{n}"),
-            ..cluster(&etcd, &node)
+            ..cluster(dir.path(), &etcd, &node)
         });
         let server = Server::start(c).expect("the daemon joins the cluster");
         let res = server.arbiter();
@@ -190,6 +194,139 @@ fn two_daemons_share_one_state_and_fence_without_etcd() {
     drop(b);
 }
 
+/// The registrations a local copy holds, read as a restarting daemon would.
+fn local_copy(path: &Path, image: &Path) -> Vec<u64> {
+    let identity = ImageIdentity::of(image).unwrap();
+    let saved = StateStore::new(path.to_path_buf(), identity)
+        .load()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .unwrap_or_else(|| panic!("{} missing", path.display()));
+    let mut keys: Vec<u64> = saved
+        .reservations
+        .registrations
+        .iter()
+        .map(|r| r.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Finding 5 of issue 19: every host wrote the same `<image>.pr` beside the shared image, and a
+/// daemon whose copy was broken refused to start although etcd held the state. Each node now
+/// keeps its own copy in a host-local directory, and a broken one is logged and replaced from
+/// etcd.
+#[test]
+fn each_node_keeps_its_own_local_copy_and_a_broken_one_does_not_stop_it() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let image = dir.path().join("disk.img");
+    let a = serve(dir.path(), &etcd, "h1", "a");
+    let h2_copy = dir.path().join("state/test-disk.h2.pr");
+    assert_eq!(
+        a.config().state_path(),
+        dir.path().join("state/test-disk.h1.pr")
+    );
+    assert_eq!(a.arbiter().prout("a", &register(0xa), None), PrStatus::Good);
+
+    // h2's copy is torn (as concurrent saves through one `.tmp` name left it): h2 joins anyway,
+    // from etcd's state, and serves.
+    std::fs::create_dir_all(h2_copy.parent().unwrap()).unwrap();
+    std::fs::write(&h2_copy, b"{\"torn\": ").unwrap();
+    let b = serve(dir.path(), &etcd, "h2", "b");
+    assert_eq!(b.config().state_path(), h2_copy);
+    let rb = b.arbiter();
+    assert!(rb.with(|s| s.is_registered("a")), "h2 started from etcd");
+    assert_eq!(rb.prout("b", &register(0xb), None), PrStatus::Good);
+    assert!(rb.admit("b", Access::Write).is_ok(), "h2 serves");
+
+    // Each node wrote its own copy; nothing beside the shared image.
+    assert_eq!(
+        local_copy(&h2_copy, &image),
+        [0xa, 0xb],
+        "h2's copy rewritten"
+    );
+    let h1_copy = dir.path().join("state/test-disk.h1.pr");
+    let end = Instant::now() + Duration::from_secs(5);
+    while local_copy(&h1_copy, &image) != [0xa, 0xb] {
+        assert!(Instant::now() < end, "h1 never saved the state it adopted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !dir.path().join("disk.img.pr").exists(),
+        "a copy beside the shared image"
+    );
+    drop(b);
+
+    // A broken copy and no state in etcd: nothing to start from, said plainly.
+    let mut c = Config::new(dir.path().join("disk.img"), dir.path().join("h3"), &["c"]);
+    c.size = Some(16 << 20);
+    c.direct = true;
+    c.cluster = Some(ClusterConfig {
+        disk_id: "fresh-disk".into(),
+        ..cluster(dir.path(), &etcd, "h3")
+    });
+    std::fs::write(c.state_path(), b"garbage").unwrap();
+    let e = Server::start(c)
+        .err()
+        .expect("no state anywhere")
+        .to_string();
+    assert!(
+        e.contains("etcd holds no state") && e.contains("local copy"),
+        "{e}"
+    );
+    drop(a);
+}
+
+/// While etcd has no quorum every BUSY answer had its WARN line, and a Linux guest re-sends
+/// its PR OUT every few milliseconds (about 300 lines for one 7-second PR OUT): now the first,
+/// then one a second with the count left out.
+#[test]
+fn busy_answers_without_etcd_are_logged_at_most_once_a_second() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let d = ClusterDaemon::start(dir.path(), &etcd.endpoints(), "h1", &["a"], &FAST, &[]);
+    let mut s = ScsiClient::connect(&d.scsi("a"));
+    s.drain_ua();
+    // `--json` after the subcommand (a usage error before).
+    let control = d.control();
+    let status = common::ctl::sharedisk(&[
+        "ctl",
+        "cluster",
+        "status",
+        "--json",
+        "--socket",
+        control.to_str().unwrap(),
+    ])
+    .ok()
+    .json();
+    assert!(status.to_string().contains("\"node\":\"h1\""), "{status}");
+    etcd.signal("-STOP");
+    // The lease (600 ms) and the hold (400 ms) run out: each PR OUT then gets BUSY at once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let start = Instant::now();
+    let mut answers = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        let r = s.prout(SA_REGISTER, 0, 0, 0x1, false);
+        assert_eq!(r.status, 0x08, "BUSY without etcd");
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    etcd.signal("-CONT");
+    let log = d.log_text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("BUSY"))
+        .count();
+    assert!(answers >= 100, "only {answers} answers");
+    assert!(
+        (1..=4).contains(&warned),
+        "{warned} BUSY warnings for {answers} answers in 2.5 s:\n{log}"
+    );
+    assert!(log.contains("more like it not logged"), "{log}");
+}
+
 /// Submits one 512-byte write of `byte` at `sector` and returns without waiting for it.
 fn submit_write(f: &mut VuFrontend, sector: u64, byte: u8) {
     let hdr = f.alloc(16);
@@ -240,7 +377,7 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
             let h = format!("echo \"$SHAREDISK_FENCE_NODE\" >> {{dir}}/fenced; {h}");
             h.replace("{dir}", &dir.path().display().to_string())
         }),
-        ..cluster(&etcd, "h1")
+        ..cluster(dir.path(), &etcd, "h1")
     });
     let bound = c.cluster.as_ref().unwrap().wait_bound();
     let a = Server::start(c).expect("h1 joins");

@@ -84,6 +84,17 @@ fn ctl_reads_and_administers_a_running_daemon() {
     assert!(status["serial"].as_str().unwrap().starts_with("sharedisk-"));
     let text = ctl(&sock, &["status"]).ok().stdout;
     assert!(text.contains(status["serial"].as_str().unwrap()), "{text}");
+    // --json (and --socket) after the subcommand too (it was a usage error).
+    let after = sharedisk(&[
+        "ctl",
+        "status",
+        "--json",
+        "--socket",
+        sock.to_str().unwrap(),
+    ])
+    .ok()
+    .json();
+    assert_eq!(after["serial"], status["serial"]);
     assert!(text.contains("67108864 bytes"), "{text}");
 
     // vm1 holds a Write Exclusive, registrants only reservation; vm2 is registered and writes.

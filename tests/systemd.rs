@@ -55,6 +55,44 @@ fn verify(root: &Path) -> (bool, String) {
     )
 }
 
+/// `TimeoutStopSec=` of the unit, in milliseconds (`60s`, `2min`, `90`).
+#[cfg(feature = "cluster")]
+fn timeout_stop_ms(unit: &str) -> u64 {
+    let v = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TimeoutStopSec="))
+        .expect("the unit sets TimeoutStopSec")
+        .trim();
+    let (n, scale) = if let Some(n) = v.strip_suffix("min") {
+        (n, 60_000)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1)
+    } else {
+        (v.strip_suffix('s').unwrap_or(v), 1000)
+    };
+    n.trim()
+        .parse::<u64>()
+        .expect("TimeoutStopSec is a plain number")
+        * scale
+}
+
+/// A stop during an etcd outage may wait a PR OUT's budget and the lease hold: the unit's stop
+/// timeout covers both defaults (it was 15 s, under either, so such a stop ended in SIGKILL).
+#[test]
+#[cfg(feature = "cluster")]
+fn the_stop_timeout_covers_hold_and_budget() {
+    use sharedisk::pr::cluster::config::{DEFAULT_BUDGET_MS, DEFAULT_HOLD_MS};
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let stop = timeout_stop_ms(&unit);
+    assert!(
+        stop > DEFAULT_HOLD_MS + DEFAULT_BUDGET_MS,
+        "TimeoutStopSec {stop} ms does not cover hold_ms {DEFAULT_HOLD_MS} + budget_ms \
+         {DEFAULT_BUDGET_MS}"
+    );
+    assert_eq!(timeout_stop_ms("TimeoutStopSec=15s\n"), 15_000);
+    assert_eq!(timeout_stop_ms("TimeoutStopSec=2min\n"), 120_000);
+}
+
 #[test]
 fn unit_passes_systemd_analyze_verify() {
     let root = tempfile::tempdir().unwrap();

@@ -104,11 +104,12 @@ pub enum PrOffline {
 
 #[derive(Args)]
 pub struct CtlArgs {
-    /// The daemon's control socket.
-    #[arg(long, default_value = "/run/sharedisk/control.sock")]
+    /// The daemon's control socket (before or after the subcommand).
+    #[arg(long, default_value = "/run/sharedisk/control.sock", global = true)]
     pub socket: PathBuf,
-    /// Print the daemon's JSON answer (schema 1) instead of text.
-    #[arg(long)]
+    /// Print the daemon's JSON answer (schema 1) instead of text (before or after the
+    /// subcommand: `ctl --json cluster status` and `ctl cluster status --json` alike).
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub command: CtlCmd,

@@ -329,6 +329,18 @@ pub(super) fn parse(src: &Source<'_>) -> Result<Config, ConfigError> {
         poll_us: server.poll_us.unwrap_or(DEFAULT_POLL_US),
         // Page caches are per host: in cluster mode every host must read the disk itself.
         direct: image.direct || file.cluster.is_some(),
-        cluster: file.cluster,
+        cluster: file.cluster.map(|c| rel_state_dir(c, &rel)),
     })
+}
+
+/// A relative `cluster.state_dir` is relative to the file, like every other path in it.
+#[cfg(feature = "cluster")]
+fn rel_state_dir(mut c: ClusterConfig, rel: &dyn Fn(PathBuf) -> PathBuf) -> ClusterConfig {
+    c.state_dir = c.state_dir.map(rel);
+    c
+}
+
+#[cfg(not(feature = "cluster"))]
+fn rel_state_dir(c: ClusterConfig, _: &dyn Fn(PathBuf) -> PathBuf) -> ClusterConfig {
+    c
 }

@@ -64,7 +64,8 @@ pub struct Config {
     /// Every guest sees a read-only disk.
     pub read_only: bool,
     pub max_shares: usize,
-    /// The PR state file; `<image>.pr` when `None`.
+    /// The PR state file; `<image>.pr` (cluster mode: `<cluster.state_dir>/<disk_id>.<node>.pr`)
+    /// when `None`.
     pub state: Option<PathBuf>,
     /// Start with no registrations even if a state file exists (it is overwritten).
     pub reset_reservations: bool,
@@ -197,12 +198,19 @@ impl Config {
         self.guests.iter().map(|g| g.name.clone()).collect()
     }
 
+    /// The PR state file: `state` if set; in cluster mode this node's host-local copy of the
+    /// shared state (`<cluster.state_dir>/<disk_id>.<node>.pr`); else `<image>.pr`.
     pub fn state_path(&self) -> PathBuf {
-        self.state.clone().unwrap_or_else(|| {
-            let mut p = self.image.as_os_str().to_owned();
-            p.push(".pr");
-            PathBuf::from(p)
-        })
+        if let Some(p) = &self.state {
+            return p.clone();
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.local_copy();
+        }
+        let mut p = self.image.as_os_str().to_owned();
+        p.push(".pr");
+        PathBuf::from(p)
     }
 
     pub fn control_socket_path(&self) -> PathBuf {

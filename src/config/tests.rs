@@ -338,8 +338,8 @@ fn a_cluster_section_shares_the_state_and_opens_the_image_directly() {
     assert_eq!(cl.node, "host1");
     assert_eq!(cl.lease_ms, 5000);
     assert_eq!(cl.renew_every(), std::time::Duration::from_millis(1666));
-    // V(1+ε) + D_io with the defaults: 5.05 s + 10 s.
-    assert_eq!(cl.wait_bound(), std::time::Duration::from_millis(15_050));
+    // V(1+ε)/(1−ε) + D_io with the defaults: 5.10101 s + 10 s.
+    assert_eq!(cl.wait_bound().as_millis(), 15_101);
     assert_eq!(cl.disk_prefix(), "/sharedisk/v1/disk-a/");
     let (_d, path) = write("[image]\npath = \"d.img\"\n[[guest]]\nname = \"vm1\"\n");
     assert!(load_file(&path).unwrap().cluster.is_none());
@@ -353,10 +353,17 @@ fn cluster_mistakes_are_named() {
         ("renew_ms = 4000\n", "`cluster.renew_ms` 4000 must be"),
         (
             "budget_ms = 12000\n",
-            "must exceed lease_ms × (1 + drift) + max_io_ms",
+            "must exceed lease_ms × (1 + drift) / (1 - drift) + max_io_ms",
         ),
         ("drift = 0.7\n", "`cluster.drift`"),
-        ("max_io_ms = 0\n", "`cluster.max_io_ms` must be above 0"),
+        (
+            "max_io_ms = 0\n",
+            "`cluster.max_io_ms` 0 is out of range (1 to 86400000)",
+        ),
+        (
+            "hold_ms = 9223372036854775807\n",
+            "`cluster.hold_ms` 9223372036854775807 is out of range (0 to 86400000)",
+        ),
         ("prefix = \"x/\"\n", "`cluster.prefix`"),
         ("leese_ms = 5\n", "unknown field `leese_ms`"),
     ] {
@@ -372,4 +379,102 @@ fn cluster_mistakes_are_named() {
     assert!(e.contains("`cluster.node`"), "{e}");
     let e = error(&CLUSTER.replace("etcd = [\"http://10.0.0.1:2379\"]", "etcd = []"));
     assert!(e.contains("lists no endpoint"), "{e}");
+}
+
+#[cfg(feature = "cluster")]
+fn cluster_config() -> crate::pr::cluster::ClusterConfig {
+    let (_d, path) = write(CLUSTER);
+    load_file(&path).unwrap().cluster.expect("cluster mode")
+}
+
+/// A member's clock may run ε slow (its lease V lasts V/(1−ε)) while the issuer's runs ε fast:
+/// the wait is V(1+ε)/(1−ε) + D_io, not V(1+ε) + D_io.
+#[test]
+#[cfg(feature = "cluster")]
+fn the_wait_bound_covers_drift_on_both_clocks() {
+    let mut cl = cluster_config();
+    cl.max_io_ms = 1000;
+    for (drift, want_ms) in [
+        (0.01, 5000.0 * 1.01 / 0.99 + 1000.0),
+        (0.4, 5000.0 * 1.4 / 0.6 + 1000.0),
+    ] {
+        cl.drift = drift;
+        cl.budget_ms = 60_000;
+        assert_eq!(cl.validate(), Ok(()));
+        let got = cl.wait_bound().as_secs_f64() * 1000.0;
+        assert!(
+            (got - want_ms).abs() < 0.001,
+            "drift {drift}: {got} ms, want {want_ms} ms"
+        );
+    }
+    // At ε = 0.4 the bound is 12 667 ms: a budget of 12 000 ms (enough for V(1+ε) + D_io =
+    // 8000 ms) is refused.
+    cl.budget_ms = 12_000;
+    assert!(matches!(
+        cl.validate(),
+        Err(crate::pr::cluster::ClusterConfigError::BudgetTooShort {
+            bound_ms: 12_666,
+            ..
+        })
+    ));
+}
+
+/// Every millisecond setting is bounded, with an error naming its key; nothing overflows on the
+/// way (u64::MAX once panicked in `renew_ms * 2` or wrapped in the deadlines).
+#[test]
+#[cfg(feature = "cluster")]
+fn every_millisecond_setting_is_bounded() {
+    let base = cluster_config();
+    type Set = fn(&mut crate::pr::cluster::ClusterConfig, u64);
+    let set: [(&str, Set); 5] = [
+        ("lease_ms", |c, v| c.lease_ms = v),
+        ("renew_ms", |c, v| c.renew_ms = Some(v)),
+        ("max_io_ms", |c, v| c.max_io_ms = v),
+        ("hold_ms", |c, v| c.hold_ms = v),
+        ("budget_ms", |c, v| c.budget_ms = v),
+    ];
+    for (key, f) in set {
+        for v in [u64::MAX, u64::MAX / 1_000_000, 86_400_001] {
+            let mut c = base.clone();
+            f(&mut c, v);
+            let e = c.validate().expect_err(key).to_string();
+            assert!(
+                e.contains(&format!("`cluster.{key}` {v}")),
+                "{key} = {v}: {e}"
+            );
+            assert!(c.wait_bound() >= std::time::Duration::from_millis(100));
+            let _ = crate::pr::cluster::config::after(c.hold().max(c.budget()));
+        }
+    }
+    // The largest values accepted: deadlines fit easily.
+    let mut c = base.clone();
+    (c.lease_ms, c.max_io_ms, c.hold_ms, c.budget_ms) =
+        (600_000, 80_000_000, 86_400_000, 86_400_000);
+    c.drift = 0.49;
+    assert_eq!(c.validate(), Ok(()));
+    assert!(c.wait_bound() < std::time::Duration::from_millis(86_400_000));
+}
+
+/// In cluster mode the state file is this node's host-local copy, never `<image>.pr` beside the
+/// shared image (every host wrote that one).
+#[test]
+#[cfg(feature = "cluster")]
+fn cluster_mode_keeps_a_local_copy_per_node() {
+    let (_d, path) = write(CLUSTER);
+    let c = load_file(&path).unwrap();
+    assert_eq!(
+        c.state_path(),
+        PathBuf::from("/var/lib/sharedisk/disk-a.host1.pr")
+    );
+    let (d, path) = write(&format!("{CLUSTER}state_dir = \"st\"\n"));
+    let c = load_file(&path).unwrap();
+    assert_eq!(c.state_path(), d.path().join("st/disk-a.host1.pr"));
+    let (_d, path) = write(&CLUSTER.replace(
+        "path = \"d.img\"\n",
+        "path = \"d.img\"\nstate = \"/x.pr\"\n",
+    ));
+    assert_eq!(
+        load_file(&path).unwrap().state_path(),
+        PathBuf::from("/x.pr")
+    );
 }

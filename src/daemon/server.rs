@@ -109,9 +109,9 @@ impl Server {
         let image = FileImage::open_with(&config.image, config.size, mode).map_err(image_err)?;
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
         let store = StateStore::new(config.state_path(), identity.clone());
-        let (arbiter, replay) = restore(&config, &store)?;
+        let (arbiter, replay, local_ok) = restore_or_rely_on_etcd(&config, &store)?;
         let reservations = Reservations::new(arbiter, Some(store.clone())).with_replay_log(replay);
-        let (reservations, disk_id) = join_cluster(&config, reservations, store)?;
+        let (reservations, disk_id) = join_cluster(&config, reservations, store, local_ok)?;
         let mut lun = Lun::new(wrap(Box::new(image)), reservations, &identity.path);
         if let Some(id) = &disk_id {
             lun = lun.identified_by(id);
@@ -379,19 +379,53 @@ fn restore(config: &Config, store: &StateStore) -> Result<(Arbiter, ReplayLog), 
     })
 }
 
+/// [`restore`], except that in cluster mode the state file is only a local copy of what etcd
+/// holds: its directory is created, and a copy that cannot be read is logged and left out (the
+/// daemon starts from etcd's state; only if etcd has none does the join fail). Whether the local
+/// state was read.
+fn restore_or_rely_on_etcd(
+    config: &Config,
+    store: &StateStore,
+) -> Result<(Arbiter, ReplayLog, bool), ServerError> {
+    if config.cluster.is_none() {
+        return restore(config, store).map(|(a, r)| (a, r, true));
+    }
+    if let Some(dir) = store.path().parent() {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            log::warn!(
+                "cluster: cannot create {} for the local copy of the state: {e}",
+                dir.display()
+            );
+        }
+    }
+    match restore(config, store) {
+        Ok((arbiter, replay)) => Ok((arbiter, replay, true)),
+        Err(e) => {
+            log::warn!(
+                "cluster: the local copy of the state is unusable ({e}): starting from the \
+                 shared state in etcd; the copy is rewritten at the next change"
+            );
+            let arbiter = Arbiter::new(config.guest_names());
+            Ok((arbiter, ReplayLog::default(), false))
+        }
+    }
+}
+
 /// Cluster mode: joins the cluster, whose shared state the reservations then start from and
 /// share through the etcd backend; returns the disk's id in the cluster. On one host the
-/// reservations stay as they are.
+/// reservations stay as they are. `local_ok`: the local copy was read (else it is not imported).
 fn join_cluster(
     config: &Config,
     reservations: Reservations,
     store: StateStore,
+    local_ok: bool,
 ) -> Result<(Reservations, Option<String>), ServerError> {
     let Some(c) = &config.cluster else {
         return Ok((reservations, None));
     };
     let local = reservations.with(|a| a.snapshot());
-    let joined = backend::join(c, &config.guest_names(), &local, Some(store))?;
+    let local = local_ok.then_some(&local);
+    let joined = backend::join(c, &config.guest_names(), local, Some(store))?;
     let arbiter = Arbiter::from_state(joined.state, config.guest_names());
     let reservations = reservations
         .with_arbiter(arbiter)

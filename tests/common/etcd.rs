@@ -123,8 +123,12 @@ impl ClusterDaemon {
         }
         text.push_str(&format!(
             "[cluster]\netcd = {etcd:?}\nnode = \"{node}\"\ndisk_id = \"test-disk\"\n\
-             lease_ms = {}\nmax_io_ms = {}\nhold_ms = {}\nbudget_ms = {}\n",
-            timing.lease_ms, timing.max_io_ms, timing.hold_ms, timing.budget_ms
+             lease_ms = {}\nmax_io_ms = {}\nhold_ms = {}\nbudget_ms = {}\nstate_dir = {:?}\n",
+            timing.lease_ms,
+            timing.max_io_ms,
+            timing.hold_ms,
+            timing.budget_ms,
+            dir.join("state")
         ));
         std::fs::write(&cfg, text).unwrap();
         let log = dir.join(format!("{node}.log"));

@@ -663,13 +663,14 @@ impl NetLab {
         }
         toml += &format!(
             "[cluster]\netcd = [{}]\nnode = \"h{k}\"\ndisk_id = {:?}\nlease_ms = {}\n\
-             max_io_ms = {}\nhold_ms = {}\ndrift = {}\n",
+             max_io_ms = {}\nhold_ms = {}\ndrift = {}\nstate_dir = {:?}\n",
             etcd.join(", "),
             opts.disk_id,
             opts.lease_ms,
             opts.max_io_ms,
             opts.hold_ms,
-            opts.drift
+            opts.drift,
+            hdir
         );
         if let Some(b) = opts.budget_ms {
             toml += &format!("budget_ms = {b}\n");

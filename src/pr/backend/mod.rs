@@ -175,11 +175,11 @@ pub struct Joined {
 }
 
 /// Joins the cluster `cfg` names (`local`, this host's state, is imported by the first daemon of
-/// a disk; `store` then keeps a local copy of the shared state).
+/// a disk, `None` when it could not be read; `store` then keeps a local copy of the shared state).
 pub fn join(
     cfg: &ClusterConfig,
     guests: &[String],
-    local: &PrState,
+    local: Option<&PrState>,
     store: Option<StateStore>,
 ) -> Result<Joined, JoinError> {
     #[cfg(feature = "cluster")]

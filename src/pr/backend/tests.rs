@@ -29,7 +29,9 @@ fn a_cluster_section_is_refused_without_cluster_support() {
         toml::from_str("etcd = [\"http://10.0.0.1:2379\"]\nnode = \"h1\"\ndisk_id = \"d\"\n")
             .unwrap();
     assert!(cfg.validate().is_ok(), "refused when the daemon starts");
-    let err = join(&cfg, &[], &PrState::default(), None).err().unwrap();
+    let err = join(&cfg, &[], Some(&PrState::default()), None)
+        .err()
+        .unwrap();
     assert_eq!(
         err.to_string(),
         "this sharedisk was built without cluster support; build it with `cargo build --release \

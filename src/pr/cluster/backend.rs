@@ -119,9 +119,11 @@ impl EtcdState {
             origin,
             apply,
         } = change;
-        let deadline = Instant::now() + self.budget();
+        let deadline = super::config::after(self.budget());
         if !self.lease().wait_held(self.hold()) {
-            log::warn!("{initiator}: {what}: the shared state is out of reach: BUSY");
+            self.busy_log.warn(format_args!(
+                "{initiator}: {what}: the shared state is out of reach: BUSY"
+            ));
             return Committed::Answered(BUSY);
         }
         for _ in 0..MAX_TRIES {
@@ -157,7 +159,8 @@ impl EtcdState {
                         continue;
                     }
                     Commit::Unavailable(why) => {
-                        log::warn!("{initiator}: {what}: {why}: BUSY");
+                        self.busy_log
+                            .warn(format_args!("{initiator}: {what}: {why}: BUSY"));
                         return Committed::Answered(BUSY);
                     }
                 };
@@ -180,10 +183,10 @@ impl EtcdState {
                 deadline,
             });
         }
-        log::warn!(
+        self.busy_log.warn(format_args!(
             "{initiator}: {what}: the shared state kept changing under it, or the command's \
              budget is spent: BUSY"
-        );
+        ));
         Committed::Answered(BUSY)
     }
 
@@ -194,13 +197,19 @@ impl EtcdState {
         }
         for _ in 0..MAX_TRIES {
             let (epoch, version) = self.held();
-            match self.commit(epoch, version, None, &[], Instant::now() + self.budget()) {
+            match self.commit(
+                epoch,
+                version,
+                None,
+                &[],
+                super::config::after(self.budget()),
+            ) {
                 Commit::Confirmed | Commit::Done { .. } | Commit::Superseded { .. } => return true,
                 Commit::Stale(remote) => {
                     self.adopt(fencing, remote);
                 }
                 Commit::Unavailable(why) => {
-                    log::warn!("PR IN: {why}: BUSY");
+                    self.busy_log.warn(format_args!("PR IN: {why}: BUSY"));
                     return false;
                 }
             }

@@ -35,13 +35,20 @@ pub enum ClusterConfigError {
     /// `drift` is outside 0 to 0.5.
     #[error("`cluster.drift` {0} is out of range (0 to 0.5)")]
     DriftOutOfRange(f64),
-    /// `max_io_ms` is 0.
-    #[error("`cluster.max_io_ms` must be above 0")]
-    MaxIoZero,
+    /// A millisecond setting is outside its documented range (all fit in a `u64` of nanoseconds
+    /// with room to add them together).
+    #[error("`cluster.{key}` {value} is out of range ({min} to {max})")]
+    MsOutOfRange {
+        key: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
     /// `budget_ms` does not cover the longest wait for a member that is cut off.
     #[error(
-        "`cluster.budget_ms` {budget_ms} must exceed lease_ms × (1 + drift) + max_io_ms \
-         ({bound_ms} ms): a PREEMPT may have to wait that long for a member that is cut off"
+        "`cluster.budget_ms` {budget_ms} must exceed lease_ms × (1 + drift) / (1 - drift) + \
+         max_io_ms ({bound_ms} ms): a PREEMPT may have to wait that long for a member that is cut \
+         off"
     )]
     BudgetTooShort { budget_ms: u64, bound_ms: u128 },
 }
@@ -85,7 +92,36 @@ pub struct ClusterConfig {
     /// acknowledge it must be fenced by this command (run with `sh -c`, the member's node name in
     /// `$SHAREDISK_FENCE_NODE`); if the hook fails, the PR OUT gets BUSY, never GOOD.
     pub fence_hook: Option<String>,
+    /// The host-local directory of this node's local copy of the shared state,
+    /// `<state_dir>/<disk_id>.<node>.pr` (default [`DEFAULT_STATE_DIR`]). etcd holds the truth:
+    /// the copy is imported only by the first daemon of a disk, and a missing or unreadable one
+    /// never stops a daemon that etcd answers. `image.state` (`--state`), when set, names the
+    /// file instead: it must then be per node and host-local too.
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
+
+/// Where a node keeps its local copy of the shared state unless `state_dir` says otherwise:
+/// host-local, never beside the shared image (every host would write the same file).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sharedisk";
+
+/// `d` in nanoseconds, saturating at `u64::MAX` instead of wrapping (`as u64` would).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `d` from now: an `Instant` far in the future instead of the panic of `Instant + Duration` when
+/// the sum does not fit.
+pub fn after(d: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
+}
+
+/// The largest `max_io_ms`, `hold_ms` and `budget_ms`: one day. With `lease_ms` at most 600000
+/// and `drift` below 0.5, every deadline built from them stays far below 2^64 ns (584 years).
+pub const MAX_MS: u64 = 86_400_000;
 
 fn default_prefix() -> String {
     "/sharedisk/v1".into()
@@ -99,11 +135,17 @@ fn default_drift() -> f64 {
 fn default_max_io_ms() -> u64 {
     10_000
 }
+/// `hold_ms` unless configured. The systemd unit's `TimeoutStopSec` covers it plus
+/// [`DEFAULT_BUDGET_MS`] (a stop during an etcd outage may wait for both).
+pub const DEFAULT_HOLD_MS: u64 = 20_000;
+/// `budget_ms` unless configured.
+pub const DEFAULT_BUDGET_MS: u64 = 25_000;
+
 fn default_hold_ms() -> u64 {
-    20_000
+    DEFAULT_HOLD_MS
 }
 fn default_budget_ms() -> u64 {
-    25_000
+    DEFAULT_BUDGET_MS
 }
 
 impl ClusterConfig {
@@ -139,7 +181,7 @@ impl ClusterConfig {
             return Err(E::LeaseOutOfRange(self.lease_ms));
         }
         if let Some(r) = self.renew_ms {
-            if r == 0 || r * 2 > self.lease_ms {
+            if r == 0 || r > self.lease_ms / 2 {
                 return Err(E::BadRenew {
                     renew_ms: r,
                     lease_ms: self.lease_ms,
@@ -149,10 +191,21 @@ impl ClusterConfig {
         if !(0.0..0.5).contains(&self.drift) {
             return Err(E::DriftOutOfRange(self.drift));
         }
-        if self.max_io_ms == 0 {
-            return Err(E::MaxIoZero);
+        for (key, value, min) in [
+            ("max_io_ms", self.max_io_ms, 1),
+            ("hold_ms", self.hold_ms, 0),
+            ("budget_ms", self.budget_ms, 1),
+        ] {
+            if !(min..=MAX_MS).contains(&value) {
+                return Err(E::MsOutOfRange {
+                    key,
+                    value,
+                    min,
+                    max: MAX_MS,
+                });
+            }
         }
-        if self.budget_ms <= self.wait_bound().as_millis() as u64 {
+        if u128::from(self.budget_ms) <= self.wait_bound().as_millis() {
             return Err(E::BudgetTooShort {
                 budget_ms: self.budget_ms,
                 bound_ms: self.wait_bound().as_millis(),
@@ -204,11 +257,23 @@ impl ClusterConfig {
 
     /// How long after it received the reply to its commit an issuer waits for a member that does
     /// not acknowledge: that member's lease, renewed at the latest just before the commit, has
-    /// run out even on a clock running ε fast (V·(1+ε)), and the I/O it admitted last has
-    /// finished (D_io).
+    /// run out, and the I/O it admitted last has finished (D_io). The member's clock may run ε
+    /// slow, so its lease V lasts up to V/(1−ε) of real time; the issuer's clock may run ε fast,
+    /// so its wait must measure V(1+ε)/(1−ε) on it: W = V·(1+ε)/(1−ε) + D_io. Saturates rather than
+    /// wraps on a configuration `validate` refuses.
     pub fn wait_bound(&self) -> Duration {
-        Duration::from_secs_f64(self.lease_ms as f64 * (1.0 + self.drift) / 1000.0)
-            + Duration::from_millis(self.max_io_ms)
+        let v = self.lease_ms as f64 * (1.0 + self.drift) / (1.0 - self.drift) / 1000.0;
+        Duration::try_from_secs_f64(v)
+            .unwrap_or(Duration::MAX)
+            .saturating_add(Duration::from_millis(self.max_io_ms))
+    }
+
+    /// This node's local copy of the shared state: `<state_dir>/<disk_id>.<node>.pr`.
+    pub fn local_copy(&self) -> std::path::PathBuf {
+        self.state_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new(DEFAULT_STATE_DIR))
+            .join(format!("{}.{}.pr", self.disk_id, self.node))
     }
 
     /// The etcd key prefix of this disk, ending in '/'.

@@ -98,7 +98,7 @@ impl Endpoints {
     ) -> Result<TxnResponse, ClusterError> {
         let n = self.clients.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
-        let end = Instant::now() + within;
+        let end = super::config::after(within);
         let mut error = None;
         for attempt in 0.. {
             let left = end.saturating_duration_since(Instant::now());
@@ -136,7 +136,7 @@ impl Endpoints {
                     error = Some(ClusterError::Timeout {
                         endpoints: url.clone(),
                         what,
-                        ms: share.as_millis() as u64,
+                        ms: u64::try_from(share.as_millis()).unwrap_or(u64::MAX),
                     });
                 }
             }
@@ -159,7 +159,7 @@ impl Endpoints {
                 .collect::<Vec<_>>()
                 .join(","),
             what,
-            ms: within.as_millis() as u64,
+            ms: u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
         }))
     }
 }

@@ -26,7 +26,7 @@
 //!
 //! **A PR OUT** is computed on the state held here and committed by compare-and-swap
 //! (`EtcdState::commit_change`, `backend.rs`); [`EtcdState::settle`] then waits until every other member
-//! has acknowledged the new epoch, or `lease_ms × (1 + drift) + max_io_ms` has passed on this
+//! has acknowledged the new epoch, or `lease_ms × (1 + drift) / (1 − drift) + max_io_ms` has passed on this
 //! host's clock since the commit's answer: by then a member that did not see the change has no
 //! lease (its last renewal was sent before the commit) and its last admitted I/O has ended. In
 //! strict mode such a member must also be fenced by `fence_hook` first.
@@ -86,6 +86,13 @@ pub enum ClusterError {
     /// The agent's runtime could not be started.
     #[error("cannot start the cluster agent: {0}")]
     Runtime(std::io::Error),
+    /// etcd holds no state for the disk and this node's local copy could not be read, so there
+    /// is nothing to start from.
+    #[error(
+        "etcd holds no state under {key} and the local copy of the state is unreadable: nothing \
+         to start from (`--reset-reservations` starts with no registrations)"
+    )]
+    NoState { key: String },
 }
 
 /// Why a committed change could not be settled; the command gets BUSY.
@@ -167,6 +174,8 @@ pub struct EtcdState {
     /// Wakes the renewer early (the watch saw a change, or the agent stops).
     wake: (Mutex<bool>, Condvar),
     stopping: AtomicBool,
+    /// The BUSY answers' warnings, at most one a second (a guest re-sends every few ms).
+    pub(super) busy_log: super::ratelimit::RateLimited,
 }
 
 struct Keys {
@@ -266,6 +275,30 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// The join's transaction: if the disk has no state yet, become a member and create it from
+/// `first` (the local copy; none: write nothing); else become a member. Either way, read it.
+fn join_txn(k: &Keys, member: &[u8], first: Option<Vec<u8>>) -> Txn {
+    Txn::new()
+        .when([Compare::create_revision(
+            k.state.as_str(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(match first {
+            // No local copy to import: nothing is written (not even the member key).
+            None => vec![],
+            Some(first) => vec![
+                TxnOp::put(k.member.as_str(), member.to_vec(), None),
+                TxnOp::put(k.state.as_str(), first, None),
+                TxnOp::get(k.state.as_str(), None),
+            ],
+        })
+        .or_else([
+            TxnOp::put(k.member.as_str(), member.to_vec(), None),
+            TxnOp::get(k.state.as_str(), None),
+        ])
+}
+
 impl EtcdState {
     /// Joins the cluster: registers this incarnation, imports `local` as the shared state if
     /// etcd has none yet (the first daemon of a disk), and reads the newest state, which the
@@ -273,7 +306,7 @@ impl EtcdState {
     pub fn join(
         cfg: &ClusterConfig,
         guests: &[String],
-        local: &PrState,
+        local: Option<&PrState>,
         store: Option<StateStore>,
     ) -> Result<(Arc<EtcdState>, Remote), ClusterError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -304,36 +337,30 @@ impl EtcdState {
             keys,
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
+            busy_log: super::ratelimit::RateLimited::new(super::ratelimit::BUSY_LOG_EVERY),
         });
         let k = &shared.keys;
-        let first = serde_json::to_vec(&StateValue {
-            epoch: 1,
-            state: local.clone(),
-        })
-        .unwrap_or_default();
+        let first = local.map(|local| {
+            serde_json::to_vec(&StateValue {
+                epoch: 1,
+                state: local.clone(),
+            })
+            .unwrap_or_default()
+        });
         // One transaction: become the member, create the state from the local file if there is
         // none (the first daemon of this disk), and read it. etcd may still be electing a leader
         // (a cluster starting with this daemon): it is tried again until the startup time is over.
-        let deadline = Instant::now() + startup;
+        let deadline = super::config::after(startup);
         let sent = boottime_ns();
-        let join = Txn::new()
-            .when([Compare::create_revision(
-                k.state.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([
-                TxnOp::put(k.member.as_str(), shared.member.clone(), None),
-                TxnOp::put(k.state.as_str(), first, None),
-                TxnOp::get(k.state.as_str(), None),
-            ])
-            .or_else([
-                TxnOp::put(k.member.as_str(), shared.member.clone(), None),
-                TxnOp::get(k.state.as_str(), None),
-            ]);
+        let join = join_txn(k, &shared.member, first);
         let joined = shared.retry(deadline, "join", join)?;
         let created = joined.succeeded();
         if created {
+            let Some(local) = local else {
+                return Err(ClusterError::NoState {
+                    key: k.state.clone(),
+                });
+            };
             log::info!(
                 "cluster: created the shared state of disk {:?} from the local state ({} \
                  registrations)",
@@ -351,7 +378,7 @@ impl EtcdState {
                 key: k.state.clone(),
                 reason: "missing".into(),
             })?;
-        if !created && remote.state != *local {
+        if !created && local != Some(&remote.state) {
             log::info!(
                 "cluster: the shared state (epoch {}) replaces the local state file's",
                 remote.epoch
@@ -449,7 +476,8 @@ impl EtcdState {
         let ack = AckValue {
             epoch,
             initiators,
-            lease_remaining_ms: self.lease.remaining().as_millis() as u64,
+            lease_remaining_ms: u64::try_from(self.lease.remaining().as_millis())
+                .unwrap_or(u64::MAX),
         };
         let value = serde_json::to_vec(&ack).unwrap_or_default();
         let key = self.keys.ack.clone();
@@ -627,7 +655,7 @@ impl EtcdState {
                 return false;
             }
         };
-        let end = Instant::now() + within;
+        let end = super::config::after(within);
         loop {
             match child.try_wait() {
                 Ok(Some(st)) if st.success() => {
@@ -686,7 +714,7 @@ impl EtcdState {
             "epoch": epoch,
             "shared_epoch": shared_epoch,
             "lease_ms": self.cfg.lease_ms,
-            "lease_remaining_ms": self.lease.remaining().as_millis() as u64,
+            "lease_remaining_ms": u64::try_from(self.lease.remaining().as_millis()).unwrap_or(u64::MAX),
             "strict": self.cfg.fence_hook.is_some(),
             "members": members,
             "error": error,
@@ -826,7 +854,7 @@ impl EtcdState {
         txn: &Txn,
         deadline: Instant,
     ) -> Result<TxnResponse, ClusterError> {
-        let retries_end = deadline.min(Instant::now() + self.cfg.hold());
+        let retries_end = deadline.min(super::config::after(self.cfg.hold()));
         let mut end = deadline;
         let mut told = false;
         loop {
@@ -837,7 +865,7 @@ impl EtcdState {
             end = retries_end;
             match self.txn(within, "commit", txn) {
                 Ok(r) => return Ok(r),
-                Err(e) if changes && Instant::now() + self.cfg.renew_every() < retries_end => {
+                Err(e) if changes && super::config::after(self.cfg.renew_every()) < retries_end => {
                     if !told {
                         log::warn!(
                             "cluster: {e}; the commit of epoch {} is sent again until etcd \
@@ -916,7 +944,7 @@ impl EtcdState {
     /// `budget_end` is the command's budget: past it, the answer is BUSY.
     pub(super) fn settle(&self, epoch: u64, budget_end: Instant) -> Result<(), SettleError> {
         // Measured from the commit's answer, on this host's clock.
-        let bound = boottime_ns().saturating_add(self.cfg.wait_bound().as_nanos() as u64);
+        let bound = boottime_ns().saturating_add(super::config::nanos(self.cfg.wait_bound()));
         loop {
             let within = self
                 .cfg
@@ -1058,6 +1086,12 @@ fn renew_loop(shared: &EtcdState, lun: &Weak<Lun>) {
         if now != serving {
             if now {
                 log::warn!("cluster: read lease back; admitting I/O again");
+                let left_out = shared.busy_log.flush();
+                if left_out > 0 {
+                    log::warn!(
+                        "cluster: {left_out} BUSY answers while the lease was lost not logged"
+                    );
+                }
             } else {
                 log::error!(
                     "cluster: read lease lost (etcd out of reach or without quorum): new I/O \

@@ -51,7 +51,7 @@ impl ReadLease {
     /// A renewal sent at `sent_ns` proved this daemon current: the lease holds until
     /// `sent_ns + lease`. Never moves the deadline back (an older renewal answered late).
     pub fn renewed(&self, sent_ns: u64, lease: Duration) {
-        let until = sent_ns.saturating_add(lease.as_nanos() as u64);
+        let until = sent_ns.saturating_add(super::config::nanos(lease));
         self.valid_until.fetch_max(until, Ordering::AcqRel);
     }
 
@@ -70,7 +70,7 @@ impl ReadLease {
             if now < until {
                 return true;
             }
-            if until == 0 || now >= until.saturating_add(hold.as_nanos() as u64) {
+            if until == 0 || now >= until.saturating_add(super::config::nanos(hold)) {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(2));

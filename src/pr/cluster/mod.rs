@@ -18,22 +18,24 @@
 //! nothing changes.
 
 pub mod backend;
-mod config;
+pub mod config;
 mod endpoints;
 pub mod etcd;
 pub mod lease;
+mod ratelimit;
 
 use std::sync::Arc;
 
 pub use config::{ClusterConfig, ClusterConfigError};
 
 /// Joins the cluster `cfg` names (see `etcd.rs`): the daemon then starts from the newest shared
-/// state (returned with the backend), importing `local` if it is the first daemon of this disk.
+/// state (returned with the backend), importing `local` if it is the first daemon of this disk
+/// (`None`: the local copy could not be read, and etcd must hold the state).
 /// `store` keeps a local copy of the shared state.
 pub fn join(
     cfg: &ClusterConfig,
     guests: &[String],
-    local: &crate::pr::PrState,
+    local: Option<&crate::pr::PrState>,
     store: Option<crate::pr::state_file::StateStore>,
 ) -> Result<(Arc<backend::EtcdBackend>, backend::Remote), etcd::ClusterError> {
     let (state, remote) = etcd::EtcdState::join(cfg, guests, local, store)?;
