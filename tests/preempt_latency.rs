@@ -308,7 +308,10 @@ fn preempt_is_quick_behind_one_deep_blk_round() {
         .map(|i| {
             let hdr = fe.alloc(16);
             let sector = (i * DEEP_LEN / 512) as u64;
-            fe.write_mem(hdr, &common::vu_frontend::blk_header(VIRTIO_BLK_T_OUT, sector));
+            fe.write_mem(
+                hdr,
+                &common::vu_frontend::blk_header(VIRTIO_BLK_T_OUT, sector),
+            );
             let status = fe.alloc(1);
             fe.write_mem(status, &[0xff]);
             let mut chain = vec![Desc::r(hdr, 16)];
@@ -335,7 +338,9 @@ fn preempt_is_quick_behind_one_deep_blk_round() {
     let first_refused = got.iter().position(|&s| s == VIRTIO_BLK_S_IOERR);
     let first_refused = first_refused.expect("the writes after the preempt were refused");
     assert!(
-        got[first_refused..].iter().all(|&s| s == VIRTIO_BLK_S_IOERR),
+        got[first_refused..]
+            .iter()
+            .all(|&s| s == VIRTIO_BLK_S_IOERR),
         "statuses {got:?}"
     );
 }
