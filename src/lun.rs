@@ -89,13 +89,14 @@ impl Lun {
         }
     }
 
-    /// Runs a batch of reads and writes of `initiator` (one virtqueue round) under one hold of
-    /// the reservation lock (see [`Reservations::run_admitted`]): the admitted ones run on the
-    /// image together, a refused op never reaches it.
+    /// Runs a batch of reads and writes of `initiator` (one virtqueue round) in admission pieces
+    /// of at most [`ADMISSION_CHUNK`] bytes, each under its own hold of the reservation lock
+    /// (see [`Reservations::run_admitted`]): a piece's admitted ops run on the image together
+    /// (one `run_batch`), a refused op never reaches it.
     pub fn run_admitted(
         &self,
         initiator: &str,
-        ops: &mut Vec<IoOp<'_>>,
+        ops: &mut [IoOp<'_>],
     ) -> SmallVec<[Result<(), Refusal>; 64]> {
         self.reservations
             .run_admitted(initiator, ops, |admitted| self.image.run_batch(admitted))

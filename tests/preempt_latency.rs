@@ -14,7 +14,7 @@ use common::blkio_client::BlkClient;
 use common::daemon::TestDaemon;
 use common::deadline::{Deadline, SetOnDrop};
 use common::scsi_client::*;
-use common::vu_frontend::Desc;
+use common::vu_frontend::{Desc, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
 
 const VICTIM_KEY: u64 = 0xdead;
 const SURVIVOR_KEY: u64 = 0xbeef;
@@ -253,5 +253,156 @@ fn preempt_is_quick_while_the_victim_streams_maximal_blk_writes() {
     assert!(
         took < BOUND,
         "PREEMPT AND ABORT took {took:?} (bound {BOUND:?})"
+    );
+}
+
+/// Requests of one deep round: the largest a round batches (4 MiB), as many as a guest keeps in
+/// flight on one queue.
+const DEEP_ROUND: usize = 32;
+const DEEP_LEN: usize = 4 << 20;
+/// Data segments of 1 MiB (blk's size_max), so a request is header, four segments and a status:
+/// `DEEP_ROUND` requests fill this many descriptors.
+const DEEP_QUEUE_SIZE: u16 = 256;
+
+/// Makes `chains` available on `queue` with one kick, so that the device takes them all in one
+/// round; the survivor preempts while that round runs. Returns how long the PREEMPT took, after
+/// every chain has completed.
+fn preempt_behind_one_deep_round(
+    fe: &mut common::vu_frontend::VuFrontend,
+    queue: usize,
+    chains: &[Vec<Desc>],
+    survivor: &mut ScsiClient,
+) -> Duration {
+    common::vu_frontend::wait_out_poll();
+    for chain in chains {
+        fe.submit_without_kick(queue, chain);
+    }
+    fe.kick(queue);
+    std::thread::sleep(PREEMPT_AFTER);
+    let took = preempt(survivor);
+    let _deadline = Deadline::start("the deep round to complete", Duration::from_secs(120));
+    for _ in chains {
+        fe.wait_used(queue, Duration::from_secs(60))
+            .expect("a request of the deep round not completed");
+    }
+    took
+}
+
+/// The survivor preempts while one virtqueue round of the victim holds `DEEP_ROUND` 4 MiB
+/// writes on a 25 MB/s disk (5.4 s of I/O): the round is admitted in 4 MiB pieces, so the
+/// PREEMPT waits for one piece, and the writes of the pieces after it fail.
+#[test]
+fn preempt_is_quick_behind_one_deep_blk_round() {
+    const IMAGE: u64 = 256 << 20;
+    let d = TestDaemon::start_probed(&["victim", "survivor"], |c| {
+        c.size = Some(IMAGE);
+        allocated_image(&c.image, IMAGE);
+    });
+    let mut victim_scsi = ScsiClient::connect(&d.scsi("victim"));
+    let mut survivor = ScsiClient::connect(&d.scsi("survivor"));
+    setup(&mut victim_scsi, &mut survivor);
+    let mut fe = common::vu_frontend::VuFrontend::connect(&d.blk("victim"), 1, DEEP_QUEUE_SIZE);
+    let data = fe.alloc(DEEP_LEN);
+    fe.write_mem(data, &vec![0x6b; DEEP_LEN]);
+    let chains: Vec<(Vec<Desc>, u64)> = (0..DEEP_ROUND)
+        .map(|i| {
+            let hdr = fe.alloc(16);
+            let sector = (i * DEEP_LEN / 512) as u64;
+            fe.write_mem(
+                hdr,
+                &common::vu_frontend::blk_header(VIRTIO_BLK_T_OUT, sector),
+            );
+            let status = fe.alloc(1);
+            fe.write_mem(status, &[0xff]);
+            let mut chain = vec![Desc::r(hdr, 16)];
+            chain.extend((0..DEEP_LEN >> 20).map(|s| Desc::r(data + (s << 20) as u64, 1 << 20)));
+            chain.push(Desc::w(status, 1));
+            (chain, status)
+        })
+        .collect();
+    let (chains, statuses): (Vec<_>, Vec<_>) = chains.into_iter().unzip();
+    d.probe().set_write_bandwidth(Some(DISK_BYTES_PER_SEC));
+    let took = preempt_behind_one_deep_round(&mut fe, 0, &chains, &mut survivor);
+    let got: Vec<u8> = statuses.iter().map(|&s| fe.read_mem(s, 1)[0]).collect();
+    eprintln!("blk: PREEMPT AND ABORT took {took:?}; the deep round's statuses: {got:?}");
+    assert!(
+        took < BOUND,
+        "PREEMPT AND ABORT took {took:?} behind one round of {DEEP_ROUND} x 4 MiB (bound {BOUND:?})"
+    );
+    assert!(
+        got.iter()
+            .all(|&s| s == VIRTIO_BLK_S_OK || s == VIRTIO_BLK_S_IOERR),
+        "statuses {got:?}"
+    );
+    // Driver order: the pieces run in it, so once one write is refused every later one is.
+    let first_refused = got.iter().position(|&s| s == VIRTIO_BLK_S_IOERR);
+    let first_refused = first_refused.expect("the writes after the preempt were refused");
+    assert!(
+        got[first_refused..]
+            .iter()
+            .all(|&s| s == VIRTIO_BLK_S_IOERR),
+        "statuses {got:?}"
+    );
+}
+
+/// As on blk, through vhost-user-scsi: `DEEP_ROUND` WRITE(16)s of 4 MiB in one round.
+#[test]
+fn preempt_is_quick_behind_one_deep_scsi_round() {
+    const IMAGE: u64 = 256 << 20;
+    let d = TestDaemon::start_probed(&["victim", "survivor"], |c| {
+        c.size = Some(IMAGE);
+        allocated_image(&c.image, IMAGE);
+    });
+    let mut victim = ScsiClient::connect_queues(&d.scsi("victim"), 1, DEEP_QUEUE_SIZE);
+    let mut survivor = ScsiClient::connect(&d.scsi("survivor"));
+    setup(&mut victim, &mut survivor);
+    let fe = &mut victim.fe;
+    fe.reset();
+    let data = fe.alloc(DEEP_LEN);
+    fe.write_mem(data, &vec![0x5a; DEEP_LEN]);
+    let mut chains = Vec::new();
+    let mut resps = Vec::new();
+    for i in 0..DEEP_ROUND {
+        let hdr = fe.alloc(REQ_HEADER_LEN);
+        let lba = (i * DEEP_LEN / 512) as u64;
+        let cdb = write16_cdb(lba, (DEEP_LEN / 512) as u32);
+        fe.write_mem(hdr, &req_header(&LUN0, 1000 + i as u64, &cdb));
+        let resp = fe.alloc(RESP_LEN);
+        fe.write_mem(resp, &[0xee; RESP_LEN]);
+        let mut chain = vec![Desc::r(hdr, REQ_HEADER_LEN as u32)];
+        chain.extend((0..DEEP_LEN >> 20).map(|s| Desc::r(data + (s << 20) as u64, 1 << 20)));
+        chain.push(Desc::w(resp, RESP_LEN as u32));
+        chains.push(chain);
+        resps.push(resp);
+    }
+    d.probe().set_write_bandwidth(Some(DISK_BYTES_PER_SEC));
+    let took = preempt_behind_one_deep_round(fe, REQUEST_Q, &chains, &mut survivor);
+    let got: Vec<(u8, Option<SenseTriple>)> = resps
+        .iter()
+        .map(|&r| {
+            let (_, status, sense, _) = parse_resp(&fe.read_mem(r, RESP_LEN));
+            (status, sense)
+        })
+        .collect();
+    eprintln!("scsi: PREEMPT AND ABORT took {took:?}; the deep round's outcomes: {got:02x?}");
+    assert!(
+        took < BOUND,
+        "PREEMPT AND ABORT took {took:?} behind one round of {DEEP_ROUND} x 4 MiB (bound {BOUND:?})"
+    );
+    let refused = |o: &(u8, Option<SenseTriple>)| {
+        matches!(
+            o,
+            (RESERVATION_CONFLICT, None) | (CHECK_CONDITION, Some((6, 0x2a, 5)))
+        )
+    };
+    assert!(
+        got.iter().all(|o| *o == (GOOD, None) || refused(o)),
+        "outcomes {got:02x?}"
+    );
+    let first_refused = got.iter().position(refused);
+    let first_refused = first_refused.expect("the writes after the preempt were refused");
+    assert!(
+        got[first_refused..].iter().all(refused),
+        "outcomes {got:02x?}"
     );
 }

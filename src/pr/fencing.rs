@@ -239,46 +239,41 @@ impl Reservations {
         }
     }
 
-    /// Runs a batch of reads and writes of `initiator` (one virtqueue round): each op is
-    /// admitted under one hold of the lock, `run` does the admitted ones on the image together,
-    /// and the hold lasts until all of them are done (the fencing guarantee, as for one
-    /// command). `ops` keeps its order; the result says which ops were admitted (or why not),
-    /// and a refused op never reaches `run`.
+    /// Runs a batch of reads and writes of `initiator` (one virtqueue round) in admission
+    /// pieces: consecutive ops of at most [`ADMISSION_CHUNK`] bytes together (one op at least),
+    /// each piece admitted under its own hold of the lock, which lasts until `run` has done the
+    /// piece's admitted ops on the image (the fencing guarantee, as for one command). A PR OUT
+    /// thus waits for at most one piece per busy queue, whatever the round's depth, and an op
+    /// of a piece admitted after it is checked against the new state. `ops` keeps its order
+    /// (the driver's) and the pieces run in it; the result says which ops were admitted (or
+    /// why not), and a refused op never reaches `run`.
     pub fn run_admitted<'o>(
         &self,
         initiator: &str,
-        ops: &mut Vec<IoOp<'o>>,
-        run: impl FnOnce(&mut [IoOp<'o>]),
+        ops: &mut [IoOp<'o>],
+        mut run: impl FnMut(&mut [IoOp<'o>]),
     ) -> SmallVec<[Result<(), Refusal>; 64]> {
-        let mut allowed = SmallVec::new();
-        let (mut admitted, mut refused) = (Vec::with_capacity(ops.len()), Vec::new());
-        {
+        let mut allowed = SmallVec::with_capacity(ops.len());
+        let mut start = 0;
+        while start < ops.len() {
+            let end = start + piece_len(&ops[start..]);
+            // Every piece is admitted afresh: `admission` asks the backend whether this
+            // daemon may still admit (cluster mode: the lease) with the lock held, so a
+            // per-piece condition (such as a bound on the time since the lease was checked)
+            // belongs in `PrBackend::may_admit`, or as one more check right here.
             let batch = self.admission();
-            for op in ops.drain(..) {
+            for op in &ops[start..end] {
                 let access = if op.write {
                     Access::Write
                 } else {
                     Access::Read
                 };
-                let verdict = batch.allows(initiator, access);
-                allowed.push(verdict);
-                if verdict.is_ok() {
-                    &mut admitted
-                } else {
-                    &mut refused
-                }
-                .push(op);
+                allowed.push(batch.allows(initiator, access));
             }
-            run(&mut admitted);
+            run_allowed(&mut ops[start..end], &allowed[start..end], &mut run);
+            drop(batch);
+            start = end;
         }
-        let (mut admitted, mut refused) = (admitted.into_iter(), refused.into_iter());
-        ops.extend(allowed.iter().filter_map(|v: &Result<(), Refusal>| {
-            if v.is_ok() {
-                admitted.next()
-            } else {
-                refused.next()
-            }
-        }));
         allowed
     }
 
@@ -427,6 +422,50 @@ pub(crate) fn preempted(outcome: &ProutOutcome) -> String {
         String::new()
     } else {
         format!(", preempted {}", outcome.preempted.join(","))
+    }
+}
+
+/// How many of `ops`, from the first, make one admission piece: at most [`ADMISSION_CHUNK`]
+/// bytes, and at least one op (a batched op is never longer than that).
+fn piece_len(ops: &[IoOp]) -> usize {
+    let mut bytes = 0u64;
+    let n = ops
+        .iter()
+        .take_while(|op| {
+            bytes = bytes.saturating_add(crate::image::buffers::total(&op.bufs) as u64);
+            bytes <= ADMISSION_CHUNK
+        })
+        .count();
+    n.max(1)
+}
+
+/// Runs the ops of one piece that `allowed` admits, in their order, as one `run`: all of them
+/// in place when none is refused (the usual case), else the admitted ones swapped to the
+/// front, run, and swapped back, so that no allocation is needed either way.
+fn run_allowed<'o>(
+    ops: &mut [IoOp<'o>],
+    allowed: &[Result<(), Refusal>],
+    run: &mut impl FnMut(&mut [IoOp<'o>]),
+) {
+    if allowed.iter().all(Result::is_ok) {
+        return run(ops);
+    }
+    let mut front = 0;
+    for (i, verdict) in allowed.iter().enumerate() {
+        if verdict.is_ok() {
+            ops.swap(front, i);
+            front += 1;
+        }
+    }
+    if front > 0 {
+        run(&mut ops[..front]);
+    }
+    // The same swaps in reverse order undo the permutation.
+    for (i, verdict) in allowed.iter().enumerate().rev() {
+        if verdict.is_ok() {
+            front -= 1;
+            ops.swap(front, i);
+        }
     }
 }
 

@@ -144,3 +144,65 @@ fn host_actions_wait_for_admitted_io() {
     );
     t.join().unwrap();
 }
+
+/// One op per slice of `mem`, the i-th at offset `i` (so that the order can be checked).
+fn ops_over<'m>(mem: &'m mut [Vec<u8>], write: impl Fn(usize) -> bool) -> Vec<IoOp<'m>> {
+    mem.iter_mut()
+        .enumerate()
+        .map(|(i, m)| {
+            let bufs = std::iter::once(crate::image::buffers::Buf::from(&mut m[..])).collect();
+            IoOp::new(write(i), i as u64, bufs, false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_round_is_admitted_in_pieces_of_at_most_the_chunk() {
+    let (_dir, res) = setup();
+    // 1 MiB ops, and one that does not fit beside the piece before it.
+    let mut mem: Vec<Vec<u8>> = [1, 1, 1, 1, 1, 1, 3, 2, 1]
+        .iter()
+        .map(|&mib| vec![0u8; mib << 20])
+        .collect();
+    let mut ops = ops_over(&mut mem, |i| i % 2 == 0);
+    let mut pieces = Vec::new();
+    let allowed = res.run_admitted("vm1", &mut ops, |piece| {
+        let bytes: usize = piece
+            .iter()
+            .map(|op| crate::image::buffers::total(&op.bufs))
+            .sum();
+        assert!(bytes as u64 <= ADMISSION_CHUNK, "a piece of {bytes} bytes");
+        pieces.push(piece.iter().map(|op| op.offset).collect::<Vec<_>>());
+    });
+    assert!(allowed.iter().all(Result::is_ok));
+    assert_eq!(
+        pieces,
+        vec![vec![0, 1, 2, 3], vec![4, 5], vec![6], vec![7, 8]]
+    );
+    let order: Vec<u64> = ops.iter().map(|op| op.offset).collect();
+    assert_eq!(order, (0..9).collect::<Vec<u64>>());
+}
+
+#[test]
+fn refused_ops_of_a_piece_never_reach_the_image_and_keep_their_place() {
+    let (_dir, res) = setup();
+    register(&res, "vm2", 2);
+    reserve(&res, "vm2", 2, ResType::WriteExclusive);
+    // vm1 may read, not write.
+    let mut mem: Vec<Vec<u8>> = (0..6).map(|_| vec![0u8; 4096]).collect();
+    let mut ops = ops_over(&mut mem, |i| i % 3 == 1);
+    let mut ran = Vec::new();
+    let allowed = res.run_admitted("vm1", &mut ops, |piece| {
+        ran.extend(piece.iter().map(|op| (op.offset, op.write)));
+    });
+    assert_eq!(
+        ran,
+        vec![(0, false), (2, false), (3, false), (5, false)],
+        "only the reads, in order, in one piece"
+    );
+    let verdicts: Vec<bool> = allowed.iter().map(Result::is_ok).collect();
+    assert_eq!(verdicts, vec![true, false, true, true, false, true]);
+    assert!(matches!(allowed[1], Err(Refusal::Conflict)));
+    let order: Vec<(u64, bool)> = ops.iter().map(|op| (op.offset, op.write)).collect();
+    assert_eq!(order, (0..6).map(|i| (i, i % 3 == 1)).collect::<Vec<_>>());
+}

@@ -200,9 +200,9 @@ impl BlkDevice {
             .then(|| IoOp::new(write, offset, bufs, write && !self.lun.write_cache()))
     }
 
-    /// Completes a round's reads and writes: admitted together under one hold of the
-    /// reservation lock (`reservations.rs`), which stays held until the image has done all of
-    /// them, so a PR OUT waits for the batch and no refused request touches the image.
+    /// Completes a round's reads and writes: admitted in pieces of at most 4 MiB, each under one
+    /// hold of the reservation lock (`pr/fencing.rs`) that stays held until the image has done
+    /// the piece, so a PR OUT waits for one piece and no refused request touches the image.
     fn complete(&self, batch: &mut BlkBatch, lens: &mut UsedLens) {
         if batch.ops.is_empty() {
             return;

@@ -250,8 +250,8 @@ impl ScsiDevice {
         (RESP_LEN + written) as u32
     }
 
-    /// Completes a round's READs and WRITEs: admitted together under one hold of the reservation
-    /// lock, held until the image has done all of them (as on blk).
+    /// Completes a round's READs and WRITEs: admitted in pieces of at most 4 MiB, each under one
+    /// hold of the reservation lock held until the image has done the piece (as on blk).
     fn complete(&self, batch: &mut ScsiBatch, lens: &mut UsedLens) {
         if batch.ops.is_empty() {
             return;
