@@ -272,7 +272,7 @@ fn preempt_behind_one_deep_round(
     queue: usize,
     chains: &[Vec<Desc>],
     survivor: &mut ScsiClient,
-) -> Duration {
+) -> (Duration, Instant) {
     common::vu_frontend::wait_out_poll();
     for chain in chains {
         fe.submit_without_kick(queue, chain);
@@ -280,12 +280,27 @@ fn preempt_behind_one_deep_round(
     fe.kick(queue);
     std::thread::sleep(PREEMPT_AFTER);
     let took = preempt(survivor);
+    let returned = Instant::now();
     let _deadline = Deadline::start("the deep round to complete", Duration::from_secs(120));
     for _ in chains {
         fe.wait_used(queue, Duration::from_secs(60))
             .expect("a request of the deep round not completed");
     }
-    took
+    (took, returned)
+}
+
+/// The fencing guarantee across the pieces of a round: no write reached the image after the
+/// PREEMPT returned, and the blocks of every refused write (from `first_refused` on, each
+/// `DEEP_LEN` long, in order from sector 0) still hold the allocated image's zeroes.
+fn assert_fenced_across_pieces(d: &TestDaemon, returned: Instant, first_refused: usize) {
+    common::fencing::assert_writes_ended_before(d.probe(), returned);
+    for i in first_refused..DEEP_ROUND {
+        let bytes = common::image::image_bytes(d.image(), (i * DEEP_LEN) as u64, DEEP_LEN);
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "refused write {i} reached the image"
+        );
+    }
 }
 
 /// The survivor preempts while one virtqueue round of the victim holds `DEEP_ROUND` 4 MiB
@@ -322,7 +337,7 @@ fn preempt_is_quick_behind_one_deep_blk_round() {
         .collect();
     let (chains, statuses): (Vec<_>, Vec<_>) = chains.into_iter().unzip();
     d.probe().set_write_bandwidth(Some(DISK_BYTES_PER_SEC));
-    let took = preempt_behind_one_deep_round(&mut fe, 0, &chains, &mut survivor);
+    let (took, returned) = preempt_behind_one_deep_round(&mut fe, 0, &chains, &mut survivor);
     let got: Vec<u8> = statuses.iter().map(|&s| fe.read_mem(s, 1)[0]).collect();
     eprintln!("blk: PREEMPT AND ABORT took {took:?}; the deep round's statuses: {got:?}");
     assert!(
@@ -343,6 +358,7 @@ fn preempt_is_quick_behind_one_deep_blk_round() {
             .all(|&s| s == VIRTIO_BLK_S_IOERR),
         "statuses {got:?}"
     );
+    assert_fenced_across_pieces(&d, returned, first_refused);
 }
 
 /// As on blk, through vhost-user-scsi: `DEEP_ROUND` WRITE(16)s of 4 MiB in one round.
@@ -376,7 +392,7 @@ fn preempt_is_quick_behind_one_deep_scsi_round() {
         resps.push(resp);
     }
     d.probe().set_write_bandwidth(Some(DISK_BYTES_PER_SEC));
-    let took = preempt_behind_one_deep_round(fe, REQUEST_Q, &chains, &mut survivor);
+    let (took, returned) = preempt_behind_one_deep_round(fe, REQUEST_Q, &chains, &mut survivor);
     let got: Vec<(u8, Option<SenseTriple>)> = resps
         .iter()
         .map(|&r| {
@@ -405,4 +421,5 @@ fn preempt_is_quick_behind_one_deep_scsi_round() {
         got[first_refused..].iter().all(refused),
         "outcomes {got:02x?}"
     );
+    assert_fenced_across_pieces(&d, returned, first_refused);
 }

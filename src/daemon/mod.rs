@@ -153,7 +153,8 @@ impl Daemon for Service {
 /// `config`, and returns them to be added to.
 fn apply_guest_changes(config: &mut Config) -> Result<GuestChanges, ServerError> {
     let changes_path = runtime_guests::path_for(config);
-    let changes = GuestChanges::load(&changes_path)
+    let legacy = runtime_guests::legacy_path_for(config);
+    let changes = GuestChanges::load_or_import(&changes_path, legacy.as_deref())
         .map_err(|e| ServerError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     if changes != GuestChanges::default() {
         changes.apply(config);

@@ -26,7 +26,44 @@ pub fn path_for(config: &Config) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Where an older sharedisk kept the changes of a cluster-mode daemon: `<image>.pr.guests`,
+/// beside the shared image (and so shared by every host of the disk). `None` where the place did
+/// not move: on one host, or with an explicit `state` path.
+pub fn legacy_path_for(config: &Config) -> Option<PathBuf> {
+    if config.state.is_some() || config.cluster.is_none() {
+        return None;
+    }
+    let mut p = config.image.as_os_str().to_owned();
+    p.push(".pr.guests");
+    Some(PathBuf::from(p))
+}
+
 impl GuestChanges {
+    /// [`GuestChanges::load`] from `path`; when there is no file there but one at `legacy` (see
+    /// [`legacy_path_for`]), its changes are taken over once, saved at `path` and logged, so
+    /// that an upgrade keeps serving the guests added at run time.
+    pub fn load_or_import(path: &Path, legacy: Option<&Path>) -> Result<Self, String> {
+        let Some(legacy) = legacy.filter(|l| !path.exists() && l.exists()) else {
+            return Self::load(path);
+        };
+        let changes = Self::load(legacy)?;
+        log::warn!(
+            "run-time guest changes taken over from {} (an older sharedisk kept them there, \
+             shared by every host of the disk): check that they are this node's; kept in {} \
+             from now on",
+            legacy.display(),
+            path.display()
+        );
+        if let Err(e) = changes.save(path) {
+            log::warn!(
+                "{}: {e}; the changes are read from {} again at the next start",
+                path.display(),
+                legacy.display()
+            );
+        }
+        Ok(changes)
+    }
+
     /// The saved changes; none when there is no file.
     pub fn load(path: &Path) -> Result<Self, String> {
         match std::fs::read(path) {
@@ -74,29 +111,4 @@ impl GuestChanges {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn changes_apply_over_the_configuration() {
-        let mut c = Config::new("d.img", "/tmp", &["vm1", "vm2"]);
-        let mut ch = GuestChanges::default();
-        let mut vm3 = GuestConfig::new("vm3");
-        vm3.read_only = true;
-        ch.note_added(&vm3);
-        ch.note_removed("vm1");
-        ch.note_added(&GuestConfig::new("vm4"));
-        ch.note_removed("vm4");
-        assert_eq!(ch.removed, ["vm1"]);
-        ch.apply(&mut c);
-        assert_eq!(c.guest_names(), ["vm2", "vm3"]);
-        assert!(c.guest("vm3").unwrap().read_only);
-        ch.note_added(&GuestConfig::new("vm1"));
-        assert!(ch.removed.is_empty());
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.guests");
-        assert_eq!(GuestChanges::load(&p).unwrap(), GuestChanges::default());
-        ch.save(&p).unwrap();
-        assert_eq!(GuestChanges::load(&p).unwrap(), ch);
-    }
-}
+mod tests;

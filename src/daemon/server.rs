@@ -398,8 +398,35 @@ fn restore_or_rely_on_etcd(
             );
         }
     }
+    if config.reset_reservations {
+        log::warn!(
+            "--reset-reservations in cluster mode resets this node's local copy only: the shared \
+             state in etcd, when there is one, is not reset"
+        );
+    }
     match restore(config, store) {
         Ok((arbiter, replay)) => Ok((arbiter, replay, true)),
+        // The one sign that this node opened another file than before (a shared mount missing,
+        // a local file opened in its place): loud, though etcd's state still wins.
+        Err(e @ ServerError::State(StateError::OtherImage { .. })) => {
+            log::error!(
+                "cluster: the local copy of the state was written for another image ({e}): is \
+                 this the shared disk? Starting from the shared state in etcd"
+            );
+            Ok((
+                Arbiter::new(config.guest_names()),
+                ReplayLog::default(),
+                false,
+            ))
+        }
+        Err(e) if config.reset_reservations => {
+            log::warn!("cluster: {e}: starting with no registrations");
+            Ok((
+                Arbiter::new(config.guest_names()),
+                ReplayLog::default(),
+                true,
+            ))
+        }
         Err(e) => {
             log::warn!(
                 "cluster: the local copy of the state is unusable ({e}): starting from the \
@@ -425,8 +452,13 @@ fn join_cluster(
     };
     let local = reservations.with(|a| a.snapshot());
     let local = local_ok.then_some(&local);
-    let joined = backend::join(c, &config.guest_names(), local, Some(store))?;
+    let joined = backend::join(c, &config.guest_names(), local, Some(store.clone()))?;
     let arbiter = Arbiter::from_state(joined.state, config.guest_names());
+    // The local copy follows the shared state from the start, not only from the next change:
+    // a missing, stale or broken copy would otherwise stay so until then.
+    if let Err(e) = store.save(arbiter.state(), reservations.replay_log().records()) {
+        log::warn!("{e} (a local copy only: the shared state is in etcd)");
+    }
     let reservations = reservations
         .with_arbiter(arbiter)
         .with_backend(joined.backend);

@@ -189,9 +189,11 @@ impl Default for ClusterOpts {
 impl ClusterOpts {
     /// How long after a commit a PREEMPT may wait for a member that does not acknowledge: its
     /// lease surely ran out, and its longest I/O ended.
+    /// The daemon's wait bound (`ClusterConfig::wait_bound`): V(1+ε)/(1−ε) + D_io.
     pub fn fence_bound(&self) -> Duration {
         Duration::from_secs_f64(
-            self.lease_ms as f64 * (1.0 + self.drift) / 1000.0 + self.max_io_ms as f64 / 1000.0,
+            self.lease_ms as f64 * (1.0 + self.drift) / (1.0 - self.drift) / 1000.0
+                + self.max_io_ms as f64 / 1000.0,
         )
     }
 

@@ -126,8 +126,11 @@ pub const MAX_MS: u64 = 86_400_000;
 fn default_prefix() -> String {
     "/sharedisk/v1".into()
 }
+/// V's default, in milliseconds.
+pub const DEFAULT_LEASE_MS: u64 = 5000;
+
 fn default_lease_ms() -> u64 {
-    5000
+    DEFAULT_LEASE_MS
 }
 fn default_drift() -> f64 {
     0.01
