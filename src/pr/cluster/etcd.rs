@@ -540,10 +540,7 @@ impl EtcdState {
             return true;
         }
         let got = gets(&resp);
-        let member_ok = got
-            .get(2)
-            .and_then(|m| m.first())
-            .is_some_and(|m| m.value() == self.member.as_slice());
+        let member_ok = self.still_member(&got);
         if !member_ok {
             // Another process took this node's name, or this member was removed: stop
             // admitting at once, and register again.
@@ -580,6 +577,14 @@ impl EtcdState {
         self.put_ack(adopted_epoch);
         self.lease.renewed(sent, self.cfg.lease());
         true
+    }
+
+    /// Whether the member key read back in a refused renewal or commit (the third read of its
+    /// else branch) is still this incarnation's.
+    fn still_member(&self, got: &[Vec<KeyValue>]) -> bool {
+        got.get(2)
+            .and_then(|m| m.first())
+            .is_some_and(|m| m.value() == self.member.as_slice())
     }
 
     fn wake_renewer(&self) {
@@ -891,10 +896,7 @@ impl EtcdState {
         marker: &[u8],
     ) -> Commit {
         let got = gets(resp);
-        let member_ok = got
-            .get(2)
-            .and_then(|m| m.first())
-            .is_some_and(|m| m.value() == self.member.as_slice());
+        let member_ok = self.still_member(&got);
         if !member_ok {
             self.lease.revoke();
             self.wake_renewer();
