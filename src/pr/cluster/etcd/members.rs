@@ -1,0 +1,98 @@
+//! The members of the disk's cluster as etcd shows them, and `sharedisk ctl cluster status`.
+
+use super::*;
+
+impl EtcdState {
+    /// Every member (its incarnation and what it acknowledged) and the shared epoch, in one
+    /// read.
+    pub(super) fn members(
+        &self,
+        within: Duration,
+    ) -> Result<(Vec<Member>, Option<u64>), ClusterError> {
+        let k = &self.keys;
+        let txn = Txn::new().and_then([
+            TxnOp::get(k.members.as_str(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(k.acks.as_str(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(k.state.as_str(), None),
+        ]);
+        let got = gets(&self.txn(within, "read the members", &txn)?);
+        let mut acks = BTreeMap::new();
+        for kv in got.get(1).into_iter().flatten() {
+            let node = String::from_utf8_lossy(&kv.key()[k.acks.len()..]).to_string();
+            acks.insert(node, serde_json::from_slice::<AckValue>(kv.value()).ok());
+        }
+        let members = got
+            .first()
+            .into_iter()
+            .flatten()
+            .map(|kv| {
+                let node = String::from_utf8_lossy(&kv.key()[k.members.len()..]).to_string();
+                Member {
+                    incarnation: serde_json::from_slice(kv.value()).ok(),
+                    ack: acks.remove(&node).flatten(),
+                    node,
+                }
+            })
+            .collect();
+        let epoch = got
+            .get(2)
+            .and_then(|s| s.first())
+            .and_then(|s| serde_json::from_slice::<StateValue>(s.value()).ok())
+            .map(|v| v.epoch);
+        Ok((members, epoch))
+    }
+
+    /// Members other than this one and the epoch each acknowledged, read within `within`.
+    pub(super) fn peers(
+        &self,
+        within: Duration,
+    ) -> Result<BTreeMap<String, Option<AckValue>>, ClusterError> {
+        Ok(self
+            .members(within)?
+            .0
+            .into_iter()
+            .filter(|m| m.node != self.cfg.node)
+            .map(|m| (m.node, m.ack))
+            .collect())
+    }
+
+    /// What `sharedisk ctl cluster status` shows.
+    pub fn status(&self) -> serde_json::Value {
+        let (epoch, _) = self.held();
+        let mut members = Vec::new();
+        let mut shared_epoch = None;
+        let mut error = None;
+        match self.members(self.cfg.lease()) {
+            Ok((all, epoch)) => {
+                shared_epoch = epoch;
+                for m in all {
+                    let (i, a) = (m.incarnation.as_ref(), m.ack.as_ref());
+                    members.push(serde_json::json!({
+                        "this_daemon": m.node == self.cfg.node,
+                        "node": m.node,
+                        "host": i.map(|i| i.host.clone()),
+                        "pid": i.map(|i| i.pid),
+                        "acked_epoch": a.map(|a| a.epoch),
+                        "initiators": a.map(|a| a.initiators.clone()).unwrap_or_default(),
+                        "lease_ms_at_ack": a.map(|a| a.lease_remaining_ms),
+                    }));
+                }
+            }
+            Err(e) => error = Some(e.to_string()),
+        }
+        serde_json::json!({
+            "node": self.cfg.node,
+            "disk_id": self.cfg.disk_id,
+            "etcd": self.cfg.etcd,
+            "etcd_answering": self.endpoints.answering(),
+            "serving": self.lease.valid(),
+            "epoch": epoch,
+            "shared_epoch": shared_epoch,
+            "lease_ms": self.cfg.lease_ms,
+            "lease_remaining_ms": u64::try_from(self.lease.remaining().as_millis()).unwrap_or(u64::MAX),
+            "strict": self.cfg.fence_hook.is_some(),
+            "members": members,
+            "error": error,
+        })
+    }
+}

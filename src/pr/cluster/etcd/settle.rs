@@ -1,0 +1,126 @@
+//! Settling a committed change: every other member acknowledged it, or its lease surely ran out
+//! (strict mode: and the fence hook fenced it).
+
+use super::*;
+
+impl EtcdState {
+    /// Returns once no other daemon can admit I/O under the state before `epoch`: each has
+    /// acknowledged it or its lease has surely run out (strict mode: or it was fenced). An error
+    /// means the change is committed but the wait failed; the command gets BUSY.
+    /// `budget_end` is the command's budget: past it, the answer is BUSY.
+    pub(in crate::pr::cluster) fn settle(
+        &self,
+        epoch: u64,
+        budget_end: Instant,
+    ) -> Result<(), SettleError> {
+        // Measured from the commit's answer, on this host's clock.
+        let bound =
+            boottime_ns().saturating_add(crate::pr::cluster::config::nanos(self.cfg.wait_bound()));
+        loop {
+            let within = self
+                .cfg
+                .lease()
+                .min(budget_end.saturating_duration_since(Instant::now()));
+            match self.peers(within) {
+                Ok(peers) => {
+                    let behind: Vec<&String> = peers
+                        .iter()
+                        .filter(|(_, a)| a.as_ref().is_none_or(|a| a.epoch < epoch))
+                        .map(|(n, _)| n)
+                        .collect();
+                    if behind.is_empty() {
+                        return Ok(());
+                    }
+                    if boottime_ns() >= bound {
+                        return self.settle_by_lease(&behind, budget_end);
+                    }
+                }
+                Err(e) => {
+                    log::debug!("cluster: {e}");
+                    if boottime_ns() >= bound {
+                        // Which members are behind is unknown: in strict mode that is every
+                        // member, which cannot be named; refuse.
+                        if self.cfg.fence_hook.is_some() {
+                            return Err(SettleError::MembersUnreadable(e));
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= budget_end {
+                return Err(SettleError::BudgetSpent);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The wait is over for members that did not acknowledge: their leases have run out. In
+    /// strict mode each of them must also be fenced.
+    pub(super) fn settle_by_lease(
+        &self,
+        behind: &[&String],
+        budget_end: Instant,
+    ) -> Result<(), SettleError> {
+        log::warn!(
+            "cluster: {} did not acknowledge; their read leases have run out",
+            behind
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for node in behind {
+            let left = budget_end.saturating_duration_since(Instant::now());
+            if !self.fence(node, left) {
+                return Err(SettleError::NotFenced(node.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the strict mode's fence hook for `node`; whether it succeeded within `within`.
+    pub(super) fn fence(&self, node: &str, within: Duration) -> bool {
+        let Some(hook) = &self.cfg.fence_hook else {
+            return true;
+        };
+        log::warn!("cluster: fencing {node:?} with the fence hook before answering");
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(hook)
+            .env("SHAREDISK_FENCE_NODE", node)
+            .env("SHAREDISK_DISK_ID", &self.cfg.disk_id)
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("cluster: fence hook: {e}");
+                return false;
+            }
+        };
+        let end = crate::pr::cluster::config::after(within);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) if st.success() => {
+                    log::warn!("cluster: {node:?} fenced by the hook");
+                    return true;
+                }
+                Ok(Some(st)) => {
+                    log::error!("cluster: fence hook for {node:?} failed: {st}");
+                    return false;
+                }
+                Ok(None) if Instant::now() >= end => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    log::error!("cluster: fence hook for {node:?} did not finish in time");
+                    return false;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => {
+                    log::error!("cluster: fence hook: {e}");
+                    return false;
+                }
+            }
+        }
+    }
+}
