@@ -39,6 +39,12 @@ fn cluster(dir: &Path, etcd: &Etcd, node: &str) -> ClusterConfig {
         budget_ms: FAST.budget_ms,
         fence_hook: None,
         state_dir: Some(dir.join("state")),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password_file: None,
+        insecure: true,
     }
 }
 

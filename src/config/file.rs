@@ -333,10 +333,15 @@ pub(super) fn parse(src: &Source<'_>) -> Result<Config, ConfigError> {
     })
 }
 
-/// A relative `cluster.state_dir` is relative to the file, like every other path in it.
+/// A relative `cluster.state_dir`, `ca_file`, `cert_file`, `key_file` or `password_file` is
+/// relative to the file, like every other path in it.
 #[cfg(feature = "cluster")]
 fn rel_state_dir(mut c: ClusterConfig, rel: &dyn Fn(PathBuf) -> PathBuf) -> ClusterConfig {
     c.state_dir = c.state_dir.map(rel);
+    c.ca_file = c.ca_file.map(rel);
+    c.cert_file = c.cert_file.map(rel);
+    c.key_file = c.key_file.map(rel);
+    c.password_file = c.password_file.map(rel);
     c
 }
 

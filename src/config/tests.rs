@@ -323,7 +323,8 @@ fn bad_data_path_settings_name_the_key() {
 
 #[cfg(feature = "cluster")]
 const CLUSTER: &str = "[image]\npath = \"d.img\"\n[[guest]]\nname = \"vm1\"\n[cluster]\n\
-                       etcd = [\"http://10.0.0.1:2379\"]\nnode = \"host1\"\ndisk_id = \"disk-a\"\n";
+                       etcd = [\"http://10.0.0.1:2379\"]\ninsecure = true\nnode = \"host1\"\n\
+                       disk_id = \"disk-a\"\n";
 
 #[test]
 #[cfg(feature = "cluster")]
@@ -370,11 +371,12 @@ fn cluster_mistakes_are_named() {
         let e = error(&format!("{CLUSTER}{extra}"));
         assert!(e.contains(want), "{extra:?}: {e}");
     }
-    let e = error(&CLUSTER.replace("http://10.0.0.1:2379", "https://10.0.0.1:2379"));
-    assert!(
-        e.contains("not an http:// URL (TLS to etcd is not supported yet)"),
-        "{e}"
+    let e = error(
+        &CLUSTER
+            .replace("http://10.0.0.1:2379", "https://10.0.0.1:2379")
+            .replace("insecure = true\n", ""),
     );
+    assert!(e.contains("`cluster.ca_file` is not set"), "{e}");
     let e = error(&CLUSTER.replace("\"host1\"", "\"host 1\""));
     assert!(e.contains("`cluster.node`"), "{e}");
     let e = error(&CLUSTER.replace("etcd = [\"http://10.0.0.1:2379\"]", "etcd = []"));

@@ -1305,7 +1305,7 @@ fn cluster_config(etcd: &Etcd, dir: &Path) -> PathBuf {
     let text = format!(
         "[image]\npath = {:?}\n[server]\nsocket_dir = {:?}\n\
          [[guest]]\nname = \"bench\"\n[[guest]]\nname = \"other\"\n\
-         [cluster]\netcd = [{:?}]\nnode = \"bench\"\ndisk_id = \"bench-disk\"\nstate_dir = {:?}\n",
+         [cluster]\netcd = [{:?}]\ninsecure = true\nnode = \"bench\"\ndisk_id = \"bench-disk\"\nstate_dir = {:?}\n",
         dir.join("disk.img").to_str().unwrap(),
         dir.join("sock").to_str().unwrap(),
         etcd.url,

@@ -122,7 +122,7 @@ impl ClusterDaemon {
             text.push_str(&format!("[[guest]]\nname = \"{g}\"\n"));
         }
         text.push_str(&format!(
-            "[cluster]\netcd = {etcd:?}\nnode = \"{node}\"\ndisk_id = \"test-disk\"\n\
+            "[cluster]\netcd = {etcd:?}\ninsecure = true\nnode = \"{node}\"\ndisk_id = \"test-disk\"\n\
              lease_ms = {}\nmax_io_ms = {}\nhold_ms = {}\nbudget_ms = {}\nstate_dir = {:?}\n",
             timing.lease_ms,
             timing.max_io_ms,

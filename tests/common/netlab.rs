@@ -664,7 +664,7 @@ impl NetLab {
             toml += &format!("[[guest]]\nname = {g:?}\n\n");
         }
         toml += &format!(
-            "[cluster]\netcd = [{}]\nnode = \"h{k}\"\ndisk_id = {:?}\nlease_ms = {}\n\
+            "[cluster]\netcd = [{}]\ninsecure = true\nnode = \"h{k}\"\ndisk_id = {:?}\nlease_ms = {}\n\
              max_io_ms = {}\nhold_ms = {}\ndrift = {}\nstate_dir = {:?}\n",
             etcd.join(", "),
             opts.disk_id,

@@ -65,7 +65,7 @@ fn only_a_cluster_daemon_without_an_explicit_state_path_had_another_place() {
     #[cfg(feature = "cluster")]
     {
         c.cluster = Some(
-            toml::from_str("etcd = [\"http://127.0.0.1:2379\"]\nnode = \"h1\"\ndisk_id = \"d\"\n")
+            toml::from_str("etcd = [\"http://127.0.0.1:2379\"]\ninsecure = true\nnode = \"h1\"\ndisk_id = \"d\"\n")
                 .unwrap(),
         );
         assert_eq!(

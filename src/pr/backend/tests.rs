@@ -25,9 +25,10 @@ fn the_local_backend_keeps_every_guarantee() {
 #[cfg(not(feature = "cluster"))]
 #[test]
 fn a_cluster_section_is_refused_without_cluster_support() {
-    let cfg: ClusterConfig =
-        toml::from_str("etcd = [\"http://10.0.0.1:2379\"]\nnode = \"h1\"\ndisk_id = \"d\"\n")
-            .unwrap();
+    let cfg: ClusterConfig = toml::from_str(
+        "etcd = [\"http://10.0.0.1:2379\"]\ninsecure = true\nnode = \"h1\"\ndisk_id = \"d\"\n",
+    )
+    .unwrap();
     assert!(cfg.validate().is_ok(), "refused when the daemon starts");
     let err = join(&cfg, &[], Some(&PrState::default()), None)
         .err()

@@ -1,5 +1,8 @@
 //! `[cluster]`: the configuration of cluster mode, and its mistakes.
 
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,11 +13,77 @@ pub enum ClusterConfigError {
     /// `etcd` is empty.
     #[error("`cluster.etcd` lists no endpoint")]
     NoEndpoint,
-    /// An `etcd` endpoint is not a plain http:// URL.
+    /// An `etcd` endpoint is neither an http:// nor an https:// URL with a host.
+    #[error("`cluster.etcd` endpoint {0:?} is not an https:// (or http://) URL with a host")]
+    NotUrl(String),
+    /// Some endpoints are https:// and others http://.
     #[error(
-        "`cluster.etcd` endpoint {0:?} is not an http:// URL (TLS to etcd is not supported yet)"
+        "`cluster.etcd` mixes https:// and http:// endpoints ({0:?}): every member of one etcd \
+         cluster speaks the same"
     )]
-    NotHttp(String),
+    MixedSchemes(String),
+    /// http:// endpoints without `insecure = true`.
+    #[error(
+        "`cluster.etcd` endpoint {0:?} is plain http://: anyone who can reach etcd could then \
+         read and change the reservations. Use https:// with `ca_file` (and `cert_file` + \
+         `key_file` or `user` + `password_file`), or set `insecure = true` in [cluster] to accept \
+         plain http:// knowingly"
+    )]
+    PlainHttp(String),
+    /// https:// endpoints without `ca_file`.
+    #[error(
+        "`cluster.etcd` is https:// but `cluster.ca_file` is not set: name the PEM file of the \
+         CA that signed etcd's server certificates"
+    )]
+    NoCaFile,
+    /// TLS settings given with http:// endpoints.
+    #[error("`cluster.{0}` needs https:// endpoints in `cluster.etcd` (they are http://)")]
+    TlsWithoutHttps(&'static str),
+    /// `insecure = true` with https:// endpoints.
+    #[error(
+        "`cluster.insecure = true` is for plain http:// endpoints; `cluster.etcd` is https://: \
+         remove `insecure`"
+    )]
+    InsecureWithHttps,
+    /// One of `cert_file` and `key_file` without the other.
+    #[error("`cluster.cert_file` and `cluster.key_file` come together: set both or neither")]
+    CertWithoutKey,
+    /// One of `user` and `password_file` without the other.
+    #[error("`cluster.user` and `cluster.password_file` come together: set both or neither")]
+    UserWithoutPassword,
+    /// `user` is empty, too long, or holds control characters or spaces.
+    #[error("`cluster.user` {0:?}: 1 to 128 characters, no spaces or control characters")]
+    BadUser(String),
+    /// A key, certificate or password file cannot be read.
+    #[error("`cluster.{key}` {path:?} cannot be read: {reason}")]
+    FileUnreadable {
+        key: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// A key, certificate or password file is not a regular file.
+    #[error("`cluster.{key}` {path:?} is not a regular file")]
+    NotRegularFile {
+        key: &'static str,
+        path: std::path::PathBuf,
+    },
+    /// A private key or password file that other users may read.
+    #[error(
+        "`cluster.{key}` {path:?} has mode {mode:04o}: a secret must not be readable by group or \
+         others (chmod 600 {path:?})"
+    )]
+    SecretTooOpen {
+        key: &'static str,
+        path: std::path::PathBuf,
+        mode: u32,
+    },
+    /// A file does not hold what its key names (PEM certificates, a PEM key, one password line).
+    #[error("`cluster.{key}` {path:?} does not hold {want}")]
+    BadContent {
+        key: &'static str,
+        path: std::path::PathBuf,
+        want: &'static str,
+    },
     /// `node` is not a usable name.
     #[error("`cluster.node` {0:?}: 1 to 64 letters, digits, '-', '_' or '.'")]
     BadNode(String),
@@ -57,9 +126,29 @@ pub enum ClusterConfigError {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// etcd client URLs (`http://host:2379`), every member of the etcd cluster. Plain HTTP only:
-    /// TLS to etcd is not supported yet.
+    /// etcd client URLs (`https://host:2379`), every member of the etcd cluster. https:// needs
+    /// `ca_file`; plain `http://` needs `insecure = true`.
     pub etcd: Vec<String>,
+    /// The PEM file of the CA that signed etcd's server certificates (https:// endpoints).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// This daemon's client certificate (PEM), for etcd's `--client-cert-auth`; with `key_file`.
+    /// With etcd authentication on and no `user`, its common name is the etcd user.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM): a regular file only its owner may read.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// The etcd user (etcd authentication by password); with `password_file`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The file holding `user`'s password on one line: a regular file only its owner may read.
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// Accept plain `http://` endpoints (no TLS, anyone who reaches etcd controls the fencing).
+    /// Every start then logs a warning.
+    #[serde(default)]
+    pub insecure: bool,
     /// This daemon's name in the cluster: unique per host, stable across restarts.
     pub node: String,
     /// The disk's id, the same on every host (inode identities differ between hosts).
@@ -158,13 +247,7 @@ impl ClusterConfig {
         if self.etcd.is_empty() {
             return Err(E::NoEndpoint);
         }
-        if let Some(e) = self
-            .etcd
-            .iter()
-            .find(|e| !e.starts_with("http://") || e.len() <= "http://".len())
-        {
-            return Err(E::NotHttp(e.clone()));
-        }
+        self.validate_security()?;
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
@@ -217,13 +300,95 @@ impl ClusterConfig {
         Ok(())
     }
 
+    /// Whether the endpoints are https://; the rules on TLS, authentication and `insecure`.
+    fn validate_security(&self) -> Result<(), ClusterConfigError> {
+        use ClusterConfigError as E;
+        let https = |e: &str| e.strip_prefix("https://").is_some_and(|h| !h.is_empty());
+        let http = |e: &str| e.strip_prefix("http://").is_some_and(|h| !h.is_empty());
+        if let Some(e) = self.etcd.iter().find(|e| !https(e) && !http(e)) {
+            return Err(E::NotUrl(e.clone()));
+        }
+        let tls = https(&self.etcd[0]);
+        if self.etcd.iter().any(|e| https(e) != tls) {
+            return Err(E::MixedSchemes(self.etcd.join(",")));
+        }
+        if tls {
+            if self.insecure {
+                return Err(E::InsecureWithHttps);
+            }
+            if self.ca_file.is_none() {
+                return Err(E::NoCaFile);
+            }
+        } else {
+            if !self.insecure {
+                return Err(E::PlainHttp(self.etcd[0].clone()));
+            }
+            for (key, set) in [
+                ("ca_file", self.ca_file.is_some()),
+                ("cert_file", self.cert_file.is_some()),
+                ("key_file", self.key_file.is_some()),
+            ] {
+                if set {
+                    return Err(E::TlsWithoutHttps(key));
+                }
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(E::CertWithoutKey);
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err(E::UserWithoutPassword);
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty()
+                || u.chars().count() > 128
+                || u.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(E::BadUser(u.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the endpoints are https://.
+    pub fn tls(&self) -> bool {
+        self.etcd.first().is_some_and(|e| e.starts_with("https://"))
+    }
+
+    /// Reads the CA, the client certificate and key, and the password, refusing a secret that
+    /// others may read and a file that does not hold what its key names. Called at every start.
+    pub fn read_secrets(&self) -> Result<EtcdSecrets, ClusterConfigError> {
+        let ca = match &self.ca_file {
+            Some(p) => Some(read_pem(
+                p,
+                "ca_file",
+                false,
+                "CERTIFICATE",
+                "a PEM certificate",
+            )?),
+            None => None,
+        };
+        let identity = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Some((
+                read_pem(c, "cert_file", false, "CERTIFICATE", "a PEM certificate")?,
+                read_pem(k, "key_file", true, "PRIVATE KEY", "a PEM private key")?,
+            )),
+            _ => None,
+        };
+        let user = match (&self.user, &self.password_file) {
+            (Some(u), Some(p)) => Some((u.clone(), read_password(p)?)),
+            _ => None,
+        };
+        Ok(EtcdSecrets { ca, identity, user })
+    }
+
     /// The lines `sharedisk` shows for this section when it describes the configuration.
     pub fn describe(&self) -> String {
         format!(
             "cluster:        node {} of disk {} through etcd {}\n  read lease {} ms renewed every \
              {} ms, drift {}, max I/O {} ms: a PR OUT waits at most {} ms for a member that does \
              not acknowledge\n  lost lease: I/O held {} ms, then BUSY/IOERR; PR OUT budget {} ms; \
-             {}\n",
+             {}\n  etcd access: {}\n",
             self.node,
             self.disk_id,
             self.etcd.join(","),
@@ -238,8 +403,31 @@ impl ClusterConfig {
                 "strict mode (fence hook)"
             } else {
                 "soft mode (no fence hook)"
-            }
+            },
+            self.describe_access()
         )
+    }
+
+    /// How this daemon reaches etcd and who it is to etcd, in words.
+    fn describe_access(&self) -> String {
+        if !self.tls() {
+            return "INSECURE plain http:// (`insecure = true`): anyone who reaches etcd controls \
+                    the fencing"
+                .into();
+        }
+        let mut s = format!(
+            "TLS, server certificates checked against {}",
+            self.ca_file.as_deref().unwrap_or(Path::new("?")).display()
+        );
+        if let Some(c) = &self.cert_file {
+            s.push_str(&format!("; client certificate {}", c.display()));
+        }
+        match (&self.user, &self.password_file) {
+            (Some(u), Some(p)) => s.push_str(&format!("; user {u} (password in {})", p.display())),
+            _ if self.cert_file.is_some() => s.push_str(" (its common name is the etcd user)"),
+            _ => s.push_str("; no client identity (etcd must not require one)"),
+        }
+        s
     }
 
     pub fn lease(&self) -> Duration {
@@ -284,3 +472,117 @@ impl ClusterConfig {
         format!("{}/{}/", self.prefix, self.disk_id)
     }
 }
+
+/// What `[cluster]`'s files hold: read at start, kept in memory only.
+#[derive(Clone)]
+pub struct EtcdSecrets {
+    /// The CA's PEM certificates.
+    pub ca: Option<Vec<u8>>,
+    /// The client certificate and its key, PEM.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The user and its password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSecrets")
+            .field("ca", &self.ca.is_some())
+            .field("identity", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|u| &u.0))
+            .finish()
+    }
+}
+
+/// The largest file read for a certificate, key or password.
+const MAX_SECRET_FILE: u64 = 1 << 20;
+
+/// The contents of `path` (`key` in `[cluster]`): a regular file (checked on the opened file, so
+/// a swap between check and read cannot fool it), at most [`MAX_SECRET_FILE`] bytes, and when
+/// `secret`, readable by its owner only.
+fn read_file(path: &Path, key: &'static str, secret: bool) -> Result<Vec<u8>, ClusterConfigError> {
+    use ClusterConfigError as E;
+    let unreadable = |e: std::io::Error| E::FileUnreadable {
+        key,
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    // O_NONBLOCK: a FIFO opens at once (and is then refused) instead of waiting for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(E::NotRegularFile {
+            key,
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if secret && mode & 0o077 != 0 {
+        return Err(E::SecretTooOpen {
+            key,
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut data = Vec::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut data)
+        .map_err(unreadable)?;
+    if data.len() as u64 > MAX_SECRET_FILE {
+        return Err(E::FileUnreadable {
+            key,
+            path: path.to_path_buf(),
+            reason: format!("larger than {MAX_SECRET_FILE} bytes"),
+        });
+    }
+    Ok(data)
+}
+
+/// A PEM file holding a `-----BEGIN ...<label>-----` block.
+fn read_pem(
+    path: &Path,
+    key: &'static str,
+    secret: bool,
+    label: &str,
+    want: &'static str,
+) -> Result<Vec<u8>, ClusterConfigError> {
+    let data = read_file(path, key, secret)?;
+    let text = String::from_utf8_lossy(&data);
+    let found = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")));
+    if !found {
+        return Err(ClusterConfigError::BadContent {
+            key,
+            path: path.to_path_buf(),
+            want,
+        });
+    }
+    Ok(data)
+}
+
+/// The password: the file's one line, without its line end.
+fn read_password(path: &Path) -> Result<String, ClusterConfigError> {
+    let data = read_file(path, "password_file", true)?;
+    let bad = || ClusterConfigError::BadContent {
+        key: "password_file",
+        path: path.to_path_buf(),
+        want: "one line with the password",
+    };
+    let text = String::from_utf8(data).map_err(|_| bad())?;
+    let line = text
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&text);
+    if line.is_empty() || line.contains(['\n', '\r']) {
+        return Err(bad());
+    }
+    Ok(line.to_string())
+}
+
+#[cfg(test)]
+mod tests;

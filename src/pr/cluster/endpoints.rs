@@ -15,10 +15,20 @@
 //! after all makes the next attempt's conditions fail, and a commit's marker
 //! (`commits/<node>`, see `etcd.rs`) tells its own landing apart from another daemon's change.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+//!
+//! Security (`[cluster]`'s `ca_file`, `cert_file`, `key_file`, `user`, `password_file`): the files
+//! are read at every start and refused when a secret is readable by others. With a user, a
+//! client authenticates when it is made, and its token is refreshed whenever etcd says it has
+//! expired (etcd's simple tokens live `--auth-token-ttl`, 300 s by default, after their last use).
+//! A member that cannot be reached at start gets a client without a token, and authenticates on
+//! the first call that goes to it. An error etcd answers with is explained in words (TLS, bad
+//! password, permission), naming the setting to check.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, Txn, TxnResponse};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions, Txn, TxnResponse};
 use tokio::runtime::Runtime;
 
 use super::etcd::ClusterError;
@@ -30,34 +40,192 @@ const MIN_SHARE: Duration = Duration::from_millis(100);
 /// The pause after every member refused at once (etcd electing a leader), before trying again.
 const ROUND_PAUSE: Duration = Duration::from_millis(20);
 
+/// One etcd member's client.
+struct Member {
+    url: String,
+    client: RwLock<Client>,
+    /// Whether `client` holds a token (always, without a user).
+    authenticated: AtomicBool,
+}
+
 /// One client per etcd member, the member the next call goes to first, and the member that
 /// answered last.
 pub struct Endpoints {
-    clients: Vec<(String, Client)>,
+    clients: Vec<Member>,
     preferred: AtomicUsize,
     answered: AtomicUsize,
+    /// The options with the user, for a client made again (see [`Member::authenticated`]).
+    opts: ConnectOptions,
+    /// The disk's key prefix, for the explanation of a denied permission.
+    disk_prefix: String,
+}
+
+/// An error etcd (or the way to it) gave, with what it means for this daemon's settings.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}{}", hint.as_deref().map(|h| format!(" — {h}")).unwrap_or_default())]
+pub struct Explained {
+    /// The error and its causes.
+    detail: String,
+    /// What failed and which setting to check, when known.
+    hint: Option<String>,
+    /// Whether etcd refused the request (authentication, permission): no member will take it.
+    refused: bool,
+}
+
+/// `e` and its causes, in words, with what it means for `[cluster]`'s settings.
+pub fn explain(e: &etcd_client::Error, disk_prefix: &str) -> Explained {
+    let mut detail = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        cause = c.source();
+    }
+    let lower = detail.to_lowercase();
+    let status = match e {
+        etcd_client::Error::GRpcStatus(s) => Some(i32::from(s.code())),
+        _ => None,
+    };
+    // gRPC code 7: PERMISSION_DENIED.
+    let (hint, refused) = if status == Some(7) || lower.contains("permission denied") {
+        let h = format!(
+            "etcd denied this daemon access: its etcd user (`cluster.user`, or else the common \
+             name of `cluster.cert_file`) needs a role with readwrite on the prefix \
+             {disk_prefix} (etcdctl role grant-permission --prefix=true ROLE readwrite \
+             {disk_prefix})"
+        );
+        (Some(h), true)
+    } else if lower.contains("authentication failed") {
+        let h = "etcd refused the user and password: check `cluster.user` and the password in \
+                 `cluster.password_file`";
+        (Some(h.to_string()), true)
+    } else if lower.contains("user name is empty") {
+        let h = "etcd has authentication on and this daemon presented no user: set \
+                 `cluster.user` and `cluster.password_file`, or a client certificate \
+                 (`cluster.cert_file`, `key_file`) whose common name is an etcd user";
+        (Some(h.to_string()), true)
+    } else if lower.contains("user name not found") {
+        let h = "this daemon's etcd user (`cluster.user`, or the common name of \
+                 `cluster.cert_file`) does not exist in etcd (etcdctl user add)";
+        (Some(h.to_string()), true)
+    } else if ["certificate", "tls", "handshake", "alert", "issuer"]
+        .iter()
+        .any(|k| lower.contains(k))
+    {
+        let h = "the TLS handshake with etcd failed: check `cluster.ca_file` (the CA that \
+                 signed etcd's server certificate, whose names must include the endpoint's \
+                 host) and `cluster.cert_file` + `key_file` (a client certificate signed by the \
+                 CA of etcd's --trusted-ca-file)";
+        (Some(h.to_string()), false)
+    } else {
+        (None, false)
+    };
+    Explained {
+        detail,
+        hint,
+        refused,
+    }
+}
+
+/// The options of every client: timing, TLS, and the user when `with_user`.
+fn connect_options(
+    cfg: &ClusterConfig,
+    secrets: &super::config::EtcdSecrets,
+    with_user: bool,
+) -> ConnectOptions {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.lease())
+        .with_timeout(cfg.lease())
+        .with_keep_alive(cfg.renew_every(), cfg.lease())
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    if let Some(ca) = &secrets.ca {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = &secrets.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        opts = opts.with_tls(tls);
+    }
+    match &secrets.user {
+        Some((user, password)) if with_user => opts
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true),
+        _ => opts,
+    }
+}
+
+/// A client of `url` that has no token yet (`anonymous`: the options without the user): it
+/// connects in the background and sends nothing.
+fn unauthenticated(
+    rt: &Runtime,
+    url: &str,
+    anonymous: &ConnectOptions,
+    disk_prefix: &str,
+) -> Result<Client, ClusterError> {
+    rt.block_on(Client::connect([url], Some(anonymous.clone())))
+        .map_err(|e| set_up_error(url, e, disk_prefix))
+}
+
+/// The error of setting up `url`'s client, explained.
+fn set_up_error(url: &str, e: etcd_client::Error, disk_prefix: &str) -> ClusterError {
+    ClusterError::Etcd {
+        endpoints: url.to_string(),
+        what: "set up a client",
+        source: Box::new(explain(&e, disk_prefix)),
+    }
 }
 
 impl Endpoints {
-    /// Sets up a client per URL of `cfg.etcd`. Connections are made in the background; nothing
-    /// is sent yet.
+    /// Sets up a client per URL of `cfg.etcd`. Without a user, connections are made in the
+    /// background and nothing is sent yet; with one, each client authenticates (a member that
+    /// does not answer within `cfg.lease()` authenticates later, on its first call). Plain
+    /// http:// logs a warning.
     pub fn new(rt: &Runtime, cfg: &ClusterConfig) -> Result<Endpoints, ClusterError> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(cfg.lease())
-            .with_timeout(cfg.lease())
-            .with_keep_alive(cfg.renew_every(), cfg.lease())
-            .with_keep_alive_while_idle(true)
-            .with_require_leader(true);
+        let secrets = cfg.read_secrets().map_err(ClusterError::Settings)?;
+        let opts = connect_options(cfg, &secrets, true);
+        let anonymous = connect_options(cfg, &secrets, false);
+        if !cfg.tls() {
+            log::warn!(
+                "cluster: etcd is reached over plain http:// (`insecure = true`): anyone who can \
+                 reach etcd can read and change the reservations and silence the fencing. Use \
+                 https:// with `ca_file` and a client certificate or user (docs/cluster.md, \
+                 \"Securing etcd\")"
+            );
+        }
+        let user = cfg.user.is_some();
+        let disk_prefix = cfg.disk_prefix();
         let mut clients = Vec::with_capacity(cfg.etcd.len());
         for url in &cfg.etcd {
-            let client = rt
-                .block_on(Client::connect([url.as_str()], Some(opts.clone())))
-                .map_err(|e| ClusterError::Etcd {
-                    endpoints: url.clone(),
-                    what: "set up a client",
-                    source: Box::new(e),
-                })?;
-            clients.push((url.clone(), client));
+            let (client, authenticated) = if user {
+                match rt.block_on(tokio::time::timeout(
+                    cfg.lease(),
+                    Client::connect([url.as_str()], Some(opts.clone())),
+                )) {
+                    Ok(Ok(c)) => (c, true),
+                    Ok(Err(e)) if explain(&e, &disk_prefix).refused => {
+                        return Err(set_up_error(url, e, &disk_prefix));
+                    }
+                    Ok(Err(e)) => {
+                        let why = explain(&e, &disk_prefix);
+                        log::warn!("cluster: etcd {url}: cannot authenticate yet: {why}");
+                        (unauthenticated(rt, url, &anonymous, &disk_prefix)?, false)
+                    }
+                    Err(_) => (unauthenticated(rt, url, &anonymous, &disk_prefix)?, false),
+                }
+            } else {
+                let c = rt
+                    .block_on(Client::connect([url.as_str()], Some(opts.clone())))
+                    .map_err(|e| set_up_error(url, e, &disk_prefix))?;
+                (c, true)
+            };
+            clients.push(Member {
+                url: url.clone(),
+                client: RwLock::new(client),
+                authenticated: AtomicBool::new(authenticated),
+            });
         }
         if clients.is_empty() {
             return Err(ClusterError::Corrupt {
@@ -69,19 +237,43 @@ impl Endpoints {
             clients,
             preferred: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
+            opts,
+            disk_prefix,
         })
     }
 
     /// The member the next call goes to first, and its client (for the watch).
     pub fn preferred(&self) -> (usize, Client) {
         let i = self.preferred.load(Ordering::Relaxed) % self.clients.len();
-        (i, self.clients[i].1.clone())
+        (i, self.client(i))
+    }
+
+    /// Member `i`'s client.
+    fn client(&self, i: usize) -> Client {
+        self.clients[i]
+            .client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The URL of the member that answered the last call.
     pub fn answering(&self) -> &str {
         let i = self.answered.load(Ordering::Relaxed) % self.clients.len();
-        &self.clients[i].0
+        &self.clients[i].url
+    }
+
+    /// Sends `txn` to member `i`, first authenticating its client if it has no token yet (the
+    /// member did not answer at start).
+    async fn send(&self, i: usize, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        let member = &self.clients[i];
+        if !member.authenticated.load(Ordering::Acquire) {
+            let c = Client::connect([member.url.as_str()], Some(self.opts.clone())).await?;
+            *member.client.write().unwrap_or_else(|p| p.into_inner()) = c;
+            member.authenticated.store(true, Ordering::Release);
+            log::info!("cluster: etcd {}: authenticated", member.url);
+        }
+        self.client(i).txn(txn).await
     }
 
     /// Runs `txn` on the member that answered last, moving on to the next member when one
@@ -112,10 +304,9 @@ impl Endpoints {
                 (left / 2).max(MIN_SHARE).min(left)
             };
             let i = (first + attempt) % n;
-            let (url, client) = &self.clients[i];
-            let mut client = client.clone();
+            let url = &self.clients[i].url;
             let txn = txn.clone();
-            match rt.block_on(async { tokio::time::timeout(share, client.txn(txn)).await }) {
+            match rt.block_on(async { tokio::time::timeout(share, self.send(i, txn)).await }) {
                 Ok(Ok(resp)) => {
                     if self.answered.swap(i, Ordering::Relaxed) != i {
                         log::info!("cluster: etcd {url} answers; calls go there now");
@@ -124,12 +315,19 @@ impl Endpoints {
                     return Ok(resp);
                 }
                 Ok(Err(e)) => {
+                    let e = explain(&e, &self.disk_prefix);
                     log::debug!("cluster: etcd {url}: {what}: {e}");
-                    error = Some(ClusterError::Etcd {
+                    let refused = e.refused;
+                    let failed = ClusterError::Etcd {
                         endpoints: url.clone(),
                         what,
                         source: Box::new(e),
-                    });
+                    };
+                    // etcd refused it (authentication, permission): every member would.
+                    if refused {
+                        return Err(failed);
+                    }
+                    error = Some(failed);
                 }
                 Err(_) => {
                     log::debug!("cluster: etcd {url}: {what}: no answer within {share:?}");
@@ -155,7 +353,7 @@ impl Endpoints {
             endpoints: self
                 .clients
                 .iter()
-                .map(|(u, _)| u.as_str())
+                .map(|m| m.url.as_str())
                 .collect::<Vec<_>>()
                 .join(","),
             what,

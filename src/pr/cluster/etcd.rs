@@ -91,6 +91,9 @@ pub enum ClusterError {
     /// The shared state's key holds something that is not a valid state.
     #[error("the shared state in etcd under {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
+    /// `[cluster]`'s TLS or authentication files are wrong (see `config.rs`).
+    #[error("{0}")]
+    Settings(super::ClusterConfigError),
     /// The agent's runtime could not be started.
     #[error("cannot start the cluster agent: {0}")]
     Runtime(std::io::Error),
