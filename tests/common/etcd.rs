@@ -23,11 +23,39 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(dir: &Path) -> Etcd {
+        Etcd::start_args(dir, "http", &[])
+    }
+
+    /// An etcd that speaks TLS only, with the server certificate of `pki`, requires a client
+    /// certificate its CA signed (`--client-cert-auth`), and whose simple tokens live
+    /// `token_ttl_s` seconds after their last use. Authentication is off until
+    /// [`Etcd::enable_auth`].
+    pub fn start_tls(dir: &Path, pki: &Pki, token_ttl_s: u32) -> Etcd {
+        let p = |n: &str| pki.dir.join(n).to_str().unwrap().to_string();
+        let ttl = token_ttl_s.to_string();
+        let args = [
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            &p("ca.pem"),
+            "--cert-file",
+            &p("server.pem"),
+            "--key-file",
+            &p("server.key"),
+            "--auth-token",
+            "simple",
+            "--auth-token-ttl",
+            &ttl,
+        ];
+        Etcd::start_args(dir, "https", &args)
+    }
+
+    fn start_args(dir: &Path, scheme: &str, extra: &[&str]) -> Etcd {
         let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
+        let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
         let child = Command::new("etcd")
+            .args(extra)
             .args(["--name", "e1", "--data-dir"])
             .arg(dir.join("etcd"))
             .args([
@@ -46,7 +74,8 @@ impl Etcd {
             .expect("etcd runs (Debian's etcd-server; tests/run.sh installs it)");
         let e = Etcd { child, url };
         let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&e.url[7..]).is_err() {
+        let addr = format!("127.0.0.1:{client}");
+        while std::net::TcpStream::connect(&addr).is_err() {
             assert!(Instant::now() < end, "etcd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -74,6 +103,183 @@ impl Drop for Etcd {
         self.signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A CA, etcd's server certificate for 127.0.0.1, and client certificates, made with the
+/// `openssl` CLI in `dir`: keys mode 0600.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl CLI runs (images/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        pki.ca("ca");
+        pki.ca("other-ca");
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        pki.sign("ca", "server", "etcd-server", "server.ext");
+        pki
+    }
+
+    /// A self-signed CA `name` (`name.pem`, `name.key`).
+    fn ca(&self, name: &str) {
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        openssl(&self.dir, &["genrsa", "-out", &key, "2048"]);
+        let subj = format!("/CN=sharedisk test {name}");
+        openssl(
+            &self.dir,
+            &[
+                "req", "-x509", "-new", "-key", &key, "-subj", &subj, "-days", "2", "-out", &pem,
+            ],
+        );
+    }
+
+    /// `name.pem` and `name.key` (mode 0600), common name `cn`, signed by CA `ca`.
+    fn sign(&self, ca: &str, name: &str, cn: &str, ext: &str) {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(&self.dir, &["genrsa", "-out", &key, "2048"]);
+        let subj = format!("/CN={cn}");
+        openssl(
+            &self.dir,
+            &["req", "-new", "-key", &key, "-subj", &subj, "-out", &csr],
+        );
+        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_pem,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                &pem,
+            ],
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(self.dir.join(&key), mode).unwrap();
+    }
+
+    /// A client certificate with common name `cn` signed by the CA etcd trusts (`ca`) or by
+    /// another (`other-ca`): its (certificate, key) paths.
+    pub fn client(&self, ca: &str, cn: &str) -> (PathBuf, PathBuf) {
+        let name = format!("{ca}-client-{cn}");
+        std::fs::write(self.dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        self.sign(ca, &name, cn, "client.ext");
+        (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        )
+    }
+
+    /// The `[cluster]` lines of a daemon with the client certificate `(cert, key)`.
+    pub fn settings(&self, cert: &(PathBuf, PathBuf)) -> String {
+        format!(
+            "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+            self.dir.join("ca.pem"),
+            cert.0,
+            cert.1
+        )
+    }
+}
+
+impl Etcd {
+    /// `etcdctl` on this etcd as `root` (its client certificate's common name), over TLS.
+    pub fn etcdctl(&self, pki: &Pki, args: &[&str]) -> std::process::Output {
+        let root = pki.dir.join("ca-client-root.pem");
+        if !root.exists() {
+            pki.client("ca", "root");
+        }
+        let p = |n: &str| pki.dir.join(n).to_str().unwrap().to_string();
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.url))
+            .arg(format!("--cacert={}", p("ca.pem")))
+            .arg(format!("--cert={}", p("ca-client-root.pem")))
+            .arg(format!("--key={}", p("ca-client-root.key")))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `etcdctl args` as root, and panics if it fails.
+    pub fn etcdctl_ok(&self, pki: &Pki, args: &[&str]) -> String {
+        let out = self.etcdctl(pki, args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// etcd authentication on: the user `root`, a role per disk in `disks` with readwrite on
+    /// `/sharedisk/v1/<disk>/` only, and per `(user, password, disk)` a user with that role
+    /// (a password of "" makes a user without one, for client certificates).
+    pub fn enable_auth(&self, pki: &Pki, disks: &[&str], users: &[(&str, &str, &str)]) {
+        self.etcdctl_ok(pki, &["user", "add", "root:root-password"]);
+        for disk in disks {
+            let role = format!("sharedisk-{disk}");
+            let prefix = format!("/sharedisk/v1/{disk}/");
+            self.etcdctl_ok(pki, &["role", "add", &role]);
+            self.etcdctl_ok(
+                pki,
+                &[
+                    "role",
+                    "grant-permission",
+                    "--prefix=true",
+                    &role,
+                    "readwrite",
+                    &prefix,
+                ],
+            );
+        }
+        for (user, password, disk) in users {
+            if password.is_empty() {
+                self.etcdctl_ok(pki, &["user", "add", user, "--no-password"]);
+            } else {
+                self.etcdctl_ok(pki, &["user", "add", &format!("{user}:{password}")]);
+            }
+            self.etcdctl_ok(
+                pki,
+                &["user", "grant-role", user, &format!("sharedisk-{disk}")],
+            );
+        }
+        self.etcdctl_ok(pki, &["auth", "enable"]);
     }
 }
 
@@ -111,6 +317,19 @@ impl ClusterDaemon {
         timing: &Timing,
         env: &[(&str, &str)],
     ) -> ClusterDaemon {
+        Self::start_with(dir, etcd, node, guests, timing, "insecure = true\n", env)
+    }
+
+    /// `dir/<node>.toml`: node `node` serving `guests`, with `security` (the TLS and
+    /// authentication lines, or `insecure = true`) and anything else in `[cluster]`.
+    pub fn config(
+        dir: &Path,
+        etcd: &[String],
+        node: &str,
+        guests: &[&str],
+        timing: &Timing,
+        security: &str,
+    ) -> PathBuf {
         let sockets = dir.join(node);
         let cfg = dir.join(format!("{node}.toml"));
         let mut text = format!(
@@ -122,7 +341,7 @@ impl ClusterDaemon {
             text.push_str(&format!("[[guest]]\nname = \"{g}\"\n"));
         }
         text.push_str(&format!(
-            "[cluster]\netcd = {etcd:?}\ninsecure = true\nnode = \"{node}\"\ndisk_id = \"test-disk\"\n\
+            "[cluster]\netcd = {etcd:?}\n{security}node = \"{node}\"\ndisk_id = \"test-disk\"\n\
              lease_ms = {}\nmax_io_ms = {}\nhold_ms = {}\nbudget_ms = {}\nstate_dir = {:?}\n",
             timing.lease_ms,
             timing.max_io_ms,
@@ -131,6 +350,22 @@ impl ClusterDaemon {
             dir.join("state")
         ));
         std::fs::write(&cfg, text).unwrap();
+        cfg
+    }
+
+    /// Like [`ClusterDaemon::start`], with `security` in `[cluster]` (see
+    /// [`ClusterDaemon::config`]).
+    pub fn start_with(
+        dir: &Path,
+        etcd: &[String],
+        node: &str,
+        guests: &[&str],
+        timing: &Timing,
+        security: &str,
+        env: &[(&str, &str)],
+    ) -> ClusterDaemon {
+        let sockets = dir.join(node);
+        let cfg = Self::config(dir, etcd, node, guests, timing, security);
         let log = dir.join(format!("{node}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
             .args(["serve", "--config"])
@@ -171,6 +406,39 @@ impl ClusterDaemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `sharedisk serve --config cfg` as node `node`, expecting it to stop by itself within
+    /// 30 s: whether it exited with success, and its log.
+    pub fn run_to_exit(dir: &Path, node: &str, cfg: &Path) -> (bool, String) {
+        let log = dir.join(format!("{node}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{node} still runs after 30 s: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (
+            status.success(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Endpoints {
     opts: ConnectOptions,
     /// The disk's key prefix, for the explanation of a denied permission.
     disk_prefix: String,
+    /// Whether the endpoints are https://.
+    tls: bool,
 }
 
 /// An error etcd (or the way to it) gave, with what it means for this daemon's settings.
@@ -72,8 +74,35 @@ pub struct Explained {
     refused: bool,
 }
 
-/// `e` and its causes, in words, with what it means for `[cluster]`'s settings.
-pub fn explain(e: &etcd_client::Error, disk_prefix: &str) -> Explained {
+impl ClusterError {
+    /// Whether etcd refused the request for who this daemon is (authentication, permission):
+    /// trying again will not help until the settings or etcd's users change.
+    pub fn refused(&self) -> bool {
+        match self {
+            ClusterError::Etcd { source, .. } => source
+                .downcast_ref::<Explained>()
+                .is_some_and(|e| e.refused),
+            _ => false,
+        }
+    }
+}
+
+/// The hint of a TLS failure.
+const TLS_HINT: &str = "the TLS handshake with etcd failed: check `cluster.ca_file` (the CA that \
+                        signed etcd's server certificate, whose names must include the \
+                        endpoint's host) and `cluster.cert_file` + `key_file` (a client \
+                        certificate signed by the CA of etcd's --trusted-ca-file)";
+
+/// The hint of a TLS connection etcd closed at once: with TLS 1.3 the client learns that its
+/// certificate was refused only when the server closes the connection.
+const TLS_CLOSED_HINT: &str = "etcd closed the TLS connection right after the TLS handshake: it \
+                               most likely refused this daemon's client certificate (none, or \
+                               not signed by the CA of etcd's --trusted-ca-file): check \
+                               `cluster.cert_file` and `key_file`";
+
+/// `e` and its causes, in words, with what it means for `[cluster]`'s settings (`tls`: the
+/// endpoints are https://).
+pub fn explain(e: &etcd_client::Error, disk_prefix: &str, tls: bool) -> Explained {
     let mut detail = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -115,11 +144,13 @@ pub fn explain(e: &etcd_client::Error, disk_prefix: &str) -> Explained {
         .iter()
         .any(|k| lower.contains(k))
     {
-        let h = "the TLS handshake with etcd failed: check `cluster.ca_file` (the CA that \
-                 signed etcd's server certificate, whose names must include the endpoint's \
-                 host) and `cluster.cert_file` + `key_file` (a client certificate signed by the \
-                 CA of etcd's --trusted-ca-file)";
-        (Some(h.to_string()), false)
+        (Some(TLS_HINT.to_string()), false)
+    } else if tls
+        && ["broken pipe", "connection reset", "unexpected eof"]
+            .iter()
+            .any(|k| lower.contains(k))
+    {
+        (Some(TLS_CLOSED_HINT.to_string()), false)
     } else {
         (None, false)
     };
@@ -166,15 +197,15 @@ fn unauthenticated(
     disk_prefix: &str,
 ) -> Result<Client, ClusterError> {
     rt.block_on(Client::connect([url], Some(anonymous.clone())))
-        .map_err(|e| set_up_error(url, e, disk_prefix))
+        .map_err(|e| set_up_error(url, e, disk_prefix, url.starts_with("https://")))
 }
 
 /// The error of setting up `url`'s client, explained.
-fn set_up_error(url: &str, e: etcd_client::Error, disk_prefix: &str) -> ClusterError {
+fn set_up_error(url: &str, e: etcd_client::Error, disk_prefix: &str, tls: bool) -> ClusterError {
     ClusterError::Etcd {
         endpoints: url.to_string(),
         what: "set up a client",
-        source: Box::new(explain(&e, disk_prefix)),
+        source: Box::new(explain(&e, disk_prefix, tls)),
     }
 }
 
@@ -196,20 +227,20 @@ impl Endpoints {
             );
         }
         let user = cfg.user.is_some();
+        let tls = cfg.tls();
         let disk_prefix = cfg.disk_prefix();
         let mut clients = Vec::with_capacity(cfg.etcd.len());
         for url in &cfg.etcd {
             let (client, authenticated) = if user {
-                match rt.block_on(tokio::time::timeout(
-                    cfg.lease(),
-                    Client::connect([url.as_str()], Some(opts.clone())),
-                )) {
+                let connect = Client::connect([url.as_str()], Some(opts.clone()));
+                // The timer needs the runtime: made inside it.
+                match rt.block_on(async { tokio::time::timeout(cfg.lease(), connect).await }) {
                     Ok(Ok(c)) => (c, true),
-                    Ok(Err(e)) if explain(&e, &disk_prefix).refused => {
-                        return Err(set_up_error(url, e, &disk_prefix));
+                    Ok(Err(e)) if explain(&e, &disk_prefix, tls).refused => {
+                        return Err(set_up_error(url, e, &disk_prefix, tls));
                     }
                     Ok(Err(e)) => {
-                        let why = explain(&e, &disk_prefix);
+                        let why = explain(&e, &disk_prefix, tls);
                         log::warn!("cluster: etcd {url}: cannot authenticate yet: {why}");
                         (unauthenticated(rt, url, &anonymous, &disk_prefix)?, false)
                     }
@@ -218,7 +249,7 @@ impl Endpoints {
             } else {
                 let c = rt
                     .block_on(Client::connect([url.as_str()], Some(opts.clone())))
-                    .map_err(|e| set_up_error(url, e, &disk_prefix))?;
+                    .map_err(|e| set_up_error(url, e, &disk_prefix, tls))?;
                 (c, true)
             };
             clients.push(Member {
@@ -239,6 +270,7 @@ impl Endpoints {
             answered: AtomicUsize::new(0),
             opts,
             disk_prefix,
+            tls,
         })
     }
 
@@ -315,7 +347,7 @@ impl Endpoints {
                     return Ok(resp);
                 }
                 Ok(Err(e)) => {
-                    let e = explain(&e, &self.disk_prefix);
+                    let e = explain(&e, &self.disk_prefix, self.tls);
                     log::debug!("cluster: etcd {url}: {what}: {e}");
                     let refused = e.refused;
                     let failed = ClusterError::Etcd {

@@ -150,6 +150,8 @@ impl EtcdState {
         loop {
             match self.txn(self.cfg.lease(), what, &txn) {
                 Ok(v) => return Ok(v),
+                // etcd refused who this daemon is: no retry makes it accept.
+                Err(e) if e.refused() => return Err(e),
                 Err(e) if Instant::now() + Duration::from_millis(200) < deadline => {
                     log::info!("cluster: {e}; trying again");
                     std::thread::sleep(Duration::from_millis(200));
