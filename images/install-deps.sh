@@ -7,10 +7,12 @@ SUDO=
 # g++: libFuzzer (fuzz/run.sh) is C++. prometheus: promtool and a real server for
 # tests/metrics.rs; libvirt (and xmllint for virt-xml-validate) for tests/libvirt.rs. Cluster mode
 # (`--features cluster`): protoc and the well-known protos to build etcd-client, and a real etcd
-# (3.4) with etcdctl for the cluster tests; iproute2 and nftables for their network lab.
+# (3.4) with etcdctl for the cluster tests; iproute2 and nftables for their network lab; openssl
+# for the certificates of tests/cluster_tls.rs.
 packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc g++ libc6-dev socat prometheus
           libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils
-          protobuf-compiler libprotobuf-dev etcd-server etcd-client iproute2 nftables)
+          protobuf-compiler libprotobuf-dev etcd-server etcd-client iproute2 nftables
+          openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
