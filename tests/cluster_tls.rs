@@ -261,6 +261,30 @@ fn a_password_user_keeps_its_lease_past_the_token_ttl() {
     assert!(!log.contains("invalid auth token"), "{log}");
 }
 
+/// A member that does not answer at start does not stop a password user: its client
+/// authenticates on its first call, and the calls go to the member that answers.
+#[test]
+fn a_password_user_starts_with_an_etcd_member_down() {
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let (pki, etcd) = secure_etcd(dir.path(), 300);
+    let cert = pki.client("ca", "nobody");
+    let pw = secret(dir.path(), "pw", "right-password\n");
+    let security = format!(
+        "{}user = \"pw\"\npassword_file = {pw:?}\n",
+        pki.settings(&cert)
+    );
+    let down = format!("https://127.0.0.1:{}", common::etcd::free_port());
+    let eps = [down.clone(), etcd.url.clone()];
+    let h1 = ClusterDaemon::start_with(dir.path(), &eps, "h1", &["vm1"], &FAST, &security, &[]);
+    let mut vm1 = client(&h1.scsi("vm1"));
+    good(&vm1.prout(SA_REGISTER, 0, 0, 0x1, false), "vm1 REGISTER");
+    let log = h1.log_text();
+    assert!(
+        log.contains(&format!("etcd {down}: cannot authenticate yet")),
+        "{log}"
+    );
+}
+
 #[test]
 fn plain_http_needs_insecure_true_and_warns_at_every_start() {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
