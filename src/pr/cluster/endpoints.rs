@@ -393,3 +393,6 @@ impl Endpoints {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;
