@@ -47,6 +47,16 @@ pub enum ServerError {
     /// Cluster mode: the cluster cannot be joined, or this build has no cluster support.
     #[error("cluster: {0}")]
     Cluster(#[from] backend::JoinError),
+    /// Cluster mode: another daemon of this node and disk runs on this host.
+    #[error(
+        "cluster: another sharedisk of node {node:?} and disk {disk_id:?} runs on this host (it \
+         holds {path}); this one stops before joining, and the running one keeps serving"
+    )]
+    NodeLocked {
+        node: String,
+        disk_id: String,
+        path: PathBuf,
+    },
 }
 
 /// A running daemon. Dropping it (or [`Server::shutdown`]) stops every socket thread, closes the
@@ -57,6 +67,8 @@ pub struct Server {
     stats: Arc<Stats>,
     config: Config,
     sockets: Vec<GuestSockets>,
+    /// Cluster mode: this node's lock, held for the daemon's life (see [`lock_node`]).
+    _node_lock: Option<std::fs::File>,
 }
 
 /// The socket threads of one guest, stopped together.
@@ -106,6 +118,7 @@ impl Server {
             aio: config.aio(),
             shared: config.cluster.is_some(),
         };
+        let node_lock = lock_node(&config)?;
         let image = FileImage::open_with(&config.image, config.size, mode).map_err(image_err)?;
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
         let store = StateStore::new(config.state_path(), identity.clone());
@@ -142,6 +155,7 @@ impl Server {
             stats: Arc::default(),
             config,
             sockets: Vec::new(),
+            _node_lock: node_lock,
         };
         for guest in server.config.guests.clone() {
             server.serve_guest(&guest)?;
@@ -436,6 +450,37 @@ fn restore_or_rely_on_etcd(
             Ok((arbiter, ReplayLog::default(), false))
         }
     }
+}
+
+/// Cluster mode: takes this node's lock, `<state_dir>/<disk_id>.<node>.lock` (`flock`, held for
+/// the daemon's life), before anything touches etcd: a second start of the same node on this
+/// host fails here, and so never joins in place of the running daemon nor removes its keys.
+fn lock_node(config: &Config) -> Result<Option<std::fs::File>, ServerError> {
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &config.cluster {
+        use std::os::fd::AsRawFd;
+        let path = c.local_copy().with_extension("lock");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(ServerError::NodeLocked {
+                node: c.node.clone(),
+                disk_id: c.disk_id.clone(),
+                path,
+            });
+        }
+        return Ok(Some(file));
+    }
+    let _ = config;
+    Ok(None)
 }
 
 /// Cluster mode: joins the cluster, whose shared state the reservations then start from and

@@ -87,6 +87,8 @@ pub struct SharedView {
     pub lease_valid: bool,
     /// What is left of the read lease.
     pub lease_remaining: Duration,
+    /// Why the daemon stopped admitting beyond a lost lease ("regression", "replaced").
+    pub fault: Option<&'static str>,
 }
 
 /// What differs between one host and several. Every method is called by the fencing; `commit`

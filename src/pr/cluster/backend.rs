@@ -25,6 +25,8 @@ pub struct Remote {
     pub state: PrState,
     /// The unit attentions the changes since our epoch queued, per initiator.
     pub unit_attentions: Vec<(String, Sense)>,
+    /// Which line of states this is (see `etcd.rs`, `StateValue::history`).
+    pub history: String,
 }
 
 /// What committing a PR change to the shared state gave.
@@ -268,6 +270,7 @@ impl PrBackend for EtcdBackend {
             epoch: self.state.held().0,
             lease_valid: self.state.lease().valid(),
             lease_remaining: self.state.lease().remaining(),
+            fault: self.state.fault().map(|f| f.kind()),
         })
     }
 
