@@ -353,6 +353,14 @@ impl Server {
     pub fn cluster_status(&self) -> Option<serde_json::Value> {
         self.lun.reservations.cluster_status()
     }
+
+    /// Cluster mode: `sharedisk ctl cluster republish` or `evict`; `None` on one host.
+    pub fn cluster_operate(
+        &self,
+        op: &crate::pr::backend::ClusterOp,
+    ) -> Option<Result<serde_json::Value, String>> {
+        self.lun.reservations.cluster_operate(op)
+    }
 }
 
 /// The PR state to start from: the state file's, or none with `--reset-reservations` (the file

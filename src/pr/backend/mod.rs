@@ -149,6 +149,25 @@ pub trait PrBackend: Send + Sync {
     fn status(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// An operator's step on the shared state (`ctl cluster republish`, `evict`); `None` on
+    /// one host. Called without the lock.
+    fn operate(
+        &self,
+        _fencing: &Reservations,
+        _op: &ClusterOp,
+    ) -> Option<Result<serde_json::Value, String>> {
+        None
+    }
+}
+
+/// An operator's step on the shared state (see [`PrBackend::operate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterOp {
+    /// Write the state held here as the newest (after the shared state went back in time).
+    Republish,
+    /// Remove this member (its host is gone).
+    Evict(String),
 }
 
 /// Why this daemon could not join the cluster its `[cluster]` section names.

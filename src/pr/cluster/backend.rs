@@ -277,4 +277,17 @@ impl PrBackend for EtcdBackend {
     fn status(&self) -> Option<serde_json::Value> {
         Some(self.state.status())
     }
+
+    fn operate(
+        &self,
+        fencing: &Reservations,
+        op: &crate::pr::backend::ClusterOp,
+    ) -> Option<Result<serde_json::Value, String>> {
+        use crate::pr::backend::ClusterOp;
+        let r = match op {
+            ClusterOp::Republish => self.state.republish(fencing),
+            ClusterOp::Evict(node) => self.state.evict(node),
+        };
+        Some(r.map_err(|e| e.to_string()))
+    }
 }

@@ -66,9 +66,11 @@ use crate::scsi::sense::Sense;
 mod commit;
 mod join;
 mod members;
+mod operate;
 mod renew;
 mod settle;
 
+pub use operate::OperateError;
 pub use renew::Agent;
 use renew::{MemberRead, Seen};
 

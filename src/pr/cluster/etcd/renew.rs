@@ -153,7 +153,9 @@ pub(super) enum Seen {
 }
 
 impl EtcdState {
-    /// The acknowledgement of the state held here by this incarnation.
+    /// The acknowledgement of the state held here by this incarnation. While it may not vouch
+    /// yet, the renewal still writes one (a sign of life for `evict`) under an incarnation id
+    /// that matches no member's, so it vouches for nothing.
     fn ack_value(&self, epoch: u64, lease_remaining_ms: u64) -> Vec<u8> {
         let mut initiators: Vec<String> = read(&self.served).iter().cloned().collect();
         initiators.sort();
@@ -162,7 +164,11 @@ impl EtcdState {
             initiators,
             lease_remaining_ms,
             history: self.history(),
-            incarnation: self.incarnation.clone(),
+            incarnation: if self.may_vouch() {
+                self.incarnation.clone()
+            } else {
+                format!("not vouching: {}", self.incarnation)
+            },
         })
         .unwrap_or_default()
     }
@@ -209,17 +215,12 @@ impl EtcdState {
         let k = &self.keys;
         let sent = boottime_ns();
         let ack = self.ack_value(epoch, self.cfg.lease_ms);
-        let puts = if self.may_vouch() {
-            vec![TxnOp::put(k.ack.as_str(), ack, None)]
-        } else {
-            vec![]
-        };
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(k.state.as_str(), CompareOp::Equal, version),
                 Compare::value(k.member.as_str(), CompareOp::Equal, self.member.clone()),
             ])
-            .and_then(puts)
+            .and_then([TxnOp::put(k.ack.as_str(), ack, None)])
             .or_else([
                 TxnOp::get(k.state.as_str(), None),
                 TxnOp::get(

@@ -31,6 +31,7 @@ impl EtcdState {
                         .map(|m| &m.node)
                         .collect();
                     if behind.is_empty() {
+                        self.compact_unit_attentions(epoch);
                         return Ok(());
                     }
                     if boottime_ns() >= bound {
