@@ -357,15 +357,18 @@ fn an_older_state_in_etcd_stops_the_daemons_that_hold_a_newer_one() {
     let etcd = Etcd::start(d);
     let h1 = serve(d, &etcd, "h1", "a");
     let h2 = serve(d, &etcd, "h2", "b");
-    let snapshot = value(&etcd, "state");
     assert_eq!(
         h1.arbiter().prout("a", &register(0xa), None),
         PrStatus::Good
     );
+    // The snapshot: a registered (epoch 2). Then two more epochs.
+    let snapshot = value(&etcd, "state");
     assert_eq!(
         h2.arbiter().prout("b", &register(0xb), None),
         PrStatus::Good
     );
+    let change = register(0xb).key(0xb).sa_key(0xbb);
+    assert_eq!(h2.arbiter().prout("b", &change, None), PrStatus::Good);
 
     etcdctl(&etcd, &["put", &format!("{PREFIX}state"), &snapshot]);
     for (name, s) in [("h1", &h1), ("h2", &h2)] {
@@ -376,17 +379,55 @@ fn an_older_state_in_etcd_stops_the_daemons_that_hold_a_newer_one() {
             s.cluster_status().unwrap()
         );
     }
-    // A daemon started now holds the restored state, where a is not registered... and then
-    // preempts nothing it should not: while h1 holds a newer state it admits nothing.
+    // h2 restarted: its local copy is newer than etcd's state, of the same history; it starts
+    // from it without admitting, instead of silently going back in time.
+    drop(h2);
+    let h2 = serve(d, &etcd, "h2", "b");
+    assert_eq!(
+        fault(&h2).as_deref(),
+        Some("regression"),
+        "{}",
+        h2.cluster_status().unwrap()
+    );
+    assert!(!lease_valid(&h2));
+    assert!(
+        h2.arbiter().with(|s| s.is_registered("b")),
+        "h2 holds its newer copy"
+    );
+
+    // A daemon started now holds the restored state; its PREEMPT AND ABORT of a never returns
+    // GOOD while another daemon still admits a's writes.
     let h3 = serve(d, &etcd, "h3", "c");
     assert_eq!(
         h3.arbiter().prout("c", &register(0xc), None),
         PrStatus::Good
     );
-    assert!(
-        !(lease_valid(&h1) && h1.arbiter().with(|s| s.is_registered("a"))),
-        "h1 admits a's writes under a state etcd no longer holds"
-    );
+    let status = h3.arbiter().prout("c", &preempt_and_abort(0xc, 0xa), None);
+    for (name, s) in [("h1", &h1), ("h2", &h2)] {
+        assert!(
+            !(lease_valid(s) && s.arbiter().with(|s| s.is_registered("a"))),
+            "{name} admits a's writes after h3's PREEMPT AND ABORT answered {status:?}"
+        );
+    }
+
+    // The operator republishes the newest state (h2's): every daemon serves it again.
+    let r = h2
+        .cluster_operate(&sharedisk::pr::backend::ClusterOp::Republish)
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    for (name, s) in [("h1", &h1), ("h2", &h2), ("h3", &h3)] {
+        assert!(
+            eventually(Duration::from_secs(2), || lease_valid(s)
+                && fault(s).is_none()),
+            "{name} serves again: {}",
+            s.cluster_status().unwrap()
+        );
+        let mut keys = s
+            .arbiter()
+            .with(|s| s.registrations().iter().map(|r| r.key).collect::<Vec<_>>());
+        keys.sort();
+        assert_eq!(keys, [0xa, 0xbb], "{name} holds the newest registrations");
+    }
 }
 
 /// Finding 7: `ctl cluster evict`. Soft mode: a live member is refused (it renews), a dead one

@@ -105,7 +105,9 @@ impl EtcdState {
         if let Some(store) = self.store() {
             if let Err(e) = store.save(arb.state(), fencing.replay_log().records()) {
                 log::warn!("{e} (a local copy only: the shared state is in etcd)");
+                return;
             }
+            self.save_mark();
         }
     }
 

@@ -118,15 +118,22 @@ impl EtcdState {
                 key: k.state.clone(),
                 reason: "missing".into(),
             })?;
-        if !created && local != Some(&remote.state) {
-            log::info!(
-                "cluster: the shared state (epoch {}) replaces the local state file's",
-                remote.epoch
-            );
-        }
-        shared.set_held(remote.epoch, remote.version);
         *lock(&shared.history) = remote.history.clone();
-        shared.lease.renewed(sent, cfg.lease());
+        let remote = match shared.newer_local_copy(&remote, local) {
+            Some(newer) => newer,
+            None => {
+                if !created && local != Some(&remote.state) {
+                    log::info!(
+                        "cluster: the shared state (epoch {}) replaces the local state file's",
+                        remote.epoch
+                    );
+                }
+                shared.set_held(remote.epoch, remote.version);
+                shared.lease.renewed(sent, cfg.lease());
+                remote
+            }
+        };
+        shared.save_mark();
         shared.after_replacing(previous, answered);
         shared.put_ack();
         log::info!(
@@ -213,6 +220,52 @@ impl EtcdState {
         );
     }
 
+    /// Where the epoch and history of the local copy are kept: beside it, `<copy>.epoch`.
+    fn mark_path(&self) -> Option<std::path::PathBuf> {
+        self.store().map(|s| s.path().with_extension("epoch"))
+    }
+
+    /// Records which shared state the local copy holds (after the copy was saved); best effort,
+    /// like the copy.
+    pub(in crate::pr::cluster) fn save_mark(&self) {
+        let Some(path) = self.mark_path() else {
+            return;
+        };
+        let mark = LocalMark {
+            epoch: self.held().0,
+            history: self.history(),
+        };
+        let tmp = path.with_extension("epoch.tmp");
+        let r = std::fs::write(&tmp, serde_json::to_vec(&mark).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            log::warn!("cluster: {}: {e} (a local record only)", path.display());
+        }
+    }
+
+    /// A restart on a state older than the one this node held before (etcd restored from an
+    /// older snapshot, the key rewritten): the local copy, of the same history and newer, is
+    /// started from instead, without admitting (a regression), so that it can be republished.
+    fn newer_local_copy(&self, remote: &Remote, local: Option<&PrState>) -> Option<Remote> {
+        let local = local?;
+        let mark: LocalMark = std::fs::read(self.mark_path()?)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())?;
+        if mark.history != remote.history || mark.epoch <= remote.epoch {
+            return None;
+        }
+        // Version 0 matches no state in etcd: nothing is renewed until a newer one appears.
+        self.set_held(mark.epoch, 0);
+        self.regressed(Some(remote.epoch));
+        Some(Remote {
+            epoch: mark.epoch,
+            version: 0,
+            state: local.clone(),
+            unit_attentions: Vec::new(),
+            history: mark.history,
+        })
+    }
+
     /// Runs `txn` until it gets an answer or `deadline` passes (startup only).
     pub(super) fn retry(
         &self,
@@ -231,6 +284,13 @@ impl EtcdState {
             }
         }
     }
+}
+
+/// `<copy>.epoch`: the shared state the local copy holds.
+#[derive(Serialize, Deserialize)]
+struct LocalMark {
+    epoch: u64,
+    history: String,
 }
 
 /// The first key of each read (none: an empty read): `[previous member, state]`.
