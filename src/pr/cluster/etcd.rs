@@ -438,3 +438,6 @@ impl std::fmt::Debug for EtcdState {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;
