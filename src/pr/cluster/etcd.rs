@@ -1,15 +1,18 @@
 //! The shared state in etcd, and the agent that keeps this daemon's read lease.
 //!
 //! Keys, under `<prefix>/<disk_id>/`:
-//! - `state`: `{"epoch": E, "state": PrState}`, changed only by a transaction conditioned on its
-//!   `mod_revision`. E counts committed changes (one per PR OUT that changed anything);
+//! - `state`: `{"epoch": E, "state": PrState, "history": H}`, changed only by a transaction
+//!   conditioned on its `mod_revision`. H is made once, when a join creates the state; a state
+//!   of an older epoch or another history is a regression, never adopted (`renew.rs`). E counts committed changes (one per PR OUT that changed anything);
 //!   PRgeneration inside follows SPC-4's own counting (§6.16.2).
 //! - `ua/<E, 20 digits>`: the unit attentions change E established for initiators of other
-//!   daemons, written in the same transaction, read by every daemon when it adopts E.
+//!   daemons, written in the same transaction, read by every daemon when it adopts E; deleted
+//!   once every member acknowledged E (`operate.rs`).
 //! - `members/<node>`: this daemon's incarnation (node, host, pid, start time). Written at
 //!   start, compared in every transaction, deleted on a clean stop. Never attached to an etcd
 //!   lease: a TTL is no proof that a daemon stopped (it restarts on every leader change).
-//! - `acks/<node>`: the epoch this daemon has applied (I/O admitted under older ones is
+//! - `acks/<node>`: written only by the incarnation `members/<node>` holds, naming it and the
+//!   history (only such an ack vouches, `settle.rs`): the epoch this daemon has applied (I/O admitted under older ones is
 //!   finished), its initiators and what was left of its read lease, rewritten on every renewal.
 //! - `commits/<node>`: the marker of this daemon's last commit (epoch, nonce), written in the
 //!   commit's transaction. A commit whose attempt got no answer is sent again (to the next etcd
