@@ -98,6 +98,16 @@ fn mod_revision(etcd: &Etcd, key: &str) -> i64 {
     v["kvs"][0]["mod_revision"].as_i64().unwrap_or(0)
 }
 
+/// etcd's revision: it moves with every write.
+fn revision(etcd: &Etcd) -> i64 {
+    let out = etcdctl(
+        etcd,
+        &["get", "--prefix", PREFIX, "-w", "json", "--keys-only"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["header"]["revision"].as_i64().unwrap()
+}
+
 /// The keys under `PREFIX + prefix`.
 fn keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
     etcdctl(
@@ -279,6 +289,16 @@ fn a_second_start_on_the_same_host_fails_before_joining() {
         h1.arbiter().prout("a", &register(0xa), None),
         PrStatus::Good
     );
+
+    // With no daemon writing (h1 left), a start whose guest socket another process holds fails
+    // before it writes anything to etcd.
+    drop(h1);
+    std::fs::create_dir_all(d.join("h5")).unwrap();
+    let _holder = std::os::unix::net::UnixListener::bind(d.join("h5/x-blk.sock")).unwrap();
+    let before = revision(&etcd);
+    let h5 = Server::start(config(d, "h5", "x", cluster(d, &etcd.url, "h5", "state")));
+    assert!(h5.err().unwrap().to_string().contains("x-blk.sock"));
+    assert_eq!(revision(&etcd), before, "nothing was written to etcd");
 }
 
 /// Finding 4: the state key deleted. No daemon admits (loudly), a new daemon cannot create a

@@ -69,6 +69,8 @@ pub struct Server {
     sockets: Vec<GuestSockets>,
     /// Cluster mode: this node's lock, held for the daemon's life (see [`lock_node`]).
     _node_lock: Option<std::fs::File>,
+    /// The guests' sockets bound before the start touched etcd, until their threads serve them.
+    bound: std::sync::Mutex<std::collections::HashMap<PathBuf, Listener>>,
 }
 
 /// The socket threads of one guest, stopped together.
@@ -124,6 +126,13 @@ impl Server {
         let store = StateStore::new(config.state_path(), identity.clone());
         let (arbiter, replay, local_ok) = restore_or_rely_on_etcd(&config, &store)?;
         let reservations = Reservations::new(arbiter, Some(store.clone())).with_replay_log(replay);
+        // Cluster mode: the local resources first (the node lock above, the sockets here), so
+        // that a start that cannot serve fails before it joins in another incarnation's place.
+        let bound = if config.cluster.is_some() {
+            bind_sockets(&config)?
+        } else {
+            Default::default()
+        };
         let (reservations, disk_id) = join_cluster(&config, reservations, store, local_ok)?;
         let mut lun = Lun::new(wrap(Box::new(image)), reservations, &identity.path);
         if let Some(id) = &disk_id {
@@ -156,6 +165,7 @@ impl Server {
             config,
             sockets: Vec::new(),
             _node_lock: node_lock,
+            bound: std::sync::Mutex::new(bound),
         };
         for guest in server.config.guests.clone() {
             server.serve_guest(&guest)?;
@@ -263,31 +273,11 @@ impl Server {
         B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
         F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
     {
-        // A socket someone still answers on belongs to a live daemon: never steal it. A stale one
-        // (left by a crash) is replaced.
-        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-            return Err(ServerError::Socket {
-                path,
-                source: io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is listening on it (is another sharedisk running?)",
-                ),
-            });
-        }
-        let listener = Listener::new(&path, true).map_err(|e| ServerError::Socket {
-            path: path.clone(),
-            source: io::Error::other(e.to_string()),
-        })?;
-        crate::daemon::sockets::restrict(
-            &path,
-            self.config.socket_group.as_deref(),
-            self.config.socket_mode,
-        )
-        .map_err(|source| ServerError::Socket {
-            path: path.clone(),
-            source,
-        })?;
-        log::info!("listening on {}", path.display());
+        let prebound = crate::util::lock::lock(&self.bound).remove(&path);
+        let listener = match prebound {
+            Some(l) => l,
+            None => bind_socket(&self.config, &path)?,
+        };
         let stop = sockets.stop.clone();
         let name = path
             .file_stem()
@@ -458,6 +448,50 @@ fn restore_or_rely_on_etcd(
             Ok((arbiter, ReplayLog::default(), false))
         }
     }
+}
+
+/// Binds one guest socket. A socket someone still answers on belongs to a live daemon: never
+/// steal it. A stale one (left by a crash) is replaced.
+fn bind_socket(config: &Config, path: &std::path::Path) -> Result<Listener, ServerError> {
+    let err = |source| ServerError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is listening on it (is another sharedisk running?)",
+        )));
+    }
+    let listener = Listener::new(path, true).map_err(|e| err(io::Error::other(e.to_string())))?;
+    crate::daemon::sockets::restrict(path, config.socket_group.as_deref(), config.socket_mode)
+        .map_err(err)?;
+    log::info!("listening on {}", path.display());
+    Ok(listener)
+}
+
+/// Every guest socket of `config`, bound (its directory created first).
+fn bind_sockets(
+    config: &Config,
+) -> Result<std::collections::HashMap<PathBuf, Listener>, ServerError> {
+    crate::daemon::sockets::create_dir(&config.socket_dir).map_err(|source| {
+        ServerError::Socket {
+            path: config.socket_dir.clone(),
+            source,
+        }
+    })?;
+    let mut bound = std::collections::HashMap::new();
+    for g in &config.guests {
+        let mut paths = vec![config.blk_socket(&g.name)];
+        if config.scsi && g.scsi {
+            paths.push(config.scsi_socket(&g.name));
+        }
+        for p in paths {
+            let l = bind_socket(config, &p)?;
+            bound.insert(p, l);
+        }
+    }
+    Ok(bound)
 }
 
 /// Cluster mode: takes this node's lock, `<state_dir>/<disk_id>.<node>.lock` (`flock`, held for
