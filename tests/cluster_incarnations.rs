@@ -237,6 +237,7 @@ fn a_replacement_incarnation_vouches_for_nothing_until_the_old_lease_ended() {
     let view = old.arbiter().cluster_view().unwrap();
     let victim_admitted = view.lease_valid && old.arbiter().with(|s| s.is_registered("a"));
     assert_eq!(status, PrStatus::Good);
+    eprintln!("replacement incarnation: PREEMPT AND ABORT GOOD {took:?} after the cut");
     assert!(
         !victim_admitted,
         "PREEMPT AND ABORT returned GOOD {took:?} after the cut while the old h1 still admitted \
