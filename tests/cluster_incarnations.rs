@@ -419,6 +419,11 @@ fn an_older_state_in_etcd_stops_the_daemons_that_hold_a_newer_one() {
     // A daemon started now holds the restored state; its PREEMPT AND ABORT of a never returns
     // GOOD while another daemon still admits a's writes.
     let h3 = serve(d, &etcd, "h3", "c");
+    let r = h3
+        .cluster_operate(&sharedisk::pr::backend::ClusterOp::Republish)
+        .unwrap();
+    let e = r.expect_err("republish is refused where a member acknowledged a newer epoch");
+    assert!(e.contains("run republish there"), "{e}");
     assert_eq!(
         h3.arbiter().prout("c", &register(0xc), None),
         PrStatus::Good

@@ -30,6 +30,12 @@ pub enum OperateError {
     /// Strict mode `evict`: the fence hook did not fence the node; nothing was removed.
     #[error("the fence hook did not fence {0:?}; it stays a member")]
     NotFenced(String),
+    /// `republish` on a member that does not hold the newest state.
+    #[error(
+        "{node:?} acknowledged epoch {epoch}, newer than the {held} held here: run republish \
+         there"
+    )]
+    NotNewest { node: String, epoch: u64, held: u64 },
     /// A name that breaks the node-name rule (it cannot reach the fence hook).
     #[error("{0:?} breaks the node-name rule; remove its keys with etcdctl if someone wrote them")]
     BadName(String),
@@ -42,13 +48,28 @@ impl EtcdState {
     pub fn republish(&self, fencing: &Reservations) -> Result<serde_json::Value, OperateError> {
         let arb = fencing.write_lock();
         let k = &self.keys;
-        let read = Txn::new().and_then([TxnOp::get(k.state.as_str(), None)]);
+        let read = Txn::new().and_then([
+            TxnOp::get(k.state.as_str(), None),
+            TxnOp::get(k.acks.as_str(), Some(GetOptions::new().with_prefix())),
+        ]);
         let got = gets(&self.txn(self.cfg.lease(), "read the state", &read)?);
         let current = got.first().and_then(|s| s.first());
         let shared = current
             .and_then(|kv| serde_json::from_slice::<StateValue>(kv.value()).ok())
             .map(|v| v.epoch);
         let (held, _) = self.held();
+        // A member that acknowledged a newer epoch of this history holds a newer state.
+        let history = self.history();
+        let newer = got.get(1).into_iter().flatten().find_map(|kv| {
+            let ack: AckValue = serde_json::from_slice(kv.value()).ok()?;
+            (ack.history == history && ack.epoch > held).then(|| {
+                let node = String::from_utf8_lossy(&kv.key()[k.acks.len()..]).to_string();
+                (node, ack.epoch)
+            })
+        });
+        if let Some((node, epoch)) = newer {
+            return Err(OperateError::NotNewest { node, epoch, held });
+        }
         let epoch = held.max(shared.unwrap_or(0)).saturating_add(1);
         let value = serde_json::to_vec(&StateValue {
             epoch,
