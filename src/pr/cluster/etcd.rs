@@ -110,7 +110,9 @@ pub enum ClusterError {
     /// etcd holds no state for the disk while members are registered: it was deleted (or etcd
     /// was restored without it); creating a fresh one would take everyone back in time.
     #[error(
-        "etcd holds no state under {key} while members are registered ({members}): the state was          deleted or lost, and this daemon will not create an older one. Run `sharedisk ctl          cluster republish` on the member holding the newest state, then start this one again"
+        "etcd holds no state under {key} while members are registered ({members}): the state was \
+         deleted or lost, and this daemon will not create an older one. Run `sharedisk ctl \
+         cluster republish` on the member holding the newest state, then start this one again"
     )]
     StateGone { key: String, members: String },
 }

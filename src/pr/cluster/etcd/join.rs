@@ -213,7 +213,8 @@ impl EtcdState {
             Ordering::Release,
         );
         log::warn!(
-            "cluster: node {:?} was registered by another incarnation ({}); this one acknowledges              nothing for {} ms, until that one's read lease has surely ended",
+            "cluster: node {:?} was registered by another incarnation ({}); this one acknowledges \
+             nothing for {} ms, until that one's read lease has surely ended",
             self.cfg.node,
             String::from_utf8_lossy(prev.value()),
             bound.as_millis()

@@ -284,7 +284,9 @@ impl EtcdState {
             let first = lock(&self.fault).replace(Fault::Replaced) != Some(Fault::Replaced);
             if first {
                 log::error!(
-                    "cluster: another incarnation of node {:?} took this daemon's membership                      ({}): this daemon stops admitting I/O for good. Stop it: two daemons must                      not serve one node name",
+                    "cluster: another incarnation of node {:?} took this daemon's membership \
+                     ({}): this daemon stops admitting I/O for good. Stop it: two daemons must \
+                     not serve one node name",
                     self.cfg.node,
                     k.member
                 );
@@ -292,7 +294,8 @@ impl EtcdState {
             return read;
         }
         log::error!(
-            "cluster: this daemon's membership ({}) was removed (evicted?); I/O stops until it              has joined again",
+            "cluster: this daemon's membership ({}) was removed (evicted?); I/O stops until it \
+             has joined again",
             k.member
         );
         // The same incarnation registers again, only where the key is still absent.
@@ -350,7 +353,10 @@ impl EtcdState {
             return;
         }
         log::error!(
-            "cluster: etcd holds {} under {} while this daemon holds epoch {held} (history {}):              the shared state went back in time (a deleted key, a restored snapshot). This              daemon stops admitting I/O. Run `sharedisk ctl cluster republish` on the member              holding the newest state (`sharedisk ctl cluster status` shows each one's epoch)",
+            "cluster: etcd holds {} under {} while this daemon holds epoch {held} (history {}): \
+             the shared state went back in time (a deleted key, a restored snapshot). This \
+             daemon stops admitting I/O. Run `sharedisk ctl cluster republish` on the member \
+             holding the newest state (`sharedisk ctl cluster status` shows each one's epoch)",
             shared.map_or("no state".into(), |e| format!("epoch {e}")),
             self.keys.state,
             self.history()

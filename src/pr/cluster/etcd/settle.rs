@@ -90,7 +90,10 @@ impl EtcdState {
         // the hook (as `$1` and in the environment).
         if !crate::pr::cluster::config::name_ok(node) {
             log::error!(
-                "cluster: a member named {node:?} in etcd breaks the node-name rule; it is not                  passed to the fence hook and the change is not settled. Someone wrote that key                  by hand: check who can write etcd, then remove it with `sharedisk ctl cluster                  evict`"
+                "cluster: a member named {node:?} in etcd breaks the node-name rule; it is not \
+                 passed to the fence hook and the change is not settled (BUSY). No daemon writes \
+                 such a key: check who can write etcd, then delete members/ and acks/ of that \
+                 name with etcdctl"
             );
             return false;
         }
