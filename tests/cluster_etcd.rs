@@ -1034,8 +1034,8 @@ fn short_lease_outlives_a_silent_first_member() {
 /// (i) The victim's daemon crashes (SIGKILL: it leaves its member key behind) and is started
 /// again. The PREEMPT AND ABORT cannot have the dead member's acknowledgement: GOOD only once
 /// its lease has surely run out, within the bound. Nothing of the victim's gets through the
-/// restarted daemon, which catches up before it serves and acknowledges again (the next PR
-/// OUT does not wait).
+/// restarted daemon, which catches up before it serves and acknowledges again once the killed
+/// incarnation's bound has passed (the next PR OUT then does not wait).
 #[test]
 fn victim_daemon_killed_and_restarted() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1068,6 +1068,7 @@ fn victim_daemon_killed_and_restarted() {
     let (st, _) = b1.blk_request(VIRTIO_BLK_T_OUT, region_sector(round), &pattern(round), 0);
     assert_eq!(st, VIRTIO_BLK_S_OK, "the preemptor's overwrite");
 
+    let restarted = Instant::now();
     c.lab.restart_daemon(2);
     c.wait_serving(2, true, Duration::from_secs(20));
     let mut s2 = ScsiClient::connect(&c.cfg(2).scsi(&guest(2)));
@@ -1094,7 +1095,10 @@ fn victim_daemon_killed_and_restarted() {
     let late = late_blocks(&c.lab.image(), 1);
     assert!(late.is_empty(), "late blocks: {late:?}");
 
-    // The restarted daemon acknowledges: a PR OUT from h3 settles without waiting for a lease.
+    // The restarted daemon acknowledges once the killed incarnation's bound has passed since
+    // its join (a new incarnation vouches for nothing before): a PR OUT from h3 then settles
+    // without waiting for a lease.
+    std::thread::sleep(c.opts.fence_bound().saturating_sub(restarted.elapsed()));
     let mut s3 = c.scsi(3);
     let sent = Instant::now();
     good(

@@ -188,6 +188,20 @@ pub enum CtlGuest {
 pub enum CtlCluster {
     /// This member's read lease and epoch; every member's acknowledged epoch and initiators.
     Status,
+    /// After the shared state went back in time (a deleted key, an etcd restored from an older
+    /// snapshot: status shows "fault": "regression"), run on the member holding the newest
+    /// state: writes it as the newest epoch, and every member serves again.
+    Republish {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Remove member NODE whose host is gone (PR OUTs stop waiting for it). Strict mode: the
+    /// fence hook fences it first; soft mode: only once it has not renewed for the wait bound.
+    Evict {
+        node: String,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 impl CtlCmd {
@@ -197,9 +211,11 @@ impl CtlCmd {
             CtlCmd::Guests => CtlCommand::Guests,
             CtlCmd::Stats => CtlCommand::Stats,
             CtlCmd::Metrics => CtlCommand::Metrics,
-            CtlCmd::Cluster {
-                command: CtlCluster::Status,
-            } => CtlCommand::ClusterStatus,
+            CtlCmd::Cluster { command } => match command {
+                CtlCluster::Status => CtlCommand::ClusterStatus,
+                CtlCluster::Republish { yes } => CtlCommand::ClusterRepublish { yes },
+                CtlCluster::Evict { node, yes } => CtlCommand::ClusterEvict { node, yes },
+            },
             CtlCmd::Pr { command } => match command {
                 CtlPr::Show => CtlCommand::PrShow,
                 CtlPr::Clear { yes } => CtlCommand::PrClear { yes },

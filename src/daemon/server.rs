@@ -47,6 +47,16 @@ pub enum ServerError {
     /// Cluster mode: the cluster cannot be joined, or this build has no cluster support.
     #[error("cluster: {0}")]
     Cluster(#[from] backend::JoinError),
+    /// Cluster mode: another daemon of this node and disk runs on this host.
+    #[error(
+        "cluster: another sharedisk of node {node:?} and disk {disk_id:?} runs on this host (it \
+         holds {path}); this one stops before joining, and the running one keeps serving"
+    )]
+    NodeLocked {
+        node: String,
+        disk_id: String,
+        path: PathBuf,
+    },
 }
 
 /// A running daemon. Dropping it (or [`Server::shutdown`]) stops every socket thread, closes the
@@ -57,6 +67,10 @@ pub struct Server {
     stats: Arc<Stats>,
     config: Config,
     sockets: Vec<GuestSockets>,
+    /// Cluster mode: this node's lock, held for the daemon's life (see [`lock_node`]).
+    _node_lock: Option<std::fs::File>,
+    /// The guests' sockets bound before the start touched etcd, until their threads serve them.
+    bound: std::sync::Mutex<std::collections::HashMap<PathBuf, Listener>>,
 }
 
 /// The socket threads of one guest, stopped together.
@@ -106,11 +120,19 @@ impl Server {
             aio: config.aio(),
             shared: config.cluster.is_some(),
         };
+        let node_lock = lock_node(&config)?;
         let image = FileImage::open_with(&config.image, config.size, mode).map_err(image_err)?;
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
         let store = StateStore::new(config.state_path(), identity.clone());
         let (arbiter, replay, local_ok) = restore_or_rely_on_etcd(&config, &store)?;
         let reservations = Reservations::new(arbiter, Some(store.clone())).with_replay_log(replay);
+        // Cluster mode: the local resources first (the node lock above, the sockets here), so
+        // that a start that cannot serve fails before it joins in another incarnation's place.
+        let bound = if config.cluster.is_some() {
+            bind_sockets(&config)?
+        } else {
+            Default::default()
+        };
         let (reservations, disk_id) = join_cluster(&config, reservations, store, local_ok)?;
         let mut lun = Lun::new(wrap(Box::new(image)), reservations, &identity.path);
         if let Some(id) = &disk_id {
@@ -142,6 +164,8 @@ impl Server {
             stats: Arc::default(),
             config,
             sockets: Vec::new(),
+            _node_lock: node_lock,
+            bound: std::sync::Mutex::new(bound),
         };
         for guest in server.config.guests.clone() {
             server.serve_guest(&guest)?;
@@ -249,31 +273,11 @@ impl Server {
         B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
         F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
     {
-        // A socket someone still answers on belongs to a live daemon: never steal it. A stale one
-        // (left by a crash) is replaced.
-        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-            return Err(ServerError::Socket {
-                path,
-                source: io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is listening on it (is another sharedisk running?)",
-                ),
-            });
-        }
-        let listener = Listener::new(&path, true).map_err(|e| ServerError::Socket {
-            path: path.clone(),
-            source: io::Error::other(e.to_string()),
-        })?;
-        crate::daemon::sockets::restrict(
-            &path,
-            self.config.socket_group.as_deref(),
-            self.config.socket_mode,
-        )
-        .map_err(|source| ServerError::Socket {
-            path: path.clone(),
-            source,
-        })?;
-        log::info!("listening on {}", path.display());
+        let prebound = crate::util::lock::lock(&self.bound).remove(&path);
+        let listener = match prebound {
+            Some(l) => l,
+            None => bind_socket(&self.config, &path)?,
+        };
         let stop = sockets.stop.clone();
         let name = path
             .file_stem()
@@ -338,6 +342,14 @@ impl Server {
     /// Cluster mode: `sharedisk ctl cluster status`; `None` on one host.
     pub fn cluster_status(&self) -> Option<serde_json::Value> {
         self.lun.reservations.cluster_status()
+    }
+
+    /// Cluster mode: `sharedisk ctl cluster republish` or `evict`; `None` on one host.
+    pub fn cluster_operate(
+        &self,
+        op: &crate::pr::backend::ClusterOp,
+    ) -> Option<Result<serde_json::Value, String>> {
+        self.lun.reservations.cluster_operate(op)
     }
 }
 
@@ -436,6 +448,81 @@ fn restore_or_rely_on_etcd(
             Ok((arbiter, ReplayLog::default(), false))
         }
     }
+}
+
+/// Binds one guest socket. A socket someone still answers on belongs to a live daemon: never
+/// steal it. A stale one (left by a crash) is replaced.
+fn bind_socket(config: &Config, path: &std::path::Path) -> Result<Listener, ServerError> {
+    let err = |source| ServerError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is listening on it (is another sharedisk running?)",
+        )));
+    }
+    let listener = Listener::new(path, true).map_err(|e| err(io::Error::other(e.to_string())))?;
+    crate::daemon::sockets::restrict(path, config.socket_group.as_deref(), config.socket_mode)
+        .map_err(err)?;
+    log::info!("listening on {}", path.display());
+    Ok(listener)
+}
+
+/// Every guest socket of `config`, bound (its directory created first).
+fn bind_sockets(
+    config: &Config,
+) -> Result<std::collections::HashMap<PathBuf, Listener>, ServerError> {
+    crate::daemon::sockets::create_dir(&config.socket_dir).map_err(|source| {
+        ServerError::Socket {
+            path: config.socket_dir.clone(),
+            source,
+        }
+    })?;
+    let mut bound = std::collections::HashMap::new();
+    for g in &config.guests {
+        let mut paths = vec![config.blk_socket(&g.name)];
+        if config.scsi && g.scsi {
+            paths.push(config.scsi_socket(&g.name));
+        }
+        for p in paths {
+            let l = bind_socket(config, &p)?;
+            bound.insert(p, l);
+        }
+    }
+    Ok(bound)
+}
+
+/// Cluster mode: takes this node's lock, `<state_dir>/<disk_id>.<node>.lock` (`flock`, held for
+/// the daemon's life), before anything touches etcd: a second start of the same node on this
+/// host fails here, and so never joins in place of the running daemon nor removes its keys.
+fn lock_node(config: &Config) -> Result<Option<std::fs::File>, ServerError> {
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &config.cluster {
+        use std::os::fd::AsRawFd;
+        let path = c.local_copy().with_extension("lock");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(ServerError::NodeLocked {
+                node: c.node.clone(),
+                disk_id: c.disk_id.clone(),
+                path,
+            });
+        }
+        return Ok(Some(file));
+    }
+    let _ = config;
+    Ok(None)
 }
 
 /// Cluster mode: joins the cluster, whose shared state the reservations then start from and

@@ -167,6 +167,20 @@ impl SharediskCollector {
                 "Cluster mode: what is left of the read lease",
                 &[([], c.lease_remaining.as_secs_f64())],
             )?;
+            let fault = |kind: &'static str| {
+                (
+                    [("kind", kind)],
+                    if c.fault == Some(kind) { 1.0 } else { 0.0 },
+                )
+            };
+            gauge(
+                enc,
+                "cluster_fault",
+                "Cluster mode: 1 while the daemon stopped admitting for this reason (regression: \
+                 etcd holds an older state, run `ctl cluster republish`; replaced: another \
+                 incarnation of this node took its membership, stop this daemon)",
+                &[fault("regression"), fault("replaced")],
+            )?;
         }
         let mut m = enc.encode_descriptor(
             "pr_reservation",

@@ -183,6 +183,14 @@ impl Reservations {
         self.backend.status()
     }
 
+    /// Cluster mode: `sharedisk ctl cluster republish` or `evict`; `None` on one host.
+    pub fn cluster_operate(
+        &self,
+        op: &crate::pr::backend::ClusterOp,
+    ) -> Option<Result<serde_json::Value, String>> {
+        self.backend.operate(self, op)
+    }
+
     pub(crate) fn replay_log(&self) -> MutexGuard<'_, ReplayLog> {
         lock(&self.replay)
     }

@@ -385,7 +385,9 @@ impl ClusterDaemon {
             sockets,
             log,
         };
-        let blk: Vec<PathBuf> = guests.iter().map(|g| d.blk(g)).collect();
+        // The guests' sockets are bound before the join; the control socket once it is done.
+        let mut blk: Vec<PathBuf> = guests.iter().map(|g| d.blk(g)).collect();
+        blk.push(d.control());
         let log = d.log.clone();
         let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
         super::process::wait_for_sockets(&mut d.child, &blk, node, log_text);

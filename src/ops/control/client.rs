@@ -46,6 +46,13 @@ pub enum CtlCommand {
         force: bool,
     },
     ClusterStatus,
+    ClusterRepublish {
+        yes: bool,
+    },
+    ClusterEvict {
+        node: String,
+        yes: bool,
+    },
 }
 
 impl CtlCommand {
@@ -76,6 +83,14 @@ impl CtlCommand {
             }
             CtlCommand::Stats => ("stats", json!({})),
             CtlCommand::ClusterStatus => ("cluster.status", json!({})),
+            CtlCommand::ClusterRepublish { yes } => {
+                need_yes(*yes, "cluster republish")?;
+                ("cluster.republish", json!({ "confirm": true }))
+            }
+            CtlCommand::ClusterEvict { node, yes } => {
+                need_yes(*yes, "cluster evict")?;
+                ("cluster.evict", json!({ "node": node, "confirm": true }))
+            }
             CtlCommand::Metrics => ("metrics", json!({})),
             CtlCommand::GuestAdd {
                 name,
@@ -179,6 +194,15 @@ pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
         }
         CtlCommand::Stats => render_stats(&result),
         CtlCommand::ClusterStatus => render_cluster(&result),
+        CtlCommand::ClusterRepublish { .. } => format!(
+            "republished the state held here as epoch {} (etcd held {})\n",
+            result.get("epoch").cloned().unwrap_or(Value::Null),
+            match result.get("previous_shared_epoch") {
+                Some(Value::Number(n)) => format!("epoch {n}"),
+                _ => "no state".into(),
+            }
+        ),
+        CtlCommand::ClusterEvict { node, .. } => format!("evicted {node}\n"),
         CtlCommand::Metrics => result
             .get("text")
             .and_then(Value::as_str)
@@ -211,6 +235,22 @@ fn render_cluster(v: &Value) -> String {
             ""
         }
     );
+    match s("fault").get("kind").and_then(Value::as_str) {
+        Some("regression") => out.push_str(&format!(
+            "FAULT: etcd holds an older state (epoch {} in etcd, {} here): run `sharedisk ctl \
+             cluster republish --yes` on the member holding the newest state\n",
+            s("fault")
+                .get("shared_epoch")
+                .cloned()
+                .unwrap_or(Value::Null),
+            s("fault").get("held_epoch").cloned().unwrap_or(Value::Null),
+        )),
+        Some("replaced") => out.push_str(
+            "FAULT: another incarnation of this node took its membership: this daemon admits \
+             nothing any more; stop it\n",
+        ),
+        _ => {}
+    }
     if let Some(e) = s("error").as_str() {
         out.push_str(&format!("etcd: {e}\n"));
     } else if let Some(at) = s("etcd_answering").as_str() {

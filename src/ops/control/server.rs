@@ -264,6 +264,21 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
                 "this daemon is not in a cluster (no [cluster] section)".to_string(),
             )
         }),
+        "cluster.republish" | "cluster.evict" => {
+            confirmed(req)?;
+            let op = if method == "cluster.republish" {
+                crate::pr::backend::ClusterOp::Republish
+            } else {
+                crate::pr::backend::ClusterOp::Evict(str_param(req, "node")?.to_string())
+            };
+            match res.cluster_operate(&op) {
+                None => Err(fail(
+                    code::FAILED,
+                    "this daemon is not in a cluster (no [cluster] section)".to_string(),
+                )),
+                Some(r) => r.map_err(|e| fail(code::FAILED, e)),
+            }
+        }
         "stats" => Ok(view::stats(&daemon.config(), &daemon.stats())),
         "metrics" => Ok(json!({ "schema": view::SCHEMA, "text": daemon.metrics() })),
         "pr.clear" => {

@@ -87,6 +87,8 @@ pub struct SharedView {
     pub lease_valid: bool,
     /// What is left of the read lease.
     pub lease_remaining: Duration,
+    /// Why the daemon stopped admitting beyond a lost lease ("regression", "replaced").
+    pub fault: Option<&'static str>,
 }
 
 /// What differs between one host and several. Every method is called by the fencing; `commit`
@@ -147,6 +149,25 @@ pub trait PrBackend: Send + Sync {
     fn status(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// An operator's step on the shared state (`ctl cluster republish`, `evict`); `None` on
+    /// one host. Called without the lock.
+    fn operate(
+        &self,
+        _fencing: &Reservations,
+        _op: &ClusterOp,
+    ) -> Option<Result<serde_json::Value, String>> {
+        None
+    }
+}
+
+/// An operator's step on the shared state (see [`PrBackend::operate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterOp {
+    /// Write the state held here as the newest (after the shared state went back in time).
+    Republish,
+    /// Remove this member (its host is gone).
+    Evict(String),
 }
 
 /// Why this daemon could not join the cluster its `[cluster]` section names.

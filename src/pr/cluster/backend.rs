@@ -25,6 +25,8 @@ pub struct Remote {
     pub state: PrState,
     /// The unit attentions the changes since our epoch queued, per initiator.
     pub unit_attentions: Vec<(String, Sense)>,
+    /// Which line of states this is (see `etcd.rs`, `StateValue::history`).
+    pub history: String,
 }
 
 /// What committing a PR change to the shared state gave.
@@ -103,7 +105,9 @@ impl EtcdState {
         if let Some(store) = self.store() {
             if let Err(e) = store.save(arb.state(), fencing.replay_log().records()) {
                 log::warn!("{e} (a local copy only: the shared state is in etcd)");
+                return;
             }
+            self.save_mark();
         }
     }
 
@@ -268,10 +272,24 @@ impl PrBackend for EtcdBackend {
             epoch: self.state.held().0,
             lease_valid: self.state.lease().valid(),
             lease_remaining: self.state.lease().remaining(),
+            fault: self.state.fault().map(|f| f.kind()),
         })
     }
 
     fn status(&self) -> Option<serde_json::Value> {
         Some(self.state.status())
+    }
+
+    fn operate(
+        &self,
+        fencing: &Reservations,
+        op: &crate::pr::backend::ClusterOp,
+    ) -> Option<Result<serde_json::Value, String>> {
+        use crate::pr::backend::ClusterOp;
+        let r = match op {
+            ClusterOp::Republish => self.state.republish(fencing),
+            ClusterOp::Evict(node) => self.state.evict(node),
+        };
+        Some(r.map_err(|e| e.to_string()))
     }
 }

@@ -85,10 +85,14 @@ pub enum ClusterConfigError {
         want: &'static str,
     },
     /// `node` is not a usable name.
-    #[error("`cluster.node` {0:?}: 1 to 64 letters, digits, '-', '_' or '.'")]
+    #[error(
+        "`cluster.node` {0:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '-'"
+    )]
     BadNode(String),
     /// `disk_id` is not a usable name.
-    #[error("`cluster.disk_id` {0:?}: 1 to 64 letters, digits, '-', '_' or '.'")]
+    #[error(
+        "`cluster.disk_id` {0:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '-'"
+    )]
     BadDiskId(String),
     /// `prefix` is not an absolute key prefix without a trailing '/'.
     #[error("`cluster.prefix` {0:?} must start with '/' and not end with one")]
@@ -240,6 +244,16 @@ fn default_budget_ms() -> u64 {
     DEFAULT_BUDGET_MS
 }
 
+/// The node-name (and disk id) rule: 1 to 64 letters, digits, '-', '_' or '.', not starting with
+/// '-' (a name reaches the fence hook as an argument, where it must never read as an option).
+pub fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 impl ClusterConfig {
     /// The configuration's mistakes, in words.
     pub fn validate(&self) -> Result<(), ClusterConfigError> {
@@ -248,12 +262,6 @@ impl ClusterConfig {
             return Err(E::NoEndpoint);
         }
         self.validate_security()?;
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        };
         if !name_ok(&self.node) {
             return Err(E::BadNode(self.node.clone()));
         }

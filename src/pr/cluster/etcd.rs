@@ -1,15 +1,18 @@
 //! The shared state in etcd, and the agent that keeps this daemon's read lease.
 //!
 //! Keys, under `<prefix>/<disk_id>/`:
-//! - `state`: `{"epoch": E, "state": PrState}`, changed only by a transaction conditioned on its
-//!   `mod_revision`. E counts committed changes (one per PR OUT that changed anything);
+//! - `state`: `{"epoch": E, "state": PrState, "history": H}`, changed only by a transaction
+//!   conditioned on its `mod_revision`. H is made once, when a join creates the state; a state
+//!   of an older epoch or another history is a regression, never adopted (`renew.rs`). E counts committed changes (one per PR OUT that changed anything);
 //!   PRgeneration inside follows SPC-4's own counting (§6.16.2).
 //! - `ua/<E, 20 digits>`: the unit attentions change E established for initiators of other
-//!   daemons, written in the same transaction, read by every daemon when it adopts E.
+//!   daemons, written in the same transaction, read by every daemon when it adopts E; deleted
+//!   once every member acknowledged E (`operate.rs`).
 //! - `members/<node>`: this daemon's incarnation (node, host, pid, start time). Written at
 //!   start, compared in every transaction, deleted on a clean stop. Never attached to an etcd
 //!   lease: a TTL is no proof that a daemon stopped (it restarts on every leader change).
-//! - `acks/<node>`: the epoch this daemon has applied (I/O admitted under older ones is
+//! - `acks/<node>`: written only by the incarnation `members/<node>` holds, naming it and the
+//!   history (only such an ack vouches, `settle.rs`): the epoch this daemon has applied (I/O admitted under older ones is
 //!   finished), its initiators and what was left of its read lease, rewritten on every renewal.
 //! - `commits/<node>`: the marker of this daemon's last commit (epoch, nonce), written in the
 //!   commit's transaction. A commit whose attempt got no answer is sent again (to the next etcd
@@ -66,10 +69,13 @@ use crate::scsi::sense::Sense;
 mod commit;
 mod join;
 mod members;
+mod operate;
 mod renew;
 mod settle;
 
+pub use operate::OperateError;
 pub use renew::Agent;
+use renew::{MemberRead, Seen};
 
 /// What can stop the cluster from starting.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,14 @@ pub enum ClusterError {
          to start from (`--reset-reservations` starts with no registrations)"
     )]
     NoState { key: String },
+    /// etcd holds no state for the disk while members are registered: it was deleted (or etcd
+    /// was restored without it); creating a fresh one would take everyone back in time.
+    #[error(
+        "etcd holds no state under {key} while members are registered ({members}): the state was \
+         deleted or lost, and this daemon will not create an older one. Run `sharedisk ctl \
+         cluster republish` on the member holding the newest state, then start this one again"
+    )]
+    StateGone { key: String, members: String },
 }
 
 /// Why a committed change could not be settled; the command gets BUSY.
@@ -125,6 +139,44 @@ pub enum SettleError {
 struct StateValue {
     epoch: u64,
     state: PrState,
+    /// Which line of states this is: a random 128-bit id (hex) made when a join created the
+    /// state, kept by every commit and by `republish`. Empty for values written before it
+    /// existed. A state of another history is never "newer".
+    #[serde(default)]
+    history: String,
+}
+
+/// Why this daemon stopped admitting for good, or until the operator acts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// etcd holds an older state than the one held here (a deleted key, a restored snapshot,
+    /// other content at the same epoch): `shared` is etcd's epoch (`None`: no state at all).
+    Regression { held: u64, shared: Option<u64> },
+    /// Another incarnation of this node took its membership.
+    Replaced,
+}
+
+impl Fault {
+    /// Its name in `ctl cluster status` and the metric's `kind` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Regression { .. } => "regression",
+            Fault::Replaced => "replaced",
+        }
+    }
+}
+
+/// A fresh history id: 128 random bits in hex.
+fn new_history() -> String {
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        b[..8].copy_from_slice(&boottime_ns().to_le_bytes());
+        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// One unit attention for another daemon's initiator: `[initiator, key, asc, ascq]`.
@@ -139,6 +191,13 @@ struct MemberValue {
     /// CLOCK_BOOTTIME at start, with `boot_id`: a new incarnation is a new value.
     started_ns: u64,
     boot_id: String,
+}
+
+impl MemberValue {
+    /// The compact id of this incarnation that its acknowledgements carry.
+    fn incarnation(&self) -> String {
+        format!("{}/{}/{}", self.boot_id, self.started_ns, self.pid)
+    }
 }
 
 /// The `commits/<node>` key's value: written by each commit of this node with the state, so that
@@ -157,6 +216,20 @@ struct Member {
     ack: Option<AckValue>,
 }
 
+impl Member {
+    /// Whether this member vouches for `epoch` of `history`: its acknowledgement was written by
+    /// the incarnation registered now, for the same history, at `epoch` or later. A foreign or
+    /// older incarnation's acknowledgement never vouches.
+    fn acknowledged(&self, history: &str, epoch: u64) -> bool {
+        match (&self.incarnation, &self.ack) {
+            (Some(i), Some(a)) => {
+                a.incarnation == i.incarnation() && a.history == history && a.epoch >= epoch
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The `acks/<node>` key's value.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct AckValue {
@@ -164,6 +237,12 @@ struct AckValue {
     initiators: Vec<String>,
     /// What was left of the read lease when this was written, in milliseconds.
     lease_remaining_ms: u64,
+    /// The history of the state acknowledged ([`StateValue::history`]).
+    #[serde(default)]
+    history: String,
+    /// The incarnation that wrote this ([`MemberValue::incarnation`]).
+    #[serde(default)]
+    incarnation: String,
 }
 
 /// The shared state as this daemon reaches it; the fencing's side of it is
@@ -181,6 +260,15 @@ pub struct EtcdState {
     lease: ReadLease,
     served: RwLock<HashSet<String>>,
     member: Vec<u8>,
+    /// This incarnation's id, which its acknowledgements carry.
+    incarnation: String,
+    /// The history of the shared state (set by the join, kept for the daemon's life).
+    history: Mutex<String>,
+    /// No acknowledgement is written before this point on [`boottime_ns`]: a new incarnation
+    /// that replaced another one vouches for nothing until that one's lease surely ended.
+    vouch_from: std::sync::atomic::AtomicU64,
+    /// Why admission stopped until a newer state or for good (see [`Fault`]).
+    fault: Mutex<Option<Fault>>,
     keys: Keys,
     /// Wakes the renewer early (the watch saw a change, or the agent stops).
     wake: (Mutex<bool>, Condvar),
@@ -257,6 +345,7 @@ fn remote_from(
         }
     }
     Ok(Some(Remote {
+        history: v.history,
         epoch: v.epoch,
         version: kv.mod_revision(),
         state: v.state,
@@ -309,6 +398,16 @@ impl EtcdState {
         *lock(&self.held) = (epoch, version);
     }
 
+    /// The history of the shared state held here.
+    pub fn history(&self) -> String {
+        lock(&self.history).clone()
+    }
+
+    /// Why this daemon does not admit, beyond a lost lease.
+    pub fn fault(&self) -> Option<Fault> {
+        lock(&self.fault).clone()
+    }
+
     pub(super) fn store(&self) -> Option<&StateStore> {
         self.store.as_ref()
     }
@@ -347,3 +446,6 @@ impl std::fmt::Debug for EtcdState {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,8 @@
 //!   its own `CLOCK_BOOTTIME`. It is renewed by a linearizable etcd transaction proving that the
 //!   daemon holds the newest state. Admission costs one atomic load and one clock read, never an
 //!   etcd call.
-//! - `etcd` (with `etcd/join.rs`, `renew.rs`, `commit.rs`, `settle.rs`, `members.rs`): the state
+//! - `etcd` (with `etcd/join.rs`, `renew.rs`, `commit.rs`, `settle.rs`, `members.rs`,
+//!   `operate.rs`): the state
 //!   is one etcd key, changed only by compare-and-swap on its
 //!   revision; the agent keeps the lease, applies peers' changes and acknowledges them; a PR OUT
 //!   returns only after every other member acknowledged it or its lease surely ran out.

@@ -72,6 +72,7 @@ impl EtcdState {
         let value = serde_json::to_vec(&StateValue {
             epoch: epoch + 1,
             state: state.clone(),
+            history: self.history(),
         })
         .unwrap_or_default();
         let uas: Vec<UaValue> = unit_attentions
@@ -147,19 +148,33 @@ impl EtcdState {
         marker: &[u8],
     ) -> Commit {
         let got = gets(resp);
-        let member_ok = self.still_member(&got);
-        if !member_ok {
-            self.lease.revoke();
-            self.wake_renewer();
-            return Commit::Unavailable("this daemon's membership was replaced".into());
+        match self.member_read(&got) {
+            MemberRead::Ours => {}
+            MemberRead::Other => {
+                return Commit::Unavailable(
+                    "another incarnation of this node took its membership".into(),
+                )
+            }
+            MemberRead::Absent => {
+                self.wake_renewer();
+                return Commit::Unavailable("this daemon's membership was removed".into());
+            }
         }
-        let remote = match remote_from(
-            &self.keys,
-            got.first().and_then(|s| s.first()),
-            got.get(1).map_or(&[][..], |v| &v[..]),
-        ) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Commit::Unavailable("the shared state is gone".into()),
+        // The content held here is not at hand (the arbiter's lock is held by the caller): a
+        // state at the held epoch with another version counts as a regression here, which the
+        // next renewal, comparing the content, ends if it was only rewritten unchanged.
+        let remote = match self.classify(&got, |_| false) {
+            Ok(Seen::Newer(r)) => r,
+            Ok(Seen::Same(r)) => {
+                self.set_held(r.epoch, r.version);
+                return Commit::Stale(r);
+            }
+            Ok(Seen::Regression(shared)) => {
+                self.regressed(shared);
+                return Commit::Unavailable(
+                    "the shared state in etcd is older than the one held here".into(),
+                );
+            }
             Err(e) => return Commit::Unavailable(format!("the shared state is unreadable: {e}")),
         };
         // An earlier attempt of this very commit landed (its answer was lost, or came too late)

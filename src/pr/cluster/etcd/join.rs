@@ -15,26 +15,38 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// The join's transaction: if the disk has no state yet, become a member and create it from
-/// `first` (the local copy; none: write nothing); else become a member. Either way, read it.
-fn join_txn(k: &Keys, member: &[u8], first: Option<Vec<u8>>) -> Txn {
+/// The join's transaction when the disk has a state: become the member (reading the value this
+/// node's key held before) and read the state. When it has none, the members registered are read.
+fn join_txn(k: &Keys, member: &[u8]) -> Txn {
     Txn::new()
         .when([Compare::create_revision(
             k.state.as_str(),
-            CompareOp::Equal,
+            CompareOp::Greater,
             0,
         )])
-        .and_then(match first {
-            // No local copy to import: nothing is written (not even the member key).
-            None => vec![],
-            Some(first) => vec![
-                TxnOp::put(k.member.as_str(), member.to_vec(), None),
-                TxnOp::put(k.state.as_str(), first, None),
-                TxnOp::get(k.state.as_str(), None),
-            ],
-        })
-        .or_else([
+        .and_then([
+            TxnOp::get(k.member.as_str(), None),
             TxnOp::put(k.member.as_str(), member.to_vec(), None),
+            TxnOp::get(k.state.as_str(), None),
+        ])
+        .or_else([TxnOp::get(
+            k.members.as_str(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )])
+}
+
+/// The first daemon of a disk: create the state from `first` and become the member, only while
+/// there is still no state and no member at all.
+fn create_txn(k: &Keys, member: &[u8], first: Vec<u8>) -> Txn {
+    Txn::new()
+        .when([
+            Compare::create_revision(k.state.as_str(), CompareOp::Equal, 0),
+            Compare::create_revision(k.members.as_str(), CompareOp::Equal, 0).with_prefix(),
+        ])
+        .and_then([
+            TxnOp::get(k.member.as_str(), None),
+            TxnOp::put(k.member.as_str(), member.to_vec(), None),
+            TxnOp::put(k.state.as_str(), first, None),
             TxnOp::get(k.state.as_str(), None),
         ])
 }
@@ -64,6 +76,7 @@ impl EtcdState {
             started_ns: boottime_ns(),
             boot_id: boot_id(),
         };
+        let incarnation = member.incarnation();
         let keys = Keys::new(cfg);
         let shared = Arc::new(EtcdState {
             cfg: cfg.clone(),
@@ -74,6 +87,10 @@ impl EtcdState {
             lease: ReadLease::new(),
             served: RwLock::new(guests.iter().cloned().collect()),
             member: serde_json::to_vec(&member).unwrap_or_default(),
+            incarnation,
+            history: Mutex::new(String::new()),
+            vouch_from: std::sync::atomic::AtomicU64::new(0),
+            fault: Mutex::new(None),
             keys,
             wake: (Mutex::new(false), Condvar::new()),
             stopping: AtomicBool::new(false),
@@ -82,36 +99,17 @@ impl EtcdState {
             ),
         });
         let k = &shared.keys;
-        let first = local.map(|local| {
-            serde_json::to_vec(&StateValue {
-                epoch: 1,
-                state: local.clone(),
-            })
-            .unwrap_or_default()
-        });
-        // One transaction: become the member, create the state from the local file if there is
-        // none (the first daemon of this disk), and read it. etcd may still be electing a leader
-        // (a cluster starting with this daemon): it is tried again until the startup time is over.
+        // etcd may still be electing a leader (a cluster starting with this daemon): each
+        // step is tried again until the startup time is over.
         let deadline = crate::pr::cluster::config::after(startup);
         let sent = boottime_ns();
-        let join = join_txn(k, &shared.member, first);
-        let joined = shared.retry(deadline, "join", join)?;
-        let created = joined.succeeded();
-        if created {
-            let Some(local) = local else {
-                return Err(ClusterError::NoState {
-                    key: k.state.clone(),
-                });
-            };
-            log::info!(
-                "cluster: created the shared state of disk {:?} from the local state ({} \
-                 registrations)",
-                cfg.disk_id,
-                local.registrations.len()
-            );
-        }
-        let state = gets(&joined).into_iter().next().unwrap_or_default();
-        let remote = remote_from(k, state.first(), &[])
+        let (created, got) = shared.join_or_create(deadline, local)?;
+        let answered = boottime_ns();
+        let (previous, state) = (
+            got.first().and_then(Option::as_ref),
+            got.get(1).and_then(Option::as_ref),
+        );
+        let remote = remote_from(k, state, &[])
             .map_err(|reason| ClusterError::Corrupt {
                 key: k.state.clone(),
                 reason,
@@ -120,15 +118,24 @@ impl EtcdState {
                 key: k.state.clone(),
                 reason: "missing".into(),
             })?;
-        if !created && local != Some(&remote.state) {
-            log::info!(
-                "cluster: the shared state (epoch {}) replaces the local state file's",
-                remote.epoch
-            );
-        }
-        shared.set_held(remote.epoch, remote.version);
-        shared.lease.renewed(sent, cfg.lease());
-        shared.put_ack(remote.epoch);
+        *lock(&shared.history) = remote.history.clone();
+        let remote = match shared.newer_local_copy(&remote, local) {
+            Some(newer) => newer,
+            None => {
+                if !created && local != Some(&remote.state) {
+                    log::info!(
+                        "cluster: the shared state (epoch {}) replaces the local state file's",
+                        remote.epoch
+                    );
+                }
+                shared.set_held(remote.epoch, remote.version);
+                shared.lease.renewed(sent, cfg.lease());
+                remote
+            }
+        };
+        shared.save_mark();
+        shared.after_replacing(previous, answered);
+        shared.put_ack();
         log::info!(
             "cluster: node {:?} joined disk {:?} at epoch {} (lease {} ms, renewed every {} ms)",
             cfg.node,
@@ -138,6 +145,126 @@ impl EtcdState {
             cfg.renew_every().as_millis()
         );
         Ok((shared, remote))
+    }
+
+    /// Registers this incarnation and reads the state; creates the state from `local` if the
+    /// disk has none and no member at all (the first daemon of a disk). Returns whether it
+    /// created it, and the reads: the member key's previous value and the state.
+    fn join_or_create(
+        &self,
+        deadline: Instant,
+        local: Option<&PrState>,
+    ) -> Result<(bool, Vec<Option<KeyValue>>), ClusterError> {
+        let k = &self.keys;
+        loop {
+            let joined = self.retry(deadline, "join", join_txn(k, &self.member))?;
+            let got = gets(&joined);
+            if joined.succeeded() {
+                return Ok((false, first_of_each(&got)));
+            }
+            let members: Vec<String> = got
+                .first()
+                .into_iter()
+                .flatten()
+                .map(|kv| String::from_utf8_lossy(&kv.key()[k.members.len()..]).to_string())
+                .collect();
+            if !members.is_empty() {
+                return Err(ClusterError::StateGone {
+                    key: k.state.clone(),
+                    members: members.join(", "),
+                });
+            }
+            let Some(local) = local else {
+                return Err(ClusterError::NoState {
+                    key: k.state.clone(),
+                });
+            };
+            let first = serde_json::to_vec(&StateValue {
+                epoch: 1,
+                state: local.clone(),
+                history: new_history(),
+            })
+            .unwrap_or_default();
+            let created = self.retry(
+                deadline,
+                "create the state",
+                create_txn(k, &self.member, first),
+            )?;
+            if created.succeeded() {
+                return Ok((true, first_of_each(&gets(&created))));
+            }
+            // Another daemon created it or joined meanwhile: join that one.
+        }
+    }
+
+    /// A new incarnation that replaced another one of this node (a killed daemon, or a live one
+    /// cut off from etcd) vouches for nothing until that one's lease surely ended: no
+    /// acknowledgement before the wait bound has passed since the join's answer.
+    fn after_replacing(&self, previous: Option<&KeyValue>, answered: u64) {
+        let Some(prev) = previous else {
+            return;
+        };
+        if prev.value() == self.member.as_slice() {
+            return;
+        }
+        let bound = self.cfg.wait_bound();
+        self.vouch_from.store(
+            answered.saturating_add(crate::pr::cluster::config::nanos(bound)),
+            Ordering::Release,
+        );
+        log::warn!(
+            "cluster: node {:?} was registered by another incarnation ({}); this one acknowledges \
+             nothing for {} ms, until that one's read lease has surely ended",
+            self.cfg.node,
+            String::from_utf8_lossy(prev.value()),
+            bound.as_millis()
+        );
+    }
+
+    /// Where the epoch and history of the local copy are kept: beside it, `<copy>.epoch`.
+    fn mark_path(&self) -> Option<std::path::PathBuf> {
+        self.store().map(|s| s.path().with_extension("epoch"))
+    }
+
+    /// Records which shared state the local copy holds (after the copy was saved); best effort,
+    /// like the copy.
+    pub(in crate::pr::cluster) fn save_mark(&self) {
+        let Some(path) = self.mark_path() else {
+            return;
+        };
+        let mark = LocalMark {
+            epoch: self.held().0,
+            history: self.history(),
+        };
+        let tmp = path.with_extension("epoch.tmp");
+        let r = std::fs::write(&tmp, serde_json::to_vec(&mark).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            log::warn!("cluster: {}: {e} (a local record only)", path.display());
+        }
+    }
+
+    /// A restart on a state older than the one this node held before (etcd restored from an
+    /// older snapshot, the key rewritten): the local copy, of the same history and newer, is
+    /// started from instead, without admitting (a regression), so that it can be republished.
+    fn newer_local_copy(&self, remote: &Remote, local: Option<&PrState>) -> Option<Remote> {
+        let local = local?;
+        let mark: LocalMark = std::fs::read(self.mark_path()?)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())?;
+        if mark.history != remote.history || mark.epoch <= remote.epoch {
+            return None;
+        }
+        // Version 0 matches no state in etcd: nothing is renewed until a newer one appears.
+        self.set_held(mark.epoch, 0);
+        self.regressed(Some(remote.epoch));
+        Some(Remote {
+            epoch: mark.epoch,
+            version: 0,
+            state: local.clone(),
+            unit_attentions: Vec::new(),
+            history: mark.history,
+        })
     }
 
     /// Runs `txn` until it gets an answer or `deadline` passes (startup only).
@@ -160,4 +287,16 @@ impl EtcdState {
             }
         }
     }
+}
+
+/// `<copy>.epoch`: the shared state the local copy holds.
+#[derive(Serialize, Deserialize)]
+struct LocalMark {
+    epoch: u64,
+    history: String,
+}
+
+/// The first key of each read (none: an empty read): `[previous member, state]`.
+fn first_of_each(got: &[Vec<KeyValue>]) -> Vec<Option<KeyValue>> {
+    got.iter().map(|r| r.first().cloned()).collect()
 }

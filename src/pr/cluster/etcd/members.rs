@@ -42,17 +42,13 @@ impl EtcdState {
         Ok((members, epoch))
     }
 
-    /// Members other than this one and the epoch each acknowledged, read within `within`.
-    pub(super) fn peers(
-        &self,
-        within: Duration,
-    ) -> Result<BTreeMap<String, Option<AckValue>>, ClusterError> {
+    /// Members other than this one, read within `within`.
+    pub(super) fn peers(&self, within: Duration) -> Result<Vec<Member>, ClusterError> {
         Ok(self
             .members(within)?
             .0
             .into_iter()
             .filter(|m| m.node != self.cfg.node)
-            .map(|m| (m.node, m.ack))
             .collect())
     }
 
@@ -75,6 +71,8 @@ impl EtcdState {
                         "acked_epoch": a.map(|a| a.epoch),
                         "initiators": a.map(|a| a.initiators.clone()).unwrap_or_default(),
                         "lease_ms_at_ack": a.map(|a| a.lease_remaining_ms),
+                        "ack_vouches": m.ack.is_some()
+                            && m.acknowledged(&self.history(), a.map_or(0, |a| a.epoch)),
                     }));
                 }
             }
@@ -91,6 +89,13 @@ impl EtcdState {
             "lease_ms": self.cfg.lease_ms,
             "lease_remaining_ms": u64::try_from(self.lease.remaining().as_millis()).unwrap_or(u64::MAX),
             "strict": self.cfg.fence_hook.is_some(),
+            "history": self.history(),
+            "fault": self.fault().map(|f| match f {
+                Fault::Regression { held, shared } => serde_json::json!({
+                    "kind": f.kind(), "held_epoch": held, "shared_epoch": shared,
+                }),
+                Fault::Replaced => serde_json::json!({ "kind": f.kind() }),
+            }),
             "members": members,
             "error": error,
         })

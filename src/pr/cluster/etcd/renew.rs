@@ -130,26 +130,72 @@ async fn watch_state(shared: Arc<EtcdState>, key: String) {
     }
 }
 
+/// What a refused renewal or commit read back of this node's member key (the third read of its
+/// else branch).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum MemberRead {
+    /// Still this incarnation.
+    Ours,
+    /// Deleted (an eviction, or lost): this incarnation registers again.
+    Absent,
+    /// Another incarnation of this node took it.
+    Other,
+}
+
+/// How a state read from etcd compares with the one held here.
+pub(super) enum Seen {
+    /// Newer, of the same history: adopt it.
+    Newer(Remote),
+    /// The same epoch and content at another version (rewritten unchanged): hold that version.
+    Same(Remote),
+    /// Older, of another history, other content at the same epoch, or gone.
+    Regression(Option<u64>),
+}
+
 impl EtcdState {
-    pub(super) fn put_ack(&self, epoch: u64) -> bool {
+    /// The acknowledgement of the state held here by this incarnation. While it may not vouch
+    /// yet, the renewal still writes one (a sign of life for `evict`) under an incarnation id
+    /// that matches no member's, so it vouches for nothing.
+    fn ack_value(&self, epoch: u64, lease_remaining_ms: u64) -> Vec<u8> {
         let mut initiators: Vec<String> = read(&self.served).iter().cloned().collect();
         initiators.sort();
-        let ack = AckValue {
+        serde_json::to_vec(&AckValue {
             epoch,
             initiators,
-            lease_remaining_ms: u64::try_from(self.lease.remaining().as_millis())
-                .unwrap_or(u64::MAX),
-        };
-        let value = serde_json::to_vec(&ack).unwrap_or_default();
-        let key = self.keys.ack.clone();
-        // Only while this incarnation is the member: a replaced daemon must not acknowledge.
+            lease_remaining_ms,
+            history: self.history(),
+            incarnation: if self.may_vouch() {
+                self.incarnation.clone()
+            } else {
+                format!("not vouching: {}", self.incarnation)
+            },
+        })
+        .unwrap_or_default()
+    }
+
+    /// Whether this incarnation may vouch for anything yet (see `after_replacing`).
+    pub(super) fn may_vouch(&self) -> bool {
+        boottime_ns() >= self.vouch_from.load(Ordering::Acquire) && self.fault().is_none()
+    }
+
+    /// Acknowledges the state held here: only while this incarnation is the member and the
+    /// state in etcd is the very version held (never an epoch that was not applied).
+    pub(super) fn put_ack(&self) -> bool {
+        if !self.may_vouch() {
+            return false;
+        }
+        let (epoch, version) = self.held();
+        let value = self.ack_value(
+            epoch,
+            u64::try_from(self.lease.remaining().as_millis()).unwrap_or(u64::MAX),
+        );
+        let k = &self.keys;
         let txn = Txn::new()
-            .when([Compare::value(
-                self.keys.member.as_str(),
-                CompareOp::Equal,
-                self.member.clone(),
-            )])
-            .and_then([TxnOp::put(key, value, None)]);
+            .when([
+                Compare::value(k.member.as_str(), CompareOp::Equal, self.member.clone()),
+                Compare::mod_revision(k.state.as_str(), CompareOp::Equal, version),
+            ])
+            .and_then([TxnOp::put(k.ack.as_str(), value, None)]);
         match self.txn(self.cfg.renew_every(), "acknowledge", &txn) {
             Ok(r) => r.succeeded(),
             Err(e) => {
@@ -162,19 +208,13 @@ impl EtcdState {
     /// One renewal of the read lease (see the module's documentation). Returns whether the
     /// lease was extended.
     pub(super) fn renew(&self, lun: &Lun) -> bool {
+        if self.fault() == Some(Fault::Replaced) {
+            return false;
+        }
         let (epoch, version) = self.held();
         let k = &self.keys;
         let sent = boottime_ns();
-        let ack = serde_json::to_vec(&AckValue {
-            epoch,
-            initiators: {
-                let mut v: Vec<String> = read(&self.served).iter().cloned().collect();
-                v.sort();
-                v
-            },
-            lease_remaining_ms: self.cfg.lease_ms,
-        })
-        .unwrap_or_default();
+        let ack = self.ack_value(epoch, self.cfg.lease_ms);
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(k.state.as_str(), CompareOp::Equal, version),
@@ -201,51 +241,135 @@ impl EtcdState {
             return true;
         }
         let got = gets(&resp);
-        let member_ok = self.still_member(&got);
-        if !member_ok {
-            // Another process took this node's name, or this member was removed: stop
-            // admitting at once, and register again.
-            self.lease.revoke();
-            log::error!(
-                "cluster: this daemon's membership ({}) was replaced or removed; I/O stops \
-                 until it has joined again",
-                k.member
-            );
-            let again =
-                Txn::new().and_then([TxnOp::put(k.member.as_str(), self.member.clone(), None)]);
-            let _ = self.txn(self.cfg.renew_every(), "join again", &again);
+        if self.member_read(&got) != MemberRead::Ours {
             return false;
         }
-        let remote = match remote_from(
-            k,
-            got.first().and_then(|s| s.first()),
-            got.get(1).map_or(&[][..], |v| &v[..]),
-        ) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                log::error!("cluster: the shared state {} is gone; I/O stops", k.state);
-                return false;
-            }
+        let seen = match self.compare_remote(lun, &got) {
+            Ok(s) => s,
             Err(e) => {
                 log::error!("cluster: the shared state {} is unreadable: {e}", k.state);
+                self.lease.revoke();
                 return false;
             }
         };
-        let adopted_epoch = remote.epoch;
-        self.adopt(&lun.reservations, remote);
+        match seen {
+            Seen::Newer(remote) => {
+                self.adopt(&lun.reservations, remote);
+            }
+            Seen::Same(remote) => self.set_held(remote.epoch, remote.version),
+            Seen::Regression(shared) => {
+                self.regressed(shared);
+                return false;
+            }
+        }
+        self.clear_regression();
         // Acknowledge, then extend: the renewal read was linearizable and everything it
         // returned is applied now.
-        self.put_ack(adopted_epoch);
+        self.put_ack();
         self.lease.renewed(sent, self.cfg.lease());
         true
     }
 
-    /// Whether the member key read back in a refused renewal or commit (the third read of its
-    /// else branch) is still this incarnation's.
-    pub(super) fn still_member(&self, got: &[Vec<KeyValue>]) -> bool {
-        got.get(2)
-            .and_then(|m| m.first())
-            .is_some_and(|m| m.value() == self.member.as_slice())
+    /// What the member key read back in a refused renewal or commit says; stops admitting when
+    /// it is not this incarnation's (for good when another incarnation took it).
+    pub(super) fn member_read(&self, got: &[Vec<KeyValue>]) -> MemberRead {
+        let read = match got.get(2).and_then(|m| m.first()) {
+            Some(m) if m.value() == self.member.as_slice() => return MemberRead::Ours,
+            Some(_) => MemberRead::Other,
+            None => MemberRead::Absent,
+        };
+        self.lease.revoke();
+        let k = &self.keys;
+        if read == MemberRead::Other {
+            let first = lock(&self.fault).replace(Fault::Replaced) != Some(Fault::Replaced);
+            if first {
+                log::error!(
+                    "cluster: another incarnation of node {:?} took this daemon's membership \
+                     ({}): this daemon stops admitting I/O for good. Stop it: two daemons must \
+                     not serve one node name",
+                    self.cfg.node,
+                    k.member
+                );
+            }
+            return read;
+        }
+        log::error!(
+            "cluster: this daemon's membership ({}) was removed (evicted?); I/O stops until it \
+             has joined again",
+            k.member
+        );
+        // The same incarnation registers again, only where the key is still absent.
+        let again = Txn::new()
+            .when([Compare::create_revision(
+                k.member.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(k.member.as_str(), self.member.clone(), None)]);
+        let _ = self.txn(self.cfg.renew_every(), "join again", &again);
+        read
+    }
+
+    /// How the state read back in a refused renewal or commit compares with the one held.
+    pub(super) fn compare_remote(&self, lun: &Lun, got: &[Vec<KeyValue>]) -> Result<Seen, String> {
+        self.classify(got, |r| lun.reservations.with(|a| a.state() == &r.state))
+    }
+
+    /// [`Self::compare_remote`], with `same_content` telling whether a state at the held
+    /// epoch has the content held here.
+    pub(super) fn classify(
+        &self,
+        got: &[Vec<KeyValue>],
+        same_content: impl FnOnce(&Remote) -> bool,
+    ) -> Result<Seen, String> {
+        let Some(remote) = remote_from(
+            &self.keys,
+            got.first().and_then(|s| s.first()),
+            got.get(1).map_or(&[][..], |v| &v[..]),
+        )?
+        else {
+            return Ok(Seen::Regression(None));
+        };
+        let (epoch, version) = self.held();
+        if remote.history != self.history() || remote.epoch < epoch {
+            return Ok(Seen::Regression(Some(remote.epoch)));
+        }
+        if remote.epoch > epoch {
+            return Ok(Seen::Newer(remote));
+        }
+        if remote.version == version || same_content(&remote) {
+            return Ok(Seen::Same(remote));
+        }
+        Ok(Seen::Regression(Some(remote.epoch)))
+    }
+
+    /// etcd holds an older state than the one held here: stop admitting, loudly, until a newer
+    /// state of this history appears.
+    pub(super) fn regressed(&self, shared: Option<u64>) {
+        self.lease.revoke();
+        let held = self.held().0;
+        let fault = Fault::Regression { held, shared };
+        if lock(&self.fault).replace(fault.clone()) == Some(fault) {
+            return;
+        }
+        log::error!(
+            "cluster: etcd holds {} under {} while this daemon holds epoch {held} (history {}): \
+             the shared state went back in time (a deleted key, a restored snapshot). This \
+             daemon stops admitting I/O. Run `sharedisk ctl cluster republish` on the member \
+             holding the newest state (`sharedisk ctl cluster status` shows each one's epoch)",
+            shared.map_or("no state".into(), |e| format!("epoch {e}")),
+            self.keys.state,
+            self.history()
+        );
+    }
+
+    /// A newer state of this history was adopted: a regression is over.
+    pub(super) fn clear_regression(&self) {
+        let mut f = lock(&self.fault);
+        if matches!(*f, Some(Fault::Regression { .. })) {
+            *f = None;
+            log::warn!("cluster: a newer shared state appeared; admitting I/O again");
+        }
     }
 
     pub(super) fn wake_renewer(&self) {

@@ -23,12 +23,15 @@ impl EtcdState {
                 .min(budget_end.saturating_duration_since(Instant::now()));
             match self.peers(within) {
                 Ok(peers) => {
+                    // Only the registered incarnation's acknowledgement of our history vouches.
+                    let history = self.history();
                     let behind: Vec<&String> = peers
                         .iter()
-                        .filter(|(_, a)| a.as_ref().is_none_or(|a| a.epoch < epoch))
-                        .map(|(n, _)| n)
+                        .filter(|m| !m.acknowledged(&history, epoch))
+                        .map(|m| &m.node)
                         .collect();
                     if behind.is_empty() {
+                        self.compact_unit_attentions(epoch);
                         return Ok(());
                     }
                     if boottime_ns() >= bound {
@@ -83,10 +86,23 @@ impl EtcdState {
         let Some(hook) = &self.cfg.fence_hook else {
             return true;
         };
+        // Names come from etcd keys, which are not trusted: only the node-name rule's reach
+        // the hook (as `$1` and in the environment).
+        if !crate::pr::cluster::config::name_ok(node) {
+            log::error!(
+                "cluster: a member named {node:?} in etcd breaks the node-name rule; it is not \
+                 passed to the fence hook and the change is not settled (BUSY). No daemon writes \
+                 such a key: check who can write etcd, then delete members/ and acks/ of that \
+                 name with etcdctl"
+            );
+            return false;
+        }
         log::warn!("cluster: fencing {node:?} with the fence hook before answering");
         let child = std::process::Command::new("sh")
             .arg("-c")
             .arg(hook)
+            .arg("sharedisk-fence")
+            .arg(node)
             .env("SHAREDISK_FENCE_NODE", node)
             .env("SHAREDISK_DISK_ID", &self.cfg.disk_id)
             .stdin(std::process::Stdio::null())

@@ -1,0 +1,90 @@
+use super::*;
+
+fn member(pid: u32, ack: Option<AckValue>) -> Member {
+    Member {
+        node: "h1".into(),
+        incarnation: Some(MemberValue {
+            node: "h1".into(),
+            host: "host".into(),
+            pid,
+            started_ns: 7,
+            boot_id: "boot".into(),
+        }),
+        ack,
+    }
+}
+
+fn ack(epoch: u64, history: &str, incarnation: &str) -> AckValue {
+    AckValue {
+        epoch,
+        initiators: vec![],
+        lease_remaining_ms: 0,
+        history: history.into(),
+        incarnation: incarnation.into(),
+    }
+}
+
+#[test]
+fn only_the_registered_incarnation_vouches_for_our_history() {
+    let ours = "boot/7/10";
+    assert!(member(10, Some(ack(5, "h", ours))).acknowledged("h", 5));
+    assert!(member(10, Some(ack(6, "h", ours))).acknowledged("h", 5));
+    assert!(
+        !member(10, Some(ack(4, "h", ours))).acknowledged("h", 5),
+        "older"
+    );
+    assert!(
+        !member(11, Some(ack(5, "h", ours))).acknowledged("h", 5),
+        "another incarnation's"
+    );
+    assert!(
+        !member(10, Some(ack(5, "g", ours))).acknowledged("h", 5),
+        "another history"
+    );
+    let pending = format!("not vouching: {ours}");
+    assert!(
+        !member(10, Some(ack(9, "h", &pending))).acknowledged("h", 5),
+        "not vouching yet"
+    );
+    assert!(!member(10, None).acknowledged("h", 5), "no ack");
+    // An acknowledgement written before incarnations existed never vouches.
+    let old: AckValue =
+        serde_json::from_str(r#"{"epoch":9,"initiators":[],"lease_remaining_ms":1}"#).unwrap();
+    assert!(!member(10, Some(old)).acknowledged("", 5));
+    let gone = Member {
+        incarnation: None,
+        ..member(10, Some(ack(9, "h", ours)))
+    };
+    assert!(
+        !gone.acknowledged("h", 5),
+        "a member key that does not parse"
+    );
+}
+
+#[test]
+fn node_names_that_read_as_options_are_refused() {
+    use crate::pr::cluster::config::name_ok;
+    assert!(name_ok("h1") && name_ok("node-2.example") && name_ok("a_b"));
+    for bad in [
+        "",
+        "-oProxyCommand=x",
+        "-h",
+        "a b",
+        "a;b",
+        "$(x)",
+        &"x".repeat(65),
+    ] {
+        assert!(!name_ok(bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_state_written_before_histories_has_an_empty_one() {
+    let v: StateValue = serde_json::from_str(
+        r#"{"epoch":3,"state":{"generation":0,"registrations":[],"reservation":null,"aptpl":false}}"#,
+    )
+    .unwrap();
+    assert_eq!((v.epoch, v.history.as_str()), (3, ""));
+    assert_eq!(new_history().len(), 32);
+    assert_ne!(new_history(), new_history());
+}
