@@ -36,6 +36,12 @@ fn cluster(dir: &Path, etcd: &str, node: &str, state_dir: &str) -> ClusterConfig
         budget_ms: FAST.budget_ms,
         fence_hook: None,
         state_dir: Some(dir.join(state_dir)),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password_file: None,
+        insecure: true,
     }
 }
 
