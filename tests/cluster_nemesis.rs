@@ -724,6 +724,8 @@ struct Faults<'a> {
     classes: Vec<Fault>,
     /// Events on the way (regressions seen, republish runs, ...), for the summary.
     notes: BTreeMap<String, u32>,
+    /// The handshake with the driver under `replace` (see [`race_step`]).
+    race: &'a AtomicU64,
     replacements: u32,
 }
 
@@ -854,9 +856,21 @@ impl Faults<'_> {
         self.replacements += 1;
         let j = (k + rng.gen_range(0..HOSTS - 1)) % HOSTS + 1;
         let guest = self.names[k - 1].clone();
+        // The driver prepares a PREEMPT AND ABORT of k's initiator, sent once k is cut off.
+        self.race.store(race_code(k, RACE_PREPARE), Ordering::SeqCst);
+        let t = Instant::now();
+        while self.race.load(Ordering::SeqCst) != race_code(k, RACE_READY)
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.race.load(Ordering::SeqCst) != race_code(k, RACE_READY) {
+            self.note("replace: the driver was not ready within 10 s");
+        }
         let cfg = {
             let l = self.lab.lock().unwrap();
             l.link_down(k);
+            self.race.store(race_code(k, RACE_CUT), Ordering::SeqCst);
             l.daemon_config_in(
                 &format!("h{k}-r{}", self.replacements),
                 k,
@@ -864,10 +878,24 @@ impl Faults<'_> {
                 self.opts,
             )
         };
-        std::thread::sleep(Duration::from_millis(rng.gen_range(100..1500)));
+        // As if on another machine: it asks its own host's member first, not the cut-off one.
+        let toml = std::fs::read_to_string(&cfg.path).unwrap();
+        let etcd = format!("etcd = [{:?}]", common::netlab::client_url(j));
+        let toml: Vec<String> = toml
+            .lines()
+            .map(|l| if l.starts_with("etcd = ") { etcd.clone() } else { l.to_string() })
+            .collect();
+        std::fs::write(&cfg.path, toml.join("\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
         let env = self.env(k);
+        let t = Instant::now();
         let slot = self.lab.lock().unwrap().start_extra_daemon(j, &cfg, &env);
+        eprintln!(
+            "nemesis: replacement h{k} up in h{j}'s namespace {} ms after its start",
+            t.elapsed().as_millis()
+        );
         std::thread::sleep(Duration::from_millis(rng.gen_range(300..3000)));
+        self.race.store(0, Ordering::SeqCst);
         {
             let mut l = self.lab.lock().unwrap();
             l.link_up(k);
@@ -933,6 +961,81 @@ impl Faults<'_> {
             std::thread::sleep(Duration::from_millis(300));
         }
         self.note("not serving 20 s after the fault");
+    }
+}
+
+// ---- the replacement race ----
+
+/// `replace`'s handshake, in one atomic: host k << 2 | phase; 0 when no race is on. The fault
+/// thread asks the driver to prepare (RACE_PREPARE), the driver answers RACE_READY, the fault
+/// thread cuts host k off and says RACE_CUT, and the driver sends the PREEMPT AND ABORT at once,
+/// so that it is in flight while the replacement starts.
+const RACE_PREPARE: u64 = 1;
+const RACE_READY: u64 = 2;
+const RACE_CUT: u64 = 3;
+
+fn race_code(k: usize, phase: u64) -> u64 {
+    (k as u64) << 2 | phase
+}
+
+/// What the driver does next for the race.
+enum RaceStep {
+    /// No race on: a random PR OUT.
+    Idle,
+    Send(Op),
+    /// Waiting for the fault thread.
+    Wait,
+}
+
+/// The driver's side of the handshake: while preparing, k's initiator and another one
+/// registered and a reservation held (each a PR OUT of the history); once cut, the PREEMPT AND
+/// ABORT of k's initiator's key.
+fn race_step(
+    race: &AtomicU64,
+    keys: &[Option<u64>],
+    holder: Option<u64>,
+    counter: &mut u64,
+    rng: &mut StdRng,
+) -> RaceStep {
+    let code = race.load(Ordering::SeqCst);
+    if code == 0 {
+        return RaceStep::Idle;
+    }
+    let x = (code >> 2) as usize - 1;
+    let y = (x + 1 + rng.gen_range(0..HOSTS - 1)) % HOSTS;
+    let mut register = |y: usize| {
+        *counter += 1;
+        RaceStep::Send(Op::Register {
+            y,
+            key: ((y as u64 + 1) << 32) | *counter,
+        })
+    };
+    match code & 3 {
+        RACE_PREPARE => match (keys[x], keys[y]) {
+            (None, _) => register(x),
+            (_, None) => register(y),
+            (Some(key), Some(_)) if holder.is_none() => RaceStep::Send(Op::Reserve { y: x, key }),
+            _ => {
+                race.store(race_code(x + 1, RACE_READY), Ordering::SeqCst);
+                RaceStep::Wait
+            }
+        },
+        RACE_CUT => {
+            let _ = race.compare_exchange(code, 0, Ordering::SeqCst, Ordering::SeqCst);
+            let preemptor = (0..HOSTS).find(|&z| z != x && keys[z].is_some());
+            match (keys[x], preemptor) {
+                (Some(victim), Some(y)) => RaceStep::Send(Op::Preempt {
+                    y,
+                    key: keys[y].unwrap(),
+                    victim,
+                }),
+                _ => {
+                    eprintln!("nemesis: h{} cut off, but no PREEMPT of its initiator possible", x + 1);
+                    RaceStep::Idle
+                }
+            }
+        }
+        _ => RaceStep::Wait,
     }
 }
 
@@ -1160,6 +1263,7 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
         .map(|i| Writer::new(if is_slow(i) { BIG_REGION0 } else { 64 + i as u64 }))
         .collect();
     let stop = AtomicBool::new(false);
+    let race = AtomicU64::new(0);
     let seed: u64 = std::env::var("SHAREDISK_NEMESIS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -1188,6 +1292,7 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
                 opts: &opts,
                 classes: classes.clone(),
                 notes: BTreeMap::new(),
+                race: &race,
                 replacements: 0,
             };
             let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -1216,6 +1321,8 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
         // known (after BUSY).
         let mut keys: Vec<Option<u64>> = vec![None; HOSTS];
         let mut key_counter = 0u64;
+        // The holder's key as last read.
+        let mut holder: Option<u64> = None;
         let mut oracle = Oracle {
             writers: &writers,
             image: image.clone(),
@@ -1226,7 +1333,17 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
         };
         let end = Instant::now() + Duration::from_secs(secs());
         while Instant::now() < end {
-            let Some(op) = draw_op(&mut rng, &keys, &mut key_counter) else {
+            let step = race_step(&race, &keys, holder, &mut key_counter, &mut rng);
+            let raced = matches!(step, RaceStep::Send(Op::Preempt { .. }));
+            let drawn = match step {
+                RaceStep::Idle => draw_op(&mut rng, &keys, &mut key_counter),
+                RaceStep::Send(op) => Some(op),
+                RaceStep::Wait => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    None
+                }
+            };
+            let Some(op) = drawn else {
                 continue;
             };
             let y = op_initiator(&op);
@@ -1234,7 +1351,15 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
                 // Its writer must have let go of any region closed for it.
                 writers[y].quiesce();
             }
-            let Some(status) = send(&mut peers, &op, &mut counts) else {
+            let sent = Instant::now();
+            let answer = send(&mut peers, &op, &mut counts);
+            if raced {
+                eprintln!(
+                    "nemesis: {op:?} racing a replacement: {answer:02x?} in {} ms",
+                    sent.elapsed().as_millis()
+                );
+            }
+            let Some(status) = answer else {
                 // Its daemon is down (being restarted): not sent.
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -1266,6 +1391,7 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
             let seen = read_state(&mut peers, &mut counts, from);
             if let Some(obs) = &seen {
                 history.observe(obs, from);
+                holder = obs.2;
             }
             // A GOOD PREEMPT AND ABORT fenced the victim if a reservation is left (then an
             // unregistered initiator may not write): close its region.
@@ -1291,6 +1417,7 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
                     let from = rng.gen_range(0..HOSTS);
                     if let Some(obs) = read_state(&mut peers, &mut counts, from) {
                         history.observe(&obs, from);
+                        holder = obs.2;
                         oracle.seen(&obs);
                         break;
                     }
