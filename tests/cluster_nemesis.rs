@@ -1059,6 +1059,14 @@ struct Oracle<'a> {
     /// Whether initiator x was seen registered since its region opened.
     armed: Vec<bool>,
     closed: Vec<(u64, Cause)>,
+    /// Per initiator: the fresh region it moved to when fenced, while it may not write at all
+    /// (until it registers again or a CLEAR lifts the reservation).
+    quarantine: Vec<Option<(u64, Cause)>>,
+    /// A BUSY (or unanswered) PR OUT that may still take effect and let initiators write again:
+    /// a CLEAR (`HOSTS`: all) or a REGISTER of one initiator; no quarantine meanwhile.
+    unfence_pending: Vec<bool>,
+    /// Blocks found in quarantined regions: (region, block, writer, round, cause).
+    landed: Vec<(u64, usize, u64, u64, Cause)>,
 }
 
 impl Oracle<'_> {
@@ -1077,6 +1085,49 @@ impl Oracle<'_> {
         self.closed.push((old, cause));
         self.armed[x] = false;
         self.writers[x].quiesce();
+        if !self.unfence_pending[x] {
+            self.quarantine[x] = Some((fresh, cause));
+        }
+    }
+
+    /// Initiator `x` may write again from the next PR OUT on: its quarantined region (written
+    /// only after it was fenced) must be empty. Waits out its writes in flight.
+    fn release(&mut self, x: usize) {
+        let w = &self.writers[x];
+        w.hold.store(true, Ordering::SeqCst);
+        let _busy = w.busy.lock().unwrap();
+        w.hold.store(false, Ordering::SeqCst);
+        let Some((r, cause)) = self.quarantine[x].take() else {
+            return;
+        };
+        for (b, block) in read_region(&self.image, r).chunks(4096).enumerate() {
+            if block.iter().any(|&v| v != 0) {
+                let word = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap());
+                self.landed.push((r, b, word(0), word(16), cause));
+            }
+        }
+    }
+
+    /// A PR OUT about to be sent: what it may lift is released first.
+    fn before(&mut self, op: &Op) {
+        match *op {
+            Op::Register { y, .. } => self.release(y),
+            Op::Clear { .. } => (0..HOSTS).for_each(|x| self.release(x)),
+            _ => {}
+        }
+    }
+
+    /// Its answer: a BUSY REGISTER or CLEAR may still lift a fence; a GOOD change of the state
+    /// ends what was pending.
+    fn after(&mut self, op: &Op, status: u8) {
+        match (op, status) {
+            (Op::Register { y, .. }, BUSY) => self.unfence_pending[*y] = true,
+            (Op::Clear { .. }, BUSY) => self.unfence_pending.fill(true),
+            (Op::Register { .. } | Op::Preempt { .. } | Op::Clear { .. }, GOOD) => {
+                self.unfence_pending.fill(false)
+            }
+            _ => {}
+        }
     }
 
     /// A READ FULL STATUS answer: initiators with a key are armed; with a reservation, an armed
@@ -1091,14 +1142,15 @@ impl Oracle<'_> {
         }
     }
 
-    /// Blocks of closed regions that are not canary: (region, block, writer, round, cause).
-    fn late(&self) -> Vec<(u64, usize, u64, u64, Cause)> {
-        let f = std::fs::File::open(&self.image).unwrap();
-        let mut late = Vec::new();
+    /// Blocks of closed regions that are not canary, and blocks that landed in quarantined
+    /// regions: (region, block, writer, round, cause). With every writer stopped.
+    fn late(&mut self) -> Vec<(u64, usize, u64, u64, Cause)> {
+        for x in 0..HOSTS {
+            self.release(x);
+        }
+        let mut late = self.landed.clone();
         for &(r, cause) in &self.closed {
-            let (first, sectors) = span(r);
-            let mut got = vec![0u8; (sectors * 512) as usize];
-            f.read_exact_at(&mut got, first * 512).unwrap();
+            let got = read_region(&self.image, r);
             for (b, (g, w)) in got.chunks(4096).zip(canary(r).chunks(4096)).enumerate() {
                 if g != w {
                     let word = |at: usize| u64::from_le_bytes(g[at..at + 8].try_into().unwrap());
@@ -1108,6 +1160,15 @@ impl Oracle<'_> {
         }
         late
     }
+}
+
+/// Region `r` as the image holds it.
+fn read_region(image: &Path, r: u64) -> Vec<u8> {
+    let (first, sectors) = span(r);
+    let mut got = vec![0u8; (sectors * 512) as usize];
+    let f = std::fs::File::open(image).unwrap();
+    f.read_exact_at(&mut got, first * 512).unwrap();
+    got
 }
 
 fn wait_serving(control: &Path, timeout: Duration) -> bool {
@@ -1330,6 +1391,9 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
             next_big: BIG_REGION0 + 1,
             armed: vec![false; HOSTS],
             closed: Vec::new(),
+            quarantine: vec![None; HOSTS],
+            unfence_pending: vec![false; HOSTS],
+            landed: Vec::new(),
         };
         let end = Instant::now() + Duration::from_secs(secs());
         while Instant::now() < end {
@@ -1347,10 +1411,9 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
                 continue;
             };
             let y = op_initiator(&op);
-            if let Op::Register { .. } = op {
-                // Its writer must have let go of any region closed for it.
-                writers[y].quiesce();
-            }
+            // A REGISTER's writer must have let go of any region closed for it; what may write
+            // again after this command is checked now.
+            oracle.before(&op);
             let sent = Instant::now();
             let answer = send(&mut peers, &op, &mut counts);
             if raced {
@@ -1365,6 +1428,7 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
                 continue;
             };
             history.step(&op, status);
+            oracle.after(&op, status);
             // What the driver believes next.
             match (&op, status) {
                 (Op::Register { key, .. }, GOOD) => {
