@@ -625,7 +625,12 @@ fn connect_blk(ep: &Endpoint, stop: &AtomicBool, queue_size: u16) -> Option<VuFr
 /// changed (`ep.gen`) it connects again, as QEMU does: the requests in the ring are presented
 /// again.
 fn write_loop(i: usize, w: &Writer, ep: &Endpoint, stop: &AtomicBool, qd: usize, piece: usize) {
-    let qsize = ((qd * 3).next_power_of_two() as u16).max(64);
+    // The daemon takes segments of 1 MiB at most (size_max): a chain is the header, the
+    // segments and the status byte, with descriptors of its own per request slot.
+    let seg = piece.min(1 << 20);
+    let segs = piece / seg;
+    let chain = segs + 2;
+    let qsize = ((qd * chain).next_power_of_two() as u16).max(64);
     let Some(mut fe) = connect_blk(ep, stop, qsize) else {
         return;
     };
@@ -648,29 +653,25 @@ fn write_loop(i: usize, w: &Writer, ep: &Endpoint, stop: &AtomicBool, qd: usize,
         }
         fe.write_mem(buf, &data);
         let submit = |fe: &mut VuFrontend, s: usize| {
-            let d = (3 * s) as u16;
+            let d = (chain * s) as u16;
             fe.write_mem(hdrs[s], &blk_header(VIRTIO_BLK_T_OUT, sector));
             fe.write_mem(stats[s], &[0xff]);
-            let desc = |addr, len, flags, next| RawDesc {
-                addr,
-                len,
-                flags,
-                next,
+            let desc = |n: usize, addr, len, flags| {
+                let next = if flags & VRING_DESC_F_NEXT != 0 { d + n as u16 + 1 } else { 0 };
+                (d + n as u16, RawDesc { addr, len, flags, next })
             };
-            fe.submit_raw(
-                0,
-                &[
-                    (d, desc(hdrs[s], 16, VRING_DESC_F_NEXT, d + 1)),
-                    (d + 1, desc(buf, piece as u32, VRING_DESC_F_NEXT, d + 2)),
-                    (d + 2, desc(stats[s], 1, VRING_DESC_F_WRITE, 0)),
-                ],
-                d,
-            );
+            let mut descs = vec![desc(0, hdrs[s], 16, VRING_DESC_F_NEXT)];
+            for g in 0..segs {
+                let at = buf + (g * seg) as u64;
+                descs.push(desc(1 + g, at, seg as u32, VRING_DESC_F_NEXT));
+            }
+            descs.push(desc(1 + segs, stats[s], 1, VRING_DESC_F_WRITE));
+            fe.submit_raw(0, &descs, d);
         };
         let mut inflight: HashMap<u16, usize> = HashMap::new();
         for s in 0..qd {
             submit(&mut fe, s);
-            inflight.insert((3 * s) as u16, s);
+            inflight.insert((chain * s) as u16, s);
         }
         let mut failed = false;
         while !inflight.is_empty() {
@@ -1091,15 +1092,16 @@ impl Oracle<'_> {
     }
 
     /// Initiator `x` may write again from the next PR OUT on: its quarantined region (written
-    /// only after it was fenced) must be empty. Waits out its writes in flight.
+    /// only after it was fenced) must be empty. Waits out its writes in flight, if quarantined
+    /// (a region closed for it was waited out when it closed).
     fn release(&mut self, x: usize) {
+        let Some((r, cause)) = self.quarantine[x].take() else {
+            return;
+        };
         let w = &self.writers[x];
         w.hold.store(true, Ordering::SeqCst);
         let _busy = w.busy.lock().unwrap();
         w.hold.store(false, Ordering::SeqCst);
-        let Some((r, cause)) = self.quarantine[x].take() else {
-            return;
-        };
         for (b, block) in read_region(&self.image, r).chunks(4096).enumerate() {
             if block.iter().any(|&v| v != 0) {
                 let word = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap());
