@@ -155,8 +155,7 @@ impl Fault {
 /// The classes played without `SHAREDISK_NEMESIS_FAULTS`: those today's daemon passes.
 /// `replace`, `statedel` and `snapshot` join when the incarnation and no-regression changes of
 /// issue 19 land (each alone shows today's failure).
-const DEFAULT_FAULTS: &str =
-    "link,oneway,pause,etcdpause,leaderkill,leaderpause,quorum,kill,slow";
+const DEFAULT_FAULTS: &str = "link,oneway,pause,etcdpause,leaderkill,leaderpause,quorum,kill,slow";
 
 /// The classes `SHAREDISK_NEMESIS_FAULTS` selects (`all`: every class).
 fn selected_faults() -> Vec<Fault> {
@@ -665,8 +664,20 @@ fn write_loop(i: usize, w: &Writer, ep: &Endpoint, stop: &AtomicBool, qd: usize,
             fe.write_mem(hdrs[s], &blk_header(VIRTIO_BLK_T_OUT, sector));
             fe.write_mem(stats[s], &[0xff]);
             let desc = |n: usize, addr, len, flags| {
-                let next = if flags & VRING_DESC_F_NEXT != 0 { d + n as u16 + 1 } else { 0 };
-                (d + n as u16, RawDesc { addr, len, flags, next })
+                let next = if flags & VRING_DESC_F_NEXT != 0 {
+                    d + n as u16 + 1
+                } else {
+                    0
+                };
+                (
+                    d + n as u16,
+                    RawDesc {
+                        addr,
+                        len,
+                        flags,
+                        next,
+                    },
+                )
             };
             let mut descs = vec![desc(0, hdrs[s], 16, VRING_DESC_F_NEXT)];
             for g in 0..segs {
@@ -831,7 +842,11 @@ impl Faults<'_> {
             Fault::StateDel => {
                 let key = format!("/sharedisk/v1/{}/state", self.opts.disk_id);
                 let ok = self.etcdctl(&["del", &key]);
-                self.note(if ok { "state deleted" } else { "state del failed" });
+                self.note(if ok {
+                    "state deleted"
+                } else {
+                    "state del failed"
+                });
                 std::thread::sleep(hold);
                 self.restart(rng.gen_range(1..=HOSTS));
                 self.recover();
@@ -866,7 +881,8 @@ impl Faults<'_> {
         let j = (k + rng.gen_range(0..HOSTS - 1)) % HOSTS + 1;
         let guest = self.names[k - 1].clone();
         // The driver prepares a PREEMPT AND ABORT of k's initiator, sent once k is cut off.
-        self.race.store(race_code(k, RACE_PREPARE), Ordering::SeqCst);
+        self.race
+            .store(race_code(k, RACE_PREPARE), Ordering::SeqCst);
         let t = Instant::now();
         while self.race.load(Ordering::SeqCst) != race_code(k, RACE_READY)
             && t.elapsed() < Duration::from_secs(10)
@@ -892,7 +908,13 @@ impl Faults<'_> {
         let etcd = format!("etcd = [{:?}]", common::netlab::client_url(j));
         let toml: Vec<String> = toml
             .lines()
-            .map(|l| if l.starts_with("etcd = ") { etcd.clone() } else { l.to_string() })
+            .map(|l| {
+                if l.starts_with("etcd = ") {
+                    etcd.clone()
+                } else {
+                    l.to_string()
+                }
+            })
             .collect();
         std::fs::write(&cfg.path, toml.join("\n")).unwrap();
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
@@ -947,7 +969,13 @@ impl Faults<'_> {
                 .cfgs
                 .iter()
                 .map(|c| ctl(&c.control, &["--json", "cluster", "status"]))
-                .map(|o| if o.code == 0 { o.json() } else { serde_json::Value::Null })
+                .map(|o| {
+                    if o.code == 0 {
+                        o.json()
+                    } else {
+                        serde_json::Value::Null
+                    }
+                })
                 .collect();
             if st.iter().all(|s| s["serving"] == true) {
                 self.note("serving again");
@@ -963,7 +991,10 @@ impl Faults<'_> {
                 if out.code == 0 {
                     self.note("republished");
                 } else {
-                    eprintln!("nemesis: ctl cluster republish failed: {}", out.stderr.trim());
+                    eprintln!(
+                        "nemesis: ctl cluster republish failed: {}",
+                        out.stderr.trim()
+                    );
                     self.note("republish failed");
                 }
             }
@@ -1039,7 +1070,10 @@ fn race_step(
                     victim,
                 }),
                 _ => {
-                    eprintln!("nemesis: h{} cut off, but no PREEMPT of its initiator possible", x + 1);
+                    eprintln!(
+                        "nemesis: h{} cut off, but no PREEMPT of its initiator possible",
+                        x + 1
+                    );
                     RaceStep::Idle
                 }
             }
@@ -1269,12 +1303,18 @@ fn send(peers: &mut Peers, op: &Op, counts: &mut Counts) -> Option<u8> {
     let name = name.split_whitespace().next().unwrap_or("?").to_string();
     let status = match answer {
         Some(s) => {
-            *counts.prouts.entry(format!("{name} -> {s:#04x}")).or_default() += 1;
+            *counts
+                .prouts
+                .entry(format!("{name} -> {s:#04x}"))
+                .or_default() += 1;
             s
         }
         None => {
             peers.lost(y);
-            *counts.prouts.entry(format!("{name} -> no answer")).or_default() += 1;
+            *counts
+                .prouts
+                .entry(format!("{name} -> no answer"))
+                .or_default() += 1;
             BUSY
         }
     };
@@ -1298,7 +1338,10 @@ fn start_lab(opts: &ClusterOpts, names: &[String], slow: bool) -> (NetLab, Vec<D
     for k in 1..=HOSTS {
         let c = lab.daemon_config(k, &[&names[k - 1]], opts);
         if slow && k == SLOW_HOST {
-            lab.start_daemon_env(&c, &[("SHAREDISK_TEST_WRITE_DELAY_MS", SLOW_WRITE_DELAY_MS)]);
+            lab.start_daemon_env(
+                &c,
+                &[("SHAREDISK_TEST_WRITE_DELAY_MS", SLOW_WRITE_DELAY_MS)],
+            );
         } else {
             lab.start_daemon(&c);
         }
@@ -1328,10 +1371,18 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
     let (lab, cfgs) = start_lab(&opts, &names, slow);
     let image: PathBuf = lab.image();
     let lab = Mutex::new(lab);
-    let eps: Vec<Endpoint> = (0..HOSTS).map(|i| Endpoint::new(&cfgs[i], &names[i])).collect();
+    let eps: Vec<Endpoint> = (0..HOSTS)
+        .map(|i| Endpoint::new(&cfgs[i], &names[i]))
+        .collect();
     let is_slow = |i: usize| slow && i + 1 == SLOW_HOST;
     let writers: Vec<Writer> = (0..HOSTS)
-        .map(|i| Writer::new(if is_slow(i) { BIG_REGION0 } else { 64 + i as u64 }))
+        .map(|i| {
+            Writer::new(if is_slow(i) {
+                BIG_REGION0
+            } else {
+                64 + i as u64
+            })
+        })
         .collect();
     let stop = AtomicBool::new(false);
     let race = AtomicU64::new(0);
@@ -1382,7 +1433,8 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut peers = Peers::new(&eps);
         let mut counts = Counts::default();
-        let start = read_state(&mut peers, &mut counts, 0).expect("PR IN answers before the faults");
+        let start =
+            read_state(&mut peers, &mut counts, 0).expect("PR IN answers before the faults");
         assert_eq!((start.1.len(), start.2), (0, None), "a fresh disk");
         let mut history = History::new(Model {
             gen: start.0,
@@ -1528,7 +1580,11 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
              after a PR IN observation {} (slow initiator's {}); writes ok/failed {:?}; final \
              PRgeneration {:?}; late blocks: {after_good}; unsettled observations: {unsettled}",
             secs(),
-            if slow { " + slow (h3 at ~25 MB/s, QD64 x 4 MiB)" } else { "" },
+            if slow {
+                " + slow (h3 at ~25 MB/s, QD64 x 4 MiB)"
+            } else {
+                ""
+            },
             counts.prouts,
             counts.prin_good,
             counts.prin_busy,
@@ -1549,7 +1605,10 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
             after_good == 0,
             "writes landed after the PREEMPT that fenced them returned GOOD (region, block, \
              writer, round, cause): {:?}",
-            late.iter().filter(|l| l.4 == Cause::Good).take(40).collect::<Vec<_>>()
+            late.iter()
+                .filter(|l| l.4 == Cause::Good)
+                .take(40)
+                .collect::<Vec<_>>()
         );
         assert!(
             unsettled == 0,
