@@ -1358,6 +1358,246 @@ fn start_lab(opts: &ClusterOpts, names: &[String], slow: bool) -> (NetLab, Vec<D
     (lab, cfgs)
 }
 
+/// The PR driver: random PR OUTs one at a time, each followed by a READ FULL STATUS, checked
+/// against the history and fed to the fencing oracle.
+struct Driver<'a> {
+    rng: StdRng,
+    peers: Peers<'a>,
+    counts: Counts,
+    history: History,
+    /// The key each initiator holds as far as GOOD answers tell; None: unregistered or not
+    /// known (after BUSY).
+    keys: Vec<Option<u64>>,
+    key_counter: u64,
+    /// The holder's key as last read.
+    holder: Option<u64>,
+    oracle: Oracle<'a>,
+    race: &'a AtomicU64,
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        seed: u64,
+        eps: &'a [Endpoint],
+        writers: &'a [Writer],
+        image: PathBuf,
+        race: &'a AtomicU64,
+    ) -> Driver<'a> {
+        let mut peers = Peers::new(eps);
+        let mut counts = Counts::default();
+        let start =
+            read_state(&mut peers, &mut counts, 0).expect("PR IN answers before the faults");
+        assert_eq!((start.1.len(), start.2), (0, None), "a fresh disk");
+        Driver {
+            rng: StdRng::seed_from_u64(seed),
+            peers,
+            counts,
+            history: History::new(Model {
+                gen: start.0,
+                ..Model::default()
+            }),
+            keys: vec![None; HOSTS],
+            key_counter: 0,
+            holder: None,
+            oracle: Oracle {
+                writers,
+                image,
+                next_region: 64 + HOSTS as u64,
+                next_big: BIG_REGION0 + 1,
+                armed: vec![false; HOSTS],
+                closed: Vec::new(),
+                quarantine: vec![None; HOSTS],
+                unfence_pending: vec![false; HOSTS],
+                landed: Vec::new(),
+            },
+            race,
+        }
+    }
+
+    /// READ FULL STATUS through `from`, checked and fed to the oracle; the state if any.
+    fn read(&mut self, from: usize) -> Option<Obs> {
+        let obs = read_state(&mut self.peers, &mut self.counts, from)?;
+        self.history.observe(&obs, from);
+        self.holder = obs.2;
+        Some(obs)
+    }
+
+    /// The next PR OUT: drawn (or the replacement race's), or None to wait.
+    fn next_op(&mut self) -> Option<(Op, bool)> {
+        let step = race_step(
+            self.race,
+            &self.keys,
+            self.holder,
+            &mut self.key_counter,
+            &mut self.rng,
+        );
+        match step {
+            RaceStep::Idle => {
+                draw_op(&mut self.rng, &self.keys, &mut self.key_counter).map(|op| (op, false))
+            }
+            RaceStep::Send(op) => {
+                let raced = matches!(op, Op::Preempt { .. });
+                Some((op, raced))
+            }
+            RaceStep::Wait => {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            }
+        }
+    }
+
+    /// One PR OUT and what follows it.
+    fn command(&mut self) {
+        let Some((op, raced)) = self.next_op() else {
+            return;
+        };
+        let y = op_initiator(&op);
+        // A REGISTER's writer must have let go of any region closed for it; what may write
+        // again after this command is checked now.
+        self.oracle.before(&op);
+        let sent = Instant::now();
+        let answer = send(&mut self.peers, &op, &mut self.counts);
+        if raced {
+            eprintln!(
+                "nemesis: {op:?} racing a replacement: {answer:02x?} in {} ms",
+                sent.elapsed().as_millis()
+            );
+        }
+        let Some(status) = answer else {
+            // Its daemon is down (being restarted): not sent.
+            std::thread::sleep(Duration::from_millis(100));
+            return;
+        };
+        self.history.step(&op, status);
+        self.oracle.after(&op, status);
+        // What the driver believes next.
+        match (&op, status) {
+            (Op::Register { key, .. }, GOOD) => {
+                self.keys[y] = Some(*key);
+                self.oracle.armed[y] = true;
+            }
+            (Op::Register { .. }, _) => self.keys[y] = None,
+            (Op::Preempt { victim, .. }, GOOD | BUSY) => {
+                for k in self.keys.iter_mut().filter(|k| **k == Some(*victim)) {
+                    *k = None;
+                }
+            }
+            (Op::Clear { .. }, GOOD | BUSY) => self.keys.fill(None),
+            _ => {}
+        }
+        // Right after the answer: read the state through the issuer's daemon (the fencing
+        // oracle needs it) or another one.
+        let good_preempt = matches!(op, Op::Preempt { .. }) && status == GOOD;
+        let from = if good_preempt {
+            y
+        } else {
+            self.rng.gen_range(0..HOSTS)
+        };
+        let seen = self.read(from);
+        // A GOOD PREEMPT AND ABORT fenced the victim if a reservation is left (then an
+        // unregistered initiator may not write): close its region.
+        if let (Op::Preempt { victim, .. }, GOOD, Some((_, now, Some(_)))) = (&op, status, &seen) {
+            let x = (*victim >> 32) as usize - 1;
+            if !has_key(now, x) {
+                self.oracle.close(x, Cause::Good);
+            }
+        }
+        if let Some(obs) = &seen {
+            self.oracle.seen(obs);
+        }
+        if status == BUSY {
+            self.after_busy();
+        }
+    }
+
+    /// As an initiator would after BUSY (fence_scsi reads the keys after a failure): not at
+    /// once, and only once the state can be read again. Each BUSY command may still take effect
+    /// until the state changes; many in a row would leave the model too many states to follow.
+    fn after_busy(&mut self) {
+        let t = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let from = self.rng.gen_range(0..HOSTS);
+            if let Some(obs) = self.read(from) {
+                self.oracle.seen(&obs);
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no daemon answers PR IN 60 s after a BUSY"
+            );
+        }
+    }
+
+    /// After the run, every fault healed: the summary line, then the oracles' verdicts.
+    fn check(&mut self, what: &str, not_serving: &[String]) {
+        let late = self.oracle.late();
+        let after_good: Vec<_> = late.iter().filter(|l| l.4 == Cause::Good).collect();
+        let unsettled: Vec<_> = late.iter().filter(|l| l.4 == Cause::Observed).collect();
+        let closed = &self.oracle.closed;
+        let closed_good = closed.iter().filter(|c| c.1 == Cause::Good).count();
+        let slow_closed = closed.iter().filter(|c| c.0 >= BIG_REGION0).count();
+        let finals: Vec<Option<Obs>> = (0..HOSTS)
+            .map(|i| read_state(&mut self.peers, &mut self.counts, i))
+            .collect();
+        let c = &self.counts;
+        let writes: Vec<(u64, u64)> = self
+            .oracle
+            .writers
+            .iter()
+            .map(|w| {
+                (
+                    w.ok.load(Ordering::Relaxed),
+                    w.failed.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        eprintln!(
+            "nemesis summary: {what}; PR OUTs {} {:?}; PR IN GOOD {} BUSY {} no answer {}; \
+             regions closed after GOOD {closed_good}, after a PR IN observation {} (slow \
+             initiator's {slow_closed}); writes ok/failed {writes:?}; final PRgeneration {:?}; \
+             late blocks: {}; unsettled observations: {}",
+            c.prouts.values().sum::<u32>(),
+            c.prouts,
+            c.prin_good,
+            c.prin_busy,
+            c.prin_lost,
+            closed.len() - closed_good,
+            finals[0].as_ref().map(|f| f.0),
+            after_good.len(),
+            unsettled.len(),
+        );
+        assert!(
+            after_good.is_empty(),
+            "writes landed after the PREEMPT that fenced them returned GOOD (region, block, \
+             writer, round, cause): {:?}",
+            &after_good[..after_good.len().min(40)]
+        );
+        assert!(
+            unsettled.is_empty(),
+            "writes landed after a PR IN showed their initiator's key gone: a change shown \
+             before it settled (region, block, writer, round, cause): {:?}",
+            &unsettled[..unsettled.len().min(40)]
+        );
+        assert!(
+            not_serving.is_empty(),
+            "{not_serving:?} do not serve 30 s after the faults healed"
+        );
+        // Every daemon shows the same state, one the history allows.
+        for (i, f) in finals.iter().enumerate() {
+            let f = f
+                .as_ref()
+                .unwrap_or_else(|| panic!("h{} BUSY after healing", i + 1));
+            self.history.observe(f, i);
+        }
+        assert!(
+            !closed.is_empty(),
+            "the run fenced nothing: it means nothing"
+        );
+        assert!(writes.iter().all(|w| w.0 > 0), "every writer wrote");
+    }
+}
+
 #[test]
 fn random_faults_and_pr_outs_keep_fencing_and_history() {
     let classes = selected_faults();
@@ -1430,129 +1670,10 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
 
         // The PR driver, in this thread. The writers and the nemesis stop when it ends, or fails.
         let _stop = SetOnDrop(&stop);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut peers = Peers::new(&eps);
-        let mut counts = Counts::default();
-        let start =
-            read_state(&mut peers, &mut counts, 0).expect("PR IN answers before the faults");
-        assert_eq!((start.1.len(), start.2), (0, None), "a fresh disk");
-        let mut history = History::new(Model {
-            gen: start.0,
-            ..Model::default()
-        });
-        // The key each initiator holds as far as GOOD answers tell; None: unregistered or not
-        // known (after BUSY).
-        let mut keys: Vec<Option<u64>> = vec![None; HOSTS];
-        let mut key_counter = 0u64;
-        // The holder's key as last read.
-        let mut holder: Option<u64> = None;
-        let mut oracle = Oracle {
-            writers: &writers,
-            image: image.clone(),
-            next_region: 64 + HOSTS as u64,
-            next_big: BIG_REGION0 + 1,
-            armed: vec![false; HOSTS],
-            closed: Vec::new(),
-            quarantine: vec![None; HOSTS],
-            unfence_pending: vec![false; HOSTS],
-            landed: Vec::new(),
-        };
+        let mut d = Driver::new(seed, &eps, &writers, image.clone(), &race);
         let end = Instant::now() + Duration::from_secs(secs());
         while Instant::now() < end {
-            let step = race_step(&race, &keys, holder, &mut key_counter, &mut rng);
-            let raced = matches!(step, RaceStep::Send(Op::Preempt { .. }));
-            let drawn = match step {
-                RaceStep::Idle => draw_op(&mut rng, &keys, &mut key_counter),
-                RaceStep::Send(op) => Some(op),
-                RaceStep::Wait => {
-                    std::thread::sleep(Duration::from_millis(10));
-                    None
-                }
-            };
-            let Some(op) = drawn else {
-                continue;
-            };
-            let y = op_initiator(&op);
-            // A REGISTER's writer must have let go of any region closed for it; what may write
-            // again after this command is checked now.
-            oracle.before(&op);
-            let sent = Instant::now();
-            let answer = send(&mut peers, &op, &mut counts);
-            if raced {
-                eprintln!(
-                    "nemesis: {op:?} racing a replacement: {answer:02x?} in {} ms",
-                    sent.elapsed().as_millis()
-                );
-            }
-            let Some(status) = answer else {
-                // Its daemon is down (being restarted): not sent.
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            };
-            history.step(&op, status);
-            oracle.after(&op, status);
-            // What the driver believes next.
-            match (&op, status) {
-                (Op::Register { key, .. }, GOOD) => {
-                    keys[y] = Some(*key);
-                    oracle.armed[y] = true;
-                }
-                (Op::Register { .. }, _) => keys[y] = None,
-                (Op::Preempt { victim, .. }, GOOD | BUSY) => {
-                    for k in keys.iter_mut().filter(|k| **k == Some(*victim)) {
-                        *k = None;
-                    }
-                }
-                (Op::Clear { .. }, GOOD | BUSY) => keys.fill(None),
-                _ => {}
-            }
-            // Right after the answer: read the state through the issuer's daemon (the fencing
-            // oracle needs it) or another one.
-            let good_preempt = matches!(op, Op::Preempt { .. }) && status == GOOD;
-            let from = if good_preempt {
-                y
-            } else {
-                rng.gen_range(0..HOSTS)
-            };
-            let seen = read_state(&mut peers, &mut counts, from);
-            if let Some(obs) = &seen {
-                history.observe(obs, from);
-                holder = obs.2;
-            }
-            // A GOOD PREEMPT AND ABORT fenced the victim if a reservation is left (then an
-            // unregistered initiator may not write): close its region.
-            if let (Op::Preempt { victim, .. }, GOOD, Some((_, now, Some(_)))) =
-                (&op, status, &seen)
-            {
-                let x = (*victim >> 32) as usize - 1;
-                if !has_key(now, x) {
-                    oracle.close(x, Cause::Good);
-                }
-            }
-            if let Some(obs) = &seen {
-                oracle.seen(obs);
-            }
-            if status == BUSY {
-                // As an initiator would (fence_scsi reads the keys after a failure): not at once,
-                // and only once the state can be read again. Each BUSY command may still take
-                // effect until the state changes; many in a row would leave the model too many
-                // states to follow.
-                let t = Instant::now();
-                loop {
-                    std::thread::sleep(Duration::from_millis(50));
-                    let from = rng.gen_range(0..HOSTS);
-                    if let Some(obs) = read_state(&mut peers, &mut counts, from) {
-                        history.observe(&obs, from);
-                        holder = obs.2;
-                        oracle.seen(&obs);
-                        break;
-                    }
-                    assert!(
-                        t.elapsed() < Duration::from_secs(60),
-                        "no daemon answers PR IN 60 s after a BUSY"
-                    );
-                }
-            }
+            d.command();
         }
         stop.store(true, Ordering::Relaxed);
         let (faults, notes) = faults.join().unwrap();
@@ -1565,75 +1686,15 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
             .map(|c| c.node())
             .collect();
         std::thread::sleep(opts.fence_bound() * 2 + opts.hold());
-        let late = oracle.late();
-        let after_good = late.iter().filter(|l| l.4 == Cause::Good).count();
-        let unsettled = late.len() - after_good;
-        let closed_good = oracle.closed.iter().filter(|c| c.1 == Cause::Good).count();
-        let slow_closed = oracle.closed.iter().filter(|c| c.0 >= BIG_REGION0).count();
-        let finals: Vec<Option<Obs>> = (0..HOSTS)
-            .map(|i| read_state(&mut peers, &mut counts, i))
-            .collect();
-        let prouts: u32 = counts.prouts.values().sum();
-        eprintln!(
-            "nemesis summary: seed {seed}, {} s; faults {faults:?}{}; operator {notes:?}; PR OUTs \
-             {prouts} {:?}; PR IN GOOD {} BUSY {} no answer {}; regions closed after GOOD {}, \
-             after a PR IN observation {} (slow initiator's {}); writes ok/failed {:?}; final \
-             PRgeneration {:?}; late blocks: {after_good}; unsettled observations: {unsettled}",
-            secs(),
-            if slow {
-                " + slow (h3 at ~25 MB/s, QD64 x 4 MiB)"
-            } else {
-                ""
-            },
-            counts.prouts,
-            counts.prin_good,
-            counts.prin_busy,
-            counts.prin_lost,
-            closed_good,
-            oracle.closed.len() - closed_good,
-            slow_closed,
-            writers
-                .iter()
-                .map(|w| (
-                    w.ok.load(Ordering::Relaxed),
-                    w.failed.load(Ordering::Relaxed)
-                ))
-                .collect::<Vec<_>>(),
-            finals[0].as_ref().map(|f| f.0),
+        let slow = if slow {
+            " + slow (h3 at ~25 MB/s, QD64 x 4 MiB)"
+        } else {
+            ""
+        };
+        let what = format!(
+            "seed {seed}, {} s; faults {faults:?}{slow}; operator {notes:?}",
+            secs()
         );
-        assert!(
-            after_good == 0,
-            "writes landed after the PREEMPT that fenced them returned GOOD (region, block, \
-             writer, round, cause): {:?}",
-            late.iter()
-                .filter(|l| l.4 == Cause::Good)
-                .take(40)
-                .collect::<Vec<_>>()
-        );
-        assert!(
-            unsettled == 0,
-            "writes landed after a PR IN showed their initiator's key gone: a change shown \
-             before it settled (region, block, writer, round, cause): {:?}",
-            late.iter().take(40).collect::<Vec<_>>()
-        );
-        assert!(
-            not_serving.is_empty(),
-            "{not_serving:?} do not serve 30 s after the faults healed"
-        );
-        // Every daemon shows the same state, one the history allows.
-        for (i, f) in finals.iter().enumerate() {
-            let f = f
-                .as_ref()
-                .unwrap_or_else(|| panic!("h{} BUSY after healing", i + 1));
-            history.observe(f, i);
-        }
-        assert!(
-            !oracle.closed.is_empty(),
-            "the run fenced nothing: it means nothing"
-        );
-        assert!(
-            writers.iter().all(|w| w.ok.load(Ordering::Relaxed) > 0),
-            "every writer wrote"
-        );
+        d.check(&what, &not_serving);
     });
 }
