@@ -420,6 +420,11 @@ impl Endpoint {
         }
     }
 
+    /// Its daemon went away: commands in flight end without an answer, clients connect again.
+    fn bump(&self) {
+        self.gen.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// The initiator now reaches `c`'s daemon (started and serving sockets).
     fn set(&self, c: &DaemonConfig, guest: &str) {
         *self.blk.lock().unwrap() = c.blk(guest);
@@ -447,7 +452,7 @@ impl<'a> Peers<'a> {
     }
 
     /// Initiator `i`'s client; None while its daemon cannot be reached (2 s of tries).
-    fn get(&mut self, i: usize) -> Option<&mut ScsiClient> {
+    fn get(&mut self, i: usize) -> Option<Link<'_>> {
         let gen = self.eps[i].gen.load(Ordering::SeqCst);
         if self.gens[i] != gen || self.clients[i].is_none() {
             self.clients[i] = None;
@@ -461,7 +466,11 @@ impl<'a> Peers<'a> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        self.clients[i].as_mut()
+        Some(Link {
+            c: self.clients[i].as_mut()?,
+            gen: &self.eps[i].gen,
+            at: gen,
+        })
     }
 
     /// A command without an answer: the client is dropped and connects again next time.
@@ -470,16 +479,37 @@ impl<'a> Peers<'a> {
     }
 }
 
+/// A client and the daemon generation it was connected at.
+struct Link<'a> {
+    c: &'a mut ScsiClient,
+    gen: &'a AtomicU64,
+    at: u64,
+}
+
+impl Link<'_> {
+    /// One command; None without an answer within [`ANSWER_TIMEOUT`], or once its daemon was
+    /// killed or replaced (the initiator's generation moved on).
+    fn ask(&mut self, cdb: &[u8], data_out: &[u8], data_in_len: usize) -> Option<ScsiResult> {
+        self.c.fe.reset();
+        let p = self.c.submit(&LUN0, cdb, data_out, data_in_len, true);
+        let t = Instant::now();
+        loop {
+            if let Some(r) = self.c.finish(&p, Duration::from_millis(100)) {
+                self.c.fe.reset();
+                return Some(r);
+            }
+            if self.gen.load(Ordering::SeqCst) != self.at || t.elapsed() > ANSWER_TIMEOUT {
+                return None;
+            }
+        }
+    }
+}
+
 /// A PR OUT, with unit attentions taken and the command sent again; the final status, None
 /// without an answer.
-fn prout(c: &mut ScsiClient, sa: u8, typ: u8, rk: u64, sark: u64) -> Option<u8> {
+fn prout(c: &mut Link, sa: u8, typ: u8, rk: u64, sark: u64) -> Option<u8> {
     for _ in 0..8 {
-        let r = c.try_cmd(
-            &prout_cdb(sa, typ, 24),
-            &prout_params(rk, sark, 0),
-            0,
-            ANSWER_TIMEOUT,
-        )?;
+        let r = c.ask(&prout_cdb(sa, typ, 24), &prout_params(rk, sark, 0), 0)?;
         match (r.status, r.sense) {
             (CHECK_CONDITION, Some((6, _, _))) => continue,
             (CHECK_CONDITION, s) => panic!("PR OUT {sa}: CHECK CONDITION {s:02x?}"),
@@ -497,10 +527,10 @@ enum Seen {
 }
 
 /// READ FULL STATUS as the model sees it.
-fn observe(c: &mut ScsiClient) -> Seen {
+fn observe(c: &mut Link) -> Seen {
     for _ in 0..8 {
         let cdb = ScsiClient::prin_cdb(PRIN_READ_FULL_STATUS, 8192);
-        let Some(r) = c.try_cmd(&cdb, &[], 8192, ANSWER_TIMEOUT) else {
+        let Some(r) = c.ask(&cdb, &[], 8192) else {
             return Seen::NoAnswer;
         };
         match (r.status, r.sense) {
@@ -835,6 +865,7 @@ impl Faults<'_> {
             }
             Fault::Kill => {
                 lab.lock().unwrap().kill_daemon(k);
+                self.eps[k - 1].bump();
                 std::thread::sleep(Duration::from_millis(rng.gen_range(0..1500)));
                 self.restart(k);
             }
@@ -891,6 +922,10 @@ impl Faults<'_> {
         }
         if self.race.load(Ordering::SeqCst) != race_code(k, RACE_READY) {
             self.note("replace: the driver was not ready within 10 s");
+            eprintln!(
+                "DEBUG not ready: race {:x}",
+                self.race.load(Ordering::SeqCst)
+            );
         }
         let cfg = {
             let l = self.lab.lock().unwrap();
@@ -935,6 +970,7 @@ impl Faults<'_> {
         self.eps[k - 1].set(&cfg, &guest);
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..3000)));
         self.lab.lock().unwrap().kill_extra_daemon(slot);
+        self.eps[k - 1].bump();
         self.restart(k);
     }
 
@@ -1292,7 +1328,8 @@ fn op_initiator(op: &Op) -> usize {
 /// Sends `op`; its status, BUSY when no answer came (it may have taken effect or not).
 fn send(peers: &mut Peers, op: &Op, counts: &mut Counts) -> Option<u8> {
     let y = op_initiator(op);
-    let c = peers.get(y)?;
+    let mut c = peers.get(y)?;
+    let c = &mut c;
     let answer = match *op {
         Op::Register { key, .. } => prout(c, SA_REGISTER_AND_IGNORE, 0, 0, key),
         Op::Reserve { key, .. } => prout(c, SA_RESERVE, TYPE_WE_RO, key, 0),
@@ -1323,8 +1360,7 @@ fn send(peers: &mut Peers, op: &Op, counts: &mut Counts) -> Option<u8> {
 
 /// READ FULL STATUS through initiator `i`'s daemon, counted; the state if it answered GOOD.
 fn read_state(peers: &mut Peers, counts: &mut Counts, i: usize) -> Option<Obs> {
-    let c = peers.get(i)?;
-    let seen = observe(c);
+    let seen = observe(&mut peers.get(i)?);
     if matches!(seen, Seen::NoAnswer) {
         peers.lost(i);
     }
@@ -1457,6 +1493,12 @@ impl<'a> Driver<'a> {
         self.oracle.before(&op);
         let sent = Instant::now();
         let answer = send(&mut self.peers, &op, &mut self.counts);
+        if sent.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "DEBUG slow command {op:?}: {answer:?} in {:?}",
+                sent.elapsed()
+            );
+        }
         if raced {
             eprintln!(
                 "nemesis: {op:?} racing a replacement: {answer:02x?} in {} ms",

@@ -286,22 +286,6 @@ impl ScsiClient {
         })
     }
 
-    /// Like [`ScsiClient::cmd`], None when no answer comes within `timeout` (a daemon killed
-    /// with the command in flight); the client is then unusable.
-    pub fn try_cmd(
-        &mut self,
-        cdb: &[u8],
-        data_out: &[u8],
-        data_in_len: usize,
-        timeout: Duration,
-    ) -> Option<ScsiResult> {
-        self.fe.reset();
-        let p = self.submit(&LUN0, cdb, data_out, data_in_len, true);
-        let r = self.finish(&p, timeout)?;
-        self.fe.reset();
-        Some(r)
-    }
-
     pub fn next_tag(&mut self) -> u64 {
         self.tag += 1;
         self.tag
