@@ -922,10 +922,6 @@ impl Faults<'_> {
         }
         if self.race.load(Ordering::SeqCst) != race_code(k, RACE_READY) {
             self.note("replace: the driver was not ready within 10 s");
-            eprintln!(
-                "DEBUG not ready: race {:x}",
-                self.race.load(Ordering::SeqCst)
-            );
         }
         let cfg = {
             let l = self.lab.lock().unwrap();
@@ -1493,12 +1489,6 @@ impl<'a> Driver<'a> {
         self.oracle.before(&op);
         let sent = Instant::now();
         let answer = send(&mut self.peers, &op, &mut self.counts);
-        if sent.elapsed() > Duration::from_secs(2) {
-            eprintln!(
-                "DEBUG slow command {op:?}: {answer:?} in {:?}",
-                sent.elapsed()
-            );
-        }
         if raced {
             eprintln!(
                 "nemesis: {op:?} racing a replacement: {answer:02x?} in {} ms",
