@@ -621,6 +621,8 @@ struct Writer {
     busy: Mutex<()>,
     /// Set while the driver waits for `busy`: the writer stops refilling its queue.
     hold: AtomicBool,
+    /// Set while a round's writes complete OK (its daemon admits them).
+    flowing: AtomicBool,
     ok: AtomicU64,
     failed: AtomicU64,
 }
@@ -631,6 +633,7 @@ impl Writer {
             region: AtomicU64::new(region),
             busy: Mutex::new(()),
             hold: AtomicBool::new(false),
+            flowing: AtomicBool::new(false),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }
@@ -730,6 +733,7 @@ fn write_loop(i: usize, w: &Writer, ep: &Endpoint, stop: &AtomicBool, qd: usize,
                 };
                 if fe.read_mem(stats[s], 1)[0] == VIRTIO_BLK_S_OK {
                     w.ok.fetch_add(1, Ordering::Relaxed);
+                    w.flowing.store(true, Ordering::SeqCst);
                 } else {
                     w.failed.fetch_add(1, Ordering::Relaxed);
                     failed = true;
@@ -754,6 +758,7 @@ fn write_loop(i: usize, w: &Writer, ep: &Endpoint, stop: &AtomicBool, qd: usize,
                 break;
             }
         }
+        w.flowing.store(false, Ordering::SeqCst);
         drop(busy);
         round += 1;
         if failed {
@@ -1266,6 +1271,8 @@ struct Counts {
     prin_good: u32,
     prin_busy: u32,
     prin_lost: u32,
+    /// The longest PREEMPT AND ABORT answered GOOD.
+    preempt_max: Duration,
 }
 
 impl Counts {
@@ -1405,6 +1412,8 @@ struct Driver<'a> {
     holder: Option<u64>,
     oracle: Oracle<'a>,
     race: &'a AtomicU64,
+    /// The slow initiator (under `slow`): mostly preempted while its writes flow.
+    slow: Option<usize>,
 }
 
 impl<'a> Driver<'a> {
@@ -1414,6 +1423,7 @@ impl<'a> Driver<'a> {
         writers: &'a [Writer],
         image: PathBuf,
         race: &'a AtomicU64,
+        slow: Option<usize>,
     ) -> Driver<'a> {
         let mut peers = Peers::new(eps);
         let mut counts = Counts::default();
@@ -1443,6 +1453,7 @@ impl<'a> Driver<'a> {
                 landed: Vec::new(),
             },
             race,
+            slow,
         }
     }
 
@@ -1465,6 +1476,9 @@ impl<'a> Driver<'a> {
         );
         match step {
             RaceStep::Idle => {
+                if let Some(op) = self.preempt_slow() {
+                    return Some((op, false));
+                }
                 draw_op(&mut self.rng, &self.keys, &mut self.key_counter).map(|op| (op, false))
             }
             RaceStep::Send(op) => {
@@ -1476,6 +1490,22 @@ impl<'a> Driver<'a> {
                 None
             }
         }
+    }
+
+    /// Under `slow`, while the slow initiator's writes flow (its 64 writes of 4 MiB admitted),
+    /// half the time a PREEMPT AND ABORT of it by a registered initiator.
+    fn preempt_slow(&mut self) -> Option<Op> {
+        let x = self.slow?;
+        if !self.oracle.writers[x].flowing.load(Ordering::SeqCst) || !self.rng.gen_bool(0.5) {
+            return None;
+        }
+        let victim = self.keys[x]?;
+        let y = (0..HOSTS).find(|&y| y != x && self.keys[y].is_some())?;
+        Some(Op::Preempt {
+            y,
+            key: self.keys[y]?,
+            victim,
+        })
     }
 
     /// One PR OUT and what follows it.
@@ -1500,6 +1530,9 @@ impl<'a> Driver<'a> {
             std::thread::sleep(Duration::from_millis(100));
             return;
         };
+        if matches!(op, Op::Preempt { .. }) && status == GOOD {
+            self.counts.preempt_max = self.counts.preempt_max.max(sent.elapsed());
+        }
         self.history.step(&op, status);
         self.oracle.after(&op, status);
         // What the driver believes next.
@@ -1585,12 +1618,14 @@ impl<'a> Driver<'a> {
             })
             .collect();
         eprintln!(
-            "nemesis summary: {what}; PR OUTs {} {:?}; PR IN GOOD {} BUSY {} no answer {}; \
+            "nemesis summary: {what}; PR OUTs {} {:?} (longest GOOD PREEMPT {} ms); PR IN GOOD {} \
+             BUSY {} no answer {}; \
              regions closed after GOOD {closed_good}, after a PR IN observation {} (slow \
              initiator's {slow_closed}); writes ok/failed {writes:?}; final PRgeneration {:?}; \
              late blocks: {}; unsettled observations: {}",
             c.prouts.values().sum::<u32>(),
             c.prouts,
+            c.preempt_max.as_millis(),
             c.prin_good,
             c.prin_busy,
             c.prin_lost,
@@ -1702,7 +1737,8 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
 
         // The PR driver, in this thread. The writers and the nemesis stop when it ends, or fails.
         let _stop = SetOnDrop(&stop);
-        let mut d = Driver::new(seed, &eps, &writers, image.clone(), &race);
+        let slow_initiator = slow.then_some(SLOW_HOST - 1);
+        let mut d = Driver::new(seed, &eps, &writers, image.clone(), &race, slow_initiator);
         let end = Instant::now() + Duration::from_secs(secs());
         while Instant::now() < end {
             d.command();
