@@ -26,15 +26,19 @@
 //!   the daemon showing the highest `epoch`, and waits (20 s at most) for every daemon to serve.
 //! - `slow`: a standing condition, not an event: host 3's daemon writes at about 25 MB/s (the
 //!   test hook `SHAREDISK_TEST_WRITE_DELAY_MS`, 160 ms per write) while its initiator keeps 64
-//!   writes of 4 MiB in flight (into regions of 4 MiB); `max_io_ms` covers one such write.
+//!   writes of 4 MiB in flight (into regions of 4 MiB); `max_io_ms` covers one such write. While
+//!   its writes flow, the driver mostly preempts it.
 //!
 //! **The fencing oracle**, per initiator: it writes into a region of its own. When a PREEMPT
 //! AND ABORT of its key returns GOOD and PR IN then shows a reservation (so an unregistered
 //! initiator may not write), the test moves it to a fresh region, at once overwrites the old one
 //! with a canary, and waits for the writer's requests in flight. At the end (every fault healed)
 //! each closed region must still be all canary: a block that is not is a write admitted under
-//! the old state that landed after GOOD (a *late block*). (After CLEAR nothing is fenced: no
-//! reservation is left.)
+//! the old state that landed after GOOD (a *late block*). The fresh region is quarantined: the
+//! fenced initiator may not write at all until it registers again or a CLEAR lifts the
+//! reservation, so before that command the region must still be empty (a block in it is a late
+//! block too: a write admitted after GOOD, e.g. by a cut-off incarnation whose name another one
+//! took). (After CLEAR nothing is fenced: no reservation is left.)
 //!
 //! **The PR IN oracle**: every READ FULL STATUS answered GOOD, through any daemon, that shows a
 //! reservation and an initiator's key gone (while that initiator's region was opened since it was
@@ -52,7 +56,9 @@
 //! one.
 //!
 //! `SHAREDISK_NEMESIS_SECS` sets the length (default 30 s; the report's figure is 600 s),
-//! `SHAREDISK_NEMESIS_SEED` the seed. The run ends with one `nemesis summary:` line. Daemon
+//! `SHAREDISK_NEMESIS_SEED` the seed. The run ends with one `nemesis summary:` line (faults per
+//! class, PR OUTs by answer, the longest GOOD PREEMPT, PR IN GOOD/BUSY, regions closed, late
+//! blocks, unsettled observations). Daemon
 //! pauses longer than `max_io_ms` are the pause gap, covered by `tests/cluster_loopback.rs`
 //! (strict mode).
 
