@@ -97,6 +97,8 @@ const SLOW_PIECE: usize = 4 << 20;
 /// Region numbers from here are the slow initiator's regions of 4 MiB, from 256 MiB on.
 const BIG_REGION0: u64 = 1 << 32;
 const BIG_FIRST_SECTOR: u64 = (256 << 20) / 512;
+/// The image's size (sparse): room for 448 regions of 4 MiB.
+const IMAGE_BYTES: u64 = 2 << 30;
 /// How long a command may go without an answer before its daemon counts as gone.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -1166,6 +1168,16 @@ impl Oracle<'_> {
             self.next_region += 1;
             self.next_region - 1
         };
+        let (first, sectors) = span(fresh);
+        let limit = if fresh >= BIG_REGION0 {
+            IMAGE_BYTES / 512
+        } else {
+            BIG_FIRST_SECTOR
+        };
+        assert!(
+            first + sectors <= limit,
+            "region {fresh:#x} beyond its area: too many regions closed for a {IMAGE_BYTES}-byte image"
+        );
         let old = self.writers[x].region.swap(fresh, Ordering::SeqCst);
         host_write(&self.image, span(old).0, &canary(old));
         self.closed.push((old, cause));
@@ -1677,7 +1689,7 @@ fn random_faults_and_pr_outs_keep_fencing_and_history() {
     let slow = classes.contains(&Fault::Slow);
     // 2 GiB, sparse: the slow initiator's regions of 4 MiB start at 256 MiB.
     let opts = ClusterOpts {
-        size: "2G".into(),
+        size: IMAGE_BYTES.to_string(),
         ..ClusterOpts::default()
     };
     let names: Vec<String> = (1..=HOSTS).map(|i| format!("g{i}")).collect();
