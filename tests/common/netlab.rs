@@ -6,7 +6,10 @@
 //! it vanish without an error), one-way drops (nftables netdev rules on the host's uplink, silent
 //! like a lossy network; its loopback traffic, e.g. a daemon talking to its local etcd member,
 //! still flows), SIGSTOP/SIGCONT
-//! and SIGKILL/restart of an etcd member or a daemon.
+//! and SIGKILL/restart of an etcd member or a daemon, every member restored from an `etcdctl
+//! snapshot save` ([`NetLab::restore_etcd`]). Besides each host's own daemon, extra daemons (e.g.
+//! another incarnation of a node, with its own state_dir) run in any host's namespace
+//! ([`NetLab::start_extra_daemon`]).
 //!
 //! Namespace names carry the test process's pid and a counter, so several labs can exist at once;
 //! everything is removed on drop (also on panic, when the logs are printed first), and namespaces
