@@ -6,7 +6,10 @@
 //! it vanish without an error), one-way drops (nftables netdev rules on the host's uplink, silent
 //! like a lossy network; its loopback traffic, e.g. a daemon talking to its local etcd member,
 //! still flows), SIGSTOP/SIGCONT
-//! and SIGKILL/restart of an etcd member or a daemon.
+//! and SIGKILL/restart of an etcd member or a daemon, every member restored from an `etcdctl
+//! snapshot save` ([`NetLab::restore_etcd`]). Besides each host's own daemon, extra daemons (e.g.
+//! another incarnation of a node, with its own state_dir) run in any host's namespace
+//! ([`NetLab::start_extra_daemon`]).
 //!
 //! Namespace names carry the test process's pid and a counter, so several labs can exist at once;
 //! everything is removed on drop (also on panic, when the logs are printed first), and namespaces
@@ -233,6 +236,8 @@ impl DaemonConfig {
 }
 
 struct DaemonSlot {
+    /// The host whose namespace it runs in (its node name may be another host's).
+    ns: usize,
     child: Option<Child>,
     config: DaemonConfig,
     log: PathBuf,
@@ -540,6 +545,46 @@ impl NetLab {
         self.spawn_etcd(k);
     }
 
+    /// `etcdctl snapshot save` of member `k`'s keyspace into `path`, asked from host `k`.
+    #[track_caller]
+    pub fn snapshot_save(&self, k: usize, path: &Path) {
+        let _ = std::fs::remove_file(path);
+        let mut c = self.etcdctl(k, &[client_url(k)]);
+        run(c.args(["snapshot", "save"]).arg(path));
+    }
+
+    /// Every member restored from `snapshot`, as an operator restores a cluster: all members
+    /// stopped (SIGKILL), `etcdctl snapshot restore` into fresh data directories with the same
+    /// member names and peer URLs and a new cluster token (`token`), all started again.
+    /// Returns once they are healthy.
+    #[track_caller]
+    pub fn restore_etcd(&mut self, snapshot: &Path, token: &str) {
+        for k in 1..=self.n {
+            self.kill_etcd(k);
+        }
+        let cluster: Vec<String> = (1..=self.n)
+            .map(|i| format!("e{i}={}", peer_url(i)))
+            .collect();
+        for k in 1..=self.n {
+            let data = self.dir().join(format!("etcd{k}.data"));
+            let _ = std::fs::remove_dir_all(&data);
+            run(Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore"])
+                .arg(snapshot)
+                .args(["--name", &format!("e{k}")])
+                .args(["--initial-cluster", &cluster.join(",")])
+                .args(["--initial-cluster-token", token])
+                .args(["--initial-advertise-peer-urls", &peer_url(k)])
+                .arg("--data-dir")
+                .arg(&data));
+        }
+        for k in 1..=self.n {
+            self.spawn_etcd(k);
+        }
+        self.wait_healthy(Duration::from_secs(30));
+    }
+
     // ---- the network ----
 
     /// Host `k`'s switch port down: nothing passes to or from it, without an error.
@@ -644,7 +689,19 @@ impl NetLab {
 
     /// Writes host `k`'s daemon configuration serving `guests` on the shared image.
     pub fn daemon_config(&self, k: usize, guests: &[&str], opts: &ClusterOpts) -> DaemonConfig {
-        let hdir = self.dir().join(format!("h{k}"));
+        self.daemon_config_in(&format!("h{k}"), k, guests, opts)
+    }
+
+    /// Like [`NetLab::daemon_config`], in the lab's directory `dir` (its state_dir, sockets and
+    /// control socket): another incarnation of node `h{k}`, as if on another machine.
+    pub fn daemon_config_in(
+        &self,
+        dir: &str,
+        k: usize,
+        guests: &[&str],
+        opts: &ClusterOpts,
+    ) -> DaemonConfig {
+        let hdir = self.dir().join(dir);
         std::fs::create_dir_all(&hdir).unwrap();
         let socket_dir = hdir.join("sock");
         let control = hdir.join("control.sock");
@@ -708,6 +765,7 @@ impl NetLab {
             assert!(slot.child.is_none(), "a daemon runs on host {k} already");
         }
         self.daemons[k - 1] = Some(DaemonSlot {
+            ns: k,
             child: None,
             config: config.clone(),
             log: self.daemon_log(k),
@@ -716,13 +774,47 @@ impl NetLab {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
         });
-        self.spawn_daemon(k)
+        self.spawn_daemon(k - 1)
     }
 
+    /// Starts another daemon (`config`, e.g. from [`NetLab::daemon_config_in`]) inside host
+    /// `ns`'s namespace, beside the hosts' own; returns its slot for
+    /// [`NetLab::kill_extra_daemon`]. Its log is `daemon-x<slot>.log`.
     #[track_caller]
-    fn spawn_daemon(&mut self, k: usize) -> u32 {
+    pub fn start_extra_daemon(
+        &mut self,
+        ns: usize,
+        config: &DaemonConfig,
+        env: &[(&str, &str)],
+    ) -> usize {
+        let i = self.daemons.len();
+        self.daemons.push(Some(DaemonSlot {
+            ns,
+            child: None,
+            config: config.clone(),
+            log: self.dir().join(format!("daemon-x{i}.log")),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }));
+        self.spawn_daemon(i);
+        i
+    }
+
+    /// SIGKILL of the daemon in `slot` (from [`NetLab::start_extra_daemon`]), reaped.
+    pub fn kill_extra_daemon(&mut self, slot: usize) {
+        if let Some(mut c) = self.daemons[slot].as_mut().and_then(|s| s.child.take()) {
+            kill_child(&mut c);
+        }
+    }
+
+    /// Slot `i` (host `i + 1`'s daemon, or an extra one) spawned and waited for.
+    #[track_caller]
+    fn spawn_daemon(&mut self, i: usize) -> u32 {
+        let k = i + 1;
         let cmd = {
-            let slot = self.daemons[k - 1].as_ref().unwrap();
+            let slot = self.daemons[i].as_ref().unwrap();
             for g in &slot.config.guests {
                 let _ = std::fs::remove_file(slot.config.blk(g));
                 let _ = std::fs::remove_file(slot.config.scsi(g));
@@ -733,7 +825,7 @@ impl NetLab {
                 .append(true)
                 .open(&slot.log)
                 .unwrap();
-            let mut cmd = self.exec(k, env!("CARGO_BIN_EXE_sharedisk"));
+            let mut cmd = self.exec(slot.ns, env!("CARGO_BIN_EXE_sharedisk"));
             cmd.arg("serve")
                 .arg("--config")
                 .arg(&slot.config.path)
@@ -750,10 +842,10 @@ impl NetLab {
         let mut cmd = cmd;
         let child = cmd.spawn().expect("spawn sharedisk");
         let pid = child.id();
-        self.daemons[k - 1].as_mut().unwrap().child = Some(child);
+        self.daemons[i].as_mut().unwrap().child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let slot = self.daemons[k - 1].as_mut().unwrap();
+            let slot = self.daemons[i].as_mut().unwrap();
             let c = &slot.config;
             if c.guests
                 .iter()
@@ -846,7 +938,7 @@ impl NetLab {
     #[track_caller]
     pub fn restart_daemon(&mut self, k: usize) -> u32 {
         self.kill_daemon(k);
-        self.spawn_daemon(k)
+        self.spawn_daemon(k - 1)
     }
 
     /// Whether host `k`'s daemon is still running (it may have exited on its own).
@@ -875,12 +967,14 @@ impl NetLab {
                 tail(&self.etcd_log(k), 15)
             );
         }
-        for k in 1..=self.n {
-            if self.daemon_log(k).exists() {
+        for slot in self.daemons.iter().flatten() {
+            if slot.log.exists() {
                 s += &format!(
-                    "== daemon h{k} ({}):\n{}\n",
-                    self.daemon_log(k).display(),
-                    tail(&self.daemon_log(k), 60)
+                    "== daemon {} in h{}'s namespace ({}):\n{}\n",
+                    slot.config.node(),
+                    slot.ns,
+                    slot.log.display(),
+                    tail(&slot.log, 60)
                 );
             }
         }

@@ -278,6 +278,14 @@ impl ScsiClient {
         }
     }
 
+    /// Like [`ScsiClient::connect`], returning setup errors instead (a daemon being restarted).
+    pub fn try_connect(socket: &Path) -> Result<ScsiClient, String> {
+        Ok(ScsiClient {
+            fe: VuFrontend::try_connect(socket, 3, QUEUE_SIZE)?,
+            tag: 0,
+        })
+    }
+
     pub fn next_tag(&mut self) -> u64 {
         self.tag += 1;
         self.tag
