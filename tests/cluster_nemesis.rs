@@ -1004,7 +1004,7 @@ impl Faults<'_> {
     }
 
     /// The operator after a state regression: while a daemon shows `"fault": "regression"`,
-    /// `ctl cluster republish` on the daemon with the highest epoch; waits up to 20 s for every
+    /// `ctl cluster republish --yes` on the daemon with the highest epoch; waits up to 20 s for every
     /// daemon to serve.
     fn recover(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1026,12 +1026,12 @@ impl Faults<'_> {
                 self.note("serving again");
                 return;
             }
-            if !republished && st.iter().any(|s| s["fault"] == "regression") {
+            if !republished && st.iter().any(|s| s["fault"]["kind"] == "regression") {
                 self.note("regression shown");
                 let newest = (0..HOSTS)
                     .max_by_key(|&i| st[i]["epoch"].as_u64().unwrap_or(0))
                     .unwrap();
-                let out = ctl(&self.cfgs[newest].control, &["cluster", "republish"]);
+                let out = ctl(&self.cfgs[newest].control, &["cluster", "republish", "--yes"]);
                 republished = true;
                 if out.code == 0 {
                     self.note("republished");
