@@ -4,8 +4,7 @@
 //! (REGISTER AND IGNORE EXISTING KEY with a fresh key, RESERVE Write Exclusive – Registrants
 //! Only, PREEMPT AND ABORT of another's key, CLEAR) while faults strike, one at a time, each
 //! healed before the next. The classes (`SHAREDISK_NEMESIS_FAULTS`, a comma list of these names,
-//! or `all`; the default is every class but `replace`, `statedel` and `snapshot`, which today's
-//! daemon fails: see `DEFAULT_FAULTS`):
+//! or `all`, the default):
 //! - `link`: a host's link down (both ways); `oneway`: one-way drops; `pause`: a daemon paused
 //!   for less than `max_io_ms`; `etcdpause`: an etcd member paused; `leaderkill`: the etcd
 //!   leader killed and restarted; `leaderpause`: the leader paused; `quorum`: two members paused.
@@ -16,13 +15,14 @@
 //!   if on another machine); when the link heals the old one is killed, as an operator would, and
 //!   the initiator follows to the new one. Then the new one is killed and the host's own daemon
 //!   restarted.
-//! - `statedel`: the `state` key deleted with etcdctl, then a random daemon restarted.
+//! - `statedel`: the `state` key deleted with etcdctl, then a random daemon restarted: its start
+//!   must be refused (no state while members are registered) until the operator's step below.
 //! - `snapshot`: `etcdctl snapshot save`, a few seconds of PR OUTs, then every member restored
 //!   from that snapshot (all stopped, `etcdctl snapshot restore` into fresh data directories with
 //!   the same names and peer URLs and a new cluster token, all started: a real restore, not an
 //!   emulation), then a random daemon restarted.
 //!   After `statedel` and `snapshot` the nemesis plays the operator: while a daemon's `ctl --json
-//!   cluster status` shows `"fault": "regression"`, it runs `sharedisk ctl cluster republish` on
+//!   cluster status` shows `"fault": {"kind": "regression"}`, it runs `ctl cluster republish --yes` on
 //!   the daemon showing the highest `epoch`, and waits (20 s at most) for every daemon to serve.
 //! - `slow`: a standing condition, not an event: host 3's daemon writes at about 25 MB/s (the
 //!   test hook `SHAREDISK_TEST_WRITE_DELAY_MS`, 160 ms per write) while its initiator keeps 64
@@ -160,10 +160,8 @@ impl Fault {
     }
 }
 
-/// The classes played without `SHAREDISK_NEMESIS_FAULTS`: those today's daemon passes.
-/// `replace`, `statedel` and `snapshot` join when the incarnation and no-regression changes of
-/// issue 19 land (each alone shows today's failure).
-const DEFAULT_FAULTS: &str = "link,oneway,pause,etcdpause,leaderkill,leaderpause,quorum,kill,slow";
+/// The classes played without `SHAREDISK_NEMESIS_FAULTS`: every one.
+const DEFAULT_FAULTS: &str = "all";
 
 /// The classes `SHAREDISK_NEMESIS_FAULTS` selects (`all`: every class).
 fn selected_faults() -> Vec<Fault> {
@@ -892,8 +890,29 @@ impl Faults<'_> {
                     "state del failed"
                 });
                 std::thread::sleep(hold);
-                self.restart(rng.gen_range(1..=HOSTS));
+                let k = rng.gen_range(1..=HOSTS);
+                // With no state in etcd and members registered, a start must refuse to create
+                // one (it would be older); it starts again once the operator republished.
+                let refused = match self.lab.lock().unwrap().try_restart_daemon(k) {
+                    Ok(_) => false,
+                    Err(log) => {
+                        assert!(
+                            log.contains("will not create"),
+                            "h{k} did not start after the state was deleted, and not for the \
+                             expected reason:\n{log}"
+                        );
+                        true
+                    }
+                };
+                if refused {
+                    self.note("start refused without a state");
+                } else {
+                    self.eps[k - 1].set(&self.cfgs[k - 1], &self.names[k - 1]);
+                }
                 self.recover();
+                if refused {
+                    self.restart(k);
+                }
             }
             Fault::Snapshot => self.snapshot(rng, hold),
             Fault::Slow => unreachable!("slow is a standing condition"),
@@ -1022,7 +1041,11 @@ impl Faults<'_> {
                     }
                 })
                 .collect();
-            if st.iter().all(|s| s["serving"] == true) {
+            // A daemon that is down (its start refused) is brought back after the step.
+            if st.iter().all(|s| s.is_null() || s["serving"] == true)
+                && st.iter().any(|s| !s.is_null())
+                && (republished || st.iter().all(|s| !s.is_null()))
+            {
                 self.note("serving again");
                 return;
             }
@@ -1031,7 +1054,10 @@ impl Faults<'_> {
                 let newest = (0..HOSTS)
                     .max_by_key(|&i| st[i]["epoch"].as_u64().unwrap_or(0))
                     .unwrap();
-                let out = ctl(&self.cfgs[newest].control, &["cluster", "republish", "--yes"]);
+                let out = ctl(
+                    &self.cfgs[newest].control,
+                    &["cluster", "republish", "--yes"],
+                );
                 republished = true;
                 if out.code == 0 {
                     self.note("republished");

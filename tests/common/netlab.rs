@@ -812,6 +812,13 @@ impl NetLab {
     /// Slot `i` (host `i + 1`'s daemon, or an extra one) spawned and waited for.
     #[track_caller]
     fn spawn_daemon(&mut self, i: usize) -> u32 {
+        self.try_spawn_daemon(i)
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Starts host `i + 1`'s daemon and waits for its sockets; `Err` (with its log's tail) when
+    /// it exits first.
+    fn try_spawn_daemon(&mut self, i: usize) -> Result<u32, String> {
         let k = i + 1;
         let cmd = {
             let slot = self.daemons[i].as_ref().unwrap();
@@ -852,11 +859,14 @@ impl NetLab {
                 .all(|g| c.blk(g).exists() && c.scsi(g).exists())
                 && c.control.exists()
             {
-                return pid;
+                return Ok(pid);
             }
             if let Some(st) = slot.child.as_mut().unwrap().try_wait().unwrap() {
                 slot.child = None;
-                panic!("daemon on h{k} exited with {st}:\n{}", tail(&slot.log, 80));
+                return Err(format!(
+                    "daemon on h{k} exited with {st}:\n{}",
+                    tail(&slot.log, 80)
+                ));
             }
             assert!(
                 Instant::now() < deadline,
@@ -939,6 +949,13 @@ impl NetLab {
     pub fn restart_daemon(&mut self, k: usize) -> u32 {
         self.kill_daemon(k);
         self.spawn_daemon(k - 1)
+    }
+
+    /// Like [`NetLab::restart_daemon`], but a daemon that exits at start is an answer, not a
+    /// failure: `Err` holds its log's tail.
+    pub fn try_restart_daemon(&mut self, k: usize) -> Result<u32, String> {
+        self.kill_daemon(k);
+        self.try_spawn_daemon(k - 1)
     }
 
     /// Whether host `k`'s daemon is still running (it may have exited on its own).
