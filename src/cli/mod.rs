@@ -188,6 +188,9 @@ pub enum CtlGuest {
 pub enum CtlCluster {
     /// This member's read lease and epoch; every member's acknowledged epoch and initiators.
     Status,
+    /// Admit I/O again after an I/O overrun (an admitted I/O outlived lease end + max_io_ms),
+    /// once every admitted I/O has ended and a renewal proved this daemon current.
+    Resume,
 }
 
 impl CtlCmd {
@@ -200,6 +203,9 @@ impl CtlCmd {
             CtlCmd::Cluster {
                 command: CtlCluster::Status,
             } => CtlCommand::ClusterStatus,
+            CtlCmd::Cluster {
+                command: CtlCluster::Resume,
+            } => CtlCommand::ClusterResume,
             CtlCmd::Pr { command } => match command {
                 CtlPr::Show => CtlCommand::PrShow,
                 CtlPr::Clear { yes } => CtlCommand::PrClear { yes },

@@ -167,6 +167,22 @@ impl SharediskCollector {
                 "Cluster mode: what is left of the read lease",
                 &[([], c.lease_remaining.as_secs_f64())],
             )?;
+            counter(
+                enc,
+                "cluster_io_overruns",
+                "Cluster mode: admissions whose I/O ended after the read lease's end + max_io_ms",
+                &[([], c.io_overruns)],
+            )?;
+            gauge(
+                enc,
+                "cluster_fault",
+                "Cluster mode: 1 while this fault stops admission (io_overrun: an admitted I/O \
+                 outlived its bound; `sharedisk ctl cluster resume` or a restart clears it)",
+                &[(
+                    [("kind", "io_overrun")],
+                    if c.io_overrun { 1.0 } else { 0.0 },
+                )],
+            )?;
         }
         let mut m = enc.encode_descriptor(
             "pr_reservation",

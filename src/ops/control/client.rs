@@ -46,6 +46,7 @@ pub enum CtlCommand {
         force: bool,
     },
     ClusterStatus,
+    ClusterResume,
 }
 
 impl CtlCommand {
@@ -76,6 +77,7 @@ impl CtlCommand {
             }
             CtlCommand::Stats => ("stats", json!({})),
             CtlCommand::ClusterStatus => ("cluster.status", json!({})),
+            CtlCommand::ClusterResume => ("cluster.resume", json!({})),
             CtlCommand::Metrics => ("metrics", json!({})),
             CtlCommand::GuestAdd {
                 name,
@@ -179,6 +181,7 @@ pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
         }
         CtlCommand::Stats => render_stats(&result),
         CtlCommand::ClusterStatus => render_cluster(&result),
+        CtlCommand::ClusterResume => "resumed: admitting I/O again\n".to_string(),
         CtlCommand::Metrics => result
             .get("text")
             .and_then(Value::as_str)
@@ -197,9 +200,15 @@ fn render_cluster(v: &Value) -> String {
         s("node").as_str().unwrap_or("?"),
         s("disk_id").as_str().unwrap_or("?"),
         if s("serving").as_bool() == Some(true) {
-            "serving"
+            "serving".to_string()
+        } else if s("fault").as_str() == Some("io_overrun") {
+            format!(
+                "NOT serving (I/O overrun: an admitted I/O ended {} ms past lease end + \
+                 max_io_ms; see the log, then `ctl cluster resume` or restart)",
+                s("io_overrun_ms")
+            )
         } else {
-            "NOT serving (no valid read lease)"
+            "NOT serving (no valid read lease)".to_string()
         },
         s("epoch"),
         s("shared_epoch"),
