@@ -244,10 +244,11 @@ impl PrBackend for EtcdBackend {
     }
 
     fn resume(&self, fencing: &Reservations) -> Result<(), String> {
-        // Nothing is admitted while the fault is raised: once the write lock is had, every
+        // Nothing is admitted while the fault is raised: with the write lock held, every
         // admitted I/O has ended, and none can overrun after the fault is cleared.
-        fencing.with_mut(|_| ());
-        self.state.lease().resume().map_err(|e| e.to_string())?;
+        fencing
+            .with_mut(|_| self.state.lease().resume())
+            .map_err(|e| e.to_string())?;
         log::warn!(
             "cluster: resumed after an I/O overrun by the operator (`sharedisk ctl cluster \
              resume`): admitting I/O again"
