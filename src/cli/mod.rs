@@ -202,6 +202,9 @@ pub enum CtlCluster {
         #[arg(long)]
         yes: bool,
     },
+    /// Admit I/O again after an I/O overrun (an admitted I/O outlived lease end + max_io_ms),
+    /// once every admitted I/O has ended and a renewal proved this daemon current.
+    Resume,
 }
 
 impl CtlCmd {
@@ -215,6 +218,7 @@ impl CtlCmd {
                 CtlCluster::Status => CtlCommand::ClusterStatus,
                 CtlCluster::Republish { yes } => CtlCommand::ClusterRepublish { yes },
                 CtlCluster::Evict { node, yes } => CtlCommand::ClusterEvict { node, yes },
+                CtlCluster::Resume => CtlCommand::ClusterResume,
             },
             CtlCmd::Pr { command } => match command {
                 CtlPr::Show => CtlCommand::PrShow,

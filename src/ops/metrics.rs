@@ -167,6 +167,12 @@ impl SharediskCollector {
                 "Cluster mode: what is left of the read lease",
                 &[([], c.lease_remaining.as_secs_f64())],
             )?;
+            counter(
+                enc,
+                "cluster_io_overruns",
+                "Cluster mode: admissions whose I/O ended after the read lease's end + max_io_ms",
+                &[([], c.io_overruns)],
+            )?;
             let fault = |kind: &'static str| {
                 (
                     [("kind", kind)],
@@ -178,8 +184,9 @@ impl SharediskCollector {
                 "cluster_fault",
                 "Cluster mode: 1 while the daemon stopped admitting for this reason (regression: \
                  etcd holds an older state, run `ctl cluster republish`; replaced: another \
-                 incarnation of this node took its membership, stop this daemon)",
-                &[fault("regression"), fault("replaced")],
+                 incarnation of this node took its membership, stop this daemon; io_overrun: an \
+                 admitted I/O outlived its bound, `ctl cluster resume` or a restart clears it)",
+                &[fault("regression"), fault("replaced"), fault("io_overrun")],
             )?;
         }
         let mut m = enc.encode_descriptor(

@@ -70,7 +70,39 @@ pub struct Reservations {
 }
 
 /// Proof that one data command was admitted; hold it until the command's I/O is done.
-pub struct Admitted<'a>(#[allow(dead_code)] RwLockReadGuard<'a, Arbiter>);
+pub struct Admitted<'a> {
+    // Declared first, so dropped first: its check runs while the lock is still held.
+    _bound: IoBound<'a>,
+    _arb: RwLockReadGuard<'a, Arbiter>,
+}
+
+/// The time bound of one admission's I/O (cluster mode: the read lease's end + `max_io_ms`),
+/// checked when the admission ends, before its hold of the lock is released.
+///
+/// Why every op of a piece is covered by the lease that admitted it: a piece is admitted only
+/// while [`PrBackend::may_admit`] holds, with the read lock held, and its ops are issued only
+/// by the `run`/`step` of that admission, before this guard drops; nothing is issued after.
+/// A renewal that fails in between does not move the lease's end, so the piece's deadline stays
+/// that lease's end + `max_io_ms`. A renewal that finds a newer state adopts it under the write
+/// lock, so it waits for this piece to end before it acknowledges; a daemon whose PR OUT this one
+/// did not acknowledge waits `lease_ms × (1 + drift) / (1 − drift) + max_io_ms` after its commit,
+/// which (clock drift allowed for) is past this deadline. So an op that ends by the deadline
+/// ended before that PR OUT's GOOD, whenever it was issued within the piece, and one that ends
+/// after it is the one case left: the backend is told here ([`PrBackend::io_done`]) and stops
+/// admitting, so it happens at most once per piece in flight.
+struct IoBound<'a> {
+    backend: &'a dyn PrBackend,
+    /// `None` on one host, and for a batch that admits nothing.
+    deadline: Option<u64>,
+}
+
+impl Drop for IoBound<'_> {
+    fn drop(&mut self) {
+        if let Some(deadline) = self.deadline {
+            self.backend.io_done(deadline);
+        }
+    }
+}
 
 /// Why a data command was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +117,8 @@ pub enum Refusal {
 /// One hold of the arbiter over a batch of data commands, one virtqueue round (see
 /// [`Reservations::admission`]).
 pub struct AdmissionBatch<'a> {
+    // Declared first, so dropped first: its check runs while the lock is still held.
+    bound: IoBound<'a>,
     arb: RwLockReadGuard<'a, Arbiter>,
     available: bool,
 }
@@ -210,11 +244,15 @@ impl Reservations {
 
     /// Admits a data command of `initiator`, or says why not.
     pub fn admit(&self, initiator: &str, access: Access) -> Result<Admitted<'_>, Refusal> {
-        let AdmissionBatch { arb, available } = self.admission();
-        if !available {
+        let batch = self.admission();
+        if !batch.available {
             Err(Refusal::Unavailable)
-        } else if arb.check(initiator, access) {
-            Ok(Admitted(arb))
+        } else if batch.arb.check(initiator, access) {
+            let AdmissionBatch { bound, arb, .. } = batch;
+            Ok(Admitted {
+                _bound: bound,
+                _arb: arb,
+            })
         } else {
             Err(Refusal::Conflict)
         }
@@ -233,6 +271,10 @@ impl Reservations {
             // Checked with the guard held: a state change waits for this admission to end.
             if self.backend.may_admit() {
                 return AdmissionBatch {
+                    bound: IoBound {
+                        backend: &*self.backend,
+                        deadline: self.backend.io_deadline(),
+                    },
                     arb,
                     available: true,
                 };
@@ -240,6 +282,10 @@ impl Reservations {
             drop(arb);
             if !self.backend.wait_to_admit() {
                 return AdmissionBatch {
+                    bound: IoBound {
+                        backend: &*self.backend,
+                        deadline: None,
+                    },
                     arb: self.read_lock(),
                     available: false,
                 };
@@ -266,9 +312,8 @@ impl Reservations {
         while start < ops.len() {
             let end = start + piece_len(&ops[start..]);
             // Every piece is admitted afresh: `admission` asks the backend whether this
-            // daemon may still admit (cluster mode: the lease) with the lock held, so a
-            // per-piece condition (such as a bound on the time since the lease was checked)
-            // belongs in `PrBackend::may_admit`, or as one more check right here.
+            // daemon may still admit (cluster mode: the lease) with the lock held, and takes
+            // the piece's I/O deadline, checked when `batch` drops (see `IoBound`).
             let batch = self.admission();
             for op in &ops[start..end] {
                 let access = if op.write {
@@ -310,6 +355,12 @@ impl Reservations {
             done += n;
         }
         Ok(())
+    }
+
+    /// Cluster mode: `sharedisk ctl cluster resume`, admitting I/O again after an I/O overrun
+    /// (see [`PrBackend::resume`]).
+    pub fn cluster_resume(&self) -> Result<(), String> {
+        self.backend.resume(self)
     }
 
     /// Cluster mode: whether PR commands can be served now (the lease is valid, or comes back

@@ -53,6 +53,7 @@ pub enum CtlCommand {
         node: String,
         yes: bool,
     },
+    ClusterResume,
 }
 
 impl CtlCommand {
@@ -91,6 +92,7 @@ impl CtlCommand {
                 need_yes(*yes, "cluster evict")?;
                 ("cluster.evict", json!({ "node": node, "confirm": true }))
             }
+            CtlCommand::ClusterResume => ("cluster.resume", json!({})),
             CtlCommand::Metrics => ("metrics", json!({})),
             CtlCommand::GuestAdd {
                 name,
@@ -203,6 +205,7 @@ pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
             }
         ),
         CtlCommand::ClusterEvict { node, .. } => format!("evicted {node}\n"),
+        CtlCommand::ClusterResume => "resumed: admitting I/O again\n".to_string(),
         CtlCommand::Metrics => result
             .get("text")
             .and_then(Value::as_str)
@@ -221,9 +224,15 @@ fn render_cluster(v: &Value) -> String {
         s("node").as_str().unwrap_or("?"),
         s("disk_id").as_str().unwrap_or("?"),
         if s("serving").as_bool() == Some(true) {
-            "serving"
+            "serving".to_string()
+        } else if s("fault").get("kind").and_then(Value::as_str) == Some("io_overrun") {
+            format!(
+                "NOT serving (I/O overrun: an admitted I/O ended {} ms past lease end + \
+                 max_io_ms; see the log, then `ctl cluster resume` or restart)",
+                s("fault").get("overrun_ms").cloned().unwrap_or(Value::Null)
+            )
         } else {
-            "NOT serving (no valid read lease)"
+            "NOT serving (no valid read lease)".to_string()
         },
         s("epoch"),
         s("shared_epoch"),

@@ -279,6 +279,10 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
                 Some(r) => r.map_err(|e| fail(code::FAILED, e)),
             }
         }
+        "cluster.resume" => res
+            .cluster_resume()
+            .map(|()| json!({ "resumed": true }))
+            .map_err(|why| fail(code::FAILED, why)),
         "stats" => Ok(view::stats(&daemon.config(), &daemon.stats())),
         "metrics" => Ok(json!({ "schema": view::SCHEMA, "text": daemon.metrics() })),
         "pr.clear" => {

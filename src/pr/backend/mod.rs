@@ -87,8 +87,12 @@ pub struct SharedView {
     pub lease_valid: bool,
     /// What is left of the read lease.
     pub lease_remaining: Duration,
-    /// Why the daemon stopped admitting beyond a lost lease ("regression", "replaced").
+    /// Why the daemon stopped admitting beyond a lost lease ("regression", "replaced",
+    /// "io_overrun").
     pub fault: Option<&'static str>,
+    /// How many admissions' I/O ended past their bound (lease end + `max_io_ms`) since the
+    /// start.
+    pub io_overruns: u64,
 }
 
 /// What differs between one host and several. Every method is called by the fencing; `commit`
@@ -98,6 +102,26 @@ pub trait PrBackend: Send + Sync {
     /// with the arbiter's read lock held (a change waits for the admission to end), for every
     /// admission: it must be cheap and never block. One host: always.
     fn may_admit(&self) -> bool;
+
+    /// The deadline by which the I/O of an admission made now must be done, on the backend's
+    /// own clock; called with the arbiter's read lock held, right after
+    /// [`PrBackend::may_admit`] said yes, for every admission: one atomic load, no clock read,
+    /// no etcd call. Several hosts: the read lease's end + `max_io_ms`. One host: `None`
+    /// (nothing to bound).
+    fn io_deadline(&self) -> Option<u64> {
+        None
+    }
+
+    /// The I/O of an admission whose [`PrBackend::io_deadline`] was `deadline` is done (called
+    /// before the lock is released, one clock read). Past the deadline, the backend stops
+    /// admitting and says so. One host: never called.
+    fn io_done(&self, _deadline: u64) {}
+
+    /// `sharedisk ctl cluster resume`: admits I/O again after an I/O overrun, once it is safe;
+    /// what refused it otherwise. Called without the lock. One host: nothing to resume.
+    fn resume(&self, _fencing: &Reservations) -> Result<(), String> {
+        Err("not in cluster mode: nothing to resume".into())
+    }
 
     /// Waits, at most the hold time, for [`PrBackend::may_admit`] to come back; false when it
     /// did not (new I/O and PR commands are then refused). Called without the lock.

@@ -224,7 +224,40 @@ impl EtcdState {
 
 impl PrBackend for EtcdBackend {
     fn may_admit(&self) -> bool {
-        self.state.lease().valid()
+        self.state.lease().admits()
+    }
+
+    fn io_deadline(&self) -> Option<u64> {
+        Some(self.state.lease().io_deadline(self.state.max_io()))
+    }
+
+    fn io_done(&self, deadline: u64) {
+        let Some(late) = self.state.lease().overran(deadline) else {
+            return;
+        };
+        log::error!(
+            "cluster: an admitted I/O ended {} ms after its bound (the read lease's end + \
+             max_io_ms {} ms): it may have reached the image after another host's PR OUT \
+             returned GOOD. This daemon admits no I/O and answers PR commands BUSY from now on. \
+             The storage is slower than max_io_ms: fix the storage, or raise max_io_ms on every \
+             host (the wait bound and budget_ms with it); then restart this daemon or run \
+             `sharedisk ctl cluster resume`",
+            late.as_millis(),
+            self.state.max_io().as_millis()
+        );
+    }
+
+    fn resume(&self, fencing: &Reservations) -> Result<(), String> {
+        // Nothing is admitted while the fault is raised: with the write lock held, every
+        // admitted I/O has ended, and none can overrun after the fault is cleared.
+        fencing
+            .with_mut(|_| self.state.lease().resume())
+            .map_err(|e| e.to_string())?;
+        log::warn!(
+            "cluster: resumed after an I/O overrun by the operator (`sharedisk ctl cluster \
+             resume`): admitting I/O again"
+        );
+        Ok(())
     }
 
     fn wait_to_admit(&self) -> bool {
@@ -272,7 +305,12 @@ impl PrBackend for EtcdBackend {
             epoch: self.state.held().0,
             lease_valid: self.state.lease().valid(),
             lease_remaining: self.state.lease().remaining(),
-            fault: self.state.fault().map(|f| f.kind()),
+            fault: self
+                .state
+                .fault()
+                .map(|f| f.kind())
+                .or_else(|| self.state.lease().overrun().map(|_| "io_overrun")),
+            io_overruns: self.state.lease().overruns(),
         })
     }
 

@@ -426,6 +426,11 @@ impl EtcdState {
     pub fn budget(&self) -> Duration {
         self.cfg.budget()
     }
+
+    /// D_io: by how long after its lease's end an admitted I/O must be done.
+    pub fn max_io(&self) -> Duration {
+        Duration::from_millis(self.cfg.max_io_ms)
+    }
 }
 
 impl Drop for EtcdState {

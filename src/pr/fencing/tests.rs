@@ -206,3 +206,73 @@ fn refused_ops_of_a_piece_never_reach_the_image_and_keep_their_place() {
     let order: Vec<(u64, bool)> = ops.iter().map(|op| (op.offset, op.write)).collect();
     assert_eq!(order, (0..6).map(|i| (i, i % 3 == 1)).collect::<Vec<_>>());
 }
+
+/// A one-host backend that gives each admission a deadline and records, when told that the
+/// admission's I/O is done, whether the arbiter's lock was still held.
+struct BoundedBackend {
+    local: LocalBackend,
+    res: std::sync::OnceLock<std::sync::Weak<Reservations>>,
+    next: std::sync::atomic::AtomicU64,
+    done: Mutex<Vec<(u64, bool)>>,
+}
+
+impl PrBackend for BoundedBackend {
+    fn may_admit(&self) -> bool {
+        true
+    }
+    fn wait_to_admit(&self) -> bool {
+        true
+    }
+    fn io_deadline(&self) -> Option<u64> {
+        Some(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+    fn io_done(&self, deadline: u64) {
+        let res = self.res.get().and_then(std::sync::Weak::upgrade).unwrap();
+        let locked = res.arbiter.try_write().is_err();
+        lock(&self.done).push((deadline, locked));
+    }
+    fn commit(&self, fencing: &Reservations, change: Change<'_>) -> Committed {
+        self.local.commit(fencing, change)
+    }
+    fn confirm_current(&self, fencing: &Reservations) -> bool {
+        self.local.confirm_current(fencing)
+    }
+    fn settle(
+        &self,
+        u: &crate::pr::backend::Unsettled,
+    ) -> Result<(), crate::pr::backend::BackendError> {
+        self.local.settle(u)
+    }
+    fn serves(&self, initiator: &str) -> bool {
+        self.local.serves(initiator)
+    }
+}
+
+#[test]
+fn every_piece_is_checked_against_its_deadline_before_its_hold_ends() {
+    let backend = Arc::new(BoundedBackend {
+        local: LocalBackend::new(None),
+        res: std::sync::OnceLock::new(),
+        next: std::sync::atomic::AtomicU64::new(0),
+        done: Mutex::new(Vec::new()),
+    });
+    let names = ["vm1", "vm2"].map(String::from);
+    let res = Arc::new(Reservations::new(Arbiter::new(names), None).with_backend(backend.clone()));
+    let _ = backend.res.set(Arc::downgrade(&res));
+    // A round of three pieces (1+1+1+1, 3, 2 MiB), then a 9 MiB command in three chunks.
+    let mut mem: Vec<Vec<u8>> = [1, 1, 1, 1, 3, 2]
+        .iter()
+        .map(|&mib| vec![0u8; mib << 20])
+        .collect();
+    let mut ops = ops_over(&mut mem, |_| true);
+    res.run_admitted("vm1", &mut ops, |_| {});
+    res.admitted_chunks("vm1", Access::Write, 9 << 20, |_, _| Ok(()))
+        .unwrap();
+    drop(res.admit("vm1", Access::Read).unwrap());
+    let done = lock(&backend.done).clone();
+    assert_eq!(
+        done,
+        (0..7).map(|d| (d, true)).collect::<Vec<_>>(),
+        "each admission's own deadline, checked with the lock held"
+    );
+}

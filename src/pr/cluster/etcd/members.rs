@@ -83,21 +83,36 @@ impl EtcdState {
             "disk_id": self.cfg.disk_id,
             "etcd": self.cfg.etcd,
             "etcd_answering": self.endpoints.answering(),
-            "serving": self.lease.valid(),
+            "serving": self.lease.admits(),
             "epoch": epoch,
             "shared_epoch": shared_epoch,
             "lease_ms": self.cfg.lease_ms,
             "lease_remaining_ms": u64::try_from(self.lease.remaining().as_millis()).unwrap_or(u64::MAX),
             "strict": self.cfg.fence_hook.is_some(),
             "history": self.history(),
-            "fault": self.fault().map(|f| match f {
+            "fault": self.fault_json(),
+            "members": members,
+            "error": error,
+        })
+    }
+
+    /// Why this daemon stopped admitting beyond a lost lease, for the status: the membership or
+    /// the state's history (`fault()`) first, else an I/O that outlived its bound.
+    fn fault_json(&self) -> serde_json::Value {
+        if let Some(f) = self.fault() {
+            return match f {
                 Fault::Regression { held, shared } => serde_json::json!({
                     "kind": f.kind(), "held_epoch": held, "shared_epoch": shared,
                 }),
                 Fault::Replaced => serde_json::json!({ "kind": f.kind() }),
+            };
+        }
+        match self.lease.overrun() {
+            Some(late) => serde_json::json!({
+                "kind": "io_overrun",
+                "overrun_ms": u64::try_from(late.as_millis()).unwrap_or(u64::MAX),
             }),
-            "members": members,
-            "error": error,
-        })
+            None => serde_json::Value::Null,
+        }
     }
 }

@@ -50,3 +50,51 @@ fn io_waits_for_a_lost_lease_only_until_the_hold_after_its_end() {
     assert!(l.wait_held(Duration::from_secs(60)), "renewed while held");
     t.join().unwrap();
 }
+
+#[test]
+fn an_io_deadline_is_the_latest_lease_end_plus_max_io_even_after_a_revoke() {
+    let l = ReadLease::new();
+    let sent = boottime_ns();
+    l.renewed(sent, Duration::from_millis(1000));
+    let max_io = Duration::from_millis(200);
+    assert_eq!(l.io_deadline(max_io), sent + 1_200_000_000);
+    // An admission just before a revocation keeps its lease's bound, not 0 + max_io.
+    l.revoke();
+    assert_eq!(l.io_deadline(max_io), sent + 1_200_000_000);
+}
+
+#[test]
+fn an_io_past_its_deadline_stops_admission_until_a_resume_after_a_renewal() {
+    let l = ReadLease::new();
+    l.renewed(boottime_ns(), Duration::from_secs(10));
+    assert!(l.admits());
+    assert_eq!(l.overran(boottime_ns() + 1_000_000_000), None, "in time");
+    assert!(l.admits());
+    assert_eq!(l.resume(), Err(ResumeRefused::NoFault));
+    let late = l.overran(boottime_ns() - 50_000_000).expect("late");
+    assert!(late >= Duration::from_millis(50), "{late:?}");
+    assert!(!l.admits(), "no admission after an overrun");
+    assert!(l.valid(), "the lease itself is untouched");
+    assert_eq!(l.overruns(), 1);
+    assert!(l.overrun().is_some());
+    // No renewal since the fault: no resume.
+    assert_eq!(l.resume(), Err(ResumeRefused::NotRenewed));
+    l.renewed(boottime_ns(), Duration::from_secs(10));
+    assert_eq!(l.resume(), Ok(()));
+    assert!(l.admits());
+    assert_eq!(l.overrun(), None);
+    assert_eq!(l.overruns(), 1, "the count stays");
+}
+
+#[test]
+fn io_waits_for_a_resume_only_until_the_hold_after_the_overrun() {
+    let l = ReadLease::new();
+    l.renewed(boottime_ns(), Duration::from_secs(10));
+    l.overran(0);
+    let start = std::time::Instant::now();
+    assert!(!l.wait_held(Duration::from_millis(100)));
+    assert!(start.elapsed() >= Duration::from_millis(90));
+    let start = std::time::Instant::now();
+    assert!(!l.wait_held(Duration::from_millis(100)), "the hold is over");
+    assert!(start.elapsed() < Duration::from_millis(50));
+}
