@@ -6,6 +6,11 @@
 //! acknowledged one, PRgeneration counts exactly the acknowledged changes, and no change was
 //! answered RESERVATION CONFLICT.
 //!
+//! The 10 s hold while the guests answer the test's probes promptly. On a host so loaded that a
+//! probe (`cat | wc -l` in the guest) takes a second or more, the guests' writers are starved as
+//! well: a round then has up to 60 s, and the report names it. A hang (a lost interrupt or kick
+//! never recovers) fails either way, with what the guest and QEMU say about the stalled ring.
+//!
 //! Both devices on QEMU >= 8.2 (vhost-user-scsi reconnects from there on); on older QEMU the blk
 //! path alone. `SHAREDISK_SOAK_KILLS` (default 20) sets the rounds, `SHAREDISK_SOAK_SEED` the
 //! random moments.
@@ -13,6 +18,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::guest::{qemu_version, Guest};
@@ -22,7 +29,15 @@ use rand::{Rng, SeedableRng};
 /// 4 KiB blocks per writer region: far more than a soak writes.
 const REGION_BLOCKS: u64 = 8192;
 const BLOCK: usize = 4096;
+/// Every writer makes progress again within this after a restart...
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// ... unless a probe of the guests took [`STARVED_PROBE`] or more in that round: the host is
+/// then too loaded for the guests to keep time, and a round has this long. A hang never
+/// recovers, so it fails here too.
+const HANG_TIMEOUT: Duration = Duration::from_secs(60);
+/// A guest that takes this long to count the lines of a file is starved of CPU (it takes
+/// 0.02-0.05 s on an idle host).
+const STARVED_PROBE: Duration = Duration::from_secs(1);
 
 fn env_u64(var: &str, default: u64) -> u64 {
     std::env::var(var)
@@ -42,6 +57,11 @@ struct Writer {
     dev: &'static str,
     /// First 4 KiB block of its region.
     base: u64,
+}
+
+/// Where guest `name`'s QEMU answers QMP.
+fn qmp_socket(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-qmp.sock"))
 }
 
 fn start_writers(g: &Guest, writers: &[&Writer], pr_loop: bool) {
@@ -98,6 +118,158 @@ fn count(g: &Guest, file: &str) -> u64 {
         .unwrap_or_else(|e| panic!("[{}] counting {file}: {e}", g.name()))
 }
 
+/// The acknowledgement files the rounds watch, each with its guest's index.
+struct Watch<'a> {
+    guests: &'a [Guest],
+    files: Vec<(usize, String)>,
+    /// Each guest's QMP socket, for the stall report.
+    qmp: Vec<PathBuf>,
+}
+
+/// How a round went.
+struct Recovery {
+    took: Duration,
+    /// The slowest probe of the guests in the round.
+    slowest_probe: Duration,
+}
+
+impl Watch<'_> {
+    /// Waits until every file has grown, within [`PROGRESS_TIMEOUT`] (or [`HANG_TIMEOUT`] on a
+    /// starved host); fails the test, with a stall report, when one has not.
+    fn progress(&self, label: &str, d: &DaemonProcess) -> Recovery {
+        let start = Instant::now();
+        let slowest = std::cell::Cell::new(Duration::ZERO);
+        let probe = |i: usize| {
+            let t = Instant::now();
+            let (g, f) = &self.files[i];
+            let n = count(&self.guests[*g], f);
+            slowest.set(slowest.get().max(t.elapsed()));
+            n
+        };
+        let before: Vec<u64> = (0..self.files.len()).map(probe).collect();
+        let mut waiting: Vec<usize> = (0..self.files.len()).collect();
+        while !waiting.is_empty() {
+            let slowest_probe = slowest.get();
+            let starved = slowest_probe >= STARVED_PROBE;
+            let limit = if starved {
+                HANG_TIMEOUT
+            } else {
+                PROGRESS_TIMEOUT
+            };
+            if start.elapsed() >= limit {
+                let stalled: Vec<String> = waiting
+                    .iter()
+                    .map(|&i| {
+                        format!(
+                            "{}:{}",
+                            self.guests[self.files[i].0].name(),
+                            self.files[i].1
+                        )
+                    })
+                    .collect();
+                for &i in &waiting {
+                    self.stall_report(i);
+                }
+                panic!(
+                    "{label}: no progress within {limit:?} on {stalled:?} (slowest guest probe \
+                     {slowest_probe:?}); daemon log:\n{}",
+                    d.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            waiting.retain(|&i| probe(i) == before[i]);
+        }
+        Recovery {
+            took: start.elapsed(),
+            slowest_probe: slowest.get(),
+        }
+    }
+
+    /// What the guest and its QEMU say about the device of a stalled writer: the block layer's
+    /// requests in flight, the interrupts taken, and the request ring's avail and used indices
+    /// in guest memory (used behind avail: the daemon did not complete a request; equal with a
+    /// request in flight: the driver was not interrupted for its completion).
+    fn stall_report(&self, i: usize) {
+        let (gi, file) = &self.files[i];
+        let g = &self.guests[*gi];
+        let (dev, device, queue) = match file.trim_start_matches("/tmp/ack-") {
+            "vda" => ("vda", "virtio-blk", 0),
+            // The key loop also runs on /dev/sda; the request queue follows control and event.
+            _ => ("sda", "virtio-scsi", 2),
+        };
+        eprintln!("[{}] stalled: {file}", g.name());
+        let hctx = format!("/sys/kernel/debug/block/{dev}/hctx0");
+        let _ = g.try_run(
+            &format!(
+                "cat /sys/block/{dev}/inflight; \
+                 grep -q debugfs /proc/mounts || mount -t debugfs none /sys/kernel/debug; \
+                 grep -H . {hctx}/dispatch {hctx}/active {hctx}/busy; grep busy= {hctx}/tags; \
+                 grep -i virtio /proc/interrupts"
+            ),
+            Duration::from_secs(10),
+        );
+        let sock = &self.qmp[*gi];
+        let devices = qmp(sock, r#"{"execute":"x-query-virtio"}"#);
+        // [{"name": "virtio-blk", "path": "/machine/..."}, ...]
+        let path = devices
+            .split('{')
+            .find(|d| d.contains(&format!("\"{device}\"")))
+            .and_then(|d| d.split("\"path\": \"").nth(1))
+            .and_then(|p| p.split('"').next());
+        let Some(path) = path else {
+            eprintln!(
+                "[{}] no {device} in QMP's x-query-virtio: {devices}",
+                g.name()
+            );
+            return;
+        };
+        let args = format!(r#"{{"path":"{path}","queue":{queue}}}"#);
+        let element = qmp(
+            sock,
+            &format!(r#"{{"execute":"x-query-virtio-queue-element","arguments":{args}}}"#),
+        );
+        eprintln!("[{}] {device} queue {queue}: {}", g.name(), element.trim());
+    }
+}
+
+/// The answer to one QMP command on `sock` (or why there is none).
+fn qmp(sock: &Path, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = match UnixStream::connect(sock) {
+        Ok(s) => s,
+        Err(e) => return format!("cannot connect to {}: {e}", sock.display()),
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return "cannot clone the QMP stream".into();
+    };
+    let mut reader = BufReader::new(stream);
+    // The next greeting or answer, skipping events.
+    let mut answer = || -> Option<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if ["\"QMP\"", "\"return\"", "\"error\""]
+                .iter()
+                .any(|k| line.contains(k))
+            {
+                return Some(line);
+            }
+        }
+    };
+    let mut exchange = |request: &str| {
+        answer()?;
+        writer.write_all(format!("{request}\n").as_bytes()).ok()
+    };
+    if exchange(r#"{"execute":"qmp_capabilities"}"#).is_none() || exchange(command).is_none() {
+        return "QMP did not answer".into();
+    }
+    answer().unwrap_or_else(|| "QMP did not answer".into())
+}
+
 #[test]
 fn guests_ride_through_daemon_crashes_on_both_devices() {
     let (major, minor) = qemu_version();
@@ -121,6 +293,11 @@ fn guests_ride_through_daemon_crashes_on_both_devices() {
                 o.blk = Some(d.blk(n));
                 o.scsi = scsi.then(|| d.scsi(n));
                 o.reconnect = true;
+                let qmp = qmp_socket(dir.path(), n);
+                o.extra_args = vec![
+                    "-qmp".into(),
+                    format!("unix:{},server=on,wait=off", qmp.display()),
+                ];
                 s.spawn(move || Guest::boot(o))
             })
             .collect();
@@ -146,36 +323,21 @@ fn guests_ride_through_daemon_crashes_on_both_devices() {
         start_writers(g, &mine, scsi && gi == 1);
     }
 
-    let progress = |label: &str, d: &DaemonProcess| -> Duration {
-        // Every writer (and the key loop) acknowledges something new within the timeout.
-        let start = Instant::now();
-        let mut files: Vec<(usize, String)> = writers
-            .iter()
-            .map(|w| (w.guest, format!("/tmp/ack-{}", w.dev)))
-            .collect();
-        if scsi {
-            files.push((1, "/tmp/ack-key".into()));
-        }
-        let before: Vec<u64> = files.iter().map(|(g, f)| count(&guests[*g], f)).collect();
-        let mut waiting: Vec<usize> = (0..files.len()).collect();
-        while !waiting.is_empty() {
-            assert!(
-                start.elapsed() < PROGRESS_TIMEOUT,
-                "{label}: no progress within {PROGRESS_TIMEOUT:?} on {:?}; daemon log:\n{}",
-                waiting
-                    .iter()
-                    .map(|&i| format!("{}:{}", names[files[i].0], files[i].1))
-                    .collect::<Vec<_>>(),
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-            waiting.retain(|&i| count(&guests[files[i].0], &files[i].1) == before[i]);
-        }
-        start.elapsed()
+    let mut files: Vec<(usize, String)> = writers
+        .iter()
+        .map(|w| (w.guest, format!("/tmp/ack-{}", w.dev)))
+        .collect();
+    if scsi {
+        files.push((1, "/tmp/ack-key".into()));
+    }
+    let watch = Watch {
+        guests: &guests,
+        files,
+        qmp: names.iter().map(|n| qmp_socket(dir.path(), n)).collect(),
     };
 
-    progress("start", &d);
-    let mut worst = Duration::ZERO;
+    watch.progress("start", &d);
+    let (mut worst, mut starved) = (Duration::ZERO, Vec::new());
     for round in 0..kills {
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..1500)));
         let signal = if round % 4 == 3 {
@@ -186,8 +348,14 @@ fn guests_ride_through_daemon_crashes_on_both_devices() {
         d.kill(signal);
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..500)));
         d.respawn();
-        let took = progress(&format!("round {round}"), &d);
-        worst = worst.max(took);
+        let r = watch.progress(&format!("round {round}"), &d);
+        worst = worst.max(r.took);
+        if r.slowest_probe >= STARVED_PROBE {
+            starved.push(format!(
+                "{round}: {:?} (probe {:?})",
+                r.took, r.slowest_probe
+            ));
+        }
     }
 
     // Stop every loop and wait for it to end.
@@ -269,8 +437,8 @@ fn guests_ride_through_daemon_crashes_on_both_devices() {
         }
     }
     eprintln!(
-        "soak: QEMU {major}.{minor}: {kills} kills, worst recovery {worst:?}, {total} acknowledged \
-         writes ({acked:?}), {lost} lost, {torn} torn, {errors} failed writes, {key_changes} \
+        "soak: QEMU {major}.{minor}: {kills} kills, worst recovery {worst:?}, rounds on a starved \
+         host (up to {HANG_TIMEOUT:?}): {starved:?}, {total} acknowledged writes ({acked:?}), {lost} lost, {torn} torn, {errors} failed writes, {key_changes} \
          acknowledged PR key changes (last {last_key:#x}), {conflicts} spurious conflicts, \
          other key errors: {:?}",
         key_errors.lines().collect::<Vec<_>>()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::process::DaemonProcess;
 use common::scsi_client::*;
 use common::vu_frontend::{
-    blk_header, wait_out_poll, Desc, StartOrder, VuFrontend, VIRTIO_BLK_T_IN,
+    blk_header, wait_out_poll, Desc, StartOrder, VuFrontend, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 
 const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,6 +77,68 @@ fn a_replayed_blk_request_interrupts_the_call_eventfd_installed_last() {
         assert_eq!(id, head);
         assert_eq!(fe.read_mem(status, 1), [0], "round {round}: status");
         fe.reset();
+    }
+}
+
+/// The soak's `/dev/vda` hang (`e2e_soak`, QEMU 10): the daemon dies after a round's
+/// completions reached the used ring and before it interrupted the driver (the `used-written`
+/// failpoint). QEMU restarts the ring at that used index, so nothing is replayed and nothing new
+/// completes: unless the new daemon interrupts the driver by itself, the driver waits for ever
+/// for a request that is done. In both orders of SET_VRING_CALL: before SET_VRING_KICK
+/// (vhost-user-blk), and after every ring was started and enabled (vhost-user-scsi).
+#[test]
+fn a_completion_the_dead_daemon_never_signalled_is_signalled_after_the_restart() {
+    for order in [StartOrder::CallFirst, StartOrder::CallLast] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DaemonProcess::start_env(
+            dir.path(),
+            &["vm1"],
+            "16M",
+            &[("SHAREDISK_FAILPOINT", "used-written")],
+        );
+        let mut fe = VuFrontend::connect(&d.blk("vm1"), 1, 128);
+        // Whatever the ring's start signalled.
+        let _ = fe.wait_interrupt(0, Duration::from_millis(100));
+        let hdr = fe.alloc(16);
+        fe.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, 8));
+        let data = fe.alloc(512);
+        fe.write_mem(data, &[0x5a; 512]);
+        let status = fe.alloc(1);
+        fe.write_mem(status, &[0xff]);
+        let head = fe.submit(
+            0,
+            &[Desc::r(hdr, 16), Desc::r(data, 512), Desc::w(status, 1)],
+        );
+        let st = d
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{order:?}: the failpoint never fired: {}", d.log()));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL),
+            "{order:?}"
+        );
+        assert_eq!(
+            fe.used_idx(0),
+            1,
+            "{order:?}: the completion is in the used ring"
+        );
+        assert!(
+            !fe.wait_interrupt(0, Duration::from_millis(100)),
+            "{order:?}: the dead daemon interrupted the driver after all"
+        );
+        d.env.clear();
+        d.respawn();
+        fe.reconnect(&d.blk("vm1"), order).expect("reconnect");
+        assert!(
+            fe.wait_interrupt(0, INTERRUPT_TIMEOUT),
+            "{order:?}: the completion the dead daemon wrote was never signalled: the driver \
+             would wait for it for ever"
+        );
+        assert_eq!(fe.try_used(0).map(|(id, _)| id), Some(head), "{order:?}");
+        assert_eq!(fe.read_mem(status, 1), [0], "{order:?}: status");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(fe.used_idx(0), 1, "{order:?}: the request was served again");
+        assert!(!d.log().contains("panicked"), "{}", d.log());
     }
 }
 

@@ -13,6 +13,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::poll::{poll_avail, Poller};
 use super::{AtomicMem, Mem, QuiesceLatch, Slot, Vring};
+use crate::testhooks::failpoint;
 
 /// What became of a request when its handler returned.
 pub enum Reply {
@@ -188,6 +189,9 @@ fn drain<H: Handler>(
         let Some(round) = serve_round(vring, mem, handler)? else {
             return Ok(());
         };
+        if round.completed {
+            failpoint::hit("used-written");
+        }
         signal(vring, &round)?;
         if round.unreadable {
             log::warn!(

@@ -12,11 +12,20 @@
 //! the Linux virtio-scsi driver never times a command out: the disk hangs for good. That was the
 //! `/dev/sda` hang after a daemon restart under load.
 //!
-//! **The rule.** Whenever a started ring gets a new call eventfd, signal that eventfd once. Every
+//! A daemon can also die between writing a round's used entries and interrupting the driver
+//! (SIGKILL, a crash). QEMU then restarts the ring at that used index: nothing is replayed,
+//! nothing new completes, and the driver waits for ever for requests that are done. With
+//! vhost-user-blk's order (the real call eventfd before SET_VRING_KICK) no later message brings
+//! an interrupt either. That was the `/dev/vda` hang of the soak test on QEMU 10 (vm1's writer
+//! stalled after a SIGKILL restart while every other device went on).
+//!
+//! **The rule.** Whenever a ring starts (SET_VRING_KICK makes it ready) with a call eventfd in
+//! place, and whenever a started ring gets a new call eventfd, signal that eventfd once. Every
 //! used entry was then either signalled on the eventfd in place when it was added, or is covered
-//! by this signal, whatever the order of SET_VRING_KICK, SET_VRING_ENABLE and SET_VRING_CALL and
-//! however often the eventfd changes (the lock below orders the two). The extra interrupt is
-//! harmless: a driver finds no new used entry and returns.
+//! by one of these signals (entries an earlier connection or an earlier daemon left unsignalled
+//! by the signal at the start), whatever the order of SET_VRING_KICK, SET_VRING_ENABLE and
+//! SET_VRING_CALL and however often the eventfd changes (the lock below orders the two). The
+//! extra interrupt is harmless: a driver finds no new used entry and returns.
 //!
 //! The other half, processing requests that are already available when a ring starts or is
 //! re-enabled, is vhost-user-backend's: registering the kick eventfd of an enabled, started ring
@@ -77,6 +86,23 @@ impl Vring {
         match self.poll_us.load(Ordering::Relaxed) {
             0 => max,
             us => Duration::from_micros(u64::from(us.min(max_us))),
+        }
+    }
+
+    /// Signals the call eventfd in place once, if the ring runs (see the module documentation).
+    fn signal_call_once(&self) {
+        let state = self.inner.get_ref();
+        if !state.get_queue().ready() {
+            return;
+        }
+        if let Some(call) = state.get_call() {
+            log::debug!("signalling the ring's call eventfd once");
+            if let Err(e) = call.notify() {
+                log::warn!(
+                    "cannot signal the ring's call eventfd: {e}; the guest may miss a completion \
+                     until its next request"
+                );
+            }
         }
     }
 
@@ -180,8 +206,13 @@ impl VringT<AtomicMem> for Vring {
         self.inner.set_queue_event_idx(enabled)
     }
 
+    /// Marks the ring started (SET_VRING_KICK) or stopped (GET_VRING_BASE); a ring that starts
+    /// with a call eventfd in place signals it once (see the module documentation).
     fn set_queue_ready(&self, ready: bool) {
-        self.inner.set_queue_ready(ready)
+        self.inner.set_queue_ready(ready);
+        if ready {
+            self.signal_call_once();
+        }
     }
 
     fn set_kick(&self, file: Option<File>) {
@@ -198,16 +229,7 @@ impl VringT<AtomicMem> for Vring {
     /// the call eventfd only after adding its used entries.
     fn set_call(&self, file: Option<File>) {
         self.inner.set_call(file);
-        let state = self.inner.get_ref();
-        if !state.get_queue().ready() {
-            return;
-        }
-        if let Some(call) = state.get_call() {
-            log::debug!("signalling a new call eventfd once");
-            if let Err(e) = call.notify() {
-                log::warn!("cannot signal the ring's new call eventfd: {e}");
-            }
-        }
+        self.signal_call_once();
     }
 
     fn set_err(&self, file: Option<File>) {
