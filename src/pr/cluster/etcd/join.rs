@@ -16,8 +16,16 @@ fn hostname() -> String {
 }
 
 /// The join's transaction: if the disk has no state yet, become a member and create it from
-/// `first` (the local copy; none: write nothing); else become a member. Either way, read it.
+/// `first` (the local copy; none: write nothing); else become a member. Either way, read it,
+/// this node's replay records and the settled marker.
 fn join_txn(k: &Keys, member: &[u8], first: Option<Vec<u8>>) -> Txn {
+    let reads = || {
+        [
+            TxnOp::get(k.state.as_str(), None),
+            TxnOp::get(k.replay.as_str(), None),
+            TxnOp::get(k.settled.as_str(), None),
+        ]
+    };
     Txn::new()
         .when([Compare::create_revision(
             k.state.as_str(),
@@ -30,13 +38,35 @@ fn join_txn(k: &Keys, member: &[u8], first: Option<Vec<u8>>) -> Txn {
             Some(first) => vec![
                 TxnOp::put(k.member.as_str(), member.to_vec(), None),
                 TxnOp::put(k.state.as_str(), first, None),
-                TxnOp::get(k.state.as_str(), None),
-            ],
+            ]
+            .into_iter()
+            .chain(reads())
+            .collect(),
         })
-        .or_else([
-            TxnOp::put(k.member.as_str(), member.to_vec(), None),
-            TxnOp::get(k.state.as_str(), None),
-        ])
+        .or_else(
+            std::iter::once(TxnOp::put(k.member.as_str(), member.to_vec(), None))
+                .chain(reads())
+                .collect::<Vec<_>>(),
+        )
+}
+
+/// This node's replay records as `replay/<node>` holds them; none when absent, too long or
+/// unreadable (logged: the replay of a PR OUT committed before a crash then runs again).
+fn restored_replay(kv: Option<&KeyValue>) -> Vec<crate::pr::replay::Record> {
+    let Some(kv) = kv else {
+        return Vec::new();
+    };
+    if kv.value().len() > MAX_REPLAY_BYTES {
+        log::warn!("cluster: this node's replay records in etcd are too long; ignored");
+        return Vec::new();
+    }
+    match serde_json::from_slice::<ReplayValue>(kv.value()) {
+        Ok(v) => v.records,
+        Err(e) => {
+            log::warn!("cluster: this node's replay records in etcd are unreadable ({e}); ignored");
+            Vec::new()
+        }
+    }
 }
 
 impl EtcdState {
@@ -68,6 +98,10 @@ impl EtcdState {
         let shared = Arc::new(EtcdState {
             cfg: cfg.clone(),
             held: Mutex::new((0, 0)),
+            held_since: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            settle_failure: Mutex::new(None),
+            restored_replay: Mutex::new(Vec::new()),
             store,
             rt: ManuallyDrop::new(rt),
             endpoints,
@@ -110,7 +144,12 @@ impl EtcdState {
                 local.registrations.len()
             );
         }
-        let state = gets(&joined).into_iter().next().unwrap_or_default();
+        let got = gets(&joined);
+        let state = got.first().cloned().unwrap_or_default();
+        *lock(&shared.restored_replay) = restored_replay(got.get(1).and_then(|r| r.first()));
+        if let Some(settled) = got.get(2).and_then(|s| s.first()) {
+            shared.saw_settled(settled.value());
+        }
         let remote = remote_from(k, state.first(), &[])
             .map_err(|reason| ClusterError::Corrupt {
                 key: k.state.clone(),
