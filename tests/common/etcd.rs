@@ -111,6 +111,20 @@ impl ClusterDaemon {
         timing: &Timing,
         env: &[(&str, &str)],
     ) -> ClusterDaemon {
+        Self::start_with(dir, etcd, node, guests, timing, env, "")
+    }
+
+    /// [`ClusterDaemon::start`] with `cluster_toml` (lines such as `fence_hook = "..."`) added
+    /// to its `[cluster]` section.
+    pub fn start_with(
+        dir: &Path,
+        etcd: &[String],
+        node: &str,
+        guests: &[&str],
+        timing: &Timing,
+        env: &[(&str, &str)],
+        cluster_toml: &str,
+    ) -> ClusterDaemon {
         let sockets = dir.join(node);
         let cfg = dir.join(format!("{node}.toml"));
         let mut text = format!(
@@ -130,6 +144,7 @@ impl ClusterDaemon {
             timing.budget_ms,
             dir.join("state")
         ));
+        text.push_str(cluster_toml);
         std::fs::write(&cfg, text).unwrap();
         let log = dir.join(format!("{node}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
