@@ -8,9 +8,9 @@ use super::etcd::{Agent, EtcdState};
 use crate::lun::Lun;
 use crate::pr::backend::{BackendError, Change, Committed, PrBackend, SharedView, Unsettled};
 use crate::pr::fencing::{preempted, Reservations, BUSY};
-use crate::pr::{Arbiter, PrState};
 use crate::pr::replay::Origin;
 use crate::pr::PrStatus;
+use crate::pr::{Arbiter, PrState};
 use crate::scsi::sense::Sense;
 use crate::testhooks::failpoint;
 use crate::util::lock::lock;
@@ -141,41 +141,46 @@ impl EtcdState {
             let theirs = next.take_unit_attentions(|i| !self.serves(i));
             let (epoch, version) = self.held();
             let proposed = outcome.changed.then(|| next.state());
-            let replay = proposed.and(origin).map(|o| {
-                self.replay_value(fencing, epoch + 1, initiator, o, &outcome.status)
-            });
-            let (epoch, version, newer) =
-                match self.commit(epoch, version, proposed, &theirs, replay.as_deref(), deadline)
-                {
-                    Commit::Confirmed => {
-                        // Nothing changed in the shared state; unit attentions of a failed command
-                        // (none today) would still be local. The answer shows the state held
-                        // here, so it waits until that state is settled, like a change.
-                        *arb = next;
-                        fencing.record(initiator, origin, &outcome.status);
-                        log::debug!("{initiator}: {what} -> {:?}", outcome.status);
-                        return Committed::Unsettled(Unsettled {
-                            status: outcome.status,
-                            epoch,
-                            deadline,
-                        });
-                    }
-                    Commit::Done { epoch, version } => (epoch, version, None),
-                    Commit::Superseded {
+            let replay = proposed
+                .and(origin)
+                .map(|o| self.replay_value(fencing, epoch + 1, initiator, o, &outcome.status));
+            let (epoch, version, newer) = match self.commit(
+                epoch,
+                version,
+                proposed,
+                &theirs,
+                replay.as_deref(),
+                deadline,
+            ) {
+                Commit::Confirmed => {
+                    // Nothing changed in the shared state; unit attentions of a failed command
+                    // (none today) would still be local. The answer shows the state held
+                    // here, so it waits until that state is settled, like a change.
+                    *arb = next;
+                    fencing.record(initiator, origin, &outcome.status);
+                    log::debug!("{initiator}: {what} -> {:?}", outcome.status);
+                    return Committed::Unsettled(Unsettled {
+                        status: outcome.status,
                         epoch,
-                        version,
-                        newer,
-                    } => (epoch, version, Some(newer)),
-                    Commit::Stale(remote) => {
-                        self.adopt_locked(fencing, &mut arb, remote);
-                        continue;
-                    }
-                    Commit::Unavailable(why) => {
-                        self.busy_log
-                            .warn(format_args!("{initiator}: {what}: {why}: BUSY"));
-                        return Committed::Answered(BUSY);
-                    }
-                };
+                        deadline,
+                    });
+                }
+                Commit::Done { epoch, version } => (epoch, version, None),
+                Commit::Superseded {
+                    epoch,
+                    version,
+                    newer,
+                } => (epoch, version, Some(newer)),
+                Commit::Stale(remote) => {
+                    self.adopt_locked(fencing, &mut arb, remote);
+                    continue;
+                }
+                Commit::Unavailable(why) => {
+                    self.busy_log
+                        .warn(format_args!("{initiator}: {what}: {why}: BUSY"));
+                    return Committed::Answered(BUSY);
+                }
+            };
             // The commit is answered; nothing local is saved yet (a crash here is resolved
             // through the replay records committed with it).
             failpoint::hit("prout-committed");
@@ -222,7 +227,12 @@ impl EtcdState {
         if value.len() <= super::etcd::MAX_REPLAY_BYTES {
             return value;
         }
-        let mine = log.records().last().cloned().into_iter().collect::<Vec<_>>();
+        let mine = log
+            .records()
+            .last()
+            .cloned()
+            .into_iter()
+            .collect::<Vec<_>>();
         self.replay_records_value(epoch, &mine)
     }
 

@@ -60,9 +60,8 @@ impl EtcdState {
     pub fn status(&self) -> serde_json::Value {
         let (epoch, _) = self.held();
         let settled = self.settled();
-        let unsettled_since_ms = (epoch > settled).then(|| {
-            boottime_ns().saturating_sub(self.held_since()) / 1_000_000
-        });
+        let unsettled_since_ms =
+            (epoch > settled).then(|| boottime_ns().saturating_sub(self.held_since()) / 1_000_000);
         let mut members = Vec::new();
         let mut shared_epoch = None;
         let mut error = None;

@@ -176,7 +176,12 @@ impl EtcdState {
     /// Logs a background settle attempt of `epoch` once per kind of outcome and returns the
     /// pause before the next one: doubled (up to [`SETTLE_BACKOFF_MAX`]) after a failure that
     /// another attempt at once would repeat, such as a failing fence hook.
-    fn settle_attempted(&self, epoch: u64, error: Option<&SettleError>, pause: Duration) -> Duration {
+    fn settle_attempted(
+        &self,
+        epoch: u64,
+        error: Option<&SettleError>,
+        pause: Duration,
+    ) -> Duration {
         let mut last = lock(&self.settle_failure);
         let Some(e) = error else {
             if last.take().is_some() {
