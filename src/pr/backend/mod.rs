@@ -112,9 +112,10 @@ pub trait PrBackend: Send + Sync {
     /// proven in time is BUSY, never GOOD.
     fn commit(&self, fencing: &Reservations, change: Change<'_>) -> Committed;
 
-    /// Whether the state held here may answer a PR IN now: it is the newest (several hosts:
-    /// confirmed by a linearizable read, after adopting a newer one if there is). False: the
-    /// command gets BUSY. One host: always.
+    /// Whether the state held here may answer a PR IN (or a replayed PR OUT) now: it is the
+    /// newest and settled (several hosts: confirmed by a linearizable read, after adopting a
+    /// newer one if there is, and settled within the command's budget if it was not yet).
+    /// False: the command gets BUSY. One host: always.
     fn confirm_current(&self, fencing: &Reservations) -> bool;
 
     /// Returns once no other daemon can admit I/O under the state before a committed change:
