@@ -426,3 +426,6 @@ impl std::fmt::Debug for EtcdState {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;
