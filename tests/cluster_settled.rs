@@ -9,16 +9,21 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::ctl::ctl;
+use common::deadline::SetOnDrop;
 use common::etcd::{signal, ClusterDaemon, Etcd, FAST};
 use common::image::image_bytes;
 use common::scsi_client::*;
-use common::vu_frontend::{blk_header, Desc, StartOrder, VuFrontend, VIRTIO_BLK_T_OUT};
+use common::vu_frontend::{
+    blk_header, Desc, StartOrder, VuFrontend, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT,
+};
 use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
 use sharedisk::pr::cluster::ClusterConfig;
@@ -70,11 +75,20 @@ struct Lab {
 
 impl Lab {
     fn start(hook: Option<&str>) -> Lab {
+        Self::start_with(hook, None)
+    }
+
+    /// [`Lab::start`], h2 reaching etcd through `proxy` if given.
+    fn start_with(hook: Option<&str>, proxy: Option<&Proxy>) -> Lab {
         common::daemon::init_logging();
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let etcd = Etcd::start(dir.path());
         let hook = hook.map(|h| h.replace("{dir}", &dir.path().display().to_string()));
-        let h2 = ClusterDaemon::start(dir.path(), &etcd.endpoints(), "h2", &["v"], &FAST, &[]);
+        let h2_etcd = match proxy {
+            Some(p) => vec![p.start(&etcd.url)],
+            None => etcd.endpoints(),
+        };
+        let h2 = ClusterDaemon::start(dir.path(), &h2_etcd, "h2", &["v"], &FAST, &[]);
         std::fs::write(dir.path().join("h2.pid"), h2.child.id().to_string()).unwrap();
         let h1 = serve(dir.path(), &etcd, "h1", "a", hook.as_deref());
         let toml = hook
@@ -393,4 +407,120 @@ fn a_pr_out_committed_before_a_crash_is_executed_once() {
         "one PRgeneration per REGISTER"
     );
     assert_eq!(keys, [key(ROUNDS)]);
+}
+
+/// A TCP proxy on loopback in front of etcd, for one daemon: [`Proxy::cut`] drops every
+/// connection and refuses new ones (the daemon is cut off from etcd, and keeps running).
+#[derive(Default)]
+struct Proxy {
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// Listens on a free port, forwarding to `target` (`http://host:port`); returns its URL.
+    fn start(&self, target: &str) -> String {
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, conns) = (self.cut.clone(), self.conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if cut.load(Ordering::Acquire) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut list = conns.lock().unwrap();
+                list.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                drop(list);
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        url
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Copies `from` to `to` until either side closes.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+/// (c) The fence_scsi sequence (PREEMPT AND ABORT from h1, here the operator's) in strict mode, the victim's daemon running but cut off from etcd
+/// (its lease still valid for a while) and the fence hook failing: PREEMPT AND ABORT gets BUSY,
+/// and READ KEYS, sent again and again on h1 and h3 as fence_scsi's `off` does, never shows the
+/// victim's key gone while the victim's writes are still acknowledged. Once the hook fences h2
+/// (kills it), READ KEYS shows it gone.
+#[test]
+fn a_retried_fence_never_reads_already_off_while_the_victim_writes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let proxy = Proxy::default();
+    let lab = Lab::start_with(
+        Some("[ -e {dir}/fence-ok ] && kill -9 \"$(cat {dir}/h2.pid)\""),
+        Some(&proxy),
+    );
+    let mut victim = VuFrontend::connect(&lab.h2.blk("v"), 1, 64);
+    let stop = AtomicBool::new(false);
+    let (writes, (preempt, seen)) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Acquire) {
+                let (st, _) = victim.blk_request(VIRTIO_BLK_T_OUT, 200 + n % 64, &[b'V'; 512], 0);
+                if st == VIRTIO_BLK_S_OK {
+                    acked.push(Instant::now());
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            acked
+        });
+        // The victim stops writing also when this thread fails.
+        let _stop = SetOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(200));
+        proxy.cut();
+        let seen = observe_while(&lab, Duration::from_secs(2), || lab.preempt_victim());
+        stop.store(true, Ordering::Release);
+        (writer.join().unwrap(), seen)
+    });
+    assert_eq!(preempt, PrStatus::Busy, "the hook failed: never GOOD");
+    let gone = seen
+        .iter()
+        .filter(|o| o.2.as_ref().is_ok_and(|k| !k.contains(&VICTIM_KEY)))
+        .map(|o| o.0)
+        .min();
+    if let Some(gone) = gone {
+        let late = writes.iter().filter(|w| **w > gone).count();
+        assert_eq!(
+            late, 0,
+            "READ KEYS read the victim's key as gone (\"Already OFF\") while {late} of its writes \
+             were still acknowledged afterwards"
+        );
+    }
+    std::fs::write(lab.dir.path().join("fence-ok"), "").unwrap();
+    let keys = keys_within(&mut lab.scsi("h1", "a"), Duration::from_secs(10));
+    assert!(!keys.contains(&VICTIM_KEY), "after the fence: {keys:x?}");
+    eprintln!(
+        "{} victim writes acknowledged; {} READ KEYS during the fence, {} BUSY",
+        writes.len(),
+        seen.len(),
+        seen.iter().filter(|o| o.2 == Err(BUSY)).count()
+    );
 }

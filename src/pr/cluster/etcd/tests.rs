@@ -13,7 +13,13 @@ fn the_settled_marker_orders_as_its_bytes() {
 
 #[test]
 fn a_hostile_settled_marker_counts_as_none_settled() {
-    for v in [&b""[..], b"7", b"-0000000000000000001", b"0000000000000000000x", &[0xff; 20]] {
+    for v in [
+        &b""[..],
+        b"7",
+        b"-0000000000000000001",
+        b"0000000000000000000x",
+        &[0xff; 20],
+    ] {
         assert_eq!(parse_settled(v), 0, "{v:?}");
     }
     assert_eq!(parse_settled(b"99999999999999999999"), 0, "beyond u64");
