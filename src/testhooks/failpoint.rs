@@ -13,6 +13,7 @@
 //! | `state-renamed` | the temporary copy has replaced the state file |
 //! | `state-dir-synced` | the directory is synced: the change is durable |
 //! | `prout-persisted` | a PR OUT's change is durable, its completion not yet sent |
+//! | `prout-committed` | cluster mode: a PR OUT's commit to etcd is answered, nothing local is saved or applied yet |
 //! | `guests-tmp-written`, `guests-tmp-synced`, `guests-renamed`, `guests-dir-synced` | the same steps for the runtime guests file (`<state>.guests`) |
 //!
 //! Error points:
