@@ -493,9 +493,10 @@ fn strict_mode_fences_the_paused_member_before_good() {
 fn strict_mode_answers_busy_when_the_fence_hook_fails() {
     let p = preempt_a_paused_victim(Some("exit 1".into()));
     assert_eq!(p.status, PrStatus::Busy, "never GOOD without the fence");
-    assert_eq!(
-        p.fenced.lines().collect::<Vec<_>>(),
-        ["h2"],
-        "BUSY because the fence of the member that did not acknowledge (h2) failed"
+    // The background settle keeps trying the hook after the BUSY, for h2 only.
+    let fenced: Vec<&str> = p.fenced.lines().collect();
+    assert!(
+        !fenced.is_empty() && fenced.iter().all(|n| *n == "h2"),
+        "BUSY because the fence of the member that did not acknowledge (h2) failed: {fenced:?}"
     );
 }

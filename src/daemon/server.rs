@@ -541,6 +541,9 @@ fn join_cluster(
     let local = local_ok.then_some(&local);
     let joined = backend::join(c, &config.guest_names(), local, Some(store.clone()))?;
     let arbiter = Arbiter::from_state(joined.state, config.guest_names());
+    // The records committed with this node's last change win over the local copy's (saved
+    // after the commit, so older or missing after a crash between the two).
+    reservations.replay_log().restore(joined.replay);
     // The local copy follows the shared state from the start, not only from the next change:
     // a missing, stale or broken copy would otherwise stay so until then.
     if let Err(e) = store.save(arbiter.state(), reservations.replay_log().records()) {

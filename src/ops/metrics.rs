@@ -157,6 +157,13 @@ impl SharediskCollector {
             )?;
             gauge(
                 enc,
+                "cluster_settled_epoch",
+                "Cluster mode: the highest epoch known settled; PR IN answers BUSY while \
+                 cluster_epoch is above it",
+                &[([], c.settled_epoch as f64)],
+            )?;
+            gauge(
+                enc,
                 "cluster_lease_valid",
                 "Cluster mode: 1 while the read lease is valid and I/O is admitted, else 0",
                 &[([], if c.lease_valid { 1.0 } else { 0.0 })],

@@ -371,8 +371,17 @@ impl Reservations {
 
     /// The status a PR OUT got the first time, if `origin` is its replay after a reconnection
     /// (`replay.rs`); the replay is then not to be executed.
+    /// Cluster mode: the replay of a change answers only once the state held is current and
+    /// settled (the record may come from a commit whose settle never ended), BUSY until then.
     pub fn replayed(&self, initiator: &str, origin: &Origin) -> Option<PrStatus> {
         let status = self.replay_log().replay(initiator, origin)?;
+        if !self.backend.confirm_current(self) {
+            log::info!(
+                "{initiator}: PR OUT replayed after a reconnection: its change is not settled \
+                 yet: BUSY"
+            );
+            return Some(BUSY);
+        }
         log::info!(
             "{initiator}: PR OUT replayed after a reconnection (ring {}, index {}): answered \
              {status:?} from its first execution",

@@ -112,7 +112,7 @@ impl Record {
 }
 
 /// Every record of one LU, kept next to the arbiter and persisted with its state.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct ReplayLog {
     records: Vec<Record>,
 }
@@ -125,6 +125,18 @@ impl ReplayLog {
             .map(|r| Record { connection: 0, ..r })
             .collect();
         ReplayLog { records }
+    }
+
+    /// Cluster mode: takes in this node's records as the shared state holds them (committed
+    /// with its last change). Each replaces a local record of the same request slot; the local
+    /// records of other slots stay.
+    pub fn restore(&mut self, shared: Vec<Record>) {
+        for r in shared {
+            self.records.retain(|l| {
+                !(l.initiator == r.initiator && l.ring == r.ring && l.position == r.position)
+            });
+            self.records.push(Record { connection: 0, ..r });
+        }
     }
 
     /// What to save with the state.

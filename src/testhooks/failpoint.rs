@@ -14,6 +14,7 @@
 //! | `state-dir-synced` | the directory is synced: the change is durable |
 //! | `prout-persisted` | a PR OUT's change is durable, its completion not yet sent |
 //! | `used-written` | a virtqueue round's completions are in the used ring, the driver not yet interrupted |
+//! | `prout-committed` | cluster mode: a PR OUT's commit to etcd is answered, nothing local is saved or applied yet |
 //! | `guests-tmp-written`, `guests-tmp-synced`, `guests-renamed`, `guests-dir-synced` | the same steps for the runtime guests file (`<state>.guests`) |
 //!
 //! Error points:

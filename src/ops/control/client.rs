@@ -220,7 +220,8 @@ pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
 fn render_cluster(v: &Value) -> String {
     let s = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
     let mut out = format!(
-        "Node: {}  disk: {}  {}\nEpoch: {} here, {} in etcd\nRead lease: {} of {} ms left{}\n",
+        "Node: {}  disk: {}  {}\nEpoch: {} here, {} in etcd, {} settled\nRead lease: {} of {} ms \
+         left{}\n",
         s("node").as_str().unwrap_or("?"),
         s("disk_id").as_str().unwrap_or("?"),
         if s("serving").as_bool() == Some(true) {
@@ -236,6 +237,7 @@ fn render_cluster(v: &Value) -> String {
         },
         s("epoch"),
         s("shared_epoch"),
+        s("settled_epoch"),
         s("lease_remaining_ms"),
         s("lease_ms"),
         if s("strict").as_bool() == Some(true) {
@@ -259,6 +261,15 @@ fn render_cluster(v: &Value) -> String {
              nothing any more; stop it\n",
         ),
         _ => {}
+    }
+    if let Some(ms) = s("unsettled_since_ms").as_u64() {
+        out.push_str(&format!(
+            "NOT SETTLED for {ms} ms: PR IN answers BUSY until it is{}\n",
+            s("settle_failure")
+                .as_str()
+                .map(|f| format!(" (last failure: {f})"))
+                .unwrap_or_default()
+        ));
     }
     if let Some(e) = s("error").as_str() {
         out.push_str(&format!("etcd: {e}\n"));

@@ -257,7 +257,7 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
         "version" => Ok(json!({ "schema": view::SCHEMA, "version": env!("CARGO_PKG_VERSION") })),
         "status" => Ok(view::status(&daemon.config(), &lun, daemon.uptime())),
         "guests" => Ok(view::guests(&daemon.config(), &daemon.stats())),
-        "pr.show" => Ok(res.with(|a| view::pr(a.state()))),
+        "pr.show" => pr_show(res),
         "cluster.status" => daemon.cluster_status().ok_or_else(|| {
             fail(
                 code::FAILED,
@@ -307,6 +307,28 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
             format!("unknown method {other:?}"),
         )),
     }
+}
+
+/// `pr.show`: the state held. Cluster mode: only a settled one (as PR IN), with `"settled": true`;
+/// a held epoch above the settled marker is an error, not a state to act on.
+fn pr_show(res: &crate::pr::fencing::Reservations) -> Result<Value, Failure> {
+    let Some(view) = res.cluster_view() else {
+        return Ok(res.with(|a| view::pr(a.state())));
+    };
+    if view.epoch > view.settled_epoch {
+        return Err(fail(
+            code::FAILED,
+            format!(
+                "shared state {} is committed, not settled yet (settled: {}): a member has not \
+                 acknowledged it and its lease may not have run out, or the fence hook is failing; \
+                 see `sharedisk ctl cluster status` and try again",
+                view.epoch, view.settled_epoch
+            ),
+        ));
+    }
+    let mut shown = res.with(|a| view::pr(a.state()));
+    shown["settled"] = Value::Bool(true);
+    Ok(shown)
 }
 
 /// `guest.add`: serves a new guest; answers the guests.

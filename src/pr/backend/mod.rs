@@ -83,6 +83,9 @@ pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
 pub struct SharedView {
     /// The sequence number of the shared state held here.
     pub epoch: u64,
+    /// The highest epoch known settled: PR IN and `ctl pr show` show the state held only when
+    /// `epoch` is at most this.
+    pub settled_epoch: u64,
     /// Whether the read lease is valid (I/O is admitted).
     pub lease_valid: bool,
     /// What is left of the read lease.
@@ -135,9 +138,10 @@ pub trait PrBackend: Send + Sync {
     /// proven in time is BUSY, never GOOD.
     fn commit(&self, fencing: &Reservations, change: Change<'_>) -> Committed;
 
-    /// Whether the state held here may answer a PR IN now: it is the newest (several hosts:
-    /// confirmed by a linearizable read, after adopting a newer one if there is). False: the
-    /// command gets BUSY. One host: always.
+    /// Whether the state held here may answer a PR IN (or a replayed PR OUT) now: it is the
+    /// newest and settled (several hosts: confirmed by a linearizable read, after adopting a
+    /// newer one if there is, and settled within the command's budget if it was not yet).
+    /// False: the command gets BUSY. One host: always.
     fn confirm_current(&self, fencing: &Reservations) -> bool;
 
     /// Returns once no other daemon can admit I/O under the state before a committed change:
@@ -217,6 +221,9 @@ pub struct Joined {
     pub state: PrState,
     /// The disk's id, the same on every host: the LU's identity comes from it.
     pub disk_id: String,
+    /// This node's PR OUT replay records as the shared state holds them (committed with its
+    /// last change), to merge into the local copy's ([`crate::pr::replay::ReplayLog::restore`]).
+    pub replay: Vec<crate::pr::replay::Record>,
 }
 
 /// Joins the cluster `cfg` names (`local`, this host's state, is imported by the first daemon of
@@ -229,11 +236,12 @@ pub fn join(
 ) -> Result<Joined, JoinError> {
     #[cfg(feature = "cluster")]
     {
-        let (backend, remote) = crate::pr::cluster::join(cfg, guests, local, store)?;
+        let (backend, remote, replay) = crate::pr::cluster::join(cfg, guests, local, store)?;
         Ok(Joined {
             backend,
             state: remote.state,
             disk_id: cfg.disk_id.clone(),
+            replay,
         })
     }
     #[cfg(not(feature = "cluster"))]

@@ -8,8 +8,11 @@ use super::etcd::{Agent, EtcdState};
 use crate::lun::Lun;
 use crate::pr::backend::{BackendError, Change, Committed, PrBackend, SharedView, Unsettled};
 use crate::pr::fencing::{preempted, Reservations, BUSY};
+use crate::pr::replay::Origin;
+use crate::pr::PrStatus;
 use crate::pr::{Arbiter, PrState};
 use crate::scsi::sense::Sense;
+use crate::testhooks::failpoint;
 use crate::util::lock::lock;
 
 /// How often a PR command computes again after losing a compare-and-swap race.
@@ -142,32 +145,49 @@ impl EtcdState {
             let theirs = next.take_unit_attentions(|i| !self.serves(i));
             let (epoch, version) = self.held();
             let proposed = outcome.changed.then(|| next.state());
-            let (epoch, version, newer) =
-                match self.commit(epoch, version, proposed, &theirs, deadline) {
-                    Commit::Confirmed => {
-                        // Nothing changed in the shared state; unit attentions of a failed command
-                        // (none today) would still be local.
-                        *arb = next;
-                        fencing.record(initiator, origin, &outcome.status);
-                        log::debug!("{initiator}: {what} -> {:?}", outcome.status);
-                        return Committed::Answered(outcome.status);
-                    }
-                    Commit::Done { epoch, version } => (epoch, version, None),
-                    Commit::Superseded {
+            let replay = proposed
+                .and(origin)
+                .map(|o| self.replay_value(fencing, epoch + 1, initiator, o, &outcome.status));
+            let (epoch, version, newer) = match self.commit(
+                epoch,
+                version,
+                proposed,
+                &theirs,
+                replay.as_deref(),
+                deadline,
+            ) {
+                Commit::Confirmed => {
+                    // Nothing changed in the shared state; unit attentions of a failed command
+                    // (none today) would still be local. The answer shows the state held
+                    // here, so it waits until that state is settled, like a change.
+                    *arb = next;
+                    fencing.record(initiator, origin, &outcome.status);
+                    log::debug!("{initiator}: {what} -> {:?}", outcome.status);
+                    return Committed::Unsettled(Unsettled {
+                        status: outcome.status,
                         epoch,
-                        version,
-                        newer,
-                    } => (epoch, version, Some(newer)),
-                    Commit::Stale(remote) => {
-                        self.adopt_locked(fencing, &mut arb, remote);
-                        continue;
-                    }
-                    Commit::Unavailable(why) => {
-                        self.busy_log
-                            .warn(format_args!("{initiator}: {what}: {why}: BUSY"));
-                        return Committed::Answered(BUSY);
-                    }
-                };
+                        deadline,
+                    });
+                }
+                Commit::Done { epoch, version } => (epoch, version, None),
+                Commit::Superseded {
+                    epoch,
+                    version,
+                    newer,
+                } => (epoch, version, Some(newer)),
+                Commit::Stale(remote) => {
+                    self.adopt_locked(fencing, &mut arb, remote);
+                    continue;
+                }
+                Commit::Unavailable(why) => {
+                    self.busy_log
+                        .warn(format_args!("{initiator}: {what}: {why}: BUSY"));
+                    return Committed::Answered(BUSY);
+                }
+            };
+            // The commit is answered; nothing local is saved yet (a crash here is resolved
+            // through the replay records committed with it).
+            failpoint::hit("prout-committed");
             *arb = next;
             self.set_held(epoch, version);
             fencing.record(initiator, origin, &outcome.status);
@@ -194,21 +214,46 @@ impl EtcdState {
         Committed::Answered(BUSY)
     }
 
-    /// Whether the state held here is the newest, after adopting a newer one if there is.
+    /// The `replay/<node>` value a commit of `epoch` writes: this node's replay records once the
+    /// command from `origin` is recorded with `status` (the status it gets once settled). Too
+    /// many to fit [`super::etcd`]'s bound: only this command's.
+    fn replay_value(
+        &self,
+        fencing: &Reservations,
+        epoch: u64,
+        initiator: &str,
+        origin: &Origin,
+        status: &PrStatus,
+    ) -> Vec<u8> {
+        let mut log = fencing.replay_log().clone();
+        log.record(initiator, origin, status.clone());
+        let value = self.replay_records_value(epoch, log.records());
+        if value.len() <= super::etcd::MAX_REPLAY_BYTES {
+            return value;
+        }
+        let mine = log
+            .records()
+            .last()
+            .cloned()
+            .into_iter()
+            .collect::<Vec<_>>();
+        self.replay_records_value(epoch, &mine)
+    }
+
+    /// Whether the state held here is the newest, after adopting a newer one if there is, and
+    /// settled: a PR IN must not show a change some daemon may still admit I/O against. A held
+    /// epoch above the settled marker is settled here within the command's budget, else false.
     fn confirm_current(&self, fencing: &Reservations) -> bool {
         if !self.lease().wait_held(self.hold()) {
             return false;
         }
+        let deadline = super::config::after(self.budget());
         for _ in 0..MAX_TRIES {
             let (epoch, version) = self.held();
-            match self.commit(
-                epoch,
-                version,
-                None,
-                &[],
-                super::config::after(self.budget()),
-            ) {
-                Commit::Confirmed | Commit::Done { .. } | Commit::Superseded { .. } => return true,
+            match self.commit(epoch, version, None, &[], None, deadline) {
+                Commit::Confirmed | Commit::Done { .. } | Commit::Superseded { .. } => {
+                    return self.held_settled(deadline)
+                }
                 Commit::Stale(remote) => {
                     self.adopt(fencing, remote);
                 }
@@ -219,6 +264,21 @@ impl EtcdState {
             }
         }
         false
+    }
+
+    /// Whether the epoch held here is settled, settling it by `deadline` if it is not yet.
+    fn held_settled(&self, deadline: Instant) -> bool {
+        let (held, _) = self.held();
+        match self.settle(held, deadline) {
+            Ok(()) => true,
+            Err(why) => {
+                self.busy_log.warn(format_args!(
+                    "PR IN: shared state {held} is committed but not settled ({why}): BUSY \
+                     until it is (retried in the background; `ctl cluster status` shows it)"
+                ));
+                false
+            }
+        }
     }
 }
 
@@ -303,6 +363,7 @@ impl PrBackend for EtcdBackend {
     fn view(&self) -> Option<SharedView> {
         Some(SharedView {
             epoch: self.state.held().0,
+            settled_epoch: self.state.settled(),
             lease_valid: self.state.lease().valid(),
             lease_remaining: self.state.lease().remaining(),
             fault: self

@@ -18,6 +18,12 @@
 //!   commit's transaction. A commit whose attempt got no answer is sent again (to the next etcd
 //!   member, `endpoints.rs`); when that one fails its compare, the marker tells whether the
 //!   first attempt landed (the command is then committed, once) or another daemon's did.
+//! - `settled`: the highest epoch known settled (see [`EtcdState::settle`]), 20 zero-padded
+//!   digits so that etcd's byte compare orders it; only ever raised, by whichever daemon settled
+//!   that epoch. A PR IN answers only a state at or below it (`confirm_current`, `backend.rs`).
+//! - `replay/<node>`: this node's PR OUT replay records (`replay.rs`) as they stand after the
+//!   command a commit answers, written in the commit's transaction and restored at join, so that
+//!   QEMU's replay of that PR OUT after a crash is answered, not run again (exactly once).
 //!
 //! **The read lease** ([`ReadLease`]). Every `renew_ms` the agent sends one transaction that
 //! succeeds only if the state's revision is the one applied here and this incarnation is still
@@ -47,7 +53,7 @@
 use crate::util::lock::{lock, read, write};
 use std::collections::{BTreeMap, HashSet};
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -133,6 +139,30 @@ pub enum SettleError {
     #[error("the fence hook did not fence {0:?}")]
     NotFenced(String),
 }
+
+/// The `settled` key's value for `epoch`: 20 digits, so that etcd's byte order is the numbers'.
+fn settled_value(epoch: u64) -> String {
+    format!("{epoch:020}")
+}
+
+/// The epoch a `settled` key holds; anything else (hostile or damaged) counts as none settled.
+fn parse_settled(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|s| s.len() == 20)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `replay/<node>` key's value: this node's replay records after the commit of `epoch`.
+#[derive(Serialize, Deserialize)]
+struct ReplayValue {
+    epoch: u64,
+    records: Vec<crate::pr::replay::Record>,
+}
+
+/// The most a `replay/<node>` value may hold; a longer one is neither written nor read.
+pub(super) const MAX_REPLAY_BYTES: usize = 64 << 10;
 
 /// The `state` key's value.
 #[derive(Serialize, Deserialize)]
@@ -252,6 +282,16 @@ pub struct EtcdState {
     /// Which shared state the arbiter holds, `(epoch, version)`; changed only with the
     /// arbiter's write lock held.
     held: Mutex<(u64, i64)>,
+    /// CLOCK_BOOTTIME when this daemon first held the epoch it holds (applied its own commit's
+    /// answer, adopted another's, or joined at it): never before that epoch's commit, so the
+    /// wait bound of a settle is measured from here, whichever attempt it is.
+    held_since: AtomicU64,
+    /// The highest epoch known settled (the `settled` key as last read or raised here).
+    settled: AtomicU64,
+    /// The background settle's last failure, logged once per kind (`renew.rs`).
+    pub(super) settle_failure: Mutex<Option<String>>,
+    /// This node's replay records read from etcd at join, until the daemon takes them.
+    restored_replay: Mutex<Vec<crate::pr::replay::Record>>,
     /// The local copy of the shared state (and the replay records), if any.
     store: Option<StateStore>,
     /// Shut down in the background on drop: the last owner may be the watch, a task of it.
@@ -286,6 +326,8 @@ struct Keys {
     members: String,
     acks: String,
     ua: String,
+    settled: String,
+    replay: String,
 }
 
 impl Keys {
@@ -299,6 +341,8 @@ impl Keys {
             members: format!("{p}members/"),
             acks: format!("{p}acks/"),
             ua: format!("{p}ua/"),
+            settled: format!("{p}settled"),
+            replay: format!("{p}replay/{}", cfg.node),
             prefix: p,
         }
     }
@@ -395,7 +439,45 @@ impl EtcdState {
     }
 
     pub(super) fn set_held(&self, epoch: u64, version: i64) {
-        *lock(&self.held) = (epoch, version);
+        let mut held = lock(&self.held);
+        if held.0 != epoch {
+            self.held_since.store(boottime_ns(), Ordering::Release);
+        }
+        *held = (epoch, version);
+    }
+
+    /// The highest epoch known settled here.
+    pub fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Since when (CLOCK_BOOTTIME) the epoch held here has been held.
+    pub(super) fn held_since(&self) -> u64 {
+        self.held_since.load(Ordering::Acquire)
+    }
+
+    /// The `replay/<node>` value for `records` as they stand after the commit of `epoch`.
+    pub(super) fn replay_records_value(
+        &self,
+        epoch: u64,
+        records: &[crate::pr::replay::Record],
+    ) -> Vec<u8> {
+        serde_json::to_vec(&ReplayValue {
+            epoch,
+            records: records.to_vec(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// This node's replay records as etcd held them at join (once; empty afterwards).
+    pub fn take_restored_replay(&self) -> Vec<crate::pr::replay::Record> {
+        std::mem::take(&mut *lock(&self.restored_replay))
+    }
+
+    /// Takes in a `settled` value read from etcd (it only ever grows).
+    pub(super) fn saw_settled(&self, value: &[u8]) {
+        self.settled
+            .fetch_max(parse_settled(value), Ordering::AcqRel);
     }
 
     /// The history of the shared state held here.

@@ -33,13 +33,22 @@ pub use config::{ClusterConfig, ClusterConfigError};
 /// Joins the cluster `cfg` names (see `etcd.rs`): the daemon then starts from the newest shared
 /// state (returned with the backend), importing `local` if it is the first daemon of this disk
 /// (`None`: the local copy could not be read, and etcd must hold the state).
-/// `store` keeps a local copy of the shared state.
+/// `store` keeps a local copy of the shared state. Also returns this node's replay records as
+/// etcd holds them.
 pub fn join(
     cfg: &ClusterConfig,
     guests: &[String],
     local: Option<&crate::pr::PrState>,
     store: Option<crate::pr::state_file::StateStore>,
-) -> Result<(Arc<backend::EtcdBackend>, backend::Remote), etcd::ClusterError> {
+) -> Result<
+    (
+        Arc<backend::EtcdBackend>,
+        backend::Remote,
+        Vec<crate::pr::replay::Record>,
+    ),
+    etcd::ClusterError,
+> {
     let (state, remote) = etcd::EtcdState::join(cfg, guests, local, store)?;
-    Ok((Arc::new(backend::EtcdBackend::new(state)), remote))
+    let replay = state.take_restored_replay();
+    Ok((Arc::new(backend::EtcdBackend::new(state)), remote, replay))
 }

@@ -131,3 +131,25 @@ fn the_real_case_matches_only_a_restart_at_the_request() {
         Some(PrStatus::Good)
     );
 }
+
+#[test]
+fn records_restored_from_the_shared_state_replace_the_same_slots_only() {
+    // The local copy: slot 10 saw an older request (another digest); slot 20 a record of its own.
+    let mut local = ReplayLog::default();
+    let mut older = origin(1, 10, 9, 0);
+    older.digest = 0xdead;
+    local.record("vm1", &older, CONFLICT);
+    local.record("vm1", &origin(1, 20, 19, 0), CONFLICT);
+    let mut local = ReplayLog::from_saved(local.records().to_vec());
+    // The shared state's records: slot 10's request, committed just before a crash.
+    let mut shared = ReplayLog::default();
+    shared.record("vm1", &origin(1, 10, 9, 0), PrStatus::Good);
+    local.restore(shared.records().to_vec());
+    assert_eq!(local.records().len(), 2);
+    assert_eq!(
+        local.replay("vm1", &origin(2, 10, 9, 9)),
+        Some(PrStatus::Good),
+        "the committed request's record, replayable on the new connection"
+    );
+    assert_eq!(local.replay("vm1", &origin(2, 20, 19, 19)), Some(CONFLICT));
+}

@@ -5,8 +5,8 @@ use super::*;
 
 impl EtcdState {
     /// Commits `next` (computed from the state at `epoch`) with the unit attentions it queued
-    /// for other daemons' initiators, or, for `None`, confirms that `epoch` is still the newest.
-    /// Every attempt ends by `deadline`; a change whose fate is unknown is sent again until it
+    /// for other daemons' initiators and this node's `replay` records, or, for `None`, confirms
+    /// that `epoch` is still the newest (and reads the settled marker with it). Every attempt ends by `deadline`; a change whose fate is unknown is sent again until it
     /// is known, for at most the hold time. Called with the arbiter's write lock held.
     pub(in crate::pr::cluster) fn commit(
         &self,
@@ -14,6 +14,7 @@ impl EtcdState {
         version: i64,
         next: Option<&PrState>,
         unit_attentions: &[(String, Sense)],
+        replay: Option<&[u8]>,
         deadline: Instant,
     ) -> Commit {
         // What this commit writes as its marker: which attempt landed is read back from it.
@@ -23,14 +24,19 @@ impl EtcdState {
             pid: std::process::id(),
         })
         .unwrap_or_default();
-        let txn = self.commit_txn(epoch, version, next, unit_attentions, &marker);
+        let txn = self.commit_txn(epoch, version, next, unit_attentions, replay, &marker);
         let resp = match self.send_commit(epoch, next.is_some(), &txn, deadline) {
             Ok(r) => r,
             Err(e) => return Commit::Unavailable(e.to_string()),
         };
         if resp.succeeded() {
             return match (next, resp.header()) {
-                (None, _) => Commit::Confirmed,
+                (None, _) => {
+                    if let Some(settled) = gets(&resp).first().and_then(|s| s.first()) {
+                        self.saw_settled(settled.value());
+                    }
+                    Commit::Confirmed
+                }
                 (Some(_), Some(h)) => Commit::Done {
                     epoch: epoch + 1,
                     version: h.revision(),
@@ -42,14 +48,16 @@ impl EtcdState {
     }
 
     /// The commit's transaction: conditioned on the state's `version` and this incarnation
-    /// being the member; it writes `next` with its marker and unit attentions (nothing for a
-    /// confirmation), and otherwise reads what the refusal needs (`commit_refused`).
+    /// being the member; it writes `next` with its marker, unit attentions and replay records
+    /// (a confirmation reads the settled marker instead), and otherwise reads what the refusal
+    /// needs (`commit_refused`).
     pub(super) fn commit_txn(
         &self,
         epoch: u64,
         version: i64,
         next: Option<&PrState>,
         unit_attentions: &[(String, Sense)],
+        replay: Option<&[u8]>,
         marker: &[u8],
     ) -> Txn {
         let k = &self.keys;
@@ -67,7 +75,10 @@ impl EtcdState {
             TxnOp::get(k.commit.as_str(), None),
         ];
         let Some(state) = next else {
-            return Txn::new().when(conditions).or_else(stale);
+            return Txn::new()
+                .when(conditions)
+                .and_then([TxnOp::get(k.settled.as_str(), None)])
+                .or_else(stale);
         };
         let value = serde_json::to_vec(&StateValue {
             epoch: epoch + 1,
@@ -83,6 +94,9 @@ impl EtcdState {
             TxnOp::put(k.state.as_str(), value, None),
             TxnOp::put(k.commit.as_str(), marker.to_vec(), None),
         ];
+        if let Some(replay) = replay {
+            ops.push(TxnOp::put(k.replay.as_str(), replay.to_vec(), None));
+        }
         if !uas.is_empty() {
             ops.push(TxnOp::put(
                 k.ua_at(epoch + 1),

@@ -16,7 +16,8 @@ fn hostname() -> String {
 }
 
 /// The join's transaction when the disk has a state: become the member (reading the value this
-/// node's key held before) and read the state. When it has none, the members registered are read.
+/// node's key held before) and read the state, this node's replay records and the settled marker.
+/// When it has none, the members registered are read.
 fn join_txn(k: &Keys, member: &[u8]) -> Txn {
     Txn::new()
         .when([Compare::create_revision(
@@ -28,6 +29,8 @@ fn join_txn(k: &Keys, member: &[u8]) -> Txn {
             TxnOp::get(k.member.as_str(), None),
             TxnOp::put(k.member.as_str(), member.to_vec(), None),
             TxnOp::get(k.state.as_str(), None),
+            TxnOp::get(k.replay.as_str(), None),
+            TxnOp::get(k.settled.as_str(), None),
         ])
         .or_else([TxnOp::get(
             k.members.as_str(),
@@ -48,7 +51,28 @@ fn create_txn(k: &Keys, member: &[u8], first: Vec<u8>) -> Txn {
             TxnOp::put(k.member.as_str(), member.to_vec(), None),
             TxnOp::put(k.state.as_str(), first, None),
             TxnOp::get(k.state.as_str(), None),
+            TxnOp::get(k.replay.as_str(), None),
+            TxnOp::get(k.settled.as_str(), None),
         ])
+}
+
+/// This node's replay records as `replay/<node>` holds them; none when absent, too long or
+/// unreadable (logged: the replay of a PR OUT committed before a crash then runs again).
+fn restored_replay(kv: Option<&KeyValue>) -> Vec<crate::pr::replay::Record> {
+    let Some(kv) = kv else {
+        return Vec::new();
+    };
+    if kv.value().len() > MAX_REPLAY_BYTES {
+        log::warn!("cluster: this node's replay records in etcd are too long; ignored");
+        return Vec::new();
+    }
+    match serde_json::from_slice::<ReplayValue>(kv.value()) {
+        Ok(v) => v.records,
+        Err(e) => {
+            log::warn!("cluster: this node's replay records in etcd are unreadable ({e}); ignored");
+            Vec::new()
+        }
+    }
 }
 
 impl EtcdState {
@@ -81,6 +105,10 @@ impl EtcdState {
         let shared = Arc::new(EtcdState {
             cfg: cfg.clone(),
             held: Mutex::new((0, 0)),
+            held_since: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            settle_failure: Mutex::new(None),
+            restored_replay: Mutex::new(Vec::new()),
             store,
             rt: ManuallyDrop::new(rt),
             endpoints,
@@ -105,6 +133,10 @@ impl EtcdState {
         let sent = boottime_ns();
         let (created, got) = shared.join_or_create(deadline, local)?;
         let answered = boottime_ns();
+        *lock(&shared.restored_replay) = restored_replay(got.get(2).and_then(Option::as_ref));
+        if let Some(settled) = got.get(3).and_then(Option::as_ref) {
+            shared.saw_settled(settled.value());
+        }
         let (previous, state) = (
             got.first().and_then(Option::as_ref),
             got.get(1).and_then(Option::as_ref),
@@ -296,7 +328,8 @@ struct LocalMark {
     history: String,
 }
 
-/// The first key of each read (none: an empty read): `[previous member, state]`.
+/// The first key of each read (none: an empty read): `[previous member, state, replay records,
+/// settled marker]`.
 fn first_of_each(got: &[Vec<KeyValue>]) -> Vec<Option<KeyValue>> {
     got.iter().map(|r| r.first().cloned()).collect()
 }

@@ -55,6 +55,9 @@ impl EtcdState {
     /// What `sharedisk ctl cluster status` shows.
     pub fn status(&self) -> serde_json::Value {
         let (epoch, _) = self.held();
+        let settled = self.settled();
+        let unsettled_since_ms =
+            (epoch > settled).then(|| boottime_ns().saturating_sub(self.held_since()) / 1_000_000);
         let mut members = Vec::new();
         let mut shared_epoch = None;
         let mut error = None;
@@ -86,6 +89,9 @@ impl EtcdState {
             "serving": self.lease.admits(),
             "epoch": epoch,
             "shared_epoch": shared_epoch,
+            "settled_epoch": settled,
+            "unsettled_since_ms": unsettled_since_ms,
+            "settle_failure": *lock(&self.settle_failure),
             "lease_ms": self.cfg.lease_ms,
             "lease_remaining_ms": u64::try_from(self.lease.remaining().as_millis()).unwrap_or(u64::MAX),
             "strict": self.cfg.fence_hook.is_some(),

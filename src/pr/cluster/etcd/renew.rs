@@ -3,7 +3,11 @@
 
 use super::*;
 
-/// The running agent: the renewer thread and the watch. Stops (and leaves the cluster) on
+/// The longest pause between two background attempts to settle after a failure (strict mode:
+/// the fence hook's back-off).
+const SETTLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The running agent: the renewer thread, the watch and the background settle. Stops (and leaves the cluster) on
 /// [`Agent::stop`] or drop.
 ///
 /// It holds the logical unit weakly: the unit owns its reservations, which own the backend and
@@ -13,6 +17,7 @@ pub struct Agent {
     shared: Arc<EtcdState>,
     lun: Weak<Lun>,
     renewer: Option<JoinHandle<()>>,
+    settler: Option<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -28,10 +33,16 @@ impl Agent {
             .name("cluster-renew".into())
             .spawn(move || renew_loop(&s, &l))
             .ok();
+        let s = shared.clone();
+        let settler = std::thread::Builder::new()
+            .name("cluster-settle".into())
+            .spawn(move || settle_loop(&s))
+            .ok();
         Agent {
             shared,
             lun: Arc::downgrade(&lun),
             renewer,
+            settler,
         }
     }
 
@@ -45,6 +56,9 @@ impl Agent {
         // The renewer itself may drop the last reference to the unit, and so this agent: it
         // has stopped already, and cannot wait for itself.
         if t.thread().id() != std::thread::current().id() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.settler.take() {
             let _ = t.join();
         }
         self.shared.leave(self.lun.upgrade().as_deref());
@@ -101,6 +115,34 @@ fn renew_loop(shared: &EtcdState, lun: &Weak<Lun>) {
     }
 }
 
+/// Keeps settling the epoch held here while it is above the settled marker: after a command's
+/// settle failed (its budget spent, the strict mode's hook failing), PR IN answers BUSY until
+/// this has settled it (soft mode: once the wait bound passed since this daemon held it; strict
+/// mode: once the hook fenced every member behind, retried with back-off). A new epoch is left
+/// to the command that committed or the PR IN that meets it for a renewal interval first.
+fn settle_loop(shared: &EtcdState) {
+    let mut pause = shared.cfg.renew_every();
+    loop {
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            if shared.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(pause));
+        }
+        let (held, _) = shared.held();
+        let held_for = boottime_ns().saturating_sub(shared.held_since());
+        if held <= shared.settled()
+            || held_for < crate::pr::cluster::config::nanos(shared.cfg.renew_every())
+        {
+            pause = shared.cfg.renew_every();
+            continue;
+        }
+        let result = shared.settle(held, crate::pr::cluster::config::after(shared.budget()));
+        pause = shared.settle_attempted(held, result.as_ref().err(), pause);
+    }
+}
+
 /// Wakes the renewer whenever the state key changes. Watches through the member that answers
 /// the calls, and moves when they move; reconnects after any error.
 async fn watch_state(shared: Arc<EtcdState>, key: String) {
@@ -153,6 +195,42 @@ pub(super) enum Seen {
 }
 
 impl EtcdState {
+    /// Logs a background settle attempt of `epoch` once per kind of outcome and returns the
+    /// pause before the next one: doubled (up to [`SETTLE_BACKOFF_MAX`]) after a failure that
+    /// another attempt at once would repeat, such as a failing fence hook.
+    fn settle_attempted(
+        &self,
+        epoch: u64,
+        error: Option<&SettleError>,
+        pause: Duration,
+    ) -> Duration {
+        let mut last = lock(&self.settle_failure);
+        let Some(e) = error else {
+            if last.take().is_some() {
+                log::warn!(
+                    "cluster: shared state {epoch} settled in the background; PR IN answers again"
+                );
+            }
+            return self.cfg.renew_every();
+        };
+        let kind = match e {
+            SettleError::MembersUnreadable(_) => "members unreadable",
+            SettleError::BudgetSpent => "budget spent",
+            SettleError::NotFenced(_) => "not fenced",
+        };
+        if last.as_deref() != Some(kind) {
+            log::error!(
+                "cluster: shared state {epoch} is committed but not settled: {e}; PR IN answers \
+                 BUSY until it is; trying again in the background (check the fence hook and etcd)"
+            );
+            *last = Some(kind.to_string());
+        }
+        match e {
+            SettleError::BudgetSpent => self.cfg.renew_every(),
+            _ => (pause * 2).min(SETTLE_BACKOFF_MAX),
+        }
+    }
+
     /// The acknowledgement of the state held here by this incarnation. While it may not vouch
     /// yet, the renewal still writes one (a sign of life for `evict`) under an incarnation id
     /// that matches no member's, so it vouches for nothing.

@@ -4,18 +4,67 @@
 use super::*;
 
 impl EtcdState {
-    /// Returns once no other daemon can admit I/O under the state before `epoch`: each has
-    /// acknowledged it or its lease has surely run out (strict mode: or it was fenced). An error
-    /// means the change is committed but the wait failed; the command gets BUSY.
-    /// `budget_end` is the command's budget: past it, the answer is BUSY.
+    /// Settles `epoch` (see [`EtcdState::wait_settled`]) unless it is known settled already;
+    /// once it is, raises the `settled` marker to it, here and in etcd, so that every daemon's
+    /// PR IN may show it. Any daemon holding `epoch` (or a newer one) may settle it.
     pub(in crate::pr::cluster) fn settle(
         &self,
         epoch: u64,
         budget_end: Instant,
     ) -> Result<(), SettleError> {
-        // Measured from the commit's answer, on this host's clock.
-        let bound =
-            boottime_ns().saturating_add(crate::pr::cluster::config::nanos(self.cfg.wait_bound()));
+        if self.settled() >= epoch {
+            return Ok(());
+        }
+        self.wait_settled(epoch, budget_end)?;
+        self.raise_settled(epoch, budget_end);
+        Ok(())
+    }
+
+    /// Raises the `settled` marker to `epoch`: here at once, in etcd if it answers in time (if
+    /// not, other daemons settle `epoch` themselves before they show it).
+    fn raise_settled(&self, epoch: u64, budget_end: Instant) {
+        self.settled.fetch_max(epoch, Ordering::AcqRel);
+        let k = &self.keys;
+        let value = settled_value(epoch);
+        let raise = Txn::new()
+            .when([Compare::value(
+                k.settled.as_str(),
+                CompareOp::Less,
+                value.clone(),
+            )])
+            .and_then([TxnOp::put(k.settled.as_str(), value.clone(), None)]);
+        // A value compare fails on a missing key: the marker is created when absent.
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                k.settled.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(k.settled.as_str(), value, None)])
+            .or_else([TxnOp::txn(raise)]);
+        let within = self
+            .cfg
+            .lease()
+            .min(budget_end.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(100));
+        if let Err(e) = self.txn(within, "raise the settled marker", &txn) {
+            log::debug!("cluster: {e}; epoch {epoch} is settled here, the marker follows later");
+        }
+    }
+
+    /// Returns once no other daemon can admit I/O under the state before `epoch`: each has
+    /// acknowledged it or its lease has surely run out (strict mode: or it was fenced). An error
+    /// means the change is committed but the wait failed; the command gets BUSY.
+    /// `budget_end` is the command's budget: past it, the answer is BUSY.
+    fn wait_settled(&self, epoch: u64, budget_end: Instant) -> Result<(), SettleError> {
+        // Measured from when this daemon first held `epoch` (or the newer epoch it holds), on
+        // this host's clock: never before the commit, and the same for every attempt.
+        let since = if self.held().0 >= epoch {
+            self.held_since()
+        } else {
+            boottime_ns()
+        };
+        let bound = since.saturating_add(crate::pr::cluster::config::nanos(self.cfg.wait_bound()));
         loop {
             let within = self
                 .cfg
