@@ -315,11 +315,19 @@ impl EtcdState {
             }
         };
         if resp.succeeded() {
+            // etcd holds exactly the state held here: whatever regression was seen is over.
+            self.clear_regression();
             self.lease.renewed(sent, self.cfg.lease());
             return true;
         }
         let got = gets(&resp);
         if self.member_read(&got) != MemberRead::Ours {
+            return false;
+        }
+        if self.held() != (epoch, version) {
+            // A commit or a republish moved the state held here while this renewal was on its
+            // way: what it read may be older than that, and is no regression. The next renewal
+            // compares afresh.
             return false;
         }
         let seen = match self.compare_remote(lun, &got) {
