@@ -604,3 +604,87 @@ fn the_fence_hook_gets_only_valid_names_as_an_argument() {
         "the hook got {hook_saw:?}"
     );
 }
+
+/// The issue's figure (run once, outside CI): `SHAREDISK_RACE_ROUNDS` (default 200) PREEMPT AND
+/// ABORTs of a guest whose daemon is cut off from etcd, each raced by a replacement incarnation
+/// of that daemon's node started 0 to 400 ms after the cut (so before, during or after the
+/// PREEMPT's commit). Every GOOD must come while the old incarnation no longer admits the victim;
+/// prints how many rounds, the GOOD times and the bound.
+/// `cargo test --features cluster,test-hooks --test cluster_incarnations -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn figure_preempts_racing_a_replacement_incarnation() {
+    use rand::{Rng, SeedableRng};
+    common::daemon::init_logging();
+    let rounds: usize = std::env::var("SHAREDISK_RACE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let d = dir.path().to_path_buf();
+    let etcd = Etcd::start(&d);
+    let h2 = serve(&d, &etcd, "h2", "b");
+    assert_eq!(
+        h2.arbiter().prout("b", &register(0xb), None),
+        PrStatus::Good
+    );
+    let bound = cluster(&d, &etcd.url, "h1", "x").wait_bound();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    let (mut goods, mut other, mut violations) = (Vec::new(), 0, 0);
+    for round in 0..rounds {
+        let proxy = Proxy::start(&etcd.url);
+        let old = Server::start(config(
+            &d,
+            &format!("old{round}"),
+            "a",
+            cluster(&d, &proxy.url, "h1", &format!("old{round}")),
+        ))
+        .expect("the first h1 joins through the proxy");
+        assert_eq!(
+            old.arbiter().prout("a", &register(0xa), None),
+            PrStatus::Good
+        );
+        let delay = Duration::from_millis(rng.gen_range(0..400));
+        proxy.cut();
+        let cut = Instant::now();
+        let (dd, url) = (d.clone(), etcd.url.clone());
+        let replacement = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let c = cluster(&dd, &url, "h1", &format!("new{round}"));
+            Server::start(config(&dd, &format!("new{round}"), "c", c))
+                .expect("the replacement h1 joins")
+        });
+        let status = h2.arbiter().prout("b", &preempt_and_abort(0xb, 0xa), None);
+        let took = cut.elapsed();
+        let view = old.arbiter().cluster_view().unwrap();
+        if view.lease_valid && old.arbiter().with(|s| s.is_registered("a")) {
+            violations += 1;
+            eprintln!(
+                "round {round}: GOOD after {took:?} while the old h1 admitted the victim \
+                 ({:?} of lease left)",
+                view.lease_remaining
+            );
+        }
+        match status {
+            PrStatus::Good => goods.push(took),
+            _ => other += 1,
+        }
+        let new = replacement.join().unwrap();
+        proxy.restore();
+        drop(old);
+        drop(new);
+    }
+    goods.sort();
+    let ms = |d: &Duration| d.as_millis();
+    eprintln!(
+        "figure: {rounds} PREEMPT AND ABORTs raced by a replacement incarnation: {} GOOD \
+         (min {} ms, median {} ms, max {} ms; the bound is {} ms), {other} other answers, \
+         {violations} GOOD while the old incarnation still admitted the victim",
+        goods.len(),
+        goods.first().map_or(0, ms),
+        goods.get(goods.len() / 2).map_or(0, ms),
+        goods.last().map_or(0, ms),
+        bound.as_millis()
+    );
+    assert_eq!(violations, 0);
+}
