@@ -605,6 +605,330 @@ fn the_fence_hook_gets_only_valid_names_as_an_argument() {
     );
 }
 
+/// Found by a review (failed before its fix): the `settled` marker is a bare
+/// epoch, kept when a fresh history is created. Every daemon stopped cleanly (no member left),
+/// the state key deleted: the first daemon imports its copy as epoch 1 of a new history, but the
+/// marker still says the old line's epoch is settled, so `settle` returns at once for every
+/// epoch up to it: a PREEMPT AND ABORT returns GOOD without waiting for the victim's daemon,
+/// which is cut off from etcd and still admits the victim's writes.
+#[test]
+fn a_settled_marker_of_an_older_history_never_settles_a_new_change() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let proxy = Proxy::start(&etcd.url);
+    let victim_cfg = || config(d, "h2", "b", cluster(d, &proxy.url, "h2", "state"));
+    // The old line: a few changes, settled (the marker rises with them).
+    {
+        let h1 = serve(d, &etcd, "h1", "a");
+        let h2 = Server::start(victim_cfg()).unwrap();
+        assert_eq!(
+            h1.arbiter().prout("a", &register(0x10), None),
+            PrStatus::Good
+        );
+        for k in 0x10..0x18u64 {
+            let change = ProutRequest::new(ServiceAction::Register)
+                .key(k)
+                .sa_key(k + 1);
+            assert_eq!(h1.arbiter().prout("a", &change, None), PrStatus::Good);
+        }
+        let unregister = ProutRequest::new(ServiceAction::Register)
+            .key(0x18)
+            .sa_key(0);
+        assert_eq!(h1.arbiter().prout("a", &unregister, None), PrStatus::Good);
+        // A PR IN settles and shows the newest epoch: the marker is raised to it.
+        let _ = h2.arbiter().prout("b", &register(0xb), None);
+        let unregister = ProutRequest::new(ServiceAction::Register)
+            .key(0xb)
+            .sa_key(0);
+        let _ = h2.arbiter().prout("b", &unregister, None);
+        std::thread::sleep(Duration::from_millis(3 * FAST.lease_ms));
+    }
+    assert!(keys(&etcd, "members/").is_empty(), "both left cleanly");
+    let old_marker = value(&etcd, "settled");
+    eprintln!("settled marker of the old line: {old_marker}");
+    // An operator resets the disk's state while no daemon runs.
+    etcdctl(&etcd, &["del", &format!("{PREFIX}state")]);
+
+    let h1 = serve(d, &etcd, "h1", "a");
+    let h2 = Server::start(victim_cfg()).unwrap();
+    assert_eq!(
+        h1.arbiter().prout("a", &register(0xa), None),
+        PrStatus::Good
+    );
+    assert_eq!(
+        h2.arbiter().prout("b", &register(0xb), None),
+        PrStatus::Good
+    );
+    let epoch = h1.arbiter().cluster_view().unwrap().epoch;
+    eprintln!(
+        "new line at epoch {epoch}, marker {}",
+        value(&etcd, "settled")
+    );
+
+    proxy.cut();
+    let cut = Instant::now();
+    let status = h1.arbiter().prout("a", &preempt_and_abort(0xa, 0xb), None);
+    let took = cut.elapsed();
+    let view = h2.arbiter().cluster_view().unwrap();
+    let victim_admitted = view.lease_valid && h2.arbiter().with(|s| s.is_registered("b"));
+    proxy.restore();
+    eprintln!("PREEMPT AND ABORT {status:?} after {took:?}");
+    assert!(
+        status != PrStatus::Good || !victim_admitted,
+        "PREEMPT AND ABORT returned GOOD {took:?} after the cut while h2 still admitted the \
+         victim's writes ({:?} of lease left): the old line's settled marker ({old_marker}) \
+         settled epoch {} of the new history",
+        view.lease_remaining,
+        epoch + 1
+    );
+}
+
+/// Found by a review (failed before its fix): an acknowledgement vouches by (incarnation, history,
+/// epoch) only, so one written for a state that etcd no longer holds counts for a different
+/// change at a lower-or-equal epoch number of the same history. h1, cut off from etcd, acked
+/// epoch 5; the state key is rewritten with its older epoch-2 value (how the tests model a
+/// restore); h3 joins at epoch 2 and its PREEMPT AND ABORT (epoch "4" of the rewritten line)
+/// counts h1's stale ack of epoch 5: GOOD at once while h1 still admits the victim's writes.
+#[test]
+fn an_ack_of_a_state_etcd_no_longer_holds_never_vouches() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let proxy = Proxy::start(&etcd.url);
+    let slow = |url: &str, node: &str| {
+        let mut c = cluster(d, url, node, node);
+        c.lease_ms = 3000;
+        c.budget_ms = 8000;
+        c
+    };
+    let h1 = Server::start(config(d, "h1", "b", slow(&proxy.url, "h1"))).unwrap();
+    assert_eq!(
+        h1.arbiter().prout("b", &register(0xb0), None),
+        PrStatus::Good
+    );
+    let older = value(&etcd, "state");
+    for k in 0xb0..0xb3u64 {
+        let change = ProutRequest::new(ServiceAction::Register)
+            .key(k)
+            .sa_key(k + 1);
+        assert_eq!(h1.arbiter().prout("b", &change, None), PrStatus::Good);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    eprintln!("h1's ack before the cut: {}", value(&etcd, "acks/h1"));
+
+    proxy.cut();
+    let cut = Instant::now();
+    etcdctl(&etcd, &["put", &format!("{PREFIX}state"), &older]);
+    let h3 = Server::start(config(d, "h3", "c", slow(&etcd.url, "h3"))).unwrap();
+    assert_eq!(
+        h3.arbiter().prout("c", &register(0xc), None),
+        PrStatus::Good
+    );
+    let status = h3.arbiter().prout("c", &preempt_and_abort(0xc, 0xb0), None);
+    let took = cut.elapsed();
+    let view = h1.arbiter().cluster_view().unwrap();
+    let victim_admitted = view.lease_valid && h1.arbiter().with(|s| s.is_registered("b"));
+    proxy.restore();
+    eprintln!("PREEMPT AND ABORT {status:?} after {took:?}");
+    assert!(
+        status != PrStatus::Good || !victim_admitted,
+        "PREEMPT AND ABORT returned GOOD {took:?} after the cut while h1 still admitted the \
+         victim's writes ({:?} of lease left): h1's ack of a state etcd no longer holds vouched",
+        view.lease_remaining
+    );
+}
+
+/// Found by a review (failed before its fix): a PR IN settles the epoch it held when it started
+/// (`held_settled`, backend.rs) and then read whatever the arbiter held (`target.rs`
+/// `persistent_reserve_in`: `current()`, then `with()`): a newer epoch applied meanwhile was
+/// shown unsettled. Now it reads with `with_settled`, as target.rs does. h3 cut off makes h2's change E wait its bound; h1's PR IN waits with it;
+/// meanwhile h1 commits E+1 (a PREEMPT AND ABORT of h4's guest, h4 cut off just before): the
+/// PR IN answers with E+1 (h4's guest gone) while h4 still admits that guest's writes.
+#[test]
+fn a_pr_in_never_shows_an_epoch_newer_than_the_one_it_settled() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let (p3, p4) = (Proxy::start(&etcd.url), Proxy::start(&etcd.url));
+    let slow = |url: &str, node: &str| {
+        let mut c = cluster(d, url, node, node);
+        c.lease_ms = 3000;
+        c.renew_ms = Some(100);
+        c.budget_ms = 8000;
+        c
+    };
+    let h1 = Arc::new(Server::start(config(d, "h1", "a", slow(&etcd.url, "h1"))).unwrap());
+    let h2 = Arc::new(Server::start(config(d, "h2", "b", slow(&etcd.url, "h2"))).unwrap());
+    let _h3 = Server::start(config(d, "h3", "c", slow(&p3.url, "h3"))).unwrap();
+    let h4 = Server::start(config(d, "h4", "d", slow(&p4.url, "h4"))).unwrap();
+    for (s, g, k) in [
+        (&*h1, "a", 0xa),
+        (&*h2, "b", 0xb),
+        (&_h3, "c", 0xc),
+        (&h4, "d", 0xd),
+    ] {
+        assert_eq!(s.arbiter().prout(g, &register(k), None), PrStatus::Good);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    p3.cut();
+    let e = {
+        let h2 = h2.clone();
+        std::thread::spawn(move || {
+            let change = ProutRequest::new(ServiceAction::Register)
+                .key(0xb)
+                .sa_key(0xb1);
+            h2.arbiter().prout("b", &change, None)
+        })
+    };
+    let committed = Instant::now();
+    std::thread::sleep(Duration::from_millis(100));
+    // h1's PR IN, as target.rs answers it.
+    let pr_in = {
+        let h1 = h1.clone();
+        std::thread::spawn(move || {
+            // As target.rs answers it: settled, then shown only if still settled under the lock.
+            let mut answer = (false, true);
+            for _ in 0..3 {
+                if !h1.arbiter().current() {
+                    break;
+                }
+                if let Some(d) = h1.arbiter().with_settled(|s| s.is_registered("d")) {
+                    answer = (true, d);
+                    break;
+                }
+            }
+            (answer.0, answer.1, Instant::now())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1300));
+    p4.cut();
+    std::thread::sleep(Duration::from_millis(100));
+    let e1 = {
+        let h1 = h1.clone();
+        std::thread::spawn(move || h1.arbiter().prout("a", &preempt_and_abort(0xa, 0xd), None))
+    };
+    let (ok, d_shown, at) = pr_in.join().unwrap();
+    let view = h4.arbiter().cluster_view().unwrap();
+    let victim_admitted = view.lease_valid && h4.arbiter().with(|s| s.is_registered("d"));
+    eprintln!(
+        "PR IN answered {:?} after E: current {ok}, d registered {d_shown}; h4 admits d: \
+         {victim_admitted}",
+        at - committed
+    );
+    p3.restore();
+    p4.restore();
+    let _ = (e.join(), e1.join());
+    assert!(
+        !(ok && !d_shown && victim_admitted),
+        "h1's PR IN showed the PREEMPT AND ABORT of d (epoch E+1) before it was settled: h4 \
+         still admitted d's writes ({:?} of lease left)",
+        view.lease_remaining
+    );
+}
+
+/// Found by a review (failed before its fix): the first daemon of a disk imports its local copy with no
+/// check against what the disk's line reached. h1 stops; h2 preempts h1's guest (GOOD); h2
+/// stops; the state key is deleted while no daemon runs; h1 starts first and imports its older
+/// copy as epoch 1 of a new history: the preempted registration is back, and its guest may
+/// write again although its PREEMPT AND ABORT returned GOOD. (etcd still held the evidence:
+/// `settled` and `replay/h2` name the line's newer epoch.)
+#[test]
+fn a_first_daemon_never_imports_a_copy_older_than_the_line() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let h1 = serve(d, &etcd, "h1", "a");
+    let h2 = serve(d, &etcd, "h2", "b");
+    assert_eq!(
+        h1.arbiter().prout("a", &register(0xa), None),
+        PrStatus::Good
+    );
+    assert_eq!(
+        h2.arbiter().prout("b", &register(0xb), None),
+        PrStatus::Good
+    );
+    drop(h1);
+    assert_eq!(
+        h2.arbiter().prout("b", &preempt_and_abort(0xb, 0xa), None),
+        PrStatus::Good
+    );
+    drop(h2);
+    assert!(keys(&etcd, "members/").is_empty(), "both left cleanly");
+    etcdctl(&etcd, &["del", &format!("{PREFIX}state")]);
+
+    // h1's copy is older than the line's settled epoch: its start is refused, saying so.
+    let h1 = Server::start(config(d, "h1", "a", cluster(d, &etcd.url, "h1", "state")));
+    match h1 {
+        Err(e) => assert!(
+            e.to_string()
+                .contains("would undo changes that were answered GOOD"),
+            "{e}"
+        ),
+        Ok(h1) => panic!(
+            "h1 started on its copy from before the PREEMPT AND ABORT that returned GOOD \
+             (guest a registered: {}; state {})",
+            h1.arbiter().with(|s| s.is_registered("a")),
+            value(&etcd, "state")
+        ),
+    }
+    // h2's copy is the newest: it continues the line, without a's registration.
+    let h2 = serve(d, &etcd, "h2", "b");
+    assert!(!h2.arbiter().with(|s| s.is_registered("a")));
+    assert!(h2.arbiter().with(|s| s.is_registered("b")));
+}
+
+/// Found by a review (failed before its fix): a replacement incarnation's own PR OUT never waits for the
+/// incarnation it replaced: `peers()` leaves out every member of this node's name, and
+/// `vouch_from` only holds back its acknowledgements. The first h1, cut off from etcd, serves
+/// guest a; the replacement h1 (guest c) PREEMPTs AND ABORTs a's key: GOOD at once while the
+/// first h1 still admits a's writes.
+#[test]
+fn a_replacement_incarnations_own_preempt_waits_for_the_old_one() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let proxy = Proxy::start(&etcd.url);
+    let slow = |url: &str, node: &str, state: &str| {
+        let mut c = cluster(d, url, node, state);
+        c.lease_ms = 3000;
+        c.budget_ms = 8000;
+        c
+    };
+    let old = Server::start(config(d, "old", "a", slow(&proxy.url, "h1", "old"))).unwrap();
+    let _h2 = Server::start(config(d, "h2", "b", slow(&etcd.url, "h2", "state"))).unwrap();
+    assert_eq!(
+        old.arbiter().prout("a", &register(0xa), None),
+        PrStatus::Good
+    );
+
+    proxy.cut();
+    let cut = Instant::now();
+    let new = Server::start(config(d, "new", "c", slow(&etcd.url, "h1", "new"))).unwrap();
+    assert_eq!(
+        new.arbiter().prout("c", &register(0xc), None),
+        PrStatus::Good
+    );
+    let status = new.arbiter().prout("c", &preempt_and_abort(0xc, 0xa), None);
+    let took = cut.elapsed();
+    let view = old.arbiter().cluster_view().unwrap();
+    let victim_admitted = view.lease_valid && old.arbiter().with(|s| s.is_registered("a"));
+    proxy.restore();
+    eprintln!("the replacement's PREEMPT AND ABORT: {status:?} after {took:?}");
+    assert!(
+        status != PrStatus::Good || !victim_admitted,
+        "the replacement h1's PREEMPT AND ABORT returned GOOD {took:?} after the cut while the \
+         first h1 still admitted a's writes ({:?} of lease left)",
+        view.lease_remaining
+    );
+}
+
 /// The issue's figure (run once, outside CI): `SHAREDISK_RACE_ROUNDS` (default 200) PREEMPT AND
 /// ABORTs of a guest whose daemon is cut off from etcd, each raced by a replacement incarnation
 /// of that daemon's node started 0 to 400 ms after the cut (so before, during or after the

@@ -463,6 +463,14 @@ impl Reservations {
         self.replay_log().completed(initiator, ring);
     }
 
+    /// Runs `f` on the arbiter if the state it holds is settled (cluster mode; always on one
+    /// host), checked under the same read lock `f` runs with: a PR IN or `ctl pr show` never
+    /// shows a change applied after its settle. `None`: a newer change came meanwhile.
+    pub fn with_settled<R>(&self, f: impl FnOnce(&Arbiter) -> R) -> Option<R> {
+        let arb = self.read_lock();
+        self.backend.shows_settled().then(|| f(&arb))
+    }
+
     /// Runs `f` on a consistent view of the arbiter (PR IN, tests).
     pub fn with<R>(&self, f: impl FnOnce(&Arbiter) -> R) -> R {
         f(&self.read_lock())

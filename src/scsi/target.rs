@@ -51,6 +51,9 @@ pub struct Outcome {
     pub data_in: usize,
 }
 
+/// How often a PR IN settles again when a newer change arrived while it settled, before BUSY.
+const PR_IN_TRIES: usize = 3;
+
 impl Outcome {
     fn good(data_in: usize) -> Self {
         Outcome {
@@ -533,12 +536,18 @@ impl Target {
 
     /// PERSISTENT RESERVE IN (SPC-4 §6.15); never admitted, so it may read the arbiter.
     fn persistent_reserve_in(&self, req: &Request, cdb: &[u8; 10]) -> Result<Outcome> {
-        if !self.lun.reservations.current() {
-            return Err(Outcome::busy());
+        // Cluster mode: `current` settles the state held; a change applied after that (another
+        // daemon's, adopted meanwhile) is settled again before it is shown.
+        for _ in 0..PR_IN_TRIES {
+            if !self.lun.reservations.current() {
+                return Err(Outcome::busy());
+            }
+            if let Some(data) = self.lun.reservations.with_settled(|a| wire::prin(a, cdb)) {
+                // `prin` already cut the data to the ALLOCATION LENGTH, never ADDITIONAL LENGTH.
+                return Ok(reply(req.data_in, &data?, u32::MAX));
+            }
         }
-        let data = self.lun.reservations.with(|a| wire::prin(a, cdb))?;
-        // `prin` already cut the data to the ALLOCATION LENGTH, never ADDITIONAL LENGTH.
-        Ok(reply(req.data_in, &data, u32::MAX))
+        Err(Outcome::busy())
     }
 
     /// PERSISTENT RESERVE OUT (SPC-4 §6.16); never admitted: the arbiter decides.

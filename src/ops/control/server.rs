@@ -326,7 +326,14 @@ fn pr_show(res: &crate::pr::fencing::Reservations) -> Result<Value, Failure> {
             ),
         ));
     }
-    let mut shown = res.with(|a| view::pr(a.state()));
+    // Checked again under the lock the state is read with: a change applied since is not shown.
+    let Some(mut shown) = res.with_settled(|a| view::pr(a.state())) else {
+        return Err(fail(
+            code::FAILED,
+            "a newer shared state was applied while this ran and is not settled yet: try again"
+                .to_string(),
+        ));
+    };
     shown["settled"] = Value::Bool(true);
     Ok(shown)
 }

@@ -150,6 +150,13 @@ pub trait PrBackend: Send + Sync {
     /// command gets BUSY. One host: nothing to wait for.
     fn settle(&self, unsettled: &Unsettled) -> Result<(), BackendError>;
 
+    /// Whether the state held here is settled, so that it may be shown (PR IN, `ctl pr show`).
+    /// Called with the arbiter's read lock held, under which the state held does not change:
+    /// cheap, never blocks. One host: always.
+    fn shows_settled(&self) -> bool {
+        true
+    }
+
     /// Whether `initiator` is one of this daemon's guests (its unit attentions are queued here,
     /// the others travel with the change). One host: every initiator.
     fn serves(&self, initiator: &str) -> bool;

@@ -332,6 +332,10 @@ impl PrBackend for EtcdBackend {
         self.state.confirm_current(fencing)
     }
 
+    fn shows_settled(&self) -> bool {
+        self.state.held().0 <= self.state.settled()
+    }
+
     fn settle(&self, unsettled: &Unsettled) -> Result<(), BackendError> {
         Ok(self.state.settle(unsettled.epoch, unsettled.deadline)?)
     }

@@ -59,7 +59,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +124,23 @@ pub enum ClusterError {
          cluster republish` on the member holding the newest state, then start this one again"
     )]
     StateGone { key: String, members: String },
+    /// etcd holds no state and no member, but the disk's line had settled a newer epoch (or
+    /// another history) than this node's local copy: importing the copy would undo changes that
+    /// returned GOOD.
+    #[error(
+        "etcd holds no state under {key}, but the disk's shared state had reached epoch \
+         {line_epoch} (history {line_history}), and this node's local copy is {copy}: importing it \
+         would undo changes that were answered GOOD. Start first the node whose copy is the \
+         newest (its `<state_dir>/<disk_id>.<node>.epoch` names its epoch); to start over from \
+         this copy anyway, delete the key {settled_key} with etcdctl"
+    )]
+    StaleCopy {
+        key: String,
+        line_epoch: u64,
+        line_history: String,
+        copy: String,
+        settled_key: String,
+    },
 }
 
 /// Why a committed change could not be settled; the command gets BUSY.
@@ -140,17 +157,29 @@ pub enum SettleError {
     NotFenced(String),
 }
 
-/// The `settled` key's value for `epoch`: 20 digits, so that etcd's byte order is the numbers'.
-fn settled_value(epoch: u64) -> String {
-    format!("{epoch:020}")
+/// The `settled` key's value for `epoch` of `history`: the epoch in 20 digits first, so that
+/// etcd's byte order is the numbers' within a history.
+fn settled_value(epoch: u64, history: &str) -> String {
+    format!("{epoch:020} {history}")
 }
 
-/// The epoch a `settled` key holds; anything else (hostile or damaged) counts as none settled.
-fn parse_settled(value: &[u8]) -> u64 {
+/// The epoch and history a `settled` key names, if it is well formed.
+fn settled_line(value: &[u8]) -> Option<(u64, String)> {
+    let (epoch, history) = std::str::from_utf8(value).ok()?.split_once(' ')?;
+    (epoch.len() == 20)
+        .then(|| epoch.parse().ok())
+        .flatten()
+        .map(|e| (e, history.to_string()))
+}
+
+/// The epoch a `settled` key holds for `history`; a marker of another history (left by an older
+/// line), or anything else (hostile or damaged), counts as none settled.
+fn parse_settled(value: &[u8], history: &str) -> u64 {
     std::str::from_utf8(value)
         .ok()
-        .filter(|s| s.len() == 20)
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.split_once(' '))
+        .filter(|(epoch, h)| epoch.len() == 20 && *h == history)
+        .and_then(|(epoch, _)| epoch.parse().ok())
         .unwrap_or(0)
 }
 
@@ -163,6 +192,10 @@ struct ReplayValue {
 
 /// The most a `replay/<node>` value may hold; a longer one is neither written nor read.
 pub(super) const MAX_REPLAY_BYTES: usize = 64 << 10;
+
+/// The largest epoch a state read from etcd may carry: far beyond any real count of changes,
+/// and room to add one without overflow (a hostile value is refused as unreadable).
+const MAX_EPOCH: u64 = 1 << 62;
 
 /// The `state` key's value.
 #[derive(Serialize, Deserialize)]
@@ -244,16 +277,24 @@ struct Member {
     node: String,
     incarnation: Option<MemberValue>,
     ack: Option<AckValue>,
+    /// The etcd revision the acknowledgement was written at (0: none).
+    ack_revision: i64,
 }
 
 impl Member {
-    /// Whether this member vouches for `epoch` of `history`: its acknowledgement was written by
-    /// the incarnation registered now, for the same history, at `epoch` or later. A foreign or
-    /// older incarnation's acknowledgement never vouches.
-    fn acknowledged(&self, history: &str, epoch: u64) -> bool {
+    /// Whether this member vouches for `epoch` of `history`, committed at etcd revision
+    /// `committed_at`: its acknowledgement was written by the incarnation registered now, for
+    /// the same history, at `epoch` or later, and after `committed_at` (acknowledgements are
+    /// conditioned on the state's revision the member holds, so a later one proves it applied
+    /// that commit; an earlier one may be of a state etcd no longer holds). A foreign or older
+    /// incarnation's acknowledgement never vouches.
+    fn acknowledged(&self, history: &str, epoch: u64, committed_at: i64) -> bool {
         match (&self.incarnation, &self.ack) {
             (Some(i), Some(a)) => {
-                a.incarnation == i.incarnation() && a.history == history && a.epoch >= epoch
+                a.incarnation == i.incarnation()
+                    && a.history == history
+                    && a.epoch >= epoch
+                    && self.ack_revision > committed_at
             }
             _ => false,
         }
@@ -371,6 +412,9 @@ fn remote_from(
         return Ok(None);
     };
     let v: StateValue = serde_json::from_slice(kv.value()).map_err(|e| e.to_string())?;
+    if v.epoch >= MAX_EPOCH {
+        return Err(format!("epoch {} is out of range", v.epoch));
+    }
     v.state.validate()?;
     let mut unit_attentions = Vec::new();
     for u in uas {
@@ -477,7 +521,7 @@ impl EtcdState {
     /// Takes in a `settled` value read from etcd (it only ever grows).
     pub(super) fn saw_settled(&self, value: &[u8]) {
         self.settled
-            .fetch_max(parse_settled(value), Ordering::AcqRel);
+            .fetch_max(parse_settled(value, &self.history()), Ordering::AcqRel);
     }
 
     /// The history of the shared state held here.

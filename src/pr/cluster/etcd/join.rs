@@ -32,28 +32,42 @@ fn join_txn(k: &Keys, member: &[u8]) -> Txn {
             TxnOp::get(k.replay.as_str(), None),
             TxnOp::get(k.settled.as_str(), None),
         ])
-        .or_else([TxnOp::get(
-            k.members.as_str(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        )])
+        .or_else([
+            TxnOp::get(
+                k.members.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+            TxnOp::get(k.settled.as_str(), None),
+        ])
 }
 
 /// The first daemon of a disk: create the state from `first` and become the member, only while
-/// there is still no state and no member at all.
-fn create_txn(k: &Keys, member: &[u8], first: Vec<u8>) -> Txn {
+/// there is still no state and no member at all, and the settled marker is the one read
+/// (`settled_at`, 0: none). A new history (`fresh`) starts clean: the unit attentions, replay
+/// records and settled marker of an older line are deleted with it.
+fn create_txn(k: &Keys, member: &[u8], first: Vec<u8>, settled_at: i64, fresh: bool) -> Txn {
+    let mut ops = vec![
+        TxnOp::get(k.member.as_str(), None),
+        TxnOp::put(k.member.as_str(), member.to_vec(), None),
+        TxnOp::put(k.state.as_str(), first, None),
+        TxnOp::get(k.state.as_str(), None),
+        TxnOp::get(k.replay.as_str(), None),
+        TxnOp::get(k.settled.as_str(), None),
+    ];
+    if fresh {
+        for prefix in [k.ua.clone(), format!("{}replay/", k.prefix)] {
+            let range = DeleteOptions::new().with_range(Keys::prefix_end(&prefix));
+            ops.push(TxnOp::delete(prefix, Some(range)));
+        }
+        ops.push(TxnOp::delete(k.settled.as_str(), None));
+    }
     Txn::new()
         .when([
             Compare::create_revision(k.state.as_str(), CompareOp::Equal, 0),
             Compare::create_revision(k.members.as_str(), CompareOp::Equal, 0).with_prefix(),
+            Compare::mod_revision(k.settled.as_str(), CompareOp::Equal, settled_at),
         ])
-        .and_then([
-            TxnOp::get(k.member.as_str(), None),
-            TxnOp::put(k.member.as_str(), member.to_vec(), None),
-            TxnOp::put(k.state.as_str(), first, None),
-            TxnOp::get(k.state.as_str(), None),
-            TxnOp::get(k.replay.as_str(), None),
-            TxnOp::get(k.settled.as_str(), None),
-        ])
+        .and_then(ops)
 }
 
 /// This node's replay records as `replay/<node>` holds them; none when absent, too long or
@@ -211,22 +225,63 @@ impl EtcdState {
                     key: k.state.clone(),
                 });
             };
+            let settled = got.get(1).and_then(|s| s.first());
+            let (epoch, history) = self.first_epoch(settled)?;
+            let fresh = settled.is_none();
             let first = serde_json::to_vec(&StateValue {
-                epoch: 1,
+                epoch,
                 state: local.clone(),
-                history: new_history(),
+                history,
             })
             .unwrap_or_default();
-            let created = self.retry(
-                deadline,
-                "create the state",
-                create_txn(k, &self.member, first),
-            )?;
+            let settled_at = settled.map_or(0, |kv| kv.mod_revision());
+            let create = create_txn(k, &self.member, first, settled_at, fresh);
+            let created = self.retry(deadline, "create the state", create)?;
             if created.succeeded() {
                 return Ok((true, first_of_each(&gets(&created))));
             }
             // Another daemon created it or joined meanwhile: join that one.
         }
+    }
+
+    /// The epoch and history the first daemon creates the state as. A disk whose line never
+    /// settled anything (no `settled` key) starts a new history at epoch 1. Otherwise the state
+    /// was lost while no daemon ran, and only a local copy of that line at least as new as its
+    /// settled epoch may continue it (as the next epoch); an older copy is refused.
+    fn first_epoch(&self, settled: Option<&KeyValue>) -> Result<(u64, String), ClusterError> {
+        let Some(kv) = settled else {
+            return Ok((1, new_history()));
+        };
+        let (line_epoch, line_history) = settled_line(kv.value()).unwrap_or((u64::MAX, "?".into()));
+        let mark = self.read_mark();
+        match &mark {
+            Some(m) if m.history == line_history && m.epoch >= line_epoch => {
+                log::warn!(
+                    "cluster: etcd holds no state and no member; this node's copy (epoch {}) is \
+                     at least as new as the line's settled epoch {line_epoch}: it continues the \
+                     line as epoch {}",
+                    m.epoch,
+                    m.epoch + 1
+                );
+                Ok((m.epoch.saturating_add(1), line_history))
+            }
+            _ => Err(ClusterError::StaleCopy {
+                key: self.keys.state.clone(),
+                line_epoch,
+                line_history,
+                copy: mark.map_or("of unknown epoch (no .epoch file)".into(), |m| {
+                    format!("at epoch {} of history {}", m.epoch, m.history)
+                }),
+                settled_key: self.keys.settled.clone(),
+            }),
+        }
+    }
+
+    /// The local copy's epoch and history, if recorded.
+    fn read_mark(&self) -> Option<LocalMark> {
+        std::fs::read(self.mark_path()?)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// A new incarnation that replaced another one of this node (a killed daemon, or a live one
@@ -281,9 +336,7 @@ impl EtcdState {
     /// started from instead, without admitting (a regression), so that it can be republished.
     fn newer_local_copy(&self, remote: &Remote, local: Option<&PrState>) -> Option<Remote> {
         let local = local?;
-        let mark: LocalMark = std::fs::read(self.mark_path()?)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())?;
+        let mark = self.read_mark()?;
         if mark.history != remote.history || mark.epoch <= remote.epoch {
             return None;
         }

@@ -19,7 +19,8 @@ impl EtcdState {
         let mut acks = BTreeMap::new();
         for kv in got.get(1).into_iter().flatten() {
             let node = String::from_utf8_lossy(&kv.key()[k.acks.len()..]).to_string();
-            acks.insert(node, serde_json::from_slice::<AckValue>(kv.value()).ok());
+            let ack = serde_json::from_slice::<AckValue>(kv.value()).ok();
+            acks.insert(node, ack.map(|a| (a, kv.mod_revision())));
         }
         let members = got
             .first()
@@ -27,9 +28,11 @@ impl EtcdState {
             .flatten()
             .map(|kv| {
                 let node = String::from_utf8_lossy(&kv.key()[k.members.len()..]).to_string();
+                let (ack, ack_revision) = acks.remove(&node).flatten().unzip();
                 Member {
                     incarnation: serde_json::from_slice(kv.value()).ok(),
-                    ack: acks.remove(&node).flatten(),
+                    ack,
+                    ack_revision: ack_revision.unwrap_or(0),
                     node,
                 }
             })
@@ -75,7 +78,7 @@ impl EtcdState {
                         "initiators": a.map(|a| a.initiators.clone()).unwrap_or_default(),
                         "lease_ms_at_ack": a.map(|a| a.lease_remaining_ms),
                         "ack_vouches": m.ack.is_some()
-                            && m.acknowledged(&self.history(), a.map_or(0, |a| a.epoch)),
+                            && m.acknowledged(&self.history(), a.map_or(0, |a| a.epoch), 0),
                     }));
                 }
             }

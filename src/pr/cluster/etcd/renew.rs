@@ -134,6 +134,7 @@ fn settle_loop(shared: &EtcdState) {
         let held_for = boottime_ns().saturating_sub(shared.held_since());
         if held <= shared.settled()
             || held_for < crate::pr::cluster::config::nanos(shared.cfg.renew_every())
+            || shared.fault().is_some()
         {
             pause = shared.cfg.renew_every();
             continue;
@@ -237,12 +238,15 @@ impl EtcdState {
     fn ack_value(&self, epoch: u64, lease_remaining_ms: u64) -> Vec<u8> {
         let mut initiators: Vec<String> = read(&self.served).iter().cloned().collect();
         initiators.sort();
+        let vouching = self.may_vouch();
         serde_json::to_vec(&AckValue {
-            epoch,
+            // Epoch 0 while not vouching: a daemon of an older version counts acknowledgements
+            // by their epoch alone.
+            epoch: if vouching { epoch } else { 0 },
             initiators,
             lease_remaining_ms,
             history: self.history(),
-            incarnation: if self.may_vouch() {
+            incarnation: if vouching {
                 self.incarnation.clone()
             } else {
                 format!("not vouching: {}", self.incarnation)

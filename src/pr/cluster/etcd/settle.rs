@@ -15,6 +15,10 @@ impl EtcdState {
         if self.settled() >= epoch {
             return Ok(());
         }
+        if self.fault().is_some() {
+            // A regressed or replaced daemon settles nothing (its epochs may not be the line's).
+            return Err(SettleError::BudgetSpent);
+        }
         self.wait_settled(epoch, budget_end)?;
         self.raise_settled(epoch, budget_end);
         Ok(())
@@ -25,21 +29,23 @@ impl EtcdState {
     fn raise_settled(&self, epoch: u64, budget_end: Instant) {
         self.settled.fetch_max(epoch, Ordering::AcqRel);
         let k = &self.keys;
-        let value = settled_value(epoch);
+        let value = settled_value(epoch, &self.history());
+        // Only while etcd holds the very state held here: a daemon whose state etcd no longer
+        // holds (a regression it has not seen yet) must not raise the line's marker.
+        let current = || Compare::mod_revision(k.state.as_str(), CompareOp::Equal, self.held().1);
         let raise = Txn::new()
-            .when([Compare::value(
-                k.settled.as_str(),
-                CompareOp::Less,
-                value.clone(),
-            )])
+            .when([
+                Compare::value(k.settled.as_str(), CompareOp::Less, value.clone()),
+                current(),
+            ])
             .and_then([TxnOp::put(k.settled.as_str(), value.clone(), None)]);
-        // A value compare fails on a missing key: the marker is created when absent.
+        // A value compare fails on a missing key: the marker is created when absent. (A marker
+        // of an older history that sorts above this one is left; it settles nothing here.)
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                k.settled.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
+            .when([
+                Compare::create_revision(k.settled.as_str(), CompareOp::Equal, 0),
+                current(),
+            ])
             .and_then([TxnOp::put(k.settled.as_str(), value, None)])
             .or_else([TxnOp::txn(raise)]);
         let within = self
@@ -65,7 +71,18 @@ impl EtcdState {
             boottime_ns()
         };
         let bound = since.saturating_add(crate::pr::cluster::config::nanos(self.cfg.wait_bound()));
+        // Acknowledgements count only when written after the commit held here (or a newer one).
+        let committed_at = self.held().1;
         loop {
+            // A replacement incarnation counts its own node as behind until the incarnation it
+            // replaced surely stopped admitting (`after_replacing`): no peer vouches for that one.
+            if boottime_ns() < self.vouch_from.load(Ordering::Acquire) {
+                if Instant::now() >= budget_end {
+                    return Err(SettleError::BudgetSpent);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
             let within = self
                 .cfg
                 .lease()
@@ -76,7 +93,7 @@ impl EtcdState {
                     let history = self.history();
                     let behind: Vec<&String> = peers
                         .iter()
-                        .filter(|m| !m.acknowledged(&history, epoch))
+                        .filter(|m| !m.acknowledged(&history, epoch, committed_at))
                         .map(|m| &m.node)
                         .collect();
                     if behind.is_empty() {

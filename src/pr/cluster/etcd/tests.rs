@@ -11,6 +11,7 @@ fn member(pid: u32, ack: Option<AckValue>) -> Member {
             boot_id: "boot".into(),
         }),
         ack,
+        ack_revision: 10,
     }
 }
 
@@ -27,36 +28,40 @@ fn ack(epoch: u64, history: &str, incarnation: &str) -> AckValue {
 #[test]
 fn only_the_registered_incarnation_vouches_for_our_history() {
     let ours = "boot/7/10";
-    assert!(member(10, Some(ack(5, "h", ours))).acknowledged("h", 5));
-    assert!(member(10, Some(ack(6, "h", ours))).acknowledged("h", 5));
+    assert!(member(10, Some(ack(5, "h", ours))).acknowledged("h", 5, 0));
+    assert!(member(10, Some(ack(6, "h", ours))).acknowledged("h", 5, 0));
     assert!(
-        !member(10, Some(ack(4, "h", ours))).acknowledged("h", 5),
+        !member(10, Some(ack(4, "h", ours))).acknowledged("h", 5, 0),
         "older"
     );
     assert!(
-        !member(11, Some(ack(5, "h", ours))).acknowledged("h", 5),
+        !member(11, Some(ack(5, "h", ours))).acknowledged("h", 5, 0),
         "another incarnation's"
     );
     assert!(
-        !member(10, Some(ack(5, "g", ours))).acknowledged("h", 5),
+        !member(10, Some(ack(5, "g", ours))).acknowledged("h", 5, 0),
         "another history"
     );
     let pending = format!("not vouching: {ours}");
     assert!(
-        !member(10, Some(ack(9, "h", &pending))).acknowledged("h", 5),
+        !member(10, Some(ack(9, "h", &pending))).acknowledged("h", 5, 0),
         "not vouching yet"
     );
-    assert!(!member(10, None).acknowledged("h", 5), "no ack");
+    assert!(!member(10, None).acknowledged("h", 5, 0), "no ack");
+    assert!(
+        !member(10, Some(ack(5, "h", ours))).acknowledged("h", 5, 10),
+        "written before the commit at revision 10 (maybe of a state etcd no longer holds)"
+    );
     // An acknowledgement written before incarnations existed never vouches.
     let old: AckValue =
         serde_json::from_str(r#"{"epoch":9,"initiators":[],"lease_remaining_ms":1}"#).unwrap();
-    assert!(!member(10, Some(old)).acknowledged("", 5));
+    assert!(!member(10, Some(old)).acknowledged("", 5, 0));
     let gone = Member {
         incarnation: None,
         ..member(10, Some(ack(9, "h", ours)))
     };
     assert!(
-        !gone.acknowledged("h", 5),
+        !gone.acknowledged("h", 5, 0),
         "a member key that does not parse"
     );
 }
@@ -93,10 +98,15 @@ fn a_state_written_before_histories_has_an_empty_one() {
 fn the_settled_marker_orders_as_its_bytes() {
     let epochs = [0, 1, 9, 10, 99, 100, 12_345, u64::MAX - 1, u64::MAX];
     for w in epochs.windows(2) {
-        assert!(settled_value(w[0]) < settled_value(w[1]), "{w:?}");
+        assert!(settled_value(w[0], "h") < settled_value(w[1], "h"), "{w:?}");
     }
     for e in epochs {
-        assert_eq!(parse_settled(settled_value(e).as_bytes()), e);
+        assert_eq!(parse_settled(settled_value(e, "h").as_bytes(), "h"), e);
+        assert_eq!(
+            parse_settled(settled_value(e, "g").as_bytes(), "h"),
+            0,
+            "another history's marker settles nothing"
+        );
     }
 }
 
@@ -109,7 +119,13 @@ fn a_hostile_settled_marker_counts_as_none_settled() {
         b"0000000000000000000x",
         &[0xff; 20],
     ] {
-        assert_eq!(parse_settled(v), 0, "{v:?}");
+        assert_eq!(parse_settled(v, ""), 0, "{v:?}");
+        assert_eq!(parse_settled(v, "h"), 0, "{v:?}");
     }
-    assert_eq!(parse_settled(b"99999999999999999999"), 0, "beyond u64");
+    assert_eq!(
+        parse_settled(b"99999999999999999999 h", "h"),
+        0,
+        "beyond u64"
+    );
+    assert_eq!(parse_settled(b"00000000000000000007", ""), 0, "no history");
 }
