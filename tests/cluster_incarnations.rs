@@ -929,6 +929,78 @@ fn a_replacement_incarnations_own_preempt_waits_for_the_old_one() {
     );
 }
 
+/// Found by a review (failed before its fix): a replacement incarnation that may not vouch yet
+/// still wrote its real epoch into `acks/<node>`, which a daemon counting acknowledgements by
+/// their epoch alone (the version before incarnations) took for a vouch. While it may not
+/// vouch, its acknowledgement names epoch 0 (and says so in its incarnation field); once the
+/// wait bound has passed it names the epoch it applied.
+#[test]
+fn a_replacement_that_may_not_vouch_acknowledges_epoch_0() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let proxy = Proxy::start(&etcd.url);
+    let old = Server::start(config(d, "old", "a", cluster(d, &proxy.url, "h1", "old"))).unwrap();
+    let h2 = serve(d, &etcd, "h2", "b");
+    assert_eq!(
+        h2.arbiter().prout("b", &register(0xb), None),
+        PrStatus::Good
+    );
+    proxy.cut();
+    let new = Server::start(config(d, "new", "c", cluster(d, &etcd.url, "h1", "new"))).unwrap();
+    let bound = cluster(d, &etcd.url, "h1", "x").wait_bound();
+    std::thread::sleep(Duration::from_millis(2 * FAST.lease_ms / 3));
+    let ack: serde_json::Value = serde_json::from_str(&value(&etcd, "acks/h1")).unwrap();
+    assert_eq!(ack["epoch"], 0, "while it may not vouch: {ack}");
+    assert!(
+        ack["incarnation"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("not vouching")),
+        "{ack}"
+    );
+    std::thread::sleep(bound + Duration::from_millis(FAST.lease_ms));
+    let ack: serde_json::Value = serde_json::from_str(&value(&etcd, "acks/h1")).unwrap();
+    let held = new.arbiter().cluster_view().unwrap().epoch;
+    assert_eq!(ack["epoch"], held, "once the bound passed: {ack}");
+    proxy.restore();
+    drop(old);
+}
+
+/// Found by a review (failed before its fix): an epoch near 2^64 written into the state key
+/// (hostile, or damaged) was adopted, and the next commit's `epoch + 1` overflowed (a panic in a
+/// debug build, a wrap to 0 in a release one). Such a state is unreadable: the daemons stop
+/// admitting and say so; a PR OUT gets BUSY, never GOOD, and nobody panics.
+#[test]
+fn an_epoch_near_the_top_of_u64_is_refused_as_unreadable() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let d = dir.path();
+    let etcd = Etcd::start(d);
+    let h1 = serve(d, &etcd, "h1", "a");
+    assert_eq!(
+        h1.arbiter().prout("a", &register(0xa), None),
+        PrStatus::Good
+    );
+    let mut state: serde_json::Value = serde_json::from_str(&value(&etcd, "state")).unwrap();
+    state["epoch"] = serde_json::json!(u64::MAX);
+    etcdctl(
+        &etcd,
+        &["put", &format!("{PREFIX}state"), &state.to_string()],
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || !lease_valid(&h1)),
+        "h1 stops admitting on an unreadable state: {}",
+        h1.cluster_status().unwrap()
+    );
+    let answer = h1.arbiter().prout("a", &register(0xa1).key(0xa), None);
+    assert_eq!(answer, PrStatus::Busy);
+    assert!(
+        h1.arbiter().cluster_view().unwrap().epoch < u64::MAX,
+        "the hostile epoch was not adopted"
+    );
+}
+
 /// The figure (run once, outside CI): `SHAREDISK_RACE_ROUNDS` (default 200) PREEMPT AND
 /// ABORTs of a guest whose daemon is cut off from etcd, each raced by a replacement incarnation
 /// of that daemon's node started 0 to 400 ms after the cut (so before, during or after the
