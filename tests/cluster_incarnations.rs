@@ -23,26 +23,7 @@ use sharedisk::pr::{PrStatus, ProutRequest, ResType, ServiceAction};
 const PREFIX: &str = "/sharedisk/v1/test-disk/";
 
 fn cluster(dir: &Path, etcd: &str, node: &str, state_dir: &str) -> ClusterConfig {
-    ClusterConfig {
-        etcd: vec![etcd.to_string()],
-        node: node.into(),
-        disk_id: "test-disk".into(),
-        prefix: "/sharedisk/v1".into(),
-        lease_ms: FAST.lease_ms,
-        renew_ms: None,
-        drift: 0.01,
-        max_io_ms: FAST.max_io_ms,
-        hold_ms: FAST.hold_ms,
-        budget_ms: FAST.budget_ms,
-        fence_hook: None,
-        state_dir: Some(dir.join(state_dir)),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        user: None,
-        password_file: None,
-        insecure: true,
-    }
+    common::etcd::loopback_cluster(etcd, node, dir.join(state_dir))
 }
 
 /// The configuration of a daemon serving `guest` with `cluster` (sockets in `dir/<sockets>`).

@@ -26,26 +26,7 @@ use sharedisk::scsi::sense;
 
 /// `dir/state` keeps the nodes' local copies (`/var/lib/sharedisk` by default).
 fn cluster(dir: &Path, etcd: &Etcd, node: &str) -> ClusterConfig {
-    ClusterConfig {
-        etcd: vec![etcd.url.clone()],
-        node: node.into(),
-        disk_id: "test-disk".into(),
-        prefix: "/sharedisk/v1".into(),
-        lease_ms: FAST.lease_ms,
-        renew_ms: None,
-        drift: 0.01,
-        max_io_ms: FAST.max_io_ms,
-        hold_ms: FAST.hold_ms,
-        budget_ms: FAST.budget_ms,
-        fence_hook: None,
-        state_dir: Some(dir.join("state")),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        user: None,
-        password_file: None,
-        insecure: true,
-    }
+    common::etcd::loopback_cluster(&etcd.url, node, dir.join("state"))
 }
 
 fn serve(dir: &Path, etcd: &Etcd, node: &str, guest: &str) -> Server {

@@ -582,3 +582,33 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// `[cluster]` for a daemon in the test process: node `node` of disk `test-disk` on the plain
+/// loopback etcd at `url`, the [`FAST`] timing, its local copy in `state_dir`.
+#[cfg(feature = "cluster")]
+pub fn loopback_cluster(
+    url: &str,
+    node: &str,
+    state_dir: PathBuf,
+) -> sharedisk::pr::cluster::ClusterConfig {
+    sharedisk::pr::cluster::ClusterConfig {
+        etcd: vec![url.to_string()],
+        node: node.into(),
+        disk_id: "test-disk".into(),
+        prefix: "/sharedisk/v1".into(),
+        lease_ms: FAST.lease_ms,
+        renew_ms: None,
+        drift: 0.01,
+        max_io_ms: FAST.max_io_ms,
+        hold_ms: FAST.hold_ms,
+        budget_ms: FAST.budget_ms,
+        fence_hook: None,
+        state_dir: Some(state_dir),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password_file: None,
+        insecure: true,
+    }
+}
