@@ -287,6 +287,10 @@ pub struct ServeArgs {
     /// Mode of the guests' sockets, in octal (e.g. 0660).
     #[arg(long, value_parser = parse_mode)]
     pub socket_mode: Option<u32>,
+    /// Allow a socket mode that lets every local user connect to the guests' sockets (and act
+    /// as an initiator); refused without this.
+    #[arg(long)]
+    pub socket_world_access: bool,
     /// The control socket (default: <socket-dir>/control.sock).
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
@@ -327,6 +331,7 @@ impl ServeArgs {
                 reset_reservations: self.reset_reservations,
                 socket_group: self.socket_group,
                 socket_mode: self.socket_mode,
+                socket_world_access: self.socket_world_access,
                 control_socket: self.control_socket,
                 metrics_listen: self.metrics_listen,
                 direct: self.direct,

@@ -32,6 +32,9 @@ impl Config {
                 .map(|m| format!("{m:04o}"))
                 .unwrap_or_else(|| "umask".into())
         );
+        if self.socket_world_access {
+            let _ = writeln!(s, "socket access:  every local user allowed");
+        }
         let _ = writeln!(
             s,
             "control socket: {} (mode {}, group {})",

@@ -51,6 +51,8 @@ struct ServerSection {
     socket_group: Option<String>,
     #[serde(default, deserialize_with = "mode_value")]
     socket_mode: Option<u32>,
+    #[serde(default)]
+    socket_world_access: bool,
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     metrics_listen: Option<SocketAddr>,
@@ -322,6 +324,7 @@ pub(super) fn parse(src: &Source<'_>) -> Result<Config, ConfigError> {
         scsi: true,
         socket_group: server.socket_group,
         socket_mode: server.socket_mode,
+        socket_world_access: server.socket_world_access,
         control_socket: server.control_socket.map(rel),
         control_group: server.control_group,
         metrics_listen: server.metrics_listen,

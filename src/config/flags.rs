@@ -23,6 +23,7 @@ pub struct Flags {
     pub reset_reservations: bool,
     pub socket_group: Option<String>,
     pub socket_mode: Option<u32>,
+    pub socket_world_access: bool,
     pub control_socket: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub direct: bool,
@@ -121,7 +122,7 @@ impl Flags {
 
     /// Every flag that has a file key, in the order their disagreements are reported. Settings
     /// with a default count as given by the file only when it writes their key.
-    fn agreements(&self, c: &Config, src: &Source<'_>) -> [Agreement; 14] {
+    fn agreements(&self, c: &Config, src: &Source<'_>) -> [Agreement; 15] {
         let written = |key| src.has(key);
         let socket_dir = written("server.socket_dir").then_some(&c.socket_dir);
         let guests = (!c.guests.is_empty()).then(|| c.guest_names());
@@ -130,6 +131,7 @@ impl Flags {
         let aio = c.aio.filter(|_| written("image.aio"));
         let poll_us = written("server.poll_us").then_some(c.poll_us);
         let read_only = written("image.read_only").then_some(c.read_only);
+        let world = written("server.socket_world_access").then_some(c.socket_world_access);
         let (image, state, control_socket) = (&self.image, &self.state, &self.control_socket);
         let mut aio_row = agree(("--aio", "image.aio"), self.aio, aio, |a| {
             aio_name(*a).into()
@@ -178,6 +180,12 @@ impl Flags {
                 self.socket_mode,
                 c.socket_mode,
                 |m| format!("{m:04o}"),
+            ),
+            agree(
+                ("--socket-world-access", "server.socket_world_access"),
+                self.socket_world_access.then_some(true),
+                world,
+                show_switch,
             ),
             agree(
                 ("--control-socket", "server.control_socket"),
@@ -241,6 +249,7 @@ impl Flags {
         c.reset_reservations |= self.reset_reservations;
         c.socket_group = c.socket_group.clone().or_else(|| self.socket_group.clone());
         c.socket_mode = c.socket_mode.or(self.socket_mode);
+        c.socket_world_access |= self.socket_world_access;
         c.control_socket = c
             .control_socket
             .clone()
@@ -261,6 +270,10 @@ fn locate(e: ConfigError, src: &Source<'_>) -> ConfigError {
         ConfigError::TooMany { .. } | ConfigError::BadMaxShares => ConfigError::File(format!(
             "{}: key `image.max_shares`: {e}",
             src.at("image.max_shares")
+        )),
+        ConfigError::WorldAccess(_) => ConfigError::File(format!(
+            "{}: key `server.socket_mode`: {e}",
+            src.at("server.socket_mode")
         )),
         ConfigError::NoGuests => {
             ConfigError::File(format!("{path}: no [[guest]] entries and no --guests: {e}"))

@@ -75,6 +75,9 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// Mode of the guests' sockets; the process umask decides when `None`.
     pub socket_mode: Option<u32>,
+    /// Allow a `socket_mode` (or umask) that lets every local user connect to the guests'
+    /// sockets, and so act as an initiator; refused unless this says so.
+    pub socket_world_access: bool,
     /// The control socket; `<socket_dir>/control.sock` when `None`.
     pub control_socket: Option<PathBuf>,
     /// Group owning the control socket (its mode is then 0660 instead of 0600).
@@ -113,6 +116,13 @@ pub enum ConfigError {
     BadQueues(String),
     #[error("[cluster]: {0}")]
     Cluster(String),
+    /// The guests' socket mode lets every local user connect, and that was not allowed.
+    #[error(
+        "socket mode {0:04o} lets every local user connect to the guests' sockets (and act as an \
+         initiator): give them a group instead (`socket_group` with `socket_mode = \"0660\"`), \
+         or, if every local user may, set `socket_world_access = true` (--socket-world-access)"
+    )]
+    WorldAccess(u32),
     /// A configuration file is unusable; the message names the file, line and key.
     #[error("{0}")]
     File(String),
@@ -142,6 +152,7 @@ impl Config {
             scsi: true,
             socket_group: None,
             socket_mode: None,
+            socket_world_access: false,
             control_socket: None,
             control_group: None,
             metrics_listen: None,
@@ -168,6 +179,11 @@ impl Config {
             }
             if !(1..=MAX_GUEST_QUEUES).contains(&g.queues) {
                 return Err(ConfigError::BadQueues(g.name.clone()));
+            }
+        }
+        if let Some(mode) = self.socket_mode {
+            if mode & crate::daemon::sockets::WORLD_BITS != 0 && !self.socket_world_access {
+                return Err(ConfigError::WorldAccess(mode));
             }
         }
         if self.guests.len() > self.max_shares {

@@ -480,3 +480,36 @@ fn cluster_mode_keeps_a_local_copy_per_node() {
         PathBuf::from("/x.pr")
     );
 }
+
+#[test]
+fn a_world_socket_mode_needs_the_explicit_key() {
+    let base = "[image]\npath = \"/d\"\n[server]\nsocket_mode = \"0666\"\n";
+    let e = error(&format!("{base}[[guest]]\nname = \"a\"\n"));
+    assert!(
+        e.contains(":4:") && e.contains("`server.socket_mode`") && e.contains("0666"),
+        "{e}"
+    );
+    assert!(e.contains("socket_world_access = true"), "{e}");
+    let (_d, path) = write(&format!(
+        "{base}socket_world_access = true\n[[guest]]\nname = \"a\"\n"
+    ));
+    let c = load_file(&path).unwrap();
+    assert!(c.socket_world_access && c.socket_mode == Some(0o666));
+    assert!(c.describe().contains("every local user"));
+
+    let mut flags = Flags {
+        image: Some("/d".into()),
+        guests: Some(vec!["a".into()]),
+        socket_mode: Some(0o777),
+        ..Flags::default()
+    };
+    let e = flags.clone().into_config().unwrap_err();
+    assert_eq!(e, ConfigError::WorldAccess(0o777));
+    flags.socket_world_access = true;
+    flags.into_config().unwrap();
+    for group_only in [0o660, 0o770, 0o600] {
+        let mut c = Config::new("/d", "/s", &["a"]);
+        c.socket_mode = Some(group_only);
+        c.validate().unwrap();
+    }
+}

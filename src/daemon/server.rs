@@ -41,6 +41,13 @@ pub enum ServerError {
     /// A guest's socket cannot be set up.
     #[error("socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
+    /// A guest's socket cannot be bound at its path (something else there, a live daemon on
+    /// it, a mode open to every user); the message names the path.
+    #[error(transparent)]
+    Bind(#[from] crate::daemon::sockets::SocketError),
+    /// The state file's directory may be written by others than the daemon's user.
+    #[error(transparent)]
+    StateDir(#[from] crate::util::state_dir::StateDirError),
     /// Another system call failed (threads, event fds, the socket directory).
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -70,8 +77,11 @@ pub struct Server {
     /// Cluster mode: this node's lock, held for the daemon's life (see [`lock_node`]).
     _node_lock: Option<std::fs::File>,
     /// The guests' sockets bound before the start touched etcd, until their threads serve them.
-    bound: std::sync::Mutex<std::collections::HashMap<PathBuf, Listener>>,
+    bound: std::sync::Mutex<std::collections::HashMap<PathBuf, GuestListener>>,
 }
+
+/// A bound guest socket, and its file (removed when dropped, after the listener closed).
+type GuestListener = (Listener, crate::daemon::sockets::SocketFile);
 
 /// The socket threads of one guest, stopped together.
 struct GuestSockets {
@@ -120,6 +130,7 @@ impl Server {
             aio: config.aio(),
             shared: config.cluster.is_some(),
         };
+        check_state_dir(&config)?;
         let node_lock = lock_node(&config)?;
         let image = FileImage::open_with(&config.image, config.size, mode).map_err(image_err)?;
         let identity = ImageIdentity::of(&config.image).map_err(image_err)?;
@@ -283,9 +294,10 @@ impl Server {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let handle = thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || listen::serve_socket(&name, listener, &stop, &stats, make))?;
+        let handle = thread::Builder::new().name(name.clone()).spawn(move || {
+            let (listener, _file) = listener;
+            listen::serve_socket(&name, listener, &stop, &stats, make)
+        })?;
         sockets.threads.push(handle);
         Ok(())
     }
@@ -450,30 +462,24 @@ fn restore_or_rely_on_etcd(
     }
 }
 
-/// Binds one guest socket. A socket someone still answers on belongs to a live daemon: never
-/// steal it. A stale one (left by a crash) is replaced.
-fn bind_socket(config: &Config, path: &std::path::Path) -> Result<Listener, ServerError> {
-    let err = |source| ServerError::Socket {
-        path: path.to_path_buf(),
-        source,
+/// Binds one guest socket with its configured group and mode in place before any frontend can
+/// connect. A socket someone still answers on belongs to a live daemon: never steal it. A stale
+/// one (left by a crash) is replaced; anything else at the path stops the start.
+fn bind_socket(config: &Config, path: &std::path::Path) -> Result<GuestListener, ServerError> {
+    let access = crate::daemon::sockets::Access {
+        group: config.socket_group.as_deref(),
+        mode: config.socket_mode,
+        world: config.socket_world_access,
     };
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            "another process is listening on it (is another sharedisk running?)",
-        )));
-    }
-    let listener = Listener::new(path, true).map_err(|e| err(io::Error::other(e.to_string())))?;
-    crate::daemon::sockets::restrict(path, config.socket_group.as_deref(), config.socket_mode)
-        .map_err(err)?;
+    let (listener, file) = crate::daemon::sockets::bind(path, access)?;
     log::info!("listening on {}", path.display());
-    Ok(listener)
+    Ok((Listener::from(listener), file))
 }
 
 /// Every guest socket of `config`, bound (its directory created first).
 fn bind_sockets(
     config: &Config,
-) -> Result<std::collections::HashMap<PathBuf, Listener>, ServerError> {
+) -> Result<std::collections::HashMap<PathBuf, GuestListener>, ServerError> {
     crate::daemon::sockets::create_dir(&config.socket_dir).map_err(|source| {
         ServerError::Socket {
             path: config.socket_dir.clone(),
@@ -494,6 +500,24 @@ fn bind_sockets(
     Ok(bound)
 }
 
+/// Refuses a state directory that others than the daemon's user may write in (the state file,
+/// its temporary copy, the guests file and the node lock live there). Cluster mode creates it
+/// first (mode 0700), since it holds only this node's files.
+fn check_state_dir(config: &Config) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let state = config.state_path();
+    let dir = crate::util::state_dir::of(&state);
+    if config.cluster.is_some() && !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    }
+    crate::util::state_dir::check(dir)?;
+    Ok(())
+}
+
 /// Cluster mode: takes this node's lock, `<state_dir>/<disk_id>.<node>.lock` (`flock`, held for
 /// the daemon's life), before anything touches etcd: a second start of the same node on this
 /// host fails here, and so never joins in place of the running daemon nor removes its keys.
@@ -501,6 +525,7 @@ fn lock_node(config: &Config) -> Result<Option<std::fs::File>, ServerError> {
     #[cfg(feature = "cluster")]
     if let Some(c) = &config.cluster {
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = c.local_copy().with_extension("lock");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -509,6 +534,8 @@ fn lock_node(config: &Config) -> Result<Option<std::fs::File>, ServerError> {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.

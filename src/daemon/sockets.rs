@@ -1,10 +1,221 @@
 //! Who may connect to the daemon's Unix sockets: the directory they live in, their group and
-//! their mode.
+//! their mode, and how a socket gets to its path.
+//!
+//! A socket is bound in a private directory (mode 0700, beside its path, so on the same file
+//! system), given its group and mode there, and renamed into place: nobody but root can connect
+//! before its group and mode are the configured ones. Only a socket is ever replaced at a socket
+//! path, and only a stale one (nobody answers on it).
 
 use std::ffi::CString;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The mode bit that lets every local user connect to a socket: write for others (connecting to
+/// a Unix socket needs write permission on it; read alone grants nothing).
+pub const WORLD_BITS: u32 = 0o002;
+
+/// Longest path a Unix socket can be bound at (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Who may connect to a socket being bound.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Access<'a> {
+    /// The socket's group (a name or a number); the daemon's own group when `None`.
+    pub group: Option<&'a str>,
+    /// The socket's mode; the umask's when `None`.
+    pub mode: Option<u32>,
+    /// A mode that lets every local user connect is allowed (`server.socket_world_access`).
+    pub world: bool,
+}
+
+/// Why a socket could not be bound at its path.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Something other than a socket is at the path; it was left untouched.
+    #[error(
+        "{path} is {kind}, not a socket: sharedisk only ever replaces a stale socket, so it left \
+         it untouched; move it away or choose another socket path"
+    )]
+    NotASocket { path: PathBuf, kind: &'static str },
+    /// A process answers on the socket at the path (another daemon, most likely).
+    #[error("{path}: another process is listening on it (is another sharedisk running?)")]
+    InUse { path: PathBuf },
+    /// The socket would have had a mode open to every local user, which was not allowed.
+    #[error(
+        "{path} would get mode {mode:04o}, which lets every local user connect: give the \
+         sockets a group instead (`socket_group` with `socket_mode = \"0660\"`), or, if every \
+         local user may really act as an initiator, set `socket_world_access = true` \
+         (--socket-world-access)"
+    )]
+    WorldAccess { path: PathBuf, mode: u32 },
+    /// The path is too long for a Unix socket once bound in the private directory beside it.
+    #[error(
+        "{path}: the socket is bound at {tmp} first, which is longer than the {MAX_SOCKET_PATH} \
+         bytes a Unix socket path may have; choose a shorter socket directory"
+    )]
+    TooLong { path: PathBuf, tmp: PathBuf },
+    /// A system call failed; `what` says which step.
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl From<SocketError> for io::Error {
+    fn from(e: SocketError) -> Self {
+        let kind = match &e {
+            SocketError::InUse { .. } => io::ErrorKind::AddrInUse,
+            SocketError::NotASocket { .. } => io::ErrorKind::AlreadyExists,
+            SocketError::WorldAccess { .. } | SocketError::TooLong { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            SocketError::Io { source, .. } => source.kind(),
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// A socket file the daemon put at `path`: removed when dropped, if it is still the same file
+/// (a socket someone else put there since is left alone).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds a listening socket at `path` with `access` in place before any connection can reach
+/// it: bound in a private directory beside `path`, given its group and mode there, then renamed
+/// over `path`. A stale socket at `path` is replaced; anything else there, or a socket someone
+/// answers on, stops the bind with the path named.
+pub fn bind(path: &Path, access: Access<'_>) -> Result<(UnixListener, SocketFile), SocketError> {
+    check_target(path)?;
+    let private = PrivateDir::create(path)?;
+    let tmp = private.path.join("s");
+    if tmp.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(SocketError::TooLong {
+            path: path.to_path_buf(),
+            tmp,
+        });
+    }
+    let io_err = |what| {
+        move |source| SocketError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    };
+    let listener = UnixListener::bind(&tmp).map_err(io_err("bind"))?;
+    restrict(&tmp, access.group, access.mode).map_err(io_err("setting its group and mode"))?;
+    let meta = std::fs::symlink_metadata(&tmp).map_err(io_err("stat"))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & WORLD_BITS != 0 && !access.world {
+        return Err(SocketError::WorldAccess {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    // A socket or nothing was at `path` a moment ago; rename replaces a stale socket atomically.
+    check_target(path)?;
+    std::fs::rename(&tmp, path).map_err(io_err("renaming the socket into place"))?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    Ok((listener, file))
+}
+
+/// What is at a socket path before binding: nothing or a stale socket is fine.
+fn check_target(path: &Path) -> Result<(), SocketError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(SocketError::Io {
+                path: path.to_path_buf(),
+                what: "stat",
+                source,
+            })
+        }
+    };
+    let t = meta.file_type();
+    let kind = if t.is_socket() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(SocketError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        return Ok(());
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device file"
+    };
+    Err(SocketError::NotASocket {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+/// A directory only the daemon's user can enter, beside a socket path; removed when dropped
+/// (with the socket in it, if that was not renamed away).
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn create(target: &Path) -> Result<Self, SocketError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!(".sd{}.{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(PrivateDir { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(SocketError::Io {
+                        path: target.to_path_buf(),
+                        what: "creating a private directory beside it",
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.path.join("s"));
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
 
 /// Creates `dir` (and its parents) when missing, mode 0755 like systemd's RuntimeDirectory, so
 /// that a QEMU running as another user can reach the sockets in it.
@@ -19,7 +230,7 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Gives the socket at `path` to `group` (keeping its owner) and sets its `mode`.
-pub fn restrict(path: &Path, group: Option<&str>, mode: Option<u32>) -> io::Result<()> {
+fn restrict(path: &Path, group: Option<&str>, mode: Option<u32>) -> io::Result<()> {
     if let Some(group) = group {
         let gid = gid_of(group)?;
         std::os::unix::fs::chown(path, None, Some(gid))?;
@@ -63,3 +274,6 @@ pub fn gid_of(name: &str) -> io::Result<u32> {
     }
     Ok(grp.gr_gid)
 }
+
+#[cfg(test)]
+mod tests;

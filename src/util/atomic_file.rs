@@ -2,12 +2,17 @@
 //! rename it over the file, then sync the directory. A crash at any point leaves either the old
 //! file or the new one, never a torn one.
 //!
+//! The temporary copy is created exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600), never
+//! through a symbolic link; a leftover one from a crash is removed only when it is a regular
+//! file of the daemon's own user, else the write fails naming it.
+//!
 //! Each step is a crash point and the writes are error points of the test hooks
 //! (`crate::testhooks::failpoint`), named `<name>-tmp-written`, `<name>-tmp-synced`,
 //! `<name>-renamed`, `<name>-dir-synced`, `<name>-write-error` and `<name>-dir-sync-error`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::testhooks::failpoint;
@@ -17,11 +22,7 @@ use crate::testhooks::failpoint;
 pub fn replace(path: &Path, bytes: &[u8], name: &str) -> io::Result<()> {
     let tmp = temporary(path);
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = create_temporary(&tmp)?;
         failpoint::error(format_args!("{name}-write-error"))?;
         f.write_all(bytes)?;
         failpoint::hit(format_args!("{name}-tmp-written"));
@@ -56,4 +57,56 @@ fn temporary(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     PathBuf::from(tmp)
+}
+
+/// Creates the temporary file `tmp` for writing: exclusively, mode 0600, never through a symbolic
+/// link. A leftover `tmp` (a crash between its creation and the rename) is removed first when it
+/// is a regular file owned by this process's user; anything else there fails, naming it.
+pub fn create_temporary(tmp: &Path) -> io::Result<File> {
+    match open_new(tmp) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            remove_leftover(tmp)?;
+            open_new(tmp)
+        }
+        r => r,
+    }
+}
+
+fn open_new(tmp: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(tmp)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))
+}
+
+/// Removes a leftover temporary file if it is a regular file of ours.
+fn remove_leftover(tmp: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(tmp)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.file_type().is_file() && meta.uid() == euid {
+        return std::fs::remove_file(tmp)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", tmp.display())));
+    }
+    let kind = if meta.file_type().is_symlink() {
+        "a symbolic link"
+    } else if meta.file_type().is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "{} is in the way: {kind} owned by uid {}, not a leftover of this daemon (uid \
+             {euid}); left untouched and nothing written through it. Find out who put it \
+             there, then remove it",
+            tmp.display(),
+            meta.uid()
+        ),
+    ))
 }

@@ -3,3 +3,4 @@
 
 pub mod atomic_file;
 pub mod lock;
+pub mod state_dir;

@@ -1,7 +1,6 @@
 //! The control socket: newline-delimited JSON requests, one thread per client.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,6 +26,8 @@ pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The socket file, removed (if it is still ours) once the listener has stopped.
+    file: Option<crate::daemon::sockets::SocketFile>,
 }
 
 /// An error answer: a code from [`code`] and a message for people.
@@ -46,28 +47,20 @@ fn fail(code: i64, message: impl Into<String>) -> Failure {
 impl ControlServer {
     /// Listens on `path`, mode 0600, or 0660 owned by `group` when one is given.
     pub fn start(path: &Path, group: Option<&str>, daemon: Arc<dyn Daemon>) -> io::Result<Self> {
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!(
-                    "control socket {}: another process is listening on it",
-                    path.display()
-                ),
-            ));
-        }
-        let _ = std::fs::remove_file(path);
         if let Some(dir) = path.parent() {
             crate::daemon::sockets::create_dir(dir)?;
         }
-        let listener = UnixListener::bind(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()))
+        // Bound with its mode (and group) in place before anyone can connect; a stale socket is
+        // replaced, anything else at the path stops the start.
+        let access = crate::daemon::sockets::Access {
+            group,
+            mode: Some(if group.is_some() { 0o660 } else { 0o600 }),
+            world: false,
+        };
+        let (listener, file) = crate::daemon::sockets::bind(path, access).map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("control socket: {e}"))
         })?;
-        // The accept loop starts only after the mode (and group) are set. Until then the socket
-        // has the umask's mode; keep its directory closed to strangers for that reason too.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        if let Some(g) = group {
-            crate::daemon::sockets::restrict(path, Some(g), Some(0o660))?;
-        }
         log::info!("control socket {}", path.display());
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -78,6 +71,7 @@ impl ControlServer {
             path: path.to_path_buf(),
             stop,
             thread: Some(thread),
+            file: Some(file),
         })
     }
 
@@ -86,7 +80,7 @@ impl ControlServer {
         let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-            let _ = std::fs::remove_file(&self.path);
+            self.file = None;
         }
     }
 }

@@ -324,7 +324,10 @@ impl EtcdState {
             history: self.history(),
         };
         let tmp = path.with_extension("epoch.tmp");
-        let r = std::fs::write(&tmp, serde_json::to_vec(&mark).unwrap_or_default())
+        let r = crate::util::atomic_file::create_temporary(&tmp)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &serde_json::to_vec(&mark).unwrap_or_default())
+            })
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = r {
             log::warn!("cluster: {}: {e} (a local record only)", path.display());

@@ -1,0 +1,89 @@
+//! The directory of the reservation state (and, beside it, the guests file, the temporary copies
+//! and, in cluster mode, the node lock): checked at start, since whoever may write in it may
+//! replace the state the daemon trusts.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Why the state directory is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    /// Users other than the daemon's may create, rename or remove files in it.
+    #[error(
+        "state directory {path} (mode {mode:04o}) is writable by {who} without the sticky bit: \
+         they could replace the reservation state. Run `chmod go-w {path}` (or `chmod +t`), \
+         or keep the state elsewhere (--state / image.state, cluster.state_dir)"
+    )]
+    Writable {
+        path: PathBuf,
+        mode: u32,
+        who: &'static str,
+    },
+    /// Another non-root user owns it, and so may change its mode at will.
+    #[error(
+        "state directory {path} belongs to uid {owner}, not to this daemon's user (uid {euid}) \
+         or root: that user could replace the reservation state. Run `chown {euid} {path}`, or \
+         keep the state elsewhere (--state / image.state, cluster.state_dir)"
+    )]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    /// It cannot be examined.
+    #[error("state directory {path}: {source}")]
+    Stat { path: PathBuf, source: io::Error },
+}
+
+/// The directory holding `state` (`.` for a bare file name).
+pub fn of(state: &Path) -> &Path {
+    match state.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Refuses a state directory that others than the daemon's user (and root) may write in: one
+/// writable by its group or by everyone without the sticky bit, or owned by another non-root
+/// user. A missing directory passes (writing the state there fails later, naming it).
+pub fn check(dir: &Path) -> Result<(), StateDirError> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StateDirError::Stat {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let owner = meta.uid();
+    if owner != euid && owner != 0 {
+        return Err(StateDirError::Owner {
+            path: dir.to_path_buf(),
+            owner,
+            euid,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    let sticky = mode & 0o1000 != 0;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (_, true) => "every user",
+        (true, false) => "its group",
+        (false, false) => return Ok(()),
+    };
+    if sticky {
+        return Ok(());
+    }
+    Err(StateDirError::Writable {
+        path: dir.to_path_buf(),
+        mode,
+        who,
+    })
+}
+
+#[cfg(test)]
+mod tests;
