@@ -144,6 +144,7 @@ fn a_symlinked_state_tmp_is_not_written_through() {
     let mut s1 = ScsiClient::connect(&d.scsi("vm1"));
     s1.drain_ua();
     let r = s1.prout(SA_REGISTER, 0, 0, 0x11, false);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim\n");
     assert!(!r.is_good(), "the registration cannot be saved");
     // Adding a guest must save the guests file first: refused too.
     let add = ctl(&d.control(), &["guest", "add", "vm3"]);
