@@ -293,7 +293,7 @@ impl Racer {
             .iter()
             .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).unwrap())
             .collect();
-        let addrs: Vec<libc::sockaddr_un> = c_paths.iter().map(|p| sockaddr(p)).collect();
+        let addrs: Vec<libc::sockaddr_un> = c_paths.iter().map(sockaddr).collect();
         let mut fds = [0; 2];
         // SAFETY: `fds` is a valid array of two ints for pipe(2) to fill.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
