@@ -110,3 +110,6 @@ fn remove_leftover(tmp: &Path) -> io::Result<()> {
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests;
