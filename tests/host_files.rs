@@ -476,3 +476,53 @@ fn a_socket_has_its_mode_before_anyone_can_connect() {
     assert_eq!(report.connected, [probe], "{report:?}");
     assert!(report.modes.is_empty(), "{report:?}");
 }
+
+/// Cluster mode's per-node files (local copy, its `.epoch`, the node lock) live in
+/// `cluster.state_dir`: checked like the state directory, and the lock is never opened through a
+/// symbolic link. Both refusals come before the daemon opens the image or touches etcd (no etcd
+/// is needed: the endpoint is closed).
+#[test]
+#[cfg(feature = "cluster")]
+fn cluster_state_dir_is_checked_and_the_node_lock_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("st");
+    std::fs::create_dir(&st).unwrap();
+    let cfg = dir.path().join("sd.toml");
+    std::fs::write(
+        &cfg,
+        "[image]\npath = \"disk.img\"\nsize = \"16M\"\n[server]\nsocket_dir = \"sock\"\n\
+         [[guest]]\nname = \"vm1\"\n[cluster]\netcd = [\"http://127.0.0.1:9\"]\ninsecure = true\n\
+         node = \"n1\"\ndisk_id = \"d\"\nstate_dir = \"st\"\n",
+    )
+    .unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    std::fs::set_permissions(&st, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = run();
+    assert!(
+        err.contains("state directory") && err.contains(&st.display().to_string()),
+        "{err}"
+    );
+    std::fs::set_permissions(&st, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let target = dir.path().join("not-a-lock");
+    let lock = st.join("d.n1.lock");
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    let err = run();
+    assert!(
+        err.contains(&lock.display().to_string()) && err.contains("never followed"),
+        "{err}"
+    );
+    assert!(
+        !target.exists(),
+        "nothing is created through the link: {err}"
+    );
+    assert!(!dir.path().join("disk.img").exists(), "{err}");
+}

@@ -537,7 +537,17 @@ fn lock_node(config: &Config) -> Result<Option<std::fs::File>, ServerError> {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: a symbolic link, never followed for the node lock: remove it (the \
+                         daemon creates the lock file itself)",
+                        path.display()
+                    ),
+                ),
+                _ => io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+            })?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(ServerError::NodeLocked {

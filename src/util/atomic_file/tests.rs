@@ -24,7 +24,10 @@ fn a_symlinked_temporary_is_neither_followed_nor_removed() {
     std::fs::write(&victim, b"victim").unwrap();
     std::os::unix::fs::symlink(&victim, temporary(&p)).unwrap();
     let e = save(&p, b"new", "t").unwrap_err().to_string();
-    assert!(e.contains("state.tmp") && e.contains("a symbolic link"), "{e}");
+    assert!(
+        e.contains("state.tmp") && e.contains("a symbolic link"),
+        "{e}"
+    );
     assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
     assert!(std::fs::symlink_metadata(temporary(&p))
         .unwrap()
@@ -47,7 +50,10 @@ fn a_leftover_of_ours_is_replaced_and_one_of_another_user_is_not() {
     std::fs::write(temporary(&p), b"theirs").unwrap();
     std::os::unix::fs::chown(temporary(&p), Some(65534), None).unwrap();
     let e = save(&p, b"newer", "t").unwrap_err().to_string();
-    assert!(e.contains("uid 65534") && e.contains("left untouched"), "{e}");
+    assert!(
+        e.contains("uid 65534") && e.contains("left untouched"),
+        "{e}"
+    );
     assert_eq!(std::fs::read(temporary(&p)).unwrap(), b"theirs");
     assert_eq!(std::fs::read(&p).unwrap(), b"whole");
 }
