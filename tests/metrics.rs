@@ -5,9 +5,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use common::blkio_client::BlkClient;
 use common::ctl::ctl;
@@ -161,4 +163,127 @@ fn metrics_pass_promtool_and_prometheus_scrapes_the_io() {
     assert_eq!(prom.wait(reads, |v| v >= 16.0, "16 reads"), 16.0);
     let rate = "sum(rate(sharedisk_request_duration_seconds_count{guest=\"vm2\"}[1m]))";
     prom.wait(rate, |v| v > 0.0, "a request rate from the histogram");
+}
+
+/// A client that sends a request head one byte a second, reconnecting whenever the daemon closes
+/// it, until `stop`.
+fn slow_client(addr: SocketAddr, stop: &AtomicBool, closed: &AtomicUsize) {
+    let head = b"GET /metrics HTTP/1.1\r\nHost: slow\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut conn) = TcpStream::connect(addr) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        for b in head.iter().take(head.len() - 2) {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if conn.write_all(&[*b]).is_err() {
+                closed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Twelve clients sending their request heads a byte a second (more than the 8 slots) never
+/// keep a real scrape out: each scrape is answered at once, complete.
+#[test]
+fn slow_clients_do_not_keep_a_scrape_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let d = DaemonProcess::start_args(
+        dir.path(),
+        &["vm1"],
+        "16M",
+        &["--metrics-listen", &listen.to_string()],
+    );
+    let (stop, closed) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        let _stop = common::deadline::SetOnDrop(&stop);
+        for _ in 0..12 {
+            s.spawn(|| slow_client(listen, &stop, &closed));
+        }
+        // Every slot is held by a slow client by now.
+        std::thread::sleep(Duration::from_secs(2));
+        for i in 0..6 {
+            let asked = Instant::now();
+            let answer = get(listen, "/metrics");
+            let took = asked.elapsed();
+            let (code, _, body) =
+                answer.unwrap_or_else(|e| panic!("scrape {i} among slow clients: {e}"));
+            assert_eq!(code, 200, "scrape {i}");
+            assert!(body.contains("sharedisk_build_info"), "scrape {i}: {body}");
+            assert!(took < Duration::from_secs(2), "scrape {i} took {took:?}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    assert!(
+        !d.log().contains("reachable from other hosts"),
+        "{}",
+        d.log()
+    );
+}
+
+/// A client that sends its request head a byte a second is closed once the request's deadline
+/// (5 s from the accept) is up, even with slots to spare.
+#[test]
+fn a_slow_request_is_closed_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _d = DaemonProcess::start_args(
+        dir.path(),
+        &["vm1"],
+        "16M",
+        &["--metrics-listen", &listen.to_string()],
+    );
+    let mut conn = TcpStream::connect(listen).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let connected = Instant::now();
+    let closed = loop {
+        assert!(
+            connected.elapsed() < Duration::from_secs(15),
+            "a client sending a byte a second still held its connection after 15 s"
+        );
+        if conn.write_all(b"G").is_err() {
+            break connected.elapsed();
+        }
+        match conn.read(&mut [0u8; 64]) {
+            Ok(0) => break connected.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break connected.elapsed(),
+            Ok(n) => panic!("{n} bytes of answer to an incomplete request"),
+        }
+    };
+    assert!(
+        closed >= Duration::from_secs(4) && closed < Duration::from_secs(8),
+        "closed after {closed:?}, expected at the 5 s deadline"
+    );
+}
+
+/// A metrics address other hosts can reach is announced in the log with what it exposes.
+#[test]
+fn a_metrics_address_beyond_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("0.0.0.0:{}", free_port());
+    let d = DaemonProcess::start_args(dir.path(), &["vm1"], "16M", &["--metrics-listen", &listen]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("reachable from other hosts") {
+        assert!(Instant::now() < deadline, "no warning in:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = d.log();
+    for what in [
+        "without authentication",
+        "guests' names",
+        "reservation's holder",
+        "127.0.0.1",
+    ] {
+        assert!(
+            log.contains(what),
+            "the warning does not say {what:?}:\n{log}"
+        );
+    }
 }
