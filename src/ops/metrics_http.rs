@@ -240,3 +240,6 @@ fn answer(
     }
     conn.flush()
 }
+
+#[cfg(test)]
+mod tests;

@@ -78,3 +78,6 @@ impl Drop for ArbiterWrite<'_> {
         self.published.publish(&self.arb);
     }
 }
+
+#[cfg(test)]
+mod tests;
