@@ -188,7 +188,8 @@ fn slow_client(addr: SocketAddr, stop: &AtomicBool, closed: &AtomicUsize) {
 }
 
 /// Twelve clients sending their request heads a byte a second (more than the 8 slots) never
-/// keep a real scrape out: each scrape is answered at once, complete.
+/// keep a real scrape out: each scrape is answered at once, complete, and a real Prometheus
+/// scraping every second sees the target up throughout.
 #[test]
 fn slow_clients_do_not_keep_a_scrape_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,6 +200,10 @@ fn slow_clients_do_not_keep_a_scrape_out() {
         "16M",
         &["--metrics-listen", &listen.to_string()],
     );
+    // A real Prometheus scrapes every second throughout.
+    let prom = Prometheus::start(dir.path(), listen);
+    let up = "up{job=\"sharedisk\"}";
+    prom.wait(up, |v| v == 1.0, "the target up");
     let (stop, closed) = (AtomicBool::new(false), AtomicUsize::new(0));
     std::thread::scope(|s| {
         let _stop = common::deadline::SetOnDrop(&stop);
@@ -207,7 +212,7 @@ fn slow_clients_do_not_keep_a_scrape_out() {
         }
         // Every slot is held by a slow client by now.
         std::thread::sleep(Duration::from_secs(2));
-        for i in 0..6 {
+        for i in 0..8 {
             let asked = Instant::now();
             let answer = get(listen, "/metrics");
             let took = asked.elapsed();
@@ -218,7 +223,21 @@ fn slow_clients_do_not_keep_a_scrape_out() {
             assert!(took < Duration::from_secs(2), "scrape {i} took {took:?}");
             std::thread::sleep(Duration::from_secs(1));
         }
+        // Prometheus' own scrapes of the last 6 s all succeeded.
+        let window = format!("min_over_time({up}[6s])");
+        assert_eq!(prom.query(&window), Some(1.0), "{window}");
+        let scrapes = prom.query(&format!("count_over_time({up}[6s])"));
+        assert!(
+            scrapes >= Some(4.0),
+            "Prometheus scraped {scrapes:?} times in 6 s"
+        );
     });
+    // Each was closed at least once (its slot taken by a newer client, or its deadline up).
+    let closed = closed.load(Ordering::Relaxed);
+    assert!(
+        closed >= 12,
+        "the daemon closed slow clients {closed} times"
+    );
     assert!(
         !d.log().contains("reachable from other hosts"),
         "{}",
