@@ -15,6 +15,9 @@ const MAX_HTTP_CLIENTS: usize = 8;
 /// How long a connection may take for its whole request, from accept to the last byte of the
 /// answer: a client that sends its request head slowly is closed when it is up.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a connection keeps its slot whatever comes: a scraper's request head arrives well
+/// within it, so a burst of new connections cannot close a scrape before it is read.
+const EVICTION_GRACE: Duration = Duration::from_millis(250);
 /// The longest request head read.
 const MAX_REQUEST_HEAD: usize = 16 << 10;
 
@@ -30,23 +33,26 @@ pub struct HttpEndpoint {
 struct Slot {
     id: u64,
     stream: TcpStream,
+    since: Instant,
     reading: bool,
 }
 
 /// The connections being served, in accept order. When every slot is taken, a new connection
-/// takes the slot of the oldest one still sending its request head (a scraper sends it at once,
-/// so that one is slow or idle), which is closed; if every connection is answering, the new one
-/// is closed instead. So slow clients cannot keep a real scrape out.
+/// takes the slot of the oldest one still sending its request head after [`EVICTION_GRACE`] (a
+/// scraper sends it at once, so that one is slow or idle), which is closed; if there is none,
+/// the new one is closed instead. So slow clients cannot keep a real scrape out.
 #[derive(Default)]
 struct Slots(Mutex<Vec<Slot>>);
 
 impl Slots {
-    /// Takes a slot for connection `id`, closing the oldest one still reading its head if all
-    /// are taken; false: every connection is answering, `stream` is not served.
+    /// Takes a slot for connection `id`, closing the oldest one still reading its head past the
+    /// grace if all are taken; false: none may be closed, `stream` is not served.
     fn admit(&self, id: u64, stream: &TcpStream) -> bool {
         let mut slots = lock(&self.0);
         if slots.len() >= MAX_HTTP_CLIENTS {
-            let Some(oldest) = slots.iter().position(|s| s.reading) else {
+            let now = Instant::now();
+            let evictable = |s: &Slot| s.reading && now.duration_since(s.since) >= EVICTION_GRACE;
+            let Some(oldest) = slots.iter().position(evictable) else {
                 return false;
             };
             let evicted = slots.remove(oldest);
@@ -58,6 +64,7 @@ impl Slots {
                 slots.push(Slot {
                     id,
                     stream,
+                    since: Instant::now(),
                     reading: true,
                 });
                 true

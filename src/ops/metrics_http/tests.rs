@@ -26,6 +26,11 @@ fn a_new_connection_takes_the_slot_of_the_oldest_still_reading() {
     // Connection 0 has its head and is being answered: it keeps its slot.
     assert!(slots.answering(0));
     let (_c, s) = pair(&listener);
+    assert!(
+        !slots.admit(100, &s),
+        "connections in their grace keep their slots"
+    );
+    std::thread::sleep(EVICTION_GRACE);
     assert!(slots.admit(100, &s));
     // Connection 1, the oldest still reading, was closed.
     let mut c1 = &conns[1].0;
