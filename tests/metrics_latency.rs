@@ -62,6 +62,7 @@ fn prometheus_quantile_of_a_known_latency_distribution() {
     let median =
         format!("histogram_quantile(0.5, sharedisk_request_duration_seconds_bucket{{{labels}}})");
     let median = prom.query(&median).expect("a median");
+    eprintln!("Prometheus: median write latency {median} s for writes delayed by 60 ms");
     assert!(
         median > 0.05 && median <= 0.1,
         "median write latency {median} s, expected in (0.05, 0.1] s (writes delayed by 60 ms); \
@@ -108,12 +109,19 @@ fn a_scrape_never_waits_for_a_pr_out() {
             let answer = get(listen, "/metrics");
             (asked.elapsed(), Instant::now(), answer)
         });
+        let sent = Instant::now();
         let prout = s2.prout(SA_REGISTER, 0, 0, 0x2, false);
         let returned = Instant::now();
         assert!(prout.is_good(), "REGISTER: {prout:?}");
+        let waited = returned - sent;
+        assert!(
+            waited > Duration::from_secs(2),
+            "the PR OUT took {waited:?}: it did not wait for the delayed write (admitted late?)"
+        );
         (scrape.join().unwrap(), returned)
     });
     let (took, answered, answer) = scrape;
+    eprintln!("a scrape during the PR OUT took {took:?}");
     let (code, _, body) = answer.expect("a scrape while the PR OUT waits");
     assert_eq!(code, 200);
     assert!(
