@@ -1,7 +1,9 @@
 //! Prometheus metrics, proved with the real programs: `promtool check metrics` accepts what
 //! `ctl metrics` and `GET /metrics` serve, and a real Prometheus server (Debian's `prometheus`,
 //! started here on loopback) scrapes the daemon and answers queries whose counters grew by
-//! exactly the I/O this test did.
+//! exactly the I/O this test did. The `GET /metrics` listener against hostile clients: clients
+//! trickling request bytes neither keep scrapes out nor hold a connection past its deadline; an
+//! address beyond loopback is warned about.
 
 mod common;
 

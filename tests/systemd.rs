@@ -2,7 +2,8 @@
 //! the daemon binary and systemd's own units), its example configuration passes `config check`,
 //! and the daemon's sd_notify messages, read from a NOTIFY_SOCKET this test provides, say
 //! READY=1 only once every socket listens and the PR state is loaded, STATUS= with the connected
-//! guests and the holder, and STOPPING=1 on SIGTERM.
+//! guests and the holder, and STOPPING=1 on SIGTERM; an abstract `NOTIFY_SOCKET=@name` gets
+//! them too.
 
 mod common;
 
