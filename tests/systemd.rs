@@ -2,7 +2,8 @@
 //! the daemon binary and systemd's own units), its example configuration passes `config check`,
 //! and the daemon's sd_notify messages, read from a NOTIFY_SOCKET this test provides, say
 //! READY=1 only once every socket listens and the PR state is loaded, STATUS= with the connected
-//! guests and the holder, and STOPPING=1 on SIGTERM.
+//! guests and the holder, and STOPPING=1 on SIGTERM; an abstract `NOTIFY_SOCKET=@name` gets
+//! them too.
 
 mod common;
 
@@ -214,4 +215,42 @@ fn notify_ready_status_stopping() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     wait_for(&sock, |l| l == "STOPPING=1", "STOPPING=1");
     assert!(child.wait().unwrap().success());
+}
+
+/// sd_notify(3): `NOTIFY_SOCKET=@name` is a name in the abstract namespace (systemd itself may
+/// hand one out), not a file: READY=1 and STOPPING=1 arrive on a datagram socket bound there.
+#[test]
+fn notify_on_an_abstract_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("sharedisk-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
+        .args(["serve", "--guests", "vm1", "--size", "16M", "--image"])
+        .arg(dir.path().join("disk.img"))
+        .arg("--socket-dir")
+        .arg(dir.path().join("sock"))
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let mut buf = [0u8; 4096];
+    let ready = sock.recv(&mut buf).map(|n| buf[..n].to_vec());
+    let ready = String::from_utf8_lossy(&ready.unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("no READY=1 on @{name}: {e}; daemon log:\n{}", log())
+    }))
+    .into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_for(&sock, |l| l == "STOPPING=1", "STOPPING=1");
+    assert!(child.wait().unwrap().success(), "{}", log());
+    assert!(!log().contains("cannot notify"), "{}", log());
 }

@@ -56,13 +56,11 @@ impl Service {
                 .map(|g| g.name.clone())
                 .collect()
         };
-        let holder = self.lun.reservations.with(|a| {
-            a.reservation().map(|r| match &r.holder {
-                Holder::Initiator(h) => format!("{h} holds type {}", r.res_type.code()),
-                Holder::AllRegistrants => {
-                    format!("all registrants hold type {}", r.res_type.code())
-                }
-            })
+        // The published snapshot: the STATUS= thread never waits for a PR OUT.
+        let pr = self.lun.reservations.snapshot();
+        let holder = pr.reservation.as_ref().map(|r| match &r.holder {
+            Holder::Initiator(h) => format!("{h} holds type {}", r.res_type.code()),
+            Holder::AllRegistrants => format!("all registrants hold type {}", r.res_type.code()),
         });
         format!(
             "{}/{} guests connected{}; {}",

@@ -1,7 +1,12 @@
 //! systemd's notifications (sd_notify): READY once every socket listens, STATUS= lines while
 //! serving, STOPPING at the end.
 
+use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -9,9 +14,47 @@ use signal_hook::iterator::Handle;
 
 /// Tells the service manager `states`; without one (not under systemd) this does nothing.
 pub(super) fn notify(states: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        log::warn!("cannot notify the service manager: {e}");
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send(&socket, states) {
+        log::warn!(
+            "cannot notify the service manager at NOTIFY_SOCKET={}: {e}; systemd may time the \
+             start out or miss the stop",
+            socket.to_string_lossy()
+        );
     }
+}
+
+/// The address `NOTIFY_SOCKET` names (sd_notify(3)): a path, or with a leading `@` a name in
+/// the abstract namespace.
+fn notify_address(socket: &OsStr) -> io::Result<SocketAddr> {
+    match socket.as_bytes() {
+        [b'@', name @ ..] => SocketAddr::from_abstract_name(name),
+        [b'/', ..] => SocketAddr::from_pathname(socket),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "neither an absolute path nor @ and an abstract name",
+        )),
+    }
+}
+
+/// Sends `states` as one datagram, a `KEY=value` line each.
+fn send(socket: &OsStr, states: &[sd_notify::NotifyState]) -> io::Result<()> {
+    let addr = notify_address(socket)?;
+    let mut msg = String::new();
+    for s in states {
+        // Writing to a String cannot fail.
+        let _ = writeln!(msg, "{s}");
+    }
+    let sent = UnixDatagram::unbound()?.send_to_addr(msg.as_bytes(), &addr)?;
+    if sent != msg.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "the datagram was cut short",
+        ));
+    }
+    Ok(())
 }
 
 /// Sends `status()` as STATUS= whenever it changes, looking every 500 ms, until `signals` is
@@ -34,3 +77,6 @@ pub(super) fn spawn_status(
             }
         })
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,6 +21,9 @@ use crate::lun::Lun;
 use crate::ops::stats::{self, Op, Path, Stats, LATENCY_BUCKETS, PR_ACTIONS};
 use crate::pr::Holder;
 
+#[cfg(test)]
+mod tests;
+
 /// The daemon's registry: one collector that reads the live counters at every scrape.
 pub struct Metrics {
     registry: Registry,
@@ -126,15 +129,15 @@ impl SharediskCollector {
     /// The logical unit's PR state: generation, registrations, the cluster lease in cluster
     /// mode, and the reservation.
     fn encode_pr_state(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        let (generation, registrations, reservation) = self.lun.reservations.with(|a| {
-            let res = a.reservation().map(|r| {
-                let holder = match &r.holder {
-                    Holder::Initiator(h) => h.clone(),
-                    Holder::AllRegistrants => "all_registrants".to_string(),
-                };
-                (holder, r.res_type.code().to_string())
-            });
-            (a.generation(), a.registrations().len(), res)
+        // The published snapshot, not the arbiter: a scrape never waits for a PR OUT.
+        let pr = self.lun.reservations.snapshot();
+        let (generation, registrations) = (pr.generation, pr.registrations);
+        let reservation = pr.reservation.as_ref().map(|r| {
+            let holder = match &r.holder {
+                Holder::Initiator(h) => h.as_str(),
+                Holder::AllRegistrants => "all_registrants",
+            };
+            (holder, r.res_type.code().to_string())
         });
         gauge(
             enc,
@@ -203,7 +206,7 @@ impl SharediskCollector {
             MetricType::Info,
         )?;
         if let Some((holder, typ)) = reservation {
-            m.encode_info(&[("holder", holder.as_str()), ("type", typ.as_str())])?;
+            m.encode_info(&[("holder", holder), ("type", typ.as_str())])?;
         }
         Ok(())
     }
@@ -313,12 +316,7 @@ fn encode_ops(enc: &mut DescriptorEncoder, guests: &Guests) -> std::fmt::Result 
             for p in Path::ALL {
                 for op in Op::ALL {
                     let (sum, count, cum) = s.device(p).op(op).latency.snapshot();
-                    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-                        .iter()
-                        .copied()
-                        .chain([f64::INFINITY])
-                        .zip(cum)
-                        .collect();
+                    let buckets = bucket_counts(&cum);
                     let labels = [("guest", g.as_str()), ("path", p.name()), ("op", op.name())];
                     m.encode_family(&labels)?
                         .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
@@ -327,6 +325,23 @@ fn encode_ops(enc: &mut DescriptorEncoder, guests: &Guests) -> std::fmt::Result 
         }
     }
     Ok(())
+}
+
+/// The `(upper bound, count)` pairs `encode_histogram` wants from the cumulative counts of a
+/// [`stats::Histogram::snapshot`]: the encoder sums them itself into the `le` buckets, so each
+/// pair carries only its own bucket's count (given cumulative counts, the encoder would count
+/// every request once per bucket at or above its own, the +Inf bucket far above `_count`).
+fn bucket_counts(cumulative: &[u64; 15]) -> Vec<(f64, u64)> {
+    let bounds = LATENCY_BUCKETS.iter().copied().chain([f64::INFINITY]);
+    let mut below = 0;
+    bounds
+        .zip(cumulative)
+        .map(|(bound, &cum)| {
+            let own = cum.saturating_sub(below);
+            below = cum;
+            (bound, own)
+        })
+        .collect()
 }
 
 /// Per guest: PERSISTENT RESERVE OUT commands by service action and result.

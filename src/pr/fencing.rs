@@ -21,7 +21,7 @@
 //! with the state change it made, in the same atomic write.
 
 use crate::util::lock::{lock, read, write};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use smallvec::SmallVec;
 
@@ -33,6 +33,10 @@ use crate::pr::replay::{Origin, ReplayLog};
 use crate::pr::state_file::StateStore;
 use crate::pr::{Access, Arbiter, PrStatus, ProutOutcome, ProutRequest};
 use crate::scsi::sense::Sense;
+
+mod snapshot;
+pub use snapshot::PrSnapshot;
+use snapshot::{ArbiterWrite, Published};
 
 /// A PR change made by the operator through the control socket (`sharedisk ctl pr
 /// clear|preempt`) rather than by an initiator.
@@ -67,6 +71,8 @@ pub struct Reservations {
     replay: Mutex<ReplayLog>,
     /// Passed by every reader and held by a writer until it has the lock (see above).
     turnstile: Mutex<()>,
+    /// The state as of the last change, for readers that must not wait (the metrics).
+    published: Published,
 }
 
 /// Proof that one data command was admitted; hold it until the command's I/O is done.
@@ -159,6 +165,7 @@ impl Reservations {
     /// The state kept in `store` on this host; `None` only for purely in-memory use (tests).
     pub fn new(arbiter: Arbiter, store: Option<StateStore>) -> Self {
         Reservations {
+            published: Published::of(&arbiter),
             arbiter: RwLock::new(arbiter),
             backend: Arc::new(LocalBackend::new(store)),
             replay: Mutex::new(ReplayLog::default()),
@@ -169,6 +176,7 @@ impl Reservations {
     /// Starts from `arbiter` instead (cluster mode: the shared state replaces the local file's).
     pub fn with_arbiter(self, arbiter: Arbiter) -> Self {
         Reservations {
+            published: Published::of(&arbiter),
             arbiter: RwLock::new(arbiter),
             ..self
         }
@@ -237,9 +245,19 @@ impl Reservations {
     }
 
     /// The arbiter's write lock, after the turnstile: every admitted command has finished.
-    pub(crate) fn write_lock(&self) -> RwLockWriteGuard<'_, Arbiter> {
+    /// Dropping it publishes the state it leaves (see [`Reservations::snapshot`]).
+    pub(crate) fn write_lock(&self) -> ArbiterWrite<'_> {
         let _turn = lock(&self.turnstile);
-        write(&self.arbiter)
+        ArbiterWrite {
+            arb: write(&self.arbiter),
+            published: &self.published,
+        }
+    }
+
+    /// The PR state as of the last change, without the arbiter's lock: never waits for a PR OUT
+    /// in progress (it shows the state before it until it is done). For the metrics.
+    pub fn snapshot(&self) -> Arc<PrSnapshot> {
+        self.published.get()
     }
 
     /// Admits a data command of `initiator`, or says why not.

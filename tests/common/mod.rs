@@ -25,5 +25,6 @@ pub mod image;
 pub mod netlab;
 pub mod panics;
 pub mod process;
+pub mod prometheus;
 pub mod scsi_client;
 pub mod vu_frontend;
