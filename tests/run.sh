@@ -5,7 +5,8 @@
 # format and lint checks (clippy without features and with all of them), checks that the release
 # build users run carries no test hooks, runs every fuzz target for 30 s (fuzz/run.sh) and the
 # whole cargo test suite, built with `--features cluster,test-hooks` (unit, libblkio,
-# raw-virtqueue, fuzz regression, cluster-mode with a real etcd, and QEMU guest tests).
+# raw-virtqueue, fuzz regression, cluster-mode with a real etcd, the Debian package installed in a
+# container booted with systemd, and QEMU guest tests).
 #
 # Two QEMU passes; SHAREDISK_QEMU names the QEMU of a pass:
 # - QEMU 7.2 (the system's): the whole suite but the cluster-guest tests. Its guest tests are what
