@@ -260,6 +260,7 @@ fn deb_installs_and_serves_as_its_user_in_the_sandbox() {
     // The container's systemd creates /run/sharedisk/lab and /var/lib/sharedisk/lab in these.
     std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::copy(&deb, pkg.join("sharedisk.deb")).unwrap();
+    let pkg_dir = pkg.clone();
     let c = Container::boot(
         dir.path(),
         &[
@@ -305,6 +306,8 @@ fn deb_installs_and_serves_as_its_user_in_the_sandbox() {
     metrics_answer(&c.ok("journalctl -b --no-pager -u sharedisk@lab"));
 
     c.ok("systemctl stop sharedisk@lab");
+    #[cfg(feature = "cluster")]
+    cluster_mode_in_the_sandbox(&c, dir.path(), &pkg_dir, kvm);
     c.ok("dpkg --purge sharedisk");
     let (still, _) = c.sh("test -e /usr/bin/sharedisk");
     assert!(!still, "dpkg --purge left /usr/bin/sharedisk");
@@ -375,4 +378,51 @@ fn guests_reach_it_through_the_group(lab_run: &Path, kvm: u32) {
         s.drain_ua();
         assert!(s.prout(SA_REGISTER, 0, 0, 0x51, false).is_good());
     });
+}
+
+/// Cluster mode under the sandbox (the test's own binary, built with `cluster`, in place of the
+/// packaged one): the daemon joins a real etcd on the host's loopback (AF_INET), records the
+/// host's boot id from /proc/sys in its member key, keeps its local copy in the default
+/// `state_dir` (/var/lib/sharedisk), and a PR OUT from a kvm member commits through etcd.
+#[cfg(feature = "cluster")]
+fn cluster_mode_in_the_sandbox(c: &Container, dir: &Path, pkg: &Path, kvm: u32) {
+    let etcd = common::etcd::Etcd::start(dir);
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_sharedisk"),
+        pkg.join("sharedisk-cluster"),
+    )
+    .unwrap();
+    let config = format!(
+        "[image]\npath = \"/var/lib/sharedisk/c1/disk.img\"\nsize = \"64M\"\n\
+         [server]\nsocket_dir = \"/run/sharedisk/c1\"\nsocket_group = \"kvm\"\n\
+         socket_mode = \"0660\"\n[[guest]]\nname = \"n1\"\n\
+         [cluster]\netcd = [\"{}\"]\ninsecure = true\nnode = \"h1\"\ndisk_id = \"pkg-disk\"\n",
+        etcd.url
+    );
+    std::fs::write(pkg.join("c1.toml"), config).unwrap();
+    c.ok(
+        "install -m 755 /mnt/sharedisk-pkg/sharedisk-cluster /usr/bin/sharedisk \
+          && cp /mnt/sharedisk-pkg/c1.toml /etc/sharedisk/c1.toml",
+    );
+    let (started, out) = c.sh("systemctl start sharedisk@c1");
+    let journal = c.sh("journalctl -b --no-pager -u sharedisk@c1").1;
+    assert!(started, "systemctl start sharedisk@c1: {out}\n{journal}");
+    let scsi = dir.join("run/c1/n1-scsi.sock");
+    as_user(QEMU_USER, kvm, &[kvm], || {
+        let mut s = ScsiClient::connect(&scsi);
+        s.drain_ua();
+        assert!(s.prout(SA_REGISTER, 0, 0, 0x61, false).is_good());
+        assert!(s.prout(SA_RESERVE, 1, 0x61, 0, false).is_good());
+    });
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.url, "get", "--prefix", ""])
+        .output()
+        .expect("etcdctl (Debian's etcd-client)");
+    let keys = String::from_utf8_lossy(&out.stdout);
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(keys.contains(boot_id.trim()), "no boot id in etcd: {keys}");
+    let copies = c.ok("ls /var/lib/sharedisk");
+    assert!(copies.contains("pkg-disk.h1.pr"), "{copies}");
+    c.ok("systemctl stop sharedisk@c1");
 }
