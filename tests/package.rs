@@ -260,7 +260,6 @@ fn deb_installs_and_serves_as_its_user_in_the_sandbox() {
     // The container's systemd creates /run/sharedisk/lab and /var/lib/sharedisk/lab in these.
     std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::copy(&deb, pkg.join("sharedisk.deb")).unwrap();
-    let pkg_dir = pkg.clone();
     let c = Container::boot(
         dir.path(),
         &[
@@ -307,7 +306,7 @@ fn deb_installs_and_serves_as_its_user_in_the_sandbox() {
 
     c.ok("systemctl stop sharedisk@lab");
     #[cfg(feature = "cluster")]
-    cluster_mode_in_the_sandbox(&c, dir.path(), &pkg_dir, kvm);
+    cluster_mode_in_the_sandbox(&c, dir.path(), &dir.path().join("pkg"), kvm);
     c.ok("dpkg --purge sharedisk");
     let (still, _) = c.sh("test -e /usr/bin/sharedisk");
     assert!(!still, "dpkg --purge left /usr/bin/sharedisk");
