@@ -9,7 +9,8 @@
 //! families are exercised) as that user, with no capabilities, under the seccomp filter. From
 //! outside, a vhost-user-blk client running as another user in the group kvm writes and reads
 //! the disk and a SCSI client registers a key; a user outside the group is refused. The image
-//! and the reservation state belong to sharedisk, mode 0600. `dpkg --purge` ends it.
+//! and the reservation state belong to sharedisk, mode 0600. `dpkg --purge` stops the instance
+//! and removes the package.
 //!
 //! Needs root, `systemd-nspawn` (package systemd-container), `lintian` and `cargo-deb`
 //! (tests/run.sh installs them).
@@ -304,10 +305,12 @@ fn deb_installs_and_serves_as_its_user_in_the_sandbox() {
     assert!(guests.contains("node1"), "{guests}");
     metrics_answer(&c.ok("journalctl -b --no-pager -u sharedisk@lab"));
 
-    c.ok("systemctl stop sharedisk@lab");
     #[cfg(feature = "cluster")]
     cluster_mode_in_the_sandbox(&c, dir.path(), &dir.path().join("pkg"), kvm);
+    // The removal stops the running instance (prerm).
     c.ok("dpkg --purge sharedisk");
+    let (active, state) = c.sh("systemctl is-active sharedisk@lab");
+    assert!(!active, "sharedisk@lab outlived the package: {state}");
     let (still, _) = c.sh("test -e /usr/bin/sharedisk");
     assert!(!still, "dpkg --purge left /usr/bin/sharedisk");
 }
