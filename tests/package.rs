@@ -233,8 +233,10 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
         .trim()
 }
 
-/// The packaged example configuration, with aio io_uring and an ephemeral metrics port.
-const CONFIG_EDIT: &str = "sed -e 's/^aio = .*/aio = \"io_uring\"/' \
+/// The packaged example configuration, with O_DIRECT and io_uring (a disk other hosts write too)
+/// and an ephemeral metrics port.
+const CONFIG_EDIT: &str =
+    "sed -e 's/^aio = .*/aio = \"io_uring\"/' -e 's/^direct = .*/direct = true/' \
      -e 's/^metrics_listen = .*/metrics_listen = \"127.0.0.1:0\"/' \
      /usr/share/doc/sharedisk/examples/sharedisk-example.toml > /etc/sharedisk/lab.toml";
 
