@@ -317,7 +317,8 @@ fn deb_installs_and_serves_as_its_user_in_the_sandbox() {
     assert!(!still, "dpkg --purge left /usr/bin/sharedisk");
 }
 
-/// The daemon's process: the user sharedisk, no capabilities, no new privileges, a seccomp filter.
+/// The daemon's process: the user sharedisk, no capabilities, no new privileges, a seccomp
+/// filter, the unit's file limit.
 fn serves_as_its_user(c: &Container, uid: u32) {
     let pid = c.ok("systemctl show -P MainPID sharedisk@lab");
     let status = c.ok(&format!("cat /proc/{}/status", pid.trim()));
@@ -327,6 +328,23 @@ fn serves_as_its_user(c: &Container, uid: u32) {
     assert_eq!(status_field(&status, "CapBnd:"), "0000000000000000");
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
     assert_eq!(status_field(&status, "Seccomp:"), "2", "no seccomp filter");
+    // LimitNOFILE=65536, or as much as the container's systemd may give (its own hard limit).
+    let files = |limits: &str| -> (u64, u64) {
+        let line = limits.lines().find(|l| l.starts_with("Max open files"));
+        let mut n = line
+            .unwrap()
+            .split_whitespace()
+            .skip(3)
+            .map(|v| v.parse().unwrap());
+        (n.next().unwrap(), n.next().unwrap())
+    };
+    let (_, init_hard) = files(&c.ok("cat /proc/1/limits"));
+    let daemon = files(&c.ok(&format!("cat /proc/{}/limits", pid.trim())));
+    assert_eq!(
+        daemon.0,
+        init_hard.min(65536),
+        "the daemon's open file limit"
+    );
 }
 
 /// The metrics listener the daemon logged (AF_INET under RestrictAddressFamilies) answers.
