@@ -8,12 +8,11 @@ SUDO=
 # tests/metrics.rs; libvirt (and xmllint for virt-xml-validate) for tests/libvirt.rs. Cluster mode
 # (`--features cluster`): protoc and the well-known protos to build etcd-client, and a real etcd
 # (3.4) with etcdctl for the cluster tests; iproute2 and nftables for their network lab; openssl
-# for the certificates of tests/cluster_tls.rs. The Debian package (tests/package.rs): lintian, and
-# systemd-nspawn (systemd-container) to boot this machine's root with systemd as init.
+# for the certificates of tests/cluster_tls.rs.
 packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc g++ libc6-dev socat prometheus
           libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils
           protobuf-compiler libprotobuf-dev etcd-server etcd-client iproute2 nftables
-          openssl lintian systemd-container)
+          openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,9 +21,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: installing ${missing[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-# The Debian package is built with cargo-deb (tests/package.rs): about a minute to build once.
-if ! command -v cargo-deb >/dev/null 2>&1; then
-    echo "install-deps: cargo install --locked cargo-deb"
-    cargo install --locked --quiet cargo-deb --version 3.8.0
 fi

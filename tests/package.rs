@@ -5,15 +5,16 @@
 //! host's package database and users stay as they were), with systemd as its PID 1. In it:
 //! `dpkg -i` creates the user sharedisk, `systemd-analyze verify` and `security` accept the
 //! installed unit, and `systemctl start sharedisk@lab` serves the packaged example configuration
-//! (with io_uring and a metrics listener, so that the system call filter and the address
-//! families are exercised) as that user, with no capabilities, under the seccomp filter. From
-//! outside, a vhost-user-blk client running as another user in the group kvm writes and reads
-//! the disk and a SCSI client registers a key; a user outside the group is refused. The image
-//! and the reservation state belong to sharedisk, mode 0600. `dpkg --purge` stops the instance
-//! and removes the package.
+//! (with O_DIRECT, io_uring and a metrics listener, so that the system call filter and the
+//! address families are exercised) as that user, with no capabilities, under the seccomp filter.
+//! From outside, a vhost-user-blk client running as another user in the group kvm writes and
+//! reads the disk and a SCSI client registers a key; a user outside the group is refused; QEMU,
+//! run as that other user, boots the test guest on the daemon. The image and the reservation
+//! state belong to sharedisk, mode 0600. `dpkg --purge` stops the instance and removes the
+//! package.
 //!
 //! Needs root, `systemd-nspawn` (package systemd-container), `lintian` and `cargo-deb`
-//! (tests/run.sh installs them).
+//! (tests/run.sh installs them), and the test guest.
 
 mod common;
 
@@ -24,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::blkio_client::BlkClient;
+use common::guest::{Guest, GuestOpts};
 use common::scsi_client::*;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -293,6 +295,7 @@ fn deb_installs_and_serves_as_its_user_in_the_sandbox() {
     let lab_run = run_dir.join("lab");
     let lab_lib = lib_dir.join("lab");
     guests_reach_it_through_the_group(&lab_run, kvm);
+    qemu_as_another_user(dir.path(), &lab_run, kvm);
     for file in ["disk.img", "disk.img.pr"] {
         let m = std::fs::metadata(lab_lib.join(file)).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o777), (uid, 0o600), "{file}");
@@ -447,4 +450,45 @@ fn cluster_mode_in_the_sandbox(c: &Container, dir: &Path, pkg: &Path, kvm: u32) 
     let copies = c.ok("ls /var/lib/sharedisk");
     assert!(copies.contains("pkg-disk.h1.pr"), "{copies}");
     c.ok("systemctl stop sharedisk@c1");
+}
+
+/// QEMU itself, run as another user of the group kvm (through setpriv), boots the test guest on
+/// node2's sockets of the sandboxed daemon: what it writes through vhost-user-blk reads back
+/// through vhost-user-scsi.
+fn qemu_as_another_user(dir: &Path, lab_run: &Path, kvm: u32) {
+    // The guest's kernel and initramfs sit in root's cache: the wrapper copies them where that
+    // user may read them.
+    let files = dir.join("qemu-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = dir.join("qemu-as-another-user");
+    let script = format!(
+        "#!/bin/bash\nargs=()\nfor a in \"$@\"; do\n  case $a in\n    \
+         */vmlinuz|*/initramfs.img) cp \"$a\" {files}/ && a={files}/${{a##*/}} && \
+         chmod 644 \"$a\" ;;\n  esac\n  args+=(\"$a\")\ndone\n\
+         exec setpriv --reuid={QEMU_USER} --regid={kvm} --groups={kvm} -- {qemu} \"${{args[@]}}\"\n",
+        files = files.display(),
+        qemu = common::guest::qemu_binary(),
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::env::set_var("SHAREDISK_QEMU", &wrapper);
+    // /dev/kvm is the group kvm's on a host with udev; where it is root's alone, TCG.
+    let kvm_dev = std::fs::metadata("/dev/kvm");
+    if !kvm_dev.is_ok_and(|m| m.gid() == kvm && m.mode() & 0o060 == 0o060) {
+        std::env::set_var("SHAREDISK_ACCEL", "tcg");
+    }
+    let vm = Guest::boot(GuestOpts {
+        blk: Some(lab_run.join("node2-blk.sock")),
+        scsi: Some(lab_run.join("node2-scsi.sock")),
+        ..GuestOpts::new("pkgvm")
+    });
+    let qemu_uid = std::fs::metadata(format!("/proc/{}", vm.pid()))
+        .unwrap()
+        .uid();
+    vm.sh("yes sandboxed | head -c 65536 > /tmp/p");
+    vm.sh("dd if=/tmp/p of=/dev/vda bs=65536 count=1 seek=8 oflag=direct");
+    vm.sh("dd if=/dev/sda of=/tmp/r bs=65536 count=1 skip=8 iflag=direct && cmp /tmp/p /tmp/r");
+    vm.poweroff();
+    assert_eq!(qemu_uid, QEMU_USER, "QEMU ran as root");
 }
