@@ -24,6 +24,7 @@ pub struct Flags {
     pub socket_group: Option<String>,
     pub socket_mode: Option<u32>,
     pub control_socket: Option<PathBuf>,
+    pub admin_group: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub direct: bool,
     pub aio: Option<Aio>,
@@ -121,7 +122,7 @@ impl Flags {
 
     /// Every flag that has a file key, in the order their disagreements are reported. Settings
     /// with a default count as given by the file only when it writes their key.
-    fn agreements(&self, c: &Config, src: &Source<'_>) -> [Agreement; 14] {
+    fn agreements(&self, c: &Config, src: &Source<'_>) -> [Agreement; 15] {
         let written = |key| src.has(key);
         let socket_dir = written("server.socket_dir").then_some(&c.socket_dir);
         let guests = (!c.guests.is_empty()).then(|| c.guest_names());
@@ -186,6 +187,12 @@ impl Flags {
                 show_path,
             ),
             agree(
+                ("--admin-group", "server.admin_group"),
+                self.admin_group.as_ref(),
+                c.admin_group.as_ref(),
+                show_string,
+            ),
+            agree(
                 ("--metrics-listen", "server.metrics_listen"),
                 self.metrics_listen,
                 c.metrics_listen,
@@ -245,6 +252,7 @@ impl Flags {
             .control_socket
             .clone()
             .or_else(|| self.control_socket.clone());
+        c.admin_group = c.admin_group.clone().or_else(|| self.admin_group.clone());
         c.metrics_listen = c.metrics_listen.or(self.metrics_listen);
         c.direct |= self.direct;
     }
