@@ -153,14 +153,18 @@ pub fn call(socket: &Path, req: &Value, timeout: Duration) -> Result<Value, (u8,
         (Ok(()), Ok(_)) => Err((
             exit::OUTCOME_UNKNOWN,
             format!(
-                "the daemon at {} closed the connection after the request was sent: it may or                  may not have been done; check (`sharedisk ctl pr show`, the daemon's log)                  before repeating it",
+                "the daemon at {} closed the connection after the request was sent: it may or \
+                 may not have been done; check (`sharedisk ctl pr show`, the daemon's log) \
+                 before repeating it",
                 socket.display()
             ),
         )),
         (Ok(()), Err(e)) => Err((
             exit::OUTCOME_UNKNOWN,
             format!(
-                "no answer from the daemon at {} ({e}; waited up to {} s, see --timeout) after                  the request was sent: it may or may not have been done; check (`sharedisk ctl                  pr show`, the daemon's log) before repeating it",
+                "no answer from the daemon at {} ({e}; waited up to {} s, see --timeout) after \
+                 the request was sent: it may or may not have been done; check (`sharedisk ctl \
+                 pr show`, the daemon's log) before repeating it",
                 socket.display(),
                 timeout.as_secs_f64()
             ),
