@@ -80,7 +80,13 @@ impl Flags {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
-        let src = Source::new(path, &text);
+        self.resolve_text(path, &text)
+    }
+
+    /// [`Flags::resolve`] on a file's `text` already read (`path` names it in messages and
+    /// anchors its relative paths).
+    pub fn resolve_text(self, path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let src = Source::new(path, text);
         let mut c = file::parse(&src)?;
         for (flag, key, clash) in self.agreements(&c, &src) {
             if let Some((flag_val, file_val)) = clash {

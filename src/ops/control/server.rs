@@ -481,20 +481,8 @@ fn serve_client(conn: &UnixStream, slot: &u64, slots: &Slots, daemon: &dyn Daemo
         if !slots.begin(*slot) {
             return;
         }
-        let (id, result) = match serde_json::from_slice::<Value>(&line) {
-            Err(e) => (
-                Value::Null,
-                Err(fail(
-                    code::PARSE_ERROR,
-                    format!("not JSON (one UTF-8 JSON object per line): {e}"),
-                )),
-            ),
-            Ok(req) => {
-                let id = req.get("id").cloned().unwrap_or(Value::Null);
-                (id, handle(&req, daemon, caller))
-            }
-        };
-        let written = reply(conn, &id, result);
+        let answer = answer(&line, daemon, caller);
+        let written = write_line(conn, &answer);
         slots.end(*slot);
         if written.is_err() {
             return;
@@ -502,16 +490,41 @@ fn serve_client(conn: &UnixStream, slot: &u64, slots: &Slots, daemon: &dyn Daemo
     }
 }
 
-fn reply(mut conn: &UnixStream, id: &Value, result: Result<Value, Failure>) -> io::Result<()> {
-    let msg = match result {
+/// The answer to one request line (without its newline), as the JSON-RPC response object.
+pub fn answer(line: &[u8], daemon: &dyn Daemon, caller: Caller) -> Value {
+    let (id, result) = match serde_json::from_slice::<Value>(line) {
+        Err(e) => (
+            Value::Null,
+            Err(fail(
+                code::PARSE_ERROR,
+                format!("not JSON (one UTF-8 JSON object per line): {e}"),
+            )),
+        ),
+        Ok(req) => {
+            let id = req.get("id").cloned().unwrap_or(Value::Null);
+            (id, handle(&req, daemon, caller))
+        }
+    };
+    response(&id, result)
+}
+
+fn response(id: &Value, result: Result<Value, Failure>) -> Value {
+    match result {
         Ok(r) => json!({ "jsonrpc": "2.0", "id": id, "result": r }),
         Err(f) => json!({
             "jsonrpc": "2.0",
             "id": id,
             "error": { "code": f.code, "message": f.message },
         }),
-    };
-    let mut line = serde_json::to_vec(&msg).map_err(io::Error::other)?;
+    }
+}
+
+fn reply(conn: &UnixStream, id: &Value, result: Result<Value, Failure>) -> io::Result<()> {
+    write_line(conn, &response(id, result))
+}
+
+fn write_line(mut conn: &UnixStream, msg: &Value) -> io::Result<()> {
+    let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
     line.push(b'\n');
     conn.write_all(&line)
 }
