@@ -84,3 +84,6 @@ pub enum GuestError {
         source: io::Error,
     },
 }
+
+#[cfg(test)]
+mod tests;

@@ -284,7 +284,7 @@ struct Slot {
 
 /// The connections being served.
 #[derive(Default)]
-struct Slots {
+pub(super) struct Slots {
     list: Mutex<Vec<Slot>>,
     next: AtomicU64,
 }
@@ -295,7 +295,7 @@ impl Slots {
     }
 
     /// A slot for `caller`, or why not.
-    fn take(&self, caller: &Caller, conn: UnixStream) -> Result<u64, String> {
+    pub(super) fn take(&self, caller: &Caller, conn: UnixStream) -> Result<u64, String> {
         let mut list = self.lock();
         let (pool, size) = match caller.role {
             Role::Admin => ("admin", ADMIN_SLOTS),
@@ -344,7 +344,7 @@ impl Slots {
 
     /// Marks the slot busy before a request runs; false if it was taken meanwhile (the
     /// connection is shut down then, and the request must not run).
-    fn begin(&self, id: u64) -> bool {
+    pub(super) fn begin(&self, id: u64) -> bool {
         let mut list = self.lock();
         match list.iter_mut().find(|s| s.id == id) {
             Some(s) => {
@@ -355,7 +355,7 @@ impl Slots {
         }
     }
 
-    fn end(&self, id: u64) {
+    pub(super) fn end(&self, id: u64) {
         if let Some(s) = self.lock().iter_mut().find(|s| s.id == id) {
             s.idle_since = Some(Instant::now());
         }
@@ -400,7 +400,7 @@ impl Throttle {
 
 /// Why a request line could not be read.
 #[derive(Debug, thiserror::Error)]
-enum LineError {
+pub(super) enum LineError {
     /// The client hung up (or was shut down).
     #[error("the client hung up")]
     Closed,
@@ -417,7 +417,7 @@ enum LineError {
 
 /// Reads one line (without its newline) into `line`, keeping what follows it in `pending`. A
 /// last line without newline counts at end of file. Never holds more than [`MAX_LINE`] bytes.
-fn read_line(conn: &UnixStream, pending: &mut Vec<u8>) -> Result<Vec<u8>, LineError> {
+pub(super) fn read_line(conn: &UnixStream, pending: &mut Vec<u8>) -> Result<Vec<u8>, LineError> {
     let deadline = Instant::now() + LINE_TIMEOUT;
     let mut searched = 0;
     let mut chunk = [0u8; 8192];
