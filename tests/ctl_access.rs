@@ -305,6 +305,34 @@ fn a_100_mb_line_is_refused_at_the_cap_with_memory_bounded() {
 }
 
 #[test]
+fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = open_daemon(dir.path(), &[]);
+    let mut conn = UnixStream::connect(d.control()).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        // Requests whose answers (a few kB each) fill the socket buffer, never read.
+        let line = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"stats\"}\n".repeat(64);
+        let mut sent = 0usize;
+        while conn.write_all(&line).is_ok() {
+            sent += 64;
+        }
+        let _ = done.send(sent);
+    });
+    // Meanwhile the operator is served.
+    assert_eq!(ctl(&d.control(), &["status"]).code, 0);
+    let sent = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the daemon never closed the connection of a client that does not read");
+    println!(
+        "a client that never reads: closed after {:?}, {sent} requests sent",
+        started.elapsed()
+    );
+    assert_eq!(ctl(&d.control(), &["status"]).code, 0);
+}
+
+#[test]
 fn a_request_that_is_not_utf8_gets_a_parse_error_and_the_connection_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
     let d = open_daemon(dir.path(), &[]);
