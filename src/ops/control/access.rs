@@ -171,10 +171,36 @@ impl Peer {
     }
 }
 
-/// `SO_PEERGROUPS` (Linux 4.13) on the architectures this builds for.
+/// `SO_PEERGROUPS` (Linux 4.13): 59 in asm-generic/socket.h, which these architectures use.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+))]
 const SO_PEERGROUPS: libc::c_int = 59;
 
+/// Elsewhere the supplementary groups are not read: only the primary group counts.
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+)))]
+fn peer_groups(_conn: &UnixStream) -> io::Result<Vec<u32>> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 /// The peer's supplementary groups, as it held them at `connect`.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+))]
 fn peer_groups(conn: &UnixStream) -> io::Result<Vec<u32>> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {

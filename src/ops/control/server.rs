@@ -267,6 +267,8 @@ fn admit(
             slots2.release(&slot);
         });
     if let Err(e) = spawned {
+        // The closure (and the connection) is gone with the error: free the slot here.
+        slots.release(&slot);
         log::warn!("control: no thread for a client: {e}");
     }
 }
