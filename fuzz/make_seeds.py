@@ -460,6 +460,85 @@ def cli_seeds():
     write(t, "version", args("--version"))
 
 
+def control_seeds():
+    t = "control"
+    STRANGER, READER, ADMIN = b"\0", b"\1", b"\2"
+
+    def req(method, params=None, id_=1):
+        r = {"jsonrpc": "2.0", "id": id_, "method": method}
+        if params is not None:
+            r["params"] = params
+        return json.dumps(r).encode()
+
+    reads = ["version", "status", "guests", "pr.show", "stats", "metrics", "cluster.status"]
+    for i, m in enumerate(reads):
+        write(t, f"read_{m}", bytes([i & 3]) + READER + req(m))
+    yes = {"confirm": True}
+    changes = [
+        ("pr.clear", yes),
+        ("pr.preempt", {"victim": "vm1", "confirm": True}),
+        ("pr.preempt", {"victim": "vm2", "abort": True, "confirm": True}),
+        ("guest.add", {"name": "vm9", "queues": 2, "read_only": True, "scsi": False}),
+        ("guest.remove", {"name": "vm3", "force": True}),
+        ("cluster.republish", yes),
+        ("cluster.evict", {"node": "n2", "confirm": True}),
+        ("cluster.resume", None),
+    ]
+    for i, (m, p) in enumerate(changes):
+        name = f"change_{m}_{i}"
+        write(t, name, bytes([1 + (i & 1)]) + ADMIN + req(m, p, i))
+        write(t, name + "_refused", bytes([1 + (i & 1)]) + READER + req(m, p, i) + b"\n"
+              + STRANGER + req(m, p, "s"))
+    write(t, "not_utf8", b"\1" + ADMIN + b'{"jsonrpc":"2.0","id":1,"method":"st\xffatus"}\n'
+          + ADMIN + req("version", None, 2))
+    write(t, "not_json", b"\0" + ADMIN + b"{]\n" + ADMIN + b"[1,2]\n" + ADMIN + b'{"method":7}')
+    write(t, "unknown_method", b"\0" + ADMIN + req("pr.nuke", yes))
+    write(t, "unconfirmed", b"\2" + ADMIN + req("pr.clear") + b"\n" + ADMIN
+          + req("pr.preempt", {"victim": 5, "confirm": "yes"}))
+
+
+def config_file_seeds():
+    t = "config_file"
+    full = b"""[image]
+path = "disk.img"
+size = "1G"
+state = "disk.pr"
+read_only = false
+max_shares = 8
+direct = true
+aio = "io_uring"
+
+[server]
+socket_dir = "/run/sharedisk"
+socket_group = "kvm"
+socket_mode = "0660"
+control_socket = "/run/sharedisk/control.sock"
+control_group = "sharedisk"
+admin_group = "wheel"
+metrics_listen = "127.0.0.1:9100"
+poll_us = 50
+
+[[guest]]
+name = "vm1"
+queues = 2
+
+[[guest]]
+name = "vm2"
+read_only = true
+scsi = false
+"""
+    write(t, "full", b"\0" + full)
+    write(t, "full_with_agreeing_flags", b"\x05" + full.replace(b'name = "vm2"', b'name = "vm1x"'))
+    write(t, "minimal", b"\0" + b'[image]\npath = "/srv/d.img"\n[[guest]]\nname = "vm1"\n')
+    write(t, "flags_fill_in", b"\x0f" + b'[image]\npath = "/srv/disk.img"\n')
+    write(t, "clash", b"\x02" + b'[image]\npath = "/srv/other.img"\n[[guest]]\nname = "a"\n')
+    write(t, "bad_key", b"\0" + b'[image]\npath = "d"\nbogus = 1\n[[guest]]\nname = "a"\n')
+    write(t, "bad_name", b"\0" + b'[image]\npath = "d"\n[[guest]]\nname = "../x"\n')
+    write(t, "duplicate", b"\0" + b'[image]\npath = "d"\n[[guest]]\nname = "a"\n[[guest]]\nname = "a"\n')
+    write(t, "cluster", b"\0" + b'[image]\npath = "d"\n[[guest]]\nname = "a"\n[cluster]\n'
+          b'node = "n1"\ndisk_id = "d1"\nendpoints = ["http://127.0.0.1:2379"]\n')
+
+
 def main():
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
@@ -469,6 +548,8 @@ def main():
     scsi_seeds()
     state_seeds()
     cli_seeds()
+    control_seeds()
+    config_file_seeds()
     for t in sorted(os.listdir(CORPUS)):
         files = os.listdir(os.path.join(CORPUS, t))
         size = sum(os.path.getsize(os.path.join(CORPUS, t, f)) for f in files)

@@ -19,6 +19,8 @@ use sharedisk::pr::{Arbiter, Holder, PrState, Registration, ResType, Reservation
 
 pub mod blk_chain;
 pub mod cli;
+pub mod config_file;
+pub mod control;
 pub mod pr_wire;
 pub mod ring;
 pub mod scsi_chain;

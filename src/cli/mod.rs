@@ -1,6 +1,7 @@
 //! The command line, as a library item so that it can be tested and fuzzed without the binary.
 //! `main.rs` only calls [`Cli::parse`] and dispatches.
 
+pub mod out;
 pub mod qemu;
 
 use std::net::SocketAddr;
@@ -83,8 +84,8 @@ impl QemuArgsArgs {
         };
         let out = qemu::guest_args(&socket_dir, &guest, &self.memory, format)?;
         match format {
-            qemu::Format::Qemu => println!("{out}"),
-            qemu::Format::Libvirt => print!("{out}"),
+            qemu::Format::Qemu => out::println(&out),
+            qemu::Format::Libvirt => out::print(&out),
         }
         Ok(())
     }
@@ -111,6 +112,10 @@ pub struct CtlArgs {
     /// subcommand: `ctl --json cluster status` and `ctl cluster status --json` alike).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for the daemon's answer once the request is sent; without one by then,
+    /// ctl exits 4: the request may or may not have been done.
+    #[arg(long, global = true, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: u64,
     #[command(subcommand)]
     pub command: CtlCmd,
 }
@@ -294,6 +299,11 @@ pub struct ServeArgs {
     /// The control socket (default: <socket-dir>/control.sock).
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
+    /// Group whose members may also change the daemon through the control socket (pr clear,
+    /// pr preempt, guest add/remove, cluster republish/evict/resume); root and the daemon's own
+    /// user always may.
+    #[arg(long)]
+    pub admin_group: Option<String>,
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -333,6 +343,7 @@ impl ServeArgs {
                 socket_mode: self.socket_mode,
                 socket_world_access: self.socket_world_access,
                 control_socket: self.control_socket,
+                admin_group: self.admin_group,
                 metrics_listen: self.metrics_listen,
                 direct: self.direct,
                 aio: self.aio,

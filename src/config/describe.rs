@@ -39,12 +39,24 @@ impl Config {
             s,
             "control socket: {} (mode {}, group {})",
             self.control_socket_path().display(),
-            if self.control_group.is_some() {
+            if self.control_socket_group().is_some() {
                 "0660"
             } else {
                 "0600"
             },
-            opt(&self.control_group)
+            self.control_socket_group().unwrap_or("-")
+        );
+        let _ = writeln!(
+            s,
+            "control access: change: root, the daemon's user{}; read: the same{}",
+            self.admin_group
+                .as_ref()
+                .map(|g| format!(", group {g}"))
+                .unwrap_or_default(),
+            self.control_group
+                .as_ref()
+                .map(|g| format!(", group {g}"))
+                .unwrap_or_default(),
         );
         let _ = writeln!(
             s,

@@ -55,6 +55,7 @@ struct ServerSection {
     socket_world_access: bool,
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
+    admin_group: Option<String>,
     metrics_listen: Option<SocketAddr>,
     #[serde(default, deserialize_with = "poll_value")]
     poll_us: Option<u32>,
@@ -327,6 +328,7 @@ pub(super) fn parse(src: &Source<'_>) -> Result<Config, ConfigError> {
         socket_world_access: server.socket_world_access,
         control_socket: server.control_socket.map(rel),
         control_group: server.control_group,
+        admin_group: server.admin_group,
         metrics_listen: server.metrics_listen,
         aio: image.aio,
         poll_us: server.poll_us.unwrap_or(DEFAULT_POLL_US),

@@ -25,6 +25,7 @@ pub struct Flags {
     pub socket_mode: Option<u32>,
     pub socket_world_access: bool,
     pub control_socket: Option<PathBuf>,
+    pub admin_group: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub direct: bool,
     pub aio: Option<Aio>,
@@ -80,7 +81,13 @@ impl Flags {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
-        let src = Source::new(path, &text);
+        self.resolve_text(path, &text)
+    }
+
+    /// [`Flags::resolve`] on a file's `text` already read (`path` names it in messages and
+    /// anchors its relative paths).
+    pub fn resolve_text(self, path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let src = Source::new(path, text);
         let mut c = file::parse(&src)?;
         for (flag, key, clash) in self.agreements(&c, &src) {
             if let Some((flag_val, file_val)) = clash {
@@ -122,7 +129,7 @@ impl Flags {
 
     /// Every flag that has a file key, in the order their disagreements are reported. Settings
     /// with a default count as given by the file only when it writes their key.
-    fn agreements(&self, c: &Config, src: &Source<'_>) -> [Agreement; 15] {
+    fn agreements(&self, c: &Config, src: &Source<'_>) -> [Agreement; 16] {
         let written = |key| src.has(key);
         let socket_dir = written("server.socket_dir").then_some(&c.socket_dir);
         let guests = (!c.guests.is_empty()).then(|| c.guest_names());
@@ -194,6 +201,12 @@ impl Flags {
                 show_path,
             ),
             agree(
+                ("--admin-group", "server.admin_group"),
+                self.admin_group.as_ref(),
+                c.admin_group.as_ref(),
+                show_string,
+            ),
+            agree(
                 ("--metrics-listen", "server.metrics_listen"),
                 self.metrics_listen,
                 c.metrics_listen,
@@ -254,6 +267,7 @@ impl Flags {
             .control_socket
             .clone()
             .or_else(|| self.control_socket.clone());
+        c.admin_group = c.admin_group.clone().or_else(|| self.admin_group.clone());
         c.metrics_listen = c.metrics_listen.or(self.metrics_listen);
         c.direct |= self.direct;
     }

@@ -80,8 +80,12 @@ pub struct Config {
     pub socket_world_access: bool,
     /// The control socket; `<socket_dir>/control.sock` when `None`.
     pub control_socket: Option<PathBuf>,
-    /// Group owning the control socket (its mode is then 0660 instead of 0600).
+    /// The read group: its members may call the control socket's reading methods. It owns the
+    /// control socket (mode 0660 instead of 0600).
     pub control_group: Option<String>,
+    /// The admin group: its members may also call the changing methods (root and the daemon's
+    /// own user always may). It owns the control socket when `control_group` is unset.
+    pub admin_group: Option<String>,
     /// Serve `GET /metrics` on this TCP address.
     pub metrics_listen: Option<SocketAddr>,
     /// Open the image with O_DIRECT (bypassing this host's page cache).
@@ -155,6 +159,7 @@ impl Config {
             socket_world_access: false,
             control_socket: None,
             control_group: None,
+            admin_group: None,
             metrics_listen: None,
             direct: false,
             aio: None,
@@ -227,6 +232,13 @@ impl Config {
         let mut p = self.image.as_os_str().to_owned();
         p.push(".pr");
         PathBuf::from(p)
+    }
+
+    /// The group owning the control socket: the read group, else the admin group.
+    pub fn control_socket_group(&self) -> Option<&str> {
+        self.control_group
+            .as_deref()
+            .or(self.admin_group.as_deref())
     }
 
     pub fn control_socket_path(&self) -> PathBuf {

@@ -513,3 +513,34 @@ fn a_world_socket_mode_needs_the_explicit_key() {
         c.validate().unwrap();
     }
 }
+
+#[test]
+fn admin_group_from_the_file_or_the_flag_and_the_control_socket_group() {
+    let path = Path::new("/etc/sharedisk/a.toml");
+    let text = "[image]\npath = \"/srv/d.img\"\n[server]\nadmin_group = \"wheel\"\n[[guest]]\nname = \"a\"\n";
+    let c = Flags::default().resolve_text(path, text).unwrap();
+    assert_eq!(c.admin_group.as_deref(), Some("wheel"));
+    assert_eq!(c.control_socket_group(), Some("wheel"), "no read group");
+    assert!(c
+        .describe()
+        .contains("change: root, the daemon's user, group wheel"));
+    let flag = |g: &str| Flags {
+        admin_group: Some(g.into()),
+        ..Flags::default()
+    };
+    assert!(flag("wheel").resolve_text(path, text).is_ok());
+    let e = flag("adm")
+        .resolve_text(path, text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--admin-group adm disagrees") && e.contains("server.admin_group"),
+        "{e}"
+    );
+    let both = text.replace("[server]\n", "[server]\ncontrol_group = \"sharedisk\"\n");
+    let c = Flags::default().resolve_text(path, &both).unwrap();
+    assert_eq!(c.control_socket_group(), Some("sharedisk"));
+    let text = "[image]\npath = \"/srv/d.img\"\n[[guest]]\nname = \"a\"\n";
+    let c = flag("wheel").resolve_text(path, text).unwrap();
+    assert_eq!(c.admin_group.as_deref(), Some("wheel"), "the flag fills in");
+}

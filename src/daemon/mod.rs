@@ -186,7 +186,7 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let mut control = ControlServer::start(
         &config.control_socket_path(),
-        config.control_group.as_deref(),
+        config.control_socket_group(),
         service.clone(),
     )?;
     let mut http =
