@@ -387,10 +387,23 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
     submit_write(&mut f, SECTOR, b'L');
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
-    let status = a.arbiter().operator(&OperatorAction::Preempt {
-        victim: "v".into(),
-        abort: true,
-    });
+    // a holds Write Exclusive, registrants only: the host's preempt of v fences it.
+    assert_eq!(
+        a.arbiter().prout("a", &register(0x11), None),
+        PrStatus::Good
+    );
+    let reserve = ProutRequest::new(ServiceAction::Reserve)
+        .key(0x11)
+        .typ(ResType::WriteExclusiveRegistrantsOnly);
+    assert_eq!(a.arbiter().prout("a", &reserve, None), PrStatus::Good);
+    let status = a
+        .arbiter()
+        .operator(&OperatorAction::Preempt {
+            victim: "v".into(),
+            abort: true,
+            by: None,
+        })
+        .expect("v is fenced: a holds type 5");
     let took = start.elapsed();
     if status == PrStatus::Good {
         // The canary: the preemptor's own write right after GOOD.
