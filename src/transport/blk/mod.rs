@@ -24,8 +24,8 @@ use crate::ops::stats::{self, DeviceStats, Op};
 use crate::pr::fencing::Refusal;
 use crate::pr::Access;
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch, Reply, Slot,
-    UsedLens, Vring,
+    self, feature, AtomicMem, Chain, ExitEvents, Handler, Limits, Mem, Quiesce, QuiesceLatch,
+    Reply, Slot, UsedLens, Vring,
 };
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
@@ -45,6 +45,12 @@ const MAX_DWZ_SECTORS: u32 = 1 << 21;
 const MAX_DWZ_SEG: u32 = 32;
 const DWZ_SEG_LEN: usize = 16;
 const HEADER_LEN: usize = 16;
+/// What one chain may hold: `SEG_MAX` data segments plus the header and the status, each at
+/// most `SIZE_MAX` bytes; counted while the chain is parsed (`Chain::parse_within`).
+const BLK_LIMITS: Limits = Limits {
+    descriptors: SEG_MAX + 2,
+    descriptor_len: SIZE_MAX,
+};
 
 /// Byte offset of `writeback` in virtio_blk_config; the only field a driver may write.
 const CONFIG_WCE_OFFSET: usize = 32;
@@ -213,8 +219,7 @@ impl BlkDevice {
         chain: DescriptorChain<&'m Mem>,
         batch: &mut BlkBatch<'m>,
     ) -> Reply {
-        let within_limits = within_limits(&chain);
-        let chain = match Chain::parse(mem, chain) {
+        let chain = match Chain::parse_within(mem, chain, BLK_LIMITS) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("{}: blk: dropping request: {e}", self.initiator);
@@ -230,6 +235,7 @@ impl BlkDevice {
             log::warn!("{}: blk: request without a status byte", self.initiator);
             return Reply::Done(0);
         };
+        let within_limits = chain.within_limits;
         if within_limits {
             if let Some(io) = self.batchable(&chain.readable, &data_in) {
                 // The status byte is in the one non-empty slice of the 1-byte tail.
@@ -632,19 +638,6 @@ fn dwz_segments(discard: bool, data_out: &[Buf], in_len: usize, size: u64) -> Re
         segments.push((offset, bytes, unmap));
     }
     Ok(segments)
-}
-
-/// Whether a chain respects what we advertise: at most SEG_MAX data segments (plus header and
-/// status) of at most SIZE_MAX bytes each. Counted on the descriptors themselves.
-fn within_limits(chain: &DescriptorChain<&Mem>) -> bool {
-    let mut count = 0u32;
-    for desc in chain.clone() {
-        count += 1;
-        if count > SEG_MAX + 2 || desc.len() > SIZE_MAX {
-            return false;
-        }
-    }
-    true
 }
 
 impl Quiesce for BlkBackend {
