@@ -34,7 +34,7 @@ impl DaemonProcess {
     }
 
     /// Starts `sharedisk serve` with extra arguments `extra` and environment `env`.
-    fn start_full(
+    pub fn start_full(
         dir: &Path,
         guests: &[&str],
         size: &str,
