@@ -382,11 +382,6 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
         a.arbiter().prout("v", &register(0x77), None),
         PrStatus::Good
     );
-    let mut f = VuFrontend::connect(&victim.blk("v"), 1, 64);
-    const SECTOR: u64 = 100;
-    submit_write(&mut f, SECTOR, b'L');
-    std::thread::sleep(Duration::from_millis(200));
-    let start = Instant::now();
     // a holds Write Exclusive, registrants only: the host's preempt of v fences it.
     assert_eq!(
         a.arbiter().prout("a", &register(0x11), None),
@@ -396,6 +391,11 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
         .key(0x11)
         .typ(ResType::WriteExclusiveRegistrantsOnly);
     assert_eq!(a.arbiter().prout("a", &reserve, None), PrStatus::Good);
+    let mut f = VuFrontend::connect(&victim.blk("v"), 1, 64);
+    const SECTOR: u64 = 100;
+    submit_write(&mut f, SECTOR, b'L');
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
     let status = a
         .arbiter()
         .operator(&OperatorAction::Preempt {
