@@ -116,7 +116,13 @@ impl Arbiter {
             return Err(FenceRefusal::PreemptRefused {
                 by: by.unwrap_or("host").to_owned(),
                 victim: victim.to_owned(),
-                status: format!("{:?}", outcome.status),
+                status: match outcome.status {
+                    PrStatus::Conflict => "RESERVATION CONFLICT".to_owned(),
+                    PrStatus::CheckCondition(s) => {
+                        format!("CHECK CONDITION {:02x}/{:02x}/{:02x}", s.key, s.asc, s.ascq)
+                    }
+                    other => format!("{other:?}"),
+                },
             });
         }
         if trial.check(victim, Access::Write) {
