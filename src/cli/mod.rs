@@ -154,7 +154,8 @@ pub enum CtlPr {
     /// Fence GUEST: preempt its registration so that it can no longer write (refused, exit 24,
     /// when it could).
     Preempt {
-        #[arg(long)]
+        /// The guest to fence: its registration goes (every registration with its key, with --by).
+        #[arg(long, value_name = "GUEST")]
         victim: String,
         /// The registered guest whose PREEMPT the daemon sends, with its key: it takes over a
         /// reservation the victim holds, with the same type.
