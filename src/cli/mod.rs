@@ -156,10 +156,16 @@ pub enum CtlPr {
         #[arg(long)]
         yes: bool,
     },
-    /// Remove GUEST's registration, and its reservation if it holds one.
+    /// Fence GUEST: preempt its registration so that it can no longer write (refused, exit 24,
+    /// when it could).
     Preempt {
-        #[arg(long)]
+        /// The guest to fence: its registration goes (every registration with its key, with --by).
+        #[arg(long, value_name = "GUEST")]
         victim: String,
+        /// The registered guest whose PREEMPT the daemon sends, with its key: it takes over a
+        /// reservation the victim holds, with the same type.
+        #[arg(long, value_name = "GUEST")]
+        by: Option<String>,
         /// PREEMPT AND ABORT.
         #[arg(long)]
         abort: bool,
@@ -228,9 +234,17 @@ impl CtlCmd {
             CtlCmd::Pr { command } => match command {
                 CtlPr::Show => CtlCommand::PrShow,
                 CtlPr::Clear { yes } => CtlCommand::PrClear { yes },
-                CtlPr::Preempt { victim, abort, yes } => {
-                    CtlCommand::PrPreempt { victim, abort, yes }
-                }
+                CtlPr::Preempt {
+                    victim,
+                    by,
+                    abort,
+                    yes,
+                } => CtlCommand::PrPreempt {
+                    victim,
+                    by,
+                    abort,
+                    yes,
+                },
             },
             CtlCmd::Guest { command } => match command {
                 CtlGuest::Add {

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::Access;
 use crate::scsi::sense::{self, Sense};
 
+mod host;
+pub use host::FenceRefusal;
+
 /// A reservation key (SPC-4 §5.9.7). Zero never names a registration.
 pub type Key = u64;
 
@@ -248,6 +251,10 @@ impl ProutOutcome {
             changed,
             preempted: Vec::new(),
         }
+    }
+    /// A change refused before anything was done (RESERVATION CONFLICT, nothing changed).
+    pub fn refused() -> Self {
+        Self::conflict()
     }
     fn conflict() -> Self {
         ProutOutcome {

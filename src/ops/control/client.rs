@@ -39,6 +39,7 @@ pub enum CtlCommand {
     },
     PrPreempt {
         victim: String,
+        by: Option<String>,
         abort: bool,
         yes: bool,
     },
@@ -84,11 +85,16 @@ impl CtlCommand {
                 need_yes(*yes, "pr clear")?;
                 ("pr.clear", json!({ "confirm": true }))
             }
-            CtlCommand::PrPreempt { victim, abort, yes } => {
+            CtlCommand::PrPreempt {
+                victim,
+                by,
+                abort,
+                yes,
+            } => {
                 need_yes(*yes, "pr preempt")?;
                 (
                     "pr.preempt",
-                    json!({ "victim": victim, "abort": abort, "confirm": true }),
+                    json!({ "victim": victim, "by": by, "abort": abort, "confirm": true }),
                 )
             }
             CtlCommand::Stats => ("stats", json!({})),

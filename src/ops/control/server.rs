@@ -610,12 +610,19 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, caller: Caller) -> Result<Value,
             confirmed(req)?;
             let victim = str_param(req, "victim")?.to_string();
             let abort = bool_param(req, "abort")?;
-            if !daemon.config().guests.iter().any(|g| g.name == victim)
-                && !res.with(|a| a.is_registered(&victim))
-            {
-                return Err(fail(code::FAILED, format!("no guest named {victim:?}")));
+            let by = match param(req, "by") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(str_param(req, "by")?.to_string()),
+            };
+            for guest in std::iter::once(&victim).chain(&by) {
+                if !daemon.config().guests.iter().any(|g| &g.name == guest)
+                    && !res.with(|a| a.is_registered(guest))
+                {
+                    return Err(fail(code::FAILED, format!("no guest named {guest:?}")));
+                }
             }
-            operator_action(daemon, &OperatorAction::Preempt { victim, abort }, peer)
+            let preempt = OperatorAction::Preempt { victim, abort, by };
+            operator_action(daemon, &preempt, peer)
         }
         "guest.add" => guest_add(req, daemon, peer),
         "guest.remove" => guest_remove(req, daemon, peer),
@@ -747,16 +754,15 @@ fn operator_action(
     let lun = daemon.lun();
     let res = &lun.reservations;
     log::warn!("host action{}: {action}", by(peer));
-    match res.operator(action) {
+    let status = res.operator(action).map_err(|why| {
+        log::warn!("host action{}: {action} refused: {why}", by(peer));
+        fail(code::RESERVATION_CONFLICT, format!("refused: {why}"))
+    })?;
+    match status {
         PrStatus::Good => Ok(res.with(|a| view::pr(a.state()))),
         PrStatus::Conflict => Err(fail(
             code::RESERVATION_CONFLICT,
-            match action {
-                OperatorAction::Preempt { victim, .. } => format!(
-                    "reservation conflict: {victim} is not registered, there is nothing to preempt"
-                ),
-                OperatorAction::Clear => "reservation conflict".to_string(),
-            },
+            "reservation conflict".to_string(),
         )),
         PrStatus::Busy => Err(fail(
             code::FAILED,

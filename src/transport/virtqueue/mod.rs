@@ -19,7 +19,7 @@ use vmm_sys_util::event::{
 };
 
 pub use crate::pr::replay::Slot;
-pub use chain::{Chain, ChainError};
+pub use chain::{Chain, ChainError, Limits};
 pub use drain::{drain_queue, kicked_ring, EachAtOnce, Handler, Reply, UsedLens};
 pub use quiesce::{Quiesce, QuiesceLatch};
 pub use vring::Vring;
