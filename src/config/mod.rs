@@ -7,8 +7,10 @@
 mod describe;
 mod file;
 mod flags;
+mod iscsi;
 
 pub use flags::Flags;
+pub use iscsi::{valid_iscsi_name, IscsiConfig, DEFAULT_TARGET_PREFIX};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -93,6 +95,8 @@ pub struct Config {
     pub poll_us: u32,
     /// Share the reservation state with daemons on other hosts through etcd (`cluster.rs`).
     pub cluster: Option<ClusterConfig>,
+    /// Serve the disk to iSCSI initiators too (`[iscsi]`, `--iscsi-listen`).
+    pub iscsi: Option<IscsiConfig>,
 }
 
 /// The default of [`Config::poll_us`].
@@ -126,6 +130,9 @@ pub enum ConfigError {
     /// A configuration file is unusable; the message names the file, line and key.
     #[error("{0}")]
     File(String),
+    /// The `[iscsi]` settings are unusable.
+    #[error("[iscsi]: {0}")]
+    Iscsi(String),
 }
 
 /// A guest name becomes a socket file name and an iSCSI-style initiator name, so keep it tame.
@@ -160,6 +167,7 @@ impl Config {
             aio: None,
             poll_us: DEFAULT_POLL_US,
             cluster: None,
+            iscsi: None,
         }
     }
 
@@ -191,6 +199,16 @@ impl Config {
                 count: self.guests.len(),
                 max: self.max_shares,
             });
+        }
+        if let Some(i) = &self.iscsi {
+            i.validate().map_err(ConfigError::Iscsi)?;
+            if self.cluster.is_some() {
+                return Err(ConfigError::Iscsi(
+                    "iSCSI portals in cluster mode are not provided yet: serve iSCSI from a \
+                     daemon without [cluster]"
+                        .into(),
+                ));
+            }
         }
         if let Some(c) = &self.cluster {
             c.validate()
