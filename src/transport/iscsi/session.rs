@@ -268,7 +268,14 @@ impl<'s> Connection<'s> {
         // An extended CDB (AHS type 1) or a bidirectional command is not provided; neither is a
         // transfer above the LU's largest.
         let ext_cdb = p.ahs.len() >= 3 && p.ahs[2] == 1;
-        let mut din = vec![0u8; if read { edtl.min(MAX_DATA) } else { 0 }];
+        // A READ whose EDTL is below its transfer (not a whole block, say) reads the blocks and
+        // sends the first EDTL bytes with the overflow in the residual (RFC 7143 §11.4.5.1).
+        let room = if read {
+            edtl.max(implied_len(&cdb).unwrap_or(0)).min(MAX_DATA)
+        } else {
+            0
+        };
+        let mut din = vec![0u8; room];
         let outcome = match data_out {
             Some(mut dout) if !(ext_cdb || (read && write) || edtl > MAX_DATA) => {
                 self.execute(&p.lun(), &cdb, &mut dout, &mut din)
@@ -308,7 +315,7 @@ impl<'s> Connection<'s> {
         o: Outcome,
         din: &[u8],
     ) -> Result<(), End> {
-        let sent = if read { o.data_in.min(din.len()) } else { 0 };
+        let sent = if read { o.data_in.min(din.len()).min(edtl) } else { 0 };
         let (flag, resid) = residual(cdb, edtl, read, write, sent);
         let collapse = o.status == GOOD && sent > 0;
         let mut data_sn = 0u32;
@@ -552,15 +559,20 @@ fn sense_data(s: Sense) -> Vec<u8> {
     d
 }
 
+/// The bytes a READ or WRITE CDB transfers; `None` for other commands.
+fn implied_len(cdb: &[u8]) -> Option<usize> {
+    match cdb::parse(cdb) {
+        Ok(Command::Read(rw)) | Ok(Command::Write(rw)) => Some(rw.blocks as usize * 512),
+        _ => None,
+    }
+}
+
 /// The O/U flag and residual count (RFC 7143 §11.4.5.1): against the bytes a READ or WRITE
 /// CDB implies when it is one, else against what was transferred.
 fn residual(cdb: &[u8], edtl: usize, read: bool, write: bool, sent: usize) -> (u8, u32) {
     const OVER: u8 = 0x04;
     const UNDER: u8 = 0x02;
-    let implied = match cdb::parse(cdb) {
-        Ok(Command::Read(rw)) | Ok(Command::Write(rw)) => Some(rw.blocks as usize * 512),
-        _ => None,
-    };
+    let implied = implied_len(cdb);
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     match implied {
         Some(n) if (read || write || edtl == 0) && n > edtl => (OVER, count(n - edtl)),
