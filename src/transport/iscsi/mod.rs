@@ -85,11 +85,16 @@ impl Shared {
     /// same nexus (its connection is closed), refuses beyond the limit (0302). Its TSIH.
     fn admit(&self, nexus: &str, conn: u64) -> Result<u16, u16> {
         let mut sessions = lock(&self.sessions);
+        let res = &self.target.lun().reservations;
         if let Some(old) = sessions.remove(nexus) {
+            // Session reinstatement (RFC 7143 §6.3.5): the old connection closes, its tasks
+            // end without responses; the nexus and its PR state stay, SPC-2 state goes (an
+            // I_T nexus loss, reported to the new session as 29/07).
             log::info!("{nexus}: iscsi: session reinstated (TSIH {} closed)", old.tsih);
             if let Some(s) = lock(&self.conns).get(&old.conn) {
                 let _ = s.shutdown(Shutdown::Both);
             }
+            res.with_mut(|a| a.i_t_nexus_reset(nexus));
         }
         if sessions.len() >= self.max_sessions {
             log::warn!("{nexus}: iscsi: login refused: {} sessions already", sessions.len());
@@ -101,28 +106,22 @@ impl Shared {
             *t
         };
         sessions.insert(nexus.to_string(), Live { tsih, conn });
-        self.target
-            .lun()
-            .reservations
-            .with_mut(|a| a.add_initiator(nexus.to_string()));
+        res.with_mut(|a| a.add_initiator(nexus.to_string()));
         Ok(tsih)
     }
 
     /// The end of a Normal session: an I_T nexus loss (SAM-5 §6.3.4), unless a reinstatement
-    /// already took the nexus over; an unregistered nexus is then forgotten.
+    /// took the nexus over (and did that already); an unregistered nexus is then forgotten.
     fn ended(&self, nexus: &str, conn: u64) {
         let mut sessions = lock(&self.sessions);
-        let ours = sessions.get(nexus).is_some_and(|l| l.conn == conn);
-        if ours {
-            sessions.remove(nexus);
+        if !sessions.get(nexus).is_some_and(|l| l.conn == conn) {
+            return;
         }
-        drop(sessions);
-        let res = &self.target.lun().reservations;
-        res.with_mut(|a| {
+        sessions.remove(nexus);
+        // Under the sessions lock, so a login of the same nexus cannot interleave.
+        self.target.lun().reservations.with_mut(|a| {
             a.i_t_nexus_reset(nexus);
-            if ours {
-                a.forget_initiator(nexus);
-            }
+            a.forget_initiator(nexus);
         });
     }
 
