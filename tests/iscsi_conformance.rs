@@ -96,7 +96,10 @@ fn table(results: &BTreeMap<String, Verdict>) -> String {
         let row = suites.entry(suite).or_default();
         row[*v as usize] += 1;
     }
-    let mut s = format!("{:<28} {:>6} {:>6} {:>7}\n", "suite", "passed", "failed", "skipped");
+    let mut s = format!(
+        "{:<28} {:>6} {:>6} {:>7}\n",
+        "suite", "passed", "failed", "skipped"
+    );
     let mut total = [0usize; 3];
     for (suite, [p, sk, f]) in &suites {
         s.push_str(&format!("{suite:<28} {p:>6} {f:>6} {sk:>7}\n"));
@@ -136,15 +139,30 @@ fn iscsi_test_cu_all_with_dataloss_and_two_initiators() {
     let url = format!("iscsi://{listen}/{target}/0");
     let started = std::time::Instant::now();
     let out = Command::new("iscsi-test-cu")
-        .args(["--test=ALL.*", "--dataloss", "-i", INITIATOR_A, "-I", INITIATOR_B])
+        .args([
+            "--test=ALL.*",
+            "--dataloss",
+            "-i",
+            INITIATOR_A,
+            "-I",
+            INITIATOR_B,
+        ])
         .args([&url, &url])
         .output()
         .expect("iscsi-test-cu (Debian's libiscsi-bin, images/install-deps.sh) must be installed");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let results = parse(&text);
-    println!("iscsi-test-cu ALL.* in {:.1?}:\n{}", started.elapsed(), table(&results));
-    assert!(results.len() >= 200, "too few tests parsed ({}):\n{text}", results.len());
+    println!(
+        "iscsi-test-cu ALL.* in {:.1?}:\n{}",
+        started.elapsed(),
+        table(&results)
+    );
+    assert!(
+        results.len() >= 200,
+        "too few tests parsed ({}):\n{text}",
+        results.len()
+    );
     let failed: Vec<&str> = results
         .iter()
         .filter(|(_, v)| **v == Verdict::Failed)
@@ -160,7 +178,10 @@ fn iscsi_test_cu_all_with_dataloss_and_two_initiators() {
     }
     let mut known = KNOWN_FAILURES.to_vec();
     known.sort();
-    assert_eq!(failed, known, "failures beyond (or short of) the documented list");
+    assert_eq!(
+        failed, known,
+        "failures beyond (or short of) the documented list"
+    );
     daemon.assert_no_panic();
     daemon.stop();
 }

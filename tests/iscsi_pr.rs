@@ -122,7 +122,11 @@ fn type_table_holds_across_transports_and_preempt_fences_the_other_side() {
     // and is fenced from reads and writes.
     good(&g.prout(SA_PREEMPT, EA, 0xb, 0xa, false), "guest PREEMPT");
     let r = i.write16(0, &block);
-    check(&r, REGISTRATIONS_PREEMPTED, "iSCSI after the preempt: its UA first");
+    check(
+        &r,
+        REGISTRATIONS_PREEMPTED,
+        "iSCSI after the preempt: its UA first",
+    );
     conflict(&i.write16(0, &block), "iSCSI WRITE after the preempt");
     conflict(&i.read16(0, 1), "iSCSI READ under the guest's EA");
     good(&g.write16(0, &block), "guest holder WRITE");
@@ -130,7 +134,11 @@ fn type_table_holds_across_transports_and_preempt_fences_the_other_side() {
     good(&i.prout(SA_REGISTER, 0, 0, 0xc), "iSCSI REGISTER again");
     good(&i.prout(SA_PREEMPT, EA, 0xc, 0xb), "iSCSI PREEMPT");
     let r = g.write16(0, &block);
-    check(&r, REGISTRATIONS_PREEMPTED, "guest after the preempt: its UA first");
+    check(
+        &r,
+        REGISTRATIONS_PREEMPTED,
+        "guest after the preempt: its UA first",
+    );
     conflict(&g.write16(0, &block), "guest WRITE after the iSCSI preempt");
     conflict(&g.read16(0, 1), "guest READ under the iSCSI EA");
     good(&i.write16(0, &block), "iSCSI holder WRITE");
@@ -152,12 +160,24 @@ fn each_isid_is_a_nexus_and_reinstatement_keeps_it() {
     // nexus: it is registered (REGISTER with its key as RK passes).
     let mut again = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID_1).unwrap();
     let uas = again.drain_ua();
-    assert!(!uas.contains(&POWER_ON), "a reinstated nexus is not new: {uas:?}");
-    good(&again.prout(SA_REGISTER, 0, 0x77, 0x78), "reinstated ISID 1 re-REGISTER");
-    assert!(a1.read().is_none(), "the reinstated session's old connection was closed");
+    assert!(
+        !uas.contains(&POWER_ON),
+        "a reinstated nexus is not new: {uas:?}"
+    );
+    good(
+        &again.prout(SA_REGISTER, 0, 0x77, 0x78),
+        "reinstated ISID 1 re-REGISTER",
+    );
+    assert!(
+        a1.read().is_none(),
+        "the reinstated session's old connection was closed"
+    );
     // A third ISID is a new nexus: not registered, so RK=0x78 conflicts.
     let mut other = session(&s, INITIATOR_A, [0x80, 0, 0, 0, 0, 3]);
-    conflict(&other.prout(SA_REGISTER, 0, 0x78, 0x79), "new ISID REGISTER with RK");
+    conflict(
+        &other.prout(SA_REGISTER, 0, 0x78, 0x79),
+        "new ISID REGISTER with RK",
+    );
     // Registrations persist like the guests': after a restart ISID 2 is still registered.
     drop((again, a2, other));
     s.daemon.restart();
@@ -165,14 +185,22 @@ fn each_isid_is_a_nexus_and_reinstatement_keeps_it() {
     let mut keys = back.read_keys();
     keys.sort();
     assert_eq!(keys, vec![0x77, 0x78]);
-    good(&back.prout(SA_REGISTER, 0, 0x77, 0x7a), "ISID 2 after restart");
+    good(
+        &back.prout(SA_REGISTER, 0, 0x77, 0x7a),
+        "ISID 2 after restart",
+    );
     s.daemon.assert_no_panic();
 }
 
 #[test]
 fn login_refusals_carry_the_rfc_status() {
     let s = setup();
-    let unknown = IscsiClient::login(s.addr, "iqn.2026-01.org.example:stranger", &s.target, ISID_1);
+    let unknown = IscsiClient::login(
+        s.addr,
+        "iqn.2026-01.org.example:stranger",
+        &s.target,
+        ISID_1,
+    );
     assert_eq!(unknown.err(), Some(0x0202), "an initiator not in the list");
     let wrong = IscsiClient::login(s.addr, INITIATOR_A, "iqn.2026-01.org.example:nope", ISID_1);
     assert_eq!(wrong.err(), Some(0x0203), "a target that is not ours");
@@ -220,8 +248,15 @@ fn hostile_pdus_close_only_their_connection() {
     d[20..24].copy_from_slice(&r2t.bhs[20..24]);
     d[36..40].copy_from_slice(&5u32.to_be_bytes());
     i.send(d, &[0xee; 512]);
-    assert!(i.read().is_none(), "a bad DataSN ends the connection (ERL 0)");
-    assert_eq!(other.read16(8, 1).data, before, "the refused write did not land");
+    assert!(
+        i.read().is_none(),
+        "a bad DataSN ends the connection (ERL 0)"
+    );
+    assert_eq!(
+        other.read16(8, 1).data,
+        before,
+        "the refused write did not land"
+    );
     // A data segment longer than the target declared: the connection closes before reading it.
     let mut big = session(&s, INITIATOR_A, ISID_1);
     let mut n = [0u8; 48];
@@ -229,9 +264,15 @@ fn hostile_pdus_close_only_their_connection() {
     n[1] = 0x80;
     n[5] = 0xff; // 16 MiB announced
     big.stream.write_all_bytes(&n);
-    assert!(big.read().is_none(), "an oversized segment ends the connection");
+    assert!(
+        big.read().is_none(),
+        "an oversized segment ends the connection"
+    );
     // The other session never noticed.
-    good(&other.read16(0, 1), "the other session after the hostile ones");
+    good(
+        &other.read16(0, 1),
+        "the other session after the hostile ones",
+    );
     s.daemon.assert_no_panic();
 }
 

@@ -99,8 +99,7 @@ impl IscsiConfig {
                     .into(),
             ),
             (false, true) => Err(
-                "`allow_any_initiator = true` and a list of initiators: keep one of the two"
-                    .into(),
+                "`allow_any_initiator = true` and a list of initiators: keep one of the two".into(),
             ),
             _ => Ok(()),
         }

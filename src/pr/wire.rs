@@ -157,8 +157,13 @@ pub fn parse_transport_id(bytes: &[u8]) -> Option<String> {
     let Some(initiator) = name.strip_prefix(IQN_PREFIX) else {
         // An iSCSI initiator port: the nexus name its session has (name lower-cased).
         let (_, isid) = text.split_once(ISCSI_PORT_MARK)?;
-        return (format == 1 && !name.is_empty() && isid.len() == 12)
-            .then(|| format!("{}{ISCSI_PORT_MARK}{}", name.to_ascii_lowercase(), isid.to_ascii_lowercase()));
+        return (format == 1 && !name.is_empty() && isid.len() == 12).then(|| {
+            format!(
+                "{}{ISCSI_PORT_MARK}{}",
+                name.to_ascii_lowercase(),
+                isid.to_ascii_lowercase()
+            )
+        });
     };
     if initiator.is_empty() {
         return None;

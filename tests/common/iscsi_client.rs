@@ -69,14 +69,20 @@ fn parse_text(d: &[u8]) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .filter_map(|p| {
             let s = String::from_utf8_lossy(p);
-            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect()
 }
 
 impl IscsiClient {
     /// A Normal session of `initiator` to `target` with `isid`: Ok, or the login status.
-    pub fn login(addr: SocketAddr, initiator: &str, target: &str, isid: [u8; 6]) -> Result<Self, u16> {
+    pub fn login(
+        addr: SocketAddr,
+        initiator: &str,
+        target: &str,
+        isid: [u8; 6],
+    ) -> Result<Self, u16> {
         let keys = [
             ("InitiatorName", initiator),
             ("TargetName", target),
@@ -105,7 +111,9 @@ impl IscsiClient {
         isid: [u8; 6],
     ) -> Result<Self, u16> {
         let stream = TcpStream::connect(addr).expect("connect to the portal");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let mut c = IscsiClient {
             stream,
             cmd_sn: 1,
@@ -144,7 +152,10 @@ impl IscsiClient {
 
     /// The answer to `key` at login.
     pub fn answer(&self, key: &str) -> Option<&str> {
-        self.answers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.answers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn next_itt(&mut self) -> u32 {
@@ -191,7 +202,12 @@ impl IscsiClient {
 
     /// One command on LUN 0: immediate data up to 64 KiB, the rest on R2T; `None` when the
     /// connection closed before the status came.
-    pub fn try_cmd(&mut self, cdb: &[u8], data_out: &[u8], data_in_len: usize) -> Option<ScsiResult> {
+    pub fn try_cmd(
+        &mut self,
+        cdb: &[u8],
+        data_out: &[u8],
+        data_in_len: usize,
+    ) -> Option<ScsiResult> {
         let write = !data_out.is_empty();
         let edtl = if write { data_out.len() } else { data_in_len } as u32;
         let b = self.cmd_header(cdb, edtl, data_in_len > 0, write);
@@ -215,7 +231,8 @@ impl IscsiClient {
                 }
                 0x21 => {
                     self.exp_stat_sn = p.u32_at(24).wrapping_add(1);
-                    let sense = (p.data.len() >= 16).then(|| (p.data[4] & 0x0f, p.data[14], p.data[15]));
+                    let sense =
+                        (p.data.len() >= 16).then(|| (p.data[4] & 0x0f, p.data[14], p.data[15]));
                     return Some(result(p.bhs[3], sense, p.u32_at(44), data));
                 }
                 0x31 => self.answer_r2t(&p, data_out),
@@ -226,7 +243,11 @@ impl IscsiClient {
 
     /// Sends the Data-Out an R2T asks for, in 64 KiB PDUs.
     fn answer_r2t(&mut self, r2t: &RawPdu, data_out: &[u8]) {
-        let (ttt, off, len) = (r2t.u32_at(20), r2t.u32_at(40) as usize, r2t.u32_at(44) as usize);
+        let (ttt, off, len) = (
+            r2t.u32_at(20),
+            r2t.u32_at(40) as usize,
+            r2t.u32_at(44) as usize,
+        );
         let mut sent = 0;
         let mut data_sn = 0u32;
         while sent < len {
@@ -271,11 +292,19 @@ impl IscsiClient {
     }
 
     pub fn read16(&mut self, lba: u64, blocks: u32) -> ScsiResult {
-        self.cmd(&super::scsi_client::read16_cdb(lba, blocks), &[], blocks as usize * 512)
+        self.cmd(
+            &super::scsi_client::read16_cdb(lba, blocks),
+            &[],
+            blocks as usize * 512,
+        )
     }
 
     pub fn write16(&mut self, lba: u64, data: &[u8]) -> ScsiResult {
-        self.cmd(&super::scsi_client::write16_cdb(lba, (data.len() / 512) as u32), data, 0)
+        self.cmd(
+            &super::scsi_client::write16_cdb(lba, (data.len() / 512) as u32),
+            data,
+            0,
+        )
     }
 
     /// READ KEYS: the registered keys.

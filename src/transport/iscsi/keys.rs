@@ -161,7 +161,9 @@ pub fn negotiate(key: &str, value: &str, p: &mut Params) -> Option<String> {
         }
         "IFMarker" | "OFMarker" => Some("No".into()),
         "IFMarkInt" | "OFMarkInt" => reject(),
-        "iSCSIProtocolLevel" => ranged(value, 0, 31).map_or_else(reject, |n| Some(n.min(1).to_string())),
+        "iSCSIProtocolLevel" => {
+            ranged(value, 0, 31).map_or_else(reject, |n| Some(n.min(1).to_string()))
+        }
         "TaskReporting" => Some("RFC3720".into()),
         // Declarative keys of the initiator, or keys the login itself handles.
         "InitiatorAlias" | "InitiatorName" | "TargetName" | "SessionType" | "AuthMethod" => None,

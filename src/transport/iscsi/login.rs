@@ -73,6 +73,9 @@ pub enum LoginError {
     Refused { status: u16, why: String },
 }
 
+/// Admits a Normal session of (initiator, ISID, TSIH): its TSIH, or the refusing status.
+pub type Admit<'a> = &'a dyn Fn(&str, [u8; 6], u16) -> Result<u16, u16>;
+
 /// What the login checks the initiator against.
 pub struct Policy<'a> {
     pub target_name: &'a str,
@@ -80,7 +83,7 @@ pub struct Policy<'a> {
     pub allows: &'a dyn Fn(&str) -> bool,
     /// Admits a Normal session of (initiator, ISID, TSIH) at the end of the login: its TSIH,
     /// or the status refusing it (too many sessions, MC/S).
-    pub admit: &'a dyn Fn(&str, [u8; 6], u16) -> Result<u16, u16>,
+    pub admit: Admit<'a>,
 }
 
 /// One login request's fields.
@@ -158,7 +161,11 @@ pub fn login(stream: &mut TcpStream, policy: &Policy) -> Result<LoggedIn, LoginE
         stream.set_read_timeout(Some(left))?;
         let p = read_pdu(stream, Digests::default(), LOGIN_MAX_DATA)?;
         if p.opcode() != op::LOGIN_REQUEST {
-            return Err(l.fail(stream, &Request::of(&p), refuse(status::INITIATOR_ERROR, "not a login request")));
+            return Err(l.fail(
+                stream,
+                &Request::of(&p),
+                refuse(status::INITIATOR_ERROR, "not a login request"),
+            ));
         }
         let req = Request::of(&p);
         text.extend_from_slice(&p.data);
@@ -247,24 +254,42 @@ impl Login<'_> {
                 stat_sn: req.exp_stat_sn.wrapping_add(1),
             }));
         }
-        self.respond(stream, req, req.transit, req.csg, &keys::encode(&answer), 0, 0)?;
+        self.respond(
+            stream,
+            req,
+            req.transit,
+            req.csg,
+            &keys::encode(&answer),
+            0,
+            0,
+        )?;
         Ok(None)
     }
 
     /// The first request's names: InitiatorName, SessionType, TargetName, the access check.
-    fn first_request(&mut self, req: &Request, pairs: &[(String, String)]) -> Result<(), LoginError> {
+    fn first_request(
+        &mut self,
+        req: &Request,
+        pairs: &[(String, String)],
+    ) -> Result<(), LoginError> {
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let name = get("InitiatorName")
             .ok_or_else(|| refuse(status::MISSING_PARAMETER, "no InitiatorName"))?;
         self.initiator = name.to_ascii_lowercase();
         if !crate::config::valid_iscsi_name(&self.initiator) {
-            return Err(refuse(status::INITIATOR_ERROR, format!("InitiatorName {name:?} is not an iSCSI name")));
+            return Err(refuse(
+                status::INITIATOR_ERROR,
+                format!("InitiatorName {name:?} is not an iSCSI name"),
+            ));
         }
         self.kind = match get("SessionType").unwrap_or("Normal") {
             "Normal" => SessionKind::Normal,
             "Discovery" => SessionKind::Discovery,
             other => {
-                return Err(refuse(status::SESSION_TYPE_UNSUPPORTED, format!("SessionType={other}")))
+                return Err(refuse(
+                    status::SESSION_TYPE_UNSUPPORTED,
+                    format!("SessionType={other}"),
+                ))
             }
         };
         if !(self.policy.allows)(&self.initiator) {

@@ -90,14 +90,20 @@ impl Shared {
             // Session reinstatement (RFC 7143 §6.3.5): the old connection closes, its tasks
             // end without responses; the nexus and its PR state stay, SPC-2 state goes (an
             // I_T nexus loss, reported to the new session as 29/07).
-            log::info!("{nexus}: iscsi: session reinstated (TSIH {} closed)", old.tsih);
+            log::info!(
+                "{nexus}: iscsi: session reinstated (TSIH {} closed)",
+                old.tsih
+            );
             if let Some(s) = lock(&self.conns).get(&old.conn) {
                 let _ = s.shutdown(Shutdown::Both);
             }
             res.with_mut(|a| a.i_t_nexus_reset(nexus));
         }
         if sessions.len() >= self.max_sessions {
-            log::warn!("{nexus}: iscsi: login refused: {} sessions already", sessions.len());
+            log::warn!(
+                "{nexus}: iscsi: login refused: {} sessions already",
+                sessions.len()
+            );
             return Err(login::status::OUT_OF_RESOURCES);
         }
         let tsih = {
@@ -114,7 +120,7 @@ impl Shared {
     /// took the nexus over (and did that already); an unregistered nexus is then forgotten.
     fn ended(&self, nexus: &str, conn: u64) {
         let mut sessions = lock(&self.sessions);
-        if !sessions.get(nexus).is_some_and(|l| l.conn == conn) {
+        if sessions.get(nexus).is_none_or(|l| l.conn != conn) {
             return;
         }
         sessions.remove(nexus);
@@ -129,7 +135,8 @@ impl Shared {
     fn serve(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr, conn: u64) {
         let _ = stream.set_nodelay(true);
         let allows = |name: &str| self.config.allows(name);
-        let admit = |name: &str, isid: [u8; 6], _tsih: u16| self.admit(&nexus_name(name, isid), conn);
+        let admit =
+            |name: &str, isid: [u8; 6], _tsih: u16| self.admit(&nexus_name(name, isid), conn);
         let policy = Policy {
             target_name: &self.target_name,
             allows: &allows,
@@ -150,7 +157,10 @@ impl Shared {
             SessionKind::Normal => nexus_name(&session.initiator, session.isid),
             SessionKind::Discovery => format!("{} (discovery)", session.initiator),
         };
-        log::info!("{nexus}: iscsi: logged in from {peer} (TSIH {})", session.tsih);
+        log::info!(
+            "{nexus}: iscsi: logged in from {peer} (TSIH {})",
+            session.tsih
+        );
         let kind = session.kind;
         let end = match Connection::new(self, stream, session, nexus.clone()) {
             Ok(mut c) => c.run(),
@@ -197,7 +207,12 @@ impl Portal {
             .collect::<io::Result<Vec<_>>>()?;
         log::info!(
             "iscsi: target {target_name} on {}",
-            config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            config
+                .listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let shared = Arc::new(Shared {
             target,

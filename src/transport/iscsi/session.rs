@@ -79,7 +79,12 @@ fn protocol(why: impl Into<String>) -> End {
 }
 
 impl<'s> Connection<'s> {
-    pub fn new(shared: &'s Shared, stream: TcpStream, session: LoggedIn, nexus: String) -> io::Result<Self> {
+    pub fn new(
+        shared: &'s Shared,
+        stream: TcpStream,
+        session: LoggedIn,
+        nexus: String,
+    ) -> io::Result<Self> {
         stream.set_read_timeout(None)?;
         let writer = stream.try_clone()?;
         Ok(Connection {
@@ -112,7 +117,11 @@ impl<'s> Connection<'s> {
     }
 
     fn read(&mut self) -> Result<Pdu, End> {
-        Ok(read_pdu(&mut self.reader, self.session.params.digests, OUR_MRDSL)?)
+        Ok(read_pdu(
+            &mut self.reader,
+            self.session.params.digests,
+            OUR_MRDSL,
+        )?)
     }
 
     fn dispatch(&mut self, p: Pdu) -> Result<(), End> {
@@ -126,7 +135,11 @@ impl<'s> Connection<'s> {
             // A Data-Out no command waits for: an aborted task's, dropped (open-iscsi's
             // FastAbort, RFC 7143 §11.5.1).
             op::DATA_OUT if !discovery => {
-                log::debug!("{}: iscsi: Data-Out for no command (ITT {:#x}) dropped", self.nexus, p.itt());
+                log::debug!(
+                    "{}: iscsi: Data-Out for no command (ITT {:#x}) dropped",
+                    self.nexus,
+                    p.itt()
+                );
                 Ok(())
             }
             op::SCSI_COMMAND | op::TMF_REQUEST | op::DATA_OUT | op::SNACK | op::LOGIN_REQUEST => {
@@ -167,11 +180,20 @@ impl<'s> Connection<'s> {
     }
 
     fn send(&mut self, b: [u8; pdu::BHS_LEN], data: &[u8]) -> Result<(), End> {
-        Ok(write_pdu(&mut self.writer, b, data, self.session.params.digests)?)
+        Ok(write_pdu(
+            &mut self.writer,
+            b,
+            data,
+            self.session.params.digests,
+        )?)
     }
 
     fn reject(&mut self, p: &Pdu, reason: u8) -> Result<(), End> {
-        log::info!("{}: iscsi: PDU opcode {:#04x} rejected (reason {reason:#04x})", self.nexus, p.opcode());
+        log::info!(
+            "{}: iscsi: PDU opcode {:#04x} rejected (reason {reason:#04x})",
+            self.nexus,
+            p.opcode()
+        );
         let mut b = header(op::REJECT, 0x80, RESERVED_TAG);
         b[2] = reason;
         self.numbers(&mut b, true);
@@ -238,7 +260,9 @@ impl<'s> Connection<'s> {
         }
         let data = keys::encode(&answer);
         if data.len() > self.session.params.their_mrdsl {
-            return Err(protocol("text response beyond the initiator's MaxRecvDataSegmentLength"));
+            return Err(protocol(
+                "text response beyond the initiator's MaxRecvDataSegmentLength",
+            ));
         }
         let mut b = header(op::TEXT_RESPONSE, 0x80, p.itt());
         put(&mut b, 20, RESERVED_TAG);
@@ -315,7 +339,11 @@ impl<'s> Connection<'s> {
         o: Outcome,
         din: &[u8],
     ) -> Result<(), End> {
-        let sent = if read { o.data_in.min(din.len()).min(edtl) } else { 0 };
+        let sent = if read {
+            o.data_in.min(din.len()).min(edtl)
+        } else {
+            0
+        };
         let (flag, resid) = residual(cdb, edtl, read, write, sent);
         let collapse = o.status == GOOD && sent > 0;
         let mut data_sn = 0u32;
@@ -435,10 +463,16 @@ impl<'s> Connection<'s> {
             };
             let len = p.data.len();
             if p.u32_at(20) != ttt {
-                return Err(protocol(format!("Data-Out TTT {:#x}, expected {ttt:#x}", p.u32_at(20))));
+                return Err(protocol(format!(
+                    "Data-Out TTT {:#x}, expected {ttt:#x}",
+                    p.u32_at(20)
+                )));
             }
             if p.u32_at(36) != data_sn {
-                return Err(protocol(format!("Data-Out DataSN {}, expected {data_sn}", p.u32_at(36))));
+                return Err(protocol(format!(
+                    "Data-Out DataSN {}, expected {data_sn}",
+                    p.u32_at(36)
+                )));
             }
             if p.u32_at(40) as usize != offset || offset + len > end {
                 return Err(protocol(format!(
