@@ -31,6 +31,11 @@ struct Setup {
 
 /// The daemon binary with guest `vm1` and a portal that admits libiscsi's two test names.
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// [`setup`] with extra `serve` arguments.
+fn setup_with(extra: &[&str]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -45,7 +50,11 @@ fn setup() -> Setup {
             INITIATOR_A,
             "--iscsi-initiator",
             INITIATOR_B,
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let target = target_name(&daemon);
     Setup {
@@ -220,6 +229,28 @@ fn login_refusals_carry_the_rfc_status() {
     // The portal still serves.
     let mut ok = session(&s, INITIATOR_A, ISID_1);
     good(&ok.read16(0, 1), "READ after the refusals");
+}
+
+#[test]
+fn sessions_and_guests_share_max_shares() {
+    // One guest and max-shares 3: two iSCSI sessions fit, a third is refused with 0302 (out of
+    // resources) until one logs out.
+    let s = setup_with(&["--max-shares", "3"]);
+    let mut one = session(&s, INITIATOR_A, ISID_1);
+    let _two = session(&s, INITIATOR_B, ISID_1);
+    let third = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID_2);
+    assert_eq!(third.err(), Some(0x0302));
+    // A reinstatement of a live nexus is not a new session: it fits.
+    let mut again = session(&s, INITIATOR_A, ISID_1);
+    assert!(
+        one.read().is_none(),
+        "the reinstated session's connection closed"
+    );
+    assert!(again.logout());
+    // The target closes the connection once the session is gone.
+    assert!(again.read().is_none());
+    let mut third = session(&s, INITIATOR_A, ISID_2);
+    good(&third.read16(0, 1), "a session after a logout made room");
 }
 
 #[test]

@@ -162,9 +162,12 @@ impl Shared {
             session.tsih
         );
         let kind = session.kind;
-        let end = match Connection::new(self, stream, session, nexus.clone()) {
-            Ok(mut c) => c.run(),
-            Err(e) => End::Io(e),
+        // The connection stays open until the nexus is accounted for below, so an initiator
+        // that sees it close after a logout can log in again at once.
+        let mut connection = Connection::new(self, stream, session, nexus.clone());
+        let end = match connection.as_mut() {
+            Ok(c) => c.run(),
+            Err(e) => End::Io(io::Error::new(e.kind(), e.to_string())),
         };
         match &end {
             End::Logout => log::info!("{nexus}: iscsi: logged out"),
@@ -179,6 +182,7 @@ impl Shared {
         if kind == SessionKind::Normal {
             self.ended(&nexus, conn);
         }
+        drop(connection);
     }
 }
 
