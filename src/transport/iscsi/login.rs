@@ -2,7 +2,7 @@
 //! (AuthMethod=None; CHAP is not provided and a CHAP-only offer fails with 0201), operational
 //! negotiation, and the names and access checks on the first request.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,18 @@ pub mod status {
     pub const SESSION_TYPE_UNSUPPORTED: u16 = 0x0209;
     pub const NO_SESSION: u16 = 0x020a;
     pub const OUT_OF_RESOURCES: u16 = 0x0302;
+}
+
+/// The connection a login runs on: a byte stream whose reads can be bounded in time.
+pub trait Wire: Read + Write {
+    /// Bounds each following read to `timeout` (`None`: unbounded).
+    fn set_read_deadline(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Wire for TcpStream {
+    fn set_read_deadline(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
 }
 
 /// What kind of session the login opened.
@@ -141,7 +153,7 @@ fn refuse(status: u16, why: impl Into<String>) -> LoginError {
 
 /// Runs the login on `stream`: reads login requests until the initiator moves to the full
 /// feature phase, answering each; on a refusal sends the status and returns the error.
-pub fn login(stream: &mut TcpStream, policy: &Policy) -> Result<LoggedIn, LoginError> {
+pub fn login(stream: &mut impl Wire, policy: &Policy) -> Result<LoggedIn, LoginError> {
     let deadline = Instant::now() + LOGIN_TIMEOUT;
     let mut l = Login {
         policy,
@@ -158,7 +170,7 @@ pub fn login(stream: &mut TcpStream, policy: &Policy) -> Result<LoggedIn, LoginE
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "login took too long").into());
         }
-        stream.set_read_timeout(Some(left))?;
+        stream.set_read_deadline(Some(left))?;
         let p = read_pdu(stream, Digests::default(), LOGIN_MAX_DATA)?;
         if p.opcode() != op::LOGIN_REQUEST {
             return Err(l.fail(
@@ -193,7 +205,7 @@ pub fn login(stream: &mut TcpStream, policy: &Policy) -> Result<LoggedIn, LoginE
 
 impl Login<'_> {
     /// Sends the refusal's status (if it is one) and returns the error.
-    fn fail(&self, stream: &mut TcpStream, req: &Request, e: LoginError) -> LoginError {
+    fn fail(&self, stream: &mut impl Wire, req: &Request, e: LoginError) -> LoginError {
         if let LoginError::Refused { status, .. } = &e {
             let _ = self.respond(stream, req, false, req.csg, &[], 0, *status);
         }
@@ -204,7 +216,7 @@ impl Login<'_> {
     /// is done.
     fn step(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut impl Wire,
         req: &Request,
         pairs: &[(String, String)],
     ) -> Result<Option<LoggedIn>, LoginError> {
@@ -232,7 +244,7 @@ impl Login<'_> {
                 answer.push((k.clone(), a));
             }
         }
-        if req.csg == 1 && !self.declared {
+        if (req.csg == 1 || (req.transit && req.nsg == 3)) && !self.declared {
             answer.push(("MaxRecvDataSegmentLength".into(), OUR_MRDSL.to_string()));
             self.declared = true;
         }

@@ -14,7 +14,7 @@ pub mod pdu;
 mod session;
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::config::IscsiConfig;
 use crate::scsi::target::Target;
 use crate::util::lock::lock;
-use login::{login, LoggedIn, LoginError, Policy, SessionKind};
+use login::{login, LoggedIn, LoginError, Policy, SessionKind, Wire};
 use session::{Connection, End};
 
 /// Connections at once, in login or not: more are closed at accept.
@@ -64,6 +64,20 @@ pub struct Shared {
 }
 
 impl Shared {
+    fn new(target: Arc<Target>, config: IscsiConfig, max_sessions: usize) -> Self {
+        Shared {
+            target_name: config.target_name(&target.lun().serial),
+            target,
+            config,
+            max_sessions: max_sessions.max(1),
+            sessions: Mutex::default(),
+            conns: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            next_tsih: Mutex::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
     /// SendTargets (RFC 7143 §12.3, appendix C): our target and portals for `All` (or our own
     /// name); nothing for another name.
     fn send_targets(&self, what: &str, _kind: SessionKind) -> Vec<(String, String)> {
@@ -132,8 +146,25 @@ impl Shared {
     }
 
     /// One connection from accept to close.
-    fn serve(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr, conn: u64) {
+    fn serve(&self, mut stream: TcpStream, peer: SocketAddr, conn: u64) {
         let _ = stream.set_nodelay(true);
+        let Some(session) = self.login(&mut stream, &peer.to_string(), conn) else {
+            return;
+        };
+        let writer = stream
+            .set_read_timeout(None)
+            .and_then(|_| stream.try_clone());
+        match writer {
+            Ok(writer) => self.full_feature(session, stream, writer, conn),
+            Err(e) => {
+                log::warn!("iscsi: connection from {peer}: {e}");
+                self.ended(&nexus_name(&session.initiator, session.isid), conn);
+            }
+        }
+    }
+
+    /// The login phase on `wire`; `None` when it failed (logged).
+    fn login(&self, wire: &mut impl Wire, peer: &str, conn: u64) -> Option<LoggedIn> {
         let allows = |name: &str| self.config.allows(name);
         let admit =
             |name: &str, isid: [u8; 6], _tsih: u16| self.admit(&nexus_name(name, isid), conn);
@@ -142,34 +173,34 @@ impl Shared {
             allows: &allows,
             admit: &admit,
         };
-        let session: LoggedIn = match login(&mut stream, &policy) {
-            Ok(s) => s,
+        match login(wire, &policy) {
+            Ok(s) => {
+                log::info!(
+                    "{}: iscsi: logged in from {peer} (TSIH {})",
+                    session_name(&s),
+                    s.tsih
+                );
+                Some(s)
+            }
             Err(LoginError::Refused { status, why }) => {
                 log::warn!("iscsi: login from {peer} refused ({status:04x}): {why}");
-                return;
+                None
             }
             Err(e) => {
                 log::info!("iscsi: login from {peer} failed: {e}");
-                return;
+                None
             }
-        };
-        let nexus = match session.kind {
-            SessionKind::Normal => nexus_name(&session.initiator, session.isid),
-            SessionKind::Discovery => format!("{} (discovery)", session.initiator),
-        };
-        log::info!(
-            "{nexus}: iscsi: logged in from {peer} (TSIH {})",
-            session.tsih
-        );
+        }
+    }
+
+    /// The full feature phase until the connection ends, then the session's end. The
+    /// connection (`reader`, `writer`) stays open until the nexus is accounted for, so an
+    /// initiator that sees it close after a logout can log in again at once.
+    fn full_feature<R: Read, W: Write>(&self, session: LoggedIn, reader: R, writer: W, conn: u64) {
+        let nexus = session_name(&session);
         let kind = session.kind;
-        // The connection stays open until the nexus is accounted for below, so an initiator
-        // that sees it close after a logout can log in again at once.
-        let mut connection = Connection::new(self, stream, session, nexus.clone());
-        let end = match connection.as_mut() {
-            Ok(c) => c.run(),
-            Err(e) => End::Io(io::Error::new(e.kind(), e.to_string())),
-        };
-        match &end {
+        let mut connection = Connection::new(self, reader, writer, session, nexus.clone());
+        match connection.run() {
             End::Logout => log::info!("{nexus}: iscsi: logged out"),
             End::ColdReset => {
                 log::info!("{nexus}: iscsi: target cold reset: closing every connection");
@@ -186,6 +217,56 @@ impl Shared {
     }
 }
 
+/// How the log and the arbiter name a session: its nexus, or the initiator of a discovery.
+fn session_name(s: &LoggedIn) -> String {
+    match s.kind {
+        SessionKind::Normal => nexus_name(&s.initiator, s.isid),
+        SessionKind::Discovery => format!("{} (discovery)", s.initiator),
+    }
+}
+
+/// An in-memory connection: reads from `input`, writes to `output`.
+struct MemoryWire<'a> {
+    input: &'a [u8],
+    output: Vec<u8>,
+}
+
+impl Read for MemoryWire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl Write for MemoryWire<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Wire for MemoryWire<'_> {
+    fn set_read_deadline(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One connection from login to its end, its bytes from `input`, on `target` as `config`
+/// serves it: what it answered. For the fuzz target (PDU parsing, login and text
+/// negotiation, Data-Out sequencing) and tests; sessions it opens end with it.
+pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -> Vec<u8> {
+    let shared = Shared::new(target, config, 4);
+    let mut wire = MemoryWire {
+        input,
+        output: Vec::new(),
+    };
+    if let Some(session) = shared.login(&mut wire, "memory", 0) {
+        shared.full_feature(session, wire.input, &mut wire.output, 0);
+    }
+    wire.output
+}
+
 /// The running iSCSI target: its listener threads and connections.
 pub struct Portal {
     shared: Arc<Shared>,
@@ -200,7 +281,6 @@ impl Portal {
         config: IscsiConfig,
         max_sessions: usize,
     ) -> io::Result<Portal> {
-        let target_name = config.target_name(&target.lun().serial);
         let listeners = config
             .listen
             .iter()
@@ -210,7 +290,8 @@ impl Portal {
             })
             .collect::<io::Result<Vec<_>>>()?;
         log::info!(
-            "iscsi: target {target_name} on {}",
+            "iscsi: target {} on {}",
+            config.target_name(&target.lun().serial),
             config
                 .listen
                 .iter()
@@ -218,17 +299,7 @@ impl Portal {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let shared = Arc::new(Shared {
-            target,
-            config,
-            target_name,
-            max_sessions: max_sessions.max(1),
-            sessions: Mutex::default(),
-            conns: Mutex::default(),
-            next_conn: AtomicU64::new(1),
-            next_tsih: Mutex::new(0),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(target, config, max_sessions));
         let conn_threads = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         for l in listeners {

@@ -5,8 +5,7 @@
 //! queue.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{self, BufReader};
-use std::net::TcpStream;
+use std::io::{self, BufReader, Read, Write};
 
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
@@ -60,11 +59,12 @@ enum Collected {
     Aborted(Pdu),
 }
 
-/// One connection in the full feature phase.
-pub struct Connection<'s> {
+/// One connection in the full feature phase, reading from `R` and writing to `W` (the two
+/// halves of a TCP connection, or in-memory buffers for the fuzz target).
+pub struct Connection<'s, R: Read, W: Write> {
     shared: &'s Shared,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<R>,
+    writer: W,
     session: LoggedIn,
     /// The arbiter's name for this I_T nexus (`<initiator>,i,0x<ISID>`).
     nexus: String,
@@ -78,25 +78,18 @@ fn protocol(why: impl Into<String>) -> End {
     End::Protocol(why.into())
 }
 
-impl<'s> Connection<'s> {
-    pub fn new(
-        shared: &'s Shared,
-        stream: TcpStream,
-        session: LoggedIn,
-        nexus: String,
-    ) -> io::Result<Self> {
-        stream.set_read_timeout(None)?;
-        let writer = stream.try_clone()?;
-        Ok(Connection {
+impl<'s, R: Read, W: Write> Connection<'s, R, W> {
+    pub fn new(shared: &'s Shared, reader: R, writer: W, session: LoggedIn, nexus: String) -> Self {
+        Connection {
             shared,
-            reader: BufReader::with_capacity(64 * 1024, stream),
+            reader: BufReader::with_capacity(64 * 1024, reader),
             writer,
             session,
             nexus,
             pending: VecDeque::new(),
             aborted: HashSet::new(),
             next_ttt: 1,
-        })
+        }
     }
 
     /// Serves PDUs until the connection ends.
