@@ -21,8 +21,10 @@ use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
 /// parameter list is at most 8 KiB). An EDTL above it is refused, never allocated.
 const MAX_DATA: usize = 4 << 20;
 /// PDUs that may wait while a write's data is collected (bounds the session's outstanding
-/// commands together with the CmdSN window).
-const MAX_PENDING: usize = 2 * CMD_WINDOW as usize;
+/// commands together with the CmdSN window), and their data bytes: a window of commands with
+/// their first bursts fits (32 × 256 KiB), a flood does not.
+const MAX_PENDING: usize = 1024;
+const MAX_PENDING_BYTES: usize = 8 << 20;
 /// The longest Text request, continuations reassembled.
 const MAX_TEXT: usize = 64 * 1024;
 
@@ -69,6 +71,8 @@ pub struct Connection<'s, R: Read, W: Write> {
     /// The arbiter's name for this I_T nexus (`<initiator>,i,0x<ISID>`).
     nexus: String,
     pending: VecDeque<Pdu>,
+    /// Data bytes of the PDUs in `pending`.
+    pending_bytes: usize,
     /// ITTs of queued commands a TMF aborted: dropped when their turn comes.
     aborted: HashSet<u32>,
     next_ttt: u32,
@@ -87,6 +91,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             session,
             nexus,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             aborted: HashSet::new(),
             next_ttt: 1,
         }
@@ -104,7 +109,10 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
 
     fn next(&mut self) -> Result<Pdu, End> {
         match self.pending.pop_front() {
-            Some(p) => Ok(p),
+            Some(p) => {
+                self.pending_bytes -= p.data.len();
+                Ok(p)
+            }
             None => self.read(),
         }
     }
@@ -487,12 +495,13 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     /// The next Data-Out of task `itt`; other PDUs wait in the queue, except immediate NOPs
     /// (answered now) and a TMF that aborts this task (`Err`).
     fn data_out_for(&mut self, itt: u32) -> Result<Result<Pdu, Pdu>, End> {
-        if let Some(i) = self
+        let queued = self
             .pending
             .iter()
-            .position(|p| p.opcode() == op::DATA_OUT && p.itt() == itt)
-        {
-            return Ok(Ok(self.pending.remove(i).expect("index found above")));
+            .position(|p| p.opcode() == op::DATA_OUT && p.itt() == itt);
+        if let Some(p) = queued.and_then(|i| self.pending.remove(i)) {
+            self.pending_bytes -= p.data.len();
+            return Ok(Ok(p));
         }
         loop {
             let p = self.read()?;
@@ -501,10 +510,15 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
                 op::NOP_OUT if p.immediate() => self.nop_out(&p)?,
                 op::TMF_REQUEST if aborts(&p, itt) => return Ok(Err(p)),
                 op::LOGOUT_REQUEST => return Err(protocol("logout while a write's data was due")),
-                _ if self.pending.len() >= MAX_PENDING => {
+                _ if self.pending.len() >= MAX_PENDING
+                    || self.pending_bytes + p.data.len() > MAX_PENDING_BYTES =>
+                {
                     return Err(protocol("too many PDUs while a write's data was due"));
                 }
-                _ => self.pending.push_back(p),
+                _ => {
+                    self.pending_bytes += p.data.len();
+                    self.pending.push_back(p);
+                }
             }
         }
     }
