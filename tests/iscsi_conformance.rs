@@ -88,28 +88,140 @@ fn verdict(text: &str) -> Verdict {
     }
 }
 
-/// The per-suite table, printed.
-fn table(results: &BTreeMap<String, Verdict>) -> String {
-    let mut suites: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
+/// Counts per suite: [passed, skipped, failed].
+fn per_suite(results: &BTreeMap<String, Verdict>) -> BTreeMap<String, [usize; 3]> {
+    let mut suites: BTreeMap<String, [usize; 3]> = BTreeMap::new();
     for (name, v) in results {
         let suite = name.split('.').next().unwrap_or(name);
-        let row = suites.entry(suite).or_default();
-        row[*v as usize] += 1;
+        suites.entry(suite.to_string()).or_default()[*v as usize] += 1;
     }
+    suites
+}
+
+/// The per-suite table: ours, and tgt's beside it when it ran.
+fn table(ours: &BTreeMap<String, Verdict>, tgt: Option<&BTreeMap<String, Verdict>>) -> String {
+    let (a, b) = (per_suite(ours), tgt.map(per_suite).unwrap_or_default());
     let mut s = format!(
-        "{:<28} {:>6} {:>6} {:>7}\n",
-        "suite", "passed", "failed", "skipped"
+        "{:<24} {:>22} {:>22}\n{:<24} {:>6} {:>6} {:>8} {:>6} {:>6} {:>8}\n",
+        "",
+        "sharedisk",
+        "tgt",
+        "suite",
+        "passed",
+        "failed",
+        "skipped",
+        "passed",
+        "failed",
+        "skipped"
     );
-    let mut total = [0usize; 3];
-    for (suite, [p, sk, f]) in &suites {
-        s.push_str(&format!("{suite:<28} {p:>6} {f:>6} {sk:>7}\n"));
-        total = [total[0] + p, total[1] + sk, total[2] + f];
+    let cell = |c: Option<&[usize; 3]>| match c {
+        Some([p, sk, f]) => format!("{p:>6} {f:>6} {sk:>8}"),
+        None => format!("{:>6} {:>6} {:>8}", "-", "-", "-"),
+    };
+    let mut total = [[0usize; 3]; 2];
+    let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for suite in names {
+        s.push_str(&format!(
+            "{suite:<24} {} {}\n",
+            cell(a.get(suite)),
+            cell(b.get(suite))
+        ));
+        for (t, m) in total.iter_mut().zip([&a, &b]) {
+            if let Some(c) = m.get(suite) {
+                for i in 0..3 {
+                    t[i] += c[i];
+                }
+            }
+        }
     }
+    let tgt_total = tgt.map(|_| &total[1]);
     s.push_str(&format!(
-        "{:<28} {:>6} {:>6} {:>7}\n",
-        "total", total[0], total[2], total[1]
+        "{:<24} {} {}\n",
+        "total",
+        cell(Some(&total[0])),
+        cell(tgt_total)
     ));
     s
+}
+
+/// Runs iscsi-test-cu `ALL.*` against `url` (twice, for MultipathIO); its parsed results and
+/// its whole output.
+fn conformance_run(url: &str) -> (BTreeMap<String, Verdict>, String) {
+    let out = Command::new("iscsi-test-cu")
+        .args([
+            "--test=ALL.*",
+            "--dataloss",
+            "-i",
+            INITIATOR_A,
+            "-I",
+            INITIATOR_B,
+        ])
+        .args([url, url])
+        .output()
+        .expect("iscsi-test-cu (Debian's libiscsi-bin, images/install-deps.sh) must be installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (parse(&text), text)
+}
+
+/// Debian's tgt (`tgtd`, package tgt) serving `image` at LUN 1, under the same run, for the
+/// table beside ours; `None` (and why, printed) when it cannot run here (not root, not
+/// installed). Its results are a comparison, not asserted.
+fn tgt_run(image: &std::path::Path) -> Option<BTreeMap<String, Verdict>> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("tgtd").arg("--help").output().is_err() {
+        println!("tgt: not run (it needs root and Debian's tgt installed)");
+        return None;
+    }
+    let port = free_port();
+    let control = (std::process::id() % 50_000 + 1000).to_string();
+    let mut tgtd = Command::new("tgtd")
+        .args([
+            "-f",
+            "-C",
+            &control,
+            "--iscsi",
+            &format!("portal=127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let adm = |args: &[&str]| {
+        (0..50).any(|_| {
+            let ok = Command::new("tgtadm")
+                .args(["-C", &control, "--lld", "iscsi"])
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            ok
+        })
+    };
+    let iqn = "iqn.2026-12.io.sharedisk.test:tgt";
+    let image = image.to_string_lossy();
+    let ok = adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", iqn])
+        && adm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            &image,
+        ])
+        && adm(&[
+            "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+        ]);
+    let results = ok.then(|| conformance_run(&format!("iscsi://127.0.0.1:{port}/{iqn}/1")).0);
+    let _ = tgtd.kill();
+    let _ = tgtd.wait();
+    results
 }
 
 #[test]
@@ -138,25 +250,15 @@ fn iscsi_test_cu_all_with_dataloss_and_two_initiators() {
         .to_string();
     let url = format!("iscsi://{listen}/{target}/0");
     let started = std::time::Instant::now();
-    let out = Command::new("iscsi-test-cu")
-        .args([
-            "--test=ALL.*",
-            "--dataloss",
-            "-i",
-            INITIATOR_A,
-            "-I",
-            INITIATOR_B,
-        ])
-        .args([&url, &url])
-        .output()
-        .expect("iscsi-test-cu (Debian's libiscsi-bin, images/install-deps.sh) must be installed");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let results = parse(&text);
+    let (results, text) = conformance_run(&url);
+    let took = started.elapsed();
+    daemon.assert_no_panic();
+    daemon.stop();
+    // tgt on the same image file, now that the daemon has let it go.
+    let tgt = tgt_run(&daemon.image);
     println!(
-        "iscsi-test-cu ALL.* in {:.1?}:\n{}",
-        started.elapsed(),
-        table(&results)
+        "iscsi-test-cu ALL.* against sharedisk in {took:.1?}:\n{}",
+        table(&results, tgt.as_ref())
     );
     assert!(
         results.len() >= 200,
@@ -182,8 +284,6 @@ fn iscsi_test_cu_all_with_dataloss_and_two_initiators() {
         failed, known,
         "failures beyond (or short of) the documented list"
     );
-    daemon.assert_no_panic();
-    daemon.stop();
 }
 
 #[test]
