@@ -320,6 +320,57 @@ impl WriteAll for std::net::TcpStream {
 }
 
 #[test]
+fn lun_reset_reaches_every_transport_and_the_session_protocol_works() {
+    const LUN_RESET: u8 = 5;
+    const BUS_DEVICE_RESET: (u8, u8, u8) = (0x06, 0x29, 0x03);
+    let s = setup();
+    let mut g = guest(&s);
+    let mut i = session(&s, INITIATOR_A, ISID_1);
+    // A LOGICAL UNIT RESET from iSCSI: 29/03 for the guest and for the sender (SAM-5 §7.7).
+    assert_eq!(i.tmf(LUN_RESET), 0, "FUNCTION COMPLETE");
+    assert_eq!(g.drain_ua(), vec![BUS_DEVICE_RESET]);
+    assert_eq!(i.drain_ua(), vec![BUS_DEVICE_RESET]);
+    // And from the guest: the iSCSI nexus gets it.
+    assert_eq!(
+        g.tmf(
+            common::scsi_client::TMF_LOGICAL_UNIT_RESET,
+            &common::scsi_client::LUN0
+        ),
+        0
+    );
+    assert_eq!(i.drain_ua(), vec![BUS_DEVICE_RESET]);
+    // CLEAR ACA is rejected (255), TASK REASSIGN not supported at ERL 0 (4).
+    assert_eq!(i.tmf(3), 255);
+    assert_eq!(i.tmf(8), 4);
+    // NOP-Out with a ping: the NOP-In echoes the data.
+    let nop = i.immediate(0x00, 0x80, b"ping", |b| {
+        b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    });
+    let nop = nop.expect("a NOP-In");
+    assert_eq!((nop.opcode(), nop.data.as_slice()), (0x20, &b"ping"[..]));
+    // SendTargets in a Normal session: our name and portal.
+    let text = i.immediate(0x04, 0x80, b"SendTargets=All\0", |b| {
+        b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    });
+    let text = String::from_utf8_lossy(&text.expect("a Text response").data).into_owned();
+    assert!(text.contains(&format!("TargetName={}", s.target)), "{text}");
+    assert!(
+        text.contains(&format!("TargetAddress={},1", s.addr)),
+        "{text}"
+    );
+    // A SNACK (ERL 1) gets a Reject carrying its header; the session goes on.
+    let rej = i.immediate(0x10, 0x80, &[], |_| {}).expect("a Reject");
+    assert_eq!(
+        (rej.opcode(), rej.bhs[2]),
+        (0x3f, 0x04),
+        "Reject, protocol error"
+    );
+    assert_eq!(rej.data[0] & 0x3f, 0x10, "the rejected header");
+    good(&i.read16(0, 1), "READ after the Reject");
+    assert!(i.logout());
+}
+
+#[test]
 fn read_full_status_cdb_is_answered_over_iscsi() {
     let s = setup();
     let mut i = session(&s, INITIATOR_B, ISID_2);

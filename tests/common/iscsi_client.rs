@@ -319,6 +319,38 @@ impl IscsiClient {
             .collect()
     }
 
+    /// An immediate PDU with `opcode` and `flags` and the current numbers; its answer.
+    pub fn immediate(
+        &mut self,
+        opcode: u8,
+        flags: u8,
+        data: &[u8],
+        f: impl Fn(&mut [u8; 48]),
+    ) -> Option<RawPdu> {
+        let mut b = [0u8; 48];
+        b[0] = 0x40 | opcode;
+        b[1] = flags;
+        b[16..20].copy_from_slice(&self.next_itt().to_be_bytes());
+        b[24..28].copy_from_slice(&self.cmd_sn.to_be_bytes());
+        b[28..32].copy_from_slice(&self.exp_stat_sn.to_be_bytes());
+        f(&mut b);
+        self.send(b, data);
+        let r = self.read()?;
+        self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
+        Some(r)
+    }
+
+    /// A task management function (RFC 7143 §11.5) on LUN 0: its response code.
+    pub fn tmf(&mut self, function: u8) -> u8 {
+        let r = self
+            .immediate(0x02, 0x80 | function, &[], |b| {
+                b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+            })
+            .expect("a TMF response");
+        assert_eq!(r.opcode(), 0x22, "TMF response");
+        r.bhs[2]
+    }
+
     /// Logout (close the session); true when the target answered.
     pub fn logout(&mut self) -> bool {
         let mut b = [0u8; 48];
