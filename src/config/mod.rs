@@ -106,7 +106,7 @@ pub const MAX_POLL_US: u32 = 1000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("no guests given: name at least one with --guests or [[guest]]")]
+    #[error("no guests given: name at least one with --guests or [[guest]] (or serve iSCSI)")]
     NoGuests,
     #[error("guest name {0:?} is invalid: use 1 to 64 characters from [A-Za-z0-9_.-]")]
     BadName(String),
@@ -175,7 +175,8 @@ impl Config {
         if !(1..=128).contains(&self.max_shares) {
             return Err(ConfigError::BadMaxShares);
         }
-        if self.guests.is_empty() {
+        // An iSCSI portal alone is a daemon with initiators; otherwise guests are needed.
+        if self.guests.is_empty() && self.iscsi.is_none() {
             return Err(ConfigError::NoGuests);
         }
         for (i, g) in self.guests.iter().enumerate() {

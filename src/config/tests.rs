@@ -589,3 +589,15 @@ fn iscsi_names_and_allow_any() {
     c.iscsi = Some(i);
     assert!(matches!(c.validate(), Err(ConfigError::Iscsi(_))));
 }
+
+#[test]
+fn an_iscsi_portal_needs_no_guests() {
+    let mut c = Config::new("d.img", "/tmp", &[]);
+    assert_eq!(c.validate(), Err(ConfigError::NoGuests));
+    c.iscsi = Some(IscsiConfig {
+        listen: vec!["127.0.0.1:3260".parse().unwrap()],
+        allow_any_initiator: true,
+        ..IscsiConfig::default()
+    });
+    assert_eq!(c.validate(), Ok(()));
+}
