@@ -371,6 +371,42 @@ fn lun_reset_reaches_every_transport_and_the_session_protocol_works() {
 }
 
 #[test]
+fn crc32c_digests_both_ways_and_a_bad_header_digest_closes() {
+    let s = setup();
+    let security = [
+        ("InitiatorName", INITIATOR_A),
+        ("TargetName", s.target.as_str()),
+        ("AuthMethod", "None"),
+    ];
+    let operational = [
+        ("HeaderDigest", "CRC32C,None"),
+        ("DataDigest", "CRC32C,None"),
+        ("InitialR2T", "Yes"),
+        ("MaxRecvDataSegmentLength", "65536"),
+    ];
+    let mut i = IscsiClient::login_with(s.addr, &security, &operational, ISID_1).unwrap();
+    assert!(i.header_digest && i.data_digest, "{:?}", i.answers);
+    i.drain_ua();
+    // 128 KiB: 64 KiB immediate, the rest on R2T; read back; every PDU digested both ways.
+    let data: Vec<u8> = (0..128 * 1024).map(|n| (n % 251) as u8).collect();
+    good(&i.write16(64, &data), "WRITE with digests");
+    let r = i.read16(64, 256);
+    good(&r, "READ with digests");
+    assert!(r.data == data, "the data came back");
+    // A PDU whose header digest is wrong: the connection closes (its lengths can't be trusted).
+    let b = i.cmd_header(&common::scsi_client::read16_cdb(0, 1), 512, true, false);
+    i.header_digest = false;
+    let mut raw = b.to_vec();
+    raw.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    use std::io::Write;
+    i.stream.write_all(&raw).unwrap();
+    assert!(
+        i.read().is_none(),
+        "a bad header digest ends the connection"
+    );
+}
+
+#[test]
 fn read_full_status_cdb_is_answered_over_iscsi() {
     let s = setup();
     let mut i = session(&s, INITIATOR_B, ISID_2);

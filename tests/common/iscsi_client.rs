@@ -53,6 +53,9 @@ pub struct IscsiClient {
     pub tsih: u16,
     /// The target's answers to the login's keys.
     pub answers: Vec<(String, String)>,
+    /// CRC32C header and data digests, as the login negotiated them.
+    pub header_digest: bool,
+    pub data_digest: bool,
 }
 
 /// Encodes `key=value\0` pairs.
@@ -122,9 +125,13 @@ impl IscsiClient {
             isid,
             tsih: 0,
             answers: Vec::new(),
+            header_digest: false,
+            data_digest: false,
         };
         c.login_stage(0x80 | 1, &text(security))?;
         c.login_stage(0x80 | (1 << 2) | 3, &text(operational))?;
+        c.header_digest = c.answer("HeaderDigest") == Some("CRC32C");
+        c.data_digest = c.answer("DataDigest") == Some("CRC32C");
         Ok(c)
     }
 
@@ -170,8 +177,16 @@ impl IscsiClient {
         bhs[6] = (len >> 8) as u8;
         bhs[7] = len as u8;
         let mut out = bhs.to_vec();
+        if self.header_digest {
+            out.extend_from_slice(&crc32c::crc32c(&bhs).to_le_bytes());
+        }
+        let start = out.len();
         out.extend_from_slice(data);
-        out.resize(48 + len.div_ceil(4) * 4, 0);
+        out.resize(start + len.div_ceil(4) * 4, 0);
+        if self.data_digest && len > 0 {
+            let crc = crc32c::crc32c(&out[start..]);
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
         let _ = self.stream.write_all(&out);
     }
 
@@ -179,9 +194,26 @@ impl IscsiClient {
     pub fn read(&mut self) -> Option<RawPdu> {
         let mut bhs = [0u8; 48];
         self.stream.read_exact(&mut bhs).ok()?;
+        let mut digest = [0u8; 4];
+        if self.header_digest {
+            self.stream.read_exact(&mut digest).ok()?;
+            assert_eq!(
+                u32::from_le_bytes(digest),
+                crc32c::crc32c(&bhs),
+                "header digest"
+            );
+        }
         let len = (usize::from(bhs[5]) << 16) | (usize::from(bhs[6]) << 8) | usize::from(bhs[7]);
         let mut data = vec![0u8; len.div_ceil(4) * 4 + usize::from(bhs[4]) * 4];
         self.stream.read_exact(&mut data).ok()?;
+        if self.data_digest && len > 0 {
+            self.stream.read_exact(&mut digest).ok()?;
+            assert_eq!(
+                u32::from_le_bytes(digest),
+                crc32c::crc32c(&data),
+                "data digest"
+            );
+        }
         data.truncate(len);
         Some(RawPdu { bhs, data })
     }

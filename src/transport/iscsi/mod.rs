@@ -175,10 +175,18 @@ impl Shared {
         };
         match login(wire, &policy) {
             Ok(s) => {
+                let p = &s.params;
                 log::info!(
-                    "{}: iscsi: logged in from {peer} (TSIH {})",
+                    "{}: iscsi: logged in from {peer} (TSIH {}, header digest {}, data digest {}, \
+                     InitialR2T {}, ImmediateData {}, bursts {}/{})",
                     session_name(&s),
-                    s.tsih
+                    s.tsih,
+                    if p.digests.header { "CRC32C" } else { "None" },
+                    if p.digests.data { "CRC32C" } else { "None" },
+                    p.initial_r2t,
+                    p.immediate_data,
+                    p.first_burst,
+                    p.max_burst
                 );
                 Some(s)
             }
