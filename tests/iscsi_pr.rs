@@ -407,6 +407,43 @@ fn crc32c_digests_both_ways_and_a_bad_header_digest_closes() {
 }
 
 #[test]
+fn an_orphaned_nexus_is_shown_and_preempted_by_the_operator() {
+    use common::ctl::{ctl, ctl_json};
+    let s = setup();
+    // A session registers and goes away without unregistering (libiscsi's next login has a
+    // new ISID): its registration stays behind, under its nexus name.
+    let mut gone = session(&s, INITIATOR_A, ISID_1);
+    good(&gone.prout(SA_REGISTER, 0, 0, 0x5a), "REGISTER");
+    good(&gone.prout(SA_RESERVE, WE, 0x5a, 0), "RESERVE");
+    drop(gone);
+    let nexus = format!("{INITIATOR_A},i,0x801234560001");
+    let sock = s.daemon.control();
+    let shown = ctl_json(&sock, &["pr", "show"]);
+    // The JSON keeps its schema: the nexus is under "guest", its TransportID format 01b.
+    assert_eq!(
+        shown["registrations"][0]["guest"],
+        nexus.as_str(),
+        "{shown}"
+    );
+    let tid = shown["registrations"][0]["transport_id"].as_str().unwrap();
+    assert!(tid.starts_with("45"), "{tid}");
+    let text = ctl(&sock, &["pr", "show"]).ok().stdout;
+    assert!(text.contains(&nexus), "{text}");
+    // The operator preempts it: the disk is free again for a new session.
+    let after = ctl_json(&sock, &["pr", "preempt", "--victim", &nexus, "--yes"]);
+    assert_eq!(
+        after["registrations"].as_array().unwrap().len(),
+        0,
+        "{after}"
+    );
+    let mut next = session(&s, INITIATOR_A, ISID_2);
+    good(
+        &next.write16(0, &[1; 512]),
+        "a new session writes after the preempt",
+    );
+}
+
+#[test]
 fn read_full_status_cdb_is_answered_over_iscsi() {
     let s = setup();
     let mut i = session(&s, INITIATOR_B, ISID_2);
