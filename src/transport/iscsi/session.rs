@@ -43,7 +43,10 @@ pub enum End {
     /// A TARGET COLD RESET was answered: every connection closes.
     #[error("target cold reset")]
     ColdReset,
-    /// The connection failed or closed.
+    /// The initiator closed the connection (or it was shut down).
+    #[error("closed")]
+    Closed,
+    /// The connection failed.
     #[error("connection: {0}")]
     Io(#[from] io::Error),
     /// A PDU could not be read (digest, length): at ERL 0, session recovery.
@@ -118,11 +121,11 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     }
 
     fn read(&mut self) -> Result<Pdu, End> {
-        Ok(read_pdu(
-            &mut self.reader,
-            self.session.params.digests,
-            OUR_MRDSL,
-        )?)
+        match read_pdu(&mut self.reader, self.session.params.digests, OUR_MRDSL) {
+            Ok(p) => Ok(p),
+            Err(PduError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(End::Closed),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn dispatch(&mut self, p: Pdu) -> Result<(), End> {
