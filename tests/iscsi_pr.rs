@@ -444,6 +444,20 @@ fn an_orphaned_nexus_is_shown_and_preempted_by_the_operator() {
 }
 
 #[test]
+fn config_check_names_the_target_the_daemon_serves() {
+    let s = setup();
+    let file = s.daemon.dir.join("check.toml");
+    let toml = format!(
+        "[image]\npath = {:?}\n[iscsi]\nlisten = [\"{}\"]\nallow_any_initiator = true\n",
+        s.daemon.image, s.addr
+    );
+    std::fs::write(&file, toml).unwrap();
+    let out = common::ctl::sharedisk(&["config", "check", file.to_str().unwrap()]).ok();
+    let line = format!("iscsi target:   {}", s.target);
+    assert!(out.stdout.contains(&line), "{}", out.stdout);
+}
+
+#[test]
 fn read_full_status_cdb_is_answered_over_iscsi() {
     let s = setup();
     let mut i = session(&s, INITIATOR_B, ISID_2);

@@ -74,9 +74,15 @@ impl Config {
         let _ = writeln!(
             s,
             "iscsi target:   {}",
-            match &i.target {
-                Some(t) => t.to_ascii_lowercase(),
-                None => format!("{DEFAULT_TARGET_PREFIX}<disk serial> (stable for the image)"),
+            match (&i.target, std::fs::canonicalize(&self.image)) {
+                (Some(_), _) => i.target_name(""),
+                // The serial the LU will have: from the image's canonical path (`Lun::new`).
+                (None, Ok(path)) => {
+                    let id = crate::lun::fnv1a(path.as_os_str().as_encoded_bytes());
+                    i.target_name(&crate::lun::serial_for(id))
+                }
+                (None, Err(_)) =>
+                    format!("{DEFAULT_TARGET_PREFIX}<disk serial> (the image does not exist yet)"),
             }
         );
         if i.allow_any_initiator {
