@@ -43,6 +43,7 @@ fn harness_of(target: &str) -> fn(&[u8]) {
         "cli" => harness::cli::run,
         "control" => harness::control::run,
         "config_file" => harness::config_file::run,
+        "iscsi_session" => harness::iscsi_session::run,
         _ => panic!("no fuzz target {target}"),
     }
 }

@@ -21,6 +21,7 @@ pub mod blk_chain;
 pub mod cli;
 pub mod config_file;
 pub mod control;
+pub mod iscsi_session;
 pub mod pr_wire;
 pub mod ring;
 pub mod scsi_chain;

@@ -333,6 +333,12 @@ pub struct ServeArgs {
     /// the kick; 0 never polls (default 50, at most 1000).
     #[arg(long, value_parser = parse_poll_us)]
     pub poll_us: Option<u32>,
+    /// Serve the disk to iSCSI initiators on this TCP address (repeatable; `[iscsi] listen`).
+    #[arg(long = "iscsi-listen", value_name = "ADDR:PORT")]
+    pub iscsi_listen: Vec<SocketAddr>,
+    /// An iSCSI initiator name that may log in (repeatable; `[[iscsi.initiator]] name`).
+    #[arg(long = "iscsi-initiator", value_name = "NAME")]
+    pub iscsi_initiator: Vec<String>,
 }
 
 fn parse_poll_us(s: &str) -> Result<u32, String> {
@@ -362,6 +368,8 @@ impl ServeArgs {
                 direct: self.direct,
                 aio: self.aio,
                 poll_us: self.poll_us,
+                iscsi_listen: self.iscsi_listen,
+                iscsi_initiators: self.iscsi_initiator,
             },
         )
     }

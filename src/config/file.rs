@@ -26,6 +26,7 @@ struct File {
     #[serde(default)]
     guest: Vec<GuestEntry>,
     cluster: Option<ClusterConfig>,
+    iscsi: Option<super::iscsi::IscsiSection>,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +336,7 @@ pub(super) fn parse(src: &Source<'_>) -> Result<Config, ConfigError> {
         // Page caches are per host: in cluster mode every host must read the disk itself.
         direct: image.direct || file.cluster.is_some(),
         cluster: file.cluster.map(|c| rel_state_dir(c, &rel)),
+        iscsi: file.iscsi.map(Into::into),
     })
 }
 

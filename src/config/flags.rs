@@ -30,6 +30,10 @@ pub struct Flags {
     pub direct: bool,
     pub aio: Option<Aio>,
     pub poll_us: Option<u32>,
+    /// `--iscsi-listen`: iSCSI portals (each repeat adds one).
+    pub iscsi_listen: Vec<SocketAddr>,
+    /// `--iscsi-initiator`: initiator names that may log in (each repeat adds one).
+    pub iscsi_initiators: Vec<String>,
 }
 
 /// One flag beside its file key: the flag, the dotted key, and, when both are given and differ,
@@ -270,6 +274,26 @@ impl Flags {
         c.admin_group = c.admin_group.clone().or_else(|| self.admin_group.clone());
         c.metrics_listen = c.metrics_listen.or(self.metrics_listen);
         c.direct |= self.direct;
+        self.apply_iscsi(c);
+    }
+
+    /// `--iscsi-listen` and `--iscsi-initiator` add portals and initiators to `[iscsi]` (and
+    /// create it when the file has none).
+    fn apply_iscsi(&self, c: &mut Config) {
+        if self.iscsi_listen.is_empty() && self.iscsi_initiators.is_empty() {
+            return;
+        }
+        let iscsi = c.iscsi.get_or_insert_with(Default::default);
+        for a in &self.iscsi_listen {
+            if !iscsi.listen.contains(a) {
+                iscsi.listen.push(*a);
+            }
+        }
+        for n in &self.iscsi_initiators {
+            if !iscsi.initiators.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+                iscsi.initiators.push(n.clone());
+            }
+        }
     }
 }
 
@@ -289,6 +313,7 @@ fn locate(e: ConfigError, src: &Source<'_>) -> ConfigError {
             "{}: key `server.socket_mode`: {e}",
             src.at("server.socket_mode")
         )),
+        ConfigError::Iscsi(_) => ConfigError::File(format!("{}: {e}", src.at("iscsi.listen"))),
         ConfigError::NoGuests => {
             ConfigError::File(format!("{path}: no [[guest]] entries and no --guests: {e}"))
         }

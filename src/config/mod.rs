@@ -7,8 +7,10 @@
 mod describe;
 mod file;
 mod flags;
+mod iscsi;
 
 pub use flags::Flags;
+pub use iscsi::{valid_iscsi_name, IscsiConfig, DEFAULT_TARGET_PREFIX};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -97,6 +99,8 @@ pub struct Config {
     pub poll_us: u32,
     /// Share the reservation state with daemons on other hosts through etcd (`cluster.rs`).
     pub cluster: Option<ClusterConfig>,
+    /// Serve the disk to iSCSI initiators too (`[iscsi]`, `--iscsi-listen`).
+    pub iscsi: Option<IscsiConfig>,
 }
 
 /// The default of [`Config::poll_us`].
@@ -106,7 +110,7 @@ pub const MAX_POLL_US: u32 = 1000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("no guests given: name at least one with --guests or [[guest]]")]
+    #[error("no guests given: name at least one with --guests or [[guest]] (or serve iSCSI)")]
     NoGuests,
     #[error("guest name {0:?} is invalid: use 1 to 64 characters from [A-Za-z0-9_.-]")]
     BadName(String),
@@ -130,6 +134,9 @@ pub enum ConfigError {
     /// A configuration file is unusable; the message names the file, line and key.
     #[error("{0}")]
     File(String),
+    /// The `[iscsi]` settings are unusable.
+    #[error("[iscsi]: {0}")]
+    Iscsi(String),
 }
 
 /// A guest name becomes a socket file name and an iSCSI-style initiator name, so keep it tame.
@@ -165,6 +172,7 @@ impl Config {
             aio: None,
             poll_us: DEFAULT_POLL_US,
             cluster: None,
+            iscsi: None,
         }
     }
 
@@ -172,7 +180,8 @@ impl Config {
         if !(1..=128).contains(&self.max_shares) {
             return Err(ConfigError::BadMaxShares);
         }
-        if self.guests.is_empty() {
+        // An iSCSI portal alone is a daemon with initiators; otherwise guests are needed.
+        if self.guests.is_empty() && self.iscsi.is_none() {
             return Err(ConfigError::NoGuests);
         }
         for (i, g) in self.guests.iter().enumerate() {
@@ -196,6 +205,16 @@ impl Config {
                 count: self.guests.len(),
                 max: self.max_shares,
             });
+        }
+        if let Some(i) = &self.iscsi {
+            i.validate().map_err(ConfigError::Iscsi)?;
+            if self.cluster.is_some() {
+                return Err(ConfigError::Iscsi(
+                    "iSCSI portals in cluster mode are not provided yet: serve iSCSI from a \
+                     daemon without [cluster]"
+                        .into(),
+                ));
+            }
         }
         if let Some(c) = &self.cluster {
             c.validate()

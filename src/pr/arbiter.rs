@@ -394,6 +394,18 @@ impl Arbiter {
         true
     }
 
+    /// Forgets an initiator whose I_T nexus ended (an iSCSI session's logout or loss), with its
+    /// pending unit attentions, unless PR or SPC-2 state still names it: an iSCSI initiator
+    /// opens a new nexus (ISID) at every login, and the ones left behind unregistered would
+    /// otherwise pile up. Returns whether it was forgotten.
+    pub fn forget_initiator(&mut self, initiator: &str) -> bool {
+        if self.is_registered(initiator) || self.spc2.as_deref() == Some(initiator) {
+            return false;
+        }
+        self.uas.remove(initiator);
+        self.known.remove(initiator)
+    }
+
     /// The state to persist.
     pub fn state(&self) -> &PrState {
         &self.state
