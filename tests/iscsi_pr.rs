@@ -429,17 +429,30 @@ fn an_orphaned_nexus_is_shown_and_preempted_by_the_operator() {
     assert!(tid.starts_with("45"), "{tid}");
     let text = ctl(&sock, &["pr", "show"]).ok().stdout;
     assert!(text.contains(&nexus), "{text}");
-    // The operator preempts it: the disk is free again for a new session.
-    let after = ctl_json(&sock, &["pr", "preempt", "--victim", &nexus, "--yes"]);
-    assert_eq!(
-        after["registrations"].as_array().unwrap().len(),
-        0,
-        "{after}"
-    );
+    // Preempting the holder alone would leave the reservation free for the nexus to use again
+    // (it may come back with the same ISID): refused with exit 24, nothing changed.
+    let refused = ctl(&sock, &["pr", "preempt", "--victim", &nexus, "--yes"]);
+    assert_eq!(refused.code, 24, "{}", refused.stderr);
+    // A new session registers and the operator has it take the reservation over (`--by`): the
+    // orphaned nexus is gone from the registrations and the new session writes.
     let mut next = session(&s, INITIATOR_A, ISID_2);
     good(
+        &next.prout(SA_REGISTER, 0, 0, 0x77),
+        "REGISTER (new session)",
+    );
+    let survivor = format!("{INITIATOR_A},i,0x801234560002");
+    let after = ctl_json(
+        &sock,
+        &[
+            "pr", "preempt", "--victim", &nexus, "--by", &survivor, "--yes",
+        ],
+    );
+    let regs = after["registrations"].as_array().unwrap();
+    assert_eq!(regs.len(), 1, "{after}");
+    assert_eq!(regs[0]["guest"], survivor.as_str(), "{after}");
+    good(
         &next.write16(0, &[1; 512]),
-        "a new session writes after the preempt",
+        "the new session writes after taking the reservation over",
     );
 }
 
