@@ -115,3 +115,152 @@ fn review_a_connect_flood_does_not_keep_a_scrape_out() {
         failed.len()
     );
 }
+
+/// Breaks "a socket is bound in a private directory ... nobody but root can connect before its
+/// group and mode are the configured ones" and "no path that trusts a file it did not make"
+/// (src/daemon/sockets.rs): the socket directory itself is never checked, and the private
+/// directory is only private while nobody else may rename entries of its parent. In a socket
+/// directory another user may write in (mode 0777 here; a group-writable one shared with QEMU's
+/// group is the same), that user renames `.sd<pid>.<n>` away between `bind` and `restrict`
+/// (sockets.rs: `UnixListener::bind(&tmp)` then `restrict(&tmp, ..)`) and puts a symbolic link in
+/// its place: `chown` and `chmod` follow the path, so a file of the daemon's (here `secret`,
+/// 0600, standing for the image or the state) is given to the socket group with the socket mode.
+/// The attacker is a thread running as uid 65534 (per-thread setresuid), using only its write
+/// permission on the socket directory. A race: on HEAD it hit in 2 of 4 runs (within 13-31 s);
+/// with the socket directory checked (or the private directory used through a descriptor) it
+/// can never hit.
+#[test]
+fn review_another_user_writing_in_the_socket_dir_cannot_chmod_the_daemons_files() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Stdio;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("sock");
+    std::fs::create_dir(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stop = AtomicBool::new(false);
+    let pid = std::sync::atomic::AtomicU32::new(0);
+    let hit = std::thread::scope(|s| {
+        let attacker = s.spawn(|| {
+            // SAFETY: raw syscalls change this thread's credentials only (not glibc's wrappers,
+            // which would change every thread's).
+            unsafe {
+                assert_eq!(
+                    libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
+                    0
+                );
+                assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+                assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+            }
+            let evil = sock.join(".evil");
+            std::fs::create_dir(&evil).unwrap();
+            std::os::unix::fs::symlink(&secret, evil.join("s")).unwrap();
+            let link = sock.join(".link");
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let p = pid.load(Ordering::Relaxed);
+                if p == 0 {
+                    continue;
+                }
+                let _ = std::os::unix::fs::symlink(".evil", &link);
+                // The daemon's private directories are `.sd<pid>.<n>`, n = 0, 1, ...: wait for
+                // one to appear, a varying few microseconds more (bind comes right after the
+                // mkdir, chown after bind), then swap it atomically with the link.
+                for n in 0..20 {
+                    let name = sock.join(format!(".sd{p}.{n}"));
+                    let t = Instant::now();
+                    while std::fs::symlink_metadata(&name).is_err() {
+                        if t.elapsed() > Duration::from_millis(300) || stop.load(Ordering::Relaxed)
+                        {
+                            break;
+                        }
+                    }
+                    k += 1;
+                    let spin = Instant::now();
+                    while spin.elapsed() < Duration::from_micros(k % 30) {}
+                    let a = std::ffi::CString::new(name.to_str().unwrap()).unwrap();
+                    let b = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
+                    // SAFETY: two NUL-terminated paths; RENAME_EXCHANGE = 2.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_renameat2,
+                            libc::AT_FDCWD,
+                            a.as_ptr(),
+                            libc::AT_FDCWD,
+                            b.as_ptr(),
+                            2u32,
+                        )
+                    };
+                    let _ = std::fs::rename(&link, sock.join(format!(".taken{k}")));
+                    let _ = std::os::unix::fs::symlink(".evil", &link);
+                }
+                pid.store(0, Ordering::Relaxed);
+            }
+        });
+        let started = Instant::now();
+        let mut hit = false;
+        let mut attempts = 0;
+        for _ in 0..2000 {
+            if started.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            let mut child = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
+                .arg("serve")
+                .arg("--image")
+                .arg(dir.path().join("disk.img"))
+                .args([
+                    "--size",
+                    "16M",
+                    "--guests",
+                    "vm1,vm2,vm3,vm4,vm5,vm6,vm7,vm8",
+                ])
+                .arg("--socket-dir")
+                .arg(&sock)
+                .args(["--socket-group", "kvm", "--socket-mode", "0660"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            pid.store(child.id(), Ordering::Relaxed);
+            let t = Instant::now();
+            while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_millis(300) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            for e in std::fs::read_dir(&sock).unwrap().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(".taken") || n.starts_with(".sd") || n.ends_with(".sock") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            attempts += 1;
+            if std::fs::metadata(&secret).unwrap().mode() & 0o777 != 0o600 {
+                hit = true;
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        attacker.join().unwrap();
+        eprintln!("{attempts} daemon starts");
+        hit
+    });
+    let m = std::fs::metadata(&secret).unwrap();
+    assert!(
+        !hit,
+        "uid 65534, allowed to write in the socket directory, had the daemon chmod {} to {:04o} \
+         (gid {}): the socket directory is not checked and chown/chmod follow the private \
+         directory's path",
+        secret.display(),
+        m.mode() & 0o7777,
+        m.gid()
+    );
+}
