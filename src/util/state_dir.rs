@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 pub enum StateDirError {
     /// Users other than the daemon's may create, rename or remove files in it.
     #[error(
-        "state directory {path} (mode {mode:04o}) is writable by {who} without the sticky bit: \
-         they could replace the reservation state. Run `chmod go-w {path}` (or `chmod +t`), \
-         or keep the state elsewhere (--state / image.state, cluster.state_dir)"
+        "state directory {path} (mode {mode:04o}) is writable by {who}: they could plant or \
+         replace the reservation state, the guests file or their temporary copies (the sticky \
+         bit does not stop them creating a name the daemon has not created yet). Run \
+         `chmod go-w {path}`, or keep the state in a directory of the daemon's own \
+         (--state / image.state, cluster.state_dir)"
     )]
     Writable {
         path: PathBuf,
@@ -45,8 +47,10 @@ pub fn of(state: &Path) -> &Path {
 }
 
 /// Refuses a state directory that others than the daemon's user (and root) may write in: one
-/// writable by its group or by everyone without the sticky bit, or owned by another non-root
-/// user. A missing directory passes (writing the state there fails later, naming it).
+/// writable by its group or by everyone (sticky or not: the sticky bit only protects names that
+/// exist, and another user could create `<state>`, `<state>.guests` or `<state>.tmp` before the
+/// daemon does), or owned by another non-root user. A missing directory passes (writing the
+/// state there fails later, naming it).
 pub fn check(dir: &Path) -> Result<(), StateDirError> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
@@ -69,15 +73,11 @@ pub fn check(dir: &Path) -> Result<(), StateDirError> {
         });
     }
     let mode = meta.mode() & 0o7777;
-    let sticky = mode & 0o1000 != 0;
     let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
         (_, true) => "every user",
         (true, false) => "its group",
         (false, false) => return Ok(()),
     };
-    if sticky {
-        return Ok(());
-    }
     Err(StateDirError::Writable {
         path: dir.to_path_buf(),
         mode,

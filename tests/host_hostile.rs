@@ -1,5 +1,5 @@
-//! Review of issue 20 (fresh reviewer): tests through the real binary that FAIL on the merged
-//! code, each naming the promise it breaks. Not ignored: the lead fixes the code, then these pass.
+//! A shared host with hostile local users (issue 20): another user who may write in the state or
+//! socket directory, or who floods the metrics port, through the real binary.
 
 mod common;
 
@@ -35,7 +35,7 @@ fn guest_names(control: &Path) -> Vec<String> {
 /// copies. Here another user plants `disk.img.pr.guests` before the first start, and the daemon
 /// serves (and creates sockets for) a guest that user chose.
 #[test]
-fn review_another_user_cannot_plant_the_guests_file_in_a_sticky_state_dir() {
+fn another_user_cannot_plant_the_guests_file_in_a_sticky_state_dir() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let planted = dir.path().join("disk.img.pr.guests");
@@ -66,7 +66,7 @@ fn review_another_user_cannot_plant_the_guests_file_in_a_sticky_state_dir() {
 /// scrape arriving in between finds no slot it may take and is closed unanswered. No slow
 /// reads, no bytes sent: about 1,000 connects a second from one unprivileged process.
 #[test]
-fn review_a_connect_flood_does_not_keep_a_scrape_out() {
+fn a_connect_flood_does_not_keep_a_scrape_out() {
     use std::net::{SocketAddr, TcpStream};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -130,7 +130,7 @@ fn review_a_connect_flood_does_not_keep_a_scrape_out() {
 /// with the socket directory checked (or the private directory used through a descriptor) it
 /// can never hit.
 #[test]
-fn review_another_user_writing_in_the_socket_dir_cannot_chmod_the_daemons_files() {
+fn another_user_writing_in_the_socket_dir_cannot_chmod_the_daemons_files() {
     use std::os::unix::fs::MetadataExt;
     use std::process::Stdio;
     use std::sync::atomic::{AtomicBool, Ordering};
