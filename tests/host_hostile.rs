@@ -136,7 +136,12 @@ fn another_user_writing_in_the_socket_dir_cannot_chmod_the_daemons_files() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    let dir = tempfile::tempdir().unwrap();
+    // On tmpfs (/dev/shm) a directory's size counts its entries: the attacker sees the bind.
+    let dir = if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm").unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let sock = dir.path().join("sock");
     std::fs::create_dir(&sock).unwrap();
@@ -145,7 +150,6 @@ fn another_user_writing_in_the_socket_dir_cannot_chmod_the_daemons_files() {
     std::fs::write(&secret, "secret\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let stop = AtomicBool::new(false);
-    let pid = std::sync::atomic::AtomicU32::new(0);
     let hit = std::thread::scope(|s| {
         let attacker = s.spawn(|| {
             // SAFETY: raw syscalls change this thread's credentials only (not glibc's wrappers,
@@ -162,28 +166,35 @@ fn another_user_writing_in_the_socket_dir_cannot_chmod_the_daemons_files() {
             std::fs::create_dir(&evil).unwrap();
             std::os::unix::fs::symlink(&secret, evil.join("s")).unwrap();
             let link = sock.join(".link");
+            let _ = std::os::unix::fs::symlink(".evil", &link);
             let mut k = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let p = pid.load(Ordering::Relaxed);
-                if p == 0 {
+                // A private bind directory (`.sd*`) the daemon just made: on tmpfs a directory's
+                // size grows by one entry when the socket is bound in it, the moment to swap it
+                // (the daemon looks the socket group up, then chowns, right after the bind).
+                let Ok(entries) = std::fs::read_dir(&sock) else {
                     continue;
-                }
-                let _ = std::os::unix::fs::symlink(".evil", &link);
-                // The daemon's private directories are `.sd<pid>.<n>`, n = 0, 1, ...: wait for
-                // one to appear, a varying few microseconds more (bind comes right after the
-                // mkdir, chown after bind), then swap it atomically with the link.
-                for n in 0..20 {
-                    let name = sock.join(format!(".sd{p}.{n}"));
+                };
+                for e in entries.flatten() {
+                    let name = e.path();
+                    if !e.file_name().to_string_lossy().starts_with(".sd") {
+                        continue;
+                    }
+                    let Ok(m) = std::fs::symlink_metadata(&name) else {
+                        continue;
+                    };
+                    if !m.is_dir() || m.uid() == 65534 {
+                        continue;
+                    }
                     let t = Instant::now();
-                    while std::fs::symlink_metadata(&name).is_err() {
-                        if t.elapsed() > Duration::from_millis(300) || stop.load(Ordering::Relaxed)
-                        {
-                            break;
+                    let empty = m.size();
+                    while t.elapsed() < Duration::from_millis(20) {
+                        match std::fs::symlink_metadata(&name) {
+                            Ok(n) if n.is_dir() && n.size() == empty => continue,
+                            _ => break,
                         }
                     }
                     k += 1;
-                    let spin = Instant::now();
-                    while spin.elapsed() < Duration::from_micros(k % 30) {}
                     let a = std::ffi::CString::new(name.to_str().unwrap()).unwrap();
                     let b = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
                     // SAFETY: two NUL-terminated paths; RENAME_EXCHANGE = 2.
@@ -200,7 +211,6 @@ fn another_user_writing_in_the_socket_dir_cannot_chmod_the_daemons_files() {
                     let _ = std::fs::rename(&link, sock.join(format!(".taken{k}")));
                     let _ = std::os::unix::fs::symlink(".evil", &link);
                 }
-                pid.store(0, Ordering::Relaxed);
             }
         });
         let started = Instant::now();
@@ -228,7 +238,6 @@ fn another_user_writing_in_the_socket_dir_cannot_chmod_the_daemons_files() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            pid.store(child.id(), Ordering::Relaxed);
             let t = Instant::now();
             while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_millis(300) {
                 std::thread::sleep(Duration::from_millis(5));
