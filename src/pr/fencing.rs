@@ -523,6 +523,31 @@ impl Reservations {
         f(&mut self.write_lock())
     }
 
+    /// Runs `f` with exclusive access if `initiator` may do `access`, checked under that same
+    /// lock: no PR change (a PREEMPT of `initiator`) can come between the check and `f`. For
+    /// changes a fenced initiator may not make that are not I/O (the write cache). Cluster mode:
+    /// waits for the read lease like [`Reservations::admission`], else `Unavailable`.
+    pub fn with_mut_if_allowed<R>(
+        &self,
+        initiator: &str,
+        access: Access,
+        f: impl FnOnce(&mut Arbiter) -> R,
+    ) -> Result<R, Refusal> {
+        loop {
+            let mut arb = self.write_lock();
+            if self.backend.may_admit() {
+                if !arb.check(initiator, access) {
+                    return Err(Refusal::Conflict);
+                }
+                return Ok(f(&mut arb));
+            }
+            drop(arb);
+            if !self.backend.wait_to_admit() {
+                return Err(Refusal::Unavailable);
+            }
+        }
+    }
+
     /// Takes the oldest unit attention queued for `initiator`.
     pub fn take_unit_attention(&self, initiator: &str) -> Option<Sense> {
         // Cheap shared check first: UAs are rare and this runs for every SCSI command.

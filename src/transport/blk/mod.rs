@@ -174,10 +174,9 @@ impl BlkDevice {
             );
             return Ok(());
         }
-        // Admitted as a write, as MODE SELECT is; the admission ends before the change, which
-        // queues unit attentions and so needs the arbiter exclusively.
-        match self.lun.reservations.admit(who, Access::Write).map(drop) {
-            Ok(()) => self.lun.set_write_cache(who, wce).map(drop),
+        // Allowed as a write, as MODE SELECT is, checked and changed in one hold of the arbiter.
+        match self.lun.set_write_cache(who, wce) {
+            Ok(r) => r.map(drop),
             Err(why) => {
                 log::warn!(
                     "{who}: blk: writeback {} ignored: {}; the LU's write cache stays {}",
