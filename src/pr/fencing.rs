@@ -445,9 +445,12 @@ impl Reservations {
                     })
             }
         });
+        // A refusal stands only when the state it was decided on is confirmed (the refused
+        // outcome's CONFLICT came back); anything else (BUSY: the commit or the settle was not
+        // answered) says nothing about it.
         match refused {
-            Some(why) => Err(why),
-            None => Ok(status),
+            Some(why) if status == PrStatus::Conflict => Err(why),
+            _ => Ok(status),
         }
     }
 

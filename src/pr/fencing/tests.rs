@@ -351,3 +351,52 @@ fn a_change_allowed_under_the_exclusive_lock_keeps_a_preempt_out_until_it_is_mad
     assert_eq!(after, Err(Refusal::Conflict));
     assert!(!ran, "a fenced initiator's change is not made");
 }
+
+/// A backend that applies each change to a copy, as cluster mode does before its commit, and
+/// then cannot commit it (etcd out of reach): BUSY.
+struct UnreachableBackend(LocalBackend);
+
+impl PrBackend for UnreachableBackend {
+    fn may_admit(&self) -> bool {
+        true
+    }
+    fn wait_to_admit(&self) -> bool {
+        true
+    }
+    fn io_deadline(&self) -> Option<u64> {
+        None
+    }
+    fn io_done(&self, _deadline: u64) {}
+    fn commit(&self, fencing: &Reservations, change: Change<'_>) -> Committed {
+        let mut next = fencing.write_lock().clone();
+        (change.apply)(&mut next);
+        Committed::Answered(BUSY)
+    }
+    fn confirm_current(&self, fencing: &Reservations) -> bool {
+        self.0.confirm_current(fencing)
+    }
+    fn settle(
+        &self,
+        u: &crate::pr::backend::Unsettled,
+    ) -> Result<(), crate::pr::backend::BackendError> {
+        self.0.settle(u)
+    }
+    fn serves(&self, initiator: &str) -> bool {
+        self.0.serves(initiator)
+    }
+}
+
+#[test]
+fn a_refusal_whose_commit_is_not_confirmed_is_busy_not_refused() {
+    let names = ["vm1", "vm2"].map(String::from);
+    let res = Reservations::new(Arbiter::new(names), None)
+        .with_backend(Arc::new(UnreachableBackend(LocalBackend::new(None))));
+    // vm1 is not registered: applied here, the preempt is refused; but the commit that would
+    // confirm the state it was refused on is not answered, so nothing is known: BUSY.
+    let victim = OperatorAction::Preempt {
+        victim: "vm1".into(),
+        abort: false,
+        by: None,
+    };
+    assert_eq!(res.operator(&victim), Ok(PrStatus::Busy));
+}
