@@ -55,12 +55,22 @@ impl Lun {
     }
 
     /// Changes the LU's write cache for every guest (MODE SELECT, or a virtio-blk driver writing
-    /// `writeback`). Turning it off first makes every earlier write durable; a change queues
-    /// 2A/01 MODE PARAMETERS CHANGED for every other initiator (SPC-4 §7.5.2). Returns whether
-    /// the setting changed.
-    pub fn set_write_cache(&self, initiator: &str, on: bool) -> io::Result<bool> {
-        if on == self.write_cache.swap(on, Ordering::Relaxed) {
-            return Ok(false);
+    /// `writeback`), if `initiator` may write: checked and changed under the arbiter's exclusive
+    /// lock, so a guest preempted meanwhile cannot change it. Turning it off then makes every
+    /// earlier write durable; a change queues 2A/01 MODE PARAMETERS CHANGED for every other
+    /// initiator (SPC-4 §7.5.2). Returns whether the setting changed.
+    pub fn set_write_cache(&self, initiator: &str, on: bool) -> Result<io::Result<bool>, Refusal> {
+        let changed = self
+            .reservations
+            .with_mut_if_allowed(initiator, Access::Write, |a| {
+                if on == self.write_cache.swap(on, Ordering::Relaxed) {
+                    return false;
+                }
+                a.ua_all_except(initiator, sense::MODE_PARAMETERS_CHANGED);
+                true
+            })?;
+        if !changed {
+            return Ok(Ok(false));
         }
         log::info!(
             "{initiator}: write cache {} for the LU",
@@ -70,12 +80,12 @@ impl Lun {
                 "off (write-through)"
             }
         );
-        self.reservations
-            .with_mut(|a| a.ua_all_except(initiator, sense::MODE_PARAMETERS_CHANGED));
         if !on {
-            self.image.flush()?;
+            if let Err(e) = self.image.flush() {
+                return Ok(Err(e));
+            }
         }
-        Ok(true)
+        Ok(Ok(true))
     }
 
     /// Makes data written by a command durable on completion when the write cache is off: the

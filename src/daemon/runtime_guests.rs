@@ -66,15 +66,15 @@ impl GuestChanges {
 
     /// The saved changes; none when there is no file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+        match crate::util::atomic_file::read_own(path) {
+            Ok(Some(b)) => serde_json::from_slice(&b).map_err(|e| {
                 format!(
                     "{}: {e} (move the file away to drop the run-time guest changes)",
                     path.display()
                 )
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(GuestChanges::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Ok(None) => Ok(GuestChanges::default()),
+            Err(e) => Err(e.to_string()),
         }
     }
 

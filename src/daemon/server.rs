@@ -529,6 +529,8 @@ fn lock_node(config: &Config) -> Result<Option<std::fs::File>, ServerError> {
         let path = c.local_copy().with_extension("lock");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
+            // With an explicit `state` path the lock's directory is not the state's.
+            crate::util::state_dir::check(dir)?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -548,6 +550,8 @@ fn lock_node(config: &Config) -> Result<Option<std::fs::File>, ServerError> {
                 ),
                 _ => io::Error::new(e.kind(), format!("{}: {e}", path.display())),
             })?;
+        // A lock file another user planted (or may write) is not ours to trust.
+        crate::util::atomic_file::check_own(&path, &file.metadata()?)?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(ServerError::NodeLocked {

@@ -1,17 +1,21 @@
 //! Who may connect to the daemon's Unix sockets: the directory they live in, their group and
 //! their mode, and how a socket gets to its path.
 //!
-//! A socket is bound in a private directory (mode 0700, beside its path, so on the same file
-//! system), given its group and mode there, and renamed into place: nobody but root can connect
-//! before its group and mode are the configured ones. Only a socket is ever replaced at a socket
-//! path, and only a stale one (nobody answers on it).
+//! The directory of a socket path is checked first: one that users other than the daemon's (and
+//! root) may write in is refused, sticky or not, since such a user could swap the entries the
+//! daemon makes there. A socket is then bound in a private directory beside its path (so on the
+//! same file system) with an unpredictable name, mode 0700, used only through a descriptor opened
+//! without following links and checked to be ours: bound at `/proc/self/fd/N/s`, given its group
+//! and mode with `fchownat`/`fchmodat` relative to that descriptor, renamed from it into place.
+//! Nobody but root can connect before its group and mode are the configured ones, and no path
+//! another user may change is followed. Only a socket is ever replaced at a socket path, and only
+//! a stale one (nobody answers on it).
 
 use std::ffi::CString;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The mode bit that lets every local user connect to a socket: write for others (connecting to
 /// a Unix socket needs write permission on it; read alone grants nothing).
@@ -51,12 +55,44 @@ pub enum SocketError {
          (--socket-world-access)"
     )]
     WorldAccess { path: PathBuf, mode: u32 },
-    /// The path is too long for a Unix socket once bound in the private directory beside it.
+    /// The path is too long for a Unix socket: no client could connect to it.
     #[error(
-        "{path}: the socket is bound at {tmp} first, which is longer than the {MAX_SOCKET_PATH} \
-         bytes a Unix socket path may have; choose a shorter socket directory"
+        "{path} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have, so no \
+         client could connect to it; choose a shorter socket directory"
     )]
-    TooLong { path: PathBuf, tmp: PathBuf },
+    TooLong { path: PathBuf },
+    /// Users other than the daemon's (and root) may write in the socket's directory.
+    #[error(
+        "socket directory {dir} (mode {mode:04o}) is writable by {who}: they could swap the \
+         entries the daemon makes there and have it change the owner or mode of a file of its \
+         own (the sticky bit does not prevent that). Run `chmod go-w {dir}`, or choose a socket \
+         directory of the daemon's own (QEMU needs only to search it: mode 0755, or 0750 with \
+         QEMU's group)"
+    )]
+    DirWritable {
+        dir: PathBuf,
+        mode: u32,
+        who: &'static str,
+    },
+    /// Another non-root user owns the socket's directory.
+    #[error(
+        "socket directory {dir} belongs to uid {owner}, not to this daemon's user (uid {euid}) \
+         or root: that user could swap the entries the daemon makes there. Run \
+         `chown {euid} {dir}`, or choose a socket directory of the daemon's own"
+    )]
+    DirOwner { dir: PathBuf, owner: u32, euid: u32 },
+    /// The private directory made beside the path is not the daemon's (someone swapped it).
+    #[error(
+        "{path}: the private directory {dir} made for binding it is not this daemon's (owner uid \
+         {owner}, mode {mode:04o}): someone replaced it; nothing was bound through it. Check who \
+         may write in the socket directory"
+    )]
+    NotPrivate {
+        path: PathBuf,
+        dir: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
     /// A system call failed; `what` says which step.
     #[error("{path}: {what}: {source}")]
     Io {
@@ -74,6 +110,9 @@ impl From<SocketError> for io::Error {
             SocketError::WorldAccess { .. } | SocketError::TooLong { .. } => {
                 io::ErrorKind::InvalidInput
             }
+            SocketError::DirWritable { .. }
+            | SocketError::DirOwner { .. }
+            | SocketError::NotPrivate { .. } => io::ErrorKind::PermissionDenied,
             SocketError::Io { source, .. } => source.kind(),
         };
         io::Error::new(kind, e)
@@ -90,6 +129,8 @@ pub struct SocketFile {
 }
 
 impl Drop for SocketFile {
+    /// The lstat and the unlink race only with the daemon's own user (or root): the socket
+    /// directory was checked at bind, so nobody else can swap the entry in between.
     fn drop(&mut self) {
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
             if m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino {
@@ -101,18 +142,18 @@ impl Drop for SocketFile {
 
 /// Binds a listening socket at `path` with `access` in place before any connection can reach
 /// it: bound in a private directory beside `path`, given its group and mode there, then renamed
-/// over `path`. A stale socket at `path` is replaced; anything else there, or a socket someone
-/// answers on, stops the bind with the path named.
+/// over `path`. A socket directory others may write in is refused; a stale socket at `path` is
+/// replaced; anything else there, or a socket someone answers on, stops the bind with the path
+/// named.
 pub fn bind(path: &Path, access: Access<'_>) -> Result<(UnixListener, SocketFile), SocketError> {
-    check_target(path)?;
-    let private = PrivateDir::create(path)?;
-    let tmp = private.path.join("s");
-    if tmp.as_os_str().len() > MAX_SOCKET_PATH {
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(SocketError::TooLong {
             path: path.to_path_buf(),
-            tmp,
         });
     }
+    check_dir(parent_of(path))?;
+    check_target(path)?;
+    let private = PrivateDir::create(path)?;
     let io_err = |what| {
         move |source| SocketError::Io {
             path: path.to_path_buf(),
@@ -120,10 +161,11 @@ pub fn bind(path: &Path, access: Access<'_>) -> Result<(UnixListener, SocketFile
             source,
         }
     };
-    let listener = UnixListener::bind(&tmp).map_err(io_err("bind"))?;
-    restrict(&tmp, access.group, access.mode).map_err(io_err("setting its group and mode"))?;
-    let meta = std::fs::symlink_metadata(&tmp).map_err(io_err("stat"))?;
-    let mode = meta.mode() & 0o7777;
+    let listener = UnixListener::bind(private.socket_path()).map_err(io_err("bind"))?;
+    private
+        .restrict(access.group, access.mode)
+        .map_err(io_err("setting its group and mode"))?;
+    let (mode, dev, ino) = private.stat().map_err(io_err("stat"))?;
     if mode & WORLD_BITS != 0 && !access.world {
         return Err(SocketError::WorldAccess {
             path: path.to_path_buf(),
@@ -131,14 +173,51 @@ pub fn bind(path: &Path, access: Access<'_>) -> Result<(UnixListener, SocketFile
         });
     }
     // A socket or nothing was at `path` a moment ago; rename replaces a stale socket atomically.
+    // The check and the rename race only with the daemon's own user (or root): the socket
+    // directory was checked above, so nobody else can put anything at `path` in between.
     check_target(path)?;
-    std::fs::rename(&tmp, path).map_err(io_err("renaming the socket into place"))?;
-    let file = SocketFile {
-        path: path.to_path_buf(),
-        dev: meta.dev(),
-        ino: meta.ino(),
-    };
-    Ok((listener, file))
+    private
+        .rename_to(path)
+        .map_err(io_err("renaming the socket into place"))?;
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_path_buf(),
+            dev,
+            ino,
+        },
+    ))
+}
+
+/// The directory holding a socket path (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Refuses a socket directory that users other than the daemon's (and root) may write in.
+pub fn check_dir(dir: &Path) -> Result<(), SocketError> {
+    use crate::util::state_dir::{shared, Shared};
+    match shared(dir) {
+        Ok(None) => Ok(()),
+        Ok(Some(Shared::Writable { mode, who })) => Err(SocketError::DirWritable {
+            dir: dir.to_path_buf(),
+            mode,
+            who,
+        }),
+        Ok(Some(Shared::Owner { owner, euid })) => Err(SocketError::DirOwner {
+            dir: dir.to_path_buf(),
+            owner,
+            euid,
+        }),
+        Err(source) => Err(SocketError::Io {
+            path: dir.to_path_buf(),
+            what: "stat",
+            source,
+        }),
+    }
 }
 
 /// What is at a socket path before binding: nothing or a stale socket is fine.
@@ -179,44 +258,6 @@ fn check_target(path: &Path) -> Result<(), SocketError> {
     })
 }
 
-/// A directory only the daemon's user can enter, beside a socket path; removed when dropped
-/// (with the socket in it, if that was not renamed away).
-struct PrivateDir {
-    path: PathBuf,
-}
-
-impl PrivateDir {
-    fn create(target: &Path) -> Result<Self, SocketError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        loop {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!(".sd{}.{n}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(PrivateDir { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => {
-                    return Err(SocketError::Io {
-                        path: target.to_path_buf(),
-                        what: "creating a private directory beside it",
-                        source,
-                    })
-                }
-            }
-        }
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.path.join("s"));
-        let _ = std::fs::remove_dir(&self.path);
-    }
-}
-
 /// Creates `dir` (and its parents) when missing, mode 0755 like systemd's RuntimeDirectory, so
 /// that a QEMU running as another user can reach the sockets in it.
 pub fn create_dir(dir: &Path) -> io::Result<()> {
@@ -227,18 +268,6 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o755)
         .create(dir)
-}
-
-/// Gives the socket at `path` to `group` (keeping its owner) and sets its `mode`.
-fn restrict(path: &Path, group: Option<&str>, mode: Option<u32>) -> io::Result<()> {
-    if let Some(group) = group {
-        let gid = gid_of(group)?;
-        std::os::unix::fs::chown(path, None, Some(gid))?;
-    }
-    if let Some(mode) = mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
 }
 
 /// The id of the group named `name` (or given as a number).
@@ -274,6 +303,9 @@ pub fn gid_of(name: &str) -> io::Result<u32> {
     }
     Ok(grp.gr_gid)
 }
+
+mod private_dir;
+use private_dir::PrivateDir;
 
 #[cfg(test)]
 mod tests;

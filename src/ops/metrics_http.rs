@@ -15,9 +15,6 @@ const MAX_HTTP_CLIENTS: usize = 8;
 /// How long a connection may take for its whole request, from accept to the last byte of the
 /// answer: a client that sends its request head slowly is closed when it is up.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-/// How long a connection keeps its slot whatever comes: a scraper's request head arrives well
-/// within it, so a burst of new connections cannot close a scrape before it is read.
-const EVICTION_GRACE: Duration = Duration::from_millis(250);
 /// The longest request head read.
 const MAX_REQUEST_HEAD: usize = 16 << 10;
 
@@ -33,29 +30,66 @@ pub struct HttpEndpoint {
 struct Slot {
     id: u64,
     stream: TcpStream,
-    since: Instant,
     reading: bool,
 }
 
+/// How readily a connection still reading its request head gives its slot up, most readily
+/// first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Waiting {
+    /// Its client closed or reset it.
+    Gone,
+    /// Nothing of it waits to be read: it sent nothing yet, or it trickles its head.
+    Silent,
+    /// Bytes of it wait to be read: its head arrived and is about to be read (a scraper's).
+    Pending,
+}
+
+/// What waits on `stream`, peeked without reading nor blocking.
+fn waiting(stream: &TcpStream) -> Waiting {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: a live socket descriptor and a one-byte buffer; MSG_PEEK leaves the byte queued.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        1.. => Waiting::Pending,
+        0 => Waiting::Gone,
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Waiting::Silent,
+        _ => Waiting::Gone,
+    }
+}
+
 /// The connections being served, in accept order. When every slot is taken, a new connection
-/// takes the slot of the oldest one still sending its request head after [`EVICTION_GRACE`] (a
-/// scraper sends it at once, so that one is slow or idle), which is closed; if there is none,
-/// the new one is closed instead. So slow clients cannot keep a real scrape out.
+/// takes the slot of one still sending its request head, which is closed: one whose client is
+/// gone, else the oldest with nothing waiting to be read (silent, or trickling its head), else
+/// the oldest still reading; if every one is being answered, the new one is closed instead. A
+/// scraper sends its head at once, so it waits to be read within microseconds of its accept and
+/// is read right away: neither a flood of silent connections nor clients trickling bytes can
+/// keep it out.
 #[derive(Default)]
 struct Slots(Mutex<Vec<Slot>>);
 
 impl Slots {
-    /// Takes a slot for connection `id`, closing the oldest one still reading its head past the
-    /// grace if all are taken; false: none may be closed, `stream` is not served.
+    /// Takes a slot for connection `id`, closing one still reading its head (see [`Slots`]) if
+    /// all are taken; false: every slot is answering, `stream` is not served.
     fn admit(&self, id: u64, stream: &TcpStream) -> bool {
         let mut slots = lock(&self.0);
         if slots.len() >= MAX_HTTP_CLIENTS {
-            let now = Instant::now();
-            let evictable = |s: &Slot| s.reading && now.duration_since(s.since) >= EVICTION_GRACE;
-            let Some(oldest) = slots.iter().position(evictable) else {
+            let victim = (slots.iter().enumerate())
+                .filter(|(_, s)| s.reading)
+                .map(|(i, s)| (waiting(&s.stream), i))
+                .min();
+            let Some((_, victim)) = victim else {
                 return false;
             };
-            let evicted = slots.remove(oldest);
+            let evicted = slots.remove(victim);
             log::debug!("metrics: every slot taken; closing a client still sending its request");
             let _ = evicted.stream.shutdown(Shutdown::Both);
         }
@@ -64,7 +98,6 @@ impl Slots {
                 slots.push(Slot {
                     id,
                     stream,
-                    since: Instant::now(),
                     reading: true,
                 });
                 true

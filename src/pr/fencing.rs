@@ -445,9 +445,12 @@ impl Reservations {
                     })
             }
         });
+        // A refusal stands only when the state it was decided on is confirmed (the refused
+        // outcome's CONFLICT came back); anything else (BUSY: the commit or the settle was not
+        // answered) says nothing about it.
         match refused {
-            Some(why) => Err(why),
-            None => Ok(status),
+            Some(why) if status == PrStatus::Conflict => Err(why),
+            _ => Ok(status),
         }
     }
 
@@ -521,6 +524,31 @@ impl Reservations {
     /// SPC-2 reservations). Like a PR OUT it waits for admitted I/O to drain.
     pub fn with_mut<R>(&self, f: impl FnOnce(&mut Arbiter) -> R) -> R {
         f(&mut self.write_lock())
+    }
+
+    /// Runs `f` with exclusive access if `initiator` may do `access`, checked under that same
+    /// lock: no PR change (a PREEMPT of `initiator`) can come between the check and `f`. For
+    /// changes a fenced initiator may not make that are not I/O (the write cache). Cluster mode:
+    /// waits for the read lease like [`Reservations::admission`], else `Unavailable`.
+    pub fn with_mut_if_allowed<R>(
+        &self,
+        initiator: &str,
+        access: Access,
+        f: impl FnOnce(&mut Arbiter) -> R,
+    ) -> Result<R, Refusal> {
+        loop {
+            let mut arb = self.write_lock();
+            if self.backend.may_admit() {
+                if !arb.check(initiator, access) {
+                    return Err(Refusal::Conflict);
+                }
+                return Ok(f(&mut arb));
+            }
+            drop(arb);
+            if !self.backend.wait_to_admit() {
+                return Err(Refusal::Unavailable);
+            }
+        }
     }
 
     /// Takes the oldest unit attention queued for `initiator`.

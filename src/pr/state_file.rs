@@ -125,9 +125,9 @@ impl StateStore {
 
     /// Loads the saved state: `None` when there is no file yet.
     pub fn load(&self) -> Result<Option<Saved>, StateError> {
-        let text = match fs::read(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let text = match atomic_file::read_own(&self.path) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(None),
             Err(source) => {
                 return Err(StateError::Read {
                     path: self.path.clone(),

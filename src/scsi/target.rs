@@ -466,12 +466,15 @@ impl Target {
     ) -> Result<Outcome> {
         let params = param_list(req.data_out, param_len)?;
         let change = pages::parse_mode_select(ten, &params, &self.info_for(req.read_only))?;
-        // The change queues unit attentions, which needs the arbiter exclusively.
+        // The change is allowed and made in one hold of the arbiter's exclusive lock (it queues
+        // unit attentions): the admission, a read hold, ends first.
         drop(admitted);
         if let Some(wce) = change.wce {
-            self.lun
-                .set_write_cache(req.initiator, wce)
-                .map_err(|_| Outcome::check(sense::WRITE_ERROR))?;
+            match self.lun.set_write_cache(req.initiator, wce) {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(Outcome::check(sense::WRITE_ERROR)),
+                Err(why) => return Err(Outcome::refused(why)),
+            }
         }
         Ok(Outcome::good(0))
     }

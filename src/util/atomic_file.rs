@@ -52,6 +52,69 @@ pub fn save(path: &Path, bytes: &[u8], name: &str) -> io::Result<()> {
     sync_dir(path, name)
 }
 
+/// Reads a file the daemon wrote itself (the reservation state, the guests file): opened without
+/// following a symbolic link, and refused unless it is a regular file owned by the daemon's user
+/// (or root) that neither its group nor other users may write: a file someone else planted or
+/// may change is never trusted. `None` when there is no file.
+pub fn read_own(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a symbolic link: the daemon never reads its own files through one. \
+                     Find out who put it there, then remove it (the daemon writes the file \
+                     itself)",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) => return Err(named(e)),
+    };
+    let meta = f.metadata().map_err(named)?;
+    check_own(path, &meta)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(named)?;
+    Ok(Some(bytes))
+}
+
+/// Refuses a file that is not a regular file of the daemon's user (or root), or that its group or
+/// other users may write.
+pub fn check_own(path: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let mode = meta.mode() & 0o7777;
+    let why = if !meta.file_type().is_file() {
+        "not a regular file".to_string()
+    } else if meta.uid() != euid && meta.uid() != 0 {
+        format!(
+            "owned by uid {}, not by this daemon's user (uid {euid}) or root",
+            meta.uid()
+        )
+    } else if mode & 0o022 != 0 {
+        format!("mode {mode:04o}: its group or other users may change it")
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "{} is {why}, so it is not trusted and nothing was read from it. Find out who put \
+             it there; remove it if it is not the daemon's (`chown` it to the daemon's user and \
+             `chmod go-w` it if it is)",
+            path.display()
+        ),
+    ))
+}
+
 /// `<path>.tmp`.
 fn temporary(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();

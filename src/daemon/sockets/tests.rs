@@ -91,3 +91,45 @@ fn a_socket_file_leaves_a_replacement_alone() {
     drop(file);
     assert!(p.exists(), "another's socket stays");
 }
+
+#[test]
+fn a_socket_directory_others_may_write_in_is_refused_sticky_or_not() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("g-blk.sock");
+    for (mode, who) in [
+        (0o777, "every user"),
+        (0o1777, "every user"),
+        (0o770, "its group"),
+    ] {
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = bind(&p, Access::default()).unwrap_err();
+        assert!(matches!(e, SocketError::DirWritable { .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains(who) && e.contains("chmod go-w"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "nothing made"
+        );
+    }
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bind(&p, Access::default()).unwrap();
+}
+
+#[test]
+fn a_long_socket_directory_binds_through_the_private_directorys_descriptor() {
+    // The socket path itself fits in `sun_path`; the private directory's path beside it would
+    // not: the bind goes through `/proc/self/fd/N/s`.
+    let d = tempfile::tempdir().unwrap();
+    let mut deep = d.path().to_path_buf();
+    while deep.as_os_str().len() < 90 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let p = deep.join("vm1-blk.sock");
+    assert!(p.as_os_str().len() <= MAX_SOCKET_PATH);
+    let (_l, _file) = bind(&p, Access::default()).unwrap();
+    UnixStream::connect(&p).unwrap();
+    let e = bind(&deep.join("x".repeat(20)), Access::default()).unwrap_err();
+    assert!(matches!(e, SocketError::TooLong { .. }), "{e}");
+}

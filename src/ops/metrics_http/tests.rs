@@ -27,11 +27,9 @@ fn a_new_connection_takes_the_slot_of_the_oldest_still_reading() {
     assert!(slots.answering(0));
     let (_c, s) = pair(&listener);
     assert!(
-        !slots.admit(100, &s),
-        "connections in their grace keep their slots"
+        slots.admit(100, &s),
+        "silent connections give their slot up at once"
     );
-    std::thread::sleep(EVICTION_GRACE);
-    assert!(slots.admit(100, &s));
     // Connection 1, the oldest still reading, was closed.
     let mut c1 = &conns[1].0;
     c1.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -56,4 +54,47 @@ fn a_connection_is_refused_when_every_slot_is_answering() {
     assert!(!slots.admit(100, &s));
     slots.leave(3);
     assert!(slots.admit(101, &s), "a freed slot is taken");
+}
+
+#[test]
+fn a_connection_whose_head_waits_keeps_its_slot_and_a_gone_one_goes_first() {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let slots = Slots::default();
+    let mut conns: Vec<_> = (0..MAX_HTTP_CLIENTS as u64)
+        .map(|id| {
+            let (client, server) = pair(&listener);
+            assert!(slots.admit(id, &server));
+            (client, server)
+        })
+        .collect();
+    // 0 and 1 sent their heads (not read yet): a scrape. 5's client is gone.
+    for c in &mut conns[..2] {
+        c.0.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    }
+    conns[5].0.shutdown(Shutdown::Both).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let evicted = |slots: &Slots| {
+        let ids: Vec<u64> = lock(&slots.0).iter().map(|s| s.id).collect();
+        (0..MAX_HTTP_CLIENTS as u64)
+            .filter(|i| !ids.contains(i))
+            .collect::<Vec<_>>()
+    };
+    let (_a, s) = pair(&listener);
+    assert!(slots.admit(100, &s));
+    assert_eq!(evicted(&slots), [5], "the gone one first");
+    let (_b, s) = pair(&listener);
+    assert!(slots.admit(101, &s));
+    assert_eq!(
+        evicted(&slots),
+        [2, 5],
+        "then the oldest silent one, not 0 or 1"
+    );
+    // A flood of silent connections never takes the slots of 0 and 1.
+    for id in 200..300 {
+        let (_c, s) = pair(&listener);
+        assert!(slots.admit(id, &s));
+    }
+    let ids: Vec<u64> = lock(&slots.0).iter().map(|s| s.id).collect();
+    assert!(ids.contains(&0) && ids.contains(&1), "{ids:?}");
 }

@@ -307,3 +307,96 @@ fn every_piece_is_checked_against_its_deadline_before_its_hold_ends() {
         "each admission's own deadline, checked with the lock held"
     );
 }
+
+#[test]
+fn a_change_allowed_under_the_exclusive_lock_keeps_a_preempt_out_until_it_is_made() {
+    let (_dir, res) = setup();
+    register(&res, "vm1", 1);
+    register(&res, "vm2", 2);
+    reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
+    let res = std::sync::Arc::new(res);
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let r = res.clone();
+    let change = std::thread::spawn(move || {
+        r.with_mut_if_allowed("vm2", Access::Write, |_| {
+            inside_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+        })
+    });
+    inside_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let r = res.clone();
+    let preempt = std::thread::spawn(move || {
+        let victim = OperatorAction::Preempt {
+            victim: "vm2".into(),
+            abort: false,
+            by: None,
+        };
+        tx.send(r.operator(&victim)).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the preempt came between the check and the change"
+    );
+    go_tx.send(()).unwrap();
+    assert!(change.join().unwrap().is_ok());
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Ok(PrStatus::Good)
+    );
+    preempt.join().unwrap();
+    let mut ran = false;
+    let after = res.with_mut_if_allowed("vm2", Access::Write, |_| ran = true);
+    assert_eq!(after, Err(Refusal::Conflict));
+    assert!(!ran, "a fenced initiator's change is not made");
+}
+
+/// A backend that applies each change to a copy, as cluster mode does before its commit, and
+/// then cannot commit it (etcd out of reach): BUSY.
+struct UnreachableBackend(LocalBackend);
+
+impl PrBackend for UnreachableBackend {
+    fn may_admit(&self) -> bool {
+        true
+    }
+    fn wait_to_admit(&self) -> bool {
+        true
+    }
+    fn io_deadline(&self) -> Option<u64> {
+        None
+    }
+    fn io_done(&self, _deadline: u64) {}
+    fn commit(&self, fencing: &Reservations, change: Change<'_>) -> Committed {
+        let mut next = fencing.write_lock().clone();
+        (change.apply)(&mut next);
+        Committed::Answered(BUSY)
+    }
+    fn confirm_current(&self, fencing: &Reservations) -> bool {
+        self.0.confirm_current(fencing)
+    }
+    fn settle(
+        &self,
+        u: &crate::pr::backend::Unsettled,
+    ) -> Result<(), crate::pr::backend::BackendError> {
+        self.0.settle(u)
+    }
+    fn serves(&self, initiator: &str) -> bool {
+        self.0.serves(initiator)
+    }
+}
+
+#[test]
+fn a_refusal_whose_commit_is_not_confirmed_is_busy_not_refused() {
+    let names = ["vm1", "vm2"].map(String::from);
+    let res = Reservations::new(Arbiter::new(names), None)
+        .with_backend(Arc::new(UnreachableBackend(LocalBackend::new(None))));
+    // vm1 is not registered: applied here, the preempt is refused; but the commit that would
+    // confirm the state it was refused on is not answered, so nothing is known: BUSY.
+    let victim = OperatorAction::Preempt {
+        victim: "vm1".into(),
+        abort: false,
+        by: None,
+    };
+    assert_eq!(res.operator(&victim), Ok(PrStatus::Busy));
+}

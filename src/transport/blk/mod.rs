@@ -151,29 +151,32 @@ impl BlkDevice {
         if self.negotiated.load(Ordering::Acquire) && acked & feature(VIRTIO_BLK_F_CONFIG_WCE) == 0
         {
             log::warn!(
-                "{who}: blk: writeback {} ignored: the driver did not negotiate                  VIRTIO_BLK_F_CONFIG_WCE (virtio 1.2 §5.2.5.1), the LU's cache is unchanged",
+                "{who}: blk: writeback {} ignored: the driver did not negotiate \
+                 VIRTIO_BLK_F_CONFIG_WCE (virtio 1.2 §5.2.5.1), the LU's cache is unchanged",
                 wce as u8
             );
             return Ok(());
         }
         if self.flush_negotiated() == Some(false) {
             log::warn!(
-                "{who}: blk: writeback {} ignored: the driver did not negotiate                  VIRTIO_BLK_F_FLUSH, so its writes stay write-through and the LU's cache is                  unchanged",
+                "{who}: blk: writeback {} ignored: the driver did not negotiate \
+                 VIRTIO_BLK_F_FLUSH, so its writes stay write-through and the LU's cache is \
+                 unchanged",
                 wce as u8
             );
             return Ok(());
         }
         if self.read_only() {
             log::warn!(
-                "{who}: blk: writeback {} ignored: the guest is read-only, it may not change                  the LU's write cache",
+                "{who}: blk: writeback {} ignored: the guest is read-only, it may not change \
+                 the LU's write cache",
                 wce as u8
             );
             return Ok(());
         }
-        // Admitted as a write, as MODE SELECT is; the admission ends before the change, which
-        // queues unit attentions and so needs the arbiter exclusively.
-        match self.lun.reservations.admit(who, Access::Write).map(drop) {
-            Ok(()) => self.lun.set_write_cache(who, wce).map(drop),
+        // Allowed as a write, as MODE SELECT is, checked and changed in one hold of the arbiter.
+        match self.lun.set_write_cache(who, wce) {
+            Ok(r) => r.map(drop),
             Err(why) => {
                 log::warn!(
                     "{who}: blk: writeback {} ignored: {}; the LU's write cache stays {}",

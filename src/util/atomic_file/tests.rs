@@ -57,3 +57,35 @@ fn a_leftover_of_ours_is_replaced_and_one_of_another_user_is_not() {
     assert_eq!(std::fs::read(temporary(&p)).unwrap(), b"theirs");
     assert_eq!(std::fs::read(&p).unwrap(), b"whole");
 }
+
+#[test]
+fn read_own_reads_a_file_of_ours_and_none_when_missing() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("state");
+    assert!(read_own(&p).unwrap().is_none());
+    save(&p, b"mine", "t").unwrap();
+    assert_eq!(read_own(&p).unwrap().unwrap(), b"mine");
+}
+
+#[test]
+fn read_own_refuses_a_symlink_and_a_file_others_may_write() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("state");
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, b"victim").unwrap();
+    std::os::unix::fs::symlink(&victim, &p).unwrap();
+    let e = read_own(&p).unwrap_err().to_string();
+    assert!(e.contains("a symbolic link"), "{e}");
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(&p, b"x").unwrap();
+    for mode in [0o620, 0o602, 0o666] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = read_own(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("may change it") && e.contains("not trusted"),
+            "{e}"
+        );
+    }
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(read_own(&p).unwrap().unwrap(), b"x");
+}

@@ -26,8 +26,11 @@ fn a_group_or_world_writable_directory_is_refused() {
 }
 
 #[test]
-fn the_sticky_bit_makes_a_shared_directory_acceptable() {
-    check(dir_with_mode(0o1777).path()).unwrap();
+fn a_sticky_shared_directory_is_refused_too() {
+    for mode in [0o1777, 0o1770] {
+        let e = check(dir_with_mode(mode).path()).unwrap_err().to_string();
+        assert!(e.contains("chmod go-w") && !e.contains("chmod +t"), "{e}");
+    }
 }
 
 #[test]

@@ -277,11 +277,16 @@ impl EtcdState {
         }
     }
 
-    /// The local copy's epoch and history, if recorded.
+    /// The local copy's epoch and history, if recorded (and only from a file of the daemon's
+    /// own: a planted or foreign-writable mark is ignored, with a warning).
     fn read_mark(&self) -> Option<LocalMark> {
-        std::fs::read(self.mark_path()?)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        match crate::util::atomic_file::read_own(&self.mark_path()?) {
+            Ok(b) => b.and_then(|b| serde_json::from_slice(&b).ok()),
+            Err(e) => {
+                log::warn!("cluster: {e} (the local copy's epoch mark is ignored)");
+                None
+            }
+        }
     }
 
     /// A new incarnation that replaced another one of this node (a killed daemon, or a live one
