@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use vhost::vhost_user::Listener;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -74,7 +75,7 @@ pub(super) fn serve_socket<B, F>(
     stats: &DeviceStats,
     make: F,
 ) where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
+    B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
     F: Fn(AtomicMem) -> io::Result<B>,
 {
     let mut backoff = Backoff::default();
@@ -147,7 +148,7 @@ fn connect<B, F>(
     make: &F,
 ) -> Result<(VhostUserDaemon<B>, B), ConnectError>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
+    B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
     F: Fn(AtomicMem) -> io::Result<B>,
 {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
@@ -180,7 +181,7 @@ fn wait_for_disconnect<B>(
     done: Arc<EventFd>,
 ) -> JoinHandle<()>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+    B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Clone + 'static,
 {
     let name = name.to_string();
     thread::spawn(move || {

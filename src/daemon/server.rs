@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use vhost::vhost_user::Listener;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VhostUserBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -281,7 +282,7 @@ impl Server {
         make: F,
     ) -> Result<(), ServerError>
     where
-        B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
+        B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
         F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
     {
         let prebound = crate::util::lock::lock(&self.bound).remove(&path);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -24,7 +25,7 @@ use crate::ops::stats::{self, DeviceStats, Op};
 use crate::pr::fencing::Refusal;
 use crate::pr::Access;
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch, Reply, Slot,
+    self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch, Reply, Slot,
     UsedLens, Vring,
 };
 
@@ -56,6 +57,8 @@ pub struct BlkDevice {
     mem: AtomicMem,
     event_idx: AtomicBool,
     acked_features: AtomicU64,
+    /// Whether this connection's data-in buffers go into a migration's dirty log.
+    log: DirtyLog,
     exit: ExitEvents,
     /// Closed before the daemon ends this connection.
     latch: QuiesceLatch,
@@ -91,6 +94,7 @@ impl BlkBackend {
             initiator,
             mem,
             event_idx: AtomicBool::new(false),
+            log: DirtyLog::default(),
             acked_features: AtomicU64::new(0),
             exit,
             latch: QuiesceLatch::default(),
@@ -573,7 +577,7 @@ impl Quiesce for BlkBackend {
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -595,7 +599,8 @@ impl VhostUserBackend for BlkBackend {
             | feature(VIRTIO_BLK_F_CONFIG_WCE)
             | feature(VIRTIO_BLK_F_TOPOLOGY)
             | feature(VIRTIO_BLK_F_MQ)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | DirtyLog::FEATURES;
         if self.0.read_only() {
             f |= feature(VIRTIO_BLK_F_RO);
         } else {
@@ -606,6 +611,7 @@ impl VhostUserBackend for BlkBackend {
 
     fn acked_features(&self, features: u64) {
         self.0.acked_features.store(features, Ordering::Relaxed);
+        self.0.log.set_features(features);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -613,6 +619,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | DirtyLog::PROTOCOL_FEATURES
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -671,6 +678,7 @@ impl VhostUserBackend for BlkBackend {
             vring,
             &d.mem,
             d.event_idx.load(Ordering::Relaxed),
+            &d.log,
             &d.latch,
             d.poll,
             &mut BlkQueue(d),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -24,7 +25,7 @@ use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, EachAtOnce, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch,
+    self, feature, AtomicMem, Chain, DirtyLog, EachAtOnce, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch,
     Reply, Slot, UsedLens, Vring,
 };
 
@@ -79,6 +80,8 @@ pub struct ScsiDevice {
     mem: AtomicMem,
     event_idx: AtomicBool,
     exit: ExitEvents,
+    /// Whether this connection's data-in buffers go into a migration's dirty log.
+    log: DirtyLog,
     /// Closed before the daemon ends this connection.
     latch: QuiesceLatch,
     /// This guest alone sees a write-protected disk (`guest.read_only` in the configuration).
@@ -119,6 +122,7 @@ impl ScsiBackend {
             connection: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
             mem,
             event_idx: AtomicBool::new(false),
+            log: DirtyLog::default(),
             exit,
             latch: QuiesceLatch::default(),
             guest_read_only: read_only,
@@ -416,7 +420,7 @@ impl Quiesce for ScsiBackend {
 }
 
 impl VhostUserBackend for ScsiBackend {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -439,12 +443,18 @@ impl VhostUserBackend for ScsiBackend {
             | feature(VIRTIO_SCSI_F_HOTPLUG)
             | feature(VIRTIO_SCSI_F_CHANGE)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | DirtyLog::FEATURES
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.0.log.set_features(features);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | DirtyLog::PROTOCOL_FEATURES
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -490,6 +500,7 @@ impl VhostUserBackend for ScsiBackend {
                     vring,
                     &d.mem,
                     event_idx,
+                    &d.log,
                     &d.latch,
                     Duration::ZERO,
                     &mut control,
@@ -505,7 +516,15 @@ impl VhostUserBackend for ScsiBackend {
             served: false,
         };
         let drained =
-            virtqueue::drain_queue(vring, &d.mem, event_idx, &d.latch, d.poll, &mut requests);
+            virtqueue::drain_queue(
+            vring,
+            &d.mem,
+            event_idx,
+            &d.log,
+            &d.latch,
+            d.poll,
+            &mut requests,
+        );
         if requests.served {
             // Every request taken so far is completed in the used ring, and replays (the first
             // requests after a start) are over: no record of this ring can match again.

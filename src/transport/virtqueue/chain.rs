@@ -4,10 +4,11 @@
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemory, Permissions};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vm_memory::{GuestMemory, Permissions, VolatileSlice};
 
 use super::Mem;
-use crate::image::Bufs;
+use crate::image::{Buf, Bufs};
 
 /// Why a chain could not be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +55,7 @@ impl<'m> Chain<'m> {
                 .get_slices(desc.addr(), desc.len() as usize, access)
                 .map_err(|_| ChainError::BadAddress)?;
             for slice in slices {
-                list.push(slice.map_err(|_| ChainError::BadAddress)?);
+                list.push(unlogged(slice.map_err(|_| ChainError::BadAddress)?));
             }
         }
         if more {
@@ -62,4 +63,16 @@ impl<'m> Chain<'m> {
         }
         Ok(Chain { readable, writable })
     }
+}
+
+/// The same guest memory as a plain slice, as the image's scatter lists take it. What the image
+/// writes into it (io_uring, `readv`, a bounce copy) is not marked in the dirty log through this
+/// slice: the drain marks every device-writable descriptor of a request once the request is done
+/// (`drain.rs`, [`super::DirtyLog`]).
+fn unlogged(slice: VolatileSlice<'_, BitmapMmapRegion>) -> Buf<'_> {
+    let guard = slice.ptr_guard_mut();
+    // SAFETY: the new slice covers exactly the `slice.len()` bytes of guest memory `slice`
+    // covers, and lives no longer than it (both borrow the same guest memory map, `'m`); guest
+    // memory is accessed only volatilely, through slices like these or raw I/O into them.
+    unsafe { VolatileSlice::new(guard.as_ptr(), slice.len()) }
 }
