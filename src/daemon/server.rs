@@ -26,7 +26,8 @@ use crate::pr::Arbiter;
 use crate::scsi::target::Target;
 use crate::transport::blk::BlkBackend;
 use crate::transport::virtio_scsi::ScsiBackend;
-use crate::transport::virtqueue::{AtomicMem, Quiesce, Vring};
+use crate::transport::virtqueue::{AtomicMem, Quiesce, Ticket, Vring};
+use crate::transport::Options;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -240,15 +241,14 @@ impl Server {
             sockets,
             self.config.blk_socket(&guest.name),
             stats.blk.clone(),
-            move |mem| {
-                BlkBackend::with_options(
-                    lun.clone(),
-                    name.clone(),
-                    mem,
+            move |mem, ticket| {
+                let options = Options {
                     read_only,
-                    blk.clone(),
+                    stats: blk.clone(),
                     poll,
-                )
+                    ticket,
+                };
+                BlkBackend::with_options(lun.clone(), name.clone(), mem, options)
             },
         )?;
         if self.config.scsi && guest.scsi {
@@ -258,15 +258,14 @@ impl Server {
                 sockets,
                 self.config.scsi_socket(&guest.name),
                 stats.scsi.clone(),
-                move |mem| {
-                    ScsiBackend::with_options(
-                        target.clone(),
-                        initiator.clone(),
-                        mem,
+                move |mem, ticket| {
+                    let options = Options {
                         read_only,
-                        scsi.clone(),
+                        stats: scsi.clone(),
                         poll,
-                    )
+                        ticket,
+                    };
+                    ScsiBackend::with_options(target.clone(), initiator.clone(), mem, options)
                 },
             )?;
         }
@@ -283,7 +282,7 @@ impl Server {
     ) -> Result<(), ServerError>
     where
         B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
-        F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
+        F: Fn(AtomicMem, Ticket) -> io::Result<B> + Send + 'static,
     {
         let prebound = crate::util::lock::lock(&self.bound).remove(&path);
         let listener = match prebound {

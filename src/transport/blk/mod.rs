@@ -22,11 +22,12 @@ use crate::image::buffers::{self, Buf, Bufs};
 use crate::image::{range_ok, IoOp};
 use crate::lun::{ChunkError, Lun, ADMISSION_CHUNK, SECTOR, SERIAL_LEN};
 use crate::ops::stats::{self, DeviceStats, Op};
+use crate::transport::Options;
 use crate::pr::fencing::Refusal;
 use crate::pr::Access;
 use crate::transport::virtqueue::{
     self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch, Reply, Slot,
-    UsedLens, Vring,
+    Ticket, UsedLens, Vring,
 };
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
@@ -59,6 +60,8 @@ pub struct BlkDevice {
     acked_features: AtomicU64,
     /// Whether this connection's data-in buffers go into a migration's dirty log.
     log: DirtyLog,
+    /// This connection's place among the guest's connections (a live migration has two).
+    ticket: Ticket,
     exit: ExitEvents,
     /// Closed before the daemon ends this connection.
     latch: QuiesceLatch,
@@ -76,18 +79,28 @@ pub struct BlkBackend(Arc<BlkDevice>);
 
 impl BlkBackend {
     pub fn new(lun: Arc<Lun>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        Self::with_options(lun, initiator, mem, false, Arc::default(), Duration::ZERO)
+        let options = Options {
+            read_only: false,
+            stats: Arc::default(),
+            poll: Duration::ZERO,
+            ticket: Ticket::alone(),
+        };
+        Self::with_options(lun, initiator, mem, options)
     }
 
-    /// A device for a guest that may be read-only on its own, counting into `stats`.
+    /// A device for a guest as the daemon serves it (see [`Options`]).
     pub fn with_options(
         lun: Arc<Lun>,
         initiator: Arc<str>,
         mem: AtomicMem,
-        read_only: bool,
-        stats: Arc<DeviceStats>,
-        poll: Duration,
+        options: Options,
     ) -> io::Result<Self> {
+        let Options {
+            read_only,
+            stats,
+            poll,
+            ticket,
+        } = options;
         let exit = ExitEvents::new(MAX_QUEUES)?;
         Ok(BlkBackend(Arc::new(BlkDevice {
             lun,
@@ -95,6 +108,7 @@ impl BlkBackend {
             mem,
             event_idx: AtomicBool::new(false),
             log: DirtyLog::default(),
+            ticket,
             acked_features: AtomicU64::new(0),
             exit,
             latch: QuiesceLatch::default(),
@@ -659,12 +673,17 @@ impl VhostUserBackend for BlkBackend {
         self.0.exit.get(thread_index)
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.0.ticket.stopped(queue_index);
+        Ok(())
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
         evset: EventSet,
         vrings: &[Vring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         // One queue per thread, so `device_event` is 0: the thread's only ring.
         let Some(vring) = virtqueue::kicked_ring(evset, device_event, vrings) else {
@@ -674,6 +693,10 @@ impl VhostUserBackend for BlkBackend {
         let Some(_open) = d.latch.enter() else {
             return Ok(());
         };
+        // Ring `thread_id` (see `queues_per_thread`).
+        if !d.ticket.enter(thread_id as u16, vring) {
+            return Ok(());
+        }
         virtqueue::drain_queue(
             vring,
             &d.mem,

@@ -19,6 +19,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use crate::image::buffers::{self, Buf, Bufs};
 use crate::image::IoOp;
 use crate::lun::fnv1a;
+use crate::transport::Options;
 use crate::ops::stats::{self, DeviceStats, Op};
 use crate::pr::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
@@ -26,7 +27,7 @@ use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
 use crate::transport::virtqueue::{
     self, feature, AtomicMem, Chain, DirtyLog, EachAtOnce, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch,
-    Reply, Slot, UsedLens, Vring,
+    Reply, Slot, Ticket, UsedLens, Vring,
 };
 
 /// Request queues we advertise, on top of the control and event queues.
@@ -82,6 +83,8 @@ pub struct ScsiDevice {
     exit: ExitEvents,
     /// Whether this connection's data-in buffers go into a migration's dirty log.
     log: DirtyLog,
+    /// This connection's place among the guest's connections (a live migration has two).
+    ticket: Ticket,
     /// Closed before the daemon ends this connection.
     latch: QuiesceLatch,
     /// This guest alone sees a write-protected disk (`guest.read_only` in the configuration).
@@ -96,25 +99,28 @@ pub struct ScsiBackend(Arc<ScsiDevice>);
 
 impl ScsiBackend {
     pub fn new(target: Arc<Target>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        Self::with_options(
-            target,
-            initiator,
-            mem,
-            false,
-            Arc::default(),
-            Duration::ZERO,
-        )
+        let options = Options {
+            read_only: false,
+            stats: Arc::default(),
+            poll: Duration::ZERO,
+            ticket: Ticket::alone(),
+        };
+        Self::with_options(target, initiator, mem, options)
     }
 
-    /// A device for a guest that may be read-only on its own, counting into `stats`.
+    /// A device for a guest as the daemon serves it (see [`Options`]).
     pub fn with_options(
         target: Arc<Target>,
         initiator: Arc<str>,
         mem: AtomicMem,
-        read_only: bool,
-        stats: Arc<DeviceStats>,
-        poll: Duration,
+        options: Options,
     ) -> io::Result<Self> {
+        let Options {
+            read_only,
+            stats,
+            poll,
+            ticket,
+        } = options;
         let exit = ExitEvents::new(MAX_REQUEST_QUEUES + 1)?;
         Ok(ScsiBackend(Arc::new(ScsiDevice {
             target,
@@ -123,6 +129,7 @@ impl ScsiBackend {
             mem,
             event_idx: AtomicBool::new(false),
             log: DirtyLog::default(),
+            ticket,
             exit,
             latch: QuiesceLatch::default(),
             guest_read_only: read_only,
@@ -450,6 +457,11 @@ impl VhostUserBackend for ScsiBackend {
         self.0.log.set_features(features);
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.0.ticket.stopped(queue_index);
+        Ok(())
+    }
+
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
@@ -491,6 +503,15 @@ impl VhostUserBackend for ScsiBackend {
         let Some(_open) = d.latch.enter() else {
             return Ok(());
         };
+        // Thread 0 serves rings 0 and 1, request queue `thread_id` is ring `thread_id + 1`.
+        let ring = if thread_id == 0 {
+            device_event
+        } else {
+            thread_id as u16 + 1
+        };
+        if !d.ticket.enter(ring, vring) {
+            return Ok(());
+        }
         let event_idx = d.event_idx.load(Ordering::Relaxed);
         if thread_id == 0 {
             // Event-queue buffers are left in the ring: there are no events to report.

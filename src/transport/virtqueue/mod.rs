@@ -1,7 +1,8 @@
 //! Shared virtqueue plumbing for both devices: turning a guest's descriptor chain into bounded
 //! lists of memory slices (`chain`), the drain/notify loop of a queue (`drain`) and its
 //! busy-polling (`poll`), ending a connection cleanly (`quiesce`), the ring type (`vring`) and
-//! the dirty log of a live migration (`dirty`).
+//! the dirty log of a live migration (`dirty`) and its handoff between two connections
+//! (`handoff`).
 //!
 //! Descriptor chains are hostile input. Every address is resolved through `GuestMemory`, which
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
@@ -9,6 +10,7 @@
 mod chain;
 mod dirty;
 mod drain;
+mod handoff;
 mod poll;
 mod quiesce;
 pub mod vring;
@@ -24,6 +26,7 @@ use vmm_sys_util::event::{
 pub use crate::pr::replay::Slot;
 pub use chain::{Chain, ChainError};
 pub use dirty::DirtyLog;
+pub use handoff::{Handoff, Ticket};
 pub use drain::{drain_queue, kicked_ring, EachAtOnce, Handler, Reply, UsedLens};
 pub use quiesce::{Quiesce, QuiesceLatch};
 pub use vring::Vring;
