@@ -814,6 +814,14 @@ impl VuFrontend {
         }
     }
 
+    /// Stops every ring with GET_VRING_BASE, as a migration's source QEMU does when the guest
+    /// stops there; returns each ring's next avail index.
+    pub fn stop_rings(&mut self) -> Vec<u32> {
+        (0..self.queues.len())
+            .map(|q| self.frontend.get_vring_base(q).expect("GET_VRING_BASE"))
+            .collect()
+    }
+
     /// SET_FEATURES with or without `VHOST_F_LOG_ALL` (QEMU's start and end of logging).
     pub fn set_log_all(&mut self, on: bool) {
         let log_all = VhostUserVirtioFeatures::LOG_ALL.bits();
