@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use common::process::DaemonProcess;
 use common::scsi_client::{read16_cdb, ScsiClient, LUN0, REQUEST_Q};
 use common::vu_frontend::{
-    blk_header, Desc, DirtyLogArea, VuFrontend, MEM_BASE, TIMEOUT, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_T_IN,
+    blk_header, Desc, DirtyLogArea, VuFrontend, MEM_BASE, TIMEOUT, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN,
 };
 
 /// One data-in buffer: 64 KiB, 16 pages.
@@ -36,7 +35,11 @@ fn blk_read_into(fe: &mut VuFrontend, sector: u64, gpa: u64, len: usize, pieces:
     let mut descs = vec![Desc::r(hdr, 16)];
     let piece = len / pieces;
     for i in 0..pieces {
-        let n = if i + 1 == pieces { len - piece * i } else { piece };
+        let n = if i + 1 == pieces {
+            len - piece * i
+        } else {
+            piece
+        };
         descs.push(Desc::w(gpa + (piece * i) as u64, n as u32));
     }
     let status = fe.alloc(1);
@@ -77,7 +80,10 @@ fn blk_marks_data_in(flags: &[&str]) {
         assert_eq!(fe.read_mem(gpa, DATA), data, "{flags:?}: data read");
         let what = format!("blk {flags:?}, {pieces} descriptor(s), offset {misalign}");
         assert_marked(&log, gpa, DATA, &what);
-        assert!(log.dirty(MEM_BASE), "{what}: the used ring's page is marked");
+        assert!(
+            log.dirty(MEM_BASE),
+            "{what}: the used ring's page is marked"
+        );
         fe.reset();
     }
     // QEMU ends logging with SET_FEATURES without LOG_ALL (a completed or cancelled migration).
@@ -87,7 +93,10 @@ fn blk_marks_data_in(flags: &[&str]) {
     assert_eq!(blk_read_into(&mut fe, 2048, gpa, DATA, 1), VIRTIO_BLK_S_OK);
     assert_eq!(fe.read_mem(gpa, DATA), data);
     let (marked, _) = log.dirty_in(gpa + 4096, (DATA - 8192) as u64);
-    assert_eq!(marked, 0, "{flags:?}: data-in pages marked after logging ended");
+    assert_eq!(
+        marked, 0,
+        "{flags:?}: data-in pages marked after logging ended"
+    );
     d.assert_no_panic();
 }
 
@@ -112,13 +121,22 @@ fn scsi_reads_are_marked_in_the_dirty_log() {
     let log = c.fe.start_dirty_log();
     log.clear();
     c.fe.reset();
-    let p = c.submit(&LUN0, &read16_cdb(4096, (DATA / 512) as u32), &[], DATA, true);
+    let p = c.submit(
+        &LUN0,
+        &read16_cdb(4096, (DATA / 512) as u32),
+        &[],
+        DATA,
+        true,
+    );
     let r = c.finish(&p, TIMEOUT).expect("READ(16) completed");
     assert!(r.is_good(), "READ(16): {r:?}");
     assert_eq!(r.data, data, "READ(16) data");
     assert_marked(&log, p.data_in, DATA, "scsi READ(16)");
     let used_page = MEM_BASE + (REQUEST_Q as u64) * (32 << 10);
-    assert!(log.dirty(used_page), "the request queue's used ring is marked");
+    assert!(
+        log.dirty(used_page),
+        "the request queue's used ring is marked"
+    );
     d.assert_no_panic();
 }
 

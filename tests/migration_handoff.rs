@@ -131,14 +131,22 @@ fn the_guest_stays_one_initiator_across_the_move() {
         "the destination's TUR completed while the source still runs"
     );
     source.fe.stop_rings();
-    let r = dest.finish(&pending, TIMEOUT).expect("TUR done after the move");
-    good(&r, "the destination's first TUR: no unit attention from the move");
+    let r = dest
+        .finish(&pending, TIMEOUT)
+        .expect("TUR done after the move");
+    good(
+        &r,
+        "the destination's first TUR: no unit attention from the move",
+    );
     assert_eq!(
         (dest.read_keys(), dest.read_reservation()),
         before,
         "registration and reservation after the move"
     );
-    good(&dest.write16(16, &[9; 512]), "the holder writes after the move");
+    good(
+        &dest.write16(16, &[9; 512]),
+        "the holder writes after the move",
+    );
     conflict(&other.write16(16, &[7; 512]), "vm2 fenced after the move");
     drop(source);
     good(&dest.tur(), "no unit attention when the source goes away");

@@ -123,7 +123,12 @@ pub(super) fn serve_socket<B, F>(
             }
             Err(e) => {
                 ticket.end();
-                log::log!(e.level, "{name}: {}; retrying in {:?}", e.what, backoff.delay);
+                log::log!(
+                    e.level,
+                    "{name}: {}; retrying in {:?}",
+                    e.what,
+                    backoff.delay
+                );
                 if backoff.wait(stop) {
                     break;
                 }

@@ -795,7 +795,11 @@ impl VuFrontend {
                 fd,
                 0,
             );
-            assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            assert!(
+                p != libc::MAP_FAILED,
+                "mmap: {}",
+                std::io::Error::last_os_error()
+            );
             (file, p as *mut u8)
         };
         let region = VhostUserDirtyLogRegion {
@@ -807,11 +811,7 @@ impl VuFrontend {
             .set_log_base(0, Some(region))
             .expect("SET_LOG_BASE");
         self.set_log_all(true);
-        DirtyLogArea {
-            bits,
-            len,
-            _fd: fd,
-        }
+        DirtyLogArea { bits, len, _fd: fd }
     }
 
     /// Stops every ring with GET_VRING_BASE, as a migration's source QEMU does when the guest

@@ -22,13 +22,13 @@ use crate::image::buffers::{self, Buf, Bufs};
 use crate::image::{range_ok, IoOp};
 use crate::lun::{ChunkError, Lun, ADMISSION_CHUNK, SECTOR, SERIAL_LEN};
 use crate::ops::stats::{self, DeviceStats, Op};
-use crate::transport::Options;
 use crate::pr::fencing::Refusal;
 use crate::pr::Access;
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch, Reply, Slot,
-    Ticket, UsedLens, Vring,
+    self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch,
+    Reply, Slot, Ticket, UsedLens, Vring,
 };
+use crate::transport::Options;
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
 pub const MAX_QUEUES: usize = 16;

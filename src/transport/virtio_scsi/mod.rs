@@ -19,16 +19,16 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use crate::image::buffers::{self, Buf, Bufs};
 use crate::image::IoOp;
 use crate::lun::fnv1a;
-use crate::transport::Options;
 use crate::ops::stats::{self, DeviceStats, Op};
 use crate::pr::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, DirtyLog, EachAtOnce, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch,
-    Reply, Slot, Ticket, UsedLens, Vring,
+    self, feature, AtomicMem, Chain, DirtyLog, EachAtOnce, ExitEvents, Handler, Mem, Quiesce,
+    QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
 };
+use crate::transport::Options;
 
 /// Request queues we advertise, on top of the control and event queues.
 pub const MAX_REQUEST_QUEUES: usize = 16;
@@ -536,8 +536,7 @@ impl VhostUserBackend for ScsiBackend {
             ring,
             served: false,
         };
-        let drained =
-            virtqueue::drain_queue(
+        let drained = virtqueue::drain_queue(
             vring,
             &d.mem,
             event_idx,

@@ -3,8 +3,8 @@
 //! Descriptor chains are hostile input. Every address is resolved through `GuestMemory`, which
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
 
-use virtio_queue::DescriptorChain;
 use vhost_user_backend::bitmap::BitmapMmapRegion;
+use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemory, Permissions, VolatileSlice};
 
 use super::Mem;

@@ -11,8 +11,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 
-use super::poll::{poll_avail, Poller};
 use super::dirty::{DirtyLog, Written};
+use super::poll::{poll_avail, Poller};
 use super::{AtomicMem, Mem, QuiesceLatch, Slot, Vring};
 use crate::testhooks::failpoint;
 

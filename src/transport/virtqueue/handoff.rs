@@ -76,7 +76,11 @@ impl Ticket {
         let mut inner = lock(&self.handoff.inner);
         match inner.holder {
             Some(holder) if holder != self.id => {
-                if !inner.parked.iter().any(|(id, r, _)| *id == self.id && *r == ring) {
+                if !inner
+                    .parked
+                    .iter()
+                    .any(|(id, r, _)| *id == self.id && *r == ring)
+                {
                     log::warn!(
                         "ring {ring} of a second connection has requests while another \
                          connection of this guest runs: held until that one stops its rings or \
@@ -141,3 +145,6 @@ fn release(inner: &mut Inner) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,8 +26,8 @@ use vmm_sys_util::event::{
 pub use crate::pr::replay::Slot;
 pub use chain::{Chain, ChainError};
 pub use dirty::DirtyLog;
-pub use handoff::{Handoff, Ticket};
 pub use drain::{drain_queue, kicked_ring, EachAtOnce, Handler, Reply, UsedLens};
+pub use handoff::{Handoff, Ticket};
 pub use quiesce::{Quiesce, QuiesceLatch};
 pub use vring::Vring;
 
