@@ -93,10 +93,7 @@ pub(super) fn serve_socket<B, F>(
     let handoff = Arc::new(Handoff::default());
     let mut live: Vec<Live<B>> = Vec::new();
     let mut backoff = Backoff::default();
-    loop {
-        let Some((incoming, stopping)) = wait(name, &listener, stop, &mut live, stats) else {
-            break;
-        };
+    while let Some((incoming, stopping)) = wait(name, &listener, stop, &mut live, stats) {
         if stopping {
             break;
         }
@@ -178,16 +175,14 @@ fn wait<B>(
 
 /// Drops the connections whose `done` fired (`ended[i]` for `live[i]`).
 fn reap<B>(live: &mut Vec<Live<B>>, ended: &[bool], stats: &DeviceStats) {
-    let mut i = 0;
     let mut keep = Vec::with_capacity(live.len());
-    for l in live.drain(..) {
+    for (i, l) in live.drain(..).enumerate() {
         if ended.get(i).copied().unwrap_or(false) {
             let _ = l.waiter.join();
             l.ticket.end();
         } else {
             keep.push(l);
         }
-        i += 1;
     }
     *live = keep;
     if live.is_empty() {
