@@ -88,9 +88,11 @@ impl QemuArgsArgs {
         let mut out = qemu::guest_args(&socket_dir, &guest, &self.memory, format)?;
         if let Some(uri) = &self.incoming {
             if format == qemu::Format::Libvirt {
-                return Err("--incoming is for QEMU flags; libvirt starts the destination of \
+                return Err(
+                    "--incoming is for QEMU flags; libvirt starts the destination of \
                             `virsh migrate` itself"
-                    .into());
+                        .into(),
+                );
             }
             out = qemu::incoming(&out, uri)?;
         }

@@ -26,5 +26,6 @@ pub mod netlab;
 pub mod panics;
 pub mod process;
 pub mod prometheus;
+pub mod qmp;
 pub mod scsi_client;
 pub mod vu_frontend;
