@@ -34,14 +34,17 @@ use common::vu_frontend::{VuFrontend, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_OUT};
 const IMAGE: u64 = 160 << 20;
 /// The writers' regions, in 4 KiB blocks: vda from 0, sda from `REGION_BLOCKS`.
 const REGION_BLOCKS: u64 = 4096;
-/// The two checksummed regions the reader alternates between, in MiB.
+/// The two checksummed regions the reader loop alternates between, and the region read into
+/// the page cache during the migration, in MiB.
 const READ_A: u64 = 64;
 const READ_B: u64 = 80;
+const CACHED: u64 = 96;
 const READ_MIB: u64 = 16;
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(180);
-/// The bandwidth of the migration under load (bytes/s): slow enough that the guest's loops run
-/// through many rounds while QEMU copies its memory.
-const LOAD_BANDWIDTH: u64 = 64 << 20;
+/// The bandwidth of the migrations (bytes/s).
+const BANDWIDTH: u64 = 64 << 20;
+/// The bandwidth while a migration is held in its iterative phase.
+const HOLD_BANDWIDTH: u64 = 8 << 20;
 
 struct Vm {
     guest: Guest,
@@ -129,14 +132,14 @@ fn still_on_the_source(src: &Vm, before: &str, what: &str) {
     );
 }
 
-/// The image with random data in the two read regions; returns their MD5 sums as the guest's
+/// The image with random data in the three read regions; returns their MD5 sums as the guest's
 /// `md5sum` prints them.
-fn prepare_image(path: &Path) -> [String; 2] {
+fn prepare_image(path: &Path) -> [String; 3] {
     let f = File::create(path).unwrap();
     f.set_len(IMAGE).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
-    let mut sums = [String::new(), String::new()];
-    for (i, mib) in [READ_A, READ_B].into_iter().enumerate() {
+    let mut sums = [String::new(), String::new(), String::new()];
+    for (i, mib) in [READ_A, READ_B, CACHED].into_iter().enumerate() {
         let mut data = vec![0u8; (READ_MIB << 20) as usize];
         rng.fill_bytes(&mut data);
         f.write_all_at(&data, mib << 20).unwrap();
@@ -160,10 +163,10 @@ fn prepare_image(path: &Path) -> [String; 2] {
 }
 
 /// The guest's loops: a writer per device (`/tmp/w.sh DEV BASE`: acknowledged sequence numbers
-/// to /tmp/ack-DEV, failures to /tmp/err-DEV) and the reader (`/tmp/r.sh`: drops the page
-/// cache, reads region A then B buffered through /dev/vda, a checksum that differs from the
-/// disk's goes to /tmp/read-bad), each written with one `printf` (one line per command).
-fn install_loops(g: &Guest, sums: &[String; 2]) {
+/// to /tmp/ack-DEV, failures to /tmp/err-DEV) and the reader (`/tmp/r.sh`: reads region A, then
+/// B, with direct I/O through /dev/vda; a checksum that differs from the disk's goes to
+/// /tmp/read-bad), each written with one `printf` (one line per command).
+fn install_loops(g: &Guest, sums: &[String; 3]) {
     let writer = format!(
         "dev=$1; base=$2; s=0\n\
          while [ $s -lt {REGION_BLOCKS} ] && [ ! -e /tmp/stop ]; do\n\
@@ -176,8 +179,7 @@ fn install_loops(g: &Guest, sums: &[String; 2]) {
     let reader = format!(
         "while [ ! -e /tmp/stop ]; do\n\
          for r in {READ_A}:{a} {READ_B}:{b}; do\n\
-         echo 1 > /proc/sys/vm/drop_caches\n\
-         s=$(dd if=/dev/vda bs=1M skip=${{r%%:*}} count={READ_MIB} 2>/dev/null | md5sum)\n\
+         s=$(dd if=/dev/vda bs=1M skip=${{r%%:*}} count={READ_MIB} iflag=direct 2>/dev/null | md5sum)\n\
          [ \"${{s%% *}}\" = \"${{r#*:}}\" ] || echo \"$r $s\" >> /tmp/read-bad\n\
          done\n\
          done\n",
@@ -192,6 +194,81 @@ fn install_loops(g: &Guest, sums: &[String; 2]) {
     }
 }
 
+/// The MD5 sum of the region at `mib` MiB read through the page cache (after dropping it if
+/// `drop`).
+fn cached_region_sum(g: &Guest, mib: u64, drop: bool) -> String {
+    let drop = if drop {
+        "echo 1 > /proc/sys/vm/drop_caches; "
+    } else {
+        ""
+    };
+    g.sh(&format!(
+        "{drop}dd if=/dev/vda bs=1M skip={mib} count={READ_MIB} 2>/dev/null | md5sum"
+    ))
+}
+
+/// Waits until QEMU has synced its dirty bitmap (and the daemon's log) `n` more times.
+fn wait_syncs(q: &Qmp, n: u64) {
+    let syncs = |m: &serde_json::Value| m["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
+    let start = syncs(&q.migration());
+    let deadline = std::time::Instant::now() + MIGRATION_TIMEOUT;
+    loop {
+        let m = q.migration();
+        assert!(
+            m["status"] == "active" || m["status"] == "setup",
+            "the migration is held: {m}"
+        );
+        if syncs(&m) >= start + n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no dirty sync: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Migrates `src` to `uri` while the guest runs its loops, checking the dirty log on the way.
+/// The migration is held in its iterative phase (a downtime limit of 1 ms cannot be met). Once
+/// QEMU sent all of the guest's memory, the guest reads region A into its page cache; after two
+/// more syncs QEMU has sent those pages with that content; then the guest drops the cache and
+/// reads region `CACHED`, mostly into the same pages (the page allocator hands out the pages
+/// freed last first), so the daemon rewrites pages QEMU already sent, which only the dirty log
+/// has sent again. Then the migration may converge.
+fn migrate_under_load(src: &Vm, uri: &str, sums: &[String; 3]) -> serde_json::Value {
+    let q = &src.qmp;
+    q.cmd(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": BANDWIDTH, "downtime-limit": 1 }),
+    );
+    q.cmd("migrate", json!({ "uri": uri }));
+    wait_syncs(q, 2);
+    // Slower iterations leave the guest's vCPU the time to run (TCG).
+    q.cmd(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": HOLD_BANDWIDTH }),
+    );
+    let first = cached_region_sum(&src.guest, READ_A, true);
+    assert!(
+        first.contains(sums[0].as_str()),
+        "region A on the source: {first}"
+    );
+    wait_syncs(q, 2);
+    let second = cached_region_sum(&src.guest, CACHED, true);
+    assert!(
+        second.contains(sums[2].as_str()),
+        "region read on the source: {second}"
+    );
+    assert_eq!(
+        q.migration()["status"],
+        "active",
+        "read while the migration runs"
+    );
+    q.cmd(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": BANDWIDTH, "downtime-limit": 300 }),
+    );
+    q.wait_migration(&["completed", "failed", "cancelled"], MIGRATION_TIMEOUT)
+}
+
 fn start_loops(g: &Guest) {
     g.sh(
         ": > /tmp/ack-vda; : > /tmp/err-vda; : > /tmp/ack-sda; : > /tmp/err-sda; \
@@ -203,6 +280,10 @@ fn start_loops(g: &Guest) {
         ));
     }
     g.sh("sh /tmp/r.sh </dev/null >/dev/null 2>&1 & echo $! >> /tmp/pids");
+    // Memory the guest keeps dirtying, so that a migration held at a downtime limit of 1 ms
+    // (`migrate_under_load`) never converges on its own.
+    g.sh("(while [ ! -e /tmp/stop ]; do dd if=/dev/zero of=/tmp/churn bs=64K count=16 2>/dev/null; done) \
+          </dev/null >/dev/null 2>&1 & echo $! >> /tmp/pids");
 }
 
 /// Stops the loops and waits for them to end.
@@ -295,7 +376,7 @@ fn a_guest_migrates_with_its_disk_and_reservation() {
 
     // An idle migration.
     let (first, uri) = destination(&d, dir.path(), "first");
-    let idle = figures(&migrate(&src, &uri, 1 << 30), "idle");
+    let idle = figures(&migrate(&src, &uri, BANDWIDTH), "idle");
     src.guest.kill();
     let g = &first.guest;
     let (rc, out) = g.run("sg_turs /dev/sda");
@@ -312,12 +393,17 @@ fn a_guest_migrates_with_its_disk_and_reservation() {
     start_loops(g);
     g.sh("sleep 3");
     let (second, uri) = destination(&d, dir.path(), "second");
-    // Slowed down so that the guest reads many times while QEMU copies its memory.
-    let load = figures(&migrate(&first, &uri, LOAD_BANDWIDTH), "under load");
+    let load = figures(&migrate_under_load(&first, &uri, &sums), "under load");
     first.guest.kill();
     let g = &second.guest;
-    // The reader stops at once: its next round would fill the page cache again.
-    g.sh("kill -9 $(tail -n 1 /tmp/pids)");
+    // What the daemon wrote into the page cache during the migration reached the destination.
+    let cached = cached_region_sum(g, CACHED, false);
+    assert!(
+        cached.contains(sums[2].as_str()),
+        "region at {CACHED} MiB as the guest's page cache holds it after the move: {cached}, \
+         the disk's: {}",
+        sums[2]
+    );
     stop_loops(g);
     let writes = acked_writes_on_disk(g, &image);
     assert!(writes > 0, "the writers wrote");
@@ -326,16 +412,6 @@ fn a_guest_migrates_with_its_disk_and_reservation() {
         bad.trim().is_empty(),
         "reads that differ from the disk: {bad}"
     );
-    for (mib, sum) in [(READ_A, &sums[0]), (READ_B, &sums[1])] {
-        let cached = g.sh(&format!(
-            "dd if=/dev/vda bs=1M skip={mib} count={READ_MIB} 2>/dev/null | md5sum"
-        ));
-        assert!(
-            cached.contains(sum.as_str()),
-            "region at {mib} MiB as the guest's page cache holds it after the move: {cached}, \
-             the disk's: {sum}"
-        );
-    }
     assert_eq!(
         pr_state(g),
         before,
