@@ -167,7 +167,7 @@ fn dirty_log_cost() {
     for i in 0..64u64 {
         fe.blk_write(i * (DATA as u64 / 512), &data);
     }
-    let dur = Duration::from_secs(2);
+    let dur = Duration::from_secs(1);
     let mut log = None;
     for len in [4096usize, DATA] {
         fe.reset();
