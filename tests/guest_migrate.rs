@@ -227,7 +227,7 @@ fn wait_syncs(q: &Qmp, n: u64) {
 }
 
 /// Migrates `src` to `uri` while the guest runs its loops, checking the dirty log on the way.
-/// The migration is held in its iterative phase (a downtime limit of 1 ms cannot be met). Once
+/// The migration is held in its iterative phase (a downtime limit of 1 ms cannot be met while the guest dirties memory). Once
 /// QEMU sent all of the guest's memory, the guest reads region A into its page cache; after two
 /// more syncs QEMU has sent those pages with that content; then the guest drops the cache and
 /// reads region `CACHED`, mostly into the same pages (the page allocator hands out the pages
@@ -280,16 +280,15 @@ fn start_loops(g: &Guest) {
         ));
     }
     g.sh("sh /tmp/r.sh </dev/null >/dev/null 2>&1 & echo $! >> /tmp/pids");
-    // Memory the guest keeps dirtying, so that a migration held at a downtime limit of 1 ms
-    // (`migrate_under_load`) never converges on its own.
-    g.sh("(while [ ! -e /tmp/stop ]; do dd if=/dev/zero of=/tmp/churn bs=64K count=16 2>/dev/null; done) \
-          </dev/null >/dev/null 2>&1 & echo $! >> /tmp/pids");
+    // Memory the guest keeps dirtying (dd's 1 MiB buffer, filled again and again), so that a
+    // migration held at a downtime limit of 1 ms (`migrate_under_load`) cannot converge.
+    g.sh("dd if=/dev/zero of=/dev/null bs=1M </dev/null >/dev/null 2>&1 & echo $! > /tmp/churn");
 }
 
 /// Stops the loops and waits for them to end.
 fn stop_loops(g: &Guest) {
     g.run_timeout(
-        "touch /tmp/stop; for p in $(cat /tmp/pids); do while kill -0 $p 2>/dev/null; do sleep 0.2; done; done",
+        "touch /tmp/stop; kill $(cat /tmp/churn); for p in $(cat /tmp/pids); do while kill -0 $p 2>/dev/null; do sleep 0.2; done; done",
         Duration::from_secs(300),
     );
 }
