@@ -460,6 +460,146 @@ def cli_seeds():
     write(t, "version", args("--version"))
 
 
+def control_seeds():
+    t = "control"
+    STRANGER, READER, ADMIN = b"\0", b"\1", b"\2"
+
+    def req(method, params=None, id_=1):
+        r = {"jsonrpc": "2.0", "id": id_, "method": method}
+        if params is not None:
+            r["params"] = params
+        return json.dumps(r).encode()
+
+    reads = ["version", "status", "guests", "pr.show", "stats", "metrics", "cluster.status"]
+    for i, m in enumerate(reads):
+        write(t, f"read_{m}", bytes([i & 3]) + READER + req(m))
+    yes = {"confirm": True}
+    changes = [
+        ("pr.clear", yes),
+        ("pr.preempt", {"victim": "vm1", "confirm": True}),
+        ("pr.preempt", {"victim": "vm2", "abort": True, "confirm": True}),
+        ("guest.add", {"name": "vm9", "queues": 2, "read_only": True, "scsi": False}),
+        ("guest.remove", {"name": "vm3", "force": True}),
+        ("cluster.republish", yes),
+        ("cluster.evict", {"node": "n2", "confirm": True}),
+        ("cluster.resume", None),
+    ]
+    for i, (m, p) in enumerate(changes):
+        name = f"change_{m}_{i}"
+        write(t, name, bytes([1 + (i & 1)]) + ADMIN + req(m, p, i))
+        write(t, name + "_refused", bytes([1 + (i & 1)]) + READER + req(m, p, i) + b"\n"
+              + STRANGER + req(m, p, "s"))
+    write(t, "not_utf8", b"\1" + ADMIN + b'{"jsonrpc":"2.0","id":1,"method":"st\xffatus"}\n'
+          + ADMIN + req("version", None, 2))
+    write(t, "not_json", b"\0" + ADMIN + b"{]\n" + ADMIN + b"[1,2]\n" + ADMIN + b'{"method":7}')
+    write(t, "unknown_method", b"\0" + ADMIN + req("pr.nuke", yes))
+    write(t, "unconfirmed", b"\2" + ADMIN + req("pr.clear") + b"\n" + ADMIN
+          + req("pr.preempt", {"victim": 5, "confirm": "yes"}))
+
+
+def config_file_seeds():
+    t = "config_file"
+    full = b"""[image]
+path = "disk.img"
+size = "1G"
+state = "disk.pr"
+read_only = false
+max_shares = 8
+direct = true
+aio = "io_uring"
+
+[server]
+socket_dir = "/run/sharedisk"
+socket_group = "kvm"
+socket_mode = "0660"
+control_socket = "/run/sharedisk/control.sock"
+control_group = "sharedisk"
+admin_group = "wheel"
+metrics_listen = "127.0.0.1:9100"
+poll_us = 50
+
+[[guest]]
+name = "vm1"
+queues = 2
+
+[[guest]]
+name = "vm2"
+read_only = true
+scsi = false
+"""
+    write(t, "full", b"\0" + full)
+    write(t, "full_with_agreeing_flags", b"\x05" + full.replace(b'name = "vm2"', b'name = "vm1x"'))
+    write(t, "minimal", b"\0" + b'[image]\npath = "/srv/d.img"\n[[guest]]\nname = "vm1"\n')
+    write(t, "flags_fill_in", b"\x0f" + b'[image]\npath = "/srv/disk.img"\n')
+    write(t, "clash", b"\x02" + b'[image]\npath = "/srv/other.img"\n[[guest]]\nname = "a"\n')
+    write(t, "bad_key", b"\0" + b'[image]\npath = "d"\nbogus = 1\n[[guest]]\nname = "a"\n')
+    write(t, "bad_name", b"\0" + b'[image]\npath = "d"\n[[guest]]\nname = "../x"\n')
+    write(t, "duplicate", b"\0" + b'[image]\npath = "d"\n[[guest]]\nname = "a"\n[[guest]]\nname = "a"\n')
+    write(t, "cluster", b"\0" + b'[image]\npath = "d"\n[[guest]]\nname = "a"\n[cluster]\n'
+          b'node = "n1"\ndisk_id = "d1"\nendpoints = ["http://127.0.0.1:2379"]\n')
+
+
+# ---- iSCSI (harness/iscsi_session.rs) ----
+
+def iscsi_pdu(opcode, flags, itt=0, cmdsn=0, data=b"", fields=None):
+    """An iSCSI PDU (RFC 7143 BHS, no digests); `fields` maps byte offsets to bytes."""
+    b = bytearray(48)
+    b[0] = opcode
+    b[1] = flags
+    b[5:8] = struct.pack(">I", len(data))[1:]
+    b[16:20] = be32(itt)
+    b[24:28] = be32(cmdsn)
+    for at, v in (fields or {}).items():
+        b[at:at + len(v)] = v
+    pad = (4 - len(data) % 4) % 4
+    return bytes(b) + data + b"\0" * pad
+
+
+def iscsi_cmd(itt, cmdsn, cdb, edtl=0, read=False, write=False, final=True, data=b""):
+    flags = (0x80 if final else 0) | (0x40 if read else 0) | (0x20 if write else 0) | 1
+    return iscsi_pdu(0x01, flags, itt, cmdsn, data, {20: be32(edtl), 32: cdb.ljust(16, b"\0")})
+
+
+def iscsi_data_out(itt, ttt, datasn, offset, data, final=True):
+    return iscsi_pdu(0x05, 0x80 if final else 0, itt, 0, data,
+                     {20: be32(ttt), 36: be32(datasn), 40: be32(offset)})
+
+
+def iscsi_session_seeds():
+    t = "iscsi_session"
+    logged_in = b"\x01"
+    write(t, "tur", logged_in + iscsi_cmd(1, 1, b"\0" * 6))
+    write(t, "inquiry_read", logged_in + iscsi_cmd(1, 1, bytes([0x12, 0, 0, 0, 96, 0]), 96, read=True)
+          + iscsi_cmd(2, 2, rw10(0x28, 0, 4), 2048, read=True))
+    # 8 KiB write: 4 KiB immediate, the rest on R2T (TTT 1); then unsolicited Data-Out.
+    write(t, "write_r2t", logged_in
+          + iscsi_cmd(1, 1, rw10(0x2a, 0, 16), 8192, write=True, data=b"\xaa" * 4096)
+          + iscsi_data_out(1, 1, 0, 4096, b"\xbb" * 4096))
+    write(t, "write_unsolicited", logged_in
+          + iscsi_cmd(1, 1, rw10(0x2a, 8, 4), 2048, write=True, final=False, data=b"\x11" * 1024)
+          + iscsi_data_out(1, 0xFFFFFFFF, 0, 1024, b"\x22" * 1024))
+    write(t, "write_bad_datasn", logged_in
+          + iscsi_cmd(1, 1, rw10(0x2a, 0, 16), 8192, write=True, data=b"\xaa" * 4096)
+          + iscsi_data_out(1, 1, 7, 4096, b"\xbb" * 4096))
+    prout = prout_cdb(0, 0, 24)
+    write(t, "pr_register_nop_text_tmf_logout", logged_in
+          + iscsi_cmd(1, 1, prout, 24, write=True, data=prout_params(0, 0x1234))
+          + iscsi_pdu(0x40, 0x80, 2, 2, b"ping", {20: be32(0xFFFFFFFF)})
+          + iscsi_pdu(0x04, 0x80, 3, 2, b"SendTargets=All\0", {20: be32(0xFFFFFFFF)})
+          + iscsi_pdu(0x42, 0x80 | 5, 4, 3)
+          + iscsi_pdu(0x46, 0x80, 5, 3))
+    discovery = (b"InitiatorName=iqn.2026-01.org.example:a\0SessionType=Discovery\0"
+                 b"AuthMethod=None\0HeaderDigest=CRC32C,None\0")
+    write(t, "discovery_raw", b"\x00"
+          + iscsi_pdu(0x43, 0x80 | 3, 1, 1, discovery, {8: b"\x80"})
+          + iscsi_pdu(0x04, 0x80, 2, 1, b"SendTargets=All\0"))
+    two_stage = b"InitiatorName=iqn.2026-01.org.example:a\0TargetName=iqn.2026-12.io.sharedisk:fuzz\0AuthMethod=None,CHAP\0"
+    write(t, "login_two_stages_continued", b"\x02"
+          + iscsi_pdu(0x43, 0x40, 1, 1, two_stage[:20], {8: b"\x80"})
+          + iscsi_pdu(0x43, 0x80 | 1, 1, 1, two_stage[20:], {8: b"\x80"})
+          + iscsi_pdu(0x43, 0x80 | 4 | 3, 1, 1, b"MaxConnections=4\0OFMarkInt=1\0X-x=y\0", {8: b"\x80"}))
+
+
 def main():
     if os.path.isdir(CORPUS):
         shutil.rmtree(CORPUS)
@@ -469,6 +609,9 @@ def main():
     scsi_seeds()
     state_seeds()
     cli_seeds()
+    control_seeds()
+    config_file_seeds()
+    iscsi_session_seeds()
     for t in sorted(os.listdir(CORPUS)):
         files = os.listdir(os.path.join(CORPUS, t))
         size = sum(os.path.getsize(os.path.join(CORPUS, t, f)) for f in files)

@@ -27,7 +27,7 @@ failed=()
 for target in $(cargo fuzz list); do
     echo "fuzz: $target for ${secs}s"
     # New inputs go to the first directory, a temporary one; the committed ones are only read.
-    mkdir -p "$work/$target" "fuzz/artifacts/$target"
+    mkdir -p "$work/$target" "fuzz/artifacts/$target" "fuzz/grown/$target"
     if ! cargo fuzz run "$target" "$work/$target" "fuzz/corpus/$target" "fuzz/grown/$target" -- \
         -seed=1 -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 2>"$work/$target.log"; then

@@ -8,11 +8,12 @@ SUDO=
 # tests/metrics.rs; libvirt (and xmllint for virt-xml-validate) for tests/libvirt.rs. Cluster mode
 # (`--features cluster`): protoc and the well-known protos to build etcd-client, and a real etcd
 # (3.4) with etcdctl for the cluster tests; iproute2 and nftables for their network lab; openssl
-# for the certificates of tests/cluster_tls.rs.
+# for the certificates of tests/cluster_tls.rs. libiscsi-bin (iscsi-test-cu, iscsi-ls) for the
+# iSCSI target's tests/iscsi_conformance.rs, and tgt, scored beside it there.
 packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc g++ libc6-dev socat prometheus
           libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils
           protobuf-compiler libprotobuf-dev etcd-server etcd-client iproute2 nftables
-          openssl)
+          openssl libiscsi-bin tgt)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

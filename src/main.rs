@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sharedisk::cli::{Cli, Command, ConfigCommand, PrOffline};
+use sharedisk::cli::{out, Cli, Command, ConfigCommand, PrOffline};
 use sharedisk::config;
 use sharedisk::ops::control::client;
 
@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::from(client::run(
                 &args.socket,
                 args.json,
+                std::time::Duration::from_secs(args.timeout),
                 args.command.into_command(),
             ))
         }
@@ -30,14 +31,14 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config::load_file(&file)
-            .map(|c| print!("{}: OK\n{}", file.display(), c.describe()))
+            .map(|c| out::print(&format!("{}: OK\n{}", file.display(), c.describe())))
             .map_err(|e| e.to_string()),
         Command::QemuArgs(args) => args.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sharedisk: {e}");
+            out::eprintln(&format!("sharedisk: {e}"));
             ExitCode::FAILURE
         }
     }

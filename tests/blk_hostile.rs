@@ -631,3 +631,70 @@ fn chains_beyond_seg_max_or_size_max_are_ioerr_and_write_nothing() {
     assert_eq!(read_image(&d, 0, 4096), vec![0x66; 4096]);
     common::panics::assert_none();
 }
+
+/// A driver that keeps rewriting a data descriptor's length between 512 bytes and size_max +
+/// 512 while the device reads the chain: the device walks the chain once, so it either sees the
+/// oversized descriptor (IOERR, nothing written) or the small one (512 bytes written), never the
+/// oversized one passing the size_max check. Before, the limits were checked on a first walk and
+/// the buffers taken from a second one, and writes of size_max + 512 bytes got through.
+#[test]
+fn a_descriptor_rewritten_while_the_device_reads_the_chain_cannot_pass_size_max() {
+    common::panics::watch();
+    let d = TestDaemon::start(&["vm1"]);
+    let mut fe = VuFrontend::connect(&d.blk("vm1"), 1, QSIZE);
+    const SECTOR: u64 = 4096;
+    let small = 512u32;
+    let big = (1u32 << 20) + 512;
+    let h = header(&mut fe, VIRTIO_BLK_T_OUT, SECTOR);
+    let buf = fe.alloc(big as usize);
+    fe.write_mem(buf, &vec![0x5b; big as usize]);
+    let st = status(&mut fe);
+    let desc = |addr, len, flags, next| RawDesc {
+        addr,
+        len,
+        flags,
+        next,
+    };
+    fe.write_desc(0, 0, desc(h, 16, 1, 1));
+    fe.write_desc(0, 1, desc(buf, small, 1, 2));
+    fe.write_desc(0, 2, desc(st, 1, 2, 0));
+    // The `len` of descriptor 1, as the driver sees its table.
+    // SAFETY: entry 1's `len` (offset 8), inside the table of `size` 16-byte entries.
+    let len_ptr = unsafe { fe.ring_handle(0).desc.add(16 + 8) } as usize;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut ok, mut ioerr) = (0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: an aligned u32 inside the frontend's mapping, which outlives the scope.
+            let len = unsafe { &*(len_ptr as *const std::sync::atomic::AtomicU32) };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                len.store(big, std::sync::atomic::Ordering::Relaxed);
+                len.store(small, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let _stop = common::deadline::SetOnDrop(&stop);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            fe.write_mem(st, &[0xff]);
+            fe.push_avail(0, 0);
+            let (id, _) = fe.wait_used(0, TIMEOUT).expect("chain not completed");
+            assert_eq!(id, 0);
+            match fe.read_mem(st, 1)[0] {
+                VIRTIO_BLK_S_OK => ok += 1,
+                VIRTIO_BLK_S_IOERR => ioerr += 1,
+                other => panic!("status {other}"),
+            }
+        }
+    });
+    eprintln!("{ok} written, {ioerr} refused");
+    let beyond = read_image(&d, SECTOR * 512 + 512, big as usize - 512);
+    assert!(
+        beyond.iter().all(|&b| b == 0),
+        "a write of more than size_max reached the image ({ok} OK, {ioerr} IOERR)"
+    );
+    assert!(
+        ok > 0 && ioerr > 0,
+        "both lengths were seen: {ok} OK, {ioerr} IOERR"
+    );
+    common::panics::assert_none();
+}

@@ -21,7 +21,7 @@ use sharedisk::image::{Buf, IoOp};
 use sharedisk::pr::cluster::ClusterConfig;
 use sharedisk::pr::fencing::{OperatorAction, Refusal};
 use sharedisk::pr::state_file::{ImageIdentity, StateStore};
-use sharedisk::pr::{Access, PrStatus, ProutRequest, ResType, ServiceAction};
+use sharedisk::pr::{Access, FenceRefusal, PrStatus, ProutRequest, ResType, ServiceAction};
 use sharedisk::scsi::sense;
 
 /// `dir/state` keeps the nodes' local copies (`/var/lib/sharedisk` by default).
@@ -39,6 +39,64 @@ fn serve(dir: &Path, etcd: &Etcd, node: &str, guest: &str) -> Server {
 
 fn register(key: u64) -> ProutRequest {
     ProutRequest::new(ServiceAction::Register).sa_key(key)
+}
+
+/// The host's fence in cluster mode: h2's daemon sends guest b's PREEMPT AND ABORT of a, whose
+/// host is h1; the commit goes through etcd like b's own PR OUT would, so h1 holds the new state
+/// (b holding the type 5 reservation) and a's 2A/05 when it returns. Without a survivor named
+/// the preempt is refused and nothing changes anywhere.
+#[test]
+fn a_host_fence_by_a_survivor_is_committed_for_every_host() {
+    common::daemon::init_logging();
+    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let etcd = Etcd::start(dir.path());
+    let a = serve(dir.path(), &etcd, "h1", "a");
+    let b = serve(dir.path(), &etcd, "h2", "b");
+    let (ra, rb) = (a.arbiter(), b.arbiter());
+    while ra.take_unit_attention("a").is_some() {}
+    assert_eq!(ra.prout("a", &register(0xa), None), PrStatus::Good);
+    assert_eq!(rb.prout("b", &register(0xb), None), PrStatus::Good);
+    let reserve = ProutRequest::new(ServiceAction::Reserve)
+        .key(0xa)
+        .typ(ResType::WriteExclusiveRegistrantsOnly);
+    assert_eq!(ra.prout("a", &reserve, None), PrStatus::Good);
+    let generation = rb.with(|s| s.generation());
+
+    let alone = OperatorAction::Preempt {
+        victim: "a".into(),
+        abort: true,
+        by: None,
+    };
+    assert!(matches!(
+        rb.operator(&alone),
+        Err(FenceRefusal::VictimHolds { code: 5, .. })
+    ));
+    assert_eq!(ra.with(|s| s.generation()), generation);
+    assert!(ra.admit("a", Access::Write).is_ok(), "nothing changed");
+
+    let by_b = OperatorAction::Preempt {
+        victim: "a".into(),
+        abort: true,
+        by: Some("b".into()),
+    };
+    assert_eq!(rb.operator(&by_b), Ok(PrStatus::Good));
+    for r in [ra, rb] {
+        r.with(|s| {
+            assert_eq!(s.generation(), generation + 1);
+            assert!(s.is_holder("b") && !s.is_registered("a"));
+            assert_eq!(
+                s.reservation().map(|r| r.res_type),
+                Some(ResType::WriteExclusiveRegistrantsOnly)
+            );
+        });
+    }
+    assert_eq!(
+        ra.take_unit_attention("a"),
+        Some(sense::REGISTRATIONS_PREEMPTED),
+        "the unit attention crossed to h1"
+    );
+    assert_eq!(ra.admit("a", Access::Write).err(), Some(Refusal::Conflict));
+    assert!(rb.admit("b", Access::Write).is_ok());
 }
 
 /// The etcd backend keeps the guarantees every backend keeps (the local one is checked by the
@@ -382,15 +440,28 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
         a.arbiter().prout("v", &register(0x77), None),
         PrStatus::Good
     );
+    // a holds Write Exclusive, registrants only: the host's preempt of v fences it.
+    assert_eq!(
+        a.arbiter().prout("a", &register(0x11), None),
+        PrStatus::Good
+    );
+    let reserve = ProutRequest::new(ServiceAction::Reserve)
+        .key(0x11)
+        .typ(ResType::WriteExclusiveRegistrantsOnly);
+    assert_eq!(a.arbiter().prout("a", &reserve, None), PrStatus::Good);
     let mut f = VuFrontend::connect(&victim.blk("v"), 1, 64);
     const SECTOR: u64 = 100;
     submit_write(&mut f, SECTOR, b'L');
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
-    let status = a.arbiter().operator(&OperatorAction::Preempt {
-        victim: "v".into(),
-        abort: true,
-    });
+    let status = a
+        .arbiter()
+        .operator(&OperatorAction::Preempt {
+            victim: "v".into(),
+            abort: true,
+            by: None,
+        })
+        .expect("v is fenced: a holds type 5");
     let took = start.elapsed();
     if status == PrStatus::Good {
         // The canary: the preemptor's own write right after GOOD.

@@ -28,11 +28,12 @@ use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
 use sharedisk::pr::cluster::ClusterConfig;
 use sharedisk::pr::fencing::OperatorAction;
-use sharedisk::pr::{PrStatus, ProutRequest, ServiceAction};
+use sharedisk::pr::{PrStatus, ProutRequest, ResType, ServiceAction};
 
 const BUSY: u8 = 0x08;
 /// The victim's key.
 const VICTIM_KEY: u64 = 0x77;
+const HOLDER_KEY: u64 = 0xaa;
 
 /// One test at a time: the bounds below assume an idle machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -96,6 +97,13 @@ impl Lab {
         let bound = cluster(dir.path(), &etcd, "h1", None).wait_bound();
         let register = ProutRequest::new(ServiceAction::Register).sa_key(VICTIM_KEY);
         assert_eq!(h1.arbiter().prout("v", &register, None), PrStatus::Good);
+        // `a` holds Write Exclusive, registrants only: the host's preempt of `v` fences it.
+        let register = ProutRequest::new(ServiceAction::Register).sa_key(HOLDER_KEY);
+        assert_eq!(h1.arbiter().prout("a", &register, None), PrStatus::Good);
+        let reserve = ProutRequest::new(ServiceAction::Reserve)
+            .key(HOLDER_KEY)
+            .typ(ResType::WriteExclusiveRegistrantsOnly);
+        assert_eq!(h1.arbiter().prout("a", &reserve, None), PrStatus::Good);
         Lab {
             dir,
             _etcd: etcd,
@@ -119,10 +127,14 @@ impl Lab {
     }
 
     fn preempt_victim(&self) -> PrStatus {
-        self.h1.arbiter().operator(&OperatorAction::Preempt {
-            victim: "v".into(),
-            abort: true,
-        })
+        self.h1
+            .arbiter()
+            .operator(&OperatorAction::Preempt {
+                victim: "v".into(),
+                abort: true,
+                by: None,
+            })
+            .expect("v is fenced: a holds type 5")
     }
 }
 

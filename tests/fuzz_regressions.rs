@@ -41,6 +41,9 @@ fn harness_of(target: &str) -> fn(&[u8]) {
         "scsi_chain" => harness::scsi_chain::run,
         "state_file" => harness::state_file::run,
         "cli" => harness::cli::run,
+        "control" => harness::control::run,
+        "config_file" => harness::config_file::run,
+        "iscsi_session" => harness::iscsi_session::run,
         _ => panic!("no fuzz target {target}"),
     }
 }

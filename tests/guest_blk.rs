@@ -37,3 +37,25 @@ fn guests_write_read_and_see_the_serial() {
     vm1.poweroff();
     vm2.poweroff();
 }
+
+/// QEMU reads the config space once, before the guest's driver negotiates, and shows the guest
+/// that copy: `writeback` must then show the LU's cache (write-back), or a Linux guest, which
+/// negotiates FLUSH, would believe in a write-through disk and never flush. The guest's own
+/// `cache_type` write reaches the LU through QEMU's config write.
+#[test]
+fn a_guest_sees_the_lus_write_back_cache_and_can_turn_it_off() {
+    let d = TestDaemon::start_with(&["vm1"], |c| c.scsi = false);
+    let vm1 = boot(&d, "vm1");
+    assert!(d.server().lun().write_cache());
+    assert_eq!(
+        vm1.sh("cat /sys/block/vda/queue/write_cache").trim(),
+        "write back"
+    );
+    vm1.sh("echo 'write through' > /sys/block/vda/cache_type");
+    assert!(!d.server().lun().write_cache(), "the guest turned it off");
+    assert_eq!(
+        vm1.sh("cat /sys/block/vda/queue/write_cache").trim(),
+        "write through"
+    );
+    vm1.poweroff();
+}

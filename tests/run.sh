@@ -5,7 +5,8 @@
 # format and lint checks (clippy without features and with all of them), checks that the release
 # build users run carries no test hooks, runs every fuzz target for 30 s (fuzz/run.sh) and the
 # whole cargo test suite, built with `--features cluster,test-hooks` (unit, libblkio,
-# raw-virtqueue, fuzz regression, cluster-mode with a real etcd, and QEMU guest tests).
+# raw-virtqueue, fuzz regression, cluster-mode with a real etcd, the Debian package installed in a
+# container booted with systemd, and QEMU guest tests).
 #
 # Two QEMU passes; SHAREDISK_QEMU names the QEMU of a pass:
 # - QEMU 7.2 (the system's): the whole suite but the cluster-guest tests. Its guest tests are what
@@ -60,6 +61,22 @@ release_has_no_test_hooks() {
 }
 
 step "packages" images/install-deps.sh
+# The Debian package's test (tests/package.rs): lintian, systemd-nspawn (systemd-container) to
+# boot this machine's root with systemd as init, and cargo-deb (about a minute to build, once).
+# Here rather than in images/install-deps.sh, whose contents key the test guest's image.
+package_tools() {
+    local missing=() sudo=
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    for p in lintian systemd-container; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    command -v cargo-deb >/dev/null || cargo install --locked --quiet cargo-deb --version 3.8.0
+}
+step "the Debian package's tools (lintian, systemd-container, cargo-deb)" package_tools
 t0=$SECONDS
 echo "run: QEMU 10.0"
 qemu10=$(images/install-qemu10.sh)

@@ -254,3 +254,40 @@ fn notify_on_an_abstract_socket() {
     assert!(child.wait().unwrap().success(), "{}", log());
     assert!(!log().contains("cannot notify"), "{}", log());
 }
+
+/// The unit's sandbox: `systemd-analyze security --offline=yes` (the unit file as written, no
+/// running systemd needed) puts its exposure at 3.0 or lower, with the daemon as its own user and
+/// no capabilities (the unit without them measured 8.9, "EXPOSED").
+#[test]
+fn unit_sandbox_exposure_at_most_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("sharedisk@lab.service");
+    std::fs::copy(UNIT, &unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| l.split("sharedisk@lab.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {text}"));
+    assert!(level <= 3.0, "exposure {level} > 3.0:\n{text}");
+    for line in [
+        "User=sharedisk",
+        "CapabilityBoundingSet=",
+        "ProtectSystem=strict",
+        "PrivateDevices=yes",
+    ] {
+        assert!(
+            std::fs::read_to_string(UNIT)
+                .unwrap()
+                .lines()
+                .any(|l| l == line),
+            "the unit lacks {line}"
+        );
+    }
+}

@@ -19,6 +19,9 @@ use sharedisk::pr::{Arbiter, Holder, PrState, Registration, ResType, Reservation
 
 pub mod blk_chain;
 pub mod cli;
+pub mod config_file;
+pub mod control;
+pub mod iscsi_session;
 pub mod pr_wire;
 pub mod ring;
 pub mod scsi_chain;

@@ -1,6 +1,7 @@
 //! The command line, as a library item so that it can be tested and fuzzed without the binary.
 //! `main.rs` only calls [`Cli::parse`] and dispatches.
 
+pub mod out;
 pub mod qemu;
 
 use std::net::SocketAddr;
@@ -97,8 +98,8 @@ impl QemuArgsArgs {
             out = qemu::incoming(&out, uri)?;
         }
         match format {
-            qemu::Format::Qemu => println!("{out}"),
-            qemu::Format::Libvirt => print!("{out}"),
+            qemu::Format::Qemu => out::println(&out),
+            qemu::Format::Libvirt => out::print(&out),
         }
         Ok(())
     }
@@ -125,6 +126,10 @@ pub struct CtlArgs {
     /// subcommand: `ctl --json cluster status` and `ctl cluster status --json` alike).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for the daemon's answer once the request is sent; without one by then,
+    /// ctl exits 4: the request may or may not have been done.
+    #[arg(long, global = true, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: u64,
     #[command(subcommand)]
     pub command: CtlCmd,
 }
@@ -165,10 +170,16 @@ pub enum CtlPr {
         #[arg(long)]
         yes: bool,
     },
-    /// Remove GUEST's registration, and its reservation if it holds one.
+    /// Fence GUEST: preempt its registration so that it can no longer write (refused, exit 24,
+    /// when it could).
     Preempt {
-        #[arg(long)]
+        /// The guest to fence: its registration goes (every registration with its key, with --by).
+        #[arg(long, value_name = "GUEST")]
         victim: String,
+        /// The registered guest whose PREEMPT the daemon sends, with its key: it takes over a
+        /// reservation the victim holds, with the same type.
+        #[arg(long, value_name = "GUEST")]
+        by: Option<String>,
         /// PREEMPT AND ABORT.
         #[arg(long)]
         abort: bool,
@@ -237,9 +248,17 @@ impl CtlCmd {
             CtlCmd::Pr { command } => match command {
                 CtlPr::Show => CtlCommand::PrShow,
                 CtlPr::Clear { yes } => CtlCommand::PrClear { yes },
-                CtlPr::Preempt { victim, abort, yes } => {
-                    CtlCommand::PrPreempt { victim, abort, yes }
-                }
+                CtlPr::Preempt {
+                    victim,
+                    by,
+                    abort,
+                    yes,
+                } => CtlCommand::PrPreempt {
+                    victim,
+                    by,
+                    abort,
+                    yes,
+                },
             },
             CtlCmd::Guest { command } => match command {
                 CtlGuest::Add {
@@ -308,6 +327,11 @@ pub struct ServeArgs {
     /// The control socket (default: <socket-dir>/control.sock).
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
+    /// Group whose members may also change the daemon through the control socket (pr clear,
+    /// pr preempt, guest add/remove, cluster republish/evict/resume); root and the daemon's own
+    /// user always may.
+    #[arg(long)]
+    pub admin_group: Option<String>,
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -323,6 +347,12 @@ pub struct ServeArgs {
     /// the kick; 0 never polls (default 50, at most 1000).
     #[arg(long, value_parser = parse_poll_us)]
     pub poll_us: Option<u32>,
+    /// Serve the disk to iSCSI initiators on this TCP address (repeatable; `[iscsi] listen`).
+    #[arg(long = "iscsi-listen", value_name = "ADDR:PORT")]
+    pub iscsi_listen: Vec<SocketAddr>,
+    /// An iSCSI initiator name that may log in (repeatable; `[[iscsi.initiator]] name`).
+    #[arg(long = "iscsi-initiator", value_name = "NAME")]
+    pub iscsi_initiator: Vec<String>,
 }
 
 fn parse_poll_us(s: &str) -> Result<u32, String> {
@@ -347,10 +377,13 @@ impl ServeArgs {
                 socket_mode: self.socket_mode,
                 socket_world_access: self.socket_world_access,
                 control_socket: self.control_socket,
+                admin_group: self.admin_group,
                 metrics_listen: self.metrics_listen,
                 direct: self.direct,
                 aio: self.aio,
                 poll_us: self.poll_us,
+                iscsi_listen: self.iscsi_listen,
+                iscsi_initiators: self.iscsi_initiator,
             },
         )
     }

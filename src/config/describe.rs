@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{aio_name, ClusterConfig, Config};
+use super::{aio_name, ClusterConfig, Config, DEFAULT_TARGET_PREFIX};
 
 impl Config {
     /// What `config check` prints: every setting the daemon would use, defaults filled in.
@@ -39,12 +39,24 @@ impl Config {
             s,
             "control socket: {} (mode {}, group {})",
             self.control_socket_path().display(),
-            if self.control_group.is_some() {
+            if self.control_socket_group().is_some() {
                 "0660"
             } else {
                 "0600"
             },
-            opt(&self.control_group)
+            self.control_socket_group().unwrap_or("-")
+        );
+        let _ = writeln!(
+            s,
+            "control access: change: root, the daemon's user{}; read: the same{}",
+            self.admin_group
+                .as_ref()
+                .map(|g| format!(", group {g}"))
+                .unwrap_or_default(),
+            self.control_group
+                .as_ref()
+                .map(|g| format!(", group {g}"))
+                .unwrap_or_default(),
         );
         let _ = writeln!(
             s,
@@ -54,8 +66,42 @@ impl Config {
                 .unwrap_or_else(|| "control socket only".into())
         );
         describe_cluster(&mut s, self.cluster.as_ref());
+        self.describe_iscsi(&mut s);
         self.describe_guests(&mut s);
         s
+    }
+
+    /// The `iscsi:` lines: portals, target name, who may log in.
+    fn describe_iscsi(&self, s: &mut String) {
+        let Some(i) = &self.iscsi else {
+            let _ = writeln!(s, "iscsi:          no");
+            return;
+        };
+        let listen: Vec<String> = i.listen.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "iscsi:          {} (portal group 1, the disk at LUN 0)",
+            listen.join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "iscsi target:   {}",
+            match (&i.target, std::fs::canonicalize(&self.image)) {
+                (Some(_), _) => i.target_name(""),
+                // The serial the LU will have: from the image's canonical path (`Lun::new`).
+                (None, Ok(path)) => {
+                    let id = crate::lun::fnv1a(path.as_os_str().as_encoded_bytes());
+                    i.target_name(&crate::lun::serial_for(id))
+                }
+                (None, Err(_)) =>
+                    format!("{DEFAULT_TARGET_PREFIX}<disk serial> (the image does not exist yet)"),
+            }
+        );
+        if i.allow_any_initiator {
+            let _ = writeln!(s, "iscsi access:   any initiator");
+        } else {
+            let _ = writeln!(s, "iscsi access:   {}", i.initiators.join(", "));
+        }
     }
 
     /// The `guests:` count, then a line per guest: its sockets, queues and whether it writes.

@@ -26,6 +26,7 @@ struct File {
     #[serde(default)]
     guest: Vec<GuestEntry>,
     cluster: Option<ClusterConfig>,
+    iscsi: Option<super::iscsi::IscsiSection>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +56,7 @@ struct ServerSection {
     socket_world_access: bool,
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
+    admin_group: Option<String>,
     metrics_listen: Option<SocketAddr>,
     #[serde(default, deserialize_with = "poll_value")]
     poll_us: Option<u32>,
@@ -327,12 +329,14 @@ pub(super) fn parse(src: &Source<'_>) -> Result<Config, ConfigError> {
         socket_world_access: server.socket_world_access,
         control_socket: server.control_socket.map(rel),
         control_group: server.control_group,
+        admin_group: server.admin_group,
         metrics_listen: server.metrics_listen,
         aio: image.aio,
         poll_us: server.poll_us.unwrap_or(DEFAULT_POLL_US),
         // Page caches are per host: in cluster mode every host must read the disk itself.
         direct: image.direct || file.cluster.is_some(),
         cluster: file.cluster.map(|c| rel_state_dir(c, &rel)),
+        iscsi: file.iscsi.map(Into::into),
     })
 }
 

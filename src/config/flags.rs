@@ -25,10 +25,15 @@ pub struct Flags {
     pub socket_mode: Option<u32>,
     pub socket_world_access: bool,
     pub control_socket: Option<PathBuf>,
+    pub admin_group: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub direct: bool,
     pub aio: Option<Aio>,
     pub poll_us: Option<u32>,
+    /// `--iscsi-listen`: iSCSI portals (each repeat adds one).
+    pub iscsi_listen: Vec<SocketAddr>,
+    /// `--iscsi-initiator`: initiator names that may log in (each repeat adds one).
+    pub iscsi_initiators: Vec<String>,
 }
 
 /// One flag beside its file key: the flag, the dotted key, and, when both are given and differ,
@@ -80,7 +85,13 @@ impl Flags {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
-        let src = Source::new(path, &text);
+        self.resolve_text(path, &text)
+    }
+
+    /// [`Flags::resolve`] on a file's `text` already read (`path` names it in messages and
+    /// anchors its relative paths).
+    pub fn resolve_text(self, path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let src = Source::new(path, text);
         let mut c = file::parse(&src)?;
         for (flag, key, clash) in self.agreements(&c, &src) {
             if let Some((flag_val, file_val)) = clash {
@@ -122,7 +133,7 @@ impl Flags {
 
     /// Every flag that has a file key, in the order their disagreements are reported. Settings
     /// with a default count as given by the file only when it writes their key.
-    fn agreements(&self, c: &Config, src: &Source<'_>) -> [Agreement; 15] {
+    fn agreements(&self, c: &Config, src: &Source<'_>) -> [Agreement; 16] {
         let written = |key| src.has(key);
         let socket_dir = written("server.socket_dir").then_some(&c.socket_dir);
         let guests = (!c.guests.is_empty()).then(|| c.guest_names());
@@ -194,6 +205,12 @@ impl Flags {
                 show_path,
             ),
             agree(
+                ("--admin-group", "server.admin_group"),
+                self.admin_group.as_ref(),
+                c.admin_group.as_ref(),
+                show_string,
+            ),
+            agree(
                 ("--metrics-listen", "server.metrics_listen"),
                 self.metrics_listen,
                 c.metrics_listen,
@@ -254,8 +271,29 @@ impl Flags {
             .control_socket
             .clone()
             .or_else(|| self.control_socket.clone());
+        c.admin_group = c.admin_group.clone().or_else(|| self.admin_group.clone());
         c.metrics_listen = c.metrics_listen.or(self.metrics_listen);
         c.direct |= self.direct;
+        self.apply_iscsi(c);
+    }
+
+    /// `--iscsi-listen` and `--iscsi-initiator` add portals and initiators to `[iscsi]` (and
+    /// create it when the file has none).
+    fn apply_iscsi(&self, c: &mut Config) {
+        if self.iscsi_listen.is_empty() && self.iscsi_initiators.is_empty() {
+            return;
+        }
+        let iscsi = c.iscsi.get_or_insert_with(Default::default);
+        for a in &self.iscsi_listen {
+            if !iscsi.listen.contains(a) {
+                iscsi.listen.push(*a);
+            }
+        }
+        for n in &self.iscsi_initiators {
+            if !iscsi.initiators.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+                iscsi.initiators.push(n.clone());
+            }
+        }
     }
 }
 
@@ -275,6 +313,7 @@ fn locate(e: ConfigError, src: &Source<'_>) -> ConfigError {
             "{}: key `server.socket_mode`: {e}",
             src.at("server.socket_mode")
         )),
+        ConfigError::Iscsi(_) => ConfigError::File(format!("{}: {e}", src.at("iscsi.listen"))),
         ConfigError::NoGuests => {
             ConfigError::File(format!("{path}: no [[guest]] entries and no --guests: {e}"))
         }

@@ -7,8 +7,10 @@
 mod describe;
 mod file;
 mod flags;
+mod iscsi;
 
 pub use flags::Flags;
+pub use iscsi::{valid_iscsi_name, IscsiConfig, DEFAULT_TARGET_PREFIX};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,8 +82,12 @@ pub struct Config {
     pub socket_world_access: bool,
     /// The control socket; `<socket_dir>/control.sock` when `None`.
     pub control_socket: Option<PathBuf>,
-    /// Group owning the control socket (its mode is then 0660 instead of 0600).
+    /// The read group: its members may call the control socket's reading methods. It owns the
+    /// control socket (mode 0660 instead of 0600).
     pub control_group: Option<String>,
+    /// The admin group: its members may also call the changing methods (root and the daemon's
+    /// own user always may). It owns the control socket when `control_group` is unset.
+    pub admin_group: Option<String>,
     /// Serve `GET /metrics` on this TCP address.
     pub metrics_listen: Option<SocketAddr>,
     /// Open the image with O_DIRECT (bypassing this host's page cache).
@@ -93,6 +99,8 @@ pub struct Config {
     pub poll_us: u32,
     /// Share the reservation state with daemons on other hosts through etcd (`cluster.rs`).
     pub cluster: Option<ClusterConfig>,
+    /// Serve the disk to iSCSI initiators too (`[iscsi]`, `--iscsi-listen`).
+    pub iscsi: Option<IscsiConfig>,
 }
 
 /// The default of [`Config::poll_us`].
@@ -102,7 +110,7 @@ pub const MAX_POLL_US: u32 = 1000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("no guests given: name at least one with --guests or [[guest]]")]
+    #[error("no guests given: name at least one with --guests or [[guest]] (or serve iSCSI)")]
     NoGuests,
     #[error("guest name {0:?} is invalid: use 1 to 64 characters from [A-Za-z0-9_.-]")]
     BadName(String),
@@ -126,6 +134,9 @@ pub enum ConfigError {
     /// A configuration file is unusable; the message names the file, line and key.
     #[error("{0}")]
     File(String),
+    /// The `[iscsi]` settings are unusable.
+    #[error("[iscsi]: {0}")]
+    Iscsi(String),
 }
 
 /// A guest name becomes a socket file name and an iSCSI-style initiator name, so keep it tame.
@@ -155,11 +166,13 @@ impl Config {
             socket_world_access: false,
             control_socket: None,
             control_group: None,
+            admin_group: None,
             metrics_listen: None,
             direct: false,
             aio: None,
             poll_us: DEFAULT_POLL_US,
             cluster: None,
+            iscsi: None,
         }
     }
 
@@ -167,7 +180,8 @@ impl Config {
         if !(1..=128).contains(&self.max_shares) {
             return Err(ConfigError::BadMaxShares);
         }
-        if self.guests.is_empty() {
+        // An iSCSI portal alone is a daemon with initiators; otherwise guests are needed.
+        if self.guests.is_empty() && self.iscsi.is_none() {
             return Err(ConfigError::NoGuests);
         }
         for (i, g) in self.guests.iter().enumerate() {
@@ -191,6 +205,16 @@ impl Config {
                 count: self.guests.len(),
                 max: self.max_shares,
             });
+        }
+        if let Some(i) = &self.iscsi {
+            i.validate().map_err(ConfigError::Iscsi)?;
+            if self.cluster.is_some() {
+                return Err(ConfigError::Iscsi(
+                    "iSCSI portals in cluster mode are not provided yet: serve iSCSI from a \
+                     daemon without [cluster]"
+                        .into(),
+                ));
+            }
         }
         if let Some(c) = &self.cluster {
             c.validate()
@@ -227,6 +251,13 @@ impl Config {
         let mut p = self.image.as_os_str().to_owned();
         p.push(".pr");
         PathBuf::from(p)
+    }
+
+    /// The group owning the control socket: the read group, else the admin group.
+    pub fn control_socket_group(&self) -> Option<&str> {
+        self.control_group
+            .as_deref()
+            .or(self.admin_group.as_deref())
     }
 
     pub fn control_socket_path(&self) -> PathBuf {

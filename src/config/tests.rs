@@ -513,3 +513,122 @@ fn a_world_socket_mode_needs_the_explicit_key() {
         c.validate().unwrap();
     }
 }
+
+#[test]
+fn admin_group_from_the_file_or_the_flag_and_the_control_socket_group() {
+    let path = Path::new("/etc/sharedisk/a.toml");
+    let text = "[image]\npath = \"/srv/d.img\"\n[server]\nadmin_group = \"wheel\"\n[[guest]]\nname = \"a\"\n";
+    let c = Flags::default().resolve_text(path, text).unwrap();
+    assert_eq!(c.admin_group.as_deref(), Some("wheel"));
+    assert_eq!(c.control_socket_group(), Some("wheel"), "no read group");
+    assert!(c
+        .describe()
+        .contains("change: root, the daemon's user, group wheel"));
+    let flag = |g: &str| Flags {
+        admin_group: Some(g.into()),
+        ..Flags::default()
+    };
+    assert!(flag("wheel").resolve_text(path, text).is_ok());
+    let e = flag("adm")
+        .resolve_text(path, text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--admin-group adm disagrees") && e.contains("server.admin_group"),
+        "{e}"
+    );
+    let both = text.replace("[server]\n", "[server]\ncontrol_group = \"sharedisk\"\n");
+    let c = Flags::default().resolve_text(path, &both).unwrap();
+    assert_eq!(c.control_socket_group(), Some("sharedisk"));
+    let text = "[image]\npath = \"/srv/d.img\"\n[[guest]]\nname = \"a\"\n";
+    let c = flag("wheel").resolve_text(path, text).unwrap();
+    assert_eq!(c.admin_group.as_deref(), Some("wheel"), "the flag fills in");
+}
+
+#[test]
+fn iscsi_section_and_flags() {
+    let (_d, path) = write(
+        "[image]\npath = \"/d.img\"\n[[guest]]\nname = \"a\"\n[iscsi]\nlisten = [\"127.0.0.1:3260\"]\n\
+         [[iscsi.initiator]]\nname = \"iqn.1993-08.org.debian:01:node1\"\n",
+    );
+    let c = load_file(&path).unwrap();
+    let i = c.iscsi.as_ref().unwrap();
+    assert_eq!(i.listen, vec!["127.0.0.1:3260".parse().unwrap()]);
+    assert!(
+        i.allows("IQN.1993-08.org.debian:01:NODE1"),
+        "names compare lower-cased"
+    );
+    assert!(!i.allows("iqn.1993-08.org.debian:01:node2"));
+    assert_eq!(
+        i.target_name("Sharedisk-AB"),
+        "iqn.2026-12.io.sharedisk:sharedisk-ab"
+    );
+    let d = c.describe();
+    assert!(d.contains("iscsi:          127.0.0.1:3260"), "{d}");
+    assert!(d.contains("iqn.1993-08.org.debian:01:node1"), "{d}");
+    // The flags add portals and initiators; a portal without any initiator is refused.
+    let flags = Flags {
+        image: Some("/d.img".into()),
+        guests: Some(vec!["a".into()]),
+        iscsi_listen: vec!["127.0.0.1:3261".parse().unwrap()],
+        ..Flags::default()
+    };
+    let e = flags.clone().into_config().unwrap_err();
+    assert!(e.to_string().contains("no initiator may log in"), "{e}");
+    let ok = Flags {
+        iscsi_initiators: vec!["iqn.2026-01.org.example:x".into()],
+        ..flags
+    };
+    let c = ok.into_config().unwrap();
+    assert_eq!(
+        c.iscsi.unwrap().initiators,
+        vec!["iqn.2026-01.org.example:x"]
+    );
+}
+
+#[test]
+fn iscsi_names_and_allow_any() {
+    let mut i = IscsiConfig {
+        listen: vec!["127.0.0.1:3260".parse().unwrap()],
+        ..IscsiConfig::default()
+    };
+    assert!(i.validate().is_err(), "nobody allowed");
+    i.allow_any_initiator = true;
+    assert_eq!(i.validate(), Ok(()));
+    assert!(i.allows("iqn.anything:at-all"));
+    i.initiators.push("iqn.x:y".into());
+    assert!(i.validate().is_err(), "a list and allow-any together");
+    i.initiators = vec!["not-an-iqn".into()];
+    i.allow_any_initiator = false;
+    assert!(i.validate().is_err());
+    for ok in [
+        "iqn.1993-08.org.debian:01:abc",
+        "eui.0123456789ABCDEF",
+        "naa.52004567BA64678D",
+    ] {
+        assert!(valid_iscsi_name(ok), "{ok}");
+    }
+    for bad in [
+        "iqn.",
+        "iqn.a b",
+        "vm1",
+        &format!("iqn.{}", "x".repeat(223)),
+    ] {
+        assert!(!valid_iscsi_name(bad), "{bad}");
+    }
+    let mut c = Config::new("d.img", "/tmp", &["vm1"]);
+    c.iscsi = Some(i);
+    assert!(matches!(c.validate(), Err(ConfigError::Iscsi(_))));
+}
+
+#[test]
+fn an_iscsi_portal_needs_no_guests() {
+    let mut c = Config::new("d.img", "/tmp", &[]);
+    assert_eq!(c.validate(), Err(ConfigError::NoGuests));
+    c.iscsi = Some(IscsiConfig {
+        listen: vec!["127.0.0.1:3260".parse().unwrap()],
+        allow_any_initiator: true,
+        ..IscsiConfig::default()
+    });
+    assert_eq!(c.validate(), Ok(()));
+}

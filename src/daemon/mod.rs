@@ -174,6 +174,18 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
     let lun = server.lun().clone();
     let stats = server.stats().clone();
     let config = server.config().clone();
+    // iSCSI sessions and guests share maxShares.
+    let mut iscsi = match &config.iscsi {
+        Some(i) => {
+            let room = config.max_shares.saturating_sub(config.guests.len());
+            Some(crate::transport::iscsi::Portal::start(
+                server.target().clone(),
+                i.clone(),
+                room,
+            )?)
+        }
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new(lun.clone(), stats.clone()));
     let service = Arc::new(Service {
         server: Mutex::new(server),
@@ -186,7 +198,7 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let mut control = ControlServer::start(
         &config.control_socket_path(),
-        config.control_group.as_deref(),
+        config.control_socket_group(),
         service.clone(),
     )?;
     let mut http =
@@ -216,6 +228,9 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
     control.stop();
     if let Some(h) = http.as_mut() {
         h.stop();
+    }
+    if let Some(p) = iscsi.as_mut() {
+        p.stop();
     }
     service.server().stop();
     // A panic on a queue thread is only logged by vhost-user-backend and the daemon keeps

@@ -122,6 +122,21 @@ impl Bounce {
         Ok(Bounce { ptr, layout })
     }
 
+    /// Runs `io` on the first `len` bytes of this buffer, never written to: zeroes.
+    pub fn with_zeroes(
+        &self,
+        len: usize,
+        io: impl FnOnce(&[Buf]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if len > self.layout.size() {
+            return Err(io::Error::other("zeroes longer than their bounce buffer"));
+        }
+        // SAFETY: the buffer holds at least `len` bytes (checked above), is exclusively ours,
+        // and outlives the slice, which is dropped at the end of this call.
+        let host = unsafe { vm_memory::VolatileSlice::new(self.ptr, len) };
+        io(std::slice::from_ref(&host))
+    }
+
     /// Runs `io` on the first `total(bufs)` bytes of this buffer instead of `bufs`: copies
     /// `bufs` in first for a write, out after a successful read.
     pub fn io(

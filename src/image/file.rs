@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 use super::buffers::total;
 use super::direct::{Alignment, Bounce};
 use super::{range_ok, uring, Aio, Buf, Bufs, Image, IoOp, OpenMode};
+use crate::testhooks::failpoint;
 
 fn out_of_range() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, "range outside the image")
@@ -162,14 +163,16 @@ impl FileImage {
         }
     }
 
-    /// Writes zeroes by hand, for file systems without fallocate zeroing.
+    /// Writes zeroes by hand, for file systems without fallocate zeroing. The zeroes come from
+    /// a page-aligned buffer, as any bounced write's data does, so that O_DIRECT takes them.
     fn write_zeroes_slow(&self, mut offset: u64, len: u64) -> io::Result<()> {
         const CHUNK: u64 = 1 << 20;
-        let zeroes = vec![0u8; CHUNK.min(len) as usize];
+        let zeroes = Bounce::new(CHUNK.min(len) as usize)?;
+        let fd = self.file.as_raw_fd();
         let end = offset + len;
         while offset < end {
             let n = CHUNK.min(end - offset) as usize;
-            self.file.write_all_at(&zeroes[..n], offset)?;
+            zeroes.with_zeroes(n, |b| vectored_io(fd, b, offset, true, 0))?;
             offset += n as u64;
         }
         Ok(())
@@ -364,7 +367,9 @@ impl Image for FileImage {
             return Ok(());
         }
         for mode in zeroing_modes(unmap) {
-            match self.fallocate(*mode, offset, len) {
+            let unsupported = failpoint::error("fallocate-unsupported")
+                .map_err(|_| io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+            match unsupported.and_then(|()| self.fallocate(*mode, offset, len)) {
                 Ok(()) => return Ok(()),
                 Err(e)
                     if matches!(

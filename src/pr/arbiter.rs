@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::Access;
 use crate::scsi::sense::{self, Sense};
 
+mod host;
+pub use host::FenceRefusal;
+
 /// A reservation key (SPC-4 §5.9.7). Zero never names a registration.
 pub type Key = u64;
 
@@ -249,6 +252,10 @@ impl ProutOutcome {
             preempted: Vec::new(),
         }
     }
+    /// A change refused before anything was done (RESERVATION CONFLICT, nothing changed).
+    pub fn refused() -> Self {
+        Self::conflict()
+    }
     fn conflict() -> Self {
         ProutOutcome {
             status: PrStatus::Conflict,
@@ -385,6 +392,18 @@ impl Arbiter {
         self.queue_ua(&initiator, sense::POWER_ON_RESET);
         self.known.insert(initiator);
         true
+    }
+
+    /// Forgets an initiator whose I_T nexus ended (an iSCSI session's logout or loss), with its
+    /// pending unit attentions, unless PR or SPC-2 state still names it: an iSCSI initiator
+    /// opens a new nexus (ISID) at every login, and the ones left behind unregistered would
+    /// otherwise pile up. Returns whether it was forgotten.
+    pub fn forget_initiator(&mut self, initiator: &str) -> bool {
+        if self.is_registered(initiator) || self.spc2.as_deref() == Some(initiator) {
+            return false;
+        }
+        self.uas.remove(initiator);
+        self.known.remove(initiator)
     }
 
     /// The state to persist.

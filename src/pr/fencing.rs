@@ -31,7 +31,7 @@ use crate::pr::backend::local::LocalBackend;
 use crate::pr::backend::{Change, Committed, PrBackend, SharedView};
 use crate::pr::replay::{Origin, ReplayLog};
 use crate::pr::state_file::StateStore;
-use crate::pr::{Access, Arbiter, PrStatus, ProutOutcome, ProutRequest};
+use crate::pr::{Access, Arbiter, FenceRefusal, PrStatus, ProutOutcome, ProutRequest};
 use crate::scsi::sense::Sense;
 
 mod snapshot;
@@ -44,20 +44,28 @@ use snapshot::{ArbiterWrite, Published};
 pub enum OperatorAction {
     /// Drop every registration and the reservation.
     Clear,
-    /// Remove `victim`'s registration (and its reservation). `abort` is PREEMPT AND ABORT:
-    /// commands complete before a PR change is applied, so both wait for every admitted
-    /// command of the victim to finish; `abort` only names the action in the log.
-    Preempt { victim: String, abort: bool },
+    /// Fence `victim` (`arbiter/host.rs`): with `by`, that registered guest's own PREEMPT
+    /// (AND ABORT) of the victim's key, so it takes over a reservation the victim held; without,
+    /// the victim's registration alone goes. Refused, changing nothing, if the victim could
+    /// still write afterwards. `abort` is PREEMPT AND ABORT: commands complete before a PR
+    /// change is applied, so both wait for every admitted command of the victim to finish.
+    Preempt {
+        victim: String,
+        abort: bool,
+        by: Option<String>,
+    },
 }
 
 impl std::fmt::Display for OperatorAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OperatorAction::Clear => write!(f, "host CLEAR"),
-            OperatorAction::Preempt { victim, abort } => write!(
+            OperatorAction::Preempt { victim, abort, by } => write!(
                 f,
-                "host PREEMPT{} of {victim}",
-                if *abort { " AND ABORT" } else { "" }
+                "host PREEMPT{} of {victim}{}",
+                if *abort { " AND ABORT" } else { "" },
+                by.as_ref()
+                    .map_or(String::new(), |h| format!(" by {h} with its key"))
             ),
         }
     }
@@ -421,11 +429,26 @@ impl Reservations {
     /// initiator. It takes the same path as a guest's PR OUT: it waits for every admitted
     /// command to finish (the fencing guarantee), queues the unit attentions, counts in
     /// PRgeneration and is saved durably before this returns; the log names it a host action.
-    pub fn operator(&self, action: &OperatorAction) -> PrStatus {
-        self.change("host", &action.to_string(), None, |arb| match action {
+    /// A preempt that would not fence its victim is refused and changes nothing.
+    pub fn operator(&self, action: &OperatorAction) -> Result<PrStatus, FenceRefusal> {
+        let mut refused = None;
+        let status = self.change("host", &action.to_string(), None, |arb| match action {
             OperatorAction::Clear => arb.operator_clear(),
-            OperatorAction::Preempt { victim, .. } => arb.operator_preempt(victim),
-        })
+            OperatorAction::Preempt { victim, abort, by } => {
+                // The backend may apply a change more than once (cluster mode: on a newer
+                // state after a lost compare-and-swap); the last application decides.
+                refused = None;
+                arb.host_preempt(victim, by.as_deref(), *abort)
+                    .unwrap_or_else(|why| {
+                        refused = Some(why);
+                        ProutOutcome::refused()
+                    })
+            }
+        });
+        match refused {
+            Some(why) => Err(why),
+            None => Ok(status),
+        }
     }
 
     /// Whether the state held here may answer a PR IN now. Always on one host; in cluster mode

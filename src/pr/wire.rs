@@ -92,12 +92,20 @@ pub fn parse_prout(
     Ok(req)
 }
 
-/// The iSCSI TransportID (SPC-4 §7.6.4.6, format 00b) that names `initiator` in READ FULL
-/// STATUS: `iqn.2026-11.io.sharedisk:<initiator>`, null-terminated, padded to a multiple of 4
-/// and to at least 24 bytes.
+/// Marks the arbiter's name of an iSCSI session's I_T nexus (`<name>,i,0x<ISID>`, see
+/// `crate::transport::iscsi::nexus_name`); guest names never contain it.
+const ISCSI_PORT_MARK: &str = ",i,0x";
+
+/// The iSCSI TransportID (SPC-4 §7.6.4.6) that names `initiator` in READ FULL STATUS: for a
+/// guest, format 00b `iqn.2026-11.io.sharedisk:<guest>`; for an iSCSI session's nexus, format
+/// 01b `<initiator name>,i,0x<ISID>`. Null-terminated, padded to a multiple of 4 and to at
+/// least 24 bytes.
 pub fn transport_id(initiator: &str) -> Vec<u8> {
+    let port = initiator.contains(ISCSI_PORT_MARK);
     let mut name = Vec::with_capacity(IQN_PREFIX.len() + initiator.len() + 4);
-    name.extend_from_slice(IQN_PREFIX.as_bytes());
+    if !port {
+        name.extend_from_slice(IQN_PREFIX.as_bytes());
+    }
     name.extend_from_slice(initiator.as_bytes());
     // ADDITIONAL LENGTH is 16 bits and a multiple of 4: cap the name (terminator included) so
     // an absurd initiator name cannot wrap it.
@@ -108,7 +116,8 @@ pub fn transport_id(initiator: &str) -> Vec<u8> {
     name.resize(padded, 0);
     let addl = u16::try_from(padded).unwrap_or(0xfffc);
     let mut out = Vec::with_capacity(4 + padded);
-    out.push(PROTOCOL_ISCSI); // FORMAT CODE 00b, PROTOCOL IDENTIFIER 5
+    // FORMAT CODE 00b (device name) or 01b (port name), PROTOCOL IDENTIFIER 5.
+    out.push(if port { 0x40 } else { 0 } | PROTOCOL_ISCSI);
     out.push(0);
     out.extend_from_slice(&addl.to_be_bytes());
     out.extend_from_slice(&name);
@@ -116,7 +125,8 @@ pub fn transport_id(initiator: &str) -> Vec<u8> {
 }
 
 /// The initiator an iSCSI TransportID names (SPC-4 §7.6.4.6), formats 00b (name) and 01b
-/// (name + ",i,0x" + ISID); `None` for anything malformed or not one of our names.
+/// (name + ",i,0x" + ISID): a guest (our prefix), or an iSCSI session's nexus (format 01b with
+/// any other name); `None` for anything malformed.
 pub fn parse_transport_id(bytes: &[u8]) -> Option<String> {
     let head = bytes.get(..4)?;
     if head[0] & 0x0f != PROTOCOL_ISCSI {
@@ -144,7 +154,17 @@ pub fn parse_transport_id(bytes: &[u8]) -> Option<String> {
         }
         _ => return None,
     };
-    let initiator = name.strip_prefix(IQN_PREFIX)?;
+    let Some(initiator) = name.strip_prefix(IQN_PREFIX) else {
+        // An iSCSI initiator port: the nexus name its session has (name lower-cased).
+        let (_, isid) = text.split_once(ISCSI_PORT_MARK)?;
+        return (format == 1 && !name.is_empty() && isid.len() == 12).then(|| {
+            format!(
+                "{}{ISCSI_PORT_MARK}{}",
+                name.to_ascii_lowercase(),
+                isid.to_ascii_lowercase()
+            )
+        });
+    };
     if initiator.is_empty() {
         return None;
     }

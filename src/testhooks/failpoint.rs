@@ -24,6 +24,7 @@
 //! | `state-write-error` | writing the temporary copy of the state file |
 //! | `state-dir-sync-error` | syncing the directory after the rename |
 //! | `guests-write-error`, `guests-dir-sync-error` | the same steps for the runtime guests file |
+//! | `fallocate-unsupported` | every zeroing or unmapping `fallocate` of the image, with EOPNOTSUPP as from a file system that cannot zero a range: zeroes are then written |
 //!
 //! Skip points (a step left out, to show that a test sees it missing):
 //!

@@ -3,6 +3,7 @@
 //! answers back. `virtqueue` is the plumbing the two vhost-user devices share.
 
 pub mod blk;
+pub mod iscsi;
 pub mod virtio_scsi;
 pub mod virtqueue;
 

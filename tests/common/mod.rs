@@ -22,6 +22,7 @@ pub mod flows;
 pub mod guest;
 pub mod http;
 pub mod image;
+pub mod iscsi_client;
 pub mod netlab;
 pub mod panics;
 pub mod process;

@@ -107,6 +107,8 @@ pub struct VuFrontend {
     alloc_next: u64,
     protocol_features: VhostUserProtocolFeatures,
     acked_features: u64,
+    /// Feature bits this driver does not acknowledge although the backend offers them.
+    refused_features: u64,
     /// How far behind the used index rings restart (see `reconnect_lagging`).
     base_lag: u16,
 }
@@ -129,8 +131,30 @@ impl VuFrontend {
         num_queues: usize,
         queue_size: u16,
     ) -> Result<VuFrontend, String> {
+        Self::try_connect_refusing(socket, num_queues, queue_size, 0)
+    }
+
+    /// Like [`VuFrontend::connect`], as a driver that does not acknowledge the feature bits in
+    /// `refused` (e.g. virtio-blk's FLUSH or CONFIG_WCE, as firmware drivers do), also on
+    /// reconnects.
+    pub fn connect_refusing(
+        socket: &Path,
+        num_queues: usize,
+        queue_size: u16,
+        refused: u64,
+    ) -> VuFrontend {
+        Self::try_connect_refusing(socket, num_queues, queue_size, refused)
+            .unwrap_or_else(|e| panic!("vhost-user frontend setup on {}: {e}", socket.display()))
+    }
+
+    fn try_connect_refusing(
+        socket: &Path,
+        num_queues: usize,
+        queue_size: u16,
+        refused: u64,
+    ) -> Result<VuFrontend, String> {
         assert!(queue_size.is_power_of_two() && queue_size as u64 * 16 <= RING_AREA / 2);
-        let (frontend, protocol_features, acked_features) = negotiate(socket, num_queues)?;
+        let (frontend, protocol_features, acked_features) = negotiate(socket, num_queues, refused)?;
 
         // Guest memory: one memfd, mapped shared here and by the backend.
         // SAFETY: plain syscalls on a fresh fd we own; results are checked.
@@ -165,6 +189,7 @@ impl VuFrontend {
             alloc_next: ring_bytes,
             protocol_features,
             acked_features,
+            refused_features: refused,
             base_lag: 0,
         };
         for q in 0..num_queues {
@@ -221,7 +246,8 @@ impl VuFrontend {
         order: StartOrder,
         kick: bool,
     ) -> Result<(), String> {
-        let (frontend, protocol_features, acked_features) = negotiate(socket, self.queues.len())?;
+        let (frontend, protocol_features, acked_features) =
+            negotiate(socket, self.queues.len(), self.refused_features)?;
         // The old connection closes here.
         self.frontend = frontend;
         self.protocol_features = protocol_features;
@@ -839,6 +865,7 @@ impl VuFrontend {
 fn negotiate(
     socket: &Path,
     num_queues: usize,
+    refused: u64,
 ) -> Result<(Frontend, VhostUserProtocolFeatures, u64), String> {
     let err = |what: &str| {
         let what = what.to_string();
@@ -856,7 +883,7 @@ fn negotiate(
     }
     // Device-specific bits 0..24, VERSION_1 and PROTOCOL_FEATURES; no EVENT_IDX, no
     // INDIRECT_DESC, no packed ring.
-    let acked_features = offered & (((1u64 << 24) - 1) | version_1 | protocol);
+    let acked_features = offered & (((1u64 << 24) - 1) | version_1 | protocol) & !refused;
 
     let offered_pf = frontend
         .get_protocol_features()

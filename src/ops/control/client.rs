@@ -10,13 +10,22 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{code, view};
+use crate::cli::out;
 
 /// Exit codes of `sharedisk ctl`.
 pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
+    /// The request did not reach the daemon (no socket, no daemon, refused connection):
+    /// nothing was done.
     pub const UNREACHABLE: u8 = 3;
+    /// The request was sent but no answer came (timeout, connection lost): it may or may not
+    /// have been done; look (`ctl pr show`, the daemon's log) before repeating a change.
+    pub const OUTCOME_UNKNOWN: u8 = 4;
+    /// The daemon refused the call: this uid (and its groups) may not make it; nothing was
+    /// done. See the permission table in docs/operations.md.
+    pub const NOT_PERMITTED: u8 = 5;
     /// sg3_utils' SG_LIB_CAT_RES_CONFLICT, which `sg_persist` scripts already check.
     pub const RESERVATION_CONFLICT: u8 = 24;
 }
@@ -30,6 +39,7 @@ pub enum CtlCommand {
     },
     PrPreempt {
         victim: String,
+        by: Option<String>,
         abort: bool,
         yes: bool,
     },
@@ -75,11 +85,16 @@ impl CtlCommand {
                 need_yes(*yes, "pr clear")?;
                 ("pr.clear", json!({ "confirm": true }))
             }
-            CtlCommand::PrPreempt { victim, abort, yes } => {
+            CtlCommand::PrPreempt {
+                victim,
+                by,
+                abort,
+                yes,
+            } => {
                 need_yes(*yes, "pr preempt")?;
                 (
                     "pr.preempt",
-                    json!({ "victim": victim, "abort": abort, "confirm": true }),
+                    json!({ "victim": victim, "by": by, "abort": abort, "confirm": true }),
                 )
             }
             CtlCommand::Stats => ("stats", json!({})),
@@ -111,49 +126,74 @@ impl CtlCommand {
     }
 }
 
-/// Sends `req` and returns the response object.
-pub fn call(socket: &Path, req: &Value) -> Result<Value, (u8, String)> {
+/// How long `ctl` waits for an answer by default (a PR change in cluster mode may wait for
+/// every member's acknowledgement).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sends `req` and returns the response object, waiting `timeout` for it. The error's code
+/// tells whether the request may have been done ([`exit::OUTCOME_UNKNOWN`]) or not.
+pub fn call(socket: &Path, req: &Value, timeout: Duration) -> Result<Value, (u8, String)> {
     let unreachable = |e: std::io::Error| {
         (
             exit::UNREACHABLE,
             format!("cannot reach the daemon at {}: {e}", socket.display()),
         )
     };
-    let mut conn = UnixStream::connect(socket).map_err(unreachable)?;
-    conn.set_read_timeout(Some(Duration::from_secs(120)))
+    let conn = UnixStream::connect(socket).map_err(unreachable)?;
+    conn.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+        .map_err(unreachable)?;
+    conn.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
         .map_err(unreachable)?;
     let mut line = serde_json::to_vec(req).map_err(|e| (exit::FAILED, e.to_string()))?;
     line.push(b'\n');
-    conn.write_all(&line).map_err(unreachable)?;
+    // A refusal (too many connections) may be answered before the request is read: read it
+    // even when the request could not be written whole.
+    let sent = (&conn).write_all(&line);
     let mut answer = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut answer)
-        .map_err(unreachable)?;
-    if answer.is_empty() {
-        return Err((
-            exit::UNREACHABLE,
-            format!("the daemon at {} closed the connection", socket.display()),
-        ));
+    let read = BufReader::new(&conn).read_line(&mut answer);
+    match (sent, read) {
+        (_, Ok(_)) if answer.ends_with('\n') => {
+            serde_json::from_str(&answer).map_err(|e| (exit::FAILED, format!("bad answer: {e}")))
+        }
+        (Err(e), _) => Err(unreachable(e)),
+        (Ok(()), Ok(_)) => Err((
+            exit::OUTCOME_UNKNOWN,
+            format!(
+                "the daemon at {} closed the connection after the request was sent: it may or \
+                 may not have been done; check (`sharedisk ctl pr show`, the daemon's log) \
+                 before repeating it",
+                socket.display()
+            ),
+        )),
+        (Ok(()), Err(e)) => Err((
+            exit::OUTCOME_UNKNOWN,
+            format!(
+                "no answer from the daemon at {} ({e}; waited up to {} s, see --timeout) after \
+                 the request was sent: it may or may not have been done; check (`sharedisk ctl \
+                 pr show`, the daemon's log) before repeating it",
+                socket.display(),
+                timeout.as_secs_f64()
+            ),
+        )),
     }
-    serde_json::from_str(&answer).map_err(|e| (exit::FAILED, format!("bad answer: {e}")))
 }
 
 /// Runs one `ctl` command; returns the exit code.
-pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
+pub fn run(socket: &Path, json_out: bool, timeout: Duration, cmd: CtlCommand) -> u8 {
     let req = match cmd.request() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("sharedisk ctl: {e}");
+            out::eprintln(&format!("sharedisk ctl: {e}"));
             return exit::USAGE;
         }
     };
-    let resp = match call(socket, &req) {
+    let resp = match call(socket, &req, timeout) {
         Ok(r) => r,
         Err((code, msg)) => {
             if json_out {
-                println!("{}", json!({ "error": { "code": code, "message": msg } }));
+                out::println(&json!({ "error": { "code": code, "message": msg } }).to_string());
             } else {
-                eprintln!("sharedisk ctl: {msg}");
+                out::eprintln(&format!("sharedisk ctl: {msg}"));
             }
             return code;
         }
@@ -168,22 +208,20 @@ pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
             .and_then(Value::as_str)
             .unwrap_or("failed");
         if json_out {
-            println!("{}", json!({ "error": err }));
+            out::println(&json!({ "error": err }).to_string());
         } else {
-            eprintln!("sharedisk ctl: {msg}");
+            out::eprintln(&format!("sharedisk ctl: {msg}"));
         }
         return match c {
             code::RESERVATION_CONFLICT => exit::RESERVATION_CONFLICT,
+            code::NOT_PERMITTED => exit::NOT_PERMITTED,
             code::INVALID_PARAMS => exit::USAGE,
             _ => exit::FAILED,
         };
     }
     let result = resp.get("result").cloned().unwrap_or(Value::Null);
     if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&result).unwrap_or_default()
-        );
+        out::println(&serde_json::to_string_pretty(&result).unwrap_or_default());
         return exit::OK;
     }
     let text = match cmd {
@@ -212,7 +250,7 @@ pub fn run(socket: &Path, json_out: bool, cmd: CtlCommand) -> u8 {
             .unwrap_or("")
             .to_string(),
     };
-    print!("{text}");
+    out::print(&text);
     exit::OK
 }
 
@@ -317,15 +355,19 @@ pub fn show_state_file(path: &Path, json_out: bool) -> u8 {
             let mut v = view::pr(&saved.reservations);
             v["image"] = json!(image.path);
             if json_out {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                out::println(&serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("Image: {} (inode {})", image.path.display(), image.inode);
-                print!("{}", render_pr(&v));
+                out::print(&format!(
+                    "Image: {} (inode {})\n{}",
+                    image.path.display(),
+                    image.inode,
+                    render_pr(&v)
+                ));
             }
             exit::OK
         }
         Err(e) => {
-            eprintln!("sharedisk: {e}");
+            out::eprintln(&format!("sharedisk: {e}"));
             exit::FAILED
         }
     }

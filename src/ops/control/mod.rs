@@ -4,6 +4,7 @@
 //! The control plane reads the daemon through [`Daemon`] and changes PR state only through
 //! `Reservations::host`, the same path as a guest's PR OUT.
 
+pub mod access;
 pub mod client;
 pub mod server;
 pub mod view;
@@ -27,6 +28,9 @@ pub mod code {
     pub const FAILED: i64 = 1;
     /// Refused by the reservation rules (sg3_utils' SG_LIB_CAT_RES_CONFLICT).
     pub const RESERVATION_CONFLICT: i64 = 24;
+    /// Refused by the permission table: the caller's uid and groups may not call the method
+    /// (`access.rs`); nothing was done.
+    pub const NOT_PERMITTED: i64 = 13;
 }
 
 /// What the control plane needs from the running daemon.
@@ -80,3 +84,6 @@ pub enum GuestError {
         source: io::Error,
     },
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,30 +1,45 @@
-//! The control socket: newline-delimited JSON requests, one thread per client.
+//! The control socket: newline-delimited JSON requests, one thread per client, a bounded number
+//! of clients per role (see [`Slots`]) and the permission table of [`super::access`].
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::access::{Method, Need, Peer, Policy, Role};
 use super::{code, view, Daemon};
 use crate::config::{valid_guest_name, ConfigError, GuestConfig, DEFAULT_QUEUES, MAX_GUEST_QUEUES};
 use crate::pr::fencing::OperatorAction;
 use crate::pr::PrStatus;
 
-/// Longest request line; anything longer is refused.
-const MAX_LINE: u64 = 64 << 10;
-/// Clients served at once; more wait in the listen backlog.
-const MAX_CLIENTS: usize = 16;
+/// Longest request line; a longer one gets an error answer and the connection is closed.
+pub const MAX_LINE: usize = 64 << 10;
+/// Connections per role. A full pool refuses a newcomer of its role, except the admin pool,
+/// where the newcomer takes the slot of the admin connection idle the longest: so that root, the
+/// daemon's user and the admin group always get in, whatever other users do.
+const ADMIN_SLOTS: usize = 16;
+const READER_SLOTS: usize = 16;
+const STRANGER_SLOTS: usize = 4;
+/// Connections one uid may hold in the reader and stranger pools.
+const SLOTS_PER_UID: usize = 4;
+/// How long a request line may take to arrive, from the connection or from the last answer.
+const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to read an answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A listening control socket. Dropping it stops the listener (and removes the socket).
 pub struct ControlServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
+    /// The write end of the pipe that wakes the accept loop to stop it.
+    wake: Option<OwnedFd>,
+    slots: Arc<Slots>,
     thread: Option<JoinHandle<()>>,
     /// The socket file, removed (if it is still ours) once the listener has stopped.
     file: Option<crate::daemon::sockets::SocketFile>,
@@ -44,9 +59,19 @@ fn fail(code: i64, message: impl Into<String>) -> Failure {
     }
 }
 
+/// Who sent a request: its uid and pid for the log, its role for the permission table.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub pid: i32,
+    pub role: Role,
+}
+
 impl ControlServer {
-    /// Listens on `path`, mode 0600, or 0660 owned by `group` when one is given.
+    /// Listens on `path`, mode 0600, or 0660 owned by `group` when one is given. Who may call
+    /// what follows the daemon's `control_group` and `admin_group`.
     pub fn start(path: &Path, group: Option<&str>, daemon: Arc<dyn Daemon>) -> io::Result<Self> {
+        let policy = policy_of(&daemon.config())?;
         if let Some(dir) = path.parent() {
             crate::daemon::sockets::create_dir(dir)?;
         }
@@ -62,24 +87,31 @@ impl ControlServer {
             io::Error::new(e.kind(), format!("control socket: {e}"))
         })?;
         log::info!("control socket {}", path.display());
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
+        listener.set_nonblocking(true)?;
+        let (woken, wake) = wake_pipe()?;
+        let slots = Arc::new(Slots::default());
+        let slots2 = slots.clone();
         let thread = thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(listener, &stop2, daemon))?;
+            .spawn(move || accept_loop(&listener, &woken, &policy, &slots2, &daemon))?;
         Ok(ControlServer {
-            path: path.to_path_buf(),
-            stop,
+            wake: Some(wake),
+            slots,
             thread: Some(thread),
             file: Some(file),
         })
     }
 
+    /// Stops accepting (without connecting to the socket, which may be gone), closes every
+    /// client connection and removes the socket.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = UnixStream::connect(&self.path);
+        if let Some(wake) = self.wake.take() {
+            // Closing the write end wakes the poll with POLLHUP.
+            drop(wake);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+            self.slots.close_all();
             self.file = None;
         }
     }
@@ -91,113 +123,394 @@ impl Drop for ControlServer {
     }
 }
 
-fn accept_loop(listener: UnixListener, stop: &AtomicBool, daemon: Arc<dyn Daemon>) {
-    let clients = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
+/// Who is who, from the configuration: the groups resolved to ids once, at start.
+fn policy_of(config: &crate::config::Config) -> io::Result<Policy> {
+    let gid = |key: &str, name: &Option<String>| -> io::Result<Option<u32>> {
+        name.as_deref()
+            .map(|n| {
+                crate::daemon::sockets::gid_of(n).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("server.{key} {n:?}: {e}: name a group that exists"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    Ok(Policy::new(
+        gid("control_group", &config.control_group)?,
+        gid("admin_group", &config.admin_group)?,
+    ))
+}
+
+/// A pipe: the accept loop polls the read end; closing the write end stops it.
+fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits until the listener has a connection (true) or the wake pipe was closed (false).
+fn wait_readable(listener: &UnixListener, woken: &OwnedFd) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: woken.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is an array of two initialized pollfd we own, its length passed.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r >= 0 {
+            return fds[1].revents == 0;
         }
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("control: accept: {e}");
-                continue;
-            }
-        };
-        if clients.load(Ordering::SeqCst) >= MAX_CLIENTS {
-            let _ = reply(
-                &conn,
-                &Value::Null,
-                Err(fail(code::FAILED, "too many control clients; try again")),
-            );
-            continue;
-        }
-        clients.fetch_add(1, Ordering::SeqCst);
-        let daemon = daemon.clone();
-        let clients2 = clients.clone();
-        let spawned = thread::Builder::new()
-            .name("control-client".into())
-            .spawn(move || {
-                serve_client(conn, &*daemon);
-                clients2.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            clients.fetch_sub(1, Ordering::SeqCst);
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // poll itself failing is not something a retry mends; do not spin on it.
+            thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-/// Answers every line of one client until it hangs up (or stays silent for 10 minutes).
-fn serve_client(conn: UnixStream, daemon: &dyn Daemon) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(600)));
-    let peer = peer_uid(&conn);
-    let Ok(read_half) = conn.try_clone() else {
+fn accept_loop(
+    listener: &UnixListener,
+    woken: &OwnedFd,
+    policy: &Policy,
+    slots: &Arc<Slots>,
+    daemon: &Arc<dyn Daemon>,
+) {
+    let refusals = Throttle::default();
+    while wait_readable(listener, woken) {
+        loop {
+            let conn = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control: accept: {e}");
+                    // Out of descriptors: wait for clients to leave rather than spin.
+                    thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            };
+            admit(conn, policy, slots, daemon, &refusals);
+        }
+    }
+}
+
+/// Gives a new connection a slot and a thread, or refuses it with an answer.
+fn admit(
+    conn: UnixStream,
+    policy: &Policy,
+    slots: &Arc<Slots>,
+    daemon: &Arc<dyn Daemon>,
+    refusals: &Throttle,
+) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_write_timeout(Some(WRITE_TIMEOUT));
+    let Ok(peer) = Peer::of(&conn) else {
         return;
     };
-    let mut reader = BufReader::new(read_half);
-    loop {
-        let mut line = String::new();
-        match (&mut reader).take(MAX_LINE).read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if !line.ends_with('\n') && line.len() as u64 >= MAX_LINE {
-            let _ = reply(
-                &conn,
-                &Value::Null,
-                Err(fail(code::INVALID_REQUEST, "request line too long")),
-            );
+    let caller = Caller {
+        uid: peer.uid,
+        pid: peer.pid,
+        role: policy.role(&peer),
+    };
+    let slot = match conn
+        .try_clone()
+        .map_err(|e| e.to_string())
+        .and_then(|c| slots.take(&caller, c))
+    {
+        Ok(slot) => slot,
+        Err(why) => {
+            refusals.warn(|more| {
+                format!(
+                    "control: refused a connection of uid {} (pid {}): {why}{more}",
+                    peer.uid, peer.pid
+                )
+            });
+            let _ = reply(&conn, &Value::Null, Err(fail(code::FAILED, why)));
             return;
         }
-        if line.trim().is_empty() {
+    };
+    let daemon = daemon.clone();
+    let slots2 = slots.clone();
+    let spawned = thread::Builder::new()
+        .name("control-client".into())
+        .spawn(move || {
+            serve_client(&conn, &slot, &slots2, &*daemon, caller);
+            slots2.release(&slot);
+        });
+    if let Err(e) = spawned {
+        // The closure (and the connection) is gone with the error: free the slot here.
+        slots.release(&slot);
+        log::warn!("control: no thread for a client: {e}");
+    }
+}
+
+/// One connection's place in its role's pool.
+struct Slot {
+    id: u64,
+    uid: u32,
+    role: Role,
+    /// A clone of the connection, to shut it down from outside.
+    conn: UnixStream,
+    /// Since when no request has been running (`None`: one is).
+    idle_since: Option<Instant>,
+}
+
+/// The connections being served.
+#[derive(Default)]
+pub(super) struct Slots {
+    list: Mutex<Vec<Slot>>,
+    next: AtomicU64,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for `caller`, or why not.
+    pub(super) fn take(&self, caller: &Caller, conn: UnixStream) -> Result<u64, String> {
+        let mut list = self.lock();
+        let (pool, size) = match caller.role {
+            Role::Admin => ("admin", ADMIN_SLOTS),
+            Role::Reader => ("read-group", READER_SLOTS),
+            Role::Stranger => ("other users'", STRANGER_SLOTS),
+        };
+        let in_pool = list.iter().filter(|s| s.role == caller.role).count();
+        if caller.role != Role::Admin {
+            let mine = list.iter().filter(|s| s.uid == caller.uid).count();
+            if mine >= SLOTS_PER_UID {
+                return Err(format!(
+                    "uid {} holds {mine} control connections already: close one and try again",
+                    caller.uid
+                ));
+            }
+        }
+        if in_pool >= size {
+            // Only an admin connection may take another's slot: the one idle the longest.
+            let idlest = (caller.role == Role::Admin)
+                .then(|| {
+                    list.iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.role == Role::Admin)
+                        .filter_map(|(i, s)| s.idle_since.map(|t| (t, i)))
+                        .min()
+                })
+                .flatten();
+            let Some((_, i)) = idlest else {
+                return Err(format!(
+                    "all {size} {pool} control connections are in use: try again"
+                ));
+            };
+            let old = list.swap_remove(i);
+            let _ = old.conn.shutdown(Shutdown::Both);
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        list.push(Slot {
+            id,
+            uid: caller.uid,
+            role: caller.role,
+            conn,
+            idle_since: Some(Instant::now()),
+        });
+        Ok(id)
+    }
+
+    /// Marks the slot busy before a request runs; false if it was taken meanwhile (the
+    /// connection is shut down then, and the request must not run).
+    pub(super) fn begin(&self, id: u64) -> bool {
+        let mut list = self.lock();
+        match list.iter_mut().find(|s| s.id == id) {
+            Some(s) => {
+                s.idle_since = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn end(&self, id: u64) {
+        if let Some(s) = self.lock().iter_mut().find(|s| s.id == id) {
+            s.idle_since = Some(Instant::now());
+        }
+    }
+
+    fn release(&self, id: &u64) {
+        self.lock().retain(|s| s.id != *id);
+    }
+
+    fn close_all(&self) {
+        for s in self.lock().drain(..) {
+            let _ = s.conn.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Logs a warning at most once a second, counting what it held back.
+#[derive(Default)]
+struct Throttle {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    fn warn(&self, message: impl FnOnce(String) -> String) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if st
+            .0
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            st.1 += 1;
+            return;
+        }
+        let more = match st.1 {
+            0 => String::new(),
+            n => format!(" ({n} more refused in the last second, not logged)"),
+        };
+        *st = (Some(now), 0);
+        log::warn!("{}", message(more));
+    }
+}
+
+/// Why a request line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LineError {
+    /// The client hung up (or was shut down).
+    #[error("the client hung up")]
+    Closed,
+    /// No complete line within [`LINE_TIMEOUT`].
+    #[error("no complete request within {LINE_TIMEOUT:?}")]
+    Timeout,
+    /// The line passed [`MAX_LINE`] bytes.
+    #[error("request line longer than {MAX_LINE} bytes")]
+    TooLong,
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Reads one line (without its newline) into `line`, keeping what follows it in `pending`. A
+/// last line without newline counts at end of file. Never holds more than [`MAX_LINE`] bytes.
+pub(super) fn read_line(conn: &UnixStream, pending: &mut Vec<u8>) -> Result<Vec<u8>, LineError> {
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    let mut searched = 0;
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(at) = pending[searched..].iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = pending.drain(..=searched + at).collect();
+            line.pop();
+            return Ok(line);
+        }
+        searched = pending.len();
+        if pending.len() > MAX_LINE {
+            return Err(LineError::TooLong);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LineError::Timeout);
+        }
+        conn.set_read_timeout(Some(left))?;
+        let room = (MAX_LINE + 1 - pending.len()).min(chunk.len());
+        match (&*conn).read(&mut chunk[..room]) {
+            Ok(0) if pending.is_empty() => return Err(LineError::Closed),
+            Ok(0) => return Ok(std::mem::take(pending)),
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(LineError::Timeout)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Answers every line of one client until it hangs up, stays silent for [`LINE_TIMEOUT`], sends
+/// a line longer than [`MAX_LINE`], does not read its answers, or loses its slot.
+fn serve_client(conn: &UnixStream, slot: &u64, slots: &Slots, daemon: &dyn Daemon, caller: Caller) {
+    let mut pending = Vec::new();
+    loop {
+        let line = match read_line(conn, &mut pending) {
+            Ok(line) => line,
+            Err(LineError::TooLong) => {
+                let _ = reply(
+                    conn,
+                    &Value::Null,
+                    Err(fail(
+                        code::INVALID_REQUEST,
+                        format!("request line longer than {MAX_LINE} bytes: closing"),
+                    )),
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let (id, result) = match serde_json::from_str::<Value>(&line) {
-            Err(e) => (
-                Value::Null,
-                Err(fail(code::PARSE_ERROR, format!("not JSON: {e}"))),
-            ),
-            Ok(req) => {
-                let id = req.get("id").cloned().unwrap_or(Value::Null);
-                (id, handle(&req, daemon, peer))
-            }
-        };
-        if reply(&conn, &id, result).is_err() {
+        if !slots.begin(*slot) {
+            return;
+        }
+        let answer = answer(&line, daemon, caller);
+        let written = write_line(conn, &answer);
+        slots.end(*slot);
+        if written.is_err() {
             return;
         }
     }
 }
 
-fn peer_uid(conn: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
+/// The answer to one request line (without its newline), as the JSON-RPC response object.
+pub fn answer(line: &[u8], daemon: &dyn Daemon, caller: Caller) -> Value {
+    let (id, result) = match serde_json::from_slice::<Value>(line) {
+        Err(e) => (
+            Value::Null,
+            Err(fail(
+                code::PARSE_ERROR,
+                format!("not JSON (one UTF-8 JSON object per line): {e}"),
+            )),
+        ),
+        Ok(req) => {
+            let id = req.get("id").cloned().unwrap_or(Value::Null);
+            (id, handle(&req, daemon, caller))
+        }
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of the length we pass, in a local we own.
-    let r = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(cred.uid)
+    response(&id, result)
 }
 
-fn reply(mut conn: &UnixStream, id: &Value, result: Result<Value, Failure>) -> io::Result<()> {
-    let msg = match result {
+fn response(id: &Value, result: Result<Value, Failure>) -> Value {
+    match result {
         Ok(r) => json!({ "jsonrpc": "2.0", "id": id, "result": r }),
         Err(f) => json!({
             "jsonrpc": "2.0",
             "id": id,
             "error": { "code": f.code, "message": f.message },
         }),
-    };
-    let mut line = serde_json::to_vec(&msg).map_err(io::Error::other)?;
+    }
+}
+
+fn reply(conn: &UnixStream, id: &Value, result: Result<Value, Failure>) -> io::Result<()> {
+    write_line(conn, &response(id, result))
+}
+
+fn write_line(mut conn: &UnixStream, msg: &Value) -> io::Result<()> {
+    let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
     line.push(b'\n');
     conn.write_all(&line)
 }
@@ -240,11 +553,21 @@ fn confirmed(req: &Value) -> Result<(), Failure> {
 }
 
 /// Executes one request.
-pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Value, Failure> {
+/// Executes one request of `caller`. A method runs only if [`Method`] lists it (its permission
+/// table) and the caller's role may call it: a method missing from the table is unknown.
+pub fn handle(req: &Value, daemon: &dyn Daemon, caller: Caller) -> Result<Value, Failure> {
     let method = req
         .get("method")
         .and_then(Value::as_str)
         .ok_or_else(|| fail(code::INVALID_REQUEST, "a request needs a \"method\" string"))?;
+    let Some(known) = Method::from_name(method) else {
+        return Err(fail(
+            code::METHOD_NOT_FOUND,
+            format!("unknown method {method:?}"),
+        ));
+    };
+    permitted(known, caller)?;
+    let peer = Some(caller.uid);
     let lun = daemon.lun();
     let res = &lun.reservations;
     match method {
@@ -287,12 +610,19 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
             confirmed(req)?;
             let victim = str_param(req, "victim")?.to_string();
             let abort = bool_param(req, "abort")?;
-            if !daemon.config().guests.iter().any(|g| g.name == victim)
-                && !res.with(|a| a.is_registered(&victim))
-            {
-                return Err(fail(code::FAILED, format!("no guest named {victim:?}")));
+            let by = match param(req, "by") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(str_param(req, "by")?.to_string()),
+            };
+            for guest in std::iter::once(&victim).chain(&by) {
+                if !daemon.config().guests.iter().any(|g| &g.name == guest)
+                    && !res.with(|a| a.is_registered(guest))
+                {
+                    return Err(fail(code::FAILED, format!("no guest named {guest:?}")));
+                }
             }
-            operator_action(daemon, &OperatorAction::Preempt { victim, abort }, peer)
+            let preempt = OperatorAction::Preempt { victim, abort, by };
+            operator_action(daemon, &preempt, peer)
         }
         "guest.add" => guest_add(req, daemon, peer),
         "guest.remove" => guest_remove(req, daemon, peer),
@@ -301,6 +631,38 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, peer: Option<u32>) -> Result<Val
             format!("unknown method {other:?}"),
         )),
     }
+}
+
+/// Refuses (and logs) a call the caller's role may not make.
+fn permitted(method: Method, caller: Caller) -> Result<(), Failure> {
+    let need = method.need();
+    if caller.role.may(need) {
+        return Ok(());
+    }
+    let (what, who) = match need {
+        Need::Change => (
+            "changes the daemon",
+            "root, the daemon's user or a member of admin_group",
+        ),
+        Need::Read => (
+            "reads the daemon's state",
+            "root, the daemon's user or a member of control_group or admin_group",
+        ),
+    };
+    log::warn!(
+        "control: refused {} to uid {} (pid {}): not permitted",
+        method.name(),
+        caller.uid,
+        caller.pid
+    );
+    Err(fail(
+        code::NOT_PERMITTED,
+        format!(
+            "not permitted: {} {what}, which only {who} may do (you are uid {}); nothing was done",
+            method.name(),
+            caller.uid
+        ),
+    ))
 }
 
 /// `pr.show`: the state held. Cluster mode: only a settled one (as PR IN), with `"settled": true`;
@@ -392,16 +754,15 @@ fn operator_action(
     let lun = daemon.lun();
     let res = &lun.reservations;
     log::warn!("host action{}: {action}", by(peer));
-    match res.operator(action) {
+    let status = res.operator(action).map_err(|why| {
+        log::warn!("host action{}: {action} refused: {why}", by(peer));
+        fail(code::RESERVATION_CONFLICT, format!("refused: {why}"))
+    })?;
+    match status {
         PrStatus::Good => Ok(res.with(|a| view::pr(a.state()))),
         PrStatus::Conflict => Err(fail(
             code::RESERVATION_CONFLICT,
-            match action {
-                OperatorAction::Preempt { victim, .. } => format!(
-                    "reservation conflict: {victim} is not registered, there is nothing to preempt"
-                ),
-                OperatorAction::Clear => "reservation conflict".to_string(),
-            },
+            "reservation conflict".to_string(),
         )),
         PrStatus::Busy => Err(fail(
             code::FAILED,

@@ -2025,3 +2025,43 @@ fn randomized_model_keeps_invariants() {
         }
     }
 }
+
+#[test]
+fn iscsi_nexus_transport_ids_are_format_01b_and_parse_back() {
+    let nexus = "iqn.1993-08.org.debian:01:node1,i,0x80123456789a";
+    let tid = transport_id(nexus);
+    assert_eq!(tid[0], 0x45, "format 01b, protocol iSCSI");
+    assert_eq!(tid.len() % 4, 0);
+    let text = &tid[4..4 + nexus.len()];
+    assert_eq!(
+        text,
+        nexus.as_bytes(),
+        "the name as is, without our guest prefix"
+    );
+    assert_eq!(parse_transport_id(&tid).as_deref(), Some(nexus));
+    // Guests keep format 00b with the prefix, exactly as before.
+    let g = transport_id("vm1");
+    assert_eq!(g[0], 0x05);
+    assert_eq!(
+        &g[4..4 + IQN_PREFIX.len() + 3],
+        format!("{IQN_PREFIX}vm1").as_bytes()
+    );
+    // A format 00b iSCSI name (no ISID) names no nexus of ours.
+    let mut plain = transport_id("x");
+    plain.truncate(4);
+    plain.extend_from_slice(b"iqn.1993-08.org.debian:01:node1\0");
+    plain[3] = (plain.len() - 4) as u8;
+    assert_eq!(parse_transport_id(&plain), None);
+}
+
+#[test]
+fn forgotten_nexuses_keep_registrations() {
+    let mut a = Arbiter::new([A.to_string(), B.to_string()]);
+    let reg = ProutRequest::new(ServiceAction::Register).sa_key(7);
+    assert_eq!(a.prout(A, &reg).status, PrStatus::Good);
+    assert!(!a.forget_initiator(A), "a registered nexus stays known");
+    assert!(a.is_known(A));
+    assert!(a.forget_initiator(B), "an unregistered one is forgotten");
+    assert!(!a.is_known(B));
+    assert!(!a.has_unit_attention(B), "with its unit attentions");
+}

@@ -53,7 +53,7 @@ fn operator_clear_has_clears_side_effects_and_is_saved() {
     register(&res, "vm2", 2);
     reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
     let gen = res.with(|a| a.generation());
-    assert_eq!(res.operator(&OperatorAction::Clear), PrStatus::Good);
+    assert_eq!(res.operator(&OperatorAction::Clear), Ok(PrStatus::Good));
     res.with(|a| {
         assert_eq!(a.generation(), gen + 1);
         assert!(a.registrations().is_empty());
@@ -69,12 +69,36 @@ fn operator_clear_has_clears_side_effects_and_is_saved() {
     }
     assert_eq!(res.take_unit_attention("vm3"), None);
     // Nothing left to clear: no change, no new generation.
-    assert_eq!(res.operator(&OperatorAction::Clear), PrStatus::Good);
+    assert_eq!(res.operator(&OperatorAction::Clear), Ok(PrStatus::Good));
     assert_eq!(res.with(|a| a.generation()), gen + 1);
 }
 
 #[test]
-fn operator_preempt_removes_the_victim_and_its_reservation() {
+fn operator_preempt_of_the_holder_is_refused_without_a_survivor_to_take_over() {
+    let (dir, res) = setup();
+    register(&res, "vm1", 1);
+    register(&res, "vm2", 2);
+    reserve(&res, "vm1", 1, ResType::WriteExclusiveRegistrantsOnly);
+    let gen = res.with(|a| a.generation());
+    let alone = OperatorAction::Preempt {
+        victim: "vm1".into(),
+        abort: true,
+        by: None,
+    };
+    assert!(matches!(
+        res.operator(&alone),
+        Err(FenceRefusal::VictimHolds { code: 5, .. })
+    ));
+    res.with(|a| {
+        assert_eq!(a.generation(), gen);
+        assert!(a.is_holder("vm1"));
+    });
+    assert_eq!(saved(&dir).generation, gen);
+    assert_eq!(res.take_unit_attention("vm1"), None);
+}
+
+#[test]
+fn operator_preempt_by_a_survivor_takes_the_reservation_over_and_is_saved() {
     let (dir, res) = setup();
     register(&res, "vm1", 1);
     register(&res, "vm2", 2);
@@ -83,25 +107,31 @@ fn operator_preempt_removes_the_victim_and_its_reservation() {
     let victim = OperatorAction::Preempt {
         victim: "vm1".into(),
         abort: true,
+        by: Some("vm2".into()),
     };
-    assert_eq!(res.operator(&victim), PrStatus::Good);
+    assert_eq!(res.operator(&victim), Ok(PrStatus::Good));
     res.with(|a| {
         assert_eq!(a.generation(), gen + 1);
         assert!(!a.is_registered("vm1"));
-        assert!(a.is_registered("vm2"));
-        assert!(a.reservation().is_none());
+        assert!(a.is_holder("vm2"));
+        assert_eq!(
+            a.reservation().map(|r| r.res_type),
+            Some(ResType::WriteExclusiveRegistrantsOnly)
+        );
+        assert!(!a.check("vm1", Access::Write));
     });
     assert_eq!(saved(&dir).generation, gen + 1);
     assert_eq!(
         res.take_unit_attention("vm1"),
         Some(sense::REGISTRATIONS_PREEMPTED)
     );
-    assert_eq!(
-        res.take_unit_attention("vm2"),
-        Some(sense::RESERVATIONS_RELEASED)
-    );
-    // The victim is no longer registered: a second preempt is refused by the rules.
-    assert_eq!(res.operator(&victim), PrStatus::Conflict);
+    // The same type: the survivor is told of nothing (SPC-4 §5.9.11.4.3).
+    assert_eq!(res.take_unit_attention("vm2"), None);
+    // The victim is no longer registered: a second preempt is refused.
+    assert!(matches!(
+        res.operator(&victim),
+        Err(FenceRefusal::VictimNotRegistered { .. })
+    ));
     assert_eq!(res.with(|a| a.generation()), gen + 1);
 }
 
@@ -115,8 +145,9 @@ fn operator_preempt_fences_a_non_holder_under_registrants_only() {
     let victim = OperatorAction::Preempt {
         victim: "vm2".into(),
         abort: false,
+        by: None,
     };
-    assert_eq!(res.operator(&victim), PrStatus::Good);
+    assert_eq!(res.operator(&victim), Ok(PrStatus::Good));
     assert!(res.admit("vm2", Access::Write).is_err());
     assert!(res.admit("vm1", Access::Write).is_ok());
 }
@@ -140,7 +171,7 @@ fn host_actions_wait_for_admitted_io() {
     drop(admitted);
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(10)).unwrap(),
-        PrStatus::Good
+        Ok(PrStatus::Good)
     );
     t.join().unwrap();
 }

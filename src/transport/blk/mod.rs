@@ -25,8 +25,8 @@ use crate::ops::stats::{self, DeviceStats, Op};
 use crate::pr::fencing::Refusal;
 use crate::pr::Access;
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch,
-    Reply, Slot, Ticket, UsedLens, Vring,
+    self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Limits, Mem, Quiesce,
+    QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
 };
 use crate::transport::Options;
 
@@ -47,6 +47,12 @@ const MAX_DWZ_SECTORS: u32 = 1 << 21;
 const MAX_DWZ_SEG: u32 = 32;
 const DWZ_SEG_LEN: usize = 16;
 const HEADER_LEN: usize = 16;
+/// What one chain may hold: `SEG_MAX` data segments plus the header and the status, each at
+/// most `SIZE_MAX` bytes; counted while the chain is parsed (`Chain::parse_within`).
+const BLK_LIMITS: Limits = Limits {
+    descriptors: SEG_MAX + 2,
+    descriptor_len: SIZE_MAX,
+};
 
 /// Byte offset of `writeback` in virtio_blk_config; the only field a driver may write.
 const CONFIG_WCE_OFFSET: usize = 32;
@@ -57,11 +63,15 @@ pub struct BlkDevice {
     initiator: Arc<str>,
     mem: AtomicMem,
     event_idx: AtomicBool,
+    /// What this connection's driver acknowledged (SET_FEATURES).
     acked_features: AtomicU64,
     /// Whether this connection's data-in buffers go into a migration's dirty log.
     log: DirtyLog,
     /// This connection's place among the guest's connections (a live migration has two).
     ticket: Ticket,
+    /// Whether the driver has acknowledged its features yet (QEMU reads the config space once,
+    /// before the guest's driver negotiates, and shows the guest that copy).
+    negotiated: AtomicBool,
     exit: ExitEvents,
     /// Closed before the daemon ends this connection.
     latch: QuiesceLatch,
@@ -110,6 +120,7 @@ impl BlkBackend {
             log: DirtyLog::default(),
             ticket,
             acked_features: AtomicU64::new(0),
+            negotiated: AtomicBool::new(false),
             exit,
             latch: QuiesceLatch::default(),
             guest_read_only: read_only,
@@ -125,6 +136,77 @@ impl BlkDevice {
         self.guest_read_only || self.lun.image.read_only()
     }
 
+    /// Whether this connection's driver negotiated VIRTIO_BLK_F_FLUSH: without it the driver
+    /// cannot make a write stable, so each of its writes is stable on completion (virtio 1.2
+    /// §5.2.6.2) and it sees `writeback` 0 (§5.2.5.2), whatever the LU's cache does for the
+    /// others. Before negotiation: `None`.
+    fn flush_negotiated(&self) -> Option<bool> {
+        self.negotiated
+            .load(Ordering::Acquire)
+            .then(|| self.acked_features.load(Ordering::Acquire) & feature(VIRTIO_BLK_F_FLUSH) != 0)
+    }
+
+    /// Whether this connection's writes must be stable on completion: the LU is write-through,
+    /// or its driver cannot flush (see [`BlkDevice::flush_negotiated`]).
+    fn write_through(&self) -> bool {
+        !self.lun.write_cache() || self.flush_negotiated() != Some(true)
+    }
+
+    /// The `writeback` this connection's driver sees: the LU's write cache once FLUSH is
+    /// negotiated, 0 without it; before negotiation the LU's, which is what QEMU keeps and
+    /// shows a guest that then negotiates FLUSH (a 0 there would keep it from ever flushing).
+    fn writeback(&self) -> bool {
+        self.lun.write_cache() && self.flush_negotiated() != Some(false)
+    }
+
+    /// A driver's write of `writeback` (virtio 1.2 §5.2.5, VIRTIO_BLK_F_CONFIG_WCE): the LU's
+    /// write cache for every guest, like MODE SELECT, and so refused to a guest that may not
+    /// write (fenced by the reservation, or read-only) and to a driver that cannot flush. virtio
+    /// has no error path for a config write: a refused one is ignored and logged.
+    fn set_writeback(&self, wce: bool) -> io::Result<()> {
+        let who = &self.initiator;
+        let acked = self.acked_features.load(Ordering::Acquire);
+        if self.negotiated.load(Ordering::Acquire) && acked & feature(VIRTIO_BLK_F_CONFIG_WCE) == 0
+        {
+            log::warn!(
+                "{who}: blk: writeback {} ignored: the driver did not negotiate                  VIRTIO_BLK_F_CONFIG_WCE (virtio 1.2 §5.2.5.1), the LU's cache is unchanged",
+                wce as u8
+            );
+            return Ok(());
+        }
+        if self.flush_negotiated() == Some(false) {
+            log::warn!(
+                "{who}: blk: writeback {} ignored: the driver did not negotiate                  VIRTIO_BLK_F_FLUSH, so its writes stay write-through and the LU's cache is                  unchanged",
+                wce as u8
+            );
+            return Ok(());
+        }
+        if self.read_only() {
+            log::warn!(
+                "{who}: blk: writeback {} ignored: the guest is read-only, it may not change                  the LU's write cache",
+                wce as u8
+            );
+            return Ok(());
+        }
+        // Admitted as a write, as MODE SELECT is; the admission ends before the change, which
+        // queues unit attentions and so needs the arbiter exclusively.
+        match self.lun.reservations.admit(who, Access::Write).map(drop) {
+            Ok(()) => self.lun.set_write_cache(who, wce).map(drop),
+            Err(why) => {
+                log::warn!(
+                    "{who}: blk: writeback {} ignored: {}; the LU's write cache stays {}",
+                    wce as u8,
+                    match why {
+                        Refusal::Conflict => "the reservation does not let this guest write",
+                        Refusal::Unavailable => "the shared reservation state is out of reach",
+                    },
+                    if self.lun.write_cache() { "on" } else { "off" }
+                );
+                Ok(())
+            }
+        }
+    }
+
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         let sectors = self.lun.image.size() / SECTOR;
@@ -135,8 +217,8 @@ impl BlkDevice {
         c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         // 24 physical_block_exp, 25 alignment_offset, 26..28 min_io_size, 28..32 opt_io_size.
         c[26..28].copy_from_slice(&1u16.to_le_bytes());
-        // writeback: the LU's write cache; with 0 every write is durable before completion.
-        c[CONFIG_WCE_OFFSET] = self.lun.write_cache() as u8;
+        // writeback: with 0 every write is durable before completion.
+        c[CONFIG_WCE_OFFSET] = self.writeback() as u8;
         c[34..36].copy_from_slice(&(MAX_QUEUES as u16).to_le_bytes());
         c[36..40].copy_from_slice(&MAX_DWZ_SECTORS.to_le_bytes());
         c[40..44].copy_from_slice(&MAX_DWZ_SEG.to_le_bytes());
@@ -155,8 +237,7 @@ impl BlkDevice {
         chain: DescriptorChain<&'m Mem>,
         batch: &mut BlkBatch<'m>,
     ) -> Reply {
-        let within_limits = within_limits(&chain);
-        let chain = match Chain::parse(mem, chain) {
+        let chain = match Chain::parse_within(mem, chain, BLK_LIMITS) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("{}: blk: dropping request: {e}", self.initiator);
@@ -172,6 +253,7 @@ impl BlkDevice {
             log::warn!("{}: blk: request without a status byte", self.initiator);
             return Reply::Done(0);
         };
+        let within_limits = chain.within_limits;
         if within_limits {
             if let Some(io) = self.batchable(&chain.readable, &data_in) {
                 // The status byte is in the one non-empty slice of the 1-byte tail.
@@ -215,7 +297,7 @@ impl BlkDevice {
                 _ => return None,
             };
         (buffers::total(&bufs) as u64 <= ADMISSION_CHUNK)
-            .then(|| IoOp::new(write, offset, bufs, write && !self.lun.write_cache()))
+            .then(|| IoOp::new(write, offset, bufs, write && self.write_through()))
     }
 
     /// Completes a round's reads and writes: admitted in pieces of at most 4 MiB, each under one
@@ -294,7 +376,7 @@ impl BlkDevice {
                 (end, if end == Status::OK { in_len } else { 0 })
             }
             BlkRequest::Write { offset } => {
-                let durable = !self.lun.write_cache();
+                let durable = self.write_through();
                 let r = self.chunked_io(Access::Write, &data_out, |bufs, done| {
                     image.write_at(bufs, offset + done, durable)
                 });
@@ -352,7 +434,12 @@ impl BlkDevice {
                 return end;
             }
         }
-        match self.lun.sync_if_write_through() {
+        let synced = if self.write_through() {
+            self.lun.image.flush()
+        } else {
+            Ok(())
+        };
+        match synced {
             Ok(()) => Status::OK,
             Err(e) => {
                 log::warn!("{}: blk {what}: sync: {e}", self.initiator);
@@ -571,19 +658,6 @@ fn dwz_segments(discard: bool, data_out: &[Buf], in_len: usize, size: u64) -> Re
     Ok(segments)
 }
 
-/// Whether a chain respects what we advertise: at most SEG_MAX data segments (plus header and
-/// status) of at most SIZE_MAX bytes each. Counted on the descriptors themselves.
-fn within_limits(chain: &DescriptorChain<&Mem>) -> bool {
-    let mut count = 0u32;
-    for desc in chain.clone() {
-        count += 1;
-        if count > SEG_MAX + 2 || desc.len() > SIZE_MAX {
-            return false;
-        }
-    }
-    true
-}
-
 impl Quiesce for BlkBackend {
     fn quiesce(&self) {
         self.0.latch.close();
@@ -624,7 +698,8 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn acked_features(&self, features: u64) {
-        self.0.acked_features.store(features, Ordering::Relaxed);
+        self.0.acked_features.store(features, Ordering::Release);
+        self.0.negotiated.store(true, Ordering::Release);
         self.0.log.set_features(features);
     }
 
@@ -655,7 +730,7 @@ impl VhostUserBackend for BlkBackend {
         let offset = offset as usize;
         if offset <= CONFIG_WCE_OFFSET && CONFIG_WCE_OFFSET < offset + buf.len() {
             let wce = buf[CONFIG_WCE_OFFSET - offset] != 0;
-            self.0.lun.set_write_cache(&self.0.initiator, wce)?;
+            self.0.set_writeback(wce)?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
 
 use vhost_user_backend::bitmap::BitmapMmapRegion;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemory, Permissions, VolatileSlice};
 
@@ -25,19 +26,54 @@ pub enum ChainError {
     BrokenOff,
 }
 
+/// The most a device takes in one chain (virtio-blk's `seg_max` and `size_max`), counted while
+/// the chain is parsed: the driver may rewrite its descriptor table at any time, so a limit
+/// checked on a second walk would judge other descriptors than the ones parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Descriptors in the chain, the indirect table's included.
+    pub descriptors: u32,
+    /// Bytes of one descriptor.
+    pub descriptor_len: u32,
+}
+
+impl Limits {
+    /// No limit beyond what virtio-queue enforces (a chain ends at 4 GiB or at a loop).
+    pub const NONE: Limits = Limits {
+        descriptors: u32::MAX,
+        descriptor_len: u32::MAX,
+    };
+}
+
 /// A chain split into what the device reads (driver -> device) and writes (device -> driver).
 pub struct Chain<'m> {
     pub readable: Bufs<'m>,
     pub writable: Bufs<'m>,
+    /// Whether the descriptors parsed stayed within the [`Limits`] given: a chain beyond them
+    /// is still parsed whole, so that the device can answer it (its status byte is found).
+    pub within_limits: bool,
 }
 
 impl<'m> Chain<'m> {
     pub fn parse(mem: &'m Mem, chain: DescriptorChain<&'m Mem>) -> Result<Self, ChainError> {
+        Self::parse_within(mem, chain, Limits::NONE)
+    }
+
+    /// Parses `descs` in one walk, counting `limits` on the very descriptors it parses.
+    pub fn parse_within(
+        mem: &'m Mem,
+        descs: impl IntoIterator<Item = Descriptor>,
+        limits: Limits,
+    ) -> Result<Self, ChainError> {
         let mut readable = Bufs::new();
         let mut writable = Bufs::new();
         let mut more = false;
-        for desc in chain {
+        let mut count = 0u32;
+        let mut within_limits = true;
+        for desc in descs {
             more = desc.has_next();
+            count = count.saturating_add(1);
+            within_limits &= count <= limits.descriptors && desc.len() <= limits.descriptor_len;
             // virtio 1.2 §2.7.4.2: all device-readable descriptors come first.
             let list = if desc.is_write_only() {
                 &mut writable
@@ -61,7 +97,11 @@ impl<'m> Chain<'m> {
         if more {
             return Err(ChainError::BrokenOff);
         }
-        Ok(Chain { readable, writable })
+        Ok(Chain {
+            readable,
+            writable,
+            within_limits,
+        })
     }
 }
 
@@ -76,3 +116,6 @@ fn unlogged(slice: VolatileSlice<'_, BitmapMmapRegion>) -> Buf<'_> {
     // memory is accessed only volatilely, through slices like these or raw I/O into them.
     unsafe { VolatileSlice::new(guard.as_ptr(), slice.len()) }
 }
+
+#[cfg(test)]
+mod tests;

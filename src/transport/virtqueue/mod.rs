@@ -24,7 +24,7 @@ use vmm_sys_util::event::{
 };
 
 pub use crate::pr::replay::Slot;
-pub use chain::{Chain, ChainError};
+pub use chain::{Chain, ChainError, Limits};
 pub use dirty::DirtyLog;
 pub use drain::{drain_queue, kicked_ring, EachAtOnce, Handler, Reply, UsedLens};
 pub use handoff::{Handoff, Ticket};

@@ -1,0 +1,394 @@
+//! The iSCSI target (RFC 7143): one target node per disk, the disk at LUN 0, one portal group
+//! (tag 1) listening on the configured portals. Each connection is a session (MaxConnections
+//! = 1, ErrorRecoveryLevel = 0) served by its own thread; the number of connections and of
+//! Normal sessions is bounded. A Normal session is one I_T nexus, named for the arbiter by
+//! [`nexus_name`] (InitiatorName and ISID), so each session of an initiator registers on its
+//! own and a reinstated session (same name and ISID) keeps its registrations.
+//!
+//! `pdu` frames PDUs, `keys` negotiates text keys, `login` runs the login phase and `session`
+//! the full feature phase; the SCSI core (`crate::scsi::target`) runs the commands.
+
+pub mod keys;
+pub mod login;
+pub mod pdu;
+mod session;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::IscsiConfig;
+use crate::scsi::target::Target;
+use crate::util::lock::lock;
+use login::{login, LoggedIn, LoginError, Policy, SessionKind, Wire};
+use session::{Connection, End};
+
+/// Connections at once, in login or not: more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+
+/// The arbiter's name for the I_T nexus of an iSCSI session: SPC-4's initiator port name,
+/// `<initiator name>,i,0x<ISID>` (the name lower-cased). It cannot clash with a guest name,
+/// which has no `,`; READ FULL STATUS reports it as a format 01b TransportID.
+pub fn nexus_name(initiator: &str, isid: [u8; 6]) -> String {
+    let mut s = format!("{},i,0x", initiator.to_ascii_lowercase());
+    for b in isid {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// A live Normal session.
+struct Live {
+    tsih: u16,
+    /// The connection it runs on.
+    conn: u64,
+}
+
+/// What every connection thread shares.
+pub struct Shared {
+    target: Arc<Target>,
+    config: IscsiConfig,
+    target_name: String,
+    /// Normal sessions at once (what maxShares leaves after the guests).
+    max_sessions: usize,
+    sessions: Mutex<HashMap<String, Live>>,
+    /// Every open connection, by id, to close at reinstatement or stop.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    next_conn: AtomicU64,
+    next_tsih: Mutex<u16>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn new(target: Arc<Target>, config: IscsiConfig, max_sessions: usize) -> Self {
+        Shared {
+            target_name: config.target_name(&target.lun().serial),
+            target,
+            config,
+            max_sessions: max_sessions.max(1),
+            sessions: Mutex::default(),
+            conns: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            next_tsih: Mutex::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// SendTargets (RFC 7143 §12.3, appendix C): our target and portals for `All` (or our own
+    /// name); nothing for another name.
+    fn send_targets(&self, what: &str, _kind: SessionKind) -> Vec<(String, String)> {
+        if what != "All" && !what.is_empty() && !what.eq_ignore_ascii_case(&self.target_name) {
+            return Vec::new();
+        }
+        let mut out = vec![("TargetName".to_string(), self.target_name.clone())];
+        for a in &self.config.listen {
+            let addr = match a {
+                SocketAddr::V4(v) => format!("{}:{},1", v.ip(), v.port()),
+                SocketAddr::V6(v) => format!("[{}]:{},1", v.ip(), v.port()),
+            };
+            out.push(("TargetAddress".to_string(), addr));
+        }
+        out
+    }
+
+    /// Admits a Normal session of `nexus` on connection `conn`: reinstates a live one of the
+    /// same nexus (its connection is closed), refuses beyond the limit (0302). Its TSIH.
+    fn admit(&self, nexus: &str, conn: u64) -> Result<u16, u16> {
+        let mut sessions = lock(&self.sessions);
+        let res = &self.target.lun().reservations;
+        if let Some(old) = sessions.remove(nexus) {
+            // Session reinstatement (RFC 7143 §6.3.5): the old connection closes, its tasks
+            // end without responses; the nexus and its PR state stay, SPC-2 state goes (an
+            // I_T nexus loss, reported to the new session as 29/07).
+            log::info!(
+                "{nexus}: iscsi: session reinstated (TSIH {} closed)",
+                old.tsih
+            );
+            if let Some(s) = lock(&self.conns).get(&old.conn) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            res.with_mut(|a| a.i_t_nexus_reset(nexus));
+        }
+        if sessions.len() >= self.max_sessions {
+            log::warn!(
+                "{nexus}: iscsi: login refused: {} sessions already",
+                sessions.len()
+            );
+            return Err(login::status::OUT_OF_RESOURCES);
+        }
+        let tsih = {
+            let mut t = lock(&self.next_tsih);
+            *t = t.wrapping_add(1).max(1);
+            *t
+        };
+        sessions.insert(nexus.to_string(), Live { tsih, conn });
+        res.with_mut(|a| a.add_initiator(nexus.to_string()));
+        Ok(tsih)
+    }
+
+    /// The end of a Normal session: an I_T nexus loss (SAM-5 §6.3.4), unless a reinstatement
+    /// took the nexus over (and did that already); an unregistered nexus is then forgotten.
+    fn ended(&self, nexus: &str, conn: u64) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(nexus).is_none_or(|l| l.conn != conn) {
+            return;
+        }
+        sessions.remove(nexus);
+        // Under the sessions lock, so a login of the same nexus cannot interleave.
+        self.target.lun().reservations.with_mut(|a| {
+            a.i_t_nexus_reset(nexus);
+            a.forget_initiator(nexus);
+        });
+    }
+
+    /// One connection from accept to close.
+    fn serve(&self, mut stream: TcpStream, peer: SocketAddr, conn: u64) {
+        let _ = stream.set_nodelay(true);
+        let Some(session) = self.login(&mut stream, &peer.to_string(), conn) else {
+            return;
+        };
+        let writer = stream
+            .set_read_timeout(None)
+            .and_then(|_| stream.try_clone());
+        match writer {
+            Ok(writer) => self.full_feature(session, stream, writer, conn),
+            Err(e) => {
+                log::warn!("iscsi: connection from {peer}: {e}");
+                self.ended(&nexus_name(&session.initiator, session.isid), conn);
+            }
+        }
+    }
+
+    /// The login phase on `wire`; `None` when it failed (logged).
+    fn login(&self, wire: &mut impl Wire, peer: &str, conn: u64) -> Option<LoggedIn> {
+        let allows = |name: &str| self.config.allows(name);
+        let admit =
+            |name: &str, isid: [u8; 6], _tsih: u16| self.admit(&nexus_name(name, isid), conn);
+        let policy = Policy {
+            target_name: &self.target_name,
+            allows: &allows,
+            admit: &admit,
+        };
+        match login(wire, &policy) {
+            Ok(s) => {
+                let p = &s.params;
+                log::info!(
+                    "{}: iscsi: logged in from {peer} (TSIH {}, header digest {}, data digest {}, \
+                     InitialR2T {}, ImmediateData {}, bursts {}/{})",
+                    session_name(&s),
+                    s.tsih,
+                    if p.digests.header { "CRC32C" } else { "None" },
+                    if p.digests.data { "CRC32C" } else { "None" },
+                    p.initial_r2t,
+                    p.immediate_data,
+                    p.first_burst,
+                    p.max_burst
+                );
+                Some(s)
+            }
+            Err(LoginError::Refused { status, why }) => {
+                log::warn!("iscsi: login from {peer} refused ({status:04x}): {why}");
+                None
+            }
+            Err(e) => {
+                log::info!("iscsi: login from {peer} failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// The full feature phase until the connection ends, then the session's end. The
+    /// connection (`reader`, `writer`) stays open until the nexus is accounted for, so an
+    /// initiator that sees it close after a logout can log in again at once.
+    fn full_feature<R: Read, W: Write>(&self, session: LoggedIn, reader: R, writer: W, conn: u64) {
+        let nexus = session_name(&session);
+        let kind = session.kind;
+        let mut connection = Connection::new(self, reader, writer, session, nexus.clone());
+        match connection.run() {
+            End::Logout => log::info!("{nexus}: iscsi: logged out"),
+            End::ColdReset => {
+                log::info!("{nexus}: iscsi: target cold reset: closing every connection");
+                for s in lock(&self.conns).values() {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+            e => log::info!("{nexus}: iscsi: connection closed: {e}"),
+        }
+        if kind == SessionKind::Normal {
+            self.ended(&nexus, conn);
+        }
+        drop(connection);
+    }
+}
+
+/// How the log and the arbiter name a session: its nexus, or the initiator of a discovery.
+fn session_name(s: &LoggedIn) -> String {
+    match s.kind {
+        SessionKind::Normal => nexus_name(&s.initiator, s.isid),
+        SessionKind::Discovery => format!("{} (discovery)", s.initiator),
+    }
+}
+
+/// An in-memory connection: reads from `input`, writes to `output`.
+struct MemoryWire<'a> {
+    input: &'a [u8],
+    output: Vec<u8>,
+}
+
+impl Read for MemoryWire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl Write for MemoryWire<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Wire for MemoryWire<'_> {
+    fn set_read_deadline(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One connection from login to its end, its bytes from `input`, on `target` as `config`
+/// serves it: what it answered. For the fuzz target (PDU parsing, login and text
+/// negotiation, Data-Out sequencing) and tests; sessions it opens end with it.
+pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -> Vec<u8> {
+    let shared = Shared::new(target, config, 4);
+    let mut wire = MemoryWire {
+        input,
+        output: Vec::new(),
+    };
+    if let Some(session) = shared.login(&mut wire, "memory", 0) {
+        shared.full_feature(session, wire.input, &mut wire.output, 0);
+    }
+    wire.output
+}
+
+/// The running iSCSI target: its listener threads and connections.
+pub struct Portal {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    conn_threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Portal {
+    /// Listens on every configured portal. `max_sessions` bounds the Normal sessions.
+    pub fn start(
+        target: Arc<Target>,
+        config: IscsiConfig,
+        max_sessions: usize,
+    ) -> io::Result<Portal> {
+        let listeners = config
+            .listen
+            .iter()
+            .map(|a| {
+                TcpListener::bind(a)
+                    .map_err(|e| io::Error::new(e.kind(), format!("iSCSI portal {a}: {e}")))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        log::info!(
+            "iscsi: target {} on {}",
+            config.target_name(&target.lun().serial),
+            config
+                .listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let shared = Arc::new(Shared::new(target, config, max_sessions));
+        let conn_threads = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for l in listeners {
+            l.set_nonblocking(true)?;
+            let (shared, conns) = (shared.clone(), conn_threads.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("iscsi-listen".into())
+                    .spawn(move || accept_loop(&shared, &l, &conns))?,
+            );
+        }
+        Ok(Portal {
+            shared,
+            threads,
+            conn_threads,
+        })
+    }
+
+    /// The target name initiators log in to.
+    pub fn target_name(&self) -> &str {
+        &self.shared.target_name
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for s in lock(&self.shared.conns).values() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let threads: Vec<_> = lock(&self.conn_threads).drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accepts connections until stopped, a thread each, at most [`MAX_CONNECTIONS`].
+fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, threads: &Mutex<Vec<JoinHandle<()>>>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let (stream, peer) = match l.accept() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => {
+                log::warn!("iscsi: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        lock(threads).retain(|t| !t.is_finished());
+        if lock(&shared.conns).len() >= MAX_CONNECTIONS {
+            log::warn!("iscsi: connection from {peer} closed: {MAX_CONNECTIONS} already open");
+            continue;
+        }
+        let _ = stream.set_nonblocking(false);
+        let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let Ok(copy) = stream.try_clone() else {
+            continue;
+        };
+        lock(&shared.conns).insert(conn, copy);
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("iscsi-conn".into())
+            .spawn(move || {
+                s.serve(stream, peer, conn);
+                lock(&s.conns).remove(&conn);
+            });
+        match spawned {
+            Ok(t) => lock(threads).push(t),
+            Err(e) => {
+                log::warn!("iscsi: no thread for {peer}: {e}");
+                lock(&shared.conns).remove(&conn);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+use super::keys::{self, negotiate, Params};
+use super::nexus_name;
+use super::pdu::{self, read_pdu, write_pdu, Digests, PduError};
+
+#[test]
+fn crc32c_is_castagnoli() {
+    // RFC 3720 appendix B.4: 32 bytes of zeros.
+    assert_eq!(pdu::crc32c(&[&[0u8; 32]]), 0x8a91_36aa);
+}
+
+#[test]
+fn pdu_round_trip_with_digests_and_padding() {
+    let d = Digests {
+        header: true,
+        data: true,
+    };
+    let mut b = pdu::header(pdu::op::NOP_IN, 0x80, 7);
+    pdu::put(&mut b, 24, 99);
+    let mut wire = Vec::new();
+    write_pdu(&mut wire, b, b"hello", d).unwrap();
+    assert_eq!(wire.len(), 48 + 4 + 8 + 4);
+    let p = read_pdu(&mut wire.as_slice(), d, 8192).unwrap();
+    assert_eq!(p.itt(), 7);
+    assert_eq!(p.data, b"hello");
+    // A flipped data byte fails the data digest; a flipped header byte the header digest.
+    let mut bad = wire.clone();
+    bad[52] ^= 1;
+    assert!(matches!(
+        read_pdu(&mut bad.as_slice(), d, 8192),
+        Err(PduError::DataDigest)
+    ));
+    let mut bad = wire;
+    bad[20] ^= 1;
+    assert!(matches!(
+        read_pdu(&mut bad.as_slice(), d, 8192),
+        Err(PduError::HeaderDigest)
+    ));
+}
+
+#[test]
+fn pdu_longer_than_declared_is_refused_before_allocation() {
+    let mut b = [0u8; 48];
+    b[5] = 0xff; // 16 MiB - 1 announced, nothing sent
+    let r = read_pdu(&mut b.as_slice(), Digests::default(), 8192);
+    assert!(matches!(r, Err(PduError::TooLong { .. })));
+}
+
+#[test]
+fn keys_negotiate_the_profile() {
+    let mut p = Params::default();
+    let a = |k, v, p: &mut Params| negotiate(k, v, p);
+    assert_eq!(
+        a("HeaderDigest", "None,CRC32C", &mut p).as_deref(),
+        Some("None")
+    );
+    assert_eq!(
+        a("DataDigest", "CRC32C,None", &mut p).as_deref(),
+        Some("CRC32C")
+    );
+    assert!(p.digests.data && !p.digests.header);
+    assert_eq!(a("MaxConnections", "8", &mut p).as_deref(), Some("1"));
+    assert_eq!(a("ErrorRecoveryLevel", "2", &mut p).as_deref(), Some("0"));
+    assert_eq!(
+        a("MaxBurstLength", "16776192", &mut p).as_deref(),
+        Some("1048576")
+    );
+    assert_eq!(
+        a("FirstBurstLength", "262144", &mut p).as_deref(),
+        Some("262144")
+    );
+    assert_eq!(a("InitialR2T", "No", &mut p).as_deref(), Some("No"));
+    assert_eq!(
+        a("OFMarkInt", "2048~8192", &mut p).as_deref(),
+        Some("Reject")
+    );
+    assert_eq!(
+        a("X-com.example.Foo", "1", &mut p).as_deref(),
+        Some("NotUnderstood")
+    );
+    assert_eq!(a("MaxRecvDataSegmentLength", "65536", &mut p), None);
+    assert_eq!(p.their_mrdsl, 65536);
+    assert_eq!(a("MaxBurstLength", "12", &mut p).as_deref(), Some("Reject"));
+    assert!(!p.initial_r2t);
+}
+
+#[test]
+fn key_text_parsing_refuses_malformed_lists() {
+    let ok = keys::parse(b"InitiatorName=iqn.x\0SessionType=Normal\0").unwrap();
+    assert_eq!(ok.len(), 2);
+    assert!(keys::parse(b"NoEquals\0").is_none());
+    let long = format!("{}=1\0", "K".repeat(64));
+    assert!(keys::parse(long.as_bytes()).is_none());
+    assert!(keys::parse(&[0xff, b'=', b'1', 0]).is_none());
+}
+
+#[test]
+fn nexus_names_carry_the_isid() {
+    let n = nexus_name(
+        "IQN.1993-08.org.debian:01:node1",
+        [0x80, 0x12, 0x34, 0x56, 0x78, 0x9a],
+    );
+    assert_eq!(n, "iqn.1993-08.org.debian:01:node1,i,0x80123456789a");
+    assert!(!crate::config::valid_guest_name(&n));
+}
+
+#[test]
+fn serial_arithmetic_wraps() {
+    assert!(pdu::sn_lt(0xffff_fffe, 1));
+    assert!(!pdu::sn_lt(1, 0xffff_fffe));
+    assert!(!pdu::sn_lt(5, 5));
+}
+
+/// A target on a 1 MiB temporary image with `vm1` configured, and an `[iscsi]` that admits any
+/// initiator under a fixed target name.
+fn memory_target() -> (
+    tempfile::TempDir,
+    std::sync::Arc<crate::scsi::target::Target>,
+    crate::config::IscsiConfig,
+) {
+    use crate::image::FileImage;
+    use crate::pr::fencing::Reservations;
+    use crate::pr::Arbiter;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.img");
+    let image = FileImage::open(&path, Some(1 << 20), false).unwrap();
+    let arbiter = Arbiter::new(["vm1".to_string()]);
+    let lun = crate::lun::Lun::new(Box::new(image), Reservations::new(arbiter, None), &path);
+    let target = std::sync::Arc::new(crate::scsi::target::Target::new(std::sync::Arc::new(lun)));
+    let config = crate::config::IscsiConfig {
+        listen: vec!["127.0.0.1:3260".parse().unwrap()],
+        target: Some("iqn.2026-12.io.sharedisk:t".into()),
+        allow_any_initiator: true,
+        ..Default::default()
+    };
+    (dir, target, config)
+}
+
+/// A PDU as an initiator sends it (no digests).
+fn request(opcode: u8, flags: u8, f: impl Fn(&mut [u8; 48]), data: &[u8]) -> Vec<u8> {
+    let mut b = [0u8; 48];
+    b[0] = opcode;
+    b[1] = flags;
+    f(&mut b);
+    let mut out = Vec::new();
+    write_pdu(&mut out, b, data, Digests::default()).unwrap();
+    out
+}
+
+/// The PDUs in `out`, as (header, data).
+fn responses(mut out: &[u8]) -> Vec<([u8; 48], Vec<u8>)> {
+    let mut v = Vec::new();
+    while !out.is_empty() {
+        let p = read_pdu(&mut out, Digests::default(), 1 << 24).unwrap();
+        v.push((p.bhs, p.data));
+    }
+    v
+}
+
+fn login_bytes(initiator: &str, isid_last: u8) -> Vec<u8> {
+    let keys = format!(
+        "InitiatorName={initiator}\0TargetName=iqn.2026-12.io.sharedisk:t\0AuthMethod=None\0\
+         InitialR2T=Yes\0ImmediateData=Yes\0MaxRecvDataSegmentLength=8192\0"
+    );
+    request(
+        0x43,
+        0x80 | 3,
+        |b| {
+            b[8] = 0x80;
+            b[13] = isid_last;
+            b[16..20].copy_from_slice(&1u32.to_be_bytes());
+            b[24..28].copy_from_slice(&1u32.to_be_bytes());
+        },
+        keys.as_bytes(),
+    )
+}
+
+#[test]
+fn in_memory_login_command_and_logout() {
+    let (_d, target, config) = memory_target();
+    let mut input = login_bytes("iqn.2026-01.org.example:a", 1);
+    // TEST UNIT READY (CmdSN 1): the new nexus's power-on UA; then INQUIRY (CmdSN 2); a command
+    // outside the window (CmdSN 99) gets no answer; then a logout.
+    input.extend(request(
+        0x01,
+        0x80,
+        |b| {
+            b[16..20].copy_from_slice(&2u32.to_be_bytes());
+            b[24..28].copy_from_slice(&1u32.to_be_bytes());
+        },
+        &[],
+    ));
+    input.extend(request(
+        0x01,
+        0x80,
+        |b| {
+            b[16..20].copy_from_slice(&9u32.to_be_bytes());
+            b[24..28].copy_from_slice(&99u32.to_be_bytes());
+        },
+        &[],
+    ));
+    input.extend(request(
+        0x01,
+        0xc0,
+        |b| {
+            b[16..20].copy_from_slice(&3u32.to_be_bytes());
+            b[20..24].copy_from_slice(&36u32.to_be_bytes());
+            b[24..28].copy_from_slice(&2u32.to_be_bytes());
+            b[32] = 0x12;
+            b[36] = 36;
+        },
+        &[],
+    ));
+    input.extend(request(
+        0x46,
+        0x80,
+        |b| {
+            b[16..20].copy_from_slice(&4u32.to_be_bytes());
+            b[24..28].copy_from_slice(&3u32.to_be_bytes());
+        },
+        &[],
+    ));
+    let out = super::serve_in_memory(target.clone(), config, &input);
+    let r = responses(&out);
+    let ops: Vec<u8> = r.iter().map(|(b, _)| b[0] & 0x3f).collect();
+    assert_eq!(
+        ops,
+        vec![0x23, 0x21, 0x25, 0x26],
+        "login, TUR's response, INQUIRY's Data-In, logout"
+    );
+    assert_eq!(&r[0].0[36..38], &[0, 0], "login status success");
+    assert_ne!(&r[0].0[14..16], &[0, 0], "a TSIH");
+    let keys = String::from_utf8_lossy(&r[0].1);
+    assert!(keys.contains("TargetPortalGroupTag=1"), "{keys}");
+    assert!(keys.contains("MaxRecvDataSegmentLength=262144"), "{keys}");
+    assert_eq!(r[1].0[3], 0x02, "CHECK CONDITION");
+    assert_eq!(&r[1].1[2 + 12..2 + 14], &[0x29, 0x00], "the power-on UA");
+    assert_eq!(r[2].0[1] & 0x81, 0x81, "INQUIRY's status in its Data-In");
+    assert_eq!(r[2].1.len(), 36);
+    // The session ended with the connection: its unregistered nexus is forgotten.
+    let nexus = nexus_name("iqn.2026-01.org.example:a", [0x80, 0, 0, 0, 0, 1]);
+    assert!(!target.lun().reservations.with(|a| a.is_known(&nexus)));
+}
+
+#[test]
+fn in_memory_refusals() {
+    let (_d, target, mut config) = memory_target();
+    config.allow_any_initiator = false;
+    config.initiators = vec!["iqn.2026-01.org.example:a".into()];
+    let out = super::serve_in_memory(
+        target.clone(),
+        config.clone(),
+        &login_bytes("iqn.2026-01.org.example:b", 1),
+    );
+    let r = responses(&out);
+    assert_eq!(r.len(), 1);
+    assert_eq!(&r[0].0[36..38], &[0x02, 0x02], "authorization failure");
+    // A login PDU with 9000 bytes of keys: refused before it is read (8 KiB during login).
+    let big = request(0x43, 0x80 | 3, |_| {}, &vec![b'a'; 9000]);
+    assert!(super::serve_in_memory(target, config, &big).is_empty());
+}
