@@ -57,6 +57,10 @@ pub struct QemuArgsArgs {
     pub memory: String,
     #[arg(long, value_enum, default_value = "qemu")]
     pub format: QemuFormat,
+    /// The flags of a live migration's destination QEMU: the same devices, and `-incoming URI`
+    /// (e.g. `defer`, `unix:/run/vm1-migrate.sock`, `tcp:127.0.0.1:4444`); QEMU format only.
+    #[arg(long, value_name = "URI")]
+    pub incoming: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -82,7 +86,17 @@ impl QemuArgsArgs {
             QemuFormat::Qemu => qemu::Format::Qemu,
             QemuFormat::Libvirt => qemu::Format::Libvirt,
         };
-        let out = qemu::guest_args(&socket_dir, &guest, &self.memory, format)?;
+        let mut out = qemu::guest_args(&socket_dir, &guest, &self.memory, format)?;
+        if let Some(uri) = &self.incoming {
+            if format == qemu::Format::Libvirt {
+                return Err(
+                    "--incoming is for QEMU flags; libvirt starts the destination of \
+                            `virsh migrate` itself"
+                        .into(),
+                );
+            }
+            out = qemu::incoming(&out, uri)?;
+        }
         match format {
             qemu::Format::Qemu => out::println(&out),
             qemu::Format::Libvirt => out::print(&out),

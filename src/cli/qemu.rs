@@ -79,6 +79,16 @@ fn args_for(
     ))
 }
 
+/// A live migration's destination: the source's flags `args` (the same devices on the same
+/// sockets, served by the same daemon) and `-incoming uri`, where QEMU waits for the migration
+/// stream. The daemon accepts the destination's connections while the source's are live.
+pub fn incoming(args: &str, uri: &str) -> Result<String, String> {
+    if uri.is_empty() || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("invalid migration URI {uri:?}"));
+    }
+    Ok(format!("{args} -incoming {uri}"))
+}
+
 /// What `qemu-args` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

@@ -1,5 +1,7 @@
-//! One guest socket's accept loop: one vhost-user connection at a time, for ever, a second one
-//! refused while the first is active, and a growing pause when a connection cannot be served.
+//! One guest socket's accept loop, for ever: a guest's vhost-user connection and, while it is
+//! live, a second one (a live migration's destination QEMU), a third refused; and a growing
+//! pause when a connection cannot be served. Of two connections, one at a time admits requests
+//! (`transport/virtqueue/handoff.rs`).
 //!
 //! vhost-user-backend's `VhostUserDaemon` serves exactly one connection, so the loop builds a
 //! fresh backend and daemon for every connection, which lets a guest disconnect and reconnect (a
@@ -12,30 +14,30 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use vhost::vhost_user::Listener;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::ops::stats::DeviceStats;
-use crate::transport::virtqueue::{AtomicMem, Quiesce, Vring};
+use crate::transport::virtqueue::{AtomicMem, Handoff, Quiesce, Ticket, Vring};
 
-/// Waits until one of `fds` is readable; returns their readiness.
-fn poll_readable<const N: usize>(fds: [RawFd; N]) -> io::Result<[bool; N]> {
-    poll_timeout(fds, -1)
-}
-
-/// Like [`poll_readable`], giving up after `timeout_ms` (all `false`).
-fn poll_timeout<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<[bool; N]> {
-    let mut pfds = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
+/// Waits until one of `fds` is readable, or `timeout_ms` passed (-1: for ever); returns their
+/// readiness.
+fn poll_many(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     loop {
-        // SAFETY: `pfds` is a valid array of N pollfd structures for the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures for the call.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
         if r >= 0 {
-            return Ok(pfds.map(|p| p.revents != 0));
+            return Ok(pfds.iter().map(|p| p.revents != 0).collect());
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -62,11 +64,22 @@ impl Backoff {
     fn wait(&mut self, stop: &EventFd) -> bool {
         let ms = self.delay.as_millis() as i32;
         self.delay = (self.delay * 2).min(std::time::Duration::from_secs(5));
-        !matches!(poll_timeout([stop.as_raw_fd()], ms), Ok([false]))
+        !matches!(poll_many(&[stop.as_raw_fd()], ms).as_deref(), Ok([false]))
     }
 }
 
-/// Serves one socket until `stop` fires: one connection at a time, for ever.
+/// A connection being served.
+struct Live<B> {
+    device: B,
+    shutdown: vhost_user_backend::ShutdownHandle,
+    /// Signalled when the connection has ended and its queue threads are joined.
+    done: Arc<EventFd>,
+    waiter: JoinHandle<()>,
+    ticket: Ticket,
+}
+
+/// Serves one socket until `stop` fires, for ever: at most [`MAX_CONNECTIONS`] connections at
+/// once, one of which at a time admits requests (see `virtqueue/handoff.rs`).
 pub(super) fn serve_socket<B, F>(
     name: &str,
     mut listener: Listener,
@@ -74,23 +87,39 @@ pub(super) fn serve_socket<B, F>(
     stats: &DeviceStats,
     make: F,
 ) where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
-    F: Fn(AtomicMem) -> io::Result<B>,
+    B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
+    F: Fn(AtomicMem, Ticket) -> io::Result<B>,
 {
+    let handoff = Arc::new(Handoff::default());
+    let mut live: Vec<Live<B>> = Vec::new();
     let mut backoff = Backoff::default();
-    loop {
-        match poll_readable([listener.as_raw_fd(), stop.as_raw_fd()]) {
-            Ok([_, true]) => return,
-            Ok([true, false]) => {}
-            Ok(_) => continue,
-            Err(e) => {
-                log::error!("{name}: poll: {e}");
-                return;
-            }
+    while let Some((incoming, stopping)) = wait(name, &listener, stop, &mut live, stats) {
+        if stopping {
+            break;
         }
-        let (mut daemon, device) = match connect(name, &mut listener, &make) {
-            Ok(d) => d,
+        if !incoming {
+            continue;
+        }
+        if live.len() >= MAX_CONNECTIONS {
+            refuse_extra(name, &mut listener, &mut live, stop, stats);
+            continue;
+        }
+        let ticket = handoff.ticket();
+        match accept(name, &mut listener, &make, ticket.clone()) {
+            Ok(l) => {
+                backoff = Backoff::default();
+                stats.connections.fetch_add(1, Ordering::Relaxed);
+                stats.connected.store(true, Ordering::Relaxed);
+                if !live.is_empty() {
+                    log::info!(
+                        "{name}: a second connection while one is live (a migration's \
+                         destination?): it admits requests once the first one's rings stopped"
+                    );
+                }
+                live.push(l);
+            }
             Err(e) => {
+                ticket.end();
                 log::log!(
                     e.level,
                     "{name}: {}; retrying in {:?}",
@@ -98,40 +127,106 @@ pub(super) fn serve_socket<B, F>(
                     backoff.delay
                 );
                 if backoff.wait(stop) {
-                    return;
+                    break;
                 }
-                continue;
             }
-        };
-        backoff = Backoff::default();
-        log::info!("{name}: frontend connected");
-        let Some(shutdown) = daemon.shutdown_handle() else {
-            continue;
-        };
-        let done = match EventFd::new(EFD_NONBLOCK) {
-            Ok(fd) => Arc::new(fd),
-            Err(e) => {
-                log::error!("{name}: eventfd: {e}");
-                shutdown.shutdown();
-                let _ = daemon.wait();
-                return;
-            }
-        };
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        stats.connected.store(true, Ordering::Relaxed);
-        let waiter = wait_for_disconnect(name, daemon, done.clone());
-        let stopping = refuse_others(name, &mut listener, &done, stop);
-        if stopping {
-            // Every completion reaches guest memory before the frontend sees the connection end.
-            device.quiesce();
-            shutdown.shutdown();
-        }
-        let _ = waiter.join();
-        stats.connected.store(false, Ordering::Relaxed);
-        if stopping {
-            return;
         }
     }
+    for l in &live {
+        // Every completion reaches guest memory before the frontend sees the connection end.
+        l.device.quiesce();
+        l.shutdown.shutdown();
+    }
+    for l in live {
+        let _ = l.waiter.join();
+        l.ticket.end();
+    }
+    stats.connected.store(false, Ordering::Relaxed);
+}
+
+/// At most this many connections per socket: a guest's own and, during a live migration, its
+/// destination QEMU's.
+const MAX_CONNECTIONS: usize = 2;
+
+/// Waits for a new frontend, the end of a connection (reaped here) or `stop`. Returns whether
+/// a frontend is waiting and whether to stop; `None` when polling fails.
+fn wait<B>(
+    name: &str,
+    listener: &Listener,
+    stop: &EventFd,
+    live: &mut Vec<Live<B>>,
+    stats: &DeviceStats,
+) -> Option<(bool, bool)> {
+    let mut fds = vec![listener.as_raw_fd(), stop.as_raw_fd()];
+    fds.extend(live.iter().map(|l| l.done.as_raw_fd()));
+    let ready = match poll_many(&fds, -1) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("{name}: poll: {e}");
+            return None;
+        }
+    };
+    if ready[1] {
+        return Some((false, true));
+    }
+    reap(live, &ready[2..], stats);
+    Some((ready[0], false))
+}
+
+/// Drops the connections whose `done` fired (`ended[i]` for `live[i]`).
+fn reap<B>(live: &mut Vec<Live<B>>, ended: &[bool], stats: &DeviceStats) {
+    let mut keep = Vec::with_capacity(live.len());
+    for (i, l) in live.drain(..).enumerate() {
+        if ended.get(i).copied().unwrap_or(false) {
+            let _ = l.waiter.join();
+            l.ticket.end();
+        } else {
+            keep.push(l);
+        }
+    }
+    *live = keep;
+    if live.is_empty() {
+        stats.connected.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Builds a device for the waiting frontend and serves it on its own thread.
+fn accept<B, F>(
+    name: &str,
+    listener: &mut Listener,
+    make: &F,
+    ticket: Ticket,
+) -> Result<Live<B>, ConnectError>
+where
+    B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
+    F: Fn(AtomicMem, Ticket) -> io::Result<B>,
+{
+    let (daemon, device) = connect(name, listener, &|mem| make(mem, ticket.clone()))?;
+    log::info!("{name}: frontend connected");
+    let failed = |what: String| ConnectError {
+        level: log::Level::Error,
+        what,
+    };
+    let shutdown = daemon
+        .shutdown_handle()
+        .ok_or_else(|| failed("the connection has no shutdown handle".into()))?;
+    let done = match EventFd::new(EFD_NONBLOCK) {
+        Ok(fd) => Arc::new(fd),
+        Err(e) => {
+            shutdown.shutdown();
+            let mut daemon = daemon;
+            let _ = daemon.wait();
+            return Err(failed(format!("eventfd: {e}")));
+        }
+    };
+    let waiter = wait_for_disconnect(name, daemon, done.clone());
+    Ok(Live {
+        device,
+        shutdown,
+        done,
+        waiter,
+        ticket,
+    })
 }
 
 /// Why a waiting frontend could not be served yet, and how loudly to say so.
@@ -141,14 +236,13 @@ struct ConnectError {
 }
 
 /// Builds a device and its vhost-user daemon, and accepts the waiting frontend with them.
-fn connect<B, F>(
+fn connect<B>(
     name: &str,
     listener: &mut Listener,
-    make: &F,
+    make: &dyn Fn(AtomicMem) -> io::Result<B>,
 ) -> Result<(VhostUserDaemon<B>, B), ConnectError>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
-    F: Fn(AtomicMem) -> io::Result<B>,
+    B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
 {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let daemon = make(mem.clone())
@@ -180,7 +274,7 @@ fn wait_for_disconnect<B>(
     done: Arc<EventFd>,
 ) -> JoinHandle<()>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static,
+    B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Clone + 'static,
 {
     let name = name.to_string();
     thread::spawn(move || {
@@ -194,33 +288,31 @@ where
     })
 }
 
-/// While a connection is active: refuses (and logs) any other frontend, until the connection
-/// ends (`done`: returns false) or `stop` fires (returns true).
-fn refuse_others(name: &str, listener: &mut Listener, done: &EventFd, stop: &EventFd) -> bool {
-    loop {
-        match poll_readable([listener.as_raw_fd(), done.as_raw_fd(), stop.as_raw_fd()]) {
-            Ok([_, _, true]) => return true,
-            Ok([_, true, _]) => return false,
-            Ok([true, _, _]) => {
-                // A frontend that just went away may not have been noticed yet (a quick
-                // reconnect): give the old connection a moment to end before refusing.
-                match poll_timeout([done.as_raw_fd(), stop.as_raw_fd()], 1000) {
-                    Ok([false, false]) => {}
-                    _ => continue,
-                }
-                if let Ok(Some(extra)) = listener.accept() {
-                    log::warn!(
-                        "{name}: refusing a second connection while one is active (is another \
-                         QEMU using this guest's socket?)"
-                    );
-                    drop(extra);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                log::error!("{name}: poll: {e}");
-                return true;
-            }
+/// A frontend beyond [`MAX_CONNECTIONS`]: refused (and logged), unless a connection ends
+/// within a second (a frontend that just went away may not have been noticed yet: a quick
+/// reconnect); then it is served at the next turn of the loop.
+fn refuse_extra<B>(
+    name: &str,
+    listener: &mut Listener,
+    live: &mut Vec<Live<B>>,
+    stop: &EventFd,
+    stats: &DeviceStats,
+) {
+    let mut fds = vec![stop.as_raw_fd()];
+    fds.extend(live.iter().map(|l| l.done.as_raw_fd()));
+    match poll_many(&fds, 1000) {
+        Ok(ready) if ready.iter().any(|r| *r) => {
+            reap(live, &ready[1..], stats);
+            return;
         }
+        Ok(_) => {}
+        Err(e) => log::error!("{name}: poll: {e}"),
+    }
+    if let Ok(Some(extra)) = listener.accept() {
+        log::warn!(
+            "{name}: refusing a connection while {MAX_CONNECTIONS} are live (is another QEMU \
+             using this guest's socket?)"
+        );
+        drop(extra);
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use vhost::vhost_user::Listener;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VhostUserBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -25,7 +26,8 @@ use crate::pr::Arbiter;
 use crate::scsi::target::Target;
 use crate::transport::blk::BlkBackend;
 use crate::transport::virtio_scsi::ScsiBackend;
-use crate::transport::virtqueue::{AtomicMem, Quiesce, Vring};
+use crate::transport::virtqueue::{AtomicMem, Quiesce, Ticket, Vring};
+use crate::transport::Options;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -239,15 +241,14 @@ impl Server {
             sockets,
             self.config.blk_socket(&guest.name),
             stats.blk.clone(),
-            move |mem| {
-                BlkBackend::with_options(
-                    lun.clone(),
-                    name.clone(),
-                    mem,
+            move |mem, ticket| {
+                let options = Options {
                     read_only,
-                    blk.clone(),
+                    stats: blk.clone(),
                     poll,
-                )
+                    ticket,
+                };
+                BlkBackend::with_options(lun.clone(), name.clone(), mem, options)
             },
         )?;
         if self.config.scsi && guest.scsi {
@@ -257,15 +258,14 @@ impl Server {
                 sockets,
                 self.config.scsi_socket(&guest.name),
                 stats.scsi.clone(),
-                move |mem| {
-                    ScsiBackend::with_options(
-                        target.clone(),
-                        initiator.clone(),
-                        mem,
+                move |mem, ticket| {
+                    let options = Options {
                         read_only,
-                        scsi.clone(),
+                        stats: scsi.clone(),
                         poll,
-                    )
+                        ticket,
+                    };
+                    ScsiBackend::with_options(target.clone(), initiator.clone(), mem, options)
                 },
             )?;
         }
@@ -281,8 +281,8 @@ impl Server {
         make: F,
     ) -> Result<(), ServerError>
     where
-        B: VhostUserBackend<Bitmap = (), Vring = Vring> + Quiesce + Clone + 'static,
-        F: Fn(AtomicMem) -> io::Result<B> + Send + 'static,
+        B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
+        F: Fn(AtomicMem, Ticket) -> io::Result<B> + Send + 'static,
     {
         let prebound = crate::util::lock::lock(&self.bound).remove(&path);
         let listener = match prebound {

@@ -25,6 +25,12 @@
 //! | `state-dir-sync-error` | syncing the directory after the rename |
 //! | `guests-write-error`, `guests-dir-sync-error` | the same steps for the runtime guests file |
 //! | `fallocate-unsupported` | every zeroing or unmapping `fallocate` of the image, with EOPNOTSUPP as from a file system that cannot zero a range: zeroes are then written |
+//!
+//! Skip points (a step left out, to show that a test sees it missing):
+//!
+//! | name | what is skipped |
+//! |---|---|
+//! | `data-in-unmarked` | marking data-in buffers in a migration's dirty log (`virtqueue/dirty.rs`) |
 
 use std::fmt::Display;
 use std::io;
@@ -66,6 +72,19 @@ pub fn error(name: impl Display) -> io::Result<()> {
         return Err(io::Error::other(format!("failpoint {name}")));
     }
     Ok(())
+}
+
+/// Whether `SHAREDISK_FAILPOINT` names this skip point: the step is to be left out.
+#[cfg(feature = "test-hooks")]
+pub fn skip(name: impl Display) -> bool {
+    is_armed(&name)
+}
+
+/// Without the `test-hooks` feature: never skips.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn skip(_name: impl Display) -> bool {
+    false
 }
 
 /// Without the `test-hooks` feature: nothing.

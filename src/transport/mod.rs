@@ -6,3 +6,15 @@ pub mod blk;
 pub mod iscsi;
 pub mod virtio_scsi;
 pub mod virtqueue;
+
+/// How the daemon serves one guest's device on one connection.
+pub struct Options {
+    /// This guest alone sees a read-only disk (`guest.read_only` in the configuration).
+    pub read_only: bool,
+    /// The guest's counters for this device.
+    pub stats: std::sync::Arc<crate::ops::stats::DeviceStats>,
+    /// How long a queue thread watches its ring after a round (`--poll-us`).
+    pub poll: std::time::Duration,
+    /// The connection's place among the guest's connections to this device.
+    pub ticket: virtqueue::Ticket,
+}

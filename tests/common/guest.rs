@@ -188,6 +188,8 @@ pub struct GuestOpts<'a> {
     pub reconnect: bool,
     /// Let a guest reboot stay inside QEMU (no `-no-reboot`), for [`Guest::reboot`].
     pub allow_reboot: bool,
+    /// Extra kernel command line arguments (`run-guest.sh --append`).
+    pub kernel_args: Vec<String>,
     /// Boot the cluster guest (Debian 12 with the cluster stack, `images/build-cluster-guest.sh`)
     /// on this private network instead of the small guest.
     pub cluster: Option<ClusterNet>,
@@ -223,6 +225,7 @@ impl<'a> GuestOpts<'a> {
             extra_args: Vec::new(),
             reconnect: false,
             allow_reboot: false,
+            kernel_args: Vec::new(),
             cluster: None,
         }
     }
@@ -277,6 +280,54 @@ impl Guest {
     }
 
     pub fn boot_with_timeout(opts: GuestOpts<'_>, boot_timeout: Duration) -> Guest {
+        let (mut guest, started) = Self::spawn(opts);
+        let name = guest.name.clone();
+        // Wait for the ready marker.
+        let deadline = started + boot_timeout;
+        let ready = {
+            let mut s = guest.session.lock().unwrap();
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match s.rx.recv_timeout(left) {
+                    Ok(Msg::Line(l)) if l.contains(READY_MARKER) => break Ok(()),
+                    Ok(Msg::Line(_)) => {}
+                    Ok(Msg::Eof) | Err(RecvTimeoutError::Disconnected) => {
+                        s.eof = true;
+                        break Err("QEMU exited (console EOF) before the guest was ready");
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        break Err("timed out waiting for the guest's ready marker")
+                    }
+                }
+            }
+        };
+        if let Err(why) = ready {
+            guest.kill();
+            // Give the stderr reader a moment to collect QEMU's last words.
+            thread::sleep(Duration::from_millis(200));
+            panic!(
+                "[{name}] boot failed: {why} after {:.1}s (exit: {:?})\n--- console (tail) ---\n{}\n--- qemu stderr ---\n{}",
+                started.elapsed().as_secs_f64(),
+                guest.exit_status(),
+                tail(&guest.console.lock().unwrap(), 40),
+                tail(&guest.qemu_stderr.lock().unwrap(), 40),
+            );
+        }
+        guest.boot_time = started.elapsed();
+        eprintln!("[{name}] ready after {:.2}s", guest.boot_time.as_secs_f64());
+        guest
+    }
+
+    /// Starts the destination QEMU of a live migration: the same guest's command line with
+    /// `-incoming uri` (put it in `opts.extra_args`), which waits for the migration stream
+    /// instead of booting. Once the migration completed, the returned `Guest` talks to the
+    /// guest's agent, which runs there from then on.
+    pub fn start_incoming(opts: GuestOpts<'_>) -> Guest {
+        Self::spawn(opts).0
+    }
+
+    /// Spawns QEMU through `run-guest.sh` and the threads that read its console and stderr.
+    fn spawn(opts: GuestOpts<'_>) -> (Guest, Instant) {
         let cache = match opts.cluster {
             Some(_) => ensure_cluster_images(),
             None => ensure_guest_images(),
@@ -311,6 +362,9 @@ impl Guest {
         }
         if opts.allow_reboot {
             cmd.arg("--allow-reboot");
+        }
+        for a in &opts.kernel_args {
+            cmd.arg("--append").arg(a);
         }
         if let Some(c) = &opts.cluster {
             cmd.arg("--cluster").args([
@@ -393,7 +447,7 @@ impl Guest {
                 .expect("spawn stderr reader");
         }
 
-        let mut guest = Guest {
+        let guest = Guest {
             name: name.clone(),
             child: Mutex::new(child),
             exit: Mutex::new(None),
@@ -408,41 +462,7 @@ impl Guest {
             run_timeout: Mutex::new(env_secs("SHAREDISK_RUN_TIMEOUT", DEFAULT_RUN_TIMEOUT)),
             boot_time: Duration::ZERO,
         };
-
-        // Wait for the ready marker.
-        let deadline = started + boot_timeout;
-        let ready = {
-            let mut s = guest.session.lock().unwrap();
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match s.rx.recv_timeout(left) {
-                    Ok(Msg::Line(l)) if l.contains(READY_MARKER) => break Ok(()),
-                    Ok(Msg::Line(_)) => {}
-                    Ok(Msg::Eof) | Err(RecvTimeoutError::Disconnected) => {
-                        s.eof = true;
-                        break Err("QEMU exited (console EOF) before the guest was ready");
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        break Err("timed out waiting for the guest's ready marker")
-                    }
-                }
-            }
-        };
-        if let Err(why) = ready {
-            guest.kill();
-            // Give the stderr reader a moment to collect QEMU's last words.
-            thread::sleep(Duration::from_millis(200));
-            panic!(
-                "[{name}] boot failed: {why} after {:.1}s (exit: {:?})\n--- console (tail) ---\n{}\n--- qemu stderr ---\n{}",
-                started.elapsed().as_secs_f64(),
-                guest.exit_status(),
-                tail(&guest.console.lock().unwrap(), 40),
-                tail(&guest.qemu_stderr.lock().unwrap(), 40),
-            );
-        }
-        guest.boot_time = started.elapsed();
-        eprintln!("[{name}] ready after {:.2}s", guest.boot_time.as_secs_f64());
-        guest
+        (guest, started)
     }
 
     pub fn name(&self) -> &str {

@@ -5,7 +5,7 @@
 //! write delay) or cluster mode name the feature in `required-features` in Cargo.toml. What
 //! several tests share lives here, once: the daemon in-process (`daemon`) or as a process
 //! (`process`, `etcd::ClusterDaemon`), the clients (`scsi_client`, `vu_frontend`,
-//! `blkio_client`), guests (`guest`, `cluster_vm`), etcd and the network lab (`etcd`,
+//! `blkio_client`), guests (`guest`, `cluster_vm`) and their QMP (`qmp`), etcd and the network lab (`etcd`,
 //! `netlab`), and reading the image (`image`). A setup that two tests repeat becomes a helper
 //! here instead of a copy.
 #![allow(dead_code)]
@@ -27,5 +27,6 @@ pub mod netlab;
 pub mod panics;
 pub mod process;
 pub mod prometheus;
+pub mod qmp;
 pub mod scsi_client;
 pub mod vu_frontend;

@@ -255,7 +255,8 @@ pub struct Pending {
     cdb: Vec<u8>,
     head: u16,
     resp: u64,
-    data_in: u64,
+    /// Guest-physical address of the data-in buffer.
+    pub data_in: u64,
     data_in_len: usize,
 }
 

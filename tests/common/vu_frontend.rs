@@ -14,7 +14,7 @@ use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Guest-physical address of the start of guest memory. Not zero, so that both low and high
@@ -402,6 +402,16 @@ impl VuFrontend {
         gpa
     }
 
+    /// Where the next `alloc` starts: [`VuFrontend::release`] frees what was allocated since.
+    pub fn alloc_mark(&self) -> u64 {
+        self.alloc_next
+    }
+
+    /// Frees the buffers allocated since `mark` (from [`VuFrontend::alloc_mark`]).
+    pub fn release(&mut self, mark: u64) {
+        self.alloc_next = mark;
+    }
+
     /// Frees every buffer `alloc` handed out.
     pub fn reset(&mut self) {
         self.alloc_next = self.alloc_start;
@@ -740,6 +750,117 @@ pub enum StartOrder {
     CallLast,
 }
 
+/// A dirty log as QEMU shares it in a live migration (vhost-user "Migration"): a memfd bitmap
+/// with one bit per 4 KiB page of guest-physical address space, from address 0.
+pub struct DirtyLogArea {
+    bits: *mut u8,
+    len: usize,
+    _fd: File,
+}
+
+impl DirtyLogArea {
+    /// Clears every bit, as QEMU does when it syncs the log.
+    pub fn clear(&self) {
+        for i in 0..self.len {
+            // SAFETY: `i < len`, inside the mapping; volatile because the backend writes it too.
+            unsafe { std::ptr::write_volatile(self.bits.add(i), 0) };
+        }
+        fence(Ordering::SeqCst);
+    }
+
+    /// Whether the page holding guest-physical address `gpa` is marked.
+    pub fn dirty(&self, gpa: u64) -> bool {
+        fence(Ordering::SeqCst);
+        let page = (gpa >> 12) as usize;
+        assert!(page / 8 < self.len, "address {gpa:#x} outside the log");
+        // SAFETY: `page / 8 < len`, inside the mapping.
+        let byte = unsafe { std::ptr::read_volatile(self.bits.add(page / 8)) };
+        byte & (1 << (page % 8)) != 0
+    }
+
+    /// The marked pages among those of `[gpa, gpa + len)`, and how many pages that is.
+    pub fn dirty_in(&self, gpa: u64, len: u64) -> (usize, usize) {
+        let pages: Vec<u64> = ((gpa >> 12)..=((gpa + len - 1) >> 12)).collect();
+        let marked = pages.iter().filter(|p| self.dirty(*p << 12)).count();
+        (marked, pages.len())
+    }
+}
+
+impl Drop for DirtyLogArea {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `VuFrontend::start_dirty_log`, unmapped once.
+        unsafe { libc::munmap(self.bits.cast(), self.len) };
+    }
+}
+
+// SAFETY: the mapping is owned by this value; the bytes are only accessed volatilely.
+unsafe impl Send for DirtyLogArea {}
+
+impl VuFrontend {
+    /// Starts dirty page logging as QEMU does when a migration begins: SET_LOG_BASE with a
+    /// fresh bitmap covering guest memory, then SET_FEATURES with `VHOST_F_LOG_ALL`.
+    pub fn start_dirty_log(&mut self) -> DirtyLogArea {
+        assert!(
+            self.protocol_features
+                .contains(VhostUserProtocolFeatures::LOG_SHMFD),
+            "backend does not offer LOG_SHMFD"
+        );
+        let pages = (MEM_BASE + MEM_SIZE as u64) >> 12;
+        let len = (pages as usize).div_ceil(8).next_multiple_of(4096);
+        // SAFETY: plain syscalls on a fresh fd we own; results are checked.
+        let (fd, bits) = unsafe {
+            let fd = libc::memfd_create(c"vu-dirty-log".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+            let file = File::from_raw_fd(fd);
+            file.set_len(len as u64).expect("ftruncate");
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            assert!(
+                p != libc::MAP_FAILED,
+                "mmap: {}",
+                std::io::Error::last_os_error()
+            );
+            (file, p as *mut u8)
+        };
+        let region = VhostUserDirtyLogRegion {
+            mmap_size: len as u64,
+            mmap_offset: 0,
+            mmap_handle: fd.as_raw_fd(),
+        };
+        self.frontend
+            .set_log_base(0, Some(region))
+            .expect("SET_LOG_BASE");
+        self.set_log_all(true);
+        DirtyLogArea { bits, len, _fd: fd }
+    }
+
+    /// Stops every ring with GET_VRING_BASE, as a migration's source QEMU does when the guest
+    /// stops there; returns each ring's next avail index.
+    pub fn stop_rings(&mut self) -> Vec<u32> {
+        (0..self.queues.len())
+            .map(|q| self.frontend.get_vring_base(q).expect("GET_VRING_BASE"))
+            .collect()
+    }
+
+    /// SET_FEATURES with or without `VHOST_F_LOG_ALL` (QEMU's start and end of logging).
+    pub fn set_log_all(&mut self, on: bool) {
+        let log_all = VhostUserVirtioFeatures::LOG_ALL.bits();
+        let features = if on {
+            self.acked_features | log_all
+        } else {
+            self.acked_features & !log_all
+        };
+        self.frontend.set_features(features).expect("SET_FEATURES");
+        self.acked_features = features;
+    }
+}
+
 /// Connects and negotiates features: SET_OWNER, GET/SET_FEATURES and protocol features.
 fn negotiate(
     socket: &Path,
@@ -771,7 +892,8 @@ fn negotiate(
         & (VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::CONFIG);
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::LOG_SHMFD);
     frontend
         .set_protocol_features(protocol_features)
         .map_err(err("SET_PROTOCOL_FEATURES"))?;

@@ -54,3 +54,12 @@ fn libvirt_fragments() {
     assert!(!x.contains("qemu:commandline"));
     assert!(x.contains("/run/a&amp;b/vm1-blk.sock"));
 }
+
+#[test]
+fn the_destination_of_a_migration_gets_the_same_devices_and_incoming() {
+    let a = args_for(Path::new("/run/sd"), "vm1", "1G", Some((10, 0))).unwrap();
+    let d = incoming(&a, "unix:/run/vm1-migrate.sock").unwrap();
+    assert_eq!(d, format!("{a} -incoming unix:/run/vm1-migrate.sock"));
+    assert!(incoming(&a, "").is_err());
+    assert!(incoming(&a, "tcp:1.2.3.4:5 -device x").is_err());
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -24,9 +25,10 @@ use crate::ops::stats::{self, DeviceStats, Op};
 use crate::pr::fencing::Refusal;
 use crate::pr::Access;
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, ExitEvents, Handler, Limits, Mem, Quiesce, QuiesceLatch,
-    Reply, Slot, UsedLens, Vring,
+    self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Limits, Mem, Quiesce,
+    QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
 };
+use crate::transport::Options;
 
 /// Queues we advertise; the frontend enables however many it wants, one worker thread each.
 pub const MAX_QUEUES: usize = 16;
@@ -63,6 +65,10 @@ pub struct BlkDevice {
     event_idx: AtomicBool,
     /// What this connection's driver acknowledged (SET_FEATURES).
     acked_features: AtomicU64,
+    /// Whether this connection's data-in buffers go into a migration's dirty log.
+    log: DirtyLog,
+    /// This connection's place among the guest's connections (a live migration has two).
+    ticket: Ticket,
     /// Whether the driver has acknowledged its features yet (QEMU reads the config space once,
     /// before the guest's driver negotiates, and shows the guest that copy).
     negotiated: AtomicBool,
@@ -83,24 +89,36 @@ pub struct BlkBackend(Arc<BlkDevice>);
 
 impl BlkBackend {
     pub fn new(lun: Arc<Lun>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        Self::with_options(lun, initiator, mem, false, Arc::default(), Duration::ZERO)
+        let options = Options {
+            read_only: false,
+            stats: Arc::default(),
+            poll: Duration::ZERO,
+            ticket: Ticket::alone(),
+        };
+        Self::with_options(lun, initiator, mem, options)
     }
 
-    /// A device for a guest that may be read-only on its own, counting into `stats`.
+    /// A device for a guest as the daemon serves it (see [`Options`]).
     pub fn with_options(
         lun: Arc<Lun>,
         initiator: Arc<str>,
         mem: AtomicMem,
-        read_only: bool,
-        stats: Arc<DeviceStats>,
-        poll: Duration,
+        options: Options,
     ) -> io::Result<Self> {
+        let Options {
+            read_only,
+            stats,
+            poll,
+            ticket,
+        } = options;
         let exit = ExitEvents::new(MAX_QUEUES)?;
         Ok(BlkBackend(Arc::new(BlkDevice {
             lun,
             initiator,
             mem,
             event_idx: AtomicBool::new(false),
+            log: DirtyLog::default(),
+            ticket,
             acked_features: AtomicU64::new(0),
             negotiated: AtomicBool::new(false),
             exit,
@@ -650,7 +668,7 @@ impl Quiesce for BlkBackend {
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -672,7 +690,8 @@ impl VhostUserBackend for BlkBackend {
             | feature(VIRTIO_BLK_F_CONFIG_WCE)
             | feature(VIRTIO_BLK_F_TOPOLOGY)
             | feature(VIRTIO_BLK_F_MQ)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | DirtyLog::FEATURES;
         if self.0.read_only() {
             f |= feature(VIRTIO_BLK_F_RO);
         } else {
@@ -684,6 +703,7 @@ impl VhostUserBackend for BlkBackend {
     fn acked_features(&self, features: u64) {
         self.0.acked_features.store(features, Ordering::Release);
         self.0.negotiated.store(true, Ordering::Release);
+        self.0.log.set_features(features);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -691,6 +711,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | DirtyLog::PROTOCOL_FEATURES
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -730,12 +751,17 @@ impl VhostUserBackend for BlkBackend {
         self.0.exit.get(thread_index)
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.0.ticket.stopped(queue_index);
+        Ok(())
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
         evset: EventSet,
         vrings: &[Vring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         // One queue per thread, so `device_event` is 0: the thread's only ring.
         let Some(vring) = virtqueue::kicked_ring(evset, device_event, vrings) else {
@@ -745,10 +771,15 @@ impl VhostUserBackend for BlkBackend {
         let Some(_open) = d.latch.enter() else {
             return Ok(());
         };
+        // Ring `thread_id` (see `queues_per_thread`).
+        if !d.ticket.enter(thread_id as u16, vring) {
+            return Ok(());
+        }
         virtqueue::drain_queue(
             vring,
             &d.mem,
             d.event_idx.load(Ordering::Relaxed),
+            &d.log,
             &d.latch,
             d.poll,
             &mut BlkQueue(d),

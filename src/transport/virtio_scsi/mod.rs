@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -24,9 +25,10 @@ use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, EachAtOnce, ExitEvents, Handler, Mem, Quiesce, QuiesceLatch,
-    Reply, Slot, UsedLens, Vring,
+    self, feature, AtomicMem, Chain, DirtyLog, EachAtOnce, ExitEvents, Handler, Mem, Quiesce,
+    QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
 };
+use crate::transport::Options;
 
 /// Request queues we advertise, on top of the control and event queues.
 pub const MAX_REQUEST_QUEUES: usize = 16;
@@ -79,6 +81,10 @@ pub struct ScsiDevice {
     mem: AtomicMem,
     event_idx: AtomicBool,
     exit: ExitEvents,
+    /// Whether this connection's data-in buffers go into a migration's dirty log.
+    log: DirtyLog,
+    /// This connection's place among the guest's connections (a live migration has two).
+    ticket: Ticket,
     /// Closed before the daemon ends this connection.
     latch: QuiesceLatch,
     /// This guest alone sees a write-protected disk (`guest.read_only` in the configuration).
@@ -93,25 +99,28 @@ pub struct ScsiBackend(Arc<ScsiDevice>);
 
 impl ScsiBackend {
     pub fn new(target: Arc<Target>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        Self::with_options(
-            target,
-            initiator,
-            mem,
-            false,
-            Arc::default(),
-            Duration::ZERO,
-        )
+        let options = Options {
+            read_only: false,
+            stats: Arc::default(),
+            poll: Duration::ZERO,
+            ticket: Ticket::alone(),
+        };
+        Self::with_options(target, initiator, mem, options)
     }
 
-    /// A device for a guest that may be read-only on its own, counting into `stats`.
+    /// A device for a guest as the daemon serves it (see [`Options`]).
     pub fn with_options(
         target: Arc<Target>,
         initiator: Arc<str>,
         mem: AtomicMem,
-        read_only: bool,
-        stats: Arc<DeviceStats>,
-        poll: Duration,
+        options: Options,
     ) -> io::Result<Self> {
+        let Options {
+            read_only,
+            stats,
+            poll,
+            ticket,
+        } = options;
         let exit = ExitEvents::new(MAX_REQUEST_QUEUES + 1)?;
         Ok(ScsiBackend(Arc::new(ScsiDevice {
             target,
@@ -119,6 +128,8 @@ impl ScsiBackend {
             connection: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
             mem,
             event_idx: AtomicBool::new(false),
+            log: DirtyLog::default(),
+            ticket,
             exit,
             latch: QuiesceLatch::default(),
             guest_read_only: read_only,
@@ -416,7 +427,7 @@ impl Quiesce for ScsiBackend {
 }
 
 impl VhostUserBackend for ScsiBackend {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -439,12 +450,23 @@ impl VhostUserBackend for ScsiBackend {
             | feature(VIRTIO_SCSI_F_HOTPLUG)
             | feature(VIRTIO_SCSI_F_CHANGE)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | DirtyLog::FEATURES
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.0.log.set_features(features);
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.0.ticket.stopped(queue_index);
+        Ok(())
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | DirtyLog::PROTOCOL_FEATURES
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -481,6 +503,15 @@ impl VhostUserBackend for ScsiBackend {
         let Some(_open) = d.latch.enter() else {
             return Ok(());
         };
+        // Thread 0 serves rings 0 and 1, request queue `thread_id` is ring `thread_id + 1`.
+        let ring = if thread_id == 0 {
+            device_event
+        } else {
+            thread_id as u16 + 1
+        };
+        if !d.ticket.enter(ring, vring) {
+            return Ok(());
+        }
         let event_idx = d.event_idx.load(Ordering::Relaxed);
         if thread_id == 0 {
             // Event-queue buffers are left in the ring: there are no events to report.
@@ -490,6 +521,7 @@ impl VhostUserBackend for ScsiBackend {
                     vring,
                     &d.mem,
                     event_idx,
+                    &d.log,
                     &d.latch,
                     Duration::ZERO,
                     &mut control,
@@ -504,8 +536,15 @@ impl VhostUserBackend for ScsiBackend {
             ring,
             served: false,
         };
-        let drained =
-            virtqueue::drain_queue(vring, &d.mem, event_idx, &d.latch, d.poll, &mut requests);
+        let drained = virtqueue::drain_queue(
+            vring,
+            &d.mem,
+            event_idx,
+            &d.log,
+            &d.latch,
+            d.poll,
+            &mut requests,
+        );
         if requests.served {
             // Every request taken so far is completed in the used ring, and replays (the first
             // requests after a start) are over: no record of this ring can match again.

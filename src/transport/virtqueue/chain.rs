@@ -3,12 +3,13 @@
 //! Descriptor chains are hostile input. Every address is resolved through `GuestMemory`, which
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
 
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemory, Permissions};
+use vm_memory::{GuestMemory, Permissions, VolatileSlice};
 
 use super::Mem;
-use crate::image::Bufs;
+use crate::image::{Buf, Bufs};
 
 /// Why a chain could not be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +91,7 @@ impl<'m> Chain<'m> {
                 .get_slices(desc.addr(), desc.len() as usize, access)
                 .map_err(|_| ChainError::BadAddress)?;
             for slice in slices {
-                list.push(slice.map_err(|_| ChainError::BadAddress)?);
+                list.push(unlogged(slice.map_err(|_| ChainError::BadAddress)?));
             }
         }
         if more {
@@ -102,6 +103,18 @@ impl<'m> Chain<'m> {
             within_limits,
         })
     }
+}
+
+/// The same guest memory as a plain slice, as the image's scatter lists take it. What the image
+/// writes into it (io_uring, `readv`, a bounce copy) is not marked in the dirty log through this
+/// slice: the drain marks every device-writable descriptor of a request once the request is done
+/// (`drain.rs`, [`super::DirtyLog`]).
+fn unlogged(slice: VolatileSlice<'_, BitmapMmapRegion>) -> Buf<'_> {
+    let guard = slice.ptr_guard_mut();
+    // SAFETY: the new slice covers exactly the `slice.len()` bytes of guest memory `slice`
+    // covers, and lives no longer than it (both borrow the same guest memory map, `'m`); guest
+    // memory is accessed only volatilely, through slices like these or raw I/O into them.
+    unsafe { VolatileSlice::new(guard.as_ptr(), slice.len()) }
 }
 
 #[cfg(test)]

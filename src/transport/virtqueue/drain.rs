@@ -11,6 +11,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 
+use super::dirty::{DirtyLog, Written};
 use super::poll::{poll_avail, Poller};
 use super::{AtomicMem, Mem, QuiesceLatch, Slot, Vring};
 use crate::testhooks::failpoint;
@@ -148,16 +149,18 @@ struct Round {
 /// kick.
 ///
 /// The vring lock is held while requests are processed, so a GET_VRING_BASE (the frontend
-/// stopping the ring) never observes a popped but uncompleted request.
+/// stopping the ring) never observes a popped but uncompleted request, nor a data-in buffer not
+/// yet marked in `log`.
 pub fn drain_queue<H: Handler>(
     vring: &Vring,
     mem: &AtomicMem,
     event_idx: bool,
+    log: &DirtyLog,
     latch: &QuiesceLatch,
     poll: Duration,
     handler: &mut H,
 ) -> io::Result<()> {
-    match drain(vring, mem, event_idx, latch, poll, handler) {
+    match drain(vring, mem, event_idx, log, latch, poll, handler) {
         Ok(()) => Ok(()),
         // Errors here come from rings the driver placed in bad memory. Returning them would end
         // the queue's worker thread; log and wait for the next kick (or the next ring setup)
@@ -175,6 +178,7 @@ fn drain<H: Handler>(
     vring: &Vring,
     mem: &AtomicMem,
     event_idx: bool,
+    log: &DirtyLog,
     latch: &QuiesceLatch,
     poll: Duration,
     handler: &mut H,
@@ -186,7 +190,7 @@ fn drain<H: Handler>(
         if event_idx {
             vring.disable_notification()?;
         }
-        let Some(round) = serve_round(vring, mem, handler)? else {
+        let Some(round) = serve_round(vring, mem, log, handler)? else {
             return Ok(());
         };
         if round.completed {
@@ -217,11 +221,12 @@ fn drain<H: Handler>(
     }
 }
 
-/// One round under the vring lock: every request available now, completed in the used ring.
-/// `None` for a ring to leave alone.
+/// One round under the vring lock: every request available now, completed (its data-in buffers
+/// marked in `log`) in the used ring. `None` for a ring to leave alone.
 fn serve_round<H: Handler>(
     vring: &Vring,
     mem: &AtomicMem,
+    log: &DirtyLog,
     handler: &mut H,
 ) -> Result<Option<Round>, Halt> {
     let mut state = vring.get_mut();
@@ -243,9 +248,16 @@ fn serve_round<H: Handler>(
     let m: &Mem = &guard;
     let mut batch = H::Batch::default();
     let mut replies = Replies::new();
-    let unreadable = !take_requests(vring, queue, m, pending, handler, &mut batch, &mut replies);
+    let mut written = Written::default();
+    let mut taken = Taken {
+        batch: &mut batch,
+        replies: &mut replies,
+        written: &mut written,
+    };
+    let unreadable = !take_requests(vring, queue, m, pending, handler, &mut taken);
     let mut lens = UsedLens::new();
     handler.complete(&mut batch, &mut lens);
+    log.mark(m, &written);
     let completed = !replies.is_empty();
     let mut deferred = lens.into_iter();
     for (head, reply) in replies {
@@ -264,6 +276,13 @@ fn serve_round<H: Handler>(
     }))
 }
 
+/// What a round's requests left when they were taken.
+struct Taken<'a, 'm, H: Handler> {
+    batch: &'a mut H::Batch<'m>,
+    replies: &'a mut Replies,
+    written: &'a mut Written,
+}
+
 /// Pops `pending` chains and hands each to `handler`; `false` when the avail ring promised a
 /// chain it could not hand out.
 fn take_requests<'m, H: Handler>(
@@ -272,8 +291,7 @@ fn take_requests<'m, H: Handler>(
     m: &'m Mem,
     pending: u16,
     handler: &mut H,
-    batch: &mut H::Batch<'m>,
-    replies: &mut Replies,
+    taken: &mut Taken<'_, 'm, H>,
 ) -> bool {
     let (base, first_start) = (vring.base(), vring.first_start());
     for _ in 0..pending {
@@ -296,7 +314,9 @@ fn take_requests<'m, H: Handler>(
             size: queue.size(),
             first_start,
         };
-        replies.push((head, handler.request(m, chain, slot, batch)));
+        taken.written.collect(chain.clone());
+        let reply = handler.request(m, chain, slot, taken.batch);
+        taken.replies.push((head, reply));
     }
     true
 }

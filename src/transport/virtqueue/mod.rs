@@ -1,18 +1,23 @@
 //! Shared virtqueue plumbing for both devices: turning a guest's descriptor chain into bounded
 //! lists of memory slices (`chain`), the drain/notify loop of a queue (`drain`) and its
-//! busy-polling (`poll`), ending a connection cleanly (`quiesce`), and the ring type (`vring`).
+//! busy-polling (`poll`), ending a connection cleanly (`quiesce`), the ring type (`vring`) and
+//! the dirty log of a live migration (`dirty`) and its handoff between two connections
+//! (`handoff`).
 //!
 //! Descriptor chains are hostile input. Every address is resolved through `GuestMemory`, which
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
 
 mod chain;
+mod dirty;
 mod drain;
+mod handoff;
 mod poll;
 mod quiesce;
 pub mod vring;
 
 use std::io;
 
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -20,11 +25,15 @@ use vmm_sys_util::event::{
 
 pub use crate::pr::replay::Slot;
 pub use chain::{Chain, ChainError, Limits};
+pub use dirty::DirtyLog;
 pub use drain::{drain_queue, kicked_ring, EachAtOnce, Handler, Reply, UsedLens};
+pub use handoff::{Handoff, Ticket};
 pub use quiesce::{Quiesce, QuiesceLatch};
 pub use vring::Vring;
 
-pub type Mem = GuestMemoryMmap<()>;
+/// Guest memory, each region with its page of the frontend's dirty log (empty until
+/// SET_LOG_BASE): what vm-memory writes through it (the used rings) is marked there.
+pub type Mem = GuestMemoryMmap<BitmapMmapRegion>;
 pub type AtomicMem = GuestMemoryAtomic<Mem>;
 
 /// A virtio feature bit (virtio 1.2 §2.2) as a mask of the 64-bit feature word.

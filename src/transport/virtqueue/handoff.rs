@@ -1,0 +1,150 @@
+//! Which connection of a guest's device may admit requests, when a live migration gives the
+//! guest two: the source QEMU's, still live, and the destination QEMU's, opened while the guest
+//! still runs on the source (`daemon/listen.rs` accepts it).
+//!
+//! The guest is one initiator throughout: both connections serve the same name and TransportID,
+//! so its registration, reservation and pending unit attentions are untouched by the move. What
+//! must never happen is two connections admitting requests at once: a request of the destination
+//! overtaking one the source took would reorder the guest's writes. So one connection at a time
+//! holds the device ([`Handoff`]): a connection takes it when its rings first have work (the
+//! ring's start queues an event for its worker thread, so that is at once after a start) and
+//! keeps it until every ring it served is stopped (GET_VRING_BASE, which answers only after the
+//! ring's round in progress is completed and its pages marked: `drain.rs`) or the connection
+//! ends. Meanwhile another connection's rings are parked: their requests wait in the ring, and
+//! when the holder lets go each parked ring's kick eventfd is signalled, so its worker drains it.
+//!
+//! QEMU itself starts the destination's rings only once the guest resumes there, after the
+//! source stopped its rings; the handoff enforces that order whatever the frontends do. Two QEMUs
+//! that both run the guest (a mistake, not a migration) are thus never two writers: the first
+//! keeps the device, the second's requests wait until the first stops or goes away (logged).
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost_user_backend::VringT;
+
+use super::Vring;
+use crate::util::lock::lock;
+
+/// Numbers the connections a handoff sees.
+static TICKETS: AtomicU64 = AtomicU64::new(1);
+
+/// The one holder of a guest's device among its connections.
+#[derive(Default)]
+pub struct Handoff {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The connection that holds the device.
+    holder: Option<u64>,
+    /// For each connection: the rings it served since they last started, as a bit mask.
+    serving: HashMap<u64, u64>,
+    /// Rings of other connections that had work while the holder held the device.
+    parked: Vec<(u64, u16, Vring)>,
+}
+
+/// One connection's place in its guest device's [`Handoff`].
+#[derive(Clone)]
+pub struct Ticket {
+    handoff: Arc<Handoff>,
+    id: u64,
+}
+
+impl Handoff {
+    /// A ticket for a new connection.
+    pub fn ticket(self: &Arc<Self>) -> Ticket {
+        Ticket {
+            handoff: self.clone(),
+            id: TICKETS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+impl Ticket {
+    /// A connection that is the only one of its device (tests, fuzzing).
+    pub fn alone() -> Ticket {
+        Arc::new(Handoff::default()).ticket()
+    }
+
+    /// Whether ring `ring` (`vring`) of this connection may be served now. If another connection
+    /// holds the device, the ring is parked instead: it is kicked when the holder lets go.
+    pub fn enter(&self, ring: u16, vring: &Vring) -> bool {
+        let mut inner = lock(&self.handoff.inner);
+        match inner.holder {
+            Some(holder) if holder != self.id => {
+                if !inner
+                    .parked
+                    .iter()
+                    .any(|(id, r, _)| *id == self.id && *r == ring)
+                {
+                    log::warn!(
+                        "ring {ring} of a second connection has requests while another \
+                         connection of this guest runs: held until that one stops its rings or \
+                         goes away"
+                    );
+                    inner.parked.push((self.id, ring, vring.clone()));
+                }
+                false
+            }
+            _ => {
+                inner.holder = Some(self.id);
+                *inner.serving.entry(self.id).or_default() |= 1u64 << (ring % 64);
+                true
+            }
+        }
+    }
+
+    /// GET_VRING_BASE stopped ring `ring` of this connection (its round is over). The device is
+    /// let go once every ring this connection served is stopped.
+    pub fn stopped(&self, ring: u32) {
+        let mut inner = lock(&self.handoff.inner);
+        let serving = inner.serving.entry(self.id).or_default();
+        *serving &= !(1u64 << (ring % 64));
+        if *serving == 0 && inner.holder == Some(self.id) {
+            log::info!("every ring of the holding connection is stopped: the device is free");
+            release(&mut inner);
+        }
+    }
+
+    /// The connection ended: it holds nothing and waits for nothing any more.
+    pub fn end(&self) {
+        let mut inner = lock(&self.handoff.inner);
+        inner.serving.remove(&self.id);
+        inner.parked.retain(|(id, _, _)| *id != self.id);
+        if inner.holder == Some(self.id) {
+            release(&mut inner);
+        }
+    }
+}
+
+/// No connection holds the device: every parked ring is kicked, so its worker tries again.
+fn release(inner: &mut Inner) {
+    inner.holder = None;
+    for (_, ring, vring) in inner.parked.drain(..) {
+        let state = vring.get_ref();
+        if let Some(kick) = state.get_kick() {
+            log::info!("ring {ring} of the waiting connection may run now");
+            let one = 1u64;
+            // SAFETY: writes the 8 bytes of `one` to the ring's kick eventfd, which stays open
+            // while we hold the ring's state guard.
+            let n = unsafe {
+                libc::write(
+                    kick.as_raw_fd(),
+                    (&one as *const u64).cast::<libc::c_void>(),
+                    8,
+                )
+            };
+            if n != 8 {
+                let e = std::io::Error::last_os_error();
+                log::warn!("cannot wake ring {ring}: {e}; it runs at its next kick");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
