@@ -15,6 +15,7 @@ mod file;
 mod uring;
 
 pub use buffers::{Buf, Bufs};
+use crate::scsi::tasks::TaskId;
 pub use file::FileImage;
 
 /// How the image file is read and written (`[image] aio`, `--aio`).
@@ -49,6 +50,9 @@ pub struct IoOp<'a> {
     pub fua: bool,
     /// Set by [`Image::run_batch`].
     pub result: io::Result<()>,
+    /// The command's task in the LU's task set, when its transport keeps one there: the op
+    /// does not start once a TMF aborted it (`Lun::run_admitted`).
+    pub task: Option<TaskId>,
 }
 
 impl<'a> IoOp<'a> {
@@ -59,6 +63,7 @@ impl<'a> IoOp<'a> {
             bufs,
             fua,
             result: Ok(()),
+            task: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufReader, Read, Write};
+use std::sync::Arc;
 
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
@@ -16,6 +17,7 @@ use crate::scsi::cdb::{self, Command};
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
+use crate::scsi::tasks::{Scope, TaskState};
 
 /// The largest data buffer of one command (the LU's MAXIMUM TRANSFER LENGTH is 4 MiB; a
 /// parameter list is at most 8 KiB). An EDTL above it is refused, never allocated.
@@ -73,6 +75,8 @@ pub struct Connection<'s, R: Read, W: Write> {
     session: LoggedIn,
     /// The arbiter's name for this I_T nexus (`<initiator>,i,0x<ISID>`).
     nexus: String,
+    /// `nexus`, as the LU's task set names it.
+    nexus_tasks: Arc<str>,
     pending: VecDeque<Pdu>,
     /// Data bytes of the PDUs in `pending`.
     pending_bytes: usize,
@@ -92,6 +96,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             reader: BufReader::with_capacity(64 * 1024, reader),
             writer,
             session,
+            nexus_tasks: Arc::from(nexus.as_str()),
             nexus,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -306,7 +311,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         let mut din = vec![0u8; room];
         let outcome = match data_out {
             Some(mut dout) if !(ext_cdb || (read && write) || edtl > MAX_DATA) => {
-                self.execute(&p.lun(), &cdb, &mut dout, &mut din)
+                self.execute(p.itt(), &p.lun(), &cdb, &mut dout, &mut din)
             }
             _ => Outcome {
                 status: CHECK_CONDITION,
@@ -317,15 +322,27 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         self.respond(&p, &cdb, edtl, read, write, outcome, &din)
     }
 
-    /// Runs `cdb` on the LU the LUN field names.
-    fn execute(&self, lun: &[u8; 8], cdb: &[u8], dout: &mut [u8], din: &mut [u8]) -> Outcome {
+    /// Runs `cdb`, task `itt`, on the LU the LUN field names. On LUN 0 the task is in the LU's
+    /// task set while it runs, so that a TMF from any transport waits for it.
+    fn execute(
+        &self,
+        itt: u32,
+        lun: &[u8; 8],
+        cdb: &[u8],
+        dout: &mut [u8],
+        din: &mut [u8],
+    ) -> Outcome {
         let out_buf = [Buf::from(dout)];
         let in_buf = [Buf::from(din)];
         let data_out = DataOut::new(if out_buf[0].is_empty() { &[] } else { &out_buf });
         let data_in = DataIn::new(if in_buf[0].is_empty() { &[] } else { &in_buf });
         let target = &self.shared.target;
         if lun.iter().all(|&b| b == 0) {
-            target.execute(&self.nexus, cdb, data_out, data_in, None)
+            let tasks = &target.lun().tasks;
+            let task = tasks.enter(&self.nexus_tasks, u64::from(itt), TaskState::InFlight);
+            let outcome = target.execute(&self.nexus, cdb, data_out, data_in, None);
+            tasks.retire(task);
+            outcome
         } else {
             target.execute_missing_lun(cdb, data_in)
         }
@@ -526,9 +543,12 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
     }
 
-    /// Task management (RFC 7143 §11.5) mapped onto what the SCSI core does for virtio-scsi:
-    /// commands run one at a time, so only queued commands can be aborted. `current`: the
-    /// command this TMF interrupted (aborted, no response of its own).
+    /// Task management (RFC 7143 §11.5) mapped onto what the SCSI core does for virtio-scsi.
+    /// This session's commands run one at a time, so of its own only queued ones can be
+    /// aborted; a function that aborts the nexus's or the LU's tasks also aborts them in the
+    /// LU's task set (other transports' and sessions' commands: queued ones never do their I/O,
+    /// in-flight ones are waited for) before it answers. `current`: the command this TMF
+    /// interrupted (aborted, no response of its own).
     fn tmf(&mut self, p: &Pdu, current: Option<u32>) -> Result<(), End> {
         if !self.admit_sn(p) {
             return Ok(());
@@ -536,6 +556,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         let function = p.flags() & 0x7f;
         let lun0 = p.lun().iter().all(|&b| b == 0);
         let res = &self.shared.target.lun().reservations;
+        let tasks = &self.shared.target.lun().tasks;
         let response = match function {
             1 => {
                 let r = p.u32_at(20);
@@ -548,11 +569,13 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             2 | 4 | 5 if !lun0 => 2,
             2 | 4 => {
                 self.abort_queued(|_| true);
+                tasks.abort(Scope::Nexus(&self.nexus));
                 0
             }
             3 => 255,
             5..=7 => {
                 self.abort_queued(|_| true);
+                tasks.abort(Scope::All);
                 log::info!("{}: iscsi: logical unit reset (TMF {function})", self.nexus);
                 res.with_mut(|a| a.logical_unit_reset());
                 0
