@@ -63,7 +63,10 @@ fn on_image(image: &[u8], lba: u64, len: usize) -> &[u8] {
 #[track_caller]
 fn in_flight_write_ended_first(r: &ScsiResult, snapshot: &[u8], fin: &[u8]) {
     if r.response == VIRTIO_SCSI_S_ABORTED {
-        assert!(on_image(fin, BIG_LBA, BIG).iter().all(|&b| b == 0), "aborted, yet landed");
+        assert!(
+            on_image(fin, BIG_LBA, BIG).iter().all(|&b| b == 0),
+            "aborted, yet landed"
+        );
     } else {
         good(r, "the write in flight");
         assert!(
@@ -77,7 +80,11 @@ fn in_flight_write_ended_first(r: &ScsiResult, snapshot: &[u8], fin: &[u8]) {
 #[track_caller]
 fn queued_write_aborted(r: &ScsiResult, fin: &[u8]) {
     assert_eq!(r.response, VIRTIO_SCSI_S_ABORTED, "the queued write: {r:?}");
-    assert_eq!(on_image(fin, SMALL_LBA, 512), [0; 512], "the aborted write landed");
+    assert_eq!(
+        on_image(fin, SMALL_LBA, 512),
+        [0; 512],
+        "the aborted write landed"
+    );
 }
 
 /// ABORT TASK SET (SAM-5 §7.3): the write in flight is waited for, the one behind it never
@@ -99,7 +106,10 @@ fn abort_task_set_waits_for_the_write_in_flight_and_aborts_the_queued_one() {
     in_flight_write_ended_first(&r1, &snapshot, &fin);
     queued_write_aborted(&r2, &fin);
     for e in d.probe().events().iter().filter(|e| e.op.changes_data()) {
-        assert!(e.end <= answered, "a write reached the image after the TMF: {e:?}");
+        assert!(
+            e.end <= answered,
+            "a write reached the image after the TMF: {e:?}"
+        );
     }
     c.fe.reset();
     good(&c.write16(SMALL_LBA, &[1; 512]), "a write after the abort");
@@ -209,6 +219,53 @@ fn iscsi_logical_unit_reset_aborts_a_vhost_user_guests_commands() {
     g.fe.reset();
     check(&g.tur(), LU_RESET, "the guest learns of the reset");
     assert_eq!(i.drain_ua(), vec![LU_RESET]);
+}
+
+/// A LOGICAL UNIT RESET from a vhost-user guest aborts an iSCSI write whose data is still
+/// due (R2T sent): when the data comes the write does not run and gets no response of its own
+/// (RFC 7143 §11.5.1); the next command reports the reset.
+#[test]
+fn vhost_user_logical_unit_reset_aborts_an_iscsi_write_not_started() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    let data = [AFTER_FILL; 512];
+    // No immediate data: the target asks for it with an R2T and waits.
+    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    i.send(cmd, &[]);
+    let r2t = i.read().expect("an R2T");
+    assert_eq!(r2t.opcode(), 0x31, "R2T");
+    assert_eq!(
+        g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0),
+        VIRTIO_SCSI_S_FUNCTION_COMPLETE
+    );
+    i.answer_r2t(&r2t, &data);
+    // The next response is the TEST UNIT READY's, with the reset's UA: a response to the
+    // write (run, or failed with that UA) would come first.
+    let tur = i.cmd_header(&[0; 6], 0, false, false);
+    i.send(tur, &[]);
+    let r = i.read().expect("a response");
+    assert_eq!(
+        (r.opcode(), r.u32_at(16)),
+        (0x21, u32::from_be_bytes(tur[16..20].try_into().unwrap())),
+        "the first response is the TEST UNIT READY's: {:02x?}",
+        r.bhs
+    );
+    assert_eq!(
+        (
+            r.bhs[3],
+            r.data.get(4..16).map(|d| (d[0] & 0x0f, d[10], d[11]))
+        ),
+        (CHECK_CONDITION, Some(LU_RESET)),
+        "TUR: {:02x?}",
+        r.data
+    );
+    good(&i.cmd(&[0; 6], &[], 0), "once");
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(
+        on_image(&fin, SMALL_LBA, 512),
+        [0; 512],
+        "the aborted write landed"
+    );
 }
 
 /// A LOGICAL UNIT RESET from a vhost-user guest waits for an iSCSI initiator's write in

@@ -14,8 +14,8 @@ mod direct;
 mod file;
 mod uring;
 
-pub use buffers::{Buf, Bufs};
 use crate::scsi::tasks::TaskId;
+pub use buffers::{Buf, Bufs};
 pub use file::FileImage;
 
 /// How the image file is read and written (`[image] aio`, `--aio`).

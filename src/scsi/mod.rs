@@ -16,5 +16,5 @@ pub mod data;
 pub mod fields;
 pub mod pages;
 pub mod sense;
-pub mod tasks;
 pub mod target;
+pub mod tasks;

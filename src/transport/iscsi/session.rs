@@ -17,7 +17,7 @@ use crate::scsi::cdb::{self, Command};
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
-use crate::scsi::tasks::{Scope, TaskState};
+use crate::scsi::tasks::{Scope, TaskId, TaskState};
 
 /// The largest data buffer of one command (the LU's MAXIMUM TRANSFER LENGTH is 4 MiB; a
 /// parameter list is at most 8 KiB). An EDTL above it is refused, never allocated.
@@ -286,6 +286,17 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         if self.aborted.remove(&p.itt()) {
             return Ok(());
         }
+        // In the LU's task set from here to its response, so that a TMF from another nexus
+        // (any transport) aborts it before it runs, or waits for it while it runs.
+        let tasks = &self.shared.target.lun().tasks;
+        let task = tasks.enter(&self.nexus_tasks, u64::from(p.itt()), TaskState::Queued);
+        let r = self.command(p, task);
+        tasks.retire(task);
+        r
+    }
+
+    /// A SCSI command, `task` in the LU's task set: its data, its execution, its response.
+    fn command(&mut self, p: Pdu, task: TaskId) -> Result<(), End> {
         let (read, write) = (p.flags() & 0x40 != 0, p.flags() & 0x20 != 0);
         let edtl = p.u32_at(20) as usize;
         let data_out = if write {
@@ -309,9 +320,15 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             0
         };
         let mut din = vec![0u8; room];
+        if !self.shared.target.lun().tasks.begin_io(task) {
+            // Another nexus's TMF aborted it: no response of its own (RFC 7143 §11.5.1); its
+            // initiator learns of it from the unit attention the TMF established.
+            log::info!("{}: iscsi: task {:#x} aborted", self.nexus, p.itt());
+            return Ok(());
+        }
         let outcome = match data_out {
             Some(mut dout) if !(ext_cdb || (read && write) || edtl > MAX_DATA) => {
-                self.execute(p.itt(), &p.lun(), &cdb, &mut dout, &mut din)
+                self.execute(&p.lun(), &cdb, &mut dout, &mut din)
             }
             _ => Outcome {
                 status: CHECK_CONDITION,
@@ -322,27 +339,15 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         self.respond(&p, &cdb, edtl, read, write, outcome, &din)
     }
 
-    /// Runs `cdb`, task `itt`, on the LU the LUN field names. On LUN 0 the task is in the LU's
-    /// task set while it runs, so that a TMF from any transport waits for it.
-    fn execute(
-        &self,
-        itt: u32,
-        lun: &[u8; 8],
-        cdb: &[u8],
-        dout: &mut [u8],
-        din: &mut [u8],
-    ) -> Outcome {
+    /// Runs `cdb` on the LU the LUN field names.
+    fn execute(&self, lun: &[u8; 8], cdb: &[u8], dout: &mut [u8], din: &mut [u8]) -> Outcome {
         let out_buf = [Buf::from(dout)];
         let in_buf = [Buf::from(din)];
         let data_out = DataOut::new(if out_buf[0].is_empty() { &[] } else { &out_buf });
         let data_in = DataIn::new(if in_buf[0].is_empty() { &[] } else { &in_buf });
         let target = &self.shared.target;
         if lun.iter().all(|&b| b == 0) {
-            let tasks = &target.lun().tasks;
-            let task = tasks.enter(&self.nexus_tasks, u64::from(itt), TaskState::InFlight);
-            let outcome = target.execute(&self.nexus, cdb, data_out, data_in, None);
-            tasks.retire(task);
-            outcome
+            target.execute(&self.nexus, cdb, data_out, data_in, None)
         } else {
             target.execute_missing_lun(cdb, data_in)
         }
