@@ -293,3 +293,44 @@ fn vhost_user_logical_unit_reset_waits_for_an_iscsi_write_in_flight() {
     assert_eq!(i.drain_ua(), vec![LU_RESET]);
     check(&g.tur(), LU_RESET, "the guest that reset");
 }
+
+/// RFC 7143 §11.5.1: ABORT TASK naming a task the target never saw, whose RefCmdSN is in the
+/// window and below the TMF's CmdSN, counts that CmdSN as received and the task as aborted:
+/// FUNCTION COMPLETE, ExpCmdSN steps over it, and the command, should it come late, is dropped.
+#[test]
+fn iscsi_abort_task_counts_a_cmd_sn_not_received_as_received_and_aborted() {
+    let s = setup();
+    let mut i = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
+        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
+    i.drain_ua();
+    // The command numbered `lost` never reaches the target (yet).
+    let lost = i.cmd_sn;
+    i.cmd_sn += 1;
+    let r = i
+        .immediate(0x02, 0x80 | 1, &[], |b| {
+            b[20..24].copy_from_slice(&0x7777u32.to_be_bytes());
+            b[32..36].copy_from_slice(&lost.to_be_bytes());
+        })
+        .expect("a TMF response");
+    assert_eq!(
+        (r.opcode(), r.bhs[2]),
+        (0x22, 0),
+        "ABORT TASK: function complete"
+    );
+    assert_eq!(
+        r.u32_at(28),
+        lost + 1,
+        "ExpCmdSN stepped over the aborted CmdSN"
+    );
+    good(&i.cmd(&[0; 6], &[], 0), "the next command is served");
+    // The aborted command arrives late: dropped, so the next response is the READ's.
+    let mut late = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    late[24..28].copy_from_slice(&lost.to_be_bytes());
+    i.cmd_sn -= 1;
+    i.send(late, &[AFTER_FILL; 512]);
+    let r = i.read16(SMALL_LBA, 1);
+    good(&r, "READ after the late command");
+    assert_eq!(r.data, vec![0; 512], "the aborted command ran");
+    // A RefCmdSN already received (or outside the window) names no task: 1.
+    assert_eq!(i.tmf(1), 1, "task does not exist");
+}

@@ -82,6 +82,9 @@ pub struct Connection<'s, R: Read, W: Write> {
     pending_bytes: usize,
     /// ITTs of queued commands a TMF aborted: dropped when their turn comes.
     aborted: HashSet<u32>,
+    /// CmdSNs above ExpCmdSN that an ABORT TASK counted as received and aborted (RFC 7143
+    /// §11.5.1): ExpCmdSN steps over them when it reaches them.
+    received_ahead: HashSet<u32>,
     next_ttt: u32,
 }
 
@@ -101,6 +104,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             pending: VecDeque::new(),
             pending_bytes: 0,
             aborted: HashSet::new(),
+            received_ahead: HashSet::new(),
             next_ttt: 1,
         }
     }
@@ -165,7 +169,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             return true;
         }
         if p.cmd_sn() == self.session.exp_cmd_sn {
-            self.session.exp_cmd_sn = self.session.exp_cmd_sn.wrapping_add(1);
+            self.advance_exp_cmd_sn();
             return true;
         }
         log::debug!(
@@ -175,6 +179,33 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             self.session.exp_cmd_sn
         );
         false
+    }
+
+    /// ExpCmdSN past the CmdSN just received, and past those counted as received already.
+    fn advance_exp_cmd_sn(&mut self) {
+        let s = &mut self.session;
+        s.exp_cmd_sn = s.exp_cmd_sn.wrapping_add(1);
+        while self.received_ahead.remove(&s.exp_cmd_sn) {
+            s.exp_cmd_sn = s.exp_cmd_sn.wrapping_add(1);
+        }
+    }
+
+    /// ABORT TASK for a task that does not exist (RFC 7143 §11.5.1): when its RefCmdSN is in
+    /// the window, not received yet and below the TMF's own CmdSN, that CmdSN counts as
+    /// received (its command, should it come, is dropped) and the task as aborted.
+    fn abort_not_received(&mut self, p: &Pdu) -> bool {
+        let (ref_sn, exp) = (p.u32_at(32), self.session.exp_cmd_sn);
+        let in_window = ref_sn.wrapping_sub(exp) < CMD_WINDOW;
+        let before_tmf = (1..1 << 31).contains(&p.cmd_sn().wrapping_sub(ref_sn));
+        if !(in_window && before_tmf) {
+            return false;
+        }
+        if ref_sn == exp {
+            self.advance_exp_cmd_sn();
+        } else {
+            self.received_ahead.insert(ref_sn);
+        }
+        true
     }
 
     /// StatSN, ExpCmdSN and MaxCmdSN into a response header; advances StatSN if `status`.
@@ -565,7 +596,10 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         let response = match function {
             1 => {
                 let r = p.u32_at(20);
-                if current == Some(r) || self.abort_queued(|q| q.itt() == r) > 0 {
+                if current == Some(r)
+                    || self.abort_queued(|q| q.itt() == r) > 0
+                    || self.abort_not_received(p)
+                {
                     0
                 } else {
                     1
