@@ -10,6 +10,7 @@ use crate::image::{Image, IoOp};
 use crate::pr::fencing::{Refusal, Reservations};
 use crate::pr::Access;
 use crate::scsi::sense;
+use crate::scsi::tasks::{TaskSet, TaskState};
 
 pub use crate::pr::fencing::{ChunkError, ADMISSION_CHUNK};
 
@@ -27,6 +28,9 @@ pub struct Lun {
     /// The volatile write cache (SCSI WCE, virtio-blk `writeback`): one setting for the LU,
     /// whichever device and guest changes it, kept across reconnects.
     write_cache: AtomicBool,
+    /// Every transport's commands between their arrival and their response, for task
+    /// management (`scsi/tasks.rs`).
+    pub tasks: TaskSet,
 }
 
 impl Lun {
@@ -37,6 +41,7 @@ impl Lun {
             reservations,
             serial: serial_for(id),
             write_cache: AtomicBool::new(true),
+            tasks: TaskSet::default(),
         }
     }
 
@@ -109,7 +114,42 @@ impl Lun {
         ops: &mut [IoOp<'_>],
     ) -> SmallVec<[Result<(), Refusal>; 64]> {
         self.reservations
-            .run_admitted(initiator, ops, |admitted| self.image.run_batch(admitted))
+            .run_admitted(initiator, ops, |admitted| self.run_tasks(admitted))
+    }
+
+    /// Runs admitted ops on the image, but not those whose task a TMF aborted before their I/O
+    /// started (`IoOp::task`); their result stays untouched, the transport learns of the abort
+    /// when it retires the task.
+    fn run_tasks(&self, ops: &mut [IoOp<'_>]) {
+        if ops.iter().all(|op| op.task.is_none()) {
+            return self.image.run_batch(ops);
+        }
+        let go: SmallVec<[bool; 64]> = ops
+            .iter()
+            .map(|op| op.task.is_none_or(|t| self.tasks.begin_io(t)))
+            .collect();
+        let mut front = 0;
+        for (i, &g) in go.iter().enumerate() {
+            if g {
+                ops.swap(front, i);
+                front += 1;
+            }
+        }
+        if front > 0 {
+            self.image.run_batch(&mut ops[..front]);
+        }
+        for op in &ops[..front] {
+            if let Some(t) = op.task {
+                self.tasks.settle(t, TaskState::Done);
+            }
+        }
+        // The same swaps in reverse order restore the driver's order.
+        for (i, &g) in go.iter().enumerate().rev() {
+            if g {
+                front -= 1;
+                ops.swap(front, i);
+            }
+        }
     }
 
     /// Runs a long command as `len` bytes of work in pieces of at most [`ADMISSION_CHUNK`],

@@ -1,6 +1,7 @@
 //! Task management over the wire (SAM-5 §7; virtio 1.2 §5.6.6.2 for the mapping): for every
 //! virtio-scsi TMF, its response, the unit attentions it establishes and for whom, and what it
-//! does to SPC-2 and persistent reservations, as several initiators on one daemon see it.
+//! does to SPC-2 and persistent reservations, as several initiators on one daemon see it. What
+//! the aborting TMFs do to commands in flight or queued is tests/tmf_aborts.rs.
 
 mod common;
 
@@ -19,7 +20,8 @@ const LUN_NOT_SUPPORTED: SenseTriple = (0x05, 0x25, 0x00);
 const RESERVE6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
 const RELEASE6: [u8; 6] = [0x17, 0, 0, 0, 0, 0];
 
-/// The TMFs that find nothing to do: commands complete before their queue takes the next.
+/// The TMFs that find nothing to do when no command is outstanding (with commands in flight:
+/// tests/tmf_aborts.rs).
 const NOTHING_TO_ABORT: [(u32, &str); 5] = [
     (TMF_ABORT_TASK, "ABORT TASK"),
     (TMF_ABORT_TASK_SET, "ABORT TASK SET"),

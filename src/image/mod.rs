@@ -14,6 +14,7 @@ mod direct;
 mod file;
 mod uring;
 
+use crate::scsi::tasks::TaskId;
 pub use buffers::{Buf, Bufs};
 pub use file::FileImage;
 
@@ -49,6 +50,9 @@ pub struct IoOp<'a> {
     pub fua: bool,
     /// Set by [`Image::run_batch`].
     pub result: io::Result<()>,
+    /// The command's task in the LU's task set, when its transport keeps one there: the op
+    /// does not start once a TMF aborted it (`Lun::run_admitted`).
+    pub task: Option<TaskId>,
 }
 
 impl<'a> IoOp<'a> {
@@ -59,6 +63,7 @@ impl<'a> IoOp<'a> {
             bufs,
             fua,
             result: Ok(()),
+            task: None,
         }
     }
 }

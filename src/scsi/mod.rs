@@ -17,3 +17,4 @@ pub mod fields;
 pub mod pages;
 pub mod sense;
 pub mod target;
+pub mod tasks;

@@ -274,7 +274,7 @@ impl IscsiClient {
     }
 
     /// Sends the Data-Out an R2T asks for, in 64 KiB PDUs.
-    fn answer_r2t(&mut self, r2t: &RawPdu, data_out: &[u8]) {
+    pub fn answer_r2t(&mut self, r2t: &RawPdu, data_out: &[u8]) {
         let (ttt, off, len) = (
             r2t.u32_at(20),
             r2t.u32_at(40) as usize,

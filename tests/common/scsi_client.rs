@@ -15,6 +15,7 @@ pub const BUSY: u8 = 0x08;
 
 /// virtio-scsi response codes (virtio 1.2 §5.6.6.1).
 pub const VIRTIO_SCSI_S_OK: u8 = 0;
+pub const VIRTIO_SCSI_S_ABORTED: u8 = 2;
 pub const VIRTIO_SCSI_S_BAD_TARGET: u8 = 3;
 pub const VIRTIO_SCSI_S_FAILURE: u8 = 9;
 /// TMF responses (virtio 1.2 §5.6.6.2): FUNCTION COMPLETE shares the value of S_OK.
@@ -252,6 +253,8 @@ pub fn write16_cdb(lba: u64, blocks: u32) -> [u8; 16] {
 
 /// A command made available but not yet completed (see [`ScsiClient::submit`]).
 pub struct Pending {
+    /// The command's virtio-scsi tag.
+    pub tag: u64,
     cdb: Vec<u8>,
     head: u16,
     resp: u64,
@@ -346,6 +349,7 @@ impl ScsiClient {
             fe.submit_without_kick(REQUEST_Q, &descs)
         };
         Pending {
+            tag,
             cdb: cdb.to_vec(),
             head,
             resp,
@@ -530,14 +534,21 @@ impl ScsiClient {
 
     /// One TMF request on the control queue; returns the response byte.
     pub fn tmf(&mut self, subtype: u32, lun: &[u8; 8]) -> u8 {
+        self.fe.reset();
+        let v = self.tmf_for(subtype, lun, 7);
+        self.fe.reset();
+        v
+    }
+
+    /// A TMF naming task `tag`, sent while commands are in flight (the rings are not reset).
+    pub fn tmf_for(&mut self, subtype: u32, lun: &[u8; 8], tag: u64) -> u8 {
         let fe = &mut self.fe;
-        fe.reset();
         let req = fe.alloc(24);
         let mut r = [0u8; 24];
         // type VIRTIO_SCSI_T_TMF = 0
         r[4..8].copy_from_slice(&subtype.to_le_bytes());
         r[8..16].copy_from_slice(lun);
-        r[16..24].copy_from_slice(&7u64.to_le_bytes());
+        r[16..24].copy_from_slice(&tag.to_le_bytes());
         fe.write_mem(req, &r);
         let resp = fe.alloc(1);
         fe.write_mem(resp, &[0xee]);
@@ -545,9 +556,7 @@ impl ScsiClient {
         let (id, len) = fe.wait_used(CONTROL_Q, TIMEOUT).expect("TMF not completed");
         assert_eq!(id, head);
         assert_eq!(len, 1, "TMF response length");
-        let v = fe.read_mem(resp, 1)[0];
-        fe.reset();
-        v
+        fe.read_mem(resp, 1)[0]
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufReader, Read, Write};
+use std::sync::Arc;
 
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
@@ -16,6 +17,7 @@ use crate::scsi::cdb::{self, Command};
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
+use crate::scsi::tasks::{Scope, TaskId, TaskState};
 
 /// The largest data buffer of one command (the LU's MAXIMUM TRANSFER LENGTH is 4 MiB; a
 /// parameter list is at most 8 KiB). An EDTL above it is refused, never allocated.
@@ -73,11 +75,16 @@ pub struct Connection<'s, R: Read, W: Write> {
     session: LoggedIn,
     /// The arbiter's name for this I_T nexus (`<initiator>,i,0x<ISID>`).
     nexus: String,
+    /// `nexus`, as the LU's task set names it.
+    nexus_tasks: Arc<str>,
     pending: VecDeque<Pdu>,
     /// Data bytes of the PDUs in `pending`.
     pending_bytes: usize,
     /// ITTs of queued commands a TMF aborted: dropped when their turn comes.
     aborted: HashSet<u32>,
+    /// CmdSNs above ExpCmdSN that an ABORT TASK counted as received and aborted (RFC 7143
+    /// §11.5.1): ExpCmdSN steps over them when it reaches them.
+    received_ahead: HashSet<u32>,
     next_ttt: u32,
 }
 
@@ -92,10 +99,12 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             reader: BufReader::with_capacity(64 * 1024, reader),
             writer,
             session,
+            nexus_tasks: Arc::from(nexus.as_str()),
             nexus,
             pending: VecDeque::new(),
             pending_bytes: 0,
             aborted: HashSet::new(),
+            received_ahead: HashSet::new(),
             next_ttt: 1,
         }
     }
@@ -160,7 +169,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             return true;
         }
         if p.cmd_sn() == self.session.exp_cmd_sn {
-            self.session.exp_cmd_sn = self.session.exp_cmd_sn.wrapping_add(1);
+            self.advance_exp_cmd_sn();
             return true;
         }
         log::debug!(
@@ -170,6 +179,33 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             self.session.exp_cmd_sn
         );
         false
+    }
+
+    /// ExpCmdSN past the CmdSN just received, and past those counted as received already.
+    fn advance_exp_cmd_sn(&mut self) {
+        let s = &mut self.session;
+        s.exp_cmd_sn = s.exp_cmd_sn.wrapping_add(1);
+        while self.received_ahead.remove(&s.exp_cmd_sn) {
+            s.exp_cmd_sn = s.exp_cmd_sn.wrapping_add(1);
+        }
+    }
+
+    /// ABORT TASK for a task that does not exist (RFC 7143 §11.5.1): when its RefCmdSN is in
+    /// the window, not received yet and below the TMF's own CmdSN, that CmdSN counts as
+    /// received (its command, should it come, is dropped) and the task as aborted.
+    fn abort_not_received(&mut self, p: &Pdu) -> bool {
+        let (ref_sn, exp) = (p.u32_at(32), self.session.exp_cmd_sn);
+        let in_window = ref_sn.wrapping_sub(exp) < CMD_WINDOW;
+        let before_tmf = (1..1 << 31).contains(&p.cmd_sn().wrapping_sub(ref_sn));
+        if !(in_window && before_tmf) {
+            return false;
+        }
+        if ref_sn == exp {
+            self.advance_exp_cmd_sn();
+        } else {
+            self.received_ahead.insert(ref_sn);
+        }
+        true
     }
 
     /// StatSN, ExpCmdSN and MaxCmdSN into a response header; advances StatSN if `status`.
@@ -281,6 +317,17 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         if self.aborted.remove(&p.itt()) {
             return Ok(());
         }
+        // In the LU's task set from here to its response, so that a TMF from another nexus
+        // (any transport) aborts it before it runs, or waits for it while it runs.
+        let tasks = &self.shared.target.lun().tasks;
+        let task = tasks.enter(&self.nexus_tasks, u64::from(p.itt()), TaskState::Queued);
+        let r = self.command(p, task);
+        tasks.retire(task);
+        r
+    }
+
+    /// A SCSI command, `task` in the LU's task set: its data, its execution, its response.
+    fn command(&mut self, p: Pdu, task: TaskId) -> Result<(), End> {
         let (read, write) = (p.flags() & 0x40 != 0, p.flags() & 0x20 != 0);
         let edtl = p.u32_at(20) as usize;
         let data_out = if write {
@@ -304,6 +351,12 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             0
         };
         let mut din = vec![0u8; room];
+        if !self.shared.target.lun().tasks.begin_io(task) {
+            // Another nexus's TMF aborted it: no response of its own (RFC 7143 §11.5.1); its
+            // initiator learns of it from the unit attention the TMF established.
+            log::info!("{}: iscsi: task {:#x} aborted", self.nexus, p.itt());
+            return Ok(());
+        }
         let outcome = match data_out {
             Some(mut dout) if !(ext_cdb || (read && write) || edtl > MAX_DATA) => {
                 self.execute(&p.lun(), &cdb, &mut dout, &mut din)
@@ -526,9 +579,12 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
     }
 
-    /// Task management (RFC 7143 §11.5) mapped onto what the SCSI core does for virtio-scsi:
-    /// commands run one at a time, so only queued commands can be aborted. `current`: the
-    /// command this TMF interrupted (aborted, no response of its own).
+    /// Task management (RFC 7143 §11.5) mapped onto what the SCSI core does for virtio-scsi.
+    /// This session's commands run one at a time, so of its own only queued ones can be
+    /// aborted; a function that aborts the nexus's or the LU's tasks also aborts them in the
+    /// LU's task set (other transports' and sessions' commands: queued ones never do their I/O,
+    /// in-flight ones are waited for) before it answers. `current`: the command this TMF
+    /// interrupted (aborted, no response of its own).
     fn tmf(&mut self, p: &Pdu, current: Option<u32>) -> Result<(), End> {
         if !self.admit_sn(p) {
             return Ok(());
@@ -536,10 +592,14 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         let function = p.flags() & 0x7f;
         let lun0 = p.lun().iter().all(|&b| b == 0);
         let res = &self.shared.target.lun().reservations;
+        let tasks = &self.shared.target.lun().tasks;
         let response = match function {
             1 => {
                 let r = p.u32_at(20);
-                if current == Some(r) || self.abort_queued(|q| q.itt() == r) > 0 {
+                if current == Some(r)
+                    || self.abort_queued(|q| q.itt() == r) > 0
+                    || self.abort_not_received(p)
+                {
                     0
                 } else {
                     1
@@ -548,11 +608,13 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             2 | 4 | 5 if !lun0 => 2,
             2 | 4 => {
                 self.abort_queued(|_| true);
+                tasks.abort(Scope::Nexus(&self.nexus));
                 0
             }
             3 => 255,
             5..=7 => {
                 self.abort_queued(|_| true);
+                tasks.abort(Scope::All);
                 log::info!("{}: iscsi: logical unit reset (TMF {function})", self.nexus);
                 res.with_mut(|a| a.logical_unit_reset());
                 0

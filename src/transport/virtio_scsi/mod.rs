@@ -24,6 +24,7 @@ use crate::pr::replay::Origin;
 use crate::scsi::cdb::op::PERSISTENT_RESERVE_OUT;
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
+use crate::scsi::tasks::{Scope, TaskId, TaskState};
 use crate::transport::virtqueue::{
     self, feature, AtomicMem, Chain, DirtyLog, EachAtOnce, ExitEvents, Handler, Mem, Quiesce,
     QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
@@ -165,22 +166,28 @@ impl ScsiDevice {
             Address::MissingLun => self.target.execute_missing_lun(cdb, data_in),
             // PR OUT is the one command whose replay after a reconnection must not run again.
             Address::Lun0 if cdb[0] == PERSISTENT_RESERVE_OUT => {
+                let task = self.enter_task(&req, TaskState::InFlight);
                 let origin = Origin {
                     connection: self.connection,
                     ring,
                     slot,
                     digest: request_digest(&req.header, &req.data_out),
                 };
-                self.target.execute_for(
+                let outcome = self.target.execute_for(
                     &self.initiator,
                     self.guest_read_only,
                     cdb,
                     data_out,
                     data_in,
                     Some(&origin),
-                )
+                );
+                self.target.lun().tasks.retire(task);
+                outcome
             }
             Address::Lun0 => {
+                // In flight while it runs here; a READ or WRITE then waits in the round's batch
+                // as a queued task, which a TMF can still abort before its I/O.
+                let task = self.enter_task(&req, TaskState::InFlight);
                 let started = self.target.start_for(
                     &self.initiator,
                     self.guest_read_only,
@@ -189,8 +196,13 @@ impl ScsiDevice {
                     data_in,
                 );
                 match started {
-                    Started::Done(outcome) => outcome,
-                    Started::Io(io) => {
+                    Started::Done(outcome) => {
+                        self.target.lun().tasks.retire(task);
+                        outcome
+                    }
+                    Started::Io(mut io) => {
+                        self.target.lun().tasks.settle(task, TaskState::Queued);
+                        io.task = Some(task);
                         batch.push(io, req, in_cap, out_len, start);
                         return Reply::Deferred;
                     }
@@ -199,6 +211,14 @@ impl ScsiDevice {
         };
         self.count(cdb, &outcome, start.elapsed());
         Reply::Done(Self::respond(&req.resp_buf, outcome, in_cap, out_len))
+    }
+
+    /// Enters the command `req` in the LU's task set, under its virtio-scsi tag.
+    fn enter_task(&self, req: &CmdRequest, state: TaskState) -> TaskId {
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&req.header[8..16]);
+        let tag = u64::from_le_bytes(tag);
+        self.target.lun().tasks.enter(&self.initiator, tag, state)
     }
 
     /// Splits a command request's chain into its header, data and response buffers (virtio 1.2
@@ -273,7 +293,14 @@ impl ScsiDevice {
             .run_admitted(&self.initiator, &mut batch.ops);
         let done = std::time::Instant::now();
         let ops = batch.ops.drain(..).zip(allowed);
+        let tasks = &self.target.lun().tasks;
         for (pending, (io, ok)) in batch.pending.drain(..).zip(ops) {
+            // A TMF aborted it before its I/O started: VIRTIO_SCSI_S_ABORTED (virtio 1.2
+            // §5.6.6.1), nothing reached the image.
+            if io.task.is_some_and(|t| tasks.retire(t)) {
+                lens.push(failure(&pending.resp_buf, VIRTIO_SCSI_S_ABORTED));
+                continue;
+            }
             if let (Ok(()), Err(e)) = (ok, &io.result) {
                 let what = if io.write { "write" } else { "read" };
                 log::warn!("{}: scsi {what}: {e}", self.initiator);
@@ -308,8 +335,7 @@ impl ScsiDevice {
         }
     }
 
-    /// Task management and asynchronous notification (virtio 1.2 §5.6.6.2). Commands complete
-    /// synchronously, so there is never a task left to abort.
+    /// Task management and asynchronous notification (virtio 1.2 §5.6.6.2).
     fn process_control(&self, mem: &Mem, chain: DescriptorChain<&Mem>) -> u32 {
         let Ok(chain) = Chain::parse(mem, chain) else {
             return 0;
@@ -322,6 +348,9 @@ impl ScsiDevice {
             // the driver could never learn that it was.
             VIRTIO_SCSI_T_TMF if n >= 24 && buffers::total(&chain.writable) > 0 => {
                 let subtype = u32::from_le_bytes([req[4], req[5], req[6], req[7]]);
+                let mut tag = [0u8; 8];
+                tag.copy_from_slice(&req[16..24]);
+                let tag = u64::from_le_bytes(tag);
                 let response = match decode_lun(&req[8..16]) {
                     Address::BadTarget => VIRTIO_SCSI_S_BAD_TARGET,
                     // An I_T NEXUS RESET names the target only (QEMU reads just lun[1]): the
@@ -329,7 +358,7 @@ impl ScsiDevice {
                     Address::MissingLun if subtype != VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
                         VIRTIO_SCSI_S_INCORRECT_LUN
                     }
-                    Address::MissingLun | Address::Lun0 => self.tmf(subtype),
+                    Address::MissingLun | Address::Lun0 => self.tmf(subtype, tag),
                 };
                 buffers::write_bytes(&chain.writable, &[response as u8]) as u32
             }
@@ -347,32 +376,53 @@ impl ScsiDevice {
     }
 
     /// One task management function on LUN 0 (SAM-5 §7; virtio 1.2 §5.6.6.2 maps the
-    /// responses). What each does here, and why, is the "Task management" table of docs/conformance.md.
-    fn tmf(&self, subtype: u32) -> u32 {
-        let res = &self.target.lun().reservations;
+    /// responses); `tag` names the task of ABORT TASK and QUERY TASK. A function that aborts
+    /// answers once every task it names has ended: queued ones never do their I/O (their
+    /// response is VIRTIO_SCSI_S_ABORTED), in-flight ones are waited for (`scsi/tasks.rs`).
+    /// What each does here, and why, is the "Task management" table of docs/conformance.md.
+    fn tmf(&self, subtype: u32, tag: u64) -> u32 {
+        let lun = self.target.lun();
+        let (res, me) = (&lun.reservations, &*self.initiator);
         match subtype {
-            // SAM-5 §7.2, §7.3, §7.5: ABORT TASK, ABORT TASK SET and CLEAR TASK SET abort
-            // commands, and a queue thread completes each command before it takes the next, so
-            // there is none to abort: FUNCTION COMPLETE, with no UA (§5.6: only an initiator
-            // whose commands another one aborted gets 2F/00) and nothing else changed.
-            // §7.9, §7.10: QUERY TASK and QUERY TASK SET answer FUNCTION COMPLETE when the
-            // command, or any command, is not in the task set.
-            VIRTIO_SCSI_T_TMF_ABORT_TASK
-            | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
-            | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
-            | VIRTIO_SCSI_T_TMF_QUERY_TASK
-            | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
-            // SAM-5 §7.7, §6.3.3: every I_T nexus gets 29/03, the SPC-2 reservation goes, PR
-            // state stays (SPC-4 §5.9.1).
+            // SAM-5 §7.2: the task with this tag, if it is still in the task set.
+            VIRTIO_SCSI_T_TMF_ABORT_TASK => {
+                lun.tasks.abort(Scope::Task(me, tag));
+                VIRTIO_SCSI_S_FUNCTION_COMPLETE
+            }
+            // §7.3, §7.5 (TST=000: one task set per I_T nexus): every task of this nexus. No
+            // UA: §5.6 gives 2F/00 only to an initiator whose commands another one aborted.
+            VIRTIO_SCSI_T_TMF_ABORT_TASK_SET | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => {
+                lun.tasks.abort(Scope::Nexus(me));
+                VIRTIO_SCSI_S_FUNCTION_COMPLETE
+            }
+            // §7.9, §7.10: FUNCTION SUCCEEDED when the task, or any task of the nexus, is in
+            // the task set, FUNCTION COMPLETE when not.
+            VIRTIO_SCSI_T_TMF_QUERY_TASK | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
+                let scope = if subtype == VIRTIO_SCSI_T_TMF_QUERY_TASK {
+                    Scope::Task(me, tag)
+                } else {
+                    Scope::Nexus(me)
+                };
+                if lun.tasks.contains(scope) {
+                    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+                } else {
+                    VIRTIO_SCSI_S_FUNCTION_COMPLETE
+                }
+            }
+            // SAM-5 §7.7, §6.3.3: every task of every nexus (every transport's) is aborted,
+            // every I_T nexus gets 29/03, the SPC-2 reservation goes, PR state stays (SPC-4
+            // §5.9.1).
             VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => {
                 log::info!("{}: scsi: logical unit reset", self.initiator);
+                lun.tasks.abort(Scope::All);
                 res.with_mut(|a| a.logical_unit_reset());
                 VIRTIO_SCSI_S_FUNCTION_COMPLETE
             }
-            // SAM-5 §7.6, §6.3.4: an I_T nexus loss for this initiator only: 29/07 for it, its
-            // SPC-2 reservation goes, PR state stays.
+            // SAM-5 §7.6, §6.3.4: an I_T nexus loss for this initiator only: its tasks are
+            // aborted, 29/07 for it, its SPC-2 reservation goes, PR state stays.
             VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
                 log::info!("{}: scsi: I_T nexus reset", self.initiator);
+                lun.tasks.abort(Scope::Nexus(me));
                 res.with_mut(|a| a.i_t_nexus_reset(&self.initiator));
                 VIRTIO_SCSI_S_FUNCTION_COMPLETE
             }

@@ -1,0 +1,336 @@
+//! Task management that really aborts (SAM-5 §7), on virtio-scsi and across transports: while a
+//! WRITE's I/O is held in flight (the test-hooks write delay) and another WRITE waits behind it,
+//! a TMF answers only once the write in flight has reached the image, the queued one is
+//! reported aborted (VIRTIO_SCSI_S_ABORTED) and never reaches it, and a LOGICAL UNIT RESET from
+//! an iSCSI initiator does the same to a vhost-user guest's commands, and the reverse.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::daemon::TestDaemon;
+use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A};
+use common::process::DaemonProcess;
+use common::scsi_client::*;
+
+/// How long every write waits before it reaches the image: long enough for the TMF to arrive
+/// while the first write is in flight, on a loaded machine.
+const DELAY: Duration = Duration::from_millis(1500);
+/// The first write: 4 MiB, one admission piece of its own, so the second runs after it.
+const BIG: usize = 4 << 20;
+const BIG_LBA: u64 = 0;
+/// The second write, queued behind the first in the same round.
+const SMALL_LBA: u64 = 16384;
+const FILL: u8 = 0x5a;
+const AFTER_FILL: u8 = 0xc3;
+const LU_RESET: SenseTriple = (0x06, 0x29, 0x03);
+const ISID: [u8; 6] = [0x80, 0x12, 0x34, 0x56, 0x00, 0x01];
+
+/// A 4 MiB WRITE at `BIG_LBA`, then a one-block WRITE at `SMALL_LBA`, made available together
+/// (one kick: one round of the request queue), then time for the first to start its I/O.
+fn write_in_flight_and_one_behind(c: &mut ScsiClient) -> (Pending, Pending) {
+    c.fe.reset();
+    let big = c.submit(
+        &LUN0,
+        &write16_cdb(BIG_LBA, (BIG / 512) as u32),
+        &vec![FILL; BIG],
+        0,
+        false,
+    );
+    let small = c.submit(
+        &LUN0,
+        &write16_cdb(SMALL_LBA, 1),
+        &[AFTER_FILL; 512],
+        0,
+        true,
+    );
+    std::thread::sleep(DELAY / 5);
+    (big, small)
+}
+
+fn finish(c: &mut ScsiClient, p: &Pending, what: &str) -> ScsiResult {
+    c.finish(p, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("{what}: no response"))
+}
+
+fn on_image(image: &[u8], lba: u64, len: usize) -> &[u8] {
+    &image[lba as usize * 512..lba as usize * 512 + len]
+}
+
+/// The first write either ended before the TMF's response (GOOD, and its data was on the
+/// image when the response came) or was aborted before its I/O (nothing of it ever lands).
+#[track_caller]
+fn in_flight_write_ended_first(r: &ScsiResult, snapshot: &[u8], fin: &[u8]) {
+    if r.response == VIRTIO_SCSI_S_ABORTED {
+        assert!(
+            on_image(fin, BIG_LBA, BIG).iter().all(|&b| b == 0),
+            "aborted, yet landed"
+        );
+    } else {
+        good(r, "the write in flight");
+        assert!(
+            on_image(snapshot, BIG_LBA, BIG).iter().all(|&b| b == FILL),
+            "the TMF answered before the write in flight reached the image"
+        );
+    }
+}
+
+/// The queued write was reported aborted and nothing of it reached the image.
+#[track_caller]
+fn queued_write_aborted(r: &ScsiResult, fin: &[u8]) {
+    assert_eq!(r.response, VIRTIO_SCSI_S_ABORTED, "the queued write: {r:?}");
+    assert_eq!(
+        on_image(fin, SMALL_LBA, 512),
+        [0; 512],
+        "the aborted write landed"
+    );
+}
+
+/// ABORT TASK SET (SAM-5 §7.3): the write in flight is waited for, the one behind it never
+/// starts; the queue keeps serving afterwards.
+#[test]
+fn abort_task_set_waits_for_the_write_in_flight_and_aborts_the_queued_one() {
+    let d = TestDaemon::start_probed(&["a"], |_| {});
+    let mut c = ScsiClient::connect(&d.scsi("a"));
+    c.drain_ua();
+    d.probe().set_write_delay(DELAY);
+    let (big, small) = write_in_flight_and_one_behind(&mut c);
+    let r = c.tmf_for(TMF_ABORT_TASK_SET, &LUN0, 0);
+    let answered = Instant::now();
+    let snapshot = std::fs::read(d.image()).unwrap();
+    assert_eq!(r, VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    let (r1, r2) = (finish(&mut c, &big, "big"), finish(&mut c, &small, "small"));
+    d.probe().set_write_delay(Duration::ZERO);
+    let fin = std::fs::read(d.image()).unwrap();
+    in_flight_write_ended_first(&r1, &snapshot, &fin);
+    queued_write_aborted(&r2, &fin);
+    for e in d.probe().events().iter().filter(|e| e.op.changes_data()) {
+        assert!(
+            e.end <= answered,
+            "a write reached the image after the TMF: {e:?}"
+        );
+    }
+    c.fe.reset();
+    good(&c.write16(SMALL_LBA, &[1; 512]), "a write after the abort");
+    assert_eq!(c.read16(SMALL_LBA, 1).data, vec![1; 512]);
+}
+
+/// ABORT TASK (SAM-5 §7.2) names one task: QUERY TASK finds it, the queued one named never
+/// starts while the other completes; named while in flight, it is waited for.
+#[test]
+fn abort_task_aborts_only_the_task_it_names() {
+    let d = TestDaemon::start_probed(&["a"], |_| {});
+    let mut c = ScsiClient::connect(&d.scsi("a"));
+    c.drain_ua();
+    d.probe().set_write_delay(DELAY);
+    let (big, small) = write_in_flight_and_one_behind(&mut c);
+    let q = c.tmf_for(TMF_QUERY_TASK, &LUN0, small.tag);
+    assert_eq!(q, VIRTIO_SCSI_S_FUNCTION_SUCCEEDED, "QUERY TASK: present");
+    assert_eq!(
+        c.tmf_for(TMF_ABORT_TASK, &LUN0, small.tag),
+        VIRTIO_SCSI_S_FUNCTION_COMPLETE
+    );
+    let (r1, r2) = (finish(&mut c, &big, "big"), finish(&mut c, &small, "small"));
+    let fin = std::fs::read(d.image()).unwrap();
+    good(&r1, "the task not named");
+    assert!(on_image(&fin, BIG_LBA, BIG).iter().all(|&b| b == FILL));
+    queued_write_aborted(&r2, &fin);
+    let q = c.tmf_for(TMF_QUERY_TASK, &LUN0, small.tag);
+    assert_eq!(q, VIRTIO_SCSI_S_FUNCTION_COMPLETE, "QUERY TASK: gone");
+
+    // Now name the write in flight: the response waits for it; the other one is untouched.
+    std::fs::write(d.image(), vec![0u8; common::daemon::IMAGE_SIZE as usize]).unwrap();
+    let (big, small) = write_in_flight_and_one_behind(&mut c);
+    let r = c.tmf_for(TMF_ABORT_TASK, &LUN0, big.tag);
+    let snapshot = std::fs::read(d.image()).unwrap();
+    assert_eq!(r, VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    let (r1, r2) = (finish(&mut c, &big, "big"), finish(&mut c, &small, "small"));
+    d.probe().set_write_delay(Duration::ZERO);
+    let fin = std::fs::read(d.image()).unwrap();
+    in_flight_write_ended_first(&r1, &snapshot, &fin);
+    good(&r2, "the task not named");
+    assert_eq!(on_image(&fin, SMALL_LBA, 512), [AFTER_FILL; 512]);
+}
+
+/// The daemon binary with the write delay, guest `vm1` and an iSCSI portal.
+struct Setup {
+    daemon: DaemonProcess,
+    addr: SocketAddr,
+    target: String,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let delay = DELAY.as_millis().to_string();
+    let daemon = DaemonProcess::start_full(
+        dir.path(),
+        &["vm1"],
+        "16M",
+        &["--iscsi-listen", &listen, "--iscsi-initiator", INITIATOR_A],
+        &[("SHAREDISK_TEST_WRITE_DELAY_MS", &delay)],
+    );
+    let target = target_name(&daemon);
+    Setup {
+        _dir: dir,
+        daemon,
+        addr: listen.parse().unwrap(),
+        target,
+    }
+}
+
+/// The target name from the daemon's log line `iscsi: target NAME on ...`.
+fn target_name(d: &DaemonProcess) -> String {
+    for _ in 0..200 {
+        let log = d.log();
+        if let Some(line) = log.lines().rev().find(|l| l.contains("iscsi: target ")) {
+            let rest = line.split("iscsi: target ").nth(1).unwrap();
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no iscsi target in the log: {}", d.log());
+}
+
+fn clients(s: &Setup) -> (ScsiClient, IscsiClient) {
+    let mut g = ScsiClient::connect(&s.daemon.scsi("vm1"));
+    g.drain_ua();
+    let mut i = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
+        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
+    i.drain_ua();
+    (g, i)
+}
+
+/// A LOGICAL UNIT RESET from an iSCSI initiator (RFC 7143 §11.5.1 function 5) aborts a
+/// vhost-user guest's queued write and waits for its write in flight, before it answers.
+#[test]
+fn iscsi_logical_unit_reset_aborts_a_vhost_user_guests_commands() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    let (big, small) = write_in_flight_and_one_behind(&mut g);
+    assert_eq!(i.tmf(5), 0, "LOGICAL UNIT RESET: function complete");
+    let snapshot = std::fs::read(&s.daemon.image).unwrap();
+    let (r1, r2) = (finish(&mut g, &big, "big"), finish(&mut g, &small, "small"));
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    in_flight_write_ended_first(&r1, &snapshot, &fin);
+    queued_write_aborted(&r2, &fin);
+    g.fe.reset();
+    check(&g.tur(), LU_RESET, "the guest learns of the reset");
+    assert_eq!(i.drain_ua(), vec![LU_RESET]);
+}
+
+/// A LOGICAL UNIT RESET from a vhost-user guest aborts an iSCSI write whose data is still
+/// due (R2T sent): when the data comes the write does not run and gets no response of its own
+/// (RFC 7143 §11.5.1); the next command reports the reset.
+#[test]
+fn vhost_user_logical_unit_reset_aborts_an_iscsi_write_not_started() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    let data = [AFTER_FILL; 512];
+    // No immediate data: the target asks for it with an R2T and waits.
+    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    i.send(cmd, &[]);
+    let r2t = i.read().expect("an R2T");
+    assert_eq!(r2t.opcode(), 0x31, "R2T");
+    assert_eq!(
+        g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0),
+        VIRTIO_SCSI_S_FUNCTION_COMPLETE
+    );
+    i.answer_r2t(&r2t, &data);
+    // The next response is the TEST UNIT READY's, with the reset's UA: a response to the
+    // write (run, or failed with that UA) would come first.
+    let tur = i.cmd_header(&[0; 6], 0, false, false);
+    i.send(tur, &[]);
+    let r = i.read().expect("a response");
+    assert_eq!(
+        (r.opcode(), r.u32_at(16)),
+        (0x21, u32::from_be_bytes(tur[16..20].try_into().unwrap())),
+        "the first response is the TEST UNIT READY's: {:02x?}",
+        r.bhs
+    );
+    assert_eq!(
+        (
+            r.bhs[3],
+            r.data.get(4..16).map(|d| (d[0] & 0x0f, d[10], d[11]))
+        ),
+        (CHECK_CONDITION, Some(LU_RESET)),
+        "TUR: {:02x?}",
+        r.data
+    );
+    good(&i.cmd(&[0; 6], &[], 0), "once");
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(
+        on_image(&fin, SMALL_LBA, 512),
+        [0; 512],
+        "the aborted write landed"
+    );
+}
+
+/// A LOGICAL UNIT RESET from a vhost-user guest waits for an iSCSI initiator's write in
+/// flight: it answers once that write is on the image.
+#[test]
+fn vhost_user_logical_unit_reset_waits_for_an_iscsi_write_in_flight() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    let data = [AFTER_FILL; 512];
+    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    i.send(cmd, &data);
+    std::thread::sleep(DELAY / 5);
+    assert_eq!(
+        g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0),
+        VIRTIO_SCSI_S_FUNCTION_COMPLETE
+    );
+    let snapshot = std::fs::read(&s.daemon.image).unwrap();
+    let r = i.finish(&data).expect("the iSCSI write's status");
+    assert_eq!(r.status, GOOD, "the write in flight: {r:?}");
+    assert_eq!(
+        on_image(&snapshot, SMALL_LBA, 512),
+        data,
+        "the LU reset answered before the iSCSI write in flight reached the image"
+    );
+    assert_eq!(i.drain_ua(), vec![LU_RESET]);
+    check(&g.tur(), LU_RESET, "the guest that reset");
+}
+
+/// RFC 7143 §11.5.1: ABORT TASK naming a task the target never saw, whose RefCmdSN is in the
+/// window and below the TMF's CmdSN, counts that CmdSN as received and the task as aborted:
+/// FUNCTION COMPLETE, ExpCmdSN steps over it, and the command, should it come late, is dropped.
+#[test]
+fn iscsi_abort_task_counts_a_cmd_sn_not_received_as_received_and_aborted() {
+    let s = setup();
+    let mut i = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
+        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
+    i.drain_ua();
+    // The command numbered `lost` never reaches the target (yet).
+    let lost = i.cmd_sn;
+    i.cmd_sn += 1;
+    let r = i
+        .immediate(0x02, 0x80 | 1, &[], |b| {
+            b[20..24].copy_from_slice(&0x7777u32.to_be_bytes());
+            b[32..36].copy_from_slice(&lost.to_be_bytes());
+        })
+        .expect("a TMF response");
+    assert_eq!(
+        (r.opcode(), r.bhs[2]),
+        (0x22, 0),
+        "ABORT TASK: function complete"
+    );
+    assert_eq!(
+        r.u32_at(28),
+        lost + 1,
+        "ExpCmdSN stepped over the aborted CmdSN"
+    );
+    good(&i.cmd(&[0; 6], &[], 0), "the next command is served");
+    // The aborted command arrives late: dropped, so the next response is the READ's.
+    let mut late = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    late[24..28].copy_from_slice(&lost.to_be_bytes());
+    i.cmd_sn -= 1;
+    i.send(late, &[AFTER_FILL; 512]);
+    let r = i.read16(SMALL_LBA, 1);
+    good(&r, "READ after the late command");
+    assert_eq!(r.data, vec![0; 512], "the aborted command ran");
+    // A RefCmdSN already received (or outside the window) names no task: 1.
+    assert_eq!(i.tmf(1), 1, "task does not exist");
+}
