@@ -59,6 +59,7 @@ pub fn run(data: &[u8]) {
             Vec::new()
         },
         allow_any_initiator: !only,
+        chap: Vec::new(),
     };
     let mut input = if setup & 1 != 0 {
         valid_login()

@@ -8,6 +8,7 @@
 //! `pdu` frames PDUs, `keys` negotiates text keys, `login` runs the login phase and `session`
 //! the full feature phase; the SCSI core (`crate::scsi::target`) runs the commands.
 
+pub mod chap;
 pub mod keys;
 pub mod login;
 pub mod pdu;
@@ -52,6 +53,8 @@ struct Live {
 pub struct Shared {
     target: Arc<Target>,
     config: IscsiConfig,
+    /// The initiators that must authenticate with CHAP, their secrets read at start.
+    chap: HashMap<String, chap::InitiatorChap>,
     target_name: String,
     /// Normal sessions at once (what maxShares leaves after the guests).
     max_sessions: usize,
@@ -64,8 +67,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(target: Arc<Target>, config: IscsiConfig, max_sessions: usize) -> Self {
+    fn new(
+        target: Arc<Target>,
+        config: IscsiConfig,
+        chap: HashMap<String, chap::InitiatorChap>,
+        max_sessions: usize,
+    ) -> Self {
         Shared {
+            chap,
             target_name: config.target_name(&target.lun().serial),
             target,
             config,
@@ -148,7 +157,11 @@ impl Shared {
     /// One connection from accept to close.
     fn serve(&self, mut stream: TcpStream, peer: SocketAddr, conn: u64) {
         let _ = stream.set_nodelay(true);
-        let Some(session) = self.login(&mut stream, &peer.to_string(), conn) else {
+        let from = match stream.local_addr() {
+            Ok(local) => format!("{peer} (portal {local})"),
+            Err(_) => peer.to_string(),
+        };
+        let Some(session) = self.login(&mut stream, &from, conn) else {
             return;
         };
         let writer = stream
@@ -172,6 +185,7 @@ impl Shared {
             target_name: &self.target_name,
             allows: &allows,
             admit: &admit,
+            chap: &self.chap,
         };
         match login(wire, &policy) {
             Ok(s) => {
@@ -264,7 +278,8 @@ impl Wire for MemoryWire<'_> {
 /// serves it: what it answered. For the fuzz target (PDU parsing, login and text
 /// negotiation, Data-Out sequencing) and tests; sessions it opens end with it.
 pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -> Vec<u8> {
-    let shared = Shared::new(target, config, 4);
+    let chap = config.load_chap().unwrap_or_default();
+    let shared = Shared::new(target, config, chap, 4);
     let mut wire = MemoryWire {
         input,
         output: Vec::new(),
@@ -307,7 +322,8 @@ impl Portal {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let shared = Arc::new(Shared::new(target, config, max_sessions));
+        let chap = config.load_chap().map_err(io::Error::other)?;
+        let shared = Arc::new(Shared::new(target, config, chap, max_sessions));
         let conn_threads = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         for l in listeners {
