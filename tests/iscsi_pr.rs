@@ -223,7 +223,11 @@ fn login_refusals_carry_the_rfc_status() {
         &[],
         ISID_1,
     );
-    assert_eq!(chap.err(), Some(0x0201), "CHAP only, which is not provided");
+    assert_eq!(
+        chap.err(),
+        Some(0x0201),
+        "CHAP only, and none configured for it"
+    );
     let log = s.daemon.log();
     assert!(log.contains("stranger is not allowed to log in"), "{log}");
     // The portal still serves.
