@@ -479,6 +479,10 @@ fn config_check_refuses_weak_or_exposed_secrets() {
         let out = check();
         if want.is_empty() {
             assert_eq!(out.code, 0, "{text} {mode:o}: {}", out.stderr);
+            let line = format!(
+                "iscsi access:   {INITIATOR_A} (CHAP), {INITIATOR_B} (mutual CHAP), {PLAIN}"
+            );
+            assert!(out.stdout.contains(&line), "{}", out.stdout);
         } else {
             assert_ne!(out.code, 0, "{mode:o} accepted");
             assert!(out.stderr.contains(want), "{}", out.stderr);
