@@ -147,6 +147,18 @@ pub enum CtlCmd {
         #[command(subcommand)]
         command: CtlCluster,
     },
+    /// The iSCSI portal's live sessions.
+    Iscsi {
+        #[command(subcommand)]
+        command: CtlIscsi,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CtlIscsi {
+    /// Every live session: nexus, ISID, TSIH, portal and peer, since, digests, commands, bytes
+    /// in and out, PDU errors.
+    Sessions,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +239,9 @@ impl CtlCmd {
             CtlCmd::Guests => CtlCommand::Guests,
             CtlCmd::Stats => CtlCommand::Stats,
             CtlCmd::Metrics => CtlCommand::Metrics,
+            CtlCmd::Iscsi {
+                command: CtlIscsi::Sessions,
+            } => CtlCommand::IscsiSessions,
             CtlCmd::Cluster { command } => match command {
                 CtlCluster::Status => CtlCommand::ClusterStatus,
                 CtlCluster::Republish { yes } => CtlCommand::ClusterRepublish { yes },

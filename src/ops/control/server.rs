@@ -601,6 +601,15 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, caller: Caller) -> Result<Value,
             .map(|()| json!({ "resumed": true }))
             .map_err(|why| fail(code::FAILED, why)),
         "stats" => Ok(view::stats(&daemon.config(), &daemon.stats())),
+        "iscsi.sessions" => daemon
+            .iscsi_sessions()
+            .map(|s| view::iscsi_sessions(&s))
+            .ok_or_else(|| {
+                fail(
+                    code::FAILED,
+                    "this daemon serves no iSCSI portal (no [iscsi] section)",
+                )
+            }),
         "metrics" => Ok(json!({ "schema": view::SCHEMA, "text": daemon.metrics() })),
         "pr.clear" => {
             confirmed(req)?;

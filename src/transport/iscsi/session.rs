@@ -6,11 +6,13 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufReader, Read, Write};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
 use super::pdu::{self, header, op, put, read_pdu, write_pdu, Pdu, PduError, RESERVED_TAG};
-use super::Shared;
+use super::{SessionInfo, Shared};
 use crate::image::buffers::Buf;
 use crate::scsi::cdb::{self, Command};
 use crate::scsi::data::{DataIn, DataOut};
@@ -79,6 +81,8 @@ pub struct Connection<'s, R: Read, W: Write> {
     /// ITTs of queued commands a TMF aborted: dropped when their turn comes.
     aborted: HashSet<u32>,
     next_ttt: u32,
+    /// What `ctl` and the metrics show of this session; its counters.
+    info: Arc<SessionInfo>,
 }
 
 fn protocol(why: impl Into<String>) -> End {
@@ -86,7 +90,14 @@ fn protocol(why: impl Into<String>) -> End {
 }
 
 impl<'s, R: Read, W: Write> Connection<'s, R, W> {
-    pub fn new(shared: &'s Shared, reader: R, writer: W, session: LoggedIn, nexus: String) -> Self {
+    pub fn new(
+        shared: &'s Shared,
+        reader: R,
+        writer: W,
+        session: LoggedIn,
+        nexus: String,
+        info: Arc<SessionInfo>,
+    ) -> Self {
         Connection {
             shared,
             reader: BufReader::with_capacity(64 * 1024, reader),
@@ -97,6 +108,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             pending_bytes: 0,
             aborted: HashSet::new(),
             next_ttt: 1,
+            info,
         }
     }
 
@@ -105,6 +117,9 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         loop {
             let r = self.next().and_then(|p| self.dispatch(p));
             if let Err(e) = r {
+                if matches!(e, End::Pdu(_) | End::Protocol(_)) {
+                    self.info.counters.pdu_errors.fetch_add(1, Relaxed);
+                }
                 return e;
             }
         }
@@ -198,6 +213,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             self.nexus,
             p.opcode()
         );
+        self.info.counters.pdu_errors.fetch_add(1, Relaxed);
         let mut b = header(op::REJECT, 0x80, RESERVED_TAG);
         b[2] = reason;
         self.numbers(&mut b, true);
@@ -281,6 +297,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         if self.aborted.remove(&p.itt()) {
             return Ok(());
         }
+        self.info.counters.commands.fetch_add(1, Relaxed);
         let (read, write) = (p.flags() & 0x40 != 0, p.flags() & 0x20 != 0);
         let edtl = p.u32_at(20) as usize;
         let data_out = if write {
@@ -304,6 +321,10 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             0
         };
         let mut din = vec![0u8; room];
+        if let Some(d) = &data_out {
+            let n = d.len() as u64;
+            self.info.counters.bytes_in.fetch_add(n, Relaxed);
+        }
         let outcome = match data_out {
             Some(mut dout) if !(ext_cdb || (read && write) || edtl > MAX_DATA) => {
                 self.execute(&p.lun(), &cdb, &mut dout, &mut din)
@@ -348,6 +369,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         } else {
             0
         };
+        self.info.counters.bytes_out.fetch_add(sent as u64, Relaxed);
         let (flag, resid) = residual(cdb, edtl, read, write, sent);
         let collapse = o.status == GOOD && sent > 0;
         let mut data_sn = 0u32;
