@@ -1,11 +1,14 @@
 //! The operator's view of the iSCSI target, through the daemon binary: `sharedisk ctl iscsi
 //! sessions` (each session's nexus, ISID, TSIH, addresses, digests and counters), and maxShares
 //! counting iSCSI sessions and guests together both ways (a login refused with 0302 when guests
-//! fill it, `ctl guest add` refused when sessions do).
+//! fill it, `ctl guest add` refused when sessions do), and the iSCSI metrics (sessions, logins
+//! by result, PDU errors by kind, per-session I/O labelled by nexus) through `promtool`.
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 
 use common::ctl::{ctl, ctl_json};
 use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A, INITIATOR_B};
@@ -172,4 +175,104 @@ fn max_shares_counts_sessions_and_guests_both_ways() {
         "{log}"
     );
     s.daemon.assert_no_panic();
+}
+
+/// Runs `promtool check metrics` on `text`; panics unless it accepts without findings.
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; images/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
+
+/// The value of `series` (name and labels) in a text exposition; `None` if absent.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn metrics(s: &Setup) -> String {
+    ctl(&s.daemon.control(), &["metrics"]).ok().stdout
+}
+
+#[test]
+fn iscsi_metrics_count_logins_sessions_and_io_and_pass_promtool() {
+    let s = setup(&[]);
+    let text = metrics(&s);
+    assert_eq!(
+        sample(&text, "sharedisk_iscsi_sessions"),
+        Some(0.0),
+        "{text}"
+    );
+    let mut a = login(&s, INITIATOR_A, ISID_1).unwrap();
+    good(&a.write16(8, &[7; 1024]), "WRITE");
+    good(&a.read16(8, 4), "READ");
+    let rej = a.immediate(0x10, 0x80, &[], |_| {}).expect("a Reject");
+    assert_eq!(rej.opcode(), 0x3f);
+    let stranger = login(&s, "iqn.2026-01.org.example:stranger", ISID_2);
+    assert_eq!(stranger.err(), Some(0x0202));
+    let wrong = IscsiClient::login(s.addr, INITIATOR_B, "iqn.2026-01.org.example:nope", ISID_2);
+    assert_eq!(wrong.err(), Some(0x0203));
+
+    let text = metrics(&s);
+    promtool_check(&text);
+    let nexus = format!("{INITIATOR_A},i,0x801234560001");
+    let v = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in {text}"));
+    assert_eq!(v("sharedisk_iscsi_sessions"), 1.0);
+    assert_eq!(v(r#"sharedisk_iscsi_logins_total{result="accepted"}"#), 1.0);
+    assert_eq!(
+        v(r#"sharedisk_iscsi_logins_total{result="not_allowed"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"sharedisk_iscsi_logins_total{result="not_found"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"sharedisk_iscsi_logins_total{result="auth_failed"}"#),
+        0.0
+    );
+    assert_eq!(
+        v(r#"sharedisk_iscsi_pdu_errors_total{kind="rejected"}"#),
+        1.0
+    );
+    let per = |family: &str| {
+        v(&format!(
+            "sharedisk_iscsi_session_{family}_total{{guest=\"{nexus}\"}}"
+        ))
+    };
+    assert_eq!(per("written_bytes"), 1024.0);
+    assert_eq!(per("read_bytes"), 2048.0);
+    assert_eq!(per("pdu_errors"), 1.0);
+    assert!(per("commands") >= 2.0);
+    // The session ends: its series go (bounded cardinality), the portal's counters stay.
+    assert!(a.logout());
+    assert!(a.read().is_none());
+    let text = metrics(&s);
+    promtool_check(&text);
+    assert_eq!(sample(&text, "sharedisk_iscsi_sessions"), Some(0.0));
+    assert!(!text.contains(&nexus), "{text}");
+    assert_eq!(
+        sample(&text, r#"sharedisk_iscsi_logins_total{result="accepted"}"#),
+        Some(1.0)
+    );
 }

@@ -200,7 +200,11 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
         )?),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new(lun.clone(), stats.clone()));
+    let metrics = Arc::new(Metrics::with_iscsi(
+        lun.clone(),
+        stats.clone(),
+        iscsi.as_ref().map(|p| p.sessions()),
+    ));
     let service = Arc::new(Service {
         server: Mutex::new(server),
         lun,

@@ -64,6 +64,51 @@ pub struct SessionCounters {
     pub pdu_errors: AtomicU64,
 }
 
+/// Login results, as the metrics label them.
+pub const LOGIN_RESULTS: [&str; 7] = [
+    "accepted",
+    "auth_failed",
+    "not_allowed",
+    "not_found",
+    "out_of_resources",
+    "refused",
+    "failed",
+];
+
+/// Kinds of PDU errors, as the metrics label them.
+pub const PDU_ERROR_KINDS: [&str; 4] = ["digest", "too_long", "protocol", "rejected"];
+
+/// The portal's counters over every connection.
+#[derive(Debug, Default)]
+pub struct PortalCounters {
+    /// Logins by result, in [`LOGIN_RESULTS`]' order.
+    pub logins: [AtomicU64; 7],
+    /// PDU errors by kind, in [`PDU_ERROR_KINDS`]' order.
+    pub pdu_errors: [AtomicU64; 4],
+}
+
+impl PortalCounters {
+    fn login(&self, result: Result<(), Option<u16>>) {
+        let i = match result {
+            Ok(()) => 0,
+            Err(Some(login::status::AUTH_FAILURE)) => 1,
+            Err(Some(login::status::AUTHORIZATION_FAILURE)) => 2,
+            Err(Some(login::status::NOT_FOUND)) => 3,
+            Err(Some(login::status::OUT_OF_RESOURCES)) => 4,
+            Err(Some(_)) => 5,
+            Err(None) => 6,
+        };
+        self.logins[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a PDU error of `kind` (an index in [`PDU_ERROR_KINDS`]).
+    pub(crate) fn pdu_error(&self, kind: usize) {
+        if let Some(c) = self.pdu_errors.get(kind) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A live Normal session, as `ctl iscsi sessions` and the metrics show it.
 #[derive(Debug)]
 pub struct SessionInfo {
@@ -99,6 +144,7 @@ pub struct Shared {
     next_conn: AtomicU64,
     next_tsih: Mutex<u16>,
     stop: AtomicBool,
+    counters: PortalCounters,
 }
 
 impl Shared {
@@ -121,6 +167,7 @@ impl Shared {
             next_conn: AtomicU64::new(1),
             next_tsih: Mutex::new(0),
             stop: AtomicBool::new(false),
+            counters: PortalCounters::default(),
         }
     }
 
@@ -263,7 +310,13 @@ impl Shared {
             admit: &admit,
             chap: &self.chap,
         };
-        match login(wire, &policy) {
+        let result = login(wire, &policy);
+        self.counters.login(match &result {
+            Ok(_) => Ok(()),
+            Err(LoginError::Refused { status, .. }) => Err(Some(*status)),
+            Err(_) => Err(None),
+        });
+        match result {
             Ok(s) => {
                 let p = &s.params;
                 log::info!(
@@ -471,6 +524,11 @@ impl Sessions {
             .collect();
         v.sort_by(|a, b| a.nexus.cmp(&b.nexus));
         v
+    }
+
+    /// The portal's login and PDU error counters.
+    pub fn counters(&self) -> &PortalCounters {
+        &self.0.counters
     }
 
     /// Holds the session table: a guest change checks maxShares and records the new number of

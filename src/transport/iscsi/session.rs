@@ -117,8 +117,15 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         loop {
             let r = self.next().and_then(|p| self.dispatch(p));
             if let Err(e) = r {
-                if matches!(e, End::Pdu(_) | End::Protocol(_)) {
+                let kind = match &e {
+                    End::Pdu(PduError::HeaderDigest | PduError::DataDigest) => Some(0),
+                    End::Pdu(PduError::TooLong { .. }) => Some(1),
+                    End::Protocol(_) => Some(2),
+                    _ => None,
+                };
+                if let Some(k) = kind {
                     self.info.counters.pdu_errors.fetch_add(1, Relaxed);
+                    self.shared.counters.pdu_error(k);
                 }
                 return e;
             }
@@ -214,6 +221,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             p.opcode()
         );
         self.info.counters.pdu_errors.fetch_add(1, Relaxed);
+        self.shared.counters.pdu_error(3);
         let mut b = header(op::REJECT, 0x80, RESERVED_TAG);
         b[2] = reason;
         self.numbers(&mut b, true);
