@@ -128,6 +128,16 @@ fn ctl_iscsi_sessions_shows_each_session_with_its_counters() {
     );
     assert!(text.contains("digests header CRC32C data None"), "{text}");
     good(&a.prout(0x00, 0, 0, 0xabc), "REGISTER");
+    // `guests` names the sessions by the same nexus, beside the guests.
+    let g = ctl_json(&sock, &["guests"]);
+    assert_eq!(g["guests"][0]["name"], "vm1", "{g}");
+    assert_eq!(g["iscsi_sessions"][0]["nexus"], x["nexus"], "{g}");
+    let text = ctl(&sock, &["guests"]).ok().stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("(iscsi)") && l.ends_with(x["nexus"].as_str().unwrap())),
+        "{text}"
+    );
     let pr = ctl_json(&sock, &["pr", "show"]);
     assert_eq!(pr["registrations"][0]["guest"], x["nexus"], "{pr}");
     // A session that logged out is gone.

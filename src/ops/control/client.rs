@@ -485,6 +485,26 @@ pub fn render_guests(v: &Value) -> String {
             s(g, "initiator"),
         );
     }
+    // iSCSI sessions, when a portal is configured: each by its nexus, the initiator name the
+    // arbiter and `pr show` use.
+    for x in v
+        .get("iscsi_sessions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<13} {:<13} {:>6} {:<3} {:>10}  {}",
+            "(iscsi)",
+            "connected",
+            "-",
+            "-",
+            "-",
+            "-",
+            s(x, "nexus"),
+        );
+    }
     out
 }
 
