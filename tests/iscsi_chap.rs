@@ -307,6 +307,13 @@ fn hostile_cases(s: &Setup) {
         &[("InitiatorName", INITIATOR_A), ("TargetName", &s.target)],
     );
     assert_eq!(skip.err(), Some(AUTH_FAILURE), "security stage skipped");
+    // No AuthMethod at all (None implied).
+    let mut c = IscsiClient::connect(s.addr, ISID);
+    let silent = c.login_request(
+        SECURITY_TO_OP,
+        &[("InitiatorName", INITIATOR_A), ("TargetName", &s.target)],
+    );
+    assert_eq!(silent.err(), Some(AUTH_FAILURE), "no AuthMethod offered");
     // A reflected challenge: the initiator's CHAP_C is ours.
     let (mut c, id, challenge) = challenged(s, INITIATOR_B, "Normal").unwrap();
     let r = md5_response(id, BOB.1.as_bytes(), &challenge);

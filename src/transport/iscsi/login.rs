@@ -417,6 +417,11 @@ impl Login<'_> {
             return Err(failed(format!("initiator {who}: CHAP not completed")));
         }
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if self.auth == Auth::Required && get("AuthMethod").is_none() {
+            return Err(failed(format!(
+                "initiator {who} must authenticate with CHAP: it offered no AuthMethod"
+            )));
+        }
         let mut negotiated = false;
         for (k, v) in pairs {
             match k.as_str() {
