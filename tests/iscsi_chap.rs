@@ -235,6 +235,9 @@ fn raw_one_way_and_mutual_chap_and_every_hostile_case_fails_with_0201() {
     finish(&mut b).unwrap();
     b.drain_ua();
     good(&b.read16(0, 1), "READ after mutual CHAP");
+    let v = common::ctl::ctl_json(&s.daemon.control(), &["iscsi", "sessions"]);
+    assert_eq!(v["sessions"][0]["initiator"], INITIATOR_B, "{v}");
+    assert_eq!(v["sessions"][0]["auth"], "mutual CHAP", "{v}");
 
     // Challenges are fresh per login.
     let (_, _, c1) = challenged(&s, INITIATOR_A, "Normal").unwrap();

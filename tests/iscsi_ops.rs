@@ -112,6 +112,7 @@ fn ctl_iscsi_sessions_shows_each_session_with_its_counters() {
     assert_eq!(x["bytes_in"], 4096, "{x}");
     assert_eq!(x["bytes_out"], 1024, "{x}");
     assert_eq!(x["pdu_errors"], 1, "{x}");
+    assert_eq!(x["auth"], "None", "{x}");
     let since = x["since"].as_u64().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

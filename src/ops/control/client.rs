@@ -432,14 +432,15 @@ pub fn render_iscsi_sessions(v: &Value) -> String {
     let mut out = String::new();
     for x in list {
         out.push_str(&format!(
-            "{}\n  ISID 0x{}  TSIH {}  portal {}  peer {}  since {}\n  digests header {} data {}  \
-             commands {}  bytes in {} out {}  PDU errors {}\n",
+            "{}\n  ISID 0x{}  TSIH {}  portal {}  peer {}  since {}  auth {}\n  digests header {} \
+             data {}  commands {}  bytes in {} out {}  PDU errors {}\n",
             s(x, "nexus"),
             s(x, "isid"),
             s(x, "tsih"),
             s(x, "portal"),
             s(x, "peer"),
             s(x, "since"),
+            s(x, "auth"),
             s(x, "header_digest"),
             s(x, "data_digest"),
             s(x, "commands"),

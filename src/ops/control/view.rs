@@ -99,6 +99,7 @@ pub fn iscsi_sessions(sessions: &[std::sync::Arc<crate::transport::iscsi::Sessio
                 "since": since,
                 "header_digest": digest(s.header_digest),
                 "data_digest": digest(s.data_digest),
+                "auth": s.auth,
                 "commands": c.commands.load(Relaxed),
                 "bytes_in": c.bytes_in.load(Relaxed),
                 "bytes_out": c.bytes_out.load(Relaxed),

@@ -73,6 +73,8 @@ pub struct LoggedIn {
     pub exp_cmd_sn: u32,
     /// The next StatSN to send.
     pub stat_sn: u32,
+    /// How the initiator authenticated: `None`, `CHAP` or `mutual CHAP`.
+    pub auth: &'static str,
 }
 
 /// Why a login failed.
@@ -115,8 +117,9 @@ enum Auth {
     Agreed,
     /// The challenge sent; CHAP_N and CHAP_R expected.
     Challenged { id: u8, challenge: Vec<u8> },
-    /// The initiator proved it knows its secret.
-    Done,
+    /// The initiator proved it knows its secret (and `mutual`: the target answered its
+    /// challenge).
+    Done { mutual: bool },
 }
 
 /// One login request's fields.
@@ -281,7 +284,7 @@ impl Login<'_> {
             answer.push(("TargetPortalGroupTag".to_string(), "1".to_string()));
             self.sent_tpgt = true;
         }
-        if self.auth != Auth::NotRequired && self.auth != Auth::Done {
+        if !matches!(self.auth, Auth::NotRequired | Auth::Done { .. }) {
             self.authenticate(req, pairs, &mut answer)?;
         } else {
             for (k, v) in pairs {
@@ -299,7 +302,7 @@ impl Login<'_> {
         }
         // Until CHAP completes the target stays in the security stage (RFC 7143 §6.3: it may
         // decline a transit).
-        let transit = req.transit && matches!(self.auth, Auth::NotRequired | Auth::Done);
+        let transit = req.transit && matches!(self.auth, Auth::NotRequired | Auth::Done { .. });
         if (req.csg == 1 || (transit && req.nsg == 3)) && !self.declared {
             answer.push(("MaxRecvDataSegmentLength".into(), OUR_MRDSL.to_string()));
             self.declared = true;
@@ -320,6 +323,11 @@ impl Login<'_> {
                 params: self.params,
                 exp_cmd_sn: first.cmd_sn,
                 stat_sn: req.exp_stat_sn.wrapping_add(1),
+                auth: match self.auth {
+                    Auth::Done { mutual: true } => "mutual CHAP",
+                    Auth::Done { mutual: false } => "CHAP",
+                    _ => "None",
+                },
             }));
         }
         self.respond(stream, req, transit, req.csg, &keys::encode(&answer), 0, 0)?;
@@ -499,8 +507,8 @@ impl Login<'_> {
         if !chap::same(&chap::decode_binary(r).unwrap_or_default(), &expected) {
             return Err(failed("wrong CHAP_R (not the configured secret)"));
         }
-        match (get("CHAP_I"), get("CHAP_C")) {
-            (None, None) => {}
+        let mutual = match (get("CHAP_I"), get("CHAP_C")) {
+            (None, None) => false,
             (Some(i), Some(c)) => {
                 let their = mutual_challenge(i, c, challenge).map_err(|w| failed(&w))?;
                 let Some(target) = &creds.target else {
@@ -511,10 +519,11 @@ impl Login<'_> {
                 let r = chap::response(their.0, &target.secret, &their.1);
                 answer.push(("CHAP_N".into(), target.user.clone()));
                 answer.push(("CHAP_R".into(), chap::encode_hex(&r)));
+                true
             }
             _ => return Err(failed("CHAP_I and CHAP_C come together")),
-        }
-        self.auth = Auth::Done;
+        };
+        self.auth = Auth::Done { mutual };
         Ok(())
     }
 

@@ -124,6 +124,8 @@ pub struct SessionInfo {
     pub since: SystemTime,
     pub header_digest: bool,
     pub data_digest: bool,
+    /// How the initiator authenticated: `None`, `CHAP` or `mutual CHAP`.
+    pub auth: &'static str,
     pub counters: SessionCounters,
 }
 
@@ -287,6 +289,7 @@ impl Shared {
             since: SystemTime::now(),
             header_digest: s.params.digests.header,
             data_digest: s.params.digests.data,
+            auth: s.auth,
             counters: SessionCounters::default(),
         });
         if s.kind == SessionKind::Normal {
@@ -320,10 +323,11 @@ impl Shared {
             Ok(s) => {
                 let p = &s.params;
                 log::info!(
-                    "{}: iscsi: logged in from {peer} (TSIH {}, header digest {}, data digest {}, \
-                     InitialR2T {}, ImmediateData {}, bursts {}/{})",
+                    "{}: iscsi: logged in from {peer} (TSIH {}, auth {}, header digest {}, data \
+                     digest {}, InitialR2T {}, ImmediateData {}, bursts {}/{})",
                     session_name(&s),
                     s.tsih,
+                    s.auth,
                     if p.digests.header { "CRC32C" } else { "None" },
                     if p.digests.data { "CRC32C" } else { "None" },
                     p.initial_r2t,
