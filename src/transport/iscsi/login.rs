@@ -2,11 +2,10 @@
 //! CHAP for an initiator configured with it: one-way or mutual), operational negotiation, and
 //! the names and access checks on the first request.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-use std::collections::HashMap;
 
 use super::chap::{self, InitiatorChap};
 use super::keys::{self, Params, OUR_MRDSL};
