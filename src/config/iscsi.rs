@@ -2,9 +2,7 @@
 //! log in (RFC 7143; the transport is `crate::transport::iscsi`).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -154,27 +152,14 @@ const MAX_SECRET_FILE: u64 = 4096;
 /// A CHAP secret from `path`: a regular file (checked on the opened file) readable by its owner
 /// only, one line of [`MIN_CHAP_SECRET`]..=[`MAX_CHAP_SECRET`] bytes (its line end dropped).
 pub fn read_chap_secret(path: &Path) -> Result<Vec<u8>, String> {
+    use crate::util::secret_file::{read_checked, FileCheckError};
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    // O_NONBLOCK: a FIFO opens at once (and is then refused) instead of waiting for a writer.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| at(&e))?;
-    let meta = file.metadata().map_err(|e| at(&e))?;
-    if !meta.is_file() {
-        return Err(at(&"not a regular file"));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(at(&format_args!(
+    let data = read_checked(path, true, MAX_SECRET_FILE).map_err(|e| match e {
+        FileCheckError::TooOpen { mode } => at(&format_args!(
             "a CHAP secret readable by group or others (mode {mode:o}): chmod 600 it"
-        )));
-    }
-    let mut data = Vec::new();
-    file.take(MAX_SECRET_FILE + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| at(&e))?;
+        )),
+        e => at(&e),
+    })?;
     let line = data
         .strip_suffix(b"\n")
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
