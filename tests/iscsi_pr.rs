@@ -433,17 +433,24 @@ fn an_orphaned_nexus_is_shown_and_preempted_by_the_operator() {
     assert!(tid.starts_with("45"), "{tid}");
     let text = ctl(&sock, &["pr", "show"]).ok().stdout;
     assert!(text.contains(&nexus), "{text}");
-    // The operator preempts it: the disk is free again for a new session.
-    let after = ctl_json(&sock, &["pr", "preempt", "--victim", &nexus, "--yes"]);
-    assert_eq!(
-        after["registrations"].as_array().unwrap().len(),
-        0,
-        "{after}"
-    );
+    // The operator fences it with the new session as the survivor that takes its reservation
+    // over (preempting the holder alone would release the reservation, and is refused).
     let mut next = session(&s, INITIATOR_A, ISID_2);
+    good(&next.prout(SA_REGISTER, 0, 0, 0x77), "REGISTER");
+    let survivor = format!("{INITIATOR_A},i,0x801234560002");
+    let after = ctl_json(
+        &sock,
+        &[
+            "pr", "preempt", "--victim", &nexus, "--by", &survivor, "--yes",
+        ],
+    );
+    let regs = after["registrations"].as_array().unwrap();
+    assert_eq!(regs.len(), 1, "{after}");
+    assert_eq!(regs[0]["guest"], survivor.as_str(), "{after}");
+    assert_eq!(after["reservation"]["holder"], survivor.as_str(), "{after}");
     good(
         &next.write16(0, &[1; 512]),
-        "a new session writes after the preempt",
+        "the new session writes after the preempt",
     );
 }
 
