@@ -598,6 +598,14 @@ def iscsi_session_seeds():
           + iscsi_pdu(0x43, 0x40, 1, 1, two_stage[:20], {8: b"\x80"})
           + iscsi_pdu(0x43, 0x80 | 1, 1, 1, two_stage[20:], {8: b"\x80"})
           + iscsi_pdu(0x43, 0x80 | 4 | 3, 1, 1, b"MaxConnections=4\0OFMarkInt=1\0X-x=y\0", {8: b"\x80"}))
+    # Mutual CHAP (setup bit 2): AuthMethod, CHAP_A, then a response (the challenge is random, so
+    # it fails with 0201) with the initiator's challenge in base64.
+    chap_start = b"InitiatorName=iqn.2026-01.org.example:a\0TargetName=iqn.2026-12.io.sharedisk:fuzz\0AuthMethod=CHAP\0"
+    write(t, "login_chap_mutual", b"\x06"
+          + iscsi_pdu(0x43, 0, 1, 1, chap_start, {8: b"\x80"})
+          + iscsi_pdu(0x43, 0, 1, 1, b"CHAP_A=7,5\0", {8: b"\x80"})
+          + iscsi_pdu(0x43, 0x80 | 1, 1, 1, b"CHAP_N=a\0CHAP_R=0x000102030405060708090a0b0c0d0e0f\0"
+                      b"CHAP_I=7\0CHAP_C=0bAQIDBAUGBwgJCgsMDQ4PEA==\0", {8: b"\x80"}))
 
 
 def main():

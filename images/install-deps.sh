@@ -9,7 +9,8 @@ SUDO=
 # (`--features cluster`): protoc and the well-known protos to build etcd-client, and a real etcd
 # (3.4) with etcdctl for the cluster tests; iproute2 and nftables for their network lab; openssl
 # for the certificates of tests/cluster_tls.rs. libiscsi-bin (iscsi-test-cu, iscsi-ls) for the
-# iSCSI target's tests/iscsi_conformance.rs, and tgt, scored beside it there.
+# iSCSI target's tests/iscsi_conformance.rs, and tgt, scored beside it there; iscsi-inq and
+# iscsi-ls with CHAP for tests/iscsi_chap.rs.
 packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc g++ libc6-dev socat prometheus
           libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils
           protobuf-compiler libprotobuf-dev etcd-server etcd-client iproute2 nftables

@@ -223,7 +223,11 @@ fn login_refusals_carry_the_rfc_status() {
         &[],
         ISID_1,
     );
-    assert_eq!(chap.err(), Some(0x0201), "CHAP only, which is not provided");
+    assert_eq!(
+        chap.err(),
+        Some(0x0201),
+        "CHAP only, and none configured for it"
+    );
     let log = s.daemon.log();
     assert!(log.contains("stranger is not allowed to log in"), "{log}");
     // The portal still serves.
@@ -450,6 +454,7 @@ fn an_orphaned_nexus_is_shown_and_preempted_by_the_operator() {
     let regs = after["registrations"].as_array().unwrap();
     assert_eq!(regs.len(), 1, "{after}");
     assert_eq!(regs[0]["guest"], survivor.as_str(), "{after}");
+    assert_eq!(after["reservation"]["holder"], survivor.as_str(), "{after}");
     good(
         &next.write16(0, &[1; 512]),
         "the new session writes after taking the reservation over",

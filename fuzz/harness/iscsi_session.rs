@@ -6,14 +6,19 @@
 //! Input (seeds: `fuzz/make_seeds.py`): byte 0 sets the target up: bit 0 puts a valid login
 //! (InitiatorName `iqn.2026-01.org.example:a`, our target, AuthMethod=None, straight to the full
 //! feature phase) before the rest, so the fuzzer starts past it; bit 1 admits only that
-//! initiator (else any). The rest is the initiator's byte stream.
+//! initiator (else any); bit 2 makes that initiator authenticate with mutual CHAP (user `a`,
+//! secret `fuzz-secret-0123`, target `t`/`fuzz-target-4567`), so the CHAP exchange and its
+//! binary values are driven too (the valid login of bit 0 then fails with 0201). The rest is the
+//! initiator's byte stream.
 //!
 //! Checks: no panic, no hang; the answer starts with a Login Response, which is a success when
 //! bit 0 put the valid login there; the arbiter's state still validates.
 
-use sharedisk::config::IscsiConfig;
+use sharedisk::config::{ChapFiles, ChapSettings, IscsiConfig};
 use sharedisk::transport::iscsi::serve_in_memory;
-use std::sync::Arc;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use super::{MemImage, Reader};
 
@@ -42,6 +47,31 @@ pub fn valid_login() -> Vec<u8> {
     b
 }
 
+/// The CHAP settings of bit 2: secret files written once per process.
+fn chap() -> ChapSettings {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("sharedisk-fuzz-chap-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, s) in [("i", "fuzz-secret-0123\n"), ("t", "fuzz-target-4567\n")] {
+            std::fs::write(d.join(f), s).unwrap();
+            std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        d
+    });
+    ChapSettings {
+        initiator: INITIATOR.into(),
+        initiator_chap: ChapFiles {
+            user: "a".into(),
+            secret_file: dir.join("i"),
+        },
+        target_chap: Some(ChapFiles {
+            user: "t".into(),
+            secret_file: dir.join("t"),
+        }),
+    }
+}
+
 /// One fuzz input; panics on a finding.
 pub fn run(data: &[u8]) {
     let mut r = Reader(data);
@@ -59,6 +89,11 @@ pub fn run(data: &[u8]) {
             Vec::new()
         },
         allow_any_initiator: !only,
+        chap: if setup & 4 != 0 {
+            vec![chap()]
+        } else {
+            Vec::new()
+        },
     };
     let mut input = if setup & 1 != 0 {
         valid_login()
@@ -69,8 +104,15 @@ pub fn run(data: &[u8]) {
     let out = serve_in_memory(target, config, &input);
     if out.len() >= 48 {
         assert_eq!(out[0] & 0x3f, 0x23, "the first answer is a Login Response");
-        if setup & 1 != 0 {
+        if setup & 1 != 0 && setup & 4 == 0 {
             assert_eq!(&out[36..38], &[0, 0], "the valid login succeeds");
+        }
+        if setup & 5 == 5 {
+            assert_eq!(
+                &out[36..38],
+                &[2, 1],
+                "AuthMethod=None from a CHAP initiator"
+            );
         }
     } else {
         assert!(out.is_empty(), "a partial PDU was written: {out:?}");

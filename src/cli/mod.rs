@@ -22,6 +22,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of `Serve` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Serve an image to the named guests until Ctrl-C or SIGTERM.
@@ -159,6 +161,18 @@ pub enum CtlCmd {
         #[command(subcommand)]
         command: CtlCluster,
     },
+    /// The iSCSI portal's live sessions.
+    Iscsi {
+        #[command(subcommand)]
+        command: CtlIscsi,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CtlIscsi {
+    /// Every live session: nexus, ISID, TSIH, portal and peer, since, digests, commands, bytes
+    /// in and out, PDU errors.
+    Sessions,
 }
 
 #[derive(Subcommand)]
@@ -239,6 +253,9 @@ impl CtlCmd {
             CtlCmd::Guests => CtlCommand::Guests,
             CtlCmd::Stats => CtlCommand::Stats,
             CtlCmd::Metrics => CtlCommand::Metrics,
+            CtlCmd::Iscsi {
+                command: CtlIscsi::Sessions,
+            } => CtlCommand::IscsiSessions,
             CtlCmd::Cluster { command } => match command {
                 CtlCluster::Status => CtlCommand::ClusterStatus,
                 CtlCluster::Republish { yes } => CtlCommand::ClusterRepublish { yes },

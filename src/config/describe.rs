@@ -100,7 +100,19 @@ impl Config {
         if i.allow_any_initiator {
             let _ = writeln!(s, "iscsi access:   any initiator");
         } else {
-            let _ = writeln!(s, "iscsi access:   {}", i.initiators.join(", "));
+            let named: Vec<String> = i
+                .initiators
+                .iter()
+                .map(|n| {
+                    let chap = i.chap.iter().find(|c| c.initiator.eq_ignore_ascii_case(n));
+                    match chap {
+                        Some(c) if c.target_chap.is_some() => format!("{n} (mutual CHAP)"),
+                        Some(_) => format!("{n} (CHAP)"),
+                        None => n.clone(),
+                    }
+                })
+                .collect();
+            let _ = writeln!(s, "iscsi access:   {}", named.join(", "));
         }
     }
 

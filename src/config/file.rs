@@ -312,6 +312,11 @@ pub(super) fn parse(src: &Source<'_>) -> Result<Config, ConfigError> {
         });
     }
     let server = file.server;
+    let iscsi = file
+        .iscsi
+        .map(|i| i.into_config(&rel))
+        .transpose()
+        .map_err(|e| ConfigError::File(format!("{}: {e}", src.path.display())))?;
     Ok(Config {
         image: rel(image.path),
         size: image.size,
@@ -336,7 +341,7 @@ pub(super) fn parse(src: &Source<'_>) -> Result<Config, ConfigError> {
         // Page caches are per host: in cluster mode every host must read the disk itself.
         direct: image.direct || file.cluster.is_some(),
         cluster: file.cluster.map(|c| rel_state_dir(c, &rel)),
-        iscsi: file.iscsi.map(Into::into),
+        iscsi,
     })
 }
 

@@ -1,9 +1,13 @@
 //! The `[iscsi]` settings: where the iSCSI target listens, its name, and which initiators may
 //! log in (RFC 7143; the transport is `crate::transport::iscsi`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::transport::iscsi::chap::{Credentials, InitiatorChap};
 
 /// The default target name is this prefix and the disk's serial, which is stable for the image
 /// (its canonical path) and, in cluster mode, for the `disk_id`.
@@ -11,6 +15,32 @@ pub const DEFAULT_TARGET_PREFIX: &str = "iqn.2026-12.io.sharedisk:";
 
 /// The longest iSCSI name (RFC 7143 §4.2.7.1: 223 bytes in UTF-8).
 const MAX_NAME_LEN: usize = 223;
+
+/// The shortest CHAP secret (RFC 7143 §12.1.3: at least 96 bits).
+pub const MIN_CHAP_SECRET: usize = 12;
+/// The longest CHAP secret (open-iscsi and libiscsi send at most 255 bytes).
+pub const MAX_CHAP_SECRET: usize = 255;
+/// The longest CHAP name.
+const MAX_CHAP_USER: usize = 255;
+
+/// One side's CHAP settings: a name and the file holding its secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChapFiles {
+    pub user: String,
+    pub secret_file: PathBuf,
+}
+
+/// The CHAP settings of one `[[iscsi.initiator]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChapSettings {
+    /// The initiator name they apply to.
+    pub initiator: String,
+    /// `chap_user`, `chap_secret_file`: what the initiator authenticates with.
+    pub initiator_chap: ChapFiles,
+    /// `target_chap_user`, `target_chap_secret_file`: what the target answers a mutual
+    /// challenge with.
+    pub target_chap: Option<ChapFiles>,
+}
 
 /// What `[iscsi]` (or `--iscsi-listen`/`--iscsi-initiator`) configures.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -23,6 +53,8 @@ pub struct IscsiConfig {
     pub initiators: Vec<String>,
     /// Every initiator may log in (`allow_any_initiator = true`): no name list.
     pub allow_any_initiator: bool,
+    /// Initiators that must authenticate with CHAP.
+    pub chap: Vec<ChapSettings>,
 }
 
 /// `[iscsi]` in the file; unknown keys are errors.
@@ -43,17 +75,110 @@ pub(super) struct IscsiSection {
 #[serde(deny_unknown_fields)]
 struct InitiatorEntry {
     name: String,
+    chap_user: Option<String>,
+    chap_secret_file: Option<PathBuf>,
+    target_chap_user: Option<String>,
+    target_chap_secret_file: Option<PathBuf>,
 }
 
-impl From<IscsiSection> for IscsiConfig {
-    fn from(s: IscsiSection) -> Self {
-        IscsiConfig {
-            listen: s.listen,
-            target: s.target,
-            initiators: s.initiator.into_iter().map(|i| i.name).collect(),
-            allow_any_initiator: s.allow_any_initiator,
-        }
+/// A user and a secret file given together, or neither; `Err` names the missing key.
+fn pair(
+    user: Option<String>,
+    file: Option<PathBuf>,
+    keys: (&str, &str),
+) -> Result<Option<ChapFiles>, String> {
+    match (user, file) {
+        (Some(user), Some(secret_file)) => Ok(Some(ChapFiles { user, secret_file })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(format!("`{}` needs `{}`", keys.0, keys.1)),
+        (None, Some(_)) => Err(format!("`{}` needs `{}`", keys.1, keys.0)),
     }
+}
+
+impl IscsiSection {
+    /// The settings, relative secret file paths made absolute by `rel`.
+    pub(super) fn into_config(
+        self,
+        rel: &dyn Fn(PathBuf) -> PathBuf,
+    ) -> Result<IscsiConfig, String> {
+        let mut c = IscsiConfig {
+            listen: self.listen,
+            target: self.target,
+            allow_any_initiator: self.allow_any_initiator,
+            ..Default::default()
+        };
+        for i in self.initiator {
+            let at = |e: String| format!("[[iscsi.initiator]] {:?}: {e}", i.name);
+            let ours = pair(
+                i.chap_user,
+                i.chap_secret_file,
+                ("chap_user", "chap_secret_file"),
+            )
+            .map_err(at)?;
+            let theirs = pair(
+                i.target_chap_user,
+                i.target_chap_secret_file,
+                ("target_chap_user", "target_chap_secret_file"),
+            )
+            .map_err(at)?;
+            let rel_files = |f: ChapFiles| ChapFiles {
+                user: f.user,
+                secret_file: rel(f.secret_file),
+            };
+            match (ours, theirs) {
+                (Some(o), t) => c.chap.push(ChapSettings {
+                    initiator: i.name.to_ascii_lowercase(),
+                    initiator_chap: rel_files(o),
+                    target_chap: t.map(rel_files),
+                }),
+                (None, Some(_)) => {
+                    return Err(at(
+                        "mutual CHAP (`target_chap_user`) needs the initiator's CHAP \
+                         (`chap_user`, `chap_secret_file`)"
+                            .into(),
+                    ))
+                }
+                (None, None) => {}
+            }
+            c.initiators.push(i.name);
+        }
+        Ok(c)
+    }
+}
+
+/// The largest secret file read.
+const MAX_SECRET_FILE: u64 = 4096;
+
+/// A CHAP secret from `path`: a regular file (checked on the opened file) readable by its owner
+/// only, one line of [`MIN_CHAP_SECRET`]..=[`MAX_CHAP_SECRET`] bytes (its line end dropped).
+pub fn read_chap_secret(path: &Path) -> Result<Vec<u8>, String> {
+    use crate::util::secret_file::{read_checked, FileCheckError};
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let data = read_checked(path, true, MAX_SECRET_FILE).map_err(|e| match e {
+        FileCheckError::TooOpen { mode } => at(&format_args!(
+            "a CHAP secret readable by group or others (mode {mode:o}): chmod 600 it"
+        )),
+        e => at(&e),
+    })?;
+    let line = data
+        .strip_suffix(b"\n")
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .unwrap_or(&data);
+    if line.contains(&b'\n') {
+        return Err(at(&"a CHAP secret file holds one line"));
+    }
+    if line.len() < MIN_CHAP_SECRET || line.len() > MAX_CHAP_SECRET {
+        return Err(at(&format_args!(
+            "the CHAP secret is {} bytes: RFC 7143 §12.1.3 asks for at least {MIN_CHAP_SECRET} \
+             (16 or more recommended), at most {MAX_CHAP_SECRET} are accepted",
+            line.len()
+        )));
+    }
+    Ok(line.to_vec())
+}
+
+fn valid_chap_user(u: &str) -> bool {
+    !u.is_empty() && u.len() <= MAX_CHAP_USER && u.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Whether `name` is an iSCSI name this target accepts: `iqn.`, `eui.` or `naa.` followed by
@@ -92,6 +217,7 @@ impl IscsiConfig {
                 ));
             }
         }
+        self.load_chap()?;
         match (self.initiators.is_empty(), self.allow_any_initiator) {
             (true, false) => Err(
                 "no initiator may log in: list them (`[[iscsi.initiator]] name = \"iqn...\"`, \
@@ -103,6 +229,48 @@ impl IscsiConfig {
             ),
             _ => Ok(()),
         }
+    }
+
+    /// The CHAP credentials of each initiator that must use CHAP (by lower-cased name), the
+    /// secrets read and checked; the error says what to change.
+    pub fn load_chap(&self) -> Result<HashMap<String, InitiatorChap>, String> {
+        let mut out = HashMap::new();
+        for c in &self.chap {
+            let at = |e: String| format!("[[iscsi.initiator]] {:?}: {e}", c.initiator);
+            let load = |f: &ChapFiles, key: &str| -> Result<Credentials, String> {
+                if !valid_chap_user(&f.user) {
+                    return Err(at(format!(
+                        "`{key}` {:?}: 1 to {MAX_CHAP_USER} printable ASCII characters",
+                        f.user
+                    )));
+                }
+                let secret = read_chap_secret(&f.secret_file).map_err(at)?;
+                Ok(Credentials {
+                    user: f.user.clone(),
+                    secret,
+                })
+            };
+            let initiator = load(&c.initiator_chap, "chap_user")?;
+            let target = match &c.target_chap {
+                Some(t) => Some(load(t, "target_chap_user")?),
+                None => None,
+            };
+            if target
+                .as_ref()
+                .is_some_and(|t| t.secret == initiator.secret)
+            {
+                return Err(at("the target's CHAP secret is the initiator's: RFC 7143 \
+                               §12.1.3 forbids one secret for both directions"
+                    .into()));
+            }
+            if out
+                .insert(c.initiator.clone(), InitiatorChap { initiator, target })
+                .is_some()
+            {
+                return Err(at("CHAP given twice for this initiator".into()));
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `initiator` may log in.

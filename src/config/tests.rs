@@ -632,3 +632,63 @@ fn an_iscsi_portal_needs_no_guests() {
     });
     assert_eq!(c.validate(), Ok(()));
 }
+
+#[test]
+fn iscsi_chap_keys_come_in_pairs_and_secret_paths_are_relative_to_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = "[image]\npath = \"/d.img\"\n[[guest]]\nname = \"a\"\n[iscsi]\nlisten = \
+                [\"127.0.0.1:3260\"]\n[[iscsi.initiator]]\nname = \"iqn.2026-01.org.example:x\"\n";
+    let (_d, path) = write(&format!(
+        "{base}chap_user = \"x\"\nchap_secret_file = \"x.chap\"\n"
+    ));
+    // The secret file does not exist: validation names it.
+    let e = load_file(&path).unwrap_err().to_string();
+    assert!(e.contains("x.chap"), "{e}");
+    let dir = path.parent().unwrap().to_path_buf();
+    for (f, secret) in [
+        ("x.chap", "0123456789abcdef\n"),
+        ("t.chap", "fedcba9876543210\n"),
+    ] {
+        std::fs::write(dir.join(f), secret).unwrap();
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let t = dir.join("t.chap");
+    std::fs::write(
+        &path,
+        format!(
+            "{base}chap_user = \"x\"\nchap_secret_file = \"x.chap\"\ntarget_chap_user = \"t\"\n\
+             target_chap_secret_file = {t:?}\n"
+        ),
+    )
+    .unwrap();
+    let c = load_file(&path).unwrap();
+    let chap = &c.iscsi.as_ref().unwrap().chap[0];
+    assert_eq!(
+        chap.initiator_chap.secret_file,
+        dir.join("x.chap"),
+        "relative to the file"
+    );
+    assert_eq!(chap.target_chap.as_ref().unwrap().secret_file, t);
+    let loaded = c.iscsi.unwrap().load_chap().unwrap();
+    let x = &loaded["iqn.2026-01.org.example:x"];
+    assert_eq!(x.initiator.secret, b"0123456789abcdef");
+    assert_eq!(x.target.as_ref().unwrap().user, "t");
+    for (extra, want) in [
+        (
+            "chap_user = \"x\"\n",
+            "`chap_user` needs `chap_secret_file`",
+        ),
+        (
+            "chap_secret_file = \"s\"\n",
+            "`chap_secret_file` needs `chap_user`",
+        ),
+        (
+            "target_chap_user = \"t\"\ntarget_chap_secret_file = \"s\"\n",
+            "mutual CHAP (`target_chap_user`) needs the initiator's CHAP",
+        ),
+    ] {
+        let (_d, path) = write(&format!("{base}{extra}"));
+        let e = load_file(&path).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+}

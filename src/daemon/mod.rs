@@ -33,6 +33,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     started: Instant,
     changes: Mutex<GuestChanges>,
+    /// The iSCSI portal's sessions, when one is configured.
+    iscsi: Option<crate::transport::iscsi::Sessions>,
 }
 
 impl Service {
@@ -107,13 +109,20 @@ impl Daemon for Service {
             return Err(GuestError::Exists(guest.name));
         }
         let max = server.config().max_shares;
-        if server.config().guests.len() >= max {
+        // iSCSI sessions and guests share maxShares: no login is admitted meanwhile.
+        let held = self.iscsi.as_ref().map(|s| s.hold());
+        let sessions = held.as_ref().map_or(0, |h| h.count());
+        if server.config().guests.len() + sessions >= max {
             return Err(GuestError::Full(max));
         }
         let path = runtime_guests::path_for(server.config());
         server
             .add_guest(guest.clone())
             .map_err(|e| GuestError::Serve(Box::new(e)))?;
+        if let Some(h) = &held {
+            h.set_guests(server.config().guests.len());
+        }
+        drop(held);
         let mut changes = self.changes();
         changes.note_added(&guest);
         changes
@@ -123,6 +132,10 @@ impl Daemon for Service {
                 path,
                 source,
             })
+    }
+
+    fn iscsi_sessions(&self) -> Option<Vec<Arc<crate::transport::iscsi::SessionInfo>>> {
+        self.iscsi.as_ref().map(|s| s.list())
     }
 
     fn remove_guest(&self, name: &str, force: bool) -> Result<(), GuestError> {
@@ -135,6 +148,9 @@ impl Daemon for Service {
         }
         let path = runtime_guests::path_for(server.config());
         server.remove_guest(name);
+        if let Some(s) = &self.iscsi {
+            s.hold().set_guests(server.config().guests.len());
+        }
         let mut changes = self.changes();
         changes.note_removed(name);
         changes
@@ -176,17 +192,19 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
     let config = server.config().clone();
     // iSCSI sessions and guests share maxShares.
     let mut iscsi = match &config.iscsi {
-        Some(i) => {
-            let room = config.max_shares.saturating_sub(config.guests.len());
-            Some(crate::transport::iscsi::Portal::start(
-                server.target().clone(),
-                i.clone(),
-                room,
-            )?)
-        }
+        Some(i) => Some(crate::transport::iscsi::Portal::start(
+            server.target().clone(),
+            i.clone(),
+            config.max_shares,
+            config.guests.len(),
+        )?),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new(lun.clone(), stats.clone()));
+    let metrics = Arc::new(Metrics::with_iscsi(
+        lun.clone(),
+        stats.clone(),
+        iscsi.as_ref().map(|p| p.sessions()),
+    ));
     let service = Arc::new(Service {
         server: Mutex::new(server),
         lun,
@@ -194,6 +212,7 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
         metrics: metrics.clone(),
         started,
         changes: Mutex::new(changes),
+        iscsi: iscsi.as_ref().map(|p| p.sessions()),
     });
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let mut control = ControlServer::start(

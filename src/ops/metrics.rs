@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use crate::lun::Lun;
 use crate::ops::stats::{self, Op, Path, Stats, LATENCY_BUCKETS, PR_ACTIONS};
 use crate::pr::Holder;
+use crate::transport::iscsi::{Sessions, LOGIN_RESULTS, PDU_ERROR_KINDS};
 
 #[cfg(test)]
 mod tests;
@@ -33,10 +34,16 @@ struct SharediskCollector {
     lun: Arc<Lun>,
     stats: Arc<Stats>,
     started: f64,
+    iscsi: Option<Sessions>,
 }
 
 impl Metrics {
     pub fn new(lun: Arc<Lun>, stats: Arc<Stats>) -> Self {
+        Self::with_iscsi(lun, stats, None)
+    }
+
+    /// [`Metrics::new`], with the iSCSI portal's sessions and counters.
+    pub fn with_iscsi(lun: Arc<Lun>, stats: Arc<Stats>, iscsi: Option<Sessions>) -> Self {
         let mut registry = Registry::with_prefix("sharedisk");
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -45,6 +52,7 @@ impl Metrics {
             lun,
             stats,
             started,
+            iscsi,
         }));
         Metrics { registry }
     }
@@ -99,8 +107,79 @@ impl Collector for SharediskCollector {
         encode_devices(&mut enc, &guests)?;
         encode_ops(&mut enc, &guests)?;
         encode_pr_out(&mut enc, &guests)?;
+        if let Some(s) = &self.iscsi {
+            encode_iscsi(&mut enc, s)?;
+        }
         self.encode_pr_state(&mut enc)
     }
+}
+
+/// The iSCSI portal: live sessions, logins by result, PDU errors by kind, and each live
+/// session's I/O, labelled `guest` with its nexus name. A session's series go when it ends, so
+/// there are at most maxShares of each.
+fn encode_iscsi(enc: &mut DescriptorEncoder, s: &Sessions) -> std::fmt::Result {
+    let list = s.list();
+    let c = s.counters();
+    gauge(
+        enc,
+        "iscsi_sessions",
+        "Live iSCSI Normal sessions",
+        &[([], list.len() as f64)],
+    )?;
+    let logins: Vec<_> = LOGIN_RESULTS
+        .iter()
+        .zip(&c.logins)
+        .map(|(r, n)| ([("result", *r)], n.load(Relaxed)))
+        .collect();
+    counter(
+        enc,
+        "iscsi_logins",
+        "iSCSI logins by result (accepted; refused with 0201 auth_failed, 0202 not_allowed, \
+         0203 not_found, 0302 out_of_resources, another status refused; failed: the \
+         connection or a PDU)",
+        &logins,
+    )?;
+    let errors: Vec<_> = PDU_ERROR_KINDS
+        .iter()
+        .zip(&c.pdu_errors)
+        .map(|(k, n)| ([("kind", *k)], n.load(Relaxed)))
+        .collect();
+    counter(
+        enc,
+        "iscsi_pdu_errors",
+        "iSCSI PDU errors after login by kind (digest, too_long: the connection closes; \
+         protocol: a protocol error closed it; rejected: a Reject was sent)",
+        &errors,
+    )?;
+    let per = |f: &dyn Fn(&crate::transport::iscsi::SessionCounters) -> u64| -> Vec<_> {
+        list.iter()
+            .map(|x| ([("guest", x.nexus.as_str())], f(&x.counters)))
+            .collect()
+    };
+    counter(
+        enc,
+        "iscsi_session_commands",
+        "SCSI commands of a live iSCSI session (guest: its nexus)",
+        &per(&|c| c.commands.load(Relaxed)),
+    )?;
+    counter(
+        enc,
+        "iscsi_session_written_bytes",
+        "Bytes written by a live iSCSI session",
+        &per(&|c| c.bytes_in.load(Relaxed)),
+    )?;
+    counter(
+        enc,
+        "iscsi_session_read_bytes",
+        "Bytes read by a live iSCSI session",
+        &per(&|c| c.bytes_out.load(Relaxed)),
+    )?;
+    counter(
+        enc,
+        "iscsi_session_pdu_errors",
+        "PDU errors of a live iSCSI session",
+        &per(&|c| c.pdu_errors.load(Relaxed)),
+    )
 }
 
 /// Every guest's counters, as `stats.rs` gives them.

@@ -3,4 +3,5 @@
 
 pub mod atomic_file;
 pub mod lock;
+pub mod secret_file;
 pub mod state_dir;

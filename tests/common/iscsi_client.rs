@@ -113,11 +113,22 @@ impl IscsiClient {
         operational: &[(&str, &str)],
         isid: [u8; 6],
     ) -> Result<Self, u16> {
+        let mut c = Self::connect(addr, isid);
+        c.login_stage(0x80 | 1, &text(security))?;
+        c.login_stage(0x80 | (1 << 2) | 3, &text(operational))?;
+        c.header_digest = c.answer("HeaderDigest") == Some("CRC32C");
+        c.data_digest = c.answer("DataDigest") == Some("CRC32C");
+        Ok(c)
+    }
+
+    /// A connection to the portal, not logged in: drive the login with
+    /// [`IscsiClient::login_request`].
+    pub fn connect(addr: SocketAddr, isid: [u8; 6]) -> Self {
         let stream = TcpStream::connect(addr).expect("connect to the portal");
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        let mut c = IscsiClient {
+        IscsiClient {
             stream,
             cmd_sn: 1,
             exp_stat_sn: 0,
@@ -127,16 +138,28 @@ impl IscsiClient {
             answers: Vec::new(),
             header_digest: false,
             data_digest: false,
-        };
-        c.login_stage(0x80 | 1, &text(security))?;
-        c.login_stage(0x80 | (1 << 2) | 3, &text(operational))?;
-        c.header_digest = c.answer("HeaderDigest") == Some("CRC32C");
-        c.data_digest = c.answer("DataDigest") == Some("CRC32C");
-        Ok(c)
+        }
+    }
+
+    /// One login request with `flags` (T, C, CSG, NSG) and `keys`: the response's flags and
+    /// keys, or its non-zero status.
+    pub fn login_request(
+        &mut self,
+        flags: u8,
+        keys: &[(&str, &str)],
+    ) -> Result<(u8, Vec<(String, String)>), u16> {
+        let before = self.answers.len();
+        let flags_back = self.login_stage_flags(flags, &text(keys))?;
+        Ok((flags_back, self.answers[before..].to_vec()))
     }
 
     /// One login request with `flags` (T, CSG, NSG); Err: a non-zero status.
     fn login_stage(&mut self, flags: u8, data: &[u8]) -> Result<(), u16> {
+        self.login_stage_flags(flags, data).map(|_| ())
+    }
+
+    /// [`IscsiClient::login_stage`], returning the response's flags.
+    fn login_stage_flags(&mut self, flags: u8, data: &[u8]) -> Result<u8, u16> {
         let mut b = [0u8; 48];
         b[0] = 0x40 | LOGIN;
         b[1] = flags;
@@ -154,7 +177,7 @@ impl IscsiClient {
         self.exp_stat_sn = r.u32_at(24).wrapping_add(1);
         self.tsih = u16::from_be_bytes([r.bhs[14], r.bhs[15]]);
         self.answers.extend(parse_text(&r.data));
-        Ok(())
+        Ok(r.bhs[1])
     }
 
     /// The answer to `key` at login.

@@ -39,11 +39,12 @@ pub enum Method {
     ClusterRepublish,
     ClusterEvict,
     ClusterResume,
+    IscsiSessions,
 }
 
 impl Method {
     /// Every method, for the documentation test and the fuzz target.
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 15] = [
         Method::Version,
         Method::Status,
         Method::Guests,
@@ -58,6 +59,7 @@ impl Method {
         Method::ClusterRepublish,
         Method::ClusterEvict,
         Method::ClusterResume,
+        Method::IscsiSessions,
     ];
 
     /// The name on the wire.
@@ -77,6 +79,7 @@ impl Method {
             Method::ClusterRepublish => "cluster.republish",
             Method::ClusterEvict => "cluster.evict",
             Method::ClusterResume => "cluster.resume",
+            Method::IscsiSessions => "iscsi.sessions",
         }
     }
 
@@ -93,7 +96,8 @@ impl Method {
             | Method::PrShow
             | Method::Stats
             | Method::Metrics
-            | Method::ClusterStatus => Need::Read,
+            | Method::ClusterStatus
+            | Method::IscsiSessions => Need::Read,
             Method::PrClear
             | Method::PrPreempt
             | Method::GuestAdd

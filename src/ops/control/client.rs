@@ -64,6 +64,7 @@ pub enum CtlCommand {
         yes: bool,
     },
     ClusterResume,
+    IscsiSessions,
 }
 
 impl CtlCommand {
@@ -98,6 +99,7 @@ impl CtlCommand {
                 )
             }
             CtlCommand::Stats => ("stats", json!({})),
+            CtlCommand::IscsiSessions => ("iscsi.sessions", json!({})),
             CtlCommand::ClusterStatus => ("cluster.status", json!({})),
             CtlCommand::ClusterRepublish { yes } => {
                 need_yes(*yes, "cluster republish")?;
@@ -233,6 +235,7 @@ pub fn run(socket: &Path, json_out: bool, timeout: Duration, cmd: CtlCommand) ->
             render_pr(&result)
         }
         CtlCommand::Stats => render_stats(&result),
+        CtlCommand::IscsiSessions => render_iscsi_sessions(&result),
         CtlCommand::ClusterStatus => render_cluster(&result),
         CtlCommand::ClusterRepublish { .. } => format!(
             "republished the state held here as epoch {} (etcd held {})\n",
@@ -411,6 +414,44 @@ pub fn render_status(v: &Value) -> String {
     )
 }
 
+/// `ctl iscsi sessions`: a line per session.
+pub fn render_iscsi_sessions(v: &Value) -> String {
+    let empty = Vec::new();
+    let list = v
+        .get("sessions")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    if list.is_empty() {
+        return "no iSCSI sessions\n".into();
+    }
+    let s = |x: &Value, k: &str| match x.get(k) {
+        Some(Value::String(t)) => t.clone(),
+        Some(o) => o.to_string(),
+        None => "-".into(),
+    };
+    let mut out = String::new();
+    for x in list {
+        out.push_str(&format!(
+            "{}\n  ISID 0x{}  TSIH {}  portal {}  peer {}  since {}  auth {}\n  digests header {} \
+             data {}  commands {}  bytes in {} out {}  PDU errors {}\n",
+            s(x, "nexus"),
+            s(x, "isid"),
+            s(x, "tsih"),
+            s(x, "portal"),
+            s(x, "peer"),
+            s(x, "since"),
+            s(x, "auth"),
+            s(x, "header_digest"),
+            s(x, "data_digest"),
+            s(x, "commands"),
+            s(x, "bytes_in"),
+            s(x, "bytes_out"),
+            s(x, "pdu_errors"),
+        ));
+    }
+    out
+}
+
 pub fn render_guests(v: &Value) -> String {
     let mut out = format!(
         "{:<16} {:<13} {:<13} {:>6} {:<3} {:>10}  {}\n",
@@ -443,6 +484,26 @@ pub fn render_guests(v: &Value) -> String {
             yes_no(g, "read_only"),
             reconnects,
             s(g, "initiator"),
+        );
+    }
+    // iSCSI sessions, when a portal is configured: each by its nexus, the initiator name the
+    // arbiter and `pr show` use.
+    for x in v
+        .get("iscsi_sessions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<13} {:<13} {:>6} {:<3} {:>10}  {}",
+            "(iscsi)",
+            "connected",
+            "-",
+            "-",
+            "-",
+            "-",
+            s(x, "nexus"),
         );
     }
     out

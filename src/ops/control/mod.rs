@@ -48,6 +48,10 @@ pub trait Daemon: Send + Sync + 'static {
     fn add_guest(&self, guest: GuestConfig) -> Result<(), GuestError>;
     /// Removes a guest at run time; a connected one only with `force`, which disconnects it.
     fn remove_guest(&self, name: &str, force: bool) -> Result<(), GuestError>;
+    /// The live iSCSI sessions; `None` when no portal is configured.
+    fn iscsi_sessions(&self) -> Option<Vec<Arc<crate::transport::iscsi::SessionInfo>>> {
+        None
+    }
 }
 
 /// Why a run-time guest change (`guest add`, `guest remove`) failed or was only half made. On
@@ -58,7 +62,10 @@ pub enum GuestError {
     #[error("guest {0:?} exists already")]
     Exists(String),
     /// `guest add` while as many guests as max-shares are served.
-    #[error("max-shares is {0}: remove a guest first, or raise image.max_shares")]
+    #[error(
+        "max-shares is {0} (guests and iSCSI sessions together): remove a guest first, or raise \
+         image.max_shares"
+    )]
     Full(usize),
     /// `guest add`: the daemon could not serve the guest (the configuration, its sockets).
     #[error(transparent)]

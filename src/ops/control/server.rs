@@ -573,7 +573,13 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, caller: Caller) -> Result<Value,
     match method {
         "version" => Ok(json!({ "schema": view::SCHEMA, "version": env!("CARGO_PKG_VERSION") })),
         "status" => Ok(view::status(&daemon.config(), &lun, daemon.uptime())),
-        "guests" => Ok(view::guests(&daemon.config(), &daemon.stats())),
+        "guests" => {
+            let mut v = view::guests(&daemon.config(), &daemon.stats());
+            if let Some(s) = daemon.iscsi_sessions() {
+                v["iscsi_sessions"] = view::iscsi_sessions(&s)["sessions"].take();
+            }
+            Ok(v)
+        }
         "pr.show" => pr_show(res),
         "cluster.status" => daemon.cluster_status().ok_or_else(|| {
             fail(
@@ -601,6 +607,15 @@ pub fn handle(req: &Value, daemon: &dyn Daemon, caller: Caller) -> Result<Value,
             .map(|()| json!({ "resumed": true }))
             .map_err(|why| fail(code::FAILED, why)),
         "stats" => Ok(view::stats(&daemon.config(), &daemon.stats())),
+        "iscsi.sessions" => daemon
+            .iscsi_sessions()
+            .map(|s| view::iscsi_sessions(&s))
+            .ok_or_else(|| {
+                fail(
+                    code::FAILED,
+                    "this daemon serves no iSCSI portal (no [iscsi] section)",
+                )
+            }),
         "metrics" => Ok(json!({ "schema": view::SCHEMA, "text": daemon.metrics() })),
         "pr.clear" => {
             confirmed(req)?;

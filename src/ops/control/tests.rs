@@ -47,6 +47,7 @@ fn every_method_is_in_the_table_once_and_changes_need_an_admin() {
                 | Method::Stats
                 | Method::Metrics
                 | Method::ClusterStatus
+                | Method::IscsiSessions
         );
         assert_eq!(m.need() == Need::Change, changes, "{m:?}");
         assert!(Role::Admin.may(m.need()));

@@ -76,6 +76,40 @@ pub fn guests(config: &Config, stats: &Stats) -> Value {
     json!({ "schema": SCHEMA, "guests": list })
 }
 
+/// The live iSCSI sessions: nexus, initiator, ISID, TSIH, portal and peer, since (Unix
+/// seconds), digests and counters.
+pub fn iscsi_sessions(sessions: &[std::sync::Arc<crate::transport::iscsi::SessionInfo>]) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let list: Vec<Value> = sessions
+        .iter()
+        .map(|s| {
+            let c = &s.counters;
+            let since = s
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let digest = |on: bool| if on { "CRC32C" } else { "None" };
+            json!({
+                "nexus": s.nexus,
+                "initiator": s.initiator,
+                "isid": hex(&s.isid),
+                "tsih": s.tsih,
+                "portal": s.local,
+                "peer": s.peer,
+                "since": since,
+                "header_digest": digest(s.header_digest),
+                "data_digest": digest(s.data_digest),
+                "auth": s.auth,
+                "commands": c.commands.load(Relaxed),
+                "bytes_in": c.bytes_in.load(Relaxed),
+                "bytes_out": c.bytes_out.load(Relaxed),
+                "pdu_errors": c.pdu_errors.load(Relaxed),
+            })
+        })
+        .collect();
+    json!({ "schema": SCHEMA, "sessions": list })
+}
+
 /// The PR state, with the facts `sg_persist -i -s` shows (READ FULL STATUS) and guest names.
 pub fn pr(state: &PrState) -> Value {
     let holder_of = |initiator: &str| match &state.reservation {

@@ -1,7 +1,5 @@
 //! `[cluster]`: the configuration of cluster mode, and its mistakes.
 
-use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -509,45 +507,25 @@ const MAX_SECRET_FILE: u64 = 1 << 20;
 /// a swap between check and read cannot fool it), at most [`MAX_SECRET_FILE`] bytes, and when
 /// `secret`, readable by its owner only.
 fn read_file(path: &Path, key: &'static str, secret: bool) -> Result<Vec<u8>, ClusterConfigError> {
+    use crate::util::secret_file::{read_checked, FileCheckError as F};
     use ClusterConfigError as E;
-    let unreadable = |e: std::io::Error| E::FileUnreadable {
-        key,
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    // O_NONBLOCK: a FIFO opens at once (and is then refused) instead of waiting for a writer.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(unreadable)?;
-    let meta = file.metadata().map_err(unreadable)?;
-    if !meta.is_file() {
-        return Err(E::NotRegularFile {
+    let path_buf = path.to_path_buf();
+    read_checked(path, secret, MAX_SECRET_FILE).map_err(|e| match e {
+        F::NotRegularFile => E::NotRegularFile {
             key,
-            path: path.to_path_buf(),
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if secret && mode & 0o077 != 0 {
-        return Err(E::SecretTooOpen {
+            path: path_buf,
+        },
+        F::TooOpen { mode } => E::SecretTooOpen {
             key,
-            path: path.to_path_buf(),
+            path: path_buf,
             mode,
-        });
-    }
-    let mut data = Vec::new();
-    file.take(MAX_SECRET_FILE + 1)
-        .read_to_end(&mut data)
-        .map_err(unreadable)?;
-    if data.len() as u64 > MAX_SECRET_FILE {
-        return Err(E::FileUnreadable {
+        },
+        F::Unreadable(_) | F::TooLarge { .. } => E::FileUnreadable {
             key,
-            path: path.to_path_buf(),
-            reason: format!("larger than {MAX_SECRET_FILE} bytes"),
-        });
-    }
-    Ok(data)
+            path: path_buf,
+            reason: e.to_string(),
+        },
+    })
 }
 
 /// A PEM file holding a `-----BEGIN ...<label>-----` block.

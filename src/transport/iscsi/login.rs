@@ -1,11 +1,13 @@
-//! The login phase (RFC 7143 §6.3, §11.12, §11.13): security stage without authentication
-//! (AuthMethod=None; CHAP is not provided and a CHAP-only offer fails with 0201), operational
-//! negotiation, and the names and access checks on the first request.
+//! The login phase (RFC 7143 §6.3, §11.12, §11.13): the security stage (AuthMethod=None, or
+//! CHAP for an initiator configured with it: one-way or mutual), operational negotiation, and
+//! the names and access checks on the first request.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use super::chap::{self, InitiatorChap};
 use super::keys::{self, Params, OUR_MRDSL};
 use super::pdu::{self, op, read_pdu, write_pdu, Digests, Pdu, PduError, BHS_LEN};
 use crate::scsi::fields::get16;
@@ -32,6 +34,7 @@ pub mod status {
     pub const CANT_INCLUDE: u16 = 0x0208;
     pub const SESSION_TYPE_UNSUPPORTED: u16 = 0x0209;
     pub const NO_SESSION: u16 = 0x020a;
+    pub const TARGET_ERROR: u16 = 0x0300;
     pub const OUT_OF_RESOURCES: u16 = 0x0302;
 }
 
@@ -69,6 +72,8 @@ pub struct LoggedIn {
     pub exp_cmd_sn: u32,
     /// The next StatSN to send.
     pub stat_sn: u32,
+    /// How the initiator authenticated: `None`, `CHAP` or `mutual CHAP`.
+    pub auth: &'static str,
 }
 
 /// Why a login failed.
@@ -96,6 +101,24 @@ pub struct Policy<'a> {
     /// Admits a Normal session of (initiator, ISID, TSIH) at the end of the login: its TSIH,
     /// or the status refusing it (too many sessions, MC/S).
     pub admit: Admit<'a>,
+    /// The initiators that must authenticate with CHAP, by lower-cased name.
+    pub chap: &'a HashMap<String, InitiatorChap>,
+}
+
+/// Where the CHAP exchange (RFC 7143 §12.1.3) stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Auth {
+    /// The initiator has no CHAP configured: AuthMethod=None.
+    NotRequired,
+    /// CHAP is required; AuthMethod=CHAP not agreed yet.
+    Required,
+    /// AuthMethod=CHAP agreed; CHAP_A expected.
+    Agreed,
+    /// The challenge sent; CHAP_N and CHAP_R expected.
+    Challenged { id: u8, challenge: Vec<u8> },
+    /// The initiator proved it knows its secret (and `mutual`: the target answered its
+    /// challenge).
+    Done { mutual: bool },
 }
 
 /// One login request's fields.
@@ -142,12 +165,40 @@ struct Login<'p> {
     declared: bool,
     /// Whether the TargetPortalGroupTag was sent already.
     sent_tpgt: bool,
+    auth: Auth,
 }
 
 fn refuse(status: u16, why: impl Into<String>) -> LoginError {
     LoginError::Refused {
         status,
         why: why.into(),
+    }
+}
+
+/// The initiator's mutual challenge: its identifier and challenge, refused when malformed,
+/// too long, or our own challenge reflected (RFC 7143 §12.1.3).
+fn mutual_challenge(i: &str, c: &str, ours: &[u8]) -> Result<(u8, Vec<u8>), String> {
+    let id = keys_number(i)
+        .and_then(|n| u8::try_from(n).ok())
+        .ok_or_else(|| format!("CHAP_I={i:.16} is not 0..255"))?;
+    let challenge = chap::decode_binary(c)
+        .filter(|c| c.len() <= chap::MAX_CHALLENGE)
+        .ok_or_else(|| {
+            format!(
+                "CHAP_C is not a binary value of 1..{} bytes",
+                chap::MAX_CHALLENGE
+            )
+        })?;
+    if chap::same(&challenge, ours) {
+        return Err("CHAP_C reflects the target's challenge".into());
+    }
+    Ok((id, challenge))
+}
+
+fn keys_number(v: &str) -> Option<u32> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
     }
 }
 
@@ -163,6 +214,7 @@ pub fn login(stream: &mut impl Wire, policy: &Policy) -> Result<LoggedIn, LoginE
         params: Params::default(),
         declared: false,
         sent_tpgt: false,
+        auth: Auth::NotRequired,
     };
     let mut text = Vec::new();
     for _ in 0..LOGIN_MAX_PDUS {
@@ -231,24 +283,30 @@ impl Login<'_> {
             answer.push(("TargetPortalGroupTag".to_string(), "1".to_string()));
             self.sent_tpgt = true;
         }
-        for (k, v) in pairs {
-            if k == "AuthMethod" {
-                if !v.split(',').any(|m| m == "None") {
+        if !matches!(self.auth, Auth::NotRequired | Auth::Done { .. }) {
+            self.authenticate(req, pairs, &mut answer)?;
+        } else {
+            for (k, v) in pairs {
+                if k == "AuthMethod" {
+                    answer.push((k.clone(), self.auth_method(v)?));
+                } else if k.starts_with("CHAP_") {
                     return Err(refuse(
-                        status::AUTH_FAILURE,
-                        format!("AuthMethod={v}: only None is provided (CHAP is not yet)"),
+                        status::INITIATOR_ERROR,
+                        format!("{k} outside a CHAP exchange"),
                     ));
+                } else if let Some(a) = keys::negotiate(k, v, &mut self.params) {
+                    answer.push((k.clone(), a));
                 }
-                answer.push((k.clone(), "None".into()));
-            } else if let Some(a) = keys::negotiate(k, v, &mut self.params) {
-                answer.push((k.clone(), a));
             }
         }
-        if (req.csg == 1 || (req.transit && req.nsg == 3)) && !self.declared {
+        // Until CHAP completes the target stays in the security stage (RFC 7143 §6.3: it may
+        // decline a transit).
+        let transit = req.transit && matches!(self.auth, Auth::NotRequired | Auth::Done { .. });
+        if (req.csg == 1 || (transit && req.nsg == 3)) && !self.declared {
             answer.push(("MaxRecvDataSegmentLength".into(), OUR_MRDSL.to_string()));
             self.declared = true;
         }
-        if req.transit && req.nsg == 3 {
+        if transit && req.nsg == 3 {
             let first = self.first.as_ref().unwrap_or(req);
             let tsih = match self.kind {
                 SessionKind::Discovery => 1,
@@ -264,17 +322,14 @@ impl Login<'_> {
                 params: self.params,
                 exp_cmd_sn: first.cmd_sn,
                 stat_sn: req.exp_stat_sn.wrapping_add(1),
+                auth: match self.auth {
+                    Auth::Done { mutual: true } => "mutual CHAP",
+                    Auth::Done { mutual: false } => "CHAP",
+                    _ => "None",
+                },
             }));
         }
-        self.respond(
-            stream,
-            req,
-            req.transit,
-            req.csg,
-            &keys::encode(&answer),
-            0,
-            0,
-        )?;
+        self.respond(stream, req, transit, req.csg, &keys::encode(&answer), 0, 0)?;
         Ok(None)
     }
 
@@ -323,7 +378,151 @@ impl Login<'_> {
                 ));
             }
         }
+        if self.policy.chap.contains_key(&self.initiator) {
+            if req.csg != 0 {
+                return Err(refuse(
+                    status::AUTH_FAILURE,
+                    format!(
+                        "initiator {} must authenticate with CHAP: it skipped the security stage",
+                        self.initiator
+                    ),
+                ));
+            }
+            self.auth = Auth::Required;
+        }
         self.first = Some(*req);
+        Ok(())
+    }
+
+    /// AuthMethod without CHAP configured: None if offered.
+    fn auth_method(&self, offer: &str) -> Result<String, LoginError> {
+        if offer.split(',').any(|m| m == "None") {
+            return Ok("None".into());
+        }
+        Err(refuse(
+            status::AUTH_FAILURE,
+            format!(
+                "AuthMethod={offer} from initiator {}, which has no CHAP configured: \
+                 AuthMethod=None only",
+                self.initiator
+            ),
+        ))
+    }
+
+    /// One request of the CHAP exchange (security stage): AuthMethod, then CHAP_A (answered
+    /// with CHAP_A, CHAP_I, CHAP_C), then CHAP_N and CHAP_R (checked; with CHAP_I and CHAP_C
+    /// for mutual CHAP, answered with the target's CHAP_N and CHAP_R).
+    fn authenticate(
+        &mut self,
+        req: &Request,
+        pairs: &[(String, String)],
+        answer: &mut Vec<(String, String)>,
+    ) -> Result<(), LoginError> {
+        let failed = |why: String| refuse(status::AUTH_FAILURE, why);
+        let who = self.initiator.clone();
+        if req.csg != 0 {
+            return Err(failed(format!("initiator {who}: CHAP not completed")));
+        }
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if self.auth == Auth::Required && get("AuthMethod").is_none() {
+            return Err(failed(format!(
+                "initiator {who} must authenticate with CHAP: it offered no AuthMethod"
+            )));
+        }
+        let mut negotiated = false;
+        for (k, v) in pairs {
+            match k.as_str() {
+                "AuthMethod" if self.auth == Auth::Required => {
+                    if !v.split(',').any(|m| m == "CHAP") {
+                        return Err(failed(format!(
+                            "initiator {who} must authenticate with CHAP: it offered AuthMethod={v}"
+                        )));
+                    }
+                    answer.push((k.clone(), "CHAP".into()));
+                    self.auth = Auth::Agreed;
+                }
+                "CHAP_A" if self.auth == Auth::Agreed => {
+                    if !v.split(',').any(|a| a == chap::MD5) {
+                        return Err(failed(format!(
+                            "initiator {who}: CHAP_A={v}: only MD5 (5) is provided"
+                        )));
+                    }
+                    self.challenge(answer)?;
+                    negotiated = true;
+                }
+                "CHAP_N" | "CHAP_R" | "CHAP_I" | "CHAP_C"
+                    if matches!(self.auth, Auth::Challenged { .. }) => {}
+                k if k != "AuthMethod" && !k.starts_with("CHAP_") => {
+                    if let Some(a) = keys::negotiate(k, v, &mut self.params) {
+                        answer.push((k.to_string(), a));
+                    }
+                }
+                _ => {
+                    return Err(failed(format!(
+                        "initiator {who}: {k} out of sequence in the CHAP exchange"
+                    )))
+                }
+            }
+        }
+        if matches!(self.auth, Auth::Challenged { .. }) && !negotiated {
+            self.check_response(get, answer)?;
+        }
+        Ok(())
+    }
+
+    /// Sends CHAP_A, a random identifier and a random challenge.
+    fn challenge(&mut self, answer: &mut Vec<(String, String)>) -> Result<(), LoginError> {
+        let random = chap::random_bytes(1 + chap::CHALLENGE_LEN)
+            .ok_or_else(|| refuse(status::TARGET_ERROR, "no random bytes for a CHAP challenge"))?;
+        let (id, challenge) = (random[0], random[1..].to_vec());
+        answer.push(("CHAP_A".into(), chap::MD5.into()));
+        answer.push(("CHAP_I".into(), id.to_string()));
+        answer.push(("CHAP_C".into(), chap::encode_hex(&challenge)));
+        self.auth = Auth::Challenged { id, challenge };
+        Ok(())
+    }
+
+    /// Checks CHAP_N and CHAP_R; answers a mutual challenge (CHAP_I, CHAP_C).
+    fn check_response<'k>(
+        &mut self,
+        get: impl Fn(&str) -> Option<&'k str>,
+        answer: &mut Vec<(String, String)>,
+    ) -> Result<(), LoginError> {
+        let who = &self.initiator;
+        let failed = |why: &str| refuse(status::AUTH_FAILURE, format!("initiator {who}: {why}"));
+        let Auth::Challenged { id, challenge } = &self.auth else {
+            return Err(failed("no CHAP challenge sent"));
+        };
+        let Some(creds) = self.policy.chap.get(who) else {
+            return Err(failed("no CHAP configured"));
+        };
+        let (Some(name), Some(r)) = (get("CHAP_N"), get("CHAP_R")) else {
+            return Err(failed("CHAP_N and CHAP_R expected"));
+        };
+        if name != creds.initiator.user {
+            return Err(failed("CHAP_N is not the configured chap_user"));
+        }
+        let expected = chap::response(*id, &creds.initiator.secret, challenge);
+        if !chap::same(&chap::decode_binary(r).unwrap_or_default(), &expected) {
+            return Err(failed("wrong CHAP_R (not the configured secret)"));
+        }
+        let mutual = match (get("CHAP_I"), get("CHAP_C")) {
+            (None, None) => false,
+            (Some(i), Some(c)) => {
+                let their = mutual_challenge(i, c, challenge).map_err(|w| failed(&w))?;
+                let Some(target) = &creds.target else {
+                    return Err(failed(
+                        "asked for mutual CHAP, but no target_chap_user is configured",
+                    ));
+                };
+                let r = chap::response(their.0, &target.secret, &their.1);
+                answer.push(("CHAP_N".into(), target.user.clone()));
+                answer.push(("CHAP_R".into(), chap::encode_hex(&r)));
+                true
+            }
+            _ => return Err(failed("CHAP_I and CHAP_C come together")),
+        };
+        self.auth = Auth::Done { mutual };
         Ok(())
     }
 

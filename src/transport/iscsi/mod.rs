@@ -8,6 +8,7 @@
 //! `pdu` frames PDUs, `keys` negotiates text keys, `login` runs the login phase and `session`
 //! the full feature phase; the SCSI core (`crate::scsi::target`) runs the commands.
 
+pub mod chap;
 pub mod keys;
 pub mod login;
 pub mod pdu;
@@ -16,10 +17,10 @@ mod session;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::config::IscsiConfig;
 use crate::scsi::target::Target;
@@ -46,35 +47,129 @@ struct Live {
     tsih: u16,
     /// The connection it runs on.
     conn: u64,
+    /// What `ctl iscsi sessions` and the metrics show; set once the login completed.
+    info: Option<Arc<SessionInfo>>,
+}
+
+/// The counters of one session.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    /// SCSI commands received (and admitted by CmdSN).
+    pub commands: AtomicU64,
+    /// Write data received (immediate data and Data-Out).
+    pub bytes_in: AtomicU64,
+    /// Read data sent (Data-In).
+    pub bytes_out: AtomicU64,
+    /// PDUs rejected, and PDUs that could not be read (digest, length, protocol errors).
+    pub pdu_errors: AtomicU64,
+}
+
+/// Login results, as the metrics label them.
+pub const LOGIN_RESULTS: [&str; 7] = [
+    "accepted",
+    "auth_failed",
+    "not_allowed",
+    "not_found",
+    "out_of_resources",
+    "refused",
+    "failed",
+];
+
+/// Kinds of PDU errors, as the metrics label them.
+pub const PDU_ERROR_KINDS: [&str; 4] = ["digest", "too_long", "protocol", "rejected"];
+
+/// The portal's counters over every connection.
+#[derive(Debug, Default)]
+pub struct PortalCounters {
+    /// Logins by result, in [`LOGIN_RESULTS`]' order.
+    pub logins: [AtomicU64; 7],
+    /// PDU errors by kind, in [`PDU_ERROR_KINDS`]' order.
+    pub pdu_errors: [AtomicU64; 4],
+}
+
+impl PortalCounters {
+    fn login(&self, result: Result<(), Option<u16>>) {
+        let i = match result {
+            Ok(()) => 0,
+            Err(Some(login::status::AUTH_FAILURE)) => 1,
+            Err(Some(login::status::AUTHORIZATION_FAILURE)) => 2,
+            Err(Some(login::status::NOT_FOUND)) => 3,
+            Err(Some(login::status::OUT_OF_RESOURCES)) => 4,
+            Err(Some(_)) => 5,
+            Err(None) => 6,
+        };
+        self.logins[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a PDU error of `kind` (an index in [`PDU_ERROR_KINDS`]).
+    pub(crate) fn pdu_error(&self, kind: usize) {
+        if let Some(c) = self.pdu_errors.get(kind) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A live Normal session, as `ctl iscsi sessions` and the metrics show it.
+#[derive(Debug)]
+pub struct SessionInfo {
+    /// The arbiter's name for its I_T nexus ([`nexus_name`]).
+    pub nexus: String,
+    pub initiator: String,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    /// The portal (our address) and the initiator's address.
+    pub local: String,
+    pub peer: String,
+    /// When the login completed.
+    pub since: SystemTime,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// How the initiator authenticated: `None`, `CHAP` or `mutual CHAP`.
+    pub auth: &'static str,
+    pub counters: SessionCounters,
 }
 
 /// What every connection thread shares.
 pub struct Shared {
     target: Arc<Target>,
     config: IscsiConfig,
+    /// The initiators that must authenticate with CHAP, their secrets read at start.
+    chap: HashMap<String, chap::InitiatorChap>,
     target_name: String,
-    /// Normal sessions at once (what maxShares leaves after the guests).
-    max_sessions: usize,
+    /// Normal sessions and guests at once (maxShares).
+    max_shares: usize,
+    /// The guests served now: what maxShares leaves to sessions.
+    guests: AtomicUsize,
     sessions: Mutex<HashMap<String, Live>>,
     /// Every open connection, by id, to close at reinstatement or stop.
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
     next_tsih: Mutex<u16>,
     stop: AtomicBool,
+    counters: PortalCounters,
 }
 
 impl Shared {
-    fn new(target: Arc<Target>, config: IscsiConfig, max_sessions: usize) -> Self {
+    fn new(
+        target: Arc<Target>,
+        config: IscsiConfig,
+        chap: HashMap<String, chap::InitiatorChap>,
+        max_shares: usize,
+        guests: usize,
+    ) -> Self {
         Shared {
+            chap,
             target_name: config.target_name(&target.lun().serial),
             target,
             config,
-            max_sessions: max_sessions.max(1),
+            max_shares,
+            guests: AtomicUsize::new(guests),
             sessions: Mutex::default(),
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
             next_tsih: Mutex::new(0),
             stop: AtomicBool::new(false),
+            counters: PortalCounters::default(),
         }
     }
 
@@ -113,10 +208,13 @@ impl Shared {
             }
             res.with_mut(|a| a.i_t_nexus_reset(nexus));
         }
-        if sessions.len() >= self.max_sessions {
+        let guests = self.guests.load(Ordering::SeqCst);
+        if sessions.len() + guests >= self.max_shares {
             log::warn!(
-                "{nexus}: iscsi: login refused: {} sessions already",
-                sessions.len()
+                "{nexus}: iscsi: login refused: {} sessions and {guests} guests already \
+                 (max-shares {})",
+                sessions.len(),
+                self.max_shares
             );
             return Err(login::status::OUT_OF_RESOURCES);
         }
@@ -125,7 +223,14 @@ impl Shared {
             *t = t.wrapping_add(1).max(1);
             *t
         };
-        sessions.insert(nexus.to_string(), Live { tsih, conn });
+        sessions.insert(
+            nexus.to_string(),
+            Live {
+                tsih,
+                conn,
+                info: None,
+            },
+        );
         res.with_mut(|a| a.add_initiator(nexus.to_string()));
         Ok(tsih)
     }
@@ -148,19 +253,53 @@ impl Shared {
     /// One connection from accept to close.
     fn serve(&self, mut stream: TcpStream, peer: SocketAddr, conn: u64) {
         let _ = stream.set_nodelay(true);
-        let Some(session) = self.login(&mut stream, &peer.to_string(), conn) else {
+        let from = match stream.local_addr() {
+            Ok(local) => format!("{peer} (portal {local})"),
+            Err(_) => peer.to_string(),
+        };
+        let Some(session) = self.login(&mut stream, &from, conn) else {
             return;
         };
+        let local = stream
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        let counters = self.describe(&session, conn, local, peer.to_string());
         let writer = stream
             .set_read_timeout(None)
             .and_then(|_| stream.try_clone());
         match writer {
-            Ok(writer) => self.full_feature(session, stream, writer, conn),
+            Ok(writer) => self.full_feature(session, stream, writer, conn, counters),
             Err(e) => {
                 log::warn!("iscsi: connection from {peer}: {e}");
                 self.ended(&nexus_name(&session.initiator, session.isid), conn);
             }
         }
+    }
+
+    /// Records what `ctl` and the metrics show of a Normal session that logged in on `conn`;
+    /// the counters its connection counts into.
+    fn describe(&self, s: &LoggedIn, conn: u64, local: String, peer: String) -> Arc<SessionInfo> {
+        let info = Arc::new(SessionInfo {
+            nexus: nexus_name(&s.initiator, s.isid),
+            initiator: s.initiator.clone(),
+            isid: s.isid,
+            tsih: s.tsih,
+            local,
+            peer,
+            since: SystemTime::now(),
+            header_digest: s.params.digests.header,
+            data_digest: s.params.digests.data,
+            auth: s.auth,
+            counters: SessionCounters::default(),
+        });
+        if s.kind == SessionKind::Normal {
+            if let Some(live) = lock(&self.sessions).get_mut(&info.nexus) {
+                if live.conn == conn {
+                    live.info = Some(info.clone());
+                }
+            }
+        }
+        info
     }
 
     /// The login phase on `wire`; `None` when it failed (logged).
@@ -172,15 +311,23 @@ impl Shared {
             target_name: &self.target_name,
             allows: &allows,
             admit: &admit,
+            chap: &self.chap,
         };
-        match login(wire, &policy) {
+        let result = login(wire, &policy);
+        self.counters.login(match &result {
+            Ok(_) => Ok(()),
+            Err(LoginError::Refused { status, .. }) => Err(Some(*status)),
+            Err(_) => Err(None),
+        });
+        match result {
             Ok(s) => {
                 let p = &s.params;
                 log::info!(
-                    "{}: iscsi: logged in from {peer} (TSIH {}, header digest {}, data digest {}, \
-                     InitialR2T {}, ImmediateData {}, bursts {}/{})",
+                    "{}: iscsi: logged in from {peer} (TSIH {}, auth {}, header digest {}, data \
+                     digest {}, InitialR2T {}, ImmediateData {}, bursts {}/{})",
                     session_name(&s),
                     s.tsih,
+                    s.auth,
                     if p.digests.header { "CRC32C" } else { "None" },
                     if p.digests.data { "CRC32C" } else { "None" },
                     p.initial_r2t,
@@ -204,10 +351,17 @@ impl Shared {
     /// The full feature phase until the connection ends, then the session's end. The
     /// connection (`reader`, `writer`) stays open until the nexus is accounted for, so an
     /// initiator that sees it close after a logout can log in again at once.
-    fn full_feature<R: Read, W: Write>(&self, session: LoggedIn, reader: R, writer: W, conn: u64) {
+    fn full_feature<R: Read, W: Write>(
+        &self,
+        session: LoggedIn,
+        reader: R,
+        writer: W,
+        conn: u64,
+        info: Arc<SessionInfo>,
+    ) {
         let nexus = session_name(&session);
         let kind = session.kind;
-        let mut connection = Connection::new(self, reader, writer, session, nexus.clone());
+        let mut connection = Connection::new(self, reader, writer, session, nexus.clone(), info);
         match connection.run() {
             End::Logout => log::info!("{nexus}: iscsi: logged out"),
             End::ColdReset => {
@@ -264,13 +418,15 @@ impl Wire for MemoryWire<'_> {
 /// serves it: what it answered. For the fuzz target (PDU parsing, login and text
 /// negotiation, Data-Out sequencing) and tests; sessions it opens end with it.
 pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -> Vec<u8> {
-    let shared = Shared::new(target, config, 4);
+    let chap = config.load_chap().unwrap_or_default();
+    let shared = Shared::new(target, config, chap, 4, 0);
     let mut wire = MemoryWire {
         input,
         output: Vec::new(),
     };
     if let Some(session) = shared.login(&mut wire, "memory", 0) {
-        shared.full_feature(session, wire.input, &mut wire.output, 0);
+        let info = shared.describe(&session, 0, "memory".into(), "memory".into());
+        shared.full_feature(session, wire.input, &mut wire.output, 0, info);
     }
     wire.output
 }
@@ -283,11 +439,13 @@ pub struct Portal {
 }
 
 impl Portal {
-    /// Listens on every configured portal. `max_sessions` bounds the Normal sessions.
+    /// Listens on every configured portal. Normal sessions and the `guests` served now stay
+    /// within `max_shares` together ([`Sessions::set_guests`] follows guest changes).
     pub fn start(
         target: Arc<Target>,
         config: IscsiConfig,
-        max_sessions: usize,
+        max_shares: usize,
+        guests: usize,
     ) -> io::Result<Portal> {
         let listeners = config
             .listen
@@ -307,7 +465,8 @@ impl Portal {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let shared = Arc::new(Shared::new(target, config, max_sessions));
+        let chap = config.load_chap().map_err(io::Error::other)?;
+        let shared = Arc::new(Shared::new(target, config, chap, max_shares, guests));
         let conn_threads = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         for l in listeners {
@@ -331,6 +490,62 @@ impl Portal {
         &self.shared.target_name
     }
 
+    /// The live sessions, for `ctl`, the metrics and guest changes.
+    pub fn sessions(&self) -> Sessions {
+        Sessions(self.shared.clone())
+    }
+}
+
+/// The daemon's handle on the live Normal sessions.
+#[derive(Clone)]
+pub struct Sessions(Arc<Shared>);
+
+/// The live sessions, held so that no login takes a share meanwhile (see
+/// [`Sessions::hold`]).
+pub struct Held<'a> {
+    sessions: MutexGuard<'a, HashMap<String, Live>>,
+    guests: &'a AtomicUsize,
+}
+
+impl Held<'_> {
+    /// Normal sessions now.
+    pub fn count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The number of guests served now (after a guest change).
+    pub fn set_guests(&self, n: usize) {
+        self.guests.store(n, Ordering::SeqCst);
+    }
+}
+
+impl Sessions {
+    /// Every live Normal session that completed its login, by nexus.
+    pub fn list(&self) -> Vec<Arc<SessionInfo>> {
+        let mut v: Vec<_> = lock(&self.0.sessions)
+            .values()
+            .filter_map(|l| l.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.nexus.cmp(&b.nexus));
+        v
+    }
+
+    /// The portal's login and PDU error counters.
+    pub fn counters(&self) -> &PortalCounters {
+        &self.0.counters
+    }
+
+    /// Holds the session table: a guest change checks maxShares and records the new number of
+    /// guests while no login can be admitted.
+    pub fn hold(&self) -> Held<'_> {
+        Held {
+            sessions: lock(&self.0.sessions),
+            guests: &self.0.guests,
+        }
+    }
+}
+
+impl Portal {
     /// Stops listening and closes every connection.
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);

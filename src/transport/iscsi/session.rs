@@ -6,12 +6,13 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufReader, Read, Write};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
 use super::pdu::{self, header, op, put, read_pdu, write_pdu, Pdu, PduError, RESERVED_TAG};
-use super::Shared;
+use super::{SessionInfo, Shared};
 use crate::image::buffers::Buf;
 use crate::scsi::cdb::{self, Command};
 use crate::scsi::data::{DataIn, DataOut};
@@ -86,6 +87,8 @@ pub struct Connection<'s, R: Read, W: Write> {
     /// §11.5.1): ExpCmdSN steps over them when it reaches them.
     received_ahead: HashSet<u32>,
     next_ttt: u32,
+    /// What `ctl` and the metrics show of this session; its counters.
+    info: Arc<SessionInfo>,
 }
 
 fn protocol(why: impl Into<String>) -> End {
@@ -93,7 +96,14 @@ fn protocol(why: impl Into<String>) -> End {
 }
 
 impl<'s, R: Read, W: Write> Connection<'s, R, W> {
-    pub fn new(shared: &'s Shared, reader: R, writer: W, session: LoggedIn, nexus: String) -> Self {
+    pub fn new(
+        shared: &'s Shared,
+        reader: R,
+        writer: W,
+        session: LoggedIn,
+        nexus: String,
+        info: Arc<SessionInfo>,
+    ) -> Self {
         Connection {
             shared,
             reader: BufReader::with_capacity(64 * 1024, reader),
@@ -106,6 +116,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             aborted: HashSet::new(),
             received_ahead: HashSet::new(),
             next_ttt: 1,
+            info,
         }
     }
 
@@ -114,6 +125,16 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         loop {
             let r = self.next().and_then(|p| self.dispatch(p));
             if let Err(e) = r {
+                let kind = match &e {
+                    End::Pdu(PduError::HeaderDigest | PduError::DataDigest) => Some(0),
+                    End::Pdu(PduError::TooLong { .. }) => Some(1),
+                    End::Protocol(_) => Some(2),
+                    _ => None,
+                };
+                if let Some(k) = kind {
+                    self.info.counters.pdu_errors.fetch_add(1, Relaxed);
+                    self.shared.counters.pdu_error(k);
+                }
                 return e;
             }
         }
@@ -234,6 +255,8 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             self.nexus,
             p.opcode()
         );
+        self.info.counters.pdu_errors.fetch_add(1, Relaxed);
+        self.shared.counters.pdu_error(3);
         let mut b = header(op::REJECT, 0x80, RESERVED_TAG);
         b[2] = reason;
         self.numbers(&mut b, true);
@@ -328,6 +351,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
 
     /// A SCSI command, `task` in the LU's task set: its data, its execution, its response.
     fn command(&mut self, p: Pdu, task: TaskId) -> Result<(), End> {
+        self.info.counters.commands.fetch_add(1, Relaxed);
         let (read, write) = (p.flags() & 0x40 != 0, p.flags() & 0x20 != 0);
         let edtl = p.u32_at(20) as usize;
         let data_out = if write {
@@ -356,6 +380,10 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             // initiator learns of it from the unit attention the TMF established.
             log::info!("{}: iscsi: task {:#x} aborted", self.nexus, p.itt());
             return Ok(());
+        }
+        if let Some(d) = &data_out {
+            let n = d.len() as u64;
+            self.info.counters.bytes_in.fetch_add(n, Relaxed);
         }
         let outcome = match data_out {
             Some(mut dout) if !(ext_cdb || (read && write) || edtl > MAX_DATA) => {
@@ -401,6 +429,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         } else {
             0
         };
+        self.info.counters.bytes_out.fetch_add(sent as u64, Relaxed);
         let (flag, resid) = residual(cdb, edtl, read, write, sent);
         let collapse = o.status == GOOD && sent > 0;
         let mut data_sn = 0u32;

@@ -258,3 +258,19 @@ fn in_memory_refusals() {
     let big = request(0x43, 0x80 | 3, |_| {}, &vec![b'a'; 9000]);
     assert!(super::serve_in_memory(target, config, &big).is_empty());
 }
+
+#[test]
+fn chap_response_is_rfc_1994_md5() {
+    use super::chap::{decode_binary, encode_hex, response};
+    // MD5 of 0x01 "secretsecret" 0x0102...: computed independently with `md5sum`.
+    let r = response(1, b"secretsecret", &[1, 2, 3, 4]);
+    assert_eq!(encode_hex(&r), "0xc071931ccd7c017cb13042b1963a77e4");
+    assert_eq!(decode_binary("0x0a0B").unwrap(), vec![0x0a, 0x0b]);
+    assert_eq!(decode_binary("0xabc").unwrap(), vec![0x0a, 0xbc]);
+    assert_eq!(decode_binary("0bAQID").unwrap(), vec![1, 2, 3]);
+    assert_eq!(decode_binary("0bAQI=").unwrap(), vec![1, 2]);
+    assert_eq!(decode_binary("0bAQ==").unwrap(), vec![1]);
+    for bad in ["", "0x", "0xg1", "12", "0bA", "0b!!!!", "0bAQ==="] {
+        assert_eq!(decode_binary(bad), None, "{bad:?}");
+    }
+}
