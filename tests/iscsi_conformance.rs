@@ -174,7 +174,8 @@ fn tgt_run(image: &std::path::Path) -> Option<BTreeMap<String, Verdict>> {
         return None;
     }
     let port = free_port();
-    let control = (std::process::id() % 50_000 + 1000).to_string();
+    // tgtadm takes control ports up to 32767 only.
+    let control = (std::process::id() % 30_000 + 1000).to_string();
     let mut tgtd = Command::new("tgtd")
         .args([
             "-f",
@@ -218,6 +219,9 @@ fn tgt_run(image: &std::path::Path) -> Option<BTreeMap<String, Verdict>> {
         && adm(&[
             "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
         ]);
+    if !ok {
+        println!("tgt: not run (tgtadm could not set up the target)");
+    }
     let results = ok.then(|| conformance_run(&format!("iscsi://127.0.0.1:{port}/{iqn}/1")).0);
     let _ = tgtd.kill();
     let _ = tgtd.wait();
