@@ -58,11 +58,17 @@ fn check_transport_id_round_trip(name: &str) {
     }
     let tid = wire::transport_id(name);
     assert!(tid.len() >= 24 && tid.len().is_multiple_of(4), "{tid:02x?}");
-    assert_eq!(
-        wire::parse_transport_id(&tid).as_deref(),
-        Some(name),
-        "{tid:02x?}"
-    );
+    let back = wire::parse_transport_id(&tid);
+    if name.contains(",i,0x") {
+        // An iSCSI session's nexus name (guest names cannot hold a comma): only a well-formed
+        // one (a 12-digit ISID) names an initiator again, lower-cased as sessions name theirs;
+        // a malformed one names nobody.
+        if let Some(back) = back {
+            assert_eq!(back, name.to_ascii_lowercase(), "{tid:02x?}");
+        }
+        return;
+    }
+    assert_eq!(back.as_deref(), Some(name), "{tid:02x?}");
 }
 
 /// One fuzz input; panics on a finding.
