@@ -98,25 +98,13 @@ fn setup() -> Setup {
         "16M",
         &["--config", cfg.to_str().unwrap()],
     );
-    let target = target_name(&daemon);
+    let target = common::iscsi_client::served_target(&daemon);
     Setup {
         daemon,
         addr: listen.parse().unwrap(),
         target,
         _dir: dir,
     }
-}
-
-/// The target name from the daemon's log line `iscsi: target NAME on ...`.
-fn target_name(d: &DaemonProcess) -> String {
-    for _ in 0..200 {
-        if let Some(line) = d.log().lines().find(|l| l.contains("iscsi: target ")) {
-            let rest = line.split("iscsi: target ").nth(1).unwrap();
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("no iscsi target in the log: {}", d.log());
 }
 
 /// RFC 1994's response, computed here independently of the target's code.

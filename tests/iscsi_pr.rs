@@ -56,26 +56,13 @@ fn setup_with(extra: &[&str]) -> Setup {
         .copied()
         .collect::<Vec<_>>(),
     );
-    let target = target_name(&daemon);
+    let target = common::iscsi_client::served_target(&daemon);
     Setup {
         _dir: dir,
         daemon,
         addr: listen.parse().unwrap(),
         target,
     }
-}
-
-/// The target name from the daemon's log line `iscsi: target NAME on ...`.
-fn target_name(d: &DaemonProcess) -> String {
-    for _ in 0..100 {
-        let log = d.log();
-        if let Some(line) = log.lines().rev().find(|l| l.contains("iscsi: target ")) {
-            let rest = line.split("iscsi: target ").nth(1).unwrap();
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("no iscsi target in the log: {}", d.log());
 }
 
 fn session(s: &Setup, initiator: &str, isid: [u8; 6]) -> IscsiClient {

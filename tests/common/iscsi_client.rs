@@ -429,3 +429,20 @@ fn result(status: u8, sense: Option<SenseTriple>, resid: u32, data: Vec<u8>) -> 
         data,
     }
 }
+
+/// The target name a daemon serves, from its log line `iscsi: target NAME on ...` (waited for
+/// up to 10 s).
+pub fn served_target(d: &super::process::DaemonProcess) -> String {
+    for _ in 0..200 {
+        if let Some(line) = d.log().lines().find(|l| l.contains("iscsi: target ")) {
+            let rest = line.split("iscsi: target ").nth(1).unwrap_or_default();
+            return rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no iscsi target in the log: {}", d.log());
+}
