@@ -334,3 +334,30 @@ fn iscsi_abort_task_counts_a_cmd_sn_not_received_as_received_and_aborted() {
     // A RefCmdSN already received (or outside the window) names no task: 1.
     assert_eq!(i.tmf(1), 1, "task does not exist");
 }
+
+/// A LOGICAL UNIT RESET from a vhost-user guest does not wait for an iSCSI initiator that
+/// stops reading its Data-In: the READs' I/O ended, only their responses are left, so the
+/// reset answers (it once waited for the send to finish, for ever).
+#[test]
+fn vhost_user_logical_unit_reset_does_not_wait_for_an_iscsi_reader_that_stopped_reading() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    // 64 MiB of Data-In, more than the loopback socket buffers hold: the session's thread
+    // blocks sending it, its READ's I/O long done.
+    for _ in 0..16 {
+        let cmd = i.cmd_header(&read16_cdb(0, 8192), BIG as u32, true, false);
+        i.send(cmd, &[]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0));
+    });
+    let r = rx.recv_timeout(Duration::from_secs(15));
+    assert_eq!(
+        r,
+        Ok(VIRTIO_SCSI_S_FUNCTION_COMPLETE),
+        "the LU reset waits for an iSCSI session that does not read"
+    );
+    drop(i);
+}

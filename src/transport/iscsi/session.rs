@@ -375,7 +375,8 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             0
         };
         let mut din = vec![0u8; room];
-        if !self.shared.target.lun().tasks.begin_io(task) {
+        let tasks = &self.shared.target.lun().tasks;
+        if !tasks.begin_io(task) {
             // Another nexus's TMF aborted it: no response of its own (RFC 7143 §11.5.1); its
             // initiator learns of it from the unit attention the TMF established.
             log::info!("{}: iscsi: task {:#x} aborted", self.nexus, p.itt());
@@ -395,6 +396,9 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
                 data_in: 0,
             },
         };
+        // Its I/O ended: a TMF no longer waits for it, whether or not the initiator reads its
+        // Data-In (one that stops reading would hold every LU reset for ever).
+        tasks.settle(task, TaskState::Done);
         self.respond(&p, &cdb, edtl, read, write, outcome, &din)
     }
 
