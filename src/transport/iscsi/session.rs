@@ -334,10 +334,9 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     }
 
     fn scsi_command(&mut self, p: Pdu) -> Result<(), End> {
-        if !self.admit_sn(&p) {
-            return Ok(());
-        }
-        if self.aborted.remove(&p.itt()) {
+        // Forgotten whether its CmdSN admits it or drops it: the ITT is free again either way.
+        let aborted = self.aborted.remove(&p.itt());
+        if !self.admit_sn(&p) || aborted {
             return Ok(());
         }
         // In the LU's task set from here to its response, so that a TMF from another nexus

@@ -274,3 +274,58 @@ fn chap_response_is_rfc_1994_md5() {
         assert_eq!(decode_binary(bad), None, "{bad:?}");
     }
 }
+
+/// A queued command an ABORT TASK SET marked aborted leaves no trace when its CmdSN then drops
+/// it: its ITT, reused by a later command once the TMF answered, is served (the set of aborted
+/// ITTs does not grow with every such command either).
+#[test]
+fn in_memory_aborted_itt_dropped_by_cmd_sn_is_forgotten() {
+    let (_d, target, config) = memory_target();
+    let cmd = |itt: u32, sn: u32, flags: u8, cdb: &[u8], edtl: u32| {
+        let cdb = cdb.to_vec();
+        request(
+            0x01,
+            flags,
+            move |b| {
+                b[16..20].copy_from_slice(&itt.to_be_bytes());
+                b[20..24].copy_from_slice(&edtl.to_be_bytes());
+                b[24..28].copy_from_slice(&sn.to_be_bytes());
+                b[32..32 + cdb.len()].copy_from_slice(&cdb);
+            },
+            &[],
+        )
+    };
+    let mut input = login_bytes("iqn.2026-01.org.example:a", 1);
+    // WRITE(10) of one block, no immediate data: the target sends an R2T and waits.
+    input.extend(cmd(2, 1, 0xa0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512));
+    // A TEST UNIT READY with a CmdSN outside the window waits in the queue meanwhile.
+    input.extend(cmd(5, 77, 0x80, &[0; 6], 0));
+    // An immediate ABORT TASK SET: the write and the queued command are aborted.
+    input.extend(request(
+        0x42,
+        0x82,
+        |b| {
+            b[16..20].copy_from_slice(&6u32.to_be_bytes());
+            b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+            b[24..28].copy_from_slice(&2u32.to_be_bytes());
+        },
+        &[],
+    ));
+    // ITT 5 again, CmdSN in order: answered.
+    input.extend(cmd(5, 2, 0x80, &[0; 6], 0));
+    let out = super::serve_in_memory(target, config, &input);
+    let ops: Vec<(u8, u32)> = responses(&out)
+        .iter()
+        .map(|(b, _)| {
+            (
+                b[0] & 0x3f,
+                u32::from_be_bytes(b[16..20].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops[1..],
+        [(0x31, 2), (0x22, 6), (0x21, 5)],
+        "R2T, the TMF's response, the reused ITT's response"
+    );
+}
