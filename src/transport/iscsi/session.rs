@@ -678,12 +678,14 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     }
 }
 
-/// Whether TMF `p` aborts task `itt`: ABORT TASK naming it, or a function that aborts every
-/// task of the LU.
+/// Whether TMF `p` aborts task `itt` (of LUN 0): ABORT TASK naming it, a function that aborts
+/// every task of the LU when it names LUN 0 (for another, [`Connection::tmf`] answers "LUN does
+/// not exist" and aborts nothing), or a target reset.
 fn aborts(p: &Pdu, itt: u32) -> bool {
     match p.flags() & 0x7f {
         1 => p.u32_at(20) == itt,
-        2 | 4 | 5 | 6 | 7 => true,
+        2 | 4 | 5 => p.lun().iter().all(|&b| b == 0),
+        6 | 7 => true,
         _ => false,
     }
 }

@@ -329,3 +329,58 @@ fn in_memory_aborted_itt_dropped_by_cmd_sn_is_forgotten() {
         "R2T, the TMF's response, the reused ITT's response"
     );
 }
+
+/// An ABORT TASK SET for a LUN that does not exist, arriving while a write's data is due, does
+/// not abort that write (of LUN 0): the write completes with its response, the TMF answers
+/// "LUN does not exist".
+#[test]
+fn in_memory_tmf_for_another_lun_leaves_a_write_collecting_data() {
+    let (_d, target, config) = memory_target();
+    let mut input = login_bytes("iqn.2026-01.org.example:a", 1);
+    input.extend(request(
+        0x01,
+        0xa0,
+        |b| {
+            b[16..20].copy_from_slice(&2u32.to_be_bytes());
+            b[20..24].copy_from_slice(&512u32.to_be_bytes());
+            b[24..28].copy_from_slice(&1u32.to_be_bytes());
+            b[32..42].copy_from_slice(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        },
+        &[],
+    ));
+    input.extend(request(
+        0x42,
+        0x82,
+        |b| {
+            b[9] = 1; // LUN 1
+            b[16..20].copy_from_slice(&6u32.to_be_bytes());
+            b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+            b[24..28].copy_from_slice(&2u32.to_be_bytes());
+        },
+        &[],
+    ));
+    // The write's data, for the R2T's TTT (the first, 1).
+    input.extend(request(
+        0x05,
+        0x80,
+        |b| {
+            b[16..20].copy_from_slice(&2u32.to_be_bytes());
+            b[20..24].copy_from_slice(&1u32.to_be_bytes());
+        },
+        &[0xab; 512],
+    ));
+    let out = super::serve_in_memory(target, config, &input);
+    let r = responses(&out);
+    let ops: Vec<(u8, u32, u8)> = r
+        .iter()
+        .map(|(b, _)| {
+            let itt = u32::from_be_bytes(b[16..20].try_into().unwrap());
+            (b[0] & 0x3f, itt, if b[0] & 0x3f == 0x22 { b[2] } else { 0 })
+        })
+        .collect();
+    assert_eq!(
+        ops[1..],
+        [(0x31, 2, 0), (0x21, 2, 0), (0x22, 6, 2)],
+        "R2T, the write's response, the TMF's (LUN does not exist)"
+    );
+}
