@@ -361,3 +361,28 @@ fn vhost_user_logical_unit_reset_does_not_wait_for_an_iscsi_reader_that_stopped_
     );
     drop(i);
 }
+
+/// Session reinstatement (RFC 7143 §6.3.5) ends the old session's tasks before the new session
+/// is logged in: a write of the old session still in flight has reached the image by then, so
+/// the new session reads what stays there, never a block a late write changes afterwards.
+#[test]
+fn reinstatement_waits_for_the_old_sessions_write_in_flight() {
+    let s = setup();
+    let (_g, mut old) = clients(&s);
+    let data = [AFTER_FILL; 512];
+    let cmd = old.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    old.send(cmd, &data);
+    std::thread::sleep(DELAY / 5);
+    let mut new = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
+        .unwrap_or_else(|st| panic!("reinstatement refused: {st:#06x}"));
+    new.drain_ua();
+    let r = new.read16(SMALL_LBA, 1);
+    good(&r, "READ on the new session");
+    std::thread::sleep(DELAY);
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(
+        r.data,
+        on_image(&fin, SMALL_LBA, 512),
+        "the old session's write landed after the new session was logged in"
+    );
+}
