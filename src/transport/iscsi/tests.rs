@@ -384,3 +384,43 @@ fn in_memory_tmf_for_another_lun_leaves_a_write_collecting_data() {
         "R2T, the write's response, the TMF's (LUN does not exist)"
     );
 }
+
+/// A connection that reads `input` and cannot be written to (the peer reset it).
+struct ResetWire<'a>(&'a [u8]);
+
+impl std::io::Read for ResetWire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for ResetWire<'_> {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::ConnectionReset.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl super::login::Wire for ResetWire<'_> {
+    fn set_read_deadline(&mut self, _: Option<std::time::Duration>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A login whose final response cannot be sent (the initiator reset the connection after its
+/// last request) leaves no session behind: it would count against maxShares for ever.
+#[test]
+fn a_login_whose_last_response_fails_leaves_no_session() {
+    let (_d, target, config) = memory_target();
+    let shared = super::Shared::new(target.clone(), config, Default::default(), 4, 0);
+    let input = login_bytes("iqn.2026-01.org.example:a", 1);
+    assert!(shared.login(&mut ResetWire(&input), "peer", 7).is_none());
+    assert!(
+        crate::util::lock::lock(&shared.sessions).is_empty(),
+        "the session admitted for the failed login stays"
+    );
+    let nexus = nexus_name("iqn.2026-01.org.example:a", [0x80, 0, 0, 0, 0, 1]);
+    assert!(!target.lun().reservations.with(|a| a.is_known(&nexus)));
+}
