@@ -211,6 +211,15 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
     }
 
+    /// A TMF that interrupted a write's data though commands with lower CmdSNs wait in the
+    /// queue: it acts now (the write's data will not come), and its CmdSN, in the window, counts
+    /// as received so that ExpCmdSN steps over it. Dropped, neither the write nor the TMF would
+    /// ever be answered.
+    fn admit_ahead(&mut self, p: &Pdu) -> bool {
+        let ahead = p.cmd_sn().wrapping_sub(self.session.exp_cmd_sn);
+        (1..CMD_WINDOW).contains(&ahead) && self.received_ahead.insert(p.cmd_sn())
+    }
+
     /// ABORT TASK for a task that does not exist (RFC 7143 §11.5.1): when its RefCmdSN is in
     /// the window, not received yet and below the TMF's own CmdSN, that CmdSN counts as
     /// received (its command, should it come, is dropped) and the task as aborted.
@@ -618,7 +627,8 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     /// in-flight ones are waited for) before it answers. `current`: the command this TMF
     /// interrupted (aborted, no response of its own).
     fn tmf(&mut self, p: &Pdu, current: Option<u32>) -> Result<(), End> {
-        if !self.admit_sn(p) {
+        let admitted = self.admit_sn(p) || (current.is_some() && self.admit_ahead(p));
+        if !admitted {
             return Ok(());
         }
         let function = p.flags() & 0x7f;

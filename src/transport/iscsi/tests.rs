@@ -424,3 +424,46 @@ fn a_login_whose_last_response_fails_leaves_no_session() {
     let nexus = nexus_name("iqn.2026-01.org.example:a", [0x80, 0, 0, 0, 0, 1]);
     assert!(!target.lun().reservations.with(|a| a.is_known(&nexus)));
 }
+
+/// A non-immediate ABORT TASK naming a write whose data is due, sent after another command
+/// (lower CmdSN, queued meanwhile): the TMF answers, the write ends without a response, the
+/// queued command runs, and ExpCmdSN steps over the TMF's CmdSN.
+#[test]
+fn in_memory_non_immediate_abort_task_behind_a_queued_command() {
+    let (_d, target, config) = memory_target();
+    let sn = |b: &mut [u8; 48], itt: u32, sn: u32| {
+        b[16..20].copy_from_slice(&itt.to_be_bytes());
+        b[24..28].copy_from_slice(&sn.to_be_bytes());
+    };
+    let mut input = login_bytes("iqn.2026-01.org.example:a", 1);
+    let write = |b: &mut [u8; 48]| {
+        sn(b, 2, 1);
+        b[20..24].copy_from_slice(&512u32.to_be_bytes());
+        b[32..42].copy_from_slice(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    };
+    input.extend(request(0x01, 0xa0, write, &[]));
+    input.extend(request(0x01, 0x80, |b| sn(b, 3, 2), &[]));
+    let abort = |b: &mut [u8; 48]| {
+        sn(b, 6, 3);
+        b[20..24].copy_from_slice(&2u32.to_be_bytes());
+        b[32..36].copy_from_slice(&1u32.to_be_bytes());
+    };
+    input.extend(request(0x02, 0x81, abort, &[]));
+    // CmdSN 4: admitted once ExpCmdSN stepped over the TMF's 3.
+    input.extend(request(0x01, 0x80, |b| sn(b, 7, 4), &[]));
+    let out = super::serve_in_memory(target, config, &input);
+    let ops: Vec<(u8, u32)> = responses(&out)
+        .iter()
+        .map(|(b, _)| {
+            (
+                b[0] & 0x3f,
+                u32::from_be_bytes(b[16..20].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops[1..],
+        [(0x31, 2), (0x22, 6), (0x21, 3), (0x21, 7)],
+        "R2T, the TMF's response, the queued command's, the next command's"
+    );
+}
