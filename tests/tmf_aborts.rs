@@ -321,3 +321,55 @@ fn iscsi_abort_task_counts_a_cmd_sn_not_received_as_received_and_aborted() {
     // A RefCmdSN already received (or outside the window) names no task: 1.
     assert_eq!(i.tmf(1), 1, "task does not exist");
 }
+
+/// A LOGICAL UNIT RESET from a vhost-user guest does not wait for an iSCSI initiator that
+/// stops reading its Data-In: the READs' I/O ended, only their responses are left, so the
+/// reset answers (it once waited for the send to finish, for ever).
+#[test]
+fn vhost_user_logical_unit_reset_does_not_wait_for_an_iscsi_reader_that_stopped_reading() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    // 64 MiB of Data-In, more than the loopback socket buffers hold: the session's thread
+    // blocks sending it, its READ's I/O long done.
+    for _ in 0..16 {
+        let cmd = i.cmd_header(&read16_cdb(0, 8192), BIG as u32, true, false);
+        i.send(cmd, &[]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0));
+    });
+    let r = rx.recv_timeout(Duration::from_secs(15));
+    assert_eq!(
+        r,
+        Ok(VIRTIO_SCSI_S_FUNCTION_COMPLETE),
+        "the LU reset waits for an iSCSI session that does not read"
+    );
+    drop(i);
+}
+
+/// Session reinstatement (RFC 7143 §6.3.5) ends the old session's tasks before the new session
+/// is logged in: a write of the old session still in flight has reached the image by then, so
+/// the new session reads what stays there, never a block a late write changes afterwards.
+#[test]
+fn reinstatement_waits_for_the_old_sessions_write_in_flight() {
+    let s = setup();
+    let (_g, mut old) = clients(&s);
+    let data = [AFTER_FILL; 512];
+    let cmd = old.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    old.send(cmd, &data);
+    std::thread::sleep(DELAY / 5);
+    let mut new = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
+        .unwrap_or_else(|st| panic!("reinstatement refused: {st:#06x}"));
+    new.drain_ua();
+    let r = new.read16(SMALL_LBA, 1);
+    good(&r, "READ on the new session");
+    std::thread::sleep(DELAY);
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(
+        r.data,
+        on_image(&fin, SMALL_LBA, 512),
+        "the old session's write landed after the new session was logged in"
+    );
+}

@@ -305,8 +305,17 @@ impl Shared {
     /// The login phase on `wire`; `None` when it failed (logged).
     fn login(&self, wire: &mut impl Wire, peer: &str, conn: u64) -> Option<LoggedIn> {
         let allows = |name: &str| self.config.allows(name);
-        let admit =
-            |name: &str, isid: [u8; 6], _tsih: u16| self.admit(&nexus_name(name, isid), conn);
+        // The nexus admitted, once the login got that far: a login that fails after it (its
+        // last response could not be sent) ends it again, or it would hold a session for ever.
+        let admitted = std::cell::RefCell::new(None);
+        let admit = |name: &str, isid: [u8; 6], _tsih: u16| {
+            let nexus = nexus_name(name, isid);
+            let r = self.admit(&nexus, conn);
+            if r.is_ok() {
+                *admitted.borrow_mut() = Some(nexus);
+            }
+            r
+        };
         let policy = Policy {
             target_name: &self.target_name,
             allows: &allows,
@@ -314,6 +323,9 @@ impl Shared {
             chap: &self.chap,
         };
         let result = login(wire, &policy);
+        if let (Err(_), Some(nexus)) = (&result, admitted.take()) {
+            self.ended(&nexus, conn);
+        }
         self.counters.login(match &result {
             Ok(_) => Ok(()),
             Err(LoginError::Refused { status, .. }) => Err(Some(*status)),

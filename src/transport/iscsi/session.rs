@@ -211,6 +211,15 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
     }
 
+    /// A TMF that interrupted a write's data though commands with lower CmdSNs wait in the
+    /// queue: it acts now (the write's data will not come), and its CmdSN, in the window, counts
+    /// as received so that ExpCmdSN steps over it. Dropped, neither the write nor the TMF would
+    /// ever be answered.
+    fn admit_ahead(&mut self, p: &Pdu) -> bool {
+        let ahead = p.cmd_sn().wrapping_sub(self.session.exp_cmd_sn);
+        (1..CMD_WINDOW).contains(&ahead) && self.received_ahead.insert(p.cmd_sn())
+    }
+
     /// ABORT TASK for a task that does not exist (RFC 7143 §11.5.1): when its RefCmdSN is in
     /// the window, not received yet and below the TMF's own CmdSN, that CmdSN counts as
     /// received (its command, should it come, is dropped) and the task as aborted.
@@ -334,10 +343,9 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     }
 
     fn scsi_command(&mut self, p: Pdu) -> Result<(), End> {
-        if !self.admit_sn(&p) {
-            return Ok(());
-        }
-        if self.aborted.remove(&p.itt()) {
+        // Forgotten whether its CmdSN admits it or drops it: the ITT is free again either way.
+        let aborted = self.aborted.remove(&p.itt());
+        if !self.admit_sn(&p) || aborted {
             return Ok(());
         }
         // In the LU's task set from here to its response, so that a TMF from another nexus
@@ -375,7 +383,8 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
             0
         };
         let mut din = vec![0u8; room];
-        if !self.shared.target.lun().tasks.begin_io(task) {
+        let tasks = &self.shared.target.lun().tasks;
+        if !tasks.begin_io(task) {
             // Another nexus's TMF aborted it: no response of its own (RFC 7143 §11.5.1); its
             // initiator learns of it from the unit attention the TMF established.
             log::info!("{}: iscsi: task {:#x} aborted", self.nexus, p.itt());
@@ -395,6 +404,9 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
                 data_in: 0,
             },
         };
+        // Its I/O ended: a TMF no longer waits for it, whether or not the initiator reads its
+        // Data-In (one that stops reading would hold every LU reset for ever).
+        tasks.settle(task, TaskState::Done);
         self.respond(&p, &cdb, edtl, read, write, outcome, &din)
     }
 
@@ -615,7 +627,8 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     /// in-flight ones are waited for) before it answers. `current`: the command this TMF
     /// interrupted (aborted, no response of its own).
     fn tmf(&mut self, p: &Pdu, current: Option<u32>) -> Result<(), End> {
-        if !self.admit_sn(p) {
+        let admitted = self.admit_sn(p) || (current.is_some() && self.admit_ahead(p));
+        if !admitted {
             return Ok(());
         }
         let function = p.flags() & 0x7f;
@@ -675,12 +688,14 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     }
 }
 
-/// Whether TMF `p` aborts task `itt`: ABORT TASK naming it, or a function that aborts every
-/// task of the LU.
+/// Whether TMF `p` aborts task `itt` (of LUN 0): ABORT TASK naming it, a function that aborts
+/// every task of the LU when it names LUN 0 (for another, [`Connection::tmf`] answers "LUN does
+/// not exist" and aborts nothing), or a target reset.
 fn aborts(p: &Pdu, itt: u32) -> bool {
     match p.flags() & 0x7f {
         1 => p.u32_at(20) == itt,
-        2 | 4 | 5 | 6 | 7 => true,
+        2 | 4 | 5 => p.lun().iter().all(|&b| b == 0),
+        6 | 7 => true,
         _ => false,
     }
 }

@@ -274,3 +274,196 @@ fn chap_response_is_rfc_1994_md5() {
         assert_eq!(decode_binary(bad), None, "{bad:?}");
     }
 }
+
+/// A queued command an ABORT TASK SET marked aborted leaves no trace when its CmdSN then drops
+/// it: its ITT, reused by a later command once the TMF answered, is served (the set of aborted
+/// ITTs does not grow with every such command either).
+#[test]
+fn in_memory_aborted_itt_dropped_by_cmd_sn_is_forgotten() {
+    let (_d, target, config) = memory_target();
+    let cmd = |itt: u32, sn: u32, flags: u8, cdb: &[u8], edtl: u32| {
+        let cdb = cdb.to_vec();
+        request(
+            0x01,
+            flags,
+            move |b| {
+                b[16..20].copy_from_slice(&itt.to_be_bytes());
+                b[20..24].copy_from_slice(&edtl.to_be_bytes());
+                b[24..28].copy_from_slice(&sn.to_be_bytes());
+                b[32..32 + cdb.len()].copy_from_slice(&cdb);
+            },
+            &[],
+        )
+    };
+    let mut input = login_bytes("iqn.2026-01.org.example:a", 1);
+    // WRITE(10) of one block, no immediate data: the target sends an R2T and waits.
+    input.extend(cmd(2, 1, 0xa0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512));
+    // A TEST UNIT READY with a CmdSN outside the window waits in the queue meanwhile.
+    input.extend(cmd(5, 77, 0x80, &[0; 6], 0));
+    // An immediate ABORT TASK SET: the write and the queued command are aborted.
+    input.extend(request(
+        0x42,
+        0x82,
+        |b| {
+            b[16..20].copy_from_slice(&6u32.to_be_bytes());
+            b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+            b[24..28].copy_from_slice(&2u32.to_be_bytes());
+        },
+        &[],
+    ));
+    // ITT 5 again, CmdSN in order: answered.
+    input.extend(cmd(5, 2, 0x80, &[0; 6], 0));
+    let out = super::serve_in_memory(target, config, &input);
+    let ops: Vec<(u8, u32)> = responses(&out)
+        .iter()
+        .map(|(b, _)| {
+            (
+                b[0] & 0x3f,
+                u32::from_be_bytes(b[16..20].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops[1..],
+        [(0x31, 2), (0x22, 6), (0x21, 5)],
+        "R2T, the TMF's response, the reused ITT's response"
+    );
+}
+
+/// An ABORT TASK SET for a LUN that does not exist, arriving while a write's data is due, does
+/// not abort that write (of LUN 0): the write completes with its response, the TMF answers
+/// "LUN does not exist".
+#[test]
+fn in_memory_tmf_for_another_lun_leaves_a_write_collecting_data() {
+    let (_d, target, config) = memory_target();
+    let mut input = login_bytes("iqn.2026-01.org.example:a", 1);
+    input.extend(request(
+        0x01,
+        0xa0,
+        |b| {
+            b[16..20].copy_from_slice(&2u32.to_be_bytes());
+            b[20..24].copy_from_slice(&512u32.to_be_bytes());
+            b[24..28].copy_from_slice(&1u32.to_be_bytes());
+            b[32..42].copy_from_slice(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        },
+        &[],
+    ));
+    input.extend(request(
+        0x42,
+        0x82,
+        |b| {
+            b[9] = 1; // LUN 1
+            b[16..20].copy_from_slice(&6u32.to_be_bytes());
+            b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+            b[24..28].copy_from_slice(&2u32.to_be_bytes());
+        },
+        &[],
+    ));
+    // The write's data, for the R2T's TTT (the first, 1).
+    input.extend(request(
+        0x05,
+        0x80,
+        |b| {
+            b[16..20].copy_from_slice(&2u32.to_be_bytes());
+            b[20..24].copy_from_slice(&1u32.to_be_bytes());
+        },
+        &[0xab; 512],
+    ));
+    let out = super::serve_in_memory(target, config, &input);
+    let r = responses(&out);
+    let ops: Vec<(u8, u32, u8)> = r
+        .iter()
+        .map(|(b, _)| {
+            let itt = u32::from_be_bytes(b[16..20].try_into().unwrap());
+            (b[0] & 0x3f, itt, if b[0] & 0x3f == 0x22 { b[2] } else { 0 })
+        })
+        .collect();
+    assert_eq!(
+        ops[1..],
+        [(0x31, 2, 0), (0x21, 2, 0), (0x22, 6, 2)],
+        "R2T, the write's response, the TMF's (LUN does not exist)"
+    );
+}
+
+/// A connection that reads `input` and cannot be written to (the peer reset it).
+struct ResetWire<'a>(&'a [u8]);
+
+impl std::io::Read for ResetWire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for ResetWire<'_> {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::ConnectionReset.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl super::login::Wire for ResetWire<'_> {
+    fn set_read_deadline(&mut self, _: Option<std::time::Duration>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A login whose final response cannot be sent (the initiator reset the connection after its
+/// last request) leaves no session behind: it would count against maxShares for ever.
+#[test]
+fn a_login_whose_last_response_fails_leaves_no_session() {
+    let (_d, target, config) = memory_target();
+    let shared = super::Shared::new(target.clone(), config, Default::default(), 4, 0);
+    let input = login_bytes("iqn.2026-01.org.example:a", 1);
+    assert!(shared.login(&mut ResetWire(&input), "peer", 7).is_none());
+    assert!(
+        crate::util::lock::lock(&shared.sessions).is_empty(),
+        "the session admitted for the failed login stays"
+    );
+    let nexus = nexus_name("iqn.2026-01.org.example:a", [0x80, 0, 0, 0, 0, 1]);
+    assert!(!target.lun().reservations.with(|a| a.is_known(&nexus)));
+}
+
+/// A non-immediate ABORT TASK naming a write whose data is due, sent after another command
+/// (lower CmdSN, queued meanwhile): the TMF answers, the write ends without a response, the
+/// queued command runs, and ExpCmdSN steps over the TMF's CmdSN.
+#[test]
+fn in_memory_non_immediate_abort_task_behind_a_queued_command() {
+    let (_d, target, config) = memory_target();
+    let sn = |b: &mut [u8; 48], itt: u32, sn: u32| {
+        b[16..20].copy_from_slice(&itt.to_be_bytes());
+        b[24..28].copy_from_slice(&sn.to_be_bytes());
+    };
+    let mut input = login_bytes("iqn.2026-01.org.example:a", 1);
+    let write = |b: &mut [u8; 48]| {
+        sn(b, 2, 1);
+        b[20..24].copy_from_slice(&512u32.to_be_bytes());
+        b[32..42].copy_from_slice(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    };
+    input.extend(request(0x01, 0xa0, write, &[]));
+    input.extend(request(0x01, 0x80, |b| sn(b, 3, 2), &[]));
+    let abort = |b: &mut [u8; 48]| {
+        sn(b, 6, 3);
+        b[20..24].copy_from_slice(&2u32.to_be_bytes());
+        b[32..36].copy_from_slice(&1u32.to_be_bytes());
+    };
+    input.extend(request(0x02, 0x81, abort, &[]));
+    // CmdSN 4: admitted once ExpCmdSN stepped over the TMF's 3.
+    input.extend(request(0x01, 0x80, |b| sn(b, 7, 4), &[]));
+    let out = super::serve_in_memory(target, config, &input);
+    let ops: Vec<(u8, u32)> = responses(&out)
+        .iter()
+        .map(|(b, _)| {
+            (
+                b[0] & 0x3f,
+                u32::from_be_bytes(b[16..20].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops[1..],
+        [(0x31, 2), (0x22, 6), (0x21, 3), (0x21, 7)],
+        "R2T, the TMF's response, the queued command's, the next command's"
+    );
+}
