@@ -142,33 +142,28 @@ pub fn parse_transport_id(bytes: &[u8]) -> Option<String> {
     // The iSCSI name is null-terminated within ADDITIONAL LENGTH.
     let nul = body.iter().position(|&b| b == 0)?;
     let text = std::str::from_utf8(&body[..nul]).ok()?;
-    let name = match format {
-        0 => text,
-        1 => {
-            // SPC-4 §7.6.4.6: "<name>,i,0x<ISID in hex>".
-            let (name, isid) = text.split_once(",i,0x")?;
-            if isid.is_empty() || !isid.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            name
+    match format {
+        // A device name: one of our guests (our prefix), nobody else.
+        0 => {
+            let guest = text.strip_prefix(IQN_PREFIX)?;
+            (!guest.is_empty()).then(|| guest.to_owned())
         }
-        _ => return None,
-    };
-    let Some(initiator) = name.strip_prefix(IQN_PREFIX) else {
-        // An iSCSI initiator port: the nexus name its session has (name lower-cased).
-        let (_, isid) = text.split_once(ISCSI_PORT_MARK)?;
-        return (format == 1 && !name.is_empty() && isid.len() == 12).then(|| {
-            format!(
-                "{}{ISCSI_PORT_MARK}{}",
-                name.to_ascii_lowercase(),
-                isid.to_ascii_lowercase()
-            )
-        });
-    };
-    if initiator.is_empty() {
-        return None;
+        // SPC-4 §7.6.4.6: "<name>,i,0x<ISID in hex>", an iSCSI initiator port: the nexus name
+        // its session has (lower-cased), whatever the name (a guest's TransportID is never a
+        // port name, so an initiator named like a guest stays an iSCSI nexus).
+        1 => {
+            let (name, isid) = text.split_once(ISCSI_PORT_MARK)?;
+            let isid_ok = isid.len() == 12 && isid.bytes().all(|b| b.is_ascii_hexdigit());
+            (isid_ok && !name.is_empty()).then(|| {
+                format!(
+                    "{}{ISCSI_PORT_MARK}{}",
+                    name.to_ascii_lowercase(),
+                    isid.to_ascii_lowercase()
+                )
+            })
+        }
+        _ => None,
     }
-    Some(initiator.to_owned())
 }
 
 /// Executes a PERSISTENT RESERVE IN (SPC-4 §6.15): the whole response, cut to ALLOCATION

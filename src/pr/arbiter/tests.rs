@@ -1670,7 +1670,12 @@ fn parse_transport_id_format_01_with_isid() {
     }
     let mut t = vec![0x45, 0, 0, body.len() as u8];
     t.extend_from_slice(&body);
-    assert_eq!(parse_transport_id(&t).as_deref(), Some("guest"));
+    // A port name (format 01b) names an iSCSI initiator port, an I_T nexus with an ISID, even
+    // when its name has our guests' prefix: a guest (no ISID) is named by format 00b only.
+    assert_eq!(
+        parse_transport_id(&t).as_deref(),
+        Some(format!("{IQN_PREFIX}guest,i,0x23d000000001").as_str())
+    );
     // Format 01b without the separator is malformed.
     let mut t2 = transport_id("guest");
     t2[0] = 0x45;
