@@ -16,15 +16,17 @@ fn hostname() -> String {
 }
 
 /// The join's transaction when the disk has a state: become the member (reading the value this
-/// node's key held before) and read the state, this node's replay records and the settled marker.
-/// When it has none, the members registered are read.
-fn join_txn(k: &Keys, member: &[u8]) -> Txn {
+/// node's key held before) and read the state, this node's replay records and the settled marker,
+/// only while the member key is still at `member_rev` (its mod revision read just before; 0: no
+/// key). So an attempt that etcd applies late (its answer lost, a retry sent, this daemon killed
+/// meanwhile) cannot take the membership back from an incarnation that joined after it read.
+/// Otherwise the members registered and whether a state exists are read.
+fn join_txn(k: &Keys, member: &[u8], member_rev: i64) -> Txn {
     Txn::new()
-        .when([Compare::create_revision(
-            k.state.as_str(),
-            CompareOp::Greater,
-            0,
-        )])
+        .when([
+            Compare::create_revision(k.state.as_str(), CompareOp::Greater, 0),
+            Compare::mod_revision(k.member.as_str(), CompareOp::Equal, member_rev),
+        ])
         .and_then([
             TxnOp::get(k.member.as_str(), None),
             TxnOp::put(k.member.as_str(), member.to_vec(), None),
@@ -38,6 +40,7 @@ fn join_txn(k: &Keys, member: &[u8]) -> Txn {
                 Some(GetOptions::new().with_prefix().with_keys_only()),
             ),
             TxnOp::get(k.settled.as_str(), None),
+            TxnOp::get(k.state.as_str(), Some(GetOptions::new().with_keys_only())),
         ])
 }
 
@@ -202,11 +205,31 @@ impl EtcdState {
         local: Option<&PrState>,
     ) -> Result<(bool, Vec<Option<KeyValue>>), ClusterError> {
         let k = &self.keys;
+        // The incarnation this join replaces: the member key's value before this daemon's own
+        // put (a retry may find its own earlier attempt there).
+        let mut replaced = None;
         loop {
-            let joined = self.retry(deadline, "join", join_txn(k, &self.member))?;
+            let read = self.retry(deadline, "join", member_read_txn(k))?;
+            let before = gets(&read).first().and_then(|r| r.first()).cloned();
+            let member_rev = before.as_ref().map_or(0, KeyValue::mod_revision);
+            if before
+                .as_ref()
+                .is_some_and(|kv| kv.value() != self.member.as_slice())
+            {
+                replaced = before;
+            }
+            let joined = self.retry(deadline, "join", join_txn(k, &self.member, member_rev))?;
             let got = gets(&joined);
             if joined.succeeded() {
-                return Ok((false, first_of_each(&got)));
+                let mut reads = first_of_each(&got);
+                if let Some(previous) = reads.first_mut() {
+                    *previous = replaced;
+                }
+                return Ok((false, reads));
+            }
+            if got.get(2).is_some_and(|state| !state.is_empty()) {
+                // The member key changed since it was read: read it again.
+                continue;
             }
             let members: Vec<String> = got
                 .first()
@@ -387,6 +410,11 @@ impl EtcdState {
 struct LocalMark {
     epoch: u64,
     history: String,
+}
+
+/// Reads this node's member key (its value and mod revision) before a join.
+fn member_read_txn(k: &Keys) -> Txn {
+    Txn::new().and_then([TxnOp::get(k.member.as_str(), None)])
 }
 
 /// The first key of each read (none: an empty read): `[previous member, state, replay records,
