@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::Write;
+use common::prometheus::promtool_check;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
 use common::ctl::{ctl, ctl_json};
 use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A, INITIATOR_B};
@@ -174,33 +173,6 @@ fn max_shares_counts_sessions_and_guests_both_ways() {
         "{log}"
     );
     s.daemon.assert_no_panic();
-}
-
-/// Runs `promtool check metrics` on `text`; panics unless it accepts without findings.
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; images/install-deps.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
 }
 
 /// The value of `series` (name and labels) in a text exposition; `None` if absent.

@@ -7,9 +7,9 @@
 
 mod common;
 
+use common::prometheus::promtool_check;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,35 +19,6 @@ use common::http::{free_port, get};
 use common::process::DaemonProcess;
 use common::prometheus::Prometheus;
 use common::scsi_client::*;
-
-/// Runs `promtool check metrics` on `text`; returns its output, panics unless it accepts.
-fn promtool_check(text: &str) -> String {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; images/install-deps.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool rejects the metrics: {report}"
-    );
-    assert!(report.trim().is_empty(), "promtool lint findings: {report}");
-    report
-}
 
 /// The value of `name{labels}` in a text exposition.
 fn sample(text: &str, series: &str) -> f64 {

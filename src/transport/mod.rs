@@ -18,3 +18,15 @@ pub struct Options {
     /// The connection's place among the guest's connections to this device.
     pub ticket: virtqueue::Ticket,
 }
+
+impl Default for Options {
+    /// A writable disk, fresh counters, no polling, the guest's only connection.
+    fn default() -> Self {
+        Options {
+            read_only: false,
+            stats: std::sync::Arc::default(),
+            poll: std::time::Duration::ZERO,
+            ticket: virtqueue::Ticket::alone(),
+        }
+    }
+}

@@ -89,13 +89,7 @@ pub struct BlkBackend(Arc<BlkDevice>);
 
 impl BlkBackend {
     pub fn new(lun: Arc<Lun>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        let options = Options {
-            read_only: false,
-            stats: Arc::default(),
-            poll: Duration::ZERO,
-            ticket: Ticket::alone(),
-        };
-        Self::with_options(lun, initiator, mem, options)
+        Self::with_options(lun, initiator, mem, Options::default())
     }
 
     /// A device for a guest as the daemon serves it (see [`Options`]).

@@ -100,13 +100,7 @@ pub struct ScsiBackend(Arc<ScsiDevice>);
 
 impl ScsiBackend {
     pub fn new(target: Arc<Target>, initiator: Arc<str>, mem: AtomicMem) -> io::Result<Self> {
-        let options = Options {
-            read_only: false,
-            stats: Arc::default(),
-            poll: Duration::ZERO,
-            ticket: Ticket::alone(),
-        };
-        Self::with_options(target, initiator, mem, options)
+        Self::with_options(target, initiator, mem, Options::default())
     }
 
     /// A device for a guest as the daemon serves it (see [`Options`]).
