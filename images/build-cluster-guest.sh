@@ -11,7 +11,8 @@
 #
 # Contents: debootstrap --variant=minbase bookworm, then apt-get install (no recommends) of
 # python3, fence-agents, sg3-utils, pacemaker, corosync, crmsh, resource-agents, multipath-tools,
-# e2fsprogs, util-linux, iproute2, udev, kmod, procps, psmisc (fuser, for the Filesystem agent);
+# e2fsprogs, util-linux, iproute2, udev, kmod, procps, psmisc (fuser, for the Filesystem agent),
+# open-iscsi (iscsiadm and iscsid, for the iSCSI-attached node of tests/e2e_iscsi_fence_scsi.rs);
 # the kernel's modules (depmod'ed); and
 #   /sbin/sharedisk-init       images/cluster-init: PID 1, same serial command agent as images/init
 #   /usr/lib/ocf/resource.d/sharedisk/recorder   images/recorder.ocf: the test application
@@ -40,7 +41,7 @@ SUITE=bookworm
 ROOT_SIZE=3G
 
 PACKAGES="python3 fence-agents sg3-utils pacemaker corosync crmsh resource-agents multipath-tools
-e2fsprogs util-linux iproute2 udev kmod procps psmisc"
+e2fsprogs util-linux iproute2 udev kmod procps psmisc open-iscsi"
 
 msg() { echo "build-cluster-guest: $*" >&2; }
 die() { msg "ERROR: $*"; exit 1; }

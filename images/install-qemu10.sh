@@ -8,7 +8,9 @@
 # Layout, under ${SHAREDISK_CACHE:-$HOME/.cache/sharedisk}/qemu10:
 #   bin/qemu-system-x86_64   the wrapper: runs root/usr/bin/qemu-system-x86_64 with
 #                            -L root/usr/share/qemu -L /usr/share/seabios and its own module dir
-#   root/                    qemu-system-x86, -common and -data, unpacked with dpkg-deb -x
+#   root/                    qemu-system-x86, -common and -data, and qemu-block-extra (the
+#                            block-iscsi module: libiscsi, for tests/e2e_iscsi_guest.rs),
+#                            unpacked with dpkg-deb -x
 #   apt/                     a private apt configuration: one sources file for <codename>-backports
 #                            (the URIs and Signed-By of the machine's own Debian entry, read from
 #                            /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list), its
@@ -27,7 +29,7 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 case "$DIR" in *"'"*) echo "install-qemu10: the cache path $DIR must not contain a quote" >&2; exit 1 ;; esac
 WRAPPER=$DIR/bin/qemu-system-x86_64
-PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data)
+PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data qemu-block-extra)
 WANT_MAJOR=10
 
 msg() { echo "install-qemu10: $*" >&2; }

@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 features=cluster,test-hooks
 # The tests that boot the cluster guests or play the cluster end-to-end scenarios: QEMU 10.0 only.
 cluster_guest_tests=(e2e_pacemaker e2e_fence_scsi e2e_mpathpersist e2e_cluster e2e_cluster_hosts
-    e2e_cluster_fence_scsi)
+    e2e_cluster_fence_scsi e2e_iscsi_fence_scsi)
 
 timings=()
 started=$SECONDS
