@@ -213,12 +213,13 @@ impl Reservations {
         self.backend.stop();
     }
 
-    /// A guest added at run time is one of this daemon's initiators.
+    /// A guest added at run time, or an iSCSI session's nexus at its login, is one of this
+    /// daemon's initiators.
     pub fn serve(&self, initiator: &str) {
         self.backend.serve(initiator);
     }
 
-    /// A guest removed at run time is not.
+    /// A guest removed at run time, or a nexus whose session ended, is not.
     pub fn unserve(&self, initiator: &str) {
         self.backend.unserve(initiator);
     }

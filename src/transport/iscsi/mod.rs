@@ -232,6 +232,9 @@ impl Shared {
             },
         );
         res.with_mut(|a| a.add_initiator(nexus.to_string()));
+        // Cluster mode: an initiator of this daemon while its session lives here (its unit
+        // attentions are queued here, and the other daemons send theirs with their changes).
+        res.serve(nexus);
         Ok(tsih)
     }
 
@@ -244,10 +247,14 @@ impl Shared {
         }
         sessions.remove(nexus);
         // Under the sessions lock, so a login of the same nexus cannot interleave.
-        self.target.lun().reservations.with_mut(|a| {
+        let res = &self.target.lun().reservations;
+        res.with_mut(|a| {
             a.i_t_nexus_reset(nexus);
             a.forget_initiator(nexus);
         });
+        // Cluster mode: no longer this daemon's (a nexus left behind is nobody's, so the shared
+        // state's bookkeeping does not grow with the ISIDs initiators leave behind).
+        res.unserve(nexus);
     }
 
     /// One connection from accept to close.
