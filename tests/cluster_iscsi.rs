@@ -271,3 +271,151 @@ fn one_initiator_with_a_session_to_each_portal_sees_one_state() {
     assert!(b.logout(), "logout");
     wait_h2_initiators(&lab, &[]);
 }
+
+#[test]
+fn preempt_and_abort_through_one_portal_fences_the_victims_session_on_the_other() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start(&[]);
+    let mut holder = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
+    let mut victim = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
+    good(&retry_busy(|| holder.prout(SA_REGISTER, 0, 0, 0xa1)), "holder REGISTER");
+    good(
+        &retry_busy(|| holder.prout(SA_RESERVE, WE_RO, 0xa1, 0)),
+        "holder RESERVE (registrants only)",
+    );
+    good(&retry_busy(|| victim.prout(SA_REGISTER, 0, 0, 0xb2)), "victim REGISTER");
+    // The victim writes tagged blocks to LBA 32 through h2, one after the other, until told to
+    // stop; the tags of the writes answered GOOD are kept.
+    const LBA: u64 = 32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut landed, mut refused) = (Vec::new(), Vec::new());
+            let mut seq = 1u64;
+            while !stop.load(Ordering::SeqCst) {
+                let cdb = common::scsi_client::write16_cdb(LBA, 1);
+                match victim.try_cmd(&cdb, &tagged(seq), 0) {
+                    Some(r) if r.status == 0 => landed.push(seq),
+                    Some(r) => refused.push((seq, r.status, r.sense)),
+                    None => break,
+                }
+                seq += 1;
+            }
+            (landed, refused)
+        })
+    };
+    // Let some writes land, then fence the victim through the other daemon's portal.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = retry_busy(|| holder.prout(SA_PREEMPT_AND_ABORT, WE_RO, 0xa1, 0xb2));
+    good(&r, "PREEMPT AND ABORT through h1");
+    let at_good = image_bytes(&lab.image(), LBA * 512, 512);
+    // The victim keeps trying for a while (longer than h2's lease and max_io_ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    let (landed, refused) = writer.join().unwrap();
+    let after = image_bytes(&lab.image(), LBA * 512, 512);
+    assert!(landed.len() >= 2, "the victim wrote before the preempt: {landed:?}");
+    assert!(refused.len() >= 2, "the victim tried after the preempt: {refused:?}");
+    assert_eq!(
+        tag_of(&after),
+        tag_of(&at_good),
+        "a write of the victim landed after PREEMPT AND ABORT returned GOOD"
+    );
+    let last = tag_of(&after).expect("the victim's block");
+    assert!(
+        landed.contains(&last) && landed.iter().all(|&s| s <= last),
+        "the block holds the last write answered GOOD ({last}; GOOD: {landed:?})"
+    );
+    // The first refusal reports the preempt (or a command it aborted), the rest conflict.
+    for (_, status, sense) in &refused[1..] {
+        assert_eq!((*status, *sense), (RESERVATION_CONFLICT, None), "{refused:?}");
+    }
+    assert_eq!(read_keys(&mut holder), vec![0xa1]);
+}
+
+#[test]
+fn a_guest_on_one_daemon_and_an_iscsi_session_on_the_other_fence_each_other() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start(&["g1"]);
+    let mut guest = ScsiClient::connect(&lab.h1.daemon.scsi("g1"));
+    guest.drain_ua();
+    let mut session = Lab::login(&lab.h2, INITIATOR_A, ISID_1);
+    let image = lab.image();
+    good(&retry_busy(|| guest.prout(SA_REGISTER, 0, 0, 0x11, false)), "guest REGISTER");
+    good(
+        &retry_busy(|| guest.prout(SA_RESERVE, WE_RO, 0x11, 0, false)),
+        "guest RESERVE",
+    );
+    good(&retry_busy(|| session.prout(SA_REGISTER, 0, 0, 0x22)), "iSCSI REGISTER");
+    good(&guest.write16(40, &[0x01; 512]), "guest writes");
+    good(&session.write16(41, &[0x02; 512]), "iSCSI session writes");
+    let full = retry_busy(|| guest.prin(PRIN_READ_FULL_STATUS, 4096));
+    let n = nexus(INITIATOR_A, ISID_1);
+    assert!(
+        String::from_utf8_lossy(&full.data).contains(&n),
+        "the guest's READ FULL STATUS names {n}: {full:?}"
+    );
+
+    // The guest on h1 fences the iSCSI session on h2.
+    good(
+        &retry_busy(|| guest.prout(SA_PREEMPT_AND_ABORT, WE_RO, 0x11, 0x22, false)),
+        "guest PREEMPT AND ABORT",
+    );
+    unit_attention(
+        &session.write16(41, &[0x03; 512]),
+        REGISTRATIONS_PREEMPTED,
+        "the session on h2",
+    );
+    conflict(&session.write16(41, &[0x03; 512]), "the preempted session");
+    assert_eq!(image_bytes(&image, 41 * 512, 512), vec![0x02; 512]);
+
+    // And the reverse: the session registers again and fences the guest.
+    good(&retry_busy(|| session.prout(SA_REGISTER, 0, 0, 0x22)), "iSCSI REGISTER again");
+    good(
+        &retry_busy(|| session.prout(SA_PREEMPT_AND_ABORT, WE_RO, 0x22, 0x11)),
+        "iSCSI PREEMPT AND ABORT",
+    );
+    let r = guest.write16(40, &[0x04; 512]);
+    assert_eq!(
+        (r.status, r.sense),
+        (CHECK_CONDITION, Some(REGISTRATIONS_PREEMPTED)),
+        "the guest on h1: {r:?}"
+    );
+    let r = guest.write16(40, &[0x04; 512]);
+    assert_eq!(r.status, RESERVATION_CONFLICT, "the preempted guest: {r:?}");
+    assert_eq!(image_bytes(&image, 40 * 512, 512), vec![0x01; 512]);
+    good(&session.write16(41, &[0x05; 512]), "the new holder writes");
+}
+
+#[test]
+fn a_killed_daemons_session_keeps_its_reservation_and_another_portal_preempts_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::start(&[]);
+    let mut a = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
+    {
+        let mut b = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
+        good(&retry_busy(|| b.prout(SA_REGISTER, 0, 0, 0xb2)), "REGISTER on h2");
+        good(&retry_busy(|| b.prout(SA_RESERVE, WE, 0xb2, 0)), "RESERVE on h2");
+        good(&b.write16(48, &[0x0b; 512]), "the holder writes");
+        // h2 dies with the session logged in and holding the reservation.
+        signal(lab.h2.daemon.child.id(), "-KILL");
+        let _ = lab.h2.daemon.child.wait();
+    }
+    assert_eq!(reservation(&mut a), Some((0xb2, WE)), "the reservation outlives h2");
+    assert_eq!(read_keys(&mut a), vec![0xb2]);
+    // h1's PR OUTs wait for the dead member's lease bound, then proceed.
+    good(&retry_busy(|| a.prout(SA_REGISTER, 0, 0, 0xa1)), "REGISTER on h1");
+    conflict(&a.write16(48, &[0x0a; 512]), "h1's nexus under h2's session's WE");
+    good(&retry_busy(|| a.prout(SA_PREEMPT, WE, 0xa1, 0xb2)), "PREEMPT on h1");
+    good(&a.write16(48, &[0x0a; 512]), "the new holder writes");
+    assert_eq!(reservation(&mut a), Some((0xa1, WE)));
+
+    // h2 comes back: the dead session's nexus logs in again, holding nothing.
+    let (cfg, portal) = (lab.h2.cfg.clone(), lab.h2.portal);
+    lab.h2 = restart_node(lab.dir.path(), "h2", cfg, portal, &[]);
+    let mut b = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
+    assert_eq!(read_keys(&mut b), vec![0xa1], "READ KEYS on the restarted h2");
+    conflict(&b.write16(48, &[0x0b; 512]), "the preempted nexus on the restarted h2");
+    assert_eq!(image_bytes(&lab.image(), 48 * 512, 512), vec![0x0a; 512]);
+}
