@@ -90,7 +90,11 @@ fn served_target(d: &ClusterDaemon) -> String {
     while Instant::now() < end {
         if let Some(line) = d.log_text().lines().find(|l| l.contains("iscsi: target ")) {
             let rest = line.split("iscsi: target ").nth(1).unwrap_or_default();
-            return rest.split_whitespace().next().unwrap_or_default().to_string();
+            return rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -202,7 +206,10 @@ fn tag_of(b: &[u8]) -> Option<u64> {
 fn h2_initiators(lab: &Lab) -> Vec<String> {
     let s = ctl_json(&lab.h1.daemon.control(), &["cluster", "status"]);
     let members = s["members"].as_array().cloned().unwrap_or_default();
-    let h2 = members.iter().find(|m| m["node"] == "h2").expect("h2 is a member");
+    let h2 = members
+        .iter()
+        .find(|m| m["node"] == "h2")
+        .expect("h2 is a member");
     h2["initiators"]
         .as_array()
         .unwrap()
@@ -235,14 +242,36 @@ fn one_initiator_with_a_session_to_each_portal_sees_one_state() {
     // One initiator, two sessions (two ISIDs): two nexuses, one through each daemon.
     let mut a = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
     let mut b = Lab::login(&lab.h2, INITIATOR_A, ISID_2);
-    good(&retry_busy(|| a.prout(SA_REGISTER, 0, 0, 0xa1)), "REGISTER on h1");
+    good(
+        &retry_busy(|| a.prout(SA_REGISTER, 0, 0, 0xa1)),
+        "REGISTER on h1",
+    );
     assert_eq!(read_keys(&mut b), vec![0xa1], "READ KEYS on h2");
-    good(&retry_busy(|| b.prout(SA_REGISTER, 0, 0, 0xb2)), "REGISTER on h2");
-    good(&retry_busy(|| b.prout(SA_RESERVE, WE, 0xb2, 0)), "RESERVE on h2");
-    assert_eq!(reservation(&mut a), Some((0xb2, WE)), "h1 sees h2's reservation");
-    conflict(&a.write16(8, &[0x11; 512]), "h1's nexus writes under h2's WE");
+    good(
+        &retry_busy(|| b.prout(SA_REGISTER, 0, 0, 0xb2)),
+        "REGISTER on h2",
+    );
+    good(
+        &retry_busy(|| b.prout(SA_RESERVE, WE, 0xb2, 0)),
+        "RESERVE on h2",
+    );
+    assert_eq!(
+        reservation(&mut a),
+        Some((0xb2, WE)),
+        "h1 sees h2's reservation"
+    );
+    conflict(
+        &a.write16(8, &[0x11; 512]),
+        "h1's nexus writes under h2's WE",
+    );
     good(&b.write16(8, &[0x22; 512]), "the holder writes through h2");
-    let full = retry_busy(|| a.cmd(&ScsiClient::prin_cdb(PRIN_READ_FULL_STATUS, 4096), &[], 4096));
+    let full = retry_busy(|| {
+        a.cmd(
+            &ScsiClient::prin_cdb(PRIN_READ_FULL_STATUS, 4096),
+            &[],
+            4096,
+        )
+    });
     good(&full, "READ FULL STATUS on h1");
     let text = String::from_utf8_lossy(&full.data);
     for isid in [ISID_1, ISID_2] {
@@ -250,7 +279,10 @@ fn one_initiator_with_a_session_to_each_portal_sees_one_state() {
         assert!(text.contains(&n), "READ FULL STATUS names {n}: {text:?}");
     }
     // A PREEMPT through h1 reaches h2's nexus as a unit attention queued there.
-    good(&retry_busy(|| a.prout(SA_PREEMPT, WE, 0xa1, 0xb2)), "PREEMPT on h1");
+    good(
+        &retry_busy(|| a.prout(SA_PREEMPT, WE, 0xa1, 0xb2)),
+        "PREEMPT on h1",
+    );
     unit_attention(
         &b.write16(8, &[0x33; 512]),
         REGISTRATIONS_PREEMPTED,
@@ -258,7 +290,11 @@ fn one_initiator_with_a_session_to_each_portal_sees_one_state() {
     );
     conflict(&b.write16(8, &[0x33; 512]), "h2's nexus, preempted");
     assert_eq!(image_bytes(&lab.image(), 8 * 512, 512), vec![0x22; 512]);
-    assert_eq!(reservation(&mut b), Some((0xa1, WE)), "h2 sees h1's reservation");
+    assert_eq!(
+        reservation(&mut b),
+        Some((0xa1, WE)),
+        "h2 sees h1's reservation"
+    );
 
     // h2's nexuses are its initiators while their sessions live, and no longer: sessions that
     // come and go with new ISIDs leave nothing behind in the shared bookkeeping.
@@ -278,12 +314,18 @@ fn preempt_and_abort_through_one_portal_fences_the_victims_session_on_the_other(
     let lab = Lab::start(&[]);
     let mut holder = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
     let mut victim = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
-    good(&retry_busy(|| holder.prout(SA_REGISTER, 0, 0, 0xa1)), "holder REGISTER");
+    good(
+        &retry_busy(|| holder.prout(SA_REGISTER, 0, 0, 0xa1)),
+        "holder REGISTER",
+    );
     good(
         &retry_busy(|| holder.prout(SA_RESERVE, WE_RO, 0xa1, 0)),
         "holder RESERVE (registrants only)",
     );
-    good(&retry_busy(|| victim.prout(SA_REGISTER, 0, 0, 0xb2)), "victim REGISTER");
+    good(
+        &retry_busy(|| victim.prout(SA_REGISTER, 0, 0, 0xb2)),
+        "victim REGISTER",
+    );
     // The victim writes tagged blocks to LBA 32 through h2, one after the other, until told to
     // stop; the tags of the writes answered GOOD are kept.
     const LBA: u64 = 32;
@@ -315,8 +357,14 @@ fn preempt_and_abort_through_one_portal_fences_the_victims_session_on_the_other(
     stop.store(true, Ordering::SeqCst);
     let (landed, refused) = writer.join().unwrap();
     let after = image_bytes(&lab.image(), LBA * 512, 512);
-    assert!(landed.len() >= 2, "the victim wrote before the preempt: {landed:?}");
-    assert!(refused.len() >= 2, "the victim tried after the preempt: {refused:?}");
+    assert!(
+        landed.len() >= 2,
+        "the victim wrote before the preempt: {landed:?}"
+    );
+    assert!(
+        refused.len() >= 2,
+        "the victim tried after the preempt: {refused:?}"
+    );
     assert_eq!(
         tag_of(&after),
         tag_of(&at_good),
@@ -329,7 +377,11 @@ fn preempt_and_abort_through_one_portal_fences_the_victims_session_on_the_other(
     );
     // The first refusal reports the preempt (or a command it aborted), the rest conflict.
     for (_, status, sense) in &refused[1..] {
-        assert_eq!((*status, *sense), (RESERVATION_CONFLICT, None), "{refused:?}");
+        assert_eq!(
+            (*status, *sense),
+            (RESERVATION_CONFLICT, None),
+            "{refused:?}"
+        );
     }
     assert_eq!(read_keys(&mut holder), vec![0xa1]);
 }
@@ -342,12 +394,18 @@ fn a_guest_on_one_daemon_and_an_iscsi_session_on_the_other_fence_each_other() {
     guest.drain_ua();
     let mut session = Lab::login(&lab.h2, INITIATOR_A, ISID_1);
     let image = lab.image();
-    good(&retry_busy(|| guest.prout(SA_REGISTER, 0, 0, 0x11, false)), "guest REGISTER");
+    good(
+        &retry_busy(|| guest.prout(SA_REGISTER, 0, 0, 0x11, false)),
+        "guest REGISTER",
+    );
     good(
         &retry_busy(|| guest.prout(SA_RESERVE, WE_RO, 0x11, 0, false)),
         "guest RESERVE",
     );
-    good(&retry_busy(|| session.prout(SA_REGISTER, 0, 0, 0x22)), "iSCSI REGISTER");
+    good(
+        &retry_busy(|| session.prout(SA_REGISTER, 0, 0, 0x22)),
+        "iSCSI REGISTER",
+    );
     good(&guest.write16(40, &[0x01; 512]), "guest writes");
     good(&session.write16(41, &[0x02; 512]), "iSCSI session writes");
     let full = retry_busy(|| guest.prin(PRIN_READ_FULL_STATUS, 4096));
@@ -371,7 +429,10 @@ fn a_guest_on_one_daemon_and_an_iscsi_session_on_the_other_fence_each_other() {
     assert_eq!(image_bytes(&image, 41 * 512, 512), vec![0x02; 512]);
 
     // And the reverse: the session registers again and fences the guest.
-    good(&retry_busy(|| session.prout(SA_REGISTER, 0, 0, 0x22)), "iSCSI REGISTER again");
+    good(
+        &retry_busy(|| session.prout(SA_REGISTER, 0, 0, 0x22)),
+        "iSCSI REGISTER again",
+    );
     good(
         &retry_busy(|| session.prout(SA_PREEMPT_AND_ABORT, WE_RO, 0x22, 0x11)),
         "iSCSI PREEMPT AND ABORT",
@@ -395,19 +456,38 @@ fn a_killed_daemons_session_keeps_its_reservation_and_another_portal_preempts_it
     let mut a = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
     {
         let mut b = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
-        good(&retry_busy(|| b.prout(SA_REGISTER, 0, 0, 0xb2)), "REGISTER on h2");
-        good(&retry_busy(|| b.prout(SA_RESERVE, WE, 0xb2, 0)), "RESERVE on h2");
+        good(
+            &retry_busy(|| b.prout(SA_REGISTER, 0, 0, 0xb2)),
+            "REGISTER on h2",
+        );
+        good(
+            &retry_busy(|| b.prout(SA_RESERVE, WE, 0xb2, 0)),
+            "RESERVE on h2",
+        );
         good(&b.write16(48, &[0x0b; 512]), "the holder writes");
         // h2 dies with the session logged in and holding the reservation.
         signal(lab.h2.daemon.child.id(), "-KILL");
         let _ = lab.h2.daemon.child.wait();
     }
-    assert_eq!(reservation(&mut a), Some((0xb2, WE)), "the reservation outlives h2");
+    assert_eq!(
+        reservation(&mut a),
+        Some((0xb2, WE)),
+        "the reservation outlives h2"
+    );
     assert_eq!(read_keys(&mut a), vec![0xb2]);
     // h1's PR OUTs wait for the dead member's lease bound, then proceed.
-    good(&retry_busy(|| a.prout(SA_REGISTER, 0, 0, 0xa1)), "REGISTER on h1");
-    conflict(&a.write16(48, &[0x0a; 512]), "h1's nexus under h2's session's WE");
-    good(&retry_busy(|| a.prout(SA_PREEMPT, WE, 0xa1, 0xb2)), "PREEMPT on h1");
+    good(
+        &retry_busy(|| a.prout(SA_REGISTER, 0, 0, 0xa1)),
+        "REGISTER on h1",
+    );
+    conflict(
+        &a.write16(48, &[0x0a; 512]),
+        "h1's nexus under h2's session's WE",
+    );
+    good(
+        &retry_busy(|| a.prout(SA_PREEMPT, WE, 0xa1, 0xb2)),
+        "PREEMPT on h1",
+    );
     good(&a.write16(48, &[0x0a; 512]), "the new holder writes");
     assert_eq!(reservation(&mut a), Some((0xa1, WE)));
 
@@ -415,7 +495,14 @@ fn a_killed_daemons_session_keeps_its_reservation_and_another_portal_preempts_it
     let (cfg, portal) = (lab.h2.cfg.clone(), lab.h2.portal);
     lab.h2 = restart_node(lab.dir.path(), "h2", cfg, portal, &[]);
     let mut b = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
-    assert_eq!(read_keys(&mut b), vec![0xa1], "READ KEYS on the restarted h2");
-    conflict(&b.write16(48, &[0x0b; 512]), "the preempted nexus on the restarted h2");
+    assert_eq!(
+        read_keys(&mut b),
+        vec![0xa1],
+        "READ KEYS on the restarted h2"
+    );
+    conflict(
+        &b.write16(48, &[0x0b; 512]),
+        "the preempted nexus on the restarted h2",
+    );
     assert_eq!(image_bytes(&lab.image(), 48 * 512, 512), vec![0x0a; 512]);
 }
