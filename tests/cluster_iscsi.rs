@@ -239,6 +239,15 @@ fn one_initiator_with_a_session_to_each_portal_sees_one_state() {
         lab.h1.target, lab.h2.target,
         "the default target name comes from the disk_id"
     );
+    let check = common::ctl::sharedisk(&["config", "check", lab.h1.cfg.to_str().unwrap()]);
+    assert!(
+        check
+            .stdout
+            .contains(&format!("iscsi target:   {}", lab.h1.target)),
+        "config check names the served target: {}{}",
+        check.stdout,
+        check.stderr
+    );
     // One initiator, two sessions (two ISIDs): two nexuses, one through each daemon.
     let mut a = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
     let mut b = Lab::login(&lab.h2, INITIATOR_A, ISID_2);

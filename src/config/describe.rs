@@ -88,6 +88,12 @@ impl Config {
             "iscsi target:   {}",
             match (&i.target, std::fs::canonicalize(&self.image)) {
                 (Some(_), _) => i.target_name(""),
+                // Cluster mode: the serial comes from the disk_id, the same on every host
+                // (`Lun::identified_by`).
+                (None, _) if self.cluster.is_some() => {
+                    let id = self.cluster.as_ref().map_or("", |c| c.disk_id.as_str());
+                    i.target_name(&crate::lun::serial_for(crate::lun::fnv1a(id.as_bytes())))
+                }
                 // The serial the LU will have: from the image's canonical path (`Lun::new`).
                 (None, Ok(path)) => {
                     let id = crate::lun::fnv1a(path.as_os_str().as_encoded_bytes());
