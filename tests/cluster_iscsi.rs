@@ -515,3 +515,46 @@ fn a_killed_daemons_session_keeps_its_reservation_and_another_portal_preempts_it
     );
     assert_eq!(image_bytes(&lab.image(), 48 * 512, 512), vec![0x0a; 512]);
 }
+
+#[test]
+fn a_nexus_preempted_while_it_had_no_session_hears_of_it_at_its_next_login() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start(&[]);
+    let mut x = Lab::login(&lab.h2, INITIATOR_A, ISID_1);
+    good(
+        &retry_busy(|| x.prout(SA_REGISTER, 0, 0, 0x0a)),
+        "x REGISTER",
+    );
+    assert!(x.logout(), "logout");
+    // Another session of the same daemon preempts x while x has no session anywhere: the
+    // unit attention it establishes for x has no daemon to be queued on.
+    let mut y = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
+    good(
+        &retry_busy(|| y.prout(SA_REGISTER, 0, 0, 0x0b)),
+        "y REGISTER",
+    );
+    good(
+        &retry_busy(|| y.prout(SA_RESERVE, WE, 0x0b, 0)),
+        "y RESERVE",
+    );
+    good(
+        &retry_busy(|| y.prout(SA_PREEMPT, WE, 0x0b, 0x0a)),
+        "y PREEMPT x",
+    );
+    // x logs in again, here and on the other daemon: each time a new initiator there (29/00),
+    // told that the state may have changed before it finds its key gone.
+    for node in [&lab.h2, &lab.h1] {
+        let mut x = IscsiClient::login(node.portal, INITIATOR_A, &node.target, ISID_1).unwrap();
+        let r = x.cmd(&[0u8; 6], &[], 0);
+        assert_eq!(
+            (r.status, r.sense),
+            (CHECK_CONDITION, Some((0x06, 0x29, 0x00))),
+            "x's first command on {}",
+            node.daemon.node
+        );
+        x.drain_ua();
+        conflict(&x.write16(56, &[0x0a; 512]), "x, preempted");
+        assert_eq!(read_keys(&mut x), vec![0x0b]);
+        assert!(x.logout(), "logout");
+    }
+}

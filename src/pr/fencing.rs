@@ -224,6 +224,11 @@ impl Reservations {
         self.backend.unserve(initiator);
     }
 
+    /// Whether `initiator` is one of this daemon's (one host: every initiator is).
+    pub fn serves(&self, initiator: &str) -> bool {
+        self.backend.serves(initiator)
+    }
+
     /// Cluster mode: the epoch held and the read lease, for metrics; `None` on one host.
     pub fn cluster_view(&self) -> Option<SharedView> {
         self.backend.view()

@@ -248,13 +248,19 @@ impl Shared {
         sessions.remove(nexus);
         // Under the sessions lock, so a login of the same nexus cannot interleave.
         let res = &self.target.lun().reservations;
+        // Cluster mode: no longer this daemon's (a nexus left behind is nobody's, so the shared
+        // state's bookkeeping does not grow with the ISIDs initiators leave behind), and
+        // forgotten even if registered (see `Arbiter::forget_departed_initiator`).
+        res.unserve(nexus);
+        let departed = !res.serves(nexus);
         res.with_mut(|a| {
             a.i_t_nexus_reset(nexus);
-            a.forget_initiator(nexus);
+            if departed {
+                a.forget_departed_initiator(nexus);
+            } else {
+                a.forget_initiator(nexus);
+            }
         });
-        // Cluster mode: no longer this daemon's (a nexus left behind is nobody's, so the shared
-        // state's bookkeeping does not grow with the ISIDs initiators leave behind).
-        res.unserve(nexus);
     }
 
     /// One connection from accept to close.
