@@ -678,3 +678,48 @@ fn libiscsi_persistent_reservation_and_multipath_suites_across_two_daemons() {
         );
     }
 }
+
+/// A known limit (docs/cluster.md, "One nexus logged in to two daemons"): the daemons do not
+/// reinstate each other's sessions, so one initiator name and ISID logged in to both runs as two
+/// sessions of one nexus. Reports what it saw; asserts what stays safe: one registration, and
+/// once preempted, no write of the nexus through either daemon.
+#[test]
+fn known_limit_one_nexus_logged_in_to_two_daemons() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start(&[]);
+    let mut on_h1 = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
+    let mut on_h2 = Lab::login(&lab.h2, INITIATOR_A, ISID_1);
+    let still_open = on_h1.try_cmd(&[0u8; 6], &[], 0).is_some();
+    println!("the session on h1 after the same nexus logged in to h2: open {still_open}");
+    good(
+        &retry_busy(|| on_h1.prout(SA_REGISTER, 0, 0, 0x0a)),
+        "REGISTER on h1",
+    );
+    assert_eq!(
+        read_keys(&mut on_h2),
+        vec![0x0a],
+        "one registration, seen on h2"
+    );
+    let mut other = Lab::login(&lab.h1, INITIATOR_B, ISID_2);
+    good(
+        &retry_busy(|| other.prout(SA_REGISTER, 0, 0, 0x0b)),
+        "REGISTER",
+    );
+    good(
+        &retry_busy(|| other.prout(SA_RESERVE, WE, 0x0b, 0)),
+        "RESERVE",
+    );
+    good(
+        &retry_busy(|| other.prout(SA_PREEMPT, WE, 0x0b, 0x0a)),
+        "PREEMPT",
+    );
+    for (name, c) in [("h1", &mut on_h1), ("h2", &mut on_h2)] {
+        let first = retry_busy(|| c.write16(64, &[0x0a; 512]));
+        println!(
+            "the nexus's first write through {name} after the preempt: status {:#04x} sense {:02x?}",
+            first.status, first.sense
+        );
+        conflict(&retry_busy(|| c.write16(64, &[0x0a; 512])), name);
+    }
+    assert_eq!(image_bytes(&lab.image(), 64 * 512, 512), vec![0; 512]);
+}
