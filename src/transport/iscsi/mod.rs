@@ -231,10 +231,11 @@ impl Shared {
                 info: None,
             },
         );
-        res.with_mut(|a| a.add_initiator(nexus.to_string()));
         // Cluster mode: an initiator of this daemon while its session lives here (its unit
-        // attentions are queued here, and the other daemons send theirs with their changes).
+        // attentions are queued here, and the other daemons send theirs with their changes);
+        // first, so that a change committed here meanwhile does not send its 29/00 away.
         res.serve(nexus);
+        res.with_mut(|a| a.add_initiator(nexus.to_string()));
         Ok(tsih)
     }
 
