@@ -71,6 +71,15 @@ impl Config {
         s
     }
 
+    /// Cluster mode's `disk_id`, which the LU's serial comes from; `None` on one host (and in a
+    /// build without the `cluster` feature, which does not start with `[cluster]`).
+    fn cluster_disk_id(&self) -> Option<&str> {
+        #[cfg(feature = "cluster")]
+        return self.cluster.as_ref().map(|c| c.disk_id.as_str());
+        #[cfg(not(feature = "cluster"))]
+        None
+    }
+
     /// The `iscsi:` lines: portals, target name, who may log in.
     fn describe_iscsi(&self, s: &mut String) {
         let Some(i) = &self.iscsi else {
@@ -88,6 +97,12 @@ impl Config {
             "iscsi target:   {}",
             match (&i.target, std::fs::canonicalize(&self.image)) {
                 (Some(_), _) => i.target_name(""),
+                // Cluster mode: the serial comes from the disk_id, the same on every host
+                // (`Lun::identified_by`).
+                (None, _) if self.cluster_disk_id().is_some() => {
+                    let id = self.cluster_disk_id().unwrap_or_default();
+                    i.target_name(&crate::lun::serial_for(crate::lun::fnv1a(id.as_bytes())))
+                }
                 // The serial the LU will have: from the image's canonical path (`Lun::new`).
                 (None, Ok(path)) => {
                     let id = crate::lun::fnv1a(path.as_os_str().as_encoded_bytes());

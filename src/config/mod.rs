@@ -208,13 +208,6 @@ impl Config {
         }
         if let Some(i) = &self.iscsi {
             i.validate().map_err(ConfigError::Iscsi)?;
-            if self.cluster.is_some() {
-                return Err(ConfigError::Iscsi(
-                    "iSCSI portals in cluster mode are not provided yet: serve iSCSI from a \
-                     daemon without [cluster]"
-                        .into(),
-                ));
-            }
         }
         if let Some(c) = &self.cluster {
             c.validate()

@@ -692,3 +692,34 @@ fn iscsi_chap_keys_come_in_pairs_and_secret_paths_are_relative_to_the_file() {
         assert!(e.contains(want), "{extra}: {e}");
     }
 }
+
+#[test]
+#[cfg(feature = "cluster")]
+fn iscsi_portals_in_cluster_mode_serve_one_target_name_per_disk_id() {
+    let portal = "[iscsi]\nlisten = [\"127.0.0.1:3260\"]\nallow_any_initiator = true\n";
+    let (dir, path) = write(&format!("{CLUSTER}{portal}"));
+    let c = load_file(&path).unwrap();
+    assert!(c.iscsi.is_some() && c.cluster.is_some());
+    // Another host's path to the same disk: the same target name, from the disk_id.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "{}{portal}",
+            CLUSTER.replace("d.img", "/mnt/elsewhere/d.img")
+        ),
+    )
+    .unwrap();
+    let target = |c: &Config| {
+        let text = c.describe();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("iscsi target:"))
+            .unwrap();
+        line.to_string()
+    };
+    let here = target(&c);
+    assert_eq!(here, target(&load_file(&other).unwrap()));
+    let serial = crate::lun::serial_for(crate::lun::fnv1a(b"disk-a"));
+    assert!(here.ends_with(&serial.to_ascii_lowercase()), "{here}");
+}

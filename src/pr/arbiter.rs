@@ -406,6 +406,18 @@ impl Arbiter {
         self.known.remove(initiator)
     }
 
+    /// Forgets an initiator that is no longer this daemon's (cluster mode: an iSCSI session
+    /// that ended), with its pending unit attentions, registered or not: no daemon keeps the
+    /// unit attentions the cluster establishes for a nexus without a session, so its next login,
+    /// wherever, is a new initiator there and reports 29/00 (the state may have changed).
+    pub fn forget_departed_initiator(&mut self, initiator: &str) {
+        if self.spc2.as_deref() == Some(initiator) {
+            self.spc2 = None;
+        }
+        self.uas.remove(initiator);
+        self.known.remove(initiator);
+    }
+
     /// The state to persist.
     pub fn state(&self) -> &PrState {
         &self.state

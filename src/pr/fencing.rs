@@ -213,14 +213,20 @@ impl Reservations {
         self.backend.stop();
     }
 
-    /// A guest added at run time is one of this daemon's initiators.
+    /// A guest added at run time, or an iSCSI session's nexus at its login, is one of this
+    /// daemon's initiators.
     pub fn serve(&self, initiator: &str) {
         self.backend.serve(initiator);
     }
 
-    /// A guest removed at run time is not.
+    /// A guest removed at run time, or a nexus whose session ended, is not.
     pub fn unserve(&self, initiator: &str) {
         self.backend.unserve(initiator);
+    }
+
+    /// Whether `initiator` is one of this daemon's (one host: every initiator is).
+    pub fn serves(&self, initiator: &str) -> bool {
+        self.backend.serves(initiator)
     }
 
     /// Cluster mode: the epoch held and the read lease, for metrics; `None` on one host.

@@ -96,6 +96,23 @@ pub fn parse_prout(
 /// `crate::transport::iscsi::nexus_name`); guest names never contain it.
 const ISCSI_PORT_MARK: &str = ",i,0x";
 
+/// Whether `name` is one an initiator of this daemon can have: a guest's name, or an iSCSI
+/// session's nexus (`<iSCSI name, lower-cased>,i,0x<ISID, 12 lower-case hex digits>`). State
+/// read from elsewhere (another daemon, through etcd) is checked with it.
+pub fn valid_initiator(name: &str) -> bool {
+    match name.split_once(ISCSI_PORT_MARK) {
+        None => crate::config::valid_guest_name(name),
+        Some((iscsi, isid)) => {
+            crate::config::valid_iscsi_name(iscsi)
+                && !iscsi.bytes().any(|b| b.is_ascii_uppercase())
+                && isid.len() == 12
+                && isid
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }
+    }
+}
+
 /// The iSCSI TransportID (SPC-4 §7.6.4.6) that names `initiator` in READ FULL STATUS: for a
 /// guest, format 00b `iqn.2026-11.io.sharedisk:<guest>`; for an iSCSI session's nexus, format
 /// 01b `<initiator name>,i,0x<ISID>`. Null-terminated, padded to a multiple of 4 and to at

@@ -364,12 +364,24 @@ impl ClusterDaemon {
         security: &str,
         env: &[(&str, &str)],
     ) -> ClusterDaemon {
-        let sockets = dir.join(node);
         let cfg = Self::config(dir, etcd, node, guests, timing, security);
+        Self::start_config(dir, node, &cfg, guests, env)
+    }
+
+    /// Starts node `node` with the configuration file `cfg` (see [`ClusterDaemon::config`]),
+    /// serving `guests`; returns once their sockets and the control socket exist.
+    pub fn start_config(
+        dir: &Path,
+        node: &str,
+        cfg: &Path,
+        guests: &[&str],
+        env: &[(&str, &str)],
+    ) -> ClusterDaemon {
+        let sockets = dir.join(node);
         let log = dir.join(format!("{node}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_sharedisk"))
             .args(["serve", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .envs(env.iter().copied())
             .env(
                 "RUST_LOG",

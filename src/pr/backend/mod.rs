@@ -157,15 +157,17 @@ pub trait PrBackend: Send + Sync {
         true
     }
 
-    /// Whether `initiator` is one of this daemon's guests (its unit attentions are queued here,
-    /// the others travel with the change). One host: every initiator.
+    /// Whether `initiator` is one of this daemon's guests or live iSCSI nexuses (its unit
+    /// attentions are queued here, the others travel with the change). One host: every
+    /// initiator.
     fn serves(&self, initiator: &str) -> bool;
 
-    /// A guest added at run time is one of this daemon's initiators; [`PrBackend::unserve`]
-    /// undoes it. One host: nothing to do.
+    /// A guest added at run time, or an iSCSI session's nexus at its login, is one of this
+    /// daemon's initiators; [`PrBackend::unserve`] undoes it. One host: nothing to do.
     fn serve(&self, _initiator: &str) {}
 
-    /// A guest removed at run time is not one of this daemon's initiators any more.
+    /// A guest removed at run time, or a nexus whose session ended, is not one of this daemon's
+    /// initiators any more.
     fn unserve(&self, _initiator: &str) {}
 
     /// Starts what keeps the state current in the background for `lun`, whose reservations use

@@ -402,6 +402,28 @@ impl Keys {
     }
 }
 
+/// Checks a `state` value read from etcd, which anyone who may write the key wrote: the epoch
+/// in range, the arbiter's invariants, and every initiator a guest's name or an iSCSI nexus
+/// name (never something no transport could have produced).
+fn check_state(v: &StateValue) -> Result<(), String> {
+    if v.epoch >= MAX_EPOCH {
+        return Err(format!("epoch {} is out of range", v.epoch));
+    }
+    v.state.validate()?;
+    match v
+        .state
+        .registrations
+        .iter()
+        .find(|r| !crate::pr::wire::valid_initiator(&r.initiator))
+    {
+        Some(r) => Err(format!(
+            "initiator {:?} is neither a guest nor an iSCSI nexus",
+            r.initiator
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What the agent learned from a `state` key and the unit attentions after an epoch.
 fn remote_from(
     keys: &Keys,
@@ -412,10 +434,7 @@ fn remote_from(
         return Ok(None);
     };
     let v: StateValue = serde_json::from_slice(kv.value()).map_err(|e| e.to_string())?;
-    if v.epoch >= MAX_EPOCH {
-        return Err(format!("epoch {} is out of range", v.epoch));
-    }
-    v.state.validate()?;
+    check_state(&v)?;
     let mut unit_attentions = Vec::new();
     for u in uas {
         let list: Vec<UaValue> = serde_json::from_slice(u.value())
@@ -472,7 +491,7 @@ impl EtcdState {
         write(&self.served).remove(initiator);
     }
 
-    /// Whether `initiator` is one of this daemon's guests.
+    /// Whether `initiator` is one of this daemon's guests or live iSCSI nexuses.
     pub fn serves(&self, initiator: &str) -> bool {
         read(&self.served).contains(initiator)
     }

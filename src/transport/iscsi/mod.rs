@@ -231,6 +231,10 @@ impl Shared {
                 info: None,
             },
         );
+        // Cluster mode: an initiator of this daemon while its session lives here (its unit
+        // attentions are queued here, and the other daemons send theirs with their changes);
+        // first, so that a change committed here meanwhile does not send its 29/00 away.
+        res.serve(nexus);
         res.with_mut(|a| a.add_initiator(nexus.to_string()));
         Ok(tsih)
     }
@@ -244,9 +248,19 @@ impl Shared {
         }
         sessions.remove(nexus);
         // Under the sessions lock, so a login of the same nexus cannot interleave.
-        self.target.lun().reservations.with_mut(|a| {
+        let res = &self.target.lun().reservations;
+        // Cluster mode: no longer this daemon's (a nexus left behind is nobody's, so the shared
+        // state's bookkeeping does not grow with the ISIDs initiators leave behind), and
+        // forgotten even if registered (see `Arbiter::forget_departed_initiator`).
+        res.unserve(nexus);
+        let departed = !res.serves(nexus);
+        res.with_mut(|a| {
             a.i_t_nexus_reset(nexus);
-            a.forget_initiator(nexus);
+            if departed {
+                a.forget_departed_initiator(nexus);
+            } else {
+                a.forget_initiator(nexus);
+            }
         });
     }
 

@@ -129,3 +129,36 @@ fn a_hostile_settled_marker_counts_as_none_settled() {
     );
     assert_eq!(parse_settled(b"00000000000000000007", ""), 0, "no history");
 }
+
+#[test]
+fn a_shared_state_naming_an_initiator_no_transport_produces_is_refused() {
+    let state = |name: &str| -> StateValue {
+        serde_json::from_value(serde_json::json!({
+            "epoch": 4,
+            "state": {"generation": 1, "registrations": [{"initiator": name, "key": 7}],
+                      "reservation": null, "aptpl": false},
+        }))
+        .unwrap()
+    };
+    for good in [
+        "vm1",
+        "iqn.1993-08.org.debian:01:node1,i,0x00023d000001",
+        "eui.0123456789abcdef,i,0x400001370000",
+    ] {
+        assert_eq!(check_state(&state(good)), Ok(()), "{good}");
+    }
+    for bad in [
+        "",
+        "vm 1",
+        &"v".repeat(65),
+        "iqn.x,i,0x00023d00000",
+        "iqn.x,i,0x00023d00000g",
+        "iqn.X,i,0x00023d000001",
+        "iqn.x,i,0x00023D000001",
+        "iqn.x,i,0x00023d000001,i,0x00023d000001",
+        "host,i,0x00023d000001",
+        &format!("iqn.{},i,0x00023d000001", "a".repeat(220)),
+    ] {
+        assert!(check_state(&state(bad)).is_err(), "{bad:?} was accepted");
+    }
+}
