@@ -76,6 +76,7 @@ mod commit;
 mod join;
 mod members;
 mod operate;
+mod owner;
 mod renew;
 mod settle;
 
@@ -340,6 +341,12 @@ pub struct EtcdState {
     endpoints: Endpoints,
     lease: ReadLease,
     served: RwLock<HashSet<String>>,
+    /// The gates of this daemon's guests' devices: admitting only while this daemon owns the
+    /// guest (`owner.rs`).
+    gates: Mutex<BTreeMap<String, Arc<owner::GuestGate>>>,
+    /// The unit attentions, with their epochs, of guests this daemon asked to take over and
+    /// does not serve yet (`owner.rs`).
+    moving: Mutex<BTreeMap<String, Vec<(u64, Sense)>>>,
     member: Vec<u8>,
     /// This incarnation's id, which its acknowledgements carry.
     incarnation: String,
@@ -428,7 +435,7 @@ fn remote_from(
         if at <= v.epoch {
             unit_attentions.extend(
                 list.into_iter()
-                    .map(|(i, key, asc, ascq)| (i, Sense::new(key, asc, ascq))),
+                    .map(|(i, key, asc, ascq)| (i, Sense::new(key, asc, ascq), at)),
             );
         }
     }

@@ -131,6 +131,8 @@ impl EtcdState {
             endpoints,
             lease: ReadLease::new(),
             served: RwLock::new(guests.iter().cloned().collect()),
+            gates: Mutex::new(BTreeMap::new()),
+            moving: Mutex::new(BTreeMap::new()),
             member: serde_json::to_vec(&member).unwrap_or_default(),
             incarnation,
             history: Mutex::new(String::new()),

@@ -18,6 +18,7 @@ pub struct Agent {
     lun: Weak<Lun>,
     renewer: Option<JoinHandle<()>>,
     settler: Option<JoinHandle<()>>,
+    mover: Option<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -38,11 +39,17 @@ impl Agent {
             .name("cluster-settle".into())
             .spawn(move || settle_loop(&s))
             .ok();
+        let (s, l) = (shared.clone(), Arc::downgrade(&lun));
+        let mover = std::thread::Builder::new()
+            .name("cluster-move".into())
+            .spawn(move || super::owner::mover_loop(&s, &l))
+            .ok();
         Agent {
             shared,
             lun: Arc::downgrade(&lun),
             renewer,
             settler,
+            mover,
         }
     }
 
@@ -60,6 +67,11 @@ impl Agent {
         }
         if let Some(t) = self.settler.take() {
             let _ = t.join();
+        }
+        if let Some(t) = self.mover.take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
         self.shared.leave(self.lun.upgrade().as_deref());
     }
