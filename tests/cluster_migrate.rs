@@ -194,7 +194,7 @@ fn restart(dir: &Path, etcd: &Etcd, node: &str, guests: &[&str]) -> ClusterDaemo
         dir.join(format!("{node}.log")),
         dir.join(format!("{node}.1.log")),
     );
-    ClusterDaemon::start(dir, &[etcd.url.clone()], node, guests, &FAST, &[])
+    ClusterDaemon::start(dir, std::slice::from_ref(&etcd.url), node, guests, &FAST, &[])
 }
 
 fn wait_exit(d: &mut ClusterDaemon) {
