@@ -130,8 +130,13 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     // The source QEMU stops its devices (GET_VRING_BASE on every ring).
     source.stop_rings();
     source_scsi.fe.stop_rings();
+    let stopped = std::time::Instant::now();
     dest.wait_used(0, TIMEOUT)
         .expect("B admits vm1's write once A stopped its rings");
+    eprintln!(
+        "cluster_migrate: B's first write done {} ms after A's rings stopped",
+        stopped.elapsed().as_millis()
+    );
     assert_eq!(dest.read_mem(dest_status, 1)[0], VIRTIO_BLK_S_OK);
     assert_eq!(
         image_at(&image, SECTOR * 512, 4096),
@@ -194,7 +199,14 @@ fn restart(dir: &Path, etcd: &Etcd, node: &str, guests: &[&str]) -> ClusterDaemo
         dir.join(format!("{node}.log")),
         dir.join(format!("{node}.1.log")),
     );
-    ClusterDaemon::start(dir, std::slice::from_ref(&etcd.url), node, guests, &FAST, &[])
+    ClusterDaemon::start(
+        dir,
+        std::slice::from_ref(&etcd.url),
+        node,
+        guests,
+        &FAST,
+        &[],
+    )
 }
 
 fn wait_exit(d: &mut ClusterDaemon) {

@@ -21,6 +21,9 @@
 //! - `settled`: the highest epoch known settled (see [`EtcdState::settle`]), 20 zero-padded
 //!   digits so that etcd's byte compare orders it; only ever raised, by whichever daemon settled
 //!   that epoch. A PR IN answers only a state at or below it (`confirm_current`, `backend.rs`).
+//! - `owners/<guest>`: which incarnation serves the guest, how often it moved between daemons,
+//!   and the incarnation that asked for it; the unit attentions it carries when moved
+//!   (`owner.rs`).
 //! - `replay/<node>`: this node's PR OUT replay records (`replay.rs`) as they stand after the
 //!   command a commit answers, written in the commit's transaction and restored at join, so that
 //!   QEMU's replay of that PR OUT after a crash is answered, not run again (exactly once).
@@ -347,6 +350,8 @@ pub struct EtcdState {
     /// The unit attentions, with their epochs, of guests this daemon asked to take over and
     /// does not serve yet (`owner.rs`).
     moving: Mutex<BTreeMap<String, Vec<(u64, Sense)>>>,
+    /// Wakes the mover (`owner.rs`).
+    move_wake: Arc<(Mutex<bool>, Condvar)>,
     member: Vec<u8>,
     /// This incarnation's id, which its acknowledgements carry.
     incarnation: String,

@@ -133,6 +133,7 @@ impl EtcdState {
             served: RwLock::new(guests.iter().cloned().collect()),
             gates: Mutex::new(BTreeMap::new()),
             moving: Mutex::new(BTreeMap::new()),
+            move_wake: Arc::new((Mutex::new(false), Condvar::new())),
             member: serde_json::to_vec(&member).unwrap_or_default(),
             incarnation,
             history: Mutex::new(String::new()),

@@ -33,7 +33,8 @@ use crate::scsi::sense::POWER_ON_RESET;
 use crate::testhooks::failpoint;
 use crate::transport::virtqueue::{Gate, Handoff};
 
-/// How often the mover reads the owner records.
+/// How often the mover reads the owner records while a move is under way (otherwise every
+/// `renew_ms`, and whenever the watch on `owners/` sees a change or a device wants a guest).
 const TICK: Duration = Duration::from_millis(50);
 
 /// The most unit attentions an owner record carries (read: the rest is left out).
@@ -77,6 +78,8 @@ enum Own {
 pub struct GuestGate {
     inner: Mutex<GateInner>,
     handoffs: Mutex<Vec<Weak<Handoff>>>,
+    /// Wakes the mover.
+    wake: Arc<(Mutex<bool>, Condvar)>,
 }
 
 struct GateInner {
@@ -100,13 +103,19 @@ impl Gate for GuestGate {
             g.holds += 1;
             return true;
         }
-        g.wanted = true;
+        if !g.wanted {
+            g.wanted = true;
+            wake(&self.wake);
+        }
         false
     }
 
     fn unhold(&self) {
         let mut g = lock(&self.inner);
         g.holds = g.holds.saturating_sub(1);
+        if g.holds == 0 {
+            wake(&self.wake);
+        }
     }
 
     fn attach(&self, handoff: Weak<Handoff>) {
@@ -114,9 +123,15 @@ impl Gate for GuestGate {
     }
 }
 
+fn wake(pair: &(Mutex<bool>, Condvar)) {
+    *lock(&pair.0) = true;
+    pair.1.notify_all();
+}
+
 impl GuestGate {
-    fn new() -> Self {
+    fn new(wake: Arc<(Mutex<bool>, Condvar)>) -> Self {
         GuestGate {
+            wake,
             inner: Mutex::new(GateInner {
                 own: Own::No,
                 holds: 0,
@@ -135,6 +150,12 @@ impl GuestGate {
 
     fn wanted(&self) -> bool {
         lock(&self.inner).wanted
+    }
+
+    /// Whether a move of this guest is under way here: wanted and not owned, or leaving.
+    fn moving(&self) -> bool {
+        let g = lock(&self.inner);
+        g.own == Own::Leaving || (g.own == Own::No && g.wanted)
     }
 
     /// Owned here from now on: the devices' parked rings are kicked.
@@ -176,18 +197,61 @@ struct OwnersView {
     members: BTreeMap<String, String>,
 }
 
-/// The mover: reads the owner records every [`TICK`] and moves the guests this daemon has gates
-/// for. Runs until the agent stops.
+/// The mover: reads the owner records and moves the guests this daemon has gates for, every
+/// [`TICK`] while a move is under way, else every `renew_ms` or when woken. Runs until the agent
+/// stops.
 pub(super) fn mover_loop(shared: &EtcdState, lun: &Weak<Lun>) {
+    let mut busy = true;
     while !shared.stopping.load(Ordering::Acquire) {
-        std::thread::sleep(TICK);
-        if lock(&shared.gates).is_empty() {
+        {
+            let (m, c) = &*shared.move_wake;
+            let pause = if busy { TICK } else { shared.cfg.renew_every() };
+            let mut woken = lock(m);
+            if !*woken {
+                woken = c
+                    .wait_timeout(woken, pause)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            *woken = false;
+        }
+        if shared.stopping.load(Ordering::Acquire) || lock(&shared.gates).is_empty() {
             continue;
         }
         let Some(lun) = lun.upgrade() else {
             return;
         };
-        shared.tend_owners(&lun.reservations);
+        busy = shared.tend_owners(&lun.reservations);
+    }
+}
+
+/// Wakes the mover at every change under `owners/` (a move asked for or committed).
+pub(super) async fn watch_owners(shared: Arc<EtcdState>) {
+    let prefix = format!("{}owners/", shared.keys.prefix);
+    while !shared.stopping.load(Ordering::Acquire) {
+        let (at, mut client) = shared.endpoints.preferred();
+        let options = etcd_client::WatchOptions::new().with_prefix();
+        match client.watch(prefix.clone(), Some(options)).await {
+            Ok(mut stream) => loop {
+                if shared.stopping.load(Ordering::Acquire) || shared.endpoints.preferred().0 != at {
+                    break;
+                }
+                match tokio::time::timeout(shared.cfg.renew_every(), stream.message()).await {
+                    Ok(Ok(Some(resp))) => {
+                        if !resp.events().is_empty() {
+                            wake(&shared.move_wake);
+                        }
+                        if resp.canceled() {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            },
+            Err(e) => log::debug!("cluster: watch {prefix}: {e}"),
+        }
+        tokio::time::sleep(shared.cfg.renew_every() / 2).await;
     }
 }
 
@@ -202,7 +266,7 @@ impl EtcdState {
     pub fn gate(&self, initiator: &str) -> Arc<GuestGate> {
         lock(&self.gates)
             .entry(initiator.to_string())
-            .or_insert_with(|| Arc::new(GuestGate::new()))
+            .or_insert_with(|| Arc::new(GuestGate::new(self.move_wake.clone())))
             .clone()
     }
 
@@ -301,24 +365,29 @@ impl EtcdState {
         }
     }
 
-    fn tend_owners(&self, fencing: &Reservations) {
+    /// Moves what is to be moved; returns whether a move is still under way.
+    fn tend_owners(&self, fencing: &Reservations) -> bool {
         let view = match self.read_owners() {
             Ok(v) => v,
             Err(e) => {
                 log::debug!("cluster: {e}");
-                return;
+                return true;
             }
         };
         let gates: Vec<_> = lock(&self.gates)
             .iter()
             .map(|(n, g)| (n.clone(), g.clone()))
             .collect();
+        let mut busy = false;
         for (guest, gate) in gates {
             let rec = view.owners.get(&guest);
             if let Err(e) = self.tend(fencing, &guest, &gate, rec, &view.members) {
                 log::warn!("cluster: guest {guest}: {e}; tried again");
             }
+            let asked = rec.is_some_and(|(v, _)| v.as_ref().is_some_and(|v| v.want.is_some()));
+            busy |= rec.is_none() || asked || gate.moving();
         }
+        busy
     }
 
     fn tend(

@@ -29,6 +29,7 @@ impl Agent {
         shared.rt.spawn(async move {
             watch_state(watch_shared, key).await;
         });
+        shared.rt.spawn(super::owner::watch_owners(shared.clone()));
         let (s, l) = (shared.clone(), Arc::downgrade(&lun));
         let renewer = std::thread::Builder::new()
             .name("cluster-renew".into())
@@ -60,6 +61,9 @@ impl Agent {
         };
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.wake_renewer();
+        let (m, c) = &*self.shared.move_wake;
+        *lock(m) = true;
+        c.notify_all();
         // The renewer itself may drop the last reference to the unit, and so this agent: it
         // has stopped already, and cannot wait for itself.
         if t.thread().id() != std::thread::current().id() {
