@@ -4,11 +4,15 @@
 //! `unix:` URI) to a QEMU served by B, and back to a QEMU served by A; after each move its
 //! registration and reservation are unchanged, no unit attention is reported (`sg_turs`), it
 //! does I/O on both devices, and vm2 (on A, unregistered) is fenced on both; the guest's owner
-//! record in etcd names the daemon serving it. Runs on QEMU 7.2 and 10.0; about 30 s (one boot,
-//! two incoming QEMUs). Prints the migration time and downtime of both moves.
+//! record in etcd names the daemon serving it. The move back runs under load: the guest writes
+//! sequence-numbered blocks with `dd oflag=direct` on both devices throughout; no write fails and
+//! every acknowledged one is in the image. Runs on QEMU 7.2 and 10.0; about 30 s (one boot, two
+//! incoming QEMUs). Prints the migration time and downtime of both moves.
 
 mod common;
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -23,6 +27,9 @@ use common::vu_frontend::{VuFrontend, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_OUT};
 
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(180);
 const BANDWIDTH: u64 = 64 << 20;
+/// The writers' first blocks (4 KiB) on vda and sda, and how many each writes at most.
+const WRITERS: [(&str, u64); 2] = [("vda", 4096), ("sda", 8192)];
+const WRITES: u64 = 2048;
 
 struct Vm {
     guest: Guest,
@@ -115,6 +122,47 @@ fn after_move(g: &Guest, before: &str, vm2: &mut (ScsiClient, VuFrontend), what:
     vm2_fenced(&mut vm2.0, &mut vm2.1, what);
 }
 
+/// Starts one writer per device: block `base + s` gets `vm1-<dev>-<s>` repeated, written with
+/// `dd oflag=direct`; `s` goes to `/tmp/ack-<dev>` once dd succeeded, else to `/tmp/err-<dev>`.
+fn start_writers(g: &Guest) {
+    g.sh(&format!(
+        "printf '%b' 'dev=$1; base=$2; s=0\\n\
+         while [ $s -lt {WRITES} ] && [ ! -e /tmp/stop ]; do\\n\
+         yes vm1-$dev-$s | head -c 4096 > /tmp/blk-$dev\\n\
+         if dd if=/tmp/blk-$dev of=/dev/$dev bs=4096 count=1 seek=$((base + s)) oflag=direct \
+         2>/dev/null; then echo $s >> /tmp/ack-$dev; else echo $s >> /tmp/err-$dev; fi\\n\
+         s=$((s + 1))\\n\
+         done\\n' > /tmp/w.sh; rm -f /tmp/stop; : > /tmp/pids"
+    ));
+    for (dev, base) in WRITERS {
+        g.sh(&format!(
+            ": > /tmp/ack-{dev}; : > /tmp/err-{dev}; \
+             sh /tmp/w.sh {dev} {base} </dev/null >/dev/null 2>&1 & echo $! >> /tmp/pids"
+        ));
+    }
+}
+
+/// Stops the writers; checks that none failed and that every acknowledged block is in the image.
+/// Returns how many were acknowledged.
+fn writes_on_disk(g: &Guest, image: &Path) -> usize {
+    g.sh("touch /tmp/stop; for p in $(cat /tmp/pids); do while kill -0 $p 2>/dev/null; do sleep 0.2; done; done");
+    let img = File::open(image).unwrap();
+    let mut n = 0;
+    for (dev, base) in WRITERS {
+        let errs = g.sh(&format!("cat /tmp/err-{dev}"));
+        assert!(errs.trim().is_empty(), "writes on {dev} failed: {errs}");
+        for s in g.sh(&format!("cat /tmp/ack-{dev}")).split_whitespace() {
+            let s: u64 = s.parse().unwrap();
+            let mut block = vec![0u8; 4096];
+            img.read_exact_at(&mut block, (base + s) * 4096).unwrap();
+            let want: Vec<u8> = format!("vm1-{dev}-{s}\n").bytes().cycle().take(4096).collect();
+            assert!(block == want, "{dev} block {s} acknowledged, not in the image");
+            n += 1;
+        }
+    }
+    n
+}
+
 #[test]
 fn a_guest_migrates_to_another_daemon_and_back_with_its_reservation() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,13 +192,19 @@ fn a_guest_migrates_to_another_daemon_and_back_with_its_reservation() {
     after_move(&on_b.guest, &before, &mut vm2, "on B");
     assert_eq!(owner(&etcd), "b", "B serves vm1");
 
+    start_writers(&on_b.guest);
+    on_b.guest.sh("sleep 2");
     let (on_a, uri) = destination(&a, dir.path(), "on-a");
-    let to_a = migrate(&on_b, &uri, "from daemon B back to daemon A");
+    let to_a = migrate(&on_b, &uri, "from daemon B back to daemon A, under dd load");
     on_b.guest.kill();
+    on_a.guest.sh("sleep 2");
+    let writes = writes_on_disk(&on_a.guest, &dir.path().join("disk.img"));
+    assert!(writes > 0, "the writers wrote");
     after_move(&on_a.guest, &before, &mut vm2, "back on A");
     assert_eq!(owner(&etcd), "a", "A serves vm1 again");
     eprintln!(
-        "guest_migrate_cluster: A to B {} ms (downtime {} ms), B to A {} ms (downtime {} ms)",
+        "guest_migrate_cluster: A to B idle {} ms (downtime {} ms), B to A under load {} ms \
+         (downtime {} ms), {writes} acknowledged writes checked",
         to_b.0, to_b.1, to_a.0, to_a.1
     );
     for d in [&a, &b] {
