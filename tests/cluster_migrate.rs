@@ -190,6 +190,41 @@ fn start_a_move(
     (a, b, dest, status)
 }
 
+/// The hand-over's answer is lost although etcd applied it: A, not knowing, admits nothing of
+/// vm1 until it read the record, which names B; B serves vm1 with its pending unit attention,
+/// reported once.
+#[test]
+fn a_hand_over_whose_answer_was_lost_is_resolved_from_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let lost = [("SHAREDISK_FAILPOINT", "move-answer-lost")];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &lost);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &FAST, &[]);
+    let (mut source, _vm3) = reservations(&a, &b);
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let status = queue_write(&mut dest, SECTOR, 0xb2);
+    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    source.fe.stop_rings();
+    dest.wait_used(0, TIMEOUT).expect("B admits vm1");
+    assert_eq!(dest.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    assert!(a.log_text().contains("failpoint move-answer-lost"));
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(
+        (rec["node"].as_str(), rec["moves"].as_u64()),
+        (Some("b"), Some(1))
+    );
+    let mut vm1 = ScsiClient::connect(&b.scsi("vm1"));
+    check(&vm1.tur(), RELEASED, "vm1's pending unit attention moved");
+    good(&vm1.tur(), "reported once");
+    let mut back = ScsiClient::connect(&a.scsi("vm1"));
+    let pending = back.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, true);
+    assert!(
+        back.finish(&pending, PARKED).is_none(),
+        "A admitted vm1 after it was handed over"
+    );
+}
+
 /// Restarts node `node` (killed) with no failpoint.
 fn restart(dir: &Path, etcd: &Etcd, node: &str, guests: &[&str]) -> ClusterDaemon {
     for e in std::fs::read_dir(dir.join(node)).unwrap().flatten() {

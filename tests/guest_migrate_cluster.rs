@@ -155,8 +155,15 @@ fn writes_on_disk(g: &Guest, image: &Path) -> usize {
             let s: u64 = s.parse().unwrap();
             let mut block = vec![0u8; 4096];
             img.read_exact_at(&mut block, (base + s) * 4096).unwrap();
-            let want: Vec<u8> = format!("vm1-{dev}-{s}\n").bytes().cycle().take(4096).collect();
-            assert!(block == want, "{dev} block {s} acknowledged, not in the image");
+            let want: Vec<u8> = format!("vm1-{dev}-{s}\n")
+                .bytes()
+                .cycle()
+                .take(4096)
+                .collect();
+            assert!(
+                block == want,
+                "{dev} block {s} acknowledged, not in the image"
+            );
             n += 1;
         }
     }

@@ -255,6 +255,18 @@ pub(super) async fn watch_owners(shared: Arc<EtcdState>) {
     }
 }
 
+/// Test hooks: `move-answer-lost` drops the answer of a hand-over that etcd applied.
+fn answer_lost_failpoint(done: bool) -> Result<bool, ClusterError> {
+    match failpoint::error("move-answer-lost") {
+        Ok(()) => Ok(done),
+        Err(e) => Err(ClusterError::Etcd {
+            endpoints: String::new(),
+            what: "hand a guest over",
+            source: Box::new(e),
+        }),
+    }
+}
+
 fn senses(uas: &[(u8, u8, u8)]) -> impl Iterator<Item = Sense> + '_ {
     uas.iter()
         .take(MAX_MOVED_UAS)
@@ -635,7 +647,10 @@ impl EtcdState {
             uas: taken.iter().map(|s| (s.key, s.asc, s.ascq)).collect(),
             want: None,
         };
-        match self.put_owner(guest, rev, &next, Some(version)) {
+        match self
+            .put_owner(guest, rev, &next, Some(version))
+            .and_then(answer_lost_failpoint)
+        {
             Ok(true) => {
                 failpoint::hit("move-committed");
                 gate.set(Own::No);
