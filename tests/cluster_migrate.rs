@@ -225,6 +225,37 @@ fn a_hand_over_whose_answer_was_lost_is_resolved_from_the_record() {
     );
 }
 
+/// A stops cleanly (its member key removed) while it owns vm1 and does not start again: B's
+/// device wants vm1 and takes it once the wait bound passed since A's incarnation was gone
+/// (`lease_ms × (1 + drift) / (1 − drift) + max_io_ms`, 912 ms here), with POWER ON, RESET.
+#[test]
+fn a_guest_whose_daemon_stopped_is_taken_after_the_wait_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    drop(source);
+    drop(a);
+    let gone = std::time::Instant::now();
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    dest.blk_write(SECTOR, &[0xb2; 4096]);
+    let waited = gone.elapsed();
+    assert!(
+        waited >= Duration::from_millis(912),
+        "B took vm1 {waited:?} after A stopped, before the wait bound"
+    );
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(
+        (rec["node"].as_str(), rec["moves"].as_u64()),
+        (Some("b"), Some(1))
+    );
+    let mut vm1 = ScsiClient::connect(&b.scsi("vm1"));
+    check(&vm1.tur(), POWER_ON, "taken after its daemon stopped");
+}
+
 /// Restarts node `node` (killed) with no failpoint.
 fn restart(dir: &Path, etcd: &Etcd, node: &str, guests: &[&str]) -> ClusterDaemon {
     for e in std::fs::read_dir(dir.join(node)).unwrap().flatten() {

@@ -498,6 +498,11 @@ impl EtcdState {
         }
         let live = members.get(&v.node) == Some(&v.incarnation);
         self.log_owner_once(guest, gate, v, live);
+        if live {
+            // The bound counts from a sighting of the owner gone that no sighting of it live
+            // followed: a member that registered again may have admitted meanwhile.
+            lock(&gate.inner).orphan_since = None;
+        }
         if !gate.wanted() {
             return Ok(());
         }
