@@ -420,10 +420,24 @@ impl EtcdState {
         match gate.own() {
             Own::Leaving => self.finish_leaving(fencing, guest, gate, v, *rev),
             Own::Yes if v.incarnation == self.incarnation => match &v.want {
-                Some(w) if w.incarnation != self.incarnation => {
+                Some(w)
+                    if w.incarnation != self.incarnation
+                        && members.get(&w.node) == Some(&w.incarnation) =>
+                {
                     self.hand_over(fencing, guest, gate, v, *rev)
                 }
-                _ => Ok(()),
+                Some(w) => {
+                    // Asked by an incarnation that is gone (or by this one, before it owned
+                    // the guest): never handed to it, the request is dropped.
+                    log::info!(
+                        "cluster: guest {guest}: node {:?} asked for it and is gone; kept here",
+                        w.node
+                    );
+                    let mut next = v.clone();
+                    next.want = None;
+                    self.put_owner(guest, *rev, &next, None).map(|_| ())
+                }
+                None => Ok(()),
             },
             Own::Yes => {
                 log::error!(
