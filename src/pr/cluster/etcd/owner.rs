@@ -728,3 +728,6 @@ impl EtcdState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
