@@ -20,7 +20,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::ops::stats::DeviceStats;
-use crate::transport::virtqueue::{AtomicMem, Handoff, Quiesce, Ticket, Vring};
+use crate::transport::virtqueue::{AtomicMem, Gate, Handoff, Quiesce, Ticket, Vring};
 
 /// Waits until one of `fds` is readable, or `timeout_ms` passed (-1: for ever); returns their
 /// readiness.
@@ -79,18 +79,20 @@ struct Live<B> {
 }
 
 /// Serves one socket until `stop` fires, for ever: at most [`MAX_CONNECTIONS`] connections at
-/// once, one of which at a time admits requests (see `virtqueue/handoff.rs`).
+/// once, one of which at a time admits requests (see `virtqueue/handoff.rs`), and only while
+/// `gate` admits the guest (cluster mode: this daemon owns it).
 pub(super) fn serve_socket<B, F>(
     name: &str,
     mut listener: Listener,
     stop: &EventFd,
     stats: &DeviceStats,
+    gate: Option<Arc<dyn Gate>>,
     make: F,
 ) where
     B: VhostUserBackend<Bitmap = BitmapMmapRegion, Vring = Vring> + Quiesce + Clone + 'static,
     F: Fn(AtomicMem, Ticket) -> io::Result<B>,
 {
-    let handoff = Arc::new(Handoff::default());
+    let handoff = Handoff::gated(gate);
     let mut live: Vec<Live<B>> = Vec::new();
     let mut backoff = Backoff::default();
     while let Some((incoming, stopping)) = wait(name, &listener, stop, &mut live, stats) {

@@ -26,7 +26,7 @@ use crate::pr::Arbiter;
 use crate::scsi::target::Target;
 use crate::transport::blk::BlkBackend;
 use crate::transport::virtio_scsi::ScsiBackend;
-use crate::transport::virtqueue::{AtomicMem, Quiesce, Ticket, Vring};
+use crate::transport::virtqueue::{AtomicMem, Gate, Quiesce, Ticket, Vring};
 use crate::transport::Options;
 
 #[derive(Debug, thiserror::Error)]
@@ -237,10 +237,12 @@ impl Server {
         let read_only = guest.read_only;
         let poll = std::time::Duration::from_micros(self.config.poll_us.into());
         let blk = stats.blk.clone();
+        let gate = self.lun.reservations.gate(&guest.name);
         self.listen(
             sockets,
             self.config.blk_socket(&guest.name),
             stats.blk.clone(),
+            gate.clone(),
             move |mem, ticket| {
                 let options = Options {
                     read_only,
@@ -258,6 +260,7 @@ impl Server {
                 sockets,
                 self.config.scsi_socket(&guest.name),
                 stats.scsi.clone(),
+                gate,
                 move |mem, ticket| {
                     let options = Options {
                         read_only,
@@ -278,6 +281,7 @@ impl Server {
         sockets: &mut GuestSockets,
         path: PathBuf,
         stats: Arc<DeviceStats>,
+        gate: Option<Arc<dyn Gate>>,
         make: F,
     ) -> Result<(), ServerError>
     where
@@ -296,7 +300,7 @@ impl Server {
             .unwrap_or_default();
         let handle = thread::Builder::new().name(name.clone()).spawn(move || {
             let (listener, _file) = listener;
-            listen::serve_socket(&name, listener, &stop, &stats, make)
+            listen::serve_socket(&name, listener, &stop, &stats, gate, make)
         })?;
         sockets.threads.push(handle);
         Ok(())

@@ -229,6 +229,11 @@ impl Reservations {
         self.backend.serves(initiator)
     }
 
+    /// Cluster mode: the gate of the guest `initiator`'s devices (see [`PrBackend::gate`]).
+    pub fn gate(&self, initiator: &str) -> Option<Arc<dyn crate::transport::virtqueue::Gate>> {
+        self.backend.gate(initiator)
+    }
+
     /// Cluster mode: the epoch held and the read lease, for metrics; `None` on one host.
     pub fn cluster_view(&self) -> Option<SharedView> {
         self.backend.view()

@@ -170,6 +170,12 @@ pub trait PrBackend: Send + Sync {
     /// initiators any more.
     fn unserve(&self, _initiator: &str) {}
 
+    /// Cluster mode: what admits the guest `initiator`'s devices only while this daemon owns
+    /// the guest (it may move to another daemon, `pr/cluster/owner.rs`). One host: `None`.
+    fn gate(&self, _initiator: &str) -> Option<Arc<dyn crate::transport::virtqueue::Gate>> {
+        None
+    }
+
     /// Starts what keeps the state current in the background for `lun`, whose reservations use
     /// this backend (several hosts: the read lease's renewer). One host: nothing to start.
     fn start(&self, _lun: Arc<Lun>) {}

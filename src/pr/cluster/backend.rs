@@ -26,8 +26,9 @@ pub struct Remote {
     /// The shared state's version in the store (etcd's `mod_revision`), which a commit names.
     pub version: i64,
     pub state: PrState,
-    /// The unit attentions the changes since our epoch queued, per initiator.
-    pub unit_attentions: Vec<(String, Sense)>,
+    /// The unit attentions the changes since our epoch queued, per initiator, each with the
+    /// epoch of the change that established it.
+    pub unit_attentions: Vec<(String, Sense, u64)>,
     /// Which line of states this is (see `etcd.rs`, `StateValue::history`).
     pub history: String,
 }
@@ -86,9 +87,11 @@ impl EtcdState {
             return false;
         }
         arb.replace_state(remote.state);
-        for (initiator, sense) in &remote.unit_attentions {
+        for (initiator, sense, epoch) in &remote.unit_attentions {
             if self.serves(initiator) {
                 arb.queue_unit_attention(initiator, *sense);
+            } else {
+                self.note_moving(initiator, *sense, *epoch);
             }
         }
         self.set_held(remote.epoch, remote.version);
@@ -169,12 +172,18 @@ impl EtcdState {
                         deadline,
                     });
                 }
-                Commit::Done { epoch, version } => (epoch, version, None),
+                Commit::Done { epoch, version } => {
+                    self.note_moving_all(&theirs, epoch);
+                    (epoch, version, None)
+                }
                 Commit::Superseded {
                     epoch,
                     version,
                     newer,
-                } => (epoch, version, Some(newer)),
+                } => {
+                    self.note_moving_all(&theirs, epoch);
+                    (epoch, version, Some(newer))
+                }
                 Commit::Stale(remote) => {
                     self.adopt_locked(fencing, &mut arb, remote);
                     continue;
@@ -350,6 +359,10 @@ impl PrBackend for EtcdBackend {
 
     fn unserve(&self, initiator: &str) {
         self.state.unserve(initiator);
+    }
+
+    fn gate(&self, initiator: &str) -> Option<Arc<dyn crate::transport::virtqueue::Gate>> {
+        Some(self.state.gate(initiator))
     }
 
     fn start(&self, lun: Arc<Lun>) {

@@ -21,6 +21,9 @@
 //! - `settled`: the highest epoch known settled (see [`EtcdState::settle`]), 20 zero-padded
 //!   digits so that etcd's byte compare orders it; only ever raised, by whichever daemon settled
 //!   that epoch. A PR IN answers only a state at or below it (`confirm_current`, `backend.rs`).
+//! - `owners/<guest>`: which incarnation serves the guest, how often it moved between daemons,
+//!   and the incarnation that asked for it; the unit attentions it carries when moved
+//!   (`owner.rs`).
 //! - `replay/<node>`: this node's PR OUT replay records (`replay.rs`) as they stand after the
 //!   command a commit answers, written in the commit's transaction and restored at join, so that
 //!   QEMU's replay of that PR OUT after a crash is answered, not run again (exactly once).
@@ -76,6 +79,7 @@ mod commit;
 mod join;
 mod members;
 mod operate;
+mod owner;
 mod renew;
 mod settle;
 
@@ -340,6 +344,14 @@ pub struct EtcdState {
     endpoints: Endpoints,
     lease: ReadLease,
     served: RwLock<HashSet<String>>,
+    /// The gates of this daemon's guests' devices: admitting only while this daemon owns the
+    /// guest (`owner.rs`).
+    gates: Mutex<BTreeMap<String, Arc<owner::GuestGate>>>,
+    /// The unit attentions, with their epochs, of guests this daemon asked to take over and
+    /// does not serve yet (`owner.rs`).
+    moving: Mutex<BTreeMap<String, Vec<(u64, Sense)>>>,
+    /// Wakes the mover (`owner.rs`).
+    move_wake: Arc<(Mutex<bool>, Condvar)>,
     member: Vec<u8>,
     /// This incarnation's id, which its acknowledgements carry.
     incarnation: String,
@@ -447,7 +459,7 @@ fn remote_from(
         if at <= v.epoch {
             unit_attentions.extend(
                 list.into_iter()
-                    .map(|(i, key, asc, ascq)| (i, Sense::new(key, asc, ascq))),
+                    .map(|(i, key, asc, ascq)| (i, Sense::new(key, asc, ascq), at)),
             );
         }
     }

@@ -17,11 +17,17 @@
 //! source stopped its rings; the handoff enforces that order whatever the frontends do. Two QEMUs
 //! that both run the guest (a mistake, not a migration) are thus never two writers: the first
 //! keeps the device, the second's requests wait until the first stops or goes away (logged).
+//!
+//! In cluster mode a guest may also move to another host's daemon (`pr/cluster/owner.rs`): a
+//! [`Gate`] shared by the guest's devices then says whether this daemon owns the guest. A
+//! connection takes a device only while the gate admits it; the gate counts the devices held, so
+//! the guest is handed to another daemon only once none is, and it wakes the parked rings when
+//! this daemon owns the guest again.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vhost_user_backend::VringT;
 
@@ -31,10 +37,23 @@ use crate::util::lock::lock;
 /// Numbers the connections a handoff sees.
 static TICKETS: AtomicU64 = AtomicU64::new(1);
 
+/// Whether this daemon may admit requests for a guest at all (cluster mode: it owns the guest).
+pub trait Gate: Send + Sync {
+    /// Takes one hold of the guest for a device about to admit; false (and a note that the
+    /// guest is wanted here) when this daemon does not own it now.
+    fn hold(&self) -> bool;
+    /// A device that held the guest holds it no more (every ring stopped, or its connection
+    /// ended).
+    fn unhold(&self);
+    /// Kicks `handoff`'s parked rings once the guest is owned here again.
+    fn attach(&self, handoff: Weak<Handoff>);
+}
+
 /// The one holder of a guest's device among its connections.
 #[derive(Default)]
 pub struct Handoff {
     inner: Mutex<Inner>,
+    gate: Option<Arc<dyn Gate>>,
 }
 
 #[derive(Default)]
@@ -55,6 +74,26 @@ pub struct Ticket {
 }
 
 impl Handoff {
+    /// A device whose guest may be served only while `gate` admits it.
+    pub fn gated(gate: Option<Arc<dyn Gate>>) -> Arc<Handoff> {
+        let handoff = Arc::new(Handoff {
+            inner: Mutex::default(),
+            gate,
+        });
+        if let Some(g) = &handoff.gate {
+            g.attach(Arc::downgrade(&handoff));
+        }
+        handoff
+    }
+
+    /// The gate admits again: every parked ring is kicked, so its worker tries again.
+    pub fn wake(&self) {
+        let mut inner = lock(&self.inner);
+        if inner.holder.is_none() {
+            kick_parked(&mut inner);
+        }
+    }
+
     /// A ticket for a new connection.
     pub fn ticket(self: &Arc<Self>) -> Ticket {
         Ticket {
@@ -74,19 +113,22 @@ impl Ticket {
     /// holds the device, the ring is parked instead: it is kicked when the holder lets go.
     pub fn enter(&self, ring: u16, vring: &Vring) -> bool {
         let mut inner = lock(&self.handoff.inner);
+        if inner.holder.is_none() {
+            if let Some(gate) = &self.handoff.gate {
+                if !gate.hold() {
+                    park(&mut inner, self.id, ring, vring);
+                    return false;
+                }
+            }
+        }
         match inner.holder {
             Some(holder) if holder != self.id => {
-                if !inner
-                    .parked
-                    .iter()
-                    .any(|(id, r, _)| *id == self.id && *r == ring)
-                {
+                if park(&mut inner, self.id, ring, vring) {
                     log::warn!(
                         "ring {ring} of a second connection has requests while another \
                          connection of this guest runs: held until that one stops its rings or \
                          goes away"
                     );
-                    inner.parked.push((self.id, ring, vring.clone()));
                 }
                 false
             }
@@ -106,7 +148,7 @@ impl Ticket {
         *serving &= !(1u64 << (ring % 64));
         if *serving == 0 && inner.holder == Some(self.id) {
             log::info!("every ring of the holding connection is stopped: the device is free");
-            release(&mut inner);
+            release(&self.handoff, &mut inner);
         }
     }
 
@@ -116,14 +158,32 @@ impl Ticket {
         inner.serving.remove(&self.id);
         inner.parked.retain(|(id, _, _)| *id != self.id);
         if inner.holder == Some(self.id) {
-            release(&mut inner);
+            release(&self.handoff, &mut inner);
         }
     }
 }
 
-/// No connection holds the device: every parked ring is kicked, so its worker tries again.
-fn release(inner: &mut Inner) {
+/// Parks ring `ring` of connection `id` until the device is free; false if it already was.
+fn park(inner: &mut Inner, id: u64, ring: u16, vring: &Vring) -> bool {
+    if inner.parked.iter().any(|(i, r, _)| *i == id && *r == ring) {
+        return false;
+    }
+    inner.parked.push((id, ring, vring.clone()));
+    true
+}
+
+/// No connection holds the device: the gate's hold is given back and every parked ring is
+/// kicked, so its worker tries again.
+fn release(handoff: &Handoff, inner: &mut Inner) {
     inner.holder = None;
+    if let Some(gate) = &handoff.gate {
+        gate.unhold();
+    }
+    kick_parked(inner);
+}
+
+/// Kicks every parked ring's eventfd.
+fn kick_parked(inner: &mut Inner) {
     for (_, ring, vring) in inner.parked.drain(..) {
         let state = vring.get_ref();
         if let Some(kick) = state.get_kick() {

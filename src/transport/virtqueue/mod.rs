@@ -27,7 +27,7 @@ pub use crate::pr::replay::Slot;
 pub use chain::{Chain, ChainError, Limits};
 pub use dirty::DirtyLog;
 pub use drain::{drain_queue, kicked_ring, EachAtOnce, Handler, Reply, UsedLens};
-pub use handoff::{Handoff, Ticket};
+pub use handoff::{Gate, Handoff, Ticket};
 pub use quiesce::{Quiesce, QuiesceLatch};
 pub use vring::Vring;
 

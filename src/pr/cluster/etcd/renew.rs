@@ -18,6 +18,7 @@ pub struct Agent {
     lun: Weak<Lun>,
     renewer: Option<JoinHandle<()>>,
     settler: Option<JoinHandle<()>>,
+    mover: Option<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -28,6 +29,7 @@ impl Agent {
         shared.rt.spawn(async move {
             watch_state(watch_shared, key).await;
         });
+        shared.rt.spawn(super::owner::watch_owners(shared.clone()));
         let (s, l) = (shared.clone(), Arc::downgrade(&lun));
         let renewer = std::thread::Builder::new()
             .name("cluster-renew".into())
@@ -38,11 +40,17 @@ impl Agent {
             .name("cluster-settle".into())
             .spawn(move || settle_loop(&s))
             .ok();
+        let (s, l) = (shared.clone(), Arc::downgrade(&lun));
+        let mover = std::thread::Builder::new()
+            .name("cluster-move".into())
+            .spawn(move || super::owner::mover_loop(&s, &l))
+            .ok();
         Agent {
             shared,
             lun: Arc::downgrade(&lun),
             renewer,
             settler,
+            mover,
         }
     }
 
@@ -53,6 +61,9 @@ impl Agent {
         };
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.wake_renewer();
+        let (m, c) = &*self.shared.move_wake;
+        *lock(m) = true;
+        c.notify_all();
         // The renewer itself may drop the last reference to the unit, and so this agent: it
         // has stopped already, and cannot wait for itself.
         if t.thread().id() != std::thread::current().id() {
@@ -60,6 +71,11 @@ impl Agent {
         }
         if let Some(t) = self.settler.take() {
             let _ = t.join();
+        }
+        if let Some(t) = self.mover.take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
         self.shared.leave(self.lun.upgrade().as_deref());
     }

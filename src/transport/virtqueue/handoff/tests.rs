@@ -49,3 +49,63 @@ fn stopping_a_ring_it_never_served_does_not_let_go() {
     dest.end();
     assert!(!handoff.ticket().enter(0, &r), "the source still holds");
 }
+
+/// A gate that admits while `open`, counting its holds.
+#[derive(Default)]
+struct TestGate {
+    open: std::sync::atomic::AtomicBool,
+    holds: std::sync::atomic::AtomicI32,
+}
+
+impl super::Gate for TestGate {
+    fn hold(&self) -> bool {
+        let open = self.open.load(std::sync::atomic::Ordering::SeqCst);
+        if open {
+            self.holds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        open
+    }
+    fn unhold(&self) {
+        self.holds.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn attach(&self, _handoff: std::sync::Weak<Handoff>) {}
+}
+
+#[test]
+fn a_gated_device_admits_only_while_the_gate_does_and_gives_its_hold_back() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let gate = Arc::new(TestGate::default());
+    let handoff = Handoff::gated(Some(gate.clone()));
+    let (first, second) = (handoff.ticket(), handoff.ticket());
+    let r = ring();
+    assert!(!first.enter(0, &r), "the gate is closed");
+    gate.open.store(true, SeqCst);
+    handoff.wake();
+    assert!(first.enter(0, &r));
+    assert!(
+        first.enter(1, &r),
+        "a holder's other ring takes no second hold"
+    );
+    assert_eq!(gate.holds.load(SeqCst), 1);
+    first.stopped(0);
+    assert_eq!(gate.holds.load(SeqCst), 1, "ring 1 still runs");
+    first.stopped(1);
+    assert_eq!(
+        gate.holds.load(SeqCst),
+        0,
+        "every ring stopped: the hold is given back"
+    );
+    gate.open.store(false, SeqCst);
+    assert!(
+        !second.enter(0, &r),
+        "closed again: nobody takes the device"
+    );
+    gate.open.store(true, SeqCst);
+    assert!(second.enter(0, &r));
+    second.end();
+    assert_eq!(
+        gate.holds.load(SeqCst),
+        0,
+        "a connection that ends gives its hold back"
+    );
+}

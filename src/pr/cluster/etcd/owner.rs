@@ -1,0 +1,733 @@
+//! Which daemon serves a guest: a guest may move to another daemon of the cluster (a live
+//! migration to another host) and back, and only one daemon at a time may admit its requests.
+//!
+//! `owners/<guest>` (see `etcd.rs`) names the incarnation that owns the guest, how often it
+//! moved, and, while a move is asked for, the incarnation that wants it. A daemon admits a
+//! guest's requests only while it owns it: its devices' [`Gate`] holds them back otherwise
+//! (`virtqueue/handoff.rs`). Every change of the record is a transaction conditioned on the
+//! record's revision read just before and on the writer still being its node's member, so an
+//! attempt applied late (its answer lost, retried, its daemon killed) or sent by a replaced
+//! incarnation changes nothing.
+//!
+//! **A move.** B's device has work for a guest that A owns: B writes itself as `want` (and from
+//! then keeps, per epoch, the unit attentions that changes establish for the guest). A hands the
+//! guest over once none of its devices holds it (every ring stopped by GET_VRING_BASE, which
+//! answers only after the ring's round is completed, or the connections gone): with its
+//! arbiter's write lock held (no I/O admitted, no state adopted) it takes the guest's pending
+//! unit attentions and writes the record naming B, with them and the epoch A holds, only while
+//! A holds the newest state. B takes the guest once it holds that epoch: it queues the moved
+//! unit attentions, then its own of later epochs, and admits. The registration and reservation
+//! are the guest's name's, so they stay as they are.
+//!
+//! **A daemon that dies.** A record of this node's older incarnation is taken back at once (a
+//! restarted daemon serves its guests, as it did before moves existed; its guests get the
+//! POWER ON, RESET unit attention, and what the dead incarnation had queued for them is gone, as
+//! after any restart). A record of another node's incarnation that is not that node's member
+//! any more (stopped, or replaced) is taken by a daemon whose device wants it once the wait
+//! bound passed since it saw it so (the old incarnation's lease has surely run out and its last
+//! admitted I/O ended). A record of a live member is never taken: it is handed over.
+
+use super::*;
+use crate::pr::fencing::Reservations;
+use crate::scsi::sense::POWER_ON_RESET;
+use crate::testhooks::failpoint;
+use crate::transport::virtqueue::{Gate, Handoff};
+
+/// How often the mover reads the owner records while a move is under way (otherwise every
+/// `renew_ms`, and whenever the watch on `owners/` sees a change or a device wants a guest).
+const TICK: Duration = Duration::from_millis(50);
+
+/// The most unit attentions an owner record carries (read: the rest is left out).
+const MAX_MOVED_UAS: usize = 32;
+
+/// An incarnation, as an owner record names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Claimant {
+    node: String,
+    incarnation: String,
+}
+
+/// The `owners/<guest>` key's value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct OwnerValue {
+    /// The incarnation that owns the guest.
+    node: String,
+    incarnation: String,
+    /// How often the guest moved between daemons.
+    moves: u64,
+    /// The epoch its last owner held when it handed the guest over.
+    epoch: u64,
+    /// The guest's pending unit attentions, `[key, asc, ascq]`, oldest first.
+    #[serde(default)]
+    uas: Vec<(u8, u8, u8)>,
+    /// The incarnation that asked for the guest.
+    #[serde(default)]
+    want: Option<Claimant>,
+}
+
+/// Whether this daemon owns a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Own {
+    No,
+    Yes,
+    /// Handing it over; the answer is not known yet.
+    Leaving,
+}
+
+/// A guest's gate: admits its devices only while this daemon owns it.
+pub struct GuestGate {
+    inner: Mutex<GateInner>,
+    handoffs: Mutex<Vec<Weak<Handoff>>>,
+    /// Wakes the mover.
+    wake: Arc<(Mutex<bool>, Condvar)>,
+}
+
+struct GateInner {
+    own: Own,
+    /// How many of the guest's devices hold it (a connection admits on them).
+    holds: u32,
+    /// A device here had work while the guest was not owned.
+    wanted: bool,
+    /// Since when the owner was seen to be a stopped or replaced incarnation.
+    orphan_since: Option<Instant>,
+    /// The unit attentions taken for a hand-over whose answer was lost.
+    stash: Vec<Sense>,
+    /// The owner of another node was logged.
+    logged: bool,
+}
+
+impl Gate for GuestGate {
+    fn hold(&self) -> bool {
+        let mut g = lock(&self.inner);
+        if g.own == Own::Yes {
+            g.holds += 1;
+            return true;
+        }
+        if !g.wanted {
+            g.wanted = true;
+            wake(&self.wake);
+        }
+        false
+    }
+
+    fn unhold(&self) {
+        let mut g = lock(&self.inner);
+        g.holds = g.holds.saturating_sub(1);
+        if g.holds == 0 {
+            wake(&self.wake);
+        }
+    }
+
+    fn attach(&self, handoff: Weak<Handoff>) {
+        lock(&self.handoffs).push(handoff);
+    }
+}
+
+fn wake(pair: &(Mutex<bool>, Condvar)) {
+    *lock(&pair.0) = true;
+    pair.1.notify_all();
+}
+
+impl GuestGate {
+    fn new(wake: Arc<(Mutex<bool>, Condvar)>) -> Self {
+        GuestGate {
+            wake,
+            inner: Mutex::new(GateInner {
+                own: Own::No,
+                holds: 0,
+                wanted: false,
+                orphan_since: None,
+                stash: Vec::new(),
+                logged: false,
+            }),
+            handoffs: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn own(&self) -> Own {
+        lock(&self.inner).own
+    }
+
+    fn wanted(&self) -> bool {
+        lock(&self.inner).wanted
+    }
+
+    /// Whether a move of this guest is under way here: wanted and not owned, or leaving.
+    fn moving(&self) -> bool {
+        let g = lock(&self.inner);
+        g.own == Own::Leaving || (g.own == Own::No && g.wanted)
+    }
+
+    /// Owned here from now on: the devices' parked rings are kicked.
+    fn owned(&self) {
+        {
+            let mut g = lock(&self.inner);
+            g.own = Own::Yes;
+            g.orphan_since = None;
+        }
+        let handoffs: Vec<_> = lock(&self.handoffs)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for h in handoffs {
+            h.wake();
+        }
+    }
+
+    fn set(&self, own: Own) {
+        lock(&self.inner).own = own;
+    }
+
+    /// Stops admitting, if no device holds the guest now.
+    fn begin_leaving(&self) -> bool {
+        let mut g = lock(&self.inner);
+        if g.own != Own::Yes || g.holds > 0 {
+            return false;
+        }
+        g.own = Own::Leaving;
+        true
+    }
+}
+
+/// The owner records and the members' incarnations, as one read saw them.
+struct OwnersView {
+    /// Per guest: its record (`None`: unreadable) and the record's mod revision.
+    owners: BTreeMap<String, (Option<OwnerValue>, i64)>,
+    /// Per node: the incarnation registered.
+    members: BTreeMap<String, String>,
+}
+
+/// The mover: reads the owner records and moves the guests this daemon has gates for, every
+/// [`TICK`] while a move is under way, else every `renew_ms` or when woken. Runs until the agent
+/// stops.
+pub(super) fn mover_loop(shared: &EtcdState, lun: &Weak<Lun>) {
+    let mut busy = true;
+    while !shared.stopping.load(Ordering::Acquire) {
+        {
+            let (m, c) = &*shared.move_wake;
+            let pause = if busy { TICK } else { shared.cfg.renew_every() };
+            let mut woken = lock(m);
+            if !*woken {
+                woken = c
+                    .wait_timeout(woken, pause)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            *woken = false;
+        }
+        if shared.stopping.load(Ordering::Acquire) || lock(&shared.gates).is_empty() {
+            continue;
+        }
+        let Some(lun) = lun.upgrade() else {
+            return;
+        };
+        busy = shared.tend_owners(&lun.reservations);
+    }
+}
+
+/// Wakes the mover at every change under `owners/` (a move asked for or committed).
+pub(super) async fn watch_owners(shared: Arc<EtcdState>) {
+    let prefix = format!("{}owners/", shared.keys.prefix);
+    while !shared.stopping.load(Ordering::Acquire) {
+        let (at, mut client) = shared.endpoints.preferred();
+        let options = etcd_client::WatchOptions::new().with_prefix();
+        match client.watch(prefix.clone(), Some(options)).await {
+            Ok(mut stream) => loop {
+                if shared.stopping.load(Ordering::Acquire) || shared.endpoints.preferred().0 != at {
+                    break;
+                }
+                match tokio::time::timeout(shared.cfg.renew_every(), stream.message()).await {
+                    Ok(Ok(Some(resp))) => {
+                        if !resp.events().is_empty() {
+                            wake(&shared.move_wake);
+                        }
+                        if resp.canceled() {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            },
+            Err(e) => log::debug!("cluster: watch {prefix}: {e}"),
+        }
+        tokio::time::sleep(shared.cfg.renew_every() / 2).await;
+    }
+}
+
+/// Test hooks: `move-answer-lost` drops the answer of a hand-over that etcd applied.
+fn answer_lost_failpoint(done: bool) -> Result<bool, ClusterError> {
+    match failpoint::error("move-answer-lost") {
+        Ok(()) => Ok(done),
+        Err(e) => Err(ClusterError::Etcd {
+            endpoints: String::new(),
+            what: "hand a guest over",
+            source: Box::new(e),
+        }),
+    }
+}
+
+fn senses(uas: &[(u8, u8, u8)]) -> impl Iterator<Item = Sense> + '_ {
+    uas.iter()
+        .take(MAX_MOVED_UAS)
+        .map(|&(k, a, q)| Sense::new(k, a, q))
+}
+
+impl EtcdState {
+    /// The gate of guest `initiator`'s devices (made at the first call).
+    pub fn gate(&self, initiator: &str) -> Arc<GuestGate> {
+        lock(&self.gates)
+            .entry(initiator.to_string())
+            .or_insert_with(|| Arc::new(GuestGate::new(self.move_wake.clone())))
+            .clone()
+    }
+
+    /// A unit attention of change `epoch` for `initiator`, which is not served here: kept if
+    /// this daemon asked to take the guest over.
+    pub(in crate::pr::cluster) fn note_moving(&self, initiator: &str, sense: Sense, epoch: u64) {
+        if let Some(list) = lock(&self.moving).get_mut(initiator) {
+            list.push((epoch, sense));
+        }
+    }
+
+    /// [`EtcdState::note_moving`] for the unit attentions this daemon's commit of `epoch` wrote
+    /// for other daemons' initiators.
+    pub(in crate::pr::cluster) fn note_moving_all(&self, uas: &[(String, Sense)], epoch: u64) {
+        for (initiator, sense) in uas {
+            self.note_moving(initiator, *sense, epoch);
+        }
+    }
+
+    fn owner_key(&self, guest: &str) -> String {
+        format!("{}owners/{guest}", self.keys.prefix)
+    }
+
+    fn read_owners(&self) -> Result<OwnersView, ClusterError> {
+        let owners = format!("{}owners/", self.keys.prefix);
+        let txn = Txn::new().and_then([
+            TxnOp::get(owners.as_str(), Some(GetOptions::new().with_prefix())),
+            TxnOp::get(
+                self.keys.members.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        ]);
+        let got = gets(&self.txn(self.cfg.lease(), "read the guests' owners", &txn)?);
+        let mut view = OwnersView {
+            owners: BTreeMap::new(),
+            members: BTreeMap::new(),
+        };
+        for kv in got.first().into_iter().flatten() {
+            let Some(guest) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(owners.as_str()))
+            else {
+                continue;
+            };
+            let value = serde_json::from_slice::<OwnerValue>(kv.value()).ok();
+            view.owners
+                .insert(guest.to_string(), (value, kv.mod_revision()));
+        }
+        for kv in got.get(1).into_iter().flatten() {
+            if let Ok(m) = serde_json::from_slice::<MemberValue>(kv.value()) {
+                view.members.insert(m.node.clone(), m.incarnation());
+            }
+        }
+        Ok(view)
+    }
+
+    /// Writes `value` as guest's record if it is still at `rev` (0: no record) and this
+    /// incarnation is still its node's member (and, with `state_at`, the state is still at that
+    /// version). `Ok(false)`: something changed first.
+    fn put_owner(
+        &self,
+        guest: &str,
+        rev: i64,
+        value: &OwnerValue,
+        state_at: Option<i64>,
+    ) -> Result<bool, ClusterError> {
+        let key = self.owner_key(guest);
+        let mut when = vec![
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, rev),
+            Compare::value(
+                self.keys.member.as_str(),
+                CompareOp::Equal,
+                self.member.clone(),
+            ),
+        ];
+        if let Some(version) = state_at {
+            when.push(Compare::mod_revision(
+                self.keys.state.as_str(),
+                CompareOp::Equal,
+                version,
+            ));
+        }
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        let txn = Txn::new()
+            .when(when)
+            .and_then([TxnOp::put(key.as_str(), bytes, None)]);
+        Ok(self
+            .txn(self.cfg.lease(), "move a guest", &txn)?
+            .succeeded())
+    }
+
+    fn me(&self) -> Claimant {
+        Claimant {
+            node: self.cfg.node.clone(),
+            incarnation: self.incarnation.clone(),
+        }
+    }
+
+    /// Moves what is to be moved; returns whether a move is still under way.
+    fn tend_owners(&self, fencing: &Reservations) -> bool {
+        let view = match self.read_owners() {
+            Ok(v) => v,
+            Err(e) => {
+                log::debug!("cluster: {e}");
+                return true;
+            }
+        };
+        let gates: Vec<_> = lock(&self.gates)
+            .iter()
+            .map(|(n, g)| (n.clone(), g.clone()))
+            .collect();
+        let mut busy = false;
+        for (guest, gate) in gates {
+            let rec = view.owners.get(&guest);
+            if let Err(e) = self.tend(fencing, &guest, &gate, rec, &view.members) {
+                log::warn!("cluster: guest {guest}: {e}; tried again");
+            }
+            let asked = rec.is_some_and(|(v, _)| v.as_ref().is_some_and(|v| v.want.is_some()));
+            busy |= rec.is_none() || asked || gate.moving();
+        }
+        busy
+    }
+
+    fn tend(
+        &self,
+        fencing: &Reservations,
+        guest: &str,
+        gate: &GuestGate,
+        rec: Option<&(Option<OwnerValue>, i64)>,
+        members: &BTreeMap<String, String>,
+    ) -> Result<(), ClusterError> {
+        let Some((value, rev)) = rec else {
+            return self.create_owner(fencing, guest, gate);
+        };
+        let Some(v) = value else {
+            log::warn!("cluster: guest {guest}: its owner record is unreadable; not served here");
+            return Ok(());
+        };
+        match gate.own() {
+            Own::Leaving => self.finish_leaving(fencing, guest, gate, v, *rev),
+            Own::Yes if v.incarnation == self.incarnation => match &v.want {
+                Some(w)
+                    if w.incarnation != self.incarnation
+                        && members.get(&w.node) == Some(&w.incarnation) =>
+                {
+                    self.hand_over(fencing, guest, gate, v, *rev)
+                }
+                Some(w) => {
+                    // Asked by an incarnation that is gone (or by this one, before it owned
+                    // the guest): never handed to it, the request is dropped.
+                    log::info!(
+                        "cluster: guest {guest}: node {:?} asked for it and is gone; kept here",
+                        w.node
+                    );
+                    let mut next = v.clone();
+                    next.want = None;
+                    self.put_owner(guest, *rev, &next, None).map(|_| ())
+                }
+                None => Ok(()),
+            },
+            Own::Yes => {
+                log::error!(
+                    "cluster: guest {guest} was taken by node {:?} while this daemon owned it \
+                     (this incarnation was replaced): not served here any more",
+                    v.node
+                );
+                self.drop_guest(fencing, guest);
+                gate.set(Own::No);
+                Ok(())
+            }
+            Own::No => self.acquire(fencing, guest, gate, v, *rev, members),
+        }
+    }
+
+    /// No record: the guest is this daemon's (the first daemon that has it).
+    fn create_owner(
+        &self,
+        fencing: &Reservations,
+        guest: &str,
+        gate: &GuestGate,
+    ) -> Result<(), ClusterError> {
+        let v = OwnerValue {
+            node: self.cfg.node.clone(),
+            incarnation: self.incarnation.clone(),
+            moves: 0,
+            epoch: self.held().0,
+            uas: Vec::new(),
+            want: None,
+        };
+        if self.put_owner(guest, 0, &v, None)? && gate.own() != Own::Yes {
+            self.take(fencing, guest, gate, &[], 0);
+        }
+        Ok(())
+    }
+
+    /// The guest is not owned here: take it back (this node's older incarnation), take it over
+    /// (handed to this incarnation, or its owner gone for the wait bound), or ask for it.
+    fn acquire(
+        &self,
+        fencing: &Reservations,
+        guest: &str,
+        gate: &GuestGate,
+        v: &OwnerValue,
+        rev: i64,
+        members: &BTreeMap<String, String>,
+    ) -> Result<(), ClusterError> {
+        if v.incarnation == self.incarnation {
+            if self.held().0 >= v.epoch {
+                failpoint::hit("move-received");
+                self.take(fencing, guest, gate, &v.uas, v.epoch);
+            }
+            return Ok(());
+        }
+        let mine = v.node == self.cfg.node;
+        if mine {
+            let mut next = v.clone();
+            (next.node, next.incarnation, next.moves) =
+                (self.me().node, self.me().incarnation, v.moves + 1);
+            next.uas.clear();
+            if next.want.as_ref().is_some_and(|w| w.node == self.cfg.node) {
+                next.want = None;
+            }
+            if self.put_owner(guest, rev, &next, None)? {
+                log::info!("cluster: guest {guest}: taken back from this node's older incarnation");
+                self.take(fencing, guest, gate, &[], 0);
+            }
+            return Ok(());
+        }
+        if self.serves(guest) {
+            self.drop_guest(fencing, guest);
+        }
+        let live = members.get(&v.node) == Some(&v.incarnation);
+        self.log_owner_once(guest, gate, v, live);
+        if live {
+            // The bound counts from a sighting of the owner gone that no sighting of it live
+            // followed: a member that registered again may have admitted meanwhile.
+            lock(&gate.inner).orphan_since = None;
+        }
+        if !gate.wanted() {
+            return Ok(());
+        }
+        if live {
+            return self.ask(guest, v, rev);
+        }
+        self.take_orphan(fencing, guest, gate, v, rev)
+    }
+
+    /// Asks the live owner for the guest: this incarnation becomes its `want`.
+    fn ask(&self, guest: &str, v: &OwnerValue, rev: i64) -> Result<(), ClusterError> {
+        if v.want.as_ref() == Some(&self.me()) {
+            return Ok(());
+        }
+        // From here the unit attentions of every change this daemon holds are kept for it.
+        lock(&self.moving).entry(guest.to_string()).or_default();
+        let mut next = v.clone();
+        next.want = Some(self.me());
+        if self.put_owner(guest, rev, &next, None)? {
+            log::info!(
+                "cluster: guest {guest}: a connection here has work; asked node {:?} to hand it \
+                 over",
+                v.node
+            );
+        }
+        Ok(())
+    }
+
+    /// The owner is an incarnation that is not its node's member any more: taken once the wait
+    /// bound passed since that was first seen here.
+    fn take_orphan(
+        &self,
+        fencing: &Reservations,
+        guest: &str,
+        gate: &GuestGate,
+        v: &OwnerValue,
+        rev: i64,
+    ) -> Result<(), ClusterError> {
+        let since = *lock(&gate.inner)
+            .orphan_since
+            .get_or_insert_with(Instant::now);
+        if since.elapsed() < self.cfg.wait_bound() {
+            return Ok(());
+        }
+        let next = OwnerValue {
+            node: self.cfg.node.clone(),
+            incarnation: self.incarnation.clone(),
+            moves: v.moves + 1,
+            epoch: self.held().0,
+            uas: Vec::new(),
+            want: None,
+        };
+        if self.put_owner(guest, rev, &next, None)? {
+            log::warn!(
+                "cluster: guest {guest}: its owner, node {:?}, stopped or was replaced without \
+                 handing it over; taken after the wait bound (it gets POWER ON, RESET)",
+                v.node
+            );
+            let _ = fencing.with_mut(|arb| arb.take_unit_attentions(|i| i == guest));
+            lock(&self.moving).remove(guest);
+            let reset = (POWER_ON_RESET.key, POWER_ON_RESET.asc, POWER_ON_RESET.ascq);
+            self.take(fencing, guest, gate, &[reset], 0);
+        }
+        Ok(())
+    }
+
+    fn log_owner_once(&self, guest: &str, gate: &GuestGate, v: &OwnerValue, live: bool) {
+        let mut g = lock(&gate.inner);
+        if !g.logged {
+            g.logged = true;
+            log::warn!(
+                "cluster: guest {guest} is owned by node {:?}{}: its connections here wait until \
+                 it is handed over (a migration) or taken after that owner stopped",
+                v.node,
+                if live { "" } else { " (not a member now)" }
+            );
+        }
+    }
+
+    /// Not this daemon's guest: its unit attentions are its owner's.
+    fn drop_guest(&self, fencing: &Reservations, guest: &str) {
+        let mut arb = fencing.write_lock();
+        arb.take_unit_attentions(|i| i == guest);
+        self.unserve(guest);
+    }
+
+    /// The guest is owned here: its moved unit attentions (`uas`, as of `epoch`), then those
+    /// this daemon kept of later epochs, are queued, and its devices admit.
+    fn take(
+        &self,
+        fencing: &Reservations,
+        guest: &str,
+        gate: &GuestGate,
+        uas: &[(u8, u8, u8)],
+        epoch: u64,
+    ) {
+        {
+            let mut arb = fencing.write_lock();
+            let kept = lock(&self.moving).remove(guest);
+            if !self.serves(guest) {
+                // What was queued before (the power-on of the join) belongs to the old owner.
+                arb.take_unit_attentions(|i| i == guest);
+            }
+            for s in senses(uas) {
+                arb.queue_unit_attention(guest, s);
+            }
+            for (at, s) in kept.unwrap_or_default() {
+                if at > epoch {
+                    arb.queue_unit_attention(guest, s);
+                }
+            }
+            self.serve(guest);
+        }
+        log::info!("cluster: guest {guest} is served here");
+        gate.owned();
+    }
+
+    /// Hands the guest to the incarnation that wants it, once no device here holds it.
+    fn hand_over(
+        &self,
+        fencing: &Reservations,
+        guest: &str,
+        gate: &GuestGate,
+        v: &OwnerValue,
+        rev: i64,
+    ) -> Result<(), ClusterError> {
+        let Some(to) = v.want.clone() else {
+            return Ok(());
+        };
+        if !gate.begin_leaving() {
+            return Ok(());
+        }
+        let mut arb = fencing.write_lock();
+        let (epoch, version) = self.held();
+        let taken: Vec<Sense> = arb
+            .take_unit_attentions(|i| i == guest)
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        self.unserve(guest);
+        failpoint::hit("move-stopped");
+        let next = OwnerValue {
+            node: to.node.clone(),
+            incarnation: to.incarnation,
+            moves: v.moves + 1,
+            epoch,
+            uas: taken.iter().map(|s| (s.key, s.asc, s.ascq)).collect(),
+            want: None,
+        };
+        match self
+            .put_owner(guest, rev, &next, Some(version))
+            .and_then(answer_lost_failpoint)
+        {
+            Ok(true) => {
+                failpoint::hit("move-committed");
+                gate.set(Own::No);
+                log::info!(
+                    "cluster: guest {guest} handed over to node {:?} at epoch {epoch} with {} \
+                     unit attention(s)",
+                    to.node,
+                    taken.len()
+                );
+                Ok(())
+            }
+            Ok(false) => {
+                self.requeue(&mut arb, guest, &taken);
+                gate.set(Own::Yes);
+                Ok(())
+            }
+            Err(e) => {
+                lock(&gate.inner).stash = taken;
+                Err(e)
+            }
+        }
+    }
+
+    fn requeue(&self, arb: &mut crate::pr::Arbiter, guest: &str, taken: &[Sense]) {
+        let later = arb.take_unit_attentions(|i| i == guest);
+        for s in taken.iter().chain(later.iter().map(|(_, s)| s)) {
+            arb.queue_unit_attention(guest, *s);
+        }
+        self.serve(guest);
+    }
+
+    /// A hand-over whose answer was lost: done if the record names another incarnation now;
+    /// else the record is rewritten as it is, so that the lost attempt can never apply, and the
+    /// guest is served here again.
+    fn finish_leaving(
+        &self,
+        fencing: &Reservations,
+        guest: &str,
+        gate: &GuestGate,
+        v: &OwnerValue,
+        rev: i64,
+    ) -> Result<(), ClusterError> {
+        if v.incarnation != self.incarnation {
+            lock(&gate.inner).stash.clear();
+            gate.set(Own::No);
+            log::info!("cluster: guest {guest} handed over to node {:?}", v.node);
+            return Ok(());
+        }
+        let mut arb = fencing.write_lock();
+        if self.put_owner(guest, rev, v, None)? {
+            let taken = std::mem::take(&mut lock(&gate.inner).stash);
+            self.requeue(&mut arb, guest, &taken);
+            drop(arb);
+            gate.owned();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,38 @@
+use super::*;
+
+#[test]
+fn an_owner_record_without_its_optional_fields_reads() {
+    let v: OwnerValue =
+        serde_json::from_str(r#"{"node":"a","incarnation":"x/1/2","moves":3,"epoch":9}"#).unwrap();
+    assert_eq!((v.moves, v.epoch, v.uas.len(), v.want), (3, 9, 0, None));
+}
+
+#[test]
+fn a_hostile_owner_record_is_unreadable_or_bounded() {
+    for bad in [
+        r#"{"node":"a"}"#,
+        r#"{"node":1,"incarnation":"x","moves":0,"epoch":0}"#,
+        "[]",
+    ] {
+        assert!(serde_json::from_str::<OwnerValue>(bad).is_err(), "{bad}");
+    }
+    let many = vec![(6u8, 0x2a, 4); 1000];
+    assert_eq!(senses(&many).count(), MAX_MOVED_UAS);
+}
+
+#[test]
+fn a_gate_admits_only_while_owned_and_is_left_only_when_nothing_holds_it() {
+    let gate = GuestGate::new(Arc::new((Mutex::new(false), Condvar::new())));
+    assert!(!gate.hold(), "not owned yet");
+    assert!(gate.wanted() && gate.moving(), "a device wants it");
+    gate.owned();
+    assert!(gate.hold());
+    assert!(!gate.begin_leaving(), "a device holds it");
+    gate.unhold();
+    assert!(gate.begin_leaving());
+    assert_eq!(gate.own(), Own::Leaving);
+    assert!(
+        !gate.hold(),
+        "nothing is admitted while it is being handed over"
+    );
+}

@@ -1,0 +1,370 @@
+//! A guest moving between two daemons of a cluster (a live migration to another host), through
+//! one real etcd, with raw vhost-user frontends standing for the source and destination QEMUs
+//! (`src/pr/cluster/etcd/owner.rs`): the destination daemon admits nothing of the guest before
+//! the source daemon's rings stopped and the move is committed, the guest keeps its registration
+//! and reservation and its pending unit attention moves with it; a daemon killed mid-move
+//! (test-hooks failpoints) leaves the guest with exactly one owner once it is restarted.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::etcd::{ClusterDaemon, Etcd, FAST};
+use common::scsi_client::*;
+use common::vu_frontend::{
+    blk_header, Desc, VuFrontend, TIMEOUT, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT,
+};
+
+const PREFIX: &str = "/sharedisk/v1/test-disk/";
+
+/// How long a parked request is watched for not completing: an admitted one completes in
+/// milliseconds, and the daemons look at the owner records every 50 ms.
+const PARKED: Duration = Duration::from_millis(1500);
+
+/// The sector both daemons write, A's last write first, then B's first.
+const SECTOR: u64 = 64;
+
+/// RESERVATIONS RELEASED and POWER ON, RESET OCCURRED.
+const RELEASED: SenseTriple = (6, 0x2a, 0x04);
+const POWER_ON: SenseTriple = (6, 0x29, 0x00);
+
+fn image_at(image: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    File::open(image)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+/// Queues a 4 KiB blk write of `fill` at `sector` on queue 0 without waiting; returns the
+/// status byte's address.
+fn queue_write(fe: &mut VuFrontend, sector: u64, fill: u8) -> u64 {
+    let hdr = fe.alloc(16);
+    fe.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
+    let data = fe.alloc(4096);
+    fe.write_mem(data, &[fill; 4096]);
+    let status = fe.alloc(1);
+    fe.write_mem(status, &[0xff]);
+    fe.submit(
+        0,
+        &[Desc::r(hdr, 16), Desc::r(data, 4096), Desc::w(status, 1)],
+    );
+    status
+}
+
+/// The guest's owner record in etcd.
+fn owner(etcd: &Etcd, guest: &str) -> serde_json::Value {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.url, "get", "--print-value-only"])
+        .arg(format!("{PREFIX}owners/{guest}"))
+        .output()
+        .expect("etcdctl runs (Debian's etcd-client)");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// The PR state as the guests see it: vm1 (on A, key 0x11) and vm3 (on B, key 0x33) registered,
+/// vm3 holding Write Exclusive – Registrants Only, and RESERVATIONS RELEASED pending for vm1
+/// (vm3 released once, then reserved again). Returns vm1's source client and vm3's client.
+fn reservations(a: &ClusterDaemon, b: &ClusterDaemon) -> (ScsiClient, ScsiClient) {
+    let mut vm1 = ScsiClient::connect(&a.scsi("vm1"));
+    let mut vm3 = ScsiClient::connect(&b.scsi("vm3"));
+    vm1.drain_ua();
+    vm3.drain_ua();
+    good(&vm1.prout(SA_REGISTER, 0, 0, 0x11, false), "vm1 REGISTER");
+    good(&vm3.prout(SA_REGISTER, 0, 0, 0x33, false), "vm3 REGISTER");
+    good(
+        &vm3.prout(SA_RESERVE, 5, 0x33, 0, false),
+        "vm3 RESERVE WE-RO",
+    );
+    good(&vm3.prout(SA_RELEASE, 5, 0x33, 0, false), "vm3 RELEASE");
+    good(
+        &vm3.prout(SA_RESERVE, 5, 0x33, 0, false),
+        "vm3 RESERVE again",
+    );
+    (vm1, vm3)
+}
+
+/// vm1 moves from A to B: B's write waits while A's frontends run, A's last write lands first,
+/// B's first after it; on B vm1 gets its pending unit attention once and keeps its registration
+/// and the reservation; vm2 (on A, unregistered) stays fenced.
+#[test]
+fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1", "vm2"], &FAST, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &FAST, &[]);
+    let image = dir.path().join("disk.img");
+    let (mut source_scsi, mut vm3) = reservations(&a, &b);
+    let before = (vm3.read_keys(), vm3.read_reservation());
+    let mut vm2 = ScsiClient::connect(&a.scsi("vm2"));
+    vm2.drain_ua();
+    conflict(&vm2.write16(8, &[2; 512]), "vm2 fenced before the move");
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(0, &[0x5a; 4096]);
+    assert_eq!(owner(&etcd, "vm1")["node"], "a", "A owns vm1");
+
+    // The destination QEMU's device on B has work: it waits while A's frontends run.
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let dest_status = queue_write(&mut dest, SECTOR, 0xb2);
+    assert!(
+        dest.wait_used(0, PARKED).is_none(),
+        "B admitted vm1's write while A's frontends still run"
+    );
+    assert_eq!(owner(&etcd, "vm1")["want"]["node"], "b", "B asked for vm1");
+    let last = queue_write(&mut source, SECTOR, 0xa1);
+    source
+        .wait_used(0, TIMEOUT)
+        .expect("A's last write completes");
+    assert_eq!(source.read_mem(last, 1)[0], VIRTIO_BLK_S_OK);
+    assert!(
+        dest.wait_used(0, PARKED).is_none(),
+        "B admitted vm1's write while A's frontends still run"
+    );
+    // The source QEMU stops its devices (GET_VRING_BASE on every ring).
+    source.stop_rings();
+    source_scsi.fe.stop_rings();
+    let stopped = std::time::Instant::now();
+    dest.wait_used(0, TIMEOUT)
+        .expect("B admits vm1's write once A stopped its rings");
+    eprintln!(
+        "cluster_migrate: B's first write done {} ms after A's rings stopped",
+        stopped.elapsed().as_millis()
+    );
+    assert_eq!(dest.read_mem(dest_status, 1)[0], VIRTIO_BLK_S_OK);
+    assert_eq!(
+        image_at(&image, SECTOR * 512, 4096),
+        vec![0xb2; 4096],
+        "B's first write landed after A's last"
+    );
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(
+        (rec["node"].as_str(), rec["moves"].as_u64()),
+        (Some("b"), Some(1))
+    );
+
+    let mut dest_scsi = ScsiClient::connect(&b.scsi("vm1"));
+    check(
+        &dest_scsi.tur(),
+        RELEASED,
+        "vm1's pending unit attention moved",
+    );
+    good(&dest_scsi.tur(), "reported once");
+    assert_eq!(
+        (dest_scsi.read_keys(), dest_scsi.read_reservation()),
+        before,
+        "registration and reservation after the move"
+    );
+    good(
+        &dest_scsi.write16(8, &[9; 512]),
+        "vm1, a registrant, writes on B",
+    );
+    conflict(&vm2.write16(8, &[2; 512]), "vm2 fenced after the move");
+    assert_eq!(dest.blk_read(0, 4096), vec![0x5a; 4096]);
+    assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
+}
+
+/// Starts A (vm1) and B (vm1, vm3) with `a_env` / `b_env`, and asks for vm1 on B while A's
+/// frontend ran and stopped: returns the daemons, B's waiting frontend and its write's status.
+fn start_a_move(
+    dir: &Path,
+    etcd: &Etcd,
+    a_env: &[(&str, &str)],
+    b_env: &[(&str, &str)],
+) -> (ClusterDaemon, ClusterDaemon, VuFrontend, u64) {
+    let ep = [etcd.url.clone()];
+    let a = ClusterDaemon::start(dir, &ep, "a", &["vm1"], &FAST, a_env);
+    let b = ClusterDaemon::start(dir, &ep, "b", &["vm1", "vm3"], &FAST, b_env);
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let status = queue_write(&mut dest, SECTOR, 0xb2);
+    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    source.stop_rings();
+    (a, b, dest, status)
+}
+
+/// The hand-over's answer is lost although etcd applied it: A, not knowing, admits nothing of
+/// vm1 until it read the record, which names B; B serves vm1 with its pending unit attention,
+/// reported once.
+#[test]
+fn a_hand_over_whose_answer_was_lost_is_resolved_from_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let lost = [("SHAREDISK_FAILPOINT", "move-answer-lost")];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &lost);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &FAST, &[]);
+    let (mut source, _vm3) = reservations(&a, &b);
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let status = queue_write(&mut dest, SECTOR, 0xb2);
+    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    source.fe.stop_rings();
+    dest.wait_used(0, TIMEOUT).expect("B admits vm1");
+    assert_eq!(dest.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    assert!(a.log_text().contains("failpoint move-answer-lost"));
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(
+        (rec["node"].as_str(), rec["moves"].as_u64()),
+        (Some("b"), Some(1))
+    );
+    let mut vm1 = ScsiClient::connect(&b.scsi("vm1"));
+    check(&vm1.tur(), RELEASED, "vm1's pending unit attention moved");
+    good(&vm1.tur(), "reported once");
+    let mut back = ScsiClient::connect(&a.scsi("vm1"));
+    let pending = back.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, true);
+    assert!(
+        back.finish(&pending, PARKED).is_none(),
+        "A admitted vm1 after it was handed over"
+    );
+}
+
+/// A stops cleanly (its member key removed) while it owns vm1 and does not start again: B's
+/// device wants vm1 and takes it once the wait bound passed since A's incarnation was gone
+/// (`lease_ms × (1 + drift) / (1 − drift) + max_io_ms`, 912 ms here), with POWER ON, RESET.
+#[test]
+fn a_guest_whose_daemon_stopped_is_taken_after_the_wait_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    drop(source);
+    drop(a);
+    let gone = std::time::Instant::now();
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    dest.blk_write(SECTOR, &[0xb2; 4096]);
+    let waited = gone.elapsed();
+    assert!(
+        waited >= Duration::from_millis(912),
+        "B took vm1 {waited:?} after A stopped, before the wait bound"
+    );
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(
+        (rec["node"].as_str(), rec["moves"].as_u64()),
+        (Some("b"), Some(1))
+    );
+    let mut vm1 = ScsiClient::connect(&b.scsi("vm1"));
+    check(&vm1.tur(), POWER_ON, "taken after its daemon stopped");
+}
+
+/// Restarts node `node` (killed) with no failpoint.
+fn restart(dir: &Path, etcd: &Etcd, node: &str, guests: &[&str]) -> ClusterDaemon {
+    for e in std::fs::read_dir(dir.join(node)).unwrap().flatten() {
+        let _ = std::fs::remove_file(e.path());
+    }
+    let _ = std::fs::rename(
+        dir.join(format!("{node}.log")),
+        dir.join(format!("{node}.1.log")),
+    );
+    ClusterDaemon::start(
+        dir,
+        std::slice::from_ref(&etcd.url),
+        node,
+        guests,
+        &FAST,
+        &[],
+    )
+}
+
+fn wait_exit(d: &mut ClusterDaemon) {
+    for _ in 0..200 {
+        if d.child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} is still running: {}", d.node, d.log_text());
+}
+
+/// A is killed after it stopped admitting vm1 and took its unit attentions, before the move is
+/// committed: B's write waits; once A is restarted (a new incarnation) it takes vm1 back and
+/// hands it over, and vm1 has one owner, B.
+#[test]
+fn a_source_killed_before_committing_the_move_hands_over_once_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let (mut a, b, mut dest, status) = start_a_move(
+        dir.path(),
+        &etcd,
+        &[("SHAREDISK_FAILPOINT", "move-stopped")],
+        &[],
+    );
+    wait_exit(&mut a);
+    assert!(
+        dest.wait_used(0, PARKED).is_none(),
+        "B admitted vm1 while A's record still names A"
+    );
+    assert_eq!(owner(&etcd, "vm1")["node"], "a");
+    let _a = restart(dir.path(), &etcd, "a", &["vm1"]);
+    dest.wait_used(0, TIMEOUT)
+        .expect("B admits vm1 once A's new incarnation handed it over");
+    assert_eq!(dest.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(
+        (rec["node"].as_str(), rec["moves"].as_u64()),
+        (Some("b"), Some(2))
+    );
+    let mut vm1 = ScsiClient::connect(&b.scsi("vm1"));
+    check(
+        &vm1.tur(),
+        POWER_ON,
+        "A's restart: POWER ON, RESET moved with vm1",
+    );
+}
+
+/// A is killed once the move is committed: B serves vm1 without waiting for A.
+#[test]
+fn a_source_killed_after_committing_the_move_leaves_the_guest_to_the_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let (mut a, _b, mut dest, status) = start_a_move(
+        dir.path(),
+        &etcd,
+        &[("SHAREDISK_FAILPOINT", "move-committed")],
+        &[],
+    );
+    wait_exit(&mut a);
+    dest.wait_used(0, TIMEOUT)
+        .expect("B admits vm1: the move was committed");
+    assert_eq!(dest.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    assert_eq!(owner(&etcd, "vm1")["node"], "b");
+}
+
+/// B is killed once the move names it, before it served vm1: after B's restart vm1 is served by
+/// B's new incarnation, and A's source, running again, waits: one owner.
+#[test]
+fn a_destination_killed_before_serving_serves_the_guest_once_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let (a, mut b, _dest, _) = start_a_move(
+        dir.path(),
+        &etcd,
+        &[],
+        &[("SHAREDISK_FAILPOINT", "move-received")],
+    );
+    wait_exit(&mut b);
+    assert_eq!(owner(&etcd, "vm1")["node"], "b", "the move was committed");
+    let b = restart(dir.path(), &etcd, "b", &["vm1", "vm3"]);
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    dest.blk_write(SECTOR, &[0xb3; 4096]);
+    assert_eq!(owner(&etcd, "vm1")["node"], "b");
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    queue_write(&mut source, SECTOR, 0xa2);
+    assert!(
+        source.wait_used(0, PARKED).is_none(),
+        "A admitted vm1 while B's new incarnation serves it"
+    );
+    assert_eq!(
+        image_at(&dir.path().join("disk.img"), SECTOR * 512, 4096),
+        vec![0xb3; 4096]
+    );
+}
