@@ -867,8 +867,7 @@ fn run_raw_logged(
         );
     }
     if let Some(area) = &dirty_log {
-        let (marked, pages) =
-            area.dirty_in(vu_frontend::MEM_BASE, vu_frontend::MEM_SIZE as u64);
+        let (marked, pages) = area.dirty_in(vu_frontend::MEM_BASE, vu_frontend::MEM_SIZE as u64);
         eprintln!(
             "suite: {} {}: dirty log on, {marked} of the driver's {pages} pages marked",
             socket.display(),
