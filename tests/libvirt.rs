@@ -498,6 +498,9 @@ fn virsh_migrate_live_moves_a_domain_with_its_reservation() {
             .unwrap_or_default(),
         d.log()
     );
+    // libvirt's figures of the move (the destination keeps the completed job's statistics).
+    let (_, job) = second.virsh(&["domjobinfo", "--completed", &domain.name]);
+    eprintln!("virsh migrate: {report}\n{job}");
     let (_, list) = second.virsh(&["list", "--name"]);
     assert!(
         list.contains(&domain.name),

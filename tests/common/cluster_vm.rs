@@ -94,7 +94,12 @@ impl ClusterLab {
         if self.migratable {
             new_root_overlay(&self.root_overlay(k));
         }
-        boot_opts(self.node_opts(k))
+        let g = boot_opts(self.node_opts(k));
+        if self.migratable {
+            // The root (virtio-blk too) comes after sharedisk's /dev/vda.
+            g.sh("test \"$(cat /sys/block/vda/serial)\" != sharedisk-root");
+        }
+        g
     }
 
     /// Node `k`'s QEMU flags: its devices, network and acknowledgements; if the lab is
@@ -210,9 +215,10 @@ pub fn hosts_of(n: usize) -> String {
 }
 
 /// A fresh qcow2 overlay of the cluster guest's root.img at `path` (`qemu-img`, from
-/// qemu-utils).
+/// qemu-utils); `run-guest.sh --root` boots it through the test guest's initramfs.
 fn new_root_overlay(path: &Path) {
     let base = super::guest::ensure_cluster_images().join("root.img");
+    super::guest::ensure_guest_images();
     let _ = std::fs::remove_file(path);
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
