@@ -255,7 +255,8 @@ fn migrate_node1(lab: &mut ClusterLab, watcher: &AckWatcher, t0: Instant) -> Val
     step(
         t0,
         format!(
-            "node1 live-migrated to a new QEMU while the application writes: total-time {} ms,              downtime {} ms",
+            "node1 live-migrated to a new QEMU while the application writes: total-time {} ms, \
+             downtime {} ms",
             m["total-time"], m["downtime"]
         ),
     );
@@ -294,7 +295,9 @@ fn migrate_node1(lab: &mut ClusterLab, watcher: &AckWatcher, t0: Instant) -> Val
     wait_acks(watcher, 1, acks, 20, "node1's application still writes");
     step(
         t0,
-        "after the move: same application process on node1, same corosync ring, no failed          action or fail count, no fencing, registrations and reservation as before, fence_scsi          monitor and status pass on node1",
+        "after the move: same application process on node1, same corosync ring, no failed \
+         action or fail count, no fencing, registrations and reservation as before, \
+         fence_scsi monitor and status pass on node1",
     );
     m
 }
