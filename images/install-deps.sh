@@ -10,11 +10,12 @@ SUDO=
 # (3.4) with etcdctl for the cluster tests; iproute2 and nftables for their network lab; openssl
 # for the certificates of tests/cluster_tls.rs. libiscsi-bin (iscsi-test-cu, iscsi-ls) for the
 # iSCSI target's tests/iscsi_conformance.rs, and tgt, scored beside it there; iscsi-inq and
-# iscsi-ls with CHAP for tests/iscsi_chap.rs.
+# iscsi-ls with CHAP for tests/iscsi_chap.rs. qemu-utils (qemu-img) for the cluster guests' root
+# overlays that a live migration's two QEMUs share (tests/e2e_pacemaker.rs).
 packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc g++ libc6-dev socat prometheus
           libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils
           protobuf-compiler libprotobuf-dev etcd-server etcd-client iproute2 nftables
-          openssl libiscsi-bin tgt)
+          openssl libiscsi-bin tgt qemu-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
