@@ -56,13 +56,18 @@ fn pid_alive(pidfile: &str) -> Option<i32> {
 }
 
 /// libvirtd and virtlogd, started by this test unless they already run (the machine has no
-/// systemd as init); the ones started here are stopped at the end.
+/// systemd as init); the ones started here are stopped at the end. One test at a time holds
+/// it: a test must not stop the libvirtd another one uses.
 struct Libvirtd {
     started: Vec<&'static str>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static LIBVIRTD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Libvirtd {
     fn ensure() -> Libvirtd {
+        let one_at_a_time = LIBVIRTD.lock().unwrap_or_else(|e| e.into_inner());
         let mut started = Vec::new();
         for (daemon, pidfile) in [
             ("virtlogd", "/run/virtlogd.pid"),
@@ -83,7 +88,10 @@ impl Libvirtd {
             assert!(Instant::now() < deadline, "libvirtd does not answer: {out}");
             std::thread::sleep(Duration::from_millis(200));
         }
-        Libvirtd { started }
+        Libvirtd {
+            started,
+            _one_at_a_time: one_at_a_time,
+        }
     }
 }
 
@@ -93,6 +101,12 @@ impl Drop for Libvirtd {
             if let Some(pid) = pid_alive(pidfile) {
                 // SAFETY: kill(2) on the daemon this test started.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
+                // Gone before the next test looks: one that finds it still shutting down
+                // would not start its own.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while pid_alive(pidfile) == Some(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
     }
