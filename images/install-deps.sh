@@ -11,11 +11,13 @@ SUDO=
 # for the certificates of tests/cluster_tls.rs. libiscsi-bin (iscsi-test-cu, iscsi-ls) for the
 # iSCSI target's tests/iscsi_conformance.rs, and tgt, scored beside it there; iscsi-inq and
 # iscsi-ls with CHAP for tests/iscsi_chap.rs. qemu-block-extra: QEMU 7.2's libiscsi block driver
-# (`-drive driver=iscsi`), for the guest on iSCSI of tests/e2e_iscsi_guest.rs.
+# (`-drive driver=iscsi`), for the guest on iSCSI of tests/e2e_iscsi_guest.rs. qemu-utils
+# (qemu-img) for the cluster guests' root overlays that a live migration's two QEMUs share
+# (tests/e2e_pacemaker.rs).
 packages=(qemu-system-x86 busybox-static sg3-utils cpio kmod gcc g++ libc6-dev socat prometheus
           libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils
           protobuf-compiler libprotobuf-dev etcd-server etcd-client iproute2 nftables
-          openssl libiscsi-bin tgt qemu-block-extra)
+          openssl libiscsi-bin tgt qemu-block-extra qemu-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -24,7 +24,12 @@
 #   --mac MAC          (cluster) eth0's MAC address (unique per guest on one network)
 #   --ip ADDR/PREFIX   (cluster) eth0's address
 #   --hosts N1=IP1,... (cluster) every node of the cluster: /etc/hosts and corosync.conf
-#   --ack FILE         (cluster) the guest's second serial port (/dev/ttyS1) is written to FILE
+#   --ack FILE         (cluster) the guest's second serial port (/dev/ttyS1) is appended to FILE
+#   --root FILE        (cluster) the root disk is FILE, a qcow2 overlay of root.img whose writes
+#                      are kept (instead of a private snapshot), on virtio-blk (QEMU cannot
+#                      migrate NVMe) through an initramfs (FILE.initrd, see cluster-root-init):
+#                      a live migration's destination QEMU, started with the same FILE, carries
+#                      on with the same disk
 #   --                 everything after is passed to QEMU verbatim
 #
 # The guest prints "@@READY@@ ..." on the serial console when booted, then runs each line it
@@ -60,6 +65,7 @@ MAC=
 IP=
 HOSTS=
 ACK=
+ROOT=
 EXTRA=()
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -82,6 +88,7 @@ while [ $# -gt 0 ]; do
         --ip) need_arg "$@"; IP=$2; shift 2 ;;
         --hosts) need_arg "$@"; HOSTS=$2; shift 2 ;;
         --ack) need_arg "$@"; ACK=$2; shift 2 ;;
+        --root) need_arg "$@"; ROOT=$2; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
         -h|--help) usage ;;
         *) echo "run-guest: unknown option $1" >&2; usage ;;
@@ -145,14 +152,31 @@ ARGS=(
 )
 APPEND="console=ttyS0 panic=-1 quiet loglevel=3 sharedisk.name=$NAME mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable"
 if [ $CLUSTER = 1 ]; then
-    # NVMe and ext4 are built into the kernel: no initramfs. The root is an NVMe namespace so
-    # that /dev/vda and /dev/sda stay sharedisk's devices.
-    ARGS+=(-drive "file=$CACHE/root.img,if=none,id=root,format=raw,snapshot=on"
-        -device nvme,drive=root,serial=sharedisk-root)
     # clocksource=hpet: under TCG on a busy host the kernel can calibrate the TSC wrongly at boot,
     # and a guest clock that runs fast makes corosync's and Pacemaker's timers fire early. The
     # HPET counts QEMU's virtual clock, which follows the host's.
-    APPEND="$APPEND root=/dev/nvme0n1 rw rootfstype=ext4 init=/sbin/sharedisk-init net.ifnames=0 clocksource=hpet"
+    APPEND="$APPEND net.ifnames=0 clocksource=hpet"
+    if [ -n "$ROOT" ]; then
+        # QEMU cannot migrate an NVMe controller: this root is a virtio-blk disk at the last PCI
+        # slot (after the vhost-user-blk device, which stays /dev/vda), mounted by
+        # cluster-root-init from an initramfs: the test guest's, with that /init appended.
+        GUEST_CACHE=${SHAREDISK_CACHE:-$HOME/.cache/sharedisk}/guest
+        [ -s "$GUEST_CACHE/initramfs.img" ] || "$REPO/images/build-guest.sh" "$GUEST_CACHE" >&2
+        extra=$(mktemp -d)
+        install -m 755 "$SCRIPTS/cluster-root-init" "$extra/init"
+        { cat "$GUEST_CACHE/initramfs.img"; (cd "$extra" && echo init | cpio -o -H newc --quiet | gzip -1); } \
+            >"$ROOT.initrd"
+        rm -rf "$extra"
+        ARGS+=(-drive "file=$ROOT,if=none,id=root,format=qcow2"
+            -device virtio-blk-pci,drive=root,serial=sharedisk-root,bus=pcie.0,addr=0x1e
+            -initrd "$ROOT.initrd")
+    else
+        # NVMe and ext4 are built into the kernel: no initramfs. The root is an NVMe namespace so
+        # that /dev/vda and /dev/sda stay sharedisk's devices.
+        ARGS+=(-drive "file=$CACHE/root.img,if=none,id=root,format=raw,snapshot=on"
+            -device nvme,drive=root,serial=sharedisk-root)
+        APPEND="$APPEND root=/dev/nvme0n1 rw rootfstype=ext4 init=/sbin/sharedisk-init"
+    fi
     [ -z "$IP" ] || APPEND="$APPEND sharedisk.ip=$IP"
     [ -z "$HOSTS" ] || APPEND="$APPEND sharedisk.hosts=$HOSTS"
     if [ -n "$NET" ]; then
@@ -183,7 +207,8 @@ case "$SERIAL" in
     *) echo "run-guest: --serial must be stdio or unix:PATH" >&2; exit 2 ;;
 esac
 if [ -n "$ACK" ]; then
-    ARGS+=(-chardev "file,id=ack0,path=$ACK" -serial chardev:ack0)
+    # append=on: a migration's destination QEMU continues the file instead of truncating it.
+    ARGS+=(-chardev "file,id=ack0,path=$ACK,append=on" -serial chardev:ack0)
 fi
 
 exec "$QEMU" "${ARGS[@]}" "${EXTRA[@]}"

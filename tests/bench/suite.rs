@@ -125,6 +125,9 @@ enum System {
     Sharedisk,
     SharediskGated,
     VuBlk,
+    /// `VuBlk` with dirty page logging on (SET_LOG_BASE and `VHOST_F_LOG_ALL`, as during a
+    /// migration).
+    VuBlkLogged,
     VuScsi,
     NoPoll,
     AioUring,
@@ -134,7 +137,7 @@ enum System {
 }
 
 impl System {
-    const ALL: [System; 13] = [
+    const ALL: [System; 14] = [
         System::FioUring,
         System::FioPsync,
         System::QsdThreads,
@@ -142,6 +145,7 @@ impl System {
         System::Sharedisk,
         System::SharediskGated,
         System::VuBlk,
+        System::VuBlkLogged,
         System::VuScsi,
         System::NoPoll,
         System::AioUring,
@@ -160,6 +164,7 @@ impl System {
             System::Sharedisk => "sharedisk",
             System::SharediskGated => "sharedisk-gated",
             System::VuBlk => "sharedisk-vu-blk",
+            System::VuBlkLogged => "sharedisk-vu-blk-logged",
             System::VuScsi => "sharedisk-vu-scsi",
             System::NoPoll => "sharedisk-nopoll",
             System::AioUring => "sharedisk-aio-io_uring",
@@ -178,6 +183,9 @@ impl System {
             System::Sharedisk => "sharedisk blk, libblkio",
             System::SharediskGated => "sharedisk blk, libblkio, under WE-RO as a registrant",
             System::VuBlk => "sharedisk blk, raw vhost-user driver",
+            System::VuBlkLogged => {
+                "sharedisk blk, raw vhost-user driver, dirty page logging on (as in a migration)"
+            }
             System::VuScsi => "sharedisk scsi READ/WRITE(16), raw vhost-user driver",
             System::NoPoll => "sharedisk blk, libblkio, --poll-us 0 (own image copy)",
             System::AioUring => "sharedisk blk, libblkio, --aio io_uring (own image copy)",
@@ -799,6 +807,21 @@ fn scsi_block_size(c: &mut ScsiClient) -> u32 {
 }
 
 fn run_raw(socket: &Path, wire: Wire, p: &Pattern, secs: f64, pid: u32, seed: u64) -> Sample {
+    run_raw_logged(socket, wire, p, secs, pid, seed, false)
+}
+
+/// [`run_raw`], with dirty page logging on if `log`: SET_LOG_BASE with a bitmap over the
+/// driver's memory, then `VHOST_F_LOG_ALL`, as QEMU does when a migration starts, so that the
+/// daemon marks every page it writes (data-in buffers, used rings) for the whole sample.
+fn run_raw_logged(
+    socket: &Path,
+    wire: Wire,
+    p: &Pattern,
+    secs: f64,
+    pid: u32,
+    seed: u64,
+    log: bool,
+) -> Sample {
     assert!(p.qd * 3 <= RING_SIZE as usize);
     let (mut fe, first_ring, wire) = match wire {
         Wire::Blk => (VuFrontend::connect(socket, p.queues, RING_SIZE), 0, wire),
@@ -813,6 +836,7 @@ fn run_raw(socket: &Path, wire: Wire, p: &Pattern, secs: f64, pid: u32, seed: u6
     let jobs: Vec<RingJob> = (0..p.queues)
         .map(|q| prepare_ring(&mut fe, first_ring + q, wire, p))
         .collect();
+    let dirty_log = log.then(|| fe.start_dirty_log());
     let barrier = Arc::new(Barrier::new(p.queues + 1));
     let threads: Vec<_> = jobs
         .into_iter()
@@ -842,7 +866,16 @@ fn run_raw(socket: &Path, wire: Wire, p: &Pattern, secs: f64, pid: u32, seed: u6
             p.name()
         );
     }
+    if let Some(area) = &dirty_log {
+        let (marked, pages) = area.dirty_in(vu_frontend::MEM_BASE, vu_frontend::MEM_SIZE as u64);
+        eprintln!(
+            "suite: {} {}: dirty log on, {marked} of the driver's {pages} pages marked",
+            socket.display(),
+            p.name()
+        );
+    }
     drop(fe);
+    drop(dirty_log);
     summarize(outs, p.bs, cpu, client)
 }
 
@@ -1376,7 +1409,11 @@ fn main() {
     let need_sd = systems.iter().any(|s| {
         matches!(
             s,
-            System::Sharedisk | System::SharediskGated | System::VuBlk | System::VuScsi
+            System::Sharedisk
+                | System::SharediskGated
+                | System::VuBlk
+                | System::VuBlkLogged
+                | System::VuScsi
         )
     });
     let flags: &[&str] = if direct() { &["--direct"] } else { &[] };
@@ -1456,6 +1493,11 @@ fn main() {
                     System::VuBlk => {
                         let d = daemon.as_ref().unwrap();
                         run_raw(&d.blk("bench"), Wire::Blk, p, secs, d.pid().unwrap(), seed)
+                    }
+                    System::VuBlkLogged => {
+                        let d = daemon.as_ref().unwrap();
+                        let pid = d.pid().unwrap();
+                        run_raw_logged(&d.blk("bench"), Wire::Blk, p, secs, pid, seed, true)
                     }
                     System::VuScsi => {
                         let d = daemon.as_ref().unwrap();
@@ -1653,6 +1695,16 @@ fn main() {
             let r = s.iops / b.iops;
             println!(
                 "  {} {}: scsi {r:.2}x blk, same raw driver (>= 0.8x)",
+                mark(r >= 0.8),
+                p.name()
+            );
+        }
+    }
+    for p in &patterns {
+        if let (Some(l), Some(b)) = (get(p, System::VuBlkLogged), get(p, System::VuBlk)) {
+            let r = l.iops / b.iops;
+            println!(
+                "  {} {}: dirty logging on: {r:.2}x the IOPS without, same raw driver (>= 0.8x)",
                 mark(r >= 0.8),
                 p.name()
             );

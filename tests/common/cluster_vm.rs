@@ -2,14 +2,20 @@
 //! fence-agents, multipath-tools) on one `sharedisk serve` process: node K is `nodeK`, with
 //! /dev/vda (blk) and /dev/sda (scsi) on the shared image, eth0 10.77.0.K on a private multicast
 //! network of its own (loopback only), and its /dev/ttyS1 written to `DIR/nodeK.ack`.
+//! A lab started with [`ClusterLab::start_migratable`] gives each node a root overlay of its own
+//! (`DIR/nodeK-bootB-root.qcow2`) and QMP (`DIR/nodeK-qemuQ-qmp.sock`), so that a node can move
+//! to a new QEMU on this host ([`ClusterLab::migrate_node`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+
 use super::guest::{ClusterNet, Guest, GuestOpts};
 use super::process::DaemonProcess;
+use super::qmp::{qmp_args, Qmp};
 
 pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
@@ -20,6 +26,11 @@ pub struct ClusterLab {
     pub dir: PathBuf,
     net: String,
     hosts: String,
+    /// Whether the nodes can migrate (a root overlay of their own and QMP).
+    migratable: bool,
+    /// Per node: its boots (the root overlay's number) and its QEMUs (the QMP socket's).
+    boots: Vec<u32>,
+    qemus: Vec<u32>,
 }
 
 /// A multicast port of this process's own, so that concurrent test processes (and labs) never
@@ -34,6 +45,15 @@ pub fn net_addr() -> String {
 impl ClusterLab {
     /// Starts the daemon on a `size` image in `dir` and boots `n` nodes in parallel.
     pub fn start(dir: &Path, n: usize, size: &str) -> ClusterLab {
+        Self::start_with(dir, n, size, false)
+    }
+
+    /// [`ClusterLab::start`] with nodes that can migrate ([`ClusterLab::migrate_node`]).
+    pub fn start_migratable(dir: &Path, n: usize, size: &str) -> ClusterLab {
+        Self::start_with(dir, n, size, true)
+    }
+
+    fn start_with(dir: &Path, n: usize, size: &str, migratable: bool) -> ClusterLab {
         let names = &NODES[..n];
         let daemon = DaemonProcess::start(dir, names, size);
         let hosts = hosts_of(n);
@@ -43,6 +63,9 @@ impl ClusterLab {
             dir: dir.to_path_buf(),
             net: net_addr(),
             hosts,
+            migratable,
+            boots: vec![0; n],
+            qemus: vec![0; n],
         };
         let started = Instant::now();
         let booted: Vec<Guest> = std::thread::scope(|s| {
@@ -68,21 +91,94 @@ impl ClusterLab {
     }
 
     fn boot_node(&self, k: usize) -> Guest {
+        if self.migratable {
+            new_root_overlay(&self.root_overlay(k));
+        }
+        let g = boot_opts(self.node_opts(k));
+        if self.migratable {
+            // The root (virtio-blk too) comes after sharedisk's /dev/vda.
+            g.sh("test \"$(cat /sys/block/vda/serial)\" != sharedisk-root");
+        }
+        g
+    }
+
+    /// Node `k`'s QEMU flags: its devices, network and acknowledgements; if the lab is
+    /// migratable, its root overlay and QMP socket too.
+    fn node_opts(&self, k: usize) -> GuestOpts<'static> {
         let name = NODES[k - 1];
-        boot_node(
+        let mut o = node_opts(
             k,
             (self.daemon.blk(name), self.daemon.scsi(name)),
             &self.net,
             &self.hosts,
             self.ack_file(k),
-        )
+        );
+        if self.migratable {
+            o.cluster.as_mut().unwrap().root = Some(self.root_overlay(k));
+            o.extra_args = qmp_args(&self.qmp_socket(k));
+        }
+        o
+    }
+
+    fn root_overlay(&self, k: usize) -> PathBuf {
+        let boot = self.boots[k - 1];
+        self.dir.join(format!("node{k}-boot{boot}-root.qcow2"))
+    }
+
+    /// The QMP socket of node `k`'s current QEMU (a migratable lab).
+    pub fn qmp_socket(&self, k: usize) -> PathBuf {
+        let qemu = self.qemus[k - 1];
+        self.dir.join(format!("node{k}-qemu{qemu}-qmp.sock"))
     }
 
     /// Boots node `k` (1-based) again after it went down.
     pub fn reboot_node(&mut self, k: usize) {
         assert!(self.nodes[k - 1].is_none(), "node{k} still runs");
+        self.boots[k - 1] += 1;
+        self.qemus[k - 1] += 1;
         let g = self.boot_node(k);
         self.nodes[k - 1] = Some(g);
+    }
+
+    /// Live-migrates node `k`'s running guest to a new QEMU on this host, served by the same
+    /// daemon (QMP `migrate` over a unix socket, at `bandwidth` bytes/s), and kills the source
+    /// once the migration completed; the node's [`Guest`] is the destination's from then on.
+    /// Returns the source's `query-migrate` answer.
+    pub fn migrate_node(&mut self, k: usize, bandwidth: u64) -> Value {
+        assert!(self.migratable, "a lab started with start_migratable");
+        let source = Qmp::new(self.qmp_socket(k));
+        self.qemus[k - 1] += 1;
+        let uri = format!(
+            "unix:{}",
+            self.dir
+                .join(format!("node{k}-qemu{}-incoming.sock", self.qemus[k - 1]))
+                .display()
+        );
+        let mut o = self.node_opts(k);
+        o.extra_args.extend(["-incoming".to_string(), uri.clone()]);
+        let dest = Guest::start_incoming(o);
+        dest.set_run_timeout(Duration::from_secs(120));
+        let target = Qmp::new(self.qmp_socket(k));
+        assert_eq!(target.run_state(), "inmigrate", "the destination waits");
+        source.cmd(
+            "migrate-set-parameters",
+            json!({ "max-bandwidth": bandwidth }),
+        );
+        source.cmd("migrate", json!({ "uri": uri }));
+        let m = source.wait_migration(
+            &["completed", "failed", "cancelled"],
+            Duration::from_secs(300),
+        );
+        assert_eq!(m["status"], "completed", "node{k}'s migration: {m}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while target.run_state() != "running" {
+            assert!(Instant::now() < deadline, "the destination runs the guest");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(src) = self.nodes[k - 1].replace(dest) {
+            src.kill();
+        }
+        m
     }
 
     /// Node `k` (1-based).
@@ -118,6 +214,26 @@ pub fn hosts_of(n: usize) -> String {
         .join(",")
 }
 
+/// A fresh qcow2 overlay of the cluster guest's root.img at `path` (`qemu-img`, from
+/// qemu-utils); `run-guest.sh --root` boots it through the test guest's initramfs.
+fn new_root_overlay(path: &Path) {
+    let base = super::guest::ensure_cluster_images().join("root.img");
+    super::guest::ensure_guest_images();
+    let _ = std::fs::remove_file(path);
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(path)
+        .output()
+        .expect("qemu-img runs (qemu-utils, images/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "qemu-img create {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Boots node `k` (1-based) of a cluster on network `net` (see [`net_addr`]) with `/dev/vda` and
 /// `/dev/sda` on the `(blk, scsi)` sockets, whichever daemon serves them; its /dev/ttyS1 goes to
 /// `ack`.
@@ -128,6 +244,24 @@ pub fn boot_node(
     hosts: &str,
     ack: PathBuf,
 ) -> Guest {
+    boot_opts(node_opts(k, sockets, net, hosts, ack))
+}
+
+fn boot_opts(o: GuestOpts<'_>) -> Guest {
+    let g = Guest::boot(o);
+    g.set_run_timeout(Duration::from_secs(120));
+    g.sh("test -b /dev/vda && test -b /dev/sda && ip -br addr show eth0");
+    g
+}
+
+/// [`boot_node`]'s QEMU flags.
+fn node_opts(
+    k: usize,
+    sockets: (PathBuf, PathBuf),
+    net: &str,
+    hosts: &str,
+    ack: PathBuf,
+) -> GuestOpts<'static> {
     let name = NODES[k - 1];
     let mut o = GuestOpts::new(name);
     o.blk = Some(sockets.0);
@@ -140,11 +274,9 @@ pub fn boot_node(
         ip: format!("10.77.0.{k}/24"),
         hosts: hosts.to_string(),
         ack: Some(ack),
+        root: None,
     });
-    let g = Guest::boot(o);
-    g.set_run_timeout(Duration::from_secs(120));
-    g.sh("test -b /dev/vda && test -b /dev/sda && ip -br addr show eth0");
-    g
+    o
 }
 
 /// Starts corosync on `nodes` and waits until each sees all of them.

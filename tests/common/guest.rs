@@ -205,8 +205,12 @@ pub struct ClusterNet {
     pub ip: String,
     /// Every node, `NAME=IP,...` in node id order (`/etc/hosts`, `corosync.conf`).
     pub hosts: String,
-    /// File that receives the guest's second serial port (`/dev/ttyS1`).
+    /// File that receives the guest's second serial port (`/dev/ttyS1`), appended to.
     pub ack: Option<PathBuf>,
+    /// The root disk: a qcow2 overlay of `root.img` that keeps the guest's writes, which a
+    /// migration's destination QEMU opens too (`run-guest.sh --root`); `None`: a private
+    /// snapshot.
+    pub root: Option<PathBuf>,
 }
 
 impl Default for GuestOpts<'static> {
@@ -372,6 +376,9 @@ impl Guest {
             ]);
             if let Some(ack) = &c.ack {
                 cmd.arg("--ack").arg(ack);
+            }
+            if let Some(root) = &c.root {
+                cmd.arg("--root").arg(root);
             }
         }
         if !opts.extra_args.is_empty() {
