@@ -90,6 +90,7 @@ fn boot_iscsi_node(net: &str, hosts: &str, ack: std::path::PathBuf, host_port: u
         ip: "10.77.0.2/24".into(),
         hosts: hosts.to_string(),
         ack: Some(ack),
+        root: None,
     });
     let (ip, port) = GUEST_PORTAL.split_once(':').unwrap();
     o.extra_args = vec![
