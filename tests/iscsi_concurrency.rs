@@ -165,7 +165,11 @@ fn reads_behind_a_slow_write_are_answered_before_it() {
     answered.sort_unstable();
     assert_eq!(answered, reads, "every READ answered once");
     let image = std::fs::read(&s.daemon.image).unwrap();
-    assert_eq!(&image[128 * 512..129 * 512], &[0x3c; 512], "the WRITE landed");
+    assert_eq!(
+        &image[128 * 512..129 * 512],
+        &[0x3c; 512],
+        "the WRITE landed"
+    );
 }
 
 /// 32 WRITEs held by the delay fill the window: the responses' MaxCmdSN closes it, a 33rd
@@ -198,7 +202,11 @@ fn a_command_beyond_the_window_of_outstanding_commands_is_dropped() {
         u32::from_be_bytes(tur[24..28].try_into().unwrap()),
         "ExpCmdSN still at the dropped command's CmdSN"
     );
-    assert_eq!(max.wrapping_sub(exp).wrapping_add(1), 32, "window open again");
+    assert_eq!(
+        max.wrapping_sub(exp).wrapping_add(1),
+        32,
+        "window open again"
+    );
     // The same CmdSN again, a new ITT: served.
     i.cmd_sn -= 1;
     let again = i.cmd_header(&[0; 6], 0, false, false);
@@ -223,13 +231,24 @@ fn query_task_query_task_set_and_i_t_nexus_reset() {
     let write = send_write(&mut i, 512, 0x77);
     std::thread::sleep(DELAY / 5);
     let (r, before) = tmf(&mut i, 9, write);
-    assert_eq!((r, before.len()), (FUNCTION_SUCCEEDED, 0), "QUERY TASK: the WRITE in flight");
+    assert_eq!(
+        (r, before.len()),
+        (FUNCTION_SUCCEEDED, 0),
+        "QUERY TASK: the WRITE in flight"
+    );
     let (r, _) = tmf(&mut i, 9, 0x0bad_0bad);
     assert_eq!(r, 0, "QUERY TASK for a tag no task has: function complete");
     let (r, _) = tmf(&mut i, 10, 0xffff_ffff);
-    assert_eq!(r, FUNCTION_SUCCEEDED, "QUERY TASK SET: the nexus has a task");
+    assert_eq!(
+        r, FUNCTION_SUCCEEDED,
+        "QUERY TASK SET: the nexus has a task"
+    );
     let p = next_status(&mut i);
-    assert_eq!((p.u32_at(16), p.bhs[3]), (write, GOOD), "the WRITE's response");
+    assert_eq!(
+        (p.u32_at(16), p.bhs[3]),
+        (write, GOOD),
+        "the WRITE's response"
+    );
     let (r, _) = tmf(&mut i, 10, 0xffff_ffff);
     assert_eq!(r, 0, "QUERY TASK SET once the WRITE was answered");
     // I_T NEXUS RESET with another WRITE in flight: the WRITE ends first, then the answer.
@@ -244,5 +263,9 @@ fn query_task_query_task_set_and_i_t_nexus_reset() {
     );
     let image = std::fs::read(&s.daemon.image).unwrap();
     assert_eq!(&image[520 * 512..521 * 512], &[0x78; 512]);
-    assert_eq!(i.drain_ua(), vec![(0x06, 0x29, 0x07)], "I_T nexus loss for this nexus");
+    assert_eq!(
+        i.drain_ua(),
+        vec![(0x06, 0x29, 0x07)],
+        "I_T nexus loss for this nexus"
+    );
 }

@@ -649,7 +649,8 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
                 self.link.wait_finished(|_| true);
                 if function == 11 {
                     log::info!("{}: iscsi: I_T nexus reset", self.nexus);
-                    lun.reservations.with_mut(|a| a.i_t_nexus_reset(&self.nexus));
+                    lun.reservations
+                        .with_mut(|a| a.i_t_nexus_reset(&self.nexus));
                 }
                 tmf_response::COMPLETE
             }

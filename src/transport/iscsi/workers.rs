@@ -309,7 +309,10 @@ impl<W: Write> Link<W> {
         }
         self.info.counters.commands.fetch_add(1, Relaxed);
         if let Some(d) = &job.data_out {
-            self.info.counters.bytes_in.fetch_add(d.len() as u64, Relaxed);
+            self.info
+                .counters
+                .bytes_in
+                .fetch_add(d.len() as u64, Relaxed);
         }
         let mut din = vec![0u8; job.room];
         let outcome = match job.data_out.as_mut() {
@@ -396,7 +399,11 @@ impl<W: Write> Out<W> {
         }
         let free = CMD_WINDOW.saturating_sub(self.used);
         put(&mut b, 28, self.exp_cmd_sn);
-        put(&mut b, 32, self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1));
+        put(
+            &mut b,
+            32,
+            self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1),
+        );
         write_pdu(&mut self.writer, b, data, digests)
     }
 }
