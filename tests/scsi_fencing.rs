@@ -90,7 +90,10 @@ fn flood(c: &mut ScsiClient, stop: &AtomicBool, progress: &AtomicUsize) -> Vec<F
                 let (response, status, sense, _) = parse_resp(&c.fe.read_mem(slot.resp, RESP_LEN));
                 // PREEMPT AND ABORT aborts the victim's queued writes (SPC-4 §5.9.11.5).
                 let aborted = response == VIRTIO_SCSI_S_ABORTED;
-                assert!(aborted || response == VIRTIO_SCSI_S_OK, "write {seq}: {response}");
+                assert!(
+                    aborted || response == VIRTIO_SCSI_S_OK,
+                    "write {seq}: {response}"
+                );
                 fates[seq] = match (status, sense) {
                     _ if aborted => Fate::Refused,
                     (GOOD, None) => Fate::Good,

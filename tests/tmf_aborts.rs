@@ -461,5 +461,9 @@ fn preempt_and_abort_aborts_the_victims_queued_iscsi_write() {
         r.data
     );
     let fin = std::fs::read(&s.daemon.image).unwrap();
-    assert_eq!(on_image(&fin, SMALL_LBA, 512), [0; 512], "the aborted write landed");
+    assert_eq!(
+        on_image(&fin, SMALL_LBA, 512),
+        [0; 512],
+        "the aborted write landed"
+    );
 }
