@@ -269,3 +269,55 @@ fn query_task_query_task_set_and_i_t_nexus_reset() {
         "I_T nexus loss for this nexus"
     );
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A hostile session: 32 READs of 4 MiB each (the LU's largest transfer) while it stops
+/// reading. The session's data buffers stay bounded (16 MiB: its reader takes no further command
+/// until its workers free some), so the daemon grows by far less than the 128 MiB asked for;
+/// once the initiator reads again, every READ is answered. With the bound taken out, 8 workers
+/// held 4 MiB each (32 MiB and more).
+#[test]
+fn a_session_that_stops_reading_holds_bounded_memory() {
+    let s = setup();
+    let mut i = login(&s);
+    let pid = s.daemon.pid().expect("the daemon's pid");
+    let before = rss_kib(pid);
+    let blocks: u32 = 8192;
+    let mut itts = Vec::new();
+    for n in 0..32u64 {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x88;
+        cdb[2..10].copy_from_slice(&((n % 4) * u64::from(blocks)).to_be_bytes());
+        cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+        let b = i.cmd_header(&cdb, blocks * 512, true, false);
+        i.send(b, &[]);
+        itts.push(itt_of(&b));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let held = rss_kib(pid).saturating_sub(before);
+    eprintln!("RSS grew by {held} KiB with 32 x 4 MiB READs unread");
+    assert!(
+        held < 24 * 1024,
+        "the daemon grew by {held} KiB for one session's unread READs"
+    );
+    let mut answered = Vec::new();
+    while answered.len() < 32 {
+        let p = next_status(&mut i);
+        assert_eq!(p.bhs[3], GOOD);
+        answered.push(p.u32_at(16));
+    }
+    answered.sort_unstable();
+    assert_eq!(
+        answered, itts,
+        "every READ answered once the initiator read again"
+    );
+}

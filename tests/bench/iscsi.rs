@@ -109,7 +109,10 @@ fn start_sharedisk(bin: &Path, image: &Path, dir: &Path) -> Target {
         if let Some(n) = name {
             break n.to_string();
         }
-        assert!(Instant::now() < deadline, "the daemon did not start: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not start: {text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     Target {
@@ -189,7 +192,16 @@ fn start_tgt(image: &Path, dir: &Path) -> Option<Target> {
 fn run_reads(t: &Target, depth: usize, secs: f64) -> Figure {
     let url = format!("iscsi://{}/{}/{}", t.addr, t.iqn, t.lun);
     let mut child = Command::new("iscsi-perf")
-        .args(["-i", INITIATOR, "-r", "-b", "8", "-m", &depth.to_string(), &url])
+        .args([
+            "-i",
+            INITIATOR,
+            "-r",
+            "-b",
+            "8",
+            "-m",
+            &depth.to_string(),
+            &url,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -350,7 +362,10 @@ fn main() {
         bin.display()
     );
     let image = make_image(&dir);
-    println!("iscsi bench: {secs} s per run, one session, image {SPAN} bytes in {}", dir.display());
+    println!(
+        "iscsi bench: {secs} s per run, one session, image {SPAN} bytes in {}",
+        dir.display()
+    );
     let ours = {
         let t = start_sharedisk(&bin, &image, &dir);
         measure(&t, secs)

@@ -26,7 +26,7 @@ use crate::scsi::cdb::{self, Command};
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
-use crate::scsi::tasks::{TaskId, TaskState};
+use crate::scsi::tasks::{TaskId, TaskSet, TaskState};
 use crate::util::lock::lock;
 
 /// Worker threads of one session at most: commands beyond them wait in the session's queue
@@ -41,13 +41,30 @@ pub(super) const MAX_IMMEDIATE: usize = 8;
 /// The SAM status TASK SET FULL.
 pub(super) const TASK_SET_FULL: u8 = 0x28;
 
-/// The session's numbers and its one writer.
+/// The session's one writer and StatSN, assigned in the order PDUs go out.
 struct Out<W: Write> {
     writer: BufWriter<W>,
     stat_sn: u32,
+}
+
+/// The CmdSN window, apart from the writer so that the reader admits commands while a worker's
+/// Data-In waits for the initiator to read.
+#[derive(Clone, Copy)]
+struct Window {
     exp_cmd_sn: u32,
     /// Non-immediate commands admitted and not answered: slots of the window taken.
     used: u32,
+}
+
+impl Window {
+    /// ExpCmdSN and MaxCmdSN: ExpCmdSN − 1 + the free slots.
+    fn numbers(self) -> (u32, u32) {
+        let free = CMD_WINDOW.saturating_sub(self.used);
+        (
+            self.exp_cmd_sn,
+            self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1),
+        )
+    }
 }
 
 /// Commands handed to workers, and the workers.
@@ -87,6 +104,7 @@ pub(super) struct Job {
 /// What the reader and the workers of one connection share.
 pub(super) struct Link<W: Write> {
     out: Mutex<Out<W>>,
+    window: Mutex<Window>,
     state: Mutex<State>,
     /// Signalled when a command is queued or the connection ends.
     work: Condvar,
@@ -109,6 +127,8 @@ impl<W: Write> Link<W> {
             out: Mutex::new(Out {
                 writer: BufWriter::with_capacity(64 * 1024, writer),
                 stat_sn,
+            }),
+            window: Mutex::new(Window {
                 exp_cmd_sn,
                 used: 0,
             }),
@@ -125,40 +145,44 @@ impl<W: Write> Link<W> {
         lock(&self.out)
     }
 
+    fn window(&self) -> MutexGuard<'_, Window> {
+        lock(&self.window)
+    }
+
     /// Whether a non-immediate request with `cmd_sn` is the next expected and in the window; if
     /// so ExpCmdSN becomes `next` (past it and past CmdSNs counted as received already) and,
     /// with `slot`, it takes a slot of the window until [`Link::free_slot`].
     pub fn admit(&self, cmd_sn: u32, slot: bool, next: impl FnOnce(u32) -> u32) -> bool {
-        let mut o = self.out();
-        if cmd_sn != o.exp_cmd_sn || o.used >= CMD_WINDOW {
+        let mut w = self.window();
+        if cmd_sn != w.exp_cmd_sn || w.used >= CMD_WINDOW {
             return false;
         }
-        o.exp_cmd_sn = next(cmd_sn);
-        o.used += u32::from(slot);
+        w.exp_cmd_sn = next(cmd_sn);
+        w.used += u32::from(slot);
         true
     }
 
     /// ExpCmdSN now.
     pub fn exp_cmd_sn(&self) -> u32 {
-        self.out().exp_cmd_sn
+        self.window().exp_cmd_sn
     }
 
     /// Sets ExpCmdSN (a CmdSN counted as received without its command).
     pub fn set_exp_cmd_sn(&self, sn: u32) {
-        self.out().exp_cmd_sn = sn;
+        self.window().exp_cmd_sn = sn;
     }
 
     /// A command that took a slot ends without reaching a worker.
     pub fn free_slot(&self) {
-        let mut o = self.out();
-        o.used = o.used.saturating_sub(1);
+        let mut w = self.window();
+        w.used = w.used.saturating_sub(1);
     }
 
     /// Sends one PDU with StatSN, ExpCmdSN and MaxCmdSN filled in; advances StatSN if
     /// `status`.
     pub fn send(&self, b: [u8; pdu::BHS_LEN], data: &[u8], status: bool) -> io::Result<()> {
         let mut o = self.out();
-        o.send(b, data, status, self.params.digests)?;
+        o.send(b, data, status, self.params.digests, &self.window)?;
         o.writer.flush()
     }
 
@@ -327,15 +351,15 @@ impl<W: Write> Link<W> {
         // initiator reads its Data-In (one that stops reading would hold every LU reset for
         // ever); one of this session waits for its response ([`Link::wait_finished`]).
         tasks.settle(job.task, TaskState::Done);
-        if let Err(e) = self.respond(&job, outcome, &din) {
+        if let Err(e) = self.respond(&job, outcome, &din, tasks) {
             log::debug!("{}: iscsi: response to {:#x}: {e}", self.nexus, job.itt);
         }
-        tasks.retire(job.task);
     }
 
     /// Data-In (with the status in the last PDU when it is GOOD), else a SCSI Response; the
-    /// command's slot of the window is free in the numbers it carries.
-    fn respond(&self, job: &Job, o: Outcome, din: &[u8]) -> io::Result<()> {
+    /// command's slot of the window is free in the numbers it carries, and it has left the task
+    /// set before the initiator can see its status (a QUERY TASK after it finds no task).
+    fn respond(&self, job: &Job, o: Outcome, din: &[u8], tasks: &TaskSet) -> io::Result<()> {
         let sent = if job.read {
             o.data_in.min(din.len()).min(job.edtl)
         } else {
@@ -346,10 +370,11 @@ impl<W: Write> Link<W> {
         let collapse = o.status == GOOD && sent > 0;
         let prm = &self.params;
         let chunk = prm.their_mrdsl.max(512);
-        let mut out = self.out();
         if !job.immediate {
-            out.used = out.used.saturating_sub(1);
+            self.free_slot();
         }
+        let mut out = self.out();
+        tasks.retire(job.task);
         let (mut off, mut data_sn) = (0, 0u32);
         while off < sent {
             let n = chunk.min(sent - off);
@@ -368,7 +393,13 @@ impl<W: Write> Link<W> {
             }
             put(&mut b, 36, data_sn);
             put(&mut b, 40, off as u32);
-            out.send(b, &din[off..off + n], last && collapse, prm.digests)?;
+            out.send(
+                b,
+                &din[off..off + n],
+                last && collapse,
+                prm.digests,
+                &self.window,
+            )?;
             data_sn += 1;
             off += n;
         }
@@ -378,32 +409,30 @@ impl<W: Write> Link<W> {
             put(&mut b, 36, data_sn);
             put(&mut b, 44, resid);
             let data = o.sense.map(sense_data).unwrap_or_default();
-            out.send(b, &data, true, prm.digests)?;
+            out.send(b, &data, true, prm.digests, &self.window)?;
         }
         out.writer.flush()
     }
 }
 
 impl<W: Write> Out<W> {
-    /// Writes one PDU with the session's numbers (not flushed).
+    /// Writes one PDU with the session's numbers (not flushed). The window is read under the
+    /// writer's lock, so the MaxCmdSN PDUs carry never goes back in the order they go out.
     fn send(
         &mut self,
         mut b: [u8; pdu::BHS_LEN],
         data: &[u8],
         status: bool,
         digests: pdu::Digests,
+        window: &Mutex<Window>,
     ) -> io::Result<()> {
         put(&mut b, 24, self.stat_sn);
         if status {
             self.stat_sn = self.stat_sn.wrapping_add(1);
         }
-        let free = CMD_WINDOW.saturating_sub(self.used);
-        put(&mut b, 28, self.exp_cmd_sn);
-        put(
-            &mut b,
-            32,
-            self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1),
-        );
+        let (exp, max) = lock(window).numbers();
+        put(&mut b, 28, exp);
+        put(&mut b, 32, max);
         write_pdu(&mut self.writer, b, data, digests)
     }
 }
