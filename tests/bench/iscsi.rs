@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo build --release && cargo bench --bench iscsi`. Knobs: SHAREDISK_BENCH_SECS (per
 //! run, 8), SHAREDISK_BENCH_DIR (the image's directory, /dev/shm), SHAREDISK_BENCH_BIN (the
-//! daemon, target/release/sharedisk).
+//! daemon, target/release/sharedisk), SHAREDISK_BENCH_DEPTHS (`1,32`), SHAREDISK_BENCH_TGT=0
+//! (sharedisk alone).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -26,7 +27,6 @@ const INITIATOR: &str = "iqn.2026-12.io.sharedisk.bench:perf";
 /// The image: 256 MiB, the span of the random offsets.
 const SPAN: u64 = 256 << 20;
 const BLOCK: usize = 4096;
-const DEPTHS: [usize; 2] = [1, 32];
 
 /// One target under test: its process, portal, target name and LUN.
 struct Target {
@@ -326,8 +326,12 @@ fn next_response(c: &mut IscsiClient) -> u8 {
 
 /// Every figure of one target: (pattern, figure).
 fn measure(t: &Target, secs: f64) -> Vec<(String, Figure)> {
+    let depths: String = env_or("SHAREDISK_BENCH_DEPTHS", "1,32".to_string());
     let mut out = Vec::new();
-    for depth in DEPTHS {
+    for depth in depths
+        .split(',')
+        .filter_map(|d| d.trim().parse::<usize>().ok())
+    {
         let f = run_reads(t, depth, secs);
         println!(
             "  {:9} 4k-randread-qd{depth:<2}  {:>9.0} IOPS  {:6.1} us CPU/IO",
@@ -370,12 +374,20 @@ fn main() {
         let t = start_sharedisk(&bin, &image, &dir);
         measure(&t, secs)
     };
-    let theirs = start_tgt(&image, &dir).map(|t| measure(&t, secs));
+    let theirs = if env_or("SHAREDISK_BENCH_TGT", 1) == 1 {
+        start_tgt(&image, &dir).map(|t| measure(&t, secs))
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&dir);
     println!();
     println!("pattern              sharedisk IOPS   tgt IOPS   ratio   CPU/IO sharedisk  tgt");
     for (i, (name, f)) in ours.iter().enumerate() {
-        let t = theirs.as_ref().map(|v| v[i].1).unwrap_or_default();
+        let t = theirs
+            .as_ref()
+            .and_then(|v| v.get(i))
+            .map(|f| f.1)
+            .unwrap_or_default();
         let ratio = if t.iops > 0.0 { f.iops / t.iops } else { 0.0 };
         println!(
             "{name:20} {:>14.0} {:>10.0} {:>6.2}x {:>12.1} us {:>6.1} us",
