@@ -321,3 +321,30 @@ fn a_session_that_stops_reading_holds_bounded_memory() {
         "every READ answered once the initiator read again"
     );
 }
+
+/// A Logout while a WRITE is held in flight: the WRITE's response comes first, the Logout
+/// Response last (RFC 7143 §11.14), and the WRITE is on the image. Without the wait the Logout
+/// Response overtook the command's.
+#[test]
+fn logout_answers_after_the_commands_in_flight() {
+    let s = setup();
+    let mut i = login(&s);
+    let write = send_write(&mut i, 700, 0x42);
+    let mut b = [0u8; 48];
+    b[0] = 0x40 | 0x06;
+    b[1] = 0x80;
+    b[16..20].copy_from_slice(&i.next_itt().to_be_bytes());
+    b[24..28].copy_from_slice(&i.cmd_sn.to_be_bytes());
+    b[28..32].copy_from_slice(&i.exp_stat_sn.to_be_bytes());
+    i.send(b, &[]);
+    let first = i.read().expect("a response");
+    assert_eq!(
+        (first.opcode(), first.u32_at(16), first.bhs[3]),
+        (SCSI_RESPONSE, write, GOOD),
+        "the WRITE's response before the Logout Response"
+    );
+    let second = i.read().expect("the Logout Response");
+    assert_eq!(second.opcode(), 0x26, "Logout Response");
+    let image = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(&image[700 * 512..701 * 512], &[0x42; 512]);
+}

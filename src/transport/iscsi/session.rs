@@ -331,6 +331,11 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         let mut b = header(op::LOGOUT_RESPONSE, 0x80, p.itt());
         // Reason 2 (remove the connection for recovery) needs ERL 2: "recovery not supported".
         b[2] = if reason == 2 { 2 } else { 0 };
+        if reason != 2 {
+            // The session's commands are answered before the Logout Response (RFC 7143
+            // §11.14: it is the last PDU of the connection).
+            self.link.wait_finished(|_| true);
+        }
         self.send(b, &[], true)?;
         if reason == 2 {
             return Ok(());
