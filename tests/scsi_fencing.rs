@@ -88,8 +88,14 @@ fn flood(c: &mut ScsiClient, stop: &AtomicBool, progress: &AtomicUsize) -> Vec<F
                 let (seq, slot) = in_flight[q].remove(&id).expect("unknown completion");
                 assert_eq!(len as usize, RESP_LEN, "write {seq}: used length");
                 let (response, status, sense, _) = parse_resp(&c.fe.read_mem(slot.resp, RESP_LEN));
-                assert_eq!(response, VIRTIO_SCSI_S_OK, "write {seq}");
+                // PREEMPT AND ABORT aborts the victim's queued writes (SPC-4 §5.9.11.5).
+                let aborted = response == VIRTIO_SCSI_S_ABORTED;
+                assert!(
+                    aborted || response == VIRTIO_SCSI_S_OK,
+                    "write {seq}: {response}"
+                );
                 fates[seq] = match (status, sense) {
+                    _ if aborted => Fate::Refused,
                     (GOOD, None) => Fate::Good,
                     (RESERVATION_CONFLICT, None) => Fate::Refused,
                     (CHECK_CONDITION, Some((6, 0x2a, 5))) => Fate::Refused,

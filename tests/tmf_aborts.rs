@@ -373,3 +373,97 @@ fn reinstatement_waits_for_the_old_sessions_write_in_flight() {
         "the old session's write landed after the new session was logged in"
     );
 }
+
+/// A LOGICAL UNIT RESET from a vhost-user guest also aborts an iSCSI command still waiting in
+/// the session's PDU queue (sent while an earlier write's data was due): when the data comes,
+/// neither write runs nor gets a response of its own, and the next command reports the reset.
+/// Before, the queued one was not in the task set: it ran when its turn came (and answered
+/// CHECK CONDITION with the reset's unit attention).
+#[test]
+fn vhost_user_logical_unit_reset_aborts_an_iscsi_command_queued_behind_a_write() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    let data = [AFTER_FILL; 512];
+    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    i.send(cmd, &[]);
+    let r2t = i.read().expect("an R2T");
+    assert_eq!(r2t.opcode(), 0x31, "R2T");
+    // Behind it, in the session's queue: a WRITE with its data as immediate data.
+    let queued = i.cmd_header(&write16_cdb(SMALL_LBA + 8, 1), 512, false, true);
+    i.send(queued, &data);
+    std::thread::sleep(DELAY / 5);
+    assert_eq!(
+        g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0),
+        VIRTIO_SCSI_S_FUNCTION_COMPLETE
+    );
+    i.answer_r2t(&r2t, &data);
+    let tur = i.cmd_header(&[0; 6], 0, false, false);
+    i.send(tur, &[]);
+    let r = i.read().expect("a response");
+    assert_eq!(
+        (r.opcode(), r.u32_at(16)),
+        (0x21, u32::from_be_bytes(tur[16..20].try_into().unwrap())),
+        "the first response is the TEST UNIT READY's: {:02x?}",
+        r.bhs
+    );
+    assert_eq!(
+        r.data.get(4..16).map(|d| (d[0] & 0x0f, d[10], d[11])),
+        Some(LU_RESET),
+        "TUR: {:02x?}",
+        r.data
+    );
+    good(&i.cmd(&[0; 6], &[], 0), "once");
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(
+        on_image(&fin, SMALL_LBA, 512),
+        [0; 512],
+        "the first write landed"
+    );
+    assert_eq!(
+        on_image(&fin, SMALL_LBA + 8, 512),
+        [0; 512],
+        "the queued write landed"
+    );
+}
+
+/// PREEMPT AND ABORT from a vhost-user guest aborts the preempted iSCSI nexus's task whose
+/// data is still due (SPC-4 §5.9.11.5, through the task set): when the data comes the write
+/// does not run and gets no response of its own; the next command reports 2A/05. Before, the
+/// write ran when its data came and answered RESERVATION CONFLICT.
+#[test]
+fn preempt_and_abort_aborts_the_victims_queued_iscsi_write() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    good(&i.prout(0, 0, 0, 0x1), "iSCSI REGISTER");
+    good(&i.prout(1, 1, 0x1, 0), "iSCSI RESERVE (write exclusive)");
+    g.fe.reset();
+    good(&g.prout(0, 0, 0, 0x2, false), "guest REGISTER");
+    let data = [AFTER_FILL; 512];
+    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    i.send(cmd, &[]);
+    let r2t = i.read().expect("an R2T");
+    assert_eq!(r2t.opcode(), 0x31, "R2T");
+    good(&g.prout(5, 1, 0x2, 0x1, false), "guest PREEMPT AND ABORT");
+    i.answer_r2t(&r2t, &data);
+    let tur = i.cmd_header(&[0; 6], 0, false, false);
+    i.send(tur, &[]);
+    let r = i.read().expect("a response");
+    assert_eq!(
+        (r.opcode(), r.u32_at(16)),
+        (0x21, u32::from_be_bytes(tur[16..20].try_into().unwrap())),
+        "the first response is the TEST UNIT READY's: {:02x?}",
+        r.bhs
+    );
+    assert_eq!(
+        r.data.get(4..16).map(|d| (d[0] & 0x0f, d[10], d[11])),
+        Some((0x06, 0x2a, 0x05)),
+        "TUR: {:02x?}",
+        r.data
+    );
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(
+        on_image(&fin, SMALL_LBA, 512),
+        [0; 512],
+        "the aborted write landed"
+    );
+}

@@ -432,8 +432,25 @@ impl Reservations {
     /// `origin` identifies a request from a virtqueue: its outcome is recorded, so that a replay
     /// gets the same answer (see [`Reservations::replayed`]).
     pub fn prout(&self, initiator: &str, req: &ProutRequest, origin: Option<&Origin>) -> PrStatus {
+        self.prout_preempting(initiator, req, origin).0
+    }
+
+    /// [`Reservations::prout`], and the initiators whose registration it removed (as the
+    /// change that decided was applied): PREEMPT AND ABORT aborts their tasks.
+    pub fn prout_preempting(
+        &self,
+        initiator: &str,
+        req: &ProutRequest,
+        origin: Option<&Origin>,
+    ) -> (PrStatus, Vec<String>) {
         let what = format!("PR OUT {:?} type {}", req.action, req.res_type);
-        self.change(initiator, &what, origin, |arb| arb.prout(initiator, req))
+        let mut preempted = Vec::new();
+        let status = self.change(initiator, &what, origin, |arb| {
+            let o = arb.prout(initiator, req);
+            preempted.clone_from(&o.preempted);
+            o
+        });
+        (status, preempted)
     }
 
     /// A PR change made by the operator (`sharedisk ctl pr clear|preempt`), not by an

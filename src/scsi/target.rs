@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::image::buffers::{self, Buf, Bufs};
 use crate::image::IoOp;
 use crate::lun::{ChunkError, Lun, SECTOR};
+use crate::pr::arbiter::ServiceAction;
 use crate::pr::fencing::{Admitted, Refusal};
 use crate::pr::replay::Origin;
 use crate::pr::Access;
@@ -23,6 +24,7 @@ use crate::scsi::cdb::{self, Command, Rw};
 use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::pages::{self, DiskInfo};
 use crate::scsi::sense::{self, Sense};
+use crate::scsi::tasks::Scope;
 
 pub const GOOD: u8 = 0x00;
 pub const CHECK_CONDITION: u8 = 0x02;
@@ -562,7 +564,22 @@ impl Target {
             res.with(|a| a.is_known(name) || a.is_registered(name))
                 .then(|| name.to_string())
         })?;
-        Ok(Outcome::from_pr(res.prout(req.initiator, &pr, req.origin)))
+        let (status, preempted) = res.prout_preempting(req.initiator, &pr, req.origin);
+        // SPC-4 §5.9.11.5: PREEMPT AND ABORT aborts every task of the preempted I_T nexuses
+        // (any transport) as SAM-5 §7.1 says: queued ones never run, in-flight ones are waited
+        // for. They learn of it from the 2A/05 the preempt queued for them.
+        if pr.action == ServiceAction::PreemptAndAbort && status == PrStatus::Good {
+            for victim in &preempted {
+                let n = self.lun.tasks.abort(Scope::Nexus(victim));
+                if n > 0 {
+                    log::info!(
+                        "{}: PREEMPT AND ABORT aborted {n} task(s) of {victim}",
+                        req.initiator
+                    );
+                }
+            }
+        }
+        Ok(Outcome::from_pr(status))
     }
 
     fn read(&self, rw: Rw, data_in: DataIn) -> Result<Outcome> {

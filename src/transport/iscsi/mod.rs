@@ -13,6 +13,7 @@ pub mod keys;
 pub mod login;
 pub mod pdu;
 mod session;
+mod workers;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -282,7 +283,7 @@ impl Shared {
             .set_read_timeout(None)
             .and_then(|_| stream.try_clone());
         match writer {
-            Ok(writer) => self.full_feature(session, stream, writer, conn, counters),
+            Ok(writer) => self.full_feature(session, stream, writer, conn, counters, false),
             Err(e) => {
                 log::warn!("iscsi: connection from {peer}: {e}");
                 self.ended(&nexus_name(&session.initiator, session.isid), conn);
@@ -376,19 +377,21 @@ impl Shared {
 
     /// The full feature phase until the connection ends, then the session's end. The
     /// connection (`reader`, `writer`) stays open until the nexus is accounted for, so an
-    /// initiator that sees it close after a logout can log in again at once.
-    fn full_feature<R: Read, W: Write>(
+    /// initiator that sees it close after a logout can log in again at once. `inline`: the
+    /// commands run on this thread, one at a time (the in-memory connection).
+    fn full_feature<R: Read, W: Write + Send>(
         &self,
         session: LoggedIn,
         reader: R,
         writer: W,
         conn: u64,
         info: Arc<SessionInfo>,
+        inline: bool,
     ) {
         let nexus = session_name(&session);
         let kind = session.kind;
         let mut connection = Connection::new(self, reader, writer, session, nexus.clone(), info);
-        match connection.run() {
+        match connection.run(inline) {
             End::Logout => log::info!("{nexus}: iscsi: logged out"),
             End::ColdReset => {
                 log::info!("{nexus}: iscsi: target cold reset: closing every connection");
@@ -452,7 +455,7 @@ pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -
     };
     if let Some(session) = shared.login(&mut wire, "memory", 0) {
         let info = shared.describe(&session, 0, "memory".into(), "memory".into());
-        shared.full_feature(session, wire.input, &mut wire.output, 0, info);
+        shared.full_feature(session, wire.input, &mut wire.output, 0, info, true);
     }
     wire.output
 }

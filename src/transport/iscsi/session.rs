@@ -1,8 +1,10 @@
 //! The full feature phase of one connection (one session: MaxConnections=1, ERL 0): SCSI
 //! commands with immediate, unsolicited and solicited (R2T) data, Data-In with status, SCSI
-//! Response with sense, NOP, Text (SendTargets), TMF, Logout, Reject. Commands run one at a
-//! time in CmdSN order; PDUs that arrive while a write's data is collected wait in a bounded
-//! queue.
+//! Response with sense, NOP, Text (SendTargets), TMF, Logout, Reject. This thread reads the
+//! PDUs: it admits commands in CmdSN order, collects each write's data (PDUs that arrive
+//! meanwhile wait in a bounded queue, their commands already in the LU's task set) and hands
+//! the commands to the session's workers (`workers.rs`), which run them side by side and send
+//! their responses.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufReader, Read, Write};
@@ -11,13 +13,9 @@ use std::sync::Arc;
 
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
-use super::pdu::{self, header, op, put, read_pdu, write_pdu, Pdu, PduError, RESERVED_TAG};
+use super::pdu::{self, header, op, put, read_pdu, Pdu, PduError, RESERVED_TAG};
+use super::workers::{implied_len, Job, Link, TASK_SET_FULL};
 use super::{SessionInfo, Shared};
-use crate::image::buffers::Buf;
-use crate::scsi::cdb::{self, Command};
-use crate::scsi::data::{DataIn, DataOut};
-use crate::scsi::sense::{self, Sense};
-use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
 use crate::scsi::tasks::{Scope, TaskId, TaskState};
 
 /// The largest data buffer of one command (the LU's MAXIMUM TRANSFER LENGTH is 4 MiB; a
@@ -30,6 +28,19 @@ const MAX_PENDING: usize = 1024;
 const MAX_PENDING_BYTES: usize = 8 << 20;
 /// The longest Text request, continuations reassembled.
 const MAX_TEXT: usize = 64 * 1024;
+/// The ORDERED task attribute (SAM-5 §8.6; byte 1 of the SCSI Command BHS, bits 0-2).
+const ORDERED: u8 = 2;
+
+/// TMF response codes (RFC 7143 §11.6.1; 7 from RFC 7144 §4.1.2).
+mod tmf_response {
+    pub const COMPLETE: u8 = 0;
+    pub const NO_TASK: u8 = 1;
+    pub const NO_LUN: u8 = 2;
+    pub const REASSIGN_NOT_SUPPORTED: u8 = 4;
+    pub const NOT_SUPPORTED: u8 = 5;
+    pub const SUCCEEDED: u8 = 7;
+    pub const REJECTED: u8 = 255;
+}
 
 /// Reject reasons (RFC 7143 §11.17.1).
 mod reject {
@@ -69,16 +80,18 @@ enum Collected {
 
 /// One connection in the full feature phase, reading from `R` and writing to `W` (the two
 /// halves of a TCP connection, or in-memory buffers for the fuzz target).
-pub struct Connection<'s, R: Read, W: Write> {
+pub struct Connection<'s, R: Read, W: Write + Send> {
     shared: &'s Shared,
     reader: BufReader<R>,
-    writer: W,
+    /// The writer, the numbers and the workers.
+    link: Arc<Link<W>>,
     session: LoggedIn,
     /// The arbiter's name for this I_T nexus (`<initiator>,i,0x<ISID>`).
     nexus: String,
     /// `nexus`, as the LU's task set names it.
     nexus_tasks: Arc<str>,
-    pending: VecDeque<Pdu>,
+    /// PDUs read while a write's data was due; SCSI commands among them are in the task set.
+    pending: VecDeque<(Pdu, Option<TaskId>)>,
     /// Data bytes of the PDUs in `pending`.
     pending_bytes: usize,
     /// ITTs of queued commands a TMF aborted: dropped when their turn comes.
@@ -95,7 +108,7 @@ fn protocol(why: impl Into<String>) -> End {
     End::Protocol(why.into())
 }
 
-impl<'s, R: Read, W: Write> Connection<'s, R, W> {
+impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     pub fn new(
         shared: &'s Shared,
         reader: R,
@@ -104,12 +117,21 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         nexus: String,
         info: Arc<SessionInfo>,
     ) -> Self {
+        let nexus_tasks: Arc<str> = Arc::from(nexus.as_str());
+        let numbers = (session.stat_sn, session.exp_cmd_sn);
+        let link = Link::new(
+            writer,
+            session.params,
+            numbers,
+            nexus_tasks.clone(),
+            info.clone(),
+        );
         Connection {
             shared,
             reader: BufReader::with_capacity(64 * 1024, reader),
-            writer,
+            link: Arc::new(link),
             session,
-            nexus_tasks: Arc::from(nexus.as_str()),
+            nexus_tasks,
             nexus,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -120,10 +142,44 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
     }
 
-    /// Serves PDUs until the connection ends.
-    pub fn run(&mut self) -> End {
+    /// Serves PDUs until the connection ends; the session's workers end with it, after the
+    /// command each runs (queued ones are dropped: at ERL 0 they end without responses).
+    /// `inline`: no workers, each command runs on this thread as it comes (in CmdSN order, one
+    /// at a time: the in-memory connection of the fuzz target and unit tests, deterministic).
+    pub fn run(&mut self, inline: bool) -> End {
+        let (link, shared) = (self.link.clone(), self.shared);
+        let end = std::thread::scope(|s| {
+            if inline {
+                let end = self.serve(&|| false);
+                self.link.close();
+                return end;
+            }
+            let spawn = || {
+                let link = link.clone();
+                let started = std::thread::Builder::new()
+                    .name("iscsi-worker".into())
+                    .spawn_scoped(s, move || link.worker(shared));
+                if let Err(e) = &started {
+                    log::warn!("iscsi: no worker thread: {e}");
+                }
+                started.is_ok()
+            };
+            let end = self.serve(&spawn);
+            self.link.close();
+            end
+        });
+        let tasks = &self.shared.target.lun().tasks;
+        for (_, task) in self.pending.drain(..) {
+            if let Some(t) = task {
+                tasks.retire(t);
+            }
+        }
+        end
+    }
+
+    fn serve(&mut self, spawn: &dyn Fn() -> bool) -> End {
         loop {
-            let r = self.next().and_then(|p| self.dispatch(p));
+            let r = self.next().and_then(|(p, t)| self.dispatch(p, t, spawn));
             if let Err(e) = r {
                 let kind = match &e {
                     End::Pdu(PduError::HeaderDigest | PduError::DataDigest) => Some(0),
@@ -140,13 +196,13 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
     }
 
-    fn next(&mut self) -> Result<Pdu, End> {
+    fn next(&mut self) -> Result<(Pdu, Option<TaskId>), End> {
         match self.pending.pop_front() {
-            Some(p) => {
+            Some((p, t)) => {
                 self.pending_bytes -= p.data.len();
-                Ok(p)
+                Ok((p, t))
             }
-            None => self.read(),
+            None => Ok((self.read()?, None)),
         }
     }
 
@@ -158,13 +214,18 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
     }
 
-    fn dispatch(&mut self, p: Pdu) -> Result<(), End> {
+    fn dispatch(
+        &mut self,
+        p: Pdu,
+        task: Option<TaskId>,
+        spawn: &dyn Fn() -> bool,
+    ) -> Result<(), End> {
         let discovery = self.session.kind == SessionKind::Discovery;
         match p.opcode() {
             op::NOP_OUT => self.nop_out(&p),
             op::TEXT_REQUEST => self.text(p),
             op::LOGOUT_REQUEST => self.logout(&p),
-            op::SCSI_COMMAND if !discovery => self.scsi_command(p),
+            op::SCSI_COMMAND if !discovery => self.scsi_command(p, task, spawn),
             op::TMF_REQUEST if !discovery => self.tmf(&p, None),
             // A Data-Out no command waits for: an aborted task's, dropped (open-iscsi's
             // FastAbort, RFC 7143 §11.5.1).
@@ -183,32 +244,24 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
     }
 
-    /// Accounts a request's CmdSN: immediate ones pass; others must be the next expected,
-    /// else they are dropped (RFC 7143 §3.2.2.1: outside the window, silently).
-    fn admit_sn(&mut self, p: &Pdu) -> bool {
+    /// Accounts a request's CmdSN: immediate ones pass; others must be the next expected and
+    /// in the window, else they are dropped (RFC 7143 §3.2.2.1: outside the window, silently).
+    /// `slot`: an admitted command holds a slot of the window until it is answered.
+    fn admit_sn(&mut self, p: &Pdu, slot: bool) -> bool {
         if p.immediate() {
             return true;
         }
-        if p.cmd_sn() == self.session.exp_cmd_sn {
-            self.advance_exp_cmd_sn();
+        let ahead = &mut self.received_ahead;
+        if self.link.admit(p.cmd_sn(), slot, |sn| next_exp(sn, ahead)) {
             return true;
         }
         log::debug!(
-            "{}: iscsi: CmdSN {} dropped (expected {})",
+            "{}: iscsi: CmdSN {} dropped (expected {}, or the window is full)",
             self.nexus,
             p.cmd_sn(),
-            self.session.exp_cmd_sn
+            self.link.exp_cmd_sn()
         );
         false
-    }
-
-    /// ExpCmdSN past the CmdSN just received, and past those counted as received already.
-    fn advance_exp_cmd_sn(&mut self) {
-        let s = &mut self.session;
-        s.exp_cmd_sn = s.exp_cmd_sn.wrapping_add(1);
-        while self.received_ahead.remove(&s.exp_cmd_sn) {
-            s.exp_cmd_sn = s.exp_cmd_sn.wrapping_add(1);
-        }
     }
 
     /// A TMF that interrupted a write's data though commands with lower CmdSNs wait in the
@@ -216,7 +269,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     /// as received so that ExpCmdSN steps over it. Dropped, neither the write nor the TMF would
     /// ever be answered.
     fn admit_ahead(&mut self, p: &Pdu) -> bool {
-        let ahead = p.cmd_sn().wrapping_sub(self.session.exp_cmd_sn);
+        let ahead = p.cmd_sn().wrapping_sub(self.link.exp_cmd_sn());
         (1..CMD_WINDOW).contains(&ahead) && self.received_ahead.insert(p.cmd_sn())
     }
 
@@ -224,38 +277,24 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
     /// the window, not received yet and below the TMF's own CmdSN, that CmdSN counts as
     /// received (its command, should it come, is dropped) and the task as aborted.
     fn abort_not_received(&mut self, p: &Pdu) -> bool {
-        let (ref_sn, exp) = (p.u32_at(32), self.session.exp_cmd_sn);
+        let (ref_sn, exp) = (p.u32_at(32), self.link.exp_cmd_sn());
         let in_window = ref_sn.wrapping_sub(exp) < CMD_WINDOW;
         let before_tmf = (1..1 << 31).contains(&p.cmd_sn().wrapping_sub(ref_sn));
         if !(in_window && before_tmf) {
             return false;
         }
         if ref_sn == exp {
-            self.advance_exp_cmd_sn();
+            let next = next_exp(ref_sn, &mut self.received_ahead);
+            self.link.set_exp_cmd_sn(next);
         } else {
             self.received_ahead.insert(ref_sn);
         }
         true
     }
 
-    /// StatSN, ExpCmdSN and MaxCmdSN into a response header; advances StatSN if `status`.
-    fn numbers(&mut self, b: &mut [u8; pdu::BHS_LEN], status: bool) {
-        put(b, 24, self.session.stat_sn);
-        if status {
-            self.session.stat_sn = self.session.stat_sn.wrapping_add(1);
-        }
-        let exp = self.session.exp_cmd_sn;
-        put(b, 28, exp);
-        put(b, 32, exp.wrapping_add(CMD_WINDOW - 1));
-    }
-
-    fn send(&mut self, b: [u8; pdu::BHS_LEN], data: &[u8]) -> Result<(), End> {
-        Ok(write_pdu(
-            &mut self.writer,
-            b,
-            data,
-            self.session.params.digests,
-        )?)
+    /// Sends one PDU with the session's numbers; advances StatSN if `status`.
+    fn send(&self, b: [u8; pdu::BHS_LEN], data: &[u8], status: bool) -> Result<(), End> {
+        Ok(self.link.send(b, data, status)?)
     }
 
     fn reject(&mut self, p: &Pdu, reason: u8) -> Result<(), End> {
@@ -268,12 +307,11 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         self.shared.counters.pdu_error(3);
         let mut b = header(op::REJECT, 0x80, RESERVED_TAG);
         b[2] = reason;
-        self.numbers(&mut b, true);
-        self.send(b, &p.bhs)
+        self.send(b, &p.bhs, true)
     }
 
     fn nop_out(&mut self, p: &Pdu) -> Result<(), End> {
-        if !self.admit_sn(p) {
+        if !self.admit_sn(p, false) {
             return Ok(());
         }
         // ITT 0xffffffff: an answer to our ping, or a ping wanting no answer.
@@ -283,19 +321,22 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         let mut b = header(op::NOP_IN, 0x80, p.itt());
         b[8..16].copy_from_slice(&p.lun());
         put(&mut b, 20, RESERVED_TAG);
-        self.numbers(&mut b, true);
         let n = p.data.len().min(self.session.params.their_mrdsl);
-        self.send(b, &p.data[..n])
+        self.send(b, &p.data[..n], true)
     }
 
     fn logout(&mut self, p: &Pdu) -> Result<(), End> {
-        self.admit_sn(p);
+        self.admit_sn(p, false);
         let reason = p.flags() & 0x7f;
         let mut b = header(op::LOGOUT_RESPONSE, 0x80, p.itt());
         // Reason 2 (remove the connection for recovery) needs ERL 2: "recovery not supported".
         b[2] = if reason == 2 { 2 } else { 0 };
-        self.numbers(&mut b, true);
-        self.send(b, &[])?;
+        if reason != 2 {
+            // The session's commands are answered before the Logout Response (RFC 7143
+            // §11.14: it is the last PDU of the connection).
+            self.link.wait_finished(|_| true);
+        }
+        self.send(b, &[], true)?;
         if reason == 2 {
             return Ok(());
         }
@@ -310,15 +351,14 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         while p.flags() & 0x40 != 0 {
             let mut b = header(op::TEXT_RESPONSE, 0, p.itt());
             put(&mut b, 20, 0x7fff_ffff);
-            self.numbers(&mut b, true);
-            self.send(b, &[])?;
+            self.send(b, &[], true)?;
             p = self.read()?;
             if p.opcode() != op::TEXT_REQUEST || text.len() + p.data.len() > MAX_TEXT {
                 return Err(protocol("text request continuation"));
             }
             text.extend_from_slice(&p.data);
         }
-        if !self.admit_sn(&p) {
+        if !self.admit_sn(&p, false) {
             return Ok(());
         }
         let pairs = keys::parse(&text).ok_or_else(|| protocol("malformed text request"))?;
@@ -338,38 +378,50 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         }
         let mut b = header(op::TEXT_RESPONSE, 0x80, p.itt());
         put(&mut b, 20, RESERVED_TAG);
-        self.numbers(&mut b, true);
-        self.send(b, &data)
+        self.send(b, &data, true)
     }
 
-    fn scsi_command(&mut self, p: Pdu) -> Result<(), End> {
+    /// A SCSI command, in CmdSN order: admitted (or dropped), its data collected, handed to the
+    /// workers. `task`: its entry in the LU's task set when it waited in the PDU queue.
+    fn scsi_command(
+        &mut self,
+        p: Pdu,
+        task: Option<TaskId>,
+        spawn: &dyn Fn() -> bool,
+    ) -> Result<(), End> {
+        let tasks = &self.shared.target.lun().tasks;
         // Forgotten whether its CmdSN admits it or drops it: the ITT is free again either way.
         let aborted = self.aborted.remove(&p.itt());
-        if !self.admit_sn(&p) || aborted {
+        let admitted = self.admit_sn(&p, true);
+        if !admitted || aborted {
+            if admitted && !p.immediate() {
+                self.link.free_slot();
+            }
+            if let Some(t) = task {
+                tasks.retire(t);
+            }
             return Ok(());
         }
+        if p.immediate() && !self.link.take_immediate() {
+            if let Some(t) = task {
+                tasks.retire(t);
+            }
+            return self.task_set_full(&p);
+        }
+        self.info.counters.commands.fetch_add(1, Relaxed);
         // In the LU's task set from here to its response, so that a TMF from another nexus
         // (any transport) aborts it before it runs, or waits for it while it runs.
-        let tasks = &self.shared.target.lun().tasks;
-        let task = tasks.enter(&self.nexus_tasks, u64::from(p.itt()), TaskState::Queued);
-        let r = self.command(p, task);
-        tasks.retire(task);
-        r
+        let task = task.unwrap_or_else(|| {
+            tasks.enter(&self.nexus_tasks, u64::from(p.itt()), TaskState::Queued)
+        });
+        self.command(p, task, spawn)
     }
 
-    /// A SCSI command, `task` in the LU's task set: its data, its execution, its response.
-    fn command(&mut self, p: Pdu, task: TaskId) -> Result<(), End> {
-        self.info.counters.commands.fetch_add(1, Relaxed);
+    /// An admitted SCSI command in the task set as `task`: its data, then to the workers.
+    fn command(&mut self, p: Pdu, task: TaskId, spawn: &dyn Fn() -> bool) -> Result<(), End> {
         let (read, write) = (p.flags() & 0x40 != 0, p.flags() & 0x20 != 0);
+        let (itt, immediate) = (p.itt(), p.immediate());
         let edtl = p.u32_at(20) as usize;
-        let data_out = if write {
-            match self.collect(&p, edtl)? {
-                Collected::Data(d) => d,
-                Collected::Aborted(tmf) => return self.tmf(&tmf, Some(p.itt())),
-            }
-        } else {
-            Some(Vec::new())
-        };
         let mut cdb = [0u8; 16];
         cdb.copy_from_slice(&p.bhs[32..48]);
         // An extended CDB (AHS type 1) or a bidirectional command is not provided; neither is a
@@ -382,103 +434,63 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         } else {
             0
         };
-        let mut din = vec![0u8; room];
-        let tasks = &self.shared.target.lun().tasks;
-        if !tasks.begin_io(task) {
-            // Another nexus's TMF aborted it: no response of its own (RFC 7143 §11.5.1); its
-            // initiator learns of it from the unit attention the TMF established.
-            log::info!("{}: iscsi: task {:#x} aborted", self.nexus, p.itt());
-            return Ok(());
+        let held = room + if write && edtl <= MAX_DATA { edtl } else { 0 };
+        // ORDERED (SAM-5 §8.6): after every command before it, before every command after it.
+        let ordered = p.flags() & 0x07 == ORDERED;
+        if ordered {
+            self.link.wait_finished(|_| true);
         }
-        if let Some(d) = &data_out {
-            let n = d.len() as u64;
-            self.info.counters.bytes_in.fetch_add(n, Relaxed);
-        }
-        let outcome = match data_out {
-            Some(mut dout) if !(ext_cdb || (read && write) || edtl > MAX_DATA) => {
-                self.execute(&p.lun(), &cdb, &mut dout, &mut din)
+        self.link.reserve(held);
+        let data_out = if write {
+            match self.collect(&p, edtl) {
+                Ok(Collected::Data(d)) => d,
+                Ok(Collected::Aborted(tmf)) => {
+                    self.abandon(task, immediate, held);
+                    return self.tmf(&tmf, Some(itt));
+                }
+                Err(e) => {
+                    self.abandon(task, immediate, held);
+                    return Err(e);
+                }
             }
-            _ => Outcome {
-                status: CHECK_CONDITION,
-                sense: Some(sense::INVALID_FIELD_IN_CDB),
-                data_in: 0,
-            },
+        } else {
+            Some(Vec::new())
         };
-        // Its I/O ended: a TMF no longer waits for it, whether or not the initiator reads its
-        // Data-In (one that stops reading would hold every LU reset for ever).
-        tasks.settle(task, TaskState::Done);
-        self.respond(&p, &cdb, edtl, read, write, outcome, &din)
+        let valid = !(ext_cdb || (read && write) || edtl > MAX_DATA);
+        let job = Job {
+            itt,
+            lun: p.lun(),
+            cdb,
+            task,
+            edtl,
+            read,
+            write,
+            data_out: data_out.filter(|_| valid),
+            room,
+            held,
+            immediate,
+        };
+        if !self.link.submit(job, spawn) {
+            self.link.run_queued(self.shared);
+        }
+        if ordered {
+            self.link.wait_finished(|i| i == itt);
+        }
+        Ok(())
     }
 
-    /// Runs `cdb` on the LU the LUN field names.
-    fn execute(&self, lun: &[u8; 8], cdb: &[u8], dout: &mut [u8], din: &mut [u8]) -> Outcome {
-        let out_buf = [Buf::from(dout)];
-        let in_buf = [Buf::from(din)];
-        let data_out = DataOut::new(if out_buf[0].is_empty() { &[] } else { &out_buf });
-        let data_in = DataIn::new(if in_buf[0].is_empty() { &[] } else { &in_buf });
-        let target = &self.shared.target;
-        if lun.iter().all(|&b| b == 0) {
-            target.execute(&self.nexus, cdb, data_out, data_in, None)
-        } else {
-            target.execute_missing_lun(cdb, data_in)
-        }
+    /// A command that will not reach a worker: out of the task set, its slot and bytes free.
+    fn abandon(&self, task: TaskId, immediate: bool, held: usize) {
+        self.shared.target.lun().tasks.retire(task);
+        self.link.abandon(immediate, held);
     }
 
-    /// Data-In (with the status in the last PDU when it is GOOD), else a SCSI Response.
-    #[allow(clippy::too_many_arguments)]
-    fn respond(
-        &mut self,
-        p: &Pdu,
-        cdb: &[u8],
-        edtl: usize,
-        read: bool,
-        write: bool,
-        o: Outcome,
-        din: &[u8],
-    ) -> Result<(), End> {
-        let sent = if read {
-            o.data_in.min(din.len()).min(edtl)
-        } else {
-            0
-        };
-        self.info.counters.bytes_out.fetch_add(sent as u64, Relaxed);
-        let (flag, resid) = residual(cdb, edtl, read, write, sent);
-        let collapse = o.status == GOOD && sent > 0;
-        let mut data_sn = 0u32;
-        let chunk = self.session.params.their_mrdsl.max(512);
-        let mut off = 0;
-        while off < sent {
-            let n = chunk.min(sent - off);
-            let last = off + n == sent;
-            let burst_end = (off + n) % self.session.params.max_burst == 0;
-            let mut f = if last || burst_end { 0x80 } else { 0 };
-            if last && collapse {
-                f |= 0x01 | flag;
-            }
-            let mut b = header(op::DATA_IN, f, p.itt());
-            b[8..16].copy_from_slice(&p.lun());
-            put(&mut b, 20, RESERVED_TAG);
-            if last && collapse {
-                b[3] = o.status;
-                put(&mut b, 44, resid);
-            }
-            self.numbers(&mut b, last && collapse);
-            put(&mut b, 36, data_sn);
-            put(&mut b, 40, off as u32);
-            self.send(b, &din[off..off + n])?;
-            data_sn += 1;
-            off += n;
-        }
-        if collapse {
-            return Ok(());
-        }
-        let mut b = header(op::SCSI_RESPONSE, 0x80 | flag, p.itt());
-        b[3] = o.status;
-        self.numbers(&mut b, true);
-        put(&mut b, 36, data_sn);
-        put(&mut b, 44, resid);
-        let data = o.sense.map(sense_data).unwrap_or_default();
-        self.send(b, &data)
+    /// An immediate command beyond [`super::workers::MAX_IMMEDIATE`]: TASK SET FULL (SAM-5
+    /// §5.3.1), not run.
+    fn task_set_full(&mut self, p: &Pdu) -> Result<(), End> {
+        let mut b = header(op::SCSI_RESPONSE, 0x80, p.itt());
+        b[3] = TASK_SET_FULL;
+        self.send(b, &[], true)
     }
 
     /// A write's data: immediate, unsolicited Data-Out (InitialR2T=No) and R2T-solicited
@@ -533,11 +545,10 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         let mut b = header(op::R2T, 0x80, cmd.itt());
         b[8..16].copy_from_slice(&cmd.lun());
         put(&mut b, 20, ttt);
-        self.numbers(&mut b, false);
         put(&mut b, 36, r2t_sn);
         put(&mut b, 40, offset as u32);
         put(&mut b, 44, len as u32);
-        self.send(b, &[])?;
+        self.send(b, &[], false)?;
         Ok(ttt)
     }
 
@@ -595,8 +606,8 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         let queued = self
             .pending
             .iter()
-            .position(|p| p.opcode() == op::DATA_OUT && p.itt() == itt);
-        if let Some(p) = queued.and_then(|i| self.pending.remove(i)) {
+            .position(|(p, _)| p.opcode() == op::DATA_OUT && p.itt() == itt);
+        if let Some((p, _)) = queued.and_then(|i| self.pending.remove(i)) {
             self.pending_bytes -= p.data.len();
             return Ok(Ok(p));
         }
@@ -612,66 +623,92 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
                 {
                     return Err(protocol("too many PDUs while a write's data was due"));
                 }
-                _ => {
-                    self.pending_bytes += p.data.len();
-                    self.pending.push_back(p);
-                }
+                _ => self.queue(p),
             }
         }
     }
 
-    /// Task management (RFC 7143 §11.5) mapped onto what the SCSI core does for virtio-scsi.
-    /// This session's commands run one at a time, so of its own only queued ones can be
-    /// aborted; a function that aborts the nexus's or the LU's tasks also aborts them in the
-    /// LU's task set (other transports' and sessions' commands: queued ones never do their I/O,
-    /// in-flight ones are waited for) before it answers. `current`: the command this TMF
-    /// interrupted (aborted, no response of its own).
+    /// Task management (RFC 7143 §11.5, RFC 7144 §4.1) mapped onto what the SCSI core does for
+    /// virtio-scsi. A function that aborts marks the tasks it names in the LU's task set (this
+    /// session's, queued for a worker or waiting in the PDU queue, and other transports' and
+    /// sessions': queued ones never do their I/O, in-flight ones are waited for), drops this
+    /// session's queued commands, and answers once this session's affected commands have
+    /// finished (their responses sent before the TMF's). `current`: the command whose data this
+    /// TMF interrupted (aborted, no response of its own).
     fn tmf(&mut self, p: &Pdu, current: Option<u32>) -> Result<(), End> {
-        let admitted = self.admit_sn(p) || (current.is_some() && self.admit_ahead(p));
+        let admitted = self.admit_sn(p, false) || (current.is_some() && self.admit_ahead(p));
         if !admitted {
             return Ok(());
         }
         let function = p.flags() & 0x7f;
         let lun0 = p.lun().iter().all(|&b| b == 0);
-        let res = &self.shared.target.lun().reservations;
-        let tasks = &self.shared.target.lun().tasks;
+        let lun = self.shared.target.lun();
+        let me = self.nexus_tasks.clone();
+        let nexus = Scope::Nexus(&me);
         let response = match function {
-            1 => {
-                let r = p.u32_at(20);
-                if current == Some(r)
-                    || self.abort_queued(|q| q.itt() == r) > 0
-                    || self.abort_not_received(p)
-                {
-                    0
-                } else {
-                    1
-                }
-            }
-            2 | 4 | 5 if !lun0 => 2,
-            2 | 4 => {
+            1 => self.abort_task(p, current),
+            2 | 4 | 5 | 9 | 10 if !lun0 => tmf_response::NO_LUN,
+            2 | 4 | 11 => {
                 self.abort_queued(|_| true);
-                tasks.abort(Scope::Nexus(&self.nexus));
-                0
+                lun.tasks.abort(nexus);
+                self.link.wait_finished(|_| true);
+                if function == 11 {
+                    log::info!("{}: iscsi: I_T nexus reset", self.nexus);
+                    lun.reservations
+                        .with_mut(|a| a.i_t_nexus_reset(&self.nexus));
+                }
+                tmf_response::COMPLETE
             }
-            3 => 255,
+            3 => tmf_response::REJECTED,
             5..=7 => {
                 self.abort_queued(|_| true);
-                tasks.abort(Scope::All);
+                lun.tasks.abort(Scope::All);
+                self.link.wait_finished(|_| true);
                 log::info!("{}: iscsi: logical unit reset (TMF {function})", self.nexus);
-                res.with_mut(|a| a.logical_unit_reset());
-                0
+                lun.reservations.with_mut(|a| a.logical_unit_reset());
+                tmf_response::COMPLETE
             }
-            8 => 4,
-            _ => 5,
+            8 => tmf_response::REASSIGN_NOT_SUPPORTED,
+            // QUERY TASK, QUERY TASK SET (SAM-5 §7.9, §7.10): whether the task, or any task of
+            // the nexus, is in the task set.
+            9 | 10 => {
+                let scope = if function == 9 {
+                    Scope::Task(&me, u64::from(p.u32_at(20)))
+                } else {
+                    nexus
+                };
+                if lun.tasks.contains(scope) {
+                    tmf_response::SUCCEEDED
+                } else {
+                    tmf_response::COMPLETE
+                }
+            }
+            _ => tmf_response::NOT_SUPPORTED,
         };
         let mut b = header(op::TMF_RESPONSE, 0x80, p.itt());
         b[2] = response;
-        self.numbers(&mut b, true);
-        self.send(b, &[])?;
-        if function == 7 && response == 0 {
+        self.send(b, &[], true)?;
+        if function == 7 && response == tmf_response::COMPLETE {
             return Err(End::ColdReset);
         }
         Ok(())
+    }
+
+    /// ABORT TASK: the task with the Referenced Task Tag, wherever it is (the write whose data
+    /// this TMF interrupted, the PDU queue, the workers' queue, in flight), or one never
+    /// received ([`Connection::abort_not_received`]); answered once it has finished.
+    fn abort_task(&mut self, p: &Pdu, current: Option<u32>) -> u8 {
+        let r = p.u32_at(20);
+        let tasks = &self.shared.target.lun().tasks;
+        let in_set = tasks.abort(Scope::Task(&self.nexus, u64::from(r))) > 0;
+        let queued = self.abort_queued(|q| q.itt() == r) > 0;
+        let found = current == Some(r) || in_set || queued || self.abort_not_received(p);
+        self.link.wait_finished(|i| i == r);
+        if found {
+            tmf_response::COMPLETE
+        } else {
+            tmf_response::NO_TASK
+        }
     }
 
     /// Marks queued SCSI commands `pick` selects as aborted; returns how many.
@@ -679,6 +716,7 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         let itts: Vec<u32> = self
             .pending
             .iter()
+            .map(|(q, _)| q)
             .filter(|q| q.opcode() == op::SCSI_COMMAND && pick(q))
             .map(Pdu::itt)
             .collect();
@@ -686,49 +724,37 @@ impl<'s, R: Read, W: Write> Connection<'s, R, W> {
         self.aborted.extend(itts);
         n
     }
+
+    /// Queues a PDU read while a write's data is due; a SCSI command enters the LU's task set
+    /// now, so that any nexus's TMF aborts it there.
+    fn queue(&mut self, p: Pdu) {
+        let task = (p.opcode() == op::SCSI_COMMAND).then(|| {
+            let tasks = &self.shared.target.lun().tasks;
+            tasks.enter(&self.nexus_tasks, u64::from(p.itt()), TaskState::Queued)
+        });
+        self.pending_bytes += p.data.len();
+        self.pending.push_back((p, task));
+    }
+}
+
+/// ExpCmdSN after `sn` was received: past it, and past the CmdSNs in `ahead` (counted as
+/// received already) that follow it.
+fn next_exp(sn: u32, ahead: &mut HashSet<u32>) -> u32 {
+    let mut e = sn.wrapping_add(1);
+    while ahead.remove(&e) {
+        e = e.wrapping_add(1);
+    }
+    e
 }
 
 /// Whether TMF `p` aborts task `itt` (of LUN 0): ABORT TASK naming it, a function that aborts
 /// every task of the LU when it names LUN 0 (for another, [`Connection::tmf`] answers "LUN does
-/// not exist" and aborts nothing), or a target reset.
+/// not exist" and aborts nothing), a target reset or an I_T nexus reset.
 fn aborts(p: &Pdu, itt: u32) -> bool {
     match p.flags() & 0x7f {
         1 => p.u32_at(20) == itt,
         2 | 4 | 5 => p.lun().iter().all(|&b| b == 0),
-        6 | 7 => true,
+        6 | 7 | 11 => true,
         _ => false,
-    }
-}
-
-/// The SCSI Response data segment: SenseLength, then fixed-format sense (RFC 7143 §11.4.7).
-fn sense_data(s: Sense) -> Vec<u8> {
-    let fixed = s.to_fixed();
-    let mut d = Vec::with_capacity(2 + fixed.len());
-    d.extend_from_slice(&(fixed.len() as u16).to_be_bytes());
-    d.extend_from_slice(&fixed);
-    d
-}
-
-/// The bytes a READ or WRITE CDB transfers; `None` for other commands.
-fn implied_len(cdb: &[u8]) -> Option<usize> {
-    match cdb::parse(cdb) {
-        Ok(Command::Read(rw)) | Ok(Command::Write(rw)) => Some(rw.blocks as usize * 512),
-        _ => None,
-    }
-}
-
-/// The O/U flag and residual count (RFC 7143 §11.4.5.1): against the bytes a READ or WRITE
-/// CDB implies when it is one, else against what was transferred.
-fn residual(cdb: &[u8], edtl: usize, read: bool, write: bool, sent: usize) -> (u8, u32) {
-    const OVER: u8 = 0x04;
-    const UNDER: u8 = 0x02;
-    let implied = implied_len(cdb);
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    match implied {
-        Some(n) if (read || write || edtl == 0) && n > edtl => (OVER, count(n - edtl)),
-        Some(n) if n < edtl => (UNDER, count(edtl - n)),
-        Some(_) => (0, 0),
-        None if read && sent < edtl => (UNDER, count(edtl - sent)),
-        None => (0, 0),
     }
 }

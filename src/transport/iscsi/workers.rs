@@ -1,0 +1,496 @@
+//! The commands of one session run side by side. The connection's reader (`session.rs`) admits
+//! each SCSI command in CmdSN order, collects its write data and hands it, entered in the LU's
+//! task set, to the session's workers: threads started as the depth needs them (at most
+//! [`MAX_WORKERS`], never one per command) that end with the connection. A worker runs the
+//! command through the SCSI core and sends its Data-In and status; every PDU of the session goes
+//! out through one writer ([`Link::send`]), which numbers it (StatSN) and advertises the window:
+//! MaxCmdSN = ExpCmdSN − 1 + the window's free slots, a slot being held by each non-immediate
+//! command from its admission to its response, so that no more than [`CMD_WINDOW`] commands are
+//! outstanding and the window never shrinks (RFC 7143 §3.2.2.1).
+//!
+//! What the session's commands hold at once is bounded: [`MAX_HELD`] bytes of data buffers (the
+//! reader waits for workers before it takes more), [`CMD_WINDOW`] non-immediate commands and
+//! [`MAX_IMMEDIATE`] immediate ones (more get TASK SET FULL).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, BufWriter, Write};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::keys::Params;
+use super::login::CMD_WINDOW;
+use super::pdu::{self, header, op, put, write_pdu, RESERVED_TAG};
+use super::{SessionInfo, Shared};
+use crate::image::buffers::Buf;
+use crate::scsi::cdb::{self, Command};
+use crate::scsi::data::{DataIn, DataOut};
+use crate::scsi::sense::{self, Sense};
+use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
+use crate::scsi::tasks::{TaskId, TaskSet, TaskState};
+use crate::util::lock::lock;
+
+/// Worker threads of one session at most: commands beyond them wait in the session's queue
+/// (in the task set, queued) for the next free one.
+pub(super) const MAX_WORKERS: usize = 8;
+/// Bytes of data buffers (write data collected, room for read data) the session's commands hold
+/// at once; one command alone may take up to the LU's largest transfer (4 MiB) in any case.
+pub(super) const MAX_HELD: usize = 16 << 20;
+/// Immediate SCSI commands outstanding at once (they take no slot of the CmdSN window).
+pub(super) const MAX_IMMEDIATE: usize = 8;
+
+/// The SAM status TASK SET FULL.
+pub(super) const TASK_SET_FULL: u8 = 0x28;
+
+/// The session's one writer and StatSN, assigned in the order PDUs go out.
+struct Out<W: Write> {
+    writer: BufWriter<W>,
+    stat_sn: u32,
+}
+
+/// The CmdSN window, apart from the writer so that the reader admits commands while a worker's
+/// Data-In waits for the initiator to read.
+#[derive(Clone, Copy)]
+struct Window {
+    exp_cmd_sn: u32,
+    /// Non-immediate commands admitted and not answered: slots of the window taken.
+    used: u32,
+}
+
+impl Window {
+    /// ExpCmdSN and MaxCmdSN: ExpCmdSN − 1 + the free slots.
+    fn numbers(self) -> (u32, u32) {
+        let free = CMD_WINDOW.saturating_sub(self.used);
+        (
+            self.exp_cmd_sn,
+            self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1),
+        )
+    }
+}
+
+/// Commands handed to workers, and the workers.
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    workers: usize,
+    idle: usize,
+    /// The connection ended: queued commands are dropped, workers end.
+    closing: bool,
+    /// ITTs of the commands handed over and not finished (their response sent or dropped).
+    active: HashMap<u32, usize>,
+    /// Bytes of data buffers reserved ([`MAX_HELD`]).
+    held: usize,
+    /// Immediate commands outstanding ([`MAX_IMMEDIATE`]).
+    immediate: usize,
+}
+
+/// One admitted SCSI command, its write data collected, ready to run.
+pub(super) struct Job {
+    pub itt: u32,
+    pub lun: [u8; 8],
+    pub cdb: [u8; 16],
+    pub task: TaskId,
+    pub edtl: usize,
+    pub read: bool,
+    pub write: bool,
+    /// The write data; `None` when the command is refused (05/24/00) without running.
+    pub data_out: Option<Vec<u8>>,
+    /// Bytes of read data to make room for.
+    pub room: usize,
+    /// Bytes reserved for it ([`Link::reserve`]).
+    pub held: usize,
+    pub immediate: bool,
+}
+
+/// What the reader and the workers of one connection share.
+pub(super) struct Link<W: Write> {
+    out: Mutex<Out<W>>,
+    window: Mutex<Window>,
+    state: Mutex<State>,
+    /// Signalled when a command is queued or the connection ends.
+    work: Condvar,
+    /// Signalled when a command finishes.
+    done: Condvar,
+    params: Params,
+    nexus: Arc<str>,
+    info: Arc<SessionInfo>,
+}
+
+impl<W: Write> Link<W> {
+    pub fn new(
+        writer: W,
+        params: Params,
+        (stat_sn, exp_cmd_sn): (u32, u32),
+        nexus: Arc<str>,
+        info: Arc<SessionInfo>,
+    ) -> Self {
+        Link {
+            out: Mutex::new(Out {
+                writer: BufWriter::with_capacity(64 * 1024, writer),
+                stat_sn,
+            }),
+            window: Mutex::new(Window {
+                exp_cmd_sn,
+                used: 0,
+            }),
+            state: Mutex::default(),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            params,
+            nexus,
+            info,
+        }
+    }
+
+    fn out(&self) -> MutexGuard<'_, Out<W>> {
+        lock(&self.out)
+    }
+
+    fn window(&self) -> MutexGuard<'_, Window> {
+        lock(&self.window)
+    }
+
+    /// Whether a non-immediate request with `cmd_sn` is the next expected and in the window; if
+    /// so ExpCmdSN becomes `next` (past it and past CmdSNs counted as received already) and,
+    /// with `slot`, it takes a slot of the window until [`Link::free_slot`].
+    pub fn admit(&self, cmd_sn: u32, slot: bool, next: impl FnOnce(u32) -> u32) -> bool {
+        let mut w = self.window();
+        if cmd_sn != w.exp_cmd_sn || w.used >= CMD_WINDOW {
+            return false;
+        }
+        w.exp_cmd_sn = next(cmd_sn);
+        w.used += u32::from(slot);
+        true
+    }
+
+    /// ExpCmdSN now.
+    pub fn exp_cmd_sn(&self) -> u32 {
+        self.window().exp_cmd_sn
+    }
+
+    /// Sets ExpCmdSN (a CmdSN counted as received without its command).
+    pub fn set_exp_cmd_sn(&self, sn: u32) {
+        self.window().exp_cmd_sn = sn;
+    }
+
+    /// A command that took a slot ends without reaching a worker.
+    pub fn free_slot(&self) {
+        let mut w = self.window();
+        w.used = w.used.saturating_sub(1);
+    }
+
+    /// Sends one PDU with StatSN, ExpCmdSN and MaxCmdSN filled in; advances StatSN if
+    /// `status`.
+    pub fn send(&self, b: [u8; pdu::BHS_LEN], data: &[u8], status: bool) -> io::Result<()> {
+        let mut o = self.out();
+        o.send(b, data, status, self.params.digests, &self.window)?;
+        o.writer.flush()
+    }
+
+    /// Reserves `n` bytes of data buffers, waiting for commands to finish while the session
+    /// holds too much (never while it holds nothing).
+    pub fn reserve(&self, n: usize) {
+        let mut s = lock(&self.state);
+        while s.held > 0 && s.held + n > MAX_HELD {
+            s = wait(&self.done, s);
+        }
+        s.held += n;
+    }
+
+    /// Returns bytes [`Link::reserve`] took for a command that does not reach a worker.
+    fn unreserve(&self, n: usize) {
+        lock(&self.state).held -= n;
+        self.done.notify_all();
+    }
+
+    /// Counts an immediate command in, unless [`MAX_IMMEDIATE`] are outstanding.
+    pub fn take_immediate(&self) -> bool {
+        let mut s = lock(&self.state);
+        if s.immediate >= MAX_IMMEDIATE {
+            return false;
+        }
+        s.immediate += 1;
+        true
+    }
+
+    /// A command that took a slot (or counted as immediate) and bytes ends without reaching a
+    /// worker.
+    pub fn abandon(&self, immediate: bool, held: usize) {
+        if immediate {
+            let mut s = lock(&self.state);
+            s.immediate = s.immediate.saturating_sub(1);
+        } else {
+            self.free_slot();
+        }
+        self.unreserve(held);
+    }
+
+    /// Hands `job` to the workers; `spawn` starts one more when none is idle and fewer than
+    /// [`MAX_WORKERS`] run. False when no worker runs at all (none could be started): the
+    /// caller runs the queue itself ([`Link::run_queued`]).
+    pub fn submit(&self, job: Job, spawn: &dyn Fn() -> bool) -> bool {
+        let mut s = lock(&self.state);
+        *s.active.entry(job.itt).or_default() += 1;
+        s.queue.push_back(job);
+        let start = s.idle < s.queue.len() && s.workers < MAX_WORKERS;
+        if start {
+            s.workers += 1;
+        }
+        drop(s);
+        self.work.notify_one();
+        if start && !spawn() {
+            let mut s = lock(&self.state);
+            s.workers -= 1;
+            return s.workers > 0;
+        }
+        true
+    }
+
+    /// Runs the queued commands on this thread (no worker could be started).
+    pub fn run_queued(&self, shared: &Shared) {
+        loop {
+            let next = {
+                let mut s = lock(&self.state);
+                let closing = s.closing;
+                s.queue.pop_front().map(|j| (j, closing))
+            };
+            let Some((job, closing)) = next else {
+                return;
+            };
+            self.run_and_finish(shared, job, closing);
+        }
+    }
+
+    /// Waits until no command whose ITT `pick` selects is handed over and unfinished.
+    pub fn wait_finished(&self, pick: impl Fn(u32) -> bool) {
+        let mut s = lock(&self.state);
+        while s.active.keys().any(|&itt| pick(itt)) {
+            s = wait(&self.done, s);
+        }
+    }
+
+    /// The connection ended: queued commands are dropped, the workers end (after the command
+    /// each runs).
+    pub fn close(&self) {
+        lock(&self.state).closing = true;
+        self.work.notify_all();
+    }
+
+    /// A worker: runs queued commands until the connection ends.
+    pub fn worker(&self, shared: &Shared) {
+        while let Some((job, closing)) = self.next_job() {
+            self.run_and_finish(shared, job, closing);
+        }
+    }
+
+    /// Runs `job`, then counts it out of what the session holds.
+    fn run_and_finish(&self, shared: &Shared, job: Job, closing: bool) {
+        let itt = job.itt;
+        let (held, immediate) = (job.held, job.immediate);
+        self.run(shared, job, closing);
+        let mut s = lock(&self.state);
+        if let Some(n) = s.active.get_mut(&itt) {
+            *n -= 1;
+            if *n == 0 {
+                s.active.remove(&itt);
+            }
+        }
+        s.held -= held;
+        s.immediate -= usize::from(immediate);
+        drop(s);
+        self.done.notify_all();
+    }
+
+    /// The next queued command, and whether the connection ended; `None`: none will come.
+    fn next_job(&self) -> Option<(Job, bool)> {
+        let mut s = lock(&self.state);
+        loop {
+            if let Some(j) = s.queue.pop_front() {
+                return Some((j, s.closing));
+            }
+            if s.closing {
+                s.workers -= 1;
+                return None;
+            }
+            s.idle += 1;
+            s = wait(&self.work, s);
+            s.idle -= 1;
+        }
+    }
+
+    /// One command: its I/O unless a TMF aborted it (or the connection ended) before it
+    /// started, then its response.
+    fn run(&self, shared: &Shared, mut job: Job, closing: bool) {
+        let tasks = &shared.target.lun().tasks;
+        if closing || !tasks.begin_io(job.task) {
+            // No response of its own (RFC 7143 §11.5.1; at ERL 0 a lost connection's tasks
+            // end without one); its slot of the window is free again.
+            log::info!("{}: iscsi: task {:#x} aborted", self.nexus, job.itt);
+            if !job.immediate {
+                self.free_slot();
+            }
+            tasks.retire(job.task);
+            return;
+        }
+        self.info.counters.commands.fetch_add(1, Relaxed);
+        if let Some(d) = &job.data_out {
+            self.info
+                .counters
+                .bytes_in
+                .fetch_add(d.len() as u64, Relaxed);
+        }
+        let mut din = vec![0u8; job.room];
+        let outcome = match job.data_out.as_mut() {
+            Some(dout) => execute(shared, &self.nexus, &job.lun, &job.cdb, dout, &mut din),
+            None => Outcome {
+                status: CHECK_CONDITION,
+                sense: Some(sense::INVALID_FIELD_IN_CDB),
+                data_in: 0,
+            },
+        };
+        // Its I/O ended: a TMF of another nexus no longer waits for it, whether or not the
+        // initiator reads its Data-In (one that stops reading would hold every LU reset for
+        // ever); one of this session waits for its response ([`Link::wait_finished`]).
+        tasks.settle(job.task, TaskState::Done);
+        if let Err(e) = self.respond(&job, outcome, &din, tasks) {
+            log::debug!("{}: iscsi: response to {:#x}: {e}", self.nexus, job.itt);
+        }
+    }
+
+    /// Data-In (with the status in the last PDU when it is GOOD), else a SCSI Response; the
+    /// command's slot of the window is free in the numbers it carries, and it has left the task
+    /// set before the initiator can see its status (a QUERY TASK after it finds no task).
+    fn respond(&self, job: &Job, o: Outcome, din: &[u8], tasks: &TaskSet) -> io::Result<()> {
+        let sent = if job.read {
+            o.data_in.min(din.len()).min(job.edtl)
+        } else {
+            0
+        };
+        self.info.counters.bytes_out.fetch_add(sent as u64, Relaxed);
+        let (flag, resid) = residual(&job.cdb, job.edtl, job.read, job.write, sent);
+        let collapse = o.status == GOOD && sent > 0;
+        let prm = &self.params;
+        let chunk = prm.their_mrdsl.max(512);
+        if !job.immediate {
+            self.free_slot();
+        }
+        let mut out = self.out();
+        tasks.retire(job.task);
+        let (mut off, mut data_sn) = (0, 0u32);
+        while off < sent {
+            let n = chunk.min(sent - off);
+            let last = off + n == sent;
+            let burst_end = (off + n) % prm.max_burst.max(1) == 0;
+            let mut f = if last || burst_end { 0x80 } else { 0 };
+            if last && collapse {
+                f |= 0x01 | flag;
+            }
+            let mut b = header(op::DATA_IN, f, job.itt);
+            b[8..16].copy_from_slice(&job.lun);
+            put(&mut b, 20, RESERVED_TAG);
+            if last && collapse {
+                b[3] = o.status;
+                put(&mut b, 44, resid);
+            }
+            put(&mut b, 36, data_sn);
+            put(&mut b, 40, off as u32);
+            out.send(
+                b,
+                &din[off..off + n],
+                last && collapse,
+                prm.digests,
+                &self.window,
+            )?;
+            data_sn += 1;
+            off += n;
+        }
+        if !collapse {
+            let mut b = header(op::SCSI_RESPONSE, 0x80 | flag, job.itt);
+            b[3] = o.status;
+            put(&mut b, 36, data_sn);
+            put(&mut b, 44, resid);
+            let data = o.sense.map(sense_data).unwrap_or_default();
+            out.send(b, &data, true, prm.digests, &self.window)?;
+        }
+        out.writer.flush()
+    }
+}
+
+impl<W: Write> Out<W> {
+    /// Writes one PDU with the session's numbers (not flushed). The window is read under the
+    /// writer's lock, so the MaxCmdSN PDUs carry never goes back in the order they go out.
+    fn send(
+        &mut self,
+        mut b: [u8; pdu::BHS_LEN],
+        data: &[u8],
+        status: bool,
+        digests: pdu::Digests,
+        window: &Mutex<Window>,
+    ) -> io::Result<()> {
+        put(&mut b, 24, self.stat_sn);
+        if status {
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
+        let (exp, max) = lock(window).numbers();
+        put(&mut b, 28, exp);
+        put(&mut b, 32, max);
+        write_pdu(&mut self.writer, b, data, digests)
+    }
+}
+
+fn wait<'a>(c: &Condvar, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    c.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `cdb` of `nexus` on the LU the LUN field names.
+fn execute(
+    shared: &Shared,
+    nexus: &str,
+    lun: &[u8; 8],
+    cdb: &[u8],
+    dout: &mut [u8],
+    din: &mut [u8],
+) -> Outcome {
+    let out_buf = [Buf::from(dout)];
+    let in_buf = [Buf::from(din)];
+    let data_out = DataOut::new(if out_buf[0].is_empty() { &[] } else { &out_buf });
+    let data_in = DataIn::new(if in_buf[0].is_empty() { &[] } else { &in_buf });
+    let target = &shared.target;
+    if lun.iter().all(|&b| b == 0) {
+        target.execute(nexus, cdb, data_out, data_in, None)
+    } else {
+        target.execute_missing_lun(cdb, data_in)
+    }
+}
+
+/// The SCSI Response data segment: SenseLength, then fixed-format sense (RFC 7143 §11.4.7).
+fn sense_data(s: Sense) -> Vec<u8> {
+    let fixed = s.to_fixed();
+    let mut d = Vec::with_capacity(2 + fixed.len());
+    d.extend_from_slice(&(fixed.len() as u16).to_be_bytes());
+    d.extend_from_slice(&fixed);
+    d
+}
+
+/// The bytes a READ or WRITE CDB transfers; `None` for other commands.
+pub(super) fn implied_len(cdb: &[u8]) -> Option<usize> {
+    match cdb::parse(cdb) {
+        Ok(Command::Read(rw)) | Ok(Command::Write(rw)) => Some(rw.blocks as usize * 512),
+        _ => None,
+    }
+}
+
+/// The O/U flag and residual count (RFC 7143 §11.4.5.1): against the bytes a READ or WRITE
+/// CDB implies when it is one, else against what was transferred.
+fn residual(cdb: &[u8], edtl: usize, read: bool, write: bool, sent: usize) -> (u8, u32) {
+    const OVER: u8 = 0x04;
+    const UNDER: u8 = 0x02;
+    let implied = implied_len(cdb);
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    match implied {
+        Some(n) if (read || write || edtl == 0) && n > edtl => (OVER, count(n - edtl)),
+        Some(n) if n < edtl => (UNDER, count(edtl - n)),
+        Some(_) => (0, 0),
+        None if read && sent < edtl => (UNDER, count(edtl - sent)),
+        None => (0, 0),
+    }
+}
