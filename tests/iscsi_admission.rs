@@ -63,8 +63,7 @@ fn setup(limits: &str) -> Setup {
 
 /// Whether the portal closed `s`: a read returns end of file (or a reset) rather than waiting.
 fn closed(mut s: &TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
@@ -120,9 +119,9 @@ fn io_works(c: &mut IscsiClient) {
 
 /// 300 connections that send half a login PDU and stop (from one host) hold no room a
 /// legitimate initiator on another host needs: its login and I/O go through, the portal's
-/// connection threads stay within `max_logins` (default 32) and a few closing, and the lines
-/// the flood causes are few. Before the bounds per kind, the 256-connection cap was full and
-/// the legitimate connection was closed at accept.
+/// connection threads stay within `max_logins` (default 128), and the lines the flood causes
+/// are a burst of 20 and about one a second (without the limit, 271 lines). Before the bounds
+/// per kind, the 256-connection cap was full and the legitimate connection was closed at accept.
 #[test]
 fn half_open_logins_do_not_keep_a_legitimate_initiator_out() {
     let s = setup("");
@@ -140,12 +139,15 @@ fn half_open_logins_do_not_keep_a_legitimate_initiator_out() {
     c.drain_ua();
     io_works(&mut c);
     assert!(
-        eventually(60, || threads(pid, "iscsi-conn") <= 32 + 1),
+        eventually(60, || threads(pid, "iscsi-conn") <= 128 + 1),
         "connection threads: {}",
         threads(pid, "iscsi-conn")
     );
     let still_open = flood.iter().filter(|t| !closed(t)).count();
-    assert!(still_open <= 32, "{still_open} half-open logins still open");
+    assert!(
+        still_open <= 128,
+        "{still_open} half-open logins still open"
+    );
     let flood_lines = log_lines(&s, "127.0.0.1:");
     eprintln!("log lines about the flood's connections: {flood_lines}");
     assert!(

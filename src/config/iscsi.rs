@@ -66,7 +66,7 @@ impl Default for PortalLimits {
     fn default() -> Self {
         PortalLimits {
             max_sessions: 128,
-            max_logins: 32,
+            max_logins: 128,
             max_discovery_sessions: 16,
             discovery_idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
