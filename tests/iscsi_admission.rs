@@ -237,3 +237,22 @@ fn a_session_that_never_reads_its_data_in_is_dropped_and_its_share_freed() {
     assert!(next.logout());
     s.daemon.assert_no_panic();
 }
+
+/// A logged-in initiator that sends 200 PDUs the target rejects gets 200 Rejects, and the log a
+/// burst of 20 lines and about one a second, the rest counted.
+#[test]
+fn rejected_pdus_are_logged_within_the_sources_share() {
+    let s = setup("");
+    let mut c = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID_1).unwrap();
+    c.drain_ua();
+    for _ in 0..200 {
+        // Opcode 0x1c: none an initiator sends (RFC 7143 §11.1.1).
+        let r = c.immediate(0x1c, 0x80, &[], |_| {}).expect("a Reject");
+        assert_eq!(r.opcode(), 0x3f, "Reject");
+    }
+    io_works(&mut c);
+    let lines = log_lines(&s, "rejected (reason");
+    eprintln!("log lines for 200 rejected PDUs: {lines}");
+    assert!((1..=40).contains(&lines), "{lines} lines");
+    assert!(c.logout());
+}

@@ -473,6 +473,21 @@ impl Shared {
 }
 
 impl Shared {
+    /// Logs `line`, which the initiator of session `info` caused, within its source address's
+    /// share of lines (`util::ratelimit`).
+    pub(crate) fn peer_line(
+        &self,
+        info: &SessionInfo,
+        level: log::Level,
+        line: std::fmt::Arguments<'_>,
+    ) {
+        let source = info
+            .peer
+            .parse::<SocketAddr>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        self.peer_log.log(level, source, line);
+    }
+
     /// The source address of connection `conn` (unspecified for an in-memory one).
     fn discovery_source(&self, conn: u64) -> IpAddr {
         lock(&self.conns)
