@@ -3,9 +3,10 @@
 //! = 1, ErrorRecoveryLevel = 0) served by its own thread; logins in progress, discovery
 //! sessions and Normal sessions each have their bound (`admission`), a discovery session its
 //! idle timeout, and every session a send timeout: an initiator that stops reading is dropped.
-//! What a peer makes us log is rate-limited per source address. A Normal session is one I_T nexus, named for the arbiter by
-//! [`nexus_name`] (InitiatorName and ISID), so each session of an initiator registers on its
-//! own and a reinstated session (same name and ISID) keeps its registrations.
+//! What a peer makes us log is rate-limited per source address. A Normal session is one I_T
+//! nexus, named for the arbiter by [`nexus_name`] (InitiatorName and ISID), so each session of
+//! an initiator registers on its own and a reinstated session (same name and ISID) keeps its
+//! registrations.
 //!
 //! `pdu` frames PDUs, `keys` negotiates text keys, `login` runs the login phase and `session`
 //! the full feature phase; the SCSI core (`crate::scsi::target`) runs the commands.
