@@ -126,6 +126,7 @@ fn io_works(c: &mut IscsiClient) {
 fn half_open_logins_do_not_keep_a_legitimate_initiator_out() {
     let s = setup("");
     let pid = s.daemon.pid().unwrap();
+    let started = Instant::now();
     let mut flood = Vec::new();
     for _ in 0..300 {
         let mut t = TcpStream::connect(s.addr).unwrap();
@@ -150,8 +151,10 @@ fn half_open_logins_do_not_keep_a_legitimate_initiator_out() {
     );
     let flood_lines = log_lines(&s, "127.0.0.1:");
     eprintln!("log lines about the flood's connections: {flood_lines}");
+    // 20 at once, one a second since, a few about the legitimate login and the start.
+    let bound = 20 + started.elapsed().as_secs() as usize + 10;
     assert!(
-        flood_lines <= 30,
+        flood_lines <= bound,
         "{flood_lines} lines:\n{}",
         s.daemon.log()
     );
@@ -206,11 +209,11 @@ fn a_discovery_flood_is_bounded_and_idle_discovery_sessions_close() {
 }
 
 /// A session that asks for 32 × 4 MiB of Data-In and never reads it blocks the portal's
-/// writes: after `send_timeout_s` (2) it is dropped, and its share goes to another session
+/// writes: after `send_timeout_s` (5) it is dropped, and its share goes to another session
 /// (`max_sessions = 1`), whose login was refused (0302) while the first held it.
 #[test]
 fn a_session_that_never_reads_its_data_in_is_dropped_and_its_share_freed() {
-    let s = setup("max_sessions = 1\nsend_timeout_s = 2");
+    let s = setup("max_sessions = 1\nsend_timeout_s = 5");
     let mut stalled = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID_1).unwrap();
     stalled.drain_ua();
     for _ in 0..32 {

@@ -52,6 +52,8 @@ impl Budget {
 
 /// A burst of lines per source, then one per period.
 pub struct PerSource {
+    /// The log target of its lines (the module whose lines they are).
+    target: &'static str,
     every: Duration,
     burst: u32,
     max_sources: usize,
@@ -59,8 +61,9 @@ pub struct PerSource {
 }
 
 impl PerSource {
-    pub fn new(every: Duration, burst: u32, max_sources: usize) -> Self {
+    pub fn new(target: &'static str, every: Duration, burst: u32, max_sources: usize) -> Self {
         PerSource {
+            target,
             every,
             burst: burst.max(1),
             max_sources: max_sources.max(1),
@@ -87,8 +90,12 @@ impl PerSource {
     /// Logs `line` at `level` unless `source` used up its lines.
     pub fn log(&self, level: log::Level, source: IpAddr, line: std::fmt::Arguments<'_>) {
         match self.check(source, Instant::now()) {
-            Some(0) => log::log!(level, "{line}"),
-            Some(n) => log::log!(level, "{line} ({n} more from {source} not logged)"),
+            Some(0) => log::log!(target: self.target, level, "{line}"),
+            Some(n) => log::log!(
+                target: self.target,
+                level,
+                "{line} ({n} more from {source} not logged)"
+            ),
             None => {}
         }
     }

@@ -186,7 +186,7 @@ impl Shared {
             next_tsih: Mutex::new(0),
             stop: AtomicBool::new(false),
             counters: PortalCounters::default(),
-            peer_log: PerSource::new(LOG_EVERY, LOG_BURST, LOG_SOURCES),
+            peer_log: PerSource::new(module_path!(), LOG_EVERY, LOG_BURST, LOG_SOURCES),
         }
     }
 
@@ -246,20 +246,23 @@ impl Shared {
             res.with_mut(|a| a.i_t_nexus_reset(nexus));
         }
         let max_sessions = self.config.limits.max_sessions;
+        let source = self.source(conn);
         if sessions.len() >= max_sessions {
-            log::warn!(
+            let line = format_args!(
                 "{nexus}: iscsi: login refused: {max_sessions} sessions already (max_sessions)"
             );
+            self.peer_log.log(log::Level::Warn, source, line);
             return Err(login::status::OUT_OF_RESOURCES);
         }
         let guests = self.guests.load(Ordering::SeqCst);
         if sessions.len() + guests >= self.max_shares {
-            log::warn!(
+            let line = format_args!(
                 "{nexus}: iscsi: login refused: {} sessions and {guests} guests already \
                  (max-shares {})",
                 sessions.len(),
                 self.max_shares
             );
+            self.peer_log.log(log::Level::Warn, source, line);
             return Err(login::status::OUT_OF_RESOURCES);
         }
         let tsih = {
@@ -459,7 +462,7 @@ impl Shared {
             }
             // Discovery sessions come and go by the hundred: their lines are per source.
             e if kind == SessionKind::Discovery => {
-                let source = self.discovery_source(conn);
+                let source = self.source(conn);
                 let line = format_args!("{nexus}: iscsi: discovery session ended: {e}");
                 self.peer_log.log(log::Level::Info, source, line);
             }
@@ -490,7 +493,7 @@ impl Shared {
     }
 
     /// The source address of connection `conn` (unspecified for an in-memory one).
-    fn discovery_source(&self, conn: u64) -> IpAddr {
+    fn source(&self, conn: u64) -> IpAddr {
         lock(&self.conns)
             .source(conn)
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))

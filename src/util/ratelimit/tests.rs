@@ -9,7 +9,7 @@ fn ip(n: u8) -> IpAddr {
 
 #[test]
 fn a_burst_per_source_then_one_per_period_and_the_rest_counted() {
-    let l = PerSource::new(Duration::from_secs(1), 3, 8);
+    let l = PerSource::new("test", Duration::from_secs(1), 3, 8);
     let t = Instant::now();
     let ms = |n| t + Duration::from_millis(n);
     assert_eq!(l.check(ip(1), t), Some(0));
@@ -31,7 +31,7 @@ fn a_burst_per_source_then_one_per_period_and_the_rest_counted() {
 
 #[test]
 fn many_sources_share_one_more_bucket() {
-    let l = PerSource::new(Duration::from_secs(1), 1, 4);
+    let l = PerSource::new("test", Duration::from_secs(1), 1, 4);
     let t = Instant::now();
     let logged = (0..200)
         .filter(|i| l.check(ip(*i as u8), t).is_some())
