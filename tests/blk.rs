@@ -282,3 +282,68 @@ fn direct_io_with_io_uring_batches_lands_every_acknowledged_write() {
         assert_eq!(got, seq as u64 + 1, "block {seq}");
     }
 }
+
+/// The daemon's vhost-user queue threads (vhost-user-backend names them `vring_worker`).
+fn queue_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "vring_worker")
+        .count()
+}
+
+/// A guest configured with one queue (the default) costs one queue thread on its blk device
+/// and two on its scsi device (control and events, requests), not one per advertised ring;
+/// a frontend that enables more rings than configured is still served on every one of them.
+#[test]
+fn queue_threads_follow_the_guest_queues() {
+    let d = TestDaemon::start(&["vm1"]);
+    let pid = d.d.pid().unwrap();
+    let mut blk = BlkClient::connect_queues(&d.blk("vm1"), 4).unwrap();
+    let mut scsi = common::scsi_client::ScsiClient::connect_queues(&d.d.scsi("vm1"), 4, 64);
+    let threads = queue_threads(pid);
+    eprintln!("queue threads with one guest connected on both devices: {threads}");
+    assert_eq!(
+        threads,
+        1 + 2,
+        "one blk thread, scsi control and request threads"
+    );
+    for q in 0..4 {
+        blk.use_queue(q);
+        blk.write(q as u64 * 65536, &pattern(q as u8, 4096))
+            .unwrap();
+        blk.use_queue(q);
+    }
+    for q in 0..4 {
+        assert_eq!(
+            blk.read(q as u64 * 65536, 4096).unwrap(),
+            pattern(q as u8, 4096)
+        );
+    }
+    // A TEST UNIT READY on each request ring (rings 2 to 5).
+    use common::scsi_client::{parse_resp, req_header, LUN0, REQ_HEADER_LEN, RESP_LEN};
+    use common::vu_frontend::Desc;
+    for ring in 2..6 {
+        let fe = &mut scsi.fe;
+        let hdr = fe.alloc(REQ_HEADER_LEN);
+        fe.write_mem(hdr, &req_header(&LUN0, ring as u64, &[0u8; 6]));
+        let resp = fe.alloc(RESP_LEN);
+        let head = fe.submit(
+            ring,
+            &[
+                Desc::r(hdr, REQ_HEADER_LEN as u32),
+                Desc::w(resp, RESP_LEN as u32),
+            ],
+        );
+        let used = fe.wait_used(ring, std::time::Duration::from_secs(30));
+        assert_eq!(used.map(|u| u.0), Some(head), "request ring {ring} served");
+        // GOOD, or the power-on unit attention on the first: answered by the SCSI core.
+        let (response, status, _, _) = parse_resp(&fe.read_mem(resp, RESP_LEN));
+        assert!(
+            response == 0 && [0, 2].contains(&status),
+            "request ring {ring}"
+        );
+    }
+}

@@ -84,8 +84,10 @@ fn max_write_same(c: &mut ScsiClient) -> u64 {
 #[test]
 fn preempt_is_quick_while_the_victim_streams_maximal_write_sames() {
     const QUEUES: usize = 2;
+    // A queue thread per request queue, so the victim's queues run side by side.
     let d = TestDaemon::start_probed(&["victim", "survivor"], |c| {
         allocated_image(&c.image, common::daemon::IMAGE_SIZE);
+        c.guests[0].queues = QUEUES as u16;
     });
     let mut victim = ScsiClient::connect_queues(&d.scsi("victim"), QUEUES, 128);
     let mut survivor = ScsiClient::connect(&d.scsi("survivor"));

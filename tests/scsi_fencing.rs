@@ -119,7 +119,10 @@ fn block_seq(image: &[u8], seq: usize) -> u64 {
 
 #[test]
 fn no_scsi_write_of_the_preempted_lands_after_preempt_and_abort_returns() {
-    let d = TestDaemon::start_probed(&["victim", "survivor"], |_| {});
+    // A queue thread per request queue, so the victim's queues run side by side.
+    let d = TestDaemon::start_probed(&["victim", "survivor"], |c| {
+        c.guests[0].queues = QUEUES as u16;
+    });
     let mut victim = ScsiClient::connect_queues(&d.scsi("victim"), QUEUES, 256);
     let mut survivor = ScsiClient::connect(&d.scsi("survivor"));
     victim.drain_ua();

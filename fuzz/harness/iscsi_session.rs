@@ -94,6 +94,7 @@ pub fn run(data: &[u8]) {
         } else {
             Vec::new()
         },
+        limits: Default::default(),
     };
     let mut input = if setup & 1 != 0 {
         valid_login()

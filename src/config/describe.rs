@@ -129,6 +129,17 @@ impl Config {
                 .collect();
             let _ = writeln!(s, "iscsi access:   {}", named.join(", "));
         }
+        let l = &i.limits;
+        let _ = writeln!(
+            s,
+            "iscsi limits:   {} sessions, {} logins in progress, {} discovery sessions (idle \
+             {} s), send timeout {} s",
+            l.max_sessions,
+            l.max_logins,
+            l.max_discovery_sessions,
+            l.discovery_idle_timeout.as_secs(),
+            l.send_timeout.as_secs()
+        );
     }
 
     /// The `guests:` count, then a line per guest: its sockets, queues and whether it writes.

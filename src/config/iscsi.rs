@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -42,6 +43,42 @@ pub struct ChapSettings {
     pub target_chap: Option<ChapFiles>,
 }
 
+/// How many connections of each kind a portal serves at once, and how long it waits on an
+/// idle discovery session or on an initiator that stops reading (docs/operations.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortalLimits {
+    /// `max_sessions`: Normal sessions (I_T nexuses); maxShares bounds them with the guests.
+    pub max_sessions: usize,
+    /// `max_logins`: connections still in their login phase. Beyond, the oldest login of the
+    /// source address with the most logins in progress is closed.
+    pub max_logins: usize,
+    /// `max_discovery_sessions`: discovery sessions. Beyond, the oldest discovery session of
+    /// the source address with the most of them is closed.
+    pub max_discovery_sessions: usize,
+    /// `discovery_idle_timeout_s`: a discovery session that sends nothing this long is closed.
+    pub discovery_idle_timeout: Duration,
+    /// `send_timeout_s`: a session whose initiator takes nothing we send for this long is
+    /// dropped (its task set ends as at any I_T nexus loss).
+    pub send_timeout: Duration,
+}
+
+impl Default for PortalLimits {
+    fn default() -> Self {
+        PortalLimits {
+            max_sessions: 128,
+            max_logins: 128,
+            max_discovery_sessions: 16,
+            discovery_idle_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The largest value of a limit (sessions, logins, discovery sessions), and of a timeout in
+/// seconds.
+const MAX_LIMIT: usize = 4096;
+const MAX_TIMEOUT_S: u64 = 3600;
+
 /// What `[iscsi]` (or `--iscsi-listen`/`--iscsi-initiator`) configures.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct IscsiConfig {
@@ -55,6 +92,8 @@ pub struct IscsiConfig {
     pub allow_any_initiator: bool,
     /// Initiators that must authenticate with CHAP.
     pub chap: Vec<ChapSettings>,
+    /// Connections and timeouts of the portals.
+    pub limits: PortalLimits,
 }
 
 /// `[iscsi]` in the file; unknown keys are errors.
@@ -68,6 +107,11 @@ pub(super) struct IscsiSection {
     initiator: Vec<InitiatorEntry>,
     #[serde(default)]
     allow_any_initiator: bool,
+    max_sessions: Option<usize>,
+    max_logins: Option<usize>,
+    max_discovery_sessions: Option<usize>,
+    discovery_idle_timeout_s: Option<u64>,
+    send_timeout_s: Option<u64>,
 }
 
 /// One `[[iscsi.initiator]]`.
@@ -101,10 +145,24 @@ impl IscsiSection {
         self,
         rel: &dyn Fn(PathBuf) -> PathBuf,
     ) -> Result<IscsiConfig, String> {
+        let d = PortalLimits::default();
+        let secs = |s: Option<u64>, default: Duration| s.map_or(default, Duration::from_secs);
         let mut c = IscsiConfig {
             listen: self.listen,
             target: self.target,
             allow_any_initiator: self.allow_any_initiator,
+            limits: PortalLimits {
+                max_sessions: self.max_sessions.unwrap_or(d.max_sessions),
+                max_logins: self.max_logins.unwrap_or(d.max_logins),
+                max_discovery_sessions: self
+                    .max_discovery_sessions
+                    .unwrap_or(d.max_discovery_sessions),
+                discovery_idle_timeout: secs(
+                    self.discovery_idle_timeout_s,
+                    d.discovery_idle_timeout,
+                ),
+                send_timeout: secs(self.send_timeout_s, d.send_timeout),
+            },
             ..Default::default()
         };
         for i in self.initiator {
@@ -143,6 +201,30 @@ impl IscsiSection {
             c.initiators.push(i.name);
         }
         Ok(c)
+    }
+}
+
+impl PortalLimits {
+    /// Each count 1..=4096, each timeout 1..=3600 s.
+    fn validate(&self) -> Result<(), String> {
+        for (key, n) in [
+            ("max_sessions", self.max_sessions),
+            ("max_logins", self.max_logins),
+            ("max_discovery_sessions", self.max_discovery_sessions),
+        ] {
+            if !(1..=MAX_LIMIT).contains(&n) {
+                return Err(format!("`{key}` must be 1 to {MAX_LIMIT}"));
+            }
+        }
+        for (key, t) in [
+            ("discovery_idle_timeout_s", self.discovery_idle_timeout),
+            ("send_timeout_s", self.send_timeout),
+        ] {
+            if !(1..=MAX_TIMEOUT_S).contains(&t.as_secs()) {
+                return Err(format!("`{key}` must be 1 to {MAX_TIMEOUT_S} seconds"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -217,6 +299,7 @@ impl IscsiConfig {
                 ));
             }
         }
+        self.limits.validate()?;
         self.load_chap()?;
         match (self.initiators.is_empty(), self.allow_any_initiator) {
             (true, false) => Err(

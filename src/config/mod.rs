@@ -10,7 +10,9 @@ mod flags;
 mod iscsi;
 
 pub use flags::Flags;
-pub use iscsi::{valid_iscsi_name, ChapFiles, ChapSettings, IscsiConfig, DEFAULT_TARGET_PREFIX};
+pub use iscsi::{
+    valid_iscsi_name, ChapFiles, ChapSettings, IscsiConfig, PortalLimits, DEFAULT_TARGET_PREFIX,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

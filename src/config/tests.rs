@@ -723,3 +723,38 @@ fn iscsi_portals_in_cluster_mode_serve_one_target_name_per_disk_id() {
     let serial = crate::lun::serial_for(crate::lun::fnv1a(b"disk-a"));
     assert!(here.ends_with(&serial.to_ascii_lowercase()), "{here}");
 }
+
+#[test]
+fn iscsi_portal_limits_are_read_checked_and_default() {
+    let base = "[image]\npath = \"/d.img\"\n[[guest]]\nname = \"a\"\n[iscsi]\nlisten = \
+                [\"127.0.0.1:3260\"]\nallow_any_initiator = true\n";
+    let (_d, path) = write(base);
+    let c = load_file(&path).unwrap();
+    assert_eq!(
+        c.iscsi.unwrap().limits,
+        crate::config::PortalLimits::default()
+    );
+    let (_d, path) = write(&format!(
+        "{base}max_sessions = 200\nmax_logins = 8\nmax_discovery_sessions = 2\n\
+         discovery_idle_timeout_s = 5\nsend_timeout_s = 7\n"
+    ));
+    let l = load_file(&path).unwrap().iscsi.unwrap().limits;
+    assert_eq!(
+        (l.max_sessions, l.max_logins, l.max_discovery_sessions),
+        (200, 8, 2)
+    );
+    assert_eq!(l.discovery_idle_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(l.send_timeout, std::time::Duration::from_secs(7));
+    for (extra, want) in [
+        ("max_logins = 0\n", "`max_logins` must be 1 to 4096"),
+        ("max_sessions = 5000\n", "`max_sessions` must be 1 to 4096"),
+        (
+            "send_timeout_s = 0\n",
+            "`send_timeout_s` must be 1 to 3600 seconds",
+        ),
+    ] {
+        let (_d, path) = write(&format!("{base}{extra}"));
+        let e = load_file(&path).unwrap_err().to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+}

@@ -235,6 +235,7 @@ impl Server {
         let lun = self.lun.clone();
         let name = initiator.clone();
         let read_only = guest.read_only;
+        let queue_threads = guest.queues;
         let poll = std::time::Duration::from_micros(self.config.poll_us.into());
         let blk = stats.blk.clone();
         let gate = self.lun.reservations.gate(&guest.name);
@@ -249,6 +250,7 @@ impl Server {
                     stats: blk.clone(),
                     poll,
                     ticket,
+                    queue_threads,
                 };
                 BlkBackend::with_options(lun.clone(), name.clone(), mem, options)
             },
@@ -267,6 +269,7 @@ impl Server {
                         stats: scsi.clone(),
                         poll,
                         ticket,
+                        queue_threads,
                     };
                     ScsiBackend::with_options(target.clone(), initiator.clone(), mem, options)
                 },

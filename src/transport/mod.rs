@@ -17,16 +17,21 @@ pub struct Options {
     pub poll: std::time::Duration,
     /// The connection's place among the guest's connections to this device.
     pub ticket: virtqueue::Ticket,
+    /// Worker threads for the request queues (the guest's `queues`): every advertised ring is
+    /// served, spread over these (`virtqueue::QueueThreads`).
+    pub queue_threads: u16,
 }
 
 impl Default for Options {
-    /// A writable disk, fresh counters, no polling, the guest's only connection.
+    /// A writable disk, fresh counters, no polling, the guest's only connection, a thread per
+    /// ring.
     fn default() -> Self {
         Options {
             read_only: false,
             stats: std::sync::Arc::default(),
             poll: std::time::Duration::ZERO,
             ticket: virtqueue::Ticket::alone(),
+            queue_threads: u16::MAX,
         }
     }
 }

@@ -86,6 +86,14 @@ impl IscsiClient {
         target: &str,
         isid: [u8; 6],
     ) -> Result<Self, u16> {
+        let mut c = Self::connect(addr, isid);
+        c.login_normal(initiator, target)?;
+        Ok(c)
+    }
+
+    /// The login of a Normal session of `initiator` to `target` on this connection, with the
+    /// keys of [`IscsiClient::login`].
+    pub fn login_normal(&mut self, initiator: &str, target: &str) -> Result<(), u16> {
         let keys = [
             ("InitiatorName", initiator),
             ("TargetName", target),
@@ -103,7 +111,7 @@ impl IscsiClient {
             ("ErrorRecoveryLevel", "0"),
             ("MaxConnections", "1"),
         ];
-        Self::login_with(addr, &keys, &op, isid)
+        self.log_in(&keys, &op)
     }
 
     /// A login in two stages: `security` keys (CSG 0 → 1), then `operational` (CSG 1 → 3).
@@ -114,17 +122,39 @@ impl IscsiClient {
         isid: [u8; 6],
     ) -> Result<Self, u16> {
         let mut c = Self::connect(addr, isid);
-        c.login_stage(0x80 | 1, &text(security))?;
-        c.login_stage(0x80 | (1 << 2) | 3, &text(operational))?;
-        c.header_digest = c.answer("HeaderDigest") == Some("CRC32C");
-        c.data_digest = c.answer("DataDigest") == Some("CRC32C");
+        c.log_in(security, operational)?;
         Ok(c)
+    }
+
+    /// [`IscsiClient::login_with`]'s two stages on this connection.
+    pub fn log_in(
+        &mut self,
+        security: &[(&str, &str)],
+        operational: &[(&str, &str)],
+    ) -> Result<(), u16> {
+        self.login_stage(0x80 | 1, &text(security))?;
+        self.login_stage(0x80 | (1 << 2) | 3, &text(operational))?;
+        self.header_digest = self.answer("HeaderDigest") == Some("CRC32C");
+        self.data_digest = self.answer("DataDigest") == Some("CRC32C");
+        Ok(())
     }
 
     /// A connection to the portal, not logged in: drive the login with
     /// [`IscsiClient::login_request`].
     pub fn connect(addr: SocketAddr, isid: [u8; 6]) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect to the portal");
+        Self::on(
+            TcpStream::connect(addr).expect("connect to the portal"),
+            isid,
+        )
+    }
+
+    /// A connection to the portal from the local address `source` (another loopback address:
+    /// another client host, as the portal sees it), not logged in.
+    pub fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr, isid: [u8; 6]) -> Self {
+        Self::on(tcp_from(addr, source), isid)
+    }
+
+    fn on(stream: TcpStream, isid: [u8; 6]) -> Self {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -445,4 +475,36 @@ pub fn served_target(d: &super::process::DaemonProcess) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("no iscsi target in the log: {}", d.log());
+}
+
+/// A TCP connection to `addr` from `source` (IPv4): std binds only on connect.
+pub fn tcp_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = addr else {
+        panic!("an IPv4 portal");
+    };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let (from, to) = (sin(source, 0), sin(*to.ip(), to.port()));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket; `from` and `to` are valid sockaddr_in of `len` bytes for the calls;
+    // the descriptor is owned by the TcpStream made of it (or closed on failure).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let bound = libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len) == 0
+            && libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len) == 0;
+        if !bound {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            panic!("connect from {source} to {addr}: {e}");
+        }
+        TcpStream::from_raw_fd(fd)
+    }
 }

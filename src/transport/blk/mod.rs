@@ -25,8 +25,8 @@ use crate::ops::stats::{self, DeviceStats, Op};
 use crate::pr::fencing::Refusal;
 use crate::pr::Access;
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Limits, Mem, Quiesce,
-    QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
+    self, feature, AtomicMem, Chain, DirtyLog, ExitEvents, Handler, Limits, Mem, QueueThreads,
+    Quiesce, QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
 };
 use crate::transport::Options;
 
@@ -73,6 +73,8 @@ pub struct BlkDevice {
     /// before the guest's driver negotiates, and shows the guest that copy).
     negotiated: AtomicBool,
     exit: ExitEvents,
+    /// The rings' worker threads (the guest's `queues`).
+    threads: QueueThreads,
     /// Closed before the daemon ends this connection.
     latch: QuiesceLatch,
     /// This guest alone sees a read-only disk (`guest.read_only` in the configuration).
@@ -104,8 +106,10 @@ impl BlkBackend {
             stats,
             poll,
             ticket,
+            queue_threads,
         } = options;
-        let exit = ExitEvents::new(MAX_QUEUES)?;
+        let threads = QueueThreads::new(0, MAX_QUEUES as u16, queue_threads);
+        let exit = ExitEvents::new(threads.threads())?;
         Ok(BlkBackend(Arc::new(BlkDevice {
             lun,
             initiator,
@@ -116,6 +120,7 @@ impl BlkBackend {
             acked_features: AtomicU64::new(0),
             negotiated: AtomicBool::new(false),
             exit,
+            threads,
             latch: QuiesceLatch::default(),
             guest_read_only: read_only,
             stats,
@@ -737,8 +742,9 @@ impl VhostUserBackend for BlkBackend {
         Ok(())
     }
 
+    /// The guest's `queues` threads, every ring served (`QueueThreads`).
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..MAX_QUEUES).map(|q| 1u64 << q).collect()
+        self.0.threads.masks()
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -757,25 +763,32 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        // One queue per thread, so `device_event` is 0: the thread's only ring.
         let Some(vring) = virtqueue::kicked_ring(evset, device_event, vrings) else {
             return Ok(());
         };
         let d = &self.0;
+        let Some(ring) = d.threads.ring(thread_id, device_event) else {
+            return Ok(());
+        };
         let Some(_open) = d.latch.enter() else {
             return Ok(());
         };
-        // Ring `thread_id` (see `queues_per_thread`).
-        if !d.ticket.enter(thread_id as u16, vring) {
+        if !d.ticket.enter(ring, vring) {
             return Ok(());
         }
+        // A thread that serves several rings does not spin on one of them.
+        let poll = if d.threads.alone(thread_id) {
+            d.poll
+        } else {
+            Duration::ZERO
+        };
         virtqueue::drain_queue(
             vring,
             &d.mem,
             d.event_idx.load(Ordering::Relaxed),
             &d.log,
             &d.latch,
-            d.poll,
+            poll,
             &mut BlkQueue(d),
         )
     }

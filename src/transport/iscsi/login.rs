@@ -90,15 +90,15 @@ pub enum LoginError {
     Refused { status: u16, why: String },
 }
 
-/// Admits a Normal session of (initiator, ISID, TSIH): its TSIH, or the refusing status.
-pub type Admit<'a> = &'a dyn Fn(&str, [u8; 6], u16) -> Result<u16, u16>;
+/// Admits a session of (kind, initiator, ISID, TSIH): its TSIH, or the refusing status.
+pub type Admit<'a> = &'a dyn Fn(SessionKind, &str, [u8; 6], u16) -> Result<u16, u16>;
 
 /// What the login checks the initiator against.
 pub struct Policy<'a> {
     pub target_name: &'a str,
     /// Whether the initiator name may log in.
     pub allows: &'a dyn Fn(&str) -> bool,
-    /// Admits a Normal session of (initiator, ISID, TSIH) at the end of the login: its TSIH,
+    /// Admits a session of (kind, initiator, ISID, TSIH) at the end of the login: its TSIH,
     /// or the status refusing it (too many sessions, MC/S).
     pub admit: Admit<'a>,
     /// The initiators that must authenticate with CHAP, by lower-cased name.
@@ -308,11 +308,8 @@ impl Login<'_> {
         }
         if transit && req.nsg == 3 {
             let first = self.first.as_ref().unwrap_or(req);
-            let tsih = match self.kind {
-                SessionKind::Discovery => 1,
-                SessionKind::Normal => (self.policy.admit)(&self.initiator, first.isid, first.tsih)
-                    .map_err(|s| refuse(s, "session not admitted"))?,
-            };
+            let tsih = (self.policy.admit)(self.kind, &self.initiator, first.isid, first.tsih)
+                .map_err(|s| refuse(s, "session not admitted"))?;
             self.respond(stream, req, true, req.csg, &keys::encode(&answer), tsih, 0)?;
             return Ok(Some(LoggedIn {
                 kind: self.kind,

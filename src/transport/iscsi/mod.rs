@@ -1,13 +1,17 @@
 //! The iSCSI target (RFC 7143): one target node per disk, the disk at LUN 0, one portal group
 //! (tag 1) listening on the configured portals. Each connection is a session (MaxConnections
-//! = 1, ErrorRecoveryLevel = 0) served by its own thread; the number of connections and of
-//! Normal sessions is bounded. A Normal session is one I_T nexus, named for the arbiter by
-//! [`nexus_name`] (InitiatorName and ISID), so each session of an initiator registers on its
-//! own and a reinstated session (same name and ISID) keeps its registrations.
+//! = 1, ErrorRecoveryLevel = 0) served by its own thread; logins in progress, discovery
+//! sessions and Normal sessions each have their bound (`admission`), a discovery session its
+//! idle timeout, and every session a send timeout: an initiator that stops reading is dropped.
+//! What a peer makes us log is rate-limited per source address. A Normal session is one I_T
+//! nexus, named for the arbiter by [`nexus_name`] (InitiatorName and ISID), so each session of
+//! an initiator registers on its own and a reinstated session (same name and ISID) keeps its
+//! registrations.
 //!
 //! `pdu` frames PDUs, `keys` negotiates text keys, `login` runs the login phase and `session`
 //! the full feature phase; the SCSI core (`crate::scsi::target`) runs the commands.
 
+mod admission;
 pub mod chap;
 pub mod keys;
 pub mod login;
@@ -17,20 +21,29 @@ mod workers;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::IscsiConfig;
 use crate::scsi::target::Target;
 use crate::util::lock::lock;
+use crate::util::ratelimit::PerSource;
+use admission::{Conns, Open, Phase};
 use login::{login, LoggedIn, LoginError, Policy, SessionKind, Wire};
 use session::{Connection, End};
 
-/// Connections at once, in login or not: more are closed at accept.
-const MAX_CONNECTIONS: usize = 256;
+/// Connections closed to make room that may still be winding down, on top of the bounds of
+/// each kind: beyond, a new connection is closed at accept.
+const CLOSING_SLACK: usize = 64;
+
+/// What peers cause at accept and login is logged per source address: a burst of lines, then
+/// one per period (and so many sources followed at once).
+const LOG_EVERY: Duration = Duration::from_secs(1);
+const LOG_BURST: u32 = 20;
+const LOG_SOURCES: usize = 256;
 
 /// The arbiter's name for the I_T nexus of an iSCSI session: SPC-4's initiator port name,
 /// `<initiator name>,i,0x<ISID>` (the name lower-cased). It cannot clash with a guest name,
@@ -142,12 +155,15 @@ pub struct Shared {
     /// The guests served now: what maxShares leaves to sessions.
     guests: AtomicUsize,
     sessions: Mutex<HashMap<String, Live>>,
-    /// Every open connection, by id, to close at reinstatement or stop.
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Every open connection, by id and phase: the bounds of each kind, and what to close at
+    /// reinstatement or stop. Taken after `sessions`, never before.
+    conns: Mutex<Conns>,
     next_conn: AtomicU64,
     next_tsih: Mutex<u16>,
     stop: AtomicBool,
     counters: PortalCounters,
+    /// Lines about connections and logins, per source address.
+    peer_log: PerSource,
 }
 
 impl Shared {
@@ -171,6 +187,7 @@ impl Shared {
             next_tsih: Mutex::new(0),
             stop: AtomicBool::new(false),
             counters: PortalCounters::default(),
+            peer_log: PerSource::new(module_path!(), LOG_EVERY, LOG_BURST, LOG_SOURCES),
         }
     }
 
@@ -191,8 +208,30 @@ impl Shared {
         out
     }
 
+    /// Admits a discovery session on `conn`, closing another if they are `max_discovery_sessions`
+    /// already (see `admission`). Its TSIH.
+    fn admit_discovery(&self, conn: u64) -> Result<u16, u16> {
+        let mut conns = lock(&self.conns);
+        let max = self.config.limits.max_discovery_sessions;
+        if let Some(victim) = conns.victim(Phase::Discovery, max) {
+            if let Some((source, _)) = conns.close(victim) {
+                self.peer_log.log(
+                    log::Level::Warn,
+                    source,
+                    format_args!(
+                        "iscsi: discovery session from {source} closed: {max} discovery sessions \
+                         (max_discovery_sessions), this source holds the most"
+                    ),
+                );
+            }
+        }
+        conns.enter(conn, Phase::Discovery);
+        Ok(1)
+    }
+
     /// Admits a Normal session of `nexus` on connection `conn`: reinstates a live one of the
-    /// same nexus (its connection is closed), refuses beyond the limit (0302). Its TSIH.
+    /// same nexus (its connection is closed), refuses beyond `max_sessions` or maxShares
+    /// (0302). Its TSIH.
     fn admit(&self, nexus: &str, conn: u64) -> Result<u16, u16> {
         let mut sessions = lock(&self.sessions);
         let res = &self.target.lun().reservations;
@@ -204,19 +243,27 @@ impl Shared {
                 "{nexus}: iscsi: session reinstated (TSIH {} closed)",
                 old.tsih
             );
-            if let Some(s) = lock(&self.conns).get(&old.conn) {
-                let _ = s.shutdown(Shutdown::Both);
-            }
+            lock(&self.conns).close(old.conn);
             res.with_mut(|a| a.i_t_nexus_reset(nexus));
+        }
+        let max_sessions = self.config.limits.max_sessions;
+        let source = self.source(conn);
+        if sessions.len() >= max_sessions {
+            let line = format_args!(
+                "{nexus}: iscsi: login refused: {max_sessions} sessions already (max_sessions)"
+            );
+            self.peer_log.log(log::Level::Warn, source, line);
+            return Err(login::status::OUT_OF_RESOURCES);
         }
         let guests = self.guests.load(Ordering::SeqCst);
         if sessions.len() + guests >= self.max_shares {
-            log::warn!(
+            let line = format_args!(
                 "{nexus}: iscsi: login refused: {} sessions and {guests} guests already \
                  (max-shares {})",
                 sessions.len(),
                 self.max_shares
             );
+            self.peer_log.log(log::Level::Warn, source, line);
             return Err(login::status::OUT_OF_RESOURCES);
         }
         let tsih = {
@@ -237,6 +284,7 @@ impl Shared {
         // first, so that a change committed here meanwhile does not send its 29/00 away.
         res.serve(nexus);
         res.with_mut(|a| a.add_initiator(nexus.to_string()));
+        lock(&self.conns).enter(conn, Phase::Normal);
         Ok(tsih)
     }
 
@@ -272,15 +320,22 @@ impl Shared {
             Ok(local) => format!("{peer} (portal {local})"),
             Err(_) => peer.to_string(),
         };
-        let Some(session) = self.login(&mut stream, &from, conn) else {
+        // An initiator that takes nothing we send for this long is gone: its thread and its
+        // share are freed (the socket's timeout holds for every clone of it).
+        let _ = stream.set_write_timeout(Some(self.config.limits.send_timeout));
+        let Some(session) = self.login(&mut stream, &from, peer.ip(), conn) else {
             return;
         };
         let local = stream
             .local_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
         let counters = self.describe(&session, conn, local, peer.to_string());
+        let idle = match session.kind {
+            SessionKind::Discovery => Some(self.config.limits.discovery_idle_timeout),
+            SessionKind::Normal => None,
+        };
         let writer = stream
-            .set_read_timeout(None)
+            .set_read_timeout(idle)
             .and_then(|_| stream.try_clone());
         match writer {
             Ok(writer) => self.full_feature(session, stream, writer, conn, counters, false),
@@ -318,12 +373,21 @@ impl Shared {
     }
 
     /// The login phase on `wire`; `None` when it failed (logged).
-    fn login(&self, wire: &mut impl Wire, peer: &str, conn: u64) -> Option<LoggedIn> {
+    fn login(
+        &self,
+        wire: &mut impl Wire,
+        peer: &str,
+        source: IpAddr,
+        conn: u64,
+    ) -> Option<LoggedIn> {
         let allows = |name: &str| self.config.allows(name);
         // The nexus admitted, once the login got that far: a login that fails after it (its
         // last response could not be sent) ends it again, or it would hold a session for ever.
         let admitted = std::cell::RefCell::new(None);
-        let admit = |name: &str, isid: [u8; 6], _tsih: u16| {
+        let admit = |kind: SessionKind, name: &str, isid: [u8; 6], _tsih: u16| {
+            if kind == SessionKind::Discovery {
+                return self.admit_discovery(conn);
+            }
             let nexus = nexus_name(name, isid);
             let r = self.admit(&nexus, conn);
             if r.is_ok() {
@@ -347,6 +411,14 @@ impl Shared {
             Err(_) => Err(None),
         });
         match result {
+            Ok(s) if s.kind == SessionKind::Discovery => {
+                self.peer_log.log(
+                    log::Level::Info,
+                    source,
+                    format_args!("{}: iscsi: logged in from {peer}", session_name(&s)),
+                );
+                Some(s)
+            }
             Ok(s) => {
                 let p = &s.params;
                 log::info!(
@@ -365,11 +437,19 @@ impl Shared {
                 Some(s)
             }
             Err(LoginError::Refused { status, why }) => {
-                log::warn!("iscsi: login from {peer} refused ({status:04x}): {why}");
+                self.peer_log.log(
+                    log::Level::Warn,
+                    source,
+                    format_args!("iscsi: login from {peer} refused ({status:04x}): {why}"),
+                );
                 None
             }
             Err(e) => {
-                log::info!("iscsi: login from {peer} failed: {e}");
+                self.peer_log.log(
+                    log::Level::Info,
+                    source,
+                    format_args!("iscsi: login from {peer} failed: {e}"),
+                );
                 None
             }
         }
@@ -391,20 +471,49 @@ impl Shared {
         let nexus = session_name(&session);
         let kind = session.kind;
         let mut connection = Connection::new(self, reader, writer, session, nexus.clone(), info);
-        match connection.run(inline) {
-            End::Logout => log::info!("{nexus}: iscsi: logged out"),
+        let end = connection.run(inline);
+        match end {
             End::ColdReset => {
                 log::info!("{nexus}: iscsi: target cold reset: closing every connection");
-                for s in lock(&self.conns).values() {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
+                lock(&self.conns).close_all();
             }
+            // Discovery sessions come and go by the hundred: their lines are per source.
+            e if kind == SessionKind::Discovery => {
+                let source = self.source(conn);
+                let line = format_args!("{nexus}: iscsi: discovery session ended: {e}");
+                self.peer_log.log(log::Level::Info, source, line);
+            }
+            End::Logout => log::info!("{nexus}: iscsi: logged out"),
             e => log::info!("{nexus}: iscsi: connection closed: {e}"),
         }
         if kind == SessionKind::Normal {
             self.ended(&nexus, conn);
         }
         drop(connection);
+    }
+}
+
+impl Shared {
+    /// Logs `line`, which the initiator of session `info` caused, within its source address's
+    /// share of lines (`util::ratelimit`).
+    pub(crate) fn peer_line(
+        &self,
+        info: &SessionInfo,
+        level: log::Level,
+        line: std::fmt::Arguments<'_>,
+    ) {
+        let source = info
+            .peer
+            .parse::<SocketAddr>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        self.peer_log.log(level, source, line);
+    }
+
+    /// The source address of connection `conn` (unspecified for an in-memory one).
+    fn source(&self, conn: u64) -> IpAddr {
+        lock(&self.conns)
+            .source(conn)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 }
 
@@ -453,7 +562,8 @@ pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -
         input,
         output: Vec::new(),
     };
-    if let Some(session) = shared.login(&mut wire, "memory", 0) {
+    let source = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    if let Some(session) = shared.login(&mut wire, "memory", source, 0) {
         let info = shared.describe(&session, 0, "memory".into(), "memory".into());
         shared.full_feature(session, wire.input, &mut wire.output, 0, info, true);
     }
@@ -581,9 +691,7 @@ impl Portal {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        for s in lock(&self.shared.conns).values() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
+        lock(&self.shared.conns).close_all();
         let threads: Vec<_> = lock(&self.conn_threads).drain(..).collect();
         for t in threads {
             let _ = t.join();
@@ -591,7 +699,8 @@ impl Portal {
     }
 }
 
-/// Accepts connections until stopped, a thread each, at most [`MAX_CONNECTIONS`].
+/// Accepts connections until stopped, a thread each, within the portal's bounds
+/// ([`Shared::enter_login`]).
 fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, threads: &Mutex<Vec<JoinHandle<()>>>) {
     while !shared.stop.load(Ordering::SeqCst) {
         let (stream, peer) = match l.accept() {
@@ -607,30 +716,62 @@ fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, threads: &Mutex<Vec<JoinHa
             }
         };
         lock(threads).retain(|t| !t.is_finished());
-        if lock(&shared.conns).len() >= MAX_CONNECTIONS {
-            log::warn!("iscsi: connection from {peer} closed: {MAX_CONNECTIONS} already open");
-            continue;
-        }
-        let _ = stream.set_nonblocking(false);
-        let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let Ok(copy) = stream.try_clone() else {
+        let Some(conn) = shared.enter_login(&stream, peer) else {
             continue;
         };
-        lock(&shared.conns).insert(conn, copy);
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("iscsi-conn".into())
             .spawn(move || {
                 s.serve(stream, peer, conn);
-                lock(&s.conns).remove(&conn);
+                lock(&s.conns).remove(conn);
             });
         match spawned {
             Ok(t) => lock(threads).push(t),
             Err(e) => {
                 log::warn!("iscsi: no thread for {peer}: {e}");
-                lock(&shared.conns).remove(&conn);
+                lock(&shared.conns).remove(conn);
             }
         }
+    }
+}
+
+impl Shared {
+    /// A new connection from `peer`, in its login phase: its id. Beyond `max_logins` the
+    /// oldest login of the source with the most logins in progress is closed (`admission`);
+    /// `None` (the connection is closed) only when connections closed that way are still
+    /// winding down by the dozen.
+    fn enter_login(&self, stream: &TcpStream, peer: SocketAddr) -> Option<u64> {
+        let limits = &self.config.limits;
+        let total =
+            limits.max_logins + limits.max_discovery_sessions + limits.max_sessions + CLOSING_SLACK;
+        let mut conns = lock(&self.conns);
+        if conns.len() >= total {
+            let line = format_args!("iscsi: connection from {peer} closed: {total} open");
+            self.peer_log.log(log::Level::Warn, peer.ip(), line);
+            return None;
+        }
+        if let Some(victim) = conns.victim(Phase::Login, limits.max_logins) {
+            if let Some((source, _)) = conns.close(victim) {
+                let line = format_args!(
+                    "iscsi: a login in progress from {source} closed: {} logins in progress \
+                     (max_logins), this source holds the most",
+                    limits.max_logins
+                );
+                self.peer_log.log(log::Level::Warn, source, line);
+            }
+        }
+        let _ = stream.set_nonblocking(false);
+        let copy = stream.try_clone().ok()?;
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let open = Open {
+            stream: copy,
+            source: peer.ip(),
+            phase: Phase::Login,
+            since: Instant::now(),
+        };
+        conns.insert(conn, open);
+        Some(conn)
     }
 }
 

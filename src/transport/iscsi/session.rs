@@ -298,11 +298,12 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     }
 
     fn reject(&mut self, p: &Pdu, reason: u8) -> Result<(), End> {
-        log::info!(
+        let line = format_args!(
             "{}: iscsi: PDU opcode {:#04x} rejected (reason {reason:#04x})",
             self.nexus,
             p.opcode()
         );
+        self.shared.peer_line(&self.info, log::Level::Info, line);
         self.info.counters.pdu_errors.fetch_add(1, Relaxed);
         self.shared.counters.pdu_error(3);
         let mut b = header(op::REJECT, 0x80, RESERVED_TAG);

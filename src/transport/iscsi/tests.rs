@@ -416,7 +416,9 @@ fn a_login_whose_last_response_fails_leaves_no_session() {
     let (_d, target, config) = memory_target();
     let shared = super::Shared::new(target.clone(), config, Default::default(), 4, 0);
     let input = login_bytes("iqn.2026-01.org.example:a", 1);
-    assert!(shared.login(&mut ResetWire(&input), "peer", 7).is_none());
+    assert!(shared
+        .login(&mut ResetWire(&input), "peer", [127, 0, 0, 1].into(), 7)
+        .is_none());
     assert!(
         crate::util::lock::lock(&shared.sessions).is_empty(),
         "the session admitted for the failed login stays"

@@ -26,8 +26,8 @@ use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::target::{Outcome, Started, Target, GOOD, RESERVATION_CONFLICT};
 use crate::scsi::tasks::{Scope, TaskId, TaskState};
 use crate::transport::virtqueue::{
-    self, feature, AtomicMem, Chain, DirtyLog, EachAtOnce, ExitEvents, Handler, Mem, Quiesce,
-    QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
+    self, feature, AtomicMem, Chain, DirtyLog, EachAtOnce, ExitEvents, Handler, Mem, QueueThreads,
+    Quiesce, QuiesceLatch, Reply, Slot, Ticket, UsedLens, Vring,
 };
 use crate::transport::Options;
 
@@ -82,6 +82,8 @@ pub struct ScsiDevice {
     mem: AtomicMem,
     event_idx: AtomicBool,
     exit: ExitEvents,
+    /// The request rings' worker threads (the guest's `queues`), after thread 0.
+    requests: QueueThreads,
     /// Whether this connection's data-in buffers go into a migration's dirty log.
     log: DirtyLog,
     /// This connection's place among the guest's connections (a live migration has two).
@@ -115,8 +117,10 @@ impl ScsiBackend {
             stats,
             poll,
             ticket,
+            queue_threads,
         } = options;
-        let exit = ExitEvents::new(MAX_REQUEST_QUEUES + 1)?;
+        let requests = QueueThreads::new(2, MAX_REQUEST_QUEUES as u16, queue_threads);
+        let exit = ExitEvents::new(requests.threads() + 1)?;
         Ok(ScsiBackend(Arc::new(ScsiDevice {
             target,
             initiator,
@@ -126,6 +130,7 @@ impl ScsiBackend {
             log: DirtyLog::default(),
             ticket,
             exit,
+            requests,
             latch: QuiesceLatch::default(),
             guest_read_only: read_only,
             stats,
@@ -522,10 +527,11 @@ impl VhostUserBackend for ScsiBackend {
         Ok(())
     }
 
-    /// Thread 0 serves the control and event queues; every request queue has its own thread.
+    /// Thread 0 serves the control and event queues (a TMF there waits for commands of the
+    /// request queues); the request queues share the guest's `queues` threads after it.
     fn queues_per_thread(&self) -> Vec<u64> {
         std::iter::once(0b11)
-            .chain((2..NUM_QUEUES).map(|q| 1u64 << q))
+            .chain(self.0.requests.masks())
             .collect()
     }
 
@@ -547,11 +553,14 @@ impl VhostUserBackend for ScsiBackend {
         let Some(_open) = d.latch.enter() else {
             return Ok(());
         };
-        // Thread 0 serves rings 0 and 1, request queue `thread_id` is ring `thread_id + 1`.
+        // Thread 0 serves rings 0 and 1, the others the request rings (`queues_per_thread`).
         let ring = if thread_id == 0 {
             device_event
         } else {
-            thread_id as u16 + 1
+            match d.requests.ring(thread_id - 1, device_event) {
+                Some(ring) => ring,
+                None => return Ok(()),
+            }
         };
         if !d.ticket.enter(ring, vring) {
             return Ok(());
@@ -573,8 +582,12 @@ impl VhostUserBackend for ScsiBackend {
             }
             return Ok(());
         }
-        // Request queue `thread_id` is ring `thread_id + 1` (see `queues_per_thread`).
-        let ring = thread_id as u16 + 1;
+        // A thread that serves several rings does not spin on one of them.
+        let poll = if d.requests.alone(thread_id - 1) {
+            d.poll
+        } else {
+            Duration::ZERO
+        };
         let mut requests = ScsiQueue {
             device: d,
             ring,
@@ -586,7 +599,7 @@ impl VhostUserBackend for ScsiBackend {
             event_idx,
             &d.log,
             &d.latch,
-            d.poll,
+            poll,
             &mut requests,
         );
         if requests.served {

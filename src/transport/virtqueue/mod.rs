@@ -2,7 +2,7 @@
 //! lists of memory slices (`chain`), the drain/notify loop of a queue (`drain`) and its
 //! busy-polling (`poll`), ending a connection cleanly (`quiesce`), the ring type (`vring`) and
 //! the dirty log of a live migration (`dirty`) and its handoff between two connections
-//! (`handoff`).
+//! (`handoff`), and how rings are spread over worker threads (`threads`).
 //!
 //! Descriptor chains are hostile input. Every address is resolved through `GuestMemory`, which
 //! refuses anything outside guest RAM, and nothing here trusts a length the guest wrote.
@@ -13,6 +13,7 @@ mod drain;
 mod handoff;
 mod poll;
 mod quiesce;
+mod threads;
 pub mod vring;
 
 use std::io;
@@ -29,6 +30,7 @@ pub use dirty::DirtyLog;
 pub use drain::{drain_queue, kicked_ring, EachAtOnce, Handler, Reply, UsedLens};
 pub use handoff::{Gate, Handoff, Ticket};
 pub use quiesce::{Quiesce, QuiesceLatch};
+pub use threads::QueueThreads;
 pub use vring::Vring;
 
 /// Guest memory, each region with its page of the frontend's dirty log (empty until
