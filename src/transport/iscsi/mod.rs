@@ -21,7 +21,7 @@ mod workers;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -334,11 +334,16 @@ impl Shared {
             SessionKind::Discovery => Some(self.config.limits.discovery_idle_timeout),
             SessionKind::Normal => None,
         };
-        let writer = stream
+        let clones = stream
             .set_read_timeout(idle)
-            .and_then(|_| stream.try_clone());
-        match writer {
-            Ok(writer) => self.full_feature(session, stream, writer, conn, counters, false),
+            .and_then(|_| Ok((stream.try_clone()?, stream.try_clone()?)));
+        match clones {
+            Ok((writer, closer)) => {
+                let hangup = Box::new(move || {
+                    let _ = closer.shutdown(Shutdown::Both);
+                });
+                self.full_feature(session, (stream, writer), conn, counters, hangup, false)
+            }
             Err(e) => {
                 log::warn!("iscsi: connection from {peer}: {e}");
                 self.ended(&nexus_name(&session.initiator, session.isid), conn);
@@ -462,15 +467,16 @@ impl Shared {
     fn full_feature<R: Read, W: Write + Send>(
         &self,
         session: LoggedIn,
-        reader: R,
-        writer: W,
+        (reader, writer): (R, W),
         conn: u64,
         info: Arc<SessionInfo>,
+        hangup: workers::Hangup,
         inline: bool,
     ) {
         let nexus = session_name(&session);
         let kind = session.kind;
-        let mut connection = Connection::new(self, reader, writer, session, nexus.clone(), info);
+        let mut connection =
+            Connection::new(self, reader, writer, session, (nexus.clone(), info), hangup);
         let end = connection.run(inline);
         match end {
             End::ColdReset => {
@@ -565,7 +571,8 @@ pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -
     let source = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     if let Some(session) = shared.login(&mut wire, "memory", source, 0) {
         let info = shared.describe(&session, 0, "memory".into(), "memory".into());
-        shared.full_feature(session, wire.input, &mut wire.output, 0, info, true);
+        let io = (wire.input, &mut wire.output);
+        shared.full_feature(session, io, 0, info, Box::new(|| {}), true);
     }
     wire.output
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
 use super::pdu::{self, header, op, put, read_pdu, Pdu, PduError, RESERVED_TAG};
-use super::workers::{implied_len, Job, Link, TASK_SET_FULL};
+use super::workers::{implied_len, Hangup, Job, Link, TASK_SET_FULL};
 use super::{SessionInfo, Shared};
 use crate::scsi::tasks::{Scope, TaskId, TaskState};
 
@@ -114,8 +114,8 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         reader: R,
         writer: W,
         session: LoggedIn,
-        nexus: String,
-        info: Arc<SessionInfo>,
+        (nexus, info): (String, Arc<SessionInfo>),
+        hangup: Hangup,
     ) -> Self {
         let nexus_tasks: Arc<str> = Arc::from(nexus.as_str());
         let numbers = (session.stat_sn, session.exp_cmd_sn);
@@ -123,8 +123,8 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             writer,
             session.params,
             numbers,
-            nexus_tasks.clone(),
-            info.clone(),
+            (nexus_tasks.clone(), info.clone()),
+            hangup,
         );
         Connection {
             shared,

@@ -113,15 +113,22 @@ pub(super) struct Link<W: Write> {
     params: Params,
     nexus: Arc<str>,
     info: Arc<SessionInfo>,
+    /// Closes the connection when a response cannot be sent (the initiator took nothing for
+    /// `send_timeout_s`, or the connection broke), so that its reader, waiting for the next
+    /// PDU, ends the session and frees its share.
+    hangup: Hangup,
 }
+
+/// Closes a connection from any thread (shuts its socket down).
+pub(super) type Hangup = Box<dyn Fn() + Send + Sync>;
 
 impl<W: Write> Link<W> {
     pub fn new(
         writer: W,
         params: Params,
         (stat_sn, exp_cmd_sn): (u32, u32),
-        nexus: Arc<str>,
-        info: Arc<SessionInfo>,
+        (nexus, info): (Arc<str>, Arc<SessionInfo>),
+        hangup: Hangup,
     ) -> Self {
         Link {
             out: Mutex::new(Out {
@@ -138,6 +145,7 @@ impl<W: Write> Link<W> {
             params,
             nexus,
             info,
+            hangup,
         }
     }
 
@@ -352,7 +360,12 @@ impl<W: Write> Link<W> {
         // ever); one of this session waits for its response ([`Link::wait_finished`]).
         tasks.settle(job.task, TaskState::Done);
         if let Err(e) = self.respond(&job, outcome, &din, tasks) {
-            log::debug!("{}: iscsi: response to {:#x}: {e}", self.nexus, job.itt);
+            log::info!(
+                "{}: iscsi: response to {:#x} not sent ({e}): closing the connection",
+                self.nexus,
+                job.itt
+            );
+            (self.hangup)();
         }
     }
 
