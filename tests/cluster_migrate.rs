@@ -148,6 +148,10 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
         (rec["node"].as_str(), rec["moves"].as_u64()),
         (Some("b"), Some(1))
     );
+    assert!(
+        rec["want"].is_null(),
+        "A, none of whose devices has work, asked for vm1 back: {rec}"
+    );
 
     let mut dest_scsi = ScsiClient::connect(&b.scsi("vm1"));
     check(
