@@ -90,9 +90,15 @@ fn reservations(a: &ClusterDaemon, b: &ClusterDaemon) -> (ScsiClient, ScsiClient
     vm3.drain_ua();
     good(&prout(&mut vm1, SA_REGISTER, 0, 0, 0x11), "vm1 REGISTER");
     good(&prout(&mut vm3, SA_REGISTER, 0, 0, 0x33), "vm3 REGISTER");
-    good(&prout(&mut vm3, SA_RESERVE, 5, 0x33, 0), "vm3 RESERVE WE-RO");
+    good(
+        &prout(&mut vm3, SA_RESERVE, 5, 0x33, 0),
+        "vm3 RESERVE WE-RO",
+    );
     good(&prout(&mut vm3, SA_RELEASE, 5, 0x33, 0), "vm3 RELEASE");
-    good(&prout(&mut vm3, SA_RESERVE, 5, 0x33, 0), "vm3 RESERVE again");
+    good(
+        &prout(&mut vm3, SA_RESERVE, 5, 0x33, 0),
+        "vm3 RESERVE again",
+    );
     (vm1, vm3)
 }
 
