@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::etcd::{ClusterDaemon, Etcd, FAST};
+use common::etcd::{ClusterDaemon, Etcd, Timing, FAST};
 use common::scsi_client::*;
 use common::vu_frontend::{
     blk_header, Desc, VuFrontend, TIMEOUT, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT,
@@ -27,6 +27,18 @@ const PARKED: Duration = Duration::from_millis(1500);
 
 /// The sector both daemons write, A's last write first, then B's first.
 const SECTOR: u64 = 64;
+
+/// The timing of the tests that time no lease: FAST's 600 ms lease is also the bound of every
+/// etcd round trip, and on a loaded machine etcd answered a join in more than 600 ms; a lease
+/// not renewed in time then made B fail vm1's first write (IOERR: the shared state out of reach,
+/// as designed) and a PR OUT answer BUSY. These tests prove the order and the state of a move,
+/// not the lease, so they give etcd more time.
+const STEADY: Timing = Timing {
+    lease_ms: 2000,
+    max_io_ms: 1000,
+    hold_ms: 2000,
+    budget_ms: 5000,
+};
 
 /// RESERVATIONS RELEASED and POWER ON, RESET OCCURRED.
 const RELEASED: SenseTriple = (6, 0x2a, 0x04);
@@ -76,18 +88,32 @@ fn reservations(a: &ClusterDaemon, b: &ClusterDaemon) -> (ScsiClient, ScsiClient
     let mut vm3 = ScsiClient::connect(&b.scsi("vm3"));
     vm1.drain_ua();
     vm3.drain_ua();
-    good(&vm1.prout(SA_REGISTER, 0, 0, 0x11, false), "vm1 REGISTER");
-    good(&vm3.prout(SA_REGISTER, 0, 0, 0x33, false), "vm3 REGISTER");
+    good(&prout(&mut vm1, SA_REGISTER, 0, 0, 0x11), "vm1 REGISTER");
+    good(&prout(&mut vm3, SA_REGISTER, 0, 0, 0x33), "vm3 REGISTER");
     good(
-        &vm3.prout(SA_RESERVE, 5, 0x33, 0, false),
+        &prout(&mut vm3, SA_RESERVE, 5, 0x33, 0),
         "vm3 RESERVE WE-RO",
     );
-    good(&vm3.prout(SA_RELEASE, 5, 0x33, 0, false), "vm3 RELEASE");
+    good(&prout(&mut vm3, SA_RELEASE, 5, 0x33, 0), "vm3 RELEASE");
     good(
-        &vm3.prout(SA_RESERVE, 5, 0x33, 0, false),
+        &prout(&mut vm3, SA_RESERVE, 5, 0x33, 0),
         "vm3 RESERVE again",
     );
     (vm1, vm3)
+}
+
+/// A PR OUT, sent again while it is answered BUSY (etcd out of reach for a moment), as an
+/// initiator does (SAM-5 §5.3.1: BUSY, the command may be sent again later).
+fn prout(c: &mut ScsiClient, sa: u8, typ: u8, rk: u64, sark: u64) -> ScsiResult {
+    for _ in 0..20 {
+        let r = c.prout(sa, typ, rk, sark, false);
+        if r.status != BUSY {
+            return r;
+        }
+        eprintln!("cluster_migrate: PR OUT service action {sa:#x} answered BUSY; sent again");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    c.prout(sa, typ, rk, sark, false)
 }
 
 /// vm1 moves from A to B: B's write waits while A's frontends run, A's last write lands first,
@@ -98,8 +124,8 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path());
     let ep = [etcd.url.clone()];
-    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1", "vm2"], &FAST, &[]);
-    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &FAST, &[]);
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1", "vm2"], &STEADY, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &STEADY, &[]);
     let image = dir.path().join("disk.img");
     let (mut source_scsi, mut vm3) = reservations(&a, &b);
     let before = (vm3.read_keys(), vm3.read_reservation());
@@ -108,7 +134,11 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     conflict(&vm2.write16(8, &[2; 512]), "vm2 fenced before the move");
     let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
     source.blk_write(0, &[0x5a; 4096]);
-    assert_eq!(owner(&etcd, "vm1")["node"], "a", "A owns vm1");
+    // B may have created vm1's record first (A's join slow) and handed it to A at A's first
+    // request: the migration is the one move after this.
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(rec["node"], "a", "A owns vm1");
+    let moves = rec["moves"].as_u64().expect("the record counts the moves");
 
     // The destination QEMU's device on B has work: it waits while A's frontends run.
     let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
@@ -146,7 +176,12 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     let rec = owner(&etcd, "vm1");
     assert_eq!(
         (rec["node"].as_str(), rec["moves"].as_u64()),
-        (Some("b"), Some(1))
+        (Some("b"), Some(moves + 1)),
+        "vm1 moved once, to B"
+    );
+    assert!(
+        rec["want"].is_null(),
+        "A, none of whose devices has work, asked for vm1 back: {rec}"
     );
 
     let mut dest_scsi = ScsiClient::connect(&b.scsi("vm1"));
@@ -199,9 +234,10 @@ fn a_hand_over_whose_answer_was_lost_is_resolved_from_the_record() {
     let etcd = Etcd::start(dir.path());
     let ep = [etcd.url.clone()];
     let lost = [("SHAREDISK_FAILPOINT", "move-answer-lost")];
-    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &lost);
-    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &FAST, &[]);
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &STEADY, &lost);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &STEADY, &[]);
     let (mut source, _vm3) = reservations(&a, &b);
+    let moves = owner(&etcd, "vm1")["moves"].as_u64().expect("A owns vm1");
     let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
     let status = queue_write(&mut dest, SECTOR, 0xb2);
     assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
@@ -212,7 +248,7 @@ fn a_hand_over_whose_answer_was_lost_is_resolved_from_the_record() {
     let rec = owner(&etcd, "vm1");
     assert_eq!(
         (rec["node"].as_str(), rec["moves"].as_u64()),
-        (Some("b"), Some(1))
+        (Some("b"), Some(moves + 1))
     );
     let mut vm1 = ScsiClient::connect(&b.scsi("vm1"));
     check(&vm1.tur(), RELEASED, "vm1's pending unit attention moved");

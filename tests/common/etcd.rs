@@ -458,6 +458,9 @@ impl ClusterDaemon {
 
 impl Drop for ClusterDaemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of node {} ----\n{}", self.node, self.log_text());
+        }
         // SIGTERM: a clean stop leaves the cluster.
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())

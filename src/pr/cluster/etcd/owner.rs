@@ -86,7 +86,8 @@ struct GateInner {
     own: Own,
     /// How many of the guest's devices hold it (a connection admits on them).
     holds: u32,
-    /// A device here had work while the guest was not owned.
+    /// A device here had work while the guest was not owned, and the guest was not owned here
+    /// since.
     wanted: bool,
     /// Since when the owner was seen to be a stopped or replaced incarnation.
     orphan_since: Option<Instant>,
@@ -158,12 +159,15 @@ impl GuestGate {
         g.own == Own::Leaving || (g.own == Own::No && g.wanted)
     }
 
-    /// Owned here from now on: the devices' parked rings are kicked.
+    /// Owned here from now on: the devices' parked rings are kicked. The want that brought the
+    /// guest here is answered: a device that has work once the guest left again asks anew
+    /// ([`Gate::hold`]), so a daemon never asks back a guest none of its devices wants.
     fn owned(&self) {
         {
             let mut g = lock(&self.inner);
             g.own = Own::Yes;
             g.orphan_since = None;
+            g.wanted = false;
         }
         let handoffs: Vec<_> = lock(&self.handoffs)
             .iter()

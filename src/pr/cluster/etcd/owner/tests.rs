@@ -36,3 +36,22 @@ fn a_gate_admits_only_while_owned_and_is_left_only_when_nothing_holds_it() {
         "nothing is admitted while it is being handed over"
     );
 }
+
+/// A daemon whose device waited for the guest once (its rings parked before the first owner
+/// record existed) does not ask the guest back after handing it over: only a device that has
+/// work then does.
+#[test]
+fn a_guest_handed_over_is_wanted_back_only_by_a_device_with_work() {
+    let gate = GuestGate::new(Arc::new((Mutex::new(false), Condvar::new())));
+    assert!(!gate.hold(), "a ring had work before the record existed");
+    gate.owned();
+    assert!(!gate.wanted(), "the want was answered");
+    assert!(gate.begin_leaving());
+    gate.set(Own::No);
+    assert!(
+        !gate.wanted() && !gate.moving(),
+        "handed over: nothing here asks for it back"
+    );
+    assert!(!gate.hold(), "a ring here has work again");
+    assert!(gate.wanted(), "now it is wanted back");
+}
