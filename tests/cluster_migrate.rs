@@ -368,3 +368,58 @@ fn a_destination_killed_before_serving_serves_the_guest_once_restarted() {
         vec![0xb3; 4096]
     );
 }
+
+/// Writes `value` as the guest's owner record, as a hostile or mistaken etcd client would.
+fn put_owner(etcd: &Etcd, guest: &str, value: &serde_json::Value) {
+    let ok = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.url, "put"])
+        .arg(format!("{PREFIX}owners/{guest}"))
+        .arg(value.to_string())
+        .status()
+        .expect("etcdctl runs (Debian's etcd-client)");
+    assert!(ok.success(), "etcdctl put");
+}
+
+/// vm1's record is rewritten to name B while A's frontend holds vm1 and runs (a forged record,
+/// or a take-over of a daemon thought gone that comes back): B takes vm1, and from then A admits
+/// nothing more of it, so the two QEMUs are never two writers.
+#[test]
+fn a_daemon_whose_guest_was_taken_while_it_held_it_admits_no_more_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
+    let image = dir.path().join("disk.img");
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let dest_status = queue_write(&mut dest, SECTOR, 0xb2);
+    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    let mut rec = owner(&etcd, "vm1");
+    let want = rec["want"].clone();
+    assert_eq!(want["node"], "b", "B asked for vm1");
+    rec["node"] = want["node"].clone();
+    rec["incarnation"] = want["incarnation"].clone();
+    rec["want"] = serde_json::Value::Null;
+    put_owner(&etcd, "vm1", &rec);
+    dest.wait_used(0, TIMEOUT)
+        .expect("B serves vm1 once the record names it");
+    assert_eq!(dest.read_mem(dest_status, 1)[0], VIRTIO_BLK_S_OK);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !a.log_text().contains("while this daemon owned it") {
+        assert!(std::time::Instant::now() < deadline, "A saw the record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    queue_write(&mut source, SECTOR, 0xa3);
+    assert!(
+        source.wait_used(0, PARKED).is_none(),
+        "A admitted vm1's write after the record named B: two writers"
+    );
+    assert_eq!(
+        image_at(&image, SECTOR * 512, 4096),
+        vec![0xb2; 4096],
+        "B's write is the last that landed"
+    );
+}

@@ -99,15 +99,13 @@ struct GateInner {
 impl Gate for GuestGate {
     fn hold(&self) -> bool {
         let mut g = lock(&self.inner);
-        if g.own == Own::Yes {
-            g.holds += 1;
-            return true;
-        }
-        if !g.wanted {
-            g.wanted = true;
-            wake(&self.wake);
-        }
-        false
+        let owned = self.owned_or_wanted(&mut g);
+        g.holds += u32::from(owned);
+        owned
+    }
+
+    fn admits(&self) -> bool {
+        self.owned_or_wanted(&mut lock(&self.inner))
     }
 
     fn unhold(&self) {
@@ -129,6 +127,18 @@ fn wake(pair: &(Mutex<bool>, Condvar)) {
 }
 
 impl GuestGate {
+    /// Whether the guest is owned here; if not, notes that a device here wants it.
+    fn owned_or_wanted(&self, g: &mut GateInner) -> bool {
+        if g.own == Own::Yes {
+            return true;
+        }
+        if !g.wanted {
+            g.wanted = true;
+            wake(&self.wake);
+        }
+        false
+    }
+
     fn new(wake: Arc<(Mutex<bool>, Condvar)>) -> Self {
         GuestGate {
             wake,
