@@ -94,6 +94,8 @@ struct GateInner {
     stash: Vec<Sense>,
     /// The owner of another node was logged.
     logged: bool,
+    /// The record was seen unreadable, and logged, since it was last read.
+    unreadable: bool,
 }
 
 impl Gate for GuestGate {
@@ -149,6 +151,7 @@ impl GuestGate {
                 orphan_since: None,
                 stash: Vec::new(),
                 logged: false,
+                unreadable: false,
             }),
             handoffs: Mutex::new(Vec::new()),
         }
@@ -424,9 +427,16 @@ impl EtcdState {
             return self.create_owner(fencing, guest, gate);
         };
         let Some(v) = value else {
-            log::warn!("cluster: guest {guest}: its owner record is unreadable; not served here");
+            if !std::mem::replace(&mut lock(&gate.inner).unreadable, true) {
+                log::warn!(
+                    "cluster: guest {guest}: its owner record is unreadable: it stays with the \
+                     daemon serving it (if any; elsewhere its devices wait) until the record is \
+                     readable again or deleted"
+                );
+            }
             return Ok(());
         };
+        lock(&gate.inner).unreadable = false;
         match gate.own() {
             Own::Leaving => self.finish_leaving(fencing, guest, gate, v, *rev),
             Own::Yes if v.incarnation == self.incarnation => match &v.want {
