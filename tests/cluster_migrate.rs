@@ -443,3 +443,30 @@ fn an_unreadable_owner_record_holds_the_guest_and_is_logged_once() {
     let lines = b.log_text().matches("owner record is unreadable").count();
     assert_eq!(lines, 1, "the unreadable record logged once");
 }
+
+/// vm1's record carries a hostile move count (the largest u64) when A hands it to B: the move
+/// completes and neither daemon panics. Before, A's mover thread panicked on the count's
+/// overflow (the debug build the tests run) and vm1 never moved: B's write waited for ever.
+#[test]
+fn a_hostile_move_count_does_not_stop_the_mover() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let status = queue_write(&mut dest, SECTOR, 0xb2);
+    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    let mut rec = owner(&etcd, "vm1");
+    assert_eq!(rec["want"]["node"], "b", "B asked for vm1");
+    rec["moves"] = serde_json::json!(u64::MAX);
+    put_owner(&etcd, "vm1", &rec);
+    source.stop_rings();
+    dest.wait_used(0, TIMEOUT)
+        .expect("B admits vm1's write once A stopped its rings");
+    assert_eq!(dest.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    assert_eq!(owner(&etcd, "vm1")["node"], "b");
+    assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
+}

@@ -515,8 +515,11 @@ impl EtcdState {
         let mine = v.node == self.cfg.node;
         if mine {
             let mut next = v.clone();
-            (next.node, next.incarnation, next.moves) =
-                (self.me().node, self.me().incarnation, v.moves + 1);
+            (next.node, next.incarnation, next.moves) = (
+                self.me().node,
+                self.me().incarnation,
+                v.moves.saturating_add(1),
+            );
             next.uas.clear();
             if next.want.as_ref().is_some_and(|w| w.node == self.cfg.node) {
                 next.want = None;
@@ -584,7 +587,7 @@ impl EtcdState {
         let next = OwnerValue {
             node: self.cfg.node.clone(),
             incarnation: self.incarnation.clone(),
-            moves: v.moves + 1,
+            moves: v.moves.saturating_add(1),
             epoch: self.held().0,
             uas: Vec::new(),
             want: None,
@@ -681,7 +684,7 @@ impl EtcdState {
         let next = OwnerValue {
             node: to.node.clone(),
             incarnation: to.incarnation,
-            moves: v.moves + 1,
+            moves: v.moves.saturating_add(1),
             epoch,
             uas: taken.iter().map(|s| (s.key, s.asc, s.ascq)).collect(),
             want: None,
