@@ -432,8 +432,9 @@ fn an_unreadable_owner_record_holds_the_guest_and_is_logged_once() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path());
     let ep = [etcd.url.clone()];
-    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
+    // Before B starts: B creates the record of a guest that has none at its first look.
     put_owner(&etcd, "vm1", &serde_json::json!({"node": 7}));
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
     let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
     queue_write(&mut dest, SECTOR, 0xb2);
     assert!(
