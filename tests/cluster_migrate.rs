@@ -471,3 +471,48 @@ fn a_hostile_move_count_does_not_stop_the_mover() {
     assert_eq!(owner(&etcd, "vm1")["node"], "b");
     assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
 }
+
+/// As [`a_daemon_whose_guest_was_taken_while_it_held_it_admits_no_more_of_it`], with A's ring
+/// never running empty (each write held 300 ms by the test-hooks delay while the next ones are
+/// queued): a write queued after A read the record is not served. Before, the ring was served
+/// round after round for as long as it had work.
+#[test]
+fn a_busy_ring_of_a_guest_taken_from_its_daemon_admits_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let delay = [("SHAREDISK_TEST_WRITE_DELAY_MS", "300")];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &delay);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    queue_write(&mut dest, SECTOR, 0xb2);
+    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    let mut rec = owner(&etcd, "vm1");
+    let want = rec["want"].clone();
+    rec["node"] = want["node"].clone();
+    rec["incarnation"] = want["incarnation"].clone();
+    rec["want"] = serde_json::Value::Null;
+    // A's ring has work from here on.
+    queue_write(&mut source, SECTOR + 8, 0xa2);
+    std::thread::sleep(Duration::from_millis(100));
+    queue_write(&mut source, SECTOR + 8, 0xa3);
+    put_owner(&etcd, "vm1", &rec);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut n = 0u8;
+    while !a.log_text().contains("while this daemon owned it") {
+        assert!(std::time::Instant::now() < deadline, "A saw the record");
+        queue_write(&mut source, SECTOR + 8, 0xa4 + n % 8);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let late = queue_write(&mut source, SECTOR, 0xa9);
+    std::thread::sleep(PARKED);
+    assert_eq!(
+        source.read_mem(late, 1)[0],
+        0xff,
+        "A served a write queued after it read that vm1 is B's"
+    );
+    drop(b);
+}

@@ -158,6 +158,22 @@ impl Ticket {
         }
     }
 
+    /// Whether ring `ring` of this connection, served a round already, may be served another:
+    /// only while this connection still holds the device and the gate still admits (else the
+    /// ring is parked, as by [`Ticket::enter`]). Never takes the device: a connection whose
+    /// rings were stopped meanwhile holds nothing.
+    pub fn keeps(&self, ring: u16, vring: &Vring) -> bool {
+        let mut inner = lock(&self.handoff.inner);
+        match inner.holder {
+            Some(holder) if holder == self.id && self.gate_admits() => true,
+            Some(_) => {
+                park(&mut inner, self.id, ring, vring);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Whether the gate, if any, still lets the holding connection admit.
     fn gate_admits(&self) -> bool {
         self.handoff.gate.as_ref().is_none_or(|g| g.admits())

@@ -133,3 +133,25 @@ fn a_holder_admits_nothing_once_the_gate_closes_and_again_when_it_opens() {
     assert!(holder.enter(0, &r), "owned again");
     assert_eq!(gate.holds.load(SeqCst), 1, "no second hold");
 }
+
+#[test]
+fn another_round_only_for_the_holder_and_never_taking_the_device() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let gate = Arc::new(TestGate::default());
+    gate.open.store(true, SeqCst);
+    let handoff = Handoff::gated(Some(gate.clone()));
+    let (holder, other) = (handoff.ticket(), handoff.ticket());
+    let r = ring();
+    assert!(holder.enter(0, &r));
+    assert!(holder.keeps(0, &r));
+    assert!(!other.keeps(0, &r), "another connection's ring waits");
+    gate.open.store(false, SeqCst);
+    assert!(!holder.keeps(0, &r), "the gate closed");
+    gate.open.store(true, SeqCst);
+    holder.stopped(0);
+    assert!(
+        !holder.keeps(0, &r),
+        "its rings stopped: it holds nothing, and takes nothing"
+    );
+    assert!(other.enter(0, &r), "the device is free for the other");
+}
