@@ -348,3 +348,33 @@ fn logout_answers_after_the_commands_in_flight() {
     let image = std::fs::read(&s.daemon.image).unwrap();
     assert_eq!(&image[700 * 512..701 * 512], &[0x42; 512]);
 }
+
+/// The session is reinstated (the same initiator and ISID log in again, TSIH 0) while its WRITE
+/// is held in flight by the delay and an ORDERED WRITE waits behind it: no command of the old
+/// session runs once the new login completed (RFC 7143 §6.3.5: its tasks are terminated, then
+/// the login continues), so the block the new session reads changes no more under it. Before,
+/// the ORDERED WRITE, handed to a worker when the first ended, landed after the new session had
+/// read the block.
+#[test]
+fn no_command_of_a_reinstated_session_runs_after_the_new_login() {
+    let s = setup();
+    let mut old = login(&s);
+    send_write(&mut old, 300, 0x77);
+    let mut b = old.cmd_header(&write16_cdb(300, 1), 512, false, true);
+    b[1] = (b[1] & !0x07) | 0x02;
+    old.send(b, &[0x88; 512]);
+    // The first WRITE reaches a worker and waits in the delay; the ORDERED one waits for it.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut new = login(&s);
+    let seen = new.read16(300, 1);
+    assert_eq!(seen.status, GOOD);
+    // Longer than the delay: a WRITE of the old session started now would have landed.
+    std::thread::sleep(DELAY * 2);
+    let later = new.read16(300, 1);
+    assert_eq!(
+        (later.data[0], later.data == seen.data),
+        (seen.data[0], true),
+        "a WRITE of the reinstated session landed after the new session read the block"
+    );
+    drop(old);
+}

@@ -789,7 +789,7 @@ impl VhostUserBackend for BlkBackend {
             &d.log,
             &d.latch,
             poll,
-            &mut BlkQueue(d),
+            &mut BlkQueue(d, ring, vring),
         )
     }
 }
@@ -824,7 +824,7 @@ impl<'m> BlkBatch<'m> {
 /// One request queue of a blk device, as [`virtqueue::drain_queue`] serves it: the reads and writes
 /// of a round become one batch of image I/O (one io_uring submission), everything else is done
 /// as it comes.
-struct BlkQueue<'d>(&'d BlkDevice);
+struct BlkQueue<'d>(&'d BlkDevice, u16, &'d Vring);
 
 impl Handler for BlkQueue<'_> {
     type Batch<'m> = BlkBatch<'m>;
@@ -841,6 +841,10 @@ impl Handler for BlkQueue<'_> {
 
     fn complete(&mut self, batch: &mut BlkBatch<'_>, lens: &mut UsedLens) {
         self.0.complete(batch, lens)
+    }
+
+    fn next_round(&mut self) -> bool {
+        self.0.ticket.keeps(self.1, self.2)
     }
 }
 

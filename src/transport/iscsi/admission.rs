@@ -46,6 +46,11 @@ impl Conns {
         self.0.remove(&id);
     }
 
+    /// Whether connection `id` is open (its thread has not ended).
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.contains_key(&id)
+    }
+
     /// The source address of connection `id`.
     pub fn source(&self, id: u64) -> Option<IpAddr> {
         self.0.get(&id).map(|o| o.source)

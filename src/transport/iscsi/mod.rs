@@ -23,12 +23,13 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::IscsiConfig;
 use crate::scsi::target::Target;
+use crate::scsi::tasks::Scope;
 use crate::util::lock::lock;
 use crate::util::ratelimit::PerSource;
 use admission::{Conns, Open, Phase};
@@ -158,6 +159,8 @@ pub struct Shared {
     /// Every open connection, by id and phase: the bounds of each kind, and what to close at
     /// reinstatement or stop. Taken after `sessions`, never before.
     conns: Mutex<Conns>,
+    /// Signalled when a connection's thread has ended (it left `conns`).
+    conn_ended: Condvar,
     next_conn: AtomicU64,
     next_tsih: Mutex<u16>,
     stop: AtomicBool,
@@ -183,6 +186,7 @@ impl Shared {
             guests: AtomicUsize::new(guests),
             sessions: Mutex::default(),
             conns: Mutex::default(),
+            conn_ended: Condvar::new(),
             next_conn: AtomicU64::new(1),
             next_tsih: Mutex::new(0),
             stop: AtomicBool::new(false),
@@ -231,11 +235,11 @@ impl Shared {
 
     /// Admits a Normal session of `nexus` on connection `conn`: reinstates a live one of the
     /// same nexus (its connection is closed), refuses beyond `max_sessions` or maxShares
-    /// (0302). Its TSIH.
-    fn admit(&self, nexus: &str, conn: u64) -> Result<u16, u16> {
+    /// (0302). Its TSIH, and the connection of the session it reinstated.
+    fn admit(&self, nexus: &str, conn: u64) -> Result<(u16, Option<u64>), u16> {
         let mut sessions = lock(&self.sessions);
         let res = &self.target.lun().reservations;
-        if let Some(old) = sessions.remove(nexus) {
+        let replaced = sessions.remove(nexus).map(|old| {
             // Session reinstatement (RFC 7143 §6.3.5): the old connection closes, its tasks
             // end without responses; the nexus and its PR state stay, SPC-2 state goes (an
             // I_T nexus loss, reported to the new session as 29/07).
@@ -245,7 +249,8 @@ impl Shared {
             );
             lock(&self.conns).close(old.conn);
             res.with_mut(|a| a.i_t_nexus_reset(nexus));
-        }
+            old.conn
+        });
         let max_sessions = self.config.limits.max_sessions;
         let source = self.source(conn);
         if sessions.len() >= max_sessions {
@@ -285,7 +290,22 @@ impl Shared {
         res.serve(nexus);
         res.with_mut(|a| a.add_initiator(nexus.to_string()));
         lock(&self.conns).enter(conn, Phase::Normal);
-        Ok(tsih)
+        Ok((tsih, replaced))
+    }
+
+    /// A reinstatement's end of the old session (RFC 7143 §6.3.5): its tasks are aborted (a
+    /// queued one never runs, an in-flight one is waited for), then its connection's thread is
+    /// waited for, so that no command of it runs once the new login completes.
+    fn terminate_replaced(&self, nexus: &str, old: u64) {
+        let n = self.target.lun().tasks.abort(Scope::Nexus(nexus));
+        log::info!("{nexus}: iscsi: {n} task(s) of the reinstated session terminated");
+        let mut conns = lock(&self.conns);
+        while conns.contains(old) {
+            conns = self
+                .conn_ended
+                .wait(conns)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 
     /// The end of a Normal session: an I_T nexus loss (SAM-5 §6.3.4), unless a reinstatement
@@ -394,11 +414,12 @@ impl Shared {
                 return self.admit_discovery(conn);
             }
             let nexus = nexus_name(name, isid);
-            let r = self.admit(&nexus, conn);
-            if r.is_ok() {
-                *admitted.borrow_mut() = Some(nexus);
+            let (tsih, replaced) = self.admit(&nexus, conn)?;
+            if let Some(old) = replaced {
+                self.terminate_replaced(&nexus, old);
             }
-            r
+            *admitted.borrow_mut() = Some(nexus);
+            Ok(tsih)
         };
         let policy = Policy {
             target_name: &self.target_name,
@@ -732,6 +753,7 @@ fn accept_loop(shared: &Arc<Shared>, l: &TcpListener, threads: &Mutex<Vec<JoinHa
             .spawn(move || {
                 s.serve(stream, peer, conn);
                 lock(&s.conns).remove(conn);
+                s.conn_ended.notify_all();
             });
         match spawned {
             Ok(t) => lock(threads).push(t),

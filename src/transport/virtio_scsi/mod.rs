@@ -591,6 +591,7 @@ impl VhostUserBackend for ScsiBackend {
         let mut requests = ScsiQueue {
             device: d,
             ring,
+            vring,
             served: false,
         };
         let drained = virtqueue::drain_queue(
@@ -656,6 +657,7 @@ struct PendingCommand<'m> {
 struct ScsiQueue<'d> {
     device: &'d ScsiDevice,
     ring: u16,
+    vring: &'d Vring,
     /// Whether any request was taken (see `handle_event`).
     served: bool,
 }
@@ -677,5 +679,9 @@ impl Handler for ScsiQueue<'_> {
 
     fn complete(&mut self, batch: &mut ScsiBatch<'_>, lens: &mut UsedLens) {
         self.device.complete(batch, lens)
+    }
+
+    fn next_round(&mut self) -> bool {
+        self.device.ticket.keeps(self.ring, self.vring)
     }
 }

@@ -43,6 +43,13 @@ pub trait Handler {
     /// Completes the round's deferred requests, pushing their used lengths onto `lens` in the
     /// order they were deferred.
     fn complete(&mut self, batch: &mut Self::Batch<'_>, lens: &mut UsedLens);
+
+    /// Whether the ring may be served another round (a ring that never runs empty is served
+    /// round after round without a kick): false when its connection may admit no more now
+    /// (cluster mode: the guest is not owned here any more), the ring then waits for a kick.
+    fn next_round(&mut self) -> bool {
+        true
+    }
 }
 
 /// Used lengths of a round's deferred requests.
@@ -183,8 +190,9 @@ fn drain<H: Handler>(
     poll: Duration,
     handler: &mut H,
 ) -> Result<(), Halt> {
+    let mut first = true;
     loop {
-        if latch.closing() {
+        if latch.closing() || !(std::mem::take(&mut first) || handler.next_round()) {
             return Ok(());
         }
         if event_idx {

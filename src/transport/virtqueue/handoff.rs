@@ -42,6 +42,9 @@ pub trait Gate: Send + Sync {
     /// Takes one hold of the guest for a device about to admit; false (and a note that the
     /// guest is wanted here) when this daemon does not own it now.
     fn hold(&self) -> bool;
+    /// Whether a device that holds the guest may still admit: false (and a note that the guest
+    /// is wanted here) when this daemon does not own it any more (its record names another).
+    fn admits(&self) -> bool;
     /// A device that held the guest holds it no more (every ring stopped, or its connection
     /// ended).
     fn unhold(&self);
@@ -86,11 +89,17 @@ impl Handoff {
         handoff
     }
 
-    /// The gate admits again: every parked ring is kicked, so its worker tries again.
+    /// The gate admits again: every parked ring is kicked (only the holder's, while a
+    /// connection holds the device), so its worker tries again.
     pub fn wake(&self) {
         let mut inner = lock(&self.inner);
-        if inner.holder.is_none() {
-            kick_parked(&mut inner);
+        match inner.holder {
+            None => kick_parked(&mut inner),
+            Some(holder) => {
+                let (mine, others) = inner.parked.drain(..).partition(|(id, _, _)| *id == holder);
+                inner.parked = others;
+                kick(mine);
+            }
         }
     }
 
@@ -122,6 +131,15 @@ impl Ticket {
             }
         }
         match inner.holder {
+            Some(holder) if holder == self.id && !self.gate_admits() => {
+                if park(&mut inner, self.id, ring, vring) {
+                    log::warn!(
+                        "ring {ring}: this daemon does not own the guest any more (its owner \
+                         record names another daemon): its requests are held"
+                    );
+                }
+                false
+            }
             Some(holder) if holder != self.id => {
                 if park(&mut inner, self.id, ring, vring) {
                     log::warn!(
@@ -138,6 +156,27 @@ impl Ticket {
                 true
             }
         }
+    }
+
+    /// Whether ring `ring` of this connection, served a round already, may be served another:
+    /// only while this connection still holds the device and the gate still admits (else the
+    /// ring is parked, as by [`Ticket::enter`]). Never takes the device: a connection whose
+    /// rings were stopped meanwhile holds nothing.
+    pub fn keeps(&self, ring: u16, vring: &Vring) -> bool {
+        let mut inner = lock(&self.handoff.inner);
+        match inner.holder {
+            Some(holder) if holder == self.id && self.gate_admits() => true,
+            Some(_) => {
+                park(&mut inner, self.id, ring, vring);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the gate, if any, still lets the holding connection admit.
+    fn gate_admits(&self) -> bool {
+        self.handoff.gate.as_ref().is_none_or(|g| g.admits())
     }
 
     /// GET_VRING_BASE stopped ring `ring` of this connection (its round is over). The device is
@@ -184,7 +223,12 @@ fn release(handoff: &Handoff, inner: &mut Inner) {
 
 /// Kicks every parked ring's eventfd.
 fn kick_parked(inner: &mut Inner) {
-    for (_, ring, vring) in inner.parked.drain(..) {
+    kick(std::mem::take(&mut inner.parked));
+}
+
+/// Kicks the eventfd of each of `rings`.
+fn kick(rings: Vec<(u64, u16, Vring)>) {
+    for (_, ring, vring) in rings {
         let state = vring.get_ref();
         if let Some(kick) = state.get_kick() {
             log::info!("ring {ring} of the waiting connection may run now");

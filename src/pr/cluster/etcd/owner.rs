@@ -95,20 +95,20 @@ struct GateInner {
     stash: Vec<Sense>,
     /// The owner of another node was logged.
     logged: bool,
+    /// The record was seen unreadable, and logged, since it was last read.
+    unreadable: bool,
 }
 
 impl Gate for GuestGate {
     fn hold(&self) -> bool {
         let mut g = lock(&self.inner);
-        if g.own == Own::Yes {
-            g.holds += 1;
-            return true;
-        }
-        if !g.wanted {
-            g.wanted = true;
-            wake(&self.wake);
-        }
-        false
+        let owned = self.owned_or_wanted(&mut g);
+        g.holds += u32::from(owned);
+        owned
+    }
+
+    fn admits(&self) -> bool {
+        self.owned_or_wanted(&mut lock(&self.inner))
     }
 
     fn unhold(&self) {
@@ -130,6 +130,18 @@ fn wake(pair: &(Mutex<bool>, Condvar)) {
 }
 
 impl GuestGate {
+    /// Whether the guest is owned here; if not, notes that a device here wants it.
+    fn owned_or_wanted(&self, g: &mut GateInner) -> bool {
+        if g.own == Own::Yes {
+            return true;
+        }
+        if !g.wanted {
+            g.wanted = true;
+            wake(&self.wake);
+        }
+        false
+    }
+
     fn new(wake: Arc<(Mutex<bool>, Condvar)>) -> Self {
         GuestGate {
             wake,
@@ -140,6 +152,7 @@ impl GuestGate {
                 orphan_since: None,
                 stash: Vec::new(),
                 logged: false,
+                unreadable: false,
             }),
             handoffs: Mutex::new(Vec::new()),
         }
@@ -418,9 +431,16 @@ impl EtcdState {
             return self.create_owner(fencing, guest, gate);
         };
         let Some(v) = value else {
-            log::warn!("cluster: guest {guest}: its owner record is unreadable; not served here");
+            if !std::mem::replace(&mut lock(&gate.inner).unreadable, true) {
+                log::warn!(
+                    "cluster: guest {guest}: its owner record is unreadable: it stays with the \
+                     daemon serving it (if any; elsewhere its devices wait) until the record is \
+                     readable again or deleted"
+                );
+            }
             return Ok(());
         };
+        lock(&gate.inner).unreadable = false;
         match gate.own() {
             Own::Leaving => self.finish_leaving(fencing, guest, gate, v, *rev),
             Own::Yes if v.incarnation == self.incarnation => match &v.want {
@@ -499,8 +519,11 @@ impl EtcdState {
         let mine = v.node == self.cfg.node;
         if mine {
             let mut next = v.clone();
-            (next.node, next.incarnation, next.moves) =
-                (self.me().node, self.me().incarnation, v.moves + 1);
+            (next.node, next.incarnation, next.moves) = (
+                self.me().node,
+                self.me().incarnation,
+                v.moves.saturating_add(1),
+            );
             next.uas.clear();
             if next.want.as_ref().is_some_and(|w| w.node == self.cfg.node) {
                 next.want = None;
@@ -568,7 +591,7 @@ impl EtcdState {
         let next = OwnerValue {
             node: self.cfg.node.clone(),
             incarnation: self.incarnation.clone(),
-            moves: v.moves + 1,
+            moves: v.moves.saturating_add(1),
             epoch: self.held().0,
             uas: Vec::new(),
             want: None,
@@ -665,7 +688,7 @@ impl EtcdState {
         let next = OwnerValue {
             node: to.node.clone(),
             incarnation: to.incarnation,
-            moves: v.moves + 1,
+            moves: v.moves.saturating_add(1),
             epoch,
             uas: taken.iter().map(|s| (s.key, s.asc, s.ascq)).collect(),
             want: None,

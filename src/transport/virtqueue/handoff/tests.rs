@@ -65,6 +65,9 @@ impl super::Gate for TestGate {
         }
         open
     }
+    fn admits(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
     fn unhold(&self) {
         self.holds.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
@@ -108,4 +111,47 @@ fn a_gated_device_admits_only_while_the_gate_does_and_gives_its_hold_back() {
         0,
         "a connection that ends gives its hold back"
     );
+}
+
+#[test]
+fn a_holder_admits_nothing_once_the_gate_closes_and_again_when_it_opens() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let gate = Arc::new(TestGate::default());
+    gate.open.store(true, SeqCst);
+    let handoff = Handoff::gated(Some(gate.clone()));
+    let holder = handoff.ticket();
+    let r = ring();
+    assert!(holder.enter(0, &r));
+    gate.open.store(false, SeqCst);
+    assert!(
+        !holder.enter(0, &r),
+        "the guest is not owned here any more: the holder's ring waits"
+    );
+    assert_eq!(gate.holds.load(SeqCst), 1, "the device still holds it");
+    gate.open.store(true, SeqCst);
+    handoff.wake();
+    assert!(holder.enter(0, &r), "owned again");
+    assert_eq!(gate.holds.load(SeqCst), 1, "no second hold");
+}
+
+#[test]
+fn another_round_only_for_the_holder_and_never_taking_the_device() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let gate = Arc::new(TestGate::default());
+    gate.open.store(true, SeqCst);
+    let handoff = Handoff::gated(Some(gate.clone()));
+    let (holder, other) = (handoff.ticket(), handoff.ticket());
+    let r = ring();
+    assert!(holder.enter(0, &r));
+    assert!(holder.keeps(0, &r));
+    assert!(!other.keeps(0, &r), "another connection's ring waits");
+    gate.open.store(false, SeqCst);
+    assert!(!holder.keeps(0, &r), "the gate closed");
+    gate.open.store(true, SeqCst);
+    holder.stopped(0);
+    assert!(
+        !holder.keeps(0, &r),
+        "its rings stopped: it holds nothing, and takes nothing"
+    );
+    assert!(other.enter(0, &r), "the device is free for the other");
 }
