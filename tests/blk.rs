@@ -303,7 +303,13 @@ fn queue_threads_follow_the_guest_queues() {
     let pid = d.d.pid().unwrap();
     let mut blk = BlkClient::connect_queues(&d.blk("vm1"), 4).unwrap();
     let mut scsi = common::scsi_client::ScsiClient::connect_queues(&d.d.scsi("vm1"), 4, 64);
-    let threads = queue_threads(pid);
+    // The queue threads start as the connections are set up: wait until they all have.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut threads = queue_threads(pid);
+    while threads < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        threads = queue_threads(pid);
+    }
     eprintln!("queue threads with one guest connected on both devices: {threads}");
     assert_eq!(
         threads,
