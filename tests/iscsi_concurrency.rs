@@ -2,7 +2,8 @@
 //! initiator, while the test-hooks write delay holds every WRITE's I/O: READs sent behind a
 //! slow WRITE are answered before it (out of order, each with its own ITT, StatSN in sequence);
 //! the window (MaxCmdSN) holds 32 commands and a 33rd is dropped until a slot is free again;
-//! QUERY TASK, QUERY TASK SET and I_T NEXUS RESET are answered per SAM-5 (RFC 7144 §4.1).
+//! QUERY TASK, QUERY TASK SET and I_T NEXUS RESET are answered per SAM-5 (RFC 7144 §4.1);
+//! a depth-1 initiator's fast READs run on the connection's reader (`ctl iscsi sessions`).
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::ctl::ctl_json;
 use common::iscsi_client::{free_port, IscsiClient, RawPdu, INITIATOR_A};
 use common::process::DaemonProcess;
 use common::scsi_client::*;
@@ -347,4 +349,37 @@ fn logout_answers_after_the_commands_in_flight() {
     assert_eq!(second.opcode(), 0x26, "Logout Response");
     let image = std::fs::read(&s.daemon.image).unwrap();
     assert_eq!(&image[700 * 512..701 * 512], &[0x42; 512]);
+}
+
+/// The session's `commands` and `commands_inline` as `ctl iscsi sessions` shows them.
+fn commands(s: &Setup) -> (u64, u64) {
+    let v = ctl_json(&s.daemon.control(), &["iscsi", "sessions"]);
+    let x = &v["sessions"][0];
+    let n = |k: &str| x[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    (n("commands"), n("commands_inline"))
+}
+
+/// 200 READs one at a time (depth 1; the image's page cache answers each in microseconds): once
+/// a few in a row were fast, they run on the connection's reader instead of waking a worker,
+/// and `ctl iscsi sessions` counts them (a loaded machine may stretch some past the bound and
+/// hand a few more over: at least 100 of 200 are asked for). Five WRITEs, each held 1.5 s by
+/// the delay, are never run there (each is slow: the WRITEs' streak never builds). Before, no
+/// command ran on the reader (no such counter).
+#[test]
+fn a_depth_one_initiators_fast_reads_run_on_the_reader_slow_writes_do_not() {
+    let s = setup();
+    let mut i = login(&s);
+    let (before, inline_before) = commands(&s);
+    for n in 0..200 {
+        assert_eq!(i.read16(n % 64, 1).status, GOOD, "READ {n}");
+    }
+    let (after, inline_reads) = commands(&s);
+    assert_eq!(after - before, 200, "every READ counted once");
+    let reads = inline_reads - inline_before;
+    println!("{reads} of 200 READs ran on the reader");
+    assert!(reads >= 100, "{reads} of 200 READs ran on the reader");
+    for n in 0..5 {
+        assert_eq!(i.write16(300 + n, &[0x5a; 512]).status, GOOD, "WRITE {n}");
+    }
+    assert_eq!(commands(&s).1, inline_reads, "no slow WRITE ran on the reader");
 }

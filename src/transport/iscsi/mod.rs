@@ -22,6 +22,7 @@ mod workers;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -74,6 +75,8 @@ pub struct SessionCounters {
     pub bytes_in: AtomicU64,
     /// Read data sent (Data-In).
     pub bytes_out: AtomicU64,
+    /// Commands that ran on the connection's reader, the session being idle (`workers.rs`).
+    pub inline: AtomicU64,
     /// PDUs rejected, and PDUs that could not be read (digest, length, protocol errors).
     pub pdu_errors: AtomicU64,
 }
@@ -338,7 +341,10 @@ impl Shared {
             .set_read_timeout(idle)
             .and_then(|_| stream.try_clone());
         match writer {
-            Ok(writer) => self.full_feature(session, stream, writer, conn, counters, false),
+            Ok(writer) => {
+                let socket = Some(stream.as_raw_fd());
+                self.full_feature(session, (stream, socket), writer, conn, counters, false)
+            }
             Err(e) => {
                 log::warn!("iscsi: connection from {peer}: {e}");
                 self.ended(&nexus_name(&session.initiator, session.isid), conn);
@@ -462,7 +468,7 @@ impl Shared {
     fn full_feature<R: Read, W: Write + Send>(
         &self,
         session: LoggedIn,
-        reader: R,
+        (reader, socket): (R, Option<RawFd>),
         writer: W,
         conn: u64,
         info: Arc<SessionInfo>,
@@ -470,7 +476,8 @@ impl Shared {
     ) {
         let nexus = session_name(&session);
         let kind = session.kind;
-        let mut connection = Connection::new(self, reader, writer, session, nexus.clone(), info);
+        let name = nexus.clone();
+        let mut connection = Connection::new(self, reader, writer, session, name, info, socket);
         let end = connection.run(inline);
         match end {
             End::ColdReset => {
@@ -565,7 +572,7 @@ pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -
     let source = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     if let Some(session) = shared.login(&mut wire, "memory", source, 0) {
         let info = shared.describe(&session, 0, "memory".into(), "memory".into());
-        shared.full_feature(session, wire.input, &mut wire.output, 0, info, true);
+        shared.full_feature(session, (wire.input, None), &mut wire.output, 0, info, true);
     }
     wire.output
 }
