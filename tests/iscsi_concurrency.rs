@@ -381,5 +381,9 @@ fn a_depth_one_initiators_fast_reads_run_on_the_reader_slow_writes_do_not() {
     for n in 0..5 {
         assert_eq!(i.write16(300 + n, &[0x5a; 512]).status, GOOD, "WRITE {n}");
     }
-    assert_eq!(commands(&s).1, inline_reads, "no slow WRITE ran on the reader");
+    assert_eq!(
+        commands(&s).1,
+        inline_reads,
+        "no slow WRITE ran on the reader"
+    );
 }
