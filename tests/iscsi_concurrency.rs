@@ -12,9 +12,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::ctl::ctl_json;
+use common::daemon::TestDaemon;
 use common::iscsi_client::{free_port, IscsiClient, RawPdu, INITIATOR_A};
 use common::process::DaemonProcess;
 use common::scsi_client::*;
+use sharedisk::config::IscsiConfig;
+use sharedisk::transport::iscsi::Portal;
 
 /// How long every write waits before it reaches the image.
 const DELAY: Duration = Duration::from_millis(1500);
@@ -385,5 +388,45 @@ fn a_depth_one_initiators_fast_reads_run_on_the_reader_slow_writes_do_not() {
         commands(&s).1,
         inline_reads,
         "no slow WRITE ran on the reader"
+    );
+}
+
+/// The known limit of running a command on the connection's reader: a command that arrives
+/// while one runs there waits for it. The session's WRITEs are fast at first (no delay), then
+/// the probe holds every write 1.5 s: the next WRITE runs on the reader (the session idle, its
+/// kind's history fast), and a READ sent 0.3 s behind it is answered only after it (handed to
+/// a worker, as when the history is slow, `reads_behind_a_slow_write_are_answered_before_it`,
+/// the READ came first). It costs the one slower-than-its-history command's time, once: that
+/// WRITE resets the history, and the session's next WRITEs are handed over.
+#[test]
+fn limit_a_command_behind_one_running_on_the_reader_waits_for_it() {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let target = "iqn.2026-12.io.sharedisk.test:inline";
+    let d = TestDaemon::start_probed(&["vm1"], |_| {});
+    let config = IscsiConfig {
+        listen: vec![addr],
+        target: Some(target.into()),
+        initiators: vec![INITIATOR_A.into()],
+        ..Default::default()
+    };
+    let _portal = Portal::start(d.server().target().clone(), config, 8, 1).expect("portal");
+    let mut i = IscsiClient::login(addr, INITIATOR_A, target, ISID)
+        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
+    i.drain_ua();
+    i.stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    for n in 0..32 {
+        assert_eq!(i.write16(n, &[0x11; 512]).status, GOOD, "fast WRITE {n}");
+    }
+    d.probe().set_write_delay(DELAY);
+    let write = send_write(&mut i, 128, 0x3c);
+    std::thread::sleep(DELAY / 5);
+    let read = send_read(&mut i, 64);
+    let order: Vec<u32> = (0..2).map(|_| next_status(&mut i).u32_at(16)).collect();
+    assert_eq!(
+        order,
+        [write, read],
+        "the READ waited for the WRITE on the reader"
     );
 }
