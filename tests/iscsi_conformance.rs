@@ -15,10 +15,6 @@ use common::process::DaemonProcess;
 
 /// The tests that fail, each for the reason docs/conformance.md gives.
 const KNOWN_FAILURES: &[&str] = &[
-    // The SCSI core advertises MAXIMUM UNMAP LBA COUNT 2^21; libiscsi insists on at most 2^20.
-    "Inquiry.BlockLimits",
-    // A 65536-block WRITE(16) beyond the MAXIMUM TRANSFER LENGTH (8192 blocks) the LU reports.
-    "WriteSame16.Unmap",
     // COMPARE AND WRITE is not provided; the async multipath test does not skip on 05/20/00.
     "MultipathIO.CompareAndWriteAsync",
     // After libiscsi's reconnect the write goes as immediate data, so the bad DataSN is never

@@ -36,11 +36,14 @@ const MAX_TRANSFER_BLOCKS: u32 = 8192;
 /// Largest parameter list we read (MODE SELECT, UNMAP, PR OUT); anything longer is an error
 /// further down, so there is no reason to copy more of it.
 const MAX_PARAM_LEN: usize = 8192;
-/// UNMAP limits advertised in VPD 0xB0.
-const MAX_UNMAP_LBAS: u32 = 1 << 21;
+/// UNMAP limits advertised in VPD 0xB0: 512 MiB per command (libiscsi's Inquiry.BlockLimits
+/// holds a limit above 2^20 blocks, other than "none", for insane).
+const MAX_UNMAP_LBAS: u32 = 1 << 20;
 const MAX_UNMAP_DESCRIPTORS: u32 = 32;
-/// MAXIMUM WRITE SAME LENGTH in VPD 0xB0: 32 MiB, like LIO's 0xFFFF blocks.
-const MAX_WRITE_SAME_BLOCKS: u32 = 1 << 16;
+/// MAXIMUM WRITE SAME LENGTH in VPD 0xB0: LIO's 0xFFFF blocks (just under 32 MiB), which the
+/// 16-bit NUMBER OF LOGICAL BLOCKS of WRITE SAME(10) can reach; a longer WRITE SAME(16) gets
+/// 05/24/00 (SBC-4 §5.50), as libiscsi's WriteSame16.Unmap expects of a LU reporting it.
+const MAX_WRITE_SAME_BLOCKS: u32 = 0xffff;
 /// The pattern buffer a WRITE SAME writes from, repeated as often as a piece needs.
 const WRITE_SAME_BUF: usize = 1 << 20;
 

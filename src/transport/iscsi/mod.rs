@@ -21,7 +21,7 @@ mod workers;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -337,13 +337,17 @@ impl Shared {
             SessionKind::Discovery => Some(self.config.limits.discovery_idle_timeout),
             SessionKind::Normal => None,
         };
-        let writer = stream
+        let clones = stream
             .set_read_timeout(idle)
-            .and_then(|_| stream.try_clone());
-        match writer {
-            Ok(writer) => {
+            .and_then(|_| Ok((stream.try_clone()?, stream.try_clone()?)));
+        match clones {
+            Ok((writer, closer)) => {
+                let hangup = Box::new(move || {
+                    let _ = closer.shutdown(Shutdown::Both);
+                });
                 let socket = Some(stream.as_raw_fd());
-                self.full_feature(session, (stream, socket), writer, conn, counters, false)
+                let io = (stream, writer, socket);
+                self.full_feature(session, io, conn, counters, hangup, false)
             }
             Err(e) => {
                 log::warn!("iscsi: connection from {peer}: {e}");
@@ -468,16 +472,21 @@ impl Shared {
     fn full_feature<R: Read, W: Write + Send>(
         &self,
         session: LoggedIn,
-        (reader, socket): (R, Option<RawFd>),
-        writer: W,
+        (reader, writer, socket): (R, W, Option<RawFd>),
         conn: u64,
         info: Arc<SessionInfo>,
+        hangup: workers::Hangup,
         inline: bool,
     ) {
         let nexus = session_name(&session);
         let kind = session.kind;
-        let name = nexus.clone();
-        let mut connection = Connection::new(self, reader, writer, session, name, info, socket);
+        let mut connection = Connection::new(
+            self,
+            (reader, writer, socket),
+            session,
+            (nexus.clone(), info),
+            hangup,
+        );
         let end = connection.run(inline);
         match end {
             End::ColdReset => {
@@ -572,7 +581,8 @@ pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -
     let source = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     if let Some(session) = shared.login(&mut wire, "memory", source, 0) {
         let info = shared.describe(&session, 0, "memory".into(), "memory".into());
-        shared.full_feature(session, (wire.input, None), &mut wire.output, 0, info, true);
+        let io = (wire.input, &mut wire.output, None);
+        shared.full_feature(session, io, 0, info, Box::new(|| {}), true);
     }
     wire.output
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
 use super::pdu::{self, header, op, put, read_pdu, Pdu, PduError, RESERVED_TAG};
-use super::workers::{implied_len, Job, Link, TASK_SET_FULL};
+use super::workers::{implied_len, Hangup, Job, Link, TASK_SET_FULL};
 use super::{SessionInfo, Shared};
 use crate::scsi::tasks::{Scope, TaskId, TaskState};
 
@@ -115,12 +115,10 @@ fn protocol(why: impl Into<String>) -> End {
 impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     pub fn new(
         shared: &'s Shared,
-        reader: R,
-        writer: W,
+        (reader, writer, socket): (R, W, Option<RawFd>),
         session: LoggedIn,
-        nexus: String,
-        info: Arc<SessionInfo>,
-        socket: Option<RawFd>,
+        (nexus, info): (String, Arc<SessionInfo>),
+        hangup: Hangup,
     ) -> Self {
         let nexus_tasks: Arc<str> = Arc::from(nexus.as_str());
         let numbers = (session.stat_sn, session.exp_cmd_sn);
@@ -128,8 +126,8 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             writer,
             session.params,
             numbers,
-            nexus_tasks.clone(),
-            info.clone(),
+            (nexus_tasks.clone(), info.clone()),
+            hangup,
         );
         Connection {
             shared,

@@ -22,8 +22,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufWriter, Write};
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -130,11 +130,13 @@ pub(super) struct Link<W: Write> {
     params: Params,
     nexus: Arc<str>,
     info: Arc<SessionInfo>,
+    /// Closes the connection when a response cannot be sent (the initiator took nothing for
+    /// `send_timeout_s`, or the connection broke), so that its reader, waiting for the next
+    /// PDU, ends the session and frees its share.
+    hangup: Hangup,
     /// Per kind of command ([`Job::kind`]): how many in a row did their I/O within
     /// [`INLINE_FAST`].
     fast: [AtomicU32; 3],
-    /// Threads waiting for the writer or holding it ([`Link::flush`]).
-    senders: AtomicUsize,
 }
 
 impl Job {
@@ -148,13 +150,16 @@ impl Job {
     }
 }
 
+/// Closes a connection from any thread (shuts its socket down).
+pub(super) type Hangup = Box<dyn Fn() + Send + Sync>;
+
 impl<W: Write> Link<W> {
     pub fn new(
         writer: W,
         params: Params,
         (stat_sn, exp_cmd_sn): (u32, u32),
-        nexus: Arc<str>,
-        info: Arc<SessionInfo>,
+        (nexus, info): (Arc<str>, Arc<SessionInfo>),
+        hangup: Hangup,
     ) -> Self {
         Link {
             out: Mutex::new(Out {
@@ -172,26 +177,12 @@ impl<W: Write> Link<W> {
             nexus,
             info,
             fast: Default::default(),
-            senders: AtomicUsize::new(0),
+            hangup,
         }
     }
 
     fn out(&self) -> MutexGuard<'_, Out<W>> {
-        self.senders.fetch_add(1, SeqCst);
-        let out = lock(&self.out);
-        self.senders.fetch_sub(1, SeqCst);
-        out
-    }
-
-    /// Sends what `o` holds, unless another thread waits for the writer: its PDUs then go out
-    /// with these in one write (it flushes, or leaves it to the next waiting one), so that
-    /// responses completing together cost one system call.
-    fn flush(&self, o: &mut Out<W>) -> io::Result<()> {
-        if self.senders.load(SeqCst) == 0 {
-            o.writer.flush()
-        } else {
-            Ok(())
-        }
+        lock(&self.out)
     }
 
     fn window(&self) -> MutexGuard<'_, Window> {
@@ -232,7 +223,7 @@ impl<W: Write> Link<W> {
     pub fn send(&self, b: [u8; pdu::BHS_LEN], data: &[u8], status: bool) -> io::Result<()> {
         let mut o = self.out();
         o.send(b, data, status, self.params.digests, &self.window)?;
-        self.flush(&mut o)
+        o.writer.flush()
     }
 
     /// Reserves `n` bytes of data buffers, waiting for commands to finish while the session
@@ -432,7 +423,12 @@ impl<W: Write> Link<W> {
         // ever); one of this session waits for its response ([`Link::wait_finished`]).
         tasks.settle(job.task, TaskState::Done);
         if let Err(e) = self.respond(&job, outcome, &din, tasks) {
-            log::debug!("{}: iscsi: response to {:#x}: {e}", self.nexus, job.itt);
+            log::info!(
+                "{}: iscsi: response to {:#x} not sent ({e}): closing the connection",
+                self.nexus,
+                job.itt
+            );
+            (self.hangup)();
         }
     }
 
@@ -491,7 +487,7 @@ impl<W: Write> Link<W> {
             let data = o.sense.map(sense_data).unwrap_or_default();
             out.send(b, &data, true, prm.digests, &self.window)?;
         }
-        self.flush(&mut out)
+        out.writer.flush()
     }
 }
 
