@@ -2,7 +2,8 @@
 //! initiator, while the test-hooks write delay holds every WRITE's I/O: READs sent behind a
 //! slow WRITE are answered before it (out of order, each with its own ITT, StatSN in sequence);
 //! the window (MaxCmdSN) holds 32 commands and a 33rd is dropped until a slot is free again;
-//! QUERY TASK, QUERY TASK SET and I_T NEXUS RESET are answered per SAM-5 (RFC 7144 §4.1).
+//! QUERY TASK, QUERY TASK SET and I_T NEXUS RESET are answered per SAM-5 (RFC 7144 §4.1);
+//! a depth-1 initiator's fast READs run on the connection's reader (`ctl iscsi sessions`).
 
 mod common;
 
@@ -10,9 +11,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::ctl::ctl_json;
+use common::daemon::TestDaemon;
 use common::iscsi_client::{free_port, IscsiClient, RawPdu, INITIATOR_A};
 use common::process::DaemonProcess;
 use common::scsi_client::*;
+use sharedisk::config::IscsiConfig;
+use sharedisk::transport::iscsi::Portal;
 
 /// How long every write waits before it reaches the image.
 const DELAY: Duration = Duration::from_millis(1500);
@@ -347,6 +352,83 @@ fn logout_answers_after_the_commands_in_flight() {
     assert_eq!(second.opcode(), 0x26, "Logout Response");
     let image = std::fs::read(&s.daemon.image).unwrap();
     assert_eq!(&image[700 * 512..701 * 512], &[0x42; 512]);
+}
+
+/// The session's `commands` and `commands_inline` as `ctl iscsi sessions` shows them.
+fn commands(s: &Setup) -> (u64, u64) {
+    let v = ctl_json(&s.daemon.control(), &["iscsi", "sessions"]);
+    let x = &v["sessions"][0];
+    let n = |k: &str| x[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    (n("commands"), n("commands_inline"))
+}
+
+/// 200 READs one at a time (depth 1; the image's page cache answers each in microseconds): once
+/// a few in a row were fast, they run on the connection's reader instead of waking a worker,
+/// and `ctl iscsi sessions` counts them (a loaded machine may stretch some past the bound and
+/// hand a few more over: at least 100 of 200 are asked for). Five WRITEs, each held 1.5 s by
+/// the delay, are never run there (each is slow: the WRITEs' streak never builds). Before, no
+/// command ran on the reader (no such counter).
+#[test]
+fn a_depth_one_initiators_fast_reads_run_on_the_reader_slow_writes_do_not() {
+    let s = setup();
+    let mut i = login(&s);
+    let (before, inline_before) = commands(&s);
+    for n in 0..200 {
+        assert_eq!(i.read16(n % 64, 1).status, GOOD, "READ {n}");
+    }
+    let (after, inline_reads) = commands(&s);
+    assert_eq!(after - before, 200, "every READ counted once");
+    let reads = inline_reads - inline_before;
+    println!("{reads} of 200 READs ran on the reader");
+    assert!(reads >= 100, "{reads} of 200 READs ran on the reader");
+    for n in 0..5 {
+        assert_eq!(i.write16(300 + n, &[0x5a; 512]).status, GOOD, "WRITE {n}");
+    }
+    assert_eq!(
+        commands(&s).1,
+        inline_reads,
+        "no slow WRITE ran on the reader"
+    );
+}
+
+/// The known limit of running a command on the connection's reader: a command that arrives
+/// while one runs there waits for it. The session's WRITEs are fast at first (no delay), then
+/// the probe holds every write 1.5 s: the next WRITE runs on the reader (the session idle, its
+/// kind's history fast), and a READ sent 0.3 s behind it is answered only after it (handed to
+/// a worker, as when the history is slow, `reads_behind_a_slow_write_are_answered_before_it`,
+/// the READ came first). It costs the one slower-than-its-history command's time, once: that
+/// WRITE resets the history, and the session's next WRITEs are handed over.
+#[test]
+fn limit_a_command_behind_one_running_on_the_reader_waits_for_it() {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let target = "iqn.2026-12.io.sharedisk.test:inline";
+    let d = TestDaemon::start_probed(&["vm1"], |_| {});
+    let config = IscsiConfig {
+        listen: vec![addr],
+        target: Some(target.into()),
+        initiators: vec![INITIATOR_A.into()],
+        ..Default::default()
+    };
+    let _portal = Portal::start(d.server().target().clone(), config, 8, 1).expect("portal");
+    let mut i = IscsiClient::login(addr, INITIATOR_A, target, ISID)
+        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
+    i.drain_ua();
+    i.stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    for n in 0..32 {
+        assert_eq!(i.write16(n, &[0x11; 512]).status, GOOD, "fast WRITE {n}");
+    }
+    d.probe().set_write_delay(DELAY);
+    let write = send_write(&mut i, 128, 0x3c);
+    std::thread::sleep(DELAY / 5);
+    let read = send_read(&mut i, 64);
+    let order: Vec<u32> = (0..2).map(|_| next_status(&mut i).u32_at(16)).collect();
+    assert_eq!(
+        order,
+        [write, read],
+        "the READ waited for the WRITE on the reader"
+    );
 }
 
 /// The session is reinstated (the same initiator and ISID log in again, TSIH 0) while its WRITE

@@ -433,7 +433,7 @@ pub fn render_iscsi_sessions(v: &Value) -> String {
     for x in list {
         out.push_str(&format!(
             "{}\n  ISID 0x{}  TSIH {}  portal {}  peer {}  since {}  auth {}\n  digests header {} \
-             data {}  commands {}  bytes in {} out {}  PDU errors {}\n",
+             data {}  commands {} ({} on the reader)  bytes in {} out {}  PDU errors {}\n",
             s(x, "nexus"),
             s(x, "isid"),
             s(x, "tsih"),
@@ -444,6 +444,7 @@ pub fn render_iscsi_sessions(v: &Value) -> String {
             s(x, "header_digest"),
             s(x, "data_digest"),
             s(x, "commands"),
+            s(x, "commands_inline"),
             s(x, "bytes_in"),
             s(x, "bytes_out"),
             s(x, "pdu_errors"),

@@ -101,6 +101,7 @@ pub fn iscsi_sessions(sessions: &[std::sync::Arc<crate::transport::iscsi::Sessio
                 "data_digest": digest(s.data_digest),
                 "auth": s.auth,
                 "commands": c.commands.load(Relaxed),
+                "commands_inline": c.inline.load(Relaxed),
                 "bytes_in": c.bytes_in.load(Relaxed),
                 "bytes_out": c.bytes_out.load(Relaxed),
                 "pdu_errors": c.pdu_errors.load(Relaxed),

@@ -22,6 +22,7 @@ mod workers;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -75,6 +76,8 @@ pub struct SessionCounters {
     pub bytes_in: AtomicU64,
     /// Read data sent (Data-In).
     pub bytes_out: AtomicU64,
+    /// Commands that ran on the connection's reader, the session being idle (`workers.rs`).
+    pub inline: AtomicU64,
     /// PDUs rejected, and PDUs that could not be read (digest, length, protocol errors).
     pub pdu_errors: AtomicU64,
 }
@@ -362,7 +365,9 @@ impl Shared {
                 let hangup = Box::new(move || {
                     let _ = closer.shutdown(Shutdown::Both);
                 });
-                self.full_feature(session, (stream, writer), conn, counters, hangup, false)
+                let socket = Some(stream.as_raw_fd());
+                let io = (stream, writer, socket);
+                self.full_feature(session, io, conn, counters, hangup, false)
             }
             Err(e) => {
                 log::warn!("iscsi: connection from {peer}: {e}");
@@ -488,7 +493,7 @@ impl Shared {
     fn full_feature<R: Read, W: Write + Send>(
         &self,
         session: LoggedIn,
-        (reader, writer): (R, W),
+        (reader, writer, socket): (R, W, Option<RawFd>),
         conn: u64,
         info: Arc<SessionInfo>,
         hangup: workers::Hangup,
@@ -496,8 +501,13 @@ impl Shared {
     ) {
         let nexus = session_name(&session);
         let kind = session.kind;
-        let mut connection =
-            Connection::new(self, reader, writer, session, (nexus.clone(), info), hangup);
+        let mut connection = Connection::new(
+            self,
+            (reader, writer, socket),
+            session,
+            (nexus.clone(), info),
+            hangup,
+        );
         let end = connection.run(inline);
         match end {
             End::ColdReset => {
@@ -592,7 +602,7 @@ pub fn serve_in_memory(target: Arc<Target>, config: IscsiConfig, input: &[u8]) -
     let source = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     if let Some(session) = shared.login(&mut wire, "memory", source, 0) {
         let info = shared.describe(&session, 0, "memory".into(), "memory".into());
-        let io = (wire.input, &mut wire.output);
+        let io = (wire.input, &mut wire.output, None);
         shared.full_feature(session, io, 0, info, Box::new(|| {}), true);
     }
     wire.output

@@ -8,6 +8,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -102,6 +103,9 @@ pub struct Connection<'s, R: Read, W: Write + Send> {
     next_ttt: u32,
     /// What `ctl` and the metrics show of this session; its counters.
     info: Arc<SessionInfo>,
+    /// The connection's socket, asked whether bytes wait on it before a command runs on this
+    /// thread ([`Link::run_inline`]); `None`: never (an in-memory connection).
+    socket: Option<RawFd>,
 }
 
 fn protocol(why: impl Into<String>) -> End {
@@ -111,8 +115,7 @@ fn protocol(why: impl Into<String>) -> End {
 impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     pub fn new(
         shared: &'s Shared,
-        reader: R,
-        writer: W,
+        (reader, writer, socket): (R, W, Option<RawFd>),
         session: LoggedIn,
         (nexus, info): (String, Arc<SessionInfo>),
         hangup: Hangup,
@@ -139,6 +142,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             received_ahead: HashSet::new(),
             next_ttt: 1,
             info,
+            socket,
         }
     }
 
@@ -471,8 +475,12 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             held,
             immediate,
         };
-        if !self.link.submit(job, spawn) {
-            self.link.run_queued(self.shared);
+        let idle = || self.reader.buffer().is_empty() && self.socket.is_some_and(nothing_waiting);
+        let handed = self.link.run_inline(self.shared, job, idle);
+        if let Some(job) = handed {
+            if !self.link.submit(job, spawn) {
+                self.link.run_queued(self.shared);
+            }
         }
         if ordered {
             self.link.wait_finished(|i| i == itt);
@@ -736,6 +744,15 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         self.pending_bytes += p.data.len();
         self.pending.push_back((p, task));
     }
+}
+
+/// Whether no byte waits to be read on socket `fd` (FIONREAD); false when it cannot tell.
+fn nothing_waiting(fd: RawFd) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`; `fd` is the
+    // connection's socket, open while the connection (which owns it) lives.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    r == 0 && n == 0
 }
 
 /// ExpCmdSN after `sn` was received: past it, and past the CmdSNs in `ahead` (counted as

@@ -8,14 +8,24 @@
 //! command from its admission to its response, so that no more than [`CMD_WINDOW`] commands are
 //! outstanding and the window never shrinks (RFC 7143 §3.2.2.1).
 //!
+//! A command that would wait for a worker to wake while the session is idle runs on the reader
+//! instead ([`Link::run_inline`]): when no other command of the session is outstanding, no
+//! further byte waits on the connection and the session's last [`INLINE_STREAK`] commands of
+//! its kind (read, write, neither) each did their I/O within [`INLINE_FAST`]. A depth-1
+//! initiator so pays no thread wake-up per command; a command that arrives meanwhile waits for
+//! the inline one (which its kind's history says is short), and a session whose commands are
+//! slow (a slow disk, a delayed write) always hands them over, so none waits behind them.
+//!
 //! What the session's commands hold at once is bounded: [`MAX_HELD`] bytes of data buffers (the
 //! reader waits for workers before it takes more), [`CMD_WINDOW`] non-immediate commands and
 //! [`MAX_IMMEDIATE`] immediate ones (more get TASK SET FULL).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufWriter, Write};
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::keys::Params;
 use super::login::CMD_WINDOW;
@@ -37,6 +47,13 @@ pub(super) const MAX_WORKERS: usize = 8;
 pub(super) const MAX_HELD: usize = 16 << 20;
 /// Immediate SCSI commands outstanding at once (they take no slot of the CmdSN window).
 pub(super) const MAX_IMMEDIATE: usize = 8;
+
+/// A command runs on the reader only after this many commands of its kind in a row did their
+/// I/O within [`INLINE_FAST`].
+pub(super) const INLINE_STREAK: u32 = 4;
+/// The I/O time under which a command counts as fast for [`INLINE_STREAK`]: what a command that
+/// arrives while one runs on the reader may expect to wait.
+pub(super) const INLINE_FAST: Duration = Duration::from_micros(200);
 
 /// The SAM status TASK SET FULL.
 pub(super) const TASK_SET_FULL: u8 = 0x28;
@@ -117,6 +134,20 @@ pub(super) struct Link<W: Write> {
     /// `send_timeout_s`, or the connection broke), so that its reader, waiting for the next
     /// PDU, ends the session and frees its share.
     hangup: Hangup,
+    /// Per kind of command ([`Job::kind`]): how many in a row did their I/O within
+    /// [`INLINE_FAST`].
+    fast: [AtomicU32; 3],
+}
+
+impl Job {
+    /// Its kind, as [`Link::run_inline`] keeps their history: 0 read, 1 write, 2 neither.
+    fn kind(&self) -> usize {
+        match (self.read, self.write) {
+            (true, _) => 0,
+            (false, true) => 1,
+            (false, false) => 2,
+        }
+    }
 }
 
 /// Closes a connection from any thread (shuts its socket down).
@@ -145,6 +176,7 @@ impl<W: Write> Link<W> {
             params,
             nexus,
             info,
+            fast: Default::default(),
             hangup,
         }
     }
@@ -253,6 +285,31 @@ impl<W: Write> Link<W> {
         true
     }
 
+    /// Runs `job` on this thread (the reader's) when the session is idle: nothing queued or
+    /// running, and its kind's last [`INLINE_STREAK`] commands were fast; `socket_idle` says
+    /// whether no further byte waits on the connection (asked last, under the state's lock). Gives `job` back otherwise (to
+    /// [`Link::submit`]).
+    pub fn run_inline(
+        &self,
+        shared: &Shared,
+        job: Job,
+        socket_idle: impl FnOnce() -> bool,
+    ) -> Option<Job> {
+        if self.fast[job.kind()].load(Relaxed) < INLINE_STREAK {
+            return Some(job);
+        }
+        {
+            let mut s = lock(&self.state);
+            if !(s.queue.is_empty() && s.active.is_empty() && socket_idle()) {
+                return Some(job);
+            }
+            s.active.insert(job.itt, 1);
+        }
+        self.info.counters.inline.fetch_add(1, Relaxed);
+        self.run_and_finish(shared, job, false);
+        None
+    }
+
     /// Runs the queued commands on this thread (no worker could be started).
     pub fn run_queued(&self, shared: &Shared) {
         loop {
@@ -339,7 +396,6 @@ impl<W: Write> Link<W> {
             tasks.retire(job.task);
             return;
         }
-        self.info.counters.commands.fetch_add(1, Relaxed);
         if let Some(d) = &job.data_out {
             self.info
                 .counters
@@ -347,6 +403,7 @@ impl<W: Write> Link<W> {
                 .fetch_add(d.len() as u64, Relaxed);
         }
         let mut din = vec![0u8; job.room];
+        let started = Instant::now();
         let outcome = match job.data_out.as_mut() {
             Some(dout) => execute(shared, &self.nexus, &job.lun, &job.cdb, dout, &mut din),
             None => Outcome {
@@ -355,6 +412,12 @@ impl<W: Write> Link<W> {
                 data_in: 0,
             },
         };
+        let fast = &self.fast[job.kind()];
+        if started.elapsed() >= INLINE_FAST {
+            fast.store(0, Relaxed);
+        } else if fast.load(Relaxed) < INLINE_STREAK {
+            fast.fetch_add(1, Relaxed);
+        }
         // Its I/O ended: a TMF of another nexus no longer waits for it, whether or not the
         // initiator reads its Data-In (one that stops reading would hold every LU reset for
         // ever); one of this session waits for its response ([`Link::wait_finished`]).
