@@ -464,13 +464,15 @@ impl EtcdState {
                 None => Ok(()),
             },
             Own::Yes => {
+                // The gate closes first: dropping the guest waits for its admitted I/O (the
+                // exclusive lock), and a ring that starts a round meanwhile must find it closed.
+                gate.set(Own::No);
                 log::error!(
                     "cluster: guest {guest} was taken by node {:?} while this daemon owned it \
                      (this incarnation was replaced): not served here any more",
                     v.node
                 );
                 self.drop_guest(fencing, guest);
-                gate.set(Own::No);
                 Ok(())
             }
             Own::No => self.acquire(fencing, guest, gate, v, *rev, members),
