@@ -34,6 +34,9 @@ pub const LBA_OUT_OF_RANGE: Sense = Sense::new(0x05, 0x21, 0x00);
 pub const INVALID_FIELD_IN_CDB: Sense = Sense::new(0x05, 0x24, 0x00);
 pub const LUN_NOT_SUPPORTED: Sense = Sense::new(0x05, 0x25, 0x00);
 pub const INVALID_FIELD_IN_PARAM_LIST: Sense = Sense::new(0x05, 0x26, 0x00);
+/// INVALID FIELD IN COMMAND INFORMATION UNIT: the transport's command contradicts its CDB (iSCSI:
+/// an EDTL that ends inside a block of a WRITE's transfer).
+pub const INVALID_FIELD_IN_COMMAND_IU: Sense = Sense::new(0x05, 0x0e, 0x03);
 pub const INVALID_RELEASE_OF_PR: Sense = Sense::new(0x05, 0x26, 0x04);
 pub const PARAM_LIST_LENGTH_ERROR: Sense = Sense::new(0x05, 0x1a, 0x00);
 pub const INSUFFICIENT_REGISTRATION_RESOURCES: Sense = Sense::new(0x05, 0x55, 0x04);

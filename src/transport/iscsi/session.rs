@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
 use super::pdu::{self, header, op, put, read_pdu, Pdu, PduError, RESERVED_TAG};
-use super::workers::{implied_len, Hangup, Job, Link, TASK_SET_FULL};
+use super::workers::{implied_len, solicited, Hangup, Job, Link, TASK_SET_FULL};
 use super::{SessionInfo, Shared};
 use crate::scsi::tasks::{Scope, TaskId, TaskState};
 
@@ -447,7 +447,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         }
         self.link.reserve(held);
         let data_out = if write {
-            match self.collect(&p, edtl) {
+            match self.collect(&p, edtl, solicited(&cdb, edtl)) {
                 Ok(Collected::Data(d)) => d,
                 Ok(Collected::Aborted(tmf)) => {
                     self.abandon(task, immediate, held);
@@ -502,10 +502,11 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         self.send(b, &[], true)
     }
 
-    /// A write's data: immediate, unsolicited Data-Out (InitialR2T=No) and R2T-solicited
-    /// bursts, each checked (TTT, DataSN, offset, length) against the command. `Data(None)`:
-    /// an EDTL too large to hold; the unsolicited data was read and dropped, nothing solicited.
-    fn collect(&mut self, cmd: &Pdu, edtl: usize) -> Result<Collected, End> {
+    /// A write's data: immediate, unsolicited Data-Out (InitialR2T=No), both up to EDTL, and
+    /// R2T-solicited bursts up to `want`, each checked (TTT, DataSN, offset, length) against the
+    /// command. `Data(None)`: an EDTL too large to hold; the unsolicited data was read and
+    /// dropped, nothing solicited.
+    fn collect(&mut self, cmd: &Pdu, edtl: usize, want: usize) -> Result<Collected, End> {
         let prm = self.session.params;
         let imm = cmd.data.len();
         if imm > 0 && !prm.immediate_data {
@@ -534,8 +535,8 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             return Ok(Collected::Data(None));
         }
         let mut r2t_sn = 0;
-        while received < edtl {
-            let len = prm.max_burst.min(edtl - received);
+        while received < want {
+            let len = prm.max_burst.min(want - received);
             let ttt = self.r2t(cmd, r2t_sn, received, len)?;
             r2t_sn += 1;
             match self.sequence(cmd, ttt, received, received + len, &mut buf, true)? {
@@ -776,3 +777,4 @@ fn aborts(p: &Pdu, itt: u32) -> bool {
         _ => false,
     }
 }
+

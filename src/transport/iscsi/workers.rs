@@ -404,13 +404,10 @@ impl<W: Write> Link<W> {
         }
         let mut din = vec![0u8; job.room];
         let started = Instant::now();
-        let outcome = match job.data_out.as_mut() {
-            Some(dout) => execute(shared, &self.nexus, &job.lun, &job.cdb, dout, &mut din),
-            None => Outcome {
-                status: CHECK_CONDITION,
-                sense: Some(sense::INVALID_FIELD_IN_CDB),
-                data_in: 0,
-            },
+        let outcome = match (job.data_out.as_mut(), fit_write(&job.cdb, job.edtl)) {
+            (Some(dout), Ok(cdb)) => execute(shared, &self.nexus, &job.lun, &cdb, dout, &mut din),
+            (None, _) => refused(sense::INVALID_FIELD_IN_CDB),
+            (Some(_), Err(s)) => refused(s),
         };
         let fast = &self.fast[job.kind()];
         if started.elapsed() >= INLINE_FAST {
@@ -538,6 +535,51 @@ fn execute(
     }
 }
 
+/// CHECK CONDITION with `sense`, the command not run.
+fn refused(sense: Sense) -> Outcome {
+    Outcome {
+        status: CHECK_CONDITION,
+        sense: Some(sense),
+        data_in: 0,
+    }
+}
+
+/// The CDB to run for a command whose EDTL is `edtl` (RFC 7143 §11.4.5.1). A WRITE whose EDTL
+/// is below its transfer (residual overflow) writes only the whole blocks the EDTL covers: its
+/// CDB is rewritten to that many blocks, at the same LBA. An EDTL that ends inside a block is
+/// `Err` (INVALID FIELD IN COMMAND INFORMATION UNIT): a partial block is never written, and
+/// neither is any block of that command. Any other command, and a WRITE whose EDTL covers its
+/// transfer (residual underflow: the bytes past the transfer are ignored), runs as sent.
+pub(super) fn fit_write(cdb: &[u8; 16], edtl: usize) -> Result<[u8; 16], Sense> {
+    let Ok(Command::Write(rw)) = cdb::parse(cdb) else {
+        return Ok(*cdb);
+    };
+    if edtl >= rw.blocks as usize * BLOCK {
+        return Ok(*cdb);
+    }
+    if edtl % BLOCK != 0 {
+        return Err(sense::INVALID_FIELD_IN_COMMAND_IU);
+    }
+    // Below the transfer, so below 2^32 blocks (and below 256 for a WRITE(6)).
+    let blocks = (edtl / BLOCK) as u32;
+    let mut c = *cdb;
+    match cdb[0] {
+        cdb::op::WRITE_6 if blocks > 0 => c[4] = blocks as u8,
+        // WRITE(6) cannot say 0 blocks (0 is 256): the same LBA as a WRITE(10) of none, which
+        // still checks the LBA and the reservation as the WRITE(6) would have.
+        cdb::op::WRITE_6 => {
+            c = [0; 16];
+            c[0] = cdb::op::WRITE_10;
+            c[2..6].copy_from_slice(&(rw.lba as u32).to_be_bytes());
+            c[9] = cdb[5];
+        }
+        cdb::op::WRITE_10 => c[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
+        cdb::op::WRITE_12 => c[6..10].copy_from_slice(&blocks.to_be_bytes()),
+        _ => c[10..14].copy_from_slice(&blocks.to_be_bytes()),
+    }
+    Ok(c)
+}
+
 /// The SCSI Response data segment: SenseLength, then fixed-format sense (RFC 7143 §11.4.7).
 fn sense_data(s: Sense) -> Vec<u8> {
     let fixed = s.to_fixed();
@@ -547,11 +589,23 @@ fn sense_data(s: Sense) -> Vec<u8> {
     d
 }
 
+/// The LU's logical block length.
+const BLOCK: usize = 512;
+
 /// The bytes a READ or WRITE CDB transfers; `None` for other commands.
 pub(super) fn implied_len(cdb: &[u8]) -> Option<usize> {
     match cdb::parse(cdb) {
-        Ok(Command::Read(rw)) | Ok(Command::Write(rw)) => Some(rw.blocks as usize * 512),
+        Ok(Command::Read(rw)) | Ok(Command::Write(rw)) => Some(rw.blocks as usize * BLOCK),
         _ => None,
+    }
+}
+
+/// The bytes a command's R2Ts solicit (RFC 7143 §11.4.5.1): a WRITE's, up to its transfer when
+/// its EDTL is longer (the target asks for no data it would not use), else the EDTL.
+pub(super) fn solicited(cdb: &[u8; 16], edtl: usize) -> usize {
+    match cdb::parse(cdb) {
+        Ok(Command::Write(rw)) => edtl.min(rw.blocks as usize * BLOCK),
+        _ => edtl,
     }
 }
 
