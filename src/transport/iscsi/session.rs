@@ -777,4 +777,3 @@ fn aborts(p: &Pdu, itt: u32) -> bool {
         _ => false,
     }
 }
-

@@ -1,6 +1,8 @@
 use super::keys::{self, negotiate, Params};
 use super::nexus_name;
 use super::pdu::{self, read_pdu, write_pdu, Digests, PduError};
+use super::workers::{fit_write, solicited};
+use crate::scsi::sense;
 
 #[test]
 fn crc32c_is_castagnoli() {
@@ -81,6 +83,101 @@ fn keys_negotiate_the_profile() {
     assert_eq!(p.their_mrdsl, 65536);
     assert_eq!(a("MaxBurstLength", "12", &mut p).as_deref(), Some("Reject"));
     assert!(!p.initial_r2t);
+}
+
+#[test]
+fn immediate_data_is_and_and_initial_r2t_is_or_of_both_offers() {
+    // RFC 7143 §13.10, §13.11: ours are ImmediateData=Yes and InitialR2T=No, so either result
+    // is the initiator's offer, whatever was negotiated before (a reconnect starts afresh).
+    for (offer, yes) in [("Yes", true), ("No", false)] {
+        let mut p = Params::default();
+        assert_eq!(
+            negotiate("ImmediateData", offer, &mut p).as_deref(),
+            Some(offer)
+        );
+        assert_eq!(p.immediate_data, yes);
+        assert_eq!(
+            negotiate("InitialR2T", offer, &mut p).as_deref(),
+            Some(offer)
+        );
+        assert_eq!(p.initial_r2t, yes);
+    }
+}
+
+/// A 16-byte CDB buffer holding `c`.
+fn cdb16(c: &[u8]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..c.len()].copy_from_slice(c);
+    b
+}
+
+#[test]
+fn a_write_short_of_its_transfer_is_cut_to_the_whole_blocks_of_its_edtl() {
+    // WRITE(10) of 2 blocks at LBA 7: EDTL 512 runs as 1 block, EDTL 0 as none.
+    let w10 = cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 2, 0]);
+    assert_eq!(
+        fit_write(&w10, 512),
+        Ok(cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 1, 0]))
+    );
+    assert_eq!(
+        fit_write(&w10, 0),
+        Ok(cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 0, 0]))
+    );
+    // WRITE(12) and WRITE(16): their 32-bit TRANSFER LENGTH.
+    let w12 = cdb16(&[0xaa, 0, 0, 0, 0, 7, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(
+        fit_write(&w12, 1024),
+        Ok(cdb16(&[0xaa, 0, 0, 0, 0, 7, 0, 0, 0, 2, 0, 0]))
+    );
+    let mut w16 = cdb16(&[0x8a, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+    w16[13] = 3;
+    let mut cut = w16;
+    cut[13] = 1;
+    assert_eq!(fit_write(&w16, 512), Ok(cut));
+    // WRITE(6) of 256 blocks (length 0) at LBA 0x10203: to 255 blocks; to none, as a WRITE(10)
+    // of 0 blocks at the same LBA.
+    let w6 = cdb16(&[0x0a, 0x01, 0x02, 0x03, 0, 0]);
+    assert_eq!(
+        fit_write(&w6, 255 * 512),
+        Ok(cdb16(&[0x0a, 1, 2, 3, 255, 0]))
+    );
+    assert_eq!(
+        fit_write(&w6, 0),
+        Ok(cdb16(&[0x2a, 0, 0, 0x01, 0x02, 0x03, 0, 0, 0, 0]))
+    );
+}
+
+#[test]
+fn a_write_edtl_inside_a_block_is_refused_and_others_run_as_sent() {
+    let w10 = cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 2, 0]);
+    for edtl in [1, 200, 511, 513, 1023] {
+        assert_eq!(
+            fit_write(&w10, edtl),
+            Err(sense::INVALID_FIELD_IN_COMMAND_IU)
+        );
+    }
+    // The transfer or more (underflow): as sent.
+    assert_eq!(fit_write(&w10, 1024), Ok(w10));
+    assert_eq!(fit_write(&w10, 10000), Ok(w10));
+    // READs and other commands are not rewritten, whatever their EDTL.
+    let r10 = cdb16(&[0x28, 0, 0, 0, 0, 7, 0, 0, 2, 0]);
+    assert_eq!(fit_write(&r10, 200), Ok(r10));
+    let prout = cdb16(&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0]);
+    assert_eq!(fit_write(&prout, 0), Ok(prout));
+    // A CDB that does not parse runs as sent: the SCSI core answers it.
+    let bad = cdb16(&[0x2a, 0xff, 0, 0, 0, 7, 0, 0, 2, 0]);
+    assert_eq!(fit_write(&bad, 0), Ok(bad));
+}
+
+#[test]
+fn r2ts_solicit_a_writes_transfer_at_most_and_other_commands_edtl() {
+    let w10 = cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 1, 0]);
+    assert_eq!(solicited(&w10, 10000), 512);
+    assert_eq!(solicited(&w10, 200), 200);
+    assert_eq!(solicited(&w10, 0), 0);
+    let prout = cdb16(&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0]);
+    assert_eq!(solicited(&prout, 24), 24);
+    assert_eq!(solicited(&prout, 10000), 10000);
 }
 
 #[test]

@@ -557,7 +557,7 @@ pub(super) fn fit_write(cdb: &[u8; 16], edtl: usize) -> Result<[u8; 16], Sense> 
     if edtl >= rw.blocks as usize * BLOCK {
         return Ok(*cdb);
     }
-    if edtl % BLOCK != 0 {
+    if !edtl.is_multiple_of(BLOCK) {
         return Err(sense::INVALID_FIELD_IN_COMMAND_IU);
     }
     // Below the transfer, so below 2^32 blocks (and below 256 for a WRITE(6)).
