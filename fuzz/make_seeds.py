@@ -581,6 +581,14 @@ def iscsi_session_seeds():
     write(t, "write_bad_datasn", logged_in
           + iscsi_cmd(1, 1, rw10(0x2a, 0, 16), 8192, write=True, data=b"\xaa" * 4096)
           + iscsi_data_out(1, 1, 7, 4096, b"\xbb" * 4096))
+    # WRITE residuals (RFC 7143 §11.4.5.1): EDTL short by a block, inside a block, 0 for a
+    # WRITE(6); EDTL beyond the transfer with immediate and unsolicited data past it.
+    write(t, "write_edtl_residuals", logged_in
+          + iscsi_cmd(1, 1, rw10(0x2a, 0, 2), 512, write=True, data=b"\x33" * 512)
+          + iscsi_cmd(2, 2, rw10(0x2a, 4, 1), 200, write=True, data=b"\x44" * 200)
+          + iscsi_cmd(3, 3, bytes([0x0a, 0, 0, 8, 2, 0]), 0, write=True)
+          + iscsi_cmd(4, 4, rw10(0x2a, 12, 1), 10000, write=True, final=False, data=b"\x55" * 1024)
+          + iscsi_data_out(4, 0xFFFFFFFF, 0, 1024, b"\x66" * 1024))
     prout = prout_cdb(0, 0, 24)
     write(t, "pr_register_nop_text_tmf_logout", logged_in
           + iscsi_cmd(1, 1, prout, 24, write=True, data=prout_params(0, 0x1234))
