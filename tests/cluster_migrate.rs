@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::ctl::{ctl, ctl_json};
 use common::etcd::{ClusterDaemon, Etcd, Timing, FAST};
 use common::scsi_client::*;
 use common::vu_frontend::{
@@ -116,9 +117,45 @@ fn prout(c: &mut ScsiClient, sa: u8, typ: u8, rk: u64, sark: u64) -> ScsiResult 
     c.prout(sa, typ, rk, sark, false)
 }
 
+/// vm1's line in `sharedisk ctl --json cluster status` of daemon `d` (through its control
+/// socket).
+fn owner_status(d: &ClusterDaemon, guest: &str) -> serde_json::Value {
+    let status = ctl_json(&d.control(), &["cluster", "status"]);
+    let guests = status["guests"].as_array().cloned().unwrap_or_default();
+    guests
+        .into_iter()
+        .find(|g| g["guest"] == guest)
+        .unwrap_or_else(|| panic!("{guest} in node {}'s cluster status: {status}", d.node))
+}
+
+/// Asserts what `ctl cluster status` of `d` says of `guest`: its owning node, whether that is
+/// `d`'s incarnation and `d` serves it, its move count and the node that asked for it.
+#[track_caller]
+fn assert_owner_status(
+    d: &ClusterDaemon,
+    guest: &str,
+    (node, here, moves, want): (&str, bool, u64, Option<&str>),
+) {
+    let g = owner_status(d, guest);
+    let seen = (
+        g["node"].as_str(),
+        g["this_incarnation"].as_bool(),
+        g["served_here"].as_bool(),
+        g["moves"].as_u64(),
+        g["want"]["node"].as_str(),
+    );
+    assert_eq!(
+        seen,
+        (Some(node), Some(here), Some(here), Some(moves), want),
+        "node {}'s cluster status of {guest}: {g}",
+        d.node
+    );
+}
+
 /// vm1 moves from A to B: B's write waits while A's frontends run, A's last write lands first,
 /// B's first after it; on B vm1 gets its pending unit attention once and keeps its registration
-/// and the reservation; vm2 (on A, unregistered) stays fenced.
+/// and the reservation; vm2 (on A, unregistered) stays fenced. `ctl cluster status` shows vm1's
+/// owner record on both daemons before, during and after the move.
 #[test]
 fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,6 +185,20 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
         "B admitted vm1's write while A's frontends still run"
     );
     assert_eq!(owner(&etcd, "vm1")["want"]["node"], "b", "B asked for vm1");
+    assert_owner_status(&a, "vm1", ("a", true, moves, Some("b")));
+    assert_owner_status(&b, "vm1", ("a", false, moves, Some("b")));
+    assert_eq!(owner_status(&b, "vm1")["wanted_here"], true);
+    let text = ctl(&a.control(), &["cluster", "status"]).ok().stdout;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("vm1 "))
+        .unwrap_or_default();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        words.get(..6),
+        Some(&["vm1", "a", "*", moves.to_string().as_str(), "yes", "b"][..]),
+        "vm1's line in A's `ctl cluster status`:\n{text}"
+    );
     let last = queue_write(&mut source, SECTOR, 0xa1);
     source
         .wait_used(0, TIMEOUT)
@@ -183,6 +234,8 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
         rec["want"].is_null(),
         "A, none of whose devices has work, asked for vm1 back: {rec}"
     );
+    assert_owner_status(&a, "vm1", ("b", false, moves + 1, None));
+    assert_owner_status(&b, "vm1", ("b", true, moves + 1, None));
 
     let mut dest_scsi = ScsiClient::connect(&b.scsi("vm1"));
     check(

@@ -64,6 +64,7 @@ impl EtcdState {
         let mut members = Vec::new();
         let mut shared_epoch = None;
         let mut error = None;
+        let mut guests = Vec::new();
         match self.members(self.cfg.lease()) {
             Ok((all, epoch)) => {
                 shared_epoch = epoch;
@@ -80,6 +81,10 @@ impl EtcdState {
                         "ack_vouches": m.ack.is_some()
                             && m.acknowledged(&self.history(), a.map_or(0, |a| a.epoch), 0),
                     }));
+                }
+                match self.owners_status() {
+                    Ok(g) => guests = g,
+                    Err(e) => error = Some(e.to_string()),
                 }
             }
             Err(e) => error = Some(e.to_string()),
@@ -101,6 +106,7 @@ impl EtcdState {
             "history": self.history(),
             "fault": self.fault_json(),
             "members": members,
+            "guests": guests,
             "error": error,
         })
     }

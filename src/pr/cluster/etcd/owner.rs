@@ -387,6 +387,44 @@ impl EtcdState {
             .succeeded())
     }
 
+    /// The guests' owner records and this daemon's side of each, for `ctl cluster status`: one
+    /// entry per guest that has a record or a gate here.
+    pub(super) fn owners_status(&self) -> Result<Vec<serde_json::Value>, ClusterError> {
+        let view = self.read_owners()?;
+        let gates: BTreeMap<String, Arc<GuestGate>> = lock(&self.gates).clone();
+        let mut names: Vec<&String> = view.owners.keys().chain(gates.keys()).collect();
+        names.sort();
+        names.dedup();
+        let me = self.me();
+        Ok(names
+            .into_iter()
+            .map(|guest| {
+                let rec = view.owners.get(guest);
+                let value = rec.and_then(|(v, _)| v.as_ref());
+                let gate = gates.get(guest);
+                serde_json::json!({
+                    "guest": guest,
+                    "record": match rec {
+                        None => "none",
+                        Some((None, _)) => "unreadable",
+                        Some((Some(_), _)) => "readable",
+                    },
+                    "node": value.map(|v| v.node.clone()),
+                    "incarnation": value.map(|v| v.incarnation.clone()),
+                    "owner_is_member": value
+                        .map(|v| view.members.get(&v.node) == Some(&v.incarnation)),
+                    "this_incarnation": value.is_some_and(|v| v.incarnation == me.incarnation),
+                    "served_here": self.serves(guest),
+                    "moves": value.map(|v| v.moves),
+                    "want": value.and_then(|v| v.want.as_ref()).map(|w| serde_json::json!({
+                        "node": w.node, "incarnation": w.incarnation,
+                    })),
+                    "wanted_here": gate.is_some_and(|g| g.wanted()),
+                })
+            })
+            .collect())
+    }
+
     fn me(&self) -> Claimant {
         Claimant {
             node: self.cfg.node.clone(),
