@@ -605,3 +605,50 @@ fn a_busy_ring_of_a_guest_taken_from_its_daemon_admits_no_more() {
     );
     drop(b);
 }
+
+/// Waits until `d`'s log contains `what` (up to [`TIMEOUT`] and a lease more).
+fn wait_log(d: &ClusterDaemon, what: &str) {
+    let deadline = std::time::Instant::now() + TIMEOUT + Duration::from_millis(STEADY.lease_ms);
+    while !d.log_text().contains(what) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {} never logged {what:?}",
+            d.node
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a daemon logs when a guest it does not own has work while etcd is out of reach.
+const WAITS_FOR_ETCD: &str = "its requests wait until etcd answers";
+
+/// etcd stops answering (SIGSTOP) before the first request of vm2, a guest added then with
+/// `ctl guest add`, which no daemon owns yet: A says once that vm2 waits for etcd (its mover
+/// tries the records again every lease meanwhile: at least twice more in the 5 s watched), and
+/// serves vm2's write once etcd answers again. Before, A logged nothing about vm2.
+#[test]
+fn a_guest_no_daemon_owns_waits_for_etcd_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let a = ClusterDaemon::start(dir.path(), &etcd.endpoints(), "a", &["vm1"], &STEADY, &[]);
+    etcd.signal("-STOP");
+    ctl(&a.control(), &["guest", "add", "vm2"]).ok();
+    let mut fe = VuFrontend::connect(&a.blk("vm2"), 1, 128);
+    let status = queue_write(&mut fe, SECTOR, 0xc2);
+    wait_log(&a, WAITS_FOR_ETCD);
+    assert!(
+        fe.wait_used(0, Duration::from_secs(5)).is_none(),
+        "A admitted vm2 with no owner record"
+    );
+    assert_eq!(
+        a.log_text().matches(WAITS_FOR_ETCD).count(),
+        1,
+        "the wait logged once"
+    );
+    etcd.signal("-CONT");
+    fe.wait_used(0, TIMEOUT)
+        .expect("A serves vm2 once etcd answers");
+    assert_eq!(fe.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    assert_eq!(owner(&etcd, "vm2")["node"], "a");
+    wait_log(&a, "guest vm2: etcd answers again");
+}

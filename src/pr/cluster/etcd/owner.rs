@@ -97,6 +97,9 @@ struct GateInner {
     logged: bool,
     /// The record was seen unreadable, and logged, since it was last read.
     unreadable: bool,
+    /// A device here waited for the guest while the records could not be read, and that was
+    /// logged, since they were last read.
+    waits_for_etcd: bool,
 }
 
 impl Gate for GuestGate {
@@ -153,6 +156,7 @@ impl GuestGate {
                 stash: Vec::new(),
                 logged: false,
                 unreadable: false,
+                waits_for_etcd: false,
             }),
             handoffs: Mutex::new(Vec::new()),
         }
@@ -281,6 +285,29 @@ fn answer_lost_failpoint(done: bool) -> Result<bool, ClusterError> {
             what: "hand a guest over",
             source: Box::new(e),
         }),
+    }
+}
+
+/// The records cannot be read (etcd out of reach): says once per guest, until they can be read
+/// again, that a device here has work for a guest this daemon does not own and that it waits.
+fn log_waits_for_etcd(gates: &[(String, Arc<GuestGate>)], e: &ClusterError) {
+    for (guest, gate) in gates {
+        let mut g = lock(&gate.inner);
+        if g.own != Own::Yes && g.wanted && !g.waits_for_etcd {
+            g.waits_for_etcd = true;
+            log::warn!(
+                "cluster: guest {guest}: a connection here has work and this daemon does not own \
+                 the guest; its requests wait until etcd answers and the guest's owner record \
+                 can be read ({e})"
+            );
+        }
+    }
+}
+
+/// The records were read: a guest whose wait for etcd was logged says that etcd answers again.
+fn log_etcd_answers(guest: &str, gate: &GuestGate) {
+    if std::mem::replace(&mut lock(&gate.inner).waits_for_etcd, false) {
+        log::info!("cluster: guest {guest}: etcd answers again; its owner record is read");
     }
 }
 
@@ -434,19 +461,21 @@ impl EtcdState {
 
     /// Moves what is to be moved; returns whether a move is still under way.
     fn tend_owners(&self, fencing: &Reservations) -> bool {
-        let view = match self.read_owners() {
-            Ok(v) => v,
-            Err(e) => {
-                log::debug!("cluster: {e}");
-                return true;
-            }
-        };
         let gates: Vec<_> = lock(&self.gates)
             .iter()
             .map(|(n, g)| (n.clone(), g.clone()))
             .collect();
+        let view = match self.read_owners() {
+            Ok(v) => v,
+            Err(e) => {
+                log::debug!("cluster: {e}");
+                log_waits_for_etcd(&gates, &e);
+                return true;
+            }
+        };
         let mut busy = false;
         for (guest, gate) in gates {
+            log_etcd_answers(&guest, &gate);
             let rec = view.owners.get(&guest);
             if let Err(e) = self.tend(fencing, &guest, &gate, rec, &view.members) {
                 log::warn!("cluster: guest {guest}: {e}; tried again");
@@ -465,7 +494,13 @@ impl EtcdState {
         rec: Option<&(Option<OwnerValue>, i64)>,
         members: &BTreeMap<String, String>,
     ) -> Result<(), ClusterError> {
+        // A guest is taken only while this daemon's lease admits I/O: its parked requests run
+        // as soon as it is owned here, and would fail at once if the lease had ended more than
+        // `hold_ms` ago (etcd back, the lease not renewed yet).
         let Some((value, rev)) = rec else {
+            if !self.lease.admits() {
+                return Ok(());
+            }
             return self.create_owner(fencing, guest, gate);
         };
         let Some(v) = value else {
@@ -513,6 +548,7 @@ impl EtcdState {
                 self.drop_guest(fencing, guest);
                 Ok(())
             }
+            Own::No if !self.lease.admits() => Ok(()),
             Own::No => self.acquire(fencing, guest, gate, v, *rev, members),
         }
     }
