@@ -652,3 +652,66 @@ fn a_guest_no_daemon_owns_waits_for_etcd_and_says_so_once() {
     assert_eq!(owner(&etcd, "vm2")["node"], "a");
     wait_log(&a, "guest vm2: etcd answers again");
 }
+
+/// Waits until `guest`'s owner record has no `want`; returns the record.
+fn wait_no_want(etcd: &Etcd, guest: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let rec = owner(etcd, guest);
+        if rec["want"].is_null() {
+            return rec;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request stayed in {guest}'s record: {rec}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// B asks for vm1 (its frontend, the destination QEMU, has work) and its connection then ends
+/// (the destination QEMU killed): B withdraws its request, so when A's rings stop (the source
+/// QEMU restarts) A keeps vm1 and its next connection's write is served at once, vm1 never
+/// moved. Before, the request stayed: A handed vm1 over to B as soon as its rings stopped, B
+/// had nothing to serve it with, and A's next write waited for vm1 to come back (two moves).
+#[test]
+fn a_destination_that_went_away_after_asking_withdraws_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = etcd.endpoints();
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &STEADY, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &STEADY, &[]);
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(rec["node"], "a", "A owns vm1");
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    queue_write(&mut dest, SECTOR, 0xb2);
+    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    assert_eq!(owner(&etcd, "vm1")["want"]["node"], "b", "B asked for vm1");
+    drop(dest);
+    let after = wait_no_want(&etcd, "vm1");
+    assert_eq!(
+        (&after["node"], &after["moves"]),
+        (&rec["node"], &rec["moves"])
+    );
+    wait_log(&b, "the request to node \"a\" to hand it over is withdrawn");
+    source.stop_rings();
+    drop(source);
+    let mut again = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    let status = queue_write(&mut again, SECTOR, 0xa3);
+    again
+        .wait_used(0, PARKED)
+        .expect("A serves vm1's write at once: it kept vm1");
+    assert_eq!(again.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    let last = owner(&etcd, "vm1");
+    assert_eq!(
+        (&last["node"], &last["moves"]),
+        (&rec["node"], &rec["moves"]),
+        "vm1 never moved"
+    );
+    assert_eq!(
+        image_at(&dir.path().join("disk.img"), SECTOR * 512, 4096),
+        vec![0xa3; 4096]
+    );
+}

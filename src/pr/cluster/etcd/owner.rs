@@ -86,6 +86,8 @@ struct GateInner {
     own: Own,
     /// How many of the guest's devices hold it (a connection admits on them).
     holds: u32,
+    /// How many connections the guest's devices have.
+    conns: u32,
     /// A device here had work while the guest was not owned, and the guest was not owned here
     /// since.
     wanted: bool,
@@ -125,6 +127,22 @@ impl Gate for GuestGate {
     fn attach(&self, handoff: Weak<Handoff>) {
         lock(&self.handoffs).push(handoff);
     }
+
+    fn connected(&self) {
+        let mut g = lock(&self.inner);
+        g.conns = g.conns.saturating_add(1);
+    }
+
+    /// The last connection of a guest not owned here ended: nothing here wants it any more, and
+    /// the mover withdraws this daemon's request for it.
+    fn disconnected(&self) {
+        let mut g = lock(&self.inner);
+        g.conns = g.conns.saturating_sub(1);
+        if g.conns == 0 && g.own == Own::No && g.wanted {
+            g.wanted = false;
+            wake(&self.wake);
+        }
+    }
 }
 
 fn wake(pair: &(Mutex<bool>, Condvar)) {
@@ -151,6 +169,7 @@ impl GuestGate {
             inner: Mutex::new(GateInner {
                 own: Own::No,
                 holds: 0,
+                conns: 0,
                 wanted: false,
                 orphan_since: None,
                 stash: Vec::new(),
@@ -621,7 +640,7 @@ impl EtcdState {
             lock(&gate.inner).orphan_since = None;
         }
         if !gate.wanted() {
-            return Ok(());
+            return self.withdraw(guest, v, rev);
         }
         if live {
             return self.ask(guest, v, rev);
@@ -642,6 +661,28 @@ impl EtcdState {
             log::info!(
                 "cluster: guest {guest}: a connection here has work; asked node {:?} to hand it \
                  over",
+                v.node
+            );
+        }
+        Ok(())
+    }
+
+    /// No device here wants the guest any more (the connections that had work for it ended: a
+    /// cancelled migration, a destination QEMU killed): a request of this incarnation still in
+    /// the record is withdrawn, so that its owner does not hand the guest over to a daemon with
+    /// nothing to serve it. Conditioned on the record's revision: a record that changed
+    /// meanwhile (handed over here, asked by another) is left as it is.
+    fn withdraw(&self, guest: &str, v: &OwnerValue, rev: i64) -> Result<(), ClusterError> {
+        if v.want.as_ref() != Some(&self.me()) {
+            return Ok(());
+        }
+        let mut next = v.clone();
+        next.want = None;
+        if self.put_owner(guest, rev, &next, None)? {
+            lock(&self.moving).remove(guest);
+            log::info!(
+                "cluster: guest {guest}: no connection here has work for it any more; the \
+                 request to node {:?} to hand it over is withdrawn",
                 v.node
             );
         }
