@@ -6,7 +6,7 @@
 //! several tests share lives here, once: the daemon in-process (`daemon`) or as a process
 //! (`process`, `etcd::ClusterDaemon`), the clients (`scsi_client`, `vu_frontend`,
 //! `blkio_client`), guests (`guest`, `cluster_vm`), their QMP (`qmp`) and live migration (`migration`), etcd, the guests' owner records in it and the network lab (`etcd`,
-//! `owners`, `netlab`), and reading the image (`image`). A setup that two tests repeat becomes a helper
+//! `owners`, `netlab`), reading the image (`image`) and waiting for a log line (`logs`). A setup that two tests repeat becomes a helper
 //! here instead of a copy.
 #![allow(dead_code)]
 pub mod blkio_client;
@@ -23,6 +23,7 @@ pub mod guest;
 pub mod http;
 pub mod image;
 pub mod iscsi_client;
+pub mod logs;
 pub mod migration;
 pub mod netlab;
 pub mod owners;
