@@ -709,15 +709,24 @@ impl VuFrontend {
     /// that may be held: a migration's destination, a guest owned by another daemon); returns
     /// its status byte's address (0xff until the device writes it).
     pub fn queue_blk_write(&mut self, sector: u64, fill: u8) -> u64 {
+        self.queue_blk_write_len(sector, fill, 4096)
+    }
+
+    /// [`VuFrontend::queue_blk_write`] of `len` bytes (whole sectors).
+    pub fn queue_blk_write_len(&mut self, sector: u64, fill: u8, len: usize) -> u64 {
         let hdr = self.alloc(16);
         self.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
-        let data = self.alloc(4096);
-        self.write_mem(data, &[fill; 4096]);
+        let data = self.alloc(len);
+        self.write_mem(data, &vec![fill; len]);
         let status = self.alloc(1);
         self.write_mem(status, &[0xff]);
         self.submit(
             0,
-            &[Desc::r(hdr, 16), Desc::r(data, 4096), Desc::w(status, 1)],
+            &[
+                Desc::r(hdr, 16),
+                Desc::r(data, len as u32),
+                Desc::w(status, 1),
+            ],
         );
         status
     }
