@@ -590,7 +590,8 @@ const WAITS_FOR_ETCD: &str = "its requests wait until etcd answers";
 /// etcd stops answering (SIGSTOP) before the first request of vm2, a guest added then with
 /// `ctl guest add`, which no daemon owns yet: A says once that vm2 waits for etcd (its mover
 /// tries the records again every lease meanwhile: at least twice more in the 5 s watched), and
-/// serves vm2's write once etcd answers again. Before, A logged nothing about vm2.
+/// serves vm2's write once etcd answers again; meanwhile `ctl cluster status` shows vm2 waiting
+/// here, its record unknown. Before, A logged nothing about vm2.
 #[test]
 fn a_guest_no_daemon_owns_waits_for_etcd_and_says_so_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -609,6 +610,12 @@ fn a_guest_no_daemon_owns_waits_for_etcd_and_says_so_once() {
         a.log_text().matches(WAITS_FOR_ETCD).count(),
         1,
         "the wait logged once"
+    );
+    let vm2 = owner_status(&a, "vm2");
+    assert_eq!(
+        (&vm2["record"], &vm2["served_here"], &vm2["wanted_here"]),
+        (&"unknown".into(), &false.into(), &true.into()),
+        "A's cluster status of vm2 with etcd out of reach: {vm2}"
     );
     etcd.signal("-CONT");
     fe.wait_used(0, TIMEOUT)

@@ -368,6 +368,10 @@ fn render_owners(guests: &Value) -> String {
         let f = |k: &str| g.get(k).cloned().unwrap_or(Value::Null);
         let owner = match (f("record").as_str(), f("node").as_str()) {
             (Some("unreadable"), _) => "(unreadable)".to_string(),
+            (Some("unknown"), _) if f("wanted_here").as_bool() == Some(true) => {
+                "(etcd?) waits".to_string()
+            }
+            (Some("unknown"), _) => "(etcd?)".to_string(),
             (_, None) => "(none yet)".to_string(),
             (_, Some(node)) => format!(
                 "{node}{}{}",

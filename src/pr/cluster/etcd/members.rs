@@ -64,7 +64,7 @@ impl EtcdState {
         let mut members = Vec::new();
         let mut shared_epoch = None;
         let mut error = None;
-        let mut guests = Vec::new();
+        let guests;
         match self.members(self.cfg.lease()) {
             Ok((all, epoch)) => {
                 shared_epoch = epoch;
@@ -84,10 +84,16 @@ impl EtcdState {
                 }
                 match self.owners_status() {
                     Ok(g) => guests = g,
-                    Err(e) => error = Some(e.to_string()),
+                    Err(e) => {
+                        guests = self.local_owners_status();
+                        error = Some(e.to_string());
+                    }
                 }
             }
-            Err(e) => error = Some(e.to_string()),
+            Err(e) => {
+                guests = self.local_owners_status();
+                error = Some(e.to_string());
+            }
         }
         serde_json::json!({
             "node": self.cfg.node,

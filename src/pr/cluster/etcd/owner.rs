@@ -433,8 +433,26 @@ impl EtcdState {
             .succeeded())
     }
 
+    /// This daemon's side of its guests while the records cannot be read, for `ctl cluster
+    /// status`: the record `unknown`, whether a guest is served here (its gate admits), and
+    /// whether a device here waits for it.
+    pub(super) fn local_owners_status(&self) -> Vec<serde_json::Value> {
+        let gates: BTreeMap<String, Arc<GuestGate>> = lock(&self.gates).clone();
+        gates
+            .iter()
+            .map(|(guest, gate)| {
+                serde_json::json!({
+                    "guest": guest,
+                    "record": "unknown",
+                    "served_here": gate.own() == Own::Yes,
+                    "wanted_here": gate.wanted(),
+                })
+            })
+            .collect()
+    }
+
     /// The guests' owner records and this daemon's side of each, for `ctl cluster status`: one
-    /// entry per guest that has a record or a gate here.
+    /// entry per guest that has a record or a gate here; served here: its gate admits.
     pub(super) fn owners_status(&self) -> Result<Vec<serde_json::Value>, ClusterError> {
         let view = self.read_owners()?;
         let gates: BTreeMap<String, Arc<GuestGate>> = lock(&self.gates).clone();
@@ -460,7 +478,7 @@ impl EtcdState {
                     "owner_is_member": value
                         .map(|v| view.members.get(&v.node) == Some(&v.incarnation)),
                     "this_incarnation": value.is_some_and(|v| v.incarnation == me.incarnation),
-                    "served_here": self.serves(guest),
+                    "served_here": gate.is_some_and(|g| g.own() == Own::Yes),
                     "moves": value.map(|v| v.moves),
                     "want": value.and_then(|v| v.want.as_ref()).map(|w| serde_json::json!({
                         "node": w.node, "incarnation": w.incarnation,
