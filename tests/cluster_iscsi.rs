@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use common::ctl::ctl_json;
 use common::etcd::{signal, ClusterDaemon, Etcd, Timing};
 use common::image::image_bytes;
-use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A, INITIATOR_B};
+use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A, INITIATOR_B, TARGET_LOGGED};
+use common::logs::word_after;
 use common::scsi_client::{
     ScsiClient, ScsiResult, BUSY, PRIN_READ_FULL_STATUS, PRIN_READ_RESERVATION,
     RESERVATION_CONFLICT, SA_PREEMPT, SA_PREEMPT_AND_ABORT, SA_REGISTER, SA_RESERVE,
@@ -95,19 +96,8 @@ fn restart_node(dir: &Path, node: &str, cfg: PathBuf, portal: SocketAddr, guests
 
 /// The target name from the log line `iscsi: target NAME on ...` (waited for up to 20 s).
 fn served_target(d: &ClusterDaemon) -> String {
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        if let Some(line) = d.log_text().lines().find(|l| l.contains("iscsi: target ")) {
-            let rest = line.split("iscsi: target ").nth(1).unwrap_or_default();
-            return rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{}: no portal started: {}", d.node, d.log_text());
+    word_after(|| d.log_text(), TARGET_LOGGED, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("{}: no portal started: {}", d.node, d.log_text()))
 }
 
 impl Lab {
@@ -167,6 +157,13 @@ fn conflict(r: &ScsiResult, what: &str) {
 #[track_caller]
 fn unit_attention(r: &ScsiResult, s: (u8, u8, u8), what: &str) {
     assert_eq!((r.status, r.sense), (CHECK_CONDITION, Some(s)), "{what}");
+}
+
+/// A PR OUT through `c` (service action, type, reservation key, service action reservation
+/// key), sent again while BUSY: GOOD expected.
+#[track_caller]
+fn prout_good(c: &mut IscsiClient, sa: u8, typ: u8, rk: u64, sark: u64, what: &str) {
+    good(&retry_busy(|| c.prout(sa, typ, rk, sark)), what);
 }
 
 /// READ RESERVATION: the holder's key and the type, if reserved.
@@ -260,19 +257,10 @@ fn one_initiator_with_a_session_to_each_portal_sees_one_state() {
     // One initiator, two sessions (two ISIDs): two nexuses, one through each daemon.
     let mut a = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
     let mut b = Lab::login(&lab.h2, INITIATOR_A, ISID_2);
-    good(
-        &retry_busy(|| a.prout(SA_REGISTER, 0, 0, 0xa1)),
-        "REGISTER on h1",
-    );
+    prout_good(&mut a, SA_REGISTER, 0, 0, 0xa1, "REGISTER on h1");
     assert_eq!(read_keys(&mut b), vec![0xa1], "READ KEYS on h2");
-    good(
-        &retry_busy(|| b.prout(SA_REGISTER, 0, 0, 0xb2)),
-        "REGISTER on h2",
-    );
-    good(
-        &retry_busy(|| b.prout(SA_RESERVE, WE, 0xb2, 0)),
-        "RESERVE on h2",
-    );
+    prout_good(&mut b, SA_REGISTER, 0, 0, 0xb2, "REGISTER on h2");
+    prout_good(&mut b, SA_RESERVE, WE, 0xb2, 0, "RESERVE on h2");
     assert_eq!(
         reservation(&mut a),
         Some((0xb2, WE)),
@@ -300,10 +288,7 @@ fn one_initiator_with_a_session_to_each_portal_sees_one_state() {
         assert!(text.contains(&n), "READ FULL STATUS names {n}: {text:?}");
     }
     // A PREEMPT through h1 reaches h2's nexus as a unit attention queued there.
-    good(
-        &retry_busy(|| a.prout(SA_PREEMPT, WE, 0xa1, 0xb2)),
-        "PREEMPT on h1",
-    );
+    prout_good(&mut a, SA_PREEMPT, WE, 0xa1, 0xb2, "PREEMPT on h1");
     unit_attention(
         &retry_busy(|| b.write16(8, &[0x33; 512])),
         REGISTRATIONS_PREEMPTED,
@@ -341,18 +326,16 @@ fn preempt_and_abort_through_one_portal_fences_the_victims_session_on_the_other(
     let lab = Lab::start(&[]);
     let mut holder = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
     let mut victim = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
-    good(
-        &retry_busy(|| holder.prout(SA_REGISTER, 0, 0, 0xa1)),
-        "holder REGISTER",
-    );
-    good(
-        &retry_busy(|| holder.prout(SA_RESERVE, WE_RO, 0xa1, 0)),
+    prout_good(&mut holder, SA_REGISTER, 0, 0, 0xa1, "holder REGISTER");
+    prout_good(
+        &mut holder,
+        SA_RESERVE,
+        WE_RO,
+        0xa1,
+        0,
         "holder RESERVE (registrants only)",
     );
-    good(
-        &retry_busy(|| victim.prout(SA_REGISTER, 0, 0, 0xb2)),
-        "victim REGISTER",
-    );
+    prout_good(&mut victim, SA_REGISTER, 0, 0, 0xb2, "victim REGISTER");
     // The victim writes tagged blocks to LBA 32 through h2, one after the other, until told to
     // stop; the tags of the writes answered GOOD are kept.
     const LBA: u64 = 32;
@@ -437,10 +420,7 @@ fn a_guest_on_one_daemon_and_an_iscsi_session_on_the_other_fence_each_other() {
         &retry_busy(|| guest.prout(SA_RESERVE, WE_RO, 0x11, 0, false)),
         "guest RESERVE",
     );
-    good(
-        &retry_busy(|| session.prout(SA_REGISTER, 0, 0, 0x22)),
-        "iSCSI REGISTER",
-    );
+    prout_good(&mut session, SA_REGISTER, 0, 0, 0x22, "iSCSI REGISTER");
     good(
         &retry_busy(|| guest.write16(40, &[0x01; 512])),
         "guest writes",
@@ -473,12 +453,20 @@ fn a_guest_on_one_daemon_and_an_iscsi_session_on_the_other_fence_each_other() {
     assert_eq!(image_bytes(&image, 41 * 512, 512), vec![0x02; 512]);
 
     // And the reverse: the session registers again and fences the guest.
-    good(
-        &retry_busy(|| session.prout(SA_REGISTER, 0, 0, 0x22)),
+    prout_good(
+        &mut session,
+        SA_REGISTER,
+        0,
+        0,
+        0x22,
         "iSCSI REGISTER again",
     );
-    good(
-        &retry_busy(|| session.prout(SA_PREEMPT_AND_ABORT, WE_RO, 0x22, 0x11)),
+    prout_good(
+        &mut session,
+        SA_PREEMPT_AND_ABORT,
+        WE_RO,
+        0x22,
+        0x11,
         "iSCSI PREEMPT AND ABORT",
     );
     let r = retry_busy(|| guest.write16(40, &[0x04; 512]));
@@ -503,14 +491,8 @@ fn a_killed_daemons_session_keeps_its_reservation_and_another_portal_preempts_it
     let mut a = Lab::login(&lab.h1, INITIATOR_A, ISID_1);
     {
         let mut b = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
-        good(
-            &retry_busy(|| b.prout(SA_REGISTER, 0, 0, 0xb2)),
-            "REGISTER on h2",
-        );
-        good(
-            &retry_busy(|| b.prout(SA_RESERVE, WE, 0xb2, 0)),
-            "RESERVE on h2",
-        );
+        prout_good(&mut b, SA_REGISTER, 0, 0, 0xb2, "REGISTER on h2");
+        prout_good(&mut b, SA_RESERVE, WE, 0xb2, 0, "RESERVE on h2");
         good(
             &retry_busy(|| b.write16(48, &[0x0b; 512])),
             "the holder writes",
@@ -526,18 +508,12 @@ fn a_killed_daemons_session_keeps_its_reservation_and_another_portal_preempts_it
     );
     assert_eq!(read_keys(&mut a), vec![0xb2]);
     // h1's PR OUTs wait for the dead member's lease bound, then proceed.
-    good(
-        &retry_busy(|| a.prout(SA_REGISTER, 0, 0, 0xa1)),
-        "REGISTER on h1",
-    );
+    prout_good(&mut a, SA_REGISTER, 0, 0, 0xa1, "REGISTER on h1");
     conflict(
         &retry_busy(|| a.write16(48, &[0x0a; 512])),
         "h1's nexus under h2's session's WE",
     );
-    good(
-        &retry_busy(|| a.prout(SA_PREEMPT, WE, 0xa1, 0xb2)),
-        "PREEMPT on h1",
-    );
+    prout_good(&mut a, SA_PREEMPT, WE, 0xa1, 0xb2, "PREEMPT on h1");
     good(
         &retry_busy(|| a.write16(48, &[0x0a; 512])),
         "the new holder writes",
@@ -565,26 +541,14 @@ fn a_nexus_preempted_while_it_had_no_session_hears_of_it_at_its_next_login() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::start(&[]);
     let mut x = Lab::login(&lab.h2, INITIATOR_A, ISID_1);
-    good(
-        &retry_busy(|| x.prout(SA_REGISTER, 0, 0, 0x0a)),
-        "x REGISTER",
-    );
+    prout_good(&mut x, SA_REGISTER, 0, 0, 0x0a, "x REGISTER");
     assert!(x.logout(), "logout");
     // Another session of the same daemon preempts x while x has no session anywhere: the
     // unit attention it establishes for x has no daemon to be queued on.
     let mut y = Lab::login(&lab.h2, INITIATOR_B, ISID_2);
-    good(
-        &retry_busy(|| y.prout(SA_REGISTER, 0, 0, 0x0b)),
-        "y REGISTER",
-    );
-    good(
-        &retry_busy(|| y.prout(SA_RESERVE, WE, 0x0b, 0)),
-        "y RESERVE",
-    );
-    good(
-        &retry_busy(|| y.prout(SA_PREEMPT, WE, 0x0b, 0x0a)),
-        "y PREEMPT x",
-    );
+    prout_good(&mut y, SA_REGISTER, 0, 0, 0x0b, "y REGISTER");
+    prout_good(&mut y, SA_RESERVE, WE, 0x0b, 0, "y RESERVE");
+    prout_good(&mut y, SA_PREEMPT, WE, 0x0b, 0x0a, "y PREEMPT x");
     // x logs in again, here and on the other daemon: each time a new initiator there (29/00),
     // told that the state may have changed before it finds its key gone.
     for node in [&lab.h2, &lab.h1] {
@@ -614,7 +578,7 @@ fn the_registration_limit_counts_the_nexuses_of_every_daemon() {
         let node = if i % 2 == 0 { &lab.h1 } else { &lab.h2 };
         let mut c = Lab::login(node, INITIATOR_A, isid(i));
         let key = 0x1000 + u64::from(i);
-        good(&retry_busy(|| c.prout(SA_REGISTER, 0, 0, key)), "REGISTER");
+        prout_good(&mut c, SA_REGISTER, 0, 0, key, "REGISTER");
         assert!(c.logout(), "logout");
     }
     const INSUFFICIENT_REGISTRATION_RESOURCES: (u8, u8, u8) = (0x05, 0x55, 0x04);
@@ -691,28 +655,16 @@ fn known_limit_one_nexus_logged_in_to_two_daemons() {
     let mut on_h2 = Lab::login(&lab.h2, INITIATOR_A, ISID_1);
     let still_open = on_h1.try_cmd(&[0u8; 6], &[], 0).is_some();
     println!("the session on h1 after the same nexus logged in to h2: open {still_open}");
-    good(
-        &retry_busy(|| on_h1.prout(SA_REGISTER, 0, 0, 0x0a)),
-        "REGISTER on h1",
-    );
+    prout_good(&mut on_h1, SA_REGISTER, 0, 0, 0x0a, "REGISTER on h1");
     assert_eq!(
         read_keys(&mut on_h2),
         vec![0x0a],
         "one registration, seen on h2"
     );
     let mut other = Lab::login(&lab.h1, INITIATOR_B, ISID_2);
-    good(
-        &retry_busy(|| other.prout(SA_REGISTER, 0, 0, 0x0b)),
-        "REGISTER",
-    );
-    good(
-        &retry_busy(|| other.prout(SA_RESERVE, WE, 0x0b, 0)),
-        "RESERVE",
-    );
-    good(
-        &retry_busy(|| other.prout(SA_PREEMPT, WE, 0x0b, 0x0a)),
-        "PREEMPT",
-    );
+    prout_good(&mut other, SA_REGISTER, 0, 0, 0x0b, "REGISTER");
+    prout_good(&mut other, SA_RESERVE, WE, 0x0b, 0, "RESERVE");
+    prout_good(&mut other, SA_PREEMPT, WE, 0x0b, 0x0a, "PREEMPT");
     for (name, c) in [("h1", &mut on_h1), ("h2", &mut on_h2)] {
         let first = retry_busy(|| c.write16(64, &[0x0a; 512]));
         println!(

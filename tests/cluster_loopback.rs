@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::etcd::{ClusterDaemon, Etcd, FAST};
 use common::image::image_bytes;
 use common::scsi_client::{ScsiClient, SA_REGISTER};
-use common::vu_frontend::{blk_header, Desc, VuFrontend, VIRTIO_BLK_T_OUT};
+use common::vu_frontend::VuFrontend;
 use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
 use sharedisk::image::{Buf, IoOp};
@@ -372,20 +372,6 @@ fn busy_answers_without_etcd_are_logged_at_most_once_a_second() {
     assert!(log.contains("more like it not logged"), "{log}");
 }
 
-/// Submits one 512-byte write of `byte` at `sector` and returns without waiting for it.
-fn submit_write(f: &mut VuFrontend, sector: u64, byte: u8) {
-    let hdr = f.alloc(16);
-    f.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
-    let data = f.alloc(512);
-    f.write_mem(data, &[byte; 512]);
-    let status = f.alloc(1);
-    f.write_mem(status, &[0xff]);
-    f.submit(
-        0,
-        &[Desc::r(hdr, 16), Desc::r(data, 512), Desc::w(status, 1)],
-    );
-}
-
 /// What [`preempt_a_paused_victim`] saw.
 struct PausedPreempt {
     /// The PREEMPT AND ABORT's answer.
@@ -451,7 +437,7 @@ fn preempt_a_paused_victim(fence_hook: Option<String>) -> PausedPreempt {
     assert_eq!(a.arbiter().prout("a", &reserve, None), PrStatus::Good);
     let mut f = VuFrontend::connect(&victim.blk("v"), 1, 64);
     const SECTOR: u64 = 100;
-    submit_write(&mut f, SECTOR, b'L');
+    f.queue_blk_write_len(SECTOR, b'L', 512);
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
     let status = a

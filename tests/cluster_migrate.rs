@@ -7,19 +7,22 @@
 
 mod common;
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use common::ctl::{ctl, ctl_json};
 use common::etcd::{ClusterDaemon, Etcd, Timing, FAST};
+use common::image::image_bytes;
+use common::owners::{owner, put_owner, wait_owner};
 use common::scsi_client::*;
-use common::vu_frontend::{
-    blk_header, Desc, VuFrontend, TIMEOUT, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT,
-};
+use common::vu_frontend::{VuFrontend, TIMEOUT, VIRTIO_BLK_S_OK};
 
-const PREFIX: &str = "/sharedisk/v1/test-disk/";
+/// What a daemon logs when the record of a guest its device holds names another daemon.
+const TAKEN_HERE: &str = "while this daemon owned it";
+
+/// How long a test waits for a log line that follows a read of etcd: [`TIMEOUT`] and a lease
+/// more (a read of a stopped etcd gives up after a lease).
+const LOG_WAIT: Duration = Duration::from_millis(10_000 + STEADY.lease_ms);
 
 /// How long a parked request is watched for not completing: an admitted one completes in
 /// milliseconds, and the daemons look at the owner records every 50 ms.
@@ -43,42 +46,6 @@ const STEADY: Timing = Timing {
 /// RESERVATIONS RELEASED and POWER ON, RESET OCCURRED.
 const RELEASED: SenseTriple = (6, 0x2a, 0x04);
 const POWER_ON: SenseTriple = (6, 0x29, 0x00);
-
-fn image_at(image: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    File::open(image)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf
-}
-
-/// Queues a 4 KiB blk write of `fill` at `sector` on queue 0 without waiting; returns the
-/// status byte's address.
-fn queue_write(fe: &mut VuFrontend, sector: u64, fill: u8) -> u64 {
-    let hdr = fe.alloc(16);
-    fe.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
-    let data = fe.alloc(4096);
-    fe.write_mem(data, &[fill; 4096]);
-    let status = fe.alloc(1);
-    fe.write_mem(status, &[0xff]);
-    fe.submit(
-        0,
-        &[Desc::r(hdr, 16), Desc::r(data, 4096), Desc::w(status, 1)],
-    );
-    status
-}
-
-/// The guest's owner record in etcd.
-fn owner(etcd: &Etcd, guest: &str) -> serde_json::Value {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.url, "get", "--print-value-only"])
-        .arg(format!("{PREFIX}owners/{guest}"))
-        .output()
-        .expect("etcdctl runs (Debian's etcd-client)");
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
 
 /// The PR state as the guests see it: vm1 (on A, key 0x11) and vm3 (on B, key 0x33) registered,
 /// vm3 holding Write Exclusive – Registrants Only, and RESERVATIONS RELEASED pending for vm1
@@ -116,9 +83,45 @@ fn prout(c: &mut ScsiClient, sa: u8, typ: u8, rk: u64, sark: u64) -> ScsiResult 
     c.prout(sa, typ, rk, sark, false)
 }
 
+/// vm1's line in `sharedisk ctl --json cluster status` of daemon `d` (through its control
+/// socket).
+fn owner_status(d: &ClusterDaemon, guest: &str) -> serde_json::Value {
+    let status = ctl_json(&d.control(), &["cluster", "status"]);
+    let guests = status["guests"].as_array().cloned().unwrap_or_default();
+    guests
+        .into_iter()
+        .find(|g| g["guest"] == guest)
+        .unwrap_or_else(|| panic!("{guest} in node {}'s cluster status: {status}", d.node))
+}
+
+/// Asserts what `ctl cluster status` of `d` says of `guest`: its owning node, whether that is
+/// `d`'s incarnation and `d` serves it, its move count and the node that asked for it.
+#[track_caller]
+fn assert_owner_status(
+    d: &ClusterDaemon,
+    guest: &str,
+    (node, here, moves, want): (&str, bool, u64, Option<&str>),
+) {
+    let g = owner_status(d, guest);
+    let seen = (
+        g["node"].as_str(),
+        g["this_incarnation"].as_bool(),
+        g["served_here"].as_bool(),
+        g["moves"].as_u64(),
+        g["want"]["node"].as_str(),
+    );
+    assert_eq!(
+        seen,
+        (Some(node), Some(here), Some(here), Some(moves), want),
+        "node {}'s cluster status of {guest}: {g}",
+        d.node
+    );
+}
+
 /// vm1 moves from A to B: B's write waits while A's frontends run, A's last write lands first,
 /// B's first after it; on B vm1 gets its pending unit attention once and keeps its registration
-/// and the reservation; vm2 (on A, unregistered) stays fenced.
+/// and the reservation; vm2 (on A, unregistered) stays fenced. `ctl cluster status` shows vm1's
+/// owner record on both daemons before, during and after the move.
 #[test]
 fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,13 +145,27 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
 
     // The destination QEMU's device on B has work: it waits while A's frontends run.
     let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
-    let dest_status = queue_write(&mut dest, SECTOR, 0xb2);
+    let dest_status = dest.queue_blk_write(SECTOR, 0xb2);
     assert!(
         dest.wait_used(0, PARKED).is_none(),
         "B admitted vm1's write while A's frontends still run"
     );
     assert_eq!(owner(&etcd, "vm1")["want"]["node"], "b", "B asked for vm1");
-    let last = queue_write(&mut source, SECTOR, 0xa1);
+    assert_owner_status(&a, "vm1", ("a", true, moves, Some("b")));
+    assert_owner_status(&b, "vm1", ("a", false, moves, Some("b")));
+    assert_eq!(owner_status(&b, "vm1")["wanted_here"], true);
+    let text = ctl(&a.control(), &["cluster", "status"]).ok().stdout;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("vm1 "))
+        .unwrap_or_default();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        words.get(..6),
+        Some(&["vm1", "a", "*", moves.to_string().as_str(), "yes", "b"][..]),
+        "vm1's line in A's `ctl cluster status`:\n{text}"
+    );
+    let last = source.queue_blk_write(SECTOR, 0xa1);
     source
         .wait_used(0, TIMEOUT)
         .expect("A's last write completes");
@@ -169,7 +186,7 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     );
     assert_eq!(dest.read_mem(dest_status, 1)[0], VIRTIO_BLK_S_OK);
     assert_eq!(
-        image_at(&image, SECTOR * 512, 4096),
+        image_bytes(&image, SECTOR * 512, 4096),
         vec![0xb2; 4096],
         "B's first write landed after A's last"
     );
@@ -183,6 +200,8 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
         rec["want"].is_null(),
         "A, none of whose devices has work, asked for vm1 back: {rec}"
     );
+    assert_owner_status(&a, "vm1", ("b", false, moves + 1, None));
+    assert_owner_status(&b, "vm1", ("b", true, moves + 1, None));
 
     let mut dest_scsi = ScsiClient::connect(&b.scsi("vm1"));
     check(
@@ -205,24 +224,73 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
 }
 
-/// Starts A (vm1) and B (vm1, vm3) with `a_env` / `b_env`, and asks for vm1 on B while A's
-/// frontend ran and stopped: returns the daemons, B's waiting frontend and its write's status.
+/// A move of vm1 asked for: A's frontend (the source QEMU) wrote, so A owns vm1; B's frontend
+/// (the destination QEMU) queued a write, held while A's frontend runs. The frontends drop
+/// first.
+struct Asked {
+    source: VuFrontend,
+    dest: VuFrontend,
+    /// The status byte's address of B's held write.
+    dest_status: u64,
+    a: ClusterDaemon,
+    b: ClusterDaemon,
+}
+
+/// Starts A (vm1) and B (vm1, vm3) with `timing` and `a_env` / `b_env`, and has B ask for vm1
+/// ([`Asked`]).
+fn ask_for_vm1(
+    dir: &Path,
+    etcd: &Etcd,
+    timing: &Timing,
+    a_env: &[(&str, &str)],
+    b_env: &[(&str, &str)],
+) -> Asked {
+    let ep = etcd.endpoints();
+    let a = ClusterDaemon::start(dir, &ep, "a", &["vm1"], timing, a_env);
+    let b = ClusterDaemon::start(dir, &ep, "b", &["vm1", "vm3"], timing, b_env);
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let dest_status = dest.queue_blk_write(SECTOR, 0xb2);
+    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    Asked {
+        source,
+        dest,
+        dest_status,
+        a,
+        b,
+    }
+}
+
+/// [`ask_for_vm1`] with FAST timing, then A's frontend stops its rings and goes away: returns
+/// the daemons, B's waiting frontend and its write's status.
 fn start_a_move(
     dir: &Path,
     etcd: &Etcd,
     a_env: &[(&str, &str)],
     b_env: &[(&str, &str)],
 ) -> (ClusterDaemon, ClusterDaemon, VuFrontend, u64) {
-    let ep = [etcd.url.clone()];
-    let a = ClusterDaemon::start(dir, &ep, "a", &["vm1"], &FAST, a_env);
-    let b = ClusterDaemon::start(dir, &ep, "b", &["vm1", "vm3"], &FAST, b_env);
-    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
-    source.blk_write(SECTOR, &[0xa1; 4096]);
-    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
-    let status = queue_write(&mut dest, SECTOR, 0xb2);
-    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    let Asked {
+        mut source,
+        dest,
+        dest_status,
+        a,
+        b,
+    } = ask_for_vm1(dir, etcd, &FAST, a_env, b_env);
     source.stop_rings();
-    (a, b, dest, status)
+    drop(source);
+    (a, b, dest, dest_status)
+}
+
+/// vm1's record as it is now, rewritten to name the incarnation that asked for it, with no
+/// request left: what a forged record or a take-over behind the owner's back would write.
+fn vm1_given_to_its_want(etcd: &Etcd) -> serde_json::Value {
+    let mut rec = owner(etcd, "vm1");
+    let want = rec["want"].clone();
+    rec["node"] = want["node"].clone();
+    rec["incarnation"] = want["incarnation"].clone();
+    rec["want"] = serde_json::Value::Null;
+    rec
 }
 
 /// The hand-over's answer is lost although etcd applied it: A, not knowing, admits nothing of
@@ -239,7 +307,7 @@ fn a_hand_over_whose_answer_was_lost_is_resolved_from_the_record() {
     let (mut source, _vm3) = reservations(&a, &b);
     let moves = owner(&etcd, "vm1")["moves"].as_u64().expect("A owns vm1");
     let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
-    let status = queue_write(&mut dest, SECTOR, 0xb2);
+    let status = dest.queue_blk_write(SECTOR, 0xb2);
     assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
     source.fe.stop_rings();
     dest.wait_used(0, TIMEOUT).expect("B admits vm1");
@@ -311,16 +379,6 @@ fn restart(dir: &Path, etcd: &Etcd, node: &str, guests: &[&str]) -> ClusterDaemo
     )
 }
 
-fn wait_exit(d: &mut ClusterDaemon) {
-    for _ in 0..200 {
-        if d.child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{} is still running: {}", d.node, d.log_text());
-}
-
 /// A is killed after it stopped admitting vm1 and took its unit attentions, before the move is
 /// committed: B's write waits; once A is restarted (a new incarnation) it takes vm1 back and
 /// hands it over, and vm1 has one owner, B.
@@ -334,7 +392,7 @@ fn a_source_killed_before_committing_the_move_hands_over_once_restarted() {
         &[("SHAREDISK_FAILPOINT", "move-stopped")],
         &[],
     );
-    wait_exit(&mut a);
+    a.wait_exit();
     assert!(
         dest.wait_used(0, PARKED).is_none(),
         "B admitted vm1 while A's record still names A"
@@ -368,7 +426,7 @@ fn a_source_killed_after_committing_the_move_leaves_the_guest_to_the_destination
         &[("SHAREDISK_FAILPOINT", "move-committed")],
         &[],
     );
-    wait_exit(&mut a);
+    a.wait_exit();
     dest.wait_used(0, TIMEOUT)
         .expect("B admits vm1: the move was committed");
     assert_eq!(dest.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
@@ -387,34 +445,22 @@ fn a_destination_killed_before_serving_serves_the_guest_once_restarted() {
         &[],
         &[("SHAREDISK_FAILPOINT", "move-received")],
     );
-    wait_exit(&mut b);
+    b.wait_exit();
     assert_eq!(owner(&etcd, "vm1")["node"], "b", "the move was committed");
     let b = restart(dir.path(), &etcd, "b", &["vm1", "vm3"]);
     let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
     dest.blk_write(SECTOR, &[0xb3; 4096]);
     assert_eq!(owner(&etcd, "vm1")["node"], "b");
     let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
-    queue_write(&mut source, SECTOR, 0xa2);
+    source.queue_blk_write(SECTOR, 0xa2);
     assert!(
         source.wait_used(0, PARKED).is_none(),
         "A admitted vm1 while B's new incarnation serves it"
     );
     assert_eq!(
-        image_at(&dir.path().join("disk.img"), SECTOR * 512, 4096),
+        image_bytes(&dir.path().join("disk.img"), SECTOR * 512, 4096),
         vec![0xb3; 4096]
     );
-}
-
-/// Writes `value` as the guest's owner record, as a hostile or mistaken etcd client would.
-fn put_owner(etcd: &Etcd, guest: &str, value: &serde_json::Value) {
-    let ok = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.url, "put"])
-        .arg(format!("{PREFIX}owners/{guest}"))
-        .arg(value.to_string())
-        .status()
-        .expect("etcdctl runs (Debian's etcd-client)");
-    assert!(ok.success(), "etcdctl put");
 }
 
 /// vm1's record is rewritten to name B while A's frontend holds vm1 and runs (a forged record,
@@ -424,37 +470,28 @@ fn put_owner(etcd: &Etcd, guest: &str, value: &serde_json::Value) {
 fn a_daemon_whose_guest_was_taken_while_it_held_it_admits_no_more_of_it() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path());
-    let ep = [etcd.url.clone()];
-    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &[]);
-    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
+    let Asked {
+        mut source,
+        mut dest,
+        dest_status,
+        a,
+        b: _b,
+    } = ask_for_vm1(dir.path(), &etcd, &FAST, &[], &[]);
     let image = dir.path().join("disk.img");
-    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
-    source.blk_write(SECTOR, &[0xa1; 4096]);
-    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
-    let dest_status = queue_write(&mut dest, SECTOR, 0xb2);
-    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
-    let mut rec = owner(&etcd, "vm1");
-    let want = rec["want"].clone();
-    assert_eq!(want["node"], "b", "B asked for vm1");
-    rec["node"] = want["node"].clone();
-    rec["incarnation"] = want["incarnation"].clone();
-    rec["want"] = serde_json::Value::Null;
+    let rec = vm1_given_to_its_want(&etcd);
+    assert_eq!(rec["node"], "b", "B asked for vm1");
     put_owner(&etcd, "vm1", &rec);
     dest.wait_used(0, TIMEOUT)
         .expect("B serves vm1 once the record names it");
     assert_eq!(dest.read_mem(dest_status, 1)[0], VIRTIO_BLK_S_OK);
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !a.log_text().contains("while this daemon owned it") {
-        assert!(std::time::Instant::now() < deadline, "A saw the record");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    queue_write(&mut source, SECTOR, 0xa3);
+    a.wait_log(TAKEN_HERE, TIMEOUT);
+    source.queue_blk_write(SECTOR, 0xa3);
     assert!(
         source.wait_used(0, PARKED).is_none(),
         "A admitted vm1's write after the record named B: two writers"
     );
     assert_eq!(
-        image_at(&image, SECTOR * 512, 4096),
+        image_bytes(&image, SECTOR * 512, 4096),
         vec![0xb2; 4096],
         "B's write is the last that landed"
     );
@@ -472,7 +509,7 @@ fn an_unreadable_owner_record_holds_the_guest_and_is_logged_once() {
     put_owner(&etcd, "vm1", &serde_json::json!({"node": 7}));
     let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
     let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
-    queue_write(&mut dest, SECTOR, 0xb2);
+    dest.queue_blk_write(SECTOR, 0xb2);
     assert!(
         dest.wait_used(0, PARKED).is_none(),
         "B admitted vm1's write under an unreadable owner record"
@@ -488,14 +525,13 @@ fn an_unreadable_owner_record_holds_the_guest_and_is_logged_once() {
 fn a_hostile_move_count_does_not_stop_the_mover() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path());
-    let ep = [etcd.url.clone()];
-    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &[]);
-    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
-    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
-    source.blk_write(SECTOR, &[0xa1; 4096]);
-    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
-    let status = queue_write(&mut dest, SECTOR, 0xb2);
-    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
+    let Asked {
+        mut source,
+        mut dest,
+        dest_status,
+        a,
+        b,
+    } = ask_for_vm1(dir.path(), &etcd, &FAST, &[], &[]);
     let mut rec = owner(&etcd, "vm1");
     assert_eq!(rec["want"]["node"], "b", "B asked for vm1");
     rec["moves"] = serde_json::json!(u64::MAX);
@@ -503,7 +539,7 @@ fn a_hostile_move_count_does_not_stop_the_mover() {
     source.stop_rings();
     dest.wait_used(0, TIMEOUT)
         .expect("B admits vm1's write once A stopped its rings");
-    assert_eq!(dest.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    assert_eq!(dest.read_mem(dest_status, 1)[0], VIRTIO_BLK_S_OK);
     assert_eq!(owner(&etcd, "vm1")["node"], "b");
     assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
 }
@@ -516,34 +552,29 @@ fn a_hostile_move_count_does_not_stop_the_mover() {
 fn a_busy_ring_of_a_guest_taken_from_its_daemon_admits_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path());
-    let ep = [etcd.url.clone()];
     let delay = [("SHAREDISK_TEST_WRITE_DELAY_MS", "300")];
-    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1"], &FAST, &delay);
-    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &FAST, &[]);
-    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
-    source.blk_write(SECTOR, &[0xa1; 4096]);
-    let mut dest = VuFrontend::connect(&b.blk("vm1"), 1, 128);
-    queue_write(&mut dest, SECTOR, 0xb2);
-    assert!(dest.wait_used(0, PARKED).is_none(), "B waits for A");
-    let mut rec = owner(&etcd, "vm1");
-    let want = rec["want"].clone();
-    rec["node"] = want["node"].clone();
-    rec["incarnation"] = want["incarnation"].clone();
-    rec["want"] = serde_json::Value::Null;
+    let Asked {
+        mut source,
+        dest: _dest,
+        a,
+        b,
+        ..
+    } = ask_for_vm1(dir.path(), &etcd, &FAST, &delay, &[]);
+    let rec = vm1_given_to_its_want(&etcd);
     // A's ring has work from here on.
-    queue_write(&mut source, SECTOR + 8, 0xa2);
+    source.queue_blk_write(SECTOR + 8, 0xa2);
     std::thread::sleep(Duration::from_millis(100));
-    queue_write(&mut source, SECTOR + 8, 0xa3);
+    source.queue_blk_write(SECTOR + 8, 0xa3);
     put_owner(&etcd, "vm1", &rec);
     let deadline = std::time::Instant::now() + TIMEOUT;
     let mut n = 0u8;
-    while !a.log_text().contains("while this daemon owned it") {
+    while !a.log_text().contains(TAKEN_HERE) {
         assert!(std::time::Instant::now() < deadline, "A saw the record");
-        queue_write(&mut source, SECTOR + 8, 0xa4 + n % 8);
+        source.queue_blk_write(SECTOR + 8, 0xa4 + n % 8);
         n += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
-    let late = queue_write(&mut source, SECTOR, 0xa9);
+    let late = source.queue_blk_write(SECTOR, 0xa9);
     std::thread::sleep(PARKED);
     assert_eq!(
         source.read_mem(late, 1)[0],
@@ -551,4 +582,96 @@ fn a_busy_ring_of_a_guest_taken_from_its_daemon_admits_no_more() {
         "A served a write queued after it read that vm1 is B's"
     );
     drop(b);
+}
+
+/// What a daemon logs when a guest it does not own has work while etcd is out of reach.
+const WAITS_FOR_ETCD: &str = "its requests wait until etcd answers";
+
+/// etcd stops answering (SIGSTOP) before the first request of vm2, a guest added then with
+/// `ctl guest add`, which no daemon owns yet: A says once that vm2 waits for etcd (its mover
+/// tries the records again every lease meanwhile: at least twice more in the 5 s watched), and
+/// serves vm2's write once etcd answers again; meanwhile `ctl cluster status` shows vm2 waiting
+/// here, its record unknown. Before, A logged nothing about vm2.
+#[test]
+fn a_guest_no_daemon_owns_waits_for_etcd_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let a = ClusterDaemon::start(dir.path(), &etcd.endpoints(), "a", &["vm1"], &STEADY, &[]);
+    etcd.signal("-STOP");
+    ctl(&a.control(), &["guest", "add", "vm2"]).ok();
+    let mut fe = VuFrontend::connect(&a.blk("vm2"), 1, 128);
+    let status = fe.queue_blk_write(SECTOR, 0xc2);
+    a.wait_log(WAITS_FOR_ETCD, LOG_WAIT);
+    assert!(
+        fe.wait_used(0, Duration::from_secs(5)).is_none(),
+        "A admitted vm2 with no owner record"
+    );
+    assert_eq!(
+        a.log_text().matches(WAITS_FOR_ETCD).count(),
+        1,
+        "the wait logged once"
+    );
+    let vm2 = owner_status(&a, "vm2");
+    assert_eq!(
+        (&vm2["record"], &vm2["served_here"], &vm2["wanted_here"]),
+        (&"unknown".into(), &false.into(), &true.into()),
+        "A's cluster status of vm2 with etcd out of reach: {vm2}"
+    );
+    etcd.signal("-CONT");
+    fe.wait_used(0, TIMEOUT)
+        .expect("A serves vm2 once etcd answers");
+    assert_eq!(fe.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    assert_eq!(owner(&etcd, "vm2")["node"], "a");
+    a.wait_log("guest vm2: etcd answers again", LOG_WAIT);
+}
+
+/// B asks for vm1 (its frontend, the destination QEMU, has work) and its connection then ends
+/// (the destination QEMU killed): B withdraws its request, so when A's rings stop (the source
+/// QEMU restarts) A keeps vm1 and its next connection's write is served, vm1 never
+/// moved. Before, the request stayed: A handed vm1 over to B as soon as its rings stopped, B
+/// had nothing to serve it with, and A's next write waited for vm1 to come back (two moves).
+#[test]
+fn a_destination_that_went_away_after_asking_withdraws_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let Asked {
+        mut source,
+        dest,
+        a,
+        b,
+        ..
+    } = ask_for_vm1(dir.path(), &etcd, &STEADY, &[], &[]);
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(rec["node"], "a", "A owns vm1");
+    assert_eq!(rec["want"]["node"], "b", "B asked for vm1");
+    drop(dest);
+    let after = wait_owner(&etcd, "vm1", TIMEOUT, "the request withdrawn", |r| {
+        r["want"].is_null()
+    });
+    assert_eq!(
+        (&after["node"], &after["moves"]),
+        (&rec["node"], &rec["moves"])
+    );
+    b.wait_log(
+        "the request to node \"a\" to hand it over is withdrawn",
+        LOG_WAIT,
+    );
+    source.stop_rings();
+    drop(source);
+    let mut again = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    let status = again.queue_blk_write(SECTOR, 0xa3);
+    again
+        .wait_used(0, TIMEOUT)
+        .expect("A serves vm1's write: it kept vm1");
+    assert_eq!(again.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    let last = owner(&etcd, "vm1");
+    assert_eq!(
+        (&last["node"], &last["moves"]),
+        (&rec["node"], &rec["moves"]),
+        "vm1 never moved"
+    );
+    assert_eq!(
+        image_bytes(&dir.path().join("disk.img"), SECTOR * 512, 4096),
+        vec![0xa3; 4096]
+    );
 }

@@ -21,9 +21,7 @@ use common::deadline::SetOnDrop;
 use common::etcd::{signal, ClusterDaemon, Etcd, FAST};
 use common::image::image_bytes;
 use common::scsi_client::*;
-use common::vu_frontend::{
-    blk_header, Desc, StartOrder, VuFrontend, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT,
-};
+use common::vu_frontend::{StartOrder, VuFrontend, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
 use sharedisk::config::Config;
 use sharedisk::daemon::server::Server;
 use sharedisk::pr::cluster::ClusterConfig;
@@ -253,7 +251,7 @@ fn after_a_failed_fence_pr_in_answers_busy_until_the_background_retry_settles() 
     let mut victim = VuFrontend::connect(&lab.h2.blk("v"), 1, 64);
     signal(lab.h2.child.id(), "-STOP");
     // Sent while its daemon is stopped: it may only land if h2 ever admits again.
-    submit_write(&mut victim, 100, b'V');
+    victim.queue_blk_write_len(100, b'V', 512);
     assert_eq!(
         lab.preempt_victim(),
         PrStatus::Busy,
@@ -315,20 +313,6 @@ fn after_a_failed_fence_pr_in_answers_busy_until_the_background_retry_settles() 
         image_bytes(&image, 100 * 512, 512),
         vec![b'V'; 512],
         "the victim's write landed"
-    );
-}
-
-/// Submits one 512-byte write of `byte` at `sector` and returns without waiting for it.
-fn submit_write(f: &mut VuFrontend, sector: u64, byte: u8) {
-    let hdr = f.alloc(16);
-    f.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
-    let data = f.alloc(512);
-    f.write_mem(data, &[byte; 512]);
-    let status = f.alloc(1);
-    f.write_mem(status, &[0xff]);
-    f.submit(
-        0,
-        &[Desc::r(hdr, 16), Desc::r(data, 512), Desc::w(status, 1)],
     );
 }
 

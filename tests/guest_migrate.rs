@@ -30,10 +30,11 @@ use rand::{RngCore, SeedableRng};
 use serde_json::json;
 
 use common::guest::{Guest, GuestOpts};
+use common::migration::{self, pr_state, vm1_opts, Vm};
 use common::process::DaemonProcess;
-use common::qmp::{qmp_args, Qmp};
-use common::scsi_client::{conflict, ScsiClient};
-use common::vu_frontend::{VuFrontend, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_OUT};
+use common::qmp::Qmp;
+use common::scsi_client::ScsiClient;
+use common::vu_frontend::VuFrontend;
 
 const IMAGE: u64 = 160 << 20;
 /// The writers' regions, in 4 KiB blocks: vda from 0, sda from `REGION_BLOCKS`.
@@ -51,39 +52,30 @@ const BANDWIDTH: u64 = 64 << 20;
 const HOLD_BANDWIDTH: u64 = 4 << 20;
 const HOLD_AFTER: u64 = 80 << 20;
 
-struct Vm {
-    guest: Guest,
-    qmp: Qmp,
-}
-
-/// The guest's QEMU flags, with QMP on `dir/<tag>-qmp.sock` and `extra`.
+/// The guest's QEMU flags on `d`'s sockets, with QMP on `dir/<tag>-qmp.sock` and `extra`.
 fn opts<'a>(d: &DaemonProcess, dir: &Path, tag: &str, extra: &[String]) -> GuestOpts<'a> {
-    let mut o = GuestOpts::new("vm1");
-    o.blk = Some(d.blk("vm1"));
-    o.scsi = Some(d.scsi("vm1"));
-    o.memory = "256M";
+    let mut o = vm1_opts((d.blk("vm1"), d.scsi("vm1")), dir, tag, extra);
     // The Debian kernel zeroes every page it allocates (init_on_alloc): that dirties a page
     // cache page in QEMU's own log just before the device fills it, which would hide a missing
     // data-in mark almost always. Real workloads do not have that luck (long-lived direct I/O
     // buffers, recycled pages): turn it off so that the check sees what the dirty log does.
     o.kernel_args = vec!["init_on_alloc=0".into()];
-    o.extra_args = qmp_args(&dir.join(format!("{tag}-qmp.sock")));
-    o.extra_args.extend(extra.iter().cloned());
     o
 }
 
-/// Starts a destination QEMU waiting on `dir/<tag>-migrate.sock`; returns it and the URI.
+/// Starts a destination QEMU on `d` waiting on `dir/<tag>-migrate.sock`; returns it and the URI.
 fn destination(d: &DaemonProcess, dir: &Path, tag: &str) -> (Vm, String) {
-    let uri = format!("unix:{}", dir.join(format!("{tag}-migrate.sock")).display());
-    let o = opts(d, dir, tag, &["-incoming".into(), uri.clone()]);
-    let guest = Guest::start_incoming(o);
-    let qmp = Qmp::new(dir.join(format!("{tag}-qmp.sock")));
-    assert_eq!(
-        qmp.run_state(),
-        "inmigrate",
-        "the destination waits for the stream"
-    );
-    (Vm { guest, qmp }, uri)
+    migration::destination(dir, tag, |incoming| opts(d, dir, tag, incoming))
+}
+
+/// The guest still does I/O on both devices.
+fn io_works(g: &Guest, what: &str) {
+    migration::io_works(g, 30000, what);
+}
+
+/// vm2, another initiator, is fenced on both devices by vm1's Write Exclusive reservation.
+fn vm2_fenced(scsi: &mut ScsiClient, blk: &mut VuFrontend, what: &str) {
+    migration::vm2_fenced(scsi, blk, 160000, what);
 }
 
 /// Migrates from `src` to `uri` at `bandwidth` bytes/s; returns `query-migrate` once
@@ -96,34 +88,6 @@ fn migrate(src: &Vm, uri: &str, bandwidth: u64) -> serde_json::Value {
     src.qmp.cmd("migrate", json!({ "uri": uri }));
     src.qmp
         .wait_migration(&["completed", "failed", "cancelled"], MIGRATION_TIMEOUT)
-}
-
-/// The PR state as the guest sees it: its keys and its reservation.
-fn pr_state(g: &Guest) -> String {
-    g.sh("sg_persist -n -i -k /dev/sda; sg_persist -n -i -r /dev/sda")
-}
-
-/// The guest still does I/O on both devices (a direct write and read back of one block each).
-fn io_works(g: &Guest, what: &str) {
-    for (dev, block) in [("vda", 30000u64), ("sda", 30001)] {
-        let out = g.sh(&format!(
-            "yes {what}-{dev} | head -c 4096 > /tmp/io && \
-             dd if=/tmp/io of=/dev/{dev} bs=4096 seek={block} count=1 oflag=direct 2>/dev/null && \
-             dd if=/dev/{dev} bs=4096 skip={block} count=1 iflag=direct 2>/dev/null | cmp - /tmp/io \
-             && echo same"
-        ));
-        assert!(out.contains("same"), "{what}: I/O on /dev/{dev}: {out}");
-    }
-}
-
-/// vm2, another initiator, is fenced on both devices by vm1's Write Exclusive reservation.
-fn vm2_fenced(scsi: &mut ScsiClient, blk: &mut VuFrontend, what: &str) {
-    conflict(
-        &scsi.write16(20000, &[0xee; 512]),
-        &format!("{what}: vm2 scsi"),
-    );
-    let (status, _) = blk.blk_request(VIRTIO_BLK_T_OUT, 160000, &[0xee; 512], 0);
-    assert_eq!(status, VIRTIO_BLK_S_IOERR, "{what}: vm2 blk write");
 }
 
 /// A failed migration left the guest running on `src` as it was.

@@ -14,16 +14,17 @@ mod common;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
 use common::etcd::{ClusterDaemon, Etcd, FAST};
 use common::guest::{Guest, GuestOpts};
-use common::qmp::{qmp_args, Qmp};
-use common::scsi_client::{conflict, ScsiClient};
-use common::vu_frontend::{VuFrontend, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_OUT};
+use common::migration::{self, pr_state, vm1_opts, Vm};
+use common::owners::owner_node;
+use common::qmp::Qmp;
+use common::scsi_client::ScsiClient;
+use common::vu_frontend::VuFrontend;
 
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(180);
 const BANDWIDTH: u64 = 64 << 20;
@@ -31,29 +32,23 @@ const BANDWIDTH: u64 = 64 << 20;
 const WRITERS: [(&str, u64); 2] = [("vda", 4096), ("sda", 8192)];
 const WRITES: u64 = 2048;
 
-struct Vm {
-    guest: Guest,
-    qmp: Qmp,
-}
-
 /// The guest's QEMU flags on daemon `d`'s sockets, with QMP on `dir/<tag>-qmp.sock`.
 fn opts<'a>(d: &ClusterDaemon, dir: &Path, tag: &str, extra: &[String]) -> GuestOpts<'a> {
-    let mut o = GuestOpts::new("vm1");
-    o.blk = Some(d.blk("vm1"));
-    o.scsi = Some(d.scsi("vm1"));
-    o.memory = "256M";
-    o.extra_args = qmp_args(&dir.join(format!("{tag}-qmp.sock")));
-    o.extra_args.extend(extra.iter().cloned());
-    o
+    vm1_opts((d.blk("vm1"), d.scsi("vm1")), dir, tag, extra)
 }
 
 /// A destination QEMU served by `d`, waiting on `dir/<tag>-migrate.sock`; returns it and the URI.
 fn destination(d: &ClusterDaemon, dir: &Path, tag: &str) -> (Vm, String) {
-    let uri = format!("unix:{}", dir.join(format!("{tag}-migrate.sock")).display());
-    let guest = Guest::start_incoming(opts(d, dir, tag, &["-incoming".into(), uri.clone()]));
-    let qmp = Qmp::new(dir.join(format!("{tag}-qmp.sock")));
-    assert_eq!(qmp.run_state(), "inmigrate");
-    (Vm { guest, qmp }, uri)
+    migration::destination(dir, tag, |incoming| opts(d, dir, tag, incoming))
+}
+
+/// A direct write and read back of one block on each device.
+fn io_works(g: &Guest, what: &str) {
+    migration::io_works(g, 3000, what);
+}
+
+fn vm2_fenced(scsi: &mut ScsiClient, blk: &mut VuFrontend, what: &str) {
+    migration::vm2_fenced(scsi, blk, 16000, what);
 }
 
 /// Migrates `src` to `uri`; returns (total time, downtime) in ms.
@@ -73,44 +68,6 @@ fn migrate(src: &Vm, uri: &str, what: &str) -> (u64, u64) {
     );
     eprintln!("migration {what}: total-time {total} ms, downtime {down} ms");
     (total, down)
-}
-
-fn pr_state(g: &Guest) -> String {
-    g.sh("sg_persist -n -i -k /dev/sda; sg_persist -n -i -r /dev/sda")
-}
-
-/// A direct write and read back of one block on each device.
-fn io_works(g: &Guest, what: &str) {
-    for (dev, block) in [("vda", 3000u64), ("sda", 3001)] {
-        let out = g.sh(&format!(
-            "yes {what}-{dev} | head -c 4096 > /tmp/io && \
-             dd if=/tmp/io of=/dev/{dev} bs=4096 seek={block} count=1 oflag=direct 2>/dev/null && \
-             dd if=/dev/{dev} bs=4096 skip={block} count=1 iflag=direct 2>/dev/null | cmp - /tmp/io \
-             && echo same"
-        ));
-        assert!(out.contains("same"), "{what}: I/O on /dev/{dev}: {out}");
-    }
-}
-
-fn vm2_fenced(scsi: &mut ScsiClient, blk: &mut VuFrontend, what: &str) {
-    conflict(
-        &scsi.write16(20000, &[0xee; 512]),
-        &format!("{what}: vm2 scsi"),
-    );
-    let (status, _) = blk.blk_request(VIRTIO_BLK_T_OUT, 16000, &[0xee; 512], 0);
-    assert_eq!(status, VIRTIO_BLK_S_IOERR, "{what}: vm2 blk write");
-}
-
-/// The node the guest's owner record in etcd names.
-fn owner(etcd: &Etcd) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.url, "get", "--print-value-only"])
-        .arg("/sharedisk/v1/test-disk/owners/vm1")
-        .output()
-        .expect("etcdctl runs (Debian's etcd-client)");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["node"].as_str().unwrap_or_default().to_string()
 }
 
 /// After a move to `to`: no unit attention, the same PR state, I/O works, vm2 fenced.
@@ -191,13 +148,13 @@ fn a_guest_migrates_to_another_daemon_and_back_with_its_reservation() {
     );
     vm2.0.drain_ua();
     vm2_fenced(&mut vm2.0, &mut vm2.1, "before");
-    assert_eq!(owner(&etcd), "a");
+    assert_eq!(owner_node(&etcd, "vm1"), "a");
 
     let (on_b, uri) = destination(&b, dir.path(), "on-b");
     let to_b = migrate(&src, &uri, "from daemon A to daemon B");
     src.guest.kill();
     after_move(&on_b.guest, &before, &mut vm2, "on B");
-    assert_eq!(owner(&etcd), "b", "B serves vm1");
+    assert_eq!(owner_node(&etcd, "vm1"), "b", "B serves vm1");
 
     start_writers(&on_b.guest);
     on_b.guest.sh("sleep 2");
@@ -208,7 +165,7 @@ fn a_guest_migrates_to_another_daemon_and_back_with_its_reservation() {
     let writes = writes_on_disk(&on_a.guest, &dir.path().join("disk.img"));
     assert!(writes > 0, "the writers wrote");
     after_move(&on_a.guest, &before, &mut vm2, "back on A");
-    assert_eq!(owner(&etcd), "a", "A serves vm1 again");
+    assert_eq!(owner_node(&etcd, "vm1"), "a", "A serves vm1 again");
     eprintln!(
         "guest_migrate_cluster: A to B idle {} ms (downtime {} ms), B to A under load {} ms \
          (downtime {} ms), {writes} acknowledged writes checked",

@@ -7,45 +7,16 @@
 
 mod common;
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::time::Duration;
 
+use common::image::image_bytes;
 use common::process::DaemonProcess;
 use common::scsi_client::*;
-use common::vu_frontend::{
-    blk_header, Desc, VuFrontend, TIMEOUT, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT,
-};
+use common::vu_frontend::{VuFrontend, TIMEOUT, VIRTIO_BLK_S_OK};
 
 /// How long a parked request is watched for not completing: a request the daemon admitted
 /// completes in milliseconds, so a wrong admission shows within this window on any machine.
 const PARKED: Duration = Duration::from_millis(500);
-
-fn image_at(image: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    File::open(image)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf
-}
-
-/// Queues a 4 KiB blk write of `fill` at `sector` on `fe`'s queue 0, without waiting; returns
-/// the status byte's address.
-fn queue_write(fe: &mut VuFrontend, sector: u64, fill: u8) -> u64 {
-    let hdr = fe.alloc(16);
-    fe.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
-    let data = fe.alloc(4096);
-    fe.write_mem(data, &[fill; 4096]);
-    let status = fe.alloc(1);
-    fe.write_mem(status, &[0xff]);
-    fe.submit(
-        0,
-        &[Desc::r(hdr, 16), Desc::r(data, 4096), Desc::w(status, 1)],
-    );
-    status
-}
 
 /// The destination's write waits while the source holds the device, and is done once `let_go`
 /// made the source let go.
@@ -56,19 +27,19 @@ fn destination_waits_for_the_source(let_go: impl FnOnce(VuFrontend) -> Option<Vu
     source.blk_write(0, &[0x5a; 4096]);
     let mut dest = VuFrontend::try_connect(&d.blk("vm1"), 1, 128)
         .expect("the destination's connection is accepted while the source's is live");
-    let status = queue_write(&mut dest, 8, 0xd5);
+    let status = dest.queue_blk_write(8, 0xd5);
     assert!(
         dest.wait_used(0, PARKED).is_none(),
         "the destination's write completed while the source still runs"
     );
-    assert_eq!(image_at(&d.image, 8 * 512, 4096), vec![0u8; 4096]);
+    assert_eq!(image_bytes(&d.image, 8 * 512, 4096), vec![0u8; 4096]);
     let _source = let_go(source);
     let (_, len) = dest
         .wait_used(0, TIMEOUT)
         .expect("the destination's write is done once the source let go");
     assert_eq!(len, 1);
     assert_eq!(dest.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
-    assert_eq!(image_at(&d.image, 8 * 512, 4096), vec![0xd5; 4096]);
+    assert_eq!(image_bytes(&d.image, 8 * 512, 4096), vec![0xd5; 4096]);
     assert_eq!(dest.blk_read(0, 4096), vec![0x5a; 4096]);
     d.assert_no_panic();
 }
@@ -150,6 +121,6 @@ fn the_guest_stays_one_initiator_across_the_move() {
     conflict(&other.write16(16, &[7; 512]), "vm2 fenced after the move");
     drop(source);
     good(&dest.tur(), "no unit attention when the source goes away");
-    assert_eq!(image_at(&d.image, 16 * 512, 512), vec![9; 512]);
+    assert_eq!(image_bytes(&d.image, 16 * 512, 512), vec![9; 512]);
     d.assert_no_panic();
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::daemon::TestDaemon;
-use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A};
+use common::iscsi_client::{free_port, IscsiClient, RawPdu, INITIATOR_A};
 use common::process::DaemonProcess;
 use common::scsi_client::*;
 
@@ -181,13 +181,51 @@ fn setup() -> Setup {
     }
 }
 
+/// A session of INITIATOR_A with ISID to the portal, past its unit attentions; `what` names the
+/// login in the panic of a refusal.
+fn login(s: &Setup, what: &str) -> IscsiClient {
+    let mut i = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
+        .unwrap_or_else(|st| panic!("{what} refused: {st:#06x}"));
+    i.drain_ua();
+    i
+}
+
 fn clients(s: &Setup) -> (ScsiClient, IscsiClient) {
     let mut g = ScsiClient::connect(&s.daemon.scsi("vm1"));
     g.drain_ua();
-    let mut i = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
-        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
-    i.drain_ua();
-    (g, i)
+    (g, login(s, "login"))
+}
+
+/// Sends a one-block WRITE at SMALL_LBA without its data: returns the R2T the target asks for
+/// it with.
+fn write_awaiting_r2t(i: &mut IscsiClient) -> RawPdu {
+    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
+    i.send(cmd, &[]);
+    let r2t = i.read().expect("an R2T");
+    assert_eq!(r2t.opcode(), 0x31, "R2T");
+    r2t
+}
+
+/// Sends a TEST UNIT READY and asserts that the next response is its own (no response of an
+/// aborted command before it) and reports `sense`; returns it.
+#[track_caller]
+fn tur_reports_first(i: &mut IscsiClient, sense: SenseTriple) -> RawPdu {
+    let tur = i.cmd_header(&[0; 6], 0, false, false);
+    i.send(tur, &[]);
+    let r = i.read().expect("a response");
+    assert_eq!(
+        (r.opcode(), r.u32_at(16)),
+        (0x21, u32::from_be_bytes(tur[16..20].try_into().unwrap())),
+        "the first response is the TEST UNIT READY's: {:02x?}",
+        r.bhs
+    );
+    assert_eq!(
+        r.data.get(4..16).map(|d| (d[0] & 0x0f, d[10], d[11])),
+        Some(sense),
+        "TUR: {:02x?}",
+        r.data
+    );
+    r
 }
 
 /// A LOGICAL UNIT RESET from an iSCSI initiator (RFC 7143 §11.5.1 function 5) aborts a
@@ -217,10 +255,7 @@ fn vhost_user_logical_unit_reset_aborts_an_iscsi_write_not_started() {
     let (mut g, mut i) = clients(&s);
     let data = [AFTER_FILL; 512];
     // No immediate data: the target asks for it with an R2T and waits.
-    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
-    i.send(cmd, &[]);
-    let r2t = i.read().expect("an R2T");
-    assert_eq!(r2t.opcode(), 0x31, "R2T");
+    let r2t = write_awaiting_r2t(&mut i);
     assert_eq!(
         g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0),
         VIRTIO_SCSI_S_FUNCTION_COMPLETE
@@ -228,24 +263,8 @@ fn vhost_user_logical_unit_reset_aborts_an_iscsi_write_not_started() {
     i.answer_r2t(&r2t, &data);
     // The next response is the TEST UNIT READY's, with the reset's UA: a response to the
     // write (run, or failed with that UA) would come first.
-    let tur = i.cmd_header(&[0; 6], 0, false, false);
-    i.send(tur, &[]);
-    let r = i.read().expect("a response");
-    assert_eq!(
-        (r.opcode(), r.u32_at(16)),
-        (0x21, u32::from_be_bytes(tur[16..20].try_into().unwrap())),
-        "the first response is the TEST UNIT READY's: {:02x?}",
-        r.bhs
-    );
-    assert_eq!(
-        (
-            r.bhs[3],
-            r.data.get(4..16).map(|d| (d[0] & 0x0f, d[10], d[11]))
-        ),
-        (CHECK_CONDITION, Some(LU_RESET)),
-        "TUR: {:02x?}",
-        r.data
-    );
+    let r = tur_reports_first(&mut i, LU_RESET);
+    assert_eq!(r.bhs[3], CHECK_CONDITION, "TUR: {:02x?}", r.bhs);
     good(&i.cmd(&[0; 6], &[], 0), "once");
     let fin = std::fs::read(&s.daemon.image).unwrap();
     assert_eq!(
@@ -287,9 +306,7 @@ fn vhost_user_logical_unit_reset_waits_for_an_iscsi_write_in_flight() {
 #[test]
 fn iscsi_abort_task_counts_a_cmd_sn_not_received_as_received_and_aborted() {
     let s = setup();
-    let mut i = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
-        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
-    i.drain_ua();
+    let mut i = login(&s, "login");
     // The command numbered `lost` never reaches the target (yet).
     let lost = i.cmd_sn;
     i.cmd_sn += 1;
@@ -360,9 +377,7 @@ fn reinstatement_waits_for_the_old_sessions_write_in_flight() {
     let cmd = old.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
     old.send(cmd, &data);
     std::thread::sleep(DELAY / 5);
-    let mut new = IscsiClient::login(s.addr, INITIATOR_A, &s.target, ISID)
-        .unwrap_or_else(|st| panic!("reinstatement refused: {st:#06x}"));
-    new.drain_ua();
+    let mut new = login(&s, "reinstatement");
     let r = new.read16(SMALL_LBA, 1);
     good(&r, "READ on the new session");
     std::thread::sleep(DELAY);
@@ -384,10 +399,7 @@ fn vhost_user_logical_unit_reset_aborts_an_iscsi_command_queued_behind_a_write()
     let s = setup();
     let (mut g, mut i) = clients(&s);
     let data = [AFTER_FILL; 512];
-    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
-    i.send(cmd, &[]);
-    let r2t = i.read().expect("an R2T");
-    assert_eq!(r2t.opcode(), 0x31, "R2T");
+    let r2t = write_awaiting_r2t(&mut i);
     // Behind it, in the session's queue: a WRITE with its data as immediate data.
     let queued = i.cmd_header(&write16_cdb(SMALL_LBA + 8, 1), 512, false, true);
     i.send(queued, &data);
@@ -397,21 +409,7 @@ fn vhost_user_logical_unit_reset_aborts_an_iscsi_command_queued_behind_a_write()
         VIRTIO_SCSI_S_FUNCTION_COMPLETE
     );
     i.answer_r2t(&r2t, &data);
-    let tur = i.cmd_header(&[0; 6], 0, false, false);
-    i.send(tur, &[]);
-    let r = i.read().expect("a response");
-    assert_eq!(
-        (r.opcode(), r.u32_at(16)),
-        (0x21, u32::from_be_bytes(tur[16..20].try_into().unwrap())),
-        "the first response is the TEST UNIT READY's: {:02x?}",
-        r.bhs
-    );
-    assert_eq!(
-        r.data.get(4..16).map(|d| (d[0] & 0x0f, d[10], d[11])),
-        Some(LU_RESET),
-        "TUR: {:02x?}",
-        r.data
-    );
+    tur_reports_first(&mut i, LU_RESET);
     good(&i.cmd(&[0; 6], &[], 0), "once");
     let fin = std::fs::read(&s.daemon.image).unwrap();
     assert_eq!(
@@ -439,27 +437,10 @@ fn preempt_and_abort_aborts_the_victims_queued_iscsi_write() {
     g.fe.reset();
     good(&g.prout(0, 0, 0, 0x2, false), "guest REGISTER");
     let data = [AFTER_FILL; 512];
-    let cmd = i.cmd_header(&write16_cdb(SMALL_LBA, 1), 512, false, true);
-    i.send(cmd, &[]);
-    let r2t = i.read().expect("an R2T");
-    assert_eq!(r2t.opcode(), 0x31, "R2T");
+    let r2t = write_awaiting_r2t(&mut i);
     good(&g.prout(5, 1, 0x2, 0x1, false), "guest PREEMPT AND ABORT");
     i.answer_r2t(&r2t, &data);
-    let tur = i.cmd_header(&[0; 6], 0, false, false);
-    i.send(tur, &[]);
-    let r = i.read().expect("a response");
-    assert_eq!(
-        (r.opcode(), r.u32_at(16)),
-        (0x21, u32::from_be_bytes(tur[16..20].try_into().unwrap())),
-        "the first response is the TEST UNIT READY's: {:02x?}",
-        r.bhs
-    );
-    assert_eq!(
-        r.data.get(4..16).map(|d| (d[0] & 0x0f, d[10], d[11])),
-        Some((0x06, 0x2a, 0x05)),
-        "TUR: {:02x?}",
-        r.data
-    );
+    tur_reports_first(&mut i, (0x06, 0x2a, 0x05));
     let fin = std::fs::read(&s.daemon.image).unwrap();
     assert_eq!(
         on_image(&fin, SMALL_LBA, 512),

@@ -422,6 +422,35 @@ impl ClusterDaemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log contains `what`, for up to `within`.
+    #[track_caller]
+    pub fn wait_log(&self, what: &str, within: Duration) {
+        let end = Instant::now() + within;
+        while !self.log_text().contains(what) {
+            assert!(
+                Instant::now() < end,
+                "node {} never logged {what:?}",
+                self.node
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to 10 s for the process to exit (a failpoint that kills it).
+    #[track_caller]
+    pub fn wait_exit(&mut self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < end,
+                "{} is still running: {}",
+                self.node,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `sharedisk serve --config cfg` as node `node`, expecting it to stop by itself within
     /// 30 s: whether it exited with success, and its log.
     pub fn run_to_exit(dir: &Path, node: &str, cfg: &Path) -> (bool, String) {

@@ -463,19 +463,12 @@ fn result(status: u8, sense: Option<SenseTriple>, resid: u32, data: Vec<u8>) -> 
 /// The target name a daemon serves, from its log line `iscsi: target NAME on ...` (waited for
 /// up to 10 s).
 pub fn served_target(d: &super::process::DaemonProcess) -> String {
-    for _ in 0..200 {
-        if let Some(line) = d.log().lines().find(|l| l.contains("iscsi: target ")) {
-            let rest = line.split("iscsi: target ").nth(1).unwrap_or_default();
-            return rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no iscsi target in the log: {}", d.log());
+    super::logs::word_after(|| d.log(), TARGET_LOGGED, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no iscsi target in the log: {}", d.log()))
 }
+
+/// What a daemon logs before the target name it serves.
+pub const TARGET_LOGGED: &str = "iscsi: target ";
 
 /// A TCP connection to `addr` from `source` (IPv4): std binds only on connect.
 pub fn tcp_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> TcpStream {

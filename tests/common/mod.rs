@@ -5,8 +5,8 @@
 //! write delay) or cluster mode name the feature in `required-features` in Cargo.toml. What
 //! several tests share lives here, once: the daemon in-process (`daemon`) or as a process
 //! (`process`, `etcd::ClusterDaemon`), the clients (`scsi_client`, `vu_frontend`,
-//! `blkio_client`), guests (`guest`, `cluster_vm`) and their QMP (`qmp`), etcd and the network lab (`etcd`,
-//! `netlab`), and reading the image (`image`). A setup that two tests repeat becomes a helper
+//! `blkio_client`), guests (`guest`, `cluster_vm`), their QMP (`qmp`) and live migration (`migration`), etcd, the guests' owner records in it and the network lab (`etcd`,
+//! `owners`, `netlab`), reading the image (`image`) and waiting for a log line (`logs`). A setup that two tests repeat becomes a helper
 //! here instead of a copy.
 #![allow(dead_code)]
 pub mod blkio_client;
@@ -23,7 +23,10 @@ pub mod guest;
 pub mod http;
 pub mod image;
 pub mod iscsi_client;
+pub mod logs;
+pub mod migration;
 pub mod netlab;
+pub mod owners;
 pub mod panics;
 pub mod process;
 pub mod prometheus;

@@ -705,6 +705,32 @@ impl VuFrontend {
         assert_eq!(s, VIRTIO_BLK_S_OK, "write at sector {sector}");
     }
 
+    /// Queues a 4 KiB write of `fill` at `sector` on queue 0 without waiting for it (a request
+    /// that may be held: a migration's destination, a guest owned by another daemon); returns
+    /// its status byte's address (0xff until the device writes it).
+    pub fn queue_blk_write(&mut self, sector: u64, fill: u8) -> u64 {
+        self.queue_blk_write_len(sector, fill, 4096)
+    }
+
+    /// [`VuFrontend::queue_blk_write`] of `len` bytes (whole sectors).
+    pub fn queue_blk_write_len(&mut self, sector: u64, fill: u8, len: usize) -> u64 {
+        let hdr = self.alloc(16);
+        self.write_mem(hdr, &blk_header(VIRTIO_BLK_T_OUT, sector));
+        let data = self.alloc(len);
+        self.write_mem(data, &vec![fill; len]);
+        let status = self.alloc(1);
+        self.write_mem(status, &[0xff]);
+        self.submit(
+            0,
+            &[
+                Desc::r(hdr, 16),
+                Desc::r(data, len as u32),
+                Desc::w(status, 1),
+            ],
+        );
+        status
+    }
+
     /// Reads whole sectors; panics unless the status is OK.
     pub fn blk_read(&mut self, sector: u64, len: usize) -> Vec<u8> {
         let (s, data) = self.blk_request(VIRTIO_BLK_T_IN, sector, &[], len);

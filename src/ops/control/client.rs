@@ -348,6 +348,57 @@ fn render_cluster(v: &Value) -> String {
             initiators.join(",")
         ));
     }
+    out.push_str(&render_owners(&s("guests")));
+    out
+}
+
+/// The owner records' lines of `ctl cluster status`: per guest, the owning node (`*`: this
+/// incarnation; `(gone)`: not its node's member now), whether it is served here, its move count,
+/// the node that asked for it and the owner's incarnation.
+fn render_owners(guests: &Value) -> String {
+    let list = guests.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{:<16} {:<18} {:>6} {:<11} {:<16}  owner incarnation\n",
+        "GUEST", "OWNER", "MOVES", "SERVED HERE", "WANTED BY"
+    );
+    for g in list {
+        let f = |k: &str| g.get(k).cloned().unwrap_or(Value::Null);
+        let owner = match (f("record").as_str(), f("node").as_str()) {
+            (Some("unreadable"), _) => "(unreadable)".to_string(),
+            (Some("unknown"), _) if f("wanted_here").as_bool() == Some(true) => {
+                "(etcd?) waits".to_string()
+            }
+            (Some("unknown"), _) => "(etcd?)".to_string(),
+            (_, None) => "(none yet)".to_string(),
+            (_, Some(node)) => format!(
+                "{node}{}{}",
+                if f("this_incarnation").as_bool() == Some(true) {
+                    " *"
+                } else {
+                    ""
+                },
+                if f("owner_is_member").as_bool() == Some(false) {
+                    " (gone)"
+                } else {
+                    ""
+                }
+            ),
+        };
+        out.push_str(&format!(
+            "{:<16} {:<18} {:>6} {:<11} {:<16}  {}\n",
+            f("guest").as_str().unwrap_or("?"),
+            owner,
+            f("moves")
+                .as_u64()
+                .map_or("-".to_string(), |m| m.to_string()),
+            yes_no(g, "served_here"),
+            f("want").get("node").and_then(Value::as_str).unwrap_or("-"),
+            f("incarnation").as_str().unwrap_or("-"),
+        ));
+    }
     out
 }
 

@@ -50,6 +50,10 @@ pub trait Gate: Send + Sync {
     fn unhold(&self);
     /// Kicks `handoff`'s parked rings once the guest is owned here again.
     fn attach(&self, handoff: Weak<Handoff>);
+    /// A frontend connected to one of the guest's devices.
+    fn connected(&self) {}
+    /// A connection of one of the guest's devices ended ([`Gate::connected`] before).
+    fn disconnected(&self) {}
 }
 
 /// The one holder of a guest's device among its connections.
@@ -67,6 +71,8 @@ struct Inner {
     serving: HashMap<u64, u64>,
     /// Rings of other connections that had work while the holder held the device.
     parked: Vec<(u64, u16, Vring)>,
+    /// The connections that have a ticket and have not ended.
+    live: Vec<u64>,
 }
 
 /// One connection's place in its guest device's [`Handoff`].
@@ -105,9 +111,14 @@ impl Handoff {
 
     /// A ticket for a new connection.
     pub fn ticket(self: &Arc<Self>) -> Ticket {
+        let id = TICKETS.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner).live.push(id);
+        if let Some(g) = &self.gate {
+            g.connected();
+        }
         Ticket {
             handoff: self.clone(),
-            id: TICKETS.fetch_add(1, Ordering::Relaxed),
+            id,
         }
     }
 }
@@ -198,6 +209,13 @@ impl Ticket {
         inner.parked.retain(|(id, _, _)| *id != self.id);
         if inner.holder == Some(self.id) {
             release(&self.handoff, &mut inner);
+        }
+        let before = inner.live.len();
+        inner.live.retain(|id| *id != self.id);
+        if inner.live.len() < before {
+            if let Some(g) = &self.handoff.gate {
+                g.disconnected();
+            }
         }
     }
 }

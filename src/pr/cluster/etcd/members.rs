@@ -64,6 +64,7 @@ impl EtcdState {
         let mut members = Vec::new();
         let mut shared_epoch = None;
         let mut error = None;
+        let guests;
         match self.members(self.cfg.lease()) {
             Ok((all, epoch)) => {
                 shared_epoch = epoch;
@@ -81,8 +82,18 @@ impl EtcdState {
                             && m.acknowledged(&self.history(), a.map_or(0, |a| a.epoch), 0),
                     }));
                 }
+                match self.owners_status() {
+                    Ok(g) => guests = g,
+                    Err(e) => {
+                        guests = self.local_owners_status();
+                        error = Some(e.to_string());
+                    }
+                }
             }
-            Err(e) => error = Some(e.to_string()),
+            Err(e) => {
+                guests = self.local_owners_status();
+                error = Some(e.to_string());
+            }
         }
         serde_json::json!({
             "node": self.cfg.node,
@@ -101,6 +112,7 @@ impl EtcdState {
             "history": self.history(),
             "fault": self.fault_json(),
             "members": members,
+            "guests": guests,
             "error": error,
         })
     }

@@ -86,6 +86,8 @@ struct GateInner {
     own: Own,
     /// How many of the guest's devices hold it (a connection admits on them).
     holds: u32,
+    /// How many connections the guest's devices have.
+    conns: u32,
     /// A device here had work while the guest was not owned, and the guest was not owned here
     /// since.
     wanted: bool,
@@ -97,6 +99,9 @@ struct GateInner {
     logged: bool,
     /// The record was seen unreadable, and logged, since it was last read.
     unreadable: bool,
+    /// A device here waited for the guest while the records could not be read, and that was
+    /// logged, since they were last read.
+    waits_for_etcd: bool,
 }
 
 impl Gate for GuestGate {
@@ -121,6 +126,22 @@ impl Gate for GuestGate {
 
     fn attach(&self, handoff: Weak<Handoff>) {
         lock(&self.handoffs).push(handoff);
+    }
+
+    fn connected(&self) {
+        let mut g = lock(&self.inner);
+        g.conns = g.conns.saturating_add(1);
+    }
+
+    /// The last connection of a guest not owned here ended: nothing here wants it any more, and
+    /// the mover withdraws this daemon's request for it.
+    fn disconnected(&self) {
+        let mut g = lock(&self.inner);
+        g.conns = g.conns.saturating_sub(1);
+        if g.conns == 0 && g.own == Own::No && g.wanted {
+            g.wanted = false;
+            wake(&self.wake);
+        }
     }
 }
 
@@ -148,11 +169,13 @@ impl GuestGate {
             inner: Mutex::new(GateInner {
                 own: Own::No,
                 holds: 0,
+                conns: 0,
                 wanted: false,
                 orphan_since: None,
                 stash: Vec::new(),
                 logged: false,
                 unreadable: false,
+                waits_for_etcd: false,
             }),
             handoffs: Mutex::new(Vec::new()),
         }
@@ -284,6 +307,29 @@ fn answer_lost_failpoint(done: bool) -> Result<bool, ClusterError> {
     }
 }
 
+/// The records cannot be read (etcd out of reach): says once per guest, until they can be read
+/// again, that a device here has work for a guest this daemon does not own and that it waits.
+fn log_waits_for_etcd(gates: &[(String, Arc<GuestGate>)], e: &ClusterError) {
+    for (guest, gate) in gates {
+        let mut g = lock(&gate.inner);
+        if g.own != Own::Yes && g.wanted && !g.waits_for_etcd {
+            g.waits_for_etcd = true;
+            log::warn!(
+                "cluster: guest {guest}: a connection here has work and this daemon does not own \
+                 the guest; its requests wait until etcd answers and the guest's owner record \
+                 can be read ({e})"
+            );
+        }
+    }
+}
+
+/// The records were read: a guest whose wait for etcd was logged says that etcd answers again.
+fn log_etcd_answers(guest: &str, gate: &GuestGate) {
+    if std::mem::replace(&mut lock(&gate.inner).waits_for_etcd, false) {
+        log::info!("cluster: guest {guest}: etcd answers again; its owner record is read");
+    }
+}
+
 fn senses(uas: &[(u8, u8, u8)]) -> impl Iterator<Item = Sense> + '_ {
     uas.iter()
         .take(MAX_MOVED_UAS)
@@ -387,6 +433,62 @@ impl EtcdState {
             .succeeded())
     }
 
+    /// This daemon's side of its guests while the records cannot be read, for `ctl cluster
+    /// status`: the record `unknown`, whether a guest is served here (its gate admits), and
+    /// whether a device here waits for it.
+    pub(super) fn local_owners_status(&self) -> Vec<serde_json::Value> {
+        let gates: BTreeMap<String, Arc<GuestGate>> = lock(&self.gates).clone();
+        gates
+            .iter()
+            .map(|(guest, gate)| {
+                serde_json::json!({
+                    "guest": guest,
+                    "record": "unknown",
+                    "served_here": gate.own() == Own::Yes,
+                    "wanted_here": gate.wanted(),
+                })
+            })
+            .collect()
+    }
+
+    /// The guests' owner records and this daemon's side of each, for `ctl cluster status`: one
+    /// entry per guest that has a record or a gate here; served here: its gate admits.
+    pub(super) fn owners_status(&self) -> Result<Vec<serde_json::Value>, ClusterError> {
+        let view = self.read_owners()?;
+        let gates: BTreeMap<String, Arc<GuestGate>> = lock(&self.gates).clone();
+        let mut names: Vec<&String> = view.owners.keys().chain(gates.keys()).collect();
+        names.sort();
+        names.dedup();
+        let me = self.me();
+        Ok(names
+            .into_iter()
+            .map(|guest| {
+                let rec = view.owners.get(guest);
+                let value = rec.and_then(|(v, _)| v.as_ref());
+                let gate = gates.get(guest);
+                serde_json::json!({
+                    "guest": guest,
+                    "record": match rec {
+                        None => "none",
+                        Some((None, _)) => "unreadable",
+                        Some((Some(_), _)) => "readable",
+                    },
+                    "node": value.map(|v| v.node.clone()),
+                    "incarnation": value.map(|v| v.incarnation.clone()),
+                    "owner_is_member": value
+                        .map(|v| view.members.get(&v.node) == Some(&v.incarnation)),
+                    "this_incarnation": value.is_some_and(|v| v.incarnation == me.incarnation),
+                    "served_here": gate.is_some_and(|g| g.own() == Own::Yes),
+                    "moves": value.map(|v| v.moves),
+                    "want": value.and_then(|v| v.want.as_ref()).map(|w| serde_json::json!({
+                        "node": w.node, "incarnation": w.incarnation,
+                    })),
+                    "wanted_here": gate.is_some_and(|g| g.wanted()),
+                })
+            })
+            .collect())
+    }
+
     fn me(&self) -> Claimant {
         Claimant {
             node: self.cfg.node.clone(),
@@ -396,19 +498,21 @@ impl EtcdState {
 
     /// Moves what is to be moved; returns whether a move is still under way.
     fn tend_owners(&self, fencing: &Reservations) -> bool {
-        let view = match self.read_owners() {
-            Ok(v) => v,
-            Err(e) => {
-                log::debug!("cluster: {e}");
-                return true;
-            }
-        };
         let gates: Vec<_> = lock(&self.gates)
             .iter()
             .map(|(n, g)| (n.clone(), g.clone()))
             .collect();
+        let view = match self.read_owners() {
+            Ok(v) => v,
+            Err(e) => {
+                log::debug!("cluster: {e}");
+                log_waits_for_etcd(&gates, &e);
+                return true;
+            }
+        };
         let mut busy = false;
         for (guest, gate) in gates {
+            log_etcd_answers(&guest, &gate);
             let rec = view.owners.get(&guest);
             if let Err(e) = self.tend(fencing, &guest, &gate, rec, &view.members) {
                 log::warn!("cluster: guest {guest}: {e}; tried again");
@@ -427,7 +531,13 @@ impl EtcdState {
         rec: Option<&(Option<OwnerValue>, i64)>,
         members: &BTreeMap<String, String>,
     ) -> Result<(), ClusterError> {
+        // A guest is taken only while this daemon's lease admits I/O: its parked requests run
+        // as soon as it is owned here, and would fail at once if the lease had ended more than
+        // `hold_ms` ago (etcd back, the lease not renewed yet).
         let Some((value, rev)) = rec else {
+            if !self.lease.admits() {
+                return Ok(());
+            }
             return self.create_owner(fencing, guest, gate);
         };
         let Some(v) = value else {
@@ -475,6 +585,7 @@ impl EtcdState {
                 self.drop_guest(fencing, guest);
                 Ok(())
             }
+            Own::No if !self.lease.admits() => Ok(()),
             Own::No => self.acquire(fencing, guest, gate, v, *rev, members),
         }
     }
@@ -547,7 +658,7 @@ impl EtcdState {
             lock(&gate.inner).orphan_since = None;
         }
         if !gate.wanted() {
-            return Ok(());
+            return self.withdraw(guest, v, rev);
         }
         if live {
             return self.ask(guest, v, rev);
@@ -568,6 +679,28 @@ impl EtcdState {
             log::info!(
                 "cluster: guest {guest}: a connection here has work; asked node {:?} to hand it \
                  over",
+                v.node
+            );
+        }
+        Ok(())
+    }
+
+    /// No device here wants the guest any more (the connections that had work for it ended: a
+    /// cancelled migration, a destination QEMU killed): a request of this incarnation still in
+    /// the record is withdrawn, so that its owner does not hand the guest over to a daemon with
+    /// nothing to serve it. Conditioned on the record's revision: a record that changed
+    /// meanwhile (handed over here, asked by another) is left as it is.
+    fn withdraw(&self, guest: &str, v: &OwnerValue, rev: i64) -> Result<(), ClusterError> {
+        if v.want.as_ref() != Some(&self.me()) {
+            return Ok(());
+        }
+        let mut next = v.clone();
+        next.want = None;
+        if self.put_owner(guest, rev, &next, None)? {
+            lock(&self.moving).remove(guest);
+            log::info!(
+                "cluster: guest {guest}: no connection here has work for it any more; the \
+                 request to node {:?} to hand it over is withdrawn",
                 v.node
             );
         }

@@ -55,3 +55,33 @@ fn a_guest_handed_over_is_wanted_back_only_by_a_device_with_work() {
     assert!(!gate.hold(), "a ring here has work again");
     assert!(gate.wanted(), "now it is wanted back");
 }
+
+/// A guest's devices' connections end one by one (a destination QEMU killed after its ring had
+/// work): the want is dropped with the last of them, not before, and only while not owned.
+#[test]
+fn a_guest_is_wanted_no_more_once_its_last_connection_ended() {
+    let gate: Arc<GuestGate> = Arc::new(GuestGate::new(Arc::new((
+        Mutex::new(false),
+        Condvar::new(),
+    ))));
+    let dyn_gate: Arc<dyn Gate> = gate.clone();
+    let (blk, scsi) = (
+        Handoff::gated(Some(dyn_gate.clone())),
+        Handoff::gated(Some(dyn_gate)),
+    );
+    let (b, s) = (blk.ticket(), scsi.ticket());
+    assert!(!gate.hold(), "a ring has work");
+    b.end();
+    b.end();
+    assert!(gate.wanted(), "an ended ticket ended again counts once");
+    s.end();
+    assert!(
+        !gate.wanted() && !gate.moving(),
+        "the last connection ended"
+    );
+    let t = blk.ticket();
+    assert!(!gate.hold());
+    gate.owned();
+    t.end();
+    assert_eq!(gate.own(), Own::Yes, "an owned guest stays owned");
+}
