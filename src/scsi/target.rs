@@ -731,17 +731,18 @@ impl Target {
         fua: bool,
         data_out: DataOut,
     ) -> Result<Outcome> {
-        if blocks == 0 {
-            return Ok(Outcome::good(0));
-        }
         if blocks > MAX_COMPARE_AND_WRITE_BLOCKS {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
         }
         let len = usize::from(blocks) * SECTOR as usize;
         // A data-out buffer of any other length than 2N blocks (SBC-4 §5.3) is refused, as LIO
-        // does: the halves would not line up.
+        // does: the halves would not line up. This includes N = 0 with data (an initiator that
+        // meant 256 blocks, which the 8-bit field cannot say).
         if data_out.len() != 2 * len {
             return Err(Outcome::check(sense::INVALID_FIELD_IN_CDB));
+        }
+        if blocks == 0 {
+            return Ok(Outcome::good(0));
         }
         let mut data = vec![0u8; 2 * len];
         if data_out.read(&mut data) < data.len() {

@@ -89,6 +89,10 @@ fn zero_blocks_is_good_and_changes_nothing() {
     let (_d, t) = target();
     let o = caw(&t, "vm1", &caw_cdb(0, 0), &mut []);
     assert_eq!(o, Outcome::good(0));
+    // With data, N = 0 is a mismatch (libiscsi's 256 blocks, cut to 8 bits).
+    let o = caw(&t, "vm1", &caw_cdb(0, 0), &mut halves(1, 0, 1));
+    assert_eq!(o.sense, Some(sense::INVALID_FIELD_IN_CDB));
+    assert_eq!(block_at(&t, 0), vec![0; 512]);
 }
 
 #[test]
