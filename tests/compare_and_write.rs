@@ -141,7 +141,10 @@ fn exactly_one_of_two_racing_compare_and_writes_wins() {
         wins[usize::from(ri.is_good())] += 1;
         let r = g.read16(LBA, 1);
         good(&r, "READ");
-        assert!(r.data == winner, "round {round}: the block is not the winner's data");
+        assert!(
+            r.data == winner,
+            "round {round}: the block is not the winner's data"
+        );
         current = winner;
     }
     println!(
@@ -185,7 +188,11 @@ fn a_write_racing_a_compare_and_write_never_lands_between_its_compare_and_its_wr
         assert!(
             r.data == plain,
             "round {round}: the racing WRITE was lost (COMPARE AND WRITE {})",
-            if caw_r.is_good() { "GOOD" } else { "miscompared" }
+            if caw_r.is_good() {
+                "GOOD"
+            } else {
+                "miscompared"
+            }
         );
     }
     println!("{ROUNDS} rounds: the COMPARE AND WRITE went first in {caw_won}");
@@ -201,7 +208,11 @@ fn reservations_gate_it_as_a_write_and_the_lu_advertises_it() {
     // Block Limits VPD: MAXIMUM COMPARE AND WRITE LENGTH (byte 5) is not 0.
     let vpd = g.cmd(&[0x12, 1, 0xb0, 0, 64, 0], &[], 64);
     good(&vpd, "INQUIRY Block Limits");
-    assert!(vpd.data[5] >= 1, "MAXIMUM COMPARE AND WRITE LENGTH {}", vpd.data[5]);
+    assert!(
+        vpd.data[5] >= 1,
+        "MAXIMUM COMPARE AND WRITE LENGTH {}",
+        vpd.data[5]
+    );
     // REPORT SUPPORTED OPERATION CODES, one command: SUPPORT 011b.
     let rsoc = i.cmd(&[0xa3, 0x0c, 0x01, 0x89, 0, 0, 0, 0, 0, 64, 0, 0], &[], 64);
     good(&rsoc, "REPORT SUPPORTED OPERATION CODES");

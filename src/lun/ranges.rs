@@ -104,9 +104,10 @@ impl WriteRanges {
         self.leave_fast();
         let spans = ranges.filter(|&(_, len)| len > 0).map(|(o, l)| span(o, l));
         let mut r = lock(&self.ranges);
-        while spans.clone().any(|(s, e)| {
-            r.held.iter().any(|h| h.caw && h.overlaps(s, e))
-        }) {
+        while spans
+            .clone()
+            .any(|(s, e)| r.held.iter().any(|h| h.caw && h.overlaps(s, e)))
+        {
             r = self.wait(r);
         }
         let tickets = spans.map(|(s, e)| r.record(s, e, false)).collect();

@@ -626,7 +626,10 @@ impl Target {
     fn write(&self, rw: Rw, data_out: DataOut) -> Result<Outcome> {
         let mut io = self.write_io(rw, data_out)?;
         let len = buffers::total(&io.bufs) as u64;
-        let _range = self.lun.write_ranges.write(std::iter::once((io.offset, len)));
+        let _range = self
+            .lun
+            .write_ranges
+            .write(std::iter::once((io.offset, len)));
         io.result = self.lun.image.write_at(&io.bufs, io.offset, io.fua);
         Ok(self.finish_io(&io, Ok(())))
     }
@@ -751,11 +754,8 @@ impl Target {
         let (verify, write) = data.split_at_mut(len);
         let offset = lba * SECTOR;
         let unlocked = crate::testhooks::failpoint::skip("caw-unlocked");
-        let _range = (!unlocked).then(|| {
-            self.lun
-                .write_ranges
-                .compare_and_write(offset, len as u64)
-        });
+        let _range =
+            (!unlocked).then(|| self.lun.write_ranges.compare_and_write(offset, len as u64));
         let mut have = vec![0u8; len];
         self.lun
             .image

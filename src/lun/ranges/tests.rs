@@ -42,7 +42,10 @@ fn an_overlapping_write_waits_for_a_compare_and_write() {
     let l = Arc::new(WriteRanges::default());
     let caw = l.compare_and_write(4096, 512);
     let done = blocks(&l, |l| drop(l.write([(4000, 200)].into_iter())));
-    assert!(!done.load(SeqCst), "the write landed inside the compare and write");
+    assert!(
+        !done.load(SeqCst),
+        "the write landed inside the compare and write"
+    );
     drop(caw);
     until(&done);
     assert!(l.idle());

@@ -482,11 +482,22 @@ fn compare_and_write_decoding() {
             dpo: true,
         }
     );
-    assert_eq!(cmd.access(), Some(crate::pr::Access::Write), "gated as a write");
+    assert_eq!(
+        cmd.access(),
+        Some(crate::pr::Access::Write),
+        "gated as a write"
+    );
     assert_eq!(cmd.lba_range(), Some((0x0102_0304_0506_0708, 3)));
     // WRPROTECT (byte 1, bits 7:5) without protection information, and the reserved bytes
     // 10..=12, are invalid fields.
-    for (i, v) in [(1, 0x20), (1, 0x80), (10, 1), (11, 0x80), (12, 1), (1, 0x01)] {
+    for (i, v) in [
+        (1, 0x20),
+        (1, 0x80),
+        (10, 1),
+        (11, 0x80),
+        (12, 1),
+        (1, 0x01),
+    ] {
         let mut bad = c;
         bad[i] |= v;
         assert_eq!(p(&bad), Err(INVALID_FIELD_IN_CDB), "byte {i} bit {v:#x}");

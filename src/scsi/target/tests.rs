@@ -15,7 +15,13 @@ fn target() -> (tempfile::TempDir, Target) {
     let t = Target::new(Arc::new(lun));
     // Consume the power-on unit attentions.
     for who in ["vm1", "vm2"] {
-        t.execute(who, &[0, 0, 0, 0, 0, 0], DataOut::empty(), DataIn::empty(), None);
+        t.execute(
+            who,
+            &[0, 0, 0, 0, 0, 0],
+            DataOut::empty(),
+            DataIn::empty(),
+            None,
+        );
     }
     (dir, t)
 }
@@ -138,7 +144,11 @@ fn field_checks() {
 fn a_non_registrant_under_write_exclusive_gets_reservation_conflict() {
     let (_d, t) = target();
     let res = &t.lun().reservations;
-    res.prout("vm1", &ProutRequest::new(ServiceAction::Register).sa_key(1), None);
+    res.prout(
+        "vm1",
+        &ProutRequest::new(ServiceAction::Register).sa_key(1),
+        None,
+    );
     let reserve = ProutRequest::new(ServiceAction::Reserve)
         .key(1)
         .typ(ResType::WriteExclusive);
@@ -154,7 +164,10 @@ fn a_non_registrant_under_write_exclusive_gets_reservation_conflict() {
 fn block_limits_and_report_opcodes_offer_it() {
     let (_d, t) = target();
     let info = t.info_for(false);
-    assert_eq!(info.max_compare_and_write_blocks, MAX_COMPARE_AND_WRITE_BLOCKS);
+    assert_eq!(
+        info.max_compare_and_write_blocks,
+        MAX_COMPARE_AND_WRITE_BLOCKS
+    );
     let r = cdb::ReportOpcodes {
         rctd: false,
         options: 1,

@@ -422,15 +422,19 @@ impl BlkDevice {
         let what = if discard { "discard" } else { "write-zeroes" };
         for (offset, bytes, unmap) in segments {
             let image = &self.lun.image;
-            let r = self
-                .lun
-                .admitted_chunks(&self.initiator, Access::Write, offset, bytes, |done, n| {
+            let r = self.lun.admitted_chunks(
+                &self.initiator,
+                Access::Write,
+                offset,
+                bytes,
+                |done, n| {
                     if discard {
                         image.discard(offset + done, n)
                     } else {
                         image.write_zeroes(offset + done, n, unmap)
                     }
-                });
+                },
+            );
             let end = self.status(r, what);
             if end != Status::OK {
                 return end;
