@@ -500,3 +500,41 @@ fn vhost_user_logical_unit_reset_waits_for_an_iscsi_compare_and_write_in_flight(
     assert_eq!(i.drain_ua(), vec![LU_RESET]);
     check(&g.tur(), LU_RESET, "the guest that reset");
 }
+
+/// PREEMPT AND ABORT from a guest while the preempted iSCSI nexus's COMPARE AND WRITE is in
+/// flight (its write held by the write delay): the PREEMPT's GOOD comes only after that COMPARE
+/// AND WRITE has written, and none of the victim's later ones runs.
+#[test]
+fn preempt_and_abort_waits_for_the_victims_compare_and_write_in_flight() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    good(&i.prout(0, 0, 0, 0x1), "iSCSI REGISTER");
+    good(&i.prout(1, 1, 0x1, 0), "iSCSI RESERVE (write exclusive)");
+    g.fe.reset();
+    good(&g.prout(0, 0, 0, 0x2, false), "guest REGISTER");
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[2..10].copy_from_slice(&SMALL_LBA.to_be_bytes());
+    caw[13] = 1;
+    let data = [[0u8; 512], [AFTER_FILL; 512]].concat();
+    let cmd = i.cmd_header(&caw, 1024, false, true);
+    i.send(cmd, &data);
+    std::thread::sleep(DELAY / 5);
+    good(&g.prout(5, 1, 0x2, 0x1, false), "guest PREEMPT AND ABORT");
+    let snapshot = std::fs::read(&s.daemon.image).unwrap();
+    let r = i.finish(&data).expect("the COMPARE AND WRITE's status");
+    assert_eq!(r.status, GOOD, "the COMPARE AND WRITE in flight: {r:?}");
+    assert_eq!(
+        on_image(&snapshot, SMALL_LBA, 512),
+        [AFTER_FILL; 512],
+        "the PREEMPT AND ABORT returned before the victim's COMPARE AND WRITE reached the image"
+    );
+    // The victim's next one: its unit attention, then RESERVATION CONFLICT; nothing lands.
+    let again = [[AFTER_FILL; 512], [FILL; 512]].concat();
+    let r = i.cmd(&caw, &again, 0);
+    assert_eq!(r.sense, Some((0x06, 0x2a, 0x05)), "{r:?}");
+    let r = i.cmd(&caw, &again, 0);
+    assert_eq!(r.status, RESERVATION_CONFLICT, "{r:?}");
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(on_image(&fin, SMALL_LBA, 512), [AFTER_FILL; 512]);
+}
