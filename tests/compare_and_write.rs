@@ -1,18 +1,20 @@
 //! COMPARE AND WRITE (SBC-4 §5.3) on the daemon binary, from two initiators on two transports
 //! (a vhost-user-scsi frontend and an iSCSI session) racing on one LBA: exactly one of two
 //! racing COMPARE AND WRITEs wins each round; a plain WRITE racing a COMPARE AND WRITE never
-//! lands between its compare and its write; the reservation type table gates it as a write; and
+//! lands between its compare and its write, nor does a guest's virtio-blk write or WRITE ZEROES;
+//! the reservation type table gates it as a write; and
 //! the LU advertises it (Block Limits VPD, REPORT SUPPORTED OPERATION CODES).
 //!
 //! `SHAREDISK_FAILPOINT=caw-unlocked` (a `--features test-hooks` build) leaves the write-range
-//! lock out and widens the compare-to-write window to 50 ms: both race tests then fail (two
-//! winners in the first round; the racing WRITE lost). About 5 s on a loaded 2-core machine.
+//! lock out and widens the compare-to-write window to 50 ms: the race tests then fail (two
+//! winners in the first round; the racing writes lost). About 5 s on a loaded 2-core machine.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::Barrier;
 
+use common::blkio_client::BlkClient;
 use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A, INITIATOR_B};
 use common::process::DaemonProcess;
 use common::scsi_client::{
@@ -188,6 +190,61 @@ fn a_write_racing_a_compare_and_write_never_lands_between_its_compare_and_its_wr
         assert!(
             r.data == plain,
             "round {round}: the racing WRITE was lost (COMPARE AND WRITE {})",
+            if caw_r.is_good() {
+                "GOOD"
+            } else {
+                "miscompared"
+            }
+        );
+    }
+    println!("{ROUNDS} rounds: the COMPARE AND WRITE went first in {caw_won}");
+    s.daemon.assert_no_panic();
+}
+
+/// The same on the guests' fast path: a virtio-blk OUT (libblkio), or a WRITE ZEROES, from
+/// guest vm1 racing an iSCSI COMPARE AND WRITE is never lost between its compare and its write.
+#[test]
+fn a_blk_write_racing_a_compare_and_write_never_lands_between_its_compare_and_its_write() {
+    let s = setup();
+    let mut i = session(&s);
+    let mut blk = BlkClient::connect(&s.daemon.blk("vm1")).expect("libblkio connects");
+    let offset = LBA * 512;
+    let mut caw_won = 0;
+    for round in 1..=ROUNDS {
+        let (old, new) = (block(b'a', round), block(b'b', round));
+        // Odd rounds a write of the block, even rounds WRITE ZEROES over it.
+        let plain = if round % 2 == 1 {
+            block(b'x', round)
+        } else {
+            vec![0u8; 512]
+        };
+        blk.write(offset, &old)
+            .expect("blk WRITE of the compared data");
+        let data = halves(&old, &new);
+        let start = Barrier::new(2);
+        let caw_r = std::thread::scope(|sc| {
+            let caw = sc.spawn(|| {
+                start.wait();
+                i.cmd(&caw_cdb(LBA), &data, 0)
+            });
+            start.wait();
+            let r = if round % 2 == 1 {
+                blk.write(offset, &plain)
+            } else {
+                blk.write_zeroes(offset, 512, false)
+            };
+            r.expect("the racing blk write");
+            caw.join().unwrap()
+        });
+        assert!(
+            caw_r.is_good() || is_miscompare(&caw_r),
+            "round {round}: {caw_r:?}"
+        );
+        caw_won += u32::from(caw_r.is_good());
+        let now = blk.read(offset, 512).expect("blk READ");
+        assert!(
+            now == plain,
+            "round {round}: the racing blk write was lost (COMPARE AND WRITE {})",
             if caw_r.is_good() {
                 "GOOD"
             } else {
