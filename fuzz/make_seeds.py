@@ -143,6 +143,8 @@ OPCODES = [
      MODE_SELECT10_PARAMS, 0),
     ("mode_sense10_llbaa", bytes([0x5A, 0x10, 0x3F, 0, 0, 0, 0]) + be16(512) + b"\0", b"", 512),
     ("read16", rw16(0x88, 4, 2, 0x10), b"", 1024),
+    ("compare_and_write", rw16(0x89, 6, 1, 0x08), bytes(512) + PATTERN, 0),
+    ("compare_and_write_miscompare", rw16(0x89, 4, 1), PATTERN + PATTERN, 0),
     ("write16", rw16(0x8A, 4, 1, 0x08), PATTERN, 0),
     ("verify16", rw16(0x8F, 4, 1, 0x06), PATTERN, 0),
     ("pre_fetch16", rw16(0x90, 0, 8), b"", 0),

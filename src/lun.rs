@@ -12,6 +12,9 @@ use crate::pr::Access;
 use crate::scsi::sense;
 use crate::scsi::tasks::{TaskSet, TaskState};
 
+pub mod ranges;
+use ranges::WriteRanges;
+
 pub use crate::pr::fencing::{ChunkError, ADMISSION_CHUNK};
 
 /// Length of the virtio-blk serial (VIRTIO_BLK_ID_BYTES), also used as the SCSI unit serial.
@@ -31,6 +34,8 @@ pub struct Lun {
     /// Every transport's commands between their arrival and their response, for task
     /// management (`scsi/tasks.rs`).
     pub tasks: TaskSet,
+    /// Orders every write against COMPARE AND WRITE (`ranges.rs`).
+    pub write_ranges: WriteRanges,
 }
 
 impl Lun {
@@ -42,6 +47,7 @@ impl Lun {
             serial: serial_for(id),
             write_cache: AtomicBool::new(true),
             tasks: TaskSet::default(),
+            write_ranges: WriteRanges::default(),
         }
     }
 
@@ -121,6 +127,12 @@ impl Lun {
     /// started (`IoOp::task`); their result stays untouched, the transport learns of the abort
     /// when it retires the task.
     fn run_tasks(&self, ops: &mut [IoOp<'_>]) {
+        // The batch's writes hold their ranges against COMPARE AND WRITE while they run.
+        let writes = ops
+            .iter()
+            .filter(|op| op.write)
+            .map(|op| (op.offset, crate::image::buffers::total(&op.bufs) as u64));
+        let _ranges = (ops.iter().any(|op| op.write)).then(|| self.write_ranges.write(writes));
         if ops.iter().all(|op| op.task.is_none()) {
             return self.image.run_batch(ops);
         }
@@ -152,17 +164,26 @@ impl Lun {
         }
     }
 
-    /// Runs a long command as `len` bytes of work in pieces of at most [`ADMISSION_CHUNK`],
-    /// each under its own admission (see [`Reservations::admitted_chunks`]).
+    /// Runs a long command on bytes `offset..offset + len` in pieces of at most
+    /// [`ADMISSION_CHUNK`], each under its own admission (see
+    /// [`Reservations::admitted_chunks`]); a write's piece also holds its range against
+    /// COMPARE AND WRITE (`ranges.rs`).
     pub fn admitted_chunks(
         &self,
         initiator: &str,
         access: Access,
+        offset: u64,
         len: u64,
-        step: impl FnMut(u64, u64) -> io::Result<()>,
+        mut step: impl FnMut(u64, u64) -> io::Result<()>,
     ) -> Result<(), ChunkError> {
         self.reservations
-            .admitted_chunks(initiator, access, len, step)
+            .admitted_chunks(initiator, access, len, |done, n| {
+                let _range = (access == Access::Write).then(|| {
+                    self.write_ranges
+                        .write(std::iter::once((offset.saturating_add(done), n)))
+                });
+                step(done, n)
+            })
     }
 }
 

@@ -627,7 +627,8 @@ fn iscsi_test_cu(lab: &Lab, tests: &str) -> (String, [usize; 3]) {
 /// libiscsi's PR suites through h1 (committed through etcd, settled with h2), and its multipath
 /// write-then-read with one path on each daemon. Not run: MultipathIO.Reset (a LOGICAL UNIT
 /// RESET's unit attentions stay on the daemon that ran it, docs/cluster.md "Known limits") and
-/// the COMPARE AND WRITE tests (not provided).
+/// the COMPARE AND WRITE tests (not provided in cluster mode, see
+/// `compare_and_write_is_refused_and_not_advertised_in_cluster_mode`).
 #[test]
 fn libiscsi_persistent_reservation_and_multipath_suites_across_two_daemons() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -674,4 +675,55 @@ fn known_limit_one_nexus_logged_in_to_two_daemons() {
         conflict(&retry_busy(|| c.write16(64, &[0x0a; 512])), name);
     }
     assert_eq!(image_bytes(&lab.image(), 64 * 512, 512), vec![0; 512]);
+}
+
+/// COMPARE AND WRITE is not provided in cluster mode (README, "Not provided"): its atomicity
+/// would need a lock across daemons, which does not exist. Through either portal it is refused
+/// as an unsupported opcode (05/20/00) and advertised nowhere: MAXIMUM COMPARE AND WRITE LENGTH
+/// 0 in the Block Limits VPD, absent from REPORT SUPPORTED OPERATION CODES. Nothing is written.
+#[test]
+fn compare_and_write_is_refused_and_not_advertised_in_cluster_mode() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start(&[]);
+    const INVALID_OPCODE: (u8, u8, u8) = (0x05, 0x20, 0x00);
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[9] = 8; // LBA 8
+    caw[13] = 1;
+    let data = [vec![0u8; 512], vec![0xc5; 512]].concat();
+    for (i, node) in [&lab.h1, &lab.h2].into_iter().enumerate() {
+        let mut c = Lab::login(node, INITIATOR_A, [0x80, 0, 0, 0x13, 0, i as u8]);
+        let what = &node.daemon.node;
+        let r = retry_busy(|| c.cmd(&caw, &data, 0));
+        assert_eq!(
+            (r.status, r.sense),
+            (CHECK_CONDITION, Some(INVALID_OPCODE)),
+            "COMPARE AND WRITE through {what}"
+        );
+        let vpd = c.cmd(&[0x12, 1, 0xb0, 0, 64, 0], &[], 64);
+        good(&vpd, "INQUIRY Block Limits");
+        assert_eq!(
+            vpd.data[5], 0,
+            "MAXIMUM COMPARE AND WRITE LENGTH through {what}"
+        );
+        let one = c.cmd(&[0xa3, 0x0c, 0x01, 0x89, 0, 0, 0, 0, 0, 64, 0, 0], &[], 64);
+        good(&one, "REPORT SUPPORTED OPERATION CODES, one command");
+        assert_eq!(
+            one.data[1] & 0x07,
+            0x01,
+            "SUPPORT: not supported, through {what}"
+        );
+        let all = c.cmd(&[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[], 4096);
+        good(&all, "REPORT SUPPORTED OPERATION CODES, all");
+        let listed = all
+            .data
+            .get(4..)
+            .unwrap_or_default()
+            .chunks(8)
+            .any(|d| d[0] == 0x89);
+        assert!(!listed, "COMPARE AND WRITE listed through {what}");
+        assert!(c.logout(), "logout");
+    }
+    let block = image_bytes(&lab.image(), 8 * 512, 512);
+    assert!(block.iter().all(|&b| b == 0), "nothing written");
 }

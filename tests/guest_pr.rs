@@ -83,6 +83,9 @@ fn sg_persist_preempt_ioctls_and_persistence() {
     let (rc, _) = g[0].pr("-o -R -K 0x1 -T 1");
     assert_eq!(rc, SG_RC, "an unregistered initiator cannot reserve");
 
+    eprintln!("=== COMPARE AND WRITE from the guests: sg_compare_and_write");
+    compare_and_write_in_guests(&d, &g[1], &g[0]);
+
     eprintln!("=== the reservation survives a LUN reset, a guest reboot, a QEMU restart, a daemon restart");
     let before = g[1].pr_ok("-i -s");
     g[1].sh("sg_reset -d /dev/sda");
@@ -148,6 +151,36 @@ fn sg_persist_preempt_ioctls_and_persistence() {
 
 /// The 29h UAs a guest kernel has seen on /dev/sda: it logs this line for each one, whether its
 /// own I/O or a tool's SG_IO command reported it.
+/// sg3-utils' `sg_compare_and_write` on /dev/sda: the holder's succeeds and lands, the same
+/// one again miscompares (exit 14) and changes nothing, the fenced guest's gets RESERVATION
+/// CONFLICT (exit 24) and changes nothing.
+fn compare_and_write_in_guests(d: &TestDaemon, holder: &Guest, fenced: &Guest) {
+    const LBA: u64 = 2000;
+    // Verify data (one block of `from`) then write data (one block of `to`).
+    let halves = |from: &str, to: &str| {
+        format!(
+            "yes {from} | tr -d '\\n' | head -c 512 > /tmp/cw && \
+             yes {to} | tr -d '\\n' | head -c 512 >> /tmp/cw"
+        )
+    };
+    let caw = format!("sg_compare_and_write --in=/tmp/cw --lba={LBA} --num=1 /dev/sda");
+    let block = || common::image::image_bytes(d.image(), LBA * 512, 512);
+    holder.sh("head -c 512 /dev/zero > /tmp/cw && yes C | tr -d '\\n' | head -c 512 >> /tmp/cw");
+    holder.sh(&caw);
+    assert_eq!(
+        block(),
+        vec![b'C'; 512],
+        "the holder's COMPARE AND WRITE landed"
+    );
+    let (rc, out) = holder.run(&caw);
+    assert_eq!(rc, 14, "the same compare again is a MISCOMPARE: {out}");
+    assert_eq!(block(), vec![b'C'; 512]);
+    fenced.sh(&halves("C", "D"));
+    let (rc, out) = fenced.run(&caw);
+    assert_eq!(rc, SG_RC, "the fenced guest's COMPARE AND WRITE: {out}");
+    assert_eq!(block(), vec![b'C'; 512], "nothing of it landed");
+}
+
 fn reset_uas_logged(g: &Guest) -> usize {
     let (_, out) = g.run("dmesg | grep -c 'Power-on or device reset occurred'");
     out.trim()

@@ -2,7 +2,8 @@
 //! WRITE's I/O is held in flight (the test-hooks write delay) and another WRITE waits behind it,
 //! a TMF answers only once the write in flight has reached the image, the queued one is
 //! reported aborted (VIRTIO_SCSI_S_ABORTED) and never reaches it, and a LOGICAL UNIT RESET from
-//! an iSCSI initiator does the same to a vhost-user guest's commands, and the reverse.
+//! an iSCSI initiator does the same to a vhost-user guest's commands, and the reverse (a
+//! COMPARE AND WRITE in flight included).
 
 mod common;
 
@@ -447,4 +448,74 @@ fn preempt_and_abort_aborts_the_victims_queued_iscsi_write() {
         [0; 512],
         "the aborted write landed"
     );
+}
+
+/// A LOGICAL UNIT RESET from a vhost-user guest while an iSCSI initiator's COMPARE AND WRITE is
+/// in flight (its write held by the write delay) answers only once that COMPARE AND WRITE has
+/// compared and written: nothing of it lands after the TMF response.
+#[test]
+fn vhost_user_logical_unit_reset_waits_for_an_iscsi_compare_and_write_in_flight() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[2..10].copy_from_slice(&SMALL_LBA.to_be_bytes());
+    caw[13] = 1;
+    // Verify data: the zeroes on the image; write data: AFTER_FILL.
+    let data = [[0u8; 512], [AFTER_FILL; 512]].concat();
+    let cmd = i.cmd_header(&caw, 1024, false, true);
+    i.send(cmd, &data);
+    std::thread::sleep(DELAY / 5);
+    assert_eq!(
+        g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0),
+        VIRTIO_SCSI_S_FUNCTION_COMPLETE
+    );
+    let snapshot = std::fs::read(&s.daemon.image).unwrap();
+    let r = i.finish(&data).expect("the COMPARE AND WRITE's status");
+    assert_eq!(r.status, GOOD, "the COMPARE AND WRITE in flight: {r:?}");
+    assert_eq!(
+        on_image(&snapshot, SMALL_LBA, 512),
+        [AFTER_FILL; 512],
+        "the LU reset answered before the COMPARE AND WRITE in flight reached the image"
+    );
+    assert_eq!(i.drain_ua(), vec![LU_RESET]);
+    check(&g.tur(), LU_RESET, "the guest that reset");
+}
+
+/// PREEMPT AND ABORT from a guest while the preempted iSCSI nexus's COMPARE AND WRITE is in
+/// flight (its write held by the write delay): the PREEMPT's GOOD comes only after that COMPARE
+/// AND WRITE has written, and none of the victim's later ones runs.
+#[test]
+fn preempt_and_abort_waits_for_the_victims_compare_and_write_in_flight() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    good(&i.prout(0, 0, 0, 0x1), "iSCSI REGISTER");
+    good(&i.prout(1, 1, 0x1, 0), "iSCSI RESERVE (write exclusive)");
+    g.fe.reset();
+    good(&g.prout(0, 0, 0, 0x2, false), "guest REGISTER");
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[2..10].copy_from_slice(&SMALL_LBA.to_be_bytes());
+    caw[13] = 1;
+    let data = [[0u8; 512], [AFTER_FILL; 512]].concat();
+    let cmd = i.cmd_header(&caw, 1024, false, true);
+    i.send(cmd, &data);
+    std::thread::sleep(DELAY / 5);
+    good(&g.prout(5, 1, 0x2, 0x1, false), "guest PREEMPT AND ABORT");
+    let snapshot = std::fs::read(&s.daemon.image).unwrap();
+    let r = i.finish(&data).expect("the COMPARE AND WRITE's status");
+    assert_eq!(r.status, GOOD, "the COMPARE AND WRITE in flight: {r:?}");
+    assert_eq!(
+        on_image(&snapshot, SMALL_LBA, 512),
+        [AFTER_FILL; 512],
+        "the PREEMPT AND ABORT returned before the victim's COMPARE AND WRITE reached the image"
+    );
+    // The victim's next one: its unit attention, then RESERVATION CONFLICT; nothing lands.
+    let again = [[AFTER_FILL; 512], [FILL; 512]].concat();
+    let r = i.cmd(&caw, &again, 0);
+    assert_eq!(r.sense, Some((0x06, 0x2a, 0x05)), "{r:?}");
+    let r = i.cmd(&caw, &again, 0);
+    assert_eq!(r.status, RESERVATION_CONFLICT, "{r:?}");
+    let fin = std::fs::read(&s.daemon.image).unwrap();
+    assert_eq!(on_image(&fin, SMALL_LBA, 512), [AFTER_FILL; 512]);
 }

@@ -31,6 +31,7 @@ fn disk(num_blocks: u64) -> DiskInfo {
         max_transfer_blocks: 8192,
         optimal_transfer_blocks: 0,
         max_write_same_blocks: 1 << 16,
+        max_compare_and_write_blocks: 8,
     }
 }
 

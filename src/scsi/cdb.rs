@@ -36,6 +36,7 @@ pub mod op {
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
     pub const READ_16: u8 = 0x88;
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8a;
     pub const VERIFY_16: u8 = 0x8f;
     pub const PRE_FETCH_16: u8 = 0x90;
@@ -67,6 +68,18 @@ pub struct OpInfo {
     pub usage: &'static [u8],
     /// Only offered when the disk supports unmapping (LBPU=1); SBC-3 §5.28 ties UNMAP to it.
     pub needs_unmap: bool,
+    /// Only offered where COMPARE AND WRITE can be atomic: not in cluster mode (see
+    /// [`Features`]).
+    pub needs_caw: bool,
+}
+
+/// The optional commands this LU offers, which `parse` cannot know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// UNMAP (LBPU=1).
+    pub unmap: bool,
+    /// COMPARE AND WRITE: one daemon serves the image, so its write-range lock makes it atomic.
+    pub compare_and_write: bool,
 }
 
 /// NACA in the control byte (SAM-5 §5.2). We do not implement ACA, so NACA=1 is rejected
@@ -81,6 +94,7 @@ const fn entry(opcode: u8, usage: &'static [u8]) -> OpInfo {
         service_action: None,
         usage,
         needs_unmap: false,
+        needs_caw: false,
     }
 }
 
@@ -90,6 +104,7 @@ const fn entry_sa(opcode: u8, sa: u16, usage: &'static [u8]) -> OpInfo {
         service_action: Some(sa),
         usage,
         needs_unmap: false,
+        needs_caw: false,
     }
 }
 
@@ -151,6 +166,7 @@ pub static SUPPORTED_OPS: &[OpInfo] = &[
         service_action: None,
         usage: &[0x42, 0, 0, 0, 0, 0, 0x1f, FF, FF, C],
         needs_unmap: true,
+        needs_caw: false,
     },
     entry(op::MODE_SELECT_10, &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, C]),
     entry(op::MODE_SENSE_10, &[0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, C]),
@@ -172,6 +188,16 @@ pub static SUPPORTED_OPS: &[OpInfo] = &[
             0x88, RD1, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1f, C,
         ],
     ),
+    // SBC-4 §5.3: WRPROTECT (7:5) absent as for WRITE; NUMBER OF LOGICAL BLOCKS in byte 13.
+    OpInfo {
+        opcode: op::COMPARE_AND_WRITE,
+        service_action: None,
+        usage: &[
+            0x89, WR1, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, 0x1f, C,
+        ],
+        needs_unmap: false,
+        needs_caw: true,
+    },
     entry(
         op::WRITE_16,
         &[
@@ -371,6 +397,15 @@ pub enum Command {
         unmap: bool,
         ndob: bool,
         sixteen: bool,
+    },
+    /// SBC-4 §5.3: compare `blocks` blocks at `lba` with the first half of the data-out
+    /// buffer and, if equal, write its second half there, atomically. `blocks` 0 is not an
+    /// error (nothing is compared or written).
+    CompareAndWrite {
+        lba: u64,
+        blocks: u8,
+        fua: bool,
+        dpo: bool,
     },
     /// ANCHOR is rejected because ANC_SUP=0 (SBC-3 §5.28).
     Unmap {
@@ -617,6 +652,12 @@ fn decode(c: &[u8; 32]) -> Result<Command, Sense> {
         op::UNMAP => Command::Unmap {
             param_len: be16(c, 7),
         },
+        op::COMPARE_AND_WRITE => Command::CompareAndWrite {
+            lba: be64(c, 2),
+            blocks: c[13],
+            fua: bit(c, 1, 0x08),
+            dpo: bit(c, 1, 0x10),
+        },
         op::VERIFY_10 | op::VERIFY_16 => {
             let bytchk = (c[1] >> 1) & 0x03;
             if bytchk == 2 {
@@ -689,19 +730,20 @@ pub fn check_report_opcodes(r: &ReportOpcodes) -> Result<(), Sense> {
     }
 }
 
-/// Whether the disk offers this command (UNMAP only when the disk supports unmap).
-pub fn op_enabled(e: &OpInfo, unmap: bool) -> bool {
-    !e.needs_unmap || unmap
+/// Whether the disk offers this command (UNMAP only when the disk supports unmap, COMPARE AND
+/// WRITE only outside cluster mode).
+pub fn op_enabled(e: &OpInfo, f: Features) -> bool {
+    (!e.needs_unmap || f.unmap) && (!e.needs_caw || f.compare_and_write)
 }
 
 /// Command timeouts descriptor (SPC-4 §6.35.4): length 0Ah, timeouts 0 = not specified.
 const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// REPORT SUPPORTED OPERATION CODES data (SPC-4 §6.35), from the same table `parse` uses;
-/// `unmap` says whether the disk offers UNMAP.
-pub fn report_supported_opcodes(unmap: bool, r: &ReportOpcodes) -> Result<Vec<u8>, Sense> {
+/// `f` says which optional commands the disk offers.
+pub fn report_supported_opcodes(f: Features, r: &ReportOpcodes) -> Result<Vec<u8>, Sense> {
     check_report_opcodes(r)?;
-    let enabled = SUPPORTED_OPS.iter().filter(|e| op_enabled(e, unmap));
+    let enabled = SUPPORTED_OPS.iter().filter(|e| op_enabled(e, f));
     let mut v = Vec::new();
     if r.options == 0 {
         // All commands: COMMAND DATA LENGTH, then one descriptor per (opcode, service action).
@@ -761,6 +803,7 @@ impl Command {
             | Command::PreFetch { .. }
             | Command::ModeSense(_) => Some(Access::Read),
             Command::Write(_)
+            | Command::CompareAndWrite { .. }
             | Command::WriteSame { .. }
             | Command::Unmap { .. }
             | Command::ModeSelect { .. } => Some(Access::Write),
@@ -818,6 +861,7 @@ impl Command {
             | Command::WriteSame { lba, blocks, .. }
             | Command::Verify { lba, blocks, .. }
             | Command::PreFetch { lba, blocks, .. } => Some((lba, u64::from(blocks))),
+            Command::CompareAndWrite { lba, blocks, .. } => Some((lba, u64::from(blocks))),
             _ => None,
         }
     }

@@ -39,6 +39,9 @@ pub struct DiskInfo {
     pub optimal_transfer_blocks: u32,
     /// MAXIMUM WRITE SAME LENGTH.
     pub max_write_same_blocks: u32,
+    /// MAXIMUM COMPARE AND WRITE LENGTH; 0 where COMPARE AND WRITE is not offered (cluster
+    /// mode, a read-only disk).
+    pub max_compare_and_write_blocks: u8,
 }
 
 /// T10 vendor identification (SPC-4 §6.4.2): 8 ASCII bytes.
@@ -150,7 +153,7 @@ pub fn vpd_page(info: &DiskInfo, page: u8) -> Result<Vec<u8>, Sense> {
             // Block limits (SBC-3 §6.6.4): PAGE LENGTH 3Ch.
             let mut b = Vec::with_capacity(0x3c);
             b.push(0x01); // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is rejected.
-            b.push(0); // MAXIMUM COMPARE AND WRITE LENGTH: not supported.
+            b.push(info.max_compare_and_write_blocks);
             put16(&mut b, 0); // OPTIMAL TRANSFER LENGTH GRANULARITY: not reported.
             put32(&mut b, info.max_transfer_blocks);
             put32(&mut b, info.optimal_transfer_blocks);
@@ -188,6 +191,16 @@ pub fn vpd_page(info: &DiskInfo, page: u8) -> Result<Vec<u8>, Sense> {
             vpd(0xb2, &b)
         }
     })
+}
+
+impl DiskInfo {
+    /// The optional commands this description offers (REPORT SUPPORTED OPERATION CODES).
+    pub fn features(&self) -> crate::scsi::cdb::Features {
+        crate::scsi::cdb::Features {
+            unmap: self.unmap,
+            compare_and_write: self.max_compare_and_write_blocks > 0,
+        }
+    }
 }
 
 /// MAXIMUM WRITE SAME LENGTH as reported in VPD 0xB0; the caller rejects longer WRITE SAMEs with

@@ -9,17 +9,37 @@ pub struct Sense {
     pub key: u8,
     pub asc: u8,
     pub ascq: u8,
+    /// The INFORMATION field, reported with VALID=1 (SPC-4 §4.5.3): for a miscompare, the
+    /// offset of the first byte that differs (SBC-4 §5.3).
+    pub information: Option<u32>,
 }
 
 impl Sense {
     pub const fn new(key: u8, asc: u8, ascq: u8) -> Self {
-        Sense { key, asc, ascq }
+        Sense {
+            key,
+            asc,
+            ascq,
+            information: None,
+        }
+    }
+
+    /// The same sense with an INFORMATION field.
+    pub const fn with_information(self, information: u32) -> Self {
+        Sense {
+            information: Some(information),
+            ..self
+        }
     }
 
     /// Fixed-format sense data (response code 0x70, 18 bytes).
     pub fn to_fixed(self) -> [u8; 18] {
         let mut b = [0u8; 18];
         b[0] = 0x70;
+        if let Some(info) = self.information {
+            b[0] |= 0x80; // VALID
+            b[3..7].copy_from_slice(&info.to_be_bytes());
+        }
         b[2] = self.key & 0x0f;
         b[7] = 10; // ADDITIONAL SENSE LENGTH: bytes 8..18
         b[12] = self.asc;
@@ -55,5 +75,6 @@ pub const PARAMETERS_CHANGED: Sense = Sense::new(0x06, 0x2a, 0x00);
 pub const MODE_PARAMETERS_CHANGED: Sense = Sense::new(0x06, 0x2a, 0x01);
 /// PC = 11b in MODE SENSE when saved pages are not implemented (SPC-4 §6.11).
 pub const SAVING_PARAMETERS_NOT_SUPPORTED: Sense = Sense::new(0x05, 0x39, 0x00);
-/// VERIFY with BYTCHK when the medium differs from the data-out buffer (SBC-3 §5.33).
+/// VERIFY with BYTCHK, or COMPARE AND WRITE, when the medium differs from the data-out buffer
+/// (SBC-3 §5.33, SBC-4 §5.3).
 pub const MISCOMPARE_DURING_VERIFY: Sense = Sense::new(0x0e, 0x1d, 0x00);

@@ -31,6 +31,7 @@
 //! | name | what is skipped |
 //! |---|---|
 //! | `data-in-unmarked` | marking data-in buffers in a migration's dirty log (`virtqueue/dirty.rs`) |
+//! | `caw-unlocked` | COMPARE AND WRITE's write-range lock (`lun/ranges.rs`); its compare-to-write window is widened to 50 ms so that a racing write lands in it |
 
 use std::fmt::Display;
 use std::io;

@@ -464,3 +464,42 @@ fn access_classes() {
         assert_eq!(cmd.ua_exempt(), *exempt, "{cmd:?}");
     }
 }
+
+#[test]
+fn compare_and_write_decoding() {
+    let mut c = [0u8; 16];
+    c[0] = op::COMPARE_AND_WRITE;
+    c[1] = 0x18; // DPO, FUA
+    c[2..10].copy_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+    c[13] = 3;
+    let cmd = p(&c).unwrap();
+    assert_eq!(
+        cmd,
+        Command::CompareAndWrite {
+            lba: 0x0102_0304_0506_0708,
+            blocks: 3,
+            fua: true,
+            dpo: true,
+        }
+    );
+    assert_eq!(
+        cmd.access(),
+        Some(crate::pr::Access::Write),
+        "gated as a write"
+    );
+    assert_eq!(cmd.lba_range(), Some((0x0102_0304_0506_0708, 3)));
+    // WRPROTECT (byte 1, bits 7:5) without protection information, and the reserved bytes
+    // 10..=12, are invalid fields.
+    for (i, v) in [
+        (1, 0x20),
+        (1, 0x80),
+        (10, 1),
+        (11, 0x80),
+        (12, 1),
+        (1, 0x01),
+    ] {
+        let mut bad = c;
+        bad[i] |= v;
+        assert_eq!(p(&bad), Err(INVALID_FIELD_IN_CDB), "byte {i} bit {v:#x}");
+    }
+}

@@ -19,6 +19,7 @@ fn info() -> DiskInfo {
         max_transfer_blocks: 4096,
         optimal_transfer_blocks: 128,
         max_write_same_blocks: 1 << 16,
+        max_compare_and_write_blocks: 1,
     }
 }
 
@@ -361,7 +362,7 @@ fn rsoc(info: &DiskInfo, rctd: bool, options: u8, opcode: u8, sa: u16) -> Result
         service_action: sa,
         alloc_len: 0,
     };
-    cdb::report_supported_opcodes(info.unmap, &r)
+    cdb::report_supported_opcodes(info.features(), &r)
 }
 
 #[test]
@@ -585,7 +586,7 @@ fn fuzz_no_panic() {
                     let _ = parse_mode_select(m.ten, &v, i);
                 }
                 Command::ReportOpcodes(r) => {
-                    cdb::report_supported_opcodes(i.unmap, &r).unwrap();
+                    cdb::report_supported_opcodes(i.features(), &r).unwrap();
                 }
                 Command::ReportLuns { select_report, .. } => {
                     report_luns(select_report);
@@ -644,6 +645,6 @@ fn fuzz_no_panic() {
             service_action: rng.gen(),
             alloc_len: 0,
         };
-        let _ = cdb::report_supported_opcodes(i.unmap, &r);
+        let _ = cdb::report_supported_opcodes(i.features(), &r);
     }
 }

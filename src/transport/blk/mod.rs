@@ -371,7 +371,7 @@ impl BlkDevice {
             };
         match req {
             BlkRequest::Read { offset } => {
-                let r = self.chunked_io(Access::Read, data_in, |bufs, done| {
+                let r = self.chunked_io(Access::Read, offset, data_in, |bufs, done| {
                     image.read_at(bufs, offset + done)
                 });
                 let end = self.status(r, "read");
@@ -379,7 +379,7 @@ impl BlkDevice {
             }
             BlkRequest::Write { offset } => {
                 let durable = self.write_through();
-                let r = self.chunked_io(Access::Write, &data_out, |bufs, done| {
+                let r = self.chunked_io(Access::Write, offset, &data_out, |bufs, done| {
                     image.write_at(bufs, offset + done, durable)
                 });
                 (self.status(r, "write"), 0)
@@ -422,15 +422,19 @@ impl BlkDevice {
         let what = if discard { "discard" } else { "write-zeroes" };
         for (offset, bytes, unmap) in segments {
             let image = &self.lun.image;
-            let r = self
-                .lun
-                .admitted_chunks(&self.initiator, Access::Write, bytes, |done, n| {
+            let r = self.lun.admitted_chunks(
+                &self.initiator,
+                Access::Write,
+                offset,
+                bytes,
+                |done, n| {
                     if discard {
                         image.discard(offset + done, n)
                     } else {
                         image.write_zeroes(offset + done, n, unmap)
                     }
-                });
+                },
+            );
             let end = self.status(r, what);
             if end != Status::OK {
                 return end;
@@ -455,13 +459,14 @@ impl BlkDevice {
     fn chunked_io(
         &self,
         access: Access,
+        offset: u64,
         bufs: &[Buf],
         mut op: impl FnMut(&[Buf], u64) -> io::Result<()>,
     ) -> Result<(), ChunkError> {
         let mut rest: Bufs = bufs.iter().copied().collect();
         let len = buffers::total(bufs) as u64;
         self.lun
-            .admitted_chunks(&self.initiator, access, len, |done, n| {
+            .admitted_chunks(&self.initiator, access, offset, len, |done, n| {
                 let (piece, tail) = buffers::split_at(&rest, n as usize)
                     .ok_or_else(|| io::Error::other("buffer shorter than the request"))?;
                 rest = tail;
