@@ -304,13 +304,22 @@ impl<W: Write> Link<W> {
         *s.active.entry(job.itt).or_default() += 1;
         let fast = self.is_fast(&job);
         s.queue.push_back(job);
-        if self.batches(&s, fast) {
-            return Handed::Queued;
-        }
-        let wake = s.idle > s.signalled;
-        let start = s.idle < s.queue.len() && s.workers < MAX_WORKERS;
+        let batched = self.batches(&s, fast);
+        // Batched, a command wakes no worker; but one is started when none is idle, so that
+        // one is there to wake should a running command turn out slow.
+        let wake = !batched && s.idle > s.signalled;
+        let room = s.workers < MAX_WORKERS;
+        let start = room
+            && if batched {
+                s.idle == 0
+            } else {
+                s.idle < s.queue.len()
+            };
         if wake && defer && !start {
             return Handed::Owed;
+        }
+        if !(wake || start) {
+            return Handed::Queued;
         }
         if start {
             s.workers += 1;

@@ -181,3 +181,14 @@ fn write_gathered(w: &mut impl Write, pdus: &[Outgoing], framed: &[Framed]) -> i
     }
     w.flush()
 }
+
+#[cfg(test)]
+impl<W: Write> Writer<W> {
+    /// Bytes queued behind the flusher now.
+    fn queued_len(&self) -> usize {
+        lock(&self.queue).queued.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;
