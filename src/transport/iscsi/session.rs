@@ -475,8 +475,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         if ordered {
             self.wait_finished(|_| true);
         }
-        self.kick();
-        self.link.reserve(held);
+        self.link.reserve(held, || self.kick());
         let data_out = if write {
             match self.collect(&p, edtl) {
                 Ok(Collected::Data(d)) => d,

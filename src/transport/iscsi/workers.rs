@@ -241,10 +241,18 @@ impl<W: Write> Link<W> {
     }
 
     /// Reserves `n` bytes of data buffers, waiting for commands to finish while the session
-    /// holds too much (never while it holds nothing).
-    pub fn reserve(&self, n: usize) {
+    /// holds too much (never while it holds nothing); `before_wait` is called once before it
+    /// waits.
+    pub fn reserve(&self, n: usize, before_wait: impl FnOnce()) {
         let mut s = lock(&self.state);
+        let mut before_wait = Some(before_wait);
         while s.held > 0 && s.held + n > MAX_HELD {
+            if let Some(f) = before_wait.take() {
+                drop(s);
+                f();
+                s = lock(&self.state);
+                continue;
+            }
             s = self.wait_done(s);
         }
         s.held += n;
