@@ -3,7 +3,7 @@
 //! task set, to the session's workers: threads started as the depth needs them (at most
 //! [`MAX_WORKERS`], never one per command) that end with the connection. A worker runs the
 //! command through the SCSI core and sends its Data-In and status; every PDU of the session goes
-//! out through one writer ([`Link::send`]), which numbers it (StatSN) and advertises the window:
+//! out through one writer (`writer.rs`), which numbers it (StatSN) and advertises the window:
 //! MaxCmdSN = ExpCmdSN − 1 + the window's free slots, a slot being held by each non-immediate
 //! command from its admission to its response, so that no more than [`CMD_WINDOW`] commands are
 //! outstanding and the window never shrinks (RFC 7143 §3.2.2.1).
@@ -15,6 +15,14 @@
 //! initiator so pays no thread wake-up per command; a command that arrives meanwhile waits for
 //! the inline one (which its kind's history says is short), and a session whose commands are
 //! slow (a slow disk, a delayed write) always hands them over, so none waits behind them.
+//!
+//! At depth the session's workers cost no wake-up per command either: a command of a fast kind
+//! queued while a worker runs a fast command stays in the queue for that worker, up to [`BATCH`]
+//! for each ([`Link::batches`]), and the reader, when further PDUs wait in its buffer, defers the
+//! wake-up a command needs to the end of the batch ([`Handed::Owed`]): one worker wakes for the
+//! batch, and a worker that takes a command wakes another when the rest of the queue needs one.
+//! The bet is the one made for a command run on the reader: a command that turns out slower
+//! than its kind's history holds the commands queued behind it, once (it resets the history).
 //!
 //! What the session's commands hold at once is bounded: [`MAX_HELD`] bytes of data buffers (the
 //! reader waits for workers before it takes more), [`CMD_WINDOW`] non-immediate commands and
