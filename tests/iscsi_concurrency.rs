@@ -431,6 +431,80 @@ fn limit_a_command_behind_one_running_on_the_reader_waits_for_it() {
     );
 }
 
+/// Holds (`true`) or releases the client's TCP segments, so that the PDUs sent between reach
+/// the daemon in one segment (one read of its reader).
+fn cork(i: &IscsiClient, on: bool) {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = on.into();
+    // SAFETY: setsockopt reads one c_int from the pointer, which points at `v`; the fd is the
+    // client's open socket.
+    let r = unsafe {
+        libc::setsockopt(
+            i.stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "TCP_CORK");
+}
+
+/// The limit of batching a session's fast commands on its workers (`workers.rs`): a command
+/// of a fast kind queued while a worker runs a command whose kind's history is fast wakes no
+/// other worker (that worker takes it next), so it waits for that command should it turn out
+/// slow. The session's WRITEs and READs are fast at first (a burst of READs starts workers),
+/// then the probe holds every write 1.5 s and a WRITE and a READ reach the daemon in one
+/// segment: the WRITE goes to a worker, the READ waits in the queue behind it and is answered
+/// after it (in one of 5 tries at least: the load of the machine may reset a history). Before,
+/// each went to its own worker and the READ came first in every try. It costs the one
+/// slower-than-its-history command's time, once: that WRITE resets the writes' history.
+#[test]
+fn limit_a_fast_command_queued_behind_a_worker_running_a_fast_one_waits_for_it() {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let target = "iqn.2026-12.io.sharedisk.test:batch";
+    let d = TestDaemon::start_probed(&["vm1"], |_| {});
+    let config = IscsiConfig {
+        listen: vec![addr],
+        target: Some(target.into()),
+        initiators: vec![INITIATOR_A.into()],
+        ..Default::default()
+    };
+    let _portal = Portal::start(d.server().target().clone(), config, 8, 1).expect("portal");
+    let mut i = IscsiClient::login(addr, INITIATOR_A, target, ISID)
+        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
+    i.drain_ua();
+    i.stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // A history is fast after 4 commands of its kind within 200 µs each; one slower (this
+    // machine's load) resets it, so the case is tried up to 5 times.
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        d.probe().set_write_delay(Duration::ZERO);
+        for n in 0..32 {
+            assert_eq!(i.write16(n, &[0x11; 512]).status, GOOD, "fast WRITE {n}");
+        }
+        for _ in 0..8 {
+            send_read(&mut i, 64);
+        }
+        for _ in 0..8 {
+            assert_eq!(next_status(&mut i).bhs[3], GOOD, "READ of the burst");
+        }
+        d.probe().set_write_delay(DELAY);
+        cork(&i, true);
+        let write = send_write(&mut i, 128, 0x3c);
+        let read = send_read(&mut i, 64);
+        cork(&i, false);
+        let order: Vec<u32> = (0..2).map(|_| next_status(&mut i).u32_at(16)).collect();
+        if order == [write, read] {
+            return;
+        }
+        orders.push(order);
+    }
+    panic!("the READ never waited in the queue for the WRITE's worker: {orders:x?}");
+}
+
 /// The session is reinstated (the same initiator and ISID log in again, TSIH 0) while its WRITE
 /// is held in flight by the delay and an ORDERED WRITE waits behind it: no command of the old
 /// session runs once the new login completed (RFC 7143 §6.3.5: its tasks are terminated, then

@@ -18,6 +18,7 @@ pub mod login;
 pub mod pdu;
 mod session;
 mod workers;
+mod writer;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

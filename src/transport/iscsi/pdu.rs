@@ -116,6 +116,20 @@ fn pad_len(n: usize) -> usize {
     (4 - n % 4) % 4
 }
 
+/// The bytes on the wire of the PDU whose BHS starts `bhs` (at least [`BHS_LEN`] bytes): the
+/// BHS, AHS, digests in force and padded data segment.
+pub fn wire_len(bhs: &[u8], digests: Digests) -> usize {
+    let ahs_len = usize::from(bhs[4]) * 4;
+    let data_len = (usize::from(bhs[5]) << 16) | (usize::from(bhs[6]) << 8) | usize::from(bhs[7]);
+    let digest = |on: bool| if on { 4 } else { 0 };
+    BHS_LEN
+        + ahs_len
+        + digest(digests.header)
+        + data_len
+        + pad_len(data_len)
+        + digest(digests.data && data_len > 0)
+}
+
 /// Reads one PDU. `max_data` caps DataSegmentLength (what this target declared).
 pub fn read_pdu(r: &mut impl Read, digests: Digests, max_data: usize) -> Result<Pdu, PduError> {
     let mut bhs = [0u8; BHS_LEN];
@@ -150,31 +164,74 @@ pub fn read_pdu(r: &mut impl Read, digests: Digests, max_data: usize) -> Result<
     Ok(Pdu { bhs, ahs, data })
 }
 
-/// Writes one PDU: `bhs` (its DataSegmentLength is set here from `data`), the digests in force
-/// and the padded data, in one write.
-pub fn write_pdu(
-    w: &mut impl Write,
-    mut bhs: [u8; BHS_LEN],
-    data: &[u8],
-    digests: Digests,
-) -> io::Result<()> {
+/// One PDU's bytes around its data segment: the BHS with its header digest, and the padding
+/// with the data digest, as [`frame`] lays them out for the wire.
+pub struct Framed {
+    head: [u8; BHS_LEN + 4],
+    head_len: usize,
+    tail: [u8; 7],
+    tail_len: usize,
+}
+
+impl Framed {
+    /// The BHS (DataSegmentLength set) and its digest when in force.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..self.head_len]
+    }
+
+    /// The padding after the data, and its digest when in force.
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..self.tail_len]
+    }
+}
+
+/// Frames one PDU whose data segment is `data` (at most 16 MiB − 1 bytes of it are sent: the
+/// field's maximum): sets DataSegmentLength in `bhs` and computes the digests in force.
+pub fn frame(mut bhs: [u8; BHS_LEN], data: &[u8], digests: Digests) -> Framed {
     let len = data.len().min(0x00ff_ffff);
     bhs[4] = 0;
     bhs[5] = (len >> 16) as u8;
     bhs[6] = (len >> 8) as u8;
     bhs[7] = len as u8;
-    let pad = [0u8; 3];
-    let pad = &pad[..pad_len(len)];
-    let mut out = Vec::with_capacity(BHS_LEN + 8 + len + 3);
-    out.extend_from_slice(&bhs);
+    let mut f = Framed {
+        head: [0; BHS_LEN + 4],
+        head_len: BHS_LEN,
+        tail: [0; 7],
+        tail_len: pad_len(len),
+    };
+    f.head[..BHS_LEN].copy_from_slice(&bhs);
     if digests.header {
-        out.extend_from_slice(&crc32c(&[&bhs]).to_le_bytes());
+        f.head[BHS_LEN..].copy_from_slice(&crc32c(&[&bhs]).to_le_bytes());
+        f.head_len += 4;
     }
-    out.extend_from_slice(&data[..len]);
-    out.extend_from_slice(pad);
     if digests.data && len > 0 {
-        out.extend_from_slice(&crc32c(&[&data[..len], pad]).to_le_bytes());
+        let pad = [0u8; 3];
+        let crc = crc32c(&[&data[..len], &pad[..f.tail_len]]);
+        f.tail[f.tail_len..f.tail_len + 4].copy_from_slice(&crc.to_le_bytes());
+        f.tail_len += 4;
     }
+    f
+}
+
+/// The part of `data` a PDU framed by [`frame`] carries.
+pub fn segment(data: &[u8]) -> &[u8] {
+    &data[..data.len().min(0x00ff_ffff)]
+}
+
+/// Writes one PDU: `bhs` (its DataSegmentLength is set here from `data`), the digests in force
+/// and the padded data, in one write.
+pub fn write_pdu(
+    w: &mut impl Write,
+    bhs: [u8; BHS_LEN],
+    data: &[u8],
+    digests: Digests,
+) -> io::Result<()> {
+    let f = frame(bhs, data, digests);
+    let data = segment(data);
+    let mut out = Vec::with_capacity(f.head().len() + data.len() + f.tail().len());
+    out.extend_from_slice(f.head());
+    out.extend_from_slice(data);
+    out.extend_from_slice(f.tail());
     w.write_all(&out)
 }
 

@@ -6,6 +6,7 @@
 //! the commands to the session's workers (`workers.rs`), which run them side by side and send
 //! their responses.
 
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::RawFd;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
 use super::pdu::{self, header, op, put, read_pdu, Pdu, PduError, RESERVED_TAG};
-use super::workers::{implied_len, solicited, Hangup, Job, Link, TASK_SET_FULL};
+use super::workers::{implied_len, solicited, Handed, Hangup, Job, Link, TASK_SET_FULL};
 use super::{SessionInfo, Shared};
 use crate::scsi::tasks::{Scope, TaskId, TaskState};
 
@@ -106,6 +107,10 @@ pub struct Connection<'s, R: Read, W: Write + Send> {
     /// The connection's socket, asked whether bytes wait on it before a command runs on this
     /// thread ([`Link::run_inline`]); `None`: never (an in-memory connection).
     socket: Option<RawFd>,
+    /// A command was queued for the workers and its wake-up deferred while further PDUs wait
+    /// in the reader's buffer: one worker is woken for the batch before the reader can block
+    /// ([`Connection::kick`]).
+    owed: Cell<bool>,
 }
 
 fn protocol(why: impl Into<String>) -> End {
@@ -143,6 +148,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             next_ttt: 1,
             info,
             socket,
+            owed: Cell::new(false),
         }
     }
 
@@ -211,6 +217,9 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     }
 
     fn read(&mut self) -> Result<Pdu, End> {
+        if !self.pdu_buffered() {
+            self.kick();
+        }
         match read_pdu(&mut self.reader, self.session.params.digests, OUR_MRDSL) {
             Ok(p) => Ok(p),
             Err(PduError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(End::Closed),
@@ -298,7 +307,28 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
 
     /// Sends one PDU with the session's numbers; advances StatSN if `status`.
     fn send(&self, b: [u8; pdu::BHS_LEN], data: &[u8], status: bool) -> Result<(), End> {
+        self.kick();
         Ok(self.link.send(b, data, status)?)
+    }
+
+    /// Wakes a worker for the commands queued without one ([`Connection::owed`]); called before
+    /// anything that may block the reader (a read that needs the socket, a send, a wait).
+    fn kick(&self) {
+        if self.owed.replace(false) {
+            self.link.wake_owed();
+        }
+    }
+
+    /// Whether a whole PDU waits in the reader's buffer (reading it will not block).
+    fn pdu_buffered(&self) -> bool {
+        let b = self.reader.buffer();
+        b.len() >= pdu::BHS_LEN && b.len() >= pdu::wire_len(b, self.session.params.digests)
+    }
+
+    /// Waits until no command whose ITT `pick` selects is handed over and unfinished.
+    fn wait_finished(&self, pick: impl Fn(u32) -> bool) {
+        self.kick();
+        self.link.wait_finished(pick);
     }
 
     fn reject(&mut self, p: &Pdu, reason: u8) -> Result<(), End> {
@@ -339,7 +369,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         if reason != 2 {
             // The session's commands are answered before the Logout Response (RFC 7143
             // §11.14: it is the last PDU of the connection).
-            self.link.wait_finished(|_| true);
+            self.wait_finished(|_| true);
         }
         self.send(b, &[], true)?;
         if reason == 2 {
@@ -443,9 +473,9 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         // ORDERED (SAM-5 §8.6): after every command before it, before every command after it.
         let ordered = p.flags() & 0x07 == ORDERED;
         if ordered {
-            self.link.wait_finished(|_| true);
+            self.wait_finished(|_| true);
         }
-        self.link.reserve(held);
+        self.link.reserve(held, || self.kick());
         let data_out = if write {
             match self.collect(&p, edtl, solicited(&cdb, edtl)) {
                 Ok(Collected::Data(d)) => d,
@@ -478,12 +508,14 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         let idle = || self.reader.buffer().is_empty() && self.socket.is_some_and(nothing_waiting);
         let handed = self.link.run_inline(self.shared, job, idle);
         if let Some(job) = handed {
-            if !self.link.submit(job, spawn) {
-                self.link.run_queued(self.shared);
+            match self.link.submit(job, spawn, self.pdu_buffered()) {
+                Handed::Queued => {}
+                Handed::Owed => self.owed.set(true),
+                Handed::NoWorker => self.link.run_queued(self.shared),
             }
         }
         if ordered {
-            self.link.wait_finished(|i| i == itt);
+            self.wait_finished(|i| i == itt);
         }
         Ok(())
     }
@@ -661,7 +693,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             2 | 4 | 11 => {
                 self.abort_queued(|_| true);
                 lun.tasks.abort(nexus);
-                self.link.wait_finished(|_| true);
+                self.wait_finished(|_| true);
                 if function == 11 {
                     log::info!("{}: iscsi: I_T nexus reset", self.nexus);
                     lun.reservations
@@ -673,7 +705,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             5..=7 => {
                 self.abort_queued(|_| true);
                 lun.tasks.abort(Scope::All);
-                self.link.wait_finished(|_| true);
+                self.wait_finished(|_| true);
                 log::info!("{}: iscsi: logical unit reset (TMF {function})", self.nexus);
                 lun.reservations.with_mut(|a| a.logical_unit_reset());
                 tmf_response::COMPLETE
@@ -713,7 +745,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
         let in_set = tasks.abort(Scope::Task(&self.nexus, u64::from(r))) > 0;
         let queued = self.abort_queued(|q| q.itt() == r) > 0;
         let found = current == Some(r) || in_set || queued || self.abort_not_received(p);
-        self.link.wait_finished(|i| i == r);
+        self.wait_finished(|i| i == r);
         if found {
             tmf_response::COMPLETE
         } else {

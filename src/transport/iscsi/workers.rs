@@ -3,7 +3,7 @@
 //! task set, to the session's workers: threads started as the depth needs them (at most
 //! [`MAX_WORKERS`], never one per command) that end with the connection. A worker runs the
 //! command through the SCSI core and sends its Data-In and status; every PDU of the session goes
-//! out through one writer ([`Link::send`]), which numbers it (StatSN) and advertises the window:
+//! out through one writer (`writer.rs`), which numbers it (StatSN) and advertises the window:
 //! MaxCmdSN = ExpCmdSN − 1 + the window's free slots, a slot being held by each non-immediate
 //! command from its admission to its response, so that no more than [`CMD_WINDOW`] commands are
 //! outstanding and the window never shrinks (RFC 7143 §3.2.2.1).
@@ -16,12 +16,20 @@
 //! the inline one (which its kind's history says is short), and a session whose commands are
 //! slow (a slow disk, a delayed write) always hands them over, so none waits behind them.
 //!
+//! At depth the session's workers cost no wake-up per command either: a command of a fast kind
+//! queued while a worker runs a fast command stays in the queue for that worker, up to [`BATCH`]
+//! for each ([`Link::batches`]), and the reader, when further PDUs wait in its buffer, defers the
+//! wake-up a command needs to the end of the batch ([`Handed::Owed`]): one worker wakes for the
+//! batch, and a worker that takes a command wakes another when the rest of the queue needs one.
+//! The bet is the one made for a command run on the reader: a command that turns out slower
+//! than its kind's history holds the commands queued behind it, once (it resets the history).
+//!
 //! What the session's commands hold at once is bounded: [`MAX_HELD`] bytes of data buffers (the
 //! reader waits for workers before it takes more), [`CMD_WINDOW`] non-immediate commands and
 //! [`MAX_IMMEDIATE`] immediate ones (more get TASK SET FULL).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -29,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use super::keys::Params;
 use super::login::CMD_WINDOW;
-use super::pdu::{self, header, op, put, write_pdu, RESERVED_TAG};
+use super::pdu::{self, header, op, put, RESERVED_TAG};
+use super::writer::{Outgoing, Writer};
 use super::{SessionInfo, Shared};
 use crate::image::buffers::Buf;
 use crate::scsi::cdb::{self, Command};
@@ -55,14 +64,12 @@ pub(super) const INLINE_STREAK: u32 = 4;
 /// arrives while one runs on the reader may expect to wait.
 pub(super) const INLINE_FAST: Duration = Duration::from_micros(200);
 
+/// Commands of a fast kind that may wait in the queue for each worker running a fast command,
+/// rather than wake another worker ([`Link::batches`]).
+pub(super) const BATCH: usize = 16;
+
 /// The SAM status TASK SET FULL.
 pub(super) const TASK_SET_FULL: u8 = 0x28;
-
-/// The session's one writer and StatSN, assigned in the order PDUs go out.
-struct Out<W: Write> {
-    writer: BufWriter<W>,
-    stat_sn: u32,
-}
 
 /// The CmdSN window, apart from the writer so that the reader admits commands while a worker's
 /// Data-In waits for the initiator to read.
@@ -89,7 +96,17 @@ impl Window {
 struct State {
     queue: VecDeque<Job>,
     workers: usize,
+    /// Workers waiting for a command.
     idle: usize,
+    /// Idle workers signalled and not awake yet: a command queued while every idle worker
+    /// is signalled already wakes none (the signalled ones take the queue until it is empty).
+    signalled: usize,
+    /// Threads waiting for a command to finish ([`Link::reserve`], [`Link::wait_finished`]):
+    /// a command that finishes while there are none signals nobody (no system call).
+    finish_waiters: usize,
+    /// Workers running a command whose kind's history was fast when it started: each takes
+    /// the next queued command when it ends ([`Link::batches`]).
+    fast_running: usize,
     /// The connection ended: queued commands are dropped, workers end.
     closing: bool,
     /// ITTs of the commands handed over and not finished (their response sent or dropped).
@@ -120,7 +137,8 @@ pub(super) struct Job {
 
 /// What the reader and the workers of one connection share.
 pub(super) struct Link<W: Write> {
-    out: Mutex<Out<W>>,
+    /// Every PDU of the connection goes out through it, numbered.
+    out: Writer<W>,
     window: Mutex<Window>,
     state: Mutex<State>,
     /// Signalled when a command is queued or the connection ends.
@@ -150,6 +168,18 @@ impl Job {
     }
 }
 
+/// What [`Link::submit`] did with a command.
+pub(super) enum Handed {
+    /// Queued for a worker that runs, or was woken or started.
+    Queued,
+    /// Queued, and the wake-up of an idle worker deferred: the caller owes a
+    /// [`Link::wake_owed`] before it blocks.
+    Owed,
+    /// Queued, but no worker runs at all (none could be started): the caller runs the queue
+    /// itself ([`Link::run_queued`]).
+    NoWorker,
+}
+
 /// Closes a connection from any thread (shuts its socket down).
 pub(super) type Hangup = Box<dyn Fn() + Send + Sync>;
 
@@ -162,10 +192,7 @@ impl<W: Write> Link<W> {
         hangup: Hangup,
     ) -> Self {
         Link {
-            out: Mutex::new(Out {
-                writer: BufWriter::with_capacity(64 * 1024, writer),
-                stat_sn,
-            }),
+            out: Writer::new(writer, stat_sn, params.digests),
             window: Mutex::new(Window {
                 exp_cmd_sn,
                 used: 0,
@@ -179,10 +206,6 @@ impl<W: Write> Link<W> {
             fast: Default::default(),
             hangup,
         }
-    }
-
-    fn out(&self) -> MutexGuard<'_, Out<W>> {
-        lock(&self.out)
     }
 
     fn window(&self) -> MutexGuard<'_, Window> {
@@ -220,26 +243,51 @@ impl<W: Write> Link<W> {
 
     /// Sends one PDU with StatSN, ExpCmdSN and MaxCmdSN filled in; advances StatSN if
     /// `status`.
-    pub fn send(&self, b: [u8; pdu::BHS_LEN], data: &[u8], status: bool) -> io::Result<()> {
-        let mut o = self.out();
-        o.send(b, data, status, self.params.digests, &self.window)?;
-        o.writer.flush()
+    pub fn send(&self, bhs: [u8; pdu::BHS_LEN], data: &[u8], status: bool) -> io::Result<()> {
+        let pdu = Outgoing { bhs, data, status };
+        self.out.send(&[pdu], || self.window().numbers())
     }
 
     /// Reserves `n` bytes of data buffers, waiting for commands to finish while the session
-    /// holds too much (never while it holds nothing).
-    pub fn reserve(&self, n: usize) {
+    /// holds too much (never while it holds nothing); `before_wait` is called once before it
+    /// waits.
+    pub fn reserve(&self, n: usize, before_wait: impl FnOnce()) {
         let mut s = lock(&self.state);
+        let mut before_wait = Some(before_wait);
         while s.held > 0 && s.held + n > MAX_HELD {
-            s = wait(&self.done, s);
+            if let Some(f) = before_wait.take() {
+                drop(s);
+                f();
+                s = lock(&self.state);
+                continue;
+            }
+            s = self.wait_done(s);
         }
         s.held += n;
     }
 
     /// Returns bytes [`Link::reserve`] took for a command that does not reach a worker.
     fn unreserve(&self, n: usize) {
-        lock(&self.state).held -= n;
-        self.done.notify_all();
+        let mut s = lock(&self.state);
+        s.held -= n;
+        self.finished(s);
+    }
+
+    /// Waits for a command to finish.
+    fn wait_done<'a>(&self, mut s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        s.finish_waiters += 1;
+        let mut s = wait(&self.done, s);
+        s.finish_waiters -= 1;
+        s
+    }
+
+    /// A command finished (the state changed under `s`): wakes the threads waiting for one.
+    fn finished(&self, s: MutexGuard<'_, State>) {
+        let wake = s.finish_waiters > 0;
+        drop(s);
+        if wake {
+            self.done.notify_all();
+        }
     }
 
     /// Counts an immediate command in, unless [`MAX_IMMEDIATE`] are outstanding.
@@ -265,24 +313,74 @@ impl<W: Write> Link<W> {
     }
 
     /// Hands `job` to the workers; `spawn` starts one more when none is idle and fewer than
-    /// [`MAX_WORKERS`] run. False when no worker runs at all (none could be started): the
-    /// caller runs the queue itself ([`Link::run_queued`]).
-    pub fn submit(&self, job: Job, spawn: &dyn Fn() -> bool) -> bool {
+    /// [`MAX_WORKERS`] run. `defer`: more commands follow at once, so the wake-up of an idle
+    /// worker is left to the caller ([`Handed::Owed`]), one for the batch.
+    pub fn submit(&self, job: Job, spawn: &dyn Fn() -> bool, defer: bool) -> Handed {
         let mut s = lock(&self.state);
         *s.active.entry(job.itt).or_default() += 1;
+        let fast = self.is_fast(&job);
         s.queue.push_back(job);
-        let start = s.idle < s.queue.len() && s.workers < MAX_WORKERS;
+        let batched = self.batches(&s, fast);
+        // Batched, a command wakes no worker; but one is started when none is idle, so that
+        // one is there to wake should a running command turn out slow.
+        let wake = !batched && s.idle > s.signalled;
+        let room = s.workers < MAX_WORKERS;
+        let start = room
+            && if batched {
+                s.idle == 0
+            } else {
+                s.idle < s.queue.len()
+            };
+        if wake && defer && !start {
+            return Handed::Owed;
+        }
+        if !(wake || start) {
+            return Handed::Queued;
+        }
         if start {
             s.workers += 1;
         }
+        s.signalled += usize::from(wake);
         drop(s);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
         if start && !spawn() {
             let mut s = lock(&self.state);
             s.workers -= 1;
-            return s.workers > 0;
+            if s.workers == 0 {
+                return Handed::NoWorker;
+            }
         }
-        true
+        Handed::Queued
+    }
+
+    /// Wakes an idle worker for queued commands, unless one is signalled already (the one woken
+    /// wakes others when the queue needs them, [`Link::next_job`]).
+    pub fn wake_owed(&self) {
+        let mut s = lock(&self.state);
+        let wake = !s.queue.is_empty() && s.idle > s.signalled && s.signalled == 0;
+        s.signalled += usize::from(wake);
+        drop(s);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
+    /// Whether the last [`INLINE_STREAK`] commands of `job`'s kind did their I/O within
+    /// [`INLINE_FAST`].
+    fn is_fast(&self, job: &Job) -> bool {
+        self.fast[job.kind()].load(Relaxed) >= INLINE_STREAK
+    }
+
+    /// Whether a queued command of a fast kind (`fast`) is left in the queue, waking no worker:
+    /// workers running fast commands take the queue as each ends, up to [`BATCH`] queued
+    /// commands for each, so that a deep queue of fast commands costs no wake-up (a system call
+    /// and a context switch each) per command. A command that turns out slower than its kind's
+    /// history holds the commands queued behind it (the same bet, and limit, as a command run
+    /// on the reader); it resets the history, and its worker wakes others for the rest.
+    fn batches(&self, s: &State, fast: bool) -> bool {
+        fast && s.fast_running > 0 && s.queue.len() <= s.fast_running * BATCH
     }
 
     /// Runs `job` on this thread (the reader's) when the session is idle: nothing queued or
@@ -295,7 +393,7 @@ impl<W: Write> Link<W> {
         job: Job,
         socket_idle: impl FnOnce() -> bool,
     ) -> Option<Job> {
-        if self.fast[job.kind()].load(Relaxed) < INLINE_STREAK {
+        if !self.is_fast(&job) {
             return Some(job);
         }
         {
@@ -329,7 +427,7 @@ impl<W: Write> Link<W> {
     pub fn wait_finished(&self, pick: impl Fn(u32) -> bool) {
         let mut s = lock(&self.state);
         while s.active.keys().any(|&itt| pick(itt)) {
-            s = wait(&self.done, s);
+            s = self.wait_done(s);
         }
     }
 
@@ -342,13 +440,18 @@ impl<W: Write> Link<W> {
 
     /// A worker: runs queued commands until the connection ends.
     pub fn worker(&self, shared: &Shared) {
-        while let Some((job, closing)) = self.next_job() {
-            self.run_and_finish(shared, job, closing);
+        while let Some((job, closing, fast)) = self.next_job() {
+            self.run_counted(shared, job, closing, fast);
         }
     }
 
     /// Runs `job`, then counts it out of what the session holds.
     fn run_and_finish(&self, shared: &Shared, job: Job, closing: bool) {
+        self.run_counted(shared, job, closing, false);
+    }
+
+    /// [`Link::run_and_finish`]; `fast`: it counted in [`State::fast_running`].
+    fn run_counted(&self, shared: &Shared, job: Job, closing: bool, fast: bool) {
         let itt = job.itt;
         let (held, immediate) = (job.held, job.immediate);
         self.run(shared, job, closing);
@@ -361,16 +464,29 @@ impl<W: Write> Link<W> {
         }
         s.held -= held;
         s.immediate -= usize::from(immediate);
-        drop(s);
-        self.done.notify_all();
+        s.fast_running -= usize::from(fast);
+        self.finished(s);
     }
 
-    /// The next queued command, and whether the connection ended; `None`: none will come.
-    fn next_job(&self) -> Option<(Job, bool)> {
+    /// The next queued command, whether the connection ended and whether it counts as fast
+    /// ([`State::fast_running`]); `None`: none will come. When commands remain queued that
+    /// this worker's would not hold ([`Link::batches`]), it wakes another worker for them.
+    fn next_job(&self) -> Option<(Job, bool, bool)> {
         let mut s = lock(&self.state);
         loop {
             if let Some(j) = s.queue.pop_front() {
-                return Some((j, s.closing));
+                let fast = self.is_fast(&j);
+                s.fast_running += usize::from(fast);
+                let rest_fast = s.queue.front().is_some_and(|n| self.is_fast(n));
+                let wake =
+                    !s.queue.is_empty() && !self.batches(&s, rest_fast) && s.idle > s.signalled;
+                s.signalled += usize::from(wake);
+                let closing = s.closing;
+                drop(s);
+                if wake {
+                    self.work.notify_one();
+                }
+                return Some((j, closing, fast));
             }
             if s.closing {
                 s.workers -= 1;
@@ -379,6 +495,7 @@ impl<W: Write> Link<W> {
             s.idle += 1;
             s = wait(&self.work, s);
             s.idle -= 1;
+            s.signalled = s.signalled.saturating_sub(1);
         }
     }
 
@@ -446,8 +563,8 @@ impl<W: Write> Link<W> {
         if !job.immediate {
             self.free_slot();
         }
-        let mut out = self.out();
         tasks.retire(job.task);
+        let mut pdus = Vec::with_capacity(sent.div_ceil(chunk) + 1);
         let (mut off, mut data_sn) = (0, 0u32);
         while off < sent {
             let n = chunk.min(sent - off);
@@ -466,47 +583,27 @@ impl<W: Write> Link<W> {
             }
             put(&mut b, 36, data_sn);
             put(&mut b, 40, off as u32);
-            out.send(
-                b,
-                &din[off..off + n],
-                last && collapse,
-                prm.digests,
-                &self.window,
-            )?;
+            pdus.push(Outgoing {
+                bhs: b,
+                data: &din[off..off + n],
+                status: last && collapse,
+            });
             data_sn += 1;
             off += n;
         }
+        let sense = o.sense.map(sense_data).unwrap_or_default();
         if !collapse {
             let mut b = header(op::SCSI_RESPONSE, 0x80 | flag, job.itt);
             b[3] = o.status;
             put(&mut b, 36, data_sn);
             put(&mut b, 44, resid);
-            let data = o.sense.map(sense_data).unwrap_or_default();
-            out.send(b, &data, true, prm.digests, &self.window)?;
+            pdus.push(Outgoing {
+                bhs: b,
+                data: &sense,
+                status: true,
+            });
         }
-        out.writer.flush()
-    }
-}
-
-impl<W: Write> Out<W> {
-    /// Writes one PDU with the session's numbers (not flushed). The window is read under the
-    /// writer's lock, so the MaxCmdSN PDUs carry never goes back in the order they go out.
-    fn send(
-        &mut self,
-        mut b: [u8; pdu::BHS_LEN],
-        data: &[u8],
-        status: bool,
-        digests: pdu::Digests,
-        window: &Mutex<Window>,
-    ) -> io::Result<()> {
-        put(&mut b, 24, self.stat_sn);
-        if status {
-            self.stat_sn = self.stat_sn.wrapping_add(1);
-        }
-        let (exp, max) = lock(window).numbers();
-        put(&mut b, 28, exp);
-        put(&mut b, 32, max);
-        write_pdu(&mut self.writer, b, data, digests)
+        self.out.send(&pdus, || self.window().numbers())
     }
 }
 
