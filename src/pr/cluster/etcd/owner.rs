@@ -843,9 +843,14 @@ impl EtcdState {
                 );
                 Ok(())
             }
+            // The record, the state or the membership changed meanwhile (the request
+            // withdrawn, a PR OUT committed elsewhere, the guest taken from a replaced
+            // incarnation): resolved from the record as a lost answer is
+            // ([`EtcdState::finish_leaving`]), so the gate opens again only once a swap shows
+            // that the record still names this incarnation, and then kicks the rings that found
+            // it closed meanwhile (a cancelled migration's source restarting them).
             Ok(false) => {
-                self.requeue(&mut arb, guest, &taken);
-                gate.set(Own::Yes);
+                lock(&gate.inner).stash = taken;
                 Ok(())
             }
             Err(e) => {
