@@ -133,12 +133,13 @@ impl Gate for GuestGate {
         g.conns = g.conns.saturating_add(1);
     }
 
-    /// The last connection of a guest not owned here ended: nothing here wants it any more, and
-    /// the mover withdraws this daemon's request for it.
+    /// The last connection of a guest not owned here (or being handed over) ended: nothing here
+    /// wants it any more, and the mover withdraws this daemon's request for it (or, once the
+    /// hand-over is committed, makes none).
     fn disconnected(&self) {
         let mut g = lock(&self.inner);
         g.conns = g.conns.saturating_sub(1);
-        if g.conns == 0 && g.own == Own::No && g.wanted {
+        if g.conns == 0 && g.own != Own::Yes && g.wanted {
             g.wanted = false;
             wake(&self.wake);
         }
