@@ -727,3 +727,39 @@ fn a_hand_over_that_finds_the_request_withdrawn_serves_the_held_ring_here() {
     );
     drop(source);
 }
+
+/// The destination's connection ends after asking and a new one comes at once with work (a
+/// QEMU restarted on the destination host): whether or not B withdrew its request in between,
+/// B asks again and serves the new connection's write once A's rings stopped: vm1 moved once.
+#[test]
+fn a_destination_that_reconnects_at_once_after_asking_still_gets_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let Asked {
+        mut source,
+        dest,
+        a: _a,
+        b,
+        ..
+    } = ask_for_vm1(dir.path(), &etcd, &STEADY, &[], &[]);
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(rec["want"]["node"], "b", "B asked for vm1");
+    drop(dest);
+    let mut again = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let status = again.queue_blk_write(SECTOR, 0xb3);
+    std::thread::sleep(Duration::from_millis(500));
+    source.stop_rings();
+    again
+        .wait_used(0, TIMEOUT)
+        .expect("B serves the new connection's write once A's rings stopped");
+    assert_eq!(again.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    let last = owner(&etcd, "vm1");
+    assert_eq!(
+        (last["node"].as_str(), last["moves"].as_u64()),
+        (Some("b"), rec["moves"].as_u64().map(|m| m + 1))
+    );
+    assert_eq!(
+        image_bytes(&dir.path().join("disk.img"), SECTOR * 512, 4096),
+        vec![0xb3; 4096]
+    );
+}
