@@ -693,6 +693,10 @@ impl EtcdState {
     /// meanwhile (handed over here, asked by another) is left as it is.
     fn withdraw(&self, guest: &str, v: &OwnerValue, rev: i64) -> Result<(), ClusterError> {
         if v.want.as_ref() != Some(&self.me()) {
+            // No request of this incarnation stands (another replaced it, or a withdrawal whose
+            // answer was lost applied): the unit attentions kept for a move here are dropped,
+            // or they would pile up for as long as the guest is not asked for again.
+            lock(&self.moving).remove(guest);
             return Ok(());
         }
         let mut next = v.clone();
