@@ -675,3 +675,91 @@ fn a_destination_that_went_away_after_asking_withdraws_its_request() {
         vec![0xa3; 4096]
     );
 }
+
+/// The destination goes away while the source hands the guest over: A stopped admitting vm1
+/// (its rings stopped) and waits for vm2's admitted write (1 s, the test-hooks delay) before
+/// its compare-and-swap; meanwhile B's connection ends and B withdraws its request, and a new
+/// connection of vm1 on A (the source QEMU restarting its rings: the migration failed) has a
+/// write, held while A hands over. A's swap fails: A serves vm1 again and that write with it,
+/// vm1 never moved. Before, A opened its gate without kicking the held ring: the write waited
+/// for the guest's next kick.
+#[test]
+fn a_hand_over_that_finds_the_request_withdrawn_serves_the_held_ring_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = etcd.endpoints();
+    let delay = [("SHAREDISK_TEST_WRITE_DELAY_MS", "1000")];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1", "vm2"], &STEADY, &delay);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &STEADY, &[]);
+    let mut source = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    source.blk_write(SECTOR, &[0xa1; 4096]);
+    let mut vm2 = VuFrontend::connect(&a.blk("vm2"), 1, 128);
+    vm2.blk_write(SECTOR + 64, &[0xc1; 4096]);
+    let dest = {
+        let mut d = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+        d.queue_blk_write(SECTOR, 0xb2);
+        d
+    };
+    let rec = wait_owner(&etcd, "vm1", TIMEOUT, "B asked", |r| {
+        r["want"]["node"] == "b"
+    });
+    // vm2's write is admitted, and holds A's hand-over of vm1 back for a second.
+    vm2.queue_blk_write(SECTOR + 64, 0xc2);
+    std::thread::sleep(Duration::from_millis(200));
+    source.stop_rings();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(dest);
+    let mut again = VuFrontend::connect(&a.blk("vm1"), 1, 128);
+    let status = again.queue_blk_write(SECTOR, 0xa3);
+    assert!(
+        again.wait_used(0, Duration::from_millis(300)).is_none(),
+        "the scenario: A was handing vm1 over when the new connection's write came"
+    );
+    again
+        .wait_used(0, TIMEOUT)
+        .expect("A serves vm1's held write once its hand-over failed");
+    assert_eq!(again.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    let last = owner(&etcd, "vm1");
+    assert_eq!(
+        (&last["node"], &last["moves"], &last["want"]),
+        (&rec["node"], &rec["moves"], &serde_json::Value::Null),
+        "the scenario: the request was withdrawn before A's swap, vm1 never moved"
+    );
+    drop(source);
+}
+
+/// The destination's connection ends after asking and a new one comes at once with work (a
+/// QEMU restarted on the destination host): whether or not B withdrew its request in between,
+/// B asks again and serves the new connection's write once A's rings stopped: vm1 moved once.
+#[test]
+fn a_destination_that_reconnects_at_once_after_asking_still_gets_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let Asked {
+        mut source,
+        dest,
+        a: _a,
+        b,
+        ..
+    } = ask_for_vm1(dir.path(), &etcd, &STEADY, &[], &[]);
+    let rec = owner(&etcd, "vm1");
+    assert_eq!(rec["want"]["node"], "b", "B asked for vm1");
+    drop(dest);
+    let mut again = VuFrontend::connect(&b.blk("vm1"), 1, 128);
+    let status = again.queue_blk_write(SECTOR, 0xb3);
+    std::thread::sleep(Duration::from_millis(500));
+    source.stop_rings();
+    again
+        .wait_used(0, TIMEOUT)
+        .expect("B serves the new connection's write once A's rings stopped");
+    assert_eq!(again.read_mem(status, 1)[0], VIRTIO_BLK_S_OK);
+    let last = owner(&etcd, "vm1");
+    assert_eq!(
+        (last["node"].as_str(), last["moves"].as_u64()),
+        (Some("b"), rec["moves"].as_u64().map(|m| m + 1))
+    );
+    assert_eq!(
+        image_bytes(&dir.path().join("disk.img"), SECTOR * 512, 4096),
+        vec![0xb3; 4096]
+    );
+}

@@ -42,6 +42,11 @@ fn setup() -> Setup {
 
 /// A session with `InitialR2T` as given (ImmediateData=Yes, FirstBurstLength 64 KiB).
 fn login(s: &Setup, initial_r2t: &str) -> IscsiClient {
+    login_isid(s, initial_r2t, [0x80, 0x52, 0x45, 0x53, 0x00, 0x01])
+}
+
+/// [`login`] as the I_T nexus of `isid`.
+fn login_isid(s: &Setup, initial_r2t: &str, isid: [u8; 6]) -> IscsiClient {
     let security = [
         ("InitiatorName", INITIATOR_A),
         ("TargetName", s.target.as_str()),
@@ -59,7 +64,6 @@ fn login(s: &Setup, initial_r2t: &str) -> IscsiClient {
         ("ErrorRecoveryLevel", "0"),
         ("MaxConnections", "1"),
     ];
-    let isid = [0x80, 0x52, 0x45, 0x53, 0x00, 0x01];
     let mut c = IscsiClient::login_with(s.addr, &security, &operational, isid).expect("login");
     c.drain_ua();
     c
@@ -224,7 +228,37 @@ fn a_write_whose_edtl_is_short_by_whole_blocks_writes_only_those_blocks() {
     let end = (16 << 20) / BLOCK as u32;
     let r = write(&mut c, &write10(end, 2), &[b'c'; BLOCK], BLOCK).expect("a response");
     assert_eq!((r.status, r.sense), (2, Some((5, 0x21, 0))), "{r:?}");
+    // So is the CDB's whole range: a write that runs past the end is refused as sent, even
+    // when the blocks EDTL covers lie inside (a WRITE(6) cut to none as well).
+    fill(&mut c, end - 1, 1, b'a');
+    let r = write(&mut c, &write10(end - 1, 2), &[b'c'; BLOCK], BLOCK).expect("a response");
+    assert_eq!((r.status, r.sense), (2, Some((5, 0x21, 0))), "{r:?}");
+    let r = write(&mut c, &write6(end - 1, 0), &[], 0).expect("a response");
+    assert_eq!((r.status, r.sense), (2, Some((5, 0x21, 0))), "{r:?}");
+    assert_blocks(&s.daemon.image, end - 1, b"a", "a write past the end");
     s.daemon.assert_no_panic();
+}
+
+/// A write cut to no block at all is still a write: an initiator the reservation holder
+/// fences gets RESERVATION CONFLICT, not GOOD, whatever its EDTL.
+#[test]
+fn a_write_cut_to_no_block_is_still_checked_against_the_reservation() {
+    let s = setup();
+    let mut holder = login_isid(&s, "Yes", [0x80, 0x52, 0x45, 0x53, 0x00, 0x02]);
+    let mut other = login(&s, "Yes");
+    let r = holder.prout(0, 0, 0, 0x11);
+    assert_eq!(r.status, 0, "REGISTER: {r:?}");
+    let r = holder.prout(1, 3, 0x11, 0);
+    assert_eq!(r.status, 0, "RESERVE Exclusive Access: {r:?}");
+    other.drain_ua();
+    for (name, cdb) in [
+        ("WRITE(6)", write6(80, 1).to_vec()),
+        ("WRITE(10)", write10(80, 1).to_vec()),
+        ("WRITE(16)", write16(80, 1).to_vec()),
+    ] {
+        let r = write(&mut other, &cdb, &[], 0).expect("a response");
+        assert_eq!(r.status, 0x18, "{name} with EDTL 0: {r:?}");
+    }
 }
 
 #[test]

@@ -163,7 +163,8 @@ impl Target {
         &self.lun
     }
 
-    fn num_blocks(&self) -> u64 {
+    /// The LU's size in logical blocks.
+    pub fn num_blocks(&self) -> u64 {
         self.lun.image.size() / SECTOR
     }
 

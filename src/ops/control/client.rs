@@ -341,11 +341,11 @@ fn render_cluster(v: &Value) -> String {
             .collect();
         out.push_str(&format!(
             "{:<16} {:<16} {:>8} {:>12}  {}\n",
-            name,
-            f("host").as_str().unwrap_or("-"),
+            printable(&name),
+            printable(f("host").as_str().unwrap_or("-")),
             f("pid"),
             f("acked_epoch"),
-            initiators.join(",")
+            printable(&initiators.join(","))
         ));
     }
     out.push_str(&render_owners(&s("guests")));
@@ -354,7 +354,9 @@ fn render_cluster(v: &Value) -> String {
 
 /// The owner records' lines of `ctl cluster status`: per guest, the owning node (`*`: this
 /// incarnation; `(gone)`: not its node's member now), whether it is served here, its move count,
-/// the node that asked for it and the owner's incarnation.
+/// the node that asked for it and the owner's incarnation. The names come from etcd, where any
+/// client of it may have written them: a control character is shown escaped, never sent to the
+/// operator's terminal.
 fn render_owners(guests: &Value) -> String {
     let list = guests.as_array().map(Vec::as_slice).unwrap_or_default();
     if list.is_empty() {
@@ -389,14 +391,14 @@ fn render_owners(guests: &Value) -> String {
         };
         out.push_str(&format!(
             "{:<16} {:<18} {:>6} {:<11} {:<16}  {}\n",
-            f("guest").as_str().unwrap_or("?"),
-            owner,
+            printable(f("guest").as_str().unwrap_or("?")),
+            printable(&owner),
             f("moves")
                 .as_u64()
                 .map_or("-".to_string(), |m| m.to_string()),
             yes_no(g, "served_here"),
-            f("want").get("node").and_then(Value::as_str).unwrap_or("-"),
-            f("incarnation").as_str().unwrap_or("-"),
+            printable(f("want").get("node").and_then(Value::as_str).unwrap_or("-")),
+            printable(f("incarnation").as_str().unwrap_or("-")),
         ));
     }
     out
@@ -425,6 +427,19 @@ pub fn show_state_file(path: &Path, json_out: bool) -> u8 {
             exit::FAILED
         }
     }
+}
+
+/// `text` with each control character (escape sequences, line breaks) written as `\u{…}`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -682,3 +697,6 @@ pub fn render_stats(v: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -104,6 +104,9 @@ fn immediate_data_is_and_and_initial_r2t_is_or_of_both_offers() {
     }
 }
 
+/// The LU's size in blocks that [`fit_write`] checks a cut write's range against.
+const DISK: u64 = 1 << 20;
+
 /// A 16-byte CDB buffer holding `c`.
 fn cdb16(c: &[u8]) -> [u8; 16] {
     let mut b = [0u8; 16];
@@ -116,33 +119,33 @@ fn a_write_short_of_its_transfer_is_cut_to_the_whole_blocks_of_its_edtl() {
     // WRITE(10) of 2 blocks at LBA 7: EDTL 512 runs as 1 block, EDTL 0 as none.
     let w10 = cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 2, 0]);
     assert_eq!(
-        fit_write(&w10, 512),
+        fit_write(&w10, 512, DISK),
         Ok(cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 1, 0]))
     );
     assert_eq!(
-        fit_write(&w10, 0),
+        fit_write(&w10, 0, DISK),
         Ok(cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 0, 0]))
     );
     // WRITE(12) and WRITE(16): their 32-bit TRANSFER LENGTH.
     let w12 = cdb16(&[0xaa, 0, 0, 0, 0, 7, 0, 0, 1, 0, 0, 0]);
     assert_eq!(
-        fit_write(&w12, 1024),
+        fit_write(&w12, 1024, DISK),
         Ok(cdb16(&[0xaa, 0, 0, 0, 0, 7, 0, 0, 0, 2, 0, 0]))
     );
     let mut w16 = cdb16(&[0x8a, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
     w16[13] = 3;
     let mut cut = w16;
     cut[13] = 1;
-    assert_eq!(fit_write(&w16, 512), Ok(cut));
+    assert_eq!(fit_write(&w16, 512, DISK), Ok(cut));
     // WRITE(6) of 256 blocks (length 0) at LBA 0x10203: to 255 blocks; to none, as a WRITE(10)
     // of 0 blocks at the same LBA.
     let w6 = cdb16(&[0x0a, 0x01, 0x02, 0x03, 0, 0]);
     assert_eq!(
-        fit_write(&w6, 255 * 512),
+        fit_write(&w6, 255 * 512, DISK),
         Ok(cdb16(&[0x0a, 1, 2, 3, 255, 0]))
     );
     assert_eq!(
-        fit_write(&w6, 0),
+        fit_write(&w6, 0, DISK),
         Ok(cdb16(&[0x2a, 0, 0, 0x01, 0x02, 0x03, 0, 0, 0, 0]))
     );
 }
@@ -152,21 +155,34 @@ fn a_write_edtl_inside_a_block_is_refused_and_others_run_as_sent() {
     let w10 = cdb16(&[0x2a, 0, 0, 0, 0, 7, 0, 0, 2, 0]);
     for edtl in [1, 200, 511, 513, 1023] {
         assert_eq!(
-            fit_write(&w10, edtl),
+            fit_write(&w10, edtl, DISK),
             Err(sense::INVALID_FIELD_IN_COMMAND_IU)
         );
     }
     // The transfer or more (underflow): as sent.
-    assert_eq!(fit_write(&w10, 1024), Ok(w10));
-    assert_eq!(fit_write(&w10, 10000), Ok(w10));
+    assert_eq!(fit_write(&w10, 1024, DISK), Ok(w10));
+    assert_eq!(fit_write(&w10, 10000, DISK), Ok(w10));
     // READs and other commands are not rewritten, whatever their EDTL.
     let r10 = cdb16(&[0x28, 0, 0, 0, 0, 7, 0, 0, 2, 0]);
-    assert_eq!(fit_write(&r10, 200), Ok(r10));
+    assert_eq!(fit_write(&r10, 200, DISK), Ok(r10));
     let prout = cdb16(&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0]);
-    assert_eq!(fit_write(&prout, 0), Ok(prout));
+    assert_eq!(fit_write(&prout, 0, DISK), Ok(prout));
+    // A cut write is checked as sent: its range runs past the LU's end (the blocks EDTL
+    // covers lie inside), a WRITE(6) cut to none included; uncut, the SCSI core checks it.
+    let last = cdb16(&[0x2a, 0, 0, 0x0f, 0xff, 0xff, 0, 0, 2, 0]);
+    for edtl in [0, 512, 700] {
+        assert_eq!(
+            fit_write(&last, edtl, DISK),
+            Err(sense::LBA_OUT_OF_RANGE),
+            "{edtl}"
+        );
+    }
+    let w6 = cdb16(&[0x0a, 0x0f, 0xff, 0xff, 0, 0]);
+    assert_eq!(fit_write(&w6, 0, DISK), Err(sense::LBA_OUT_OF_RANGE));
+    assert_eq!(fit_write(&last, 1024, DISK), Ok(last));
     // A CDB that does not parse runs as sent: the SCSI core answers it.
     let bad = cdb16(&[0x2a, 0xff, 0, 0, 0, 7, 0, 0, 2, 0]);
-    assert_eq!(fit_write(&bad, 0), Ok(bad));
+    assert_eq!(fit_write(&bad, 0, DISK), Ok(bad));
 }
 
 #[test]

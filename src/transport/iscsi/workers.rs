@@ -43,6 +43,7 @@ use super::{SessionInfo, Shared};
 use crate::image::buffers::Buf;
 use crate::scsi::cdb::{self, Command};
 use crate::scsi::data::{DataIn, DataOut};
+use crate::scsi::pages;
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
 use crate::scsi::tasks::{TaskId, TaskSet, TaskState};
@@ -521,7 +522,11 @@ impl<W: Write> Link<W> {
         }
         let mut din = vec![0u8; job.room];
         let started = Instant::now();
-        let outcome = match (job.data_out.as_mut(), fit_write(&job.cdb, job.edtl)) {
+        let num_blocks = shared.target.num_blocks();
+        let outcome = match (
+            job.data_out.as_mut(),
+            fit_write(&job.cdb, job.edtl, num_blocks),
+        ) {
             (Some(dout), Ok(cdb)) => execute(shared, &self.nexus, &job.lun, &cdb, dout, &mut din),
             (None, _) => refused(sense::INVALID_FIELD_IN_CDB),
             (Some(_), Err(s)) => refused(s),
@@ -645,15 +650,19 @@ fn refused(sense: Sense) -> Outcome {
 /// is below its transfer (residual overflow) writes only the whole blocks the EDTL covers: its
 /// CDB is rewritten to that many blocks, at the same LBA. An EDTL that ends inside a block is
 /// `Err` (INVALID FIELD IN COMMAND INFORMATION UNIT): a partial block is never written, and
-/// neither is any block of that command. Any other command, and a WRITE whose EDTL covers its
-/// transfer (residual underflow: the bytes past the transfer are ignored), runs as sent.
-pub(super) fn fit_write(cdb: &[u8; 16], edtl: usize) -> Result<[u8; 16], Sense> {
+/// neither is any block of that command. A cut WRITE whose range as sent does not lie within
+/// the LU's `num_blocks` is `Err` (LBA OUT OF RANGE), as it would be uncut (SBC-3 §4.5): the
+/// cut never makes a write the CDB does not allow. Any other command, and a WRITE whose EDTL
+/// covers its transfer (residual underflow: the bytes past the transfer are ignored), runs as
+/// sent.
+pub(super) fn fit_write(cdb: &[u8; 16], edtl: usize, num_blocks: u64) -> Result<[u8; 16], Sense> {
     let Ok(Command::Write(rw)) = cdb::parse(cdb) else {
         return Ok(*cdb);
     };
     if edtl >= rw.blocks as usize * BLOCK {
         return Ok(*cdb);
     }
+    pages::check_range(rw.lba, u64::from(rw.blocks), num_blocks)?;
     if !edtl.is_multiple_of(BLOCK) {
         return Err(sense::INVALID_FIELD_IN_COMMAND_IU);
     }

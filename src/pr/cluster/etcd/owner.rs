@@ -133,12 +133,13 @@ impl Gate for GuestGate {
         g.conns = g.conns.saturating_add(1);
     }
 
-    /// The last connection of a guest not owned here ended: nothing here wants it any more, and
-    /// the mover withdraws this daemon's request for it.
+    /// The last connection of a guest not owned here (or being handed over) ended: nothing here
+    /// wants it any more, and the mover withdraws this daemon's request for it (or, once the
+    /// hand-over is committed, makes none).
     fn disconnected(&self) {
         let mut g = lock(&self.inner);
         g.conns = g.conns.saturating_sub(1);
-        if g.conns == 0 && g.own == Own::No && g.wanted {
+        if g.conns == 0 && g.own != Own::Yes && g.wanted {
             g.wanted = false;
             wake(&self.wake);
         }
@@ -692,6 +693,10 @@ impl EtcdState {
     /// meanwhile (handed over here, asked by another) is left as it is.
     fn withdraw(&self, guest: &str, v: &OwnerValue, rev: i64) -> Result<(), ClusterError> {
         if v.want.as_ref() != Some(&self.me()) {
+            // No request of this incarnation stands (another replaced it, or a withdrawal whose
+            // answer was lost applied): the unit attentions kept for a move here are dropped,
+            // or they would pile up for as long as the guest is not asked for again.
+            lock(&self.moving).remove(guest);
             return Ok(());
         }
         let mut next = v.clone();
@@ -843,9 +848,14 @@ impl EtcdState {
                 );
                 Ok(())
             }
+            // The record, the state or the membership changed meanwhile (the request
+            // withdrawn, a PR OUT committed elsewhere, the guest taken from a replaced
+            // incarnation): resolved from the record as a lost answer is
+            // ([`EtcdState::finish_leaving`]), so the gate opens again only once a swap shows
+            // that the record still names this incarnation, and then kicks the rings that found
+            // it closed meanwhile (a cancelled migration's source restarting them).
             Ok(false) => {
-                self.requeue(&mut arb, guest, &taken);
-                gate.set(Own::Yes);
+                lock(&gate.inner).stash = taken;
                 Ok(())
             }
             Err(e) => {

@@ -85,3 +85,29 @@ fn a_guest_is_wanted_no_more_once_its_last_connection_ended() {
     t.end();
     assert_eq!(gate.own(), Own::Yes, "an owned guest stays owned");
 }
+
+/// The source's connection has work while the guest is being handed over (its QEMU restarted
+/// the rings) and then ends before the hand-over is committed: nothing here wants the guest
+/// afterwards, so this daemon does not ask it back with no connection to serve it.
+#[test]
+fn a_connection_that_ended_while_its_guest_was_handed_over_wants_nothing_after() {
+    let gate: Arc<GuestGate> = Arc::new(GuestGate::new(Arc::new((
+        Mutex::new(false),
+        Condvar::new(),
+    ))));
+    let dyn_gate: Arc<dyn Gate> = gate.clone();
+    let blk = Handoff::gated(Some(dyn_gate));
+    let t = blk.ticket();
+    gate.owned();
+    assert!(gate.begin_leaving());
+    assert!(
+        !gate.hold(),
+        "a ring has work while the guest is handed over"
+    );
+    t.end();
+    gate.set(Own::No);
+    assert!(
+        !gate.wanted() && !gate.moving(),
+        "handed over with no connection left: not asked back"
+    );
+}
