@@ -367,6 +367,46 @@ fn vhost_user_logical_unit_reset_does_not_wait_for_an_iscsi_reader_that_stopped_
     drop(i);
 }
 
+/// A LOGICAL UNIT RESET affects the tasks in the task set when it is processed (SAM-5 §7): it
+/// waits for an iSCSI write in flight, not for the writes the initiator sends while it waits.
+/// Here a new write starts before the one before it ends, so one is always in flight (as under
+/// steady I/O): the reset answers all the same, before the last of them reaches the image.
+#[test]
+fn vhost_user_logical_unit_reset_does_not_wait_for_iscsi_writes_sent_after_it() {
+    let s = setup();
+    let (mut g, mut i) = clients(&s);
+    let write = |i: &mut IscsiClient, lba: u64| {
+        let cmd = i.cmd_header(&write16_cdb(lba, 1), 512, false, true);
+        i.send(cmd, &[AFTER_FILL; 512]);
+    };
+    write(&mut i, SMALL_LBA);
+    std::thread::sleep(DELAY / 5);
+    let image = s.daemon.image.clone();
+    let reset = std::thread::spawn(move || {
+        let r = g.tmf(TMF_LOGICAL_UNIT_RESET, &LUN0);
+        (r, std::fs::read(image).unwrap())
+    });
+    let later: Vec<u64> = (1..=4).map(|k| SMALL_LBA + 8 * k).collect();
+    for &lba in &later {
+        std::thread::sleep(DELAY * 2 / 3);
+        write(&mut i, lba);
+    }
+    let (r, snapshot) = reset.join().unwrap();
+    assert_eq!(r, VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(
+        on_image(&snapshot, SMALL_LBA, 512),
+        [AFTER_FILL; 512],
+        "the LU reset answered before the write in flight reached the image"
+    );
+    assert!(
+        on_image(&snapshot, later[3], 512).iter().all(|&b| b == 0),
+        "the LU reset waited for the writes sent after it"
+    );
+    for _ in 0..5 {
+        i.finish(&[]).expect("a status");
+    }
+}
+
 /// Session reinstatement (RFC 7143 §6.3.5) ends the old session's tasks before the new session
 /// is logged in: a write of the old session still in flight has reached the image by then, so
 /// the new session reads what stays there, never a block a late write changes afterwards.

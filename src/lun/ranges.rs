@@ -12,13 +12,15 @@
 //! A COMPARE AND WRITE first counts itself in `caws`, which closes that fast path, then waits
 //! until the fast writes have drained (each is one bounded image I/O) and no overlapping range is
 //! held. While a COMPARE AND WRITE is outstanding, writes take the slow path: under the mutex
-//! they wait for overlapping COMPARE AND WRITE ranges, then record their own range. Reads never
-//! take the lock: a read racing a COMPARE AND WRITE sees the data before or after it.
+//! they record their own ranges, then wait for the overlapping COMPARE AND WRITEs recorded
+//! before them. Reads never take the lock: a read racing a COMPARE AND WRITE sees the data
+//! before or after it.
 //!
-//! **No starvation, no deadlock.** A COMPARE AND WRITE records its range as soon as it arrives,
-//! so overlapping writes that come later queue behind it; it waits only for writes recorded
-//! before it and for COMPARE AND WRITEs with a lower ticket. Every holder's I/O is bounded, and
-//! no holder waits for the lock while it holds a range.
+//! **No starvation, no deadlock.** A COMPARE AND WRITE and a slow-path write record their ranges
+//! as soon as they arrive, each with the next ticket, so overlapping ones take turns in arrival
+//! order: a stream of COMPARE AND WRITEs on one block cannot starve a write of it. Each waits
+//! only for ranges with a lower ticket (and a COMPARE AND WRITE for the fast writes, which wait
+//! for nothing), so no cycle of waits can form; every holder's I/O is bounded.
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -92,7 +94,7 @@ pub struct CawGuard<'a> {
 impl WriteRanges {
     /// Holds the byte ranges `(offset, len)` of one write (or one batch of writes) until the
     /// guard drops: at once while no COMPARE AND WRITE is outstanding, else once no overlapping
-    /// COMPARE AND WRITE waits or holds.
+    /// COMPARE AND WRITE that arrived before it waits or holds.
     pub fn write(&self, ranges: impl Iterator<Item = (u64, u64)> + Clone) -> WriteGuard<'_> {
         self.fast.fetch_add(1, SeqCst);
         if self.caws.load(SeqCst) == 0 {
@@ -104,13 +106,17 @@ impl WriteRanges {
         self.leave_fast();
         let spans = ranges.filter(|&(_, len)| len > 0).map(|(o, l)| span(o, l));
         let mut r = lock(&self.ranges);
-        while spans
-            .clone()
-            .any(|(s, e)| r.held.iter().any(|h| h.caw && h.overlaps(s, e)))
-        {
+        // Recorded before waiting, so a COMPARE AND WRITE that comes later waits for this write
+        // (one mutex hold: the tickets are consecutive, no other lies between them).
+        let first = r.next + 1;
+        let tickets = spans.clone().map(|(s, e)| r.record(s, e, false)).collect();
+        while spans.clone().any(|(s, e)| {
+            r.held
+                .iter()
+                .any(|h| h.caw && h.ticket < first && h.overlaps(s, e))
+        }) {
             r = self.wait(r);
         }
-        let tickets = spans.map(|(s, e)| r.record(s, e, false)).collect();
         WriteGuard {
             lock: self,
             tickets: Some(tickets),

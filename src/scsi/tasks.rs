@@ -118,25 +118,27 @@ impl TaskSet {
     }
 
     /// Aborts the tasks in `scope`: the queued ones will never do their I/O, and this returns
-    /// once none of them is in flight any more. Returns how many tasks it named.
+    /// once none of them is in flight any more. Returns how many tasks it named. Tasks that
+    /// enter the set meanwhile are not its (SAM-5 §7): under steady I/O some are always in
+    /// flight, and waiting for them too would hold the TMF for ever.
     pub fn abort(&self, scope: Scope) -> usize {
         let mut t = lock(&self.tasks);
-        let mut named = 0;
-        for task in t.live.values_mut().filter(|task| task.in_scope(scope)) {
+        let mut named = Vec::new();
+        for (&id, task) in t.live.iter_mut().filter(|(_, task)| task.in_scope(scope)) {
             task.aborted = true;
-            named += 1;
+            named.push(id);
         }
-        while t
-            .live
-            .values()
-            .any(|task| task.in_scope(scope) && task.state == TaskState::InFlight)
-        {
+        while named.iter().any(|id| {
+            t.live
+                .get(id)
+                .is_some_and(|task| task.state == TaskState::InFlight)
+        }) {
             t = self
                 .settled
                 .wait(t)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        named
+        named.len()
     }
 
     /// Whether any task in `scope` is in the set (QUERY TASK, QUERY TASK SET).

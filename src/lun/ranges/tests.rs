@@ -98,3 +98,30 @@ fn a_slow_path_write_recorded_first_is_waited_for() {
     drop(far);
     assert!(l.idle());
 }
+
+#[test]
+fn a_waiting_write_is_not_overtaken_by_a_later_compare_and_write() {
+    // A stream of COMPARE AND WRITEs on one block (VMFS's ATS locks) must not starve a plain
+    // write of it: the one that comes after the write waits for it.
+    let l = Arc::new(WriteRanges::default());
+    let first = l.compare_and_write(0, 512);
+    let write = blocks(&l, |l| drop(l.write([(0, 512)].into_iter())));
+    assert!(!write.load(SeqCst));
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let later = blocks(&l, move |l| {
+        let _g = l.compare_and_write(0, 512);
+        let _ = held.recv_timeout(Duration::from_secs(10));
+    });
+    drop(first);
+    let overtaken = (0..100).all(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        !write.load(SeqCst)
+    });
+    drop(release);
+    until(&later);
+    assert!(
+        !overtaken,
+        "the write waited for a COMPARE AND WRITE that came after it"
+    );
+    assert!(l.idle());
+}

@@ -72,3 +72,29 @@ fn a_task_aborted_in_flight_that_goes_back_to_queued_never_starts() {
     assert!(!set.begin_io(t));
     assert!(set.retire(t));
 }
+
+#[test]
+fn an_abort_does_not_wait_for_tasks_that_came_after_it() {
+    // SAM-5 §7: a TMF affects the tasks in the task set when it is processed. Another
+    // initiator's I/O that starts meanwhile (at depth, there is always some in flight) must not
+    // hold a LOGICAL UNIT RESET or a PREEMPT AND ABORT for ever.
+    let set = Arc::new(TaskSet::default());
+    let (a, b) = (nexus("a"), nexus("b"));
+    let old = set.enter(&a, 1, TaskState::InFlight);
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let set = Arc::clone(&set);
+        std::thread::spawn(move || tx.send(set.abort(Scope::All)).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let later = set.enter(&b, 1, TaskState::Queued);
+    assert!(set.begin_io(later), "named by no TMF");
+    set.settle(old, TaskState::Done);
+    let returned = rx.recv_timeout(Duration::from_secs(2));
+    set.settle(later, TaskState::Done);
+    assert_eq!(
+        returned,
+        Ok(1),
+        "the abort waited for a task that came after it"
+    );
+}

@@ -6,6 +6,14 @@
 //! ready during one write go out together in the next, and no thread waits on a lock while
 //! another is in a system call.
 //!
+//! **Turns end.** A flusher is a session's worker, and its own command counts as finished (for a
+//! TMF, an ORDERED command, a logout, the buffers it holds) only when it stops. So it writes at
+//! most [`FLUSH_ROUNDS`] batches of others' PDUs: after that, a thread that sends waits for the
+//! turn instead of queueing, and a flusher stops once a thread waits for the turn; the first of
+//! them to take it writes what is still queued (numbered earlier) before its own PDUs. Under a
+//! steady stream of small responses the turn so passes from thread to thread, and a large
+//! response that waits for it gets it after one batch.
+//!
 //! The queue is bounded: a response with more than [`GATHER_MAX`] data bytes, or one that finds
 //! [`GATHER_LIMIT`] bytes queued, waits for its turn and writes itself, so that a peer that stops
 //! reading holds at most the queue and the responses waiting (whose buffers the session's
@@ -22,6 +30,8 @@ use crate::util::lock::lock;
 pub(super) const GATHER_MAX: usize = 16 * 1024;
 /// Bytes queued at most behind another thread's write.
 pub(super) const GATHER_LIMIT: usize = 64 * 1024;
+/// Batches of queued PDUs a flusher writes after its own, at most (see the module's text).
+pub(super) const FLUSH_ROUNDS: usize = 8;
 
 /// One PDU to send: its header (StatSN, ExpCmdSN and MaxCmdSN are filled in), its data, and
 /// whether it carries a status (StatSN advances past it).
@@ -45,6 +55,8 @@ struct Queue {
     broken: bool,
     /// Threads waiting for their turn to write.
     waiting: usize,
+    /// Batches the flusher wrote after its own PDUs.
+    rounds: usize,
 }
 
 /// The writer of one connection.
@@ -67,6 +79,7 @@ impl<W: Write> Writer<W> {
                 flushing: false,
                 broken: false,
                 waiting: 0,
+                rounds: 0,
             }),
             turn: Condvar::new(),
             stream: Mutex::new(stream),
@@ -88,10 +101,12 @@ impl<W: Write> Writer<W> {
                     "an earlier write of the connection failed",
                 ));
             }
-            if !q.flushing {
+            // While threads wait for their turn, a small send queues even between two
+            // flushers: one of those threads, woken, writes it.
+            if !q.flushing && q.waiting == 0 {
                 break;
             }
-            if bytes <= GATHER_MAX && q.queued.len() < GATHER_LIMIT {
+            if bytes <= GATHER_MAX && q.queued.len() < GATHER_LIMIT && q.rounds < FLUSH_ROUNDS {
                 for p in pdus {
                     let f = self.number(&mut q, p, &numbers);
                     q.queued.extend_from_slice(f.head());
@@ -100,18 +115,24 @@ impl<W: Write> Writer<W> {
                 }
                 return Ok(());
             }
+            if !q.flushing {
+                break;
+            }
             q.waiting += 1;
             q = self.turn.wait(q).unwrap_or_else(|e| e.into_inner());
             q.waiting -= 1;
         }
         q.flushing = true;
+        q.rounds = 0;
+        // What a flusher that stopped for the waiting threads left, numbered before these.
+        let left = std::mem::take(&mut q.queued);
         let framed: Vec<Framed> = pdus
             .iter()
             .map(|p| self.number(&mut q, p, &numbers))
             .collect();
         drop(q);
         let mut stream = lock(&self.stream);
-        let first = write_gathered(&mut *stream, pdus, &framed);
+        let first = write_gathered(&mut *stream, &left, pdus, &framed);
         self.drain(&mut stream, first)
     }
 
@@ -129,7 +150,9 @@ impl<W: Write> Writer<W> {
     }
 
     /// The flusher, after its own write (`first`): writes what was queued meanwhile until
-    /// nothing is, then hands the turn on.
+    /// nothing is, or until a thread waits for the turn (a large response, or one that found
+    /// the queue full), then hands the turn on; what is still queued goes out first in the
+    /// next flusher's write. So a stream of small responses cannot keep the turn for ever.
     fn drain(&self, stream: &mut MutexGuard<'_, W>, first: io::Result<()>) -> io::Result<()> {
         let mut result = first;
         let mut q = lock(&self.queue);
@@ -139,9 +162,10 @@ impl<W: Write> Writer<W> {
                 q.queued.clear();
                 break;
             }
-            if q.queued.is_empty() {
+            if q.queued.is_empty() || q.waiting > 0 {
                 break;
             }
+            q.rounds += 1;
             let mut batch = std::mem::take(&mut q.spare);
             std::mem::swap(&mut batch, &mut q.queued);
             drop(q);
@@ -160,9 +184,18 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Writes framed PDUs with their data in gathered writes until every byte is out.
-fn write_gathered(w: &mut impl Write, pdus: &[Outgoing], framed: &[Framed]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice> = Vec::with_capacity(pdus.len() * 3);
+/// Writes `left` (PDUs framed and queued earlier), then framed PDUs with their data, in
+/// gathered writes until every byte is out.
+fn write_gathered(
+    w: &mut impl Write,
+    left: &[u8],
+    pdus: &[Outgoing],
+    framed: &[Framed],
+) -> io::Result<()> {
+    let mut slices: Vec<IoSlice> = Vec::with_capacity(pdus.len() * 3 + 1);
+    if !left.is_empty() {
+        slices.push(IoSlice::new(left));
+    }
     for (p, f) in pdus.iter().zip(framed) {
         for part in [f.head(), pdu::segment(p.data), f.tail()] {
             if !part.is_empty() {

@@ -188,6 +188,55 @@ fn responses_queued_behind_a_stuck_write_are_bounded() {
     assert_eq!(itts, (0..=100).collect::<Vec<_>>());
 }
 
+/// A response too large to queue (a 64 KiB READ's Data-In) waits for the writer's turn; small
+/// responses that keep coming from other threads (a session at depth) must not keep the turn
+/// away from it: it goes out while they still flow.
+#[test]
+fn a_large_response_is_not_starved_by_a_stream_of_small_ones() {
+    let wire = Wire {
+        delay: Duration::from_millis(2),
+        ..Wire::default()
+    };
+    let w = Arc::new(Writer::new(wire.clone(), 0, Digests::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let (w, stop) = (w.clone(), stop.clone());
+            s.spawn(move || {
+                let (bhs, data) = data_in(t, 1, 512);
+                while !stop.load(Relaxed) {
+                    let p = Outgoing {
+                        bhs,
+                        data: &data,
+                        status: true,
+                    };
+                    let _ = w.send(&[p], || (0, 0));
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let big = w.clone();
+        s.spawn(move || {
+            let (bhs, data) = data_in(99, 2, 4 * GATHER_MAX);
+            let p = Outgoing {
+                bhs,
+                data: &data,
+                status: true,
+            };
+            big.send(&[p], || (0, 0)).expect("sent");
+            let _ = tx.send(());
+        });
+        let sent = rx.recv_timeout(Duration::from_secs(3));
+        stop.store(true, Relaxed);
+        assert!(
+            sent.is_ok(),
+            "the large response waited while small ones flowed"
+        );
+    });
+}
+
 /// Whether a thread is writing now.
 fn lock_flushing<W: Write>(w: &Writer<W>) -> bool {
     crate::util::lock::lock(&w.queue).flushing
