@@ -11,12 +11,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Barrier;
 
 use common::blkio_client::BlkClient;
-use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A, INITIATOR_B};
-use common::process::DaemonProcess;
+use common::iscsi_client::{IscsiClient, INITIATOR_A, INITIATOR_B};
 use common::scsi_client::{
     check, conflict, good, ScsiClient, ScsiResult, CHECK_CONDITION, POWER_ON, SA_REGISTER,
     SA_RESERVE,
@@ -27,38 +25,11 @@ const MISCOMPARE: (u8, u8, u8) = (0x0e, 0x1d, 0x00);
 const WE: u8 = 1;
 const ROUNDS: u32 = 60;
 
-/// Fields drop in order: the daemon stops before its directory goes.
-struct Setup {
-    daemon: DaemonProcess,
-    addr: SocketAddr,
-    target: String,
-    _dir: tempfile::TempDir,
-}
+use common::iscsi_portal::PortalDaemon as Setup;
 
 /// The daemon binary with guest `vm1` and a portal that admits libiscsi's two test names.
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let daemon = DaemonProcess::start_args(
-        dir.path(),
-        &["vm1"],
-        "16M",
-        &[
-            "--iscsi-listen",
-            &listen,
-            "--iscsi-initiator",
-            INITIATOR_A,
-            "--iscsi-initiator",
-            INITIATOR_B,
-        ],
-    );
-    let target = common::iscsi_client::served_target(&daemon);
-    Setup {
-        addr: listen.parse().unwrap(),
-        target,
-        daemon,
-        _dir: dir,
-    }
+    Setup::start(&[INITIATOR_A, INITIATOR_B], &[], &[])
 }
 
 fn session(s: &Setup) -> IscsiClient {

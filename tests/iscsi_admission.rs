@@ -22,13 +22,7 @@ const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// Login status: out of resources (RFC 7143 §11.13.5).
 const OUT_OF_RESOURCES: u16 = 0x0302;
 
-/// Fields drop in order: the daemon stops before its directory goes.
-struct Setup {
-    daemon: DaemonProcess,
-    addr: SocketAddr,
-    target: String,
-    _dir: tempfile::TempDir,
-}
+use common::iscsi_portal::PortalDaemon as Setup;
 
 /// A daemon with a portal allowing initiators A and B, `limits` added to its `[iscsi]`.
 fn setup(limits: &str) -> Setup {

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -26,13 +25,7 @@ const BOB: (&str, &str) = ("bob", "bob-secret-0123456");
 const TARGET: (&str, &str) = ("target", "target-secret-987");
 const AUTH_FAILURE: u16 = 0x0201;
 
-/// Fields drop in order: the daemon stops before its directory goes.
-struct Setup {
-    daemon: DaemonProcess,
-    addr: SocketAddr,
-    target: String,
-    _dir: tempfile::TempDir,
-}
+use common::iscsi_portal::PortalDaemon as Setup;
 
 fn secret(dir: &Path, name: &str, text: &str, mode: u32) {
     let p = dir.join(name);

@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::ctl::ctl_json;
 use common::daemon::TestDaemon;
 use common::iscsi_client::{free_port, IscsiClient, RawPdu, INITIATOR_A};
-use common::process::DaemonProcess;
 use common::scsi_client::*;
 use sharedisk::config::IscsiConfig;
 use sharedisk::transport::iscsi::Portal;
@@ -28,31 +27,15 @@ const TMF_RESPONSE: u8 = 0x22;
 /// RFC 7144 §4.1.2.
 const FUNCTION_SUCCEEDED: u8 = 7;
 
-struct Setup {
-    daemon: DaemonProcess,
-    addr: SocketAddr,
-    target: String,
-    _dir: tempfile::TempDir,
-}
+use common::iscsi_portal::PortalDaemon as Setup;
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
     let delay = DELAY.as_millis().to_string();
-    let daemon = DaemonProcess::start_full(
-        dir.path(),
-        &["vm1"],
-        "16M",
-        &["--iscsi-listen", &listen, "--iscsi-initiator", INITIATOR_A],
+    Setup::start(
+        &[INITIATOR_A],
+        &[],
         &[("SHAREDISK_TEST_WRITE_DELAY_MS", &delay)],
-    );
-    let target = common::iscsi_client::served_target(&daemon);
-    Setup {
-        _dir: dir,
-        daemon,
-        addr: listen.parse().unwrap(),
-        target,
-    }
+    )
 }
 
 fn login(s: &Setup) -> IscsiClient {

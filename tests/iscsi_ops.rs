@@ -7,44 +7,19 @@
 mod common;
 
 use common::prometheus::promtool_check;
-use std::net::SocketAddr;
 
 use common::ctl::{ctl, ctl_json};
-use common::iscsi_client::{free_port, IscsiClient, INITIATOR_A, INITIATOR_B};
+use common::iscsi_client::{IscsiClient, INITIATOR_A, INITIATOR_B};
 use common::process::DaemonProcess;
 use common::scsi_client::good;
 
 const ISID_1: [u8; 6] = [0x80, 0x12, 0x34, 0x56, 0x00, 0x01];
 const ISID_2: [u8; 6] = [0x80, 0x12, 0x34, 0x56, 0x00, 0x02];
 
-/// Fields drop in order: the daemon stops before its directory goes.
-struct Setup {
-    daemon: DaemonProcess,
-    addr: SocketAddr,
-    target: String,
-    _dir: tempfile::TempDir,
-}
+use common::iscsi_portal::PortalDaemon as Setup;
 
 fn setup(extra: &[&str]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut args = vec![
-        "--iscsi-listen",
-        &listen,
-        "--iscsi-initiator",
-        INITIATOR_A,
-        "--iscsi-initiator",
-        INITIATOR_B,
-    ];
-    args.extend_from_slice(extra);
-    let daemon = DaemonProcess::start_args(dir.path(), &["vm1"], "16M", &args);
-    let target = common::iscsi_client::served_target(&daemon);
-    Setup {
-        daemon,
-        addr: listen.parse().unwrap(),
-        target,
-        _dir: dir,
-    }
+    Setup::start(&[INITIATOR_A, INITIATOR_B], extra, &[])
 }
 
 fn login(s: &Setup, initiator: &str, isid: [u8; 6]) -> Result<IscsiClient, u16> {

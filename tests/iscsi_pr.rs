@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use common::iscsi_client::{free_port, IscsiClient, RawPdu, INITIATOR_A, INITIATOR_B};
-use common::process::DaemonProcess;
+use common::iscsi_client::{IscsiClient, RawPdu, INITIATOR_A, INITIATOR_B};
 use common::scsi_client::{
     check, conflict, good, ScsiClient, POWER_ON, PRIN_READ_FULL_STATUS, SA_PREEMPT, SA_REGISTER,
     SA_RESERVE,
@@ -21,13 +18,7 @@ const ISID_1: [u8; 6] = [0x80, 0x12, 0x34, 0x56, 0x00, 0x01];
 const ISID_2: [u8; 6] = [0x80, 0x12, 0x34, 0x56, 0x00, 0x02];
 const REGISTRATIONS_PREEMPTED: (u8, u8, u8) = (0x06, 0x2a, 0x05);
 
-/// Fields drop in order: the daemon stops before its directory goes.
-struct Setup {
-    daemon: DaemonProcess,
-    addr: SocketAddr,
-    target: String,
-    _dir: tempfile::TempDir,
-}
+use common::iscsi_portal::PortalDaemon as Setup;
 
 /// The daemon binary with guest `vm1` and a portal that admits libiscsi's two test names.
 fn setup() -> Setup {
@@ -36,33 +27,7 @@ fn setup() -> Setup {
 
 /// [`setup`] with extra `serve` arguments.
 fn setup_with(extra: &[&str]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let daemon = DaemonProcess::start_args(
-        dir.path(),
-        &["vm1"],
-        "16M",
-        &[
-            "--iscsi-listen",
-            &listen,
-            "--iscsi-initiator",
-            INITIATOR_A,
-            "--iscsi-initiator",
-            INITIATOR_B,
-        ]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect::<Vec<_>>(),
-    );
-    let target = common::iscsi_client::served_target(&daemon);
-    Setup {
-        _dir: dir,
-        daemon,
-        addr: listen.parse().unwrap(),
-        target,
-    }
+    Setup::start(&[INITIATOR_A, INITIATOR_B], extra, &[])
 }
 
 fn session(s: &Setup, initiator: &str, isid: [u8; 6]) -> IscsiClient {

@@ -7,37 +7,19 @@
 mod common;
 
 use std::fs::File;
-use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use common::iscsi_client::{free_port, IscsiClient, DATA_OUT, INITIATOR_A};
-use common::process::DaemonProcess;
+use common::iscsi_client::{IscsiClient, DATA_OUT, INITIATOR_A};
 
 const BLOCK: usize = 512;
 const OVERFLOW: u8 = 0x04;
 const UNDERFLOW: u8 = 0x02;
 
-/// Fields drop in order: the daemon stops before its directory goes.
-struct Setup {
-    daemon: DaemonProcess,
-    addr: SocketAddr,
-    target: String,
-    _dir: tempfile::TempDir,
-}
+use common::iscsi_portal::PortalDaemon as Setup;
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args = ["--iscsi-listen", &listen, "--iscsi-initiator", INITIATOR_A];
-    let daemon = DaemonProcess::start_args(dir.path(), &["vm1"], "16M", &args);
-    let target = common::iscsi_client::served_target(&daemon);
-    Setup {
-        daemon,
-        addr: listen.parse().unwrap(),
-        target,
-        _dir: dir,
-    }
+    Setup::start(&[INITIATOR_A], &[], &[])
 }
 
 /// A session with `InitialR2T` as given (ImmediateData=Yes, FirstBurstLength 64 KiB).

@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::daemon::TestDaemon;
-use common::iscsi_client::{free_port, IscsiClient, RawPdu, INITIATOR_A};
-use common::process::DaemonProcess;
+use common::iscsi_client::{IscsiClient, RawPdu, INITIATOR_A};
 use common::scsi_client::*;
 
 /// How long every write waits before it reaches the image: long enough for the TMF to arrive
@@ -154,32 +152,15 @@ fn abort_task_aborts_only_the_task_it_names() {
     assert_eq!(on_image(&fin, SMALL_LBA, 512), [AFTER_FILL; 512]);
 }
 
-/// The daemon binary with the write delay, guest `vm1` and an iSCSI portal.
-struct Setup {
-    daemon: DaemonProcess,
-    addr: SocketAddr,
-    target: String,
-    _dir: tempfile::TempDir,
-}
+use common::iscsi_portal::PortalDaemon as Setup;
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
     let delay = DELAY.as_millis().to_string();
-    let daemon = DaemonProcess::start_full(
-        dir.path(),
-        &["vm1"],
-        "16M",
-        &["--iscsi-listen", &listen, "--iscsi-initiator", INITIATOR_A],
+    Setup::start(
+        &[INITIATOR_A],
+        &[],
         &[("SHAREDISK_TEST_WRITE_DELAY_MS", &delay)],
-    );
-    let target = common::iscsi_client::served_target(&daemon);
-    Setup {
-        _dir: dir,
-        daemon,
-        addr: listen.parse().unwrap(),
-        target,
-    }
+    )
 }
 
 /// A session of INITIATOR_A with ISID to the portal, past its unit attentions; `what` names the

@@ -4,10 +4,12 @@
 //! scenarios on the daemon binary); tests that need the test hooks (the probe, failpoints, the
 //! write delay) or cluster mode name the feature in `required-features` in Cargo.toml. What
 //! several tests share lives here, once: the daemon in-process (`daemon`) or as a process
-//! (`process`, `etcd::ClusterDaemon`), the clients (`scsi_client`, `vu_frontend`,
-//! `blkio_client`), guests (`guest`, `cluster_vm`), their QMP (`qmp`) and live migration (`migration`), etcd, the guests' owner records in it and the network lab (`etcd`,
-//! `owners`, `netlab`), reading the image (`image`) and waiting for a log line (`logs`). A setup that two tests repeat becomes a helper
-//! here instead of a copy.
+//! (`process`, `etcd::ClusterDaemon`, `iscsi_portal` for one with an iSCSI portal), the clients
+//! (`scsi_client`, `vu_frontend`, `blkio_client`, `iscsi_client`), guests (`guest`,
+//! `cluster_vm`), their QMP (`qmp`) and live migration (`migration`), etcd, the guests' owner
+//! records in it and the network lab (`etcd`, `owners`, `netlab`), reading the image (`image`)
+//! and waiting for a log line (`logs`). A setup that two tests repeat becomes a helper here
+//! instead of a copy.
 #![allow(dead_code)]
 pub mod blkio_client;
 pub mod cluster;
@@ -23,6 +25,7 @@ pub mod guest;
 pub mod http;
 pub mod image;
 pub mod iscsi_client;
+pub mod iscsi_portal;
 pub mod logs;
 pub mod migration;
 pub mod netlab;
