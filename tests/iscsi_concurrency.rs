@@ -383,22 +383,7 @@ fn a_depth_one_initiators_fast_reads_run_on_the_reader_slow_writes_do_not() {
 /// WRITE resets the history, and the session's next WRITEs are handed over.
 #[test]
 fn limit_a_command_behind_one_running_on_the_reader_waits_for_it() {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let target = "iqn.2026-12.io.sharedisk.test:inline";
-    let d = TestDaemon::start_probed(&["vm1"], |_| {});
-    let config = IscsiConfig {
-        listen: vec![addr],
-        target: Some(target.into()),
-        initiators: vec![INITIATOR_A.into()],
-        ..Default::default()
-    };
-    let _portal = Portal::start(d.server().target().clone(), config, 8, 1).expect("portal");
-    let mut i = IscsiClient::login(addr, INITIATOR_A, target, ISID)
-        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
-    i.drain_ua();
-    i.stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let (d, _portal, mut i) = probed_session("inline");
     for n in 0..32 {
         assert_eq!(i.write16(n, &[0x11; 512]).status, GOOD, "fast WRITE {n}");
     }
@@ -444,22 +429,7 @@ fn cork(i: &IscsiClient, on: bool) {
 /// slower-than-its-history command's time, once: that WRITE resets the writes' history.
 #[test]
 fn limit_a_fast_command_queued_behind_a_worker_running_a_fast_one_waits_for_it() {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let target = "iqn.2026-12.io.sharedisk.test:batch";
-    let d = TestDaemon::start_probed(&["vm1"], |_| {});
-    let config = IscsiConfig {
-        listen: vec![addr],
-        target: Some(target.into()),
-        initiators: vec![INITIATOR_A.into()],
-        ..Default::default()
-    };
-    let _portal = Portal::start(d.server().target().clone(), config, 8, 1).expect("portal");
-    let mut i = IscsiClient::login(addr, INITIATOR_A, target, ISID)
-        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
-    i.drain_ua();
-    i.stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let (d, _portal, mut i) = probed_session("batch");
     // A history is fast after 4 commands of its kind within 200 µs each; one slower (this
     // machine's load) resets it, so the case is tried up to 5 times.
     let mut orders = Vec::new();
@@ -516,4 +486,27 @@ fn no_command_of_a_reinstated_session_runs_after_the_new_login() {
         "a WRITE of the reinstated session landed after the new session read the block"
     );
     drop(old);
+}
+
+/// An in-process daemon with the test-hooks probe (guest `vm1`), a portal of target
+/// `iqn.2026-12.io.sharedisk.test:<name>` on a free loopback port, and INITIATOR_A's session
+/// to it, past its unit attentions, reads waiting up to 60 s.
+fn probed_session(name: &str) -> (TestDaemon, Portal, IscsiClient) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let target = format!("iqn.2026-12.io.sharedisk.test:{name}");
+    let d = TestDaemon::start_probed(&["vm1"], |_| {});
+    let config = IscsiConfig {
+        listen: vec![addr],
+        target: Some(target.clone()),
+        initiators: vec![INITIATOR_A.into()],
+        ..Default::default()
+    };
+    let portal = Portal::start(d.server().target().clone(), config, 8, 1).expect("portal");
+    let mut i = IscsiClient::login(addr, INITIATOR_A, &target, ISID)
+        .unwrap_or_else(|st| panic!("login refused: {st:#06x}"));
+    i.drain_ua();
+    i.stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    (d, portal, i)
 }
