@@ -361,7 +361,8 @@ pub struct ServeArgs {
     #[arg(long, value_parser = crate::config::parse_aio)]
     pub aio: Option<crate::image::Aio>,
     /// Microseconds a queue thread keeps watching its ring after a round before sleeping on
-    /// the kick; 0 never polls (default 50, at most 1000).
+    /// the kick, and an iSCSI reader its socket before blocking; 0 never polls (default 50, at
+    /// most 1000).
     #[arg(long, value_parser = parse_poll_us)]
     pub poll_us: Option<u32>,
     /// Serve the disk to iSCSI initiators on this TCP address (repeatable; `[iscsi] listen`).

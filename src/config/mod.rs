@@ -97,7 +97,8 @@ pub struct Config {
     /// How reads and writes reach the image; `None` picks by `direct` (see [`Config::aio`]).
     pub aio: Option<Aio>,
     /// How long, in microseconds, a queue thread keeps watching its ring after a round before
-    /// it sleeps on the kick (0: never).
+    /// it sleeps on the kick, and an iSCSI connection's reader its socket before it blocks (0:
+    /// never).
     pub poll_us: u32,
     /// Share the reservation state with daemons on other hosts through etcd (`cluster.rs`).
     pub cluster: Option<ClusterConfig>,

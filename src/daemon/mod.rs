@@ -200,6 +200,9 @@ pub fn run(mut config: Config) -> Result<(), ServerError> {
         )?),
         None => None,
     };
+    if let Some(p) = &iscsi {
+        p.set_poll(std::time::Duration::from_micros(config.poll_us.into()));
+    }
     let metrics = Arc::new(Metrics::with_iscsi(
         lun.clone(),
         stats.clone(),

@@ -4,6 +4,7 @@
 
 pub mod blk;
 pub mod iscsi;
+pub mod poller;
 pub mod virtio_scsi;
 pub mod virtqueue;
 

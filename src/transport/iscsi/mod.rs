@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -171,6 +171,9 @@ pub struct Shared {
     counters: PortalCounters,
     /// Lines about connections and logins, per source address.
     peer_log: PerSource,
+    /// How long, in µs, a connection's reader watches its socket for the next PDU before it
+    /// blocks (the daemon's `poll_us`; 0: never).
+    poll_us: AtomicU32,
 }
 
 impl Shared {
@@ -196,6 +199,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             counters: PortalCounters::default(),
             peer_log: PerSource::new(module_path!(), LOG_EVERY, LOG_BURST, LOG_SOURCES),
+            poll_us: AtomicU32::new(0),
         }
     }
 
@@ -724,6 +728,14 @@ impl Sessions {
 }
 
 impl Portal {
+    /// How long a connection's reader watches its socket for the next PDU before it blocks
+    /// (the daemon's `poll_us`, within the daemon-wide budget of polling threads: see
+    /// `session.rs`); zero, the default, never.
+    pub fn set_poll(&self, window: std::time::Duration) {
+        let us = window.as_micros().min(u128::from(u32::MAX)) as u32;
+        self.shared.poll_us.store(us, Ordering::Relaxed);
+    }
+
     /// Stops listening and closes every connection.
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);

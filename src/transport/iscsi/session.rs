@@ -12,6 +12,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::keys::{self, OUR_MRDSL};
 use super::login::{LoggedIn, SessionKind, CMD_WINDOW};
@@ -19,6 +20,7 @@ use super::pdu::{self, header, op, put, read_pdu, Pdu, PduError, RESERVED_TAG};
 use super::workers::{implied_len, solicited, Handed, Hangup, Job, Link, TASK_SET_FULL};
 use super::{SessionInfo, Shared};
 use crate::scsi::tasks::{Scope, TaskId, TaskState};
+use crate::transport::poller::Poller;
 
 /// The largest data buffer of one command (the LU's MAXIMUM TRANSFER LENGTH is 4 MiB; a
 /// parameter list is at most 8 KiB). An EDTL above it is refused, never allocated.
@@ -219,6 +221,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     fn read(&mut self) -> Result<Pdu, End> {
         if !self.pdu_buffered() {
             self.kick();
+            self.poll_socket();
         }
         match read_pdu(&mut self.reader, self.session.params.digests, OUR_MRDSL) {
             Ok(p) => Ok(p),
@@ -316,6 +319,30 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     fn kick(&self) {
         if self.owed.replace(false) {
             self.link.wake_owed();
+        }
+    }
+
+    /// Before the reader blocks on an empty buffer, it watches the socket for up to the
+    /// daemon's `poll_us`, if a turn of the daemon-wide polling budget is free ([`Poller`]): a
+    /// depth-1 initiator's next command, sent tens of µs after the last response, then costs
+    /// the reader no sleep and wake-up (on an idle virtual machine, about as long as the command
+    /// itself). The window does not adapt as a ring's does
+    /// ([`crate::transport::poller::PollWindow`]): an initiator's turnaround hovers around it,
+    /// and halving it on each miss lost the gain (docs/benchmarks.md).
+    fn poll_socket(&self) {
+        let Some(fd) = self.socket.filter(|_| self.reader.buffer().is_empty()) else {
+            return;
+        };
+        let window = Duration::from_micros(self.shared.poll_us.load(Relaxed).into());
+        if window.is_zero() {
+            return;
+        }
+        let Some(_turn) = Poller::take() else {
+            return;
+        };
+        let deadline = Instant::now() + window;
+        while nothing_waiting(fd) && Instant::now() < deadline {
+            std::hint::spin_loop();
         }
     }
 

@@ -12,9 +12,10 @@ use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 
 use super::dirty::{DirtyLog, Written};
-use super::poll::{poll_avail, Poller};
+use super::poll::poll_avail;
 use super::{AtomicMem, Mem, QuiesceLatch, Slot, Vring};
 use crate::testhooks::failpoint;
+use crate::transport::poller::Poller;
 
 /// What became of a request when its handler returned.
 pub enum Reply {

@@ -1,6 +1,7 @@
-//! Busy-polling a ring after a round, within a daemon-wide budget of polling threads.
+//! Busy-polling a ring after a round, within the daemon-wide budget of polling threads
+//! ([`crate::transport::poller`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
@@ -8,36 +9,6 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::{AtomicMem, QuiesceLatch, Vring};
-
-/// Queue threads of the whole daemon busy-polling right now.
-static POLLERS: AtomicUsize = AtomicUsize::new(0);
-
-/// A turn at busy-polling. At most half the host's cores (at least one) poll at once: a
-/// spinning thread takes a core from the guests and their clients, and on a small host more
-/// pollers than that measured slower than none (docs/benchmarks.md).
-pub(super) struct Poller;
-
-impl Poller {
-    pub(super) fn take() -> Option<Poller> {
-        static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let limit = *LIMIT.get_or_init(|| {
-            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-        });
-        let ok = POLLERS
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok();
-        // Built only with a turn taken: a `Poller` gives its turn back when dropped.
-        ok.then(|| Poller)
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        POLLERS.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Spins for up to `window` until the driver makes a request available on `vring`; `false`
 /// when none came (or the ring stopped, or the latch is closing). Notifications stay disabled
@@ -71,6 +42,3 @@ pub(super) fn poll_avail(
         std::hint::spin_loop();
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -44,6 +44,7 @@ use std::time::Duration;
 use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_queue::{Error as VirtQueError, QueueT};
 
+use crate::transport::poller::PollWindow;
 use crate::transport::virtqueue::AtomicMem;
 
 #[derive(Clone)]
@@ -54,9 +55,8 @@ pub struct Vring {
     starts: Arc<AtomicU32>,
     /// Set by SET_VRING_BASE, taken by the first drain after it.
     started: Arc<AtomicBool>,
-    /// The busy-poll window this ring has earned, in µs (see [`Vring::poll_window`]); 0 until
-    /// its first poll.
-    poll_us: Arc<AtomicU32>,
+    /// The busy-poll window this ring has earned (see [`Vring::poll_window`]).
+    poll: Arc<PollWindow>,
 }
 
 impl Vring {
@@ -77,16 +77,9 @@ impl Vring {
         self.started.swap(false, Ordering::AcqRel)
     }
 
-    /// How long to busy-poll this ring after a round, at most `max`. The window adapts to the
-    /// driver: a poll that finds a request restores the whole window, one that times out halves
-    /// it, down to an eighth, so a ring whose driver pauses longer than the window costs little
-    /// while a busy one keeps the full window.
+    /// How long to busy-poll this ring after a round, at most `max` ([`PollWindow`]).
     pub fn poll_window(&self, max: Duration) -> Duration {
-        let max_us = max.as_micros().min(u128::from(u32::MAX)) as u32;
-        match self.poll_us.load(Ordering::Relaxed) {
-            0 => max,
-            us => Duration::from_micros(u64::from(us.min(max_us))),
-        }
+        self.poll.window(max)
     }
 
     /// Signals the call eventfd in place once, if the ring runs (see the module documentation).
@@ -108,14 +101,7 @@ impl Vring {
 
     /// Records whether the last poll (of `window`, at most `max`) found a request.
     pub fn poll_outcome(&self, found: bool, window: Duration, max: Duration) {
-        let max_us = max.as_micros().min(u128::from(u32::MAX)) as u32;
-        let next = if found {
-            max_us
-        } else {
-            let us = window.as_micros() as u32;
-            (us / 2).max(max_us / 8).max(1)
-        };
-        self.poll_us.store(next, Ordering::Relaxed);
+        self.poll.outcome(found, window, max);
     }
 }
 
@@ -134,7 +120,7 @@ impl VringT<AtomicMem> for Vring {
             base: Arc::new(AtomicU16::new(0)),
             starts: Arc::new(AtomicU32::new(0)),
             started: Arc::new(AtomicBool::new(false)),
-            poll_us: Arc::new(AtomicU32::new(0)),
+            poll: Arc::default(),
         })
     }
 
