@@ -224,6 +224,65 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
     assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
 }
 
+/// A guest holding its daemon's SPC-2 reservation (RESERVE(6); each daemon of a cluster keeps
+/// its own) takes it along when it moves: after the move a guest of the destination daemon
+/// conflicts, one of the source daemon writes again, and the guest's RELEASE(6) on the
+/// destination releases it.
+#[test]
+fn a_guest_takes_its_spc2_reservation_along() {
+    const RESERVE6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
+    const RELEASE6: [u8; 6] = [0x17, 0, 0, 0, 0, 0];
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1", "vm2"], &STEADY, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &STEADY, &[]);
+    let mut source = ScsiClient::connect(&a.scsi("vm1"));
+    let mut vm2 = ScsiClient::connect(&a.scsi("vm2"));
+    let mut vm3 = ScsiClient::connect(&b.scsi("vm3"));
+    for c in [&mut source, &mut vm2, &mut vm3] {
+        c.drain_ua();
+    }
+    good(&source.cmd(&RESERVE6, &[], 0), "vm1 RESERVE(6) on A");
+    conflict(&vm2.write16(8, &[2; 512]), "vm2 (A) under vm1's RESERVE(6)");
+    good(
+        &vm3.write16(8, &[3; 512]),
+        "vm3 (B) under vm1's RESERVE(6) on A: each daemon has its own",
+    );
+    assert_eq!(owner(&etcd, "vm1")["node"], "a", "A owns vm1");
+
+    // The destination's device on B has work; the source stops its rings.
+    let mut dest = ScsiClient::connect(&b.scsi("vm1"));
+    let first = dest.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, true);
+    assert!(
+        dest.finish(&first, PARKED).is_none(),
+        "B admitted vm1 while A's frontend still runs"
+    );
+    source.fe.stop_rings();
+    let r = dest
+        .finish(&first, TIMEOUT)
+        .expect("B admits vm1 once A stopped its rings");
+    good(
+        &r,
+        "vm1's first command on B: no unit attention from the move",
+    );
+    assert_eq!(owner(&etcd, "vm1")["node"], "b", "vm1 moved to B");
+    dest.fe.reset();
+
+    good(&dest.write16(8, &[1; 512]), "vm1, the holder, writes on B");
+    conflict(
+        &vm3.write16(8, &[3; 512]),
+        "vm3 (B) under the RESERVE(6) vm1 took along",
+    );
+    good(
+        &vm2.write16(8, &[2; 512]),
+        "vm2 (A): A holds no reservation after vm1 left",
+    );
+    good(&dest.cmd(&RELEASE6, &[], 0), "vm1 RELEASE(6) on B");
+    good(&vm3.write16(8, &[3; 512]), "vm3 (B) after vm1's RELEASE(6)");
+    assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
+}
+
 /// A move of vm1 asked for: A's frontend (the source QEMU) wrote, so A owns vm1; B's frontend
 /// (the destination QEMU) queued a write, held while A's frontend runs. The frontends drop
 /// first.

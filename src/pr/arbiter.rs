@@ -476,6 +476,30 @@ impl Arbiter {
         self.spc2.as_deref()
     }
 
+    /// Takes `initiator`'s SPC-2 reservation away, if it holds one: a guest handed over to
+    /// another daemon of a cluster takes it along (the reservation is kept by the daemon that
+    /// serves its holder). Returns whether it held one.
+    pub fn take_spc2(&mut self, initiator: &str) -> bool {
+        let held = self.spc2.as_deref() == Some(initiator);
+        if held {
+            self.spc2 = None;
+        }
+        held
+    }
+
+    /// Gives `initiator` back the SPC-2 reservation it held on the daemon that served it before.
+    /// Returns false, changing nothing, when another initiator holds one here: the guest's is
+    /// then lost (SPC-2 reservations are each daemon's own, so two daemons may each have one).
+    pub fn restore_spc2(&mut self, initiator: &str) -> bool {
+        match &self.spc2 {
+            Some(h) if h != initiator => false,
+            _ => {
+                self.spc2 = Some(initiator.to_owned());
+                true
+            }
+        }
+    }
+
     /// SPC-2 §5.5.1: under a RESERVE(6) reservation every command from another initiator
     /// conflicts except INQUIRY, REPORT LUNS, REQUEST SENSE, RELEASE and the like; the caller
     /// uses this for the commands `check` does not classify (e.g. PR IN, TEST UNIT READY).

@@ -1227,6 +1227,22 @@ fn no_reservation_allows_everything_and_registrations_alone_restrict_nothing() {
 // ---------------------------------------------------------------- SPC-2
 
 #[test]
+fn spc2_taken_along_and_restored_only_where_nobody_else_holds_one() {
+    let mut a = arb();
+    assert_eq!(a.spc2_reserve(A), PrStatus::Good);
+    assert!(!a.take_spc2(B), "B holds none");
+    assert_eq!(a.spc2_holder(), Some(A));
+    assert!(a.take_spc2(A));
+    assert_eq!(a.spc2_holder(), None);
+    assert!(a.check(B, Access::Write), "taken away: B writes");
+    assert!(a.restore_spc2(A));
+    assert!(!a.check(B, Access::Write));
+    assert!(a.restore_spc2(A), "again: still A's");
+    assert!(!a.restore_spc2(B), "A holds one here");
+    assert_eq!(a.spc2_holder(), Some(A));
+}
+
+#[test]
 fn spc2_with_registrations_conflicts_for_non_holder_and_is_noop_for_holder() {
     let mut a = arb();
     reg(&mut a, A, 1);

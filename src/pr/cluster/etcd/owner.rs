@@ -63,6 +63,10 @@ struct OwnerValue {
     /// The incarnation that asked for the guest.
     #[serde(default)]
     want: Option<Claimant>,
+    /// The guest held its daemon's SPC-2 reservation (RESERVE(6)) when it was handed over: the
+    /// next daemon gives it the reservation (each daemon keeps its own SPC-2 reservation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    spc2: bool,
 }
 
 /// Whether this daemon owns a guest.
@@ -95,6 +99,8 @@ struct GateInner {
     orphan_since: Option<Instant>,
     /// The unit attentions taken for a hand-over whose answer was lost.
     stash: Vec<Sense>,
+    /// And the SPC-2 reservation taken with them.
+    stash_spc2: bool,
     /// The owner of another node was logged.
     logged: bool,
     /// The record was seen unreadable, and logged, since it was last read.
@@ -174,6 +180,7 @@ impl GuestGate {
                 wanted: false,
                 orphan_since: None,
                 stash: Vec::new(),
+                stash_spc2: false,
                 logged: false,
                 unreadable: false,
                 waits_for_etcd: false,
@@ -217,6 +224,14 @@ impl GuestGate {
 
     fn set(&self, own: Own) {
         lock(&self.inner).own = own;
+    }
+
+    /// Keeps what a hand-over whose outcome is not known took from the guest here (its unit
+    /// attentions, its SPC-2 reservation), for [`EtcdState::finish_leaving`].
+    fn stash(&self, uas: Vec<Sense>, spc2: bool) {
+        let mut g = lock(&self.inner);
+        g.stash = uas;
+        g.stash_spc2 = spc2;
     }
 
     /// Stops admitting, if no device holds the guest now.
@@ -328,6 +343,21 @@ fn log_waits_for_etcd(gates: &[(String, Arc<GuestGate>)], e: &ClusterError) {
 fn log_etcd_answers(guest: &str, gate: &GuestGate) {
     if std::mem::replace(&mut lock(&gate.inner).waits_for_etcd, false) {
         log::info!("cluster: guest {guest}: etcd answers again; its owner record is read");
+    }
+}
+
+/// Gives `guest` back the SPC-2 reservation it held where it was served before; when another
+/// initiator holds one here, the guest's is lost and it learns so as at an I_T nexus loss
+/// (06/29/07), which releases an SPC-2 reservation.
+fn restore_spc2(arb: &mut crate::pr::Arbiter, guest: &str) {
+    if !arb.restore_spc2(guest) {
+        log::warn!(
+            "cluster: guest {guest} held an SPC-2 reservation (RESERVE(6)) where it was served \
+             before, and {:?} holds one here: the guest's is lost (it gets I_T NEXUS LOSS \
+             OCCURRED)",
+            arb.spc2_holder().unwrap_or_default()
+        );
+        arb.queue_unit_attention(guest, crate::scsi::sense::I_T_NEXUS_LOSS_OCCURRED);
     }
 }
 
@@ -605,9 +635,10 @@ impl EtcdState {
             epoch: self.held().0,
             uas: Vec::new(),
             want: None,
+            spc2: false,
         };
         if self.put_owner(guest, 0, &v, None)? && gate.own() != Own::Yes {
-            self.take(fencing, guest, gate, &[], 0);
+            self.take(fencing, guest, gate, &[], 0, false);
         }
         Ok(())
     }
@@ -626,7 +657,7 @@ impl EtcdState {
         if v.incarnation == self.incarnation {
             if self.held().0 >= v.epoch {
                 failpoint::hit("move-received");
-                self.take(fencing, guest, gate, &v.uas, v.epoch);
+                self.take(fencing, guest, gate, &v.uas, v.epoch, v.spc2);
             }
             return Ok(());
         }
@@ -638,13 +669,15 @@ impl EtcdState {
                 self.me().incarnation,
                 v.moves.saturating_add(1),
             );
+            // What the older incarnation held for the guest ended with it.
             next.uas.clear();
+            next.spc2 = false;
             if next.want.as_ref().is_some_and(|w| w.node == self.cfg.node) {
                 next.want = None;
             }
             if self.put_owner(guest, rev, &next, None)? {
                 log::info!("cluster: guest {guest}: taken back from this node's older incarnation");
-                self.take(fencing, guest, gate, &[], 0);
+                self.take(fencing, guest, gate, &[], 0, false);
             }
             return Ok(());
         }
@@ -735,6 +768,7 @@ impl EtcdState {
             epoch: self.held().0,
             uas: Vec::new(),
             want: None,
+            spc2: false,
         };
         if self.put_owner(guest, rev, &next, None)? {
             log::warn!(
@@ -745,7 +779,7 @@ impl EtcdState {
             let _ = fencing.with_mut(|arb| arb.take_unit_attentions(|i| i == guest));
             lock(&self.moving).remove(guest);
             let reset = (POWER_ON_RESET.key, POWER_ON_RESET.asc, POWER_ON_RESET.ascq);
-            self.take(fencing, guest, gate, &[reset], 0);
+            self.take(fencing, guest, gate, &[reset], 0, false);
         }
         Ok(())
     }
@@ -763,15 +797,18 @@ impl EtcdState {
         }
     }
 
-    /// Not this daemon's guest: its unit attentions are its owner's.
+    /// Not this daemon's guest: its unit attentions are its owner's, and an SPC-2 reservation
+    /// it held here goes (it would keep this daemon's other initiators out for ever).
     fn drop_guest(&self, fencing: &Reservations, guest: &str) {
         let mut arb = fencing.write_lock();
         arb.take_unit_attentions(|i| i == guest);
+        arb.take_spc2(guest);
         self.unserve(guest);
     }
 
     /// The guest is owned here: its moved unit attentions (`uas`, as of `epoch`), then those
-    /// this daemon kept of later epochs, are queued, and its devices admit.
+    /// this daemon kept of later epochs, are queued, it gets back the SPC-2 reservation it held
+    /// (`spc2`), and its devices admit.
     fn take(
         &self,
         fencing: &Reservations,
@@ -779,6 +816,7 @@ impl EtcdState {
         gate: &GuestGate,
         uas: &[(u8, u8, u8)],
         epoch: u64,
+        spc2: bool,
     ) {
         {
             let mut arb = fencing.write_lock();
@@ -794,6 +832,9 @@ impl EtcdState {
                 if at > epoch {
                     arb.queue_unit_attention(guest, s);
                 }
+            }
+            if spc2 {
+                restore_spc2(&mut arb, guest);
             }
             self.serve(guest);
         }
@@ -823,6 +864,7 @@ impl EtcdState {
             .into_iter()
             .map(|(_, s)| s)
             .collect();
+        let spc2 = arb.take_spc2(guest);
         self.unserve(guest);
         failpoint::hit("move-stopped");
         let next = OwnerValue {
@@ -832,6 +874,7 @@ impl EtcdState {
             epoch,
             uas: taken.iter().map(|s| (s.key, s.asc, s.ascq)).collect(),
             want: None,
+            spc2,
         };
         match self
             .put_owner(guest, rev, &next, Some(version))
@@ -855,20 +898,23 @@ impl EtcdState {
             // that the record still names this incarnation, and then kicks the rings that found
             // it closed meanwhile (a cancelled migration's source restarting them).
             Ok(false) => {
-                lock(&gate.inner).stash = taken;
+                gate.stash(taken, spc2);
                 Ok(())
             }
             Err(e) => {
-                lock(&gate.inner).stash = taken;
+                gate.stash(taken, spc2);
                 Err(e)
             }
         }
     }
 
-    fn requeue(&self, arb: &mut crate::pr::Arbiter, guest: &str, taken: &[Sense]) {
+    fn requeue(&self, arb: &mut crate::pr::Arbiter, guest: &str, taken: &[Sense], spc2: bool) {
         let later = arb.take_unit_attentions(|i| i == guest);
         for s in taken.iter().chain(later.iter().map(|(_, s)| s)) {
             arb.queue_unit_attention(guest, *s);
+        }
+        if spc2 {
+            restore_spc2(arb, guest);
         }
         self.serve(guest);
     }
@@ -885,15 +931,21 @@ impl EtcdState {
         rev: i64,
     ) -> Result<(), ClusterError> {
         if v.incarnation != self.incarnation {
-            lock(&gate.inner).stash.clear();
+            gate.stash(Vec::new(), false);
             gate.set(Own::No);
             log::info!("cluster: guest {guest} handed over to node {:?}", v.node);
             return Ok(());
         }
         let mut arb = fencing.write_lock();
         if self.put_owner(guest, rev, v, None)? {
-            let taken = std::mem::take(&mut lock(&gate.inner).stash);
-            self.requeue(&mut arb, guest, &taken);
+            let (taken, spc2) = {
+                let mut g = lock(&gate.inner);
+                (
+                    std::mem::take(&mut g.stash),
+                    std::mem::take(&mut g.stash_spc2),
+                )
+            };
+            self.requeue(&mut arb, guest, &taken, spc2);
             drop(arb);
             gate.owned();
         }

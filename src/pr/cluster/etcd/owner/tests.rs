@@ -4,7 +4,13 @@ use super::*;
 fn an_owner_record_without_its_optional_fields_reads() {
     let v: OwnerValue =
         serde_json::from_str(r#"{"node":"a","incarnation":"x/1/2","moves":3,"epoch":9}"#).unwrap();
-    assert_eq!((v.moves, v.epoch, v.uas.len(), v.want), (3, 9, 0, None));
+    assert_eq!((v.moves, v.epoch, v.uas.len(), &v.want), (3, 9, 0, &None));
+    assert!(!v.spc2);
+    let text = serde_json::to_string(&v).unwrap();
+    assert!(!text.contains("spc2"), "written only when held: {text}");
+    let held = OwnerValue { spc2: true, ..v };
+    let back: OwnerValue = serde_json::from_str(&serde_json::to_string(&held).unwrap()).unwrap();
+    assert!(back.spc2);
 }
 
 #[test]
