@@ -12,6 +12,7 @@ use std::process::Command;
 
 use common::iscsi_client::{free_port, INITIATOR_A, INITIATOR_B};
 use common::process::DaemonProcess;
+use common::tgt::Tgt;
 
 /// The tests that fail, each for the reason docs/conformance.md gives.
 const KNOWN_FAILURES: &[&str] = &[
@@ -160,68 +161,11 @@ fn conformance_run(url: &str) -> (BTreeMap<String, Verdict>, String) {
     (parse(&text), text)
 }
 
-/// Debian's tgt (`tgtd`, package tgt) serving `image` at LUN 1, under the same run, for the
-/// table beside ours; `None` (and why, printed) when it cannot run here (not root, not
-/// installed). Its results are a comparison, not asserted.
+/// Debian's tgt serving `image`, under the same run, for the table beside ours; `None` (and why,
+/// printed) when it cannot run here. Its results are a comparison, not asserted.
 fn tgt_run(image: &std::path::Path) -> Option<BTreeMap<String, Verdict>> {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || Command::new("tgtd").arg("--help").output().is_err() {
-        println!("tgt: not run (it needs root and Debian's tgt installed)");
-        return None;
-    }
-    let port = free_port();
-    // tgtadm takes control ports up to 32767 only.
-    let control = (std::process::id() % 30_000 + 1000).to_string();
-    let mut tgtd = Command::new("tgtd")
-        .args([
-            "-f",
-            "-C",
-            &control,
-            "--iscsi",
-            &format!("portal=127.0.0.1:{port}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let adm = |args: &[&str]| {
-        (0..50).any(|_| {
-            let ok = Command::new("tgtadm")
-                .args(["-C", &control, "--lld", "iscsi"])
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            ok
-        })
-    };
-    let iqn = "iqn.2026-12.io.sharedisk.test:tgt";
-    let image = image.to_string_lossy();
-    let ok = adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", iqn])
-        && adm(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
-            &image,
-        ])
-        && adm(&[
-            "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-        ]);
-    if !ok {
-        println!("tgt: not run (tgtadm could not set up the target)");
-    }
-    let results = ok.then(|| conformance_run(&format!("iscsi://127.0.0.1:{port}/{iqn}/1")).0);
-    let _ = tgtd.kill();
-    let _ = tgtd.wait();
-    results
+    let tgt = Tgt::start(image, "iqn.2026-12.io.sharedisk.test:tgt")?;
+    Some(conformance_run(&tgt.url()).0)
 }
 
 #[test]

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::iscsi_client::{free_port, IscsiClient};
+use common::tgt::Tgt;
 
 const INITIATOR: &str = "iqn.2026-12.io.sharedisk.bench:perf";
 /// The image: 256 MiB, the span of the random offsets.
@@ -31,18 +32,33 @@ const BLOCK: usize = 4096;
 /// One target under test: its process, portal, target name and LUN.
 struct Target {
     name: &'static str,
-    child: Child,
+    running: Running,
     addr: SocketAddr,
     iqn: String,
     lun: u8,
-    /// tgtd's control port, to take the target down.
-    _dir: PathBuf,
+}
+
+/// The target's process: the daemon (killed when the target is dropped) or tgtd.
+enum Running {
+    Sharedisk(Child),
+    Tgt(Tgt),
+}
+
+impl Target {
+    fn pid(&self) -> u32 {
+        match &self.running {
+            Running::Sharedisk(c) => c.id(),
+            Running::Tgt(t) => t.child.id(),
+        }
+    }
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Running::Sharedisk(child) = &mut self.running {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -117,75 +133,23 @@ fn start_sharedisk(bin: &Path, image: &Path, dir: &Path) -> Target {
     };
     Target {
         name: "sharedisk",
-        child,
+        running: Running::Sharedisk(child),
         addr,
         iqn,
         lun: 0,
-        _dir: dir.to_path_buf(),
     }
 }
 
-/// tgtd serving `image` at LUN 1 (rdwr backing store, its default); `None` when it cannot run
-/// here (not root, not installed).
-fn start_tgt(image: &Path, dir: &Path) -> Option<Target> {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || Command::new("tgtd").arg("--help").output().is_err() {
-        println!("tgt: not run (it needs root and Debian's tgt installed)");
-        return None;
-    }
-    let port = free_port();
-    let control = (std::process::id() % 30_000 + 1000).to_string();
-    let child = Command::new("tgtd")
-        .args(["-f", "-C", &control, "--iscsi"])
-        .arg(format!("portal=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let iqn = "iqn.2026-12.io.sharedisk.bench:tgt".to_string();
-    let adm = |args: &[&str]| {
-        (0..50).any(|_| {
-            let ok = Command::new("tgtadm")
-                .args(["-C", &control, "--lld", "iscsi"])
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            ok
-        })
-    };
-    let image = image.to_string_lossy();
-    let t = Target {
+/// Debian's tgt serving `image`; `None` when it cannot run here (why is printed).
+fn start_tgt(image: &Path) -> Option<Target> {
+    let tgt = Tgt::start(image, "iqn.2026-12.io.sharedisk.bench:tgt")?;
+    Some(Target {
         name: "tgt",
-        child,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        iqn: iqn.clone(),
-        lun: 1,
-        _dir: dir.to_path_buf(),
-    };
-    let ok = adm(&["--op", "new", "--mode", "target", "--tid", "1", "-T", &iqn])
-        && adm(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
-            &image,
-        ])
-        && adm(&[
-            "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-        ]);
-    if !ok {
-        println!("tgt: not run (tgtadm could not set up the target)");
-        return None;
-    }
-    Some(t)
+        addr: tgt.addr,
+        iqn: tgt.iqn.clone(),
+        lun: common::tgt::LUN,
+        running: Running::Tgt(tgt),
+    })
 }
 
 /// `iscsi-perf -r -b 8 -m depth` for `secs`, then SIGINT: its last average IOPS.
@@ -214,10 +178,10 @@ fn run_reads(t: &Target, depth: usize, secs: f64) -> Figure {
     });
     // Let it log in and start, then measure the target's CPU over the run.
     std::thread::sleep(Duration::from_millis(500));
-    let cpu0 = cpu_seconds(t.child.id());
+    let cpu0 = cpu_seconds(t.pid());
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let cpu = cpu_seconds(t.child.id()) - cpu0;
+    let cpu = cpu_seconds(t.pid()) - cpu0;
     let elapsed = start.elapsed().as_secs_f64();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -268,7 +232,7 @@ fn run_writes(t: &Target, depth: usize, secs: f64) -> Figure {
         send_write(&mut c, t.lun, &mut rng, &data);
         next_response(&mut c);
     }
-    let cpu0 = cpu_seconds(t.child.id());
+    let cpu0 = cpu_seconds(t.pid());
     let start = Instant::now();
     let (mut outstanding, mut done, mut failed) = (0, 0u64, 0u64);
     loop {
@@ -287,7 +251,7 @@ fn run_writes(t: &Target, depth: usize, secs: f64) -> Figure {
         done += 1;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(t.child.id()) - cpu0;
+    let cpu = cpu_seconds(t.pid()) - cpu0;
     if failed > 0 {
         println!("{}: {failed} of {done} writes failed", t.name);
     }
@@ -375,7 +339,7 @@ fn main() {
         measure(&t, secs)
     };
     let theirs = if env_or("SHAREDISK_BENCH_TGT", 1) == 1 {
-        start_tgt(&image, &dir).map(|t| measure(&t, secs))
+        start_tgt(&image).map(|t| measure(&t, secs))
     } else {
         None
     };

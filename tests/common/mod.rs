@@ -5,11 +5,11 @@
 //! write delay) or cluster mode name the feature in `required-features` in Cargo.toml. What
 //! several tests share lives here, once: the daemon in-process (`daemon`) or as a process
 //! (`process`, `etcd::ClusterDaemon`, `iscsi_portal` for one with an iSCSI portal), the clients
-//! (`scsi_client`, `vu_frontend`, `blkio_client`, `iscsi_client`), guests (`guest`,
-//! `cluster_vm`), their QMP (`qmp`) and live migration (`migration`), etcd, the guests' owner
-//! records in it and the network lab (`etcd`, `owners`, `netlab`), reading the image (`image`)
-//! and waiting for a log line (`logs`). A setup that two tests repeat becomes a helper here
-//! instead of a copy.
+//! (`scsi_client`, `vu_frontend`, `blkio_client`, `iscsi_client`), Debian's tgt as the yardstick
+//! target (`tgt`), guests (`guest`, `cluster_vm`), their QMP (`qmp`) and live migration
+//! (`migration`), etcd, the guests' owner records in it and the network lab (`etcd`, `owners`,
+//! `netlab`), reading the image (`image`) and waiting for a log line (`logs`). A setup that two
+//! tests repeat becomes a helper here instead of a copy.
 #![allow(dead_code)]
 pub mod blkio_client;
 pub mod cluster;
@@ -35,4 +35,5 @@ pub mod process;
 pub mod prometheus;
 pub mod qmp;
 pub mod scsi_client;
+pub mod tgt;
 pub mod vu_frontend;
