@@ -230,7 +230,6 @@ fn a_guest_moves_to_another_daemon_with_its_reservation_and_unit_attention() {
 /// destination releases it.
 #[test]
 fn a_guest_takes_its_spc2_reservation_along() {
-    const RESERVE6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
     const RELEASE6: [u8; 6] = [0x17, 0, 0, 0, 0, 0];
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path());
@@ -280,6 +279,53 @@ fn a_guest_takes_its_spc2_reservation_along() {
     );
     good(&dest.cmd(&RELEASE6, &[], 0), "vm1 RELEASE(6) on B");
     good(&vm3.write16(8, &[3; 512]), "vm3 (B) after vm1's RELEASE(6)");
+    assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
+}
+
+const RESERVE6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
+
+/// vm1 holds RESERVE(6) on A and B asks for it, but every compare-and-swap of A's hand-over
+/// fails (test-hooks failpoint `move-swap-error`, as etcd out of reach would): vm1 stays A's,
+/// and A's other guest, vm2, conflicts all the while. Before, A took the reservation from its
+/// arbiter before the swap and gave it back only once the record was read again, so vm2's
+/// writes landed in between, under the reservation vm1 still held.
+#[test]
+fn a_failed_hand_over_keeps_the_spc2_reservation_on_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let swap = [("SHAREDISK_FAILPOINT", "move-swap-error")];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1", "vm2"], &STEADY, &swap);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1"], &STEADY, &[]);
+    let mut source = ScsiClient::connect(&a.scsi("vm1"));
+    let mut vm2 = ScsiClient::connect(&a.scsi("vm2"));
+    source.drain_ua();
+    vm2.drain_ua();
+    good(&source.cmd(&RESERVE6, &[], 0), "vm1 RESERVE(6) on A");
+    conflict(&vm2.write16(8, &[2; 512]), "vm2 under vm1's RESERVE(6)");
+    assert_eq!(owner(&etcd, "vm1")["node"], "a", "A owns vm1");
+    let mut dest = ScsiClient::connect(&b.scsi("vm1"));
+    let first = dest.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, true);
+    wait_owner(&etcd, "vm1", TIMEOUT, "B asked", |r| {
+        r["want"]["node"] == "b"
+    });
+    source.fe.stop_rings();
+    a.wait_log("failpoint move-swap-error", LOG_WAIT);
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    let mut tries = 0;
+    while std::time::Instant::now() < end {
+        tries += 1;
+        conflict(
+            &vm2.write16(8, &[2; 512]),
+            &format!("vm2's write {tries} while A fails to hand vm1 over"),
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        dest.finish(&first, Duration::from_millis(100)).is_none(),
+        "B admitted vm1: the hand-over never committed"
+    );
+    assert_eq!(owner(&etcd, "vm1")["node"], "a", "vm1 stays A's");
     assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
 }
 

@@ -99,8 +99,6 @@ struct GateInner {
     orphan_since: Option<Instant>,
     /// The unit attentions taken for a hand-over whose answer was lost.
     stash: Vec<Sense>,
-    /// And the SPC-2 reservation taken with them.
-    stash_spc2: bool,
     /// The owner of another node was logged.
     logged: bool,
     /// The record was seen unreadable, and logged, since it was last read.
@@ -180,7 +178,6 @@ impl GuestGate {
                 wanted: false,
                 orphan_since: None,
                 stash: Vec::new(),
-                stash_spc2: false,
                 logged: false,
                 unreadable: false,
                 waits_for_etcd: false,
@@ -226,12 +223,10 @@ impl GuestGate {
         lock(&self.inner).own = own;
     }
 
-    /// Keeps what a hand-over whose outcome is not known took from the guest here (its unit
-    /// attentions, its SPC-2 reservation), for [`EtcdState::finish_leaving`].
-    fn stash(&self, uas: Vec<Sense>, spc2: bool) {
-        let mut g = lock(&self.inner);
-        g.stash = uas;
-        g.stash_spc2 = spc2;
+    /// Keeps the unit attentions a hand-over whose outcome is not known took from the guest
+    /// here, for [`EtcdState::finish_leaving`].
+    fn stash(&self, uas: Vec<Sense>) {
+        lock(&self.inner).stash = uas;
     }
 
     /// Stops admitting, if no device holds the guest now.
@@ -321,6 +316,16 @@ fn answer_lost_failpoint(done: bool) -> Result<bool, ClusterError> {
             source: Box::new(e),
         }),
     }
+}
+
+/// Test hooks: `move-swap-error` fails every hand-over's compare-and-swap before it is sent, as
+/// etcd out of reach would (the record is left as it is).
+fn swap_error_failpoint() -> Result<(), ClusterError> {
+    failpoint::error("move-swap-error").map_err(|e| ClusterError::Etcd {
+        endpoints: String::new(),
+        what: "hand a guest over",
+        source: Box::new(e),
+    })
 }
 
 /// The records cannot be read (etcd out of reach): says once per guest, until they can be read
@@ -864,7 +869,11 @@ impl EtcdState {
             .into_iter()
             .map(|(_, s)| s)
             .collect();
-        let spc2 = arb.take_spc2(guest);
+        // The SPC-2 reservation stays here until the swap is known to have applied: until then
+        // the guest may stay (a swap that failed), and its reservation keeps excluding this
+        // daemon's other initiators meanwhile (and a LU reset or a registration adopted
+        // meanwhile still releases it).
+        let spc2 = arb.spc2_holder() == Some(guest);
         self.unserve(guest);
         failpoint::hit("move-stopped");
         let next = OwnerValue {
@@ -876,11 +885,12 @@ impl EtcdState {
             want: None,
             spc2,
         };
-        match self
-            .put_owner(guest, rev, &next, Some(version))
+        match swap_error_failpoint()
+            .and_then(|()| self.put_owner(guest, rev, &next, Some(version)))
             .and_then(answer_lost_failpoint)
         {
             Ok(true) => {
+                arb.take_spc2(guest);
                 failpoint::hit("move-committed");
                 gate.set(Own::No);
                 log::info!(
@@ -898,30 +908,28 @@ impl EtcdState {
             // that the record still names this incarnation, and then kicks the rings that found
             // it closed meanwhile (a cancelled migration's source restarting them).
             Ok(false) => {
-                gate.stash(taken, spc2);
+                gate.stash(taken);
                 Ok(())
             }
             Err(e) => {
-                gate.stash(taken, spc2);
+                gate.stash(taken);
                 Err(e)
             }
         }
     }
 
-    fn requeue(&self, arb: &mut crate::pr::Arbiter, guest: &str, taken: &[Sense], spc2: bool) {
+    fn requeue(&self, arb: &mut crate::pr::Arbiter, guest: &str, taken: &[Sense]) {
         let later = arb.take_unit_attentions(|i| i == guest);
         for s in taken.iter().chain(later.iter().map(|(_, s)| s)) {
             arb.queue_unit_attention(guest, *s);
         }
-        if spc2 {
-            restore_spc2(arb, guest);
-        }
         self.serve(guest);
     }
 
-    /// A hand-over whose answer was lost: done if the record names another incarnation now;
-    /// else the record is rewritten as it is, so that the lost attempt can never apply, and the
-    /// guest is served here again.
+    /// A hand-over whose answer was lost: done if the record names another incarnation now (an
+    /// SPC-2 reservation the guest held here, kept until then, goes); else the record is
+    /// rewritten as it is, so that the lost attempt can never apply, and the guest is served
+    /// here again.
     fn finish_leaving(
         &self,
         fencing: &Reservations,
@@ -931,21 +939,16 @@ impl EtcdState {
         rev: i64,
     ) -> Result<(), ClusterError> {
         if v.incarnation != self.incarnation {
-            gate.stash(Vec::new(), false);
+            fencing.write_lock().take_spc2(guest);
+            gate.stash(Vec::new());
             gate.set(Own::No);
             log::info!("cluster: guest {guest} handed over to node {:?}", v.node);
             return Ok(());
         }
         let mut arb = fencing.write_lock();
         if self.put_owner(guest, rev, v, None)? {
-            let (taken, spc2) = {
-                let mut g = lock(&gate.inner);
-                (
-                    std::mem::take(&mut g.stash),
-                    std::mem::take(&mut g.stash_spc2),
-                )
-            };
-            self.requeue(&mut arb, guest, &taken, spc2);
+            let taken = std::mem::take(&mut lock(&gate.inner).stash);
+            self.requeue(&mut arb, guest, &taken);
             drop(arb);
             gate.owned();
         }
