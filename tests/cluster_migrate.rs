@@ -284,6 +284,56 @@ fn a_guest_takes_its_spc2_reservation_along() {
 
 const RESERVE6: [u8; 6] = [0x16, 0, 0, 0, 0, 0];
 
+/// I_T NEXUS LOSS OCCURRED: what a guest whose SPC-2 reservation was lost in a move gets.
+const NEXUS_LOSS: SenseTriple = (6, 0x29, 0x07);
+
+/// vm1 holds RESERVE(6) on A and moves to B, and vm3 registers and reserves (PR) on B between
+/// A's commit of the hand-over and B's taking vm1 (the record is written as A's hand-over
+/// writes it, `spc2` set, after vm3's PR OUTs: the race made certain). vm1's SPC-2 reservation
+/// is not given back on B (it could not have been made under vm3's registration, and A would
+/// have dropped it on adopting that state): vm1 gets I_T NEXUS LOSS OCCURRED and vm3, the PR
+/// holder, writes. Before, B gave vm1 the reservation beside the registrations and vm3's write
+/// conflicted.
+#[test]
+fn an_spc2_reservation_taken_along_gives_way_to_a_registration_made_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let ep = [etcd.url.clone()];
+    let a = ClusterDaemon::start(dir.path(), &ep, "a", &["vm1", "vm2"], &STEADY, &[]);
+    let b = ClusterDaemon::start(dir.path(), &ep, "b", &["vm1", "vm3"], &STEADY, &[]);
+    let mut source = ScsiClient::connect(&a.scsi("vm1"));
+    let mut vm3 = ScsiClient::connect(&b.scsi("vm3"));
+    source.drain_ua();
+    vm3.drain_ua();
+    good(&source.cmd(&RESERVE6, &[], 0), "vm1 RESERVE(6) on A");
+    assert_eq!(owner(&etcd, "vm1")["node"], "a", "A owns vm1");
+    let mut dest = ScsiClient::connect(&b.scsi("vm1"));
+    let first = dest.submit(&LUN0, &[0, 0, 0, 0, 0, 0], &[], 0, true);
+    let mut rec = wait_owner(&etcd, "vm1", TIMEOUT, "B asked", |r| {
+        r["want"]["node"] == "b"
+    });
+    good(&prout(&mut vm3, SA_REGISTER, 0, 0, 0x33), "vm3 REGISTER");
+    good(&prout(&mut vm3, SA_RESERVE, 1, 0x33, 0), "vm3 RESERVE WE");
+    rec["node"] = rec["want"]["node"].clone();
+    rec["incarnation"] = rec["want"]["incarnation"].clone();
+    rec["want"] = serde_json::Value::Null;
+    // What A's hand-over writes: its pending unit attentions (none: drained), the reservation.
+    rec["uas"] = serde_json::json!([]);
+    rec["spc2"] = true.into();
+    put_owner(&etcd, "vm1", &rec);
+    let r = dest
+        .finish(&first, TIMEOUT)
+        .expect("B serves vm1 once the record names it");
+    good(
+        &vm3.write16(8, &[3; 512]),
+        "vm3, the PR holder, writes on B after vm1 moved there",
+    );
+    check(&r, NEXUS_LOSS, "vm1's SPC-2 reservation lost in the move");
+    assert!(b.log_text().contains("the guest's is lost"));
+    drop(source);
+    assert!(!a.log_text().contains("panicked") && !b.log_text().contains("panicked"));
+}
+
 /// vm1 holds RESERVE(6) on A and B asks for it, but every compare-and-swap of A's hand-over
 /// fails (test-hooks failpoint `move-swap-error`, as etcd out of reach would): vm1 stays A's,
 /// and A's other guest, vm2, conflicts all the while. Before, A took the reservation from its

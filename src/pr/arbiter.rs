@@ -488,9 +488,20 @@ impl Arbiter {
     }
 
     /// Gives `initiator` back the SPC-2 reservation it held on the daemon that served it before.
-    /// Returns false, changing nothing, when another initiator holds one here: the guest's is
-    /// then lost (SPC-2 reservations are each daemon's own, so two daemons may each have one).
+    /// Returns false, changing nothing, when another initiator holds one here (SPC-2
+    /// reservations are each daemon's own, so two daemons may each have one), or when another
+    /// initiator is registered (a PR OUT committed since the guest left: an SPC-2 reservation
+    /// gives way to registrations, as in [`Arbiter::replace_state`], and none could have been
+    /// made under it): the guest's is then lost.
     pub fn restore_spc2(&mut self, initiator: &str) -> bool {
+        if self
+            .state
+            .registrations
+            .iter()
+            .any(|r| r.initiator != initiator)
+        {
+            return false;
+        }
         match &self.spc2 {
             Some(h) if h != initiator => false,
             _ => {

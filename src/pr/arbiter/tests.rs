@@ -1242,6 +1242,26 @@ fn spc2_taken_along_and_restored_only_where_nobody_else_holds_one() {
     assert_eq!(a.spc2_holder(), Some(A));
 }
 
+/// A guest's SPC-2 reservation taken along to another daemon of a cluster is not given back
+/// where another initiator registered meanwhile (a PR OUT committed while it moved): it could
+/// not have been made there, and a registrant, or the PR holder, would be kept out by it.
+#[test]
+fn spc2_not_restored_where_another_initiator_registered() {
+    let mut a = arb();
+    reg(&mut a, B, 2);
+    reserve(&mut a, B, 2, ResType::WriteExclusive);
+    assert!(!a.restore_spc2(A), "B registered: A's is lost");
+    assert_eq!(a.spc2_holder(), None);
+    assert!(a.check(B, Access::Write), "B, the PR holder, writes");
+    let mut own = arb();
+    reg(&mut own, A, 1);
+    assert!(
+        own.restore_spc2(A),
+        "the guest's own registration does not stand in its way"
+    );
+    assert_eq!(own.spc2_holder(), Some(A));
+}
+
 #[test]
 fn spc2_with_registrations_conflicts_for_non_holder_and_is_noop_for_holder() {
     let mut a = arb();

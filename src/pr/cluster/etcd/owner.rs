@@ -352,15 +352,18 @@ fn log_etcd_answers(guest: &str, gate: &GuestGate) {
 }
 
 /// Gives `guest` back the SPC-2 reservation it held where it was served before; when another
-/// initiator holds one here, the guest's is lost and it learns so as at an I_T nexus loss
-/// (06/29/07), which releases an SPC-2 reservation.
+/// initiator holds one here, or another initiator registered (a PR OUT committed while the
+/// guest moved), the guest's is lost and it learns so as at an I_T nexus loss (06/29/07), which
+/// releases an SPC-2 reservation.
 fn restore_spc2(arb: &mut crate::pr::Arbiter, guest: &str) {
     if !arb.restore_spc2(guest) {
+        let why = match arb.spc2_holder() {
+            Some(h) => format!("{h:?} holds one here"),
+            None => "another initiator is registered now".to_string(),
+        };
         log::warn!(
             "cluster: guest {guest} held an SPC-2 reservation (RESERVE(6)) where it was served \
-             before, and {:?} holds one here: the guest's is lost (it gets I_T NEXUS LOSS \
-             OCCURRED)",
-            arb.spc2_holder().unwrap_or_default()
+             before, and {why}: the guest's is lost (it gets I_T NEXUS LOSS OCCURRED)"
         );
         arb.queue_unit_attention(guest, crate::scsi::sense::I_T_NEXUS_LOSS_OCCURRED);
     }
