@@ -16,6 +16,9 @@
 //! | `used-written` | a virtqueue round's completions are in the used ring, the driver not yet interrupted |
 //! | `prout-committed` | cluster mode: a PR OUT's commit to etcd is answered, nothing local is saved or applied yet |
 //! | `guests-tmp-written`, `guests-tmp-synced`, `guests-renamed`, `guests-dir-synced` | the same steps for the runtime guests file (`<state>.guests`) |
+//! | `move-stopped` | cluster mode: a guest's hand-over took its unit attentions, its swap not yet sent (`owner.rs`) |
+//! | `move-committed` | the hand-over's swap applied, the gate not yet closed for good |
+//! | `move-received` | the destination read the record naming it, the guest not yet taken |
 //!
 //! Error points:
 //!
@@ -24,6 +27,8 @@
 //! | `state-write-error` | writing the temporary copy of the state file |
 //! | `state-dir-sync-error` | syncing the directory after the rename |
 //! | `guests-write-error`, `guests-dir-sync-error` | the same steps for the runtime guests file |
+//! | `move-swap-error` | every cluster hand-over's compare-and-swap, before it is sent, as with etcd out of reach |
+//! | `move-answer-lost` | a hand-over's answer, after etcd applied the swap (as a lost answer) |
 //! | `fallocate-unsupported` | every zeroing or unmapping `fallocate` of the image, with EOPNOTSUPP as from a file system that cannot zero a range: zeroes are then written |
 //!
 //! Skip points (a step left out, to show that a test sees it missing):
