@@ -6,7 +6,9 @@
 //! image's I/O cannot be cancelled, so an abort waits for it, a bounded wait), or done (its I/O
 //! ended, its response is on its way). An abort marks the tasks it names: a queued one never
 //! starts its I/O ([`TaskSet::begin_io`] refuses it) and is reported aborted by its transport,
-//! an in-flight one is waited for and reported as it ended.
+//! an in-flight one is waited for and reported as it ended, unless the abort was its own I_T
+//! nexus's ([`TaskSet::abort_own`]): then it ends without a response
+//! ([`TaskSet::retire_to_respond`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -45,6 +47,8 @@ struct Task {
     state: TaskState,
     /// A TMF named it.
     aborted: bool,
+    /// Its own I_T nexus's ABORT TASK (SET) named it: it gets no response, in flight or not.
+    silenced: bool,
 }
 
 impl Task {
@@ -83,6 +87,7 @@ impl TaskSet {
             tag,
             state,
             aborted: false,
+            silenced: false,
         };
         t.live.insert(id, task);
         TaskId(id)
@@ -117,15 +122,38 @@ impl TaskSet {
         task.is_some_and(|t| t.aborted && t.state == TaskState::Queued)
     }
 
+    /// The task's response is about to be sent: it leaves the set. False when its own I_T
+    /// nexus aborted it ([`TaskSet::abort_own`]), even after its I/O ended: it then ends
+    /// without a response. Once a task has left the set, no abort names it (the initiator is
+    /// told the task does not exist, and gets the response).
+    pub fn retire_to_respond(&self, id: TaskId) -> bool {
+        let task = lock(&self.tasks).live.remove(&id.0);
+        self.settled.notify_all();
+        !task.is_some_and(|t| t.silenced)
+    }
+
     /// Aborts the tasks in `scope`: the queued ones will never do their I/O, and this returns
     /// once none of them is in flight any more. Returns how many tasks it named. Tasks that
     /// enter the set meanwhile are not its (SAM-5 §7): under steady I/O some are always in
     /// flight, and waiting for them too would hold the TMF for ever.
     pub fn abort(&self, scope: Scope) -> usize {
+        self.abort_marking(scope, false)
+    }
+
+    /// [`TaskSet::abort`] for an ABORT TASK or ABORT TASK SET of the tasks' own I_T nexus: a
+    /// task it names gets no response even if its I/O had started (SAM-5 §7.2: an aborted
+    /// task's status is not returned), so that the initiator sees either the task's response
+    /// and "task does not exist" or "function complete" and no response, never both.
+    pub fn abort_own(&self, scope: Scope) -> usize {
+        self.abort_marking(scope, true)
+    }
+
+    fn abort_marking(&self, scope: Scope, silence: bool) -> usize {
         let mut t = lock(&self.tasks);
         let mut named = Vec::new();
         for (&id, task) in t.live.iter_mut().filter(|(_, task)| task.in_scope(scope)) {
             task.aborted = true;
+            task.silenced |= silence;
             named.push(id);
         }
         while named.iter().any(|id| {

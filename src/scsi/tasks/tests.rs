@@ -98,3 +98,32 @@ fn an_abort_does_not_wait_for_tasks_that_came_after_it() {
         "the abort waited for a task that came after it"
     );
 }
+
+#[test]
+fn a_task_its_own_nexus_aborted_is_not_answered_even_after_its_io() {
+    let set = TaskSet::default();
+    let a = nexus("a");
+    let own = set.enter(&a, 1, TaskState::Queued);
+    let other = set.enter(&a, 2, TaskState::Queued);
+    let answered = set.enter(&a, 3, TaskState::Queued);
+    for t in [own, other, answered] {
+        assert!(set.begin_io(t));
+        set.settle(t, TaskState::Done);
+    }
+    assert!(set.retire_to_respond(answered), "nobody aborted it");
+    assert_eq!(
+        set.abort_own(Scope::Task("a", 3)),
+        0,
+        "answered: not in the set"
+    );
+    assert_eq!(set.abort_own(Scope::Task("a", 1)), 1);
+    assert_eq!(set.abort(Scope::Task("a", 2)), 1);
+    assert!(
+        !set.retire_to_respond(own),
+        "its own nexus aborted it: no response"
+    );
+    assert!(
+        set.retire_to_respond(other),
+        "another's abort: answered as it ended"
+    );
+}

@@ -702,8 +702,9 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     /// session's, queued for a worker or waiting in the PDU queue, and other transports' and
     /// sessions': queued ones never do their I/O, in-flight ones are waited for), drops this
     /// session's queued commands, and answers once this session's affected commands have
-    /// finished (their responses sent before the TMF's). `current`: the command whose data this
-    /// TMF interrupted (aborted, no response of its own).
+    /// finished (their responses, if any, sent before the TMF's: this session's own ABORT TASK
+    /// and ABORT TASK SET leave the tasks they name unanswered). `current`: the command whose
+    /// data this TMF interrupted (aborted, no response of its own).
     fn tmf(&mut self, p: &Pdu, current: Option<u32>) -> Result<(), End> {
         let admitted = self.admit_sn(p, false) || (current.is_some() && self.admit_ahead(p));
         if !admitted {
@@ -719,7 +720,14 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
             2 | 4 | 5 | 9 | 10 if !lun0 => tmf_response::NO_LUN,
             2 | 4 | 11 => {
                 self.abort_queued(|_| true);
-                lun.tasks.abort(nexus);
+                // ABORT TASK SET and CLEAR TASK SET: no response for a task in flight either;
+                // I_T NEXUS RESET answers it as it ended (a nexus loss, as a TMF of another
+                // nexus or transport does).
+                if function == 11 {
+                    lun.tasks.abort(nexus);
+                } else {
+                    lun.tasks.abort_own(nexus);
+                }
                 self.wait_finished(|_| true);
                 if function == 11 {
                     log::info!("{}: iscsi: I_T nexus reset", self.nexus);
@@ -769,7 +777,7 @@ impl<'s, R: Read, W: Write + Send> Connection<'s, R, W> {
     fn abort_task(&mut self, p: &Pdu, current: Option<u32>) -> u8 {
         let r = p.u32_at(20);
         let tasks = &self.shared.target.lun().tasks;
-        let in_set = tasks.abort(Scope::Task(&self.nexus, u64::from(r))) > 0;
+        let in_set = tasks.abort_own(Scope::Task(&self.nexus, u64::from(r))) > 0;
         let queued = self.abort_queued(|q| q.itt() == r) > 0;
         let found = current == Some(r) || in_set || queued || self.abort_not_received(p);
         self.wait_finished(|i| i == r);

@@ -554,7 +554,19 @@ impl<W: Write> Link<W> {
     /// Data-In (with the status in the last PDU when it is GOOD), else a SCSI Response; the
     /// command's slot of the window is free in the numbers it carries, and it has left the task
     /// set before the initiator can see its status (a QUERY TASK after it finds no task).
+    /// A task its own nexus aborted while it ran (ABORT TASK, ABORT TASK SET) gets no response.
     fn respond(&self, job: &Job, o: Outcome, din: &[u8], tasks: &TaskSet) -> io::Result<()> {
+        if !job.immediate {
+            self.free_slot();
+        }
+        if !tasks.retire_to_respond(job.task) {
+            log::info!(
+                "{}: iscsi: task {:#x} aborted by its session while in flight: no response",
+                self.nexus,
+                job.itt
+            );
+            return Ok(());
+        }
         let sent = if job.read {
             o.data_in.min(din.len()).min(job.edtl)
         } else {
@@ -565,10 +577,6 @@ impl<W: Write> Link<W> {
         let collapse = o.status == GOOD && sent > 0;
         let prm = &self.params;
         let chunk = prm.their_mrdsl.max(512);
-        if !job.immediate {
-            self.free_slot();
-        }
-        tasks.retire(job.task);
         let mut pdus = Vec::with_capacity(sent.div_ceil(chunk) + 1);
         let (mut off, mut data_sn) = (0, 0u32);
         while off < sent {
