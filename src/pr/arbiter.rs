@@ -561,6 +561,19 @@ impl Arbiter {
     }
 
     /// The oldest pending UA, removed (SAM-5 §5.14: one per command, in order).
+    /// Puts back, as the next to report, a unit attention taken for a command that then ended
+    /// without a response (aborted by its own initiator's ABORT TASK): SAM-5 §5.14 clears a
+    /// unit attention only once it is reported.
+    pub fn unreport_unit_attention(&mut self, initiator: &str, s: Sense) {
+        let q = self.uas.entry(initiator.to_owned()).or_default();
+        if !q.contains(&s) {
+            q.push_front(s);
+            if q.len() > UA_QUEUE_LIMIT {
+                q.pop_back();
+            }
+        }
+    }
+
     pub fn pop_unit_attention(&mut self, initiator: &str) -> Option<Sense> {
         let q = self.uas.get_mut(initiator)?;
         let s = q.pop_front();

@@ -1384,6 +1384,21 @@ fn ua_queue_is_fifo_without_consecutive_duplicates() {
 }
 
 #[test]
+fn a_unit_attention_not_reported_is_put_back_first() {
+    let mut a = arb();
+    a.queue_unit_attention(B, RESERVATIONS_RELEASED);
+    a.queue_unit_attention(B, RESERVATIONS_PREEMPTED);
+    let taken = a.pop_unit_attention(B).unwrap();
+    a.unreport_unit_attention(B, taken);
+    a.unreport_unit_attention(B, RESERVATIONS_PREEMPTED);
+    assert_eq!(
+        uas(&mut a, B),
+        vec![RESERVATIONS_RELEASED, RESERVATIONS_PREEMPTED],
+        "put back first, once"
+    );
+}
+
+#[test]
 fn ua_queue_is_bounded() {
     let mut a = arb();
     let t = ResType::WriteExclusiveRegistrantsOnly;

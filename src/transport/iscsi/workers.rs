@@ -46,7 +46,7 @@ use crate::scsi::data::{DataIn, DataOut};
 use crate::scsi::pages;
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::target::{Outcome, CHECK_CONDITION, GOOD};
-use crate::scsi::tasks::{TaskId, TaskSet, TaskState};
+use crate::scsi::tasks::{TaskId, TaskState};
 use crate::util::lock::lock;
 
 /// Worker threads of one session at most: commands beyond them wait in the session's queue
@@ -541,7 +541,7 @@ impl<W: Write> Link<W> {
         // initiator reads its Data-In (one that stops reading would hold every LU reset for
         // ever); one of this session waits for its response ([`Link::wait_finished`]).
         tasks.settle(job.task, TaskState::Done);
-        if let Err(e) = self.respond(&job, outcome, &din, tasks) {
+        if let Err(e) = self.respond(shared, &job, outcome, &din) {
             log::info!(
                 "{}: iscsi: response to {:#x} not sent ({e}): closing the connection",
                 self.nexus,
@@ -555,16 +555,25 @@ impl<W: Write> Link<W> {
     /// command's slot of the window is free in the numbers it carries, and it has left the task
     /// set before the initiator can see its status (a QUERY TASK after it finds no task).
     /// A task its own nexus aborted while it ran (ABORT TASK, ABORT TASK SET) gets no response.
-    fn respond(&self, job: &Job, o: Outcome, din: &[u8], tasks: &TaskSet) -> io::Result<()> {
+    /// A unit attention such a task took stays pending.
+    fn respond(&self, shared: &Shared, job: &Job, o: Outcome, din: &[u8]) -> io::Result<()> {
         if !job.immediate {
             self.free_slot();
         }
-        if !tasks.retire_to_respond(job.task) {
+        let lun = shared.target.lun();
+        if !lun.tasks.retire_to_respond(job.task) {
             log::info!(
                 "{}: iscsi: task {:#x} aborted by its session while in flight: no response",
                 self.nexus,
                 job.itt
             );
+            if let Some(ua) = o
+                .sense
+                .filter(|s| o.status == CHECK_CONDITION && s.key == 0x06)
+            {
+                lun.reservations
+                    .with_mut(|a| a.unreport_unit_attention(&self.nexus, ua));
+            }
             return Ok(());
         }
         let sent = if job.read {
