@@ -7,8 +7,8 @@
 //! ended, its response is on its way). An abort marks the tasks it names: a queued one never
 //! starts its I/O ([`TaskSet::begin_io`] refuses it) and is reported aborted by its transport,
 //! an in-flight one is waited for and reported as it ended, unless the abort was its own I_T
-//! nexus's ([`TaskSet::abort_own`]): then it ends without a response
-//! ([`TaskSet::retire_to_respond`]).
+//! nexus's ABORT TASK, ABORT TASK SET or CLEAR TASK SET ([`TaskSet::abort_own`]; not an I_T
+//! NEXUS RESET): then it ends without a response ([`TaskSet::retire_to_respond`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -47,7 +47,8 @@ struct Task {
     state: TaskState,
     /// A TMF named it.
     aborted: bool,
-    /// Its own I_T nexus's ABORT TASK (SET) named it: it gets no response, in flight or not.
+    /// Its own I_T nexus's ABORT TASK, ABORT TASK SET or CLEAR TASK SET named it: it gets no
+    /// response, in flight or not.
     silenced: bool,
 }
 
